@@ -1,0 +1,186 @@
+//! [`Broker`]: build from a [`Config`], start, and get a [`BrokerHandle`]
+//! with the bound address, an in-process client and `shutdown()`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AnonymousPolicy, Authenticator};
+use crate::config::Config;
+use crate::local::LocalSubscription;
+use crate::metrics::Metrics;
+use crate::protocol::QoS;
+use crate::router::{Message, Router};
+use crate::session::Registry;
+
+/// State shared by every task of one broker; cheap to clone as `Arc`.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub router: Router,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<dyn Authenticator>,
+    /// Set to true once to ask every task to stop.
+    pub shutdown: watch::Sender<bool>,
+    /// Open client sockets, for `max_connections`.
+    pub connections: AtomicUsize,
+}
+
+/// Errors that stop the broker from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A broker not yet started.
+pub struct Broker {
+    config: Config,
+    auth: Option<Arc<dyn Authenticator>>,
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Self {
+        Broker { config, auth: None }
+    }
+
+    /// Replaces the built-in authentication policy.
+    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Binds the listener and starts serving. Must be called inside a tokio
+    /// runtime.
+    pub async fn start(self) -> Result<BrokerHandle, StartError> {
+        self.config.validate().map_err(StartError::Config)?;
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: self.config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: self.config.listen,
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let auth = self.auth.unwrap_or_else(|| {
+            Arc::new(AnonymousPolicy {
+                allow_anonymous: self.config.allow_anonymous,
+            })
+        });
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            router: Router::new(self.config.retain_available),
+            registry: Registry::default(),
+            metrics,
+            auth,
+            shutdown,
+            connections: AtomicUsize::new(0),
+            config: self.config,
+        });
+        let tracker = TaskTracker::new();
+        tracker.spawn(crate::server::accept_loop(
+            listener,
+            shared.clone(),
+            tracker.clone(),
+        ));
+        if shared.config.sys_interval_secs > 0 {
+            tracker.spawn(publish_sys(shared.clone()));
+        }
+        tracing::info!(%local_addr, "roomq listening");
+        Ok(BrokerHandle {
+            shared,
+            local_addr,
+            tracker,
+        })
+    }
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    tracker: TaskTracker,
+}
+
+impl BrokerHandle {
+    /// The address the MQTT listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Number of sessions the broker holds (online and offline).
+    pub fn session_count(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Messages queued or in flight for the session of `client_id`.
+    pub fn session_pending(&self, client_id: &str) -> Option<usize> {
+        self.shared.registry.get(client_id).map(|s| s.pending_count())
+    }
+
+    /// Publishes a message from inside the process, without a socket.
+    /// Returns how many sessions it was delivered to.
+    pub fn publish(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> usize {
+        self.shared.metrics.messages_received.inc();
+        self.shared
+            .router
+            .publish(Message::new(topic, payload.into(), qos, retain))
+            .matched
+    }
+
+    /// Subscribes from inside the process; messages arrive on the returned
+    /// subscription until it is dropped.
+    pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<LocalSubscription, String> {
+        LocalSubscription::new(self.shared.clone(), filter, qos)
+    }
+
+    /// Stops accepting, sends every client DISCONNECT (5.0: 0x8B Server
+    /// shutting down), closes the connections and waits for every task.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.send_replace(true);
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within 10 s of shutdown");
+        }
+        tracing::info!("roomq stopped");
+    }
+}
+
+/// Publishes the `$SYS/broker/...` topics as retained messages every
+/// `sys_interval_secs`.
+async fn publish_sys(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        for (topic, value) in shared.metrics.sys_topics(env!("CARGO_PKG_VERSION")) {
+            shared
+                .router
+                .publish(Message::new(topic, value, QoS::AtMostOnce, true));
+        }
+    }
+}

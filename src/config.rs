@@ -1,0 +1,152 @@
+//! Broker configuration and its layers: built-in defaults < TOML file <
+//! `ROOMQ_*` environment variables < command-line flags.
+//!
+//! Every limit the broker enforces is a field here, with its default and
+//! meaning; the README's configuration table lists the same fields.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the broker keeps its state.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Everything in memory: lost when the process ends.
+    Memory,
+}
+
+/// All settings of one broker. Build one with [`Config::default`] and change
+/// fields, or with [`Config::load`] from the layered sources.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP address to accept MQTT connections on. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory for durable state.
+    pub data_dir: PathBuf,
+    /// Which store to use.
+    pub storage: StorageKind,
+    /// Most client connections open at once; further ones are refused
+    /// (5.0 CONNACK 0x89 Server busy, 3.1.1 return code 3).
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, in bytes (remaining length);
+    /// a larger one closes the connection (5.0: DISCONNECT 0x95).
+    /// Announced to 5.0 clients as Maximum Packet Size.
+    pub max_packet_size: u32,
+    /// Most QoS 1/2 messages in flight to one client at once (unacknowledged).
+    /// A 5.0 client's own Receive Maximum lowers it further.
+    pub max_inflight_messages: u16,
+    /// Receive Maximum announced to 5.0 clients: most unacknowledged QoS 1/2
+    /// messages a client may send at once; going over it is answered with
+    /// DISCONNECT 0x93.
+    pub receive_maximum: u16,
+    /// Most messages queued for one session (online but over its inflight
+    /// window, or offline). When full, further messages for that session
+    /// are dropped and counted (`messages_dropped`), and logged.
+    pub max_queued_messages: usize,
+    /// Whether QoS 0 messages are queued for offline persistent sessions.
+    pub queue_qos0_messages: bool,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels (`/`-separated parts) in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Seconds a new socket may take to send CONNECT before it is closed.
+    pub connect_timeout_secs: u64,
+    /// Largest keep-alive a client may use, in seconds (0 = no limit). A 5.0
+    /// client asking for more (or for 0) is told this value as Server Keep
+    /// Alive; a 3.1.1 client asking for more is accepted, and held to this
+    /// value.
+    pub max_keepalive_secs: u16,
+    /// Largest Session Expiry Interval granted, in seconds (0 = no limit).
+    pub max_session_expiry_secs: u32,
+    /// Most topic aliases a 5.0 client may set up towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Whether retained messages are supported (announced to 5.0 clients).
+    pub retain_available: bool,
+    /// Seconds between `$SYS/broker/...` updates (0 = off).
+    pub sys_interval_secs: u64,
+    /// Whether clients without a username may connect.
+    pub allow_anonymous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            data_dir: PathBuf::from("./data"),
+            storage: StorageKind::Memory,
+            max_connections: 100_000,
+            max_packet_size: 16 * 1024 * 1024,
+            max_inflight_messages: 128,
+            receive_maximum: 1024,
+            max_queued_messages: 10_000,
+            queue_qos0_messages: false,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            connect_timeout_secs: 10,
+            max_keepalive_secs: 0,
+            max_session_expiry_secs: 0,
+            topic_alias_maximum: 64,
+            retain_available: true,
+            sys_interval_secs: 10,
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// A configuration that could not be loaded; the message names the file,
+/// the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error{}: {message}", file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub message: String,
+}
+
+impl Config {
+    /// Loads the layers: defaults, then `file` (TOML) if given, then
+    /// `ROOMQ_*` environment variables (e.g. `ROOMQ_MAX_CONNECTIONS=10`),
+    /// then `overrides` (key, value) pairs from command-line flags.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.map(Path::to_path_buf),
+            message,
+        };
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(err("the file does not exist or is not a regular file".into()));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(config::Environment::with_prefix("ROOMQ").try_parsing(true));
+        for (key, value) in overrides {
+            builder = builder
+                .set_override(*key, value.as_str())
+                .map_err(|e| err(e.to_string()))?;
+        }
+        let layered = builder.build().map_err(|e| err(e.to_string()))?;
+        let config: Config = layered.try_deserialize().map_err(|e| err(e.to_string()))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    /// Rejects values that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_inflight_messages == 0 {
+            return Err("key `max_inflight_messages`: must be at least 1".into());
+        }
+        if self.receive_maximum == 0 {
+            return Err("key `receive_maximum`: must be at least 1".into());
+        }
+        if self.max_packet_size < 64 {
+            return Err("key `max_packet_size`: must be at least 64 bytes".into());
+        }
+        if self.max_topic_levels == 0 || self.max_topic_length == 0 {
+            return Err("keys `max_topic_levels` and `max_topic_length` must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! The in-process client: subscribe to topics from the embedding program,
+//! without a socket. Each subscription is a session of its own that the
+//! router delivers to like any other.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::broker::Shared;
+use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
+use crate::protocol::{QoS, SubscriptionOptions};
+use crate::router::Message;
+use crate::session::Session;
+
+static NEXT_LOCAL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A subscription made through [`crate::BrokerHandle::subscribe`]. Dropping
+/// it unsubscribes.
+pub struct LocalSubscription {
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+    filter: String,
+}
+
+impl LocalSubscription {
+    pub(crate) fn new(shared: Arc<Shared>, filter: &str, qos: QoS) -> Result<Self, String> {
+        let parsed =
+            parse_shared(filter).map_err(|_| format!("invalid shared subscription filter {filter:?}"))?;
+        if parsed.is_none() && !is_valid_topic_filter(filter) {
+            return Err(format!("invalid topic filter {filter:?}"));
+        }
+        let id = NEXT_LOCAL_ID.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(
+            format!("$local-{id}").into(),
+            shared.config.max_queued_messages,
+            true,
+            shared.metrics.clone(),
+        ));
+        session.set_online(true);
+        let options = SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
+        shared
+            .router
+            .subscribe(&session, filter, parsed.as_ref(), options, None);
+        Ok(LocalSubscription {
+            session,
+            shared,
+            filter: filter.to_string(),
+        })
+    }
+
+    /// The next message, waiting for one if none is queued.
+    pub async fn recv(&self) -> Arc<Message> {
+        loop {
+            if let Some(d) = self.session.state.lock().queue.pop_front() {
+                return d.message;
+            }
+            self.session.wake.notified().await;
+        }
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&self) -> Option<Arc<Message>> {
+        self.session.state.lock().queue.pop_front().map(|d| d.message)
+    }
+}
+
+impl Drop for LocalSubscription {
+    fn drop(&mut self) {
+        let parsed = parse_shared(&self.filter).ok().flatten();
+        self.shared
+            .router
+            .unsubscribe(&self.session, &self.filter, parsed.as_ref());
+    }
+}

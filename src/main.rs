@@ -1,0 +1,99 @@
+//! The `roomq` binary: flags, configuration layers, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// roomq: an MQTT 3.1.1 / 5.0 broker specialised for chat.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on for MQTT over TCP (default 127.0.0.1:1883).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Directory for durable state (default ./data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep everything in memory.
+    #[arg(long)]
+    memory: bool,
+    /// Most client connections at once.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Seconds between $SYS updates (0 = off).
+    #[arg(long, value_name = "SECS")]
+    sys_interval_secs: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let flags = Flags::parse();
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(listen) = &flags.listen {
+        overrides.push(("listen", listen.clone()));
+    }
+    if let Some(dir) = &flags.data_dir {
+        overrides.push(("data_dir", dir.display().to_string()));
+    }
+    if flags.memory {
+        overrides.push(("storage", "memory".into()));
+    }
+    if let Some(n) = flags.max_connections {
+        overrides.push(("max_connections", n.to_string()));
+    }
+    if let Some(n) = flags.sys_interval_secs {
+        overrides.push(("sys_interval_secs", n.to_string()));
+    }
+    let config = match roomq::Config::load(flags.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("roomq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roomq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let broker = match roomq::Broker::new(config).start().await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("roomq: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        broker.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Returns on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,209 @@
+//! Framing: turns bytes from a socket into packets and packets into bytes,
+//! for whichever protocol version the CONNECT announced.
+
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::{v311, validate, DisconnectReasonCode, Packet, Version};
+
+/// Why a byte stream could not be turned into a packet. Each value names the
+/// 5.0 reason code the connection is closed with.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the first packet was not CONNECT")]
+    FirstPacketNotConnect,
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocolLevel(u8),
+    #[error("invalid protocol name")]
+    InvalidProtocolName,
+    #[error("packet of {size} bytes is over the maximum of {max}")]
+    PacketTooLarge { size: u32, max: u32 },
+    #[error("client identifier not valid")]
+    InvalidClientId,
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("invalid topic name")]
+    TopicNameInvalid,
+}
+
+impl DecodeError {
+    /// The reason code a 5.0 DISCONNECT carries for this error.
+    pub fn reason_code(&self) -> DisconnectReasonCode {
+        match self {
+            DecodeError::PacketTooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+            DecodeError::Protocol(_) | DecodeError::FirstPacketNotConnect => {
+                DisconnectReasonCode::ProtocolError
+            }
+            DecodeError::TopicNameInvalid => DisconnectReasonCode::TopicNameInvalid,
+            _ => DisconnectReasonCode::MalformedPacket,
+        }
+    }
+}
+
+impl From<rmqtt_codec::error::DecodeError> for DecodeError {
+    fn from(e: rmqtt_codec::error::DecodeError) -> Self {
+        use rmqtt_codec::error::DecodeError as E;
+        match e {
+            E::MaxSizeExceeded { size, max } => DecodeError::PacketTooLarge { size, max },
+            E::InvalidClientId => DecodeError::InvalidClientId,
+            E::InvalidProtocol => DecodeError::InvalidProtocolName,
+            E::UnsupportedProtocolLevel => DecodeError::Protocol("unsupported protocol level"),
+            E::InvalidTopicName => DecodeError::TopicNameInvalid,
+            E::InvalidTopicFilter => DecodeError::Malformed("invalid topic filter"),
+            E::Utf8Error => DecodeError::Malformed("invalid UTF-8 string"),
+            E::InvalidConnectFlags | E::ConnectReservedFlagSet => {
+                DecodeError::Malformed("invalid CONNECT flags")
+            }
+            E::UnsupportedPacketType => DecodeError::Malformed("unknown packet type or reserved flags"),
+            E::PacketIdRequired => DecodeError::Malformed("packet identifier missing"),
+            E::InvalidLength => DecodeError::Malformed("invalid length"),
+            _ => DecodeError::Malformed("malformed packet"),
+        }
+    }
+}
+
+/// Per-connection codec. Starts undecided and picks the version from the
+/// CONNECT packet's protocol level.
+pub struct Codec {
+    version: Option<Version>,
+    max_inbound: u32,
+    v3: rmqtt_codec::v3::Codec,
+    v5: rmqtt_codec::v5::Codec,
+}
+
+impl Codec {
+    /// `max_inbound` is the largest packet (remaining length) accepted.
+    pub fn new(max_inbound: u32) -> Self {
+        Codec {
+            version: None,
+            max_inbound,
+            v3: rmqtt_codec::v3::Codec::new(max_inbound),
+            v5: rmqtt_codec::v5::Codec::new(max_inbound, 0),
+        }
+    }
+
+    pub fn version(&self) -> Option<Version> {
+        self.version
+    }
+
+    /// The largest packet the peer accepts (5.0 Maximum Packet Size).
+    pub fn set_max_outbound(&mut self, size: u32) {
+        self.v5.set_max_outbound_size(size);
+    }
+
+    /// Decodes one packet from the front of `buf`, or returns `None` when
+    /// more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        let version = match self.version {
+            Some(v) => v,
+            None => match detect_version(buf, self.max_inbound)? {
+                Some(v) => {
+                    self.version = Some(v);
+                    v
+                }
+                None => return Ok(None),
+            },
+        };
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let first_byte = buf[0];
+        let packet = match version {
+            Version::V5 => match self.v5.decode(buf)? {
+                Some((p, _)) => p,
+                None => return Ok(None),
+            },
+            Version::V31 | Version::V311 => match self.v3.decode(buf)? {
+                Some((p, _)) => v311::to_v5(p),
+                None => return Ok(None),
+            },
+        };
+        validate::inbound_packet(first_byte, &packet, version)?;
+        Ok(Some(packet))
+    }
+
+    /// Appends the encoding of `packet` to `dst`. A packet with no 3.1.1
+    /// form (DISCONNECT or AUTH from the server) writes nothing there.
+    pub fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        match self.version {
+            Some(Version::V5) => self.v5.encode(packet, dst).map_err(EncodeError::from),
+            Some(_) => match v311::from_v5(packet) {
+                Some(p) => self.v3.encode(p, dst).map_err(EncodeError::from),
+                None => Ok(()),
+            },
+            None => Err(EncodeError::NoVersion),
+        }
+    }
+}
+
+/// Why a packet could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("packet is larger than the peer's Maximum Packet Size")]
+    TooLarge,
+    #[error("no CONNECT yet, the protocol version is unknown")]
+    NoVersion,
+    #[error("encoding failed: {0}")]
+    Other(String),
+}
+
+impl From<rmqtt_codec::error::EncodeError> for EncodeError {
+    fn from(e: rmqtt_codec::error::EncodeError) -> Self {
+        match e {
+            rmqtt_codec::error::EncodeError::OverMaxPacketSize { .. } => EncodeError::TooLarge,
+            other => EncodeError::Other(other.to_string()),
+        }
+    }
+}
+
+/// Reads the fixed header, protocol name and level of the first packet
+/// without consuming anything.
+fn detect_version(buf: &BytesMut, max_inbound: u32) -> Result<Option<Version>, DecodeError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != 0x10 {
+        return Err(DecodeError::FirstPacketNotConnect);
+    }
+    let mut header = &buf[1..];
+    let mut remaining: u32 = 0;
+    let mut shift = 0;
+    loop {
+        if !header.has_remaining() {
+            return Ok(None);
+        }
+        let byte = header.get_u8();
+        remaining |= u32::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(DecodeError::Malformed("remaining length over four bytes"));
+        }
+    }
+    if max_inbound != 0 && remaining > max_inbound {
+        return Err(DecodeError::PacketTooLarge {
+            size: remaining,
+            max: max_inbound,
+        });
+    }
+    if header.len() < 2 {
+        return Ok(None);
+    }
+    let name_len = usize::from(u16::from_be_bytes([header[0], header[1]]));
+    if header.len() < 2 + name_len + 1 {
+        return Ok(None);
+    }
+    let name = &header[2..2 + name_len];
+    let level = header[2 + name_len];
+    match (name, level) {
+        (b"MQTT", 4) => Ok(Some(Version::V311)),
+        (b"MQTT", 5) => Ok(Some(Version::V5)),
+        (b"MQIsdp", 3) => Ok(Some(Version::V31)),
+        (b"MQTT", level) | (b"MQIsdp", level) => Err(DecodeError::UnsupportedProtocolLevel(level)),
+        _ => Err(DecodeError::InvalidProtocolName),
+    }
+}

@@ -1,0 +1,83 @@
+//! What travels through the router: one [`Message`] per PUBLISH, shared by
+//! every subscriber, and one small [`Delivery`] per subscriber.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::protocol::{PublishProperties, QoS};
+
+/// One application message as the broker received it. The payload is a
+/// single `Bytes`, shared (never copied) by every subscriber's queue.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// 5.0 properties passed through unchanged (user properties, content
+    /// type, response topic, correlation data, payload format). The topic
+    /// alias, subscription identifiers and expiry interval are stripped:
+    /// they are set per subscriber on the way out.
+    pub properties: Option<PublishProperties>,
+    /// When the Message Expiry Interval runs out; `None` means never.
+    pub expires_at: Option<Instant>,
+    /// Client id of the publisher, for the No Local subscription option.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    /// A message with no 5.0 properties, as `mosquitto_pub` or the
+    /// in-process API would send it.
+    pub fn new(topic: impl Into<ByteString>, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Self {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Seconds left before expiry, rounded up, for the outgoing Message
+    /// Expiry Interval; `None` when the message never expires.
+    pub fn remaining_expiry_secs(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// Identifies one shared subscription group: `$share/{group}/{filter}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SharedGroupKey {
+    pub group: Arc<str>,
+    pub filter: Arc<str>,
+}
+
+/// One message on its way to one subscriber.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(publish QoS, granted QoS).
+    pub qos: QoS,
+    /// The RETAIN flag to send: set for retained messages sent on
+    /// subscribe, and with Retain As Published.
+    pub retain: bool,
+    /// Identifiers of every subscription of this session that matched.
+    pub subscription_ids: Vec<NonZeroU32>,
+    /// Set when the message came through a shared subscription, so that it
+    /// can go to another member if this one leaves before acknowledging it.
+    pub shared: Option<Arc<SharedGroupKey>>,
+}

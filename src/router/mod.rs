@@ -1,0 +1,197 @@
+//! Routing: the subscription trie, retained messages, and fan-out of each
+//! message to the sessions that subscribed to it.
+//!
+//! Fan-out runs on the publisher's own task: it reads the trie, then pushes a
+//! [`Delivery`] (a pointer to the shared message plus a few bytes) onto each
+//! matching session's bounded queue and wakes that session's connection.
+//! Nothing here waits on a subscriber, so a slow consumer never slows the
+//! publisher or anyone else.
+
+mod message;
+mod retained;
+mod trie;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+pub use message::{Delivery, Message, SharedGroupKey};
+pub use retained::RetainedStore;
+pub use trie::SubEntry;
+
+use crate::protocol::validate::SharedFilter;
+use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
+use crate::session::Session;
+use trie::{Matched, Trie};
+
+/// What became of one published message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Sessions with a matching subscription.
+    pub matched: usize,
+    /// Of those, sessions that could not take it (queue full, or offline
+    /// with QoS 0).
+    pub dropped: usize,
+}
+
+/// The shared routing state of one broker.
+pub struct Router {
+    trie: Trie,
+    retained: RetainedStore,
+    retain_available: bool,
+}
+
+impl Router {
+    pub fn new(retain_available: bool) -> Self {
+        Router {
+            trie: Trie::default(),
+            retained: RetainedStore::default(),
+            retain_available,
+        }
+    }
+
+    pub fn retained(&self) -> &RetainedStore {
+        &self.retained
+    }
+
+    /// Routes one message: stores it as retained when flagged, then hands it
+    /// to every matching subscription.
+    pub fn publish(&self, message: Message) -> PublishOutcome {
+        let message = Arc::new(message);
+        if message.retain && self.retain_available {
+            self.retained.set(&message);
+        }
+        let matched = self.trie.matches(&message.topic);
+        if matched.is_empty() {
+            return PublishOutcome::default();
+        }
+        let deliveries = merge_overlaps(&message, matched);
+        let mut outcome = PublishOutcome {
+            matched: deliveries.len(),
+            dropped: 0,
+        };
+        for (session, delivery) in deliveries {
+            if !session.deliver(delivery) {
+                outcome.dropped += 1;
+            }
+        }
+        outcome
+    }
+
+    /// Adds a subscription and sends the matching retained messages as the
+    /// Retain Handling option asks. Returns whether it replaced an existing
+    /// subscription of the same session to the same filter.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        shared: Option<&SharedFilter<'_>>,
+        options: SubscriptionOptions,
+        id: Option<NonZeroU32>,
+    ) -> bool {
+        let entry = SubEntry {
+            session: session.clone(),
+            options,
+            id,
+        };
+        let existed = match shared {
+            Some(s) => self.trie.insert(s.filter, Some(s.group), entry),
+            None => self.trie.insert(filter, None, entry),
+        };
+        // Retained messages are not sent for shared subscriptions
+        // ([MQTT-3.8.4-4] in 5.0, and as Mosquitto does for 3.1.1).
+        let send_retained = shared.is_none()
+            && match options.retain_handling {
+                RetainHandling::AtSubscribe => true,
+                RetainHandling::AtSubscribeNew => !existed,
+                RetainHandling::NoAtSubscribe => false,
+            };
+        if send_retained {
+            for message in self.retained.matching(filter) {
+                let qos = message.qos.less_value(options.qos);
+                session.deliver(Delivery {
+                    message,
+                    qos,
+                    retain: true,
+                    subscription_ids: id.into_iter().collect(),
+                    shared: None,
+                });
+            }
+        }
+        existed
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        shared: Option<&SharedFilter<'_>>,
+    ) -> bool {
+        match shared {
+            Some(s) => self.trie.remove(s.filter, Some(s.group), session),
+            None => self.trie.remove(filter, None, session),
+        }
+    }
+
+    /// Hands a message that `from` received through a shared subscription,
+    /// and will not acknowledge, to another member of the group (an online
+    /// one if there is one). Returns false when no other member exists.
+    pub fn redeliver_shared(&self, from: &Arc<Session>, mut delivery: Delivery) -> bool {
+        let Some(key) = delivery.shared.clone() else {
+            return false;
+        };
+        let members = self.trie.shared_members(&key, from);
+        let Some(target) = members.iter().find(|m| m.session.is_online()).or(members.first()) else {
+            return false;
+        };
+        delivery.qos = delivery.message.qos.less_value(target.options.qos);
+        delivery.subscription_ids = target.id.into_iter().collect();
+        target.session.deliver(delivery);
+        true
+    }
+}
+
+/// Turns the raw matches into one delivery per session: where several
+/// subscriptions of one session match ([MQTT-3.3.4-3] to -5), it gets one
+/// copy at the highest granted QoS carrying every Subscription Identifier.
+/// Subscriptions with No Local do not count for the publisher's own session.
+/// Shared-subscription matches stay separate deliveries.
+fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc<Session>, Delivery)> {
+    matched.retain(|m| {
+        !(m.entry.options.no_local
+            && message
+                .publisher
+                .as_deref()
+                .is_some_and(|p| p == &*m.entry.session.client_id))
+    });
+    matched.sort_by_key(|m| (Arc::as_ptr(&m.entry.session) as usize, m.shared.is_some()));
+    let mut out: Vec<(Arc<Session>, Delivery)> = Vec::with_capacity(matched.len());
+    for m in matched {
+        let granted = m.entry.options.qos;
+        let retain = message.retain && m.entry.options.retain_as_published;
+        if m.shared.is_none() {
+            if let Some((session, d)) = out.last_mut() {
+                if d.shared.is_none() && Arc::ptr_eq(session, &m.entry.session) {
+                    d.qos = d.qos.max(message.qos.less_value(granted));
+                    d.retain |= retain;
+                    d.subscription_ids.extend(m.entry.id);
+                    continue;
+                }
+            }
+        }
+        out.push((
+            m.entry.session.clone(),
+            Delivery {
+                message: message.clone(),
+                qos: message.qos.less_value(granted),
+                retain,
+                subscription_ids: m.entry.id.into_iter().collect(),
+                shared: m.shared,
+            },
+        ));
+    }
+    out
+}
+
+/// The highest QoS a broker grants.
+pub const MAX_QOS: QoS = QoS::ExactlyOnce;

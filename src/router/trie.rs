@@ -1,0 +1,262 @@
+//! The subscription index: a trie of topic levels, split into shards by the
+//! first level so that publishers never share one lock.
+//!
+//! A filter whose first level is a literal (`rooms/...`, `sensors/...`) lives
+//! in the shard its first level hashes to; a filter that starts with `+` or
+//! `#` lives in the wildcard shard. A PUBLISH reads two shards: the one of
+//! its first level and the wildcard shard. Publishers take read locks only,
+//! so they run in parallel; SUBSCRIBE and UNSUBSCRIBE take one shard's write
+//! lock.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::message::SharedGroupKey;
+use crate::protocol::SubscriptionOptions;
+use crate::session::Session;
+
+const LITERAL_SHARDS: usize = 16;
+
+/// One subscription of one session.
+#[derive(Clone)]
+pub struct SubEntry {
+    pub session: Arc<Session>,
+    pub options: SubscriptionOptions,
+    pub id: Option<NonZeroU32>,
+}
+
+/// A subscription that matched a topic, before merging overlaps.
+pub struct Matched {
+    pub entry: SubEntry,
+    pub shared: Option<Arc<SharedGroupKey>>,
+}
+
+struct SharedGroup {
+    key: Arc<SharedGroupKey>,
+    members: Vec<SubEntry>,
+    /// Round-robin position; atomic so that publishers under a read lock can
+    /// advance it.
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subs: Vec<SubEntry>,
+    shared: Vec<SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+    }
+
+    fn collect(&self, levels: &[&str], dollar_topic: bool, out: &mut Vec<Matched>) {
+        let Some((level, rest)) = levels.split_first() else {
+            self.take_all(out);
+            // "a/#" also matches "a" ([MQTT-4.7.1-2]).
+            if let Some(hash) = self.children.get("#") {
+                hash.take_all(out);
+            }
+            return;
+        };
+        if let Some(child) = self.children.get(*level) {
+            child.collect(rest, false, out);
+        }
+        // A leading wildcard never matches a topic starting with '$'.
+        if !dollar_topic {
+            if let Some(plus) = self.children.get("+") {
+                plus.collect(rest, false, out);
+            }
+            if let Some(hash) = self.children.get("#") {
+                hash.take_all(out);
+            }
+        }
+    }
+
+    fn take_all(&self, out: &mut Vec<Matched>) {
+        out.extend(self.subs.iter().map(|e| Matched {
+            entry: e.clone(),
+            shared: None,
+        }));
+        for group in &self.shared {
+            if let Some(entry) = pick_member(group) {
+                out.push(Matched {
+                    entry,
+                    shared: Some(group.key.clone()),
+                });
+            }
+        }
+    }
+}
+
+/// Round robin over the group, preferring members that are online; when none
+/// is online the message is queued for the next member in turn.
+fn pick_member(group: &SharedGroup) -> Option<SubEntry> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = group.next.fetch_add(1, Ordering::Relaxed);
+    (0..n)
+        .map(|i| &group.members[(start + i) % n])
+        .find(|m| m.session.is_online())
+        .or_else(|| group.members.get(start % n))
+        .cloned()
+}
+
+/// The sharded subscription trie.
+pub struct Trie {
+    wildcard: RwLock<Node>,
+    literal: Vec<RwLock<Node>>,
+}
+
+impl Default for Trie {
+    fn default() -> Self {
+        Trie {
+            wildcard: RwLock::default(),
+            literal: (0..LITERAL_SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+impl Trie {
+    fn shard_for_first_level(&self, first: &str) -> &RwLock<Node> {
+        let mut h = DefaultHasher::new();
+        first.hash(&mut h);
+        &self.literal[(h.finish() as usize) % LITERAL_SHARDS]
+    }
+
+    fn shard_for_filter(&self, filter: &str) -> &RwLock<Node> {
+        let first = filter.split('/').next().unwrap_or("");
+        if first == "+" || first == "#" {
+            &self.wildcard
+        } else {
+            self.shard_for_first_level(first)
+        }
+    }
+
+    /// Adds or replaces the subscription of `entry.session` to `filter`
+    /// (or to the shared group, when `group` is set). Returns true when it
+    /// replaced an existing one.
+    pub fn insert(&self, filter: &str, group: Option<&str>, entry: SubEntry) -> bool {
+        let mut root = self.shard_for_filter(filter).write();
+        let mut node = &mut *root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let members = match group {
+            None => &mut node.subs,
+            Some(group) => {
+                let idx = match node.shared.iter().position(|g| &*g.key.group == group) {
+                    Some(i) => i,
+                    None => {
+                        node.shared.push(SharedGroup {
+                            key: Arc::new(SharedGroupKey {
+                                group: group.into(),
+                                filter: filter.into(),
+                            }),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        node.shared.len() - 1
+                    }
+                };
+                &mut node.shared[idx].members
+            }
+        };
+        match members
+            .iter_mut()
+            .find(|e| Arc::ptr_eq(&e.session, &entry.session))
+        {
+            Some(existing) => {
+                *existing = entry;
+                true
+            }
+            None => {
+                members.push(entry);
+                false
+            }
+        }
+    }
+
+    /// Removes the subscription of `session` to `filter`; returns whether
+    /// one existed.
+    pub fn remove(&self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
+        let mut root = self.shard_for_filter(filter).write();
+        let levels: Vec<&str> = filter.split('/').collect();
+        remove_at(&mut root, &levels, group, session)
+    }
+
+    /// Every subscription matching `topic`, shared groups resolved to one
+    /// member each.
+    pub fn matches(&self, topic: &str) -> Vec<Matched> {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let dollar = topic.starts_with('$');
+        let mut out = Vec::new();
+        self.shard_for_first_level(levels[0])
+            .read()
+            .collect(&levels, dollar, &mut out);
+        self.wildcard.read().collect(&levels, dollar, &mut out);
+        out
+    }
+
+    /// Members of a shared group other than `except`, for handing over the
+    /// messages of a member that left.
+    pub fn shared_members(&self, key: &SharedGroupKey, except: &Arc<Session>) -> Vec<SubEntry> {
+        let root = self.shard_for_filter(&key.filter).read();
+        let mut node = &*root;
+        for level in key.filter.split('/') {
+            match node.children.get(level) {
+                Some(n) => node = n,
+                None => return Vec::new(),
+            }
+        }
+        node.shared
+            .iter()
+            .find(|g| g.key.group == key.group)
+            .map(|g| {
+                g.members
+                    .iter()
+                    .filter(|m| !Arc::ptr_eq(&m.session, except))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> bool {
+    match levels.split_first() {
+        None => {
+            let members = match group {
+                None => &mut node.subs,
+                Some(group) => match node.shared.iter_mut().find(|g| &*g.key.group == group) {
+                    Some(g) => &mut g.members,
+                    None => return false,
+                },
+            };
+            let before = members.len();
+            members.retain(|e| !Arc::ptr_eq(&e.session, session));
+            let removed = members.len() != before;
+            node.shared.retain(|g| !g.members.is_empty());
+            removed
+        }
+        Some((level, rest)) => {
+            let Some(child) = node.children.get_mut(*level) else {
+                return false;
+            };
+            let removed = remove_at(child, rest, group, session);
+            if child.is_empty() {
+                node.children.remove(*level);
+            }
+            removed
+        }
+    }
+}

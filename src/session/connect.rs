@@ -1,0 +1,183 @@
+//! CONNECT to CONNACK: client id rules, authentication, session claim and
+//! takeover, keep-alive, and the limits announced to 5.0 clients.
+
+use std::collections::HashMap;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::connection::{Close, Connection, Io};
+use super::Will;
+use crate::auth::{AuthDecision, AuthRequest};
+use crate::broker::Shared;
+use crate::protocol::validate::is_valid_topic_name;
+use crate::protocol::{Connect, ConnectAck, ConnectAckReason, DecodeError, Packet, Version};
+
+/// Answers a first packet that could not be decoded, where the protocol
+/// has an answer: an unsupported protocol level gets 3.1.1 return code 1, a
+/// rejected client id gets "identifier rejected".
+pub(crate) async fn refuse_undecodable(io: &mut Io, shared: &Shared, close: Close) {
+    shared.metrics.protocol_errors.inc();
+    if let Close::ByServer(_, text) = &close {
+        tracing::debug!(error = %text, "refusing connection");
+    }
+    match close {
+        Close::ByServer(_, text) if text == DecodeError::InvalidClientId.to_string() => {
+            send_connack(io, ConnectAckReason::ClientIdentifierNotValid, false, None);
+        }
+        Close::ByServer(_, text) if text.starts_with("unsupported protocol level") => {
+            // The client spoke a version we do not know: answer in 3.1.1
+            // form, which every version can read ([MQTT-3.1.2-2]).
+            io.out.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
+        }
+        _ => {}
+    }
+}
+
+fn send_connack(io: &mut Io, reason: ConnectAckReason, present: bool, ack: Option<ConnectAck>) {
+    let mut ack = ack.unwrap_or_default();
+    ack.reason_code = reason;
+    ack.session_present = present && reason == ConnectAckReason::Success;
+    io.send(Packet::ConnectAck(Box::new(ack)));
+}
+
+/// Handles CONNECT: on success sends CONNACK and returns the connection; on
+/// refusal sends the refusing CONNACK and returns `None`.
+pub(crate) async fn accept(
+    mut io: Io,
+    shared: &Arc<Shared>,
+    connect: Connect,
+    over_limit: bool,
+) -> Option<Connection> {
+    let version = io.codec.version()?;
+    let config = &shared.config;
+    async fn refuse(mut io: Io, reason: ConnectAckReason, why: &'static str) -> Option<Connection> {
+        tracing::info!(reason = ?reason, "connection refused: {why}");
+        send_connack(&mut io, reason, false, None);
+        io.flush_final().await;
+        None
+    }
+    if over_limit {
+        return refuse(io, ConnectAckReason::ServerBusy, "max_connections reached").await;
+    }
+    if connect.auth_method.is_some() {
+        return refuse(
+            io,
+            ConnectAckReason::BadAuthenticationMethod,
+            "enhanced authentication not configured",
+        )
+        .await;
+    }
+    if let Some(will) = &connect.last_will {
+        if !is_valid_topic_name(&will.topic) {
+            shared.metrics.protocol_errors.inc();
+            return refuse(io, ConnectAckReason::TopicNameInvalid, "invalid will topic").await;
+        }
+    }
+
+    let assigned = connect
+        .client_id
+        .is_empty()
+        .then(|| shared.registry.assign_client_id());
+    let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
+
+    let decision = shared.auth.authenticate(&AuthRequest {
+        client_id: &client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer: io.peer,
+    });
+    match decision {
+        AuthDecision::Allow => {}
+        AuthDecision::BadCredentials => {
+            shared.metrics.auth_failures.inc();
+            return refuse(
+                io,
+                ConnectAckReason::BadUserNameOrPassword,
+                "bad username or password",
+            )
+            .await;
+        }
+        AuthDecision::NotAuthorized => {
+            shared.metrics.auth_failures.inc();
+            return refuse(io, ConnectAckReason::NotAuthorized, "not authorized").await;
+        }
+    }
+
+    let Some(claimed) = shared
+        .registry
+        .claim(shared, &client_id, connect.clean_start)
+        .await
+    else {
+        return refuse(io, ConnectAckReason::ServerUnavailable, "session takeover failed").await;
+    };
+    let session = claimed.session;
+
+    // Keep-alive: 0 means off unless the broker sets a maximum.
+    let max_keepalive = config.max_keepalive_secs;
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if max_keepalive > 0 && (keep_alive == 0 || keep_alive > max_keepalive) {
+        keep_alive = max_keepalive;
+        if version.is_v5() {
+            server_keep_alive = Some(max_keepalive);
+        }
+    }
+    let keep_alive_window = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+
+    let expiry = match config.max_session_expiry_secs {
+        0 => connect.session_expiry_interval_secs,
+        max => connect.session_expiry_interval_secs.min(max),
+    };
+    let kick = Arc::new(Notify::new());
+    {
+        let mut st = session.state.lock();
+        st.generation += 1;
+        st.kick = Some(kick.clone());
+        st.pending_will = None;
+        st.expiry_secs = expiry;
+    }
+    session.set_online(true);
+
+    let client_receive_max = connect.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX);
+    let send_window = usize::from(client_receive_max.min(config.max_inflight_messages));
+    if let Some(max) = connect.max_packet_size {
+        io.codec.set_max_outbound(max.get());
+    }
+
+    let ack = (version == Version::V5).then(|| ConnectAck {
+        session_expiry_interval_secs: (expiry != connect.session_expiry_interval_secs).then_some(expiry),
+        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
+        max_packet_size: Some(config.max_packet_size),
+        assigned_client_id: assigned.map(Into::into),
+        topic_alias_max: config.topic_alias_maximum,
+        retain_available: config.retain_available,
+        server_keepalive_sec: server_keep_alive,
+        ..Default::default()
+    });
+    send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
+    shared.metrics.clients_connected.inc();
+    tracing::debug!(%client_id, ?version, present = claimed.present, keep_alive, "client connected");
+
+    Some(Connection {
+        io,
+        shared: shared.clone(),
+        version,
+        session,
+        kick,
+        guard: Some(claimed.guard),
+        keep_alive_window,
+        will: connect.last_will.map(|will| Will {
+            delay_secs: will.will_delay_interval_sec.unwrap_or(0),
+            will,
+        }),
+        send_window,
+        inbound_aliases: HashMap::new(),
+        outbound_aliases: HashMap::new(),
+        client_alias_max: connect.topic_alias_max,
+        connect_expiry: connect.session_expiry_interval_secs,
+        shutdown: shared.shutdown.subscribe(),
+    })
+}

@@ -1,0 +1,351 @@
+//! The task that serves one network connection: reads and decodes packets,
+//! dispatches them, writes queued messages in batches, enforces keep-alive,
+//! and closes with the right reason code.
+//!
+//! One task does both directions. Each turn of the loop first moves what the
+//! session has queued into the write buffer and writes it in one call (many
+//! packets per syscall), then waits for whichever comes first: bytes from
+//! the client, new deliveries, a takeover, shutdown or the keep-alive
+//! deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Notify, OwnedMutexGuard};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{lifecycle, Session, Will};
+use crate::broker::Shared;
+use crate::protocol::{Codec, DecodeError, Disconnect, DisconnectReasonCode, Packet, Version};
+
+/// Anything a connection can run over: TCP, later TLS and WebSocket.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Read buffer for an idle connection: small, so that thousands of idle
+/// clients cost little. It grows while a client sends a lot.
+const IDLE_READ_BUFFER: usize = 1024;
+const BUSY_READ_BUFFER: usize = 16 * 1024;
+/// Stop filling the write buffer at this size and write it out first.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a closing connection waits to write its final DISCONNECT.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection ends, which decides the DISCONNECT sent and the will.
+#[derive(Debug)]
+pub(crate) enum Close {
+    /// DISCONNECT with reason 0x00: the will is discarded.
+    Normal,
+    /// The client went away (socket closed, I/O error, DISCONNECT 0x04):
+    /// the will is published.
+    Lost(String),
+    /// The broker closes the connection: a 5.0 client gets DISCONNECT with
+    /// this reason code; the will is published.
+    ByServer(DisconnectReasonCode, String),
+    /// The broker is shutting down: DISCONNECT 0x8B; no will.
+    Shutdown,
+}
+
+impl From<DecodeError> for Close {
+    fn from(e: DecodeError) -> Self {
+        Close::ByServer(e.reason_code(), e.to_string())
+    }
+}
+
+/// Socket, codec and buffers of one connection.
+pub(crate) struct Io {
+    stream: Box<dyn Stream>,
+    pub peer: SocketAddr,
+    pub codec: Codec,
+    rbuf: BytesMut,
+    pub out: BytesMut,
+}
+
+impl Io {
+    fn new(stream: Box<dyn Stream>, peer: SocketAddr, max_packet_size: u32) -> Self {
+        Io {
+            stream,
+            peer,
+            codec: Codec::new(max_packet_size),
+            rbuf: BytesMut::with_capacity(IDLE_READ_BUFFER),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Reads more bytes; `Ok(0)` means the peer closed.
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < IDLE_READ_BUFFER / 2 {
+            self.rbuf.reserve(BUSY_READ_BUFFER);
+        }
+        self.stream.read_buf(&mut self.rbuf).await
+    }
+
+    /// The next complete packet in the read buffer, if any.
+    fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
+        let packet = self.codec.decode(&mut self.rbuf)?;
+        if self.rbuf.is_empty() && self.rbuf.capacity() > BUSY_READ_BUFFER {
+            // A burst is over: give the big buffer back.
+            self.rbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        }
+        Ok(packet)
+    }
+
+    /// Queues a packet for the next write. A packet that cannot be encoded
+    /// is logged and skipped.
+    pub fn send(&mut self, packet: Packet) {
+        if let Err(e) = self.codec.encode(packet, &mut self.out) {
+            tracing::warn!(error = %e, "could not encode a packet");
+        }
+    }
+
+    /// Writes everything queued.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(&self.out).await?;
+        self.out.clear();
+        if self.out.capacity() > 4 * WRITE_BATCH {
+            self.out = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued and closes the socket, giving up after
+    /// `FINAL_WRITE_TIMEOUT` on a client that does not read.
+    pub async fn flush_final(&mut self) {
+        let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Reads until one whole packet is there.
+    async fn read_packet(&mut self) -> Result<Packet, Close> {
+        loop {
+            if let Some(p) = self.next_packet()? {
+                return Ok(p);
+            }
+            match self.read_more().await {
+                Ok(0) => return Err(Close::Lost("closed before CONNECT".into())),
+                Ok(_) => {}
+                Err(e) => return Err(Close::Lost(e.to_string())),
+            }
+        }
+    }
+}
+
+/// A connection that has completed CONNECT/CONNACK.
+pub(crate) struct Connection {
+    pub io: Io,
+    pub shared: Arc<Shared>,
+    pub version: Version,
+    pub session: Arc<Session>,
+    pub kick: Arc<Notify>,
+    /// Held while this connection serves the session.
+    pub guard: Option<OwnedMutexGuard<()>>,
+    /// 1.5 x the keep-alive in force; `None` when keep-alive is off.
+    pub keep_alive_window: Option<Duration>,
+    pub will: Option<Will>,
+    /// Most QoS 1/2 messages in flight to the client.
+    pub send_window: usize,
+    /// Topic aliases the client set up (alias to topic).
+    pub inbound_aliases: HashMap<u16, ByteString>,
+    /// Topic aliases the broker set up towards the client.
+    pub outbound_aliases: HashMap<ByteString, u16>,
+    /// Topic Alias Maximum of the client (0 = none).
+    pub client_alias_max: u16,
+    /// The client's Session Expiry Interval at CONNECT, for the DISCONNECT
+    /// rule [MQTT-3.14.2-2].
+    pub connect_expiry: u32,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Serves one accepted connection until it closes. `over_limit` is set
+/// when the broker already has `max_connections`: the client is then told
+/// the server is busy.
+pub async fn serve(stream: Box<dyn Stream>, peer: SocketAddr, shared: Arc<Shared>, over_limit: bool) {
+    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        let mut io = Io::new(stream, peer, shared.config.max_packet_size);
+        let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
+        let first = match tokio::time::timeout(timeout, io.read_packet()).await {
+            Err(_) => {
+                tracing::debug!("no CONNECT within connect_timeout_secs, closing");
+                return;
+            }
+            Ok(Err(close)) => {
+                super::connect::refuse_undecodable(&mut io, &shared, close).await;
+                io.flush_final().await;
+                return;
+            }
+            Ok(Ok(packet)) => packet,
+        };
+        let Packet::Connect(connect) = first else {
+            tracing::debug!("first packet was not CONNECT, closing");
+            return;
+        };
+        let Some(conn) = super::connect::accept(io, &shared, *connect, over_limit).await else {
+            return;
+        };
+        tracing::Span::current().record("client_id", &*conn.session.client_id);
+        conn.run().await;
+    }
+    .instrument(span)
+    .await
+}
+
+impl Connection {
+    async fn run(mut self) {
+        let close = self.event_loop().await;
+        match &close {
+            Close::Lost(why) => tracing::debug!(%why, "connection lost"),
+            other => tracing::debug!(reason = ?other, "connection closing"),
+        }
+        self.finish(close).await;
+    }
+
+    async fn event_loop(&mut self) -> Close {
+        if *self.shutdown.borrow() {
+            return Close::Shutdown;
+        }
+        self.resend_inflight();
+        let mut deadline = self.keep_alive_window.map(|w| Instant::now() + w);
+        loop {
+            loop {
+                let more = self.fill_outbox(WRITE_BATCH);
+                if let Err(e) = self.io.flush().await {
+                    return Close::Lost(e.to_string());
+                }
+                if !more {
+                    break;
+                }
+            }
+            let read = tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => return Close::Shutdown,
+                _ = self.kick.notified() => {
+                    return Close::ByServer(DisconnectReasonCode::SessionTakenOver, "session taken over".into())
+                }
+                r = self.io.read_more() => r,
+                _ = self.session.wake.notified() => continue,
+                _ = sleep_until_opt(deadline) => {
+                    return Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, "keep alive timeout".into())
+                }
+            };
+            match read {
+                Ok(0) => return Close::Lost("connection closed by client".into()),
+                Ok(_) => {}
+                Err(e) => return Close::Lost(e.to_string()),
+            }
+            loop {
+                match self.io.next_packet() {
+                    Ok(Some(packet)) => {
+                        deadline = self.keep_alive_window.map(|w| Instant::now() + w);
+                        if let Some(close) = self.handle(packet) {
+                            return close;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return e.into(),
+                }
+            }
+        }
+    }
+
+    /// Dispatches one packet; returns `Some` when the connection must close.
+    fn handle(&mut self, packet: Packet) -> Option<Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(*p),
+            Packet::PublishAck(ack) => self.on_puback(ack),
+            Packet::PublishReceived(ack) => self.on_pubrec(ack),
+            Packet::PublishComplete(ack) => self.on_pubcomp(ack),
+            Packet::PublishRelease(ack) => self.on_pubrel(ack),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingRequest => {
+                self.io.send(Packet::PingResponse);
+                None
+            }
+            Packet::Disconnect(d) => Some(self.on_disconnect(d)),
+            Packet::Auth(_) => Some(Close::ByServer(
+                DisconnectReasonCode::BadAuthenticationMethod,
+                "no enhanced authentication method is configured".into(),
+            )),
+            Packet::Connect(_) => Some(Close::ByServer(
+                DisconnectReasonCode::ProtocolError,
+                "second CONNECT".into(),
+            )),
+            other => Some(Close::ByServer(
+                DisconnectReasonCode::ProtocolError,
+                format!(
+                    "packet type {:#x} may not be sent by a client",
+                    other.packet_type()
+                ),
+            )),
+        }
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.session_expiry_interval_secs {
+            if self.connect_expiry == 0 && expiry != 0 {
+                return Close::ByServer(
+                    DisconnectReasonCode::ProtocolError,
+                    "session expiry set on DISCONNECT after 0 at CONNECT".into(),
+                );
+            }
+            self.session.state.lock().expiry_secs = self.cap_expiry(expiry);
+        }
+        if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+            Close::Lost("DISCONNECT with will message".into())
+        } else {
+            Close::Normal
+        }
+    }
+
+    /// Applies `max_session_expiry_secs`.
+    pub fn cap_expiry(&self, requested: u32) -> u32 {
+        match self.shared.config.max_session_expiry_secs {
+            0 => requested,
+            max => requested.min(max),
+        }
+    }
+
+    async fn finish(mut self, close: Close) {
+        let (reason, publish_will) = match &close {
+            Close::Normal => (None, false),
+            Close::Lost(_) => (None, true),
+            Close::ByServer(code, _) => (Some(*code), true),
+            Close::Shutdown => (Some(DisconnectReasonCode::ServerShuttingDown), false),
+        };
+        if let (Some(code), true) = (reason, self.version.is_v5()) {
+            let mut d = Disconnect::new(code);
+            if let Close::ByServer(_, text) = &close {
+                d.reason_string = Some(text.as_str().into());
+            }
+            self.io.send(Packet::Disconnect(d));
+        }
+        if matches!(close, Close::ByServer(..)) {
+            self.shared.metrics.protocol_errors.inc();
+        }
+        self.io.flush_final().await;
+        let will = if publish_will { self.will.take() } else { None };
+        lifecycle::connection_closed(&self.shared, &self.session, will);
+        self.shared.metrics.clients_connected.dec();
+        drop(self.guard.take());
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,148 @@
+//! What happens when a connection closes: the will (now, after its delay, or
+//! when the session ends), the session expiry timer, and handing shared
+//! subscription messages to another member.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Session, Will};
+use crate::broker::Shared;
+use crate::protocol::{PublishProperties, QoS};
+use crate::router::Message;
+
+/// Marks the session offline after its connection closed and starts what
+/// follows: the will (when `will` is set), expiry, shared handover.
+pub(crate) fn connection_closed(shared: &Arc<Shared>, session: &Arc<Session>, will: Option<Will>) {
+    session.set_online(false);
+    let (generation, expiry_secs) = {
+        let mut st = session.state.lock();
+        st.kick = None;
+        (st.generation, st.expiry_secs)
+    };
+    hand_over_shared(shared, session);
+
+    if let Some(will) = will {
+        if will.delay_secs == 0 || expiry_secs == 0 {
+            // A will whose delay is longer than the session lasts is sent
+            // when the session ends ([MQTT-3.1.3-9]): here, now.
+            publish_will(shared, &session.client_id, &will);
+        } else {
+            let delay = will.delay_secs.min(expiry_secs);
+            session.state.lock().pending_will = Some(will);
+            let (shared, session) = (shared.clone(), session.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                let will = {
+                    let mut st = session.state.lock();
+                    if st.generation != generation || session.is_online() {
+                        return;
+                    }
+                    st.pending_will.take()
+                };
+                if let Some(will) = will {
+                    publish_will(&shared, &session.client_id, &will);
+                }
+            });
+        }
+    }
+
+    if expiry_secs == 0 {
+        end_session(shared, session);
+    } else if expiry_secs != u32::MAX {
+        let (shared, session) = (shared.clone(), session.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry_secs))).await;
+            let still_away = session.state.lock().generation == generation && !session.is_online();
+            if still_away {
+                tracing::debug!(client_id = %session.client_id, "session expired");
+                end_session(&shared, &session);
+            }
+        });
+    }
+}
+
+/// Ends a session: its subscriptions leave the router, its queue is dropped
+/// (shared-subscription messages go to another member), a will still
+/// waiting out its delay is sent, and the registry forgets it.
+pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
+    hand_over_shared(shared, session);
+    let (subscriptions, pending_will) = {
+        let mut st = session.state.lock();
+        if st.ended {
+            return;
+        }
+        st.ended = true;
+        st.queue.clear();
+        st.inflight.clear();
+        (std::mem::take(&mut st.subscriptions), st.pending_will.take())
+    };
+    for filter in subscriptions.keys() {
+        let parsed = crate::protocol::validate::parse_shared(filter).ok().flatten();
+        shared.router.unsubscribe(session, filter, parsed.as_ref());
+    }
+    shared.registry.remove(session);
+    if let Some(will) = pending_will {
+        publish_will(shared, &session.client_id, &will);
+    }
+}
+
+/// Moves QoS 1/2 messages that came through a shared subscription, and that
+/// this offline session has not acknowledged, to another group member.
+fn hand_over_shared(shared: &Arc<Shared>, session: &Arc<Session>) {
+    let moved: Vec<_> = {
+        let mut st = session.state.lock();
+        let mut moved = Vec::new();
+        st.queue.retain(|d| {
+            let take = d.shared.is_some() && d.qos != QoS::AtMostOnce;
+            if take {
+                moved.push(d.clone());
+            }
+            !take
+        });
+        st.inflight.retain(|f| {
+            // A QoS 2 message whose PUBREC arrived belongs to this client now.
+            let take = f.delivery.shared.is_some() && f.stage != super::Stage::Pubcomp;
+            if take {
+                moved.push(f.delivery.clone());
+            }
+            !take
+        });
+        moved
+    };
+    for delivery in moved {
+        if !shared.router.redeliver_shared(session, delivery) {
+            tracing::debug!(client_id = %session.client_id, "no other shared-subscription member to take over");
+        }
+    }
+}
+
+/// Publishes a will as if its client had sent it.
+pub(crate) fn publish_will(shared: &Shared, client_id: &Arc<str>, will: &Will) {
+    let w = &will.will;
+    let properties = PublishProperties {
+        topic_alias: None,
+        correlation_data: w.correlation_data.clone(),
+        message_expiry_interval: None,
+        content_type: w.content_type.clone(),
+        user_properties: w.user_properties.clone(),
+        is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+        response_topic: w.response_topic.clone(),
+        subscription_ids: Vec::new(),
+    };
+    let message = Message {
+        topic: w.topic.clone(),
+        payload: w.message.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        properties: Some(properties),
+        expires_at: w
+            .message_expiry_interval
+            .map(NonZeroU32::get)
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+        publisher: Some(client_id.clone()),
+    };
+    tracing::debug!(%client_id, topic = %w.topic, "publishing will");
+    shared.metrics.messages_received.inc();
+    shared.router.publish(message);
+}

@@ -1,0 +1,192 @@
+//! One client's protocol state, and the connection task that serves it.
+//!
+//! A [`Session`] outlives its connections: it holds the subscriptions, the
+//! queue of messages not yet sent, the messages in flight (sent, not yet
+//! acknowledged) and the incoming QoS 2 packet ids. The router pushes
+//! deliveries onto the queue from the publisher's task; the connection task
+//! moves them into flight within the client's Receive Maximum and writes
+//! them. Both sides take the session's `std::sync::Mutex` briefly and never
+//! across an `.await`.
+
+mod connect;
+mod connection;
+mod lifecycle;
+mod outbox;
+mod publish;
+mod registry;
+mod subscribe;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+pub use connection::serve;
+pub use registry::Registry;
+
+use crate::metrics::Metrics;
+use crate::protocol::{LastWill, QoS, SubscriptionOptions};
+use crate::router::Delivery;
+
+/// The acknowledgement a message in flight to the client waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// QoS 1 sent, waiting for PUBACK.
+    Puback,
+    /// QoS 2 sent, waiting for PUBREC.
+    Pubrec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Pubcomp,
+}
+
+/// A QoS 1/2 message sent to the client and not yet acknowledged.
+pub(crate) struct Inflight {
+    pub packet_id: NonZeroU16,
+    pub delivery: Delivery,
+    pub stage: Stage,
+}
+
+/// The Will Message of the current connection, with its 5.0 delay.
+#[derive(Clone, Debug)]
+pub(crate) struct Will {
+    pub will: LastWill,
+    pub delay_secs: u32,
+}
+
+/// A subscription as the session remembers it (the router holds the
+/// index). The options and identifier are what a durable store saves to
+/// rebuild the index after a restart.
+#[derive(Clone, Debug)]
+#[allow(dead_code)]
+pub(crate) struct SessionSubscription {
+    pub options: SubscriptionOptions,
+    pub id: Option<NonZeroU32>,
+}
+
+/// The mutable part of a session.
+#[derive(Default)]
+pub(crate) struct SessionState {
+    /// Bumped on every new connection; timers started for an older
+    /// connection (will delay, session expiry) check it and stand down.
+    pub generation: u64,
+    /// Wakes the current connection to close it (session takeover).
+    pub kick: Option<Arc<Notify>>,
+    /// Messages waiting to be sent, in order.
+    pub queue: VecDeque<Delivery>,
+    /// QoS 1/2 messages sent and not yet acknowledged, in send order.
+    pub inflight: VecDeque<Inflight>,
+    next_packet_id: u16,
+    /// Packet ids of incoming QoS 2 messages for which PUBREC was sent and
+    /// PUBREL has not arrived ([MQTT-4.3.3-9]).
+    pub incoming_qos2: HashSet<NonZeroU16>,
+    /// Filter (as the client sent it) to subscription.
+    pub subscriptions: HashMap<String, SessionSubscription>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub expiry_secs: u32,
+    /// A will waiting out its delay after the connection closed.
+    pub pending_will: Option<Will>,
+    /// Set once the session has ended; deliveries are then ignored.
+    pub ended: bool,
+    /// Messages dropped for a full queue, for rate-limited logging.
+    pub dropped: u64,
+}
+
+impl SessionState {
+    /// The next packet id not used by a message in flight.
+    pub fn allocate_packet_id(&mut self) -> NonZeroU16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if let Some(id) = NonZeroU16::new(self.next_packet_id) {
+                if !self.inflight.iter().any(|f| f.packet_id == id) {
+                    return id;
+                }
+            }
+        }
+    }
+}
+
+/// A client session, shared by its connection task and the router.
+pub struct Session {
+    /// The client identifier this session belongs to.
+    pub client_id: Arc<str>,
+    pub(crate) state: Mutex<SessionState>,
+    /// Wakes the connection task when something was queued.
+    pub(crate) wake: Notify,
+    /// Whether a connection currently serves this session; read without the
+    /// lock by shared-subscription round robin.
+    online: AtomicBool,
+    /// Held by the connection that serves the session, so a taking-over
+    /// connection waits until the old one has fully stopped.
+    pub(crate) owner: Arc<tokio::sync::Mutex<()>>,
+    max_queued: usize,
+    queue_qos0_offline: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Session {
+    pub(crate) fn new(
+        client_id: Arc<str>,
+        max_queued: usize,
+        queue_qos0_offline: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState::default()),
+            wake: Notify::new(),
+            online: AtomicBool::new(false),
+            owner: Arc::new(tokio::sync::Mutex::new(())),
+            max_queued,
+            queue_qos0_offline,
+            metrics,
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    /// Queues one delivery and wakes the connection. Returns false when the
+    /// message was dropped (queue full, or QoS 0 for an offline session);
+    /// every drop is counted.
+    pub fn deliver(&self, delivery: Delivery) -> bool {
+        let mut st = self.state.lock();
+        if st.ended {
+            return false;
+        }
+        if delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline && !self.is_online() {
+            self.metrics.messages_dropped_offline_qos0.inc();
+            return false;
+        }
+        if st.queue.len() >= self.max_queued {
+            st.dropped += 1;
+            self.metrics.messages_dropped_queue_full.inc();
+            if st.dropped == 1 || st.dropped % 1000 == 0 {
+                tracing::warn!(
+                    client_id = %self.client_id,
+                    dropped = st.dropped,
+                    limit = self.max_queued,
+                    "session queue full (max_queued_messages), message dropped"
+                );
+            }
+            return false;
+        }
+        st.queue.push_back(delivery);
+        drop(st);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Messages waiting to be sent plus messages in flight.
+    pub fn pending_count(&self) -> usize {
+        let st = self.state.lock();
+        st.queue.len() + st.inflight.len()
+    }
+}

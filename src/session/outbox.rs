@@ -1,0 +1,206 @@
+//! Outbound messages: moving queued deliveries into flight within the
+//! client's Receive Maximum, encoding them for this client (expiry left,
+//! subscription ids, topic alias), resending after reconnect, and the
+//! client's acknowledgements.
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::Instant;
+
+use super::connection::{Close, Connection};
+use super::{Inflight, Stage};
+use crate::protocol::{EncodeError, Packet, Publish, PublishAck, PublishAck2, PublishProperties, QoS};
+use crate::router::Delivery;
+
+impl Connection {
+    /// Encodes queued deliveries until the write buffer holds `budget`
+    /// bytes, the in-flight window is full, or the queue is empty. Returns
+    /// true when it stopped for the budget (more can be sent now).
+    pub(super) fn fill_outbox(&mut self, budget: usize) -> bool {
+        let session = self.session.clone();
+        let mut st = session.state.lock();
+        let now = Instant::now();
+        while let Some(front) = st.queue.front() {
+            if self.io.out.len() >= budget {
+                return true;
+            }
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
+                break;
+            }
+            let Some(delivery) = st.queue.pop_front() else {
+                break;
+            };
+            if delivery.message.is_expired(now) {
+                self.shared.metrics.messages_expired.inc();
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                self.write_publish(&delivery, None, false, now);
+                continue;
+            }
+            let packet_id = st.allocate_packet_id();
+            if self.write_publish(&delivery, Some(packet_id), false, now) {
+                let stage = if delivery.qos == QoS::ExactlyOnce {
+                    Stage::Pubrec
+                } else {
+                    Stage::Puback
+                };
+                st.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery,
+                    stage,
+                });
+            }
+        }
+        false
+    }
+
+    /// After a reconnect, resends every unacknowledged message with DUP set,
+    /// and PUBREL for those past PUBREC, in the original order
+    /// ([MQTT-4.4.0-1]).
+    pub(super) fn resend_inflight(&mut self) {
+        let session = self.session.clone();
+        let st = session.state.lock();
+        let now = Instant::now();
+        for f in &st.inflight {
+            match f.stage {
+                Stage::Pubcomp => self.io.send(Packet::PublishRelease(PublishAck2 {
+                    packet_id: f.packet_id,
+                    ..Default::default()
+                })),
+                _ => {
+                    self.write_publish(&f.delivery, Some(f.packet_id), true, now);
+                }
+            }
+        }
+    }
+
+    /// Encodes one PUBLISH for this client. Returns false when it was not
+    /// sent: larger than the client's Maximum Packet Size, which the spec
+    /// says to treat as delivered and drop ([MQTT-3.1.2-25]).
+    fn write_publish(
+        &mut self,
+        d: &Delivery,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+        now: Instant,
+    ) -> bool {
+        let mut topic = d.message.topic.clone();
+        let mut new_alias = None;
+        let properties = if self.version.is_v5() {
+            let mut p = d.message.properties.clone().unwrap_or_default();
+            p.message_expiry_interval = d.message.remaining_expiry_secs(now).and_then(NonZeroU32::new);
+            p.subscription_ids = d.subscription_ids.clone();
+            self.apply_outbound_alias(&mut topic, &mut p, &mut new_alias);
+            Some(p)
+        } else {
+            None
+        };
+        let publish = Publish {
+            dup,
+            retain: d.retain,
+            qos: d.qos,
+            topic,
+            packet_id,
+            payload: d.message.payload.clone(),
+            properties,
+        };
+        match self
+            .io
+            .codec
+            .encode(Packet::Publish(Box::new(publish)), &mut self.io.out)
+        {
+            Ok(()) => {
+                self.shared.metrics.messages_sent.inc();
+                true
+            }
+            Err(EncodeError::TooLarge) => {
+                if let Some(topic) = new_alias {
+                    self.outbound_aliases.remove(&topic);
+                }
+                self.shared.metrics.messages_dropped_too_large.inc();
+                tracing::debug!(topic = %d.message.topic, "message over the client's Maximum Packet Size, not sent");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not encode PUBLISH");
+                false
+            }
+        }
+    }
+
+    /// Uses a topic alias towards a 5.0 client that allows them: the first
+    /// message on a topic sets the alias, later ones send only the alias.
+    /// When all aliases are taken, further topics go without one.
+    fn apply_outbound_alias(
+        &mut self,
+        topic: &mut bytestring::ByteString,
+        p: &mut PublishProperties,
+        new_alias: &mut Option<bytestring::ByteString>,
+    ) {
+        if self.client_alias_max == 0 {
+            return;
+        }
+        if let Some(&alias) = self.outbound_aliases.get(topic) {
+            p.topic_alias = NonZeroU16::new(alias);
+            *topic = bytestring::ByteString::new();
+        } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
+            let alias = self.outbound_aliases.len() as u16 + 1;
+            self.outbound_aliases.insert(topic.clone(), alias);
+            p.topic_alias = NonZeroU16::new(alias);
+            *new_alias = Some(topic.clone());
+        }
+    }
+
+    pub(super) fn on_puback(&mut self, ack: PublishAck) -> Option<Close> {
+        self.complete(ack.packet_id, Stage::Puback);
+        None
+    }
+
+    pub(super) fn on_pubrec(&mut self, ack: PublishAck) -> Option<Close> {
+        let id = ack.packet_id;
+        let failed = u8::from(ack.reason_code) >= 0x80;
+        let mut st = self.session.state.lock();
+        let Some(pos) = st
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == id && f.stage == Stage::Pubrec)
+        else {
+            drop(st);
+            // Unknown id: answer so the client can finish its own state.
+            self.io.send(Packet::PublishRelease(PublishAck2 {
+                packet_id: id,
+                reason_code: crate::protocol::PublishAck2Reason::PacketIdNotFound,
+                ..Default::default()
+            }));
+            return None;
+        };
+        if failed {
+            // A PUBREC with an error code ends the flow ([MQTT-4.3.3-4]).
+            st.inflight.remove(pos);
+            return None;
+        }
+        st.inflight[pos].stage = Stage::Pubcomp;
+        drop(st);
+        self.io.send(Packet::PublishRelease(PublishAck2 {
+            packet_id: id,
+            ..Default::default()
+        }));
+        None
+    }
+
+    pub(super) fn on_pubcomp(&mut self, ack: PublishAck2) -> Option<Close> {
+        self.complete(ack.packet_id, Stage::Pubcomp);
+        None
+    }
+
+    fn complete(&mut self, id: NonZeroU16, stage: Stage) {
+        let mut st = self.session.state.lock();
+        if let Some(pos) = st
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == id && f.stage == stage)
+        {
+            st.inflight.remove(pos);
+        }
+    }
+}

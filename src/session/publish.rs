@@ -1,0 +1,166 @@
+//! Inbound PUBLISH and PUBREL: topic aliases, limits, QoS 1/2 receipt and
+//! hand-off to the router.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use super::connection::{Close, Connection};
+use crate::protocol::validate::is_valid_topic_name;
+use crate::protocol::{
+    DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS,
+};
+use crate::router::Message;
+
+impl Connection {
+    pub(super) fn on_publish(&mut self, mut publish: Publish) -> Option<Close> {
+        if let Err(close) = self.resolve_topic_alias(&mut publish) {
+            return Some(close);
+        }
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        if publish.topic.len() > config.max_topic_length
+            || publish.topic.split('/').count() > config.max_topic_levels
+        {
+            return Some(Close::ByServer(
+                DisconnectReasonCode::TopicNameInvalid,
+                "topic over max_topic_length or max_topic_levels".into(),
+            ));
+        }
+        if publish.retain && !config.retain_available {
+            return Some(Close::ByServer(
+                DisconnectReasonCode::RetainNotSupported,
+                "retain is not available".into(),
+            ));
+        }
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
+        if qos == QoS::ExactlyOnce {
+            let Some(id) = packet_id else {
+                return Some(Close::ByServer(
+                    DisconnectReasonCode::ProtocolError,
+                    "QoS 2 without packet id".into(),
+                ));
+            };
+            let mut st = self.session.state.lock();
+            if st.incoming_qos2.contains(&id) {
+                // A resend of a QoS 2 message we already have: acknowledge
+                // again, deliver nothing ([MQTT-4.3.3-10]).
+                drop(st);
+                self.io.send(Packet::PublishReceived(PublishAck {
+                    packet_id: id,
+                    ..Default::default()
+                }));
+                return None;
+            }
+            if st.incoming_qos2.len() >= usize::from(config.receive_maximum) {
+                return Some(Close::ByServer(
+                    DisconnectReasonCode::ReceiveMaximumExceeded,
+                    "more unacknowledged QoS 2 messages than Receive Maximum".into(),
+                ));
+            }
+            st.incoming_qos2.insert(id);
+        }
+
+        let message = self.to_message(publish);
+        self.shared.metrics.messages_received.inc();
+        let outcome = self.shared.router.publish(message);
+        let reason = if outcome.matched == 0 {
+            PublishAckReason::NoMatchingSubscribers
+        } else if outcome.matched == 1 && outcome.dropped == 1 {
+            PublishAckReason::QuotaExceeded
+        } else {
+            PublishAckReason::Success
+        };
+        if let Some(id) = packet_id {
+            let ack = PublishAck {
+                packet_id: id,
+                reason_code: reason,
+                ..Default::default()
+            };
+            if qos == QoS::ExactlyOnce {
+                self.io.send(Packet::PublishReceived(ack));
+            } else {
+                self.io.send(Packet::PublishAck(ack));
+            }
+        }
+        None
+    }
+
+    pub(super) fn on_pubrel(&mut self, ack: PublishAck2) -> Option<Close> {
+        let known = self.session.state.lock().incoming_qos2.remove(&ack.packet_id);
+        let reason = if known {
+            PublishAck2Reason::Success
+        } else {
+            PublishAck2Reason::PacketIdNotFound
+        };
+        self.io.send(Packet::PublishComplete(PublishAck2 {
+            packet_id: ack.packet_id,
+            reason_code: reason,
+            ..Default::default()
+        }));
+        None
+    }
+
+    /// Applies and records a 5.0 Topic Alias ([MQTT-3.3.2-7] to -12).
+    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> Result<(), Close> {
+        let alias = publish.properties.as_mut().and_then(|p| p.topic_alias.take());
+        match alias {
+            Some(alias) => {
+                let alias = alias.get();
+                if alias > self.shared.config.topic_alias_maximum {
+                    return Err(Close::ByServer(
+                        DisconnectReasonCode::TopicAliasInvalid,
+                        format!("topic alias {alias} is over the maximum"),
+                    ));
+                }
+                if publish.topic.is_empty() {
+                    match self.inbound_aliases.get(&alias) {
+                        Some(topic) => publish.topic = topic.clone(),
+                        None => {
+                            return Err(Close::ByServer(
+                                DisconnectReasonCode::ProtocolError,
+                                format!("unknown topic alias {alias}"),
+                            ))
+                        }
+                    }
+                } else {
+                    self.inbound_aliases.insert(alias, publish.topic.clone());
+                }
+                Ok(())
+            }
+            None if publish.topic.is_empty() || !is_valid_topic_name(&publish.topic) => Err(Close::ByServer(
+                DisconnectReasonCode::TopicNameInvalid,
+                "empty topic without a topic alias".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn to_message(&self, publish: Publish) -> Message {
+        let mut properties = publish.properties;
+        let expires_at = properties.as_mut().and_then(|p| {
+            p.subscription_ids.clear();
+            p.message_expiry_interval
+                .take()
+                .map(NonZeroU32::get)
+                .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)))
+        });
+        // Keep properties only when there is something to pass on.
+        let properties = properties.filter(|p| {
+            !p.user_properties.is_empty()
+                || p.content_type.is_some()
+                || p.response_topic.is_some()
+                || p.correlation_data.is_some()
+                || p.is_utf8_payload
+        });
+        Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at,
+            publisher: Some(self.session.client_id.clone()),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! SUBSCRIBE and UNSUBSCRIBE: filter checks, shared subscriptions,
+//! subscription identifiers, and the reason code for each filter.
+
+use super::connection::{Close, Connection};
+use super::SessionSubscription;
+use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
+use crate::protocol::{
+    DisconnectReasonCode, Packet, QoS, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
+    UnsubscribeAck, UnsubscribeAckReason,
+};
+
+impl Connection {
+    pub(super) fn on_subscribe(&mut self, subscribe: Subscribe) -> Option<Close> {
+        let mut status = Vec::with_capacity(subscribe.topic_filters.len());
+        for (filter, options) in &subscribe.topic_filters {
+            let shared = parse_shared(filter).unwrap_or_default();
+            let valid = self.filter_within_limits(filter)
+                && match parse_shared(filter) {
+                    Ok(Some(_)) => true,
+                    Ok(None) => is_valid_topic_filter(filter),
+                    Err(_) => false,
+                };
+            if !valid {
+                if !self.version.is_v5() {
+                    // 3.1.1 has no per-filter error for a malformed filter:
+                    // it is a protocol violation ([MQTT-4.7.1-1]).
+                    return Some(Close::ByServer(
+                        DisconnectReasonCode::TopicFilterInvalid,
+                        "invalid topic filter".into(),
+                    ));
+                }
+                status.push(SubscribeAckReason::TopicFilterInvalid);
+                continue;
+            }
+            if shared.is_some() && options.no_local {
+                return Some(Close::ByServer(
+                    DisconnectReasonCode::ProtocolError,
+                    "No Local on a shared subscription".into(),
+                ));
+            }
+            self.shared
+                .router
+                .subscribe(&self.session, filter, shared.as_ref(), *options, subscribe.id);
+            self.session.state.lock().subscriptions.insert(
+                filter.to_string(),
+                SessionSubscription {
+                    options: *options,
+                    id: subscribe.id,
+                },
+            );
+            status.push(match options.qos {
+                QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
+                QoS::AtLeastOnce => SubscribeAckReason::GrantedQos1,
+                QoS::ExactlyOnce => SubscribeAckReason::GrantedQos2,
+            });
+        }
+        self.io.send(Packet::SubscribeAck(SubscribeAck {
+            packet_id: subscribe.packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status,
+        }));
+        None
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<Close> {
+        let mut status = Vec::with_capacity(unsubscribe.topic_filters.len());
+        for filter in &unsubscribe.topic_filters {
+            let shared = parse_shared(filter).ok().flatten();
+            let existed = self
+                .session
+                .state
+                .lock()
+                .subscriptions
+                .remove(&**filter)
+                .is_some();
+            if existed {
+                self.shared
+                    .router
+                    .unsubscribe(&self.session, filter, shared.as_ref());
+            }
+            status.push(if existed {
+                UnsubscribeAckReason::Success
+            } else {
+                UnsubscribeAckReason::NoSubscriptionExisted
+            });
+        }
+        self.io.send(Packet::UnsubscribeAck(UnsubscribeAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status,
+        }));
+        None
+    }
+
+    fn filter_within_limits(&self, filter: &str) -> bool {
+        filter.len() <= self.shared.config.max_topic_length
+            && filter.split('/').count() <= self.shared.config.max_topic_levels
+    }
+}
