@@ -61,13 +61,14 @@ impl Registry {
         client_id: &str,
         clean_start: bool,
     ) -> Option<Claimed> {
-        let existing = self.get(client_id);
-        let session = match existing {
-            Some(s) => s,
+        let (session, created) = match self.get(client_id) {
+            Some(s) => (s, false),
             None => {
                 let fresh = self.new_session(shared, client_id);
                 let mut map = self.sessions.lock();
-                map.entry(fresh.client_id.clone()).or_insert(fresh).clone()
+                let entry = map.entry(fresh.client_id.clone()).or_insert_with(|| fresh.clone());
+                let created = Arc::ptr_eq(entry, &fresh);
+                (entry.clone(), created)
             }
         };
         let guard = take_ownership(&session).await?;
@@ -89,7 +90,7 @@ impl Registry {
         }
         Some(Claimed {
             session,
-            present: true,
+            present: !created,
             guard,
         })
     }

@@ -1,0 +1,341 @@
+//! Helpers shared by the integration tests: start a broker in-process on
+//! port 0, a raw-packet client built on the wire codec (for exact protocol
+//! assertions), and rumqttc v4/v5 clients whose messages arrive on a channel.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rmqtt_codec::v3;
+use rmqtt_codec::v5;
+use roomq::{Broker, BrokerHandle, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(400);
+
+pub fn test_config() -> Config {
+    Config { listen: "127.0.0.1:0".parse().unwrap(), sys_interval_secs: 0, ..Config::default() }
+}
+
+pub async fn start() -> BrokerHandle {
+    start_with(test_config()).await
+}
+
+pub async fn start_with(config: Config) -> BrokerHandle {
+    Broker::new(config).start().await.expect("broker starts")
+}
+
+pub fn pid(n: u16) -> NonZeroU16 {
+    NonZeroU16::new(n).unwrap()
+}
+
+/// A client that speaks packets through the codec, so a test can send
+/// exactly what it wants and see exactly what the broker sends.
+pub struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    v5: v5::Codec,
+    v3: v3::Codec,
+    pub is_v5: bool,
+}
+
+/// What `Raw::recv` saw.
+#[derive(Debug)]
+pub enum Got<P> {
+    Packet(P),
+    Closed,
+    Nothing,
+}
+
+impl<P: std::fmt::Debug> Got<P> {
+    pub fn packet(self) -> P {
+        match self {
+            Got::Packet(p) => p,
+            other => panic!("expected a packet, got {other:?}"),
+        }
+    }
+}
+
+impl Raw {
+    pub async fn tcp(addr: SocketAddr, is_v5: bool) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).unwrap();
+        Raw { stream, buf: BytesMut::new(), v5: v5::Codec::new(0, 0), v3: v3::Codec::new(0), is_v5 }
+    }
+
+    /// Connects with a 5.0 CONNECT and returns the CONNACK.
+    pub async fn connect5(addr: SocketAddr, connect: v5::Connect) -> (Raw, v5::ConnectAck) {
+        let mut raw = Raw::tcp(addr, true).await;
+        raw.send5(v5::Packet::Connect(Box::new(connect))).await;
+        match raw.recv5().await.packet() {
+            v5::Packet::ConnectAck(ack) => (raw, *ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// A 5.0 client with this id, clean start, no keep-alive.
+    pub async fn client5(addr: SocketAddr, id: &str) -> Raw {
+        let (raw, ack) = Raw::connect5(addr, connect5(id)).await;
+        assert_eq!(ack.reason_code, v5::ConnectAckReason::Success);
+        raw
+    }
+
+    pub async fn connect3(addr: SocketAddr, connect: v3::Connect) -> (Raw, v3::ConnectAck) {
+        let mut raw = Raw::tcp(addr, false).await;
+        raw.send3(v3::Packet::Connect(Box::new(connect))).await;
+        match raw.recv3().await.packet() {
+            v3::Packet::ConnectAck(ack) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        // A write may fail when the broker already closed: that is for the
+        // test's next recv to see.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    pub async fn send5(&mut self, packet: v5::Packet) {
+        let mut out = BytesMut::new();
+        self.v5.encode(packet, &mut out).expect("encode");
+        self.send_bytes(&out).await;
+    }
+
+    pub async fn send3(&mut self, packet: v3::Packet) {
+        let mut out = BytesMut::new();
+        self.v3.encode(packet, &mut out).expect("encode");
+        self.send_bytes(&out).await;
+    }
+
+    async fn recv_with<P>(&mut self, within: Duration, decode: impl Fn(&mut Self) -> Option<P>) -> Got<P> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(p) = decode(self) {
+                return Got::Packet(p);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Got::Nothing,
+                Ok(Ok(0)) | Ok(Err(_)) => return Got::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn recv5(&mut self) -> Got<v5::Packet> {
+        self.recv5_within(WAIT).await
+    }
+
+    pub async fn recv5_within(&mut self, within: Duration) -> Got<v5::Packet> {
+        self.recv_with(within, |s| s.v5.decode(&mut s.buf).expect("broker sent a valid 5.0 packet").map(|(p, _)| p))
+            .await
+    }
+
+    pub async fn recv3(&mut self) -> Got<v3::Packet> {
+        self.recv3_within(WAIT).await
+    }
+
+    pub async fn recv3_within(&mut self, within: Duration) -> Got<v3::Packet> {
+        self.recv_with(within, |s| s.v3.decode(&mut s.buf).expect("broker sent a valid 3.1.1 packet").map(|(p, _)| p))
+            .await
+    }
+
+    /// Expects the next 5.0 packet to be a PUBLISH and returns it.
+    pub async fn publish5(&mut self) -> rmqtt_codec::types::Publish {
+        match self.recv5().await.packet() {
+            v5::Packet::Publish(p) => *p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    pub async fn publish3(&mut self) -> rmqtt_codec::types::Publish {
+        match self.recv3().await.packet() {
+            v3::Packet::Publish(p) => *p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Expects the broker to send DISCONNECT and close; returns its reason.
+    pub async fn expect_disconnect5(&mut self) -> v5::DisconnectReasonCode {
+        match self.recv5().await {
+            Got::Packet(v5::Packet::Disconnect(d)) => {
+                assert!(matches!(self.recv5().await, Got::Closed), "socket stays open after DISCONNECT");
+                d.reason_code
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+
+    /// Expects the broker to close the socket (3.1.1 has no DISCONNECT from
+    /// the server).
+    pub async fn expect_closed3(&mut self) {
+        match self.recv3().await {
+            Got::Closed => {}
+            other => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+
+    /// Subscribes (5.0) and returns the SUBACK reason codes.
+    pub async fn subscribe5(&mut self, id: u16, filters: &[(&str, v5::SubscriptionOptions)]) -> Vec<v5::SubscribeAckReason> {
+        self.send5(v5::Packet::Subscribe(v5::Subscribe {
+            packet_id: pid(id),
+            id: None,
+            user_properties: Vec::new(),
+            topic_filters: filters.iter().map(|(f, o)| ((*f).into(), *o)).collect(),
+        }))
+        .await;
+        match self.recv5().await.packet() {
+            v5::Packet::SubscribeAck(ack) => ack.status,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    pub async fn subscribe3(&mut self, id: u16, filters: &[(&str, v5::QoS)]) -> Vec<v3::SubscribeReturnCode> {
+        self.send3(v3::Packet::Subscribe {
+            packet_id: pid(id),
+            topic_filters: filters.iter().map(|(f, q)| ((*f).into(), *q)).collect(),
+        })
+        .await;
+        match self.recv3().await.packet() {
+            v3::Packet::SubscribeAck { status, .. } => status,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes at QoS 0 (5.0).
+    pub async fn publish0_5(&mut self, topic: &str, payload: &'static [u8]) {
+        self.send5(v5::Packet::Publish(Box::new(publish(topic, payload, v5::QoS::AtMostOnce, None)))).await;
+    }
+
+    /// Publishes at QoS 1 (5.0) and returns the PUBACK.
+    pub async fn publish1_5(&mut self, id: u16, topic: &str, payload: &'static [u8]) -> v5::PublishAck {
+        self.send5(v5::Packet::Publish(Box::new(publish(topic, payload, v5::QoS::AtLeastOnce, Some(id))))).await;
+        match self.recv5().await.packet() {
+            v5::Packet::PublishAck(ack) => ack,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+pub fn connect5(id: &str) -> v5::Connect {
+    v5::Connect { clean_start: true, client_id: id.into(), ..Default::default() }
+}
+
+pub fn connect3(id: &str, clean: bool) -> v3::Connect {
+    v3::Connect {
+        protocol: rmqtt_codec::types::Protocol(4),
+        clean_session: clean,
+        client_id: id.into(),
+        ..Default::default()
+    }
+}
+
+pub fn publish(topic: &str, payload: &'static [u8], qos: v5::QoS, id: Option<u16>) -> rmqtt_codec::types::Publish {
+    rmqtt_codec::types::Publish {
+        dup: false,
+        retain: false,
+        qos,
+        topic: topic.into(),
+        packet_id: id.map(pid),
+        payload: bytes::Bytes::from_static(payload),
+        properties: Some(v5::PublishProperties::default()),
+    }
+}
+
+pub fn opts(qos: v5::QoS) -> v5::SubscriptionOptions {
+    v5::SubscriptionOptions { qos, ..Default::default() }
+}
+
+/// A rumqttc v4 (MQTT 3.1.1) client whose incoming PUBLISHes arrive on the
+/// returned channel. The event loop runs until the client disconnects.
+pub async fn rumqttc_v4(
+    addr: SocketAddr,
+    mut options: rumqttc::MqttOptions,
+) -> (rumqttc::AsyncClient, mpsc::UnboundedReceiver<rumqttc::Publish>) {
+    options.set_keep_alive(Duration::from_secs(30));
+    let _ = addr;
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    if let Some(t) = ready_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, ready_rx).await.expect("CONNACK in time").expect("connected");
+    (client, rx)
+}
+
+pub fn v4_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
+    rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port())
+}
+
+/// A rumqttc v5 client whose incoming PUBLISHes arrive on the channel.
+pub async fn rumqttc_v5(
+    mut options: rumqttc::v5::MqttOptions,
+) -> (rumqttc::v5::AsyncClient, mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::Event;
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(t) = ready_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, ready_rx).await.expect("CONNACK in time").expect("connected");
+    (client, rx)
+}
+
+pub fn v5_options(addr: SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
+    rumqttc::v5::MqttOptions::new(id, addr.ip().to_string(), addr.port())
+}
+
+/// Receives the next message within `WAIT`, or fails the test.
+pub async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("a message in time").expect("channel open")
+}
+
+/// Asserts nothing arrives within `QUIET`.
+pub async fn nothing<T: std::fmt::Debug>(rx: &mut mpsc::UnboundedReceiver<T>) {
+    if let Ok(Some(m)) = tokio::time::timeout(QUIET, rx.recv()).await {
+        panic!("expected no message, got {m:?}");
+    }
+}
