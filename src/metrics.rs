@@ -1,7 +1,7 @@
 //! Counters the broker keeps about itself, published on `$SYS/broker/...`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// A monotonically increasing (or, for gauges, up-and-down) counter.
 #[derive(Default, Debug)]

@@ -17,9 +17,18 @@ async fn publish_reaches_subscriber_at_min_qos() {
     sub.subscribe("t/q2", RQoS::ExactlyOnce).await.unwrap();
     tokio::time::sleep(QUIET).await;
     let (publisher, _prx) = rumqttc_v4(addr, v4_options(addr, "pub")).await;
-    publisher.publish("t/q0", RQoS::ExactlyOnce, false, "a").await.unwrap();
-    publisher.publish("t/q1", RQoS::ExactlyOnce, false, "b").await.unwrap();
-    publisher.publish("t/q2", RQoS::AtLeastOnce, false, "c").await.unwrap();
+    publisher
+        .publish("t/q0", RQoS::ExactlyOnce, false, "a")
+        .await
+        .unwrap();
+    publisher
+        .publish("t/q1", RQoS::ExactlyOnce, false, "b")
+        .await
+        .unwrap();
+    publisher
+        .publish("t/q2", RQoS::AtLeastOnce, false, "c")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         let p = next(&mut rx).await;
@@ -61,19 +70,40 @@ async fn retained_set_replace_clear_and_flag() {
     let broker = start().await;
     let addr = broker.local_addr();
     let (publisher, _) = rumqttc_v4(addr, v4_options(addr, "p")).await;
-    publisher.publish("r/1", RQoS::AtLeastOnce, true, "first").await.unwrap();
-    publisher.publish("r/1", RQoS::AtLeastOnce, true, "second").await.unwrap();
-    publisher.publish("r/2", RQoS::AtLeastOnce, true, "gone").await.unwrap();
-    publisher.publish("r/2", RQoS::AtLeastOnce, true, "").await.unwrap();
+    publisher
+        .publish("r/1", RQoS::AtLeastOnce, true, "first")
+        .await
+        .unwrap();
+    publisher
+        .publish("r/1", RQoS::AtLeastOnce, true, "second")
+        .await
+        .unwrap();
+    publisher
+        .publish("r/2", RQoS::AtLeastOnce, true, "gone")
+        .await
+        .unwrap();
+    publisher
+        .publish("r/2", RQoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
     tokio::time::sleep(QUIET).await;
 
     let (mut sub, _) = Raw::connect3(addr, connect3("s", true)).await;
     sub.subscribe3(1, &[("r/#", QoS::AtLeastOnce)]).await;
     let p = sub.publish3().await;
-    assert_eq!((&*p.topic, &p.payload[..], p.retain), ("r/1", &b"second"[..], true));
-    assert!(matches!(sub.recv3_within(QUIET).await, Got::Nothing), "cleared retained message was sent");
+    assert_eq!(
+        (&*p.topic, &p.payload[..], p.retain),
+        ("r/1", &b"second"[..], true)
+    );
+    assert!(
+        matches!(sub.recv3_within(QUIET).await, Got::Nothing),
+        "cleared retained message was sent"
+    );
     // A live message is forwarded with RETAIN = 0 ([MQTT-3.3.1-9]).
-    publisher.publish("r/1", RQoS::AtMostOnce, true, "live").await.unwrap();
+    publisher
+        .publish("r/1", RQoS::AtMostOnce, true, "live")
+        .await
+        .unwrap();
     let live = sub.publish3().await;
     assert_eq!((&live.payload[..], live.retain), (&b"live"[..], false));
     broker.shutdown().await;
@@ -89,8 +119,12 @@ async fn will_sent_on_drop_not_on_disconnect() {
 
     let with_will = |id: &str, topic: &str| {
         let mut c = connect3(id, true);
-        c.last_will =
-            Some(v3::LastWill { qos: QoS::AtLeastOnce, retain: false, topic: topic.into(), message: "gone".into() });
+        c.last_will = Some(v3::LastWill {
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            message: "gone".into(),
+        });
         c
     };
     // Clean DISCONNECT: no will.
@@ -124,7 +158,10 @@ async fn persistent_session_keeps_messages_in_order() {
     for i in 0..20u32 {
         let p = sub.publish3().await;
         assert_eq!(p.payload, i.to_string().as_bytes());
-        sub.send3(v3::Packet::PublishAck { packet_id: p.packet_id.unwrap() }).await;
+        sub.send3(v3::Packet::PublishAck {
+            packet_id: p.packet_id.unwrap(),
+        })
+        .await;
     }
     // Clean session ends it.
     sub.send3(v3::Packet::Disconnect).await;
@@ -148,7 +185,10 @@ async fn unacknowledged_message_resent_with_dup_after_reconnect() {
     assert!(ack.session_present);
     let again = sub.publish3().await;
     assert!(again.dup, "resent message must have DUP set");
-    assert_eq!((again.packet_id, &again.payload[..]), (first.packet_id, &b"once"[..]));
+    assert_eq!(
+        (again.packet_id, &again.payload[..]),
+        (first.packet_id, &b"once"[..])
+    );
     broker.shutdown().await;
 }
 
@@ -162,21 +202,36 @@ async fn qos2_inbound_duplicate_is_delivered_once() {
     let mut msg = publish("e", b"exactly", QoS::ExactlyOnce, Some(7));
     msg.properties = None;
     p.send3(v3::Packet::Publish(Box::new(msg.clone()))).await;
-    assert!(matches!(p.recv3().await.packet(), v3::Packet::PublishReceived { .. }));
+    assert!(matches!(
+        p.recv3().await.packet(),
+        v3::Packet::PublishReceived { .. }
+    ));
     msg.dup = true;
     p.send3(v3::Packet::Publish(Box::new(msg))).await;
-    assert!(matches!(p.recv3().await.packet(), v3::Packet::PublishReceived { .. }));
+    assert!(matches!(
+        p.recv3().await.packet(),
+        v3::Packet::PublishReceived { .. }
+    ));
     p.send3(v3::Packet::PublishRelease { packet_id: pid(7) }).await;
-    assert!(matches!(p.recv3().await.packet(), v3::Packet::PublishComplete { .. }));
+    assert!(matches!(
+        p.recv3().await.packet(),
+        v3::Packet::PublishComplete { .. }
+    ));
 
     // Outbound QoS 2 flow to the subscriber.
     let got = sub.publish3().await;
     assert_eq!(got.qos, QoS::ExactlyOnce);
     let id = got.packet_id.unwrap();
     sub.send3(v3::Packet::PublishReceived { packet_id: id }).await;
-    assert_eq!(sub.recv3().await.packet(), v3::Packet::PublishRelease { packet_id: id });
+    assert_eq!(
+        sub.recv3().await.packet(),
+        v3::Packet::PublishRelease { packet_id: id }
+    );
     sub.send3(v3::Packet::PublishComplete { packet_id: id }).await;
-    assert!(matches!(sub.recv3_within(QUIET).await, Got::Nothing), "duplicate delivered");
+    assert!(
+        matches!(sub.recv3_within(QUIET).await, Got::Nothing),
+        "duplicate delivered"
+    );
     broker.shutdown().await;
 }
 
@@ -197,7 +252,8 @@ async fn unsupported_protocol_level_gets_return_code_1() {
     let broker = start().await;
     let mut raw = Raw::tcp(broker.local_addr(), false).await;
     // CONNECT, protocol "MQTT" level 6.
-    raw.send_bytes(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0]).await;
+    raw.send_bytes(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0])
+        .await;
     let ack = raw.recv3().await.packet();
     assert_eq!(
         ack,
@@ -226,7 +282,11 @@ async fn takeover_closes_the_old_connection() {
 
 #[tokio::test]
 async fn anonymous_refused_when_not_allowed() {
-    let broker = start_with(roomq::Config { allow_anonymous: false, ..test_config() }).await;
+    let broker = start_with(roomq::Config {
+        allow_anonymous: false,
+        ..test_config()
+    })
+    .await;
     let (mut raw, ack) = Raw::connect3(broker.local_addr(), connect3("anon", true)).await;
     assert_eq!(ack.return_code, v3::ConnectAckReason::NotAuthorized);
     raw.expect_closed3().await;
@@ -239,7 +299,11 @@ async fn anonymous_refused_when_not_allowed() {
 
 #[tokio::test]
 async fn max_connections_refuses_with_server_unavailable() {
-    let broker = start_with(roomq::Config { max_connections: 1, ..test_config() }).await;
+    let broker = start_with(roomq::Config {
+        max_connections: 1,
+        ..test_config()
+    })
+    .await;
     let addr = broker.local_addr();
     let (_first, ack) = Raw::connect3(addr, connect3("one", true)).await;
     assert_eq!(ack.return_code, v3::ConnectAckReason::ConnectionAccepted);

@@ -4,7 +4,7 @@
 //! client's acknowledgements.
 
 use std::num::{NonZeroU16, NonZeroU32};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
 use super::{Inflight, Stage};

@@ -2,7 +2,8 @@
 //! hand-off to the router.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
 use crate::protocol::validate::is_valid_topic_name;

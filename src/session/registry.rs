@@ -66,7 +66,9 @@ impl Registry {
             None => {
                 let fresh = self.new_session(shared, client_id);
                 let mut map = self.sessions.lock();
-                let entry = map.entry(fresh.client_id.clone()).or_insert_with(|| fresh.clone());
+                let entry = map
+                    .entry(fresh.client_id.clone())
+                    .or_insert_with(|| fresh.clone());
                 let created = Arc::ptr_eq(entry, &fresh);
                 (entry.clone(), created)
             }

@@ -22,7 +22,11 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const QUIET: Duration = Duration::from_millis(400);
 
 pub fn test_config() -> Config {
-    Config { listen: "127.0.0.1:0".parse().unwrap(), sys_interval_secs: 0, ..Config::default() }
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sys_interval_secs: 0,
+        ..Config::default()
+    }
 }
 
 pub async fn start() -> BrokerHandle {
@@ -68,7 +72,13 @@ impl Raw {
     pub async fn tcp(addr: SocketAddr, is_v5: bool) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).unwrap();
-        Raw { stream, buf: BytesMut::new(), v5: v5::Codec::new(0, 0), v3: v3::Codec::new(0), is_v5 }
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            v5: v5::Codec::new(0, 0),
+            v3: v3::Codec::new(0),
+            is_v5,
+        }
     }
 
     /// Connects with a 5.0 CONNECT and returns the CONNACK.
@@ -134,8 +144,12 @@ impl Raw {
     }
 
     pub async fn recv5_within(&mut self, within: Duration) -> Got<v5::Packet> {
-        self.recv_with(within, |s| s.v5.decode(&mut s.buf).expect("broker sent a valid 5.0 packet").map(|(p, _)| p))
-            .await
+        self.recv_with(within, |s| {
+            s.v5.decode(&mut s.buf)
+                .expect("broker sent a valid 5.0 packet")
+                .map(|(p, _)| p)
+        })
+        .await
     }
 
     pub async fn recv3(&mut self) -> Got<v3::Packet> {
@@ -143,8 +157,12 @@ impl Raw {
     }
 
     pub async fn recv3_within(&mut self, within: Duration) -> Got<v3::Packet> {
-        self.recv_with(within, |s| s.v3.decode(&mut s.buf).expect("broker sent a valid 3.1.1 packet").map(|(p, _)| p))
-            .await
+        self.recv_with(within, |s| {
+            s.v3.decode(&mut s.buf)
+                .expect("broker sent a valid 3.1.1 packet")
+                .map(|(p, _)| p)
+        })
+        .await
     }
 
     /// Expects the next 5.0 packet to be a PUBLISH and returns it.
@@ -166,7 +184,10 @@ impl Raw {
     pub async fn expect_disconnect5(&mut self) -> v5::DisconnectReasonCode {
         match self.recv5().await {
             Got::Packet(v5::Packet::Disconnect(d)) => {
-                assert!(matches!(self.recv5().await, Got::Closed), "socket stays open after DISCONNECT");
+                assert!(
+                    matches!(self.recv5().await, Got::Closed),
+                    "socket stays open after DISCONNECT"
+                );
                 d.reason_code
             }
             other => panic!("expected DISCONNECT, got {other:?}"),
@@ -183,7 +204,11 @@ impl Raw {
     }
 
     /// Subscribes (5.0) and returns the SUBACK reason codes.
-    pub async fn subscribe5(&mut self, id: u16, filters: &[(&str, v5::SubscriptionOptions)]) -> Vec<v5::SubscribeAckReason> {
+    pub async fn subscribe5(
+        &mut self,
+        id: u16,
+        filters: &[(&str, v5::SubscriptionOptions)],
+    ) -> Vec<v5::SubscribeAckReason> {
         self.send5(v5::Packet::Subscribe(v5::Subscribe {
             packet_id: pid(id),
             id: None,
@@ -211,12 +236,24 @@ impl Raw {
 
     /// Publishes at QoS 0 (5.0).
     pub async fn publish0_5(&mut self, topic: &str, payload: &'static [u8]) {
-        self.send5(v5::Packet::Publish(Box::new(publish(topic, payload, v5::QoS::AtMostOnce, None)))).await;
+        self.send5(v5::Packet::Publish(Box::new(publish(
+            topic,
+            payload,
+            v5::QoS::AtMostOnce,
+            None,
+        ))))
+        .await;
     }
 
     /// Publishes at QoS 1 (5.0) and returns the PUBACK.
     pub async fn publish1_5(&mut self, id: u16, topic: &str, payload: &'static [u8]) -> v5::PublishAck {
-        self.send5(v5::Packet::Publish(Box::new(publish(topic, payload, v5::QoS::AtLeastOnce, Some(id))))).await;
+        self.send5(v5::Packet::Publish(Box::new(publish(
+            topic,
+            payload,
+            v5::QoS::AtLeastOnce,
+            Some(id),
+        ))))
+        .await;
         match self.recv5().await.packet() {
             v5::Packet::PublishAck(ack) => ack,
             other => panic!("expected PUBACK, got {other:?}"),
@@ -225,7 +262,11 @@ impl Raw {
 }
 
 pub fn connect5(id: &str) -> v5::Connect {
-    v5::Connect { clean_start: true, client_id: id.into(), ..Default::default() }
+    v5::Connect {
+        clean_start: true,
+        client_id: id.into(),
+        ..Default::default()
+    }
 }
 
 pub fn connect3(id: &str, clean: bool) -> v3::Connect {
@@ -237,7 +278,12 @@ pub fn connect3(id: &str, clean: bool) -> v3::Connect {
     }
 }
 
-pub fn publish(topic: &str, payload: &'static [u8], qos: v5::QoS, id: Option<u16>) -> rmqtt_codec::types::Publish {
+pub fn publish(
+    topic: &str,
+    payload: &'static [u8],
+    qos: v5::QoS,
+    id: Option<u16>,
+) -> rmqtt_codec::types::Publish {
     rmqtt_codec::types::Publish {
         dup: false,
         retain: false,
@@ -250,7 +296,10 @@ pub fn publish(topic: &str, payload: &'static [u8], qos: v5::QoS, id: Option<u16
 }
 
 pub fn opts(qos: v5::QoS) -> v5::SubscriptionOptions {
-    v5::SubscriptionOptions { qos, ..Default::default() }
+    v5::SubscriptionOptions {
+        qos,
+        ..Default::default()
+    }
 }
 
 /// A rumqttc v4 (MQTT 3.1.1) client whose incoming PUBLISHes arrive on the
@@ -283,7 +332,10 @@ pub async fn rumqttc_v4(
             }
         }
     });
-    tokio::time::timeout(WAIT, ready_rx).await.expect("CONNACK in time").expect("connected");
+    tokio::time::timeout(WAIT, ready_rx)
+        .await
+        .expect("CONNACK in time")
+        .expect("connected");
     (client, rx)
 }
 
@@ -294,7 +346,10 @@ pub fn v4_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
 /// A rumqttc v5 client whose incoming PUBLISHes arrive on the channel.
 pub async fn rumqttc_v5(
     mut options: rumqttc::v5::MqttOptions,
-) -> (rumqttc::v5::AsyncClient, mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>) {
+) -> (
+    rumqttc::v5::AsyncClient,
+    mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+) {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::Event;
     options.set_keep_alive(Duration::from_secs(30));
@@ -320,7 +375,10 @@ pub async fn rumqttc_v5(
             }
         }
     });
-    tokio::time::timeout(WAIT, ready_rx).await.expect("CONNACK in time").expect("connected");
+    tokio::time::timeout(WAIT, ready_rx)
+        .await
+        .expect("CONNACK in time")
+        .expect("connected");
     (client, rx)
 }
 
@@ -330,7 +388,10 @@ pub fn v5_options(addr: SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
 
 /// Receives the next message within `WAIT`, or fails the test.
 pub async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv()).await.expect("a message in time").expect("channel open")
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("channel open")
 }
 
 /// Asserts nothing arrives within `QUIET`.

@@ -1,0 +1,177 @@
+//! Malformed and out-of-order input, sent as raw bytes. Each case must close
+//! only the offending connection (with the right reason code in 5.0) while
+//! the broker keeps serving everyone else.
+
+mod common;
+
+use common::*;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{DisconnectReasonCode as R, Packet};
+
+/// A 5.0 PUBLISH QoS 0 with no properties, from raw topic bytes.
+fn publish_bytes(first_byte: u8, topic: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, topic.len() as u8];
+    body.extend_from_slice(topic);
+    body.push(0); // property length
+    body.extend_from_slice(payload);
+    let mut out = vec![first_byte, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+/// Sends `bytes` after a good 5.0 CONNECT and returns what the broker did.
+async fn after_connect5(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<R> {
+    let mut raw = Raw::client5(addr, "bad").await;
+    raw.send_bytes(bytes).await;
+    match raw.recv5().await {
+        Got::Packet(Packet::Disconnect(d)) => {
+            assert!(matches!(raw.recv5().await, Got::Closed));
+            Some(d.reason_code)
+        }
+        Got::Closed => None,
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+}
+
+/// The broker still works for a well-behaved client.
+async fn still_serving(addr: std::net::SocketAddr) {
+    let mut sub = Raw::client5(addr, "good-sub").await;
+    sub.subscribe5(1, &[("ok", opts(QoS::AtMostOnce))]).await;
+    let mut publisher = Raw::client5(addr, "good-pub").await;
+    publisher.publish0_5("ok", b"fine").await;
+    assert_eq!(&sub.publish5().await.payload[..], b"fine");
+}
+
+#[tokio::test]
+async fn malformed_packets_close_only_that_connection() {
+    let broker = start_with(roomq::Config {
+        max_packet_size: 256,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let cases: Vec<(&str, Vec<u8>, &[R])> = vec![
+        (
+            "remaining length over 4 bytes",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            &[R::MalformedPacket],
+        ),
+        (
+            "SUBSCRIBE with reserved flags 0000",
+            vec![0x80, 0x06, 0, 1, 0, 0, 1, b'a'],
+            &[R::MalformedPacket],
+        ),
+        (
+            "invalid UTF-8 topic",
+            publish_bytes(0x30, &[0xff, 0xfe], b"x"),
+            &[R::MalformedPacket],
+        ),
+        (
+            "wildcard in topic name",
+            publish_bytes(0x30, b"a/+", b"x"),
+            &[R::TopicNameInvalid],
+        ),
+        (
+            "U+0000 in topic name",
+            publish_bytes(0x30, b"a\0b", b"x"),
+            &[R::TopicNameInvalid, R::MalformedPacket],
+        ),
+        (
+            "DUP on QoS 0",
+            publish_bytes(0x38, b"a", b"x"),
+            &[R::MalformedPacket],
+        ),
+        ("QoS 3", publish_bytes(0x36, b"a", b"x"), &[R::MalformedPacket]),
+        (
+            "packet over max_packet_size",
+            {
+                let mut p = vec![0x30, 0x80, 0x04]; // remaining length 512
+                p.extend(std::iter::repeat_n(0u8, 512));
+                p
+            },
+            &[R::PacketTooLarge],
+        ),
+        (
+            "second CONNECT",
+            {
+                let mut out = bytes::BytesMut::new();
+                tokio_util::codec::Encoder::encode(
+                    &mut rmqtt_codec::v5::Codec::new(0, 0),
+                    Packet::Connect(Box::new(connect5("again"))),
+                    &mut out,
+                )
+                .unwrap();
+                out.to_vec()
+            },
+            &[R::ProtocolError],
+        ),
+        (
+            "CONNACK from a client",
+            vec![0x20, 0x03, 0, 0, 0],
+            &[R::ProtocolError, R::MalformedPacket],
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let reason = after_connect5(addr, &bytes).await;
+        assert!(
+            reason.is_some_and(|r| expected.contains(&r)),
+            "{name}: expected DISCONNECT with one of {expected:?}, got {reason:?}"
+        );
+        still_serving(addr).await;
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn v311_malformed_packets_close_the_connection() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let v3_publish = |first: u8, topic: &[u8]| {
+        let mut body = vec![0, topic.len() as u8];
+        body.extend_from_slice(topic);
+        body.push(b'x');
+        let mut out = vec![first, body.len() as u8];
+        out.extend(body);
+        out
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("wildcard in topic", v3_publish(0x30, b"a/#")),
+        ("invalid UTF-8 topic", v3_publish(0x30, &[0xc3, 0x28])),
+        ("reserved flags on PINGREQ", vec![0xc1, 0x00]),
+        (
+            "second CONNECT",
+            vec![0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0],
+        ),
+    ];
+    for (name, bytes) in cases {
+        let (mut raw, _) = Raw::connect3(addr, connect3("bad3", true)).await;
+        raw.send_bytes(&bytes).await;
+        assert!(
+            matches!(raw.recv3().await, Got::Closed),
+            "{name}: connection stayed open"
+        );
+        still_serving(addr).await;
+    }
+    // An invalid filter in 3.1.1 SUBSCRIBE closes the connection.
+    let (mut raw, _) = Raw::connect3(addr, connect3("bad3", true)).await;
+    raw.send3(rmqtt_codec::v3::Packet::Subscribe {
+        packet_id: pid(1),
+        topic_filters: vec![("a/#/b".into(), QoS::AtMostOnce)],
+    })
+    .await;
+    raw.expect_closed3().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn publish_before_connect_is_closed_without_answer() {
+    let broker = start().await;
+    let mut raw = Raw::tcp(broker.local_addr(), true).await;
+    raw.send_bytes(&publish_bytes(0x30, b"a", b"x")).await;
+    assert!(matches!(raw.recv5().await, Got::Closed));
+    let mut garbage = Raw::tcp(broker.local_addr(), true).await;
+    garbage.send_bytes(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(matches!(garbage.recv5().await, Got::Closed));
+    still_serving(broker.local_addr()).await;
+    broker.shutdown().await;
+}
