@@ -69,6 +69,9 @@ pub struct Config {
     pub sys_interval_secs: u64,
     /// Whether clients without a username may connect.
     pub allow_anonymous: bool,
+    /// Threads of the `roomq` binary's runtime (0 = one per CPU core).
+    /// Embedders run the broker on their own runtime and ignore it.
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             retain_available: true,
             sys_interval_secs: 10,
             allow_anonymous: true,
+            worker_threads: 0,
         }
     }
 }
