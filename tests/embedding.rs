@@ -51,3 +51,47 @@ async fn config_layers_and_errors_name_the_key() {
         .to_string();
     assert!(err.contains("missing.toml"), "{err}");
 }
+
+/// Accepts only alice/secret, so the test sees what CONNECT carried.
+struct OnlyAlice;
+
+impl roomq::auth::Authenticator for OnlyAlice {
+    fn authenticate(&self, r: &roomq::auth::AuthRequest<'_>) -> roomq::auth::AuthDecision {
+        match (r.username, r.password) {
+            (Some("alice"), Some(b"secret")) => roomq::auth::AuthDecision::Allow,
+            (None, _) => roomq::auth::AuthDecision::NotAuthorized,
+            _ => roomq::auth::AuthDecision::BadCredentials,
+        }
+    }
+}
+
+#[tokio::test]
+async fn username_and_password_reach_the_auth_hook() {
+    use rmqtt_codec::v3;
+    use rmqtt_codec::v5::ConnectAckReason;
+    let broker = roomq::Broker::new(test_config())
+        .with_authenticator(std::sync::Arc::new(OnlyAlice))
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addr();
+    let login = |user: &str, pass: &'static [u8]| {
+        let mut c = connect5("who");
+        c.username = Some(user.into());
+        c.password = Some(bytes::Bytes::from_static(pass));
+        c
+    };
+    let (_ok, ack) = Raw::connect5(addr, login("alice", b"secret")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    let (_bad, ack) = Raw::connect5(addr, login("alice", b"guess")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::BadUserNameOrPassword);
+    let (_anon, ack) = Raw::connect5(addr, connect5("nobody")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::NotAuthorized);
+    let mut c3 = connect3("who3", true);
+    c3.username = Some("alice".into());
+    c3.password = Some(bytes::Bytes::from_static(b"guess"));
+    let (_bad3, ack) = Raw::connect3(addr, c3).await;
+    assert_eq!(ack.return_code, v3::ConnectAckReason::BadUserNameOrPassword);
+    assert_eq!(broker.metrics().auth_failures.get(), 3);
+    broker.shutdown().await;
+}

@@ -16,6 +16,18 @@ async fn empty_client_id_is_assigned() {
     assert_eq!(ack.reason_code, ConnectAckReason::Success);
     let id = ack.assigned_client_id.expect("Assigned Client Identifier");
     assert!(!id.is_empty());
+    // Also with Clean Start 0, as Mosquitto does.
+    let mut c = connect5("");
+    c.clean_start = false;
+    c.session_expiry_interval_secs = 60;
+    let (_c2, ack) = Raw::connect5(broker.local_addr(), c).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    assert!(!ack.session_present);
+    assert_ne!(
+        ack.assigned_client_id.expect("assigned"),
+        id,
+        "a new id each time"
+    );
     broker.shutdown().await;
 }
 
@@ -380,10 +392,16 @@ async fn disconnect_cannot_set_expiry_after_zero() {
         ..Default::default()
     }))
     .await;
-    assert_eq!(
-        raw.expect_disconnect5().await,
-        DisconnectReasonCode::ProtocolError
-    );
+    match raw.recv5().await.packet() {
+        Packet::Disconnect(d) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::ProtocolError);
+            assert!(
+                d.reason_string.is_some_and(|s| s.contains("expiry")),
+                "a Reason String says why"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     broker.shutdown().await;
 }
 
@@ -721,4 +739,27 @@ async fn shutdown_sends_0x8b() {
         DisconnectReasonCode::ServerShuttingDown
     );
     shutdown.await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_split_into_single_bytes_still_works() {
+    let broker = start().await;
+    let mut raw = Raw::tcp(broker.local_addr(), true).await;
+    let mut out = bytes::BytesMut::new();
+    let mut c = connect5("");
+    c.clean_start = false;
+    tokio_util::codec::Encoder::encode(&mut v5::Codec::new(0, 0), Packet::Connect(Box::new(c)), &mut out)
+        .unwrap();
+    for byte in out.iter() {
+        raw.send_bytes(&[*byte]).await;
+        tokio::task::yield_now().await;
+    }
+    match raw.recv5().await.packet() {
+        Packet::ConnectAck(ack) => {
+            assert_eq!(ack.reason_code, ConnectAckReason::Success);
+            assert!(ack.assigned_client_id.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    broker.shutdown().await;
 }

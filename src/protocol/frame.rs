@@ -111,6 +111,10 @@ impl Codec {
         }
         let first_byte = buf[0];
         let packet = match version {
+            Version::V5 if first_byte == 0x10 => match self.decode_v5_connect(buf)? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
             Version::V5 => match self.v5.decode(buf)? {
                 Some((p, _)) => p,
                 None => return Ok(None),
@@ -122,6 +126,29 @@ impl Codec {
         };
         validate::inbound_packet(first_byte, &packet, version)?;
         Ok(Some(packet))
+    }
+
+    /// Decodes a 5.0 CONNECT. The codec refuses an empty client id unless
+    /// Clean Start is set, but 5.0 lets the server assign an id either way
+    /// ([MQTT-3.1.3-6]); so the CONNECT is decoded with Clean Start set and
+    /// the client's own flag is put back afterwards.
+    fn decode_v5_connect(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        // Only a whole CONNECT is handed to the codec, so that the flag is
+        // changed and read back in one call (the codec keeps state between
+        // calls on a partial packet).
+        let Some(flags_at) = whole_connect_flags_offset(buf) else {
+            return Ok(None);
+        };
+        let clean_start = buf[flags_at] & 0b10 != 0;
+        buf[flags_at] |= 0b10;
+        match self.v5.decode(buf)? {
+            Some((Packet::Connect(mut c), _)) => {
+                c.clean_start = clean_start;
+                Ok(Some(Packet::Connect(c)))
+            }
+            Some((other, _)) => Ok(Some(other)),
+            None => Err(DecodeError::Malformed("incomplete CONNECT")),
+        }
     }
 
     /// Appends the encoding of `packet` to `dst`. A packet with no 3.1.1
@@ -156,6 +183,29 @@ impl From<rmqtt_codec::error::EncodeError> for EncodeError {
             other => EncodeError::Other(other.to_string()),
         }
     }
+}
+
+/// Where the Connect Flags byte of the CONNECT at the front of `buf` is,
+/// once the whole packet has arrived.
+fn whole_connect_flags_offset(buf: &BytesMut) -> Option<usize> {
+    let mut at = 1;
+    let mut remaining = 0usize;
+    let mut shift = 0;
+    loop {
+        let byte = *buf.get(at)?;
+        at += 1;
+        remaining |= usize::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 || at > 4 {
+            break;
+        }
+    }
+    if buf.len() < at + remaining {
+        return None;
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
+    let flags_at = at + 2 + name_len + 1;
+    (flags_at < at + remaining).then_some(flags_at)
 }
 
 /// Reads the fixed header, protocol name and level of the first packet
