@@ -30,7 +30,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Read buffer for an idle connection: small, so that thousands of idle
 /// clients cost little. It grows while a client sends a lot.
-const IDLE_READ_BUFFER: usize = 1024;
+const IDLE_READ_BUFFER: usize = 256;
 const BUSY_READ_BUFFER: usize = 16 * 1024;
 /// Stop filling the write buffer at this size and write it out first.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -64,6 +64,9 @@ pub(crate) struct Io {
     pub peer: SocketAddr,
     pub codec: Codec,
     rbuf: BytesMut,
+    /// Set while reads fill the buffer: the client is sending a lot, so
+    /// read in big chunks until it goes quiet.
+    busy: bool,
     pub out: BytesMut,
 }
 
@@ -74,22 +77,26 @@ impl Io {
             peer,
             codec: Codec::new(max_packet_size),
             rbuf: BytesMut::with_capacity(IDLE_READ_BUFFER),
+            busy: false,
             out: BytesMut::new(),
         }
     }
 
     /// Reads more bytes; `Ok(0)` means the peer closed.
     async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.rbuf.capacity() - self.rbuf.len() < IDLE_READ_BUFFER / 2 {
+        if self.busy || self.rbuf.capacity() - self.rbuf.len() < IDLE_READ_BUFFER / 2 {
             self.rbuf.reserve(BUSY_READ_BUFFER);
         }
-        self.stream.read_buf(&mut self.rbuf).await
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        self.busy = n >= spare;
+        Ok(n)
     }
 
     /// The next complete packet in the read buffer, if any.
     fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
         let packet = self.codec.decode(&mut self.rbuf)?;
-        if self.rbuf.is_empty() && self.rbuf.capacity() > BUSY_READ_BUFFER {
+        if !self.busy && self.rbuf.is_empty() && self.rbuf.capacity() > BUSY_READ_BUFFER {
             // A burst is over: give the big buffer back.
             self.rbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
         }
