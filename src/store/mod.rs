@@ -1,38 +1,73 @@
 //! Durable state behind one small trait, so the storage engine can change in
-//! one place. Today: [`MemoryStore`] (state is lost when the process ends).
-//! The sled implementation lands with the durability work.
+//! one place: [`SledStore`] on disk, [`MemoryStore`] for tests of the
+//! contract. With `storage = "memory"` the broker writes no records at all.
+//!
+//! What is stored: retained messages; persistent sessions (subscriptions,
+//! expiry, will); each persistent session's QoS 1/2 messages not yet
+//! acknowledged (queued or in flight); and the packet ids of incoming QoS 2
+//! messages awaiting PUBREL. Deadlines are wall-clock unix milliseconds, so
+//! they keep running while the broker is down.
 
+mod group_commit;
 mod memory;
+mod records;
+mod sled_store;
 
+pub use group_commit::GroupCommit;
 pub use memory::MemoryStore;
+pub use records::{MessageRecord, QueuedRecord, SessionRecord, SubscriptionRecord, WillRecord};
+pub use sled_store::SledStore;
 
-use bytes::Bytes;
-
-/// A retained message as stored: enough to rebuild it after a restart.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredRetained {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: u8,
-    /// Expiry as wall-clock unix milliseconds, so it keeps counting while
-    /// the broker is down; `None` for never.
-    pub expires_at_unix_ms: Option<u64>,
-}
+/// The data format this build reads and writes; stored in the data
+/// directory so a later version can refuse or migrate it, never misread it.
+pub const FORMAT_VERSION: &str = "roomq-store-1";
 
 /// Errors from a store, naming what failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    #[error("cannot open the store at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the data directory {path} holds format {found:?}, this roomq reads {FORMAT_VERSION:?}; it was left untouched")]
+    WrongFormat { path: String, found: String },
     #[error("store I/O error: {0}")]
     Io(String),
+    #[error("corrupt record under {key}: {reason}")]
+    Corrupt { key: String, reason: String },
 }
 
-/// What the broker keeps durably.
+/// A persistent session as loaded at start-up.
+pub struct LoadedSession {
+    pub client_id: String,
+    pub record: SessionRecord,
+    /// Its unacknowledged messages, in queue order.
+    pub messages: Vec<(u64, QueuedRecord)>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub incoming_qos2: Vec<u16>,
+}
+
+/// What the broker keeps durably. Writes are buffered until [`Store::flush`].
 pub trait Store: Send + Sync {
-    /// Sets (or with an empty payload, clears) a topic's retained message.
-    fn put_retained(&self, message: &StoredRetained) -> Result<(), StoreError>;
-    /// All retained messages, for start-up.
-    fn load_retained(&self) -> Result<Vec<StoredRetained>, StoreError>;
+    /// Sets a topic's retained message, or clears it with `None`.
+    fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError>;
+    fn load_retained(&self) -> Result<Vec<MessageRecord>, StoreError>;
+
+    fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError>;
+    /// Removes a session with its messages and QoS 2 ids.
+    fn remove_session(&self, client_id: &str) -> Result<(), StoreError>;
+    fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError>;
+
+    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError>;
+    fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
+
+    fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
+    fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
+
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Bytes the store takes on disk (0 for memory).
+    fn size_on_disk(&self) -> u64;
 }
+
+#[cfg(test)]
+mod contract_tests;

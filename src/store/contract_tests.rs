@@ -1,0 +1,106 @@
+//! The same contract checked against every store implementation.
+
+use bytes::Bytes;
+
+use super::*;
+
+fn message(topic: &str, payload: &'static str) -> MessageRecord {
+    MessageRecord {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload.as_bytes()),
+        qos: 1,
+        retain: true,
+        properties: None,
+        expires_at_unix_ms: Some(1_900_000_000_000),
+        publisher: Some("p".into()),
+    }
+}
+
+fn queued(payload: &'static str) -> QueuedRecord {
+    QueuedRecord {
+        message: message("q", payload),
+        qos: 1,
+        retain: false,
+        subscription_ids: vec![3],
+        packet_id: None,
+        released: false,
+    }
+}
+
+fn contract(store: &dyn Store) {
+    store.put_retained("a", Some(&message("a", "1"))).unwrap();
+    store.put_retained("a", Some(&message("a", "2"))).unwrap();
+    store.put_retained("b", Some(&message("b", "x"))).unwrap();
+    store.put_retained("b", None).unwrap();
+    assert_eq!(store.load_retained().unwrap(), vec![message("a", "2")]);
+
+    let session = SessionRecord {
+        expiry_secs: 60,
+        ..Default::default()
+    };
+    store.put_session("c1", &session).unwrap();
+    store.put_session("c10", &session).unwrap();
+    for seq in [1, 2, 3] {
+        store.put_message("c1", seq, &queued("m")).unwrap();
+    }
+    store.put_message("c10", 1, &queued("other")).unwrap();
+    store.remove_message("c1", 2).unwrap();
+    store.put_incoming_qos2("c1", 7).unwrap();
+    store.flush().unwrap();
+    let loaded = store.load_sessions().unwrap();
+    let c1 = loaded.iter().find(|s| s.client_id == "c1").unwrap();
+    assert_eq!(
+        c1.messages.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 3],
+        "prefix must not leak c10"
+    );
+    assert_eq!(c1.incoming_qos2, vec![7]);
+    store.remove_session("c1").unwrap();
+    let loaded = store.load_sessions().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].messages.len(), 1);
+}
+
+#[test]
+fn memory_store_contract() {
+    contract(&MemoryStore::default());
+}
+
+#[test]
+fn sled_store_contract_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        contract(&store);
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.load_retained().unwrap(),
+        vec![message("a", "2")],
+        "survives reopening"
+    );
+}
+
+#[test]
+fn sled_store_refuses_unknown_format() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format", "roomq-store-99")
+            .unwrap();
+        db.open_tree("sessions").unwrap().insert("keep", "me").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).err().expect("refused").to_string();
+    assert!(
+        err.contains("roomq-store-99") && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    let db = sled::open(dir.path()).unwrap();
+    assert!(
+        db.open_tree("sessions").unwrap().get("keep").unwrap().is_some(),
+        "left untouched"
+    );
+}

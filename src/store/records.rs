@@ -1,0 +1,83 @@
+//! The records the store keeps, encoded as CBOR.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{LastWill, PublishProperties};
+
+/// One application message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub properties: Option<PublishProperties>,
+    /// Message expiry as unix milliseconds; `None` for never.
+    pub expires_at_unix_ms: Option<u64>,
+    pub publisher: Option<String>,
+}
+
+/// A message waiting for, or in flight to, one persistent session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRecord {
+    pub message: MessageRecord,
+    pub qos: u8,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Set once sent as QoS 2: the packet id, and whether PUBREC came
+    /// (then only PUBREL/PUBCOMP remain).
+    pub packet_id: Option<u16>,
+    pub released: bool,
+}
+
+/// One subscription of a persistent session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub id: Option<u32>,
+}
+
+/// A will and its delay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillRecord {
+    pub will: LastWill,
+    pub delay_secs: u32,
+}
+
+/// A persistent session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub expiry_secs: u32,
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// The will of the connection that serves (or last served) the session.
+    pub will: Option<WillRecord>,
+    /// When the session went offline (unix ms); `None` while connected.
+    /// After a crash it stays `None`: start-up then counts from the restart.
+    pub offline_since_unix_ms: Option<u64>,
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, super::StoreError> {
+    let mut out = Vec::with_capacity(128);
+    ciborium::into_writer(value, &mut out).map_err(|e| super::StoreError::Io(e.to_string()))?;
+    Ok(out)
+}
+
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, super::StoreError> {
+    ciborium::from_reader(bytes).map_err(|e| super::StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,222 @@
+//! The store on disk, in sled 0.34.
+//!
+//! Trees: `meta` (format version), `retained` (topic → message),
+//! `sessions` (client id → session), `messages` (client id + queue sequence
+//! → message) and `qos2_in` (client id + packet id). Keys of per-session
+//! trees start with the client id's length (u16, big endian) and bytes, so a
+//! prefix scan finds one session's records.
+//!
+//! sled's `flush` writes with `sync_file_range` on Linux: it survives a
+//! crash of the process (SIGKILL), not necessarily a power loss.
+
+use std::path::Path;
+
+use super::records::{decode, encode};
+use super::{LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, StoreError, FORMAT_VERSION};
+
+/// A sled database in the data directory.
+pub struct SledStore {
+    db: sled::Db,
+    retained: sled::Tree,
+    sessions: sled::Tree,
+    messages: sled::Tree,
+    qos2_in: sled::Tree,
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn session_prefix(client_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + client_id.len() + 8);
+    key.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    key.extend_from_slice(client_id.as_bytes());
+    key
+}
+
+fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = session_prefix(client_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
+    let mut key = session_prefix(client_id);
+    key.extend_from_slice(&packet_id.to_be_bytes());
+    key
+}
+
+/// Splits a per-session key into the client id and the suffix.
+fn split_key(key: &[u8]) -> Option<(&str, &[u8])> {
+    let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
+    let id = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
+    Some((id, key.get(2 + len..)?))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. Refuses a directory that holds
+    /// another format, or data without a format mark, without changing it.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let path = dir.display().to_string();
+        let open_err = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| open_err(e.to_string()))?;
+        let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
+        let store = SledStore {
+            retained: tree("retained")?,
+            sessions: tree("sessions")?,
+            messages: tree("messages")?,
+            qos2_in: tree("qos2_in")?,
+            db,
+        };
+        match meta.get("format").map_err(|e| open_err(e.to_string()))? {
+            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+            Some(found) => {
+                return Err(StoreError::WrongFormat {
+                    path,
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                })
+            }
+            None => {
+                let empty =
+                    store.retained.is_empty() && store.sessions.is_empty() && store.messages.is_empty();
+                if !empty {
+                    return Err(StoreError::WrongFormat {
+                        path,
+                        found: "no format mark".into(),
+                    });
+                }
+                meta.insert("format", FORMAT_VERSION.as_bytes())
+                    .map_err(|e| open_err(e.to_string()))?;
+                store.db.flush().map_err(|e| open_err(e.to_string()))?;
+            }
+        }
+        Ok(store)
+    }
+}
+
+impl Store for SledStore {
+    fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
+        match message {
+            Some(m) => self
+                .retained
+                .insert(topic.as_bytes(), encode(m)?)
+                .map(drop)
+                .map_err(io),
+            None => self.retained.remove(topic.as_bytes()).map(drop).map_err(io),
+        }
+    }
+
+    fn load_retained(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        self.retained
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(io)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions
+            .insert(client_id.as_bytes(), encode(session)?)
+            .map(drop)
+            .map_err(io)
+    }
+
+    fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
+        self.sessions.remove(client_id.as_bytes()).map_err(io)?;
+        let prefix = session_prefix(client_id);
+        for tree in [&self.messages, &self.qos2_in] {
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix(&prefix).keys() {
+                batch.remove(key.map_err(io)?);
+            }
+            tree.apply_batch(batch).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.sessions.iter() {
+            let (key, value) = entry.map_err(io)?;
+            let client_id = String::from_utf8_lossy(&key).into_owned();
+            let record: SessionRecord = decode(&key, &value)?;
+            let prefix = session_prefix(&client_id);
+            let mut messages = Vec::new();
+            for m in self.messages.scan_prefix(&prefix) {
+                let (k, v) = m.map_err(io)?;
+                let seq = split_key(&k)
+                    .and_then(|(_, s)| s.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: client_id.clone(),
+                        reason: "bad message key".into(),
+                    })?;
+                messages.push((seq, decode::<QueuedRecord>(&k, &v)?));
+            }
+            let incoming_qos2 = self
+                .qos2_in
+                .scan_prefix(&prefix)
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter_map(|k| {
+                    split_key(&k)
+                        .and_then(|(_, s)| s.try_into().ok())
+                        .map(u16::from_be_bytes)
+                })
+                .collect();
+            out.push(LoadedSession {
+                client_id,
+                record,
+                messages,
+                incoming_qos2,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.messages
+            .insert(message_key(client_id, seq), encode(message)?)
+            .map(drop)
+            .map_err(io)
+    }
+
+    fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
+        self.messages
+            .remove(message_key(client_id, seq))
+            .map(drop)
+            .map_err(io)
+    }
+
+    fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.qos2_in
+            .insert(qos2_key(client_id, packet_id), &[])
+            .map(drop)
+            .map_err(io)
+    }
+
+    fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.qos2_in
+            .remove(qos2_key(client_id, packet_id))
+            .map(drop)
+            .map_err(io)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(io)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
