@@ -13,6 +13,8 @@ use roomq::{Broker, Config, QoS};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config {
         listen: "127.0.0.1:0".parse()?,
+        // Keep this demo in memory; leave the default ("sled" in ./data) for state that survives restarts.
+        storage: roomq::StorageKind::Memory,
         ..Config::default()
     };
     let broker = Broker::new(config).start().await?;

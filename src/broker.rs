@@ -11,12 +11,13 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AnonymousPolicy, Authenticator};
-use crate::config::Config;
+use crate::config::{Config, Durability, StorageKind};
 use crate::local::LocalSubscription;
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
 use crate::router::{Message, Router};
 use crate::session::Registry;
+use crate::store::{GroupCommit, SledStore, Store};
 
 /// State shared by every task of one broker; cheap to clone as `Arc`.
 pub(crate) struct Shared {
@@ -29,6 +30,11 @@ pub(crate) struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// Open client sockets, for `max_connections`.
     pub connections: AtomicUsize,
+    /// The durable store (`storage = "sled"`).
+    pub store: Option<Arc<dyn Store>>,
+    /// Group commit, with `durability = "flush"`: acknowledgements of QoS
+    /// 1/2 messages wait for it.
+    pub commit: Option<Arc<GroupCommit>>,
 }
 
 /// Errors that stop the broker from starting.
@@ -42,6 +48,8 @@ pub enum StartError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A broker not yet started.
@@ -65,6 +73,12 @@ impl Broker {
     /// runtime.
     pub async fn start(self) -> Result<BrokerHandle, StartError> {
         self.config.validate().map_err(StartError::Config)?;
+        // The store is opened before the port, so a bad data directory stops
+        // start-up before any client can connect.
+        let store: Option<Arc<dyn Store>> = match self.config.storage {
+            StorageKind::Memory => None,
+            StorageKind::Sled => Some(Arc::new(SledStore::open(&self.config.data_dir)?)),
+        };
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -83,14 +97,27 @@ impl Broker {
         });
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            router: Router::new(self.config.retain_available),
+            router: Router::new(self.config.retain_available, store.clone()),
             registry: Registry::default(),
             metrics,
             auth,
             shutdown,
             connections: AtomicUsize::new(0),
+            commit: match (&store, self.config.durability) {
+                (Some(store), Durability::Flush) => Some(GroupCommit::start(store.clone())),
+                _ => None,
+            },
+            store,
             config: self.config,
         });
+        if let Some(store) = &shared.store {
+            for record in store.load_retained()? {
+                shared
+                    .router
+                    .restore_retained(crate::session::message_from_record(record));
+            }
+            crate::session::restore_sessions(&shared, store.load_sessions()?);
+        }
         let tracker = TaskTracker::new();
         tracker.spawn(crate::server::accept_loop(
             listener,
@@ -99,6 +126,9 @@ impl Broker {
         ));
         if shared.config.sys_interval_secs > 0 {
             tracker.spawn(publish_sys(shared.clone()));
+        }
+        if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.durability) {
+            tracker.spawn(flush_periodically(store.clone(), shared.clone()));
         }
         tracing::info!(%local_addr, "roomq listening");
         Ok(BrokerHandle {
@@ -163,7 +193,28 @@ impl BrokerHandle {
         {
             tracing::warn!("some connections did not close within 10 s of shutdown");
         }
+        if let Some(store) = &self.shared.store {
+            if let Err(e) = store.flush() {
+                tracing::error!(error = %e, "final store flush failed");
+            }
+        }
         tracing::info!("roomq stopped");
+    }
+}
+
+/// With `durability = "buffered"`: flushes every `flush_interval_ms`.
+async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.flush_interval_ms.max(1)));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
+            tracing::error!(error = %e, "periodic store flush failed");
+        }
     }
 }
 

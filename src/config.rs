@@ -15,6 +15,22 @@ use serde::Deserialize;
 pub enum StorageKind {
     /// Everything in memory: lost when the process ends.
     Memory,
+    /// sled in `data_dir`: sessions, their unacknowledged messages and
+    /// retained messages survive a restart and a crash.
+    Sled,
+}
+
+/// What an acknowledgement (PUBACK, PUBREC) of a QoS 1/2 message promises.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledged = flushed to disk (group commit): survives a crash of
+    /// the process (SIGKILL). sled flushes with `sync_file_range`, so a power
+    /// loss may still lose the last writes.
+    Flush,
+    /// Acknowledged = written to the store's memory; flushed every
+    /// `flush_interval_ms`. A crash loses up to that much.
+    Buffered,
 }
 
 /// All settings of one broker. Build one with [`Config::default`] and change
@@ -28,6 +44,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Which store to use.
     pub storage: StorageKind,
+    /// What a PUBACK promises with `storage = "sled"`.
+    pub durability: Durability,
+    /// With `durability = "buffered"`: milliseconds between flushes.
+    pub flush_interval_ms: u64,
     /// Most client connections open at once; further ones are refused
     /// (5.0 CONNACK 0x89 Server busy, 3.1.1 return code 3).
     pub max_connections: usize,
@@ -79,7 +99,9 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             data_dir: PathBuf::from("./data"),
-            storage: StorageKind::Memory,
+            storage: StorageKind::Sled,
+            durability: Durability::Flush,
+            flush_interval_ms: 100,
             max_connections: 100_000,
             max_packet_size: 16 * 1024 * 1024,
             max_inflight_messages: 128,

@@ -34,6 +34,7 @@ impl LocalSubscription {
             shared.config.max_queued_messages,
             true,
             shared.metrics.clone(),
+            None,
         ));
         session.set_online(true);
         let options = SubscriptionOptions {

@@ -80,4 +80,7 @@ pub struct Delivery {
     /// Set when the message came through a shared subscription, so that it
     /// can go to another member if this one leaves before acknowledging it.
     pub shared: Option<Arc<SharedGroupKey>>,
+    /// Where a persistent session stored this delivery, so the record can be
+    /// removed once the client acknowledges it.
+    pub store_seq: Option<u64>,
 }

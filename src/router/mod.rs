@@ -21,6 +21,7 @@ pub use trie::SubEntry;
 use crate::protocol::validate::SharedFilter;
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 use crate::session::Session;
+use crate::store::Store;
 use trie::{Matched, Trie};
 
 /// What became of one published message.
@@ -38,14 +39,17 @@ pub struct Router {
     trie: Trie,
     retained: RetainedStore,
     retain_available: bool,
+    /// Where retained messages are kept durably, when the broker has a store.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Router {
-    pub fn new(retain_available: bool) -> Self {
+    pub fn new(retain_available: bool, store: Option<Arc<dyn Store>>) -> Self {
         Router {
             trie: Trie::default(),
             retained: RetainedStore::default(),
             retain_available,
+            store,
         }
     }
 
@@ -59,6 +63,12 @@ impl Router {
         let message = Arc::new(message);
         if message.retain && self.retain_available {
             self.retained.set(&message);
+            if let Some(store) = &self.store {
+                let record = (!message.payload.is_empty()).then(|| crate::session::message_record(&message));
+                if let Err(e) = store.put_retained(&message.topic, record.as_ref()) {
+                    tracing::error!(topic = %message.topic, error = %e, "could not store the retained message");
+                }
+            }
         }
         let matched = self.trie.matches(&message.topic);
         if matched.is_empty() {
@@ -114,10 +124,39 @@ impl Router {
                     retain: true,
                     subscription_ids: id.into_iter().collect(),
                     shared: None,
+                    store_seq: None,
                 });
             }
         }
         existed
+    }
+
+    /// Puts back a retained message loaded from the store.
+    pub fn restore_retained(&self, message: Message) {
+        if !message.is_expired(tokio::time::Instant::now()) {
+            self.retained.set(&Arc::new(message));
+        }
+    }
+
+    /// Puts back a subscription loaded from the store, without sending
+    /// retained messages (the session already had them).
+    pub(crate) fn restore_subscription(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        shared: Option<&SharedFilter<'_>>,
+        options: SubscriptionOptions,
+        id: Option<NonZeroU32>,
+    ) {
+        let entry = SubEntry {
+            session: session.clone(),
+            options,
+            id,
+        };
+        match shared {
+            Some(s) => self.trie.insert(s.filter, Some(s.group), entry),
+            None => self.trie.insert(filter, None, entry),
+        };
     }
 
     /// Removes a subscription; returns whether it existed.
@@ -145,6 +184,7 @@ impl Router {
             return false;
         };
         delivery.qos = delivery.message.qos.less_value(target.options.qos);
+        delivery.store_seq = None;
         delivery.subscription_ids = target.id.into_iter().collect();
         target.session.deliver(delivery);
         true
@@ -187,6 +227,7 @@ fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc
                 retain,
                 subscription_ids: m.entry.id.into_iter().collect(),
                 shared: m.shared,
+                store_seq: None,
             },
         ));
     }

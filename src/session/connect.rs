@@ -138,6 +138,13 @@ pub(crate) async fn accept(
         st.kick = Some(kick.clone());
         st.pending_will = None;
         st.expiry_secs = expiry;
+        st.will = connect.last_will.clone().map(|will| Will {
+            delay_secs: will.will_delay_interval_sec.unwrap_or(0),
+            will,
+        });
+        // Stored now (offline_since = None), so that after a crash the will
+        // fires and the expiry restarts from the restart.
+        session.save(&st, None);
     }
     session.set_online(true);
 
@@ -169,10 +176,7 @@ pub(crate) async fn accept(
         kick,
         guard: Some(claimed.guard),
         keep_alive_window,
-        will: connect.last_will.map(|will| Will {
-            delay_secs: will.will_delay_interval_sec.unwrap_or(0),
-            will,
-        }),
+        pending_acks: Vec::new(),
         send_window,
         inbound_aliases: HashMap::new(),
         outbound_aliases: HashMap::new(),

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{lifecycle, Session, Will};
+use super::{lifecycle, Session};
 use crate::broker::Shared;
 use crate::protocol::{Codec, DecodeError, Disconnect, DisconnectReasonCode, Packet, Version};
 
@@ -160,7 +160,9 @@ pub(crate) struct Connection {
     pub guard: Option<OwnedMutexGuard<()>>,
     /// 1.5 x the keep-alive in force; `None` when keep-alive is off.
     pub keep_alive_window: Option<Duration>,
-    pub will: Option<Will>,
+    /// PUBACK/PUBREC packets waiting for the group commit that makes their
+    /// messages durable; sent in arrival order ([MQTT-4.6.0-2]).
+    pub pending_acks: Vec<Packet>,
     /// Most QoS 1/2 messages in flight to the client.
     pub send_window: usize,
     /// Topic aliases the client set up (alias to topic).
@@ -264,6 +266,31 @@ impl Connection {
                     Err(e) => return e.into(),
                 }
             }
+            self.release_acks().await;
+        }
+    }
+
+    /// Sends acknowledgements once what they acknowledge is durable: one
+    /// group commit covers every PUBLISH read in this batch.
+    async fn release_acks(&mut self) {
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        if let Some(commit) = self.shared.commit.clone() {
+            commit.wait(commit.ticket()).await;
+        }
+        for ack in std::mem::take(&mut self.pending_acks) {
+            self.io.send(ack);
+        }
+    }
+
+    /// Queues an acknowledgement of an incoming QoS 1/2 message: at once
+    /// without a durable store, else after the next group commit.
+    pub(super) fn send_ack(&mut self, ack: Packet) {
+        if self.shared.commit.is_some() {
+            self.pending_acks.push(ack);
+        } else {
+            self.io.send(ack);
         }
     }
 
@@ -308,7 +335,13 @@ impl Connection {
                     "session expiry set on DISCONNECT after 0 at CONNECT".into(),
                 );
             }
-            self.session.state.lock().expiry_secs = self.cap_expiry(expiry);
+            let expiry = self.cap_expiry(expiry);
+            let mut st = self.session.state.lock();
+            st.expiry_secs = expiry;
+            if expiry == 0 {
+                // No longer persistent: what was stored for it goes.
+                self.session.erase();
+            }
         }
         if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
             Close::Lost("DISCONNECT with will message".into())
@@ -326,6 +359,10 @@ impl Connection {
     }
 
     async fn finish(mut self, close: Close) {
+        // Acknowledge what was already read and stored before closing.
+        if !matches!(close, Close::Lost(_)) {
+            self.release_acks().await;
+        }
         let (reason, publish_will) = match &close {
             Close::Normal => (None, false),
             Close::Lost(_) => (None, true),
@@ -343,7 +380,15 @@ impl Connection {
             self.shared.metrics.protocol_errors.inc();
         }
         self.io.flush_final().await;
-        let will = if publish_will { self.will.take() } else { None };
+        let will = {
+            let mut st = self.session.state.lock();
+            let will = st.will.take();
+            if publish_will {
+                will
+            } else {
+                None
+            }
+        };
         lifecycle::connection_closed(&self.shared, &self.session, will);
         self.shared.metrics.clients_connected.dec();
         drop(self.guard.take());

@@ -15,21 +15,38 @@ use crate::router::Message;
 /// Marks the session offline after its connection closed and starts what
 /// follows: the will (when `will` is set), expiry, shared handover.
 pub(crate) fn connection_closed(shared: &Arc<Shared>, session: &Arc<Session>, will: Option<Will>) {
-    session.set_online(false);
-    let (generation, expiry_secs) = {
+    let (expiry_secs, delay) = {
         let mut st = session.state.lock();
         st.kick = None;
-        (st.generation, st.expiry_secs)
+        st.will = None;
+        (st.expiry_secs, will.as_ref().map(|w| w.delay_secs).unwrap_or(0))
     };
+    go_offline(shared, session, will, delay, expiry_secs);
+}
+
+/// Takes a session offline: publishes its will now or after
+/// `will_delay_secs` (never later than the session lasts), and ends the
+/// session after `expiry_secs` (`u32::MAX`: never) unless a client comes
+/// back first. Used when a connection closes and for sessions restored at
+/// start-up.
+pub(crate) fn go_offline(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    will: Option<Will>,
+    will_delay_secs: u32,
+    expiry_secs: u32,
+) {
+    session.set_online(false);
+    let generation = session.state.lock().generation;
     hand_over_shared(shared, session);
 
     if let Some(will) = will {
-        if will.delay_secs == 0 || expiry_secs == 0 {
+        if will_delay_secs == 0 || expiry_secs == 0 {
             // A will whose delay is longer than the session lasts is sent
             // when the session ends ([MQTT-3.1.3-9]): here, now.
             publish_will(shared, &session.client_id, &will);
         } else {
-            let delay = will.delay_secs.min(expiry_secs);
+            let delay = will_delay_secs.min(expiry_secs);
             session.state.lock().pending_will = Some(will);
             let (shared, session) = (shared.clone(), session.clone());
             tokio::spawn(async move {
@@ -39,7 +56,9 @@ pub(crate) fn connection_closed(shared: &Arc<Shared>, session: &Arc<Session>, wi
                     if st.generation != generation || session.is_online() {
                         return;
                     }
-                    st.pending_will.take()
+                    let will = st.pending_will.take();
+                    session.save(&st, Some(crate::store::unix_ms_now()));
+                    will
                 };
                 if let Some(will) = will {
                     publish_will(&shared, &session.client_id, &will);
@@ -47,6 +66,7 @@ pub(crate) fn connection_closed(shared: &Arc<Shared>, session: &Arc<Session>, wi
             });
         }
     }
+    session.save(&session.state.lock(), Some(crate::store::unix_ms_now()));
 
     if expiry_secs == 0 {
         end_session(shared, session);
@@ -76,6 +96,7 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
         st.ended = true;
         st.queue.clear();
         st.inflight.clear();
+        session.erase();
         (std::mem::take(&mut st.subscriptions), st.pending_will.take())
     };
     for filter in subscriptions.keys() {
@@ -111,7 +132,9 @@ fn hand_over_shared(shared: &Arc<Shared>, session: &Arc<Session>) {
         });
         moved
     };
-    for delivery in moved {
+    for mut delivery in moved {
+        session.forget_delivery(&delivery);
+        delivery.store_seq = None;
         if !shared.router.redeliver_shared(session, delivery) {
             tracing::debug!(client_id = %session.client_id, "no other shared-subscription member to take over");
         }

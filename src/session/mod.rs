@@ -12,6 +12,7 @@ mod connect;
 mod connection;
 mod lifecycle;
 mod outbox;
+mod persist;
 mod publish;
 mod registry;
 mod subscribe;
@@ -25,11 +26,13 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use connection::serve;
+pub(crate) use persist::{message_from_record, message_record, restore_sessions};
 pub use registry::Registry;
 
 use crate::metrics::Metrics;
 use crate::protocol::{LastWill, QoS, SubscriptionOptions};
 use crate::router::Delivery;
+use crate::store::Store;
 
 /// The acknowledgement a message in flight to the client waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +89,12 @@ pub(crate) struct SessionState {
     pub subscriptions: HashMap<String, SessionSubscription>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry_secs: u32,
+    /// The will of the connection serving the session now.
+    pub will: Option<Will>,
     /// A will waiting out its delay after the connection closed.
     pub pending_will: Option<Will>,
+    /// Last queue sequence used for a stored delivery.
+    pub next_store_seq: u64,
     /// Set once the session has ended; deliveries are then ignored.
     pub ended: bool,
     /// Messages dropped for a full queue, for rate-limited logging.
@@ -124,6 +131,8 @@ pub struct Session {
     max_queued: usize,
     queue_qos0_offline: bool,
     metrics: Arc<Metrics>,
+    /// The durable store, when the broker has one.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Session {
@@ -132,6 +141,7 @@ impl Session {
         max_queued: usize,
         queue_qos0_offline: bool,
         metrics: Arc<Metrics>,
+        store: Option<Arc<dyn Store>>,
     ) -> Self {
         Session {
             client_id,
@@ -142,6 +152,7 @@ impl Session {
             max_queued,
             queue_qos0_offline,
             metrics,
+            store,
         }
     }
 
@@ -156,7 +167,7 @@ impl Session {
     /// Queues one delivery and wakes the connection. Returns false when the
     /// message was dropped (queue full, or QoS 0 for an offline session);
     /// every drop is counted.
-    pub fn deliver(&self, delivery: Delivery) -> bool {
+    pub fn deliver(&self, mut delivery: Delivery) -> bool {
         let mut st = self.state.lock();
         if st.ended {
             return false;
@@ -178,6 +189,7 @@ impl Session {
             }
             return false;
         }
+        self.record_delivery(&mut st, &mut delivery);
         st.queue.push_back(delivery);
         drop(st);
         self.wake.notify_one();

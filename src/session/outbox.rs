@@ -31,6 +31,7 @@ impl Connection {
             };
             if delivery.message.is_expired(now) {
                 self.shared.metrics.messages_expired.inc();
+                session.forget_delivery(&delivery);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
@@ -44,11 +45,16 @@ impl Connection {
                 } else {
                     Stage::Puback
                 };
-                st.inflight.push_back(Inflight {
+                let inflight = Inflight {
                     packet_id,
                     delivery,
                     stage,
-                });
+                };
+                session.record_inflight(&st, &inflight);
+                st.inflight.push_back(inflight);
+            } else {
+                // Not sendable to this client (too large): treated as delivered.
+                session.forget_delivery(&delivery);
             }
         }
         false
@@ -176,10 +182,13 @@ impl Connection {
         };
         if failed {
             // A PUBREC with an error code ends the flow ([MQTT-4.3.3-4]).
-            st.inflight.remove(pos);
+            if let Some(f) = st.inflight.remove(pos) {
+                self.session.forget_delivery(&f.delivery);
+            }
             return None;
         }
         st.inflight[pos].stage = Stage::Pubcomp;
+        self.session.record_inflight(&st, &st.inflight[pos]);
         drop(st);
         self.io.send(Packet::PublishRelease(PublishAck2 {
             packet_id: id,
@@ -200,7 +209,9 @@ impl Connection {
             .iter()
             .position(|f| f.packet_id == id && f.stage == stage)
         {
-            st.inflight.remove(pos);
+            if let Some(f) = st.inflight.remove(pos) {
+                self.session.forget_delivery(&f.delivery);
+            }
         }
     }
 }

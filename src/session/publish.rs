@@ -47,7 +47,7 @@ impl Connection {
                 // A resend of a QoS 2 message we already have: acknowledge
                 // again, deliver nothing ([MQTT-4.3.3-10]).
                 drop(st);
-                self.io.send(Packet::PublishReceived(PublishAck {
+                self.send_ack(Packet::PublishReceived(PublishAck {
                     packet_id: id,
                     ..Default::default()
                 }));
@@ -60,6 +60,7 @@ impl Connection {
                 ));
             }
             st.incoming_qos2.insert(id);
+            self.session.record_incoming_qos2(&st, id, true);
         }
 
         let message = self.to_message(publish);
@@ -79,16 +80,23 @@ impl Connection {
                 ..Default::default()
             };
             if qos == QoS::ExactlyOnce {
-                self.io.send(Packet::PublishReceived(ack));
+                self.send_ack(Packet::PublishReceived(ack));
             } else {
-                self.io.send(Packet::PublishAck(ack));
+                self.send_ack(Packet::PublishAck(ack));
             }
         }
         None
     }
 
     pub(super) fn on_pubrel(&mut self, ack: PublishAck2) -> Option<Close> {
-        let known = self.session.state.lock().incoming_qos2.remove(&ack.packet_id);
+        let known = {
+            let mut st = self.session.state.lock();
+            let known = st.incoming_qos2.remove(&ack.packet_id);
+            if known {
+                self.session.record_incoming_qos2(&st, ack.packet_id, false);
+            }
+            known
+        };
         let reason = if known {
             PublishAck2Reason::Success
         } else {

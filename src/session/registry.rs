@@ -103,7 +103,17 @@ impl Registry {
             shared.config.max_queued_messages,
             shared.config.queue_qos0_messages,
             shared.metrics.clone(),
+            shared.store.clone(),
         ))
+    }
+
+    /// Registers a session rebuilt from the store at start-up.
+    pub(crate) fn restore(&self, shared: &Shared, client_id: &str) -> Arc<Session> {
+        let session = self.new_session(shared, client_id);
+        self.sessions
+            .lock()
+            .insert(session.client_id.clone(), session.clone());
+        session
     }
 
     /// Forgets `session` if it is still the one registered for its id.

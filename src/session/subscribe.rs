@@ -54,6 +54,7 @@ impl Connection {
                 QoS::ExactlyOnce => SubscribeAckReason::GrantedQos2,
             });
         }
+        self.session.save(&self.session.state.lock(), None);
         self.io.send(Packet::SubscribeAck(SubscribeAck {
             packet_id: subscribe.packet_id,
             properties: Vec::new(),
@@ -85,6 +86,7 @@ impl Connection {
                 UnsubscribeAckReason::NoSubscriptionExisted
             });
         }
+        self.session.save(&self.session.state.lock(), None);
         self.io.send(Packet::UnsubscribeAck(UnsubscribeAck {
             packet_id: unsubscribe.packet_id,
             properties: Vec::new(),

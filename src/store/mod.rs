@@ -15,7 +15,7 @@ mod sled_store;
 
 pub use group_commit::GroupCommit;
 pub use memory::MemoryStore;
-pub use records::{MessageRecord, QueuedRecord, SessionRecord, SubscriptionRecord, WillRecord};
+pub use records::{unix_ms_now, MessageRecord, QueuedRecord, SessionRecord, SubscriptionRecord, WillRecord};
 pub use sled_store::SledStore;
 
 /// The data format this build reads and writes; stored in the data

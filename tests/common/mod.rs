@@ -25,6 +25,7 @@ pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         sys_interval_secs: 0,
+        storage: roomq::StorageKind::Memory,
         ..Config::default()
     }
 }

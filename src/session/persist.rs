@@ -1,0 +1,282 @@
+//! Keeping a persistent session in the store, and rebuilding sessions from
+//! the store at start-up.
+//!
+//! Only sessions that outlive their connection (Session Expiry Interval > 0,
+//! or 3.1.1 clean session = 0) are written, and of their messages only QoS
+//! 1/2 ones: a QoS 0 message may be lost by definition.
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Inflight, Session, SessionState, SessionSubscription, Stage, Will};
+use crate::broker::Shared;
+use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
+use crate::router::{Delivery, Message};
+use crate::store::{
+    LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, SubscriptionRecord, WillRecord,
+};
+
+fn qos_from(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Converts a message for the store; its expiry becomes a wall-clock time.
+pub(crate) fn message_record(m: &Message) -> MessageRecord {
+    let now = Instant::now();
+    let now_ms = crate::store::unix_ms_now();
+    MessageRecord {
+        topic: m.topic.to_string(),
+        payload: m.payload.clone(),
+        qos: m.qos.value(),
+        retain: m.retain,
+        properties: m.properties.clone(),
+        expires_at_unix_ms: m
+            .expires_at
+            .map(|t| now_ms + t.saturating_duration_since(now).as_millis() as u64),
+        publisher: m.publisher.as_deref().map(str::to_string),
+    }
+}
+
+/// Converts a stored message back; an expiry that passed while the broker
+/// was down is already in the past.
+pub(crate) fn message_from_record(r: MessageRecord) -> Message {
+    let now = Instant::now();
+    let now_ms = crate::store::unix_ms_now();
+    Message {
+        topic: r.topic.into(),
+        payload: r.payload,
+        qos: qos_from(r.qos),
+        retain: r.retain,
+        properties: r.properties,
+        expires_at: r
+            .expires_at_unix_ms
+            .map(|ms| now + Duration::from_millis(ms.saturating_sub(now_ms))),
+        publisher: r.publisher.map(Into::into),
+    }
+}
+
+fn queued_record(d: &Delivery, packet_id: Option<NonZeroU16>, released: bool) -> QueuedRecord {
+    QueuedRecord {
+        message: message_record(&d.message),
+        qos: d.qos.value(),
+        retain: d.retain,
+        subscription_ids: d.subscription_ids.iter().map(|i| i.get()).collect(),
+        packet_id: packet_id.map(NonZeroU16::get),
+        released,
+    }
+}
+
+fn log_store_error(client_id: &str, what: &str, e: crate::store::StoreError) {
+    tracing::error!(%client_id, error = %e, "store write failed: {what}");
+}
+
+impl Session {
+    /// The store, when this session's state must be kept.
+    fn durable_store(&self, st: &SessionState) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref().filter(|_| st.expiry_secs > 0 && !st.ended)
+    }
+
+    /// Stores a QoS 1/2 delivery of a persistent session and remembers
+    /// where, before it is queued.
+    pub(crate) fn record_delivery(&self, st: &mut SessionState, d: &mut Delivery) {
+        if d.qos == QoS::AtMostOnce {
+            return;
+        }
+        let Some(store) = self.durable_store(st) else {
+            return;
+        };
+        st.next_store_seq += 1;
+        let seq = st.next_store_seq;
+        match store.put_message(&self.client_id, seq, &queued_record(d, None, false)) {
+            Ok(()) => d.store_seq = Some(seq),
+            Err(e) => log_store_error(&self.client_id, "queued message", e),
+        }
+    }
+
+    /// Records a QoS 2 message's packet id and progress, so it is resent
+    /// with the same id after a restart.
+    pub(crate) fn record_inflight(&self, st: &SessionState, f: &Inflight) {
+        if f.delivery.qos != QoS::ExactlyOnce {
+            return;
+        }
+        let (Some(store), Some(seq)) = (self.durable_store(st), f.delivery.store_seq) else {
+            return;
+        };
+        let record = queued_record(&f.delivery, Some(f.packet_id), f.stage == Stage::Pubcomp);
+        if let Err(e) = store.put_message(&self.client_id, seq, &record) {
+            log_store_error(&self.client_id, "in-flight message", e);
+        }
+    }
+
+    /// Removes a delivery's record once it needs no more keeping.
+    pub(crate) fn forget_delivery(&self, d: &Delivery) {
+        if let (Some(store), Some(seq)) = (self.store.as_ref(), d.store_seq) {
+            if let Err(e) = store.remove_message(&self.client_id, seq) {
+                log_store_error(&self.client_id, "remove message", e);
+            }
+        }
+    }
+
+    pub(crate) fn record_incoming_qos2(&self, st: &SessionState, packet_id: NonZeroU16, add: bool) {
+        let Some(store) = self.durable_store(st) else {
+            return;
+        };
+        let result = if add {
+            store.put_incoming_qos2(&self.client_id, packet_id.get())
+        } else {
+            store.remove_incoming_qos2(&self.client_id, packet_id.get())
+        };
+        if let Err(e) = result {
+            log_store_error(&self.client_id, "incoming QoS 2 id", e);
+        }
+    }
+
+    /// Writes the session record (subscriptions, expiry, will). `offline_since`
+    /// is set when the connection has just closed.
+    pub(crate) fn save(&self, st: &SessionState, offline_since: Option<u64>) {
+        let Some(store) = self.store.as_ref() else { return };
+        if st.ended {
+            return;
+        }
+        if st.expiry_secs == 0 {
+            // Not persistent (any more): nothing to keep.
+            if let Err(e) = store.remove_session(&self.client_id) {
+                log_store_error(&self.client_id, "remove session", e);
+            }
+            return;
+        }
+        let will = st.will.as_ref().or(st.pending_will.as_ref()).map(|w| WillRecord {
+            will: w.will.clone(),
+            delay_secs: w.delay_secs,
+        });
+        let record = SessionRecord {
+            expiry_secs: st.expiry_secs,
+            subscriptions: st
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| SubscriptionRecord {
+                    filter: filter.clone(),
+                    qos: s.options.qos.value(),
+                    no_local: s.options.no_local,
+                    retain_as_published: s.options.retain_as_published,
+                    retain_handling: u8::from(s.options.retain_handling),
+                    id: s.id.map(NonZeroU32::get),
+                })
+                .collect(),
+            will,
+            offline_since_unix_ms: offline_since,
+        };
+        if let Err(e) = store.put_session(&self.client_id, &record) {
+            log_store_error(&self.client_id, "session", e);
+        }
+    }
+
+    /// Removes everything stored for this session.
+    pub(crate) fn erase(&self) {
+        if let Some(store) = self.store.as_ref() {
+            if let Err(e) = store.remove_session(&self.client_id) {
+                log_store_error(&self.client_id, "remove session", e);
+            }
+        }
+    }
+}
+
+/// Rebuilds the persistent sessions found in the store. Each comes back
+/// offline, as if its client had just dropped: its will (if it had one)
+/// follows after its delay, and its expiry counts on from when it went
+/// offline (or from now, after a crash).
+pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>) {
+    let now_ms = crate::store::unix_ms_now();
+    let count = loaded.len();
+    for entry in loaded {
+        let session = shared.registry.restore(shared, &entry.client_id);
+        let elapsed_secs = entry
+            .record
+            .offline_since_unix_ms
+            .map(|since| (now_ms.saturating_sub(since) / 1000) as u32)
+            .unwrap_or(0);
+        {
+            let mut st = session.state.lock();
+            st.expiry_secs = entry.record.expiry_secs;
+            st.next_store_seq = entry.messages.iter().map(|(s, _)| *s).max().unwrap_or(0);
+            st.incoming_qos2 = entry
+                .incoming_qos2
+                .iter()
+                .filter_map(|p| NonZeroU16::new(*p))
+                .collect();
+            for sub in &entry.record.subscriptions {
+                let options = SubscriptionOptions {
+                    qos: qos_from(sub.qos),
+                    no_local: sub.no_local,
+                    retain_as_published: sub.retain_as_published,
+                    retain_handling: RetainHandling::try_from(sub.retain_handling)
+                        .unwrap_or(RetainHandling::AtSubscribe),
+                };
+                let id = sub.id.and_then(NonZeroU32::new);
+                st.subscriptions
+                    .insert(sub.filter.clone(), SessionSubscription { options, id });
+            }
+            for (seq, record) in entry.messages {
+                let delivery = Delivery {
+                    message: Arc::new(message_from_record(record.message)),
+                    qos: qos_from(record.qos),
+                    retain: record.retain,
+                    subscription_ids: record
+                        .subscription_ids
+                        .into_iter()
+                        .filter_map(NonZeroU32::new)
+                        .collect(),
+                    shared: None,
+                    store_seq: Some(seq),
+                };
+                match record.packet_id.and_then(NonZeroU16::new) {
+                    Some(packet_id) => st.inflight.push_back(Inflight {
+                        packet_id,
+                        delivery,
+                        stage: if record.released {
+                            Stage::Pubcomp
+                        } else {
+                            Stage::Pubrec
+                        },
+                    }),
+                    None => st.queue.push_back(delivery),
+                }
+            }
+        }
+        let subscriptions: Vec<_> = session.state.lock().subscriptions.clone().into_iter().collect();
+        for (filter, sub) in subscriptions {
+            let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();
+            shared.router.restore_subscription(
+                &session,
+                &filter,
+                shared_filter.as_ref(),
+                sub.options,
+                sub.id,
+            );
+        }
+        let will = entry.record.will.map(|w| Will {
+            will: w.will,
+            delay_secs: w.delay_secs,
+        });
+        let expiry_left = if entry.record.expiry_secs == u32::MAX {
+            u32::MAX
+        } else {
+            entry.record.expiry_secs.saturating_sub(elapsed_secs)
+        };
+        let will_delay_left = will
+            .as_ref()
+            .map(|w| w.delay_secs.saturating_sub(elapsed_secs))
+            .unwrap_or(0);
+        super::lifecycle::go_offline(shared, &session, will, will_delay_left, expiry_left);
+    }
+    if count > 0 {
+        tracing::info!(sessions = count, "restored persistent sessions from the store");
+    }
+}
