@@ -197,6 +197,7 @@ impl BrokerHandle {
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final store flush failed");
             }
+            store.close();
         }
         tracing::info!("roomq stopped");
     }

@@ -383,7 +383,12 @@ impl Connection {
         let will = {
             let mut st = self.session.state.lock();
             let will = st.will.take();
-            if publish_will {
+            if matches!(close, Close::Shutdown) {
+                // Not sent now: kept with the stored session, it fires after
+                // the restart as if the client had dropped.
+                st.pending_will = will;
+                None
+            } else if publish_will {
                 will
             } else {
                 None

@@ -74,7 +74,11 @@ fn queued_record(d: &Delivery, packet_id: Option<NonZeroU16>, released: bool) ->
 }
 
 fn log_store_error(client_id: &str, what: &str, e: crate::store::StoreError) {
-    tracing::error!(%client_id, error = %e, "store write failed: {what}");
+    match e {
+        // After shutdown, timers of offline sessions may still fire.
+        crate::store::StoreError::Closed => tracing::debug!(%client_id, "store closed, not written: {what}"),
+        e => tracing::error!(%client_id, error = %e, "store write failed: {what}"),
+    }
 }
 
 impl Session {

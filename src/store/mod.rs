@@ -32,6 +32,8 @@ pub enum StoreError {
     WrongFormat { path: String, found: String },
     #[error("store I/O error: {0}")]
     Io(String),
+    #[error("the store is closed")]
+    Closed,
     #[error("corrupt record under {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -67,6 +69,10 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes the store takes on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
+    /// Releases the files (after a final flush); later calls fail with
+    /// `Closed`. Lets an embedding program start a new broker on the same
+    /// directory in the same process.
+    fn close(&self) {}
 }
 
 #[cfg(test)]

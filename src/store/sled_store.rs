@@ -16,6 +16,11 @@ use super::{LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, St
 
 /// A sled database in the data directory.
 pub struct SledStore {
+    /// `None` once closed. A read lock per call costs little next to sled.
+    open: parking_lot::RwLock<Option<Trees>>,
+}
+
+struct Trees {
     db: sled::Db,
     retained: sled::Tree,
     sessions: sled::Tree,
@@ -69,7 +74,7 @@ impl SledStore {
             .map_err(|e| open_err(e.to_string()))?;
         let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        let store = SledStore {
+        let store = Trees {
             retained: tree("retained")?,
             sessions: tree("sessions")?,
             messages: tree("messages")?,
@@ -98,125 +103,156 @@ impl SledStore {
                 store.db.flush().map_err(|e| open_err(e.to_string()))?;
             }
         }
-        Ok(store)
+        Ok(SledStore {
+            open: parking_lot::RwLock::new(Some(store)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match self.open.read().as_ref() {
+            Some(trees) => f(trees),
+            None => Err(StoreError::Closed),
+        }
     }
 }
 
 impl Store for SledStore {
     fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
-        match message {
-            Some(m) => self
+        self.with(|t| match message {
+            Some(m) => t
                 .retained
                 .insert(topic.as_bytes(), encode(m)?)
                 .map(drop)
                 .map_err(io),
-            None => self.retained.remove(topic.as_bytes()).map(drop).map_err(io),
-        }
+            None => t.retained.remove(topic.as_bytes()).map(drop).map_err(io),
+        })
     }
 
     fn load_retained(&self) -> Result<Vec<MessageRecord>, StoreError> {
-        self.retained
-            .iter()
-            .map(|r| {
-                let (k, v) = r.map_err(io)?;
-                decode(&k, &v)
-            })
-            .collect()
+        self.with(|t| {
+            t.retained
+                .iter()
+                .map(|r| {
+                    let (k, v) = r.map_err(io)?;
+                    decode(&k, &v)
+                })
+                .collect()
+        })
     }
 
     fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions
-            .insert(client_id.as_bytes(), encode(session)?)
-            .map(drop)
-            .map_err(io)
+        self.with(|t| {
+            t.sessions
+                .insert(client_id.as_bytes(), encode(session)?)
+                .map(drop)
+                .map_err(io)
+        })
     }
 
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
-        self.sessions.remove(client_id.as_bytes()).map_err(io)?;
-        let prefix = session_prefix(client_id);
-        for tree in [&self.messages, &self.qos2_in] {
-            let mut batch = sled::Batch::default();
-            for key in tree.scan_prefix(&prefix).keys() {
-                batch.remove(key.map_err(io)?);
+        self.with(|t| {
+            t.sessions.remove(client_id.as_bytes()).map_err(io)?;
+            let prefix = session_prefix(client_id);
+            for tree in [&t.messages, &t.qos2_in] {
+                let mut batch = sled::Batch::default();
+                for key in tree.scan_prefix(&prefix).keys() {
+                    batch.remove(key.map_err(io)?);
+                }
+                tree.apply_batch(batch).map_err(io)?;
             }
-            tree.apply_batch(batch).map_err(io)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.sessions.iter() {
-            let (key, value) = entry.map_err(io)?;
-            let client_id = String::from_utf8_lossy(&key).into_owned();
-            let record: SessionRecord = decode(&key, &value)?;
-            let prefix = session_prefix(&client_id);
-            let mut messages = Vec::new();
-            for m in self.messages.scan_prefix(&prefix) {
-                let (k, v) = m.map_err(io)?;
-                let seq = split_key(&k)
-                    .and_then(|(_, s)| s.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| StoreError::Corrupt {
-                        key: client_id.clone(),
-                        reason: "bad message key".into(),
-                    })?;
-                messages.push((seq, decode::<QueuedRecord>(&k, &v)?));
-            }
-            let incoming_qos2 = self
-                .qos2_in
-                .scan_prefix(&prefix)
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter_map(|k| {
-                    split_key(&k)
+        self.with(|t| {
+            let mut out = Vec::new();
+            for entry in t.sessions.iter() {
+                let (key, value) = entry.map_err(io)?;
+                let client_id = String::from_utf8_lossy(&key).into_owned();
+                let record: SessionRecord = decode(&key, &value)?;
+                let prefix = session_prefix(&client_id);
+                let mut messages = Vec::new();
+                for m in t.messages.scan_prefix(&prefix) {
+                    let (k, v) = m.map_err(io)?;
+                    let seq = split_key(&k)
                         .and_then(|(_, s)| s.try_into().ok())
-                        .map(u16::from_be_bytes)
-                })
-                .collect();
-            out.push(LoadedSession {
-                client_id,
-                record,
-                messages,
-                incoming_qos2,
-            });
-        }
-        Ok(out)
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| StoreError::Corrupt {
+                            key: client_id.clone(),
+                            reason: "bad message key".into(),
+                        })?;
+                    messages.push((seq, decode::<QueuedRecord>(&k, &v)?));
+                }
+                let incoming_qos2 = t
+                    .qos2_in
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .filter_map(|k| k.ok())
+                    .filter_map(|k| {
+                        split_key(&k)
+                            .and_then(|(_, s)| s.try_into().ok())
+                            .map(u16::from_be_bytes)
+                    })
+                    .collect();
+                out.push(LoadedSession {
+                    client_id,
+                    record,
+                    messages,
+                    incoming_qos2,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
-        self.messages
-            .insert(message_key(client_id, seq), encode(message)?)
-            .map(drop)
-            .map_err(io)
+        self.with(|t| {
+            t.messages
+                .insert(message_key(client_id, seq), encode(message)?)
+                .map(drop)
+                .map_err(io)
+        })
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
-        self.messages
-            .remove(message_key(client_id, seq))
-            .map(drop)
-            .map_err(io)
+        self.with(|t| {
+            t.messages
+                .remove(message_key(client_id, seq))
+                .map(drop)
+                .map_err(io)
+        })
     }
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
-        self.qos2_in
-            .insert(qos2_key(client_id, packet_id), &[])
-            .map(drop)
-            .map_err(io)
+        self.with(|t| {
+            t.qos2_in
+                .insert(qos2_key(client_id, packet_id), &[])
+                .map(drop)
+                .map_err(io)
+        })
     }
 
     fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
-        self.qos2_in
-            .remove(qos2_key(client_id, packet_id))
-            .map(drop)
-            .map_err(io)
+        self.with(|t| {
+            t.qos2_in
+                .remove(qos2_key(client_id, packet_id))
+                .map(drop)
+                .map_err(io)
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(drop).map_err(io)
+        self.with(|t| t.db.flush().map(drop).map_err(io))
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.with(|t| Ok(t.db.size_on_disk().unwrap_or(0))).unwrap_or(0)
+    }
+
+    fn close(&self) {
+        if let Some(trees) = self.open.write().take() {
+            let _ = trees.db.flush();
+        }
     }
 }

@@ -1,0 +1,140 @@
+//! Restart with sled: a clean shutdown and a start on the same data
+//! directory keep persistent sessions, their messages, retained messages
+//! and expiry deadlines.
+
+mod common;
+
+use std::num::NonZeroU32;
+
+use common::*;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{self, Packet};
+
+fn sled_config(dir: &std::path::Path) -> roomq::Config {
+    roomq::Config {
+        storage: roomq::StorageKind::Sled,
+        data_dir: dir.to_path_buf(),
+        ..test_config()
+    }
+}
+
+#[tokio::test]
+async fn offline_messages_subscriptions_and_retained_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let mut c = connect5("keeper");
+    c.clean_start = false;
+    c.session_expiry_interval_secs = 3600;
+    let (mut sub, _) = Raw::connect5(addr, c.clone()).await;
+    sub.subscribe5(1, &[("log/#", opts(QoS::AtLeastOnce))]).await;
+    sub.send5(Packet::Disconnect(v5::Disconnect::default())).await;
+    drop(sub);
+
+    let mut publisher = Raw::client5(addr, "writer").await;
+    for i in 0..1000u16 {
+        let mut p = publish("log/x", b"", QoS::AtLeastOnce, Some(i % 60000 + 1));
+        p.payload = bytes::Bytes::from(i.to_string());
+        publisher.send5(Packet::Publish(Box::new(p))).await;
+        assert!(matches!(publisher.recv5().await.packet(), Packet::PublishAck(_)));
+    }
+    let mut retained = publish("status/boiler", b"ok", QoS::AtLeastOnce, Some(1));
+    retained.retain = true;
+    publisher.send5(Packet::Publish(Box::new(retained))).await;
+    publisher.recv5().await.packet();
+    let mut short = publish("status/brief", b"gone soon", QoS::AtLeastOnce, Some(2));
+    short.retain = true;
+    short.properties = Some(v5::PublishProperties {
+        message_expiry_interval: NonZeroU32::new(1),
+        ..Default::default()
+    });
+    publisher.send5(Packet::Publish(Box::new(short))).await;
+    publisher.recv5().await.packet();
+    broker.shutdown().await;
+
+    // The expiry keeps counting while the broker is down.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let (mut sub, ack) = Raw::connect5(addr, c).await;
+    assert!(ack.session_present, "session restored");
+    for i in 0..1000u16 {
+        let p = sub.publish5().await;
+        assert_eq!(p.payload, i.to_string().as_bytes(), "in order, exactly once");
+        sub.send5(Packet::PublishAck(v5::PublishAck {
+            packet_id: p.packet_id.unwrap(),
+            ..Default::default()
+        }))
+        .await;
+    }
+    assert!(
+        matches!(sub.recv5_within(QUIET).await, Got::Nothing),
+        "a message came twice"
+    );
+    // The subscription itself survived: a new message arrives.
+    broker.publish("log/y", "after", QoS::AtLeastOnce, false);
+    assert_eq!(&sub.publish5().await.payload[..], b"after");
+
+    let mut late = Raw::client5(addr, "late").await;
+    late.subscribe5(1, &[("status/+", opts(QoS::AtLeastOnce))]).await;
+    let r = late.publish5().await;
+    assert_eq!(
+        (&*r.topic, &r.payload[..], r.retain),
+        ("status/boiler", &b"ok"[..], true)
+    );
+    assert!(
+        matches!(late.recv5_within(QUIET).await, Got::Nothing),
+        "expired retained message came back"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn will_fires_after_restart_and_expired_session_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let mut c = connect5("with-will");
+    c.clean_start = false;
+    c.session_expiry_interval_secs = 3600;
+    c.last_will = Some(v5::LastWill {
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: "wills/with-will".into(),
+        message: bytes::Bytes::from_static(b"dropped"),
+        will_delay_interval_sec: None,
+        correlation_data: None,
+        message_expiry_interval: None,
+        content_type: None,
+        user_properties: Vec::new(),
+        is_utf8_payload: None,
+        response_topic: None,
+    });
+    let (_online, _) = Raw::connect5(addr, c).await;
+    let mut short = connect5("short");
+    short.clean_start = false;
+    short.session_expiry_interval_secs = 1;
+    let (mut s, _) = Raw::connect5(addr, short.clone()).await;
+    s.send5(Packet::Disconnect(v5::Disconnect::default())).await;
+    // Shut down while "with-will" is still connected.
+    broker.shutdown().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let broker = start_with(sled_config(dir.path())).await;
+    let mut watcher = Raw::client5(broker.local_addr(), "watcher").await;
+    watcher
+        .subscribe5(1, &[("wills/#", opts(QoS::AtLeastOnce))])
+        .await;
+    let w = watcher.publish5().await;
+    assert_eq!(
+        (&*w.topic, &w.payload[..]),
+        ("wills/with-will", &b"dropped"[..]),
+        "will sent as if the client dropped"
+    );
+    let (_s, ack) = Raw::connect5(broker.local_addr(), short).await;
+    assert!(
+        !ack.session_present,
+        "a session whose expiry passed while the broker was down is gone"
+    );
+    broker.shutdown().await;
+}
