@@ -92,6 +92,28 @@ impl Raw {
         }
     }
 
+    /// Like `connect5`, but `None` instead of a panic when the broker is
+    /// not there or does not answer (crash tests reconnect in a loop).
+    pub async fn try_connect5(addr: SocketAddr, connect: v5::Connect) -> Option<(Raw, v5::ConnectAck)> {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+        stream.set_nodelay(true).ok()?;
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+            v5: v5::Codec::new(0, 0),
+            v3: v3::Codec::new(0),
+            is_v5: true,
+        };
+        raw.send5(v5::Packet::Connect(Box::new(connect))).await;
+        match raw.recv5().await {
+            Got::Packet(v5::Packet::ConnectAck(ack)) => Some((raw, *ack)),
+            _ => None,
+        }
+    }
+
     /// A 5.0 client with this id, clean start, no keep-alive.
     pub async fn client5(addr: SocketAddr, id: &str) -> Raw {
         let (raw, ack) = Raw::connect5(addr, connect5(id)).await;
