@@ -56,6 +56,10 @@ struct Args {
     /// as the window allows.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Subscribers use persistent sessions (clean session = 0), so a broker
+    /// with durable storage stores every message it queues for them.
+    #[arg(long)]
+    persistent: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -165,6 +169,10 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr, id: &str, keep_alive: u16) -> std::io::Result<Conn> {
+        Conn::open_with(addr, id, keep_alive, true).await
+    }
+
+    async fn open_with(addr: SocketAddr, id: &str, keep_alive: u16, clean: bool) -> std::io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
@@ -176,7 +184,7 @@ impl Conn {
         };
         let connect = Connect {
             protocol: Protocol(4),
-            clean_session: true,
+            clean_session: clean,
             keep_alive,
             client_id: id.into(),
             ..Default::default()
@@ -454,7 +462,8 @@ async fn throughput(
     let topic = format!("loadgen/{}", std::process::id());
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let mut conn = Conn::open(addr, &format!("lg-sub-{i}-{}", std::process::id()), 300).await?;
+        let id = format!("lg-sub-{i}-{}", std::process::id());
+        let mut conn = Conn::open_with(addr, &id, 300, !args.persistent).await?;
         conn.subscribe(&topic, qos).await?;
         let received = Arc::new(Received::new(publishers));
         let Conn {

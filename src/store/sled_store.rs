@@ -8,6 +8,13 @@
 //!
 //! sled's `flush` writes with `sync_file_range` on Linux: it survives a
 //! crash of the process (SIGKILL), not necessarily a power loss.
+//!
+//! Message records are coalesced before they reach sled: puts and removes
+//! wait in memory until the next `flush`, which writes them as one batch. A
+//! record written and removed between two flushes (a message its subscriber
+//! acknowledged before the group commit) never touches sled. This is safe
+//! because nothing is acknowledged to a publisher before that flush: by then
+//! the message is either on disk or already delivered.
 
 use std::path::Path;
 
@@ -20,7 +27,16 @@ pub struct SledStore {
     open: parking_lot::RwLock<Option<Trees>>,
 }
 
+/// A message-record operation waiting for the next flush.
+struct PendingOp {
+    /// `Some`: write this value; `None`: remove the key.
+    value: Option<Vec<u8>>,
+    /// The key is not in sled yet, so a remove can simply drop the put.
+    fresh: bool,
+}
+
 struct Trees {
+    pending: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, PendingOp>>,
     db: sled::Db,
     retained: sled::Tree,
     sessions: sled::Tree,
@@ -75,6 +91,7 @@ impl SledStore {
         let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let store = Trees {
+            pending: parking_lot::Mutex::default(),
             retained: tree("retained")?,
             sessions: tree("sessions")?,
             messages: tree("messages")?,
@@ -153,6 +170,7 @@ impl Store for SledStore {
         self.with(|t| {
             t.sessions.remove(client_id.as_bytes()).map_err(io)?;
             let prefix = session_prefix(client_id);
+            t.pending.lock().retain(|key, _| !key.starts_with(&prefix));
             for tree in [&t.messages, &t.qos2_in] {
                 let mut batch = sled::Batch::default();
                 for key in tree.scan_prefix(&prefix).keys() {
@@ -208,19 +226,43 @@ impl Store for SledStore {
 
     fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
         self.with(|t| {
-            t.messages
-                .insert(message_key(client_id, seq), encode(message)?)
-                .map(drop)
-                .map_err(io)
+            let key = message_key(client_id, seq);
+            let value = encode(message)?;
+            let mut pending = t.pending.lock();
+            let fresh = match pending.get(&key) {
+                Some(op) => op.fresh,
+                None => !t.messages.contains_key(&key).map_err(io)?,
+            };
+            pending.insert(
+                key,
+                PendingOp {
+                    value: Some(value),
+                    fresh,
+                },
+            );
+            Ok(())
         })
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
         self.with(|t| {
-            t.messages
-                .remove(message_key(client_id, seq))
-                .map(drop)
-                .map_err(io)
+            let key = message_key(client_id, seq);
+            let mut pending = t.pending.lock();
+            match pending.get(&key) {
+                Some(op) if op.fresh => {
+                    pending.remove(&key);
+                }
+                _ => {
+                    pending.insert(
+                        key,
+                        PendingOp {
+                            value: None,
+                            fresh: false,
+                        },
+                    );
+                }
+            }
+            Ok(())
         })
     }
 
@@ -243,7 +285,20 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.with(|t| t.db.flush().map(drop).map_err(io))
+        self.with(|t| {
+            let ops = std::mem::take(&mut *t.pending.lock());
+            if !ops.is_empty() {
+                let mut batch = sled::Batch::default();
+                for (key, op) in ops {
+                    match op.value {
+                        Some(value) => batch.insert(key, value),
+                        None => batch.remove(key),
+                    }
+                }
+                t.messages.apply_batch(batch).map_err(io)?;
+            }
+            t.db.flush().map(drop).map_err(io)
+        })
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -251,8 +306,7 @@ impl Store for SledStore {
     }
 
     fn close(&self) {
-        if let Some(trees) = self.open.write().take() {
-            let _ = trees.db.flush();
-        }
+        let _ = self.flush();
+        self.open.write().take();
     }
 }
