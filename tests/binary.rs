@@ -2,40 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// Starts the binary on a free port and returns it with its address, read
-/// from the "roomq listening" log line.
-fn spawn_roomq(extra: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomq"))
-        .args(["--listen", "127.0.0.1:0", "--sys-interval-secs", "0"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("roomq starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("local_addr=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(WAIT)
-        .expect("listening line")
-        .parse()
-        .expect("address");
-    (child, addr)
-}
 
 #[test]
 fn bad_config_stops_startup_naming_file_and_key() {
@@ -57,7 +27,7 @@ fn bad_config_stops_startup_naming_file_and_key() {
 
 #[tokio::test]
 async fn serves_clients_and_stops_on_sigterm() {
-    let (mut child, addr) = spawn_roomq(&["--memory"]);
+    let (mut child, addr) = spawn_roomq(0, &["--memory".as_ref()]);
     let mut sub = Raw::client5(addr, "bin-sub").await;
     sub.subscribe5(1, &[("bin", opts(rmqtt_codec::types::QoS::AtLeastOnce))])
         .await;

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,37 +23,9 @@ use tokio::sync::watch;
 const PUBLISHERS: usize = 8;
 const KILLS: usize = 3;
 
-/// Starts the binary on `port` (0 = any) over `dir`; returns it and its address.
+/// Starts the binary on `port` (0 = any) over `dir`.
 fn start_roomq(dir: &std::path::Path, port: u16) -> (Child, SocketAddr) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomq"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--sys-interval-secs",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("roomq starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("local_addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("roomq listening")
-        .parse()
-        .unwrap();
-    (child, addr)
+    spawn_roomq(port, &["--data-dir".as_ref(), dir.as_os_str()])
 }
 
 fn subscriber_connect() -> v5::Connect {

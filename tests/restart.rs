@@ -97,19 +97,7 @@ async fn will_fires_after_restart_and_expired_session_is_gone() {
     let mut c = connect5("with-will");
     c.clean_start = false;
     c.session_expiry_interval_secs = 3600;
-    c.last_will = Some(v5::LastWill {
-        qos: QoS::AtLeastOnce,
-        retain: true,
-        topic: "wills/with-will".into(),
-        message: bytes::Bytes::from_static(b"dropped"),
-        will_delay_interval_sec: None,
-        correlation_data: None,
-        message_expiry_interval: None,
-        content_type: None,
-        user_properties: Vec::new(),
-        is_utf8_payload: None,
-        response_topic: None,
-    });
+    c.last_will = Some(will("wills/with-will", b"dropped", None, true));
     let (_online, _) = Raw::connect5(addr, c).await;
     let mut short = connect5("short");
     short.clean_start = false;

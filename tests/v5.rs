@@ -635,7 +635,7 @@ async fn will_with_disconnect_0x04_and_delay() {
     let mut watcher = Raw::client5(addr, "will-watcher").await;
     watcher.subscribe5(1, &[("will/#", opts(QoS::AtLeastOnce))]).await;
     let mut c = connect5("will-04");
-    c.last_will = Some(will("will/04", None));
+    c.last_will = Some(will("will/04", b"bye", None, false));
     let (mut raw, _) = Raw::connect5(addr, c).await;
     raw.send5(Packet::Disconnect(v5::Disconnect::new(
         DisconnectReasonCode::DisconnectWithWillMessage,
@@ -643,22 +643,6 @@ async fn will_with_disconnect_0x04_and_delay() {
     .await;
     assert_eq!(watcher.publish5().await.topic, "will/04");
     broker.shutdown().await;
-}
-
-fn will(topic: &str, delay: Option<u32>) -> v5::LastWill {
-    v5::LastWill {
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: topic.into(),
-        message: bytes::Bytes::from_static(b"bye"),
-        will_delay_interval_sec: delay,
-        correlation_data: None,
-        message_expiry_interval: None,
-        content_type: None,
-        user_properties: Vec::new(),
-        is_utf8_payload: None,
-        response_topic: None,
-    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -674,7 +658,7 @@ async fn will_delay_cancelled_by_reconnect_and_capped_by_session_expiry() {
     let mut c = connect5("comes-back");
     c.clean_start = false;
     c.session_expiry_interval_secs = 300;
-    c.last_will = Some(will("delayed/back", Some(30)));
+    c.last_will = Some(will("delayed/back", b"bye", Some(30), false));
     let (raw, _) = Raw::connect5(addr, c.clone()).await;
     drop(raw);
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -689,7 +673,7 @@ async fn will_delay_cancelled_by_reconnect_and_capped_by_session_expiry() {
     let mut c = connect5("goes-away");
     c.clean_start = false;
     c.session_expiry_interval_secs = 10;
-    c.last_will = Some(will("delayed/away", Some(60)));
+    c.last_will = Some(will("delayed/away", b"bye", Some(60), false));
     let (raw, _) = Raw::connect5(addr, c).await;
     drop(raw);
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;

@@ -98,15 +98,7 @@ impl Router {
         options: SubscriptionOptions,
         id: Option<NonZeroU32>,
     ) -> bool {
-        let entry = SubEntry {
-            session: session.clone(),
-            options,
-            id,
-        };
-        let existed = match shared {
-            Some(s) => self.trie.insert(s.filter, Some(s.group), entry),
-            None => self.trie.insert(filter, None, entry),
-        };
+        let existed = self.insert(session, filter, shared, options, id);
         // Retained messages are not sent for shared subscriptions
         // ([MQTT-3.8.4-4] in 5.0, and as Mosquitto does for 3.1.1).
         let send_retained = shared.is_none()
@@ -148,6 +140,18 @@ impl Router {
         options: SubscriptionOptions,
         id: Option<NonZeroU32>,
     ) {
+        self.insert(session, filter, shared, options, id);
+    }
+
+    /// Adds a subscription to the trie; true when it replaced one.
+    fn insert(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        shared: Option<&SharedFilter<'_>>,
+        options: SubscriptionOptions,
+        id: Option<NonZeroU32>,
+    ) -> bool {
         let entry = SubEntry {
             session: session.clone(),
             options,
@@ -156,7 +160,7 @@ impl Router {
         match shared {
             Some(s) => self.trie.insert(s.filter, Some(s.group), entry),
             None => self.trie.insert(filter, None, entry),
-        };
+        }
     }
 
     /// Removes a subscription; returns whether it existed.

@@ -423,3 +423,54 @@ pub async fn nothing<T: std::fmt::Debug>(rx: &mut mpsc::UnboundedReceiver<T>) {
         panic!("expected no message, got {m:?}");
     }
 }
+
+/// Starts the `roomq` binary with `args` plus a loopback listener on
+/// `port` (0 = any) and returns it with its address, read from its
+/// "roomq listening" log line.
+pub fn spawn_roomq(port: u16, args: &[&std::ffi::OsStr]) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomq"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sys-interval-secs",
+            "0",
+        ])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("roomq starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("local_addr=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("roomq listening")
+        .parse()
+        .expect("address");
+    (child, addr)
+}
+
+/// A 5.0 will on `topic` with payload "bye"/`message`, QoS 1.
+pub fn will(topic: &str, message: &'static [u8], delay: Option<u32>, retain: bool) -> v5::LastWill {
+    v5::LastWill {
+        qos: v5::QoS::AtLeastOnce,
+        retain,
+        topic: topic.into(),
+        message: bytes::Bytes::from_static(message),
+        will_delay_interval_sec: delay,
+        correlation_data: None,
+        message_expiry_interval: None,
+        content_type: None,
+        user_properties: Vec::new(),
+        is_utf8_payload: None,
+        response_topic: None,
+    }
+}
