@@ -114,7 +114,7 @@ impl Session {
             return;
         };
         let record = queued_record(&f.delivery, Some(f.packet_id), f.stage == Stage::Pubcomp);
-        if let Err(e) = store.put_message(&self.client_id, seq, &record) {
+        if let Err(e) = store.update_message(&self.client_id, seq, &record) {
             log_store_error(&self.client_id, "in-flight message", e);
         }
     }

@@ -55,6 +55,29 @@ fn contract(store: &dyn Store) {
         "prefix must not leak c10"
     );
     assert_eq!(c1.incoming_qos2, vec![7]);
+    // After a flush: an acknowledgement, and QoS 2 progress, of stored records.
+    store.remove_message("c1", 1).unwrap();
+    let mut progressed = queued("m");
+    progressed.packet_id = Some(9);
+    progressed.released = true;
+    store.update_message("c1", 3, &progressed).unwrap();
+    store.put_message("c1", 4, &queued("later")).unwrap();
+    store.flush().unwrap();
+    let loaded = store.load_sessions().unwrap();
+    let c1 = loaded.iter().find(|s| s.client_id == "c1").unwrap();
+    assert_eq!(c1.messages, vec![(3, progressed.clone()), (4, queued("later"))]);
+    store.remove_message("c1", 3).unwrap();
+    store.remove_message("c1", 4).unwrap();
+    store.flush().unwrap();
+    let loaded = store.load_sessions().unwrap();
+    assert!(loaded
+        .iter()
+        .find(|s| s.client_id == "c1")
+        .unwrap()
+        .messages
+        .is_empty());
+    store.put_message("c1", 5, &queued("kept")).unwrap();
+    store.flush().unwrap();
     store.remove_session("c1").unwrap();
     let loaded = store.load_sessions().unwrap();
     assert_eq!(loaded.len(), 1);
@@ -79,6 +102,15 @@ fn sled_store_contract_and_reopen() {
         vec![message("a", "2")],
         "survives reopening"
     );
+    let sessions = store.load_sessions().unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].messages.len(), 1, "c10's message survives reopening");
+    // Acknowledging after a reopen uses the rebuilt index.
+    store.remove_message("c10", 1).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert!(store.load_sessions().unwrap()[0].messages.is_empty());
 }
 
 #[test]
@@ -103,4 +135,19 @@ fn sled_store_refuses_unknown_format() {
         db.open_tree("sessions").unwrap().get("keep").unwrap().is_some(),
         "left untouched"
     );
+}
+
+#[test]
+fn sled_store_held_by_another_opener_is_refused_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = SledStore::open(dir.path()).unwrap();
+    let err = SledStore::open(dir.path())
+        .err()
+        .expect("second open refused")
+        .to_string();
+    assert!(
+        err.contains(&dir.path().display().to_string()) && err.contains("lock"),
+        "{err}"
+    );
+    drop(held);
 }

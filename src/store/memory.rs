@@ -83,6 +83,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.put_message(client_id, seq, message)
+    }
+
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
         self.inner.lock().messages.remove(&(client_id.to_string(), seq));
         Ok(())

@@ -9,6 +9,7 @@
 //! they keep running while the broker is down.
 
 mod group_commit;
+mod journal;
 mod memory;
 mod records;
 mod sled_store;
@@ -20,7 +21,7 @@ pub use sled_store::SledStore;
 
 /// The data format this build reads and writes; stored in the data
 /// directory so a later version can refuse or migrate it, never misread it.
-pub const FORMAT_VERSION: &str = "roomq-store-1";
+pub const FORMAT_VERSION: &str = "roomq-store-2";
 
 /// Errors from a store, naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +60,10 @@ pub trait Store: Send + Sync {
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError>;
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError>;
 
+    /// Stores a new message record; `seq` was never used for this session.
     fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError>;
+    /// Replaces a message record (QoS 2 progress).
+    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError>;
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;

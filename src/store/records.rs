@@ -1,4 +1,6 @@
-//! The records the store keeps, encoded as CBOR.
+//! The records the store keeps, encoded with postcard: compact and fast
+//! (encoding was the largest per-message cost of durable delivery with CBOR:
+//! about 4 µs of 9 µs), with a format that is stable across versions.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -62,13 +64,11 @@ pub struct SessionRecord {
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, super::StoreError> {
-    let mut out = Vec::with_capacity(128);
-    ciborium::into_writer(value, &mut out).map_err(|e| super::StoreError::Io(e.to_string()))?;
-    Ok(out)
+    postcard::to_stdvec(value).map_err(|e| super::StoreError::Io(e.to_string()))
 }
 
 pub(super) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, super::StoreError> {
-    ciborium::from_reader(bytes).map_err(|e| super::StoreError::Corrupt {
+    postcard::from_bytes(bytes).map_err(|e| super::StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
     })

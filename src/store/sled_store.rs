@@ -1,23 +1,20 @@
 //! The store on disk, in sled 0.34.
 //!
 //! Trees: `meta` (format version), `retained` (topic → message),
-//! `sessions` (client id → session), `messages` (client id + queue sequence
-//! → message) and `qos2_in` (client id + packet id). Keys of per-session
+//! `sessions` (client id → session), the journal's trees (see `journal.rs`)
+//! and `qos2_in` (client id + packet id). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
 //! prefix scan finds one session's records.
 //!
 //! sled's `flush` writes with `sync_file_range` on Linux: it survives a
 //! crash of the process (SIGKILL), not necessarily a power loss.
 //!
-//! Message records are coalesced before they reach sled: puts and removes
-//! wait in memory until the next `flush`, which writes them as one batch. A
-//! record written and removed between two flushes (a message its subscriber
-//! acknowledged before the group commit) never touches sled. This is safe
-//! because nothing is acknowledged to a publisher before that flush: by then
-//! the message is either on disk or already delivered.
+//! Message records of persistent sessions go through the [`Journal`]:
+//! one sled write per session per flush, not one per message.
 
 use std::path::Path;
 
+use super::journal::{session_prefix, Journal};
 use super::records::{decode, encode};
 use super::{LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, StoreError, FORMAT_VERSION};
 
@@ -27,38 +24,16 @@ pub struct SledStore {
     open: parking_lot::RwLock<Option<Trees>>,
 }
 
-/// A message-record operation waiting for the next flush.
-struct PendingOp {
-    /// `Some`: write this value; `None`: remove the key.
-    value: Option<Vec<u8>>,
-    /// The key is not in sled yet, so a remove can simply drop the put.
-    fresh: bool,
-}
-
 struct Trees {
-    pending: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, PendingOp>>,
+    journal: Journal,
     db: sled::Db,
     retained: sled::Tree,
     sessions: sled::Tree,
-    messages: sled::Tree,
     qos2_in: sled::Tree,
 }
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
-}
-
-fn session_prefix(client_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + client_id.len() + 8);
-    key.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    key.extend_from_slice(client_id.as_bytes());
-    key
-}
-
-fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
-    let mut key = session_prefix(client_id);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
 }
 
 fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
@@ -67,11 +42,20 @@ fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
     key
 }
 
-/// Splits a per-session key into the client id and the suffix.
-fn split_key(key: &[u8]) -> Option<(&str, &[u8])> {
-    let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
-    let id = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
-    Some((id, key.get(2 + len..)?))
+/// Opens sled, waiting up to 2 s for a lock that a just-closed store (in
+/// this process: sled releases it from a background thread) still holds.
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let mut tries = 0;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            // sled reports a held lock as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl SledStore {
@@ -84,17 +68,13 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+        let db = open_db(dir).map_err(|e| open_err(e.to_string()))?;
         let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let store = Trees {
-            pending: parking_lot::Mutex::default(),
+            journal: Journal::open(&db).map_err(|e| open_err(e.to_string()))?,
             retained: tree("retained")?,
             sessions: tree("sessions")?,
-            messages: tree("messages")?,
             qos2_in: tree("qos2_in")?,
             db,
         };
@@ -108,7 +88,7 @@ impl SledStore {
             }
             None => {
                 let empty =
-                    store.retained.is_empty() && store.sessions.is_empty() && store.messages.is_empty();
+                    store.retained.is_empty() && store.sessions.is_empty() && store.journal.is_empty();
                 if !empty {
                     return Err(StoreError::WrongFormat {
                         path,
@@ -169,16 +149,12 @@ impl Store for SledStore {
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
         self.with(|t| {
             t.sessions.remove(client_id.as_bytes()).map_err(io)?;
-            let prefix = session_prefix(client_id);
-            t.pending.lock().retain(|key, _| !key.starts_with(&prefix));
-            for tree in [&t.messages, &t.qos2_in] {
-                let mut batch = sled::Batch::default();
-                for key in tree.scan_prefix(&prefix).keys() {
-                    batch.remove(key.map_err(io)?);
-                }
-                tree.apply_batch(batch).map_err(io)?;
+            t.journal.remove_session(client_id)?;
+            let mut batch = sled::Batch::default();
+            for key in t.qos2_in.scan_prefix(session_prefix(client_id)).keys() {
+                batch.remove(key.map_err(io)?);
             }
-            Ok(())
+            t.qos2_in.apply_batch(batch).map_err(io)
         })
     }
 
@@ -190,26 +166,15 @@ impl Store for SledStore {
                 let client_id = String::from_utf8_lossy(&key).into_owned();
                 let record: SessionRecord = decode(&key, &value)?;
                 let prefix = session_prefix(&client_id);
-                let mut messages = Vec::new();
-                for m in t.messages.scan_prefix(&prefix) {
-                    let (k, v) = m.map_err(io)?;
-                    let seq = split_key(&k)
-                        .and_then(|(_, s)| s.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or_else(|| StoreError::Corrupt {
-                            key: client_id.clone(),
-                            reason: "bad message key".into(),
-                        })?;
-                    messages.push((seq, decode::<QueuedRecord>(&k, &v)?));
-                }
+                let messages = t.journal.load(&client_id)?;
                 let incoming_qos2 = t
                     .qos2_in
                     .scan_prefix(&prefix)
                     .keys()
                     .filter_map(|k| k.ok())
                     .filter_map(|k| {
-                        split_key(&k)
-                            .and_then(|(_, s)| s.try_into().ok())
+                        k.get(prefix.len()..)
+                            .and_then(|s| s.try_into().ok())
                             .map(u16::from_be_bytes)
                     })
                     .collect();
@@ -225,43 +190,16 @@ impl Store for SledStore {
     }
 
     fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
-        self.with(|t| {
-            let key = message_key(client_id, seq);
-            let value = encode(message)?;
-            let mut pending = t.pending.lock();
-            let fresh = match pending.get(&key) {
-                Some(op) => op.fresh,
-                None => !t.messages.contains_key(&key).map_err(io)?,
-            };
-            pending.insert(
-                key,
-                PendingOp {
-                    value: Some(value),
-                    fresh,
-                },
-            );
-            Ok(())
-        })
+        self.with(|t| t.journal.put(client_id, seq, message))
+    }
+
+    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.with(|t| t.journal.update(client_id, seq, message))
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
         self.with(|t| {
-            let key = message_key(client_id, seq);
-            let mut pending = t.pending.lock();
-            match pending.get(&key) {
-                Some(op) if op.fresh => {
-                    pending.remove(&key);
-                }
-                _ => {
-                    pending.insert(
-                        key,
-                        PendingOp {
-                            value: None,
-                            fresh: false,
-                        },
-                    );
-                }
-            }
+            t.journal.remove(client_id, seq);
             Ok(())
         })
     }
@@ -286,17 +224,7 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.with(|t| {
-            let ops = std::mem::take(&mut *t.pending.lock());
-            if !ops.is_empty() {
-                let mut batch = sled::Batch::default();
-                for (key, op) in ops {
-                    match op.value {
-                        Some(value) => batch.insert(key, value),
-                        None => batch.remove(key),
-                    }
-                }
-                t.messages.apply_batch(batch).map_err(io)?;
-            }
+            t.journal.write_pending()?;
             t.db.flush().map(drop).map_err(io)
         })
     }

@@ -1,0 +1,300 @@
+//! The message journal of persistent sessions, on sled.
+//!
+//! A message record costs one sled operation per *flush*, not per message:
+//! new records of a session since the last flush are written together as one
+//! block (`blocks`: client + first seq → [(seq, record)]). An acknowledged
+//! message is recorded in its block's acked set (`acked`: client + first seq
+//! → [seq]); a block whose messages are all acknowledged is deleted. A
+//! record added and removed between two flushes (its subscriber acknowledged
+//! it before the group commit) is never written at all. QoS 2 progress goes
+//! to `updates` (client + seq → record), which overrides the block's copy.
+//!
+//! Measured on the 2-core machine: sled costs about 5 µs per operation in
+//! `apply_batch`; one operation per message made it the bottleneck of
+//! durable delivery.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::records::{decode, encode};
+use super::{QueuedRecord, StoreError};
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+pub(super) fn session_prefix(client_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + client_id.len() + 8);
+    key.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    key.extend_from_slice(client_id.as_bytes());
+    key
+}
+
+fn seq_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = session_prefix(client_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
+    Some(u64::from_be_bytes(key.get(2 + len..)?.try_into().ok()?))
+}
+
+/// Writes not yet in sled.
+#[derive(Default)]
+struct Pending {
+    /// New records per session, in seq order. Acknowledgements mostly take
+    /// the oldest, so a deque removes them in O(1).
+    new: HashMap<String, VecDeque<(u64, Bytes)>>,
+    /// QoS 2 progress of records already in a block.
+    updates: HashMap<Vec<u8>, Bytes>,
+    /// Acknowledged seqs of records already in a block.
+    removed: HashMap<String, Vec<u64>>,
+}
+
+/// A block on disk.
+struct Block {
+    last: u64,
+    live: usize,
+    acked: Vec<u64>,
+    has_updates: bool,
+}
+
+pub(super) struct Journal {
+    blocks: sled::Tree,
+    acked: sled::Tree,
+    updates: sled::Tree,
+    pending: Mutex<Pending>,
+    /// Per session: first seq → block. Only flush, load and removal touch it.
+    index: Mutex<HashMap<String, BTreeMap<u64, Block>>>,
+    /// One flush (or session removal) at a time.
+    flushing: Mutex<()>,
+}
+
+impl Journal {
+    pub(super) fn open(db: &sled::Db) -> Result<Journal, sled::Error> {
+        Ok(Journal {
+            blocks: db.open_tree("journal_blocks")?,
+            acked: db.open_tree("journal_acked")?,
+            updates: db.open_tree("journal_updates")?,
+            pending: Mutex::default(),
+            index: Mutex::default(),
+            flushing: Mutex::default(),
+        })
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    pub(super) fn put(&self, client_id: &str, seq: u64, record: &QueuedRecord) -> Result<(), StoreError> {
+        let bytes = Bytes::from(encode(record)?);
+        self.pending
+            .lock()
+            .new
+            .entry(client_id.to_string())
+            .or_default()
+            .push_back((seq, bytes));
+        Ok(())
+    }
+
+    pub(super) fn update(&self, client_id: &str, seq: u64, record: &QueuedRecord) -> Result<(), StoreError> {
+        let bytes = Bytes::from(encode(record)?);
+        let mut pending = self.pending.lock();
+        if let Some(entry) = pending
+            .new
+            .get_mut(client_id)
+            .and_then(|v| v.iter_mut().rev().find(|(s, _)| *s == seq))
+        {
+            entry.1 = bytes;
+        } else {
+            pending.updates.insert(seq_key(client_id, seq), bytes);
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove(&self, client_id: &str, seq: u64) {
+        let mut pending = self.pending.lock();
+        if let Some(entries) = pending.new.get_mut(client_id) {
+            if let Some(pos) = entries.iter().position(|(s, _)| *s == seq) {
+                entries.remove(pos);
+                return;
+            }
+        }
+        pending.updates.remove(&seq_key(client_id, seq));
+        pending
+            .removed
+            .entry(client_id.to_string())
+            .or_default()
+            .push(seq);
+    }
+
+    /// Writes everything pending as sled batches (the caller flushes sled).
+    pub(super) fn write_pending(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flushing.lock();
+        let pending = std::mem::take(&mut *self.pending.lock());
+        let mut blocks = sled::Batch::default();
+        let mut acked = sled::Batch::default();
+        let mut updates = sled::Batch::default();
+        let mut index = self.index.lock();
+        for (client_id, entries) in pending.new {
+            let (Some((first, _)), Some((last, _))) = (entries.front(), entries.back()) else {
+                continue;
+            };
+            let (first, last) = (*first, *last);
+            blocks.insert(seq_key(&client_id, first), encode(&entries)?);
+            index.entry(client_id).or_default().insert(
+                first,
+                Block {
+                    last,
+                    live: entries.len(),
+                    acked: Vec::new(),
+                    has_updates: false,
+                },
+            );
+        }
+        for (key, value) in pending.updates {
+            if let (Some(seq), Some(client_id)) = (seq_of(&key), client_of(&key)) {
+                if let Some(block) = index.get_mut(&client_id).and_then(|b| block_of(b, seq)) {
+                    block.has_updates = true;
+                    updates.insert(key, value.to_vec());
+                }
+            }
+        }
+        for (client_id, seqs) in pending.removed {
+            let Some(session) = index.get_mut(&client_id) else {
+                continue;
+            };
+            let mut touched = Vec::new();
+            for seq in seqs {
+                let Some((&first, block)) = session.range_mut(..=seq).next_back() else {
+                    continue;
+                };
+                if seq > block.last || block.acked.contains(&seq) {
+                    continue;
+                }
+                block.acked.push(seq);
+                block.live = block.live.saturating_sub(1);
+                if block.has_updates {
+                    updates.remove(seq_key(&client_id, seq));
+                }
+                touched.push(first);
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for first in touched {
+                let key = seq_key(&client_id, first);
+                let done = session.get(&first).is_some_and(|b| b.live == 0);
+                if done {
+                    if let Some(block) = session.remove(&first) {
+                        if block.has_updates {
+                            for seq in first..=block.last {
+                                updates.remove(seq_key(&client_id, seq));
+                            }
+                        }
+                    }
+                    blocks.remove(key.clone());
+                    acked.remove(key);
+                } else if let Some(block) = session.get_mut(&first) {
+                    block.acked.sort_unstable();
+                    acked.insert(key, encode(&block.acked)?);
+                }
+            }
+        }
+        drop(index);
+        self.blocks.apply_batch(blocks).map_err(io)?;
+        self.acked.apply_batch(acked).map_err(io)?;
+        self.updates.apply_batch(updates).map_err(io)
+    }
+
+    /// A session's unacknowledged records, in seq order, and its index.
+    pub(super) fn load(&self, client_id: &str) -> Result<Vec<(u64, QueuedRecord)>, StoreError> {
+        let prefix = session_prefix(client_id);
+        let mut updates: HashMap<u64, sled::IVec> = HashMap::new();
+        for entry in self.updates.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(io)?;
+            if let Some(seq) = seq_of(&key) {
+                updates.insert(seq, value);
+            }
+        }
+        let mut out = Vec::new();
+        let mut session = BTreeMap::new();
+        for entry in self.blocks.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(io)?;
+            let entries: Vec<(u64, Bytes)> = decode(&key, &value)?;
+            let acked: Vec<u64> = match self.acked.get(&key).map_err(io)? {
+                Some(bytes) => decode(&key, &bytes)?,
+                None => Vec::new(),
+            };
+            let (Some(first), Some(last)) = (entries.first().map(|e| e.0), entries.last().map(|e| e.0))
+            else {
+                continue;
+            };
+            let mut live = 0;
+            let mut has_updates = false;
+            for (seq, bytes) in entries {
+                if acked.contains(&seq) {
+                    continue;
+                }
+                live += 1;
+                let record = match updates.get(&seq) {
+                    Some(update) => {
+                        has_updates = true;
+                        decode(&key, update)?
+                    }
+                    None => decode(&key, &bytes)?,
+                };
+                out.push((seq, record));
+            }
+            session.insert(
+                first,
+                Block {
+                    last,
+                    live,
+                    acked,
+                    has_updates,
+                },
+            );
+        }
+        self.index.lock().insert(client_id.to_string(), session);
+        Ok(out)
+    }
+
+    /// Forgets everything of one session, pending and on disk.
+    pub(super) fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flushing.lock();
+        {
+            let mut pending = self.pending.lock();
+            pending.new.remove(client_id);
+            pending.removed.remove(client_id);
+            let prefix = session_prefix(client_id);
+            pending.updates.retain(|key, _| !key.starts_with(&prefix));
+        }
+        self.index.lock().remove(client_id);
+        let prefix = session_prefix(client_id);
+        for tree in [&self.blocks, &self.acked, &self.updates] {
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix(&prefix).keys() {
+                batch.remove(key.map_err(io)?);
+            }
+            tree.apply_batch(batch).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+fn client_of(key: &[u8]) -> Option<String> {
+    let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
+    std::str::from_utf8(key.get(2..2 + len)?).ok().map(str::to_string)
+}
+
+fn block_of(session: &mut BTreeMap<u64, Block>, seq: u64) -> Option<&mut Block> {
+    session
+        .range_mut(..=seq)
+        .next_back()
+        .map(|(_, b)| b)
+        .filter(|b| seq <= b.last)
+}
