@@ -32,7 +32,7 @@ pub(crate) fn message_record(m: &Message) -> MessageRecord {
     let now = Instant::now();
     let now_ms = crate::store::unix_ms_now();
     MessageRecord {
-        topic: m.topic.to_string(),
+        topic: m.topic.clone(),
         payload: m.payload.clone(),
         qos: m.qos.value(),
         retain: m.retain,
@@ -40,7 +40,7 @@ pub(crate) fn message_record(m: &Message) -> MessageRecord {
         expires_at_unix_ms: m
             .expires_at
             .map(|t| now_ms + t.saturating_duration_since(now).as_millis() as u64),
-        publisher: m.publisher.as_deref().map(str::to_string),
+        publisher: m.publisher.clone(),
     }
 }
 
@@ -50,7 +50,7 @@ pub(crate) fn message_from_record(r: MessageRecord) -> Message {
     let now = Instant::now();
     let now_ms = crate::store::unix_ms_now();
     Message {
-        topic: r.topic.into(),
+        topic: r.topic,
         payload: r.payload,
         qos: qos_from(r.qos),
         retain: r.retain,
@@ -58,7 +58,7 @@ pub(crate) fn message_from_record(r: MessageRecord) -> Message {
         expires_at: r
             .expires_at_unix_ms
             .map(|ms| now + Duration::from_millis(ms.saturating_sub(now_ms))),
-        publisher: r.publisher.map(Into::into),
+        publisher: r.publisher,
     }
 }
 

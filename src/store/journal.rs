@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::records::{decode, encode};
+use super::records::{decode, encode, encode_sized};
 use super::{QueuedRecord, StoreError};
 
 fn io(e: sled::Error) -> StoreError {
@@ -91,13 +91,18 @@ impl Journal {
     }
 
     pub(super) fn put(&self, client_id: &str, seq: u64, record: &QueuedRecord) -> Result<(), StoreError> {
-        let bytes = Bytes::from(encode(record)?);
-        self.pending
-            .lock()
-            .new
-            .entry(client_id.to_string())
-            .or_default()
-            .push_back((seq, bytes));
+        let hint = record.message.payload.len() + record.message.topic.len() + 64;
+        let bytes = Bytes::from(encode_sized(record, hint)?);
+        let mut pending = self.pending.lock();
+        // Look up before inserting: no String allocation per message.
+        match pending.new.get_mut(client_id) {
+            Some(entries) => entries.push_back((seq, bytes)),
+            None => {
+                pending
+                    .new
+                    .insert(client_id.to_string(), VecDeque::from([(seq, bytes)]));
+            }
+        }
         Ok(())
     }
 
@@ -124,12 +129,15 @@ impl Journal {
                 return;
             }
         }
-        pending.updates.remove(&seq_key(client_id, seq));
-        pending
-            .removed
-            .entry(client_id.to_string())
-            .or_default()
-            .push(seq);
+        if !pending.updates.is_empty() {
+            pending.updates.remove(&seq_key(client_id, seq));
+        }
+        match pending.removed.get_mut(client_id) {
+            Some(seqs) => seqs.push(seq),
+            None => {
+                pending.removed.insert(client_id.to_string(), vec![seq]);
+            }
+        }
     }
 
     /// Writes everything pending as sled batches (the caller flushes sled).
