@@ -177,6 +177,7 @@ pub(crate) async fn accept(
         guard: Some(claimed.guard),
         keep_alive_window,
         pending_acks: Vec::new(),
+        awaiting_acks: std::collections::VecDeque::new(),
         send_window,
         inbound_aliases: HashMap::new(),
         outbound_aliases: HashMap::new(),

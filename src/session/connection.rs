@@ -163,6 +163,11 @@ pub(crate) struct Connection {
     /// PUBACK/PUBREC packets waiting for the group commit that makes their
     /// messages durable; sent in arrival order ([MQTT-4.6.0-2]).
     pub pending_acks: Vec<Packet>,
+    /// Acknowledgements of earlier batches, each with the group-commit
+    /// ticket that makes its messages durable, oldest first. The
+    /// connection keeps reading while they wait, so its next messages join
+    /// the next flush instead of waiting for this one to finish.
+    pub awaiting_acks: std::collections::VecDeque<(u64, Vec<Packet>)>,
     /// Most QoS 1/2 messages in flight to the client.
     pub send_window: usize,
     /// Topic aliases the client set up (alias to topic).
@@ -237,9 +242,15 @@ impl Connection {
                     break;
                 }
             }
+            let commit = self.shared.commit.clone();
+            let oldest_ticket = self.awaiting_acks.front().map(|(t, _)| *t);
             let read = tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => return Close::Shutdown,
+                _ = wait_durable(commit, oldest_ticket) => {
+                    self.send_durable_acks();
+                    continue;
+                }
                 _ = self.kick.notified() => {
                     return Close::ByServer(DisconnectReasonCode::SessionTakenOver, "session taken over".into())
                 }
@@ -266,22 +277,46 @@ impl Connection {
                     Err(e) => return e.into(),
                 }
             }
-            self.release_acks().await;
+            self.queue_acks();
         }
     }
 
-    /// Sends acknowledgements once what they acknowledge is durable: one
-    /// group commit covers every PUBLISH read in this batch.
-    async fn release_acks(&mut self) {
+    /// Puts this batch's acknowledgements behind a group-commit ticket: one
+    /// flush covers every PUBLISH read in the batch.
+    fn queue_acks(&mut self) {
         if self.pending_acks.is_empty() {
             return;
         }
-        if let Some(commit) = self.shared.commit.clone() {
-            commit.wait(commit.ticket()).await;
+        let acks = std::mem::take(&mut self.pending_acks);
+        match self.shared.commit.as_ref() {
+            Some(commit) => self.awaiting_acks.push_back((commit.ticket(), acks)),
+            None => acks.into_iter().for_each(|ack| self.io.send(ack)),
         }
-        for ack in std::mem::take(&mut self.pending_acks) {
-            self.io.send(ack);
+    }
+
+    /// Sends, in order, the acknowledgements whose messages are durable now.
+    fn send_durable_acks(&mut self) {
+        let Some(durable) = self.shared.commit.as_ref().map(|c| c.durable()) else {
+            return;
+        };
+        while self
+            .awaiting_acks
+            .front()
+            .is_some_and(|(ticket, _)| *ticket <= durable)
+        {
+            if let Some((_, acks)) = self.awaiting_acks.pop_front() {
+                acks.into_iter().for_each(|ack| self.io.send(ack));
+            }
         }
+    }
+
+    /// Before closing: waits for every queued acknowledgement and sends it.
+    async fn release_acks(&mut self) {
+        self.queue_acks();
+        if let (Some(commit), Some((last, _))) = (self.shared.commit.clone(), self.awaiting_acks.back()) {
+            commit.wait(*last).await;
+        }
+        self.send_durable_acks();
     }
 
     /// Queues an acknowledgement of an incoming QoS 1/2 message: at once
@@ -397,6 +432,14 @@ impl Connection {
         lifecycle::connection_closed(&self.shared, &self.session, will);
         self.shared.metrics.clients_connected.dec();
         drop(self.guard.take());
+    }
+}
+
+/// Resolves when `ticket` is durable; never when there is nothing to wait for.
+async fn wait_durable(commit: Option<std::sync::Arc<crate::store::GroupCommit>>, ticket: Option<u64>) {
+    match (commit, ticket) {
+        (Some(commit), Some(ticket)) => commit.wait(ticket).await,
+        _ => std::future::pending().await,
     }
 }
 

@@ -45,6 +45,11 @@ impl GroupCommit {
         t
     }
 
+    /// The highest ticket known to be durable.
+    pub fn durable(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
     /// Waits until the writes covered by `ticket` are durable.
     pub async fn wait(&self, ticket: u64) {
         let mut rx = self.durable.subscribe();
