@@ -133,6 +133,9 @@ pub struct Session {
     metrics: Arc<Metrics>,
     /// The durable store, when the broker has one.
     store: Option<Arc<dyn Store>>,
+    /// Whether anything of this session may be in the store, so that a
+    /// clean session (the common case) never touches the store at all.
+    stored: AtomicBool,
 }
 
 impl Session {
@@ -153,6 +156,7 @@ impl Session {
             queue_qos0_offline,
             metrics,
             store,
+            stored: AtomicBool::new(false),
         }
     }
 

@@ -150,12 +150,16 @@ impl Session {
             return;
         }
         if st.expiry_secs == 0 {
-            // Not persistent (any more): nothing to keep.
-            if let Err(e) = store.remove_session(&self.client_id) {
-                log_store_error(&self.client_id, "remove session", e);
+            // Not persistent (any more): remove what an earlier connection
+            // may have stored; a clean session never touches the store.
+            if self.stored.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                if let Err(e) = store.remove_session(&self.client_id) {
+                    log_store_error(&self.client_id, "remove session", e);
+                }
             }
             return;
         }
+        self.stored.store(true, std::sync::atomic::Ordering::Release);
         let will = st.will.as_ref().or(st.pending_will.as_ref()).map(|w| WillRecord {
             will: w.will.clone(),
             delay_secs: w.delay_secs,
@@ -184,6 +188,9 @@ impl Session {
 
     /// Removes everything stored for this session.
     pub(crate) fn erase(&self) {
+        if !self.stored.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         if let Some(store) = self.store.as_ref() {
             if let Err(e) = store.remove_session(&self.client_id) {
                 log_store_error(&self.client_id, "remove session", e);
@@ -201,6 +208,7 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
     let count = loaded.len();
     for entry in loaded {
         let session = shared.registry.restore(shared, &entry.client_id);
+        session.stored.store(true, std::sync::atomic::Ordering::Release);
         let elapsed_secs = entry
             .record
             .offline_since_unix_ms
