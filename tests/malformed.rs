@@ -110,6 +110,12 @@ async fn malformed_packets_close_only_that_connection() {
             vec![0x20, 0x03, 0, 0, 0],
             &[R::ProtocolError, R::MalformedPacket],
         ),
+        // A second CONNECT that claims 200 MB: refused from its header alone.
+        (
+            "second CONNECT over max_packet_size",
+            vec![0x10, 0x80, 0x80, 0x80, 0x60],
+            &[R::PacketTooLarge],
+        ),
     ];
     for (name, bytes, expected) in cases {
         let reason = after_connect5(addr, &bytes).await;
@@ -138,6 +144,11 @@ async fn v311_malformed_packets_close_the_connection() {
         ("wildcard in topic", v3_publish(0x30, b"a/#")),
         ("invalid UTF-8 topic", v3_publish(0x30, &[0xc3, 0x28])),
         ("reserved flags on PINGREQ", vec![0xc1, 0x00]),
+        // SUBSCRIBE "a" with options 0x41: reserved bit 6 set ([MQTT-3.8.3-4]).
+        (
+            "reserved bits in SUBSCRIBE options",
+            vec![0x82, 0x06, 0, 1, 0, 1, b'a', 0x41],
+        ),
         (
             "second CONNECT",
             vec![0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0],

@@ -747,3 +747,32 @@ async fn connect_split_into_single_bytes_still_works() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn packet_split_across_reads_is_reassembled() {
+    let broker = start().await;
+    let mut raw = Raw::client5(broker.local_addr(), "split").await;
+    // SUBSCRIBE with packet id 0x1001: its body starts with 0x10, the byte
+    // that starts a CONNECT; it must still be read as the rest of the
+    // SUBSCRIBE.
+    let mut out = bytes::BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut v5::Codec::new(0, 0),
+        Packet::Subscribe(v5::Subscribe {
+            packet_id: pid(0x1001),
+            id: None,
+            user_properties: Vec::new(),
+            topic_filters: vec![("split/+".into(), opts(QoS::AtMostOnce))],
+        }),
+        &mut out,
+    )
+    .unwrap();
+    raw.send_bytes(&out[..2]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    raw.send_bytes(&out[2..]).await;
+    match raw.recv5().await.packet() {
+        Packet::SubscribeAck(ack) => assert_eq!(ack.packet_id, pid(0x1001)),
+        other => panic!("{other:?}"),
+    }
+    broker.shutdown().await;
+}

@@ -106,10 +106,16 @@ impl Codec {
                 None => return Ok(None),
             },
         };
-        if buf.is_empty() {
+        // The codec only ever sees whole frames: it never holds a partial
+        // packet between calls, so `buf[0]` is always a fixed header and the
+        // size limit is checked before any body is buffered.
+        let Some((header_len, total)) = whole_frame(buf, self.max_inbound)? else {
             return Ok(None);
-        }
+        };
         let first_byte = buf[0];
+        if first_byte == 0x82 && version != Version::V5 {
+            check_v3_subscribe_options(&buf[header_len..total])?;
+        }
         let packet = match version {
             Version::V5 if first_byte == 0x10 => match self.decode_v5_connect(buf)? {
                 Some(p) => p,
@@ -133,11 +139,10 @@ impl Codec {
     /// ([MQTT-3.1.3-6]); so the CONNECT is decoded with Clean Start set and
     /// the client's own flag is put back afterwards.
     fn decode_v5_connect(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
-        // Only a whole CONNECT is handed to the codec, so that the flag is
-        // changed and read back in one call (the codec keeps state between
-        // calls on a partial packet).
-        let Some(flags_at) = whole_connect_flags_offset(buf) else {
-            return Ok(None);
+        // The flag is changed and read back in one codec call on a whole
+        // frame (see `decode`).
+        let Some(flags_at) = connect_flags_offset(buf) else {
+            return Err(DecodeError::Malformed("CONNECT too short"));
         };
         let clean_start = buf[flags_at] & 0b10 != 0;
         buf[flags_at] |= 0b10;
@@ -185,27 +190,58 @@ impl From<rmqtt_codec::error::EncodeError> for EncodeError {
     }
 }
 
-/// Where the Connect Flags byte of the CONNECT at the front of `buf` is,
-/// once the whole packet has arrived.
-fn whole_connect_flags_offset(buf: &BytesMut) -> Option<usize> {
+/// Where the Connect Flags byte of the (whole) CONNECT at the front of
+/// `buf` is.
+fn connect_flags_offset(buf: &BytesMut) -> Option<usize> {
+    let (header_len, total) = whole_frame(buf, 0).ok()??;
+    let name_len = usize::from(u16::from_be_bytes([
+        *buf.get(header_len)?,
+        *buf.get(header_len + 1)?,
+    ]));
+    let flags_at = header_len + 2 + name_len + 1;
+    (flags_at < total).then_some(flags_at)
+}
+
+/// The fixed header's length and the whole packet's length, once the whole
+/// packet at the front of `buf` has arrived. A remaining length over
+/// `max_inbound` (0 = no limit) or over four bytes is refused at once.
+fn whole_frame(buf: &[u8], max_inbound: u32) -> Result<Option<(usize, usize)>, DecodeError> {
+    let mut remaining: usize = 0;
     let mut at = 1;
-    let mut remaining = 0usize;
-    let mut shift = 0;
     loop {
-        let byte = *buf.get(at)?;
+        let Some(&byte) = buf.get(at) else { return Ok(None) };
+        remaining |= usize::from(byte & 0x7f) << (7 * (at - 1));
         at += 1;
-        remaining |= usize::from(byte & 0x7f) << shift;
-        shift += 7;
-        if byte & 0x80 == 0 || at > 4 {
+        if byte & 0x80 == 0 {
             break;
         }
+        if at > 4 {
+            return Err(DecodeError::Malformed("remaining length over four bytes"));
+        }
     }
-    if buf.len() < at + remaining {
-        return None;
+    if max_inbound != 0 && remaining > max_inbound as usize {
+        return Err(DecodeError::PacketTooLarge {
+            size: remaining as u32,
+            max: max_inbound,
+        });
     }
-    let name_len = usize::from(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
-    let flags_at = at + 2 + name_len + 1;
-    (flags_at < at + remaining).then_some(flags_at)
+    Ok((buf.len() >= at + remaining).then_some((at, at + remaining)))
+}
+
+/// [MQTT-3.8.3-4]: in 3.1.1 the upper six bits of each subscription's
+/// options byte are reserved and must be zero (the codec ignores them).
+fn check_v3_subscribe_options(mut body: &[u8]) -> Result<(), DecodeError> {
+    let malformed = DecodeError::Malformed("reserved bits set in SUBSCRIBE options");
+    body = body.get(2..).unwrap_or_default(); // packet id
+    while body.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        match body.get(2 + len) {
+            Some(options) if options & 0b1111_1100 != 0 => return Err(malformed),
+            Some(_) => body = &body[2 + len + 1..],
+            None => return Ok(()), // truncated: the codec reports it
+        }
+    }
+    Ok(())
 }
 
 /// Reads the fixed header, protocol name and level of the first packet
