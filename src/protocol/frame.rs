@@ -1,7 +1,7 @@
 //! Framing: turns bytes from a socket into packets and packets into bytes,
 //! for whichever protocol version the CONNECT announced.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::{v311, validate, DisconnectReasonCode, Packet, Version};
@@ -206,6 +206,17 @@ fn connect_flags_offset(buf: &BytesMut) -> Option<usize> {
 /// packet at the front of `buf` has arrived. A remaining length over
 /// `max_inbound` (0 = no limit) or over four bytes is refused at once.
 fn whole_frame(buf: &[u8], max_inbound: u32) -> Result<Option<(usize, usize)>, DecodeError> {
+    Ok(
+        fixed_header(buf, max_inbound)?.and_then(|(header_len, remaining)| {
+            (buf.len() >= header_len + remaining).then_some((header_len, header_len + remaining))
+        }),
+    )
+}
+
+/// The fixed header's length and the remaining length of the packet at the
+/// front of `buf`, once the header has arrived. A remaining length over
+/// `max_inbound` (0 = no limit) or over four bytes is refused at once.
+fn fixed_header(buf: &[u8], max_inbound: u32) -> Result<Option<(usize, usize)>, DecodeError> {
     let mut remaining: usize = 0;
     let mut at = 1;
     loop {
@@ -225,7 +236,7 @@ fn whole_frame(buf: &[u8], max_inbound: u32) -> Result<Option<(usize, usize)>, D
             max: max_inbound,
         });
     }
-    Ok((buf.len() >= at + remaining).then_some((at, at + remaining)))
+    Ok(Some((at, remaining)))
 }
 
 /// [MQTT-3.8.3-4]: in 3.1.1 the upper six bits of each subscription's
@@ -253,29 +264,10 @@ fn detect_version(buf: &BytesMut, max_inbound: u32) -> Result<Option<Version>, D
     if buf[0] != 0x10 {
         return Err(DecodeError::FirstPacketNotConnect);
     }
-    let mut header = &buf[1..];
-    let mut remaining: u32 = 0;
-    let mut shift = 0;
-    loop {
-        if !header.has_remaining() {
-            return Ok(None);
-        }
-        let byte = header.get_u8();
-        remaining |= u32::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 21 {
-            return Err(DecodeError::Malformed("remaining length over four bytes"));
-        }
-    }
-    if max_inbound != 0 && remaining > max_inbound {
-        return Err(DecodeError::PacketTooLarge {
-            size: remaining,
-            max: max_inbound,
-        });
-    }
+    let Some((header_len, _)) = fixed_header(buf, max_inbound)? else {
+        return Ok(None);
+    };
+    let header = &buf[header_len..];
     if header.len() < 2 {
         return Ok(None);
     }
