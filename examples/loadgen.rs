@@ -64,6 +64,30 @@ struct Args {
     scenario: Scenario,
 }
 
+impl Args {
+    /// The QoS of publishes and subscriptions (anything but 0 means 1).
+    fn qos(&self) -> QoS {
+        if self.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    }
+}
+
+/// A PUBLISH as every scenario sends it: no retain, no properties.
+fn publish_packet(topic: &str, qos: QoS, packet_id: Option<NonZeroU16>, payload: Bytes) -> Packet {
+    Packet::Publish(Box::new(rmqtt_codec::types::Publish {
+        dup: false,
+        retain: false,
+        qos,
+        topic: topic.into(),
+        packet_id,
+        payload,
+        properties: None,
+    }))
+}
+
 #[derive(Subcommand, Debug)]
 enum Scenario {
     Fanin {
@@ -300,11 +324,7 @@ async fn run_publisher(
     sent_total: Arc<AtomicU64>,
     slowest: impl Fn() -> u64,
 ) -> PublisherReport {
-    let qos = if args.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
+    let qos = args.qos();
     let acked = Arc::new(AtomicU64::new(0));
     let inflight = Arc::new(tokio::sync::Semaphore::new(100));
     let Conn {
@@ -358,16 +378,8 @@ async fn run_publisher(
             } else {
                 None
             };
-            let publish = rmqtt_codec::types::Publish {
-                dup: false,
-                retain: false,
-                qos,
-                topic: topic.clone().into(),
-                packet_id,
-                payload: payload(args.payload, index, seq),
-                properties: None,
-            };
-            let _ = codec.encode(Packet::Publish(Box::new(publish)), &mut out);
+            let publish = publish_packet(&topic, qos, packet_id, payload(args.payload, index, seq));
+            let _ = codec.encode(publish, &mut out);
             seq += 1;
             sent_total.fetch_add(1, Ordering::Relaxed);
         }
@@ -454,11 +466,7 @@ async fn throughput(
     publishers: usize,
     subscribers: usize,
 ) -> std::io::Result<()> {
-    let qos = if args.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
+    let qos = args.qos();
     let topic = format!("loadgen/{}", std::process::id());
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -523,11 +531,7 @@ async fn rooms(
     members: usize,
     rate: f64,
 ) -> std::io::Result<()> {
-    let qos = if args.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
+    let qos = args.qos();
     let mut subs = Vec::new();
     let mut writers = Vec::new();
     for r in 0..rooms {
@@ -568,19 +572,12 @@ async fn rooms(
             let mut seq = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let publish = rmqtt_codec::types::Publish {
-                    dup: false,
-                    retain: false,
-                    qos,
-                    topic: topic.clone().into(),
-                    packet_id: (qos == QoS::AtLeastOnce)
-                        .then(|| NonZeroU16::new((seq % 65535 + 1) as u16))
-                        .flatten(),
-                    payload: payload(size, i as u32, seq),
-                    properties: None,
-                };
+                let packet_id = (qos == QoS::AtLeastOnce)
+                    .then(|| NonZeroU16::new((seq % 65535 + 1) as u16))
+                    .flatten();
+                let publish = publish_packet(&topic, qos, packet_id, payload(size, i as u32, seq));
                 let mut out = BytesMut::new();
-                let _ = codec.encode(Packet::Publish(Box::new(publish)), &mut out);
+                let _ = codec.encode(publish, &mut out);
                 if writer.lock().await.write_all(&out).await.is_err() {
                     break;
                 }
