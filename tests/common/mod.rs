@@ -325,6 +325,42 @@ pub fn opts(qos: v5::QoS) -> v5::SubscriptionOptions {
     }
 }
 
+/// Runs a rumqttc event loop (v4 or v5: the same shape, different types)
+/// in a task: waits for the first CONNACK, then forwards every incoming
+/// PUBLISH to the returned channel until the loop fails.
+macro_rules! forward_events {
+    ($eventloop:ident, $event:path, $packet:path) => {{
+        use $event as Ev;
+        use $packet as Pk;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        tokio::spawn(async move {
+            loop {
+                match $eventloop.poll().await {
+                    Ok(Ev::Incoming(Pk::ConnAck(_))) => {
+                        if let Some(t) = ready_tx.take() {
+                            let _ = t.send(());
+                        }
+                    }
+                    Ok(Ev::Incoming(Pk::Publish(p))) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .expect("CONNACK in time")
+            .expect("connected");
+        rx
+    }};
+}
+
 /// A rumqttc v4 (MQTT 3.1.1) client whose incoming PUBLISHes arrive on the
 /// returned channel. The event loop runs until the client disconnects.
 pub async fn rumqttc_v4(
@@ -334,31 +370,7 @@ pub async fn rumqttc_v4(
     options.set_keep_alive(Duration::from_secs(30));
     let _ = addr;
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready_tx = Some(ready_tx);
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    if let Some(t) = ready_tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    if tx.send(p).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, ready_rx)
-        .await
-        .expect("CONNACK in time")
-        .expect("connected");
+    let rx = forward_events!(eventloop, rumqttc::Event, rumqttc::Packet);
     (client, rx)
 }
 
@@ -377,31 +389,7 @@ pub async fn rumqttc_v5(
     use rumqttc::v5::Event;
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 100);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready_tx = Some(ready_tx);
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(t) = ready_tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send(p).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, ready_rx)
-        .await
-        .expect("CONNACK in time")
-        .expect("connected");
+    let rx = forward_events!(eventloop, Event, Packet);
     (client, rx)
 }
 
