@@ -11,12 +11,12 @@ use rumqttc::QoS as RQoS;
 async fn publish_reaches_subscriber_at_min_qos() {
     let broker = start().await;
     let addr = broker.local_addr();
-    let (sub, mut rx) = rumqttc_v4(addr, v4_options(addr, "sub")).await;
+    let (sub, mut rx) = rumqttc_v4(v4_options(addr, "sub")).await;
     sub.subscribe("t/q0", RQoS::AtMostOnce).await.unwrap();
     sub.subscribe("t/q1", RQoS::AtLeastOnce).await.unwrap();
     sub.subscribe("t/q2", RQoS::ExactlyOnce).await.unwrap();
     tokio::time::sleep(QUIET).await;
-    let (publisher, _prx) = rumqttc_v4(addr, v4_options(addr, "pub")).await;
+    let (publisher, _prx) = rumqttc_v4(v4_options(addr, "pub")).await;
     publisher
         .publish("t/q0", RQoS::ExactlyOnce, false, "a")
         .await
@@ -69,7 +69,7 @@ async fn wildcards_and_dollar_topics() {
 async fn retained_set_replace_clear_and_flag() {
     let broker = start().await;
     let addr = broker.local_addr();
-    let (publisher, _) = rumqttc_v4(addr, v4_options(addr, "p")).await;
+    let (publisher, _) = rumqttc_v4(v4_options(addr, "p")).await;
     publisher
         .publish("r/1", RQoS::AtLeastOnce, true, "first")
         .await
@@ -113,7 +113,7 @@ async fn retained_set_replace_clear_and_flag() {
 async fn will_sent_on_drop_not_on_disconnect() {
     let broker = start().await;
     let addr = broker.local_addr();
-    let (watcher, mut rx) = rumqttc_v4(addr, v4_options(addr, "watcher")).await;
+    let (watcher, mut rx) = rumqttc_v4(v4_options(addr, "watcher")).await;
     watcher.subscribe("wills/#", RQoS::AtLeastOnce).await.unwrap();
     tokio::time::sleep(QUIET).await;
 

@@ -17,8 +17,8 @@ use crate::router::Message;
 pub(crate) fn connection_closed(shared: &Arc<Shared>, session: &Arc<Session>, will: Option<Will>) {
     let (expiry_secs, delay) = {
         let mut st = session.state.lock();
+        // `finish` has already taken this connection's will (`st.will`).
         st.kick = None;
-        st.will = None;
         (st.expiry_secs, will.as_ref().map(|w| w.delay_secs).unwrap_or(0))
     };
     go_offline(shared, session, will, delay, expiry_secs);

@@ -364,11 +364,9 @@ macro_rules! forward_events {
 /// A rumqttc v4 (MQTT 3.1.1) client whose incoming PUBLISHes arrive on the
 /// returned channel. The event loop runs until the client disconnects.
 pub async fn rumqttc_v4(
-    addr: SocketAddr,
     mut options: rumqttc::MqttOptions,
 ) -> (rumqttc::AsyncClient, mpsc::UnboundedReceiver<rumqttc::Publish>) {
     options.set_keep_alive(Duration::from_secs(30));
-    let _ = addr;
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
     let rx = forward_events!(eventloop, rumqttc::Event, rumqttc::Packet);
     (client, rx)
