@@ -104,7 +104,10 @@ impl Broker {
             shutdown,
             connections: AtomicUsize::new(0),
             commit: match (&store, self.config.durability) {
-                (Some(store), Durability::Flush) => Some(GroupCommit::start(store.clone())),
+                (Some(store), Durability::Flush) => Some(GroupCommit::start(
+                    store.clone(),
+                    Duration::from_micros(self.config.commit_delay_us),
+                )),
                 _ => None,
             },
             store,

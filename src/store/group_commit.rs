@@ -1,14 +1,27 @@
 //! Group commit: many writers, one flush.
 //!
 //! A writer that needs its writes on disk takes a ticket after writing and
-//! waits for it. One background task flushes whenever tickets are pending;
+//! waits for it. One flusher thread flushes whenever tickets are pending;
 //! every ticket taken before a flush started is served by that flush, so N
 //! concurrent publishers share one `fsync`-like call instead of making N.
+//!
+//! Under concurrent load the flusher waits `delay` after being woken before
+//! it flushes (PostgreSQL's `commit_delay`): each sled flush wakes all seven
+//! of sled's I/O threads, and on two cores those context switches, not the
+//! disk, were the limit. Measured with 16 publishers (`fanin --persistent`):
+//! no delay 174k msg/s, 1 ms 226k, 2 ms 254k, 5 ms 253k; latency fell too,
+//! because the CPU it frees served the messages sooner. A flush that served
+//! a single ticket turns the delay off, so a lone client is flushed at once.
+//!
+//! The flusher is a dedicated OS thread, so it can sleep for the delay
+//! without holding a runtime worker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
 
 use super::Store;
 
@@ -18,30 +31,51 @@ pub struct GroupCommit {
     requested: AtomicU64,
     /// Highest ticket known to be durable.
     durable: watch::Sender<u64>,
-    wake: Notify,
+    /// Set (under the mutex) when tickets wait; the flusher sleeps on it.
+    wake: (Mutex<bool>, Condvar),
+    /// How long a flush waits for more tickets under concurrent load.
+    delay: Duration,
     /// Flushes done, for the benchmark and tests.
     pub flushes: AtomicU64,
 }
 
 impl GroupCommit {
-    /// Starts the flusher task for `store`.
-    pub fn start(store: Arc<dyn Store>) -> Arc<GroupCommit> {
+    /// Starts the flusher thread for `store`. It ends when the last handle
+    /// to the coordinator is dropped.
+    pub fn start(store: Arc<dyn Store>, delay: Duration) -> Arc<GroupCommit> {
         let (durable, _) = watch::channel(0);
         let gc = Arc::new(GroupCommit {
             requested: AtomicU64::new(0),
             durable,
-            wake: Notify::new(),
+            wake: (Mutex::new(false), Condvar::new()),
+            delay,
             flushes: AtomicU64::new(0),
         });
-        let worker = gc.clone();
-        tokio::spawn(async move { worker.run(store).await });
+        let weak = Arc::downgrade(&gc);
+        let spawned = std::thread::Builder::new()
+            .name("roomq-flusher".into())
+            .spawn(move || {
+                let mut concurrent = false;
+                while let Some(gc) = weak.upgrade() {
+                    concurrent = gc.flush_once(&*store, concurrent);
+                }
+            });
+        if let Err(error) = spawned {
+            // Without a flusher no acknowledgement would ever be sent.
+            tracing::error!(%error, "cannot start the group-commit flusher thread");
+        }
         gc
     }
 
     /// A ticket covering every write made before this call.
     pub fn ticket(&self) -> u64 {
         let t = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        self.wake.notify_one();
+        let (pending, cvar) = &self.wake;
+        let mut pending = pending.lock();
+        if !*pending {
+            *pending = true;
+            cvar.notify_one();
+        }
         t
     }
 
@@ -56,31 +90,71 @@ impl GroupCommit {
         let _ = rx.wait_for(|d| *d >= ticket).await;
     }
 
-    async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
-        loop {
-            let target = self.requested.load(Ordering::Acquire);
-            if target <= *self.durable.borrow() {
-                self.wake.notified().await;
-                continue;
+    /// Waits for pending tickets (at most 100 ms, so a dropped coordinator
+    /// is noticed) and flushes once. `concurrent`: the previous flush served
+    /// more than one ticket, so waiting `delay` will gather more. Returns
+    /// whether this flush served more than one ticket.
+    fn flush_once(&self, store: &dyn Store, concurrent: bool) -> bool {
+        let durable = *self.durable.borrow();
+        {
+            let (pending, cvar) = &self.wake;
+            let mut pending = pending.lock();
+            if !*pending {
+                cvar.wait_for(&mut pending, Duration::from_millis(100));
             }
-            let store = store.clone();
-            let result = tokio::task::spawn_blocking(move || store.flush()).await;
-            let failure = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            match failure {
-                None => {
-                    self.flushes.fetch_add(1, Ordering::Relaxed);
-                    self.durable.send_replace(target);
-                }
-                Some(error) => {
-                    // Acknowledgements wait for a flush that works.
-                    tracing::error!(%error, "store flush failed, retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+            *pending = false;
+        }
+        if concurrent && !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        let target = self.requested.load(Ordering::Acquire);
+        if target <= durable {
+            return false;
+        }
+        match store.flush() {
+            Ok(()) => {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+                self.durable.send_replace(target);
+                target - durable > 1
+            }
+            Err(error) => {
+                // Acknowledgements wait for a flush that works.
+                tracing::error!(%error, "store flush failed, retrying");
+                std::thread::sleep(Duration::from_millis(100));
+                let (pending, _) = &self.wake;
+                *pending.lock() = true;
+                concurrent
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_tickets_share_flushes_and_all_complete() {
+        let gc = GroupCommit::start(Arc::new(MemoryStore::default()), Duration::from_millis(2));
+        // A lone ticket is served (no delay: nothing concurrent yet).
+        let first = gc.ticket();
+        gc.wait(first).await;
+        let writers: Vec<_> = (0..200)
+            .map(|_| {
+                let gc = gc.clone();
+                tokio::spawn(async move {
+                    let ticket = gc.ticket();
+                    gc.wait(ticket).await;
+                    ticket
+                })
+            })
+            .collect();
+        for writer in writers {
+            let ticket = writer.await.expect("writer task");
+            assert!(gc.durable() >= ticket);
+        }
+        let flushes = gc.flushes.load(Ordering::Relaxed);
+        assert!(flushes < 200, "200 concurrent tickets took {flushes} flushes");
     }
 }
