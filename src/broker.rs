@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// Group commit, with `durability = "flush"`: acknowledgements of QoS
     /// 1/2 messages wait for it.
     pub commit: Option<Arc<GroupCommit>>,
+    /// Rooms, presence, history (see `topics.md`).
+    pub chat: crate::chat::Chat,
 }
 
 /// Errors that stop the broker from starting.
@@ -110,6 +112,7 @@ impl Broker {
                 )),
                 _ => None,
             },
+            chat: crate::chat::Chat::open(&self.config, store.clone())?,
             store,
             config: self.config,
         });
@@ -121,12 +124,14 @@ impl Broker {
             }
             crate::session::restore_sessions(&shared, store.load_sessions()?);
         }
+        shared.chat.publish_startup_state(&shared.router);
         let tracker = TaskTracker::new();
         tracker.spawn(crate::server::accept_loop(
             listener,
             shared.clone(),
             tracker.clone(),
         ));
+        tracker.spawn(chat_upkeep(shared.clone()));
         if shared.config.sys_interval_secs > 0 {
             tracker.spawn(publish_sys(shared.clone()));
         }
@@ -160,6 +165,17 @@ impl BrokerHandle {
     }
 
     /// Number of sessions the broker holds (online and offline).
+    /// The chat layer's counters (room messages, duplicates, typing drops).
+    pub fn chat_counters(&self) -> &crate::chat::ChatCounters {
+        &self.shared.chat.counters
+    }
+
+    /// Records written to the durable store so far (0 without one): the
+    /// storage-writes-per-message figure of the chat benchmark.
+    pub fn store_writes(&self) -> u64 {
+        self.shared.store.as_ref().map_or(0, |s| s.writes())
+    }
+
     pub fn session_count(&self) -> usize {
         self.shared.registry.len()
     }
@@ -203,6 +219,21 @@ impl BrokerHandle {
             store.close();
         }
         tracing::info!("roomq stopped");
+    }
+}
+
+/// Every minute: trims room logs by age and prunes old msg-id entries.
+async fn chat_upkeep(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                let worker = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || worker.chat.upkeep()).await;
+            }
+        }
     }
 }
 

@@ -96,6 +96,60 @@ pub struct Config {
     /// Threads of the `roomq` binary's runtime (0 = one per CPU core).
     /// Embedders run the broker on their own runtime and ignore it.
     pub worker_threads: usize,
+    /// Whether a room not declared in `rooms` is open to everyone or closed.
+    pub rooms_default: RoomsDefault,
+    /// Declared rooms and their members (see `topics.md`).
+    pub rooms: Vec<RoomConfig>,
+    /// Rules that turn plain device topics into room messages.
+    pub alerts: Vec<AlertRule>,
+    /// Least time between two typing events of one sender in one room; the
+    /// ones in between are dropped and counted.
+    pub typing_min_interval_ms: u64,
+    /// How long a (room, sender, msg-id) is remembered for de-duplication.
+    pub dedup_window_secs: u64,
+    /// Most de-duplication entries kept; the oldest go first.
+    pub dedup_max_entries: usize,
+    /// Most messages kept in one room's log; older ones are removed.
+    pub room_max_messages: u64,
+    /// Oldest message kept in a room's log, in seconds (0 = no age limit).
+    pub room_max_age_secs: u64,
+    /// Messages in a history answer when the request gives no `limit`.
+    pub history_default_limit: usize,
+    /// Most messages in one history answer.
+    pub history_max_limit: usize,
+}
+
+/// Who may use a room that the configuration does not declare.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomsDefault {
+    /// Anyone may join (the default, for anonymous local use).
+    Open,
+    /// Nobody may.
+    Closed,
+}
+
+/// One declared room.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomConfig {
+    pub name: String,
+    /// Identities (usernames, or client ids without a username) that may
+    /// join.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Whether anyone may join, members or not.
+    #[serde(default)]
+    pub open: bool,
+}
+
+/// Messages published to `topic` (a filter, `+` and `#` allowed) also go
+/// into `room` as chat messages.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub topic: String,
+    pub room: String,
 }
 
 impl Default for Config {
@@ -123,6 +177,16 @@ impl Default for Config {
             sys_interval_secs: 10,
             allow_anonymous: true,
             worker_threads: 0,
+            rooms_default: RoomsDefault::Open,
+            rooms: Vec::new(),
+            alerts: Vec::new(),
+            typing_min_interval_ms: 1000,
+            dedup_window_secs: 24 * 3600,
+            dedup_max_entries: 1_000_000,
+            room_max_messages: 100_000,
+            room_max_age_secs: 30 * 24 * 3600,
+            history_default_limit: 50,
+            history_max_limit: 500,
         }
     }
 }
@@ -177,6 +241,31 @@ impl Config {
         }
         if self.max_topic_levels == 0 || self.max_topic_length == 0 {
             return Err("keys `max_topic_levels` and `max_topic_length` must be at least 1".into());
+        }
+        for room in &self.rooms {
+            if !crate::chat::is_valid_room_name(&room.name) {
+                return Err(format!(
+                    "key `rooms`: room name {:?} must be one non-empty topic level without `+`, `#` or `/`",
+                    room.name
+                ));
+            }
+        }
+        for rule in &self.alerts {
+            if !crate::protocol::validate::is_valid_topic_filter(&rule.topic) {
+                return Err(format!(
+                    "key `alerts`: topic {:?} is not a valid topic filter",
+                    rule.topic
+                ));
+            }
+            if !crate::chat::is_valid_room_name(&rule.room) {
+                return Err(format!(
+                    "key `alerts`: room name {:?} is not a valid room name",
+                    rule.room
+                ));
+            }
+        }
+        if self.room_max_messages == 0 || self.history_max_limit == 0 {
+            return Err("keys `room_max_messages` and `history_max_limit` must be at least 1".into());
         }
         Ok(())
     }

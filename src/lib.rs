@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod chat;
 pub mod config;
 mod local;
 pub mod metrics;

@@ -27,6 +27,18 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for the No Local subscription option.
     pub publisher: Option<Arc<str>>,
+    /// Set for a chat message stored in a room's log: persistent sessions
+    /// that are offline do not queue it, they replay it from the log.
+    pub room: Option<RoomTag>,
+    /// Never queued for an offline session (typing events).
+    pub ephemeral: bool,
+}
+
+/// Where a chat message sits in its room's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomTag {
+    pub room: Arc<str>,
+    pub seq: u64,
 }
 
 impl Message {
@@ -41,6 +53,8 @@ impl Message {
             properties: None,
             expires_at: None,
             publisher: None,
+            room: None,
+            ephemeral: false,
         }
     }
 

@@ -14,7 +14,7 @@ mod trie;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-pub use message::{Delivery, Message, SharedGroupKey};
+pub use message::{Delivery, Message, RoomTag, SharedGroupKey};
 pub use retained::RetainedStore;
 pub use trie::SubEntry;
 

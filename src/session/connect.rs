@@ -106,11 +106,21 @@ pub(crate) async fn accept(
         }
     }
 
+    let identity: Arc<str> = connect
+        .username
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .unwrap_or(&client_id)
+        .into();
+    // Counted before a takeover closes the old connection, so presence
+    // never shows the user offline in between.
+    shared.chat.presence().connected(&shared.router, &identity);
     let Some(claimed) = shared
         .registry
         .claim(shared, &client_id, connect.clean_start)
         .await
     else {
+        shared.chat.presence().disconnected(&shared.router, &identity);
         return refuse(io, ConnectAckReason::ServerUnavailable, "session takeover failed").await;
     };
     let session = claimed.session;
@@ -138,6 +148,8 @@ pub(crate) async fn accept(
         st.kick = Some(kick.clone());
         st.pending_will = None;
         st.expiry_secs = expiry;
+        // Queue what the rooms got while the session was away.
+        st.replaying = true;
         st.will = connect.last_will.clone().map(|will| Will {
             delay_secs: will.will_delay_interval_sec.unwrap_or(0),
             will,
@@ -184,5 +196,6 @@ pub(crate) async fn accept(
         client_alias_max: connect.topic_alias_max,
         connect_expiry: connect.session_expiry_interval_secs,
         shutdown: shared.shutdown.subscribe(),
+        identity,
     })
 }

@@ -180,6 +180,9 @@ pub(crate) struct Connection {
     /// rule [MQTT-3.14.2-2].
     pub connect_expiry: u32,
     pub shutdown: watch::Receiver<bool>,
+    /// Username when authenticated, else client id: the `{sender}` and
+    /// `{user}` of chat topics, and the presence this connection counts in.
+    pub identity: Arc<str>,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is set
@@ -233,6 +236,9 @@ impl Connection {
         self.resend_inflight();
         let mut deadline = self.keep_alive_window.map(|w| Instant::now() + w);
         loop {
+            if self.session.state.lock().replaying && self.session.pending_count() < self.send_window * 2 {
+                self.session.replay_rooms(&self.shared.chat);
+            }
             loop {
                 let more = self.fill_outbox(WRITE_BATCH);
                 if let Err(e) = self.io.flush().await {
@@ -430,6 +436,10 @@ impl Connection {
             }
         };
         lifecycle::connection_closed(&self.shared, &self.session, will);
+        self.shared
+            .chat
+            .presence()
+            .disconnected(&self.shared.router, &self.identity);
         self.shared.metrics.clients_connected.dec();
         drop(self.guard.take());
     }

@@ -165,6 +165,8 @@ pub(crate) fn publish_will(shared: &Shared, client_id: &Arc<str>, will: &Will) {
             .map(NonZeroU32::get)
             .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
         publisher: Some(client_id.clone()),
+        room: None,
+        ephemeral: false,
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");
     shared.metrics.messages_received.inc();

@@ -15,6 +15,7 @@ mod outbox;
 mod persist;
 mod publish;
 mod registry;
+mod replay;
 mod subscribe;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use connection::serve;
-pub(crate) use persist::{message_from_record, message_record, restore_sessions};
+pub(crate) use persist::{message_from_record, message_record, qos_from, restore_sessions};
 pub use registry::Registry;
 
 use crate::metrics::Metrics;
@@ -99,6 +100,15 @@ pub(crate) struct SessionState {
     pub ended: bool,
     /// Messages dropped for a full queue, for rate-limited logging.
     pub dropped: u64,
+    /// Per room: what was queued and what is done (see `replay.rs`).
+    pub room_cursors: HashMap<Arc<str>, replay::RoomCursor>,
+    /// Set on connect until the room backlog has been queued.
+    pub replaying: bool,
+    /// Room messages acknowledged since the session record was last saved.
+    pub room_acks_unsaved: u32,
+    /// Packet id to a hash of (topic, payload) of this session's recent QoS
+    /// 1 publishes, to recognise a DUP resend of one already stored.
+    pub recent_publishes: HashMap<u16, u64>,
 }
 
 impl SessionState {
@@ -176,6 +186,14 @@ impl Session {
         if st.ended {
             return false;
         }
+        if let Some(tag) = &delivery.message.room {
+            if !self.take_live_room_message(&mut st, tag) {
+                // The room log has it; the replay will queue it.
+                return true;
+            }
+        } else if delivery.message.ephemeral && !self.is_online() {
+            return false;
+        }
         if delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline && !self.is_online() {
             self.metrics.messages_dropped_offline_qos0.inc();
             return false;
@@ -193,7 +211,10 @@ impl Session {
             }
             return false;
         }
-        self.record_delivery(&mut st, &mut delivery);
+        if delivery.message.room.is_none() {
+            // Room messages are in the room log already.
+            self.record_delivery(&mut st, &mut delivery);
+        }
         st.queue.push_back(delivery);
         drop(st);
         self.wake.notify_one();

@@ -32,10 +32,12 @@ impl Connection {
             if delivery.message.is_expired(now) {
                 self.shared.metrics.messages_expired.inc();
                 session.forget_delivery(&delivery);
+                session.room_message_done(&mut st, &delivery);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
                 self.write_publish(&delivery, None, false, now);
+                session.room_message_done(&mut st, &delivery);
                 continue;
             }
             let packet_id = st.allocate_packet_id();
@@ -55,6 +57,7 @@ impl Connection {
             } else {
                 // Not sendable to this client (too large): treated as delivered.
                 session.forget_delivery(&delivery);
+                session.room_message_done(&mut st, &delivery);
             }
         }
         false
@@ -184,6 +187,7 @@ impl Connection {
             // A PUBREC with an error code ends the flow ([MQTT-4.3.3-4]).
             if let Some(f) = st.inflight.remove(pos) {
                 self.session.forget_delivery(&f.delivery);
+                self.session.room_message_done(&mut st, &f.delivery);
             }
             return None;
         }
@@ -211,6 +215,7 @@ impl Connection {
         {
             if let Some(f) = st.inflight.remove(pos) {
                 self.session.forget_delivery(&f.delivery);
+                self.session.room_message_done(&mut st, &f.delivery);
             }
         }
     }

@@ -19,7 +19,7 @@ use crate::store::{
     LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, SubscriptionRecord, WillRecord,
 };
 
-fn qos_from(n: u8) -> QoS {
+pub(crate) fn qos_from(n: u8) -> QoS {
     match n {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -59,6 +59,8 @@ pub(crate) fn message_from_record(r: MessageRecord) -> Message {
             .expires_at_unix_ms
             .map(|ms| now + Duration::from_millis(ms.saturating_sub(now_ms))),
         publisher: r.publisher,
+        room: None,
+        ephemeral: false,
     }
 }
 
@@ -180,6 +182,11 @@ impl Session {
                 .collect(),
             will,
             offline_since_unix_ms: offline_since,
+            room_cursors: st
+                .room_cursors
+                .iter()
+                .map(|(room, c)| (room.to_string(), c.done))
+                .collect(),
         };
         if let Err(e) = store.put_session(&self.client_id, &record) {
             log_store_error(&self.client_id, "session", e);
@@ -217,6 +224,18 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
         {
             let mut st = session.state.lock();
             st.expiry_secs = entry.record.expiry_secs;
+            st.room_cursors = entry
+                .record
+                .room_cursors
+                .iter()
+                .map(|(room, done)| {
+                    let cursor = super::replay::RoomCursor {
+                        delivered: *done,
+                        done: *done,
+                    };
+                    (Arc::from(room.as_str()), cursor)
+                })
+                .collect();
             st.next_store_seq = entry.messages.iter().map(|(s, _)| *s).max().unwrap_or(0);
             st.incoming_qos2 = entry
                 .incoming_qos2

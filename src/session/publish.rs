@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
+use crate::chat::{Handled, Publisher};
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{
     DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS,
@@ -63,15 +64,40 @@ impl Connection {
             self.session.record_incoming_qos2(&st, id, true);
         }
 
+        if qos == QoS::AtLeastOnce {
+            if let Some(id) = packet_id {
+                if self.is_stored_resend(id.get(), &publish) {
+                    self.shared.chat.counters.duplicates.inc();
+                    self.send_ack(Packet::PublishAck(PublishAck {
+                        packet_id: id,
+                        ..Default::default()
+                    }));
+                    return None;
+                }
+            }
+        }
+
         let message = self.to_message(publish);
         self.shared.metrics.messages_received.inc();
-        let outcome = self.shared.router.publish(message);
-        let reason = if outcome.matched == 0 {
-            PublishAckReason::NoMatchingSubscribers
-        } else if outcome.matched == 1 && outcome.dropped == 1 {
-            PublishAckReason::QuotaExceeded
-        } else {
-            PublishAckReason::Success
+        let who = Publisher {
+            identity: &self.identity,
+            client_id: &self.session.client_id,
+        };
+        let reason = match shared.chat.on_publish(&shared.router, config, &who, message) {
+            Handled::Done(reason) => reason,
+            Handled::Plain(message) => {
+                if !config.alerts.is_empty() {
+                    shared.chat.route_alerts(&shared.router, config, &who, &message);
+                }
+                let outcome = shared.router.publish(*message);
+                if outcome.matched == 0 {
+                    PublishAckReason::NoMatchingSubscribers
+                } else if outcome.matched == 1 && outcome.dropped == 1 {
+                    PublishAckReason::QuotaExceeded
+                } else {
+                    PublishAckReason::Success
+                }
+            }
         };
         if let Some(id) = packet_id {
             let ack = PublishAck {
@@ -108,6 +134,24 @@ impl Connection {
             ..Default::default()
         }));
         None
+    }
+
+    /// De-duplication by packet id: whether this QoS 1 PUBLISH is a DUP
+    /// resend of one this session already stored (same packet id, topic and
+    /// payload). Every QoS 1 PUBLISH is remembered by packet id; a client
+    /// reuses an id only after its PUBACK, so one entry per id suffices.
+    fn is_stored_resend(&self, packet_id: u16, publish: &Publish) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        publish.topic.as_bytes().hash(&mut hasher);
+        publish.payload.hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let mut st = self.session.state.lock();
+        if publish.dup && st.recent_publishes.get(&packet_id) == Some(&fingerprint) {
+            return true;
+        }
+        st.recent_publishes.insert(packet_id, fingerprint);
+        false
     }
 
     /// Applies and records a 5.0 Topic Alias ([MQTT-3.3.2-7] to -12).
@@ -170,6 +214,8 @@ impl Connection {
             properties,
             expires_at,
             publisher: Some(self.session.client_id.clone()),
+            room: None,
+            ephemeral: false,
         }
     }
 }

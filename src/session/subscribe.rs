@@ -38,6 +38,7 @@ impl Connection {
                     "No Local on a shared subscription".into(),
                 ));
             }
+            self.session.start_room_cursors(&self.shared.chat, filter);
             self.shared
                 .router
                 .subscribe(&self.session, filter, shared.as_ref(), *options, subscribe.id);

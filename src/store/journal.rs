@@ -32,13 +32,13 @@ pub(super) fn session_prefix(client_id: &str) -> Vec<u8> {
     key
 }
 
-fn seq_key(client_id: &str, seq: u64) -> Vec<u8> {
+pub(super) fn seq_key(client_id: &str, seq: u64) -> Vec<u8> {
     let mut key = session_prefix(client_id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
-fn seq_of(key: &[u8]) -> Option<u64> {
+pub(super) fn seq_of(key: &[u8]) -> Option<u64> {
     let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
     Some(u64::from_be_bytes(key.get(2 + len..)?.try_into().ok()?))
 }

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
 
-use super::{LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, StoreError};
+use super::{
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, Store, StoreError,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -13,6 +15,14 @@ struct Inner {
     sessions: BTreeMap<String, SessionRecord>,
     messages: BTreeMap<(String, u64), QueuedRecord>,
     qos2_in: BTreeSet<(String, u16)>,
+    rooms: BTreeMap<String, Room>,
+    dedup: BTreeMap<String, DedupRecord>,
+}
+
+#[derive(Default)]
+struct Room {
+    head: u64,
+    log: BTreeMap<u64, RoomRecord>,
 }
 
 /// Keeps every record in memory.
@@ -106,6 +116,75 @@ impl Store for MemoryStore {
             .qos2_in
             .remove(&(client_id.to_string(), packet_id));
         Ok(())
+    }
+
+    fn append_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let room = inner.rooms.entry(room.to_string()).or_default();
+        room.head = room.head.max(seq);
+        room.log.insert(seq, record.clone());
+        Ok(())
+    }
+
+    fn room_range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
+        let inner = self.inner.lock();
+        let Some(room) = inner.rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        if after.saturating_add(1) >= before {
+            return Ok(Vec::new());
+        }
+        let range = room.log.range(after + 1..before).map(|(s, r)| (*s, r.clone()));
+        Ok(if newest {
+            let mut out: Vec<_> = range.rev().take(limit).collect();
+            out.reverse();
+            out
+        } else {
+            range.take(limit).collect()
+        })
+    }
+
+    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .rooms
+            .iter()
+            .map(|(n, r)| (n.clone(), r.head))
+            .collect())
+    }
+
+    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+        if let Some(room) = self.inner.lock().rooms.get_mut(room) {
+            room.log = room.log.split_off(&below);
+        }
+        Ok(())
+    }
+
+    fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        match entry {
+            Some(e) => inner.dedup.insert(key.to_string(), e),
+            None => inner.dedup.remove(key),
+        };
+        Ok(())
+    }
+
+    fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .dedup
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -5,7 +5,9 @@
 //! What is stored: retained messages; persistent sessions (subscriptions,
 //! expiry, will); each persistent session's QoS 1/2 messages not yet
 //! acknowledged (queued or in flight); and the packet ids of incoming QoS 2
-//! messages awaiting PUBREL. Deadlines are wall-clock unix milliseconds, so
+//! messages awaiting PUBREL; the chat layer's room logs (each message once,
+//! whatever the number of members), room heads and msg-id de-duplication
+//! entries. Deadlines are wall-clock unix milliseconds, so
 //! they keep running while the broker is down.
 
 mod group_commit;
@@ -16,12 +18,15 @@ mod sled_store;
 
 pub use group_commit::GroupCommit;
 pub use memory::MemoryStore;
-pub use records::{unix_ms_now, MessageRecord, QueuedRecord, SessionRecord, SubscriptionRecord, WillRecord};
+pub use records::{
+    unix_ms_now, DedupRecord, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, SubscriptionRecord,
+    WillRecord,
+};
 pub use sled_store::SledStore;
 
 /// The data format this build reads and writes; stored in the data
 /// directory so a later version can refuse or migrate it, never misread it.
-pub const FORMAT_VERSION: &str = "roomq-store-2";
+pub const FORMAT_VERSION: &str = "roomq-store-3";
 
 /// Errors from a store, naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,33 @@ pub trait Store: Send + Sync {
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
     fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
+
+    /// Appends a message to a room's log and moves the room's head to `seq`
+    /// (heads survive trimming, so a `seq` is never reused).
+    fn append_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError>;
+    /// Up to `limit` messages of a room with `after < seq < before`, in
+    /// `seq` order: the oldest ones, or with `newest` the newest ones.
+    fn room_range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<(u64, RoomRecord)>, StoreError>;
+    /// Every room's last `seq`.
+    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Removes a room's messages with `seq < below`.
+    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError>;
+
+    /// Sets or (with `None`) removes a de-duplication entry.
+    fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError>;
+    fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError>;
+
+    /// Write operations so far (for the storage-writes-per-message figure).
+    fn writes(&self) -> u64 {
+        0
+    }
 
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;

@@ -65,6 +65,29 @@ pub struct SessionRecord {
     /// When the session went offline (unix ms); `None` while connected.
     /// After a crash it stays `None`: start-up then counts from the restart.
     pub offline_since_unix_ms: Option<u64>,
+    /// Per room: the `seq` up to which this session has everything it
+    /// subscribed to. Its backlog is replayed from the room log after it.
+    pub room_cursors: Vec<(String, u64)>,
+}
+
+/// One chat message in a room's log, stored once for every member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRecord {
+    /// Server time of receipt, unix ms.
+    pub ts_unix_ms: u64,
+    pub sender: String,
+    pub msg_id: Option<String>,
+    pub qos: u8,
+    pub payload: Bytes,
+    /// The sender's User Properties other than `msg-id`, passed on.
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// A (room, sender, msg-id) seen recently, for de-duplication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    pub seq: u64,
+    pub seen_unix_ms: u64,
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, super::StoreError> {

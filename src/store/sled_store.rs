@@ -1,8 +1,9 @@
 //! The store on disk, in sled 0.34.
 //!
 //! Trees: `meta` (format version), `retained` (topic → message),
-//! `sessions` (client id → session), the journal's trees (see `journal.rs`)
-//! and `qos2_in` (client id + packet id). Keys of per-session
+//! `sessions` (client id → session), the journal's trees (see `journal.rs`),
+//! `qos2_in` (client id + packet id), `room_log` (room + seq → message),
+//! `room_heads` (room → last seq) and `dedup` (room, sender, msg-id → seq). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
 //! prefix scan finds one session's records.
 //!
@@ -14,14 +15,20 @@
 
 use std::path::Path;
 
-use super::journal::{session_prefix, Journal};
-use super::records::{decode, encode};
-use super::{LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, StoreError, FORMAT_VERSION};
+use super::journal::{seq_key, seq_of, session_prefix, Journal};
+use super::records::{decode, encode, encode_sized};
+use super::{
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, Store, StoreError,
+    FORMAT_VERSION,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A sled database in the data directory.
 pub struct SledStore {
     /// `None` once closed. A read lock per call costs little next to sled.
     open: parking_lot::RwLock<Option<Trees>>,
+    /// Write operations so far; journal writes count once per message.
+    writes: AtomicU64,
 }
 
 struct Trees {
@@ -30,6 +37,9 @@ struct Trees {
     retained: sled::Tree,
     sessions: sled::Tree,
     qos2_in: sled::Tree,
+    room_log: sled::Tree,
+    room_heads: sled::Tree,
+    dedup: sled::Tree,
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -76,6 +86,9 @@ impl SledStore {
             retained: tree("retained")?,
             sessions: tree("sessions")?,
             qos2_in: tree("qos2_in")?,
+            room_log: tree("room_log")?,
+            room_heads: tree("room_heads")?,
+            dedup: tree("dedup")?,
             db,
         };
         match meta.get("format").map_err(|e| open_err(e.to_string()))? {
@@ -102,7 +115,12 @@ impl SledStore {
         }
         Ok(SledStore {
             open: parking_lot::RwLock::new(Some(store)),
+            writes: AtomicU64::new(0),
         })
+    }
+
+    fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
     fn with<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -115,6 +133,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
+        self.count_write();
         self.with(|t| match message {
             Some(m) => t
                 .retained
@@ -138,6 +157,7 @@ impl Store for SledStore {
     }
 
     fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
+        self.count_write();
         self.with(|t| {
             t.sessions
                 .insert(client_id.as_bytes(), encode(session)?)
@@ -190,10 +210,12 @@ impl Store for SledStore {
     }
 
     fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.count_write();
         self.with(|t| t.journal.put(client_id, seq, message))
     }
 
     fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.count_write();
         self.with(|t| t.journal.update(client_id, seq, message))
     }
 
@@ -205,6 +227,7 @@ impl Store for SledStore {
     }
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.count_write();
         self.with(|t| {
             t.qos2_in
                 .insert(qos2_key(client_id, packet_id), &[])
@@ -220,6 +243,108 @@ impl Store for SledStore {
                 .map(drop)
                 .map_err(io)
         })
+    }
+
+    fn append_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.count_write();
+        let hint = record.payload.len() + record.sender.len() + 48;
+        self.with(|t| {
+            t.room_log
+                .insert(seq_key(room, seq), encode_sized(record, hint)?)
+                .map_err(io)?;
+            t.room_heads
+                .insert(room.as_bytes(), &seq.to_be_bytes())
+                .map(drop)
+                .map_err(io)
+        })
+    }
+
+    fn room_range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
+        if after.saturating_add(1) >= before {
+            return Ok(Vec::new());
+        }
+        self.with(|t| {
+            let range = t.room_log.range(seq_key(room, after + 1)..seq_key(room, before));
+            let decode_entry = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
+                let (key, value) = entry.map_err(io)?;
+                let seq = seq_of(&key).ok_or_else(|| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: "room log key without seq".into(),
+                })?;
+                Ok((seq, decode(&key, &value)?))
+            };
+            if newest {
+                let mut out = range
+                    .rev()
+                    .take(limit)
+                    .map(decode_entry)
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.reverse();
+                Ok(out)
+            } else {
+                range.take(limit).map(decode_entry).collect()
+            }
+        })
+    }
+
+    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with(|t| {
+            t.room_heads
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    let head = value.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                        StoreError::Corrupt {
+                            key: String::from_utf8_lossy(&key).into_owned(),
+                            reason: "room head is not 8 bytes".into(),
+                        }
+                    })?;
+                    Ok((String::from_utf8_lossy(&key).into_owned(), head))
+                })
+                .collect()
+        })
+    }
+
+    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            let mut batch = sled::Batch::default();
+            for key in t.room_log.range(seq_key(room, 0)..seq_key(room, below)).keys() {
+                batch.remove(key.map_err(io)?);
+            }
+            t.room_log.apply_batch(batch).map_err(io)
+        })
+    }
+
+    fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| match entry {
+            Some(e) => t.dedup.insert(key.as_bytes(), encode(&e)?).map(drop).map_err(io),
+            None => t.dedup.remove(key.as_bytes()).map(drop).map_err(io),
+        })
+    }
+
+    fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
+        self.with(|t| {
+            t.dedup
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    Ok((String::from_utf8_lossy(&key).into_owned(), decode(&key, &value)?))
+                })
+                .collect()
+        })
+    }
+
+    fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

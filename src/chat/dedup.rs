@@ -1,0 +1,118 @@
+//! De-duplication by application msg-id: a (room, sender, msg-id) seen
+//! within `dedup_window_secs` is not stored or delivered again, also after a
+//! reconnect or a broker restart (entries are stored).
+//!
+//! Bounded: at most `dedup_max_entries` in memory and on disk, the oldest
+//! going first; entries older than the window are pruned periodically.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::store::{unix_ms_now, DedupRecord, Store};
+
+pub struct DedupIndex {
+    window_ms: u64,
+    max_entries: usize,
+    store: Arc<dyn Store>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    seen: HashMap<String, DedupRecord>,
+    /// Keys in the order they were seen, for pruning oldest first.
+    order: VecDeque<(u64, String)>,
+}
+
+/// The key of one (room, sender, msg-id). Topic levels and MQTT strings
+/// cannot contain U+0000, so it separates them unambiguously.
+pub fn dedup_key(room: &str, sender: &str, msg_id: &str) -> String {
+    format!("{room}\0{sender}\0{msg_id}")
+}
+
+impl DedupIndex {
+    /// Loads the stored entries still inside the window.
+    pub fn load(
+        store: Arc<dyn Store>,
+        window_ms: u64,
+        max_entries: usize,
+    ) -> Result<Self, crate::store::StoreError> {
+        let now = unix_ms_now();
+        let mut entries: Vec<(String, DedupRecord)> = store.load_dedup()?;
+        entries.sort_by_key(|(_, r)| r.seen_unix_ms);
+        let mut inner = Inner::default();
+        for (key, record) in entries {
+            if now.saturating_sub(record.seen_unix_ms) <= window_ms {
+                inner.order.push_back((record.seen_unix_ms, key.clone()));
+                inner.seen.insert(key, record);
+            } else {
+                let _ = store.put_dedup(&key, None);
+            }
+        }
+        Ok(DedupIndex {
+            window_ms,
+            max_entries,
+            store,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// The `seq` under which this key was stored, if seen within the window.
+    pub fn seen(&self, key: &str) -> Option<u64> {
+        let now = unix_ms_now();
+        let inner = self.inner.lock();
+        inner
+            .seen
+            .get(key)
+            .filter(|r| now.saturating_sub(r.seen_unix_ms) <= self.window_ms)
+            .map(|r| r.seq)
+    }
+
+    /// Remembers a key (called under the room's lock, after the message was
+    /// appended to the log).
+    pub fn insert(&self, key: String, seq: u64) {
+        let record = DedupRecord {
+            seq,
+            seen_unix_ms: unix_ms_now(),
+        };
+        if let Err(e) = self.store.put_dedup(&key, Some(record)) {
+            tracing::error!(error = %e, "could not store a de-duplication entry");
+        }
+        let mut inner = self.inner.lock();
+        inner.order.push_back((record.seen_unix_ms, key.clone()));
+        inner.seen.insert(key, record);
+        while inner.seen.len() > self.max_entries {
+            if !self.pop_oldest(&mut inner) {
+                break;
+            }
+        }
+    }
+
+    /// Forgets entries older than the window.
+    pub fn prune(&self) {
+        let cutoff = unix_ms_now().saturating_sub(self.window_ms);
+        let mut inner = self.inner.lock();
+        while inner.order.front().is_some_and(|(seen, _)| *seen < cutoff) {
+            if !self.pop_oldest(&mut inner) {
+                break;
+            }
+        }
+    }
+
+    fn pop_oldest(&self, inner: &mut Inner) -> bool {
+        let Some((seen, key)) = inner.order.pop_front() else {
+            return false;
+        };
+        // A key seen again later has a newer entry in `order`; only the
+        // entry matching the stored time removes it.
+        if inner.seen.get(&key).is_some_and(|r| r.seen_unix_ms == seen) {
+            inner.seen.remove(&key);
+            if let Err(e) = self.store.put_dedup(&key, None) {
+                tracing::warn!(error = %e, "could not remove a de-duplication entry");
+            }
+        }
+        true
+    }
+}

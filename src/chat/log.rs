@@ -1,0 +1,153 @@
+//! Room logs: each room's messages stored once, under one increasing `seq`,
+//! with retention by count (`room_max_messages`) and age
+//! (`room_max_age_secs`). The heads are kept apart from the messages, so a
+//! `seq` is never reused, also after every message was trimmed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::store::{unix_ms_now, RoomRecord, Store, StoreError};
+
+/// Trim by count every this many appends, not on every one.
+const TRIM_EVERY: u64 = 64;
+
+/// One room's head and the lock that orders its messages.
+pub struct RoomState {
+    pub name: Arc<str>,
+    head: AtomicU64,
+    /// Held while a message gets its `seq`, is appended and is fanned out,
+    /// so every subscriber sees the room's messages in `seq` order.
+    pub(crate) order: Mutex<()>,
+}
+
+impl RoomState {
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+}
+
+pub struct RoomLog {
+    store: Arc<dyn Store>,
+    rooms: RwLock<HashMap<Arc<str>, Arc<RoomState>>>,
+    max_messages: u64,
+    max_age_ms: u64,
+}
+
+impl RoomLog {
+    /// Loads every room's head.
+    pub fn load(store: Arc<dyn Store>, max_messages: u64, max_age_secs: u64) -> Result<Self, StoreError> {
+        let rooms = store
+            .room_heads()?
+            .into_iter()
+            .map(|(name, head)| {
+                let name: Arc<str> = name.into();
+                let state = Arc::new(RoomState {
+                    name: name.clone(),
+                    head: AtomicU64::new(head),
+                    order: Mutex::new(()),
+                });
+                (name, state)
+            })
+            .collect();
+        Ok(RoomLog {
+            store,
+            rooms: RwLock::new(rooms),
+            max_messages,
+            max_age_ms: max_age_secs.saturating_mul(1000),
+        })
+    }
+
+    /// The room's state, created on first use.
+    pub fn room(&self, name: &str) -> Arc<RoomState> {
+        if let Some(room) = self.rooms.read().get(name) {
+            return room.clone();
+        }
+        let mut rooms = self.rooms.write();
+        rooms
+            .entry(name.into())
+            .or_insert_with(|| {
+                Arc::new(RoomState {
+                    name: name.into(),
+                    head: AtomicU64::new(0),
+                    order: Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// The last `seq` of a room (0 when it has none).
+    pub fn head(&self, name: &str) -> u64 {
+        self.rooms.read().get(name).map_or(0, |r| r.head())
+    }
+
+    /// Every room with at least one message, and its head.
+    pub fn heads(&self) -> Vec<(Arc<str>, u64)> {
+        self.rooms
+            .read()
+            .values()
+            .map(|r| (r.name.clone(), r.head()))
+            .filter(|(_, head)| *head > 0)
+            .collect()
+    }
+
+    /// Appends the next message of `room`; the caller holds `room.order`.
+    pub fn append(&self, room: &RoomState, record: &RoomRecord) -> Result<u64, StoreError> {
+        let seq = room.head() + 1;
+        self.store.append_room(&room.name, seq, record)?;
+        room.head.store(seq, Ordering::Release);
+        if seq > self.max_messages && seq % TRIM_EVERY == 0 {
+            if let Err(e) = self.store.trim_room(&room.name, seq + 1 - self.max_messages) {
+                tracing::warn!(room = %room.name, error = %e, "could not trim the room log");
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Messages with `after < seq < before`, oldest first (or the newest
+    /// `limit` of them).
+    pub fn range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
+        self.store.room_range(room, after, before, limit, newest)
+    }
+
+    /// Removes messages older than `room_max_age_secs` from every room.
+    pub fn trim_by_age(&self) {
+        if self.max_age_ms == 0 {
+            return;
+        }
+        let cutoff = unix_ms_now().saturating_sub(self.max_age_ms);
+        for (room, head) in self.heads() {
+            let mut first_kept = None;
+            let mut after = 0;
+            while first_kept.is_none() {
+                let page = match self.store.room_range(&room, after, u64::MAX, 256, false) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(%room, error = %e, "could not read the room log for trimming");
+                        break;
+                    }
+                };
+                let Some(last) = page.last().map(|(seq, _)| *seq) else {
+                    break;
+                };
+                first_kept = page.iter().find(|(_, r)| r.ts_unix_ms >= cutoff).map(|(s, _)| *s);
+                after = last;
+            }
+            let below = first_kept.unwrap_or(head + 1);
+            if after > 0 {
+                if let Err(e) = self.store.trim_room(&room, below) {
+                    tracing::warn!(%room, error = %e, "could not trim the room log");
+                }
+            }
+        }
+    }
+}

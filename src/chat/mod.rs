@@ -1,0 +1,219 @@
+//! The chat layer: rooms on topic hierarchies, as `topics.md` describes them
+//! for client authors.
+//!
+//! - `topics.rs` recognises the chat topics; everything else is plain MQTT.
+//! - `rooms.rs` is the membership model ([`Membership::may_join`]).
+//! - `log.rs` keeps each room's messages once, under one increasing `seq`.
+//! - `dedup.rs` remembers (room, sender, msg-id) for `dedup_window_secs`.
+//! - `presence.rs`, `typing` and receipts (in `publish.rs`) and
+//!   `history.rs` serve the other chat topics; `payloads.rs` holds their
+//!   CBOR schemas.
+//!
+//! Offline members do not get a copy of each message: the session keeps a
+//! cursor per room and replays its backlog from the log on reconnect
+//! (`session/replay.rs`).
+
+mod dedup;
+mod history;
+mod log;
+pub mod payloads;
+mod presence;
+mod publish;
+mod rooms;
+mod topics;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+pub(crate) use log::RoomLog;
+pub use presence::presence_topic;
+pub(crate) use publish::{Handled, Publisher};
+pub use rooms::Membership;
+pub(crate) use topics::{filter_covers_room, message_topic};
+
+use crate::config::Config;
+use crate::protocol::{PublishProperties, QoS};
+use crate::router::{Message, RoomTag, Router};
+use crate::store::{unix_ms_now, MemoryStore, RoomRecord, Store, StoreError};
+use dedup::{dedup_key, DedupIndex};
+use presence::Presence;
+
+/// Whether `name` can be a room: one non-empty topic level, no wildcards.
+pub fn is_valid_room_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '+', '#', '\0'])
+}
+
+/// The chat state of one broker.
+pub struct Chat {
+    pub membership: Membership,
+    pub(crate) log: RoomLog,
+    dedup: DedupIndex,
+    presence: Presence,
+    /// Last typing event per (room, sender), for `typing_min_interval_ms`.
+    typing: Mutex<HashMap<(String, String), Instant>>,
+    /// Highest read receipt per (room, sender).
+    receipts: Mutex<HashMap<(String, String), u64>>,
+    pub counters: ChatCounters,
+}
+
+/// What the chat layer counts.
+#[derive(Default)]
+pub struct ChatCounters {
+    /// Room messages stored and delivered.
+    pub messages: crate::metrics::Counter,
+    /// Messages acknowledged again but not delivered: a known msg-id, or
+    /// a DUP resend of a packet id already stored.
+    pub duplicates: crate::metrics::Counter,
+    /// Typing events dropped by `typing_min_interval_ms`.
+    pub typing_dropped: crate::metrics::Counter,
+    /// Chat publishes refused: wrong sender, not a member, bad payload.
+    pub refused: crate::metrics::Counter,
+}
+
+/// A room message as it arrives, before it gets a `seq`.
+pub(crate) struct Post<'a> {
+    pub room: &'a str,
+    pub sender: &'a str,
+    pub msg_id: Option<&'a str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub user_properties: Vec<(String, String)>,
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Chat {
+    /// Loads room heads and de-duplication entries from `store`, or keeps
+    /// them in memory without one.
+    pub fn open(config: &Config, store: Option<Arc<dyn Store>>) -> Result<Chat, StoreError> {
+        let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        Ok(Chat {
+            membership: Membership::from_config(config),
+            log: RoomLog::load(store.clone(), config.room_max_messages, config.room_max_age_secs)?,
+            dedup: DedupIndex::load(
+                store,
+                config.dedup_window_secs.saturating_mul(1000),
+                config.dedup_max_entries,
+            )?,
+            presence: Presence::default(),
+            typing: Mutex::default(),
+            receipts: Mutex::default(),
+            counters: ChatCounters::default(),
+        })
+    }
+
+    /// Stores a room message under the room's next `seq` and delivers it,
+    /// unless its msg-id was seen within the window. Returns the `seq` and
+    /// whether it was new.
+    pub(crate) fn post(&self, router: &Router, post: Post<'_>) -> Result<(u64, bool), StoreError> {
+        let room = self.log.room(post.room);
+        let _in_order = room.order.lock();
+        let key = post.msg_id.map(|id| dedup_key(post.room, post.sender, id));
+        if let Some(seq) = key.as_deref().and_then(|k| self.dedup.seen(k)) {
+            self.counters.duplicates.inc();
+            return Ok((seq, false));
+        }
+        let ts = unix_ms_now();
+        let record = RoomRecord {
+            ts_unix_ms: ts,
+            sender: post.sender.to_string(),
+            msg_id: post.msg_id.map(str::to_string),
+            qos: post.qos.value(),
+            payload: post.payload,
+            user_properties: post.user_properties,
+        };
+        let seq = self.log.append(&room, &record)?;
+        if let Some(key) = key {
+            self.dedup.insert(key, seq);
+        }
+        self.counters.messages.inc();
+        router.publish(room_message(&room.name, seq, record, post.publisher));
+        Ok((seq, true))
+    }
+
+    /// Periodic upkeep: age-based trimming and de-duplication pruning.
+    pub fn upkeep(&self) {
+        self.log.trim_by_age();
+        self.dedup.prune();
+    }
+
+    pub(crate) fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// At start-up: every presence left "online" by the previous run (a
+    /// crash or a shutdown) becomes "offline", and declared rooms publish
+    /// their member lists (`$rooms/{room}/members`).
+    pub fn publish_startup_state(&self, router: &Router) {
+        let now = unix_ms_now();
+        for message in router.retained().matching("$presence/+") {
+            let stale: Option<payloads::Presence> = payloads::from_cbor(&message.payload);
+            let user = message
+                .topic
+                .strip_prefix("$presence/")
+                .unwrap_or_default()
+                .to_string();
+            match stale {
+                Some(p) if p.status == "offline" => {}
+                _ => {
+                    let offline = payloads::Presence {
+                        status: "offline".into(),
+                        devices: 0,
+                        since: now,
+                        last_seen: Some(now),
+                    };
+                    router.publish(presence::presence_message(&user, &offline));
+                }
+            }
+        }
+        for (room, members) in self.membership.declared() {
+            let payload = payloads::to_cbor(&members);
+            router.publish(Message::new(
+                format!("$rooms/{room}/members"),
+                payload,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+    }
+}
+
+/// The message subscribers get for a logged room message: topic without
+/// the msg-id level, User Properties `seq`, `ts` and `msg-id` (5.0).
+pub(crate) fn room_message(
+    room: &Arc<str>,
+    seq: u64,
+    record: RoomRecord,
+    publisher: Option<Arc<str>>,
+) -> Message {
+    let mut user_properties: Vec<(ByteString, ByteString)> = record
+        .user_properties
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    user_properties.push(("seq".into(), seq.to_string().into()));
+    user_properties.push(("ts".into(), record.ts_unix_ms.to_string().into()));
+    if let Some(id) = record.msg_id {
+        user_properties.push(("msg-id".into(), id.into()));
+    }
+    let mut message = Message::new(
+        message_topic(room, &record.sender),
+        record.payload,
+        crate::session::qos_from(record.qos),
+        false,
+    );
+    message.properties = Some(PublishProperties {
+        user_properties,
+        ..Default::default()
+    });
+    message.publisher = publisher;
+    message.room = Some(RoomTag {
+        room: room.clone(),
+        seq,
+    });
+    message
+}

@@ -1,0 +1,91 @@
+//! The CBOR payloads of `topics.md` (schemas in CDDL there), with serde and
+//! ciborium.
+
+use serde::{Deserialize, Serialize};
+
+/// `typing = { typing: bool }`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Typing {
+    pub typing: bool,
+}
+
+/// `receipt = { seq: uint }`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Receipt {
+    pub seq: u64,
+}
+
+/// `presence = { status, devices, since, ? last_seen }`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub status: String,
+    pub devices: u64,
+    pub since: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
+/// What a user may publish to their own presence topic.
+#[derive(Debug, Deserialize)]
+pub struct PresenceUpdate {
+    pub status: String,
+}
+
+/// `history-request = { ? before: uint, ? after: uint, ? limit: uint }`
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryRequest {
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+/// `history-response = { messages: [* history-message], more: bool }`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub messages: Vec<HistoryMessage>,
+    pub more: bool,
+}
+
+/// `history-message = { seq, ts, sender, ? msg_id, body: bstr }`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    pub seq: u64,
+    pub ts: u64,
+    pub sender: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
+    #[serde(with = "serde_bytes_compat")]
+    pub body: Vec<u8>,
+}
+
+/// Encodes `body` as a CBOR byte string (bstr), not an array of numbers.
+mod serde_bytes_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let value = ciborium::Value::deserialize(d)?;
+        match value {
+            ciborium::Value::Bytes(b) => Ok(b),
+            _ => Err(serde::de::Error::custom("expected a byte string")),
+        }
+    }
+}
+
+/// Encodes a payload as CBOR.
+pub fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    // Writing into a Vec cannot fail; the types above always serialize.
+    if let Err(e) = ciborium::into_writer(value, &mut out) {
+        tracing::error!(error = %e, "CBOR encoding failed");
+    }
+    out
+}
+
+/// Decodes a CBOR payload; `None` when it does not match the schema.
+pub fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    ciborium::from_reader(bytes).ok()
+}

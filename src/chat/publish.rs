@@ -1,0 +1,261 @@
+//! A client's PUBLISH to a chat topic: checks (sender, membership, payload)
+//! and what the broker does with it, per `topics.md`. Also the alert rules
+//! that turn plain device topics into room messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::payloads::{from_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
+use super::presence::USER_STATUSES;
+use super::topics::{classify, ChatTopic};
+use super::{Chat, Post};
+use crate::config::Config;
+use crate::protocol::validate::topic_matches;
+use crate::protocol::{PublishAckReason, QoS};
+use crate::router::{Message, Router};
+
+/// Typing events expire after this long (Message Expiry Interval, 5.0).
+const TYPING_EXPIRY: Duration = Duration::from_secs(5);
+
+/// Who published.
+pub(crate) struct Publisher<'a> {
+    /// Username when authenticated, else client id.
+    pub identity: &'a str,
+    pub client_id: &'a Arc<str>,
+}
+
+/// What the chat layer made of a PUBLISH.
+#[derive(Debug)]
+pub(crate) enum Handled {
+    /// Not a chat topic: route it as plain MQTT.
+    Plain(Box<Message>),
+    /// Handled (or refused); acknowledge with this reason.
+    Done(PublishAckReason),
+}
+
+impl Chat {
+    /// Handles a PUBLISH on a chat topic; gives back any other message as
+    /// `Plain`.
+    pub(crate) fn on_publish(
+        &self,
+        router: &Router,
+        config: &Config,
+        who: &Publisher<'_>,
+        message: Message,
+    ) -> Handled {
+        let Some(topic) = classify(&message.topic) else {
+            return Handled::Plain(Box::new(message));
+        };
+        let reason = match topic {
+            ChatTopic::Message { room, sender, msg_id } => {
+                self.on_room_message(router, who, room, sender, msg_id, &message)
+            }
+            ChatTopic::Typing { room, sender } => self.on_typing(router, config, who, room, sender, &message),
+            ChatTopic::Receipt { room, sender } => self.on_receipt(router, who, room, sender, &message),
+            ChatTopic::Presence { user } => self.on_presence(router, who, user, &message),
+            ChatTopic::HistoryRequest { room } => {
+                self.on_history_request(router, config, who, room, &message)
+            }
+            ChatTopic::Reserved => PublishAckReason::TopicNameInvalid,
+        };
+        if u8::from(reason) >= 0x80 {
+            self.counters.refused.inc();
+            tracing::debug!(topic = %message.topic, identity = who.identity, ?reason, "chat publish refused");
+        }
+        Handled::Done(reason)
+    }
+
+    /// Turns a plain message into a room message for every alert rule it
+    /// matches. The sender is the level matched by the rule's first `+`, or
+    /// the publisher's identity when the rule has none.
+    pub(crate) fn route_alerts(
+        &self,
+        router: &Router,
+        config: &Config,
+        who: &Publisher<'_>,
+        message: &Message,
+    ) {
+        for rule in config
+            .alerts
+            .iter()
+            .filter(|r| topic_matches(&r.topic, &message.topic))
+        {
+            let sender = rule
+                .topic
+                .split('/')
+                .zip(message.topic.split('/'))
+                .find(|(f, _)| *f == "+")
+                .map_or(who.identity, |(_, level)| level);
+            let post = Post {
+                room: &rule.room,
+                sender,
+                msg_id: msg_id_property(message),
+                payload: message.payload.clone(),
+                qos: message.qos,
+                user_properties: other_user_properties(message),
+                publisher: Some(who.client_id.clone()),
+            };
+            if let Err(e) = self.post(router, post) {
+                tracing::error!(room = %rule.room, error = %e, "could not store an alert in its room");
+            }
+        }
+    }
+
+    fn on_room_message(
+        &self,
+        router: &Router,
+        who: &Publisher<'_>,
+        room: &str,
+        sender: &str,
+        msg_id: Option<&str>,
+        message: &Message,
+    ) -> PublishAckReason {
+        if sender != who.identity || !self.membership.may_join(who.identity, room) {
+            return PublishAckReason::NotAuthorized;
+        }
+        let post = Post {
+            room,
+            sender,
+            msg_id: msg_id.or_else(|| msg_id_property(message)),
+            payload: message.payload.clone(),
+            qos: message.qos,
+            user_properties: other_user_properties(message),
+            publisher: Some(who.client_id.clone()),
+        };
+        match self.post(router, post) {
+            Ok(_) => PublishAckReason::Success,
+            Err(e) => {
+                tracing::error!(%room, error = %e, "could not store a room message");
+                PublishAckReason::UnspecifiedError
+            }
+        }
+    }
+
+    fn on_typing(
+        &self,
+        router: &Router,
+        config: &Config,
+        who: &Publisher<'_>,
+        room: &str,
+        sender: &str,
+        message: &Message,
+    ) -> PublishAckReason {
+        if sender != who.identity || !self.membership.may_join(who.identity, room) {
+            return PublishAckReason::NotAuthorized;
+        }
+        if from_cbor::<Typing>(&message.payload).is_none() {
+            return PublishAckReason::PayloadFormatInvalid;
+        }
+        let now = Instant::now();
+        {
+            let mut typing = self.typing.lock();
+            let key = (room.to_string(), sender.to_string());
+            let interval = Duration::from_millis(config.typing_min_interval_ms);
+            if typing
+                .get(&key)
+                .is_some_and(|last| now.duration_since(*last) < interval)
+            {
+                self.counters.typing_dropped.inc();
+                return PublishAckReason::Success;
+            }
+            typing.insert(key, now);
+            if typing.len() > 100_000 {
+                typing.retain(|_, last| now.duration_since(*last) < interval);
+            }
+        }
+        let mut typing = Message::new(
+            message.topic.clone(),
+            message.payload.clone(),
+            QoS::AtMostOnce,
+            false,
+        );
+        typing.expires_at = Some(now + TYPING_EXPIRY);
+        typing.ephemeral = true;
+        typing.publisher = Some(who.client_id.clone());
+        router.publish(typing);
+        PublishAckReason::Success
+    }
+
+    fn on_receipt(
+        &self,
+        router: &Router,
+        who: &Publisher<'_>,
+        room: &str,
+        sender: &str,
+        message: &Message,
+    ) -> PublishAckReason {
+        if sender != who.identity || !self.membership.may_join(who.identity, room) {
+            return PublishAckReason::NotAuthorized;
+        }
+        let Some(receipt) = from_cbor::<Receipt>(&message.payload) else {
+            return PublishAckReason::PayloadFormatInvalid;
+        };
+        {
+            let mut receipts = self.receipts.lock();
+            let key = (room.to_string(), sender.to_string());
+            let known = *receipts.entry(key.clone()).or_insert_with(|| {
+                // After a restart the retained receipt is the highest known.
+                router
+                    .retained()
+                    .matching(&message.topic)
+                    .first()
+                    .and_then(|m| from_cbor::<Receipt>(&m.payload))
+                    .map_or(0, |r| r.seq)
+            });
+            if receipt.seq <= known && known > 0 {
+                return PublishAckReason::Success;
+            }
+            receipts.insert(key, receipt.seq);
+        }
+        let mut stored = Message::new(message.topic.clone(), to_cbor(&receipt), QoS::AtLeastOnce, true);
+        stored.publisher = Some(who.client_id.clone());
+        router.publish(stored);
+        PublishAckReason::Success
+    }
+
+    fn on_presence(
+        &self,
+        router: &Router,
+        who: &Publisher<'_>,
+        user: &str,
+        message: &Message,
+    ) -> PublishAckReason {
+        if user != who.identity {
+            return PublishAckReason::NotAuthorized;
+        }
+        let Some(update) = from_cbor::<PresenceUpdate>(&message.payload) else {
+            return PublishAckReason::PayloadFormatInvalid;
+        };
+        if !USER_STATUSES.contains(&update.status.as_str()) {
+            return PublishAckReason::PayloadFormatInvalid;
+        }
+        self.presence().set_status(router, user, &update.status);
+        PublishAckReason::Success
+    }
+}
+
+/// The `msg-id` User Property, if the sender set one.
+fn msg_id_property(message: &Message) -> Option<&str> {
+    message
+        .properties
+        .as_ref()?
+        .user_properties
+        .iter()
+        .find(|(k, _)| k == "msg-id")
+        .map(|(_, v)| &**v)
+        .filter(|v| !v.is_empty())
+}
+
+/// The sender's User Properties, without the ones the broker sets.
+fn other_user_properties(message: &Message) -> Vec<(String, String)> {
+    let Some(p) = message.properties.as_ref() else {
+        return Vec::new();
+    };
+    p.user_properties
+        .iter()
+        .filter(|(k, _)| !matches!(&**k, "msg-id" | "seq" | "ts"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -1,0 +1,145 @@
+//! The chat topics of `topics.md`, recognised by shape. Anything else is a
+//! plain MQTT topic.
+
+/// A topic with a chat meaning.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChatTopic<'a> {
+    /// `rooms/{room}/msg/{sender}` or `rooms/{room}/msg/{sender}/{msg-id}`.
+    Message {
+        room: &'a str,
+        sender: &'a str,
+        msg_id: Option<&'a str>,
+    },
+    /// `rooms/{room}/typing/{sender}`.
+    Typing { room: &'a str, sender: &'a str },
+    /// `rooms/{room}/read/{sender}`.
+    Receipt { room: &'a str, sender: &'a str },
+    /// `$presence/{user}`.
+    Presence { user: &'a str },
+    /// `$history/rooms/{room}`.
+    HistoryRequest { room: &'a str },
+    /// Any other topic under a prefix that only the broker publishes to
+    /// (`$presence/`, `$history/`, `$rooms/`), or a `rooms/{room}/...`
+    /// topic of the wrong shape: refused.
+    Reserved,
+}
+
+/// The chat meaning of a topic name, if it has one.
+pub(crate) fn classify(topic: &str) -> Option<ChatTopic<'_>> {
+    // The common case, a plain topic, costs one comparison.
+    if !topic.starts_with("rooms/") && !topic.starts_with('$') {
+        return None;
+    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    let nonempty = |s: &&str| !s.is_empty();
+    match levels.as_slice() {
+        ["rooms", room, "msg", sender] if nonempty(room) && nonempty(sender) => Some(ChatTopic::Message {
+            room,
+            sender,
+            msg_id: None,
+        }),
+        ["rooms", room, "msg", sender, msg_id] if nonempty(room) && nonempty(sender) && nonempty(msg_id) => {
+            Some(ChatTopic::Message {
+                room,
+                sender,
+                msg_id: Some(msg_id),
+            })
+        }
+        ["rooms", room, "typing", sender] if nonempty(room) && nonempty(sender) => {
+            Some(ChatTopic::Typing { room, sender })
+        }
+        ["rooms", room, "read", sender] if nonempty(room) && nonempty(sender) => {
+            Some(ChatTopic::Receipt { room, sender })
+        }
+        ["rooms", _, "msg" | "typing" | "read", ..] => Some(ChatTopic::Reserved),
+        ["$presence", user] if nonempty(user) => Some(ChatTopic::Presence { user }),
+        ["$history", "rooms", room] if nonempty(room) => Some(ChatTopic::HistoryRequest { room }),
+        ["$presence" | "$history" | "$rooms", ..] => Some(ChatTopic::Reserved),
+        _ => None,
+    }
+}
+
+/// The topic subscribers see for a room message (the msg-id level, if the
+/// sender used one, is stripped).
+pub(crate) fn message_topic(room: &str, sender: &str) -> String {
+    format!("rooms/{room}/msg/{sender}")
+}
+
+/// Whether a subscription filter can match messages of `room`
+/// (`rooms/{room}/msg/{sender}` for some sender).
+pub(crate) fn filter_covers_room(filter: &str, room: &str) -> bool {
+    let pattern = ["rooms", room, "msg"];
+    let mut levels = filter.split('/');
+    for want in pattern {
+        match levels.next() {
+            Some("#") => return true,
+            Some("+") => {}
+            Some(level) if level == want => {}
+            _ => return false,
+        }
+    }
+    // The sender level: anything, then nothing more unless it is `#`.
+    match (levels.next(), levels.next()) {
+        (Some(_), None) => true,
+        (Some(_), Some("#")) => true,
+        (None, _) => false,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert_eq!(
+            classify("rooms/ops/msg/alice"),
+            Some(ChatTopic::Message {
+                room: "ops",
+                sender: "alice",
+                msg_id: None
+            })
+        );
+        assert_eq!(
+            classify("rooms/ops/msg/boiler-7/a1"),
+            Some(ChatTopic::Message {
+                room: "ops",
+                sender: "boiler-7",
+                msg_id: Some("a1")
+            })
+        );
+        assert_eq!(classify("rooms/ops/msg/a/b/c"), Some(ChatTopic::Reserved));
+        assert_eq!(classify("rooms/ops/topic"), None);
+        assert_eq!(
+            classify("$presence/bob"),
+            Some(ChatTopic::Presence { user: "bob" })
+        );
+        assert_eq!(classify("$rooms/ops/members"), Some(ChatTopic::Reserved));
+        assert_eq!(classify("sensors/1"), None);
+    }
+
+    #[test]
+    fn filters_covering_a_room() {
+        for yes in [
+            "#",
+            "rooms/#",
+            "rooms/+/msg/+",
+            "rooms/ops/msg/+",
+            "rooms/ops/msg/alice",
+            "+/+/+/+",
+            "rooms/ops/#",
+        ] {
+            assert!(filter_covers_room(yes, "ops"), "{yes}");
+        }
+        for no in [
+            "rooms/dev/msg/+",
+            "rooms/ops/typing/+",
+            "rooms/ops/msg",
+            "rooms/+/msg/+/x",
+            "a/#",
+        ] {
+            assert!(!filter_covers_room(no, "ops"), "{no}");
+        }
+    }
+}

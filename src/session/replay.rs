@@ -1,0 +1,200 @@
+//! Room backlogs of persistent sessions.
+//!
+//! A room message is stored once, in its room's log. A persistent session
+//! that is offline does not queue it (no store write per member); it keeps a
+//! cursor per room instead, and on reconnect replays what it missed from the
+//! log, in `seq` order, a page at a time as its queue drains (so within the
+//! client's Receive Maximum and `max_queued_messages`).
+//!
+//! Per room the session tracks `delivered` (the highest `seq` queued, in
+//! memory) and `done` (every `seq` up to it was acknowledged, or sent at QoS
+//! 0); `done` is what the session record stores. While a replay runs, live
+//! room messages are not queued: the replay reads them from the log, so the
+//! order stays the log's.
+
+use std::sync::Arc;
+
+use super::{Session, SessionState, SessionSubscription};
+use crate::chat::{filter_covers_room, room_message, Chat};
+use crate::protocol::validate::{parse_shared, topic_matches};
+use crate::protocol::QoS;
+use crate::router::{Delivery, RoomTag};
+
+/// Messages read from a room log per replay step.
+const REPLAY_PAGE: usize = 256;
+/// Save the session record (with its cursors) after this many room
+/// messages were acknowledged, so a crash replays at most about this many
+/// again (QoS 1 allows the duplicates; clients drop them by `seq`).
+const SAVE_CURSORS_EVERY: u32 = 100;
+
+/// One room's progress for one session.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RoomCursor {
+    pub delivered: u64,
+    pub done: u64,
+}
+
+impl Session {
+    /// Whether a live room message should be queued now. False when the
+    /// log will replay it (offline persistent session, or a replay is
+    /// running) or it was already queued.
+    pub(crate) fn take_live_room_message(&self, st: &mut SessionState, tag: &RoomTag) -> bool {
+        if st.replaying || (!self.is_online() && st.expiry_secs > 0) {
+            return false;
+        }
+        let cursor = st.room_cursors.entry(tag.room.clone()).or_default();
+        if tag.seq <= cursor.delivered {
+            return false;
+        }
+        cursor.delivered = tag.seq;
+        true
+    }
+
+    /// A room message left the session (acknowledged, sent at QoS 0,
+    /// expired or too large): move the room's stored cursor.
+    pub(crate) fn room_message_done(&self, st: &mut SessionState, delivery: &Delivery) {
+        let Some(tag) = &delivery.message.room else {
+            return;
+        };
+        let cursor = st.room_cursors.entry(tag.room.clone()).or_default();
+        cursor.done = cursor.done.max(tag.seq);
+        st.room_acks_unsaved += 1;
+        if st.room_acks_unsaved >= SAVE_CURSORS_EVERY {
+            st.room_acks_unsaved = 0;
+            self.save(st, None);
+        }
+    }
+
+    /// After a new subscription: rooms it covers start at their current
+    /// head, so subscribing does not replay old history (that is what
+    /// history requests are for).
+    pub(crate) fn start_room_cursors(&self, chat: &Chat, filter: &str) {
+        if parse_shared(filter).ok().flatten().is_some() {
+            return;
+        }
+        let mut st = self.state.lock();
+        for (room, head) in chat.log.heads() {
+            if filter_covers_room(filter, &room) && !st.room_cursors.contains_key(&room) {
+                st.room_cursors.insert(
+                    room,
+                    RoomCursor {
+                        delivered: head,
+                        done: head,
+                    },
+                );
+            }
+        }
+    }
+
+    /// One replay step: queues up to a page per room of what the session
+    /// missed. Returns whether the replay goes on (call again once the
+    /// queue drains).
+    pub(crate) fn replay_rooms(&self, chat: &Chat) -> bool {
+        loop {
+            let plan = {
+                let mut st = self.state.lock();
+                if !st.replaying {
+                    return false;
+                }
+                let plan = replay_plan(&st, chat);
+                if plan.is_empty() {
+                    // Checked under the lock: every message with a seq up
+                    // to the heads read here is queued; later ones arrive
+                    // live.
+                    st.replaying = false;
+                    return false;
+                }
+                plan
+            };
+            let mut queued = 0;
+            for (room, from) in plan {
+                let page = match chat.log.range(&room, from, u64::MAX, REPLAY_PAGE, false) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::error!(client_id = %self.client_id, %room, error = %e, "cannot read the room log; replay stops");
+                        self.state.lock().replaying = false;
+                        return false;
+                    }
+                };
+                let mut st = self.state.lock();
+                let head = chat.log.head(&room);
+                let cursor = st.room_cursors.entry(room.clone()).or_default();
+                let mut last = cursor.delivered;
+                if page.is_empty() {
+                    // Trimmed away: resume at the head.
+                    last = last.max(head);
+                }
+                let mut deliveries = Vec::new();
+                for (seq, record) in page {
+                    if seq <= last {
+                        continue;
+                    }
+                    last = seq;
+                    let message = room_message(&room, seq, record, None);
+                    if let Some((qos, subscription_ids)) = best_match(&st.subscriptions, &message.topic) {
+                        deliveries.push(Delivery {
+                            qos: message.qos.less_value(qos),
+                            message: Arc::new(message),
+                            retain: false,
+                            subscription_ids,
+                            shared: None,
+                            store_seq: None,
+                        });
+                    }
+                }
+                if let Some(cursor) = st.room_cursors.get_mut(&room) {
+                    cursor.delivered = last;
+                }
+                queued += deliveries.len();
+                st.queue.extend(deliveries);
+            }
+            if queued > 0 {
+                self.wake.notify_one();
+                return true;
+            }
+        }
+    }
+}
+
+/// Rooms with messages after the session's cursor, and where to start.
+fn replay_plan(st: &SessionState, chat: &Chat) -> Vec<(Arc<str>, u64)> {
+    let filters: Vec<&str> = st
+        .subscriptions
+        .keys()
+        .map(String::as_str)
+        .filter(|f| !f.starts_with("$share/"))
+        .collect();
+    if filters.is_empty() {
+        return Vec::new();
+    }
+    chat.log
+        .heads()
+        .into_iter()
+        .filter(|(room, _)| filters.iter().any(|f| filter_covers_room(f, room)))
+        .filter_map(|(room, head)| {
+            let from = st.room_cursors.get(&room).map_or(0, |c| c.delivered);
+            (from < head).then_some((room, from))
+        })
+        .collect()
+}
+
+/// The highest QoS and the identifiers of the (non-shared) subscriptions
+/// matching `topic`.
+fn best_match(
+    subscriptions: &std::collections::HashMap<String, SessionSubscription>,
+    topic: &str,
+) -> Option<(QoS, Vec<std::num::NonZeroU32>)> {
+    let mut best: Option<QoS> = None;
+    let mut ids = Vec::new();
+    for (filter, sub) in subscriptions {
+        if filter.starts_with("$share/") || !topic_matches(filter, topic) {
+            continue;
+        }
+        best = Some(match best {
+            Some(q) if q.value() >= sub.options.qos.value() => q,
+            _ => sub.options.qos,
+        });
+        ids.extend(sub.id);
+    }
+    best.map(|q| (q, ids))
+}

@@ -1,0 +1,721 @@
+//! The chat contract of `topics.md`, as clients see it: rooms with `seq`,
+//! `ts` and `msg-id`, sender checks, de-duplication, offline backlogs from
+//! the room log, presence, typing, receipts, history and alert rules.
+
+mod common;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use common::*;
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::chat::payloads::{self, HistoryResponse};
+
+/// A 5.0 PUBLISH with User Properties.
+fn publish_with(topic: &str, payload: &[u8], id: Option<u16>, props: &[(&str, &str)]) -> Publish {
+    let mut p = publish(
+        topic,
+        b"",
+        if id.is_some() {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        },
+        id,
+    );
+    p.payload = Bytes::copy_from_slice(payload);
+    p.properties = Some(v5::PublishProperties {
+        user_properties: props.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        ..Default::default()
+    });
+    p
+}
+
+/// Sends a QoS 1 PUBLISH and returns its PUBACK, skipping PUBLISHes that
+/// arrive in between (kept in `skipped`).
+async fn send_and_ack(c: &mut Raw, p: Publish) -> v5::PublishAck {
+    c.send5(Packet::Publish(Box::new(p))).await;
+    loop {
+        match c.recv5().await.packet() {
+            Packet::PublishAck(ack) => return ack,
+            Packet::Publish(_) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// A 5.0 client with a username (its chat identity).
+async fn user5(addr: std::net::SocketAddr, client_id: &str, username: &str) -> Raw {
+    let mut c = connect5(client_id);
+    c.username = Some(username.into());
+    Raw::connect5(addr, c).await.0
+}
+
+fn user_props(p: &Publish) -> HashMap<String, String> {
+    p.properties
+        .as_ref()
+        .map(|p| {
+            p.user_properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn seq_of(p: &Publish) -> u64 {
+    user_props(p)["seq"].parse().expect("seq is decimal")
+}
+
+async fn ack_publish5(c: &mut Raw, p: &Publish) {
+    if let Some(id) = p.packet_id {
+        c.send5(Packet::PublishAck(v5::PublishAck {
+            packet_id: id,
+            ..Default::default()
+        }))
+        .await;
+    }
+}
+
+fn persistent(id: &str) -> v5::Connect {
+    let mut c = connect5(id);
+    c.clean_start = false;
+    c.session_expiry_interval_secs = 3600;
+    c
+}
+
+#[tokio::test]
+async fn members_see_messages_with_seq_ts_and_msg_id_and_311_sees_them_plain() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut alice = Raw::client5(addr, "alice").await;
+    let mut bob = Raw::client5(addr, "bob").await;
+    let (mut carol, _) = Raw::connect3(addr, connect3("carol", true)).await;
+    alice
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    bob.subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    carol
+        .subscribe3(1, &[("rooms/lobby/msg/+", QoS::AtLeastOnce)])
+        .await;
+
+    // Each user sends from a second device (same username), so the
+    // subscribing connections see every message.
+    let mut alice_phone = user5(addr, "alice-phone", "alice").await;
+    let mut bob_phone = user5(addr, "bob-phone", "bob").await;
+    let ack = send_and_ack(
+        &mut alice_phone,
+        publish_with("rooms/lobby/msg/alice", b"hi bob", Some(1), &[("msg-id", "a-1")]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let ack = send_and_ack(
+        &mut bob_phone,
+        publish_with("rooms/lobby/msg/bob/b-1", b"hi alice", Some(1), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+
+    for client in [&mut alice, &mut bob] {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let Packet::Publish(p) = client.recv5().await.packet() {
+                ack_publish5(client, &p).await;
+                got.push(*p);
+            }
+        }
+        assert_eq!(got[0].topic, "rooms/lobby/msg/alice");
+        assert_eq!(
+            got[1].topic, "rooms/lobby/msg/bob",
+            "the msg-id level is stripped"
+        );
+        assert_eq!(seq_of(&got[1]), seq_of(&got[0]) + 1, "consecutive seq");
+        assert_eq!(user_props(&got[0])["msg-id"], "a-1");
+        assert_eq!(user_props(&got[1])["msg-id"], "b-1");
+        let ts: u64 = user_props(&got[0])["ts"].parse().unwrap();
+        assert!(ts > 1_600_000_000_000, "ts is unix ms");
+        assert_eq!(&got[0].payload[..], b"hi bob");
+    }
+    let first = carol.publish3().await;
+    let second = carol.publish3().await;
+    assert_eq!(first.topic, "rooms/lobby/msg/alice");
+    assert_eq!(&first.payload[..], b"hi bob");
+    assert_eq!(second.topic, "rooms/lobby/msg/bob");
+    assert!(first.properties.is_none(), "3.1.1 gets no properties");
+}
+
+#[tokio::test]
+async fn a_spoofed_sender_is_refused_and_not_delivered() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher
+        .subscribe5(1, &[("rooms/#", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut mallory = Raw::client5(addr, "mallory").await;
+    let ack = send_and_ack(
+        &mut mallory,
+        publish_with("rooms/lobby/msg/alice", b"I am alice", Some(1), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    let ack = send_and_ack(
+        &mut mallory,
+        publish_with(
+            "rooms/lobby/typing/alice",
+            &payloads::to_cbor(&payloads::Typing { typing: true }),
+            Some(2),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    assert!(matches!(watcher.recv5_within(QUIET).await, Got::Nothing));
+    // A 3.1.1 client's spoofed message is dropped too.
+    let (mut dev, _) = Raw::connect3(addr, connect3("dev-1", true)).await;
+    dev.send3(rmqtt_codec::v3::Packet::Publish(Box::new(publish(
+        "rooms/lobby/msg/alice",
+        b"x",
+        QoS::AtLeastOnce,
+        Some(3),
+    ))))
+    .await;
+    assert!(matches!(
+        dev.recv3().await.packet(),
+        rmqtt_codec::v3::Packet::PublishAck { .. }
+    ));
+    assert!(matches!(watcher.recv5_within(QUIET).await, Got::Nothing));
+    assert_eq!(broker.chat_counters().refused.get(), 3);
+}
+
+#[tokio::test]
+async fn closed_rooms_refuse_non_members() {
+    let mut config = test_config();
+    config.rooms_default = roomq::config::RoomsDefault::Closed;
+    config.rooms = vec![roomq::config::RoomConfig {
+        name: "ops".into(),
+        members: vec!["alice".into()],
+        open: false,
+    }];
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut alice = Raw::client5(addr, "alice").await;
+    let mut bob = Raw::client5(addr, "bob").await;
+    let ok = send_and_ack(
+        &mut alice,
+        publish_with("rooms/ops/msg/alice", b"x", Some(1), &[]),
+    )
+    .await;
+    assert_eq!(ok.reason_code, PublishAckReason::Success);
+    let no = send_and_ack(&mut bob, publish_with("rooms/ops/msg/bob", b"x", Some(1), &[])).await;
+    assert_eq!(no.reason_code, PublishAckReason::NotAuthorized);
+    let undeclared = send_and_ack(
+        &mut alice,
+        publish_with("rooms/other/msg/alice", b"x", Some(2), &[]),
+    )
+    .await;
+    assert_eq!(undeclared.reason_code, PublishAckReason::NotAuthorized);
+    // The member list is retained under $rooms/, out of reach of `#`.
+    let mut lister = Raw::client5(addr, "lister").await;
+    lister
+        .subscribe5(1, &[("$rooms/ops/members", opts(QoS::AtLeastOnce))])
+        .await;
+    let members = lister.publish5().await;
+    let members: Vec<String> = payloads::from_cbor(&members.payload).expect("CBOR list");
+    assert_eq!(members, vec!["alice".to_string()]);
+}
+
+#[tokio::test]
+async fn a_msg_id_resent_from_a_new_connection_and_a_dup_packet_id_deliver_once() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut sub = Raw::client5(addr, "sub").await;
+    sub.subscribe5(
+        1,
+        &[
+            ("rooms/r/msg/+", opts(QoS::AtLeastOnce)),
+            ("plain/t", opts(QoS::AtLeastOnce)),
+        ],
+    )
+    .await;
+
+    let mut dev = Raw::client5(addr, "dev").await;
+    let first = send_and_ack(
+        &mut dev,
+        publish_with("rooms/r/msg/dev", b"alarm", Some(1), &[("msg-id", "x1")]),
+    )
+    .await;
+    assert_eq!(first.reason_code, PublishAckReason::Success);
+    drop(dev);
+    let mut dev = Raw::client5(addr, "dev").await;
+    let again = send_and_ack(
+        &mut dev,
+        publish_with("rooms/r/msg/dev", b"alarm", Some(7), &[("msg-id", "x1")]),
+    )
+    .await;
+    assert_eq!(again.reason_code, PublishAckReason::Success, "acknowledged again");
+    // Also through the topic level form.
+    let again = send_and_ack(
+        &mut dev,
+        publish_with("rooms/r/msg/dev/x1", b"alarm", Some(8), &[]),
+    )
+    .await;
+    assert_eq!(again.reason_code, PublishAckReason::Success);
+
+    // De-dup by packet id, on a plain topic: the DUP resend is acknowledged
+    // and not delivered again.
+    let p = publish("plain/t", b"once", QoS::AtLeastOnce, Some(42));
+    send_and_ack(&mut dev, p.clone()).await;
+    let mut resend = p.clone();
+    resend.dup = true;
+    let ack = send_and_ack(&mut dev, resend).await;
+    assert_eq!(ack.packet_id, pid(42));
+    // Same id, DUP, different payload: a new message.
+    let mut other = publish("plain/t", b"twice", QoS::AtLeastOnce, Some(42));
+    other.dup = true;
+    send_and_ack(&mut dev, other).await;
+
+    let mut got = Vec::new();
+    while let Got::Packet(Packet::Publish(p)) = sub.recv5_within(QUIET * 2).await {
+        ack_publish5(&mut sub, &p).await;
+        got.push((p.topic.to_string(), p.payload.clone()));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("rooms/r/msg/dev".to_string(), Bytes::from_static(b"alarm")),
+            ("plain/t".to_string(), Bytes::from_static(b"once")),
+            ("plain/t".to_string(), Bytes::from_static(b"twice")),
+        ]
+    );
+    assert_eq!(broker.chat_counters().duplicates.get(), 3);
+}
+
+/// Connects a persistent member, subscribes to the room and leaves.
+async fn member_leaves(addr: std::net::SocketAddr, id: &str, filter: &str) {
+    let (mut m, _) = Raw::connect5(addr, persistent(id)).await;
+    m.subscribe5(1, &[(filter, opts(QoS::AtLeastOnce))]).await;
+    m.send5(Packet::Disconnect(v5::Disconnect::default())).await;
+    assert!(matches!(m.recv5().await, Got::Closed));
+}
+
+/// Sends `n` room messages from `sender` (numbered payloads).
+async fn post_many(addr: std::net::SocketAddr, sender: &str, room: &str, n: u32) {
+    let mut c = Raw::client5(addr, sender).await;
+    for i in 0..n {
+        let topic = format!("rooms/{room}/msg/{sender}");
+        let ack = send_and_ack(
+            &mut c,
+            publish_with(
+                &topic,
+                i.to_string().as_bytes(),
+                Some((i % 60000 + 1) as u16),
+                &[],
+            ),
+        )
+        .await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
+    }
+}
+
+/// Reconnects a persistent member and reads `n` messages (acknowledging
+/// each); returns their payloads and seqs.
+async fn member_returns(addr: std::net::SocketAddr, id: &str, n: usize) -> (Raw, Vec<(String, u64)>) {
+    let (mut m, ack) = Raw::connect5(addr, persistent(id)).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while got.len() < n {
+        let p = m.publish5().await;
+        ack_publish5(&mut m, &p).await;
+        got.push((String::from_utf8_lossy(&p.payload).into_owned(), seq_of(&p)));
+    }
+    (m, got)
+}
+
+fn assert_in_order(got: &[(String, u64)], n: u32) {
+    let payloads: Vec<String> = got.iter().map(|(p, _)| p.clone()).collect();
+    let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected, "all messages, in order, once");
+    assert!(got.windows(2).all(|w| w[1].1 == w[0].1 + 1), "consecutive seq");
+}
+
+#[tokio::test]
+async fn an_offline_member_gets_the_backlog_in_order_exactly_once() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    post_many(addr, "early", "team", 3).await; // history before joining is not replayed
+    member_leaves(addr, "mia", "rooms/team/msg/+").await;
+    post_many(addr, "zed", "team", 500).await;
+    let (mut mia, got) = member_returns(addr, "mia", 500).await;
+    assert_in_order(&got, 500);
+    assert!(
+        matches!(mia.recv5_within(QUIET).await, Got::Nothing),
+        "nothing twice"
+    );
+}
+
+#[tokio::test]
+async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = roomq::Config {
+        storage: roomq::StorageKind::Sled,
+        data_dir: dir.path().to_path_buf(),
+        ..test_config()
+    };
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut per_message = Vec::new();
+    for (room, members) in [("small", 1usize), ("big", 1000)] {
+        for i in 0..members {
+            member_leaves(addr, &format!("{room}-{i}"), &format!("rooms/{room}/msg/+")).await;
+        }
+        let before = broker.store_writes();
+        post_many(addr, "poster", room, 200).await;
+        let writes = broker.store_writes() - before;
+        per_message.push(writes as f64 / 200.0);
+    }
+    println!(
+        "store writes per room message: 1 offline member {}, 1000 offline members {}",
+        per_message[0], per_message[1]
+    );
+    assert_eq!(per_message[0], per_message[1]);
+    assert!(
+        per_message[0] <= 2.0,
+        "about one write per message, got {}",
+        per_message[0]
+    );
+    let (_, got) = member_returns(addr, "big-999", 200).await;
+    assert_in_order(&got, 200);
+}
+
+#[tokio::test]
+async fn presence_follows_devices_and_keeps_a_user_status() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher
+        .subscribe5(1, &[("$presence/+", opts(QoS::AtLeastOnce))])
+        .await;
+    // `#` does not see broker data.
+    let mut plain = Raw::client5(addr, "plain").await;
+    plain.subscribe5(1, &[("#", opts(QoS::AtLeastOnce))]).await;
+
+    let next_presence = async |w: &mut Raw, user: &str| -> payloads::Presence {
+        loop {
+            let p = w.publish5().await;
+            ack_publish5(w, &p).await;
+            if p.topic == format!("$presence/{user}") {
+                return payloads::from_cbor(&p.payload).expect("presence decodes against the schema");
+            }
+        }
+    };
+    let mut phone = user5(addr, "ann-phone", "ann").await;
+    let p = next_presence(&mut watcher, "ann").await;
+    assert_eq!((p.status.as_str(), p.devices), ("online", 1));
+    let laptop = user5(addr, "ann-laptop", "ann").await;
+    let p = next_presence(&mut watcher, "ann").await;
+    assert_eq!((p.status.as_str(), p.devices), ("online", 2));
+
+    // Ann sets "away"; the broker merges the device count.
+    let ack = send_and_ack(
+        &mut phone,
+        publish_with(
+            "$presence/ann",
+            &payloads::to_cbor(&serde_json_like_status("away")),
+            Some(1),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let p = next_presence(&mut watcher, "ann").await;
+    assert_eq!((p.status.as_str(), p.devices), ("away", 2));
+    // Nobody else may set it.
+    let ack = send_and_ack(
+        &mut watcher,
+        publish_with(
+            "$presence/ann",
+            &payloads::to_cbor(&serde_json_like_status("busy")),
+            Some(2),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+
+    drop(phone);
+    let p = next_presence(&mut watcher, "ann").await;
+    assert_eq!(
+        (p.status.as_str(), p.devices),
+        ("away", 1),
+        "still there on the laptop, away kept"
+    );
+    drop(laptop);
+    let p = next_presence(&mut watcher, "ann").await;
+    assert_eq!(p.status, "offline");
+    assert!(p.last_seen.is_some());
+    assert!(
+        matches!(plain.recv5_within(QUIET).await, Got::Nothing),
+        "# sees no presence"
+    );
+}
+
+fn serde_json_like_status(status: &str) -> HashMap<&'static str, String> {
+    HashMap::from([("status", status.to_string())])
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_goes_offline_on_keepalive_timeout() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher
+        .subscribe5(1, &[("$presence/sleepy", opts(QoS::AtMostOnce))])
+        .await;
+    let mut c = connect5("sleepy");
+    c.keep_alive = 2;
+    let (_sleepy, _) = Raw::connect5(addr, c).await;
+    let online: payloads::Presence = payloads::from_cbor(&watcher.publish5().await.payload).unwrap();
+    assert_eq!(online.status, "online");
+    // No PINGREQ: after 1.5 x keep-alive the broker drops the connection.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let offline: payloads::Presence = payloads::from_cbor(&watcher.publish5().await.payload).unwrap();
+    assert_eq!(offline.status, "offline");
+}
+
+#[tokio::test]
+async fn typing_is_rate_limited_never_queued_offline_and_never_retained() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    member_leaves(addr, "away-member", "rooms/t/typing/+").await;
+    let mut online = Raw::client5(addr, "online").await;
+    online
+        .subscribe5(1, &[("rooms/t/typing/+", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut ty = Raw::client5(addr, "ty").await;
+    let typing = payloads::to_cbor(&payloads::Typing { typing: true });
+    for id in 1..=5 {
+        send_and_ack(&mut ty, publish_with("rooms/t/typing/ty", &typing, Some(id), &[])).await;
+    }
+    let got = online.publish5().await;
+    assert_eq!(got.qos, QoS::AtMostOnce);
+    let expiry = got
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .map(|e| e.get());
+    assert!(matches!(expiry, Some(1..=5)), "expiry 5 s, got {expiry:?}");
+    assert!(
+        matches!(online.recv5_within(QUIET).await, Got::Nothing),
+        "the rest dropped"
+    );
+    assert_eq!(broker.chat_counters().typing_dropped.get(), 4);
+    let (mut back, _) = Raw::connect5(addr, persistent("away-member")).await;
+    assert!(
+        matches!(back.recv5_within(QUIET).await, Got::Nothing),
+        "not queued offline"
+    );
+    let mut late = Raw::client5(addr, "late").await;
+    late.subscribe5(1, &[("rooms/t/typing/+", opts(QoS::AtLeastOnce))])
+        .await;
+    assert!(
+        matches!(late.recv5_within(QUIET).await, Got::Nothing),
+        "not retained"
+    );
+}
+
+#[tokio::test]
+async fn read_receipts_keep_the_highest_seq() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut r = Raw::client5(addr, "reader").await;
+    for (id, seq) in [(1, 5u64), (2, 3), (3, 9)] {
+        let body = payloads::to_cbor(&payloads::Receipt { seq });
+        send_and_ack(&mut r, publish_with("rooms/x/read/reader", &body, Some(id), &[])).await;
+    }
+    let mut later = Raw::client5(addr, "later").await;
+    later
+        .subscribe5(1, &[("rooms/x/read/+", opts(QoS::AtLeastOnce))])
+        .await;
+    let retained = later.publish5().await;
+    assert!(retained.retain);
+    let receipt: payloads::Receipt = payloads::from_cbor(&retained.payload).unwrap();
+    assert_eq!(receipt.seq, 9);
+}
+
+#[tokio::test]
+async fn history_windows_for_5_and_311_requesters() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    post_many(addr, "hist", "h", 20).await;
+    let request = |before: Option<u64>, after: Option<u64>, limit: Option<u64>| {
+        let mut m = HashMap::new();
+        if let Some(b) = before {
+            m.insert("before", b);
+        }
+        if let Some(a) = after {
+            m.insert("after", a);
+        }
+        if let Some(l) = limit {
+            m.insert("limit", l);
+        }
+        payloads::to_cbor(&m)
+    };
+    let mut asker = Raw::client5(addr, "asker").await;
+    asker
+        .subscribe5(1, &[("replies/asker", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut ask5 = async |body: Vec<u8>| -> (HistoryResponse, Option<Bytes>) {
+        let mut p = publish_with("$history/rooms/h", &body, Some(1), &[]);
+        if let Some(props) = p.properties.as_mut() {
+            props.response_topic = Some("replies/asker".into());
+            props.correlation_data = Some(Bytes::from_static(b"corr-1"));
+        }
+        send_and_ack(&mut asker, p).await;
+        let reply = asker.publish5().await;
+        ack_publish5(&mut asker, &reply).await;
+        let corr = reply.properties.as_ref().and_then(|p| p.correlation_data.clone());
+        (
+            payloads::from_cbor(&reply.payload).expect("history-response"),
+            corr,
+        )
+    };
+    let seqs = |r: &HistoryResponse| r.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let (latest, corr) = ask5(request(None, None, Some(5))).await;
+    assert_eq!(seqs(&latest), vec![16, 17, 18, 19, 20]);
+    assert!(latest.more);
+    assert_eq!(corr.as_deref(), Some(&b"corr-1"[..]));
+    assert_eq!(latest.messages[0].body, b"15");
+    assert_eq!(latest.messages[0].sender, "hist");
+    let (before, _) = ask5(request(Some(4), None, None)).await;
+    assert_eq!(seqs(&before), vec![1, 2, 3]);
+    assert!(!before.more);
+    let (after, _) = ask5(request(None, Some(17), Some(10))).await;
+    assert_eq!(seqs(&after), vec![18, 19, 20]);
+    let (between, _) = ask5(request(Some(10), Some(5), Some(2))).await;
+    assert_eq!(seqs(&between), vec![6, 7]);
+    assert!(between.more);
+
+    // 3.1.1: the answer goes to users/{requester}/history/{room}.
+    let (mut dev, _) = Raw::connect3(addr, connect3("dev", true)).await;
+    dev.subscribe3(1, &[("users/dev/history/#", QoS::AtLeastOnce)])
+        .await;
+    dev.send3(rmqtt_codec::v3::Packet::Publish(Box::new({
+        let mut p = publish("$history/rooms/h", b"", QoS::AtLeastOnce, Some(2));
+        p.payload = Bytes::from(request(None, Some(0), Some(3)));
+        p
+    })))
+    .await;
+    let answer = loop {
+        match dev.recv3().await.packet() {
+            rmqtt_codec::v3::Packet::Publish(p) => break *p,
+            rmqtt_codec::v3::Packet::PublishAck { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(answer.topic, "users/dev/history/h");
+    let answer: HistoryResponse = payloads::from_cbor(&answer.payload).unwrap();
+    assert_eq!(seqs(&answer), vec![1, 2, 3]);
+    assert!(answer.more);
+}
+
+#[tokio::test]
+async fn an_alert_rule_turns_a_mosquitto_pub_into_a_room_message() {
+    let mut config = test_config();
+    config.alerts = vec![roomq::config::AlertRule {
+        topic: "alerts/+/critical".into(),
+        room: "ops".into(),
+    }];
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut ops = Raw::client5(addr, "ops-watch").await;
+    ops.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    let status = tokio::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-V",
+            "mqttv311",
+            "-q",
+            "1",
+        ])
+        .args(["-t", "alerts/boiler-7/critical", "-m", "pressure high"])
+        .status()
+        .await
+        .expect("mosquitto_pub runs (scripts/test installs mosquitto-clients)");
+    assert!(status.success());
+    let alert = ops.publish5().await;
+    assert_eq!(alert.topic, "rooms/ops/msg/boiler-7");
+    assert_eq!(&alert.payload[..], b"pressure high");
+    assert_eq!(seq_of(&alert), 1);
+}
+
+fn sled_config(dir: &std::path::Path) -> roomq::Config {
+    roomq::Config {
+        storage: roomq::StorageKind::Sled,
+        data_dir: dir.to_path_buf(),
+        ..test_config()
+    }
+}
+
+#[tokio::test]
+async fn backlog_seq_and_msg_ids_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    member_leaves(addr, "max", "rooms/keep/msg/+").await;
+    post_many(addr, "poster", "keep", 500).await;
+    let mut dev = Raw::client5(addr, "dev").await;
+    send_and_ack(
+        &mut dev,
+        publish_with("rooms/keep/msg/dev/once", b"500", Some(1), &[]),
+    )
+    .await;
+    drop(dev);
+    broker.shutdown().await;
+
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    // The same msg-id after the restart is acknowledged, not stored again.
+    let mut dev = Raw::client5(addr, "dev").await;
+    let ack = send_and_ack(
+        &mut dev,
+        publish_with("rooms/keep/msg/dev/once", b"500", Some(1), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    // seq continues after the restart.
+    send_and_ack(&mut dev, publish_with("rooms/keep/msg/dev", b"501", Some(2), &[])).await;
+    let (mut max, got) = member_returns(addr, "max", 502).await;
+    assert_in_order(&got, 502);
+    assert_eq!(got.last().map(|g| g.1), Some(502));
+    assert!(
+        matches!(max.recv5_within(QUIET).await, Got::Nothing),
+        "nothing twice"
+    );
+    assert_eq!(broker.chat_counters().duplicates.get(), 1);
+}
+
+#[tokio::test]
+async fn a_restart_marks_everyone_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let _stays = Raw::client5(addr, "stays").await;
+    // Ended without closing connections cleanly: like a crash, the stored
+    // presence still says online.
+    broker.shutdown().await;
+    let broker = start_with(sled_config(dir.path())).await;
+    let mut watcher = Raw::client5(broker.local_addr(), "watcher").await;
+    watcher
+        .subscribe5(1, &[("$presence/stays", opts(QoS::AtLeastOnce))])
+        .await;
+    let p: payloads::Presence = payloads::from_cbor(&watcher.publish5().await.payload).unwrap();
+    assert_eq!(p.status, "offline");
+    assert!(p.last_seen.is_some());
+}
