@@ -719,3 +719,27 @@ async fn a_restart_marks_everyone_offline() {
     assert_eq!(p.status, "offline");
     assert!(p.last_seen.is_some());
 }
+
+#[tokio::test]
+async fn room_retention_trims_the_log_and_a_stale_cursor_resumes_at_the_oldest_kept() {
+    let mut config = test_config();
+    config.room_max_messages = 10;
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    member_leaves(addr, "slow", "rooms/short/msg/+").await;
+    // Trimming runs every 64 appends: at seq 64 the log keeps 55..=64.
+    post_many(addr, "talker", "short", 64).await;
+    let (mut slow, _) = Raw::connect5(addr, persistent("slow")).await;
+    let first = slow.publish5().await;
+    assert_eq!(
+        seq_of(&first),
+        55,
+        "resumes at the oldest kept; the gap in seq shows the loss"
+    );
+    let mut last = first;
+    for _ in 55..64 {
+        ack_publish5(&mut slow, &last).await;
+        last = slow.publish5().await;
+    }
+    assert_eq!(seq_of(&last), 64);
+}
