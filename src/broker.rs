@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AnonymousPolicy, Authenticator};
-use crate::config::{Config, Durability, StorageKind};
+use crate::config::{Config, Durability, ListenerKind, StorageKind};
 use crate::local::LocalSubscription;
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
@@ -48,6 +48,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{0}")]
@@ -81,16 +83,14 @@ impl Broker {
             StorageKind::Memory => None,
             StorageKind::Sled => Some(Arc::new(SledStore::open(&self.config.data_dir)?)),
         };
-        let listener = tokio::net::TcpListener::bind(self.config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: self.config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: self.config.listen,
-            source,
-        })?;
+        let mut listeners = Vec::new();
+        for listener in self.config.effective_listeners() {
+            listeners.push(crate::server::bind(listener).await?);
+        }
+        let local_addrs: Vec<(ListenerKind, SocketAddr)> =
+            listeners.iter().map(|l| (l.config.kind, l.local_addr)).collect();
+        let local_addr = local_addrs[0].1;
+        let tls: Vec<_> = listeners.iter().filter_map(|l| l.tls.clone()).collect();
         let metrics = Arc::new(Metrics::default());
         let auth = self.auth.unwrap_or_else(|| {
             Arc::new(AnonymousPolicy {
@@ -126,11 +126,14 @@ impl Broker {
         }
         shared.chat.publish_startup_state(&shared.router);
         let tracker = TaskTracker::new();
-        tracker.spawn(crate::server::accept_loop(
-            listener,
-            shared.clone(),
-            tracker.clone(),
-        ));
+        for listener in listeners {
+            tracing::info!(kind = ?listener.config.kind, local_addr = %listener.local_addr, "listener open");
+            tracker.spawn(crate::server::accept_loop(
+                listener,
+                shared.clone(),
+                tracker.clone(),
+            ));
+        }
         tracker.spawn(chat_upkeep(shared.clone()));
         if shared.config.sys_interval_secs > 0 {
             tracker.spawn(publish_sys(shared.clone()));
@@ -142,6 +145,8 @@ impl Broker {
         Ok(BrokerHandle {
             shared,
             local_addr,
+            local_addrs,
+            tls,
             tracker,
         })
     }
@@ -151,13 +156,35 @@ impl Broker {
 pub struct BrokerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    local_addrs: Vec<(ListenerKind, SocketAddr)>,
+    /// Certificates of the TLS listeners, for `reload`.
+    tls: Vec<Arc<crate::server::ReloadableTls>>,
     tracker: TaskTracker,
 }
 
 impl BrokerHandle {
-    /// The address the MQTT listener is bound to (useful with port 0).
+    /// The address the first listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every listener's kind and bound address, in configuration order.
+    pub fn local_addrs(&self) -> &[(ListenerKind, SocketAddr)] {
+        &self.local_addrs
+    }
+
+    /// Reloads what can change without a restart (the binary does it on
+    /// SIGHUP): TLS certificates (new connections get the new ones, open
+    /// ones keep theirs) and the authenticator's files. Errors are logged
+    /// and the old material stays in use.
+    pub fn reload(&self) {
+        for tls in &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed; the old certificate stays in use"),
+            }
+        }
+        self.shared.auth.reload();
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -96,6 +96,8 @@ pub struct Config {
     /// Threads of the `roomq` binary's runtime (0 = one per CPU core).
     /// Embedders run the broker on their own runtime and ignore it.
     pub worker_threads: usize,
+    /// Listeners of every kind. Empty: one TCP listener on `listen`.
+    pub listeners: Vec<ListenerConfig>,
     /// Whether a room not declared in `rooms` is open to everyone or closed.
     pub rooms_default: RoomsDefault,
     /// Declared rooms and their members (see `topics.md`).
@@ -117,6 +119,61 @@ pub struct Config {
     pub history_default_limit: usize,
     /// Most messages in one history answer.
     pub history_max_limit: usize,
+}
+
+/// The transport of a listener.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Plain MQTT over TCP.
+    Tcp,
+    /// MQTT over TLS (rustls): `cert` and `key` required.
+    Tls,
+    /// MQTT over WebSocket on `path`, sub-protocol `mqtt`.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+/// One listener: `{ kind = "tls", bind = "0.0.0.0:8883", cert = "cert.pem", key = "key.pem" }`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub kind: ListenerKind,
+    pub bind: SocketAddr,
+    /// PEM certificate chain (tls, wss).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (tls, wss).
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate
+    /// signed by one of them (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: the certificate's Common Name becomes the username
+    /// (Mosquitto's `use_identity_as_username`).
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// HTTP path of a WebSocket listener.
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener.
+    pub fn tcp(bind: SocketAddr) -> Self {
+        ListenerConfig {
+            kind: ListenerKind::Tcp,
+            bind,
+            cert: None,
+            key: None,
+            client_ca: None,
+            use_identity_as_username: false,
+            path: default_ws_path(),
+        }
+    }
 }
 
 /// Who may use a room that the configuration does not declare.
@@ -177,6 +234,7 @@ impl Default for Config {
             sys_interval_secs: 10,
             allow_anonymous: true,
             worker_threads: 0,
+            listeners: Vec::new(),
             rooms_default: RoomsDefault::Open,
             rooms: Vec::new(),
             alerts: Vec::new(),
@@ -201,6 +259,15 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// The listeners to open: `listeners`, or one TCP listener on `listen`.
+    pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
+        if self.listeners.is_empty() {
+            vec![ListenerConfig::tcp(self.listen)]
+        } else {
+            self.listeners.clone()
+        }
+    }
+
     /// Loads the layers: defaults, then `file` (TOML) if given, then
     /// `ROOMQ_*` environment variables (e.g. `ROOMQ_MAX_CONNECTIONS=10`),
     /// then `overrides` (key, value) pairs from command-line flags.
@@ -241,6 +308,23 @@ impl Config {
         }
         if self.max_topic_levels == 0 || self.max_topic_length == 0 {
             return Err("keys `max_topic_levels` and `max_topic_length` must be at least 1".into());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let tls = matches!(l.kind, ListenerKind::Tls | ListenerKind::Wss);
+            if tls && (l.cert.is_none() || l.key.is_none()) {
+                return Err(format!(
+                    "key `listeners[{i}]`: a {:?} listener needs `cert` and `key`",
+                    l.kind
+                ));
+            }
+            if l.use_identity_as_username && l.client_ca.is_none() {
+                return Err(format!(
+                    "key `listeners[{i}]`: `use_identity_as_username` needs `client_ca`"
+                ));
+            }
+            if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) && !l.path.starts_with('/') {
+                return Err(format!("key `listeners[{i}].path`: must start with `/`"));
+            }
         }
         for room in &self.rooms {
             if !crate::chat::is_valid_room_name(&room.name) {

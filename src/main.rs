@@ -82,17 +82,29 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        signals.wait().await;
+        let mut signals = signals;
+        while signals.wait().await == SignalAction::Reload {
+            tracing::info!("SIGHUP: reloading certificates and credential files");
+            broker.reload();
+        }
         tracing::info!("shutting down");
         broker.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// SIGINT and SIGTERM, registered once at start-up.
+/// SIGINT, SIGTERM and SIGHUP, registered once at start-up.
 struct ShutdownSignals {
     term: Option<tokio::signal::unix::Signal>,
     interrupt: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+/// What a signal asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum SignalAction {
+    Shutdown,
+    Reload,
 }
 
 impl ShutdownSignals {
@@ -108,11 +120,12 @@ impl ShutdownSignals {
         ShutdownSignals {
             term: listen(SignalKind::terminate(), "SIGTERM"),
             interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            hangup: listen(SignalKind::hangup(), "SIGHUP"),
         }
     }
 
-    /// Returns on the first SIGINT or SIGTERM.
-    async fn wait(mut self) {
+    /// Waits for the next signal.
+    async fn wait(&mut self) -> SignalAction {
         async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
             match signal {
                 Some(s) => {
@@ -122,8 +135,9 @@ impl ShutdownSignals {
             }
         }
         tokio::select! {
-            _ = next(&mut self.term) => {}
-            _ = next(&mut self.interrupt) => {}
+            _ = next(&mut self.term) => SignalAction::Shutdown,
+            _ = next(&mut self.interrupt) => SignalAction::Shutdown,
+            _ = next(&mut self.hangup) => SignalAction::Reload,
         }
     }
 }

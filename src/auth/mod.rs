@@ -25,6 +25,10 @@ pub enum AuthDecision {
 /// Decides whether a CONNECT may proceed.
 pub trait Authenticator: Send + Sync {
     fn authenticate(&self, request: &AuthRequest<'_>) -> AuthDecision;
+
+    /// Re-reads files (password file, keys) on SIGHUP; errors are logged
+    /// and the old state stays.
+    fn reload(&self) {}
 }
 
 /// The built-in policy: anyone, or anyone with a username.

@@ -48,9 +48,14 @@ fn send_connack(io: &mut Io, reason: ConnectAckReason, present: bool, ack: Optio
 pub(crate) async fn accept(
     mut io: Io,
     shared: &Arc<Shared>,
-    connect: Connect,
+    mut connect: Connect,
     over_limit: bool,
+    cert_username: Option<String>,
 ) -> Option<Connection> {
+    if let Some(name) = cert_username {
+        // mTLS with use_identity_as_username: the certificate names the user.
+        connect.username = Some(name.into());
+    }
     let version = io.codec.version()?;
     let config = &shared.config;
     async fn refuse(mut io: Io, reason: ConnectAckReason, why: &'static str) -> Option<Connection> {

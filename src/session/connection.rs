@@ -117,6 +117,8 @@ impl Io {
             return Ok(());
         }
         self.stream.write_all(&self.out).await?;
+        // TLS and WebSocket buffer inside the stream; TCP ignores this.
+        self.stream.flush().await?;
         self.out.clear();
         if self.out.capacity() > 4 * WRITE_BATCH {
             self.out = BytesMut::new();
@@ -188,10 +190,16 @@ pub(crate) struct Connection {
 /// Serves one accepted connection until it closes. `over_limit` is set
 /// when the broker already has `max_connections`: the client is then told
 /// the server is busy.
-pub async fn serve(stream: Box<dyn Stream>, peer: SocketAddr, shared: Arc<Shared>, over_limit: bool) {
-    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+pub async fn serve(
+    stream: Box<dyn Stream>,
+    peer: crate::server::Peer,
+    shared: Arc<Shared>,
+    over_limit: bool,
+) {
+    let span = tracing::info_span!("conn", peer = %peer.addr, client_id = tracing::field::Empty);
     async move {
-        let mut io = Io::new(stream, peer, shared.config.max_packet_size);
+        let cert_username = peer.cert_username.clone();
+        let mut io = Io::new(stream, peer.addr, shared.config.max_packet_size);
         let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
         let first = match tokio::time::timeout(timeout, io.read_packet()).await {
             Err(_) => {
@@ -209,7 +217,8 @@ pub async fn serve(stream: Box<dyn Stream>, peer: SocketAddr, shared: Arc<Shared
             tracing::debug!("first packet was not CONNECT, closing");
             return;
         };
-        let Some(conn) = super::connect::accept(io, &shared, *connect, over_limit).await else {
+        let Some(conn) = super::connect::accept(io, &shared, *connect, over_limit, cert_username).await
+        else {
             return;
         };
         tracing::Span::current().record("client_id", &*conn.session.client_id);

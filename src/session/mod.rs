@@ -26,7 +26,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-pub use connection::serve;
+pub use connection::{serve, Stream};
 pub(crate) use persist::{message_from_record, message_record, qos_from, restore_sessions};
 pub use registry::Registry;
 

@@ -1,0 +1,156 @@
+//! Listeners: TCP, TLS, WebSocket and WebSocket over TLS, any number of
+//! each. Every kind ends in the same connection task, so the same session,
+//! router and limits serve them all. Accepting counts connections for
+//! `max_connections`; the TLS and WebSocket handshakes run in the
+//! connection's own task under `connect_timeout_secs`, so a slow handshake
+//! never blocks the accept loop.
+
+mod tls;
+mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Shared;
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::session::{self, Stream};
+pub use tls::{ReloadableTls, TlsFiles};
+
+/// What the connection task learns from the transport.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client certificate's Common Name, on an mTLS listener with
+    /// `use_identity_as_username`: it becomes the username.
+    pub cert_username: Option<String>,
+}
+
+/// One bound listener, ready to accept.
+pub(crate) struct BoundListener {
+    pub config: ListenerConfig,
+    pub socket: TcpListener,
+    pub local_addr: SocketAddr,
+    pub tls: Option<Arc<ReloadableTls>>,
+}
+
+/// Binds a listener and loads its certificates.
+pub(crate) async fn bind(config: ListenerConfig) -> Result<BoundListener, crate::broker::StartError> {
+    let tls = match (config.kind, &config.cert, &config.key) {
+        (ListenerKind::Tls | ListenerKind::Wss, Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.client_ca.clone(),
+            };
+            Some(Arc::new(
+                ReloadableTls::load(files).map_err(crate::broker::StartError::Tls)?,
+            ))
+        }
+        _ => None,
+    };
+    let bind_err = |source| crate::broker::StartError::Bind {
+        addr: config.bind,
+        source,
+    };
+    let socket = TcpListener::bind(config.bind).await.map_err(bind_err)?;
+    let local_addr = socket.local_addr().map_err(bind_err)?;
+    Ok(BoundListener {
+        config,
+        socket,
+        local_addr,
+        tls,
+    })
+}
+
+/// Accepts connections until shutdown.
+pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let mut stop = shared.shutdown.subscribe();
+    let listener = Arc::new(listener);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.socket.accept() => r,
+        };
+        let (socket, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Without TCP_NODELAY small packets wait tens of milliseconds.
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        let over_limit = open > shared.config.max_connections;
+        let (shared, listener) = (shared.clone(), listener.clone());
+        tracker.spawn(async move {
+            let deadline = Duration::from_secs(shared.config.connect_timeout_secs);
+            match tokio::time::timeout(deadline, upgrade(&listener, socket, addr, &shared)).await {
+                Ok(Ok((stream, peer))) => session::serve(stream, peer, shared.clone(), over_limit).await,
+                Ok(Err(why)) => {
+                    shared.metrics.protocol_errors.inc();
+                    tracing::debug!(%addr, kind = ?listener.config.kind, %why, "handshake failed");
+                }
+                Err(_) => tracing::debug!(%addr, kind = ?listener.config.kind, "handshake timed out"),
+            }
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Runs the TLS and WebSocket handshakes the listener asks for.
+async fn upgrade(
+    listener: &BoundListener,
+    socket: TcpStream,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Result<(Box<dyn Stream>, Peer), String> {
+    let mut peer = Peer {
+        addr,
+        cert_username: None,
+    };
+    let max_frame = shared.config.max_packet_size as usize + 8;
+    let path = &listener.config.path;
+    let kind = listener.config.kind;
+    let stream: Box<dyn Stream> = match &listener.tls {
+        None => match kind {
+            ListenerKind::Tcp => Box::new(socket),
+            ListenerKind::Ws => Box::new(websocket::accept(socket, path, max_frame).await?),
+            _ => return Err(format!("{kind:?} listener without TLS configuration")),
+        },
+        Some(tls) => {
+            let stream = tls.acceptor().accept(socket).await.map_err(|e| e.to_string())?;
+            if listener.config.use_identity_as_username {
+                let certs = stream.get_ref().1.peer_certificates();
+                peer.cert_username = certs.and_then(|c| c.first()).and_then(|der| common_name(der));
+            }
+            match kind {
+                ListenerKind::Wss => Box::new(websocket::accept(stream, path, max_frame).await?),
+                _ => Box::new(stream),
+            }
+        }
+    };
+    Ok((stream, peer))
+}
+
+/// The Common Name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(cn)
+}

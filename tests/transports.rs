@@ -1,0 +1,336 @@
+//! Listeners of every kind serve the same broker: TLS (with and without
+//! client certificates) tested with `mosquitto_pub`/`mosquitto_sub`, and
+//! WebSocket tested with MQTT.js (a browser-style client) chatting with a
+//! TCP client in the same room.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::Packet;
+use roomq::config::{ListenerConfig, ListenerKind};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate with CN `alice`, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "roomq test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", ca.pem());
+        for (name, sans, cn) in [
+            (
+                "server",
+                vec!["localhost".to_string(), "127.0.0.1".to_string()],
+                "localhost",
+            ),
+            ("alice", vec![], "alice"),
+        ] {
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn listener(kind: ListenerKind, pki: Option<&Pki>) -> ListenerConfig {
+    let mut l = ListenerConfig::tcp("127.0.0.1:0".parse().unwrap());
+    l.kind = kind;
+    if let Some(pki) = pki {
+        l.cert = Some(pki.path("server.pem"));
+        l.key = Some(pki.path("server-key.pem"));
+    }
+    l
+}
+
+fn port_of(broker: &roomq::BrokerHandle, kind: ListenerKind) -> u16 {
+    broker
+        .local_addrs()
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, a)| a.port())
+        .expect("listener of that kind")
+}
+
+async fn mosquitto(program: &str, args: &[&str], extra: &[&Path]) -> std::process::Output {
+    tokio::process::Command::new(program)
+        .args(args)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("mosquitto clients run (scripts/test installs mosquitto-clients)")
+}
+
+#[tokio::test]
+async fn mosquitto_clients_over_tls_and_mtls_with_the_certificate_as_username() {
+    let pki = Pki::new();
+    let mut mtls = listener(ListenerKind::Tls, Some(&pki));
+    mtls.client_ca = Some(pki.path("ca.pem"));
+    mtls.use_identity_as_username = true;
+    let mut config = test_config();
+    config.listeners = vec![
+        listener(ListenerKind::Tcp, None),
+        listener(ListenerKind::Tls, Some(&pki)),
+        mtls,
+    ];
+    let broker = start_with(config).await;
+    let tls_port = port_of(&broker, ListenerKind::Tls).to_string();
+    let mtls_port = broker.local_addrs()[2].1.port().to_string();
+    let ca = pki.path("ca.pem");
+
+    // A TLS subscriber gets what a TCP client publishes.
+    let sub = tokio::spawn({
+        let (port, ca) = (tls_port.clone(), ca.clone());
+        async move {
+            mosquitto(
+                "mosquitto_sub",
+                &[
+                    "-h",
+                    "localhost",
+                    "-p",
+                    &port,
+                    "-t",
+                    "secure/t",
+                    "-C",
+                    "1",
+                    "-W",
+                    "10",
+                    "--cafile",
+                ],
+                &[&ca],
+            )
+            .await
+        }
+    });
+    let mut tcp = Raw::client5(broker.local_addr(), "tcp-pub").await;
+    let mut delivered = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let ack = tcp.publish1_5(1, "secure/t", b"over tls").await;
+        if ack.reason_code == rmqtt_codec::v5::PublishAckReason::Success {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the TLS subscriber connected");
+    let out = sub.await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+
+    // mTLS: without a client certificate the handshake fails.
+    let refused = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "localhost",
+            "-p",
+            &mtls_port,
+            "-t",
+            "x",
+            "-m",
+            "y",
+            "--cafile",
+        ],
+        &[&ca],
+    )
+    .await;
+    assert!(!refused.status.success());
+    // With one, its CN is the username: alice may post as alice.
+    let mut watcher = Raw::client5(broker.local_addr(), "watcher").await;
+    watcher
+        .subscribe5(1, &[("rooms/sec/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    let ok = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "localhost",
+            "-p",
+            &mtls_port,
+            "-q",
+            "1",
+            "-t",
+            "rooms/sec/msg/alice",
+            "-m",
+            "from alice's cert",
+            "--cafile",
+        ],
+        &[
+            &ca,
+            Path::new("--cert"),
+            &pki.path("alice.pem"),
+            Path::new("--key"),
+            &pki.path("alice-key.pem"),
+        ],
+    )
+    .await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let got = watcher.publish5().await;
+    assert_eq!(got.topic, "rooms/sec/msg/alice");
+}
+
+/// Runs the MQTT.js chat script; returns its JSON lines as they come.
+fn mqtt_js(url: &str, user: &str, room: &str, version: u8) -> tokio::process::Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/ws_chat.mjs");
+    assert!(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/js/node_modules/mqtt")
+            .exists(),
+        "MQTT.js is missing: scripts/test installs it (npm install --prefix tests/js)"
+    );
+    tokio::process::Command::new("node")
+        .arg(script)
+        .args([url, user, room, &version.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs")
+}
+
+async fn next_json_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("MQTT.js answered in time")
+        .expect("stdout readable")
+        .expect("MQTT.js printed a line")
+}
+
+#[tokio::test]
+async fn an_mqtt_js_websocket_client_chats_with_a_tcp_client() {
+    let pki = Pki::new();
+    let mut config = test_config();
+    config.listeners = vec![
+        listener(ListenerKind::Tcp, None),
+        listener(ListenerKind::Ws, None),
+        listener(ListenerKind::Wss, Some(&pki)),
+    ];
+    let broker = start_with(config).await;
+    for (scheme, kind, version) in [("ws", ListenerKind::Ws, 5), ("wss", ListenerKind::Wss, 4)] {
+        let url = format!("{scheme}://127.0.0.1:{}/mqtt", port_of(&broker, kind));
+        let room = format!("room-{scheme}");
+        let mut tcp = Raw::client5(broker.local_addr(), &format!("tcp-{scheme}")).await;
+        tcp.subscribe5(1, &[(&format!("rooms/{room}/msg/+"), opts(QoS::AtLeastOnce))])
+            .await;
+        let mut browser = mqtt_js(&url, &format!("browser-{scheme}"), &room, version);
+        let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+        assert!(next_json_line(&mut lines).await.contains("joined"));
+        // The browser's hello reaches the TCP client...
+        let hello = tcp.publish5().await;
+        assert_eq!(hello.topic, format!("rooms/{room}/msg/browser-{scheme}"));
+        assert_eq!(
+            &hello.payload[..],
+            format!("hello from browser-{scheme}").as_bytes()
+        );
+        if let Some(id) = hello.packet_id {
+            tcp.send5(Packet::PublishAck(rmqtt_codec::v5::PublishAck {
+                packet_id: id,
+                ..Default::default()
+            }))
+            .await;
+        }
+        // ... and the TCP client's answer reaches the browser, with its seq.
+        let topic = format!("rooms/{room}/msg/tcp-{scheme}");
+        tcp.send5(Packet::Publish(Box::new(publish(
+            &topic,
+            b"hi browser",
+            QoS::AtLeastOnce,
+            Some(9),
+        ))))
+        .await;
+        let line = next_json_line(&mut lines).await;
+        assert!(line.contains("hi browser"), "{line}");
+        if version == 5 {
+            assert!(line.contains(r#""seq":"2""#), "{line}");
+        }
+        assert!(browser.wait().await.unwrap().success());
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_reload_keeps_open_connections_and_serves_new_ones_the_new_certificate() {
+    let (old, new) = (Pki::new(), Pki::new());
+    let mut config = test_config();
+    config.listeners = vec![
+        listener(ListenerKind::Tcp, None),
+        listener(ListenerKind::Tls, Some(&old)),
+    ];
+    let broker = start_with(config).await;
+    let port = port_of(&broker, ListenerKind::Tls).to_string();
+    let sub = tokio::spawn({
+        let (port, ca) = (port.clone(), old.path("ca.pem"));
+        async move {
+            mosquitto(
+                "mosquitto_sub",
+                &[
+                    "-h",
+                    "localhost",
+                    "-p",
+                    &port,
+                    "-t",
+                    "reload/t",
+                    "-C",
+                    "1",
+                    "-W",
+                    "20",
+                    "--cafile",
+                ],
+                &[&ca],
+            )
+            .await
+        }
+    });
+    let mut tcp = Raw::client5(broker.local_addr(), "tcp-pub").await;
+    // Wait until the TLS subscriber is connected (a publish finds it).
+    let mut connected = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if broker.session_count() >= 2 {
+            connected = true;
+            break;
+        }
+    }
+    assert!(connected, "the TLS subscriber connected");
+    // New files at the same paths, then reload (what SIGHUP does).
+    for name in ["server.pem", "server-key.pem"] {
+        std::fs::copy(new.path(name), old.path(name)).unwrap();
+    }
+    broker.reload();
+    // The open connection still works.
+    tcp.publish1_5(2, "reload/t", b"still here").await;
+    let out = sub.await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here");
+    // New connections get the new certificate.
+    let args = ["-h", "localhost", "-p", &port, "-t", "x", "-m", "y", "--cafile"];
+    assert!(mosquitto("mosquitto_pub", &args, &[&new.path("ca.pem")])
+        .await
+        .status
+        .success());
+    assert!(!mosquitto("mosquitto_pub", &args, &[&old.path("ca.pem")])
+        .await
+        .status
+        .success());
+}
