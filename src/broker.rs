@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AnonymousPolicy, Authenticator};
+use crate::auth::acl::Acl;
+use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff};
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
 use crate::local::LocalSubscription;
 use crate::metrics::Metrics;
@@ -37,6 +38,12 @@ pub(crate) struct Shared {
     pub commit: Option<Arc<GroupCommit>>,
     /// Rooms, presence, history (see `topics.md`).
     pub chat: crate::chat::Chat,
+    /// Topic rules for non-chat topics.
+    pub acl: Acl,
+    /// Slows down password guessing per IP address.
+    pub login_backoff: LoginBackoff,
+    /// Connections per IP address, for the per-IP limits.
+    pub ip_limits: crate::server::IpLimits,
 }
 
 /// Errors that stop the broker from starting.
@@ -92,11 +99,17 @@ impl Broker {
         let local_addr = local_addrs[0].1;
         let tls: Vec<_> = listeners.iter().filter_map(|l| l.tls.clone()).collect();
         let metrics = Arc::new(Metrics::default());
-        let auth = self.auth.unwrap_or_else(|| {
-            Arc::new(AnonymousPolicy {
-                allow_anonymous: self.config.allow_anonymous,
-            })
-        });
+        let allow_anonymous = self.config.effective_allow_anonymous();
+        let auth: Arc<dyn Authenticator> = match self.auth {
+            Some(auth) => auth,
+            None => Arc::new(
+                ConfiguredAuth::load(&self.config.auth, allow_anonymous).map_err(StartError::Config)?,
+            ),
+        };
+        let public = local_addrs.iter().find(|(_, a)| !a.ip().is_loopback());
+        if let (true, Some((kind, addr))) = (allow_anonymous, public) {
+            tracing::warn!(?kind, %addr, "anonymous clients are allowed on a non-loopback listener (auth.allow_anonymous)");
+        }
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             router: Router::new(self.config.retain_available, store.clone()),
@@ -113,6 +126,9 @@ impl Broker {
                 _ => None,
             },
             chat: crate::chat::Chat::open(&self.config, store.clone())?,
+            acl: Acl::new(self.config.acl.clone()),
+            login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
+            ip_limits: crate::server::IpLimits::default(),
             store,
             config: self.config,
         });
@@ -195,6 +211,27 @@ impl BrokerHandle {
     /// The chat layer's counters (room messages, duplicates, typing drops).
     pub fn chat_counters(&self) -> &crate::chat::ChatCounters {
         &self.shared.chat.counters
+    }
+
+    /// Declares or redeclares a room (members, open) while running; it
+    /// takes effect at once, also on existing subscriptions (a removed
+    /// member stops receiving), and republishes `$rooms/{room}/members`.
+    pub fn set_room(&self, room: crate::config::RoomConfig) {
+        self.shared.chat.membership.set_room(&room);
+        self.shared
+            .chat
+            .publish_members(&self.shared.router, &room.name, &room.members);
+    }
+
+    /// Replaces the room configuration (the binary does it on SIGHUP with
+    /// the configuration file's `rooms_default` and `rooms`).
+    pub fn set_rooms(&self, default: crate::config::RoomsDefault, rooms: &[crate::config::RoomConfig]) {
+        self.shared.chat.membership.replace(default, rooms);
+        for room in rooms {
+            self.shared
+                .chat
+                .publish_members(&self.shared.router, &room.name, &room.members);
+        }
     }
 
     /// Records written to the durable store so far (0 without one): the

@@ -91,8 +91,23 @@ pub struct Config {
     pub retain_available: bool,
     /// Seconds between `$SYS/broker/...` updates (0 = off).
     pub sys_interval_secs: u64,
-    /// Whether clients without a username may connect.
-    pub allow_anonymous: bool,
+    /// Authentication (`[auth]`).
+    pub auth: AuthConfig,
+    /// Topic rules for non-chat topics (`[[acl]]`); none = everything allowed.
+    pub acl: Vec<crate::auth::acl::AclRule>,
+    /// Most PUBLISH packets per second from one connection (0 = no limit);
+    /// over it: 5.0 DISCONNECT 0x96 Message rate too high, else close.
+    pub max_publish_rate: u32,
+    /// Most PUBLISH payload bytes per second from one connection (0 = no
+    /// limit); same answer.
+    pub max_publish_bytes_rate: u64,
+    /// Most connections open at once from one IP address (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// Most new connections per second from one IP address (0 = no limit).
+    pub max_connection_rate_per_ip: u32,
+    /// Most subscriptions one session may hold (0 = no limit); further ones
+    /// get 5.0 SUBACK 0x97 Quota exceeded / 3.1.1 0x80.
+    pub max_subscriptions_per_session: usize,
     /// Threads of the `roomq` binary's runtime (0 = one per CPU core).
     /// Embedders run the broker on their own runtime and ignore it.
     pub worker_threads: usize,
@@ -119,6 +134,40 @@ pub struct Config {
     pub history_default_limit: usize,
     /// Most messages in one history answer.
     pub history_max_limit: usize,
+}
+
+/// The `[auth]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether clients without credentials may connect. Unset: yes when
+    /// every listener is on a loopback address, no otherwise.
+    pub allow_anonymous: Option<bool>,
+    /// argon2id password file, managed with `roomq passwd FILE USER`;
+    /// reloaded on SIGHUP.
+    pub password_file: Option<PathBuf>,
+    /// HS256 secret for JWT bearer tokens passed as the password.
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA or EC) for RS256/ES256 tokens.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Token claim listing the rooms the user may join.
+    pub jwt_rooms_claim: String,
+    /// Longest wait before refusing a login from an address that failed
+    /// many times (the back-off doubles from 100 ms after 3 failures).
+    pub login_backoff_max_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: None,
+            password_file: None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_rooms_claim: "rooms".into(),
+            login_backoff_max_ms: 5000,
+        }
+    }
 }
 
 /// The transport of a listener.
@@ -232,7 +281,13 @@ impl Default for Config {
             topic_alias_maximum: 64,
             retain_available: true,
             sys_interval_secs: 10,
-            allow_anonymous: true,
+            auth: AuthConfig::default(),
+            acl: Vec::new(),
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+            max_connections_per_ip: 0,
+            max_connection_rate_per_ip: 0,
+            max_subscriptions_per_session: 0,
             worker_threads: 0,
             listeners: Vec::new(),
             rooms_default: RoomsDefault::Open,
@@ -259,6 +314,16 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// `auth.allow_anonymous`, or (unset) whether every listener is on a
+    /// loopback address.
+    pub fn effective_allow_anonymous(&self) -> bool {
+        self.auth.allow_anonymous.unwrap_or_else(|| {
+            self.effective_listeners()
+                .iter()
+                .all(|l| l.bind.ip().is_loopback())
+        })
+    }
+
     /// The listeners to open: `listeners`, or one TCP listener on `listen`.
     pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
         if self.listeners.is_empty() {

@@ -35,6 +35,7 @@ impl LocalSubscription {
             true,
             shared.metrics.clone(),
             None,
+            None,
         ));
         session.set_online(true);
         let options = SubscriptionOptions {

@@ -28,6 +28,56 @@ struct Flags {
     /// Seconds between $SYS updates (0 = off).
     #[arg(long, value_name = "SECS")]
     sys_interval_secs: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Sets USER's password in the argon2id password FILE (created if
+    /// missing). Prompts twice on a terminal; otherwise reads one line from
+    /// standard input.
+    Passwd { file: PathBuf, user: String },
+}
+
+/// `roomq passwd FILE USER`.
+fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let first = rpassword::prompt_password(format!("password for {user}: "));
+        let second = rpassword::prompt_password("again: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("roomq passwd: the passwords differ");
+                return ExitCode::from(2);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("roomq passwd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("roomq passwd: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("roomq passwd: empty password");
+        return ExitCode::from(2);
+    }
+    match roomq::auth::password_file::set_password(file, user, password.as_bytes()) {
+        Ok(()) => {
+            println!("password for {user} set in {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("roomq passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -37,6 +87,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let flags = Flags::parse();
+    if let Some(Command::Passwd { file, user }) = &flags.command {
+        return passwd(file, user);
+    }
     let mut overrides: Vec<(&str, String)> = Vec::new();
     if let Some(listen) = &flags.listen {
         overrides.push(("listen", listen.clone()));
@@ -84,8 +137,12 @@ fn main() -> ExitCode {
         };
         let mut signals = signals;
         while signals.wait().await == SignalAction::Reload {
-            tracing::info!("SIGHUP: reloading certificates and credential files");
+            tracing::info!("SIGHUP: reloading certificates, credential files and rooms");
             broker.reload();
+            match roomq::Config::load(flags.config.as_deref(), &overrides) {
+                Ok(fresh) => broker.set_rooms(fresh.rooms_default, &fresh.rooms),
+                Err(e) => tracing::error!(error = %e, "configuration reload failed; rooms unchanged"),
+            }
         }
         tracing::info!("shutting down");
         broker.shutdown().await;

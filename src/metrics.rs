@@ -45,6 +45,12 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     /// CONNECTs refused for bad credentials or authorization.
     pub auth_failures: Counter,
+    /// Sockets closed at once by the per-IP limits.
+    pub connections_limited: Counter,
+    /// PUBLISH and SUBSCRIBE refused by the ACL or room membership.
+    pub acl_denied: Counter,
+    /// Connections closed for going over a publish rate limit.
+    pub rate_limited: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +66,9 @@ impl Default for Metrics {
             messages_dropped_too_large: Counter::default(),
             protocol_errors: Counter::default(),
             auth_failures: Counter::default(),
+            connections_limited: Counter::default(),
+            acl_denied: Counter::default(),
+            rate_limited: Counter::default(),
         }
     }
 }

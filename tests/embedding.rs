@@ -58,7 +58,7 @@ struct OnlyAlice;
 impl roomq::auth::Authenticator for OnlyAlice {
     fn authenticate(&self, r: &roomq::auth::AuthRequest<'_>) -> roomq::auth::AuthDecision {
         match (r.username, r.password) {
-            (Some("alice"), Some(b"secret")) => roomq::auth::AuthDecision::Allow,
+            (Some("alice"), Some(b"secret")) => roomq::auth::AuthDecision::Allow(Default::default()),
             (None, _) => roomq::auth::AuthDecision::NotAuthorized,
             _ => roomq::auth::AuthDecision::BadCredentials,
         }

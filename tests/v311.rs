@@ -283,7 +283,10 @@ async fn takeover_closes_the_old_connection() {
 #[tokio::test]
 async fn anonymous_refused_when_not_allowed() {
     let broker = start_with(roomq::Config {
-        allow_anonymous: false,
+        auth: roomq::config::AuthConfig {
+            allow_anonymous: Some(false),
+            ..Default::default()
+        },
         ..test_config()
     })
     .await;

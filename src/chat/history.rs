@@ -20,7 +20,7 @@ impl Chat {
         room: &str,
         request: &Message,
     ) -> PublishAckReason {
-        if !self.membership.may_join(who.identity, room) {
+        if !who.may_join(self, room) {
             return PublishAckReason::NotAuthorized;
         }
         let query: HistoryRequest = if request.payload.is_empty() {

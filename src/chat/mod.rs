@@ -50,7 +50,7 @@ pub fn is_valid_room_name(name: &str) -> bool {
 
 /// The chat state of one broker.
 pub struct Chat {
-    pub membership: Membership,
+    pub membership: Arc<Membership>,
     pub(crate) log: RoomLog,
     dedup: DedupIndex,
     presence: Presence,
@@ -92,7 +92,7 @@ impl Chat {
     pub fn open(config: &Config, store: Option<Arc<dyn Store>>) -> Result<Chat, StoreError> {
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
         Ok(Chat {
-            membership: Membership::from_config(config),
+            membership: Arc::new(Membership::from_config(config)),
             log: RoomLog::load(store.clone(), config.room_max_messages, config.room_max_age_secs)?,
             dedup: DedupIndex::load(
                 store,
@@ -171,6 +171,13 @@ impl Chat {
             }
         }
         for (room, members) in self.membership.declared() {
+            self.publish_members(router, &room, &members);
+        }
+    }
+
+    /// Publishes a room's retained member list, `$rooms/{room}/members`.
+    pub fn publish_members(&self, router: &Router, room: &str, members: &[String]) {
+        {
             let payload = payloads::to_cbor(&members);
             router.publish(Message::new(
                 format!("$rooms/{room}/members"),

@@ -24,6 +24,15 @@ pub(crate) struct Publisher<'a> {
     /// Username when authenticated, else client id.
     pub identity: &'a str,
     pub client_id: &'a Arc<str>,
+    /// The rooms a token allows, exactly; `None` follows the configuration.
+    pub room_grant: Option<&'a std::collections::HashSet<String>>,
+}
+
+impl Publisher<'_> {
+    /// Whether this publisher may use `room`.
+    pub fn may_join(&self, chat: &Chat, room: &str) -> bool {
+        chat.membership.allows(self.identity, self.room_grant, room)
+    }
 }
 
 /// What the chat layer made of a PUBLISH.
@@ -112,7 +121,7 @@ impl Chat {
         msg_id: Option<&str>,
         message: &Message,
     ) -> PublishAckReason {
-        if sender != who.identity || !self.membership.may_join(who.identity, room) {
+        if sender != who.identity || !who.may_join(self, room) {
             return PublishAckReason::NotAuthorized;
         }
         let post = Post {
@@ -142,7 +151,7 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        if sender != who.identity || !self.membership.may_join(who.identity, room) {
+        if sender != who.identity || !who.may_join(self, room) {
             return PublishAckReason::NotAuthorized;
         }
         if from_cbor::<Typing>(&message.payload).is_none() {
@@ -186,7 +195,7 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        if sender != who.identity || !self.membership.may_join(who.identity, room) {
+        if sender != who.identity || !who.may_join(self, room) {
             return PublishAckReason::NotAuthorized;
         }
         let Some(receipt) = from_cbor::<Receipt>(&message.payload) else {

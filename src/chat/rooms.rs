@@ -1,14 +1,19 @@
-//! The membership model: which identities may use which room. The security
-//! layer's ACL calls [`Membership::may_join`] and nothing else.
+//! The membership model: which identities may use which room. Every room
+//! access (publishing, reading, history, and the ACL of the security layer)
+//! goes through [`Membership::allows`].
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{Config, RoomsDefault};
+use parking_lot::RwLock;
 
-/// Declared rooms and the default for the others.
+use crate::config::{Config, RoomConfig, RoomsDefault};
+
+/// Declared rooms and the default for the others. Changes (`set_room`,
+/// `replace`) apply at once, also to existing subscriptions: membership is
+/// checked for every delivered room message.
 pub struct Membership {
-    default_open: bool,
-    rooms: HashMap<String, DeclaredRoom>,
+    default_open: RwLock<bool>,
+    rooms: RwLock<HashMap<String, DeclaredRoom>>,
 }
 
 struct DeclaredRoom {
@@ -18,41 +23,59 @@ struct DeclaredRoom {
     listed: Vec<String>,
 }
 
+fn declared(r: &RoomConfig) -> DeclaredRoom {
+    DeclaredRoom {
+        open: r.open,
+        members: r.members.iter().cloned().collect(),
+        listed: r.members.clone(),
+    }
+}
+
 impl Membership {
     pub fn from_config(config: &Config) -> Self {
-        let rooms = config
-            .rooms
-            .iter()
-            .map(|r| {
-                (
-                    r.name.clone(),
-                    DeclaredRoom {
-                        open: r.open,
-                        members: r.members.iter().cloned().collect(),
-                        listed: r.members.clone(),
-                    },
-                )
-            })
-            .collect();
-        Membership {
-            default_open: config.rooms_default == RoomsDefault::Open,
-            rooms,
-        }
+        let membership = Membership {
+            default_open: RwLock::new(true),
+            rooms: RwLock::default(),
+        };
+        membership.replace(config.rooms_default, &config.rooms);
+        membership
+    }
+
+    /// Replaces every declared room and the default (a configuration reload).
+    pub fn replace(&self, default: RoomsDefault, rooms: &[RoomConfig]) {
+        *self.default_open.write() = default == RoomsDefault::Open;
+        *self.rooms.write() = rooms.iter().map(|r| (r.name.clone(), declared(r))).collect();
+    }
+
+    /// Declares or redeclares one room.
+    pub fn set_room(&self, room: &RoomConfig) {
+        self.rooms.write().insert(room.name.clone(), declared(room));
     }
 
     /// Whether `identity` may publish in, read from and ask the history of
-    /// `room`.
+    /// `room`, by the configuration.
     pub fn may_join(&self, identity: &str, room: &str) -> bool {
-        match self.rooms.get(room) {
+        match self.rooms.read().get(room) {
             Some(declared) => declared.open || declared.members.contains(identity),
-            None => self.default_open,
+            None => *self.default_open.read(),
+        }
+    }
+
+    /// The check every room access goes through: a token's room list when
+    /// the client logged in with one, else the configuration.
+    pub fn allows(&self, identity: &str, grant: Option<&HashSet<String>>, room: &str) -> bool {
+        match grant {
+            Some(rooms) => rooms.contains(room),
+            None => self.may_join(identity, room),
         }
     }
 
     /// Declared rooms with their member lists.
-    pub fn declared(&self) -> impl Iterator<Item = (&str, &[String])> {
+    pub fn declared(&self) -> Vec<(String, Vec<String>)> {
         self.rooms
+            .read()
             .iter()
-            .map(|(name, r)| (name.as_str(), r.listed.as_slice()))
+            .map(|(name, r)| (name.clone(), r.listed.clone()))
+            .collect()
     }
 }

@@ -21,6 +21,46 @@ use crate::config::{ListenerConfig, ListenerKind};
 use crate::session::{self, Stream};
 pub use tls::{ReloadableTls, TlsFiles};
 
+/// Per-IP connection counts and rates, for `max_connections_per_ip` and
+/// `max_connection_rate_per_ip`.
+#[derive(Default)]
+pub struct IpLimits {
+    /// Open connections, and (second, connections opened in it).
+    per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (usize, u64, u32)>>,
+}
+
+impl IpLimits {
+    /// Whether a new connection from `ip` is within the limits; when it
+    /// is, it counts until `release`.
+    fn admit(&self, ip: std::net::IpAddr, max_open: usize, max_rate: u32) -> bool {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut per_ip = self.per_ip.lock();
+        let entry = per_ip.entry(ip).or_insert((0, second, 0));
+        if entry.1 != second {
+            entry.1 = second;
+            entry.2 = 0;
+        }
+        if (max_open > 0 && entry.0 >= max_open) || (max_rate > 0 && entry.2 >= max_rate) {
+            return false;
+        }
+        entry.0 += 1;
+        entry.2 += 1;
+        true
+    }
+
+    fn release(&self, ip: std::net::IpAddr) {
+        let mut per_ip = self.per_ip.lock();
+        if let Some(entry) = per_ip.get_mut(&ip) {
+            entry.0 = entry.0.saturating_sub(1);
+            if entry.0 == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
 /// What the connection task learns from the transport.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -85,6 +125,17 @@ pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tr
                 continue;
             }
         };
+        let (max_open, max_rate) = (
+            shared.config.max_connections_per_ip,
+            shared.config.max_connection_rate_per_ip,
+        );
+        if !shared.ip_limits.admit(addr.ip(), max_open, max_rate) {
+            // Refused before any MQTT: the cheapest answer to a flood.
+            shared.metrics.connections_limited.inc();
+            tracing::debug!(%addr, "connection refused: max_connections_per_ip or max_connection_rate_per_ip");
+            drop(socket);
+            continue;
+        }
         // Without TCP_NODELAY small packets wait tens of milliseconds.
         if let Err(e) = socket.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
@@ -103,6 +154,7 @@ pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tr
                 Err(_) => tracing::debug!(%addr, kind = ?listener.config.kind, "handshake timed out"),
             }
             shared.connections.fetch_sub(1, Ordering::AcqRel);
+            shared.ip_limits.release(addr.ip());
         });
     }
 }

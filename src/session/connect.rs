@@ -88,28 +88,68 @@ pub(crate) async fn accept(
         .then(|| shared.registry.assign_client_id());
     let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
 
-    let decision = shared.auth.authenticate(&AuthRequest {
-        client_id: &client_id,
-        username: connect.username.as_deref(),
-        password: connect.password.as_deref(),
-        peer: io.peer,
-    });
-    match decision {
-        AuthDecision::Allow => {}
-        AuthDecision::BadCredentials => {
-            shared.metrics.auth_failures.inc();
-            return refuse(
-                io,
-                ConnectAckReason::BadUserNameOrPassword,
-                "bad username or password",
-            )
-            .await;
+    let username = connect.username.as_deref().map(str::to_string);
+    let password = connect.password.clone();
+    let decision = if password.is_some() {
+        // Password hashes are slow on purpose: off the runtime's threads.
+        let (auth, peer, id) = (shared.auth.clone(), io.peer, client_id.clone());
+        let (user, pass) = (username.clone(), password.clone());
+        tokio::task::spawn_blocking(move || {
+            auth.authenticate(&AuthRequest {
+                client_id: &id,
+                username: user.as_deref(),
+                password: pass.as_deref(),
+                peer,
+            })
+        })
+        .await
+        .unwrap_or(AuthDecision::NotAuthorized)
+    } else {
+        shared.auth.authenticate(&AuthRequest {
+            client_id: &client_id,
+            username: username.as_deref(),
+            password: None,
+            peer: io.peer,
+        })
+    };
+    let grant = match decision {
+        AuthDecision::Allow(grant) => {
+            shared.login_backoff.succeeded(io.peer.ip());
+            grant
         }
-        AuthDecision::NotAuthorized => {
+        refused => {
             shared.metrics.auth_failures.inc();
-            return refuse(io, ConnectAckReason::NotAuthorized, "not authorized").await;
+            let wait = shared.login_backoff.failed(io.peer.ip());
+            tracing::info!(
+                %client_id,
+                username = username.as_deref().unwrap_or(""),
+                peer = %io.peer,
+                backoff_ms = wait.as_millis() as u64,
+                "login failed"
+            );
+            tokio::time::sleep(wait).await;
+            return match refused {
+                AuthDecision::BadCredentials => {
+                    refuse(
+                        io,
+                        ConnectAckReason::BadUserNameOrPassword,
+                        "bad username or password",
+                    )
+                    .await
+                }
+                _ => refuse(io, ConnectAckReason::NotAuthorized, "not authorized").await,
+            };
         }
+    };
+    if let Some(name) = &grant.username {
+        connect.username = Some(name.as_str().into());
     }
+    let auth_deadline = grant.expires_unix.map(|exp| {
+        let left = exp.saturating_sub(crate::store::unix_ms_now() / 1000);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
+    let room_grant: Option<Arc<std::collections::HashSet<String>>> =
+        grant.rooms.map(|rooms| Arc::new(rooms.into_iter().collect()));
 
     let identity: Arc<str> = connect
         .username
@@ -155,6 +195,10 @@ pub(crate) async fn accept(
         st.expiry_secs = expiry;
         // Queue what the rooms got while the session was away.
         st.replaying = true;
+        st.member = Some(super::Member {
+            identity: identity.clone(),
+            room_grant: room_grant.clone(),
+        });
         st.will = connect.last_will.clone().map(|will| Will {
             delay_secs: will.will_delay_interval_sec.unwrap_or(0),
             will,
@@ -201,6 +245,17 @@ pub(crate) async fn accept(
         client_alias_max: connect.topic_alias_max,
         connect_expiry: connect.session_expiry_interval_secs,
         shutdown: shared.shutdown.subscribe(),
+        username: connect
+            .username
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(Arc::from),
         identity,
+        room_grant,
+        auth_deadline,
+        publish_budget: super::rate::PublishBudget::new(
+            config.max_publish_rate,
+            config.max_publish_bytes_rate,
+        ),
     })
 }

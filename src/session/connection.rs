@@ -185,6 +185,14 @@ pub(crate) struct Connection {
     /// Username when authenticated, else client id: the `{sender}` and
     /// `{user}` of chat topics, and the presence this connection counts in.
     pub identity: Arc<str>,
+    /// The username (for `%u` in ACL rules).
+    pub username: Option<Arc<str>>,
+    /// The rooms a token allows, exactly; `None` follows the configuration.
+    pub room_grant: Option<Arc<std::collections::HashSet<String>>>,
+    /// When the token the client logged in with expires.
+    pub auth_deadline: Option<Instant>,
+    /// `max_publish_rate` / `max_publish_bytes_rate`.
+    pub publish_budget: super::rate::PublishBudget,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is set
@@ -273,6 +281,9 @@ impl Connection {
                 _ = self.session.wake.notified() => continue,
                 _ = sleep_until_opt(deadline) => {
                     return Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, "keep alive timeout".into())
+                }
+                _ = sleep_until_opt(self.auth_deadline) => {
+                    return Close::ByServer(DisconnectReasonCode::MaximumConnectTime, "the login token expired".into())
                 }
             };
             match read {

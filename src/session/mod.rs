@@ -14,6 +14,7 @@ mod lifecycle;
 mod outbox;
 mod persist;
 mod publish;
+mod rate;
 mod registry;
 mod replay;
 mod subscribe;
@@ -70,6 +71,14 @@ pub(crate) struct SessionSubscription {
     pub id: Option<NonZeroU32>,
 }
 
+/// Who the connected client is, for room membership at delivery time.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    pub identity: Arc<str>,
+    /// The rooms a token allows, exactly; `None` follows the configuration.
+    pub room_grant: Option<Arc<HashSet<String>>>,
+}
+
 /// The mutable part of a session.
 #[derive(Default)]
 pub(crate) struct SessionState {
@@ -106,6 +115,10 @@ pub(crate) struct SessionState {
     pub replaying: bool,
     /// Room messages acknowledged since the session record was last saved.
     pub room_acks_unsaved: u32,
+    /// The client of the last connection; room messages are delivered only
+    /// while it is a member of the room (checked per message, so a removed
+    /// member stops receiving at once).
+    pub member: Option<Member>,
     /// Packet id to a hash of (topic, payload) of this session's recent QoS
     /// 1 publishes, to recognise a DUP resend of one already stored.
     pub recent_publishes: HashMap<u16, u64>,
@@ -146,6 +159,9 @@ pub struct Session {
     /// Whether anything of this session may be in the store, so that a
     /// clean session (the common case) never touches the store at all.
     stored: AtomicBool,
+    /// Room membership, shared with the chat layer; `None` for the trusted
+    /// in-process subscriber of an embedding program, which reads all.
+    membership: Option<Arc<crate::chat::Membership>>,
 }
 
 impl Session {
@@ -155,6 +171,7 @@ impl Session {
         queue_qos0_offline: bool,
         metrics: Arc<Metrics>,
         store: Option<Arc<dyn Store>>,
+        membership: Option<Arc<crate::chat::Membership>>,
     ) -> Self {
         Session {
             client_id,
@@ -167,6 +184,7 @@ impl Session {
             metrics,
             store,
             stored: AtomicBool::new(false),
+            membership,
         }
     }
 
@@ -185,6 +203,9 @@ impl Session {
         let mut st = self.state.lock();
         if st.ended {
             return false;
+        }
+        if !self.may_read(&st, &delivery.message.topic) {
+            return true;
         }
         if let Some(tag) = &delivery.message.room {
             if !self.take_live_room_message(&mut st, tag) {
@@ -219,6 +240,24 @@ impl Session {
         drop(st);
         self.wake.notify_one();
         true
+    }
+
+    /// Whether this session's client may read `topic`: room topics
+    /// (`rooms/{room}/...`) need membership of the room.
+    pub(crate) fn may_read(&self, st: &SessionState, topic: &str) -> bool {
+        let Some(room) = topic
+            .strip_prefix("rooms/")
+            .and_then(|rest| rest.split('/').next())
+        else {
+            return true;
+        };
+        let Some(membership) = &self.membership else {
+            return true;
+        };
+        match &st.member {
+            Some(m) => membership.allows(&m.identity, m.room_grant.as_deref(), room),
+            None => membership.allows(&self.client_id, None, room),
+        }
     }
 
     /// Messages waiting to be sent plus messages in flight.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
+use crate::auth::acl::Subject;
 use crate::chat::{Handled, Publisher};
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{
@@ -36,6 +37,37 @@ impl Connection {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
+        if !self.publish_budget.allow(publish.payload.len()) {
+            self.shared.metrics.rate_limited.inc();
+            return Some(Close::ByServer(
+                DisconnectReasonCode::MessageRateTooHigh,
+                "over max_publish_rate or max_publish_bytes_rate".into(),
+            ));
+        }
+        let subject = Subject {
+            username: self.username.as_deref(),
+            client_id: &self.session.client_id,
+        };
+        if !shared.acl.may_publish(&subject, &publish.topic) {
+            shared.metrics.acl_denied.inc();
+            tracing::info!(topic = %publish.topic, "publish denied by the ACL");
+            if let Some(id) = packet_id {
+                // 5.0 learns why; 3.1.1 gets a plain acknowledgement and
+                // the message is dropped, as that version allows.
+                let ack = PublishAck {
+                    packet_id: id,
+                    reason_code: PublishAckReason::NotAuthorized,
+                    ..Default::default()
+                };
+                if qos == QoS::ExactlyOnce {
+                    self.send_ack(Packet::PublishReceived(ack));
+                } else {
+                    self.send_ack(Packet::PublishAck(ack));
+                }
+            }
+            return None;
+        }
+
         if qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else {
                 return Some(Close::ByServer(
@@ -82,6 +114,7 @@ impl Connection {
         let who = Publisher {
             identity: &self.identity,
             client_id: &self.session.client_id,
+            room_grant: self.room_grant.as_deref(),
         };
         let reason = match shared.chat.on_publish(&shared.router, config, &who, message) {
             Handled::Done(reason) => reason,

@@ -104,6 +104,7 @@ impl Registry {
             shared.config.queue_qos0_messages,
             shared.metrics.clone(),
             shared.store.clone(),
+            Some(shared.chat.membership.clone()),
         ))
     }
 

@@ -131,6 +131,9 @@ impl Session {
                     }
                     last = seq;
                     let message = room_message(&room, seq, record, None);
+                    if !self.may_read(&st, &message.topic) {
+                        continue;
+                    }
                     if let Some((qos, subscription_ids)) = best_match(&st.subscriptions, &message.topic) {
                         deliveries.push(Delivery {
                             qos: message.qos.less_value(qos),

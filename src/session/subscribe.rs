@@ -3,6 +3,7 @@
 
 use super::connection::{Close, Connection};
 use super::SessionSubscription;
+use crate::auth::acl::Subject;
 use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
 use crate::protocol::{
     DisconnectReasonCode, Packet, QoS, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
@@ -38,6 +39,11 @@ impl Connection {
                     "No Local on a shared subscription".into(),
                 ));
             }
+            let plain_filter = shared.as_ref().map_or(&**filter, |s| s.filter);
+            if let Some(reason) = self.subscribe_refusal(filter, plain_filter) {
+                status.push(reason);
+                continue;
+            }
             self.session.start_room_cursors(&self.shared.chat, filter);
             self.shared
                 .router
@@ -63,6 +69,40 @@ impl Connection {
             status,
         }));
         None
+    }
+
+    /// Why this filter may not be subscribed to, if it may not: the
+    /// session's subscription quota, room membership (a filter naming a
+    /// room), or the ACL. Counted and logged.
+    fn subscribe_refusal(&self, filter: &str, plain_filter: &str) -> Option<SubscribeAckReason> {
+        let max = self.shared.config.max_subscriptions_per_session;
+        if max > 0 {
+            let st = self.session.state.lock();
+            if st.subscriptions.len() >= max && !st.subscriptions.contains_key(filter) {
+                tracing::info!(%filter, max, "subscription refused: max_subscriptions_per_session");
+                return Some(SubscribeAckReason::QuotaExceeded);
+            }
+        }
+        let named_room = plain_filter
+            .strip_prefix("rooms/")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|room| *room != "+" && *room != "#");
+        let room_ok = named_room.is_none_or(|room| {
+            self.shared
+                .chat
+                .membership
+                .allows(&self.identity, self.room_grant.as_deref(), room)
+        });
+        let subject = Subject {
+            username: self.username.as_deref(),
+            client_id: &self.session.client_id,
+        };
+        if room_ok && self.shared.acl.may_subscribe(&subject, plain_filter) {
+            return None;
+        }
+        self.shared.metrics.acl_denied.inc();
+        tracing::info!(%filter, identity = %self.identity, "subscription denied (room membership or ACL)");
+        Some(SubscribeAckReason::NotAuthorized)
     }
 
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<Close> {

@@ -1,0 +1,158 @@
+//! Topic rules for everything outside the chat topics (rooms follow
+//! membership, see `chat/rooms.rs`): mosquitto-style patterns with `%u`
+//! (username) and `%c` (client id), each `read`, `write` or `readwrite`.
+//! With no rule configured everything is allowed; with any rule, what no
+//! rule allows is denied.
+
+use serde::Deserialize;
+
+use crate::protocol::validate::topic_matches;
+
+/// What a rule allows.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// One `[[acl]]` rule.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// A topic filter; `%u` and `%c` are replaced by the client's username
+    /// and client id (a rule with `%u` never matches a client without one).
+    pub topic: String,
+    pub access: Access,
+}
+
+/// Whether a topic is owned by the chat layer (membership decides there).
+pub fn is_chat_topic(topic: &str) -> bool {
+    topic.starts_with("rooms/")
+        || topic.starts_with("$presence/")
+        || topic.starts_with("$history/")
+        || topic.starts_with("$rooms/")
+}
+
+/// The rules, checked in order; any allowing rule allows.
+#[derive(Default)]
+pub struct Acl {
+    rules: Vec<AclRule>,
+}
+
+/// Who asks.
+pub struct Subject<'a> {
+    pub username: Option<&'a str>,
+    pub client_id: &'a str,
+}
+
+impl Acl {
+    pub fn new(rules: Vec<AclRule>) -> Self {
+        Acl { rules }
+    }
+
+    fn expand(&self, rule: &AclRule, who: &Subject<'_>) -> Option<String> {
+        if rule.topic.contains("%u") && who.username.is_none() {
+            return None;
+        }
+        let username = who.username.unwrap_or_default();
+        // A value with wildcards or separators must not widen the rule.
+        let unsafe_value = |v: &str| v.contains(['+', '#', '/']);
+        if (rule.topic.contains("%u") && unsafe_value(username))
+            || (rule.topic.contains("%c") && unsafe_value(who.client_id))
+        {
+            return None;
+        }
+        Some(rule.topic.replace("%u", username).replace("%c", who.client_id))
+    }
+
+    /// Whether `who` may publish to `topic`.
+    pub fn may_publish(&self, who: &Subject<'_>, topic: &str) -> bool {
+        if self.rules.is_empty() || is_chat_topic(topic) {
+            return true;
+        }
+        self.rules
+            .iter()
+            .filter(|r| r.access != Access::Read)
+            .filter_map(|r| self.expand(r, who))
+            .any(|pattern| topic_matches(&pattern, topic))
+    }
+
+    /// Whether `who` may subscribe to `filter`: some read rule must cover
+    /// every topic the filter can match (so `#` needs a rule `#`).
+    pub fn may_subscribe(&self, who: &Subject<'_>, filter: &str) -> bool {
+        if self.rules.is_empty() || is_chat_topic(filter) {
+            return true;
+        }
+        self.rules
+            .iter()
+            .filter(|r| r.access != Access::Write)
+            .filter_map(|r| self.expand(r, who))
+            .any(|pattern| filter_within(&pattern, filter))
+    }
+}
+
+/// Whether every topic matched by `filter` is matched by `pattern`.
+pub fn filter_within(pattern: &str, filter: &str) -> bool {
+    let mut p = pattern.split('/');
+    let mut f = filter.split('/');
+    loop {
+        match (p.next(), f.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(level)) if level != "#" => {}
+            (Some(a), Some(b)) if a == b && a != "+" && a != "#" => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_within_patterns() {
+        assert!(filter_within("#", "a/#"));
+        assert!(filter_within("a/#", "a/b/+"));
+        assert!(filter_within("a/+/c", "a/x/c"));
+        assert!(filter_within("a/+/c", "a/+/c"));
+        assert!(!filter_within("a/+/c", "a/#"));
+        assert!(!filter_within("a/b", "a/+"));
+        assert!(!filter_within("a/b", "#"));
+    }
+
+    #[test]
+    fn rules_with_username_and_client_id() {
+        let acl = Acl::new(vec![
+            AclRule {
+                topic: "sensors/%u/#".into(),
+                access: Access::ReadWrite,
+            },
+            AclRule {
+                topic: "status/%c".into(),
+                access: Access::Write,
+            },
+        ]);
+        let alice = Subject {
+            username: Some("alice"),
+            client_id: "dev1",
+        };
+        assert!(acl.may_publish(&alice, "sensors/alice/t"));
+        assert!(!acl.may_publish(&alice, "sensors/bob/t"));
+        assert!(acl.may_publish(&alice, "status/dev1"));
+        assert!(!acl.may_subscribe(&alice, "status/dev1"), "write-only");
+        assert!(!acl.may_subscribe(&alice, "#"));
+        let anon = Subject {
+            username: None,
+            client_id: "x",
+        };
+        assert!(!acl.may_publish(&anon, "sensors//t"));
+        let sneaky = Subject {
+            username: Some("+"),
+            client_id: "x",
+        };
+        assert!(!acl.may_subscribe(&sneaky, "sensors/+/#"));
+    }
+}

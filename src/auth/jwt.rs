@@ -1,0 +1,98 @@
+//! Bearer tokens: a JWT passed as the MQTT password. HS256 with a shared
+//! secret, or RS256/ES256 with a public key file. `sub` is the username,
+//! `exp` is required and enforced (also while connected), and an optional
+//! claim (`jwt_rooms_claim`, default `rooms`) lists the rooms the user may
+//! join.
+
+use std::path::Path;
+
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+    rooms_claim: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a valid token says.
+pub struct TokenGrant {
+    pub username: String,
+    pub expires_unix: u64,
+    pub rooms: Option<Vec<String>>,
+}
+
+impl JwtVerifier {
+    pub fn hs256(secret: &str, rooms_claim: &str) -> Self {
+        Self::new(
+            DecodingKey::from_secret(secret.as_bytes()),
+            vec![Algorithm::HS256],
+            rooms_claim,
+        )
+    }
+
+    /// An RSA or EC public key in PEM: RS256 or ES256 tokens.
+    pub fn public_key(path: &Path, rooms_claim: &str) -> Result<Self, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+            return Ok(Self::new(key, vec![Algorithm::RS256], rooms_claim));
+        }
+        DecodingKey::from_ec_pem(&pem)
+            .map(|key| Self::new(key, vec![Algorithm::ES256], rooms_claim))
+            .map_err(|e| format!("{}: not an RSA or EC public key: {e}", path.display()))
+    }
+
+    fn new(key: DecodingKey, algorithms: Vec<Algorithm>, rooms_claim: &str) -> Self {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        JwtVerifier {
+            key,
+            validation,
+            rooms_claim: rooms_claim.to_string(),
+        }
+    }
+
+    /// The grant of a valid, unexpired token; `None` otherwise.
+    pub fn verify(&self, token: &str) -> Option<TokenGrant> {
+        let data = decode::<Claims>(token, &self.key, &self.validation).ok()?;
+        let claims = data.claims;
+        let rooms = claims
+            .other
+            .get(&self.rooms_claim)
+            .and_then(|v| v.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|r| r.as_str().map(str::to_string))
+                    .collect()
+            });
+        Some(TokenGrant {
+            username: claims.sub,
+            expires_unix: claims.exp,
+            rooms,
+        })
+    }
+}
+
+/// Whether a password looks like a JWT (three base64url parts).
+pub fn looks_like_jwt(password: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(password) else {
+        return false;
+    };
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}

@@ -1,0 +1,95 @@
+//! The password file: one `user:hash` per line, the hash in argon2id PHC
+//! form (`$argon2id$v=19$...`), as `roomq passwd FILE USER` writes it.
+//! Blank lines and lines starting with `#` are ignored.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+/// Users and their password hashes.
+pub struct PasswordFile {
+    pub path: PathBuf,
+    users: HashMap<String, String>,
+}
+
+impl PasswordFile {
+    /// Reads and checks the file; the error names the file and line.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut users = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(format!(
+                    "{} line {}: expected `user:hash`",
+                    path.display(),
+                    number + 1
+                ));
+            };
+            if PasswordHash::new(hash).is_err() {
+                return Err(format!(
+                    "{} line {}: the hash for {user:?} is not a PHC string",
+                    path.display(),
+                    number + 1
+                ));
+            }
+            users.insert(user.to_string(), hash.to_string());
+        }
+        Ok(PasswordFile {
+            path: path.to_path_buf(),
+            users,
+        })
+    }
+
+    /// Whether `user` exists and `password` matches its hash.
+    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+        let Some(hash) = self.users.get(user) else {
+            // Spend the same time as a real check, so a missing user does
+            // not answer faster than a wrong password.
+            let _ = Argon2::default().hash_password(password, &SaltString::generate(&mut OsRng));
+            return false;
+        };
+        PasswordHash::new(hash)
+            .map(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
+            .unwrap_or(false)
+    }
+}
+
+/// An argon2id hash of `password` with a random salt, in PHC form.
+pub fn hash_password(password: &[u8]) -> Result<String, String> {
+    Argon2::default()
+        .hash_password(password, &SaltString::generate(&mut OsRng))
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Sets (adds or replaces) `user`'s password in the file at `path`,
+/// creating the file if needed; other lines are kept as they are.
+pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), String> {
+    if user.is_empty() || user.contains(':') || user.contains(char::is_whitespace) {
+        return Err(format!(
+            "user name {user:?} must be non-empty, without `:` or spaces"
+        ));
+    }
+    let hash = hash_password(password)?;
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut lines: Vec<String> = existing
+        .lines()
+        .filter(|l| l.split_once(':').map(|(u, _)| u) != Some(user))
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("{user}:{hash}"));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, lines.join("\n") + "\n").map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,355 @@
+//! Authentication, authorization and limits, as a client sees them: the
+//! password file (made with `roomq passwd`), JWT tokens with a room list,
+//! room membership on publish and subscribe (also after a member is
+//! removed), topic rules, and the flood limits.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v3;
+use rmqtt_codec::v5::{self, ConnectAckReason, Packet, PublishAckReason, SubscribeAckReason};
+use roomq::config::{AuthConfig, RoomConfig};
+
+/// Writes `user`'s password into `file` with the real `roomq passwd`.
+fn roomq_passwd(file: &std::path::Path, user: &str, password: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomq"))
+        .arg("passwd")
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn login5(id: &str, user: &str, password: &str) -> v5::Connect {
+    let mut c = connect5(id);
+    c.username = Some(user.into());
+    c.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
+    c
+}
+
+#[tokio::test]
+async fn password_file_logins_with_mosquitto_clients_and_the_right_refusal_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    roomq_passwd(&file, "alice", "s3cret");
+    roomq_passwd(&file, "bob", "hunter2");
+    let mut config = test_config();
+    config.auth = AuthConfig {
+        allow_anonymous: Some(false),
+        password_file: Some(file.clone()),
+        ..Default::default()
+    };
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let port = addr.port().to_string();
+    let pub_with = |password: &'static str| {
+        let port = port.clone();
+        async move {
+            tokio::process::Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-u",
+                    "alice",
+                    "-P",
+                    password,
+                    "-t",
+                    "t",
+                    "-m",
+                    "x",
+                ])
+                .output()
+                .await
+                .expect("mosquitto_pub runs")
+        }
+    };
+    assert!(pub_with("s3cret").await.status.success());
+    let wrong = pub_with("guess").await;
+    assert!(!wrong.status.success());
+    let (_, ack) = Raw::connect5(addr, login5("c1", "alice", "guess")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::BadUserNameOrPassword);
+    let (_, ack) = Raw::connect5(addr, connect5("anon")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::NotAuthorized);
+    let mut c3 = connect3("c3", true);
+    c3.username = Some("bob".into());
+    c3.password = Some(bytes::Bytes::from_static(b"nope"));
+    let (_, ack) = Raw::connect3(addr, c3).await;
+    assert_eq!(ack.return_code, v3::ConnectAckReason::BadUserNameOrPassword);
+    let (_, ack) = Raw::connect5(addr, login5("c4", "bob", "hunter2")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    assert_eq!(broker.metrics().auth_failures.get(), 4);
+}
+
+fn token(secret: &str, sub: &str, exp_in_secs: i64, rooms: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({ "sub": sub, "exp": now + exp_in_secs, "rooms": rooms });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn send_ack(c: &mut Raw, topic: &str, id: u16) -> PublishAckReason {
+    c.send5(Packet::Publish(Box::new(publish(
+        topic,
+        b"m",
+        QoS::AtLeastOnce,
+        Some(id),
+    ))))
+    .await;
+    loop {
+        match c.recv5().await.packet() {
+            Packet::PublishAck(ack) => return ack.reason_code,
+            Packet::Publish(_) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_jwt_user_gets_into_exactly_the_rooms_the_token_lists_until_it_expires() {
+    let secret = "test-secret";
+    let mut config = test_config();
+    config.auth = AuthConfig {
+        allow_anonymous: Some(false),
+        jwt_secret: Some(secret.into()),
+        ..Default::default()
+    };
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut c = connect5("phone-1");
+    c.password = Some(token(secret, "jay", 3600, &["a"]).into());
+    let (mut jay, ack) = Raw::connect5(addr, c).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    // `sub` is the identity, so jay posts as jay.
+    assert_eq!(
+        send_ack(&mut jay, "rooms/a/msg/jay", 1).await,
+        PublishAckReason::Success
+    );
+    assert_eq!(
+        send_ack(&mut jay, "rooms/b/msg/jay", 2).await,
+        PublishAckReason::NotAuthorized
+    );
+    let status = jay
+        .subscribe5(
+            1,
+            &[
+                ("rooms/a/msg/+", opts(QoS::AtLeastOnce)),
+                ("rooms/b/msg/+", opts(QoS::AtLeastOnce)),
+            ],
+        )
+        .await;
+    assert_eq!(
+        status,
+        vec![SubscribeAckReason::GrantedQos1, SubscribeAckReason::NotAuthorized]
+    );
+
+    // A wrong signature, an expired token, or a username that is not `sub`.
+    for (user, password) in [
+        (None, token("other-secret", "jay", 3600, &["a"])),
+        (None, token(secret, "jay", -10, &["a"])),
+        (Some("mallory"), token(secret, "jay", 3600, &["a"])),
+    ] {
+        let mut c = connect5("phone-2");
+        c.username = user.map(Into::into);
+        c.password = Some(password.into());
+        let (_, ack) = Raw::connect5(addr, c).await;
+        assert_eq!(ack.reason_code, ConnectAckReason::BadUserNameOrPassword);
+    }
+    // A token that expires while connected ends the connection with 0xA0.
+    let mut c = connect5("phone-3");
+    c.password = Some(token(secret, "kim", 1, &["a"]).into());
+    let (mut kim, ack) = Raw::connect5(addr, c).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    assert_eq!(
+        kim.expect_disconnect5().await,
+        v5::DisconnectReasonCode::MaximumConnectTime
+    );
+}
+
+fn ops_room(members: &[&str]) -> RoomConfig {
+    RoomConfig {
+        name: "ops".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        open: false,
+    }
+}
+
+#[tokio::test]
+async fn a_non_member_cannot_read_or_write_a_room_before_or_after_being_removed() {
+    let mut config = test_config();
+    config.rooms = vec![ops_room(&["alice", "bob"])];
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut alice = Raw::client5(addr, "alice").await;
+    let mut bob = Raw::client5(addr, "bob").await;
+    let mut carol = Raw::client5(addr, "carol").await;
+    assert_eq!(
+        bob.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
+            .await,
+        vec![SubscribeAckReason::GrantedQos1]
+    );
+    // Carol: a named subscription is refused, a wildcard one sees nothing
+    // of ops, and her posts are refused.
+    assert_eq!(
+        carol
+            .subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
+            .await,
+        vec![SubscribeAckReason::NotAuthorized]
+    );
+    carol.subscribe5(2, &[("rooms/#", opts(QoS::AtLeastOnce))]).await;
+    assert_eq!(
+        send_ack(&mut carol, "rooms/ops/msg/carol", 1).await,
+        PublishAckReason::NotAuthorized
+    );
+    assert_eq!(
+        send_ack(&mut alice, "rooms/ops/msg/alice", 1).await,
+        PublishAckReason::Success
+    );
+    assert_eq!(bob.publish5().await.topic, "rooms/ops/msg/alice");
+    assert!(matches!(carol.recv5_within(QUIET).await, Got::Nothing));
+    // A 3.1.1 non-member gets 0x80 for the filter.
+    let (mut dave, _) = Raw::connect3(addr, connect3("dave", true)).await;
+    assert_eq!(
+        dave.subscribe3(1, &[("rooms/ops/msg/+", QoS::AtLeastOnce)]).await,
+        vec![v3::SubscribeReturnCode::Failure]
+    );
+
+    // Bob is removed while subscribed: he stops receiving and posting.
+    broker.set_room(ops_room(&["alice"]));
+    assert_eq!(
+        send_ack(&mut alice, "rooms/ops/msg/alice", 2).await,
+        PublishAckReason::Success
+    );
+    assert!(matches!(
+        bob.recv5_within(QUIET).await,
+        Got::Nothing | Got::Packet(Packet::PublishAck(_))
+    ));
+    assert_eq!(
+        send_ack(&mut bob, "rooms/ops/msg/bob", 3).await,
+        PublishAckReason::NotAuthorized
+    );
+    assert!(broker.metrics().acl_denied.get() >= 2);
+}
+
+#[tokio::test]
+async fn topic_rules_with_username_patterns_and_no_hash_for_non_admins() {
+    let mut config = test_config();
+    config.acl = vec![
+        roomq::auth::acl::AclRule {
+            topic: "sensors/%u/#".into(),
+            access: roomq::auth::acl::Access::ReadWrite,
+        },
+        roomq::auth::acl::AclRule {
+            topic: "public/#".into(),
+            access: roomq::auth::acl::Access::Read,
+        },
+    ];
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let (mut alice, _) = Raw::connect5(addr, login5("a1", "alice", "")).await;
+    assert_eq!(
+        send_ack(&mut alice, "sensors/alice/temp", 1).await,
+        PublishAckReason::NoMatchingSubscribers
+    );
+    assert_eq!(
+        send_ack(&mut alice, "sensors/bob/temp", 2).await,
+        PublishAckReason::NotAuthorized
+    );
+    assert_eq!(
+        send_ack(&mut alice, "public/news", 3).await,
+        PublishAckReason::NotAuthorized,
+        "read-only"
+    );
+    let status = alice
+        .subscribe5(
+            1,
+            &[
+                ("#", opts(QoS::AtLeastOnce)),
+                ("public/+", opts(QoS::AtLeastOnce)),
+                ("sensors/bob/#", opts(QoS::AtLeastOnce)),
+            ],
+        )
+        .await;
+    assert_eq!(
+        status,
+        vec![
+            SubscribeAckReason::NotAuthorized,
+            SubscribeAckReason::GrantedQos1,
+            SubscribeAckReason::NotAuthorized
+        ]
+    );
+    // 3.1.1: a denied publish is dropped silently, a denied filter is 0x80.
+    let mut c = connect3("dev", true);
+    c.username = Some("dev".into());
+    let (mut dev, _) = Raw::connect3(addr, c).await;
+    assert_eq!(
+        dev.subscribe3(1, &[("#", QoS::AtLeastOnce)]).await,
+        vec![v3::SubscribeReturnCode::Failure]
+    );
+    dev.send3(v3::Packet::Publish(Box::new(publish(
+        "sensors/alice/temp",
+        b"x",
+        QoS::AtLeastOnce,
+        Some(5),
+    ))))
+    .await;
+    assert!(matches!(
+        dev.recv3().await.packet(),
+        v3::Packet::PublishAck { .. }
+    ));
+}
+
+#[tokio::test]
+async fn flood_limits_close_or_refuse_with_the_right_codes() {
+    let mut config = test_config();
+    config.max_publish_rate = 20;
+    config.max_subscriptions_per_session = 2;
+    config.max_connections_per_ip = 3;
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut subs = Raw::client5(addr, "subs").await;
+    let status = subs
+        .subscribe5(
+            1,
+            &[
+                ("a", opts(QoS::AtMostOnce)),
+                ("b", opts(QoS::AtMostOnce)),
+                ("c", opts(QoS::AtMostOnce)),
+            ],
+        )
+        .await;
+    assert_eq!(status[2], SubscribeAckReason::QuotaExceeded);
+    // Three connections from this address are open; the fourth is closed
+    // before any MQTT.
+    let _second = Raw::client5(addr, "second").await;
+    let _third = Raw::client5(addr, "third").await;
+    let mut fourth = Raw::tcp(addr, true).await;
+    fourth.send5(Packet::Connect(Box::new(connect5("fourth")))).await;
+    assert!(matches!(fourth.recv5().await, Got::Closed));
+    assert!(broker.metrics().connections_limited.get() >= 1);
+    // A publisher over max_publish_rate is disconnected with 0x96.
+    for _ in 0..200 {
+        subs.publish0_5("x", b"flood").await;
+    }
+    assert_eq!(
+        subs.expect_disconnect5().await,
+        v5::DisconnectReasonCode::MessageRateTooHigh
+    );
+    assert_eq!(broker.metrics().rate_limited.get(), 1);
+}
