@@ -7,6 +7,40 @@ use super::{Packet, QoS, Version};
 
 /// Checks a decoded packet against the rules the codec does not enforce.
 pub(super) fn inbound_packet(first_byte: u8, packet: &Packet, version: Version) -> Result<(), DecodeError> {
+    // [MQTT-1.5.4-2]: a string containing U+0000 closes the connection.
+    const NUL: DecodeError = DecodeError::Malformed("U+0000 in a string");
+    let nul = |s: &str| s.contains('\0');
+    let nul_props = |props: &[(bytestring::ByteString, bytestring::ByteString)]| {
+        props.iter().any(|(k, v)| nul(k) || nul(v))
+    };
+    match packet {
+        Packet::Connect(c) => {
+            let will_nul = c.last_will.as_ref().is_some_and(|w| {
+                nul(&w.topic)
+                    || nul_props(&w.user_properties)
+                    || w.content_type.as_deref().is_some_and(nul)
+                    || w.response_topic.as_deref().is_some_and(nul)
+            });
+            if nul(&c.client_id)
+                || c.username.as_deref().is_some_and(nul)
+                || nul_props(&c.user_properties)
+                || will_nul
+            {
+                return Err(NUL);
+            }
+        }
+        Packet::Publish(p) => {
+            if let Some(props) = &p.properties {
+                if nul_props(&props.user_properties)
+                    || props.content_type.as_deref().is_some_and(nul)
+                    || props.response_topic.as_deref().is_some_and(nul)
+                {
+                    return Err(NUL);
+                }
+            }
+        }
+        _ => {}
+    }
     if let Packet::Publish(p) = packet {
         // [MQTT-3.3.1-2] DUP must be 0 for QoS 0.
         if p.qos == QoS::AtMostOnce && first_byte & 0b1000 != 0 {
