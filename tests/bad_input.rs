@@ -64,6 +64,9 @@ async fn state_intact(addr: std::net::SocketAddr) {
     watcher.send5(Packet::Disconnect(v5::Disconnect::default())).await;
 }
 
+/// Name, whether to CONNECT first, the bytes, the acceptable outcomes.
+type Case = (&'static str, bool, Vec<u8>, &'static [Option<R>]);
+
 fn varint(mut n: usize) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -128,7 +131,7 @@ async fn bad_input_closes_that_connection_and_changes_nothing_stored() {
     big_properties.extend(varint(body.len()));
     big_properties.extend(body);
 
-    let cases: Vec<(&str, bool, Vec<u8>, &[Option<R>])> = vec![
+    let cases: Vec<Case> = vec![
         // The topic length says 10 bytes; the packet holds 3.
         (
             "lying topic length",
