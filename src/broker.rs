@@ -213,6 +213,34 @@ impl BrokerHandle {
         &self.shared.chat.counters
     }
 
+    /// Serves one client over an in-memory pipe instead of a socket: the
+    /// same session, router and limits as any listener. For embedding
+    /// programs that carry MQTT over their own transport, and for the fuzz
+    /// targets. The returned end is the client's.
+    pub fn connect_in_memory(&self, buffer: usize) -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(buffer);
+        let shared = self.shared.clone();
+        let peer = crate::server::Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cert_username: None,
+        };
+        self.tracker.spawn(async move {
+            shared
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            crate::session::serve(Box::new(server), peer, shared.clone(), false).await;
+            shared
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
+        client
+    }
+
+    /// Client connections open now, on every listener (and in memory).
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Declares or redeclares a room (members, open) while running; it
     /// takes effect at once, also on existing subscriptions (a removed
     /// member stops receiving), and republishes `$rooms/{room}/members`.
