@@ -334,3 +334,67 @@ async fn a_certificate_reload_keeps_open_connections_and_serves_new_ones_the_new
         .status
         .success());
 }
+
+#[tokio::test]
+async fn websocket_framing_packets_split_across_frames_and_several_in_one_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut config = test_config();
+    config.listeners = vec![listener(ListenerKind::Ws, None)];
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::client_async(request, socket).await.unwrap();
+    assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "mqtt");
+
+    let encode = |packet: Packet| {
+        let mut out = bytes::BytesMut::new();
+        tokio_util::codec::Encoder::encode(&mut rmqtt_codec::v5::Codec::new(0, 0), packet, &mut out).unwrap();
+        out.to_vec()
+    };
+    // CONNECT in two frames.
+    let connect = encode(Packet::Connect(Box::new(connect5("framed"))));
+    let (a, b) = connect.split_at(5);
+    ws.send(Message::binary(a.to_vec())).await.unwrap();
+    ws.send(Message::binary(b.to_vec())).await.unwrap();
+    // SUBSCRIBE and PUBLISH in one frame.
+    let mut both = encode(Packet::Subscribe(rmqtt_codec::v5::Subscribe {
+        packet_id: pid(1),
+        id: None,
+        user_properties: Vec::new(),
+        topic_filters: vec![("echo".into(), opts(QoS::AtMostOnce))],
+    }));
+    both.extend(encode(Packet::Publish(Box::new(publish(
+        "echo",
+        b"one frame",
+        QoS::AtMostOnce,
+        None,
+    )))));
+    ws.send(Message::binary(both)).await.unwrap();
+
+    // The answers, whatever the framing: CONNACK, SUBACK, PUBLISH.
+    let mut received = bytes::BytesMut::new();
+    let mut codec = rmqtt_codec::v5::Codec::new(0, 0);
+    let mut packets = Vec::new();
+    while packets.len() < 3 {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) => received.extend_from_slice(&data),
+            other => panic!("expected binary frames, got {other:?}"),
+        }
+        while let Some((packet, _)) = tokio_util::codec::Decoder::decode(&mut codec, &mut received).unwrap() {
+            packets.push(packet);
+        }
+    }
+    assert!(matches!(packets[0], Packet::ConnectAck(_)));
+    assert!(matches!(packets[1], Packet::SubscribeAck(_)));
+    match &packets[2] {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"one frame"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
