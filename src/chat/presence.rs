@@ -34,7 +34,10 @@ pub fn presence_topic(user: &str) -> String {
 
 /// A retained presence message, as the broker publishes it.
 pub fn presence_message(user: &str, payload: &PresencePayload) -> Message {
-    Message::new(presence_topic(user), to_cbor(payload), QoS::AtLeastOnce, true)
+    let mut message = Message::new(presence_topic(user), to_cbor(payload), QoS::AtLeastOnce, true);
+    // Only "offline" (with last_seen) needs to survive a restart.
+    message.retain_in_memory = payload.status != "offline";
+    message
 }
 
 impl Presence {

@@ -32,6 +32,10 @@ pub struct Message {
     pub room: Option<RoomTag>,
     /// Never queued for an offline session (typing events).
     pub ephemeral: bool,
+    /// Retained in memory only, not written to the store ("online"
+    /// presence: a restart marks everyone offline anyway, and one store
+    /// write per connection cost about 800 bytes of sled cache each).
+    pub retain_in_memory: bool,
 }
 
 /// Where a chat message sits in its room's log.
@@ -55,6 +59,7 @@ impl Message {
             publisher: None,
             room: None,
             ephemeral: false,
+            retain_in_memory: false,
         }
     }
 

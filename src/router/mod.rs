@@ -63,7 +63,7 @@ impl Router {
         let message = Arc::new(message);
         if message.retain && self.retain_available {
             self.retained.set(&message);
-            if let Some(store) = &self.store {
+            if let Some(store) = self.store.as_ref().filter(|_| !message.retain_in_memory) {
                 let record = (!message.payload.is_empty()).then(|| crate::session::message_record(&message));
                 if let Err(e) = store.put_retained(&message.topic, record.as_ref()) {
                     tracing::error!(topic = %message.topic, error = %e, "could not store the retained message");

@@ -279,11 +279,13 @@ impl Connection {
                 }
                 r = self.io.read_more() => r,
                 _ = self.session.wake.notified() => continue,
-                _ = sleep_until_opt(deadline) => {
+                // One timer for both deadlines: each timer is part of every
+                // idle connection's task.
+                _ = sleep_until_opt(earliest(deadline, self.auth_deadline)) => {
+                    if self.auth_deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Close::ByServer(DisconnectReasonCode::MaximumConnectTime, "the login token expired".into());
+                    }
                     return Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, "keep alive timeout".into())
-                }
-                _ = sleep_until_opt(self.auth_deadline) => {
-                    return Close::ByServer(DisconnectReasonCode::MaximumConnectTime, "the login token expired".into())
                 }
             };
             match read {
@@ -470,6 +472,13 @@ async fn wait_durable(commit: Option<std::sync::Arc<crate::store::GroupCommit>>,
     match (commit, ticket) {
         (Some(commit), Some(ticket)) => commit.wait(ticket).await,
         _ => std::future::pending().await,
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -167,6 +167,7 @@ pub(crate) fn publish_will(shared: &Shared, client_id: &Arc<str>, will: &Will) {
         publisher: Some(client_id.clone()),
         room: None,
         ephemeral: false,
+        retain_in_memory: false,
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");
     shared.metrics.messages_received.inc();

@@ -61,6 +61,7 @@ pub(crate) fn message_from_record(r: MessageRecord) -> Message {
         publisher: r.publisher,
         room: None,
         ephemeral: false,
+        retain_in_memory: false,
     }
 }
 

@@ -249,6 +249,7 @@ impl Connection {
             publisher: Some(self.session.client_id.clone()),
             room: None,
             ephemeral: false,
+            retain_in_memory: false,
         }
     }
 }
