@@ -4,14 +4,19 @@
 //! - [`broker`]: [`Broker`] (build, start) and [`BrokerHandle`] (address,
 //!   in-process publish/subscribe, shutdown).
 //! - [`config`]: [`Config`], every setting and limit, and its layers.
-//! - `server`: the TCP listener and connection limits.
+//! - `server`: the listeners (TCP, TLS, WebSocket, WebSocket over TLS),
+//!   handshakes, per-IP limits.
 //! - [`protocol`]: the only module that knows the wire codec; packet
 //!   validation and 3.1.1/5.0 translation.
 //! - `session`: one client's protocol state and the task serving its
 //!   connection (connect, publish, subscribe, outbox, will, expiry).
 //! - [`router`]: the subscription trie, retained messages, fan-out.
-//! - [`store`]: the `Store` trait and its in-memory implementation.
-//! - [`auth`]: the authentication hook.
+//! - [`store`]: the `Store` trait, sled and in-memory implementations,
+//!   group commit.
+//! - [`chat`]: rooms, room logs with `seq`, de-duplication, presence,
+//!   typing, receipts, history, alert rules (`topics.md`).
+//! - [`auth`]: authentication (password file, JWT), login back-off, topic
+//!   ACL.
 //! - [`metrics`]: counters and `$SYS` topics.
 //! - `local`: the in-process client.
 //!
