@@ -359,12 +359,7 @@ async fn an_offline_member_gets_the_backlog_in_order_exactly_once() {
 #[tokio::test]
 async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
     let dir = tempfile::tempdir().unwrap();
-    let config = roomq::Config {
-        storage: roomq::StorageKind::Sled,
-        data_dir: dir.path().to_path_buf(),
-        ..test_config()
-    };
-    let broker = start_with(config).await;
+    let broker = start_with(sled_config(dir.path())).await;
     let addr = broker.local_addr();
     let mut per_message = Vec::new();
     for (room, members) in [("small", 1usize), ("big", 1000)] {
@@ -671,14 +666,6 @@ async fn an_alert_rule_turns_a_mosquitto_pub_into_a_room_message() {
     assert_eq!(alert.topic, "rooms/ops/msg/boiler-7");
     assert_eq!(&alert.payload[..], b"pressure high");
     assert_eq!(seq_of(&alert), 1);
-}
-
-fn sled_config(dir: &std::path::Path) -> roomq::Config {
-    roomq::Config {
-        storage: roomq::StorageKind::Sled,
-        data_dir: dir.to_path_buf(),
-        ..test_config()
-    }
 }
 
 #[tokio::test]

@@ -10,14 +10,6 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, Packet};
 
-fn sled_config(dir: &std::path::Path) -> roomq::Config {
-    roomq::Config {
-        storage: roomq::StorageKind::Sled,
-        data_dir: dir.to_path_buf(),
-        ..test_config()
-    }
-}
-
 #[tokio::test]
 async fn offline_messages_subscriptions_and_retained_survive_restart() {
     let dir = tempfile::tempdir().unwrap();

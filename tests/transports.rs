@@ -103,29 +103,7 @@ async fn mosquitto_clients_over_tls_and_mtls_with_the_certificate_as_username() 
     let ca = pki.path("ca.pem");
 
     // A TLS subscriber gets what a TCP client publishes.
-    let sub = tokio::spawn({
-        let (port, ca) = (tls_port.clone(), ca.clone());
-        async move {
-            mosquitto(
-                "mosquitto_sub",
-                &[
-                    "-h",
-                    "localhost",
-                    "-p",
-                    &port,
-                    "-t",
-                    "secure/t",
-                    "-C",
-                    "1",
-                    "-W",
-                    "10",
-                    "--cafile",
-                ],
-                &[&ca],
-            )
-            .await
-        }
-    });
+    let sub = tls_subscriber(tls_port.clone(), "secure/t", ca.clone(), 10);
     let mut tcp = Raw::client5(broker.local_addr(), "tcp-pub").await;
     let mut delivered = false;
     for _ in 0..50 {
@@ -190,6 +168,33 @@ async fn mosquitto_clients_over_tls_and_mtls_with_the_certificate_as_username() 
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let got = watcher.publish5().await;
     assert_eq!(got.topic, "rooms/sec/msg/alice");
+}
+
+/// A `mosquitto_sub` over TLS that waits (at most `secs`) for one message
+/// on `topic`.
+fn tls_subscriber(
+    port: String,
+    topic: &'static str,
+    ca: PathBuf,
+    secs: u32,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    tokio::spawn(async move {
+        let secs = secs.to_string();
+        let args = [
+            "-h",
+            "localhost",
+            "-p",
+            &port,
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            &secs,
+            "--cafile",
+        ];
+        mosquitto("mosquitto_sub", &args, &[&ca]).await
+    })
 }
 
 /// Runs the MQTT.js chat script; returns its JSON lines as they come.
@@ -280,29 +285,7 @@ async fn a_certificate_reload_keeps_open_connections_and_serves_new_ones_the_new
     ];
     let broker = start_with(config).await;
     let port = port_of(&broker, ListenerKind::Tls).to_string();
-    let sub = tokio::spawn({
-        let (port, ca) = (port.clone(), old.path("ca.pem"));
-        async move {
-            mosquitto(
-                "mosquitto_sub",
-                &[
-                    "-h",
-                    "localhost",
-                    "-p",
-                    &port,
-                    "-t",
-                    "reload/t",
-                    "-C",
-                    "1",
-                    "-W",
-                    "20",
-                    "--cafile",
-                ],
-                &[&ca],
-            )
-            .await
-        }
-    });
+    let sub = tls_subscriber(port.clone(), "reload/t", old.path("ca.pem"), 20);
     let mut tcp = Raw::client5(broker.local_addr(), "tcp-pub").await;
     // Wait until the TLS subscriber is connected (a publish finds it).
     let mut connected = false;

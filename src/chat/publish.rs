@@ -33,6 +33,12 @@ impl Publisher<'_> {
     pub fn may_join(&self, chat: &Chat, room: &str) -> bool {
         chat.membership.allows(self.identity, self.room_grant, room)
     }
+
+    /// Whether this publisher may post in `room` as `sender`: only as
+    /// itself, and only as a member.
+    fn may_post_as(&self, chat: &Chat, sender: &str, room: &str) -> bool {
+        sender == self.identity && self.may_join(chat, room)
+    }
 }
 
 /// What the chat layer made of a PUBLISH.
@@ -121,7 +127,7 @@ impl Chat {
         msg_id: Option<&str>,
         message: &Message,
     ) -> PublishAckReason {
-        if sender != who.identity || !who.may_join(self, room) {
+        if !who.may_post_as(self, sender, room) {
             return PublishAckReason::NotAuthorized;
         }
         let post = Post {
@@ -151,7 +157,7 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        if sender != who.identity || !who.may_join(self, room) {
+        if !who.may_post_as(self, sender, room) {
             return PublishAckReason::NotAuthorized;
         }
         if from_cbor::<Typing>(&message.payload).is_none() {
@@ -195,7 +201,7 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        if sender != who.identity || !who.may_join(self, room) {
+        if !who.may_post_as(self, sender, room) {
             return PublishAckReason::NotAuthorized;
         }
         let Some(receipt) = from_cbor::<Receipt>(&message.payload) else {

@@ -30,6 +30,15 @@ pub fn test_config() -> Config {
     }
 }
 
+/// `test_config()` with the sled store in `dir`.
+pub fn sled_config(dir: &std::path::Path) -> Config {
+    Config {
+        storage: roomq::StorageKind::Sled,
+        data_dir: dir.to_path_buf(),
+        ..test_config()
+    }
+}
+
 pub async fn start() -> BrokerHandle {
     start_with(test_config()).await
 }
