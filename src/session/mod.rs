@@ -121,7 +121,7 @@ pub(crate) struct SessionState {
     pub member: Option<Member>,
     /// Packet id to a hash of (topic, payload) of this session's recent QoS
     /// 1 publishes, to recognise a DUP resend of one already stored.
-    pub recent_publishes: HashMap<u16, u64>,
+    pub recent_publishes: VecDeque<(u16, u64)>,
 }
 
 impl SessionState {
