@@ -131,6 +131,7 @@ fn assert_promises(line: Option<String>) {
     let Some(line) = line else { return };
     assert!(field(&line, "acknowledged") > 0, "nothing got through: {line}");
     assert_eq!(field(&line, "missing"), 0, "{line}");
+    assert_eq!(field(&line, "not_stored"), 0, "{line}");
     assert_eq!(field(&line, "duplicates"), 0, "{line}");
     assert_eq!(field(&line, "out_of_order"), 0, "{line}");
 }

@@ -38,6 +38,9 @@ pub struct Report {
     pub acknowledged: u64,
     pub delivered: u64,
     pub missing: u64,
+    /// Acknowledged messages absent from their room's log (counted once,
+    /// not per member): a broken promise of the broker, not of delivery.
+    pub not_stored: u64,
     /// Messages the application would have seen twice (stored twice).
     pub duplicates: u64,
     /// Copies that reached a client again (dropped by its de-dup by seq).
@@ -50,8 +53,8 @@ pub struct Report {
 impl Report {
     pub fn line(&self, scenario: &str, mechanism: &str) -> String {
         format!(
-            "netem {scenario}: mechanism={mechanism} sent={} acknowledged={} delivered={} missing={} duplicates={} wire_duplicates={} out_of_order={} p50={}ms p99={}ms",
-            self.sent, self.acknowledged, self.delivered, self.missing, self.duplicates, self.wire_duplicates, self.out_of_order, self.p50_ms, self.p99_ms
+            "netem {scenario}: mechanism={mechanism} sent={} acknowledged={} delivered={} missing={} not_stored={} duplicates={} wire_duplicates={} out_of_order={} p50={}ms p99={}ms",
+            self.sent, self.acknowledged, self.delivered, self.missing, self.not_stored, self.duplicates, self.wire_duplicates, self.out_of_order, self.p50_ms, self.p99_ms
         )
     }
 }
@@ -410,6 +413,10 @@ async fn check(records: &Shared, broker: SocketAddr, plan: &Plan) -> Report {
             .entry(&r.room)
             .or_default()
             .extend(r.acked.iter().map(String::as_str));
+    }
+    for r in all.iter() {
+        let log = &logs[&r.room];
+        report.not_stored += r.acked.iter().filter(|id| !log.contains_key(id.as_str())).count() as u64;
     }
     let mut latencies: Vec<u64> = Vec::new();
     for r in all.iter() {
