@@ -34,7 +34,7 @@ pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher};
 pub use rooms::Membership;
-pub(crate) use topics::{filter_covers_room, message_topic};
+pub(crate) use topics::{filter_covers_room, message_topic, room_of};
 
 use crate::config::Config;
 use crate::protocol::{PublishProperties, QoS};
@@ -177,15 +177,13 @@ impl Chat {
 
     /// Publishes a room's retained member list, `$rooms/{room}/members`.
     pub fn publish_members(&self, router: &Router, room: &str, members: &[String]) {
-        {
-            let payload = payloads::to_cbor(&members);
-            router.publish(Message::new(
-                format!("$rooms/{room}/members"),
-                payload,
-                QoS::AtLeastOnce,
-                true,
-            ));
-        }
+        let payload = payloads::to_cbor(&members);
+        router.publish(Message::new(
+            format!("$rooms/{room}/members"),
+            payload,
+            QoS::AtLeastOnce,
+            true,
+        ));
     }
 }
 

@@ -59,6 +59,14 @@ pub(crate) fn classify(topic: &str) -> Option<ChatTopic<'_>> {
     }
 }
 
+/// The room a `rooms/{room}/...` topic or filter names (possibly `+` or
+/// `#` in a filter); `None` for any other topic.
+pub(crate) fn room_of(topic: &str) -> Option<&str> {
+    topic
+        .strip_prefix("rooms/")
+        .and_then(|rest| rest.split('/').next())
+}
+
 /// The topic subscribers see for a room message (the msg-id level, if the
 /// sender used one, is stripped).
 pub(crate) fn message_topic(room: &str, sender: &str) -> String {

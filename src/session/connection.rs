@@ -253,7 +253,7 @@ impl Connection {
         self.resend_inflight();
         let mut deadline = self.keep_alive_window.map(|w| Instant::now() + w);
         loop {
-            if self.session.state.lock().replaying && self.session.pending_count() < self.send_window * 2 {
+            if self.session.wants_replay(self.send_window * 2) {
                 self.session.replay_rooms(&self.shared.chat);
             }
             loop {

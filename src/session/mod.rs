@@ -245,10 +245,7 @@ impl Session {
     /// Whether this session's client may read `topic`: room topics
     /// (`rooms/{room}/...`) need membership of the room.
     pub(crate) fn may_read(&self, st: &SessionState, topic: &str) -> bool {
-        let Some(room) = topic
-            .strip_prefix("rooms/")
-            .and_then(|rest| rest.split('/').next())
-        else {
+        let Some(room) = crate::chat::room_of(topic) else {
             return true;
         };
         let Some(membership) = &self.membership else {

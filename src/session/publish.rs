@@ -1,7 +1,7 @@
 //! Inbound PUBLISH and PUBREL: topic aliases, limits, QoS 1/2 receipt and
 //! hand-off to the router.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -70,20 +70,9 @@ impl Connection {
         if !shared.acl.may_publish(&subject, &publish.topic) {
             shared.metrics.acl_denied.inc();
             tracing::info!(topic = %publish.topic, "publish denied by the ACL");
-            if let Some(id) = packet_id {
-                // 5.0 learns why; 3.1.1 gets a plain acknowledgement and
-                // the message is dropped, as that version allows.
-                let ack = PublishAck {
-                    packet_id: id,
-                    reason_code: PublishAckReason::NotAuthorized,
-                    ..Default::default()
-                };
-                if qos == QoS::ExactlyOnce {
-                    self.send_ack(Packet::PublishReceived(ack));
-                } else {
-                    self.send_ack(Packet::PublishAck(ack));
-                }
-            }
+            // 5.0 learns why; 3.1.1 gets a plain acknowledgement and the
+            // message is dropped, as that version allows.
+            self.acknowledge(packet_id, qos, PublishAckReason::NotAuthorized);
             return None;
         }
 
@@ -119,10 +108,7 @@ impl Connection {
             if let Some(id) = packet_id {
                 if self.is_stored_resend(id.get(), &publish) {
                     self.shared.chat.counters.duplicates.inc();
-                    self.send_ack(Packet::PublishAck(PublishAck {
-                        packet_id: id,
-                        ..Default::default()
-                    }));
+                    self.acknowledge(packet_id, qos, PublishAckReason::Success);
                     return None;
                 }
             }
@@ -151,19 +137,23 @@ impl Connection {
                 }
             }
         };
-        if let Some(id) = packet_id {
-            let ack = PublishAck {
-                packet_id: id,
-                reason_code: reason,
-                ..Default::default()
-            };
-            if qos == QoS::ExactlyOnce {
-                self.send_ack(Packet::PublishReceived(ack));
-            } else {
-                self.send_ack(Packet::PublishAck(ack));
-            }
-        }
+        self.acknowledge(packet_id, qos, reason);
         None
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.
+    fn acknowledge(&mut self, packet_id: Option<NonZeroU16>, qos: QoS, reason: PublishAckReason) {
+        let Some(id) = packet_id else { return };
+        let ack = PublishAck {
+            packet_id: id,
+            reason_code: reason,
+            ..Default::default()
+        };
+        if qos == QoS::ExactlyOnce {
+            self.send_ack(Packet::PublishReceived(ack));
+        } else {
+            self.send_ack(Packet::PublishAck(ack));
+        }
     }
 
     pub(super) fn on_pubrel(&mut self, ack: PublishAck2) -> Option<Close> {

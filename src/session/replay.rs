@@ -86,6 +86,14 @@ impl Session {
         }
     }
 
+    /// Whether a replay is running and the queue has room for a step
+    /// (`pending` below `room_for`); one lock, on every turn of the
+    /// connection's loop.
+    pub(crate) fn wants_replay(&self, room_for: usize) -> bool {
+        let st = self.state.lock();
+        st.replaying && st.queue.len() + st.inflight.len() < room_for
+    }
+
     /// One replay step: queues up to a page per room of what the session
     /// missed. Returns whether the replay goes on (call again once the
     /// queue drains).

@@ -83,10 +83,7 @@ impl Connection {
                 return Some(SubscribeAckReason::QuotaExceeded);
             }
         }
-        let named_room = plain_filter
-            .strip_prefix("rooms/")
-            .and_then(|rest| rest.split('/').next())
-            .filter(|room| *room != "+" && *room != "#");
+        let named_room = crate::chat::room_of(plain_filter).filter(|room| *room != "+" && *room != "#");
         let room_ok = named_room.is_none_or(|room| {
             self.shared
                 .chat

@@ -330,15 +330,21 @@ pub async fn run(broker: impl Fn() -> SocketAddr, proxy: SocketAddr, plan: &Plan
     report
 }
 
-fn all_caught_up(records: &Shared) -> bool {
-    let all = records.lock();
-    let mut acked_per_room: HashMap<&str, HashSet<&str>> = HashMap::new();
-    for r in all.iter() {
-        acked_per_room
+/// Every acknowledged msg-id, by room.
+fn acked_per_room(records: &[Record]) -> HashMap<&str, HashSet<&str>> {
+    let mut per_room: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for r in records {
+        per_room
             .entry(&r.room)
             .or_default()
             .extend(r.acked.iter().map(String::as_str));
     }
+    per_room
+}
+
+fn all_caught_up(records: &Shared) -> bool {
+    let all = records.lock();
+    let acked_per_room = acked_per_room(&all);
     all.iter().all(|r| {
         let got: HashSet<&str> = r.received.iter().map(|(id, _, _)| id.as_str()).collect();
         acked_per_room
@@ -405,22 +411,13 @@ async fn check(records: &Shared, broker: SocketAddr, plan: &Plan) -> Report {
         logs.insert(room, log);
     }
     let all = records.lock();
-    let mut acked_per_room: HashMap<&str, HashSet<&str>> = HashMap::new();
-    for r in all.iter() {
-        report.sent += r.sent;
-        report.acknowledged += r.acked.len() as u64;
-        acked_per_room
-            .entry(&r.room)
-            .or_default()
-            .extend(r.acked.iter().map(String::as_str));
-    }
-    for r in all.iter() {
-        let log = &logs[&r.room];
-        report.not_stored += r.acked.iter().filter(|id| !log.contains_key(id.as_str())).count() as u64;
-    }
+    let acked_per_room = acked_per_room(&all);
     let mut latencies: Vec<u64> = Vec::new();
     for r in all.iter() {
         let log = &logs[&r.room];
+        report.sent += r.sent;
+        report.acknowledged += r.acked.len() as u64;
+        report.not_stored += r.acked.iter().filter(|id| !log.contains_key(id.as_str())).count() as u64;
         report.delivered += r.received.len() as u64;
         let mut seen = HashSet::new();
         let mut highest = 0u64;
