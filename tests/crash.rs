@@ -171,3 +171,87 @@ async fn acknowledged_messages_survive_sigkill() {
         &missing[..missing.len().min(10)]
     );
 }
+
+/// A SUBACK promises the subscription: killed right after it, the broker
+/// must come back with the session and the subscription. Likewise an
+/// UNSUBACK: the filter must stay gone. Several rounds, since each kill
+/// lands at a slightly different moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_subscriptions_survive_sigkill() {
+    const ROUNDS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut addr) = start_roomq(dir.path(), 0);
+    let persistent = |id: &str| {
+        let mut c = connect5(id);
+        c.clean_start = false;
+        c.session_expiry_interval_secs = 3600;
+        c
+    };
+    let mut lost = Vec::new();
+    for round in 0..ROUNDS {
+        // Subscribe, kill on the SUBACK.
+        let id = format!("sub-{round}");
+        let topic = format!("crash/sub/{round}");
+        let (mut sub, _) = Raw::connect5(addr, persistent(&id)).await;
+        sub.subscribe5(1, &[(&topic, opts(QoS::AtLeastOnce))]).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        drop(sub);
+        (child, addr) = start_roomq(dir.path(), addr.port());
+
+        let (mut sub, ack) = Raw::connect5(addr, persistent(&id)).await;
+        let mut publisher = Raw::client5(addr, &format!("pub-{round}")).await;
+        publisher.publish1_5(1, &topic, b"after the crash").await;
+        let delivered = match sub.recv5_within(Duration::from_secs(5)).await {
+            Got::Packet(Packet::Publish(p)) => {
+                // Acknowledged, so it is not resent after the next kill.
+                if let Some(packet_id) = p.packet_id {
+                    sub.send5(Packet::PublishAck(v5::PublishAck {
+                        packet_id,
+                        ..Default::default()
+                    }))
+                    .await;
+                }
+                true
+            }
+            _ => false,
+        };
+        if !ack.session_present || !delivered {
+            lost.push(format!(
+                "round {round}: SUBACK then SIGKILL: session_present={} delivered={delivered}",
+                ack.session_present
+            ));
+        }
+
+        // Unsubscribe, kill on the UNSUBACK.
+        sub.send5(Packet::Unsubscribe(v5::Unsubscribe {
+            packet_id: pid(2),
+            user_properties: Vec::new(),
+            topic_filters: vec![topic.as_str().into()],
+        }))
+        .await;
+        loop {
+            match sub.recv5().await.packet() {
+                Packet::UnsubscribeAck(_) => break,
+                Packet::Publish(_) | Packet::PublishAck(_) => {}
+                other => panic!("expected UNSUBACK, got {other:?}"),
+            }
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        drop((sub, publisher));
+        (child, addr) = start_roomq(dir.path(), addr.port());
+
+        let (mut sub, _) = Raw::connect5(addr, persistent(&id)).await;
+        let mut publisher = Raw::client5(addr, &format!("pub-{round}")).await;
+        publisher.publish1_5(1, &topic, b"after the unsubscribe").await;
+        if let Got::Packet(Packet::Publish(p)) = sub.recv5_within(Duration::from_secs(2)).await {
+            lost.push(format!(
+                "round {round}: UNSUBACK then SIGKILL: still delivered {:?}",
+                p.payload
+            ));
+        }
+    }
+    child.kill().ok();
+    assert!(lost.is_empty(), "{lost:#?}");
+}

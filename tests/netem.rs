@@ -131,6 +131,7 @@ fn assert_promises(line: Option<String>) {
     let Some(line) = line else { return };
     assert!(field(&line, "acknowledged") > 0, "nothing got through: {line}");
     assert_eq!(field(&line, "missing"), 0, "{line}");
+    assert_eq!(field(&line, "sessions_lost"), 0, "{line}");
     assert_eq!(field(&line, "not_stored"), 0, "{line}");
     assert_eq!(field(&line, "duplicates"), 0, "{line}");
     assert_eq!(field(&line, "out_of_order"), 0, "{line}");
@@ -251,6 +252,7 @@ mod scenarios {
             rate: 2.0,
             keep_alive_secs,
             drain: Duration::from_secs(90),
+            sending: Arc::default(),
         }
     }
 
@@ -282,12 +284,19 @@ mod scenarios {
                 let crash = scenario == "broker-crash";
                 let verify = verifier::run(move || upstream, proxy.addr, &plan);
                 let report = if crash {
+                    // Two kills: right after the last SUBACK (the
+                    // subscriptions must be on disk), and halfway through
+                    // the sending phase (messages in flight everywhere).
                     let half = plan.send_for / 2;
                     let (report, _) = tokio::join!(verify, async {
-                        tokio::time::sleep(half).await;
+                        plan.sending.notified().await;
+                        let sending_since = tokio::time::Instant::now();
+                        broker.crash_and_restart();
+                        println!("netem {scenario}: broker SIGKILLed and restarted as sending began");
+                        tokio::time::sleep_until(sending_since + half).await;
                         broker.crash_and_restart();
                         println!(
-                            "netem {scenario}: broker SIGKILLed and restarted at {} s",
+                            "netem {scenario}: broker SIGKILLed and restarted {} s into the sending phase",
                             half.as_secs()
                         );
                     });

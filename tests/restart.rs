@@ -67,7 +67,12 @@ async fn offline_messages_subscriptions_and_retained_survive_restart() {
     broker.publish("log/y", "after", QoS::AtLeastOnce, false);
     assert_eq!(&sub.publish5().await.payload[..], b"after");
 
-    let mut late = Raw::client5(addr, "late").await;
+    // A persistent session: its SUBACK waits for the session record to be
+    // flushed, and must still come before the retained messages.
+    let mut late_connect = connect5("late");
+    late_connect.clean_start = false;
+    late_connect.session_expiry_interval_secs = 60;
+    let (mut late, _) = Raw::connect5(addr, late_connect).await;
     late.subscribe5(1, &[("status/+", opts(QoS::AtLeastOnce))]).await;
     let r = late.publish5().await;
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::connection::{Close, Connection, Io};
+use super::connection::{wait_until_durable, Close, Connection, Io};
 use super::Will;
 use crate::auth::{AuthDecision, AuthRequest};
 use crate::broker::Shared;
@@ -187,7 +187,7 @@ pub(crate) async fn accept(
         max => connect.session_expiry_interval_secs.min(max),
     };
     let kick = Arc::new(Notify::new());
-    {
+    let session_written = {
         let mut st = session.state.lock();
         st.generation += 1;
         st.kick = Some(kick.clone());
@@ -205,7 +205,12 @@ pub(crate) async fn accept(
         });
         // Stored now (offline_since = None), so that after a crash the will
         // fires and the expiry restarts from the restart.
-        session.save(&st, None);
+        session.save(&st, None)
+    };
+    if session_written {
+        // The CONNACK's Session Present must hold after a crash: a client
+        // told it has a session does not subscribe again.
+        wait_until_durable(shared).await;
     }
     session.set_online(true);
 
@@ -239,6 +244,7 @@ pub(crate) async fn accept(
         keep_alive_window,
         pending_acks: Vec::new(),
         awaiting_acks: std::collections::VecDeque::new(),
+        replies_when_durable: Vec::new(),
         send_window,
         inbound_aliases: HashMap::new(),
         outbound_aliases: HashMap::new(),

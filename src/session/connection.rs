@@ -170,6 +170,10 @@ pub(crate) struct Connection {
     /// connection keeps reading while they wait, so its next messages join
     /// the next flush instead of waiting for this one to finish.
     pub awaiting_acks: std::collections::VecDeque<(u64, Vec<Packet>)>,
+    /// SUBACK/UNSUBACK of a persistent session, sent once the session
+    /// record they promise is on disk (and before the retained messages the
+    /// subscription delivers).
+    pub replies_when_durable: Vec<Packet>,
     /// Most QoS 1/2 messages in flight to the client.
     pub send_window: usize,
     /// Topic aliases the client set up (alias to topic).
@@ -300,6 +304,9 @@ impl Connection {
                         if let Some(close) = self.handle(packet) {
                             return close;
                         }
+                        if !self.replies_when_durable.is_empty() {
+                            self.send_replies_when_durable().await;
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => return e.into(),
@@ -345,6 +352,29 @@ impl Connection {
             commit.wait(*last).await;
         }
         self.send_durable_acks();
+    }
+
+    /// Sends a SUBACK/UNSUBACK: at once, or after the next group commit when
+    /// `session_written` (the session record it promises was just written).
+    pub(super) fn reply_when_durable(&mut self, reply: Packet, session_written: bool) {
+        if session_written && self.shared.commit.is_some() {
+            self.replies_when_durable.push(reply);
+        } else {
+            self.io.send(reply);
+        }
+    }
+
+    /// Waits for the commit that covers the session record, then sends the
+    /// acknowledgements it made durable and the waiting replies, in the
+    /// order their packets arrived. Subscribing is rare, so this connection
+    /// stops reading for one flush.
+    async fn send_replies_when_durable(&mut self) {
+        self.queue_acks();
+        wait_until_durable(&self.shared).await;
+        self.send_durable_acks();
+        for reply in std::mem::take(&mut self.replies_when_durable) {
+            self.io.send(reply);
+        }
     }
 
     /// Queues an acknowledgement of an incoming QoS 1/2 message: at once
@@ -464,6 +494,14 @@ impl Connection {
             .disconnected(&self.shared.router, &self.identity);
         self.shared.metrics.clients_connected.dec();
         drop(self.guard.take());
+    }
+}
+
+/// Waits until everything written to the store so far is on disk; at once
+/// without a durable store (`--memory`, `durability = "buffered"`).
+pub(crate) async fn wait_until_durable(shared: &Shared) {
+    if let Some(commit) = shared.commit.as_ref() {
+        commit.wait(commit.ticket()).await;
     }
 }
 

@@ -146,11 +146,15 @@ impl Session {
     }
 
     /// Writes the session record (subscriptions, expiry, will). `offline_since`
-    /// is set when the connection has just closed.
-    pub(crate) fn save(&self, st: &SessionState, offline_since: Option<u64>) {
-        let Some(store) = self.store.as_ref() else { return };
+    /// is set when the connection has just closed. Returns whether the store
+    /// was written to (the record, or its removal), so that a reply which
+    /// promises it (CONNACK, SUBACK, UNSUBACK) can wait for the flush.
+    pub(crate) fn save(&self, st: &SessionState, offline_since: Option<u64>) -> bool {
+        let Some(store) = self.store.as_ref() else {
+            return false;
+        };
         if st.ended {
-            return;
+            return false;
         }
         if st.expiry_secs == 0 {
             // Not persistent (any more): remove what an earlier connection
@@ -159,8 +163,9 @@ impl Session {
                 if let Err(e) = store.remove_session(&self.client_id) {
                     log_store_error(&self.client_id, "remove session", e);
                 }
+                return true;
             }
-            return;
+            return false;
         }
         self.stored.store(true, std::sync::atomic::Ordering::Release);
         let will = st.will.as_ref().or(st.pending_will.as_ref()).map(|w| WillRecord {
@@ -192,6 +197,7 @@ impl Session {
         if let Err(e) = store.put_session(&self.client_id, &record) {
             log_store_error(&self.client_id, "session", e);
         }
+        true
     }
 
     /// Removes everything stored for this session.

@@ -61,13 +61,14 @@ impl Connection {
                 QoS::ExactlyOnce => SubscribeAckReason::GrantedQos2,
             });
         }
-        self.session.save(&self.session.state.lock(), None);
-        self.io.send(Packet::SubscribeAck(SubscribeAck {
+        let session_written = self.session.save(&self.session.state.lock(), None);
+        let reply = Packet::SubscribeAck(SubscribeAck {
             packet_id: subscribe.packet_id,
             properties: Vec::new(),
             reason_string: None,
             status,
-        }));
+        });
+        self.reply_when_durable(reply, session_written);
         None
     }
 
@@ -124,13 +125,14 @@ impl Connection {
                 UnsubscribeAckReason::NoSubscriptionExisted
             });
         }
-        self.session.save(&self.session.state.lock(), None);
-        self.io.send(Packet::UnsubscribeAck(UnsubscribeAck {
+        let session_written = self.session.save(&self.session.state.lock(), None);
+        let reply = Packet::UnsubscribeAck(UnsubscribeAck {
             packet_id: unsubscribe.packet_id,
             properties: Vec::new(),
             reason_string: None,
             status,
-        }));
+        });
+        self.reply_when_durable(reply, session_written);
         None
     }
 

@@ -29,6 +29,9 @@ pub struct Plan {
     pub keep_alive_secs: u64,
     /// Longest wait after sending for every client to catch up.
     pub drain: Duration,
+    /// Notified once every client has subscribed and sending begins, so a
+    /// scenario can time its faults within the sending phase.
+    pub sending: Arc<tokio::sync::Notify>,
 }
 
 /// What one scenario measured.
@@ -38,6 +41,10 @@ pub struct Report {
     pub acknowledged: u64,
     pub delivered: u64,
     pub missing: u64,
+    /// Reconnections answered with Session Present = 0: the broker forgot
+    /// a persistent session (its subscriptions and backlog) it had
+    /// confirmed.
+    pub sessions_lost: u64,
     /// Acknowledged messages absent from their room's log (counted once,
     /// not per member): a broken promise of the broker, not of delivery.
     pub not_stored: u64,
@@ -53,8 +60,8 @@ pub struct Report {
 impl Report {
     pub fn line(&self, scenario: &str, mechanism: &str) -> String {
         format!(
-            "netem {scenario}: mechanism={mechanism} sent={} acknowledged={} delivered={} missing={} not_stored={} duplicates={} wire_duplicates={} out_of_order={} p50={}ms p99={}ms",
-            self.sent, self.acknowledged, self.delivered, self.missing, self.not_stored, self.duplicates, self.wire_duplicates, self.out_of_order, self.p50_ms, self.p99_ms
+            "netem {scenario}: mechanism={mechanism} sent={} acknowledged={} delivered={} missing={} sessions_lost={} not_stored={} duplicates={} wire_duplicates={} out_of_order={} p50={}ms p99={}ms",
+            self.sent, self.acknowledged, self.delivered, self.missing, self.sessions_lost, self.not_stored, self.duplicates, self.wire_duplicates, self.out_of_order, self.p50_ms, self.p99_ms
         )
     }
 }
@@ -67,6 +74,9 @@ fn unix_ms() -> u64 {
 
 /// What a client's event loop reports.
 enum Event {
+    Connected {
+        session_present: bool,
+    },
     Subscribed,
     Sent(u16),
     Acked(u16),
@@ -81,6 +91,8 @@ enum Event {
 #[derive(Default)]
 struct Record {
     room: String,
+    connected: bool,
+    sessions_lost: u64,
     subscribed: bool,
     /// msg-ids in request order, not yet matched to a packet id.
     requested: std::collections::VecDeque<String>,
@@ -98,6 +110,14 @@ fn apply(records: &Shared, i: usize, event: Event) {
     let mut all = records.lock();
     let r = &mut all[i];
     match event {
+        Event::Connected { session_present } => {
+            // The first CONNACK creates the session; every later one must
+            // find it.
+            if r.connected && !session_present {
+                r.sessions_lost += 1;
+            }
+            r.connected = true;
+        }
         Event::Subscribed => r.subscribed = true,
         Event::Sent(pkid) => {
             // A resend after a reconnect keeps its packet id.
@@ -140,6 +160,9 @@ fn spawn_v5(
     tokio::spawn(async move {
         loop {
             let event = match events.poll().await {
+                Ok(E::Incoming(Packet::ConnAck(ack))) => Event::Connected {
+                    session_present: ack.session_present,
+                },
                 Ok(E::Incoming(Packet::SubAck(_))) => Event::Subscribed,
                 Ok(E::Incoming(Packet::PubAck(ack))) => Event::Acked(ack.pkid),
                 Ok(E::Incoming(Packet::Publish(p))) => {
@@ -185,6 +208,9 @@ fn spawn_v4(
     tokio::spawn(async move {
         loop {
             let event = match events.poll().await {
+                Ok(E::Incoming(Packet::ConnAck(ack))) => Event::Connected {
+                    session_present: ack.session_present,
+                },
                 Ok(E::Incoming(Packet::SubAck(_))) => Event::Subscribed,
                 Ok(E::Incoming(Packet::PubAck(ack))) => Event::Acked(ack.pkid),
                 Ok(E::Incoming(Packet::Publish(p))) => Event::Received {
@@ -252,6 +278,7 @@ pub async fn run(broker: impl Fn() -> SocketAddr, proxy: SocketAddr, plan: &Plan
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    plan.sending.notify_one();
     let stop_at = tokio::time::Instant::now() + plan.send_for;
     let period = Duration::from_secs_f64(1.0 / plan.rate);
     let mut senders = Vec::new();
@@ -417,6 +444,7 @@ async fn check(records: &Shared, broker: SocketAddr, plan: &Plan) -> Report {
         let log = &logs[&r.room];
         report.sent += r.sent;
         report.acknowledged += r.acked.len() as u64;
+        report.sessions_lost += r.sessions_lost;
         report.not_stored += r.acked.iter().filter(|id| !log.contains_key(id.as_str())).count() as u64;
         report.delivered += r.received.len() as u64;
         let mut seen = HashSet::new();
