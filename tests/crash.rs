@@ -255,3 +255,194 @@ async fn acknowledged_subscriptions_survive_sigkill() {
     child.kill().ok();
     assert!(lost.is_empty(), "{lost:#?}");
 }
+
+/// QoS 2 packet ids: once the broker sent PUBCOMP, the id is free again.
+/// Killed right after a PUBCOMP, the broker must not come back still
+/// waiting for that PUBREL: it would take the client's next message with
+/// the same id for a resend, answer PUBREC and drop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_qos2_ids_stay_free_after_sigkill() {
+    const ROUNDS: u16 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut addr) = start_roomq(dir.path(), 0);
+    let persistent = |id: &str| {
+        let mut c = connect5(id);
+        c.clean_start = false;
+        c.session_expiry_interval_secs = 3600;
+        c
+    };
+    let (mut sub, _) = Raw::connect5(addr, persistent("qos2-sub")).await;
+    sub.subscribe5(1, &[("crash/qos2", opts(QoS::ExactlyOnce))]).await;
+    drop(sub);
+    let mut lost = Vec::new();
+    for round in 0..ROUNDS {
+        let packet_id = round + 1;
+        let (mut publisher, _) = Raw::connect5(addr, persistent("qos2-pub")).await;
+        let mut first = publish("crash/qos2", b"", QoS::ExactlyOnce, Some(packet_id));
+        first.payload = bytes::Bytes::from(format!("first {round}"));
+        publisher.send5(Packet::Publish(Box::new(first))).await;
+        assert!(matches!(
+            publisher.recv5().await.packet(),
+            Packet::PublishReceived(_)
+        ));
+        publisher
+            .send5(Packet::PublishRelease(v5::PublishAck2 {
+                packet_id: pid(packet_id),
+                ..Default::default()
+            }))
+            .await;
+        assert!(matches!(
+            publisher.recv5().await.packet(),
+            Packet::PublishComplete(_)
+        ));
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        drop(publisher);
+        (child, addr) = start_roomq(dir.path(), addr.port());
+
+        // The same packet id, for a new message.
+        let (mut publisher, _) = Raw::connect5(addr, persistent("qos2-pub")).await;
+        let mut second = publish("crash/qos2", b"", QoS::ExactlyOnce, Some(packet_id));
+        second.payload = bytes::Bytes::from(format!("second {round}"));
+        publisher.send5(Packet::Publish(Box::new(second))).await;
+        assert!(matches!(
+            publisher.recv5().await.packet(),
+            Packet::PublishReceived(_)
+        ));
+        publisher
+            .send5(Packet::PublishRelease(v5::PublishAck2 {
+                packet_id: pid(packet_id),
+                ..Default::default()
+            }))
+            .await;
+        assert!(matches!(
+            publisher.recv5().await.packet(),
+            Packet::PublishComplete(_)
+        ));
+
+        // The subscriber's session holds both messages.
+        let (mut sub, _) = Raw::connect5(addr, persistent("qos2-sub")).await;
+        let mut got = Vec::new();
+        while let Got::Packet(packet) = sub.recv5_within(Duration::from_secs(2)).await {
+            match packet {
+                Packet::Publish(p) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                    if let Some(id) = p.packet_id {
+                        sub.send5(Packet::PublishReceived(v5::PublishAck {
+                            packet_id: id,
+                            ..Default::default()
+                        }))
+                        .await;
+                    }
+                }
+                Packet::PublishRelease(rel) => {
+                    sub.send5(Packet::PublishComplete(v5::PublishAck2 {
+                        packet_id: rel.packet_id,
+                        ..Default::default()
+                    }))
+                    .await;
+                }
+                _ => {}
+            }
+        }
+        if !got.contains(&format!("second {round}")) {
+            lost.push(format!("round {round}: PUBCOMP then SIGKILL, then a new message with packet id {packet_id}: subscriber got {got:?}"));
+        }
+    }
+    child.kill().ok();
+    assert!(lost.is_empty(), "{lost:#?}");
+}
+
+/// QoS 2 towards a subscriber: once the broker sent PUBREL, the message is
+/// delivered (exactly once). Killed right after the subscriber's PUBCOMP,
+/// the broker may resend the PUBREL but never the PUBLISH: the subscriber
+/// freed the packet id and would take it for a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_qos2_deliveries_are_not_resent_after_sigkill() {
+    const ROUNDS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut addr) = start_roomq(dir.path(), 0);
+    let mut subscriber = connect5("qos2-receiver");
+    subscriber.clean_start = false;
+    subscriber.session_expiry_interval_secs = 3600;
+    let (mut sub, _) = Raw::connect5(addr, subscriber.clone()).await;
+    sub.subscribe5(1, &[("crash/once", opts(QoS::ExactlyOnce))]).await;
+    let mut twice = Vec::new();
+    for round in 0..ROUNDS {
+        let payload = format!("once {round}");
+        let mut publisher = Raw::client5(addr, "qos2-sender").await;
+        let mut p = publish("crash/once", b"", QoS::ExactlyOnce, Some(1));
+        p.payload = bytes::Bytes::from(payload.clone());
+        publisher.send5(Packet::Publish(Box::new(p))).await;
+        assert!(matches!(
+            publisher.recv5().await.packet(),
+            Packet::PublishReceived(_)
+        ));
+        publisher
+            .send5(Packet::PublishRelease(v5::PublishAck2 {
+                packet_id: pid(1),
+                ..Default::default()
+            }))
+            .await;
+        assert!(matches!(
+            publisher.recv5().await.packet(),
+            Packet::PublishComplete(_)
+        ));
+        let delivered = sub.publish5().await;
+        assert_eq!(delivered.qos, QoS::ExactlyOnce);
+        let packet_id = delivered.packet_id.expect("QoS 2 has a packet id");
+        sub.send5(Packet::PublishReceived(v5::PublishAck {
+            packet_id,
+            ..Default::default()
+        }))
+        .await;
+        loop {
+            match sub.recv5().await.packet() {
+                Packet::PublishRelease(_) => break,
+                Packet::PublishAck(_) => {}
+                other => panic!("expected PUBREL, got {other:?}"),
+            }
+        }
+        sub.send5(Packet::PublishComplete(v5::PublishAck2 {
+            packet_id,
+            ..Default::default()
+        }))
+        .await;
+        // Let the PUBCOMP reach the broker; whether it was stored does not
+        // matter (a resent PUBREL is allowed).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        drop((sub, publisher));
+        (child, addr) = start_roomq(dir.path(), addr.port());
+
+        (sub, _) = Raw::connect5(addr, subscriber.clone()).await;
+        while let Got::Packet(packet) = sub.recv5_within(Duration::from_secs(2)).await {
+            match packet {
+                Packet::Publish(p) => {
+                    twice.push(format!(
+                        "round {round}: {:?} delivered again after PUBREL, PUBCOMP and SIGKILL",
+                        p.payload
+                    ));
+                    if let Some(packet_id) = p.packet_id {
+                        sub.send5(Packet::PublishReceived(v5::PublishAck {
+                            packet_id,
+                            ..Default::default()
+                        }))
+                        .await;
+                    }
+                }
+                Packet::PublishRelease(rel) => {
+                    sub.send5(Packet::PublishComplete(v5::PublishAck2 {
+                        packet_id: rel.packet_id,
+                        ..Default::default()
+                    }))
+                    .await;
+                }
+                _ => {}
+            }
+        }
+    }
+    child.kill().ok();
+    assert!(twice.is_empty(), "{twice:#?}");
+}

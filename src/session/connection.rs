@@ -162,8 +162,8 @@ pub(crate) struct Connection {
     pub guard: Option<OwnedMutexGuard<()>>,
     /// 1.5 x the keep-alive in force; `None` when keep-alive is off.
     pub keep_alive_window: Option<Duration>,
-    /// PUBACK/PUBREC packets waiting for the group commit that makes their
-    /// messages durable; sent in arrival order ([MQTT-4.6.0-2]).
+    /// PUBACK/PUBREC/PUBREL/PUBCOMP packets waiting for the group commit that
+    /// makes what they promise durable; sent in arrival order ([MQTT-4.6.0-2]).
     pub pending_acks: Vec<Packet>,
     /// Acknowledgements of earlier batches, each with the group-commit
     /// ticket that makes its messages durable, oldest first. The
@@ -377,8 +377,10 @@ impl Connection {
         }
     }
 
-    /// Queues an acknowledgement of an incoming QoS 1/2 message: at once
-    /// without a durable store, else after the next group commit.
+    /// Queues an acknowledgement that promises what was just written to the
+    /// store (PUBACK, PUBREC, and the PUBREL/PUBCOMP of a persistent
+    /// session): at once without a durable store, else after the next group
+    /// commit.
     pub(super) fn send_ack(&mut self, ack: Packet) {
         if self.shared.commit.is_some() {
             self.pending_acks.push(ack);

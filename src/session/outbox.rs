@@ -192,12 +192,20 @@ impl Connection {
             return None;
         }
         st.inflight[pos].stage = Stage::Pubcomp;
-        self.session.record_inflight(&st, &st.inflight[pos]);
+        let stage_written = self.session.record_inflight(&st, &st.inflight[pos]);
         drop(st);
-        self.io.send(Packet::PublishRelease(PublishAck2 {
+        let pubrel = Packet::PublishRelease(PublishAck2 {
             packet_id: id,
             ..Default::default()
-        }));
+        });
+        if stage_written {
+            // After a PUBREL the client may free the packet id; a crash must
+            // not bring the message back as a PUBLISH (it would be a new
+            // message to the client), so the stage is on disk first.
+            self.send_ack(pubrel);
+        } else {
+            self.io.send(pubrel);
+        }
         None
     }
 

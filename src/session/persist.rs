@@ -109,17 +109,19 @@ impl Session {
 
     /// Records a QoS 2 message's packet id and progress, so it is resent
     /// with the same id after a restart.
-    pub(crate) fn record_inflight(&self, st: &SessionState, f: &Inflight) {
+    /// Returns whether the store was written to.
+    pub(crate) fn record_inflight(&self, st: &SessionState, f: &Inflight) -> bool {
         if f.delivery.qos != QoS::ExactlyOnce {
-            return;
+            return false;
         }
         let (Some(store), Some(seq)) = (self.durable_store(st), f.delivery.store_seq) else {
-            return;
+            return false;
         };
         let record = queued_record(&f.delivery, Some(f.packet_id), f.stage == Stage::Pubcomp);
         if let Err(e) = store.update_message(&self.client_id, seq, &record) {
             log_store_error(&self.client_id, "in-flight message", e);
         }
+        true
     }
 
     /// Removes a delivery's record once it needs no more keeping.
@@ -131,9 +133,11 @@ impl Session {
         }
     }
 
-    pub(crate) fn record_incoming_qos2(&self, st: &SessionState, packet_id: NonZeroU16, add: bool) {
+    /// Adds or removes an incoming QoS 2 packet id awaiting PUBREL; returns
+    /// whether the store was written to.
+    pub(crate) fn record_incoming_qos2(&self, st: &SessionState, packet_id: NonZeroU16, add: bool) -> bool {
         let Some(store) = self.durable_store(st) else {
-            return;
+            return false;
         };
         let result = if add {
             store.put_incoming_qos2(&self.client_id, packet_id.get())
@@ -143,6 +147,7 @@ impl Session {
         if let Err(e) = result {
             log_store_error(&self.client_id, "incoming QoS 2 id", e);
         }
+        true
     }
 
     /// Writes the session record (subscriptions, expiry, will). `offline_since`

@@ -157,24 +157,30 @@ impl Connection {
     }
 
     pub(super) fn on_pubrel(&mut self, ack: PublishAck2) -> Option<Close> {
-        let known = {
+        let (known, id_written) = {
             let mut st = self.session.state.lock();
             let known = st.incoming_qos2.remove(&ack.packet_id);
-            if known {
-                self.session.record_incoming_qos2(&st, ack.packet_id, false);
-            }
-            known
+            let written = known && self.session.record_incoming_qos2(&st, ack.packet_id, false);
+            (known, written)
         };
         let reason = if known {
             PublishAck2Reason::Success
         } else {
             PublishAck2Reason::PacketIdNotFound
         };
-        self.io.send(Packet::PublishComplete(PublishAck2 {
+        let pubcomp = Packet::PublishComplete(PublishAck2 {
             packet_id: ack.packet_id,
             reason_code: reason,
             ..Default::default()
-        }));
+        });
+        if id_written {
+            // PUBCOMP frees the packet id: after a crash the broker must not
+            // still wait for this PUBREL, or it would take the client's next
+            // message with this id for a resend and drop it.
+            self.send_ack(pubcomp);
+        } else {
+            self.io.send(pubcomp);
+        }
         None
     }
 
