@@ -377,6 +377,16 @@ impl Connection {
         }
     }
 
+    /// `send_ack` when `store_written` (a persistent session's PUBREL or
+    /// PUBCOMP promises the state it just stored), else at once.
+    pub(super) fn send_ack_if_stored(&mut self, ack: Packet, store_written: bool) {
+        if store_written {
+            self.send_ack(ack);
+        } else {
+            self.io.send(ack);
+        }
+    }
+
     /// Queues an acknowledgement that promises what was just written to the
     /// store (PUBACK, PUBREC, and the PUBREL/PUBCOMP of a persistent
     /// session): at once without a durable store, else after the next group

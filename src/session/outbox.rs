@@ -198,14 +198,10 @@ impl Connection {
             packet_id: id,
             ..Default::default()
         });
-        if stage_written {
-            // After a PUBREL the client may free the packet id; a crash must
-            // not bring the message back as a PUBLISH (it would be a new
-            // message to the client), so the stage is on disk first.
-            self.send_ack(pubrel);
-        } else {
-            self.io.send(pubrel);
-        }
+        // After a PUBREL the client may free the packet id; a crash must not
+        // bring the message back as a PUBLISH (it would be a new message to
+        // the client), so the stage is on disk first.
+        self.send_ack_if_stored(pubrel, stage_written);
         None
     }
 

@@ -173,14 +173,10 @@ impl Connection {
             reason_code: reason,
             ..Default::default()
         });
-        if id_written {
-            // PUBCOMP frees the packet id: after a crash the broker must not
-            // still wait for this PUBREL, or it would take the client's next
-            // message with this id for a resend and drop it.
-            self.send_ack(pubcomp);
-        } else {
-            self.io.send(pubcomp);
-        }
+        // PUBCOMP frees the packet id: after a crash the broker must not
+        // still wait for this PUBREL, or it would take the client's next
+        // message with this id for a resend and drop it.
+        self.send_ack_if_stored(pubcomp, id_written);
         None
     }
 
