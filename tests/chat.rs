@@ -78,13 +78,6 @@ async fn ack_publish5(c: &mut Raw, p: &Publish) {
     }
 }
 
-fn persistent(id: &str) -> v5::Connect {
-    let mut c = connect5(id);
-    c.clean_start = false;
-    c.session_expiry_interval_secs = 3600;
-    c
-}
-
 #[tokio::test]
 async fn members_see_messages_with_seq_ts_and_msg_id_and_311_sees_them_plain() {
     let broker = start().await;
@@ -295,7 +288,7 @@ async fn a_msg_id_resent_from_a_new_connection_and_a_dup_packet_id_deliver_once(
 
 /// Connects a persistent member, subscribes to the room and leaves.
 async fn member_leaves(addr: std::net::SocketAddr, id: &str, filter: &str) {
-    let (mut m, _) = Raw::connect5(addr, persistent(id)).await;
+    let (mut m, _) = Raw::connect5(addr, persistent5(id)).await;
     m.subscribe5(1, &[(filter, opts(QoS::AtLeastOnce))]).await;
     m.send5(Packet::Disconnect(v5::Disconnect::default())).await;
     assert!(matches!(m.recv5().await, Got::Closed));
@@ -323,7 +316,7 @@ async fn post_many(addr: std::net::SocketAddr, sender: &str, room: &str, n: u32)
 /// Reconnects a persistent member and reads `n` messages (acknowledging
 /// each); returns their payloads and seqs.
 async fn member_returns(addr: std::net::SocketAddr, id: &str, n: usize) -> (Raw, Vec<(String, u64)>) {
-    let (mut m, ack) = Raw::connect5(addr, persistent(id)).await;
+    let (mut m, ack) = Raw::connect5(addr, persistent5(id)).await;
     assert!(ack.session_present);
     let mut got = Vec::new();
     while got.len() < n {
@@ -525,7 +518,7 @@ async fn typing_is_rate_limited_never_queued_offline_and_never_retained() {
         "the rest dropped"
     );
     assert_eq!(broker.chat_counters().typing_dropped.get(), 4);
-    let (mut back, _) = Raw::connect5(addr, persistent("away-member")).await;
+    let (mut back, _) = Raw::connect5(addr, persistent5("away-member")).await;
     assert!(
         matches!(back.recv5_within(QUIET).await, Got::Nothing),
         "not queued offline"
@@ -734,7 +727,7 @@ async fn room_retention_trims_the_log_and_a_stale_cursor_resumes_at_the_oldest_k
     member_leaves(addr, "slow", "rooms/short/msg/+").await;
     // Trimming runs every 64 appends: at seq 64 the log keeps 55..=64.
     post_many(addr, "talker", "short", 64).await;
-    let (mut slow, _) = Raw::connect5(addr, persistent("slow")).await;
+    let (mut slow, _) = Raw::connect5(addr, persistent5("slow")).await;
     let first = slow.publish5().await;
     assert_eq!(
         seq_of(&first),

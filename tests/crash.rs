@@ -28,13 +28,6 @@ fn start_roomq(dir: &std::path::Path, port: u16) -> (Child, SocketAddr) {
     spawn_roomq(port, &["--data-dir".as_ref(), dir.as_os_str()])
 }
 
-fn subscriber_connect() -> v5::Connect {
-    let mut c = connect5("crash-sub");
-    c.clean_start = false;
-    c.session_expiry_interval_secs = 3600;
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +37,7 @@ async fn acknowledged_messages_survive_sigkill() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // The subscriber: subscribes once, then reconnects to its session.
-    let (mut sub, _) = Raw::try_connect5(addr, subscriber_connect())
+    let (mut sub, _) = Raw::try_connect5(addr, persistent5("crash-sub"))
         .await
         .expect("subscriber connects");
     sub.subscribe5(1, &[("crash/#", opts(QoS::AtLeastOnce))]).await;
@@ -58,7 +51,7 @@ async fn acknowledged_messages_survive_sigkill() {
                 let Some(raw) = conn.as_mut() else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     let addr = *addr_rx.borrow();
-                    conn = Raw::try_connect5(addr, subscriber_connect())
+                    conn = Raw::try_connect5(addr, persistent5("crash-sub"))
                         .await
                         .map(|(r, _)| r);
                     continue;

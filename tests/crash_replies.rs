@@ -34,13 +34,6 @@ fn kill_and_restart(child: &mut Child, dir: &std::path::Path, addr: &mut SocketA
     (*child, *addr) = start(dir, addr.port());
 }
 
-fn persistent(id: &str) -> v5::Connect {
-    let mut c = connect5(id);
-    c.clean_start = false;
-    c.session_expiry_interval_secs = 3600;
-    c
-}
-
 /// A QoS 2 PUBLISH through to its PUBCOMP.
 async fn publish_qos2(publisher: &mut Raw, packet_id: u16, topic: &str, payload: String) {
     let mut p = publish(topic, b"", QoS::ExactlyOnce, Some(packet_id));
@@ -103,12 +96,12 @@ async fn acknowledged_subscriptions_survive_sigkill() {
     for round in 0..ROUNDS {
         let id = format!("sub-{round}");
         let topic = format!("crash/sub/{round}");
-        let (mut sub, _) = Raw::connect5(addr, persistent(&id)).await;
+        let (mut sub, _) = Raw::connect5(addr, persistent5(&id)).await;
         sub.subscribe5(1, &[(&topic, opts(QoS::AtLeastOnce))]).await;
         kill_and_restart(&mut child, dir.path(), &mut addr);
         drop(sub);
 
-        let (mut sub, ack) = Raw::connect5(addr, persistent(&id)).await;
+        let (mut sub, ack) = Raw::connect5(addr, persistent5(&id)).await;
         let mut publisher = Raw::client5(addr, &format!("pub-{round}")).await;
         publisher.publish1_5(1, &topic, b"after the SUBACK").await;
         let got = drain(&mut sub).await;
@@ -133,7 +126,7 @@ async fn acknowledged_subscriptions_survive_sigkill() {
         kill_and_restart(&mut child, dir.path(), &mut addr);
         drop((sub, publisher));
 
-        let (mut sub, _) = Raw::connect5(addr, persistent(&id)).await;
+        let (mut sub, _) = Raw::connect5(addr, persistent5(&id)).await;
         let mut publisher = Raw::client5(addr, &format!("pub-{round}")).await;
         publisher.publish1_5(1, &topic, b"after the UNSUBACK").await;
         let got = drain(&mut sub).await;
@@ -152,21 +145,21 @@ async fn acknowledged_subscriptions_survive_sigkill() {
 async fn completed_qos2_ids_stay_free_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, mut addr) = start(dir.path(), 0);
-    let (mut sub, _) = Raw::connect5(addr, persistent("qos2-sub")).await;
+    let (mut sub, _) = Raw::connect5(addr, persistent5("qos2-sub")).await;
     sub.subscribe5(1, &[("crash/qos2", opts(QoS::ExactlyOnce))]).await;
     drop(sub);
     let mut lost = Vec::new();
     for round in 0..ROUNDS {
         let packet_id = round + 1;
-        let (mut publisher, _) = Raw::connect5(addr, persistent("qos2-pub")).await;
+        let (mut publisher, _) = Raw::connect5(addr, persistent5("qos2-pub")).await;
         publish_qos2(&mut publisher, packet_id, "crash/qos2", format!("first {round}")).await;
         kill_and_restart(&mut child, dir.path(), &mut addr);
         drop(publisher);
 
         // The same packet id, for a new message.
-        let (mut publisher, _) = Raw::connect5(addr, persistent("qos2-pub")).await;
+        let (mut publisher, _) = Raw::connect5(addr, persistent5("qos2-pub")).await;
         publish_qos2(&mut publisher, packet_id, "crash/qos2", format!("second {round}")).await;
-        let (mut sub, _) = Raw::connect5(addr, persistent("qos2-sub")).await;
+        let (mut sub, _) = Raw::connect5(addr, persistent5("qos2-sub")).await;
         let got = drain(&mut sub).await;
         if got != [format!("first {round}"), format!("second {round}")] {
             lost.push(format!(
@@ -185,7 +178,7 @@ async fn completed_qos2_ids_stay_free_after_sigkill() {
 async fn released_qos2_deliveries_are_not_resent_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, mut addr) = start(dir.path(), 0);
-    let (mut sub, _) = Raw::connect5(addr, persistent("qos2-receiver")).await;
+    let (mut sub, _) = Raw::connect5(addr, persistent5("qos2-receiver")).await;
     sub.subscribe5(1, &[("crash/once", opts(QoS::ExactlyOnce))]).await;
     let mut twice = Vec::new();
     for round in 0..ROUNDS {
@@ -215,7 +208,7 @@ async fn released_qos2_deliveries_are_not_resent_after_sigkill() {
         kill_and_restart(&mut child, dir.path(), &mut addr);
         drop((sub, publisher));
 
-        (sub, _) = Raw::connect5(addr, persistent("qos2-receiver")).await;
+        (sub, _) = Raw::connect5(addr, persistent5("qos2-receiver")).await;
         let got = drain(&mut sub).await;
         if !got.is_empty() {
             twice.push(format!(

@@ -301,6 +301,15 @@ pub fn connect5(id: &str) -> v5::Connect {
     }
 }
 
+/// A 5.0 CONNECT that resumes or creates a persistent session (Clean Start
+/// 0, Session Expiry Interval one hour).
+pub fn persistent5(id: &str) -> v5::Connect {
+    let mut c = connect5(id);
+    c.clean_start = false;
+    c.session_expiry_interval_secs = 3600;
+    c
+}
+
 pub fn connect3(id: &str, clean: bool) -> v3::Connect {
     v3::Connect {
         protocol: rmqtt_codec::types::Protocol(4),
