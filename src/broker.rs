@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::acl::Acl;
+use crate::auth::gate::Gate;
 use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff};
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
 use crate::local::LocalSubscription;
@@ -38,8 +39,9 @@ pub(crate) struct Shared {
     pub commit: Option<Arc<GroupCommit>>,
     /// Rooms, presence, history (see `topics.md`).
     pub chat: crate::chat::Chat,
-    /// Topic rules for non-chat topics.
-    pub acl: Acl,
+    /// The one access decision (topic rules and room membership) for
+    /// everything the broker writes on a client's behalf.
+    pub gate: Gate,
     /// Slows down password guessing per IP address.
     pub login_backoff: LoginBackoff,
     /// Connections per IP address, for the per-IP limits.
@@ -102,15 +104,23 @@ impl Broker {
         let allow_anonymous = self.config.effective_allow_anonymous();
         let auth: Arc<dyn Authenticator> = match self.auth {
             Some(auth) => auth,
-            None => Arc::new(
-                ConfiguredAuth::load(&self.config.auth, allow_anonymous).map_err(StartError::Config)?,
-            ),
+            None => Arc::new(ConfiguredAuth::load(&self.config).map_err(StartError::Config)?),
         };
+        if !allow_anonymous && !auth.verifies_names() {
+            tracing::warn!("auth.allow_anonymous is false and no password_file, jwt_secret, jwt_public_key or certificate identity is configured: every CONNECT will be refused");
+        }
+        if allow_anonymous
+            && !auth.verifies_names()
+            && self.config.rooms.iter().any(|r| !r.members.is_empty())
+        {
+            tracing::warn!("rooms declare members but no authenticator is configured: names are claims, so anyone can connect as a member");
+        }
         let public = local_addrs.iter().find(|(_, a)| !a.ip().is_loopback());
         if let (true, Some((kind, addr))) = (allow_anonymous, public) {
             tracing::warn!(?kind, %addr, "anonymous clients are allowed on a non-loopback listener (auth.allow_anonymous)");
         }
         let (shutdown, _) = watch::channel(false);
+        let chat = crate::chat::Chat::open(&self.config, store.clone())?;
         let shared = Arc::new(Shared {
             router: Router::new(self.config.retain_available, store.clone()),
             registry: Registry::default(),
@@ -125,8 +135,11 @@ impl Broker {
                 )),
                 _ => None,
             },
-            chat: crate::chat::Chat::open(&self.config, store.clone())?,
-            acl: Acl::new(self.config.acl.clone()),
+            gate: Gate {
+                acl: Acl::new(self.config.acl.clone()),
+                membership: chat.membership.clone(),
+            },
+            chat,
             login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
             ip_limits: crate::server::IpLimits::default(),
             store,
@@ -201,6 +214,13 @@ impl BrokerHandle {
             }
         }
         self.shared.auth.reload();
+        let revoked = self.shared.registry.kick_revoked(&*self.shared.auth);
+        if revoked > 0 {
+            tracing::info!(
+                connections = revoked,
+                "closed connections whose login was revoked"
+            );
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -222,7 +242,7 @@ impl BrokerHandle {
         let shared = self.shared.clone();
         let peer = crate::server::Peer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            cert_username: None,
+            cert_name: crate::server::CertName::NotUsed,
         };
         self.tracker.spawn(async move {
             shared

@@ -152,6 +152,11 @@ pub struct AuthConfig {
     pub jwt_public_key: Option<PathBuf>,
     /// Token claim listing the rooms the user may join.
     pub jwt_rooms_claim: String,
+    /// When set, a token's `aud` must contain this value; unset, `aud` is
+    /// not checked.
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be this value.
+    pub jwt_issuer: Option<String>,
     /// Longest wait before refusing a login from an address that failed
     /// many times (the back-off doubles from 100 ms after 3 failures).
     pub login_backoff_max_ms: u64,
@@ -165,6 +170,8 @@ impl Default for AuthConfig {
             jwt_secret: None,
             jwt_public_key: None,
             jwt_rooms_claim: "rooms".into(),
+            jwt_audience: None,
+            jwt_issuer: None,
             login_backoff_max_ms: 5000,
         }
     }
@@ -250,12 +257,20 @@ pub struct RoomConfig {
 }
 
 /// Messages published to `topic` (a filter, `+` and `#` allowed) also go
-/// into `room` as chat messages.
+/// into `room` as chat messages. The sender of the room copy is the level
+/// matched by the first `+` (else the publisher's identity), and it must be
+/// the publisher's own identity, unless the publisher is listed in
+/// `publishers` (a gateway that speaks for many devices). Either way the
+/// publisher must be allowed to post in `room`; a publish whose room copy
+/// is refused is refused whole (5.0 PUBACK 0x87).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRule {
     pub topic: String,
     pub room: String,
+    /// Identities that may post copies under any sender name.
+    #[serde(default)]
+    pub publishers: Vec<String>,
 }
 
 impl Default for Config {
@@ -322,6 +337,13 @@ impl Config {
                 .iter()
                 .all(|l| l.bind.ip().is_loopback())
         })
+    }
+
+    /// Whether some listener takes usernames from client certificates
+    /// (`use_identity_as_username`): those names are then verified, and
+    /// no other listener may hand them out as claims.
+    pub fn certificate_names_used(&self) -> bool {
+        self.listeners.iter().any(|l| l.use_identity_as_username)
     }
 
     /// The listeners to open: `listeners`, or one TCP listener on `listen`.

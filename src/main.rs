@@ -42,6 +42,11 @@ enum Command {
 
 /// `roomq passwd FILE USER`.
 fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    // Before the prompt: a name the file cannot hold is refused at once.
+    if let Err(e) = roomq::auth::password_file::check_user_name(user) {
+        eprintln!("roomq passwd: {e}");
+        return ExitCode::from(2);
+    }
     let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         let first = rpassword::prompt_password(format!("password for {user}: "));
         let second = rpassword::prompt_password("again: ");

@@ -536,11 +536,18 @@ async fn typing_is_rate_limited_never_queued_offline_and_never_retained() {
 async fn read_receipts_keep_the_highest_seq() {
     let broker = start().await;
     let addr = broker.local_addr();
+    post_many(addr, "poster", "x", 9).await;
     let mut r = Raw::client5(addr, "reader").await;
     for (id, seq) in [(1, 5u64), (2, 3), (3, 9)] {
         let body = payloads::to_cbor(&payloads::Receipt { seq });
-        send_and_ack(&mut r, publish_with("rooms/x/read/reader", &body, Some(id), &[])).await;
+        let ack = send_and_ack(&mut r, publish_with("rooms/x/read/reader", &body, Some(id), &[])).await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
     }
+    // A receipt beyond the room's head (9) is refused: it would hide the
+    // reader's real receipts until the room got there.
+    let body = payloads::to_cbor(&payloads::Receipt { seq: u64::MAX });
+    let ack = send_and_ack(&mut r, publish_with("rooms/x/read/reader", &body, Some(4), &[])).await;
+    assert_eq!(ack.reason_code, PublishAckReason::PayloadFormatInvalid);
     let mut later = Raw::client5(addr, "later").await;
     later
         .subscribe5(1, &[("rooms/x/read/+", opts(QoS::AtLeastOnce))])
@@ -633,6 +640,7 @@ async fn an_alert_rule_turns_a_mosquitto_pub_into_a_room_message() {
     config.alerts = vec![roomq::config::AlertRule {
         topic: "alerts/+/critical".into(),
         room: "ops".into(),
+        publishers: Vec::new(),
     }];
     let broker = start_with(config).await;
     let addr = broker.local_addr();
@@ -649,6 +657,8 @@ async fn an_alert_rule_turns_a_mosquitto_pub_into_a_room_message() {
             "mqttv311",
             "-q",
             "1",
+            "-i",
+            "boiler-7",
         ])
         .args(["-t", "alerts/boiler-7/critical", "-m", "pressure high"])
         .status()

@@ -186,3 +186,36 @@ async fn publish_before_connect_is_closed_without_answer() {
     still_serving(broker.local_addr()).await;
     broker.shutdown().await;
 }
+
+/// The reason codes MQTT 5.0 names for topic and alias mistakes, and the
+/// 3.1.1 rule on a password without a username.
+#[tokio::test]
+async fn topic_alias_response_topic_and_password_nits_get_the_reasons_the_spec_names() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    // Topic Alias 0 [MQTT-3.3.2-8]: 0x94, not "malformed".
+    let alias_zero = [0x30, 0x07, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x00];
+    assert_eq!(
+        after_connect5(addr, &alias_zero).await,
+        Some(R::TopicAliasInvalid)
+    );
+    // An empty topic without a Topic Alias [MQTT-3.3.2-8]: protocol error.
+    assert_eq!(
+        after_connect5(addr, &publish_bytes(0x30, b"", b"x")).await,
+        Some(R::ProtocolError)
+    );
+    // A Response Topic with a wildcard [MQTT-3.3.2-14].
+    let mut with_filter = publish("t", b"x", QoS::AtMostOnce, None);
+    with_filter.properties.as_mut().unwrap().response_topic = Some("replies/#".into());
+    let mut raw = Raw::client5(addr, "rt").await;
+    raw.send5(Packet::Publish(Box::new(with_filter))).await;
+    assert_eq!(raw.expect_disconnect5().await, R::ProtocolError);
+    // 3.1.1: a password without a username [MQTT-3.1.2-22] closes the
+    // connection without a CONNACK.
+    let mut c = connect3("pw-only", true);
+    c.password = Some(bytes::Bytes::from_static(b"secret"));
+    let mut raw = Raw::tcp(addr, false).await;
+    raw.send3(rmqtt_codec::v3::Packet::Connect(Box::new(c))).await;
+    assert!(matches!(raw.recv3().await, Got::Closed));
+    still_serving(addr).await;
+}

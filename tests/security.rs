@@ -105,20 +105,8 @@ fn token(secret: &str, sub: &str, exp_in_secs: i64, rooms: &[&str]) -> String {
 }
 
 async fn send_ack(c: &mut Raw, topic: &str, id: u16) -> PublishAckReason {
-    c.send5(Packet::Publish(Box::new(publish(
-        topic,
-        b"m",
-        QoS::AtLeastOnce,
-        Some(id),
-    ))))
-    .await;
-    loop {
-        match c.recv5().await.packet() {
-            Packet::PublishAck(ack) => return ack.reason_code,
-            Packet::Publish(_) => {}
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
+    c.puback_of(publish(topic, b"m", QoS::AtLeastOnce, Some(id)))
+        .await
 }
 
 #[tokio::test]

@@ -40,9 +40,13 @@ impl Pki {
                 "localhost",
             ),
             ("alice", vec![], "alice"),
+            // A client certificate without a Common Name.
+            ("nocn", vec![], ""),
         ] {
             let mut params = CertificateParams::new(sans).unwrap();
-            params.distinguished_name.push(DnType::CommonName, cn);
+            if !cn.is_empty() {
+                params.distinguished_name.push(DnType::CommonName, cn);
+            }
             let key = KeyPair::generate().unwrap();
             let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
             write(&format!("{name}.pem"), cert.pem());
@@ -141,33 +145,48 @@ async fn mosquitto_clients_over_tls_and_mtls_with_the_certificate_as_username() 
     watcher
         .subscribe5(1, &[("rooms/sec/msg/+", opts(QoS::AtLeastOnce))])
         .await;
-    let ok = mosquitto(
-        "mosquitto_pub",
-        &[
-            "-h",
-            "localhost",
-            "-p",
-            &mtls_port,
-            "-q",
-            "1",
-            "-t",
-            "rooms/sec/msg/alice",
-            "-m",
-            "from alice's cert",
-            "--cafile",
-        ],
-        &[
-            &ca,
-            Path::new("--cert"),
-            &pki.path("alice.pem"),
-            Path::new("--key"),
-            &pki.path("alice-key.pem"),
-        ],
-    )
-    .await;
+    // One QoS 1 post to rooms/sec/msg/alice over mTLS with `cert`'s
+    // certificate, and the username `-u` if given.
+    let post_with_cert = |cert: &'static str, username: Option<&'static str>| {
+        let (port, ca) = (mtls_port.clone(), ca.clone());
+        let (cert_file, key_file) = (
+            pki.path(&format!("{cert}.pem")),
+            pki.path(&format!("{cert}-key.pem")),
+        );
+        async move {
+            let mut args = vec!["-h", "localhost", "-p", &port, "-q", "1"];
+            if let Some(user) = username {
+                args.extend(["-u", user]);
+            }
+            args.extend(["-t", "rooms/sec/msg/alice", "-m", cert, "--cafile"]);
+            let extra = [
+                &ca,
+                Path::new("--cert"),
+                &cert_file,
+                Path::new("--key"),
+                &key_file,
+            ];
+            mosquitto("mosquitto_pub", &args, &extra).await
+        }
+    };
+    let ok = post_with_cert("alice", None).await;
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let got = watcher.publish5().await;
     assert_eq!(got.topic, "rooms/sec/msg/alice");
+
+    // A certificate without a CN does not let the client pick a name: it
+    // is refused, whatever username it sends.
+    let no_cn = post_with_cert("nocn", Some("alice")).await;
+    assert!(!no_cn.status.success(), "a certificate without CN was accepted");
+    // Nor does a plain listener hand out a certificate's name as a claim.
+    let mut claim = connect5("claims-alice");
+    claim.username = Some("alice".into());
+    let (_c, ack) = Raw::connect5(broker.local_addr(), claim).await;
+    assert_eq!(
+        ack.reason_code,
+        rmqtt_codec::v5::ConnectAckReason::BadUserNameOrPassword
+    );
+    assert!(matches!(watcher.recv5_within(QUIET).await, Got::Nothing));
 }
 
 /// A `mosquitto_sub` over TLS that waits (at most `secs`) for one message
@@ -328,6 +347,16 @@ async fn websocket_framing_packets_split_across_frames_and_several_in_one_frame(
     config.listeners = vec![listener(ListenerKind::Ws, None)];
     let broker = start_with(config).await;
     let addr = broker.local_addr();
+    // Without the `mqtt` sub-protocol [MQTT-6.0.0-3] the upgrade is refused.
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    match tokio_tungstenite::client_async(request, socket).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!(
+            "an upgrade without `mqtt` was not refused: {:?}",
+            other.map(|(_, r)| r)
+        ),
+    }
     let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
     request

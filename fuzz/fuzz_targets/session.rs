@@ -1,8 +1,11 @@
-//! A whole session on arbitrary bytes: a valid CONNECT (3.1.1 or 5.0,
-//! chosen by the first input byte), then the input, through the broker's
-//! real connection task over an in-memory pipe. The broker must never
-//! panic and must keep serving: after every input a canary publish through
-//! the in-process API is delivered.
+//! A whole session on arbitrary bytes: a CONNECT (3.1.1 or 5.0, chosen by
+//! the first input byte; with bit 1 set it carries a will whose topic and
+//! Response Topic are taken from the input), then the rest of the input,
+//! through the broker's real connection task over an in-memory pipe. The
+//! broker has a closed room, an alert rule and ACL rules, so wills, history
+//! replies and alert copies go through the gate. It must never panic and
+//! must keep serving: after every input a canary publish through the
+//! in-process API is delivered.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -32,6 +35,20 @@ fn world() -> &'static World {
             storage: StorageKind::Memory,
             sys_interval_secs: 0,
             max_packet_size: 64 * 1024,
+            rooms: vec![roomq::config::RoomConfig {
+                name: "ops".into(),
+                members: vec!["fz".into()],
+                open: false,
+            }],
+            alerts: vec![roomq::config::AlertRule {
+                topic: "alerts/+/critical".into(),
+                room: "ops".into(),
+                publishers: Vec::new(),
+            }],
+            acl: vec![roomq::auth::acl::AclRule {
+                topic: "#".into(),
+                access: roomq::auth::acl::Access::ReadWrite,
+            }],
             ..Config::default()
         };
         let broker = runtime
@@ -54,15 +71,68 @@ const CONNECT_5: &[u8] = &[
     0x10, 0x0f, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 0, 0, 2, b'f', b'z',
 ];
 
+/// Takes a length byte and that many bytes (fewer at the end) from `data`.
+fn take_field<'a>(data: &mut &'a [u8]) -> &'a [u8] {
+    let Some((&len, rest)) = data.split_first() else {
+        return &[];
+    };
+    let (field, rest) = rest.split_at(usize::from(len).min(rest.len()));
+    *data = rest;
+    field
+}
+
+/// A CONNECT for client id "fz" with a QoS 1 will on `topic` (raw bytes,
+/// so not always valid UTF-8) and, in 5.0, a will Response Topic.
+fn connect_with_will(v5: bool, topic: &[u8], response_topic: &[u8]) -> Vec<u8> {
+    let string = |out: &mut Vec<u8>, s: &[u8]| {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', if v5 { 5 } else { 4 }];
+    body.push(0x02 | 0x04 | 0x08); // clean start, will, will QoS 1
+    body.extend_from_slice(&[0, 0]); // keep-alive
+    if v5 {
+        body.push(0); // CONNECT properties
+    }
+    string(&mut body, b"fz");
+    if v5 {
+        let mut props = vec![0x08];
+        string(&mut props, response_topic);
+        body.push(props.len() as u8);
+        body.extend(props);
+    }
+    string(&mut body, topic);
+    string(&mut body, b"bye");
+    let mut out = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, rest)) = data.split_first() else {
+    let Some((&which, mut rest)) = data.split_first() else {
         return;
     };
     let world = world();
     world.runtime.block_on(async {
         let mut client = world.broker.connect_in_memory(256 * 1024);
-        let connect = if which & 1 == 0 { CONNECT_311 } else { CONNECT_5 };
-        let _ = client.write_all(connect).await;
+        let v5 = which & 1 == 1;
+        let connect = if which & 2 == 0 {
+            (if v5 { CONNECT_5 } else { CONNECT_311 }).to_vec()
+        } else {
+            let topic = take_field(&mut rest);
+            let response_topic = take_field(&mut rest);
+            connect_with_will(v5, topic, response_topic)
+        };
+        let _ = client.write_all(&connect).await;
         let _ = client.write_all(rest).await;
         let _ = client.shutdown().await;
         let mut sink = vec![0u8; 64 * 1024];

@@ -1,6 +1,12 @@
-//! Per-IP back-off after failed logins: the refusal of each further attempt
-//! from an address waits longer (doubling from 100 ms after the third
-//! failure, at most `login_backoff_max_ms`), so guessing passwords is slow.
+//! Per-IP back-off for password logins: attempts from one address are
+//! checked one delay apart, and the delay doubles with every failure (from
+//! 100 ms after the third, at most `login_backoff_max_ms`). The wait comes
+//! *before* the password is hashed, and attempts that arrive together are
+//! queued behind each other, so parallel guesses gain nothing and cost no
+//! hashing while they wait.
+//!
+//! A success does not clear the address: an attacker could otherwise
+//! interleave logins of an account of its own to reset the count.
 //! Failures are forgotten a minute after the last one.
 
 use std::collections::HashMap;
@@ -16,42 +22,72 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// Most addresses tracked; the table is cleared of stale ones when full.
 const MAX_TRACKED: usize = 100_000;
 
+/// What one address has done lately.
+struct Attempts {
+    /// Failed attempts, plus attempts still being checked (each counts as
+    /// a failure until it is known to be none, so that parallel guesses
+    /// space each other out).
+    failures: u32,
+    /// When the last failure was recorded or the last attempt admitted.
+    last: Instant,
+    /// The earliest moment the next attempt may be checked.
+    next_slot: Instant,
+}
+
 pub struct LoginBackoff {
     max: Duration,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    addresses: Mutex<HashMap<IpAddr, Attempts>>,
 }
 
 impl LoginBackoff {
     pub fn new(max: Duration) -> Self {
         LoginBackoff {
             max,
-            failures: Mutex::default(),
+            addresses: Mutex::default(),
         }
     }
 
-    /// Records a failure; returns how long to wait before answering.
-    pub fn failed(&self, ip: IpAddr) -> Duration {
-        let now = Instant::now();
-        let mut failures = self.failures.lock();
-        if failures.len() >= MAX_TRACKED {
-            failures.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
-        }
-        let entry = failures.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= FORGET_AFTER {
-            *entry = (0, now);
-        }
-        entry.0 += 1;
-        entry.1 = now;
-        if entry.0 <= FREE_FAILURES {
+    fn delay_after(&self, failures: u32) -> Duration {
+        if failures < FREE_FAILURES {
             return Duration::ZERO;
         }
-        let doublings = (entry.0 - FREE_FAILURES - 1).min(16);
+        let doublings = (failures - FREE_FAILURES).min(16);
         (Duration::from_millis(100) * 2u32.pow(doublings)).min(self.max)
     }
 
-    /// A successful login clears the address.
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.failures.lock().remove(&ip);
+    /// Admits one password attempt from `ip`: returns how long it must wait
+    /// before its password is checked. Must be followed by `attempt_done`.
+    pub fn wait_before_attempt(&self, ip: IpAddr) -> Duration {
+        let now = Instant::now();
+        let mut addresses = self.addresses.lock();
+        if addresses.len() >= MAX_TRACKED {
+            addresses.retain(|_, a| now.duration_since(a.last) < FORGET_AFTER);
+        }
+        let entry = addresses.entry(ip).or_insert(Attempts {
+            failures: 0,
+            last: now,
+            next_slot: now,
+        });
+        if now.duration_since(entry.last) >= FORGET_AFTER && entry.next_slot <= now {
+            entry.failures = 0;
+        }
+        let slot = entry.next_slot.max(now);
+        entry.next_slot = slot + self.delay_after(entry.failures);
+        entry.failures += 1;
+        entry.last = now;
+        slot - now
+    }
+
+    /// Records the outcome of an admitted attempt.
+    pub fn attempt_done(&self, ip: IpAddr, succeeded: bool) {
+        let mut addresses = self.addresses.lock();
+        if let Some(entry) = addresses.get_mut(&ip) {
+            entry.last = Instant::now();
+            if succeeded {
+                // Not a failure after all; earlier failures stay.
+                entry.failures = entry.failures.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -60,13 +96,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_after_free_failures_and_is_capped() {
+    fn parallel_attempts_queue_one_delay_apart_and_a_success_does_not_reset() {
         let b = LoginBackoff::new(Duration::from_secs(2));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let waits: Vec<_> = (0..8).map(|_| b.failed(ip).as_millis()).collect();
-        assert_eq!(waits, vec![0, 0, 0, 100, 200, 400, 800, 1600]);
-        assert_eq!(b.failed(ip), Duration::from_secs(2));
-        b.succeeded(ip);
-        assert_eq!(b.failed(ip), Duration::ZERO);
+        // Eight guesses at once: the first three are free, then each waits
+        // behind the one before it, the delay doubling.
+        let waits: Vec<u128> = (0..8).map(|_| b.wait_before_attempt(ip).as_millis()).collect();
+        let expected = [0, 0, 0, 0, 100, 300, 700, 1500];
+        for (got, want) in waits.iter().zip(expected) {
+            assert!(got.abs_diff(want) <= 20, "{waits:?}");
+        }
+        for _ in 0..8 {
+            b.attempt_done(ip, false);
+        }
+        // An interleaved success of another account does not clear them.
+        let wait = b.wait_before_attempt(ip);
+        b.attempt_done(ip, true);
+        assert!(wait >= Duration::from_millis(1500), "{wait:?}");
+        assert!(b.wait_before_attempt(ip) >= Duration::from_secs(2));
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(b.wait_before_attempt(other), Duration::ZERO);
     }
 }

@@ -1,13 +1,18 @@
 //! Bearer tokens: a JWT passed as the MQTT password. HS256 with a shared
 //! secret, or RS256/ES256 with a public key file. `sub` is the username,
-//! `exp` is required and enforced (also while connected), and an optional
-//! claim (`jwt_rooms_claim`, default `rooms`) lists the rooms the user may
-//! join.
+//! `exp` is required and enforced (also while connected), `nbf` is
+//! enforced when present, `aud` and `iss` are checked when
+//! `auth.jwt_audience` / `auth.jwt_issuer` are set (and ignored
+//! otherwise), and an optional claim (`jwt_rooms_claim`, default `rooms`)
+//! lists the rooms the user may join. An empty `sub` is refused: the
+//! subject is the identity.
 
 use std::path::Path;
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+
+use crate::config::AuthConfig;
 
 pub struct JwtVerifier {
     key: DecodingKey,
@@ -31,34 +36,44 @@ pub struct TokenGrant {
 }
 
 impl JwtVerifier {
-    pub fn hs256(secret: &str, rooms_claim: &str) -> Self {
+    /// HS256 tokens signed with `secret` (checked non-empty by the caller).
+    pub fn hs256(secret: &str, config: &AuthConfig) -> Self {
         Self::new(
             DecodingKey::from_secret(secret.as_bytes()),
-            vec![Algorithm::HS256],
-            rooms_claim,
+            Algorithm::HS256,
+            config,
         )
     }
 
     /// An RSA or EC public key in PEM: RS256 or ES256 tokens.
-    pub fn public_key(path: &Path, rooms_claim: &str) -> Result<Self, String> {
+    pub fn public_key(path: &Path, config: &AuthConfig) -> Result<Self, String> {
         let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-            return Ok(Self::new(key, vec![Algorithm::RS256], rooms_claim));
+            return Ok(Self::new(key, Algorithm::RS256, config));
         }
         DecodingKey::from_ec_pem(&pem)
-            .map(|key| Self::new(key, vec![Algorithm::ES256], rooms_claim))
+            .map(|key| Self::new(key, Algorithm::ES256, config))
             .map_err(|e| format!("{}: not an RSA or EC public key: {e}", path.display()))
     }
 
-    fn new(key: DecodingKey, algorithms: Vec<Algorithm>, rooms_claim: &str) -> Self {
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
+    fn new(key: DecodingKey, algorithm: Algorithm, config: &AuthConfig) -> Self {
+        let mut validation = Validation::new(algorithm);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // Most identity providers put an `aud` in every token: checked when
+        // configured, else ignored (jsonwebtoken would refuse it).
+        match &config.jwt_audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &config.jwt_issuer {
+            validation.set_issuer(&[issuer]);
+        }
         JwtVerifier {
             key,
             validation,
-            rooms_claim: rooms_claim.to_string(),
+            rooms_claim: config.jwt_rooms_claim.clone(),
         }
     }
 
@@ -66,6 +81,9 @@ impl JwtVerifier {
     pub fn verify(&self, token: &str) -> Option<TokenGrant> {
         let data = decode::<Claims>(token, &self.key, &self.validation).ok()?;
         let claims = data.claims;
+        if claims.sub.is_empty() {
+            return None;
+        }
         let rooms = claims
             .other
             .get(&self.rooms_claim)

@@ -6,10 +6,23 @@
 //!   (`jwt.rs`).
 //! - [`LoginBackoff`] slows down password guessing per IP address.
 //!
-//! Authorization (who may use which topic) is in `acl.rs`.
+//! Authorization: `acl.rs` holds the topic rules, and `gate.rs` the one
+//! access decision that every message the broker writes for a client goes
+//! through (PUBLISH, will, history reply, alert copy).
+//!
+//! How a client's identity is derived (also in the README, *Security*):
+//! - with an authenticator that verifies names (a password file, JWT, or a
+//!   certificate's CN on a listener with `use_identity_as_username`), the
+//!   username is the verified name and nothing else: a client without
+//!   credentials is anonymous, with no username and no chat identity, and
+//!   its client id never stands in for a name;
+//! - without one (the loopback default), names are claims: the username
+//!   is what the client sent, and the chat identity is the username, or the
+//!   client id without one.
 
 pub mod acl;
 mod backoff;
+pub mod gate;
 mod jwt;
 pub mod password_file;
 
@@ -21,7 +34,8 @@ pub use backoff::LoginBackoff;
 pub use jwt::JwtVerifier;
 pub use password_file::PasswordFile;
 
-/// What a client presented in CONNECT.
+/// What a client presented in CONNECT. A certificate's name is settled
+/// before this is asked (see `session/connect.rs`).
 pub struct AuthRequest<'a> {
     pub client_id: &'a str,
     pub username: Option<&'a str>,
@@ -32,7 +46,10 @@ pub struct AuthRequest<'a> {
 /// What an accepted client may do beyond the defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grant {
-    /// The identity to use instead of the CONNECT username (a token's `sub`).
+    /// The verified name: the password file's user, a token's `sub`. `None`
+    /// means the CONNECT username as the authenticator accepted it (a
+    /// custom authenticator that checked it), or an anonymous client when
+    /// the CONNECT had none.
     pub username: Option<String>,
     /// Unix seconds after which the connection is closed (a token's `exp`):
     /// 5.0 DISCONNECT 0xA0 Maximum connect time.
@@ -40,6 +57,9 @@ pub struct Grant {
     /// The rooms this client may join, exactly; `None` follows the room
     /// configuration.
     pub rooms: Option<Vec<String>>,
+    /// Whether [`Authenticator::revoked`] applies to this login: a
+    /// password checked against a file that a reload can change.
+    pub revocable: bool,
 }
 
 /// The answer to a CONNECT.
@@ -60,6 +80,21 @@ pub trait Authenticator: Send + Sync {
     /// Re-reads files (password file, keys) on SIGHUP; errors are logged
     /// and the old state stays.
     fn reload(&self) {}
+
+    /// Whether this authenticator verifies names, so that a name can only
+    /// be had with its credentials. When true, an anonymous client gets no
+    /// chat identity (its client id does not stand in for one). A custom
+    /// authenticator verifies names unless it says otherwise.
+    fn verifies_names(&self) -> bool {
+        true
+    }
+
+    /// Whether a client that logged in with a password as `username` may
+    /// no longer do so (removed from the password file by a reload): its
+    /// connections are closed after the reload (5.0 DISCONNECT 0x87).
+    fn revoked(&self, _username: &str) -> bool {
+        false
+    }
 }
 
 /// The simplest policy: anyone, or anyone with a username.
@@ -75,11 +110,18 @@ impl Authenticator for AnonymousPolicy {
             AuthDecision::Allow(Grant::default())
         }
     }
+
+    fn verifies_names(&self) -> bool {
+        false
+    }
 }
 
 /// The `[auth]` configuration at work.
 pub struct ConfiguredAuth {
     allow_anonymous: bool,
+    /// Some listener names clients by their certificate's CN: a username
+    /// without credentials is then refused everywhere.
+    certificate_names: bool,
     passwords: Option<RwLock<PasswordFile>>,
     jwt: Option<JwtVerifier>,
 }
@@ -87,7 +129,10 @@ pub struct ConfiguredAuth {
 impl ConfiguredAuth {
     /// Loads the password file and key named by the configuration; the
     /// error names the file at fault.
-    pub fn load(config: &crate::config::AuthConfig, allow_anonymous: bool) -> Result<Self, String> {
+    pub fn load(config: &crate::config::Config) -> Result<Self, String> {
+        let allow_anonymous = config.effective_allow_anonymous();
+        let certificate_names = config.certificate_names_used();
+        let config = &config.auth;
         let passwords = match &config.password_file {
             Some(path) => Some(RwLock::new(PasswordFile::load(path)?)),
             None => None,
@@ -96,15 +141,27 @@ impl ConfiguredAuth {
             (Some(_), Some(_)) => {
                 return Err("set `auth.jwt_secret` or `auth.jwt_public_key`, not both".into())
             }
-            (Some(secret), None) => Some(JwtVerifier::hs256(secret, &config.jwt_rooms_claim)),
-            (None, Some(path)) => Some(JwtVerifier::public_key(path, &config.jwt_rooms_claim)?),
+            (Some(secret), None) if secret.is_empty() => {
+                return Err("key `auth.jwt_secret`: an empty secret would let anyone sign tokens".into())
+            }
+            (Some(secret), None) => Some(JwtVerifier::hs256(secret, config)),
+            (None, Some(path)) => Some(JwtVerifier::public_key(path, config)?),
             (None, None) => None,
         };
         Ok(ConfiguredAuth {
             allow_anonymous,
+            certificate_names,
             passwords,
             jwt,
         })
+    }
+}
+
+impl ConfiguredAuth {
+    /// Whether any credential check is configured (password file, JWT,
+    /// client certificates that name users).
+    fn checks_credentials(&self) -> bool {
+        self.passwords.is_some() || self.jwt.is_some() || self.certificate_names
     }
 }
 
@@ -124,6 +181,7 @@ impl Authenticator for ConfiguredAuth {
                             username: Some(grant.username),
                             expires_unix: Some(grant.expires_unix),
                             rooms: grant.rooms,
+                            revocable: false,
                         })
                     }
                     _ => AuthDecision::BadCredentials,
@@ -133,18 +191,37 @@ impl Authenticator for ConfiguredAuth {
         match (&self.passwords, request.username, request.password) {
             (Some(file), Some(user), Some(password)) => {
                 if file.read().verify(user, password) {
-                    AuthDecision::Allow(Grant::default())
+                    AuthDecision::Allow(Grant {
+                        username: Some(user.to_string()),
+                        revocable: true,
+                        ..Grant::default()
+                    })
                 } else {
                     AuthDecision::BadCredentials
                 }
             }
-            // A password file is configured: a username without a
-            // password (or a password for no user) does not get in.
-            (Some(_), Some(_), None) | (Some(_), None, Some(_)) => AuthDecision::BadCredentials,
-            (_, None, None) if !self.allow_anonymous => AuthDecision::NotAuthorized,
-            (None, _, _) if self.jwt.is_some() && !self.allow_anonymous => AuthDecision::BadCredentials,
-            _ => AuthDecision::Allow(Grant::default()),
+            // No credentials at all: anonymous, when allowed.
+            (_, None, None) if self.allow_anonymous => AuthDecision::Allow(Grant::default()),
+            (_, None, None) => AuthDecision::NotAuthorized,
+            // Credentials that no configured check accepts (a username
+            // without a password, a password that is neither a known
+            // user's nor a token): a name is never had without them.
+            _ if self.checks_credentials() => AuthDecision::BadCredentials,
+            // No authenticator: names are claims, and only taken when
+            // anonymous access is on (without it, nobody gets in).
+            _ if self.allow_anonymous => AuthDecision::Allow(Grant::default()),
+            _ => AuthDecision::NotAuthorized,
         }
+    }
+
+    fn verifies_names(&self) -> bool {
+        self.checks_credentials()
+    }
+
+    fn revoked(&self, username: &str) -> bool {
+        self.passwords
+            .as_ref()
+            .is_some_and(|file| !file.read().has_user(username))
     }
 
     fn reload(&self) {

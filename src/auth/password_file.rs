@@ -47,6 +47,11 @@ impl PasswordFile {
         })
     }
 
+    /// Whether `user` is in the file.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// Whether `user` exists and `password` matches its hash.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         let Some(hash) = self.users.get(user) else {
@@ -61,6 +66,21 @@ impl PasswordFile {
     }
 }
 
+/// Refuses names the file cannot hold (`:` ends the name, a leading `#`
+/// makes the line a comment, surrounding spaces are trimmed) and names that
+/// can never be an identity in a topic (`/`, `+`, `#`, control characters:
+/// `{sender}` is one topic level, and ACL patterns refuse them).
+pub fn check_user_name(user: &str) -> Result<(), String> {
+    let bad_char =
+        |c: char| c == ':' || c == '/' || c == '+' || c == '#' || c.is_whitespace() || c.is_control();
+    if user.is_empty() || user.contains(bad_char) {
+        return Err(format!(
+            "user name {user:?} must be non-empty, without `:`, `/`, `+`, `#`, spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// An argon2id hash of `password` with a random salt, in PHC form.
 pub fn hash_password(password: &[u8]) -> Result<String, String> {
     Argon2::default()
@@ -72,11 +92,7 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
 /// Sets (adds or replaces) `user`'s password in the file at `path`,
 /// creating the file if needed; other lines are kept as they are.
 pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), String> {
-    if user.is_empty() || user.contains(':') || user.contains(char::is_whitespace) {
-        return Err(format!(
-            "user name {user:?} must be non-empty, without `:` or spaces"
-        ));
-    }
+    check_user_name(user)?;
     let hash = hash_password(password)?;
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => text,

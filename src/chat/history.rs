@@ -1,13 +1,13 @@
 //! History requests: `$history/rooms/{room}` with a CBOR
 //! `{ ? before, ? after, ? limit }`, answered on the request's Response
-//! Topic (5.0, with its Correlation Data) or on
-//! `users/{requester}/history/{room}` (3.1.1, or 5.0 without one).
+//! Topic (5.0, with its Correlation Data; only a plain topic the requester
+//! may write itself) or on `users/{requester}/history/{room}` (3.1.1, or
+//! 5.0 without one). Membership of the room was checked by the gate.
 
 use super::payloads::{from_cbor, to_cbor, HistoryMessage, HistoryRequest, HistoryResponse};
 use super::publish::Publisher;
 use super::Chat;
 use crate::config::Config;
-use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{PublishAckReason, PublishProperties, QoS};
 use crate::router::{Message, Router};
 
@@ -20,9 +20,6 @@ impl Chat {
         room: &str,
         request: &Message,
     ) -> PublishAckReason {
-        if !who.may_join(self, room) {
-            return PublishAckReason::NotAuthorized;
-        }
         let query: HistoryRequest = if request.payload.is_empty() {
             HistoryRequest::default()
         } else {
@@ -74,11 +71,19 @@ impl Chat {
             more,
         };
         let properties = request.properties.as_ref();
-        let topic = properties
-            .and_then(|p| p.response_topic.as_ref())
-            .filter(|t| is_valid_topic_name(t))
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| format!("users/{}/history/{room}", who.identity));
+        // The requester chooses a Response Topic, so the reply is a write
+        // on its behalf: only where it may write itself. Without one, the
+        // broker's own per-identity topic.
+        let topic = match (properties.and_then(|p| p.response_topic.as_ref()), who.identity) {
+            (Some(reply_to), _) if who.gate.may_reply_to(reply_to) => reply_to.to_string(),
+            (Some(reply_to), _) => {
+                tracing::info!(%room, %reply_to, "history reply refused: not a topic the requester may write");
+                return PublishAckReason::NotAuthorized;
+            }
+            (None, Some(identity)) => format!("users/{identity}/history/{room}"),
+            // An anonymous client has no topic of its own: it must name one.
+            (None, None) => return PublishAckReason::NotAuthorized,
+        };
         let qos = if request.qos == QoS::AtMostOnce {
             QoS::AtMostOnce
         } else {

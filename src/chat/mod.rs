@@ -32,9 +32,9 @@ use tokio::time::Instant;
 
 pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
-pub(crate) use publish::{Handled, Publisher};
+pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
-pub(crate) use topics::{filter_covers_room, message_topic, room_of};
+pub(crate) use topics::{classify, filter_covers_room, message_topic, room_of, ChatTopic};
 
 use crate::config::Config;
 use crate::protocol::{PublishProperties, QoS};

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::payloads::{from_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
 use super::presence::USER_STATUSES;
 use super::topics::{classify, ChatTopic};
-use super::{Chat, Post};
+use super::{is_valid_room_name, message_topic, Chat, Post};
 use crate::config::Config;
 use crate::protocol::validate::topic_matches;
 use crate::protocol::{PublishAckReason, QoS};
@@ -19,26 +19,25 @@ use crate::router::{Message, Router};
 /// Typing events expire after this long (Message Expiry Interval, 5.0).
 const TYPING_EXPIRY: Duration = Duration::from_secs(5);
 
-/// Who published.
-pub(crate) struct Publisher<'a> {
-    /// Username when authenticated, else client id.
-    pub identity: &'a str,
-    pub client_id: &'a Arc<str>,
-    /// The rooms a token allows, exactly; `None` follows the configuration.
-    pub room_grant: Option<&'a std::collections::HashSet<String>>,
+/// The security layer's access decision, as the chat layer asks it for
+/// what a publish makes the broker write besides the publish itself (the
+/// chat layer sits below `auth`, so it gets the decision as a handle).
+pub(crate) trait WriteGate {
+    /// Whether the publisher may make the broker write on `topic`, as a
+    /// direct PUBLISH of its own.
+    fn may_write(&self, topic: &str) -> bool;
+    /// Whether a reply to the publisher's request may go to `topic`.
+    fn may_reply_to(&self, topic: &str) -> bool;
 }
 
-impl Publisher<'_> {
-    /// Whether this publisher may use `room`.
-    pub fn may_join(&self, chat: &Chat, room: &str) -> bool {
-        chat.membership.allows(self.identity, self.room_grant, room)
-    }
-
-    /// Whether this publisher may post in `room` as `sender`: only as
-    /// itself, and only as a member.
-    fn may_post_as(&self, chat: &Chat, sender: &str, room: &str) -> bool {
-        sender == self.identity && self.may_join(chat, room)
-    }
+/// Who published. The publish itself has passed the gate (`auth/gate.rs`)
+/// before the chat layer sees it.
+pub(crate) struct Publisher<'a> {
+    /// Username when authenticated (else, without an authenticator, the
+    /// client id); `None` for an anonymous client where names are verified.
+    pub identity: Option<&'a str>,
+    pub client_id: &'a Arc<str>,
+    pub gate: &'a dyn WriteGate,
 }
 
 /// What the chat layer made of a PUBLISH.
@@ -69,7 +68,7 @@ impl Chat {
             }
             ChatTopic::Typing { room, sender } => self.on_typing(router, config, who, room, sender, &message),
             ChatTopic::Receipt { room, sender } => self.on_receipt(router, who, room, sender, &message),
-            ChatTopic::Presence { user } => self.on_presence(router, who, user, &message),
+            ChatTopic::Presence { user } => self.on_presence(router, user, &message),
             ChatTopic::HistoryRequest { room } => {
                 self.on_history_request(router, config, who, room, &message)
             }
@@ -82,30 +81,56 @@ impl Chat {
         Handled::Done(reason)
     }
 
-    /// Turns a plain message into a room message for every alert rule it
-    /// matches. The sender is the level matched by the rule's first `+`, or
-    /// the publisher's identity when the rule has none.
-    pub(crate) fn route_alerts(
+    /// The room copies the alert rules make of a plain message, as (room,
+    /// sender) pairs, or the refusal of the whole publish when one of them
+    /// would post as someone else or into a room the publisher may not use.
+    pub(crate) fn alert_copies<'m>(
         &self,
-        router: &Router,
-        config: &Config,
+        config: &'m Config,
         who: &Publisher<'_>,
-        message: &Message,
-    ) {
+        message: &'m Message,
+    ) -> Result<Vec<(&'m str, String)>, PublishAckReason> {
+        let mut copies = Vec::new();
         for rule in config
             .alerts
             .iter()
             .filter(|r| topic_matches(&r.topic, &message.topic))
         {
+            let Some(identity) = who.identity else {
+                tracing::info!(topic = %message.topic, room = %rule.room, "alert refused: an anonymous publisher has no name to post under");
+                return Err(PublishAckReason::NotAuthorized);
+            };
             let sender = rule
                 .topic
                 .split('/')
                 .zip(message.topic.split('/'))
                 .find(|(f, _)| *f == "+")
-                .map_or(who.identity, |(_, level)| level);
+                .map_or(identity, |(_, level)| level);
+            let trusted = rule.publishers.iter().any(|p| p == identity);
+            // A listed publisher posts for others, but only into a room it
+            // may use itself; anyone else posts only as itself.
+            let posting_as = if trusted { identity } else { sender };
+            if !who.gate.may_write(&message_topic(&rule.room, posting_as)) || !is_valid_room_name(sender) {
+                tracing::info!(topic = %message.topic, room = %rule.room, %sender, identity, "alert refused: not the publisher's own name, or not a member");
+                return Err(PublishAckReason::NotAuthorized);
+            }
+            copies.push((rule.room.as_str(), sender.to_string()));
+        }
+        Ok(copies)
+    }
+
+    /// Posts the room copies found by `alert_copies`.
+    pub(crate) fn post_alerts(
+        &self,
+        router: &Router,
+        who: &Publisher<'_>,
+        message: &Message,
+        copies: Vec<(&str, String)>,
+    ) {
+        for (room, sender) in copies {
             let post = Post {
-                room: &rule.room,
-                sender,
+                room,
+                sender: &sender,
                 msg_id: msg_id_property(message),
                 payload: message.payload.clone(),
                 qos: message.qos,
@@ -113,7 +138,7 @@ impl Chat {
                 publisher: Some(who.client_id.clone()),
             };
             if let Err(e) = self.post(router, post) {
-                tracing::error!(room = %rule.room, error = %e, "could not store an alert in its room");
+                tracing::error!(%room, error = %e, "could not store an alert in its room");
             }
         }
     }
@@ -127,9 +152,6 @@ impl Chat {
         msg_id: Option<&str>,
         message: &Message,
     ) -> PublishAckReason {
-        if !who.may_post_as(self, sender, room) {
-            return PublishAckReason::NotAuthorized;
-        }
         let post = Post {
             room,
             sender,
@@ -157,9 +179,6 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        if !who.may_post_as(self, sender, room) {
-            return PublishAckReason::NotAuthorized;
-        }
         if from_cbor::<Typing>(&message.payload).is_none() {
             return PublishAckReason::PayloadFormatInvalid;
         }
@@ -201,12 +220,14 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        if !who.may_post_as(self, sender, room) {
-            return PublishAckReason::NotAuthorized;
-        }
         let Some(receipt) = from_cbor::<Receipt>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
+        // A receipt can only be for a message the room has: one beyond the
+        // head would hide every real receipt of this sender until then.
+        if receipt.seq > self.log.head(room) {
+            return PublishAckReason::PayloadFormatInvalid;
+        }
         {
             let mut receipts = self.receipts.lock();
             let key = (room.to_string(), sender.to_string());
@@ -230,16 +251,7 @@ impl Chat {
         PublishAckReason::Success
     }
 
-    fn on_presence(
-        &self,
-        router: &Router,
-        who: &Publisher<'_>,
-        user: &str,
-        message: &Message,
-    ) -> PublishAckReason {
-        if user != who.identity {
-            return PublishAckReason::NotAuthorized;
-        }
+    fn on_presence(&self, router: &Router, user: &str, message: &Message) -> PublishAckReason {
         let Some(update) = from_cbor::<PresenceUpdate>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };

@@ -53,17 +53,18 @@ impl Membership {
     }
 
     /// Whether `identity` may publish in, read from and ask the history of
-    /// `room`, by the configuration.
-    pub fn may_join(&self, identity: &str, room: &str) -> bool {
+    /// `room`, by the configuration. A client without an identity (anonymous
+    /// on a broker that verifies names) may use open rooms only.
+    pub fn may_join(&self, identity: Option<&str>, room: &str) -> bool {
         match self.rooms.read().get(room) {
-            Some(declared) => declared.open || declared.members.contains(identity),
+            Some(declared) => declared.open || identity.is_some_and(|i| declared.members.contains(i)),
             None => *self.default_open.read(),
         }
     }
 
     /// The check every room access goes through: a token's room list when
     /// the client logged in with one, else the configuration.
-    pub fn allows(&self, identity: &str, grant: Option<&HashSet<String>>, room: &str) -> bool {
+    pub fn allows(&self, identity: Option<&str>, grant: Option<&HashSet<String>>, room: &str) -> bool {
         match grant {
             Some(rooms) => rooms.contains(room),
             None => self.may_join(identity, room),

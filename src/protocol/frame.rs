@@ -26,6 +26,8 @@ pub enum DecodeError {
     Protocol(&'static str),
     #[error("invalid topic name")]
     TopicNameInvalid,
+    #[error("topic alias 0")]
+    TopicAliasInvalid,
 }
 
 impl DecodeError {
@@ -37,6 +39,7 @@ impl DecodeError {
                 DisconnectReasonCode::ProtocolError
             }
             DecodeError::TopicNameInvalid => DisconnectReasonCode::TopicNameInvalid,
+            DecodeError::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
             _ => DisconnectReasonCode::MalformedPacket,
         }
     }
@@ -121,10 +124,18 @@ impl Codec {
                 Some(p) => p,
                 None => return Ok(None),
             },
-            Version::V5 => match self.v5.decode(buf)? {
-                Some((p, _)) => p,
-                None => return Ok(None),
-            },
+            Version::V5 => {
+                // The codec reads a Topic Alias of 0 as a malformed packet;
+                // 5.0 names it: 0x94 Topic Alias invalid ([MQTT-3.3.2-8]).
+                let alias_zero =
+                    first_byte >> 4 == 3 && publish_has_topic_alias_zero(&buf[header_len..total], first_byte);
+                match self.v5.decode(buf) {
+                    Ok(Some((p, _))) => p,
+                    Ok(None) => return Ok(None),
+                    Err(_) if alias_zero => return Err(DecodeError::TopicAliasInvalid),
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Version::V31 | Version::V311 => match self.v3.decode(buf)? {
                 Some((p, _)) => v311::to_v5(p),
                 None => return Ok(None),
@@ -284,4 +295,61 @@ fn detect_version(buf: &BytesMut, max_inbound: u32) -> Result<Option<Version>, D
         (b"MQTT", level) | (b"MQIsdp", level) => Err(DecodeError::UnsupportedProtocolLevel(level)),
         _ => Err(DecodeError::InvalidProtocolName),
     }
+}
+
+/// Whether a 5.0 PUBLISH body carries a Topic Alias property of 0: walks
+/// the topic, packet id and property list (only called to name the reason
+/// of a decode error, so any other oddity simply answers false).
+fn publish_has_topic_alias_zero(body: &[u8], first_byte: u8) -> bool {
+    const TOPIC_ALIAS: u8 = 0x23;
+    let read_u16 = |at: usize| {
+        body.get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let Some(topic_len) = read_u16(0) else {
+        return false;
+    };
+    let qos = (first_byte >> 1) & 0b11;
+    let mut at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
+    // Property Length, a variable byte integer.
+    let mut props_len = 0usize;
+    for shift in 0..4 {
+        let Some(&byte) = body.get(at) else {
+            return false;
+        };
+        at += 1;
+        props_len |= usize::from(byte & 0x7f) << (7 * shift);
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let end = (at + props_len).min(body.len());
+    while at < end {
+        let id = body[at];
+        at += 1;
+        let skip = match id {
+            TOPIC_ALIAS => return read_u16(at) == Some(0),
+            0x01 => 1, // payload format indicator
+            0x02 => 4, // message expiry interval
+            0x03 | 0x08 | 0x09 => match read_u16(at) {
+                Some(n) => 2 + n, // content type, response topic, correlation data
+                None => return false,
+            },
+            0x26 => match (read_u16(at), read_u16(at + 2 + read_u16(at).unwrap_or(0))) {
+                (Some(k), Some(v)) => 4 + k + v, // user property: two strings
+                _ => return false,
+            },
+            0x0B => {
+                // subscription identifier: a variable byte integer
+                let mut n = 0;
+                while body.get(at + n).is_some_and(|b| b & 0x80 != 0) {
+                    n += 1;
+                }
+                n + 1
+            }
+            _ => return false,
+        };
+        at += skip;
+    }
+    false
 }

@@ -9,6 +9,9 @@ use super::{Packet, QoS, Version};
 pub(super) fn inbound_packet(first_byte: u8, packet: &Packet, version: Version) -> Result<(), DecodeError> {
     // [MQTT-1.5.4-2]: a string containing U+0000 closes the connection.
     const NUL: DecodeError = DecodeError::Malformed("U+0000 in a string");
+    // [MQTT-3.3.2-14]: a Response Topic is a topic name, never a filter.
+    const WILDCARD_RESPONSE_TOPIC: DecodeError =
+        DecodeError::Protocol("Response Topic with a wildcard or empty");
     let nul = |s: &str| s.contains('\0');
     let nul_props = |props: &[(bytestring::ByteString, bytestring::ByteString)]| {
         props.iter().any(|(k, v)| nul(k) || nul(v))
@@ -28,6 +31,13 @@ pub(super) fn inbound_packet(first_byte: u8, packet: &Packet, version: Version) 
             {
                 return Err(NUL);
             }
+            if c.last_will
+                .as_ref()
+                .and_then(|w| w.response_topic.as_deref())
+                .is_some_and(|t| !is_valid_topic_name(t))
+            {
+                return Err(WILDCARD_RESPONSE_TOPIC);
+            }
         }
         Packet::Publish(p) => {
             if let Some(props) = &p.properties {
@@ -36,6 +46,13 @@ pub(super) fn inbound_packet(first_byte: u8, packet: &Packet, version: Version) 
                     || props.response_topic.as_deref().is_some_and(nul)
                 {
                     return Err(NUL);
+                }
+                if props
+                    .response_topic
+                    .as_deref()
+                    .is_some_and(|t| !is_valid_topic_name(t))
+                {
+                    return Err(WILDCARD_RESPONSE_TOPIC);
                 }
             }
         }

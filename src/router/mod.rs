@@ -183,7 +183,9 @@ impl Router {
         let Some(key) = delivery.shared.clone() else {
             return false;
         };
-        let members = self.trie.shared_members(&key, from);
+        let topic = &delivery.message.topic;
+        let mut members = self.trie.shared_members(&key, from);
+        members.retain(|m| m.session.may_read_topic(topic));
         let Some(target) = members.iter().find(|m| m.session.is_online()).or(members.first()) else {
             return false;
         };

@@ -57,36 +57,36 @@ impl Node {
         self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
     }
 
-    fn collect(&self, levels: &[&str], dollar_topic: bool, out: &mut Vec<Matched>) {
+    fn collect(&self, topic: &str, levels: &[&str], dollar_topic: bool, out: &mut Vec<Matched>) {
         let Some((level, rest)) = levels.split_first() else {
-            self.take_all(out);
+            self.take_all(topic, out);
             // "a/#" also matches "a" ([MQTT-4.7.1-2]).
             if let Some(hash) = self.children.get("#") {
-                hash.take_all(out);
+                hash.take_all(topic, out);
             }
             return;
         };
         if let Some(child) = self.children.get(*level) {
-            child.collect(rest, false, out);
+            child.collect(topic, rest, false, out);
         }
         // A leading wildcard never matches a topic starting with '$'.
         if !dollar_topic {
             if let Some(plus) = self.children.get("+") {
-                plus.collect(rest, false, out);
+                plus.collect(topic, rest, false, out);
             }
             if let Some(hash) = self.children.get("#") {
-                hash.take_all(out);
+                hash.take_all(topic, out);
             }
         }
     }
 
-    fn take_all(&self, out: &mut Vec<Matched>) {
+    fn take_all(&self, topic: &str, out: &mut Vec<Matched>) {
         out.extend(self.subs.iter().map(|e| Matched {
             entry: e.clone(),
             shared: None,
         }));
         for group in &self.shared {
-            if let Some(entry) = pick_member(group) {
+            if let Some(entry) = pick_member(group, topic) {
                 out.push(Matched {
                     entry,
                     shared: Some(group.key.clone()),
@@ -96,19 +96,27 @@ impl Node {
     }
 }
 
-/// Round robin over the group, preferring members that are online; when none
-/// is online the message is queued for the next member in turn.
-fn pick_member(group: &SharedGroup) -> Option<SubEntry> {
+/// Round robin over the members that may read `topic` (room membership),
+/// preferring those online; when none is online the message is queued for
+/// the next reader in turn. A member that may not read is skipped, so the
+/// message is never handed to one that would drop it.
+fn pick_member(group: &SharedGroup, topic: &str) -> Option<SubEntry> {
     let n = group.members.len();
     if n == 0 {
         return None;
     }
     let start = group.next.fetch_add(1, Ordering::Relaxed);
-    (0..n)
-        .map(|i| &group.members[(start + i) % n])
-        .find(|m| m.session.is_online())
-        .or_else(|| group.members.get(start % n))
-        .cloned()
+    let mut first_reader = None;
+    for member in (0..n).map(|i| &group.members[(start + i) % n]) {
+        if !member.session.may_read_topic(topic) {
+            continue;
+        }
+        if member.session.is_online() {
+            return Some(member.clone());
+        }
+        first_reader.get_or_insert(member);
+    }
+    first_reader.cloned()
 }
 
 /// The sharded subscription trie.
@@ -202,8 +210,8 @@ impl Trie {
         let mut out = Vec::new();
         self.shard_for_first_level(levels[0])
             .read()
-            .collect(&levels, dollar, &mut out);
-        self.wildcard.read().collect(&levels, dollar, &mut out);
+            .collect(topic, &levels, dollar, &mut out);
+        self.wildcard.read().collect(topic, &levels, dollar, &mut out);
         out
     }
 

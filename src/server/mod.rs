@@ -69,9 +69,23 @@ impl IpLimits {
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// The client certificate's Common Name, on an mTLS listener with
-    /// `use_identity_as_username`: it becomes the username.
-    pub cert_username: Option<String>,
+    /// The name the client certificate gives, on an mTLS listener with
+    /// `use_identity_as_username`.
+    pub cert_name: CertName,
+}
+
+/// The username a client certificate gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertName {
+    /// The listener does not take names from certificates.
+    NotUsed,
+    /// The certificate's Common Name: it is the username.
+    Name(String),
+    /// The listener takes names from certificates, and this one has no
+    /// Common Name usable as one (none, empty, or with `/`, `+`, `#` or
+    /// control characters): the client is refused, never left to pick a
+    /// name of its own.
+    Unusable,
 }
 
 /// One bound listener, ready to accept.
@@ -176,7 +190,7 @@ async fn upgrade(
 ) -> Result<(Box<dyn Stream>, Peer), String> {
     let mut peer = Peer {
         addr,
-        cert_username: None,
+        cert_name: CertName::NotUsed,
     };
     let max_frame = shared.config.max_packet_size as usize + 8;
     let path = &listener.config.path;
@@ -191,7 +205,12 @@ async fn upgrade(
             let stream = tls.acceptor().accept(socket).await.map_err(|e| e.to_string())?;
             if listener.config.use_identity_as_username {
                 let certs = stream.get_ref().1.peer_certificates();
-                peer.cert_username = certs.and_then(|c| c.first()).and_then(|der| common_name(der));
+                peer.cert_name = match certs.and_then(|c| c.first()).and_then(|der| common_name(der)) {
+                    Some(name) if crate::auth::password_file::check_user_name(&name).is_ok() => {
+                        CertName::Name(name)
+                    }
+                    _ => CertName::Unusable,
+                };
             }
             match kind {
                 ListenerKind::Wss => Box::new(websocket::accept(stream, path, max_frame).await?),

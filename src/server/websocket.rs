@@ -17,8 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Accepts the upgrade on `path`, answering sub-protocol `mqtt` when the
-/// client offers it (MQTT.js and paho require the answer).
+/// Accepts the upgrade on `path` when the client offers sub-protocol
+/// `mqtt` (or `mqttv3.1`), and answers it (MQTT.js and paho require the
+/// answer); an upgrade without it gets HTTP 400.
 pub async fn accept<S>(stream: S, path: &str, max_frame: usize) -> Result<WsByteStream<S>, String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -33,18 +34,29 @@ where
             *refusal.status_mut() = StatusCode::NOT_FOUND;
             return Err(refusal);
         }
-        let offers_mqtt = request
+        let offered: Vec<String> = request
             .headers()
             .get_all("Sec-WebSocket-Protocol")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
-        if offers_mqtt {
-            response
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
-        }
+            .map(|p| p.trim().to_ascii_lowercase())
+            .collect();
+        // [MQTT-6.0.0-3/4]: the client offers `mqtt` and the server selects
+        // it; `mqttv3.1` is what MQTT 3.1 clients offer.
+        let selected = ["mqtt", "mqttv3.1"]
+            .into_iter()
+            .find(|p| offered.iter().any(|o| o == p));
+        let Some(selected) = selected else {
+            let mut refusal = ErrorResponse::new(Some(
+                "MQTT over WebSocket needs the sub-protocol `mqtt` (Sec-WebSocket-Protocol)".into(),
+            ));
+            *refusal.status_mut() = StatusCode::BAD_REQUEST;
+            return Err(refusal);
+        };
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(selected));
         Ok(response)
     };
     let mut config = WebSocketConfig::default();

@@ -9,11 +9,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::connection::{wait_until_durable, Close, Connection, Io};
+use super::registry::ClaimRefused;
 use super::Will;
-use crate::auth::{AuthDecision, AuthRequest};
+use crate::auth::gate::Principal;
+use crate::auth::{AuthDecision, AuthRequest, Grant};
 use crate::broker::Shared;
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{Connect, ConnectAck, ConnectAckReason, DecodeError, Packet, Version};
+use crate::server::CertName;
 
 /// Answers a first packet that could not be decoded, where the protocol
 /// has an answer: an unsupported protocol level gets 3.1.1 return code 1, a
@@ -50,12 +53,8 @@ pub(crate) async fn accept(
     shared: &Arc<Shared>,
     mut connect: Connect,
     over_limit: bool,
-    cert_username: Option<String>,
+    cert_name: CertName,
 ) -> Option<Connection> {
-    if let Some(name) = cert_username {
-        // mTLS with use_identity_as_username: the certificate names the user.
-        connect.username = Some(name.into());
-    }
     let version = io.codec.version()?;
     let config = &shared.config;
     async fn refuse(mut io: Io, reason: ConnectAckReason, why: &'static str) -> Option<Connection> {
@@ -66,6 +65,13 @@ pub(crate) async fn accept(
     }
     if over_limit {
         return refuse(io, ConnectAckReason::ServerBusy, "max_connections reached").await;
+    }
+    if version != Version::V5 && connect.username.is_none() && connect.password.is_some() {
+        // [MQTT-3.1.2-22]: a protocol violation, so no CONNACK.
+        shared.metrics.protocol_errors.inc();
+        tracing::info!("connection closed: 3.1.1 CONNECT with a password but no username");
+        io.flush_final().await;
+        return None;
     }
     if connect.auth_method.is_some() {
         return refuse(
@@ -88,85 +94,74 @@ pub(crate) async fn accept(
         .then(|| shared.registry.assign_client_id());
     let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
 
-    let username = connect.username.as_deref().map(str::to_string);
-    let password = connect.password.clone();
-    let decision = if password.is_some() {
-        // Password hashes are slow on purpose: off the runtime's threads.
-        let (auth, peer, id) = (shared.auth.clone(), io.peer, client_id.clone());
-        let (user, pass) = (username.clone(), password.clone());
-        tokio::task::spawn_blocking(move || {
-            auth.authenticate(&AuthRequest {
-                client_id: &id,
-                username: user.as_deref(),
-                password: pass.as_deref(),
-                peer,
-            })
-        })
-        .await
-        .unwrap_or(AuthDecision::NotAuthorized)
-    } else {
-        shared.auth.authenticate(&AuthRequest {
-            client_id: &client_id,
-            username: username.as_deref(),
-            password: None,
-            peer: io.peer,
-        })
-    };
-    let grant = match decision {
-        AuthDecision::Allow(grant) => {
-            shared.login_backoff.succeeded(io.peer.ip());
-            grant
-        }
-        refused => {
+    let grant = match cert_name {
+        // mTLS with use_identity_as_username: the certificate is the
+        // credential and its CN the name; CONNECT's username and password
+        // are not used.
+        CertName::Name(name) => Grant {
+            username: Some(name),
+            ..Grant::default()
+        },
+        CertName::Unusable => {
             shared.metrics.auth_failures.inc();
-            let wait = shared.login_backoff.failed(io.peer.ip());
-            tracing::info!(
-                %client_id,
-                username = username.as_deref().unwrap_or(""),
-                peer = %io.peer,
-                backoff_ms = wait.as_millis() as u64,
-                "login failed"
-            );
-            tokio::time::sleep(wait).await;
-            return match refused {
-                AuthDecision::BadCredentials => {
-                    refuse(
-                        io,
-                        ConnectAckReason::BadUserNameOrPassword,
-                        "bad username or password",
-                    )
-                    .await
-                }
-                _ => refuse(io, ConnectAckReason::NotAuthorized, "not authorized").await,
-            };
+            return refuse(
+                io,
+                ConnectAckReason::NotAuthorized,
+                "the client certificate has no Common Name usable as a username",
+            )
+            .await;
         }
+        CertName::NotUsed => match authenticate(io.peer, shared, &client_id, &connect).await {
+            Ok(grant) => grant,
+            Err(reason) => return refuse(io, reason, "login failed").await,
+        },
     };
-    if let Some(name) = &grant.username {
-        connect.username = Some(name.as_str().into());
-    }
+    let principal = principal_of(shared, &grant, &connect, &client_id);
+    connect.username = principal.username.as_deref().map(Into::into);
     let auth_deadline = grant.expires_unix.map(|exp| {
         let left = exp.saturating_sub(crate::store::unix_ms_now() / 1000);
         tokio::time::Instant::now() + Duration::from_secs(left)
     });
-    let room_grant: Option<Arc<std::collections::HashSet<String>>> =
-        grant.rooms.map(|rooms| Arc::new(rooms.into_iter().collect()));
+    if let Some(will) = &connect.last_will {
+        // A will is a publish the broker makes for this client later: it
+        // must be one the client could make now.
+        if let Err(reason) = shared.gate.may_write(&principal, &client_id, &will.topic) {
+            shared.metrics.acl_denied.inc();
+            tracing::info!(%client_id, topic = %will.topic, ?reason, "will refused by the access rules");
+            return refuse(io, ConnectAckReason::NotAuthorized, "will topic not allowed").await;
+        }
+    }
 
-    let identity: Arc<str> = connect
-        .username
-        .as_deref()
-        .filter(|u| !u.is_empty())
-        .unwrap_or(&client_id)
-        .into();
     // Counted before a takeover closes the old connection, so presence
     // never shows the user offline in between.
-    shared.chat.presence().connected(&shared.router, &identity);
-    let Some(claimed) = shared
+    if let Some(identity) = &principal.identity {
+        shared.chat.presence().connected(&shared.router, identity);
+    }
+    let claimed = shared
         .registry
-        .claim(shared, &client_id, connect.clean_start)
-        .await
-    else {
-        shared.chat.presence().disconnected(&shared.router, &identity);
-        return refuse(io, ConnectAckReason::ServerUnavailable, "session takeover failed").await;
+        .claim(shared, &client_id, connect.clean_start, &principal)
+        .await;
+    let claimed = match claimed {
+        Ok(claimed) => claimed,
+        Err(refusal) => {
+            if let Some(identity) = &principal.identity {
+                shared.chat.presence().disconnected(&shared.router, identity);
+            }
+            return match refusal {
+                ClaimRefused::OtherOwner => {
+                    shared.metrics.acl_denied.inc();
+                    refuse(
+                        io,
+                        ConnectAckReason::NotAuthorized,
+                        "the client id belongs to another identity's session",
+                    )
+                    .await
+                }
+                ClaimRefused::OldConnectionStuck => {
+                    refuse(io, ConnectAckReason::ServerUnavailable, "session takeover failed").await
+                }
+            };
+        }
     };
     let session = claimed.session;
 
@@ -191,14 +186,12 @@ pub(crate) async fn accept(
         let mut st = session.state.lock();
         st.generation += 1;
         st.kick = Some(kick.clone());
+        st.kick_reason = None;
+        st.revocable_login = grant.revocable.then(|| principal.username.clone()).flatten();
         st.pending_will = None;
         st.expiry_secs = expiry;
         // Queue what the rooms got while the session was away.
         st.replaying = true;
-        st.member = Some(super::Member {
-            identity: identity.clone(),
-            room_grant: room_grant.clone(),
-        });
         st.will = connect.last_will.clone().map(|will| Will {
             delay_secs: will.will_delay_interval_sec.unwrap_or(0),
             will,
@@ -251,17 +244,95 @@ pub(crate) async fn accept(
         client_alias_max: connect.topic_alias_max,
         connect_expiry: connect.session_expiry_interval_secs,
         shutdown: shared.shutdown.subscribe(),
-        username: connect
-            .username
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .map(Arc::from),
-        identity,
-        room_grant,
+        principal,
         auth_deadline,
         publish_budget: super::rate::PublishBudget::new(
             config.max_publish_rate,
             config.max_publish_bytes_rate,
         ),
     })
+}
+
+/// Asks the authenticator about CONNECT's credentials, after the address's
+/// login back-off (so a flood of guesses costs no hashing), and on a
+/// blocking thread when a password must be hashed. A refusal is counted
+/// and logged and gives the CONNACK reason.
+async fn authenticate(
+    peer: std::net::SocketAddr,
+    shared: &Arc<Shared>,
+    client_id: &str,
+    connect: &Connect,
+) -> Result<Grant, ConnectAckReason> {
+    let username = connect.username.as_deref().map(str::to_string);
+    let password = connect.password.clone();
+    let ip = peer.ip();
+    let decision = if password.is_some() {
+        // Wait out the back-off first: guesses from one address, however
+        // many in parallel, are checked one delay apart.
+        let wait = shared.login_backoff.wait_before_attempt(ip);
+        tokio::time::sleep(wait).await;
+        let (auth, id) = (shared.auth.clone(), client_id.to_string());
+        let (user, pass) = (username.clone(), password.clone());
+        let decision = tokio::task::spawn_blocking(move || {
+            auth.authenticate(&AuthRequest {
+                client_id: &id,
+                username: user.as_deref(),
+                password: pass.as_deref(),
+                peer,
+            })
+        })
+        .await
+        .unwrap_or(AuthDecision::NotAuthorized);
+        shared
+            .login_backoff
+            .attempt_done(ip, matches!(decision, AuthDecision::Allow(_)));
+        decision
+    } else {
+        shared.auth.authenticate(&AuthRequest {
+            client_id,
+            username: username.as_deref(),
+            password: None,
+            peer,
+        })
+    };
+    match decision {
+        AuthDecision::Allow(grant) => Ok(grant),
+        refused => {
+            shared.metrics.auth_failures.inc();
+            tracing::info!(
+                %client_id,
+                username = username.as_deref().unwrap_or(""),
+                %peer,
+                "login failed"
+            );
+            Err(match refused {
+                AuthDecision::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
+                _ => ConnectAckReason::NotAuthorized,
+            })
+        }
+    }
+}
+
+/// The identity rules (`auth/mod.rs`): the verified name when the broker
+/// verifies names, else the claimed one; the client id stands in for a
+/// chat identity only where names are claims.
+fn principal_of(shared: &Shared, grant: &Grant, connect: &Connect, client_id: &str) -> Principal {
+    let username: Option<Arc<str>> = grant
+        .username
+        .as_deref()
+        .or(connect.username.as_deref())
+        .filter(|u| !u.is_empty())
+        .map(Arc::from);
+    let names_verified = shared.auth.verifies_names() || shared.config.certificate_names_used();
+    let identity = username
+        .clone()
+        .or_else(|| (!names_verified).then(|| Arc::from(client_id)));
+    Principal {
+        username,
+        identity,
+        room_grant: grant
+            .rooms
+            .clone()
+            .map(|rooms| Arc::new(rooms.into_iter().collect())),
+    }
 }

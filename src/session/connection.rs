@@ -20,7 +20,8 @@ use tokio::sync::{watch, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{lifecycle, Session};
+use super::{lifecycle, Kick, Session};
+use crate::auth::gate::Principal;
 use crate::broker::Shared;
 use crate::protocol::{Codec, DecodeError, Disconnect, DisconnectReasonCode, Packet, Version};
 
@@ -50,6 +51,9 @@ pub(crate) enum Close {
     ByServer(DisconnectReasonCode, String),
     /// The broker is shutting down: DISCONNECT 0x8B; no will.
     Shutdown,
+    /// The client's login was revoked: DISCONNECT 0x87; no will (it would
+    /// be a publish by a client that may no longer publish).
+    Revoked,
 }
 
 impl From<DecodeError> for Close {
@@ -186,13 +190,10 @@ pub(crate) struct Connection {
     /// rule [MQTT-3.14.2-2].
     pub connect_expiry: u32,
     pub shutdown: watch::Receiver<bool>,
-    /// Username when authenticated, else client id: the `{sender}` and
-    /// `{user}` of chat topics, and the presence this connection counts in.
-    pub identity: Arc<str>,
-    /// The username (for `%u` in ACL rules).
-    pub username: Option<Arc<str>>,
-    /// The rooms a token allows, exactly; `None` follows the configuration.
-    pub room_grant: Option<Arc<std::collections::HashSet<String>>>,
+    /// Who the client is (`auth/gate.rs`): the username for `%u`, the
+    /// identity that is `{sender}`/`{user}` in chat topics and counts in
+    /// presence, and a token's room list.
+    pub principal: Principal,
     /// When the token the client logged in with expires.
     pub auth_deadline: Option<Instant>,
     /// `max_publish_rate` / `max_publish_bytes_rate`.
@@ -210,7 +211,7 @@ pub async fn serve(
 ) {
     let span = tracing::info_span!("conn", peer = %peer.addr, client_id = tracing::field::Empty);
     async move {
-        let cert_username = peer.cert_username.clone();
+        let cert_name = peer.cert_name.clone();
         let mut io = Io::new(stream, peer.addr, shared.config.max_packet_size);
         let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
         let first = match tokio::time::timeout(timeout, io.read_packet()).await {
@@ -229,8 +230,7 @@ pub async fn serve(
             tracing::debug!("first packet was not CONNECT, closing");
             return;
         };
-        let Some(conn) = super::connect::accept(io, &shared, *connect, over_limit, cert_username).await
-        else {
+        let Some(conn) = super::connect::accept(io, &shared, *connect, over_limit, cert_name).await else {
             return;
         };
         tracing::Span::current().record("client_id", &*conn.session.client_id);
@@ -278,9 +278,7 @@ impl Connection {
                     self.send_durable_acks();
                     continue;
                 }
-                _ = self.kick.notified() => {
-                    return Close::ByServer(DisconnectReasonCode::SessionTakenOver, "session taken over".into())
-                }
+                _ = self.kick.notified() => return self.kicked(),
                 r = self.io.read_more() => r,
                 _ = self.session.wake.notified() => continue,
                 // One timer for both deadlines: each timer is part of every
@@ -313,6 +311,17 @@ impl Connection {
                 }
             }
             self.queue_acks();
+        }
+    }
+
+    /// Why the broker closes this connection, after a kick.
+    fn kicked(&self) -> Close {
+        match self.session.state.lock().kick_reason {
+            Some(Kick::Revoked) => Close::Revoked,
+            _ => Close::ByServer(
+                DisconnectReasonCode::SessionTakenOver,
+                "session taken over".into(),
+            ),
         }
     }
 
@@ -468,12 +477,25 @@ impl Connection {
         if !matches!(close, Close::Lost(_)) {
             self.release_acks().await;
         }
-        let (reason, publish_will) = match &close {
+        let (reason, mut publish_will) = match &close {
             Close::Normal => (None, false),
             Close::Lost(_) => (None, true),
             Close::ByServer(code, _) => (Some(*code), true),
             Close::Shutdown => (Some(DisconnectReasonCode::ServerShuttingDown), false),
+            Close::Revoked => (Some(DisconnectReasonCode::NotAuthorized), false),
         };
+        if let Close::ByServer(DisconnectReasonCode::SessionTakenOver, _) = &close {
+            // The same client came back on a new connection: while its
+            // session continues, it has not gone away ([MQTT-3.1.4-3]).
+            let st = self.session.state.lock();
+            let continues = matches!(
+                st.kick_reason,
+                Some(Kick::TakenOver {
+                    session_continues: true
+                })
+            );
+            publish_will = !(continues && st.expiry_secs > 0);
+        }
         if let (Some(code), true) = (reason, self.version.is_v5()) {
             let mut d = Disconnect::new(code);
             if let Close::ByServer(_, text) = &close {
@@ -500,10 +522,12 @@ impl Connection {
             }
         };
         lifecycle::connection_closed(&self.shared, &self.session, will);
-        self.shared
-            .chat
-            .presence()
-            .disconnected(&self.shared.router, &self.identity);
+        if let Some(identity) = &self.principal.identity {
+            self.shared
+                .chat
+                .presence()
+                .disconnected(&self.shared.router, identity);
+        }
         self.shared.metrics.clients_connected.dec();
         drop(self.guard.take());
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+use super::route::{gate_check, route_as};
 use super::{Session, Will};
 use crate::broker::Shared;
 use crate::protocol::{PublishProperties, QoS};
@@ -44,7 +45,7 @@ pub(crate) fn go_offline(
         if will_delay_secs == 0 || expiry_secs == 0 {
             // A will whose delay is longer than the session lasts is sent
             // when the session ends ([MQTT-3.1.3-9]): here, now.
-            publish_will(shared, &session.client_id, &will);
+            publish_will(shared, session, &will);
         } else {
             let delay = will_delay_secs.min(expiry_secs);
             session.state.lock().pending_will = Some(will);
@@ -61,7 +62,7 @@ pub(crate) fn go_offline(
                     will
                 };
                 if let Some(will) = will {
-                    publish_will(&shared, &session.client_id, &will);
+                    publish_will(&shared, &session, &will);
                 }
             });
         }
@@ -105,7 +106,7 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
     }
     shared.registry.remove(session);
     if let Some(will) = pending_will {
-        publish_will(shared, &session.client_id, &will);
+        publish_will(shared, session, &will);
     }
 }
 
@@ -141,9 +142,19 @@ fn hand_over_shared(shared: &Arc<Shared>, session: &Arc<Session>) {
     }
 }
 
-/// Publishes a will as if its client had sent it.
-pub(crate) fn publish_will(shared: &Shared, client_id: &Arc<str>, will: &Will) {
+/// Publishes a will as if its client had sent it now: through the gate
+/// (membership or rules may have changed since CONNECT) and the same path
+/// as a PUBLISH.
+pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
+    let client_id = &session.client_id;
     let w = &will.will;
+    // A session stored by an older version has no recorded owner: its
+    // will is judged as an anonymous client's.
+    let principal = session.state.lock().owner.clone().unwrap_or_default();
+    if gate_check(shared, &principal, client_id, &w.topic).is_err() {
+        tracing::info!(%client_id, topic = %w.topic, "will not published: refused by the access rules");
+        return;
+    }
     let properties = PublishProperties {
         topic_alias: None,
         correlation_data: w.correlation_data.clone(),
@@ -171,5 +182,5 @@ pub(crate) fn publish_will(shared: &Shared, client_id: &Arc<str>, will: &Will) {
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");
     shared.metrics.messages_received.inc();
-    shared.router.publish(message);
+    route_as(shared, &principal, client_id, message);
 }

@@ -17,6 +17,7 @@ mod publish;
 mod rate;
 mod registry;
 mod replay;
+mod route;
 mod subscribe;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -31,6 +32,7 @@ pub use connection::{serve, Stream};
 pub(crate) use persist::{message_from_record, message_record, qos_from, restore_sessions};
 pub use registry::Registry;
 
+use crate::auth::gate::Principal;
 use crate::metrics::Metrics;
 use crate::protocol::{LastWill, QoS, SubscriptionOptions};
 use crate::router::Delivery;
@@ -71,12 +73,16 @@ pub(crate) struct SessionSubscription {
     pub id: Option<NonZeroU32>,
 }
 
-/// Who the connected client is, for room membership at delivery time.
-#[derive(Clone, Debug)]
-pub(crate) struct Member {
-    pub identity: Arc<str>,
-    /// The rooms a token allows, exactly; `None` follows the configuration.
-    pub room_grant: Option<Arc<HashSet<String>>>,
+/// Why the broker wakes a connection to close it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// Another connection with the same client id and owner takes the
+    /// session; when the session continues (Clean Start 0) the old
+    /// connection's will is not sent ([MQTT-3.1.4-3], as Mosquitto does).
+    TakenOver { session_continues: bool },
+    /// The client's login was revoked (a user removed from the password
+    /// file by a reload): 5.0 DISCONNECT 0x87, no will.
+    Revoked,
 }
 
 /// The mutable part of a session.
@@ -85,8 +91,12 @@ pub(crate) struct SessionState {
     /// Bumped on every new connection; timers started for an older
     /// connection (will delay, session expiry) check it and stand down.
     pub generation: u64,
-    /// Wakes the current connection to close it (session takeover).
+    /// Wakes the current connection to close it, for `kick_reason`.
     pub kick: Option<Arc<Notify>>,
+    pub kick_reason: Option<Kick>,
+    /// The username of the current connection when its login can be
+    /// revoked by a reload (`Grant::revocable`).
+    pub revocable_login: Option<Arc<str>>,
     /// Messages waiting to be sent, in order.
     pub queue: VecDeque<Delivery>,
     /// QoS 1/2 messages sent and not yet acknowledged, in send order.
@@ -115,10 +125,13 @@ pub(crate) struct SessionState {
     pub replaying: bool,
     /// Room messages acknowledged since the session record was last saved.
     pub room_acks_unsaved: u32,
-    /// The client of the last connection; room messages are delivered only
-    /// while it is a member of the room (checked per message, so a removed
-    /// member stops receiving at once).
-    pub member: Option<Member>,
+    /// Who the session belongs to: set by the connection that created it
+    /// and stored with it. Only a client with the same identity may resume
+    /// or take it over; room messages are delivered only while it is a
+    /// member of the room (checked per message, so a removed member stops
+    /// receiving at once). `None` only for a session stored by an older
+    /// version, until its client reconnects.
+    pub owner: Option<Principal>,
     /// Packet id to a hash of (topic, payload) of this session's recent QoS
     /// 1 publishes, to recognise a DUP resend of one already stored.
     pub recent_publishes: VecDeque<(u16, u64)>,
@@ -251,10 +264,17 @@ impl Session {
         let Some(membership) = &self.membership else {
             return true;
         };
-        match &st.member {
-            Some(m) => membership.allows(&m.identity, m.room_grant.as_deref(), room),
-            None => membership.allows(&self.client_id, None, room),
+        match &st.owner {
+            Some(owner) => owner.may_join(membership, room),
+            // Unknown owner: open rooms only.
+            None => membership.allows(None, None, room),
         }
+    }
+
+    /// `may_read` for one topic, taking the lock only for room topics:
+    /// shared-subscription round robin skips members that may not read.
+    pub fn may_read_topic(&self, topic: &str) -> bool {
+        crate::chat::room_of(topic).is_none() || self.may_read(&self.state.lock(), topic)
     }
 
     /// Messages waiting to be sent plus messages in flight.

@@ -12,11 +12,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Inflight, Session, SessionState, SessionSubscription, Stage, Will};
+use crate::auth::gate::Principal;
 use crate::broker::Shared;
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 use crate::router::{Delivery, Message};
 use crate::store::{
-    LoadedSession, MessageRecord, QueuedRecord, SessionRecord, Store, SubscriptionRecord, WillRecord,
+    LoadedSession, MessageRecord, OwnerRecord, QueuedRecord, SessionRecord, Store, SubscriptionRecord,
+    WillRecord,
 };
 
 pub(crate) fn qos_from(n: u8) -> QoS {
@@ -62,6 +64,22 @@ pub(crate) fn message_from_record(r: MessageRecord) -> Message {
         room: None,
         ephemeral: false,
         retain_in_memory: false,
+    }
+}
+
+fn owner_record(p: &Principal) -> OwnerRecord {
+    OwnerRecord {
+        username: p.username.as_deref().map(str::to_string),
+        identity: p.identity.as_deref().map(str::to_string),
+        rooms: p.room_grant.as_ref().map(|rooms| rooms.iter().cloned().collect()),
+    }
+}
+
+fn owner_from_record(r: OwnerRecord) -> Principal {
+    Principal {
+        username: r.username.map(Arc::from),
+        identity: r.identity.map(Arc::from),
+        room_grant: r.rooms.map(|rooms| Arc::new(rooms.into_iter().collect())),
     }
 }
 
@@ -198,6 +216,7 @@ impl Session {
                 .iter()
                 .map(|(room, c)| (room.to_string(), c.done))
                 .collect(),
+            owner: st.owner.as_ref().map(owner_record),
         };
         if let Err(e) = store.put_session(&self.client_id, &record) {
             log_store_error(&self.client_id, "session", e);
@@ -236,6 +255,7 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
         {
             let mut st = session.state.lock();
             st.expiry_secs = entry.record.expiry_secs;
+            st.owner = entry.record.owner.clone().map(owner_from_record);
             st.room_cursors = entry
                 .record
                 .room_cursors

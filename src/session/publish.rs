@@ -6,8 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
-use crate::auth::acl::Subject;
-use crate::chat::{Handled, Publisher};
+use super::route::{gate_check, route_as};
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{
     DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS,
@@ -63,16 +62,10 @@ impl Connection {
                 "over max_publish_rate or max_publish_bytes_rate".into(),
             ));
         }
-        let subject = Subject {
-            username: self.username.as_deref(),
-            client_id: &self.session.client_id,
-        };
-        if !shared.acl.may_publish(&subject, &publish.topic) {
-            shared.metrics.acl_denied.inc();
-            tracing::info!(topic = %publish.topic, "publish denied by the ACL");
+        if let Err(reason) = gate_check(&shared, &self.principal, &self.session.client_id, &publish.topic) {
             // 5.0 learns why; 3.1.1 gets a plain acknowledgement and the
             // message is dropped, as that version allows.
-            self.acknowledge(packet_id, qos, PublishAckReason::NotAuthorized);
+            self.acknowledge(packet_id, qos, reason);
             return None;
         }
 
@@ -116,27 +109,7 @@ impl Connection {
 
         let message = self.to_message(publish);
         self.shared.metrics.messages_received.inc();
-        let who = Publisher {
-            identity: &self.identity,
-            client_id: &self.session.client_id,
-            room_grant: self.room_grant.as_deref(),
-        };
-        let reason = match shared.chat.on_publish(&shared.router, config, &who, message) {
-            Handled::Done(reason) => reason,
-            Handled::Plain(message) => {
-                if !config.alerts.is_empty() {
-                    shared.chat.route_alerts(&shared.router, config, &who, &message);
-                }
-                let outcome = shared.router.publish(*message);
-                if outcome.matched == 0 {
-                    PublishAckReason::NoMatchingSubscribers
-                } else if outcome.matched == 1 && outcome.dropped == 1 {
-                    PublishAckReason::QuotaExceeded
-                } else {
-                    PublishAckReason::Success
-                }
-            }
-        };
+        let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
         self.acknowledge(packet_id, qos, reason);
         None
     }
@@ -231,9 +204,14 @@ impl Connection {
                 }
                 Ok(())
             }
-            None if publish.topic.is_empty() || !is_valid_topic_name(&publish.topic) => Err(Close::ByServer(
-                DisconnectReasonCode::TopicNameInvalid,
+            // [MQTT-3.3.2-8]: an empty topic needs a Topic Alias.
+            None if publish.topic.is_empty() => Err(Close::ByServer(
+                DisconnectReasonCode::ProtocolError,
                 "empty topic without a topic alias".into(),
+            )),
+            None if !is_valid_topic_name(&publish.topic) => Err(Close::ByServer(
+                DisconnectReasonCode::TopicNameInvalid,
+                "invalid topic name".into(),
             )),
             None => Ok(()),
         }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::OwnedMutexGuard;
 
-use super::Session;
+use super::{Kick, Session};
+use crate::auth::gate::Principal;
 use crate::broker::Shared;
 
 /// How long a taking-over connection waits, per try, for the old connection
@@ -21,6 +22,16 @@ const TAKEOVER_TRIES: u32 = 10;
 pub struct Registry {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     assigned_ids: AtomicU64,
+}
+
+/// Why a session could not be claimed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ClaimRefused {
+    /// The client id belongs to a session of another identity: 5.0 CONNACK
+    /// 0x87 Not authorized, 3.1.1 return code 5.
+    OtherOwner,
+    /// The old connection would not let go: 0x88 Server unavailable.
+    OldConnectionStuck,
 }
 
 /// A session claimed by a connection.
@@ -51,16 +62,18 @@ impl Registry {
         format!("roomq-{nanos:x}-{n}")
     }
 
-    /// Claims the session of `client_id` for a new connection: an existing
-    /// connection is kicked off (takeover) and waited for; with `clean_start`
-    /// an existing session is ended and a new one made. `None` when the old
-    /// connection would not let go.
+    /// Claims the session of `client_id` for a new connection of `owner`:
+    /// an existing connection is kicked off (takeover) and waited for; with
+    /// `clean_start` an existing session is ended and a new one made. A
+    /// session that belongs to another identity is left untouched, with its
+    /// connection, and the claim refused.
     pub(crate) async fn claim(
         &self,
         shared: &Arc<Shared>,
         client_id: &str,
         clean_start: bool,
-    ) -> Option<Claimed> {
+        owner: &Principal,
+    ) -> Result<Claimed, ClaimRefused> {
         let (session, created) = match self.get(client_id) {
             Some(s) => (s, false),
             None => {
@@ -73,28 +86,69 @@ impl Registry {
                 (entry.clone(), created)
             }
         };
-        let guard = take_ownership(&session).await?;
+        {
+            let mut st = session.state.lock();
+            match &st.owner {
+                Some(existing) if !st.ended && !existing.same_owner(owner) => {
+                    return Err(ClaimRefused::OtherOwner)
+                }
+                // A session stored by an older version has no owner yet:
+                // the first client to come back binds it.
+                _ => st.owner = Some(owner.clone()),
+            }
+            st.kick_reason = Some(Kick::TakenOver {
+                session_continues: !clean_start,
+            });
+        }
+        let guard = take_ownership(&session)
+            .await
+            .ok_or(ClaimRefused::OldConnectionStuck)?;
         let ended = session.state.lock().ended;
         if clean_start || ended {
             if !ended {
                 super::lifecycle::end_session(shared, &session);
             }
             let fresh = self.new_session(shared, client_id);
-            let guard = fresh.owner.clone().try_lock_owned().ok()?;
+            fresh.state.lock().owner = Some(owner.clone());
+            let guard = fresh
+                .owner
+                .clone()
+                .try_lock_owned()
+                .map_err(|_| ClaimRefused::OldConnectionStuck)?;
             self.sessions
                 .lock()
                 .insert(fresh.client_id.clone(), fresh.clone());
-            return Some(Claimed {
+            return Ok(Claimed {
                 session: fresh,
                 present: false,
                 guard,
             });
         }
-        Some(Claimed {
+        Ok(Claimed {
             session,
             present: !created,
             guard,
         })
+    }
+
+    /// Closes the connections whose password login `auth` now revokes
+    /// (after a reload of the password file).
+    pub(crate) fn kick_revoked(&self, auth: &dyn crate::auth::Authenticator) -> usize {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        let mut kicked = 0;
+        for session in sessions {
+            let mut st = session.state.lock();
+            let revoked = st
+                .revocable_login
+                .as_deref()
+                .is_some_and(|user| auth.revoked(user));
+            if let (true, Some(kick)) = (revoked, st.kick.clone()) {
+                st.kick_reason = Some(Kick::Revoked);
+                kick.notify_one();
+                kicked += 1;
+            }
+        }
+        kicked
     }
 
     fn new_session(&self, shared: &Shared, client_id: &str) -> Arc<Session> {

@@ -85,21 +85,17 @@ impl Connection {
             }
         }
         let named_room = crate::chat::room_of(plain_filter).filter(|room| *room != "+" && *room != "#");
-        let room_ok = named_room.is_none_or(|room| {
-            self.shared
-                .chat
-                .membership
-                .allows(&self.identity, self.room_grant.as_deref(), room)
-        });
+        let room_ok =
+            named_room.is_none_or(|room| self.principal.may_join(&self.shared.chat.membership, room));
         let subject = Subject {
-            username: self.username.as_deref(),
+            username: self.principal.username.as_deref(),
             client_id: &self.session.client_id,
         };
-        if room_ok && self.shared.acl.may_subscribe(&subject, plain_filter) {
+        if room_ok && self.shared.gate.acl.may_subscribe(&subject, plain_filter) {
             return None;
         }
         self.shared.metrics.acl_denied.inc();
-        tracing::info!(%filter, identity = %self.identity, "subscription denied (room membership or ACL)");
+        tracing::info!(%filter, identity = self.principal.identity.as_deref(), "subscription denied (room membership or ACL)");
         Some(SubscribeAckReason::NotAuthorized)
     }
 

@@ -19,8 +19,8 @@ mod sled_store;
 pub use group_commit::GroupCommit;
 pub use memory::MemoryStore;
 pub use records::{
-    unix_ms_now, DedupRecord, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, SubscriptionRecord,
-    WillRecord,
+    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, RoomRecord, SessionRecord,
+    SubscriptionRecord, WillRecord,
 };
 pub use sled_store::SledStore;
 

@@ -68,6 +68,43 @@ pub struct SessionRecord {
     /// Per room: the `seq` up to which this session has everything it
     /// subscribed to. Its backlog is replayed from the room log after it.
     pub room_cursors: Vec<(String, u64)>,
+    /// Who the session belongs to. Last, so that a record written before
+    /// it existed still decodes (as `None`, see `decode_session`).
+    pub owner: Option<OwnerRecord>,
+}
+
+/// The identity a persistent session is bound to (`auth::gate::Principal`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub username: Option<String>,
+    pub identity: Option<String>,
+    pub rooms: Option<Vec<String>>,
+}
+
+/// A session record as `roomq-store-3` wrote it before sessions had an
+/// owner: read once, its owner is unknown until its client comes back.
+#[derive(Deserialize)]
+struct SessionRecordWithoutOwner {
+    expiry_secs: u32,
+    subscriptions: Vec<SubscriptionRecord>,
+    will: Option<WillRecord>,
+    offline_since_unix_ms: Option<u64>,
+    room_cursors: Vec<(String, u64)>,
+}
+
+/// Decodes a session record, also one written before the `owner` field.
+pub(super) fn decode_session(key: &[u8], bytes: &[u8]) -> Result<SessionRecord, super::StoreError> {
+    decode::<SessionRecord>(key, bytes).or_else(|e| {
+        let old: SessionRecordWithoutOwner = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(SessionRecord {
+            expiry_secs: old.expiry_secs,
+            subscriptions: old.subscriptions,
+            will: old.will,
+            offline_since_unix_ms: old.offline_since_unix_ms,
+            room_cursors: old.room_cursors,
+            owner: None,
+        })
+    })
 }
 
 /// One chat message in a room's log, stored once for every member.

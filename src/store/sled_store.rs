@@ -184,7 +184,7 @@ impl Store for SledStore {
             for entry in t.sessions.iter() {
                 let (key, value) = entry.map_err(io)?;
                 let client_id = String::from_utf8_lossy(&key).into_owned();
-                let record: SessionRecord = decode(&key, &value)?;
+                let record = super::records::decode_session(&key, &value)?;
                 let prefix = session_prefix(&client_id);
                 let messages = t.journal.load(&client_id)?;
                 let incoming_qos2 = t

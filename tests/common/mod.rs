@@ -277,6 +277,19 @@ impl Raw {
         .await;
     }
 
+    /// Sends a 5.0 PUBLISH (QoS 1) and returns its PUBACK reason, passing
+    /// over any PUBLISH that arrives first.
+    pub async fn puback_of(&mut self, publish: rmqtt_codec::types::Publish) -> v5::PublishAckReason {
+        self.send5(v5::Packet::Publish(Box::new(publish))).await;
+        loop {
+            match self.recv5().await.packet() {
+                v5::Packet::PublishAck(ack) => return ack.reason_code,
+                v5::Packet::Publish(_) => {}
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+
     /// Publishes at QoS 1 (5.0) and returns the PUBACK.
     pub async fn publish1_5(&mut self, id: u16, topic: &str, payload: &'static [u8]) -> v5::PublishAck {
         self.send5(v5::Packet::Publish(Box::new(publish(
