@@ -12,12 +12,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::acl::Acl;
 use crate::auth::gate::Gate;
-use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff};
+use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff, LoginPool};
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
 use crate::local::LocalSubscription;
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
-use crate::router::{Message, Router};
+use crate::router::{Message, RetainedStore, Router};
 use crate::session::Registry;
 use crate::store::{GroupCommit, SledStore, Store};
 
@@ -42,8 +42,10 @@ pub(crate) struct Shared {
     /// The one access decision (topic rules and room membership) for
     /// everything the broker writes on a client's behalf.
     pub gate: Gate,
-    /// Slows down password guessing per IP address.
+    /// Slows down password guessing per IP address and username.
     pub login_backoff: LoginBackoff,
+    /// Bounds the password checks running and waiting.
+    pub logins: LoginPool,
     /// Connections per IP address, for the per-IP limits.
     pub ip_limits: crate::server::IpLimits,
 }
@@ -122,7 +124,11 @@ impl Broker {
         let (shutdown, _) = watch::channel(false);
         let chat = crate::chat::Chat::open(&self.config, store.clone())?;
         let shared = Arc::new(Shared {
-            router: Router::new(self.config.retain_available, store.clone()),
+            router: Router::new(
+                self.config.retain_available,
+                store.clone(),
+                RetainedStore::new(self.config.max_retained_messages, self.config.max_retained_bytes),
+            ),
             registry: Registry::default(),
             metrics,
             auth,
@@ -138,9 +144,11 @@ impl Broker {
             gate: Gate {
                 acl: Acl::new(self.config.acl.clone()),
                 membership: chat.membership.clone(),
+                max_name_length: self.config.max_chat_name_length,
             },
             chat,
             login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
+            logins: LoginPool::new(self.config.max_concurrent_logins, self.config.max_pending_logins),
             ip_limits: crate::server::IpLimits::default(),
             store,
             config: self.config,
@@ -248,7 +256,9 @@ impl BrokerHandle {
             shared
                 .connections
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            crate::session::serve(Box::new(server), peer, shared.clone(), false).await;
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_secs(shared.config.connect_timeout_secs);
+            crate::session::serve(Box::new(server), peer, shared.clone(), false, deadline).await;
             shared
                 .connections
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -343,7 +353,18 @@ async fn chat_upkeep(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {
                 let worker = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || worker.chat.upkeep()).await;
+                let typing = Duration::from_millis(shared.config.typing_min_interval_ms);
+                let retention = Duration::from_secs(shared.config.presence_retention_secs);
+                let _ = tokio::task::spawn_blocking(move || {
+                    worker.chat.upkeep(typing);
+                    if !retention.is_zero() {
+                        let expired = worker.chat.expire_presence(&worker.router, retention);
+                        if expired > 0 {
+                            tracing::info!(expired, "stale offline presence forgotten (presence_retention_secs)");
+                        }
+                    }
+                })
+                .await;
             }
         }
     }

@@ -76,8 +76,18 @@ pub struct Config {
     pub max_topic_length: usize,
     /// Most levels (`/`-separated parts) in a topic name or filter.
     pub max_topic_levels: usize,
-    /// Seconds a new socket may take to send CONNECT before it is closed.
+    /// Seconds a new socket may take, from accept, to finish its TLS and
+    /// WebSocket handshakes and send CONNECT; then it is closed.
     pub connect_timeout_secs: u64,
+    /// Largest CONNECT accepted, in bytes (it is held while the login is
+    /// checked, before the client is known); larger ones close the socket.
+    pub max_connect_packet_size: u32,
+    /// Password checks (argon2 hashes, ~19 MiB and ~30 ms of CPU each) run
+    /// at once; further logins wait in a queue.
+    pub max_concurrent_logins: usize,
+    /// Logins waiting for a password check; beyond this a CONNECT is
+    /// refused at once (5.0 CONNACK 0x89 Server busy, 3.1.1 code 3).
+    pub max_pending_logins: usize,
     /// Largest keep-alive a client may use, in seconds (0 = no limit). A 5.0
     /// client asking for more (or for 0) is told this value as Server Keep
     /// Alive; a 3.1.1 client asking for more is accepted, and held to this
@@ -108,6 +118,21 @@ pub struct Config {
     /// Most subscriptions one session may hold (0 = no limit); further ones
     /// get 5.0 SUBACK 0x97 Quota exceeded / 3.1.1 0x80.
     pub max_subscriptions_per_session: usize,
+    /// Longest topic filter in a SUBSCRIBE, in bytes (`$share/{group}/`
+    /// included); longer ones get 5.0 SUBACK 0x8F / 3.1.1 0x80.
+    pub max_filter_length: usize,
+    /// Most payload and topic bytes queued for one session (online but
+    /// over its inflight window, or offline); further messages are dropped
+    /// and counted, like `max_queued_messages`.
+    pub max_queued_bytes: usize,
+    /// Most retained messages kept (count); a retained PUBLISH to a new
+    /// topic beyond it is delivered but not retained (5.0 PUBACK 0x97).
+    pub max_retained_messages: usize,
+    /// Most retained payload and topic bytes kept; same answer beyond it.
+    pub max_retained_bytes: usize,
+    /// Outgoing bytes a WebSocket connection may have waiting in its write
+    /// buffer (pongs included); a client that does not read is closed.
+    pub ws_max_write_buffer_bytes: usize,
     /// Threads of the `roomq` binary's runtime (0 = one per CPU core).
     /// Embedders run the broker on their own runtime and ignore it.
     pub worker_threads: usize,
@@ -126,6 +151,25 @@ pub struct Config {
     pub dedup_window_secs: u64,
     /// Most de-duplication entries kept; the oldest go first.
     pub dedup_max_entries: usize,
+    /// Most bytes of de-duplication keys kept in memory (each key is room,
+    /// sender and msg-id); the oldest go first.
+    pub dedup_max_bytes: usize,
+    /// Longest `msg-id` (topic level or User Property), in bytes; longer
+    /// ones are refused with 0x99.
+    pub max_msg_id_length: usize,
+    /// Longest room name and `{sender}`/`{user}` level in chat topics, in
+    /// bytes; longer ones are refused with 0x90.
+    pub max_chat_name_length: usize,
+    /// Largest room message stored in a room log (payload and User
+    /// Properties), in bytes; larger ones are refused with 0x97.
+    pub max_room_message_bytes: usize,
+    /// Most (room, sender) pairs remembered for `typing_min_interval_ms`;
+    /// stale ones are forgotten every minute, and a typing event beyond the
+    /// limit is dropped and counted.
+    pub typing_max_entries: usize,
+    /// How long an offline user's retained `$presence/{user}` is kept, in
+    /// seconds (0 = forever).
+    pub presence_retention_secs: u64,
     /// Most messages kept in one room's log; older ones are removed.
     pub room_max_messages: u64,
     /// Oldest message kept in a room's log, in seconds (0 = no age limit).
@@ -291,6 +335,9 @@ impl Default for Config {
             max_topic_length: 65_535,
             max_topic_levels: 128,
             connect_timeout_secs: 10,
+            max_connect_packet_size: 64 * 1024,
+            max_concurrent_logins: 2,
+            max_pending_logins: 64,
             max_keepalive_secs: 0,
             max_session_expiry_secs: 0,
             topic_alias_maximum: 64,
@@ -302,7 +349,12 @@ impl Default for Config {
             max_publish_bytes_rate: 0,
             max_connections_per_ip: 0,
             max_connection_rate_per_ip: 0,
-            max_subscriptions_per_session: 0,
+            max_subscriptions_per_session: 1000,
+            max_filter_length: 1024,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
+            ws_max_write_buffer_bytes: 1024 * 1024,
             worker_threads: 0,
             listeners: Vec::new(),
             rooms_default: RoomsDefault::Open,
@@ -311,6 +363,12 @@ impl Default for Config {
             typing_min_interval_ms: 1000,
             dedup_window_secs: 24 * 3600,
             dedup_max_entries: 1_000_000,
+            dedup_max_bytes: 64 * 1024 * 1024,
+            max_msg_id_length: 128,
+            max_chat_name_length: 128,
+            max_room_message_bytes: 256 * 1024,
+            typing_max_entries: 100_000,
+            presence_retention_secs: 7 * 24 * 3600,
             room_max_messages: 100_000,
             room_max_age_secs: 30 * 24 * 3600,
             history_default_limit: 50,
@@ -434,6 +492,12 @@ impl Config {
                     rule.room
                 ));
             }
+        }
+        if self.max_concurrent_logins == 0 {
+            return Err("key `max_concurrent_logins`: must be at least 1".into());
+        }
+        if self.max_connect_packet_size < 64 {
+            return Err("key `max_connect_packet_size`: must be at least 64 bytes".into());
         }
         if self.room_max_messages == 0 || self.history_max_limit == 0 {
             return Err("keys `room_max_messages` and `history_max_limit` must be at least 1".into());

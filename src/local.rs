@@ -32,6 +32,7 @@ impl LocalSubscription {
         let session = Arc::new(Session::new(
             format!("$local-{id}").into(),
             shared.config.max_queued_messages,
+            shared.config.max_queued_bytes,
             true,
             shared.metrics.clone(),
             None,

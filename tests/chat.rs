@@ -714,7 +714,9 @@ async fn a_restart_marks_everyone_offline() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_with(sled_config(dir.path())).await;
     let addr = broker.local_addr();
-    let _stays = Raw::client5(addr, "stays").await;
+    // A user that matters (a username): an anonymous clean client that
+    // never joined a room leaves no lasting presence (tests/limits.rs).
+    let _stays = user5(addr, "stays-phone", "stays").await;
     // Ended without closing connections cleanly: like a crash, the stored
     // presence still says online.
     broker.shutdown().await;

@@ -1,15 +1,21 @@
-//! Per-IP back-off for password logins: attempts from one address are
-//! checked one delay apart, and the delay doubles with every failure (from
-//! 100 ms after the third, at most `login_backoff_max_ms`). The wait comes
-//! *before* the password is hashed, and attempts that arrive together are
-//! queued behind each other, so parallel guesses gain nothing and cost no
-//! hashing while they wait.
+//! Back-off for password logins, per address and username: attempts from
+//! one address at one username are checked one delay apart, and the delay
+//! doubles with every failure (from 100 ms after the third, at most
+//! `login_backoff_max_ms`). The wait comes *before* the password is
+//! hashed, and attempts that arrive together are queued behind each other,
+//! so parallel guesses gain nothing and cost no hashing while they wait.
 //!
-//! A success does not clear the address: an attacker could otherwise
-//! interleave logins of an account of its own to reset the count.
-//! Failures are forgotten a minute after the last one.
+//! Keyed by username too, so that guessing one account from an address
+//! does not lock out the other users behind the same address (a NAT, or
+//! loopback), whose correct logins stay fast; the bounded login pool caps
+//! what guessing many accounts at once can cost. A success does not clear
+//! anything but its own attempt: an attacker could otherwise interleave
+//! logins of an account of its own. Failures are forgotten a minute after
+//! the last one.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -34,15 +40,21 @@ struct Attempts {
     next_slot: Instant,
 }
 
+/// An address and a hash of the username: a fixed size whatever the
+/// username's length (a collision only shares a back-off).
+type Key = (IpAddr, u64);
+
 pub struct LoginBackoff {
     max: Duration,
-    addresses: Mutex<HashMap<IpAddr, Attempts>>,
+    hasher: RandomState,
+    addresses: Mutex<HashMap<Key, Attempts>>,
 }
 
 impl LoginBackoff {
     pub fn new(max: Duration) -> Self {
         LoginBackoff {
             max,
+            hasher: RandomState::new(),
             addresses: Mutex::default(),
         }
     }
@@ -55,15 +67,21 @@ impl LoginBackoff {
         (Duration::from_millis(100) * 2u32.pow(doublings)).min(self.max)
     }
 
-    /// Admits one password attempt from `ip`: returns how long it must wait
-    /// before its password is checked. Must be followed by `attempt_done`.
-    pub fn wait_before_attempt(&self, ip: IpAddr) -> Duration {
+    fn key(&self, ip: IpAddr, username: &str) -> Key {
+        (ip, self.hasher.hash_one(username))
+    }
+
+    /// Admits one password attempt from `ip` for `username`: returns how
+    /// long it must wait before its password is checked. Must be followed
+    /// by `attempt_done`.
+    pub fn wait_before_attempt(&self, ip: IpAddr, username: &str) -> Duration {
+        let key = self.key(ip, username);
         let now = Instant::now();
         let mut addresses = self.addresses.lock();
         if addresses.len() >= MAX_TRACKED {
             addresses.retain(|_, a| now.duration_since(a.last) < FORGET_AFTER);
         }
-        let entry = addresses.entry(ip).or_insert(Attempts {
+        let entry = addresses.entry(key).or_insert(Attempts {
             failures: 0,
             last: now,
             next_slot: now,
@@ -79,9 +97,10 @@ impl LoginBackoff {
     }
 
     /// Records the outcome of an admitted attempt.
-    pub fn attempt_done(&self, ip: IpAddr, succeeded: bool) {
+    pub fn attempt_done(&self, ip: IpAddr, username: &str, succeeded: bool) {
+        let key = self.key(ip, username);
         let mut addresses = self.addresses.lock();
-        if let Some(entry) = addresses.get_mut(&ip) {
+        if let Some(entry) = addresses.get_mut(&key) {
             entry.last = Instant::now();
             if succeeded {
                 // Not a failure after all; earlier failures stay.
@@ -101,20 +120,25 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         // Eight guesses at once: the first three are free, then each waits
         // behind the one before it, the delay doubling.
-        let waits: Vec<u128> = (0..8).map(|_| b.wait_before_attempt(ip).as_millis()).collect();
+        let waits: Vec<u128> = (0..8)
+            .map(|_| b.wait_before_attempt(ip, "alice").as_millis())
+            .collect();
         let expected = [0, 0, 0, 0, 100, 300, 700, 1500];
         for (got, want) in waits.iter().zip(expected) {
             assert!(got.abs_diff(want) <= 20, "{waits:?}");
         }
         for _ in 0..8 {
-            b.attempt_done(ip, false);
+            b.attempt_done(ip, "alice", false);
         }
-        // An interleaved success of another account does not clear them.
-        let wait = b.wait_before_attempt(ip);
-        b.attempt_done(ip, true);
+        // Another user behind the same address is not slowed down, and
+        // its success does not clear alice's failures.
+        assert_eq!(b.wait_before_attempt(ip, "bob"), Duration::ZERO);
+        b.attempt_done(ip, "bob", true);
+        let wait = b.wait_before_attempt(ip, "alice");
+        b.attempt_done(ip, "alice", true);
         assert!(wait >= Duration::from_millis(1500), "{wait:?}");
-        assert!(b.wait_before_attempt(ip) >= Duration::from_secs(2));
+        assert!(b.wait_before_attempt(ip, "alice") >= Duration::from_secs(2));
         let other: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(b.wait_before_attempt(other), Duration::ZERO);
+        assert_eq!(b.wait_before_attempt(other, "alice"), Duration::ZERO);
     }
 }

@@ -55,6 +55,9 @@ pub fn is_sys_topic(topic: &str) -> bool {
 pub struct Gate {
     pub acl: Acl,
     pub membership: Arc<Membership>,
+    /// `max_chat_name_length`: longest room and sender name in a chat
+    /// topic (keys of the de-duplication and typing tables).
+    pub max_name_length: usize,
 }
 
 impl Gate {
@@ -67,7 +70,18 @@ impl Gate {
             return DENIED;
         }
         let own_name = |name: &str| who.identity.as_deref() == Some(name);
+        let too_long = |name: &str| name.len() > self.max_name_length;
         match classify(topic) {
+            Some(ChatTopic::Message { room, sender, .. })
+            | Some(ChatTopic::Typing { room, sender })
+            | Some(ChatTopic::Receipt { room, sender })
+                if too_long(room) || too_long(sender) =>
+            {
+                Err(PublishAckReason::TopicNameInvalid)
+            }
+            Some(ChatTopic::HistoryRequest { room }) if too_long(room) => {
+                Err(PublishAckReason::TopicNameInvalid)
+            }
             Some(ChatTopic::Message { room, sender, .. })
             | Some(ChatTopic::Typing { room, sender })
             | Some(ChatTopic::Receipt { room, sender }) => {
@@ -131,6 +145,7 @@ mod tests {
         Gate {
             acl: Acl::default(),
             membership: Arc::new(Membership::from_config(&config)),
+            max_name_length: 128,
         }
     }
 
@@ -165,6 +180,11 @@ mod tests {
             assert!(gate.may_write(&mallory, "m", topic).is_err(), "{topic}");
         }
         assert!(gate.may_write(&mallory, "m", "rooms/lobby/msg/mallory").is_ok());
+        let long_room = format!("rooms/{}/msg/mallory", "r".repeat(129));
+        assert_eq!(
+            gate.may_write(&mallory, "m", &long_room),
+            Err(PublishAckReason::TopicNameInvalid)
+        );
         assert!(gate.may_write(&mallory, "m", "rooms/lobby/msg/alice").is_err());
     }
 

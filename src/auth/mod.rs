@@ -24,6 +24,7 @@ pub mod acl;
 mod backoff;
 pub mod gate;
 mod jwt;
+mod login_pool;
 pub mod password_file;
 
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ use parking_lot::RwLock;
 
 pub use backoff::LoginBackoff;
 pub use jwt::JwtVerifier;
+pub use login_pool::LoginPool;
 pub use password_file::PasswordFile;
 
 /// What a client presented in CONNECT. A certificate's name is settled

@@ -2,8 +2,9 @@
 //! within `dedup_window_secs` is not stored or delivered again, also after a
 //! reconnect or a broker restart (entries are stored).
 //!
-//! Bounded: at most `dedup_max_entries` in memory and on disk, the oldest
-//! going first; entries older than the window are pruned periodically.
+//! Bounded: at most `dedup_max_entries` entries and `dedup_max_bytes` of
+//! keys in memory and on disk, the oldest going first; entries older than
+//! the window are pruned periodically.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::store::{unix_ms_now, DedupRecord, Store};
 pub struct DedupIndex {
     window_ms: u64,
     max_entries: usize,
+    max_bytes: usize,
     store: Arc<dyn Store>,
     inner: Mutex<Inner>,
 }
@@ -24,6 +26,14 @@ struct Inner {
     seen: HashMap<String, DedupRecord>,
     /// Keys in the order they were seen, for pruning oldest first.
     order: VecDeque<(u64, String)>,
+    /// Memory the entries hold (see `entry_bytes`).
+    bytes: usize,
+}
+
+/// What one entry costs in memory: its key twice (map and order) plus the
+/// bookkeeping of both.
+fn entry_bytes(key: &str) -> usize {
+    2 * key.len() + 96
 }
 
 /// The key of one (room, sender, msg-id). Topic levels and MQTT strings
@@ -38,6 +48,7 @@ impl DedupIndex {
         store: Arc<dyn Store>,
         window_ms: u64,
         max_entries: usize,
+        max_bytes: usize,
     ) -> Result<Self, crate::store::StoreError> {
         let now = unix_ms_now();
         let mut entries: Vec<(String, DedupRecord)> = store.load_dedup()?;
@@ -45,18 +56,23 @@ impl DedupIndex {
         let mut inner = Inner::default();
         for (key, record) in entries {
             if now.saturating_sub(record.seen_unix_ms) <= window_ms {
+                inner.bytes += entry_bytes(&key);
                 inner.order.push_back((record.seen_unix_ms, key.clone()));
                 inner.seen.insert(key, record);
             } else {
                 let _ = store.put_dedup(&key, None);
             }
         }
-        Ok(DedupIndex {
+        let index = DedupIndex {
             window_ms,
             max_entries,
+            max_bytes,
             store,
             inner: Mutex::new(inner),
-        })
+        };
+        // A smaller limit than the last run's: trim at once.
+        index.trim(&mut index.inner.lock());
+        Ok(index)
     }
 
     /// The `seq` under which this key was stored, if seen within the window.
@@ -81,13 +97,29 @@ impl DedupIndex {
             tracing::error!(error = %e, "could not store a de-duplication entry");
         }
         let mut inner = self.inner.lock();
+        let key_len = key.len();
+        inner.bytes += entry_bytes(&key);
         inner.order.push_back((record.seen_unix_ms, key.clone()));
-        inner.seen.insert(key, record);
-        while inner.seen.len() > self.max_entries {
-            if !self.pop_oldest(&mut inner) {
+        if inner.seen.insert(key, record).is_some() {
+            // A key past its window seen again: one map entry, not two.
+            inner.bytes = inner.bytes.saturating_sub(key_len + 48);
+        }
+        self.trim(&mut inner);
+    }
+
+    /// Drops the oldest entries while over `max_entries` or `max_bytes`.
+    fn trim(&self, inner: &mut Inner) {
+        while inner.seen.len() > self.max_entries || inner.bytes > self.max_bytes {
+            if !self.pop_oldest(inner) {
                 break;
             }
         }
+    }
+
+    /// Memory the entries hold now, in bytes.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
     }
 
     /// Forgets entries older than the window.
@@ -105,14 +137,41 @@ impl DedupIndex {
         let Some((seen, key)) = inner.order.pop_front() else {
             return false;
         };
+        // The order entry goes either way; the map entry only if current.
+        inner.bytes = inner.bytes.saturating_sub(key.len() + 48);
         // A key seen again later has a newer entry in `order`; only the
         // entry matching the stored time removes it.
         if inner.seen.get(&key).is_some_and(|r| r.seen_unix_ms == seen) {
             inner.seen.remove(&key);
+            inner.bytes = inner.bytes.saturating_sub(key.len() + 48);
             if let Err(e) = self.store.put_dedup(&key, None) {
                 tracing::warn!(error = %e, "could not remove a de-duplication entry");
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_bounded_in_bytes_oldest_first() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::default());
+        let index = DedupIndex::load(store, 60_000, 1_000_000, 10_000).unwrap();
+        for i in 0..1000u64 {
+            index.insert(dedup_key("room", "sender", &format!("{i:0>100}")), i);
+        }
+        assert!(index.bytes() <= 10_000, "{}", index.bytes());
+        // The newest are kept, the oldest went.
+        assert_eq!(
+            index.seen(&dedup_key("room", "sender", &format!("{:0>100}", 999))),
+            Some(999)
+        );
+        assert_eq!(
+            index.seen(&dedup_key("room", "sender", &format!("{:0>100}", 0))),
+            None
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! may write itself) or on `users/{requester}/history/{room}` (3.1.1, or
 //! 5.0 without one). Membership of the room was checked by the gate.
 
-use super::payloads::{from_cbor, to_cbor, HistoryMessage, HistoryRequest, HistoryResponse};
+use super::payloads::{from_client_cbor, to_cbor, HistoryMessage, HistoryRequest, HistoryResponse};
 use super::publish::Publisher;
 use super::Chat;
 use crate::config::Config;
@@ -23,7 +23,7 @@ impl Chat {
         let query: HistoryRequest = if request.payload.is_empty() {
             HistoryRequest::default()
         } else {
-            match from_cbor(&request.payload) {
+            match from_client_cbor(&request.payload) {
                 Some(q) => q,
                 None => return PublishAckReason::PayloadFormatInvalid,
             }

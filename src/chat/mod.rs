@@ -98,6 +98,7 @@ impl Chat {
                 store,
                 config.dedup_window_secs.saturating_mul(1000),
                 config.dedup_max_entries,
+                config.dedup_max_bytes,
             )?,
             presence: Presence::default(),
             typing: Mutex::default(),
@@ -135,14 +136,36 @@ impl Chat {
         Ok((seq, true))
     }
 
-    /// Periodic upkeep: age-based trimming and de-duplication pruning.
-    pub fn upkeep(&self) {
+    /// Periodic upkeep: age-based trimming, de-duplication pruning, and
+    /// forgetting typing events older than `typing_interval` (nothing of a
+    /// client's typing outlives it by more than a minute).
+    pub fn upkeep(&self, typing_interval: std::time::Duration) {
         self.log.trim_by_age();
         self.dedup.prune();
+        let now = Instant::now();
+        self.typing
+            .lock()
+            .retain(|_, last| now.duration_since(*last) < typing_interval);
     }
 
     pub(crate) fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    /// Forgets retained "offline" presence older than `retention` (a user
+    /// away that long is gone from `$presence/+`). Returns how many.
+    pub fn expire_presence(&self, router: &Router, retention: std::time::Duration) -> usize {
+        let cutoff = unix_ms_now().saturating_sub(retention.as_millis() as u64);
+        let mut expired = 0;
+        for message in router.retained().matching("$presence/+") {
+            let stale = payloads::from_cbor::<payloads::Presence>(&message.payload)
+                .is_some_and(|p| p.status == "offline" && p.last_seen.unwrap_or(p.since) < cutoff);
+            if stale {
+                router.clear_retained(&message.topic);
+                expired += 1;
+            }
+        }
+        expired
     }
 
     /// At start-up: every presence left "online" by the previous run (a

@@ -5,12 +5,14 @@ use serde::{Deserialize, Serialize};
 
 /// `typing = { typing: bool }`
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Typing {
     pub typing: bool,
 }
 
 /// `receipt = { seq: uint }`
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Receipt {
     pub seq: u64,
 }
@@ -27,12 +29,14 @@ pub struct Presence {
 
 /// What a user may publish to their own presence topic.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PresenceUpdate {
     pub status: String,
 }
 
 /// `history-request = { ? before: uint, ? after: uint, ? limit: uint }`
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryRequest {
     pub before: Option<u64>,
     pub after: Option<u64>,
@@ -88,4 +92,21 @@ pub fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a CBOR payload; `None` when it does not match the schema.
 pub fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
     ciborium::from_reader(bytes).ok()
+}
+
+/// Largest payload a client may send for typing, a receipt, a presence
+/// status or a history request: their schemas need a few dozen bytes.
+pub const MAX_CONTROL_PAYLOAD: usize = 256;
+
+/// Decodes a client's chat control payload strictly: at most
+/// `MAX_CONTROL_PAYLOAD` bytes, exactly one CBOR value with no bytes after
+/// it, and (by the types' `deny_unknown_fields`) no keys the schema lacks.
+/// `None` is answered with 0x99 Payload format invalid.
+pub fn from_client_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() > MAX_CONTROL_PAYLOAD {
+        return None;
+    }
+    let mut rest = bytes;
+    let value = ciborium::from_reader(&mut rest).ok()?;
+    rest.is_empty().then_some(value)
 }

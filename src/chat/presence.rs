@@ -25,6 +25,10 @@ struct UserPresence {
     devices: u64,
     status: String,
     since: u64,
+    /// Whether the user leaves a lasting "offline" record: a user that
+    /// matters (a username, a persistent session, or room activity). An
+    /// anonymous clean-session client that never joined a room leaves none.
+    lasting: bool,
 }
 
 /// The topic of a user's presence.
@@ -41,15 +45,18 @@ pub fn presence_message(user: &str, payload: &PresencePayload) -> Message {
 }
 
 impl Presence {
-    /// A connection of `user` opened.
-    pub fn connected(&self, router: &Router, user: &str) {
+    /// A connection of `user` opened; `lasting` when the user matters
+    /// (see `UserPresence::lasting`).
+    pub fn connected(&self, router: &Router, user: &str, lasting: bool) {
         let payload = {
             let mut users = self.users.lock();
             let entry = users.entry(user.to_string()).or_insert_with(|| UserPresence {
                 devices: 0,
                 status: "online".into(),
                 since: unix_ms_now(),
+                lasting: false,
             });
+            entry.lasting |= lasting;
             entry.devices += 1;
             if entry.devices == 1 {
                 entry.status = "online".into();
@@ -60,28 +67,45 @@ impl Presence {
         router.publish(presence_message(user, &payload));
     }
 
+    /// The user did something that makes it matter (joined a room).
+    pub fn mark_lasting(&self, user: &str) {
+        if let Some(entry) = self.users.lock().get_mut(user) {
+            entry.lasting = true;
+        }
+    }
+
     /// A connection of `user` closed, for any reason.
     pub fn disconnected(&self, router: &Router, user: &str) {
-        let payload = {
+        let (payload, lasting) = {
             let mut users = self.users.lock();
             let Some(entry) = users.get_mut(user) else {
                 return;
             };
             entry.devices = entry.devices.saturating_sub(1);
             if entry.devices > 0 {
-                payload_of(entry, None)
+                (payload_of(entry, None), true)
             } else {
                 let now = unix_ms_now();
+                let lasting = entry.lasting;
                 users.remove(user);
-                PresencePayload {
+                let offline = PresencePayload {
                     status: "offline".into(),
                     devices: 0,
                     since: now,
                     last_seen: Some(now),
-                }
+                };
+                (offline, lasting)
             }
         };
-        router.publish(presence_message(user, &payload));
+        if lasting {
+            router.publish(presence_message(user, &payload));
+        } else {
+            // Watchers see it go offline; nothing of it is kept.
+            let mut message = presence_message(user, &payload);
+            message.retain = false;
+            router.clear_retained(&message.topic);
+            router.publish(message);
+        }
     }
 
     /// The user set a status; false when the user has no connection.

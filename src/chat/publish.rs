@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::payloads::{from_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
+use super::payloads::{from_cbor, from_client_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
 use super::presence::USER_STATUSES;
 use super::topics::{classify, ChatTopic};
 use super::{is_valid_room_name, message_topic, Chat, Post};
@@ -64,7 +64,7 @@ impl Chat {
         };
         let reason = match topic {
             ChatTopic::Message { room, sender, msg_id } => {
-                self.on_room_message(router, who, room, sender, msg_id, &message)
+                self.on_room_message(router, config, who, room, sender, msg_id, &message)
             }
             ChatTopic::Typing { room, sender } => self.on_typing(router, config, who, room, sender, &message),
             ChatTopic::Receipt { room, sender } => self.on_receipt(router, who, room, sender, &message),
@@ -106,6 +106,7 @@ impl Chat {
                 .zip(message.topic.split('/'))
                 .find(|(f, _)| *f == "+")
                 .map_or(identity, |(_, level)| level);
+            check_room_message(config, msg_id_property(message), message)?;
             let trusted = rule.publishers.iter().any(|p| p == identity);
             // A listed publisher posts for others, but only into a room it
             // may use itself; anyone else posts only as itself.
@@ -146,16 +147,21 @@ impl Chat {
     fn on_room_message(
         &self,
         router: &Router,
+        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         sender: &str,
         msg_id: Option<&str>,
         message: &Message,
     ) -> PublishAckReason {
+        let msg_id = msg_id.or_else(|| msg_id_property(message));
+        if let Err(reason) = check_room_message(config, msg_id, message) {
+            return reason;
+        }
         let post = Post {
             room,
             sender,
-            msg_id: msg_id.or_else(|| msg_id_property(message)),
+            msg_id,
             payload: message.payload.clone(),
             qos: message.qos,
             user_properties: other_user_properties(message),
@@ -179,7 +185,7 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        if from_cbor::<Typing>(&message.payload).is_none() {
+        if from_client_cbor::<Typing>(&message.payload).is_none() {
             return PublishAckReason::PayloadFormatInvalid;
         }
         let now = Instant::now();
@@ -194,10 +200,20 @@ impl Chat {
                 self.counters.typing_dropped.inc();
                 return PublishAckReason::Success;
             }
-            typing.insert(key, now);
-            if typing.len() > 100_000 {
+            if typing.len() >= config.typing_max_entries && !typing.contains_key(&key) {
                 typing.retain(|_, last| now.duration_since(*last) < interval);
+                if typing.len() >= config.typing_max_entries {
+                    // Nothing is queued or stored for typing: dropping the
+                    // event is all a full table costs.
+                    self.counters.typing_dropped.inc();
+                    tracing::warn!(
+                        limit = config.typing_max_entries,
+                        "typing table full (typing_max_entries), event dropped"
+                    );
+                    return PublishAckReason::Success;
+                }
             }
+            typing.insert(key, now);
         }
         let mut typing = Message::new(
             message.topic.clone(),
@@ -220,7 +236,7 @@ impl Chat {
         sender: &str,
         message: &Message,
     ) -> PublishAckReason {
-        let Some(receipt) = from_cbor::<Receipt>(&message.payload) else {
+        let Some(receipt) = from_client_cbor::<Receipt>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
         // A receipt can only be for a message the room has: one beyond the
@@ -252,7 +268,7 @@ impl Chat {
     }
 
     fn on_presence(&self, router: &Router, user: &str, message: &Message) -> PublishAckReason {
-        let Some(update) = from_cbor::<PresenceUpdate>(&message.payload) else {
+        let Some(update) = from_client_cbor::<PresenceUpdate>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
         if !USER_STATUSES.contains(&update.status.as_str()) {
@@ -261,6 +277,26 @@ impl Chat {
         self.presence().set_status(router, user, &update.status);
         PublishAckReason::Success
     }
+}
+
+/// What a room log keeps of a message is bounded: the msg-id (a key of the
+/// de-duplication table) by `max_msg_id_length` (0x99), payload and User
+/// Properties by `max_room_message_bytes` (0x97).
+fn check_room_message(
+    config: &Config,
+    msg_id: Option<&str>,
+    message: &Message,
+) -> Result<(), PublishAckReason> {
+    if msg_id.is_some_and(|id| id.len() > config.max_msg_id_length) {
+        return Err(PublishAckReason::PayloadFormatInvalid);
+    }
+    let properties: usize = message.properties.as_ref().map_or(0, |p| {
+        p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum()
+    });
+    if message.payload.len() + properties > config.max_room_message_bytes {
+        return Err(PublishAckReason::QuotaExceeded);
+    }
+    Ok(())
 }
 
 /// The `msg-id` User Property, if the sender set one.

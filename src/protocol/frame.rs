@@ -91,6 +91,14 @@ impl Codec {
         self.version
     }
 
+    /// Changes the largest packet accepted: before CONNECT is accepted a
+    /// smaller limit applies (`max_connect_packet_size`).
+    pub fn set_max_inbound(&mut self, size: u32) {
+        self.max_inbound = size;
+        self.v3.set_max_size(size);
+        self.v5.set_max_inbound_size(size);
+    }
+
     /// The largest packet the peer accepts (5.0 Maximum Packet Size).
     pub fn set_max_outbound(&mut self, size: u32) {
         self.v5.set_max_outbound_size(size);

@@ -32,22 +32,26 @@ pub struct PublishOutcome {
     /// Of those, sessions that could not take it (queue full, or offline
     /// with QoS 0).
     pub dropped: usize,
+    /// A retained message that was not retained: `max_retained_messages` or
+    /// `max_retained_bytes` reached (it was still delivered).
+    pub retain_refused: bool,
 }
 
 /// The shared routing state of one broker.
 pub struct Router {
     trie: Trie,
-    retained: RetainedStore,
+    /// Shared with the blocking tasks that match wildcard subscriptions.
+    retained: Arc<RetainedStore>,
     retain_available: bool,
     /// Where retained messages are kept durably, when the broker has a store.
     store: Option<Arc<dyn Store>>,
 }
 
 impl Router {
-    pub fn new(retain_available: bool, store: Option<Arc<dyn Store>>) -> Self {
+    pub fn new(retain_available: bool, store: Option<Arc<dyn Store>>, retained: RetainedStore) -> Self {
         Router {
             trie: Trie::default(),
-            retained: RetainedStore::default(),
+            retained: Arc::new(retained),
             retain_available,
             store,
         }
@@ -61,9 +65,12 @@ impl Router {
     /// to every matching subscription.
     pub fn publish(&self, message: Message) -> PublishOutcome {
         let message = Arc::new(message);
+        let mut retain_refused = false;
         if message.retain && self.retain_available {
-            self.retained.set(&message);
-            if let Some(store) = self.store.as_ref().filter(|_| !message.retain_in_memory) {
+            if !self.retained.set(&message) {
+                retain_refused = true;
+                tracing::warn!(topic = %message.topic, retained = self.retained.len(), "retained message not kept: max_retained_messages or max_retained_bytes reached");
+            } else if let Some(store) = self.store.as_ref().filter(|_| !message.retain_in_memory) {
                 let record = (!message.payload.is_empty()).then(|| crate::session::message_record(&message));
                 if let Err(e) = store.put_retained(&message.topic, record.as_ref()) {
                     tracing::error!(topic = %message.topic, error = %e, "could not store the retained message");
@@ -72,12 +79,16 @@ impl Router {
         }
         let matched = self.trie.matches(&message.topic);
         if matched.is_empty() {
-            return PublishOutcome::default();
+            return PublishOutcome {
+                retain_refused,
+                ..PublishOutcome::default()
+            };
         }
         let deliveries = merge_overlaps(&message, matched);
         let mut outcome = PublishOutcome {
             matched: deliveries.len(),
             dropped: 0,
+            retain_refused,
         };
         for (session, delivery) in deliveries {
             if !session.deliver(delivery) {
@@ -85,6 +96,18 @@ impl Router {
             }
         }
         outcome
+    }
+
+    /// Removes a topic's retained message, here and in the store, without
+    /// delivering anything (broker housekeeping, not a client's PUBLISH).
+    pub fn clear_retained(&self, topic: &str) {
+        let empty = Arc::new(Message::new(topic, bytes::Bytes::new(), QoS::AtMostOnce, true));
+        self.retained.set(&empty);
+        if let Some(store) = &self.store {
+            if let Err(e) = store.put_retained(topic, None) {
+                tracing::error!(%topic, error = %e, "could not remove a retained message from the store");
+            }
+        }
     }
 
     /// Adds a subscription and sends the matching retained messages as the
@@ -108,16 +131,29 @@ impl Router {
                 RetainHandling::NoAtSubscribe => false,
             };
         if send_retained {
-            for message in self.retained.matching(filter) {
-                let qos = message.qos.less_value(options.qos);
-                session.deliver(Delivery {
-                    message,
-                    qos,
-                    retain: true,
-                    subscription_ids: id.into_iter().collect(),
-                    shared: None,
-                    store_seq: None,
-                });
+            let wildcard = filter.contains(['+', '#']);
+            let (retained, session, filter) = (self.retained.clone(), session.clone(), filter.to_string());
+            let deliver = move || {
+                for message in retained.matching(&filter) {
+                    let qos = message.qos.less_value(options.qos);
+                    session.deliver(Delivery {
+                        message,
+                        qos,
+                        retain: true,
+                        subscription_ids: id.into_iter().collect(),
+                        shared: None,
+                        store_seq: None,
+                    });
+                }
+            };
+            // An exact filter costs O(levels); a wildcard costs what it
+            // matches, which can be everything: that runs on a blocking
+            // thread, never on the threads that deliver other clients'
+            // messages. The deliveries are queued behind the SUBACK either
+            // way (the connection writes its queue after its replies).
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) if wildcard => drop(runtime.spawn_blocking(deliver)),
+                _ => deliver(),
             }
         }
         existed

@@ -1,5 +1,11 @@
 //! Retained messages: the last retained message of each topic, delivered to
 //! new subscriptions that match it.
+//!
+//! Indexed by topic level, like the subscription trie, so that a SUBSCRIBE
+//! costs what its filter can match: an exact filter O(levels), `a/+/c` the
+//! children of `a`, `#` everything. Bounded by `max_retained_messages` and
+//! `max_retained_bytes`: a retained PUBLISH to a new topic beyond them is
+//! not retained (it is still delivered), counted and logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,61 +14,263 @@ use tokio::time::Instant;
 use parking_lot::RwLock;
 
 use super::message::Message;
-use crate::protocol::validate::topic_matches;
 
-/// Topic to retained message. A read lock serves every subscribe; a write
-/// lock is taken only by a PUBLISH with the RETAIN flag.
-#[derive(Default)]
+/// Topic levels to retained message. A read lock serves every subscribe; a
+/// write lock is taken only by a PUBLISH with the RETAIN flag.
 pub struct RetainedStore {
-    by_topic: RwLock<HashMap<String, Arc<Message>>>,
+    inner: RwLock<Inner>,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    root: Node,
+    count: usize,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    message: Option<Arc<Message>>,
+}
+
+/// What a retained message counts for.
+fn retained_bytes(m: &Message) -> usize {
+    m.payload.len() + m.topic.len()
+}
+
+impl Default for RetainedStore {
+    /// Unbounded (for tests and the trusted in-process API).
+    fn default() -> Self {
+        RetainedStore::new(usize::MAX, usize::MAX)
+    }
 }
 
 impl RetainedStore {
-    /// Stores `message` as the topic's retained message, or clears it when
-    /// the payload is empty ([MQTT-3.3.1-10]).
-    pub fn set(&self, message: &Arc<Message>) {
-        let mut map = self.by_topic.write();
-        if message.payload.is_empty() {
-            map.remove(&*message.topic);
-        } else {
-            map.insert(message.topic.to_string(), message.clone());
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        RetainedStore {
+            inner: RwLock::default(),
+            max_messages,
+            max_bytes,
         }
     }
 
-    /// Every unexpired retained message whose topic matches `filter`; expired
-    /// ones are dropped on the way.
+    /// Stores `message` as the topic's retained message, or clears it when
+    /// the payload is empty ([MQTT-3.3.1-10]). Returns false when it was
+    /// not stored because the limits are reached.
+    pub fn set(&self, message: &Arc<Message>) -> bool {
+        let mut inner = self.inner.write();
+        if message.payload.is_empty() {
+            if let Some(old) = remove(&mut inner.root, &mut message.topic.split('/')) {
+                inner.count -= 1;
+                inner.bytes = inner.bytes.saturating_sub(retained_bytes(&old));
+            }
+            return true;
+        }
+        let size = retained_bytes(message);
+        let old_size = find(&inner.root, &message.topic).map(|m| retained_bytes(m));
+        let (count, bytes) = match old_size {
+            Some(old) => (inner.count, inner.bytes - old + size),
+            None => (inner.count + 1, inner.bytes + size),
+        };
+        if count > self.max_messages || bytes > self.max_bytes {
+            return false;
+        }
+        let mut node = &mut inner.root;
+        for level in message.topic.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        node.message = Some(message.clone());
+        inner.count = count;
+        inner.bytes = bytes;
+        true
+    }
+
+    /// Every unexpired retained message whose topic matches `filter`;
+    /// expired ones are dropped on the way.
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = Instant::now();
-        let mut expired = Vec::new();
-        let found = {
-            let map = self.by_topic.read();
-            map.iter()
-                .filter(|(topic, msg)| {
-                    if msg.is_expired(now) {
-                        expired.push((*topic).clone());
-                        return false;
-                    }
-                    topic_matches(filter, topic)
-                })
-                .map(|(_, msg)| msg.clone())
-                .collect()
-        };
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut found = Vec::new();
+        collect(&self.inner.read().root, &levels, true, &mut found);
+        let (live, expired): (Vec<_>, Vec<_>) = found.into_iter().partition(|m| !m.is_expired(now));
         if !expired.is_empty() {
-            let mut map = self.by_topic.write();
-            for topic in expired {
-                if map.get(&topic).is_some_and(|m| m.is_expired(now)) {
-                    map.remove(&topic);
+            let mut inner = self.inner.write();
+            for message in expired {
+                let still = find(&inner.root, &message.topic).is_some_and(|m| m.is_expired(now));
+                if still {
+                    if let Some(old) = remove(&mut inner.root, &mut message.topic.split('/')) {
+                        inner.count -= 1;
+                        inner.bytes = inner.bytes.saturating_sub(retained_bytes(&old));
+                    }
                 }
             }
         }
-        found
+        live
     }
 
     pub fn len(&self) -> usize {
-        self.by_topic.read().len()
+        self.inner.read().count
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Payload and topic bytes retained.
+    pub fn bytes(&self) -> usize {
+        self.inner.read().bytes
+    }
+}
+
+fn find<'a>(root: &'a Node, topic: &str) -> Option<&'a Arc<Message>> {
+    let mut node = root;
+    for level in topic.split('/') {
+        node = node.children.get(level)?;
+    }
+    node.message.as_ref()
+}
+
+/// Removes the message at `levels`, and the nodes it leaves empty.
+fn remove<'a>(node: &mut Node, levels: &mut impl Iterator<Item = &'a str>) -> Option<Arc<Message>> {
+    match levels.next() {
+        None => node.message.take(),
+        Some(level) => {
+            let child = node.children.get_mut(level)?;
+            let removed = remove(child, levels);
+            if child.message.is_none() && child.children.is_empty() {
+                node.children.remove(level);
+            }
+            removed
+        }
+    }
+}
+
+/// The messages under `node` matching the filter `levels`. At the first
+/// level a wildcard does not match a topic starting with `$` ([MQTT-4.7.2-1]).
+fn collect(node: &Node, levels: &[&str], first: bool, out: &mut Vec<Arc<Message>>) {
+    let visible = |name: &str| !(first && name.starts_with('$'));
+    match levels.split_first() {
+        None => out.extend(node.message.iter().cloned()),
+        Some((&"#", _)) => {
+            // "a/#" also matches "a" ([MQTT-4.7.1-2]).
+            out.extend(node.message.iter().cloned());
+            for (_, child) in node.children.iter().filter(|(n, _)| visible(n)) {
+                collect_all(child, out);
+            }
+        }
+        Some((&"+", rest)) => {
+            for (_, child) in node.children.iter().filter(|(n, _)| visible(n)) {
+                collect(child, rest, false, out);
+            }
+        }
+        Some((level, rest)) => {
+            if let Some(child) = node.children.get(*level) {
+                collect(child, rest, false, out);
+            }
+        }
+    }
+}
+
+fn collect_all(node: &Node, out: &mut Vec<Arc<Message>>) {
+    out.extend(node.message.iter().cloned());
+    for child in node.children.values() {
+        collect_all(child, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::validate::topic_matches;
+    use crate::protocol::QoS;
+
+    fn msg(topic: &str) -> Arc<Message> {
+        Arc::new(Message::new(
+            topic,
+            bytes::Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            true,
+        ))
+    }
+
+    /// The index answers exactly what a scan with `topic_matches` would.
+    #[test]
+    fn index_results_equal_the_scan() {
+        let store = RetainedStore::default();
+        let topics = [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/c",
+            "a//c",
+            "/a",
+            "/",
+            "b/b",
+            "$SYS/x",
+            "$SYS",
+            "$presence/u",
+            "a/b/c/d",
+        ];
+        for t in topics {
+            assert!(store.set(&msg(t)));
+        }
+        for filter in [
+            "#",
+            "a/#",
+            "a/+",
+            "+/b",
+            "+/+",
+            "/#",
+            "+",
+            "a/+/c",
+            "a//c",
+            "$SYS/#",
+            "$SYS",
+            "+/x",
+            "$presence/+",
+            "a/b/c",
+            "nomatch/+/x",
+            "+/#",
+            "a/b/#",
+        ] {
+            let mut got: Vec<String> = store
+                .matching(filter)
+                .iter()
+                .map(|m| m.topic.to_string())
+                .collect();
+            let mut want: Vec<String> = topics
+                .iter()
+                .filter(|t| topic_matches(filter, t))
+                .map(|t| t.to_string())
+                .collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{filter}");
+        }
+    }
+
+    #[test]
+    fn bounded_in_count_and_bytes_and_clearing_frees() {
+        let store = RetainedStore::new(2, 1000);
+        assert!(store.set(&msg("a")));
+        assert!(store.set(&msg("b")));
+        assert!(!store.set(&msg("c")), "over the count");
+        assert!(store.set(&msg("a")), "replacing is not a new one");
+        let empty = Arc::new(Message::new("a", bytes::Bytes::new(), QoS::AtMostOnce, true));
+        assert!(store.set(&empty));
+        assert_eq!(store.len(), 1);
+        assert!(store.set(&msg("c")));
+        let big = Arc::new(Message::new(
+            "d",
+            bytes::Bytes::from(vec![0u8; 2000]),
+            QoS::AtMostOnce,
+            true,
+        ));
+        let store = RetainedStore::new(10, 1000);
+        assert!(!store.set(&big), "over the bytes");
+        assert_eq!(store.bytes(), 0);
     }
 }

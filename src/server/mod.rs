@@ -162,13 +162,17 @@ pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tr
         let over_limit = open > shared.config.max_connections;
         let (shared, listener) = (shared.clone(), listener.clone());
         tracker.spawn(async move {
-            let deadline = Duration::from_secs(shared.config.connect_timeout_secs);
+            // One deadline for the handshakes and the CONNECT together.
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_secs(shared.config.connect_timeout_secs);
             // Boxed: the TLS and WebSocket handshake state is large, and inline
             // it would stay in every idle connection's task (measured: 15 KB
             // instead of 6 KB per idle connection).
             let handshake = Box::pin(upgrade(&listener, socket, addr, &shared));
-            match tokio::time::timeout(deadline, handshake).await {
-                Ok(Ok((stream, peer))) => session::serve(stream, peer, shared.clone(), over_limit).await,
+            match tokio::time::timeout_at(deadline, handshake).await {
+                Ok(Ok((stream, peer))) => {
+                    session::serve(stream, peer, shared.clone(), over_limit, deadline).await
+                }
                 Ok(Err(why)) => {
                     shared.metrics.protocol_errors.inc();
                     tracing::debug!(%addr, kind = ?listener.config.kind, %why, "handshake failed");
@@ -193,12 +197,13 @@ async fn upgrade(
         cert_name: CertName::NotUsed,
     };
     let max_frame = shared.config.max_packet_size as usize + 8;
+    let max_write_buffer = shared.config.ws_max_write_buffer_bytes;
     let path = &listener.config.path;
     let kind = listener.config.kind;
     let stream: Box<dyn Stream> = match &listener.tls {
         None => match kind {
             ListenerKind::Tcp => Box::new(socket),
-            ListenerKind::Ws => Box::new(websocket::accept(socket, path, max_frame).await?),
+            ListenerKind::Ws => Box::new(websocket::accept(socket, path, max_frame, max_write_buffer).await?),
             _ => return Err(format!("{kind:?} listener without TLS configuration")),
         },
         Some(tls) => {
@@ -213,7 +218,9 @@ async fn upgrade(
                 };
             }
             match kind {
-                ListenerKind::Wss => Box::new(websocket::accept(stream, path, max_frame).await?),
+                ListenerKind::Wss => {
+                    Box::new(websocket::accept(stream, path, max_frame, max_write_buffer).await?)
+                }
                 _ => Box::new(stream),
             }
         }

@@ -134,8 +134,15 @@ pub(crate) async fn accept(
 
     // Counted before a takeover closes the old connection, so presence
     // never shows the user offline in between.
+    // A presence that outlives the connection only for a client that
+    // matters: a username or a persistent session (room activity counts
+    // later, see `Connection::joined_a_room`).
+    let presence_lasting = principal.username.is_some() || connect.session_expiry_interval_secs > 0;
     if let Some(identity) = &principal.identity {
-        shared.chat.presence().connected(&shared.router, identity);
+        shared
+            .chat
+            .presence()
+            .connected(&shared.router, identity, presence_lasting);
     }
     let claimed = shared
         .registry
@@ -207,6 +214,7 @@ pub(crate) async fn accept(
     }
     session.set_online(true);
 
+    io.codec.set_max_inbound(config.max_packet_size);
     let client_receive_max = connect.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX);
     let send_window = usize::from(client_receive_max.min(config.max_inflight_messages));
     if let Some(max) = connect.max_packet_size {
@@ -245,6 +253,7 @@ pub(crate) async fn accept(
         connect_expiry: connect.session_expiry_interval_secs,
         shutdown: shared.shutdown.subscribe(),
         principal,
+        presence_lasting,
         auth_deadline,
         publish_budget: super::rate::PublishBudget::new(
             config.max_publish_rate,
@@ -267,10 +276,19 @@ async fn authenticate(
     let password = connect.password.clone();
     let ip = peer.ip();
     let decision = if password.is_some() {
-        // Wait out the back-off first: guesses from one address, however
-        // many in parallel, are checked one delay apart.
-        let wait = shared.login_backoff.wait_before_attempt(ip);
+        // A bounded queue first: beyond it, refused without any work.
+        let Some(queued) = shared.logins.enter() else {
+            tracing::info!(%client_id, %peer, "login refused: max_pending_logins are waiting");
+            return Err(ConnectAckReason::ServerBusy);
+        };
+        // Then the back-off: guesses from one address at one username,
+        // however many in parallel, are checked one delay apart.
+        let backoff_key = username.as_deref().unwrap_or("");
+        let wait = shared.login_backoff.wait_before_attempt(ip, backoff_key);
         tokio::time::sleep(wait).await;
+        let Some(_hashing) = shared.logins.hashing_slot(&queued).await else {
+            return Err(ConnectAckReason::ServerUnavailable);
+        };
         let (auth, id) = (shared.auth.clone(), client_id.to_string());
         let (user, pass) = (username.clone(), password.clone());
         let decision = tokio::task::spawn_blocking(move || {
@@ -285,7 +303,7 @@ async fn authenticate(
         .unwrap_or(AuthDecision::NotAuthorized);
         shared
             .login_backoff
-            .attempt_done(ip, matches!(decision, AuthDecision::Allow(_)));
+            .attempt_done(ip, backoff_key, matches!(decision, AuthDecision::Allow(_)));
         decision
     } else {
         shared.auth.authenticate(&AuthRequest {

@@ -194,6 +194,9 @@ pub(crate) struct Connection {
     /// identity that is `{sender}`/`{user}` in chat topics and counts in
     /// presence, and a token's room list.
     pub principal: Principal,
+    /// Whether this client's presence outlives it (see
+    /// `chat::presence`); set once it joins a room.
+    pub presence_lasting: bool,
     /// When the token the client logged in with expires.
     pub auth_deadline: Option<Instant>,
     /// `max_publish_rate` / `max_publish_bytes_rate`.
@@ -208,13 +211,20 @@ pub async fn serve(
     peer: crate::server::Peer,
     shared: Arc<Shared>,
     over_limit: bool,
+    connect_deadline: Instant,
 ) {
     let span = tracing::info_span!("conn", peer = %peer.addr, client_id = tracing::field::Empty);
     async move {
         let cert_name = peer.cert_name.clone();
-        let mut io = Io::new(stream, peer.addr, shared.config.max_packet_size);
-        let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
-        let first = match tokio::time::timeout(timeout, io.read_packet()).await {
+        // Until the client is known, a CONNECT-sized limit: what a pending
+        // login holds stays small.
+        let config = &shared.config;
+        let mut io = Io::new(
+            stream,
+            peer.addr,
+            config.max_packet_size.min(config.max_connect_packet_size),
+        );
+        let first = match tokio::time::timeout_at(connect_deadline, io.read_packet()).await {
             Err(_) => {
                 tracing::debug!("no CONNECT within connect_timeout_secs, closing");
                 return;
@@ -311,6 +321,17 @@ impl Connection {
                 }
             }
             self.queue_acks();
+        }
+    }
+
+    /// Marks the client's presence as lasting the first time it uses a
+    /// room (subscribes to one, or posts in one).
+    pub(super) fn joined_a_room(&mut self) {
+        if !self.presence_lasting {
+            self.presence_lasting = true;
+            if let Some(identity) = &self.principal.identity {
+                self.shared.chat.presence().mark_lasting(identity);
+            }
         }
     }
 

@@ -14,6 +14,7 @@ mod lifecycle;
 mod outbox;
 mod persist;
 mod publish;
+mod queue;
 mod rate;
 mod registry;
 mod replay;
@@ -98,7 +99,7 @@ pub(crate) struct SessionState {
     /// revoked by a reload (`Grant::revocable`).
     pub revocable_login: Option<Arc<str>>,
     /// Messages waiting to be sent, in order.
-    pub queue: VecDeque<Delivery>,
+    pub queue: queue::Queue,
     /// QoS 1/2 messages sent and not yet acknowledged, in send order.
     pub inflight: VecDeque<Inflight>,
     next_packet_id: u16,
@@ -165,6 +166,8 @@ pub struct Session {
     /// connection waits until the old one has fully stopped.
     pub(crate) owner: Arc<tokio::sync::Mutex<()>>,
     max_queued: usize,
+    /// `max_queued_bytes`.
+    max_queued_bytes: usize,
     queue_qos0_offline: bool,
     metrics: Arc<Metrics>,
     /// The durable store, when the broker has one.
@@ -181,6 +184,7 @@ impl Session {
     pub(crate) fn new(
         client_id: Arc<str>,
         max_queued: usize,
+        max_queued_bytes: usize,
         queue_qos0_offline: bool,
         metrics: Arc<Metrics>,
         store: Option<Arc<dyn Store>>,
@@ -193,6 +197,7 @@ impl Session {
             online: AtomicBool::new(false),
             owner: Arc::new(tokio::sync::Mutex::new(())),
             max_queued,
+            max_queued_bytes,
             queue_qos0_offline,
             metrics,
             store,
@@ -232,15 +237,21 @@ impl Session {
             self.metrics.messages_dropped_offline_qos0.inc();
             return false;
         }
-        if st.queue.len() >= self.max_queued {
+        // A message alone is always taken (it is within max_packet_size);
+        // beyond that the queue is bounded in count and in bytes.
+        let over_bytes = !st.queue.is_empty()
+            && st.queue.bytes() + queue::delivery_bytes(&delivery) > self.max_queued_bytes;
+        if st.queue.len() >= self.max_queued || over_bytes {
             st.dropped += 1;
             self.metrics.messages_dropped_queue_full.inc();
             if st.dropped == 1 || st.dropped % 1000 == 0 {
                 tracing::warn!(
                     client_id = %self.client_id,
                     dropped = st.dropped,
-                    limit = self.max_queued,
-                    "session queue full (max_queued_messages), message dropped"
+                    max_queued_messages = self.max_queued,
+                    max_queued_bytes = self.max_queued_bytes,
+                    queued_bytes = st.queue.bytes(),
+                    "session queue full, message dropped"
                 );
             }
             return false;

@@ -88,6 +88,14 @@ impl Connection {
                 return None;
             }
             if st.incoming_qos2.len() >= usize::from(config.receive_maximum) {
+                if !self.version.is_v5() {
+                    // 3.1.1 has no Receive Maximum to announce and no
+                    // DISCONNECT to explain it: say it here.
+                    tracing::warn!(
+                        limit = config.receive_maximum,
+                        "3.1.1 client closed: more unreleased QoS 2 messages than receive_maximum"
+                    );
+                }
                 return Some(Close::ByServer(
                     DisconnectReasonCode::ReceiveMaximumExceeded,
                     "more unacknowledged QoS 2 messages than Receive Maximum".into(),
@@ -109,7 +117,11 @@ impl Connection {
 
         let message = self.to_message(publish);
         self.shared.metrics.messages_received.inc();
+        let room_post = message.topic.starts_with("rooms/");
         let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
+        if room_post && u8::from(reason) < 0x80 {
+            self.joined_a_room();
+        }
         self.acknowledge(packet_id, qos, reason);
         None
     }

@@ -155,6 +155,7 @@ impl Registry {
         Arc::new(Session::new(
             client_id.into(),
             shared.config.max_queued_messages,
+            shared.config.max_queued_bytes,
             shared.config.queue_qos0_messages,
             shared.metrics.clone(),
             shared.store.clone(),

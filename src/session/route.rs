@@ -87,7 +87,9 @@ pub(crate) fn route_as(
                 }
             }
             let outcome = shared.router.publish(*message);
-            if outcome.matched == 0 {
+            if outcome.retain_refused {
+                PublishAckReason::QuotaExceeded
+            } else if outcome.matched == 0 {
                 PublishAckReason::NoMatchingSubscribers
             } else if outcome.matched == 1 && outcome.dropped == 1 {
                 PublishAckReason::QuotaExceeded

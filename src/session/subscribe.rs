@@ -44,6 +44,9 @@ impl Connection {
                 status.push(reason);
                 continue;
             }
+            if crate::chat::room_of(plain_filter).is_some() {
+                self.joined_a_room();
+            }
             self.session.start_room_cursors(&self.shared.chat, filter);
             self.shared
                 .router
@@ -72,10 +75,20 @@ impl Connection {
         None
     }
 
-    /// Why this filter may not be subscribed to, if it may not: the
-    /// session's subscription quota, room membership (a filter naming a
-    /// room), or the ACL. Counted and logged.
+    /// Why this filter may not be subscribed to, if it may not: its length
+    /// (`max_filter_length`, 5.0 0x8F), the session's subscription quota,
+    /// room membership (a filter naming a room), or the ACL. Counted and
+    /// logged.
     fn subscribe_refusal(&self, filter: &str, plain_filter: &str) -> Option<SubscribeAckReason> {
+        let max_length = self.shared.config.max_filter_length;
+        if filter.len() > max_length {
+            tracing::info!(
+                length = filter.len(),
+                max_length,
+                "subscription refused: max_filter_length"
+            );
+            return Some(SubscribeAckReason::TopicFilterInvalid);
+        }
         let max = self.shared.config.max_subscriptions_per_session;
         if max > 0 {
             let st = self.session.state.lock();
