@@ -64,7 +64,11 @@ impl Chat {
         };
         let reason = match topic {
             ChatTopic::Message { room, sender, msg_id } => {
-                self.on_room_message(router, config, who, room, sender, msg_id, &message)
+                let msg_id = msg_id.or_else(|| msg_id_property(&message));
+                match check_room_message(config, msg_id, &message) {
+                    Err(reason) => reason,
+                    Ok(()) => self.on_room_message(router, who, room, sender, msg_id, &message),
+                }
             }
             ChatTopic::Typing { room, sender } => self.on_typing(router, config, who, room, sender, &message),
             ChatTopic::Receipt { room, sender } => self.on_receipt(router, who, room, sender, &message),
@@ -147,17 +151,12 @@ impl Chat {
     fn on_room_message(
         &self,
         router: &Router,
-        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         sender: &str,
         msg_id: Option<&str>,
         message: &Message,
     ) -> PublishAckReason {
-        let msg_id = msg_id.or_else(|| msg_id_property(message));
-        if let Err(reason) = check_room_message(config, msg_id, message) {
-            return reason;
-        }
         let post = Post {
             room,
             sender,
