@@ -292,6 +292,14 @@ impl BrokerHandle {
         }
     }
 
+    /// Runs the periodic upkeep now, as the broker does every minute:
+    /// room logs trimmed by age, stale de-duplication and typing entries
+    /// dropped, offline presence older than `presence_retention_secs`
+    /// forgotten. Returns how many presence records were forgotten.
+    pub fn run_upkeep(&self) -> usize {
+        run_upkeep(&self.shared)
+    }
+
     /// Records written to the durable store so far (0 without one): the
     /// storage-writes-per-message figure of the chat benchmark.
     pub fn store_writes(&self) -> u64 {
@@ -344,7 +352,7 @@ impl BrokerHandle {
     }
 }
 
-/// Every minute: trims room logs by age and prunes old msg-id entries.
+/// Every minute: `run_upkeep`.
 async fn chat_upkeep(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -353,21 +361,29 @@ async fn chat_upkeep(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {
                 let worker = shared.clone();
-                let typing = Duration::from_millis(shared.config.typing_min_interval_ms);
-                let retention = Duration::from_secs(shared.config.presence_retention_secs);
-                let _ = tokio::task::spawn_blocking(move || {
-                    worker.chat.upkeep(typing);
-                    if !retention.is_zero() {
-                        let expired = worker.chat.expire_presence(&worker.router, retention);
-                        if expired > 0 {
-                            tracing::info!(expired, "stale offline presence forgotten (presence_retention_secs)");
-                        }
-                    }
-                })
-                .await;
+                let _ = tokio::task::spawn_blocking(move || run_upkeep(&worker)).await;
             }
         }
     }
+}
+
+/// One round of upkeep (see `BrokerHandle::run_upkeep`).
+fn run_upkeep(shared: &Shared) -> usize {
+    shared
+        .chat
+        .upkeep(Duration::from_millis(shared.config.typing_min_interval_ms));
+    let retention = Duration::from_secs(shared.config.presence_retention_secs);
+    if retention.is_zero() {
+        return 0;
+    }
+    let expired = shared.chat.expire_presence(&shared.router, retention);
+    if expired > 0 {
+        tracing::info!(
+            expired,
+            "stale offline presence forgotten (presence_retention_secs)"
+        );
+    }
+    expired
 }
 
 /// With `durability = "buffered"`: flushes every `flush_interval_ms`.

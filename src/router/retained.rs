@@ -5,7 +5,10 @@
 //! costs what its filter can match: an exact filter O(levels), `a/+/c` the
 //! children of `a`, `#` everything. Bounded by `max_retained_messages` and
 //! `max_retained_bytes`: a retained PUBLISH to a new topic beyond them is
-//! not retained (it is still delivered), counted and logged.
+//! not retained (it is still delivered), counted and logged. The broker's
+//! own `$` topics (presence, member lists, `$SYS`) are not counted: they
+//! have bounds of their own (one per user and expiry, one per declared
+//! room), and a client flood must not crowd them out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +29,17 @@ pub struct RetainedStore {
 #[derive(Default)]
 struct Inner {
     root: Node,
+    /// Every retained message.
     count: usize,
+    /// Of those, the clients' (not under `$`), and their bytes: what the
+    /// limits bound.
+    client_count: usize,
     bytes: usize,
+}
+
+/// Whether a topic counts against the limits (see the module doc).
+fn counted(topic: &str) -> bool {
+    !topic.starts_with('$')
 }
 
 #[derive(Default)]
@@ -64,27 +76,35 @@ impl RetainedStore {
         let mut inner = self.inner.write();
         if message.payload.is_empty() {
             if let Some(old) = remove(&mut inner.root, &mut message.topic.split('/')) {
-                inner.count -= 1;
-                inner.bytes = inner.bytes.saturating_sub(retained_bytes(&old));
+                inner.forget(&old);
             }
             return true;
         }
-        let size = retained_bytes(message);
-        let old_size = find(&inner.root, &message.topic).map(|m| retained_bytes(m));
-        let (count, bytes) = match old_size {
-            Some(old) => (inner.count, inner.bytes - old + size),
-            None => (inner.count + 1, inner.bytes + size),
-        };
-        if count > self.max_messages || bytes > self.max_bytes {
-            return false;
+        let is_counted = counted(&message.topic);
+        let size = if is_counted { retained_bytes(message) } else { 0 };
+        let old = find(&inner.root, &message.topic).cloned();
+        if is_counted {
+            let (count, bytes) = match &old {
+                Some(old) => (inner.client_count, inner.bytes - retained_bytes(old) + size),
+                None => (inner.client_count + 1, inner.bytes + size),
+            };
+            if count > self.max_messages || bytes > self.max_bytes {
+                return false;
+            }
+        }
+        if let Some(old) = &old {
+            inner.forget(old);
         }
         let mut node = &mut inner.root;
         for level in message.topic.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
         node.message = Some(message.clone());
-        inner.count = count;
-        inner.bytes = bytes;
+        inner.count += 1;
+        if is_counted {
+            inner.client_count += 1;
+            inner.bytes += size;
+        }
         true
     }
 
@@ -102,8 +122,7 @@ impl RetainedStore {
                 let still = find(&inner.root, &message.topic).is_some_and(|m| m.is_expired(now));
                 if still {
                     if let Some(old) = remove(&mut inner.root, &mut message.topic.split('/')) {
-                        inner.count -= 1;
-                        inner.bytes = inner.bytes.saturating_sub(retained_bytes(&old));
+                        inner.forget(&old);
                     }
                 }
             }
@@ -119,9 +138,20 @@ impl RetainedStore {
         self.len() == 0
     }
 
-    /// Payload and topic bytes retained.
+    /// Payload and topic bytes of the clients' retained messages.
     pub fn bytes(&self) -> usize {
         self.inner.read().bytes
+    }
+}
+
+impl Inner {
+    /// Takes a removed message out of the counts.
+    fn forget(&mut self, old: &Message) {
+        self.count -= 1;
+        if counted(&old.topic) {
+            self.client_count -= 1;
+            self.bytes = self.bytes.saturating_sub(retained_bytes(old));
+        }
     }
 }
 
@@ -252,6 +282,15 @@ mod tests {
         }
     }
 
+    fn big_sys() -> Arc<Message> {
+        Arc::new(Message::new(
+            "$SYS/big",
+            bytes::Bytes::from(vec![0u8; 2000]),
+            QoS::AtMostOnce,
+            true,
+        ))
+    }
+
     #[test]
     fn bounded_in_count_and_bytes_and_clearing_frees() {
         let store = RetainedStore::new(2, 1000);
@@ -272,5 +311,12 @@ mod tests {
         let store = RetainedStore::new(10, 1000);
         assert!(!store.set(&big), "over the bytes");
         assert_eq!(store.bytes(), 0);
+        // The broker's own `$` topics are not held to the clients' limits.
+        let store = RetainedStore::new(1, 1000);
+        assert!(store.set(&msg("a")));
+        assert!(store.set(&msg("$presence/ann")));
+        assert!(store.set(&big_sys()));
+        assert!(!store.set(&msg("b")));
+        assert_eq!(store.len(), 3);
     }
 }

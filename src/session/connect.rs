@@ -276,17 +276,21 @@ async fn authenticate(
     let password = connect.password.clone();
     let ip = peer.ip();
     let decision = if password.is_some() {
-        // A bounded queue first: beyond it, refused without any work.
-        let Some(queued) = shared.logins.enter() else {
-            tracing::info!(%client_id, %peer, "login refused: max_pending_logins are waiting");
-            return Err(ConnectAckReason::ServerBusy);
-        };
-        // Then the back-off: guesses from one address at one username,
-        // however many in parallel, are checked one delay apart.
+        // The back-off first: guesses from one address at one username,
+        // however many in parallel, are checked one delay apart, and while
+        // they wait they hold no place in the login queue (so one account's
+        // guesses do not fill it for everyone else).
         let backoff_key = username.as_deref().unwrap_or("");
         let wait = shared.login_backoff.wait_before_attempt(ip, backoff_key);
         tokio::time::sleep(wait).await;
+        // Then a bounded queue for the hash: beyond it, refused unhashed.
+        let Some(queued) = shared.logins.enter() else {
+            shared.login_backoff.attempt_done(ip, backoff_key, false);
+            tracing::info!(%client_id, %peer, "login refused: max_pending_logins are waiting");
+            return Err(ConnectAckReason::ServerBusy);
+        };
         let Some(_hashing) = shared.logins.hashing_slot(&queued).await else {
+            shared.login_backoff.attempt_done(ip, backoff_key, false);
             return Err(ConnectAckReason::ServerUnavailable);
         };
         let (auth, id) = (shared.auth.clone(), client_id.to_string());
