@@ -315,46 +315,6 @@ async fn a_correct_login_gets_in_while_guesses_at_another_account_wait() {
 }
 
 #[tokio::test]
-async fn a_websocket_client_that_pings_and_never_reads_is_closed() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
-    let broker = start_with(Config {
-        listeners: vec![ListenerConfig {
-            kind: ListenerKind::Ws,
-            ..ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())
-        }],
-        ..test_config()
-    })
-    .await;
-    let addr = broker.local_addr();
-    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::client_async(request, socket).await.unwrap();
-    // No CONNECT, only pings, and the pongs are never read.
-    let ping = Bytes::from(vec![0u8; 125]);
-    for _ in 0..400_000 {
-        if ws.send(Message::Ping(ping.clone())).await.is_err() {
-            break;
-        }
-        if broker.open_connections() == 0 {
-            break;
-        }
-    }
-    let closed = async {
-        while broker.open_connections() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, closed)
-        .await
-        .expect("the broker closed the connection that does not read its pongs");
-}
-
-#[tokio::test]
 async fn the_connect_timeout_covers_the_handshake_and_connect_together() {
     use tokio::io::AsyncWriteExt;
     let broker = start_with(Config {

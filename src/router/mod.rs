@@ -24,6 +24,11 @@ use crate::session::Session;
 use crate::store::Store;
 use trie::{Matched, Trie};
 
+/// Retained-index nodes a SUBSCRIBE may visit on the connection's own
+/// thread (a few microseconds); a filter that needs more is matched on a
+/// blocking thread.
+const INLINE_RETAINED_VISITS: usize = 1024;
+
 /// What became of one published message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PublishOutcome {
@@ -131,10 +136,8 @@ impl Router {
                 RetainHandling::NoAtSubscribe => false,
             };
         if send_retained {
-            let wildcard = filter.contains(['+', '#']);
-            let (retained, session, filter) = (self.retained.clone(), session.clone(), filter.to_string());
-            let deliver = move || {
-                for message in retained.matching(&filter) {
+            let deliver = move |session: &Session, messages: Vec<Arc<Message>>| {
+                for message in messages {
                     let qos = message.qos.less_value(options.qos);
                     session.deliver(Delivery {
                         message,
@@ -146,14 +149,23 @@ impl Router {
                     });
                 }
             };
-            // An exact filter costs O(levels); a wildcard costs what it
-            // matches, which can be everything: that runs on a blocking
-            // thread, never on the threads that deliver other clients'
-            // messages. The deliveries are queued behind the SUBACK either
-            // way (the connection writes its queue after its replies).
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) if wildcard => drop(runtime.spawn_blocking(deliver)),
-                _ => deliver(),
+            // An exact filter costs O(levels); a wildcard costs what it can
+            // match, which can be everything. A walk that fits a small
+            // budget runs here; a longer one on a blocking thread, never on
+            // the threads that deliver other clients' messages. Either way
+            // the deliveries are queued behind the SUBACK (the connection
+            // writes its queue after its replies).
+            match self.retained.matching_within(filter, INLINE_RETAINED_VISITS) {
+                Some(messages) => deliver(session, messages),
+                None => {
+                    let (retained, session, filter) =
+                        (self.retained.clone(), session.clone(), filter.to_string());
+                    let walk = move || deliver(&session, retained.matching(&filter));
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => drop(runtime.spawn_blocking(walk)),
+                        Err(_) => walk(),
+                    }
+                }
             }
         }
         existed

@@ -111,10 +111,18 @@ impl RetainedStore {
     /// Every unexpired retained message whose topic matches `filter`;
     /// expired ones are dropped on the way.
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.matching_within(filter, usize::MAX).unwrap_or_default()
+    }
+
+    /// `matching`, unless answering would visit more than `budget` index
+    /// nodes: then `None`, and the caller runs `matching` where a long walk
+    /// stalls nobody.
+    pub fn matching_within(&self, filter: &str, budget: usize) -> Option<Vec<Arc<Message>>> {
         let now = Instant::now();
         let levels: Vec<&str> = filter.split('/').collect();
         let mut found = Vec::new();
-        collect(&self.inner.read().root, &levels, true, &mut found);
+        let mut left = budget;
+        collect(&self.inner.read().root, &levels, true, &mut found, &mut left)?;
         let (live, expired): (Vec<_>, Vec<_>) = found.into_iter().partition(|m| !m.is_expired(now));
         if !expired.is_empty() {
             let mut inner = self.inner.write();
@@ -127,7 +135,7 @@ impl RetainedStore {
                 }
             }
         }
-        live
+        Some(live)
     }
 
     pub fn len(&self) -> usize {
@@ -180,7 +188,15 @@ fn remove<'a>(node: &mut Node, levels: &mut impl Iterator<Item = &'a str>) -> Op
 
 /// The messages under `node` matching the filter `levels`. At the first
 /// level a wildcard does not match a topic starting with `$` ([MQTT-4.7.2-1]).
-fn collect(node: &Node, levels: &[&str], first: bool, out: &mut Vec<Arc<Message>>) {
+/// Each node visited costs one of `left`; `None` when they run out.
+fn collect(
+    node: &Node,
+    levels: &[&str],
+    first: bool,
+    out: &mut Vec<Arc<Message>>,
+    left: &mut usize,
+) -> Option<()> {
+    *left = left.checked_sub(1)?;
     let visible = |name: &str| !(first && name.starts_with('$'));
     match levels.split_first() {
         None => out.extend(node.message.iter().cloned()),
@@ -188,27 +204,30 @@ fn collect(node: &Node, levels: &[&str], first: bool, out: &mut Vec<Arc<Message>
             // "a/#" also matches "a" ([MQTT-4.7.1-2]).
             out.extend(node.message.iter().cloned());
             for (_, child) in node.children.iter().filter(|(n, _)| visible(n)) {
-                collect_all(child, out);
+                collect_all(child, out, left)?;
             }
         }
         Some((&"+", rest)) => {
             for (_, child) in node.children.iter().filter(|(n, _)| visible(n)) {
-                collect(child, rest, false, out);
+                collect(child, rest, false, out, left)?;
             }
         }
         Some((level, rest)) => {
             if let Some(child) = node.children.get(*level) {
-                collect(child, rest, false, out);
+                collect(child, rest, false, out, left)?;
             }
         }
     }
+    Some(())
 }
 
-fn collect_all(node: &Node, out: &mut Vec<Arc<Message>>) {
+fn collect_all(node: &Node, out: &mut Vec<Arc<Message>>, left: &mut usize) -> Option<()> {
+    *left = left.checked_sub(1)?;
     out.extend(node.message.iter().cloned());
     for child in node.children.values() {
-        collect_all(child, out);
+        collect_all(child, out, left)?;
     }
+    Some(())
 }
 
 #[cfg(test)]
@@ -280,6 +299,9 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{filter}");
         }
+        // Within a budget: an exact filter fits, `#` over everything not.
+        assert!(store.matching_within("a/b/c", 8).is_some());
+        assert!(store.matching_within("#", 8).is_none());
     }
 
     fn big_sys() -> Arc<Message> {
