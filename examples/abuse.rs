@@ -99,9 +99,11 @@ fn start(args: &Args, passwords: bool) -> Broker {
         );
         if passwords {
             let file = dir.path().join("passwd");
-            for (user, password) in [("alice", "right"), ("bob", "right")] {
+            for (n, (user, password)) in [("alice", "right"), ("bob", "right")].into_iter().enumerate() {
+                // `-c` creates the file, for the first user.
+                let flags: &[&str] = if n == 0 { &["-c", "-b"] } else { &["-b"] };
                 let status = Command::new("mosquitto_passwd")
-                    .args(["-b"])
+                    .args(flags)
                     .arg(&file)
                     .args([user, password])
                     .status();

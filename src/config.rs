@@ -163,6 +163,9 @@ pub struct Config {
     /// Largest room message stored in a room log (payload and User
     /// Properties), in bytes; larger ones are refused with 0x97.
     pub max_room_message_bytes: usize,
+    /// Most rooms with a log; a post that would open another is refused
+    /// with 0x97 (rooms are opened by their first message).
+    pub max_rooms: usize,
     /// Most (room, sender) pairs remembered for `typing_min_interval_ms`;
     /// stale ones are forgotten every minute, and a typing event beyond the
     /// limit is dropped and counted.
@@ -367,6 +370,7 @@ impl Default for Config {
             max_msg_id_length: 128,
             max_chat_name_length: 128,
             max_room_message_bytes: 256 * 1024,
+            max_rooms: 100_000,
             typing_max_entries: 100_000,
             presence_retention_secs: 7 * 24 * 3600,
             room_max_messages: 100_000,

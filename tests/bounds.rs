@@ -93,8 +93,24 @@ async fn chat_sizes_are_bounded_with_the_right_reason_codes() {
         assert_eq!(c.puback_of(publish).await, expected, "{what}");
     }
     // Within the limits, all is well.
+    drop(c);
+    let broker = start_with(Config {
+        max_rooms: 2,
+        ..test_config()
+    })
+    .await;
+    let mut c = Raw::client5(broker.local_addr(), "dev").await;
+    for (id, room, expected) in [
+        (1, "a", PublishAckReason::Success),
+        (2, "b", PublishAckReason::Success),
+        (3, "c", PublishAckReason::QuotaExceeded),
+        (4, "a", PublishAckReason::Success),
+    ] {
+        let p = owned(&format!("rooms/{room}/msg/dev"), b"x".to_vec(), id, &[]);
+        assert_eq!(c.puback_of(p).await, expected, "room {room} with max_rooms 2");
+    }
     let ok = owned(
-        "rooms/r/msg/dev",
+        "rooms/a/msg/dev",
         b"x".to_vec(),
         8,
         &[("msg-id", &"i".repeat(128))],

@@ -78,6 +78,13 @@ impl RoomLog {
             .clone()
     }
 
+    /// Whether a message may go into `name` with at most `max_rooms` rooms:
+    /// an existing room always, a new one while there is room for it.
+    pub fn may_hold(&self, name: &str, max_rooms: usize) -> bool {
+        let rooms = self.rooms.read();
+        rooms.contains_key(name) || rooms.len() < max_rooms
+    }
+
     /// The last `seq` of a room (0 when it has none).
     pub fn head(&self, name: &str) -> u64 {
         self.rooms.read().get(name).map_or(0, |r| r.head())

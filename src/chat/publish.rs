@@ -65,7 +65,7 @@ impl Chat {
         let reason = match topic {
             ChatTopic::Message { room, sender, msg_id } => {
                 let msg_id = msg_id.or_else(|| msg_id_property(&message));
-                match check_room_message(config, msg_id, &message) {
+                match self.check_room_message(config, room, msg_id, &message) {
                     Err(reason) => reason,
                     Ok(()) => self.on_room_message(router, who, room, sender, msg_id, &message),
                 }
@@ -110,7 +110,7 @@ impl Chat {
                 .zip(message.topic.split('/'))
                 .find(|(f, _)| *f == "+")
                 .map_or(identity, |(_, level)| level);
-            check_room_message(config, msg_id_property(message), message)?;
+            self.check_room_message(config, &rule.room, msg_id_property(message), message)?;
             let trusted = rule.publishers.iter().any(|p| p == identity);
             // A listed publisher posts for others, but only into a room it
             // may use itself; anyone else posts only as itself.
@@ -278,24 +278,33 @@ impl Chat {
     }
 }
 
-/// What a room log keeps of a message is bounded: the msg-id (a key of the
-/// de-duplication table) by `max_msg_id_length` (0x99), payload and User
-/// Properties by `max_room_message_bytes` (0x97).
-fn check_room_message(
-    config: &Config,
-    msg_id: Option<&str>,
-    message: &Message,
-) -> Result<(), PublishAckReason> {
-    if msg_id.is_some_and(|id| id.len() > config.max_msg_id_length) {
-        return Err(PublishAckReason::PayloadFormatInvalid);
+impl Chat {
+    /// What a room log keeps of a message is bounded: the msg-id (a key of
+    /// the de-duplication table) by `max_msg_id_length` (0x99), payload and
+    /// User Properties by `max_room_message_bytes` (0x97), and a post that
+    /// would open a new room by `max_rooms` (0x97).
+    fn check_room_message(
+        &self,
+        config: &Config,
+        room: &str,
+        msg_id: Option<&str>,
+        message: &Message,
+    ) -> Result<(), PublishAckReason> {
+        if msg_id.is_some_and(|id| id.len() > config.max_msg_id_length) {
+            return Err(PublishAckReason::PayloadFormatInvalid);
+        }
+        let properties: usize = message.properties.as_ref().map_or(0, |p| {
+            p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum()
+        });
+        if message.payload.len() + properties > config.max_room_message_bytes {
+            return Err(PublishAckReason::QuotaExceeded);
+        }
+        if !self.log.may_hold(room, config.max_rooms) {
+            tracing::warn!(%room, max_rooms = config.max_rooms, "room not opened: max_rooms reached");
+            return Err(PublishAckReason::QuotaExceeded);
+        }
+        Ok(())
     }
-    let properties: usize = message.properties.as_ref().map_or(0, |p| {
-        p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum()
-    });
-    if message.payload.len() + properties > config.max_room_message_bytes {
-        return Err(PublishAckReason::QuotaExceeded);
-    }
-    Ok(())
 }
 
 /// The `msg-id` User Property, if the sender set one.
