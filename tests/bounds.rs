@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::*;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{self, ConnectAckReason, PublishAckReason, SubscribeAckReason};
-use roomq::config::{AuthConfig, ListenerConfig, ListenerKind};
+use roomq::config::AuthConfig;
 use roomq::Config;
 
 fn owned(topic: &str, payload: Vec<u8>, id: u16, user_properties: &[(&str, &str)]) -> Publish {
@@ -335,11 +335,7 @@ async fn the_connect_timeout_covers_the_handshake_and_connect_together() {
     use tokio::io::AsyncWriteExt;
     let broker = start_with(Config {
         connect_timeout_secs: 3,
-        listeners: vec![ListenerConfig {
-            kind: ListenerKind::Ws,
-            ..ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())
-        }],
-        ..test_config()
+        ..ws_config()
     })
     .await;
     let addr = broker.local_addr();

@@ -357,12 +357,7 @@ async fn websocket_framing_packets_split_across_frames_and_several_in_one_frame(
             other.map(|(_, r)| r)
         ),
     }
-    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
-    let (mut ws, response) = tokio_tungstenite::client_async(request, socket).await.unwrap();
+    let (mut ws, response) = ws_connect(addr).await;
     assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "mqtt");
 
     let encode = |packet: Packet| {

@@ -10,8 +10,6 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use futures_util::SinkExt;
-use roomq::config::{ListenerConfig, ListenerKind};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 fn rss_kib() -> u64 {
@@ -29,20 +27,10 @@ async fn a_websocket_client_that_pings_and_never_reads_holds_bounded_memory() {
     let broker = start_with(roomq::Config {
         // Long enough that the connect timeout does not end the flood.
         connect_timeout_secs: 600,
-        listeners: vec![ListenerConfig {
-            kind: ListenerKind::Ws,
-            ..ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())
-        }],
-        ..test_config()
+        ..ws_config()
     })
     .await;
-    let addr = broker.local_addr();
-    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::client_async(request, socket).await.unwrap();
+    let (mut ws, _) = ws_connect(broker.local_addr()).await;
     let before = rss_kib();
     // 1,000,000 pings: 127 MB of pongs if the broker kept them all.
     let ping = Bytes::from(vec![0u8; 125]);

@@ -47,6 +47,36 @@ pub async fn start_with(config: Config) -> BrokerHandle {
     Broker::new(config).start().await.expect("broker starts")
 }
 
+/// `test_config()` with one `ws` listener on a free port instead of TCP.
+pub fn ws_config() -> Config {
+    Config {
+        listeners: vec![roomq::config::ListenerConfig {
+            kind: roomq::config::ListenerKind::Ws,
+            ..roomq::config::ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())
+        }],
+        ..test_config()
+    }
+}
+
+/// A WebSocket client on `/mqtt` offering the sub-protocol `mqtt`, and the
+/// broker's upgrade response.
+pub async fn ws_connect(
+    addr: SocketAddr,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = TcpStream::connect(addr).await.expect("tcp connect");
+    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    tokio_tungstenite::client_async(request, socket)
+        .await
+        .expect("WebSocket upgrade")
+}
+
 pub fn pid(n: u16) -> NonZeroU16 {
     NonZeroU16::new(n).unwrap()
 }
