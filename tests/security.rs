@@ -341,3 +341,64 @@ async fn flood_limits_close_or_refuse_with_the_right_codes() {
     );
     assert_eq!(broker.metrics().rate_limited.get(), 1);
 }
+
+/// Ordered rules with `deny`: the first matching rule decides, so a deny
+/// before `#` refuses exactly that topic, for 5.0 and 3.1.1 clients alike
+/// (the paho interoperability suite's `test/nosubscribe`).
+#[tokio::test]
+async fn a_deny_rule_before_a_catch_all_refuses_only_its_topic() {
+    use roomq::auth::acl::{Access, AclRule};
+    let mut config = test_config();
+    config.acl = vec![
+        AclRule {
+            topic: "test/nosubscribe".into(),
+            access: Access::Deny,
+        },
+        AclRule {
+            topic: "#".into(),
+            access: Access::ReadWrite,
+        },
+    ];
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut c5 = Raw::client5(addr, "c5").await;
+    let status = c5
+        .subscribe5(
+            1,
+            &[
+                ("test/nosubscribe", opts(QoS::AtLeastOnce)),
+                ("test/other", opts(QoS::AtLeastOnce)),
+            ],
+        )
+        .await;
+    assert_eq!(
+        status,
+        vec![SubscribeAckReason::NotAuthorized, SubscribeAckReason::GrantedQos1]
+    );
+    let (mut c3, _) = Raw::connect3(addr, connect3("c3", true)).await;
+    let status = c3.subscribe3(1, &[("test/nosubscribe", QoS::AtLeastOnce)]).await;
+    assert_eq!(status, vec![v3::SubscribeReturnCode::Failure]);
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher.subscribe5(1, &[("#", opts(QoS::AtLeastOnce))]).await;
+    assert_eq!(
+        send_ack(&mut c5, "test/nosubscribe", 1).await,
+        PublishAckReason::NotAuthorized
+    );
+    c3.send3(v3::Packet::Publish(Box::new(publish(
+        "test/nosubscribe",
+        b"x",
+        QoS::AtLeastOnce,
+        Some(2),
+    ))))
+    .await;
+    assert!(matches!(c3.recv3().await.packet(), v3::Packet::PublishAck { .. }));
+    assert_eq!(
+        send_ack(&mut c5, "test/other", 3).await,
+        PublishAckReason::Success
+    );
+    assert_eq!(
+        watcher.publish5().await.topic,
+        "test/other",
+        "only the allowed topic arrives"
+    );
+}

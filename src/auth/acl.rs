@@ -1,8 +1,13 @@
 //! Topic rules for everything outside the chat topics (rooms follow
 //! membership, see `chat/rooms.rs`): mosquitto-style patterns with `%u`
-//! (username) and `%c` (client id), each `read`, `write` or `readwrite`.
-//! With no rule configured everything is allowed; with any rule, what no
-//! rule allows is denied.
+//! (username) and `%c` (client id), each `read`, `write`, `readwrite` or
+//! `deny`. Rules are checked in file order; for a publish, the first rule
+//! that matches the topic and speaks of writing (`write`, `readwrite`,
+//! `deny`) decides; for a subscribe, the first that speaks of reading
+//! (`read`, `readwrite`, `deny`). With no rule configured everything is
+//! allowed; with any rule, what no rule decides is denied. So
+//! `test/nosubscribe` = deny followed by `#` = readwrite refuses only that
+//! topic.
 
 use serde::Deserialize;
 
@@ -15,6 +20,8 @@ pub enum Access {
     Read,
     Write,
     ReadWrite,
+    /// Neither: refuses what the rule matches, for both directions.
+    Deny,
 }
 
 /// One `[[acl]]` rule.
@@ -35,7 +42,7 @@ pub fn is_chat_topic(topic: &str) -> bool {
         || topic.starts_with("$rooms/")
 }
 
-/// The rules, checked in order; any allowing rule allows.
+/// The rules, checked in order; the first that matches decides.
 #[derive(Default)]
 pub struct Acl {
     rules: Vec<AclRule>,
@@ -67,7 +74,8 @@ impl Acl {
         Some(rule.topic.replace("%u", username).replace("%c", who.client_id))
     }
 
-    /// Whether `who` may publish to `topic`.
+    /// Whether `who` may publish to `topic`: the first write or deny rule
+    /// matching it decides.
     pub fn may_publish(&self, who: &Subject<'_>, topic: &str) -> bool {
         if self.rules.is_empty() || is_chat_topic(topic) {
             return true;
@@ -75,12 +83,16 @@ impl Acl {
         self.rules
             .iter()
             .filter(|r| r.access != Access::Read)
-            .filter_map(|r| self.expand(r, who))
-            .any(|pattern| topic_matches(&pattern, topic))
+            .filter_map(|r| Some((r.access, self.expand(r, who)?)))
+            .find(|(_, pattern)| topic_matches(pattern, topic))
+            .is_some_and(|(access, _)| access != Access::Deny)
     }
 
-    /// Whether `who` may subscribe to `filter`: some read rule must cover
-    /// every topic the filter can match (so `#` needs a rule `#`).
+    /// Whether `who` may subscribe to `filter`: the first read or deny rule
+    /// that covers every topic the filter can match decides (so `#` needs a
+    /// rule `#`). A deny rule that covers only part of the filter does not
+    /// decide (as in Mosquitto, `#` is then allowed by a later `#` rule: the
+    /// rules are checked at SUBSCRIBE and PUBLISH, not per delivery).
     pub fn may_subscribe(&self, who: &Subject<'_>, filter: &str) -> bool {
         if self.rules.is_empty() || is_chat_topic(filter) {
             return true;
@@ -88,8 +100,9 @@ impl Acl {
         self.rules
             .iter()
             .filter(|r| r.access != Access::Write)
-            .filter_map(|r| self.expand(r, who))
-            .any(|pattern| filter_within(&pattern, filter))
+            .filter_map(|r| Some((r.access, self.expand(r, who)?)))
+            .find(|(_, pattern)| filter_within(pattern, filter))
+            .is_some_and(|(access, _)| access != Access::Deny)
     }
 }
 
@@ -154,5 +167,33 @@ mod tests {
             client_id: "x",
         };
         assert!(!acl.may_subscribe(&sneaky, "sensors/+/#"));
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides_and_deny_refuses() {
+        let rule = |topic: &str, access| AclRule {
+            topic: topic.into(),
+            access,
+        };
+        let acl = Acl::new(vec![
+            rule("test/nosubscribe", Access::Deny),
+            rule("#", Access::ReadWrite),
+        ]);
+        let who = Subject {
+            username: None,
+            client_id: "c",
+        };
+        assert!(!acl.may_subscribe(&who, "test/nosubscribe"));
+        assert!(!acl.may_publish(&who, "test/nosubscribe"));
+        assert!(acl.may_subscribe(&who, "test/other"));
+        assert!(acl.may_publish(&who, "test/other"));
+        assert!(
+            acl.may_subscribe(&who, "#"),
+            "a deny covering part of a filter does not decide"
+        );
+        // A read-only rule first does not decide a publish.
+        let acl = Acl::new(vec![rule("#", Access::Read), rule("out/%c", Access::Write)]);
+        assert!(acl.may_publish(&who, "out/c"));
+        assert!(!acl.may_publish(&who, "out/d"));
     }
 }

@@ -61,6 +61,7 @@ pub(crate) async fn accept(
         tracing::info!(reason = ?reason, "connection refused: {why}");
         send_connack(&mut io, reason, false, None);
         io.flush_final().await;
+        io.linger().await;
         None
     }
     if over_limit {
@@ -245,6 +246,7 @@ pub(crate) async fn accept(
         keep_alive_window,
         pending_acks: Vec::new(),
         awaiting_acks: std::collections::VecDeque::new(),
+        qos1_acks_waiting: 0,
         replies_when_durable: Vec::new(),
         send_window,
         inbound_aliases: HashMap::new(),

@@ -37,6 +37,12 @@ const BUSY_READ_BUFFER: usize = 16 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 /// How long a closing connection waits to write its final DISCONNECT.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lingering close (see `Io::flush_final`): how long, how many bytes, and
+/// how many sockets at once.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+const MAX_LINGERING: usize = 1024;
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Why a connection ends, which decides the DISCONNECT sent and the will.
 #[derive(Debug)]
@@ -130,7 +136,7 @@ impl Io {
         Ok(())
     }
 
-    /// Writes what is queued and closes the socket, giving up after
+    /// Writes what is queued and shuts the write side, giving up after
     /// `FINAL_WRITE_TIMEOUT` on a client that does not read.
     pub async fn flush_final(&mut self) {
         let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
@@ -138,6 +144,30 @@ impl Io {
             let _ = self.stream.shutdown().await;
         })
         .await;
+    }
+
+    /// After `flush_final` of a DISCONNECT or refusing CONNACK: reads and
+    /// discards what the client still sends, until it closes, for at most
+    /// `LINGER_TIME` and `LINGER_BYTES` (a lingering close, as HTTP servers
+    /// do). Closing a socket with unread input makes the kernel send a
+    /// reset, and a client that was still writing would never read the
+    /// reason code (it would see "connection reset"). At most
+    /// `MAX_LINGERING` sockets linger at once, so this cannot be used to
+    /// hold sockets open; nothing else waits for it.
+    pub async fn linger(&mut self) {
+        let lingering = LINGERING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if lingering < MAX_LINGERING {
+            let mut discarded = 0;
+            let mut sink = [0u8; 1024];
+            let deadline = Instant::now() + LINGER_TIME;
+            while discarded < LINGER_BYTES {
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
+                    Ok(Ok(n)) if n > 0 => discarded += n,
+                    _ => break,
+                }
+            }
+        }
+        LINGERING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Reads until one whole packet is there.
@@ -174,6 +204,9 @@ pub(crate) struct Connection {
     /// connection keeps reading while they wait, so its next messages join
     /// the next flush instead of waiting for this one to finish.
     pub awaiting_acks: std::collections::VecDeque<(u64, Vec<Packet>)>,
+    /// PUBACKs queued behind a group commit: QoS 1 messages still in
+    /// flight towards the broker, which count against Receive Maximum.
+    pub qos1_acks_waiting: usize,
     /// SUBACK/UNSUBACK of a persistent session, sent once the session
     /// record they promise is on disk (and before the retained messages the
     /// subscription delivers).
@@ -232,6 +265,7 @@ pub async fn serve(
             Ok(Err(close)) => {
                 super::connect::refuse_undecodable(&mut io, &shared, close).await;
                 io.flush_final().await;
+                io.linger().await;
                 return;
             }
             Ok(Ok(packet)) => packet,
@@ -370,7 +404,12 @@ impl Connection {
             .is_some_and(|(ticket, _)| *ticket <= durable)
         {
             if let Some((_, acks)) = self.awaiting_acks.pop_front() {
-                acks.into_iter().for_each(|ack| self.io.send(ack));
+                for ack in acks {
+                    if matches!(ack, Packet::PublishAck(_)) {
+                        self.qos1_acks_waiting = self.qos1_acks_waiting.saturating_sub(1);
+                    }
+                    self.io.send(ack);
+                }
             }
         }
     }
@@ -423,6 +462,9 @@ impl Connection {
     /// commit.
     pub(super) fn send_ack(&mut self, ack: Packet) {
         if self.shared.commit.is_some() {
+            if matches!(ack, Packet::PublishAck(_)) {
+                self.qos1_acks_waiting += 1;
+            }
             self.pending_acks.push(ack);
         } else {
             self.io.send(ack);
@@ -551,6 +593,9 @@ impl Connection {
         }
         self.shared.metrics.clients_connected.dec();
         drop(self.guard.take());
+        if matches!(close, Close::ByServer(..) | Close::Revoked) {
+            self.io.linger().await;
+        }
     }
 }
 
