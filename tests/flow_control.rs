@@ -31,8 +31,16 @@ async fn flood_past_receive_maximum(qos: QoS) -> DisconnectReasonCode {
     })
     .await;
     let mut c = Raw::client5(broker.local_addr(), "flooder").await;
-    c.send_bytes(&burst(qos)).await;
-    c.send_bytes(&burst(qos)).await;
+    // More than the broker reads before it closes, and the client goes on
+    // writing after it closed: a close with unread input would reset the
+    // connection, and the client's next write would fail ("broken pipe",
+    // where rumqttc gives up) before it read the reason code.
+    for _ in 0..5 {
+        c.send_bytes(&burst(qos)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let more = c.try_send_bytes(&burst(qos)).await;
+    assert!(more.is_ok(), "the broker reset the connection: {more:?}");
     loop {
         match c.recv5().await {
             Got::Packet(Packet::Disconnect(d)) => return d.reason_code,

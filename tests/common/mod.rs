@@ -169,6 +169,11 @@ impl Raw {
         }
     }
 
+    /// Writes `bytes` and says whether the socket took them.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         // A write may fail when the broker already closed: that is for the
         // test's next recv to see.
