@@ -10,6 +10,7 @@
 
 mod connect;
 mod connection;
+mod io;
 mod lifecycle;
 mod outbox;
 mod persist;

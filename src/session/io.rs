@@ -1,0 +1,149 @@
+//! Framed I/O of one connection: the socket (TCP, TLS or WebSocket, as a
+//! byte stream), the codec, and the read and write buffers, with reads of
+//! whole packets, batched writes, and the final write and lingering close.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::connection::Close;
+use crate::protocol::{Codec, DecodeError, Packet};
+
+/// Anything a connection can run over: TCP, later TLS and WebSocket.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Read buffer for an idle connection: small, so that thousands of idle
+/// clients cost little. It grows while a client sends a lot.
+const IDLE_READ_BUFFER: usize = 256;
+const BUSY_READ_BUFFER: usize = 16 * 1024;
+/// Stop filling the write buffer at this size and write it out first.
+pub(super) const WRITE_BATCH: usize = 64 * 1024;
+/// How long a closing connection waits to write its final DISCONNECT.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lingering close (see `Io::flush_final`): how long, how many bytes, and
+/// how many sockets at once.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+const MAX_LINGERING: usize = 1024;
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Socket, codec and buffers of one connection.
+pub(crate) struct Io {
+    stream: Box<dyn Stream>,
+    pub peer: SocketAddr,
+    pub codec: Codec,
+    rbuf: BytesMut,
+    /// Set while reads fill the buffer: the client is sending a lot, so
+    /// read in big chunks until it goes quiet.
+    busy: bool,
+    pub out: BytesMut,
+}
+
+impl Io {
+    pub(super) fn new(stream: Box<dyn Stream>, peer: SocketAddr, max_packet_size: u32) -> Self {
+        Io {
+            stream,
+            peer,
+            codec: Codec::new(max_packet_size),
+            rbuf: BytesMut::with_capacity(IDLE_READ_BUFFER),
+            busy: false,
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Reads more bytes; `Ok(0)` means the peer closed.
+    pub(super) async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.busy || self.rbuf.capacity() - self.rbuf.len() < IDLE_READ_BUFFER / 2 {
+            self.rbuf.reserve(BUSY_READ_BUFFER);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        self.busy = n >= spare;
+        Ok(n)
+    }
+
+    /// The next complete packet in the read buffer, if any.
+    pub(super) fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
+        let packet = self.codec.decode(&mut self.rbuf)?;
+        if !self.busy && self.rbuf.is_empty() && self.rbuf.capacity() > BUSY_READ_BUFFER {
+            // A burst is over: give the big buffer back.
+            self.rbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        }
+        Ok(packet)
+    }
+
+    /// Queues a packet for the next write. A packet that cannot be encoded
+    /// is logged and skipped.
+    pub fn send(&mut self, packet: Packet) {
+        if let Err(e) = self.codec.encode(packet, &mut self.out) {
+            tracing::warn!(error = %e, "could not encode a packet");
+        }
+    }
+
+    /// Writes everything queued.
+    pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(&self.out).await?;
+        // TLS and WebSocket buffer inside the stream; TCP ignores this.
+        self.stream.flush().await?;
+        self.out.clear();
+        if self.out.capacity() > 4 * WRITE_BATCH {
+            self.out = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued and shuts the write side, giving up after
+    /// `FINAL_WRITE_TIMEOUT` on a client that does not read.
+    pub async fn flush_final(&mut self) {
+        let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    /// After `flush_final` of a DISCONNECT or refusing CONNACK: reads and
+    /// discards what the client still sends, until it closes, for at most
+    /// `LINGER_TIME` and `LINGER_BYTES` (a lingering close, as HTTP servers
+    /// do). Closing a socket with unread input makes the kernel send a
+    /// reset, and a client that was still writing would never read the
+    /// reason code (it would see "connection reset"). At most
+    /// `MAX_LINGERING` sockets linger at once, so this cannot be used to
+    /// hold sockets open; nothing else waits for it.
+    pub async fn linger(&mut self) {
+        let lingering = LINGERING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if lingering < MAX_LINGERING {
+            let mut discarded = 0;
+            let mut sink = [0u8; 1024];
+            let deadline = Instant::now() + LINGER_TIME;
+            while discarded < LINGER_BYTES {
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
+                    Ok(Ok(n)) if n > 0 => discarded += n,
+                    _ => break,
+                }
+            }
+        }
+        LINGERING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Reads until one whole packet is there.
+    pub(super) async fn read_packet(&mut self) -> Result<Packet, Close> {
+        loop {
+            if let Some(p) = self.next_packet()? {
+                return Ok(p);
+            }
+            match self.read_more().await {
+                Ok(0) => return Err(Close::Lost("closed before CONNECT".into())),
+                Ok(_) => {}
+                Err(e) => return Err(Close::Lost(e.to_string())),
+            }
+        }
+    }
+}
