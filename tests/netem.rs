@@ -9,7 +9,8 @@
 //! `numgen random` drop rules; delay, jitter, stalls, resets and half-open
 //! connections come from the proxy. Each scenario prints which mechanism
 //! it used, and one summary line. Without root, `ip` or `nft`, a scenario
-//! prints why it is skipped.
+//! prints why it is skipped (and fails under CI, where `scripts/test`
+//! installs what they need).
 //!
 //! Short form (CI): 20 s of sending per scenario. Long form:
 //! `NETEM_LONG=1 cargo test --release --test netem -- --nocapture`.
@@ -55,6 +56,17 @@ fn sh(args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A scenario this machine cannot run: skipped, with the reason printed,
+/// except under CI (`CI` set), where `scripts/test` installs everything a
+/// scenario needs, so a skip would hide a broken set-up: there it fails.
+fn cannot_run(scenario: &str, why: &str) -> Option<String> {
+    if std::env::var_os("CI").is_some() {
+        panic!("netem {scenario}: cannot run under CI: {why}");
+    }
+    println!("netem {scenario}: skipped: {why}");
+    None
+}
+
 /// Runs `scenario` in a fresh namespace; returns its summary line, or None
 /// (with the reason printed) when this machine cannot run it.
 fn in_namespace(scenario: &str) -> Option<String> {
@@ -64,13 +76,11 @@ fn in_namespace(scenario: &str) -> Option<String> {
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0"));
     if !is_root || !have("ip") {
-        println!("netem {scenario}: skipped: needs root and iproute2 (`ip netns`)");
-        return None;
+        return cannot_run(scenario, "needs root and iproute2 (`ip netns`)");
     }
     let ns = format!("roomq-{scenario}-{}", std::process::id());
     if !sh(&["ip", "netns", "add", &ns]) {
-        println!("netem {scenario}: skipped: cannot create a network namespace");
-        return None;
+        return cannot_run(scenario, "cannot create a network namespace");
     }
     sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
     let netem = sh(&[
@@ -84,8 +94,7 @@ fn in_namespace(scenario: &str) -> Option<String> {
     let needs_loss = matches!(scenario, "lossy" | "broker-crash");
     if needs_loss && !netem && !have("nft") {
         sh(&["ip", "netns", "del", &ns]);
-        println!("netem {scenario}: skipped: no sch_netem and no nft for packet loss");
-        return None;
+        return cannot_run(scenario, "no sch_netem and no nft for packet loss");
     }
     let exe = std::env::current_exe().expect("test binary");
     let inner = format!(
