@@ -103,12 +103,15 @@ impl Router {
         outcome
     }
 
-    /// Removes a topic's retained message, here and in the store, without
-    /// delivering anything (broker housekeeping, not a client's PUBLISH).
+    /// Removes a topic's retained message, here and (when it was written
+    /// there) in the store, without delivering anything (broker
+    /// housekeeping, not a client's PUBLISH). A message kept in memory only,
+    /// like a live presence, costs no store write.
     pub fn clear_retained(&self, topic: &str) {
-        let empty = Arc::new(Message::new(topic, bytes::Bytes::new(), QoS::AtMostOnce, true));
-        self.retained.set(&empty);
-        if let Some(store) = &self.store {
+        let Some(removed) = self.retained.remove(topic) else {
+            return;
+        };
+        if let Some(store) = self.store.as_ref().filter(|_| !removed.retain_in_memory) {
             if let Err(e) = store.put_retained(topic, None) {
                 tracing::error!(%topic, error = %e, "could not remove a retained message from the store");
             }

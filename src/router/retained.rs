@@ -73,13 +73,11 @@ impl RetainedStore {
     /// the payload is empty ([MQTT-3.3.1-10]). Returns false when it was
     /// not stored because the limits are reached.
     pub fn set(&self, message: &Arc<Message>) -> bool {
-        let mut inner = self.inner.write();
         if message.payload.is_empty() {
-            if let Some(old) = remove(&mut inner.root, &mut message.topic.split('/')) {
-                inner.forget(&old);
-            }
+            self.remove(&message.topic);
             return true;
         }
+        let mut inner = self.inner.write();
         let is_counted = counted(&message.topic);
         let size = if is_counted { retained_bytes(message) } else { 0 };
         let old = find(&inner.root, &message.topic).cloned();
@@ -106,6 +104,14 @@ impl RetainedStore {
             inner.bytes += size;
         }
         true
+    }
+
+    /// Removes a topic's retained message and returns it.
+    pub fn remove(&self, topic: &str) -> Option<Arc<Message>> {
+        let mut inner = self.inner.write();
+        let old = remove(&mut inner.root, &mut topic.split('/'))?;
+        inner.forget(&old);
+        Some(old)
     }
 
     /// Every unexpired retained message whose topic matches `filter`;
