@@ -122,7 +122,14 @@ impl Broker {
             tracing::warn!(?kind, %addr, "anonymous clients are allowed on a non-loopback listener (auth.allow_anonymous)");
         }
         let (shutdown, _) = watch::channel(false);
-        let chat = crate::chat::Chat::open(&self.config, store.clone())?;
+        let commit = match (&store, self.config.durability) {
+            (Some(store), Durability::Flush) => Some(GroupCommit::start(
+                store.clone(),
+                Duration::from_micros(self.config.commit_delay_us),
+            )),
+            _ => None,
+        };
+        let chat = crate::chat::Chat::open(&self.config, store.clone(), commit.clone())?;
         let shared = Arc::new(Shared {
             router: Router::new(
                 self.config.retain_available,
@@ -134,13 +141,7 @@ impl Broker {
             auth,
             shutdown,
             connections: AtomicUsize::new(0),
-            commit: match (&store, self.config.durability) {
-                (Some(store), Durability::Flush) => Some(GroupCommit::start(
-                    store.clone(),
-                    Duration::from_micros(self.config.commit_delay_us),
-                )),
-                _ => None,
-            },
+            commit: commit.clone(),
             gate: Gate {
                 acl: Acl::new(self.config.acl.clone()),
                 membership: chat.membership.clone(),
@@ -172,6 +173,13 @@ impl Broker {
             ));
         }
         tracker.spawn(chat_upkeep(shared.clone()));
+        if shared.commit.is_some() {
+            let delivery = shared.clone();
+            tracker.spawn(async move {
+                let stop = delivery.shutdown.subscribe();
+                delivery.chat.run_delivery(&delivery.router, stop).await;
+            });
+        }
         if shared.config.sys_interval_secs > 0 {
             tracker.spawn(publish_sys(shared.clone()));
         }

@@ -2,6 +2,15 @@
 //! with retention by count (`room_max_messages`) and age
 //! (`room_max_age_secs`). The heads are kept apart from the messages, so a
 //! `seq` is never reused, also after every message was trimmed.
+//!
+//! A room has two heads: the last `seq` handed out (appended, perhaps not
+//! yet on disk) and the last `seq` members may see (`head`). Replays,
+//! history and new subscribers read only up to `head`, which moves when a
+//! message is delivered (`chat/commit.rs`: after its group commit with
+//! `durability = "flush"`). With `durability = "buffered"` a message is
+//! delivered before it is on disk, so the log reserves `seq` values a block
+//! at a time and makes the reservation durable before handing them out: a
+//! crash may lose delivered messages, never reuse their `seq`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,18 +23,45 @@ use crate::store::{unix_ms_now, RoomRecord, Store, StoreError};
 /// Trim by count every this many appends, not on every one.
 const TRIM_EVERY: u64 = 64;
 
-/// One room's head and the lock that orders its messages.
+/// `seq` values reserved per durable write with `durability = "buffered"`:
+/// one flush per this many messages of a room; a crash skips at most this
+/// many `seq` values.
+const SEQ_BLOCK: u64 = 1024;
+
+/// One room's heads and the lock that orders its messages.
 pub struct RoomState {
     pub name: Arc<str>,
+    /// The last `seq` handed out.
+    assigned: AtomicU64,
+    /// The last `seq` delivered: what members may see.
     head: AtomicU64,
-    /// Held while a message gets its `seq`, is appended and is fanned out,
-    /// so every subscriber sees the room's messages in `seq` order.
+    /// `seq` values up to this are reserved on disk (buffered mode).
+    reserved: AtomicU64,
+    /// Held while a message gets its `seq`, is appended and is queued for
+    /// delivery, so every subscriber sees the room's messages in `seq`
+    /// order.
     pub(crate) order: Mutex<()>,
 }
 
 impl RoomState {
+    fn new(name: Arc<str>, head: u64) -> RoomState {
+        RoomState {
+            name,
+            assigned: AtomicU64::new(head),
+            head: AtomicU64::new(head),
+            reserved: AtomicU64::new(head),
+            order: Mutex::new(()),
+        }
+    }
+
+    /// The last `seq` members may see.
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
+    }
+
+    /// `seq` is being delivered: replays and history may read it now.
+    pub(crate) fn reveal(&self, seq: u64) {
+        self.head.fetch_max(seq, Ordering::AcqRel);
     }
 }
 
@@ -34,22 +70,26 @@ pub struct RoomLog {
     rooms: RwLock<HashMap<Arc<str>, Arc<RoomState>>>,
     max_messages: u64,
     max_age_ms: u64,
+    /// Messages are delivered before their group commit (buffered mode):
+    /// reserve `seq` values on disk ahead of handing them out.
+    reserve_ahead: bool,
 }
 
 impl RoomLog {
-    /// Loads every room's head.
-    pub fn load(store: Arc<dyn Store>, max_messages: u64, max_age_secs: u64) -> Result<Self, StoreError> {
+    /// Loads every room's head. `reserve_ahead`: messages are delivered
+    /// before they are durable (`durability = "buffered"`).
+    pub fn load(
+        store: Arc<dyn Store>,
+        max_messages: u64,
+        max_age_secs: u64,
+        reserve_ahead: bool,
+    ) -> Result<Self, StoreError> {
         let rooms = store
             .room_heads()?
             .into_iter()
             .map(|(name, head)| {
                 let name: Arc<str> = name.into();
-                let state = Arc::new(RoomState {
-                    name: name.clone(),
-                    head: AtomicU64::new(head),
-                    order: Mutex::new(()),
-                });
-                (name, state)
+                (name.clone(), Arc::new(RoomState::new(name, head)))
             })
             .collect();
         Ok(RoomLog {
@@ -57,6 +97,7 @@ impl RoomLog {
             rooms: RwLock::new(rooms),
             max_messages,
             max_age_ms: max_age_secs.saturating_mul(1000),
+            reserve_ahead,
         })
     }
 
@@ -68,13 +109,7 @@ impl RoomLog {
         let mut rooms = self.rooms.write();
         rooms
             .entry(name.into())
-            .or_insert_with(|| {
-                Arc::new(RoomState {
-                    name: name.into(),
-                    head: AtomicU64::new(0),
-                    order: Mutex::new(()),
-                })
-            })
+            .or_insert_with(|| Arc::new(RoomState::new(name.into(), 0)))
             .clone()
     }
 
@@ -85,7 +120,7 @@ impl RoomLog {
         rooms.contains_key(name) || rooms.len() < max_rooms
     }
 
-    /// The last `seq` of a room (0 when it has none).
+    /// The last `seq` of a room members may see (0 when it has none).
     pub fn head(&self, name: &str) -> u64 {
         self.rooms.read().get(name).map_or(0, |r| r.head())
     }
@@ -100,11 +135,18 @@ impl RoomLog {
             .collect()
     }
 
-    /// Appends the next message of `room`; the caller holds `room.order`.
+    /// Appends the next message of `room`; the caller holds `room.order`
+    /// and calls `reveal` when the message is delivered.
     pub fn append(&self, room: &RoomState, record: &RoomRecord) -> Result<u64, StoreError> {
-        let seq = room.head() + 1;
+        let seq = room.assigned.load(Ordering::Acquire) + 1;
+        if self.reserve_ahead && seq > room.reserved.load(Ordering::Acquire) {
+            let up_to = seq + SEQ_BLOCK - 1;
+            self.store.reserve_room_seqs(&room.name, up_to)?;
+            self.store.flush()?;
+            room.reserved.store(up_to, Ordering::Release);
+        }
         self.store.append_room(&room.name, seq, record)?;
-        room.head.store(seq, Ordering::Release);
+        room.assigned.store(seq, Ordering::Release);
         if seq > self.max_messages && seq % TRIM_EVERY == 0 {
             if let Err(e) = self.store.trim_room(&room.name, seq + 1 - self.max_messages) {
                 tracing::warn!(room = %room.name, error = %e, "could not trim the room log");
@@ -113,8 +155,8 @@ impl RoomLog {
         Ok(seq)
     }
 
-    /// Messages with `after < seq < before`, oldest first (or the newest
-    /// `limit` of them).
+    /// Messages with `after < seq < before` that members may see (up to
+    /// the head), oldest first (or the newest `limit` of them).
     pub fn range(
         &self,
         room: &str,
@@ -123,6 +165,7 @@ impl RoomLog {
         limit: usize,
         newest: bool,
     ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
+        let before = before.min(self.head(room).saturating_add(1));
         self.store.room_range(room, after, before, limit, newest)
     }
 

@@ -4,6 +4,8 @@
 //! - `topics.rs` recognises the chat topics; everything else is plain MQTT.
 //! - `rooms.rs` is the membership model ([`Membership::may_join`]).
 //! - `log.rs` keeps each room's messages once, under one increasing `seq`.
+//! - `commit.rs` delivers a room message once it is on disk
+//!   (`durability = "flush"`).
 //! - `dedup.rs` remembers (room, sender, msg-id) for `dedup_window_secs`.
 //! - `presence.rs`, `typing` and receipts (in `publish.rs`) and
 //!   `history.rs` serve the other chat topics; `payloads.rs` holds their
@@ -13,6 +15,7 @@
 //! cursor per room and replays its backlog from the log on reconnect
 //! (`session/replay.rs`).
 
+mod commit;
 mod dedup;
 mod history;
 mod log;
@@ -39,7 +42,8 @@ pub(crate) use topics::{classify, filter_covers_room, message_topic, room_of, Ch
 use crate::config::Config;
 use crate::protocol::{PublishProperties, QoS};
 use crate::router::{Message, RoomTag, Router};
-use crate::store::{unix_ms_now, MemoryStore, RoomRecord, Store, StoreError};
+use crate::store::{unix_ms_now, GroupCommit, MemoryStore, RoomRecord, Store, StoreError};
+use commit::CommitQueue;
 use dedup::{dedup_key, DedupIndex};
 use presence::Presence;
 
@@ -52,6 +56,9 @@ pub fn is_valid_room_name(name: &str) -> bool {
 pub struct Chat {
     pub membership: Arc<Membership>,
     pub(crate) log: RoomLog,
+    /// Room messages waiting for their group commit (`durability =
+    /// "flush"`); `None` delivers at once.
+    uncommitted: Option<CommitQueue>,
     dedup: DedupIndex,
     presence: Presence,
     /// Last typing event per (room, sender), for `typing_min_interval_ms`.
@@ -88,12 +95,25 @@ pub(crate) struct Post<'a> {
 
 impl Chat {
     /// Loads room heads and de-duplication entries from `store`, or keeps
-    /// them in memory without one.
-    pub fn open(config: &Config, store: Option<Arc<dyn Store>>) -> Result<Chat, StoreError> {
+    /// them in memory without one. With `commit`, room messages are
+    /// delivered after the group commit that stores them (`run_delivery`).
+    pub(crate) fn open(
+        config: &Config,
+        store: Option<Arc<dyn Store>>,
+        commit: Option<Arc<GroupCommit>>,
+    ) -> Result<Chat, StoreError> {
+        // Delivered before it is durable: reserve `seq` values on disk.
+        let reserve_ahead = store.is_some() && commit.is_none();
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
         Ok(Chat {
             membership: Arc::new(Membership::from_config(config)),
-            log: RoomLog::load(store.clone(), config.room_max_messages, config.room_max_age_secs)?,
+            log: RoomLog::load(
+                store.clone(),
+                config.room_max_messages,
+                config.room_max_age_secs,
+                reserve_ahead,
+            )?,
+            uncommitted: commit.map(CommitQueue::new),
             dedup: DedupIndex::load(
                 store,
                 config.dedup_window_secs.saturating_mul(1000),
@@ -107,9 +127,10 @@ impl Chat {
         })
     }
 
-    /// Stores a room message under the room's next `seq` and delivers it,
-    /// unless its msg-id was seen within the window. Returns the `seq` and
-    /// whether it was new.
+    /// Stores a room message under the room's next `seq` and delivers it
+    /// (after its group commit with `durability = "flush"`), unless its
+    /// msg-id was seen within the window. Returns the `seq` and whether it
+    /// was new.
     pub(crate) fn post(&self, router: &Router, post: Post<'_>) -> Result<(u64, bool), StoreError> {
         let room = self.log.room(post.room);
         let _in_order = room.order.lock();
@@ -132,8 +153,24 @@ impl Chat {
             self.dedup.insert(key, seq);
         }
         self.counters.messages.inc();
-        router.publish(room_message(&room.name, seq, record, post.publisher));
+        let message = room_message(&room.name, seq, record, post.publisher);
+        match &self.uncommitted {
+            Some(queue) => queue.push(room.clone(), seq, message),
+            None => {
+                room.reveal(seq);
+                router.publish(message);
+            }
+        }
         Ok((seq, true))
+    }
+
+    /// Delivers room messages as their group commits complete, until
+    /// `stop` (returns at once when messages are delivered without
+    /// waiting for a commit).
+    pub(crate) async fn run_delivery(&self, router: &Router, stop: tokio::sync::watch::Receiver<bool>) {
+        if let Some(queue) = &self.uncommitted {
+            queue.run(router, stop).await;
+        }
     }
 
     /// Periodic upkeep: age-based trimming, de-duplication pruning, and

@@ -84,6 +84,11 @@ impl GroupCommit {
         *self.durable.borrow()
     }
 
+    /// Notified with the highest durable ticket after every commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
     /// Waits until the writes covered by `ticket` are durable.
     pub async fn wait(&self, ticket: u64) {
         let mut rx = self.durable.subscribe();

@@ -126,6 +126,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let room = inner.rooms.entry(room.to_string()).or_default();
+        room.head = room.head.max(up_to);
+        Ok(())
+    }
+
     fn room_range(
         &self,
         room: &str,

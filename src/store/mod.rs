@@ -87,7 +87,13 @@ pub trait Store: Send + Sync {
         limit: usize,
         newest: bool,
     ) -> Result<Vec<(u64, RoomRecord)>, StoreError>;
-    /// Every room's last `seq`.
+    /// Records that `seq` values up to `up_to` are handed out in `room`
+    /// (with `durability = "buffered"`, a delivered message may be lost in a
+    /// crash, but its `seq` must not come back). Durable after the next
+    /// `flush`.
+    fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError>;
+    /// Every room's last `seq`, or its reservation when that is higher: the
+    /// room's next `seq` is above it.
     fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Removes a room's messages with `seq < below`.
     fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError>;

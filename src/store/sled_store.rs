@@ -3,7 +3,8 @@
 //! Trees: `meta` (format version), `retained` (topic → message),
 //! `sessions` (client id → session), the journal's trees (see `journal.rs`),
 //! `qos2_in` (client id + packet id), `room_log` (room + seq → message),
-//! `room_heads` (room → last seq) and `dedup` (room, sender, msg-id → seq). Keys of per-session
+//! `room_heads` (room → last seq; room + NUL → `seq` reserved with
+//! `durability = "buffered"`) and `dedup` (room, sender, msg-id → seq). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
 //! prefix scan finds one session's records.
 //!
@@ -13,6 +14,7 @@
 //! Message records of persistent sessions go through the [`Journal`]:
 //! one sled write per session per flush, not one per message.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::journal::{seq_key, seq_of, session_prefix, Journal};
@@ -44,6 +46,15 @@ struct Trees {
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
+}
+
+/// The key of a room's `seq` reservation in `room_heads`: the room name
+/// and a NUL, which no room name contains.
+fn reservation_key(room: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(room.len() + 1);
+    key.extend_from_slice(room.as_bytes());
+    key.push(0);
+    key
 }
 
 fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
@@ -294,21 +305,39 @@ impl Store for SledStore {
         })
     }
 
-    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
+        self.count_write();
         self.with(|t| {
             t.room_heads
-                .iter()
-                .map(|entry| {
-                    let (key, value) = entry.map_err(io)?;
-                    let head = value.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
-                        StoreError::Corrupt {
+                .insert(reservation_key(room), &up_to.to_be_bytes())
+                .map(drop)
+                .map_err(io)
+        })
+    }
+
+    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with(|t| {
+            let mut heads: BTreeMap<String, u64> = BTreeMap::new();
+            for entry in t.room_heads.iter() {
+                let (key, value) = entry.map_err(io)?;
+                let seq =
+                    value
+                        .as_ref()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt {
                             key: String::from_utf8_lossy(&key).into_owned(),
                             reason: "room head is not 8 bytes".into(),
-                        }
-                    })?;
-                    Ok((String::from_utf8_lossy(&key).into_owned(), head))
-                })
-                .collect()
+                        })?;
+                // A reservation (`room\0`) and the head (`room`) of one room
+                // give one floor for its next `seq`.
+                let room = key.strip_suffix(b"\0").unwrap_or(&key);
+                let floor = heads
+                    .entry(String::from_utf8_lossy(room).into_owned())
+                    .or_default();
+                *floor = (*floor).max(seq);
+            }
+            Ok(heads.into_iter().collect())
         })
     }
 

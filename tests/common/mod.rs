@@ -186,6 +186,14 @@ impl Raw {
         self.send_bytes(&out).await;
     }
 
+    /// `send5`, telling whether the write reached the socket (a crash
+    /// test's client notices the broker is gone).
+    pub async fn try_send5(&mut self, packet: v5::Packet) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        self.v5.encode(packet, &mut out).expect("encode");
+        self.try_send_bytes(&out).await
+    }
+
     pub async fn send3(&mut self, packet: v3::Packet) {
         let mut out = BytesMut::new();
         self.v3.encode(packet, &mut out).expect("encode");
