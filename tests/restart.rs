@@ -123,3 +123,74 @@ async fn will_fires_after_restart_and_expired_session_is_gone() {
     );
     broker.shutdown().await;
 }
+
+/// [MQTT-4.4.0-1]: after a broker restart, unacknowledged QoS 1 messages of
+/// a persistent session are re-sent with their original packet ids (and
+/// DUP set), for 5.0 and 3.1.1 clients alike.
+#[tokio::test]
+async fn unacknowledged_qos1_messages_keep_their_packet_ids_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let (mut sub5, _) = Raw::connect5(addr, persistent5("ids-5")).await;
+    sub5.subscribe5(1, &[("ids/#", opts(QoS::AtLeastOnce))]).await;
+    let (mut sub3, _) = Raw::connect3(addr, connect3("ids-3", false)).await;
+    sub3.subscribe3(1, &[("ids/#", QoS::AtLeastOnce)]).await;
+
+    // Ten acknowledged first, so the unacknowledged ones do not have the
+    // ids a fresh session would hand out.
+    let mut unacked5 = Vec::new();
+    let mut unacked3 = Vec::new();
+    for i in 0..15u32 {
+        broker.publish("ids/x", i.to_string(), QoS::AtLeastOnce, false);
+        let p5 = sub5.publish5().await;
+        let p3 = sub3.publish3().await;
+        let (id5, id3) = (p5.packet_id.unwrap(), p3.packet_id.unwrap());
+        if i < 10 {
+            sub5.send5(Packet::PublishAck(v5::PublishAck {
+                packet_id: id5,
+                ..Default::default()
+            }))
+            .await;
+            sub3.send3(rmqtt_codec::v3::Packet::PublishAck { packet_id: id3 })
+                .await;
+        } else {
+            unacked5.push((id5, p5.payload));
+            unacked3.push((id3, p3.payload));
+        }
+    }
+    // A round trip, so the acknowledgements above were read.
+    sub5.subscribe5(2, &[("other", opts(QoS::AtLeastOnce))]).await;
+    sub3.subscribe3(2, &[("other", QoS::AtLeastOnce)]).await;
+    drop((sub5, sub3));
+    broker.shutdown().await;
+
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let (mut sub5, ack) = Raw::connect5(addr, persistent5("ids-5")).await;
+    assert!(ack.session_present);
+    let (mut sub3, ack) = Raw::connect3(addr, connect3("ids-3", false)).await;
+    assert!(ack.session_present);
+    for (id, payload) in &unacked5 {
+        let p = sub5.publish5().await;
+        assert_eq!(
+            (p.packet_id, &p.payload, p.dup),
+            (Some(*id), payload, true),
+            "5.0 resend"
+        );
+    }
+    for (id, payload) in &unacked3 {
+        let p = sub3.publish3().await;
+        assert_eq!(
+            (p.packet_id, &p.payload, p.dup),
+            (Some(*id), payload, true),
+            "3.1.1 resend"
+        );
+    }
+    // A new message gets an id no unacknowledged message holds.
+    broker.publish("ids/x", "new", QoS::AtLeastOnce, false);
+    let p = sub5.publish5().await;
+    assert_eq!(&p.payload[..], b"new");
+    assert!(unacked5.iter().all(|(id, _)| Some(*id) != p.packet_id));
+    broker.shutdown().await;
+}

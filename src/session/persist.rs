@@ -125,11 +125,13 @@ impl Session {
         }
     }
 
-    /// Records a QoS 2 message's packet id and progress, so it is resent
-    /// with the same id after a restart.
-    /// Returns whether the store was written to.
+    /// Records an in-flight QoS 1/2 message's packet id (and QoS 2
+    /// progress), so after a restart it is resent with its original packet
+    /// id ([MQTT-4.4.0-1]). Written with the next flush; a message
+    /// acknowledged before then is never written. Returns whether the
+    /// store was written to.
     pub(crate) fn record_inflight(&self, st: &SessionState, f: &Inflight) -> bool {
-        if f.delivery.qos != QoS::ExactlyOnce {
+        if f.delivery.qos == QoS::AtMostOnce {
             return false;
         }
         let (Some(store), Some(seq)) = (self.durable_store(st), f.delivery.store_seq) else {
@@ -300,15 +302,18 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
                     store_seq: Some(seq),
                 };
                 match record.packet_id.and_then(NonZeroU16::new) {
-                    Some(packet_id) => st.inflight.push_back(Inflight {
-                        packet_id,
-                        delivery,
-                        stage: if record.released {
-                            Stage::Pubcomp
-                        } else {
-                            Stage::Pubrec
-                        },
-                    }),
+                    Some(packet_id) => {
+                        let stage = match (delivery.qos, record.released) {
+                            (QoS::AtLeastOnce, _) => Stage::Puback,
+                            (_, true) => Stage::Pubcomp,
+                            (_, false) => Stage::Pubrec,
+                        };
+                        st.inflight.push_back(Inflight {
+                            packet_id,
+                            delivery,
+                            stage,
+                        });
+                    }
                     None => st.queue.push_back(delivery),
                 }
             }
