@@ -328,7 +328,7 @@ impl Default for Config {
             storage: StorageKind::Sled,
             durability: Durability::Flush,
             flush_interval_ms: 100,
-            commit_delay_us: 2000,
+            commit_delay_us: 1000,
             max_connections: 100_000,
             max_packet_size: 16 * 1024 * 1024,
             max_inflight_messages: 128,
