@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::*;
 use tokio::process::Command;
@@ -29,6 +28,65 @@ async fn mosquitto_pub(port: u16, args: &[&str]) {
     assert!(status.success(), "mosquitto_pub {args:?} failed");
 }
 
+/// A `mosquitto_sub` started with `-d`, returned once its SUBACK arrived,
+/// and the rest of its output: the messages, without the debug lines.
+struct Subscribed {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+async fn mosquitto_sub_subscribed(port: u16, args: &[&str]) -> Subscribed {
+    use tokio::io::AsyncBufReadExt;
+    // Line-buffered, so the SUBACK line arrives as it is printed.
+    let mut child = Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-d",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("stdbuf and mosquitto_sub are installed");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("SUBACK in time")
+            .unwrap()
+            .expect("mosquitto_sub ended before its SUBACK");
+        if line.contains("received SUBACK") {
+            return Subscribed { child, lines };
+        }
+    }
+}
+
+impl Subscribed {
+    /// Everything printed after the SUBACK, except mosquitto_sub's debug
+    /// lines ("Client ... sending/received ...", "Subscribed ...").
+    async fn messages(mut self) -> String {
+        let mut out = String::new();
+        while let Some(line) = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("mosquitto_sub ends")
+            .unwrap()
+        {
+            if !line.starts_with("Client ") && !line.starts_with("Subscribed ") {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        let _ = self.child.wait().await;
+        out
+    }
+}
+
 async fn output(child: tokio::process::Child) -> String {
     let out = tokio::time::timeout(WAIT, child.wait_with_output())
         .await
@@ -42,11 +100,12 @@ async fn pub_and_sub_on_both_versions() {
     let broker = start().await;
     let port = broker.local_addr().port();
     for version in ["mqttv311", "mqttv5"] {
-        let sub = mosquitto_sub(port, &["-V", version, "-t", "demo/#", "-v", "-q", "1", "-C", "2"]).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sub =
+            mosquitto_sub_subscribed(port, &["-V", version, "-t", "demo/#", "-v", "-q", "1", "-C", "2"])
+                .await;
         mosquitto_pub(port, &["-V", version, "-t", "demo/a", "-m", "one", "-q", "1"]).await;
         mosquitto_pub(port, &["-V", version, "-t", "demo/b", "-m", "two", "-q", "2"]).await;
-        assert_eq!(output(sub).await, "demo/a one\ndemo/b two\n", "{version}");
+        assert_eq!(sub.messages().await, "demo/a one\ndemo/b two\n", "{version}");
     }
     broker.shutdown().await;
 }

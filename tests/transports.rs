@@ -197,8 +197,20 @@ fn tls_subscriber(
     ca: PathBuf,
     secs: u32,
 ) -> tokio::task::JoinHandle<std::process::Output> {
+    tls_subscriber_for(port, topic, ca, secs, 1)
+}
+
+/// `tls_subscriber` for `count` messages.
+fn tls_subscriber_for(
+    port: String,
+    topic: &'static str,
+    ca: PathBuf,
+    secs: u32,
+    count: u32,
+) -> tokio::task::JoinHandle<std::process::Output> {
     tokio::spawn(async move {
         let secs = secs.to_string();
+        let count = count.to_string();
         let args = [
             "-h",
             "localhost",
@@ -207,7 +219,7 @@ fn tls_subscriber(
             "-t",
             topic,
             "-C",
-            "1",
+            &count,
             "-W",
             &secs,
             "--cafile",
@@ -304,18 +316,20 @@ async fn a_certificate_reload_keeps_open_connections_and_serves_new_ones_the_new
     ];
     let broker = start_with(config).await;
     let port = port_of(&broker, ListenerKind::Tls).to_string();
-    let sub = tls_subscriber(port.clone(), "reload/t", old.path("ca.pem"), 20);
+    let sub = tls_subscriber_for(port.clone(), "reload/t", old.path("ca.pem"), 20, 2);
     let mut tcp = Raw::client5(broker.local_addr(), "tcp-pub").await;
-    // Wait until the TLS subscriber is connected (a publish finds it).
-    let mut connected = false;
+    // Wait until the TLS subscriber has subscribed: a QoS 1 probe finds a
+    // subscriber (PUBACK Success, not 0x10) exactly once.
+    let mut subscribed = false;
     for _ in 0..50 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if broker.session_count() >= 2 {
-            connected = true;
+        let ack = tcp.publish1_5(1, "reload/t", b"probe").await;
+        if ack.reason_code == rmqtt_codec::v5::PublishAckReason::Success {
+            subscribed = true;
             break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(connected, "the TLS subscriber connected");
+    assert!(subscribed, "the TLS subscriber subscribed");
     // New files at the same paths, then reload (what SIGHUP does).
     for name in ["server.pem", "server-key.pem"] {
         std::fs::copy(new.path(name), old.path(name)).unwrap();
@@ -324,7 +338,7 @@ async fn a_certificate_reload_keeps_open_connections_and_serves_new_ones_the_new
     // The open connection still works.
     tcp.publish1_5(2, "reload/t", b"still here").await;
     let out = sub.await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "probe\nstill here");
     // New connections get the new certificate.
     let args = ["-h", "localhost", "-p", &port, "-t", "x", "-m", "y", "--cafile"];
     assert!(mosquitto("mosquitto_pub", &args, &[&new.path("ca.pem")])

@@ -15,7 +15,7 @@ async fn publish_reaches_subscriber_at_min_qos() {
     sub.subscribe("t/q0", RQoS::AtMostOnce).await.unwrap();
     sub.subscribe("t/q1", RQoS::AtLeastOnce).await.unwrap();
     sub.subscribe("t/q2", RQoS::ExactlyOnce).await.unwrap();
-    tokio::time::sleep(QUIET).await;
+    rx.subacks(3).await;
     let (publisher, _prx) = rumqttc_v4(v4_options(addr, "pub")).await;
     publisher
         .publish("t/q0", RQoS::ExactlyOnce, false, "a")
@@ -69,7 +69,7 @@ async fn wildcards_and_dollar_topics() {
 async fn retained_set_replace_clear_and_flag() {
     let broker = start().await;
     let addr = broker.local_addr();
-    let (publisher, _) = rumqttc_v4(v4_options(addr, "p")).await;
+    let (publisher, mut acks) = rumqttc_v4(v4_options(addr, "p")).await;
     publisher
         .publish("r/1", RQoS::AtLeastOnce, true, "first")
         .await
@@ -86,7 +86,7 @@ async fn retained_set_replace_clear_and_flag() {
         .publish("r/2", RQoS::AtLeastOnce, true, "")
         .await
         .unwrap();
-    tokio::time::sleep(QUIET).await;
+    acks.pubacks(4).await;
 
     let (mut sub, _) = Raw::connect3(addr, connect3("s", true)).await;
     sub.subscribe3(1, &[("r/#", QoS::AtLeastOnce)]).await;
@@ -115,7 +115,7 @@ async fn will_sent_on_drop_not_on_disconnect() {
     let addr = broker.local_addr();
     let (watcher, mut rx) = rumqttc_v4(v4_options(addr, "watcher")).await;
     watcher.subscribe("wills/#", RQoS::AtLeastOnce).await.unwrap();
-    tokio::time::sleep(QUIET).await;
+    rx.subacks(1).await;
 
     let with_will = |id: &str, topic: &str| {
         let mut c = connect3(id, true);

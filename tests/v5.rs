@@ -694,7 +694,7 @@ async fn rumqttc_v5_round_trip_with_user_properties() {
     let addr = broker.local_addr();
     let (sub, mut rx) = rumqttc_v5(v5_options(addr, "rv5-sub")).await;
     sub.subscribe("chat/+", RQoS::AtLeastOnce).await.unwrap();
-    tokio::time::sleep(QUIET).await;
+    rx.subacks(1).await;
     let (publisher, _) = rumqttc_v5(v5_options(addr, "rv5-pub")).await;
     let props = PublishProperties {
         user_properties: vec![("msg-id".into(), "42".into())],

@@ -399,14 +399,60 @@ pub fn opts(qos: v5::QoS) -> v5::SubscriptionOptions {
     }
 }
 
+/// What a rumqttc client received: its PUBLISHes (the receiver itself, by
+/// deref), SUBACKs and PUBACKs, so a test waits for a subscription or a
+/// stored message instead of sleeping.
+pub struct Inbox<T> {
+    publishes: mpsc::UnboundedReceiver<T>,
+    subacks: mpsc::UnboundedReceiver<()>,
+    pubacks: mpsc::UnboundedReceiver<()>,
+}
+
+/// Takes `count` signals from `acks` within `WAIT` each, or fails the test.
+async fn take_acks(acks: &mut mpsc::UnboundedReceiver<()>, count: usize, what: &str) {
+    for _ in 0..count {
+        tokio::time::timeout(WAIT, acks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time"))
+            .expect("client running");
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Waits for the next `count` SUBACKs.
+    pub async fn subacks(&mut self, count: usize) {
+        take_acks(&mut self.subacks, count, "SUBACK").await;
+    }
+
+    /// Waits for the next `count` PUBACKs.
+    pub async fn pubacks(&mut self, count: usize) {
+        take_acks(&mut self.pubacks, count, "PUBACK").await;
+    }
+}
+
+impl<T> std::ops::Deref for Inbox<T> {
+    type Target = mpsc::UnboundedReceiver<T>;
+    fn deref(&self) -> &Self::Target {
+        &self.publishes
+    }
+}
+
+impl<T> std::ops::DerefMut for Inbox<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.publishes
+    }
+}
+
 /// Runs a rumqttc event loop (v4 or v5: the same shape, different types)
 /// in a task: waits for the first CONNACK, then forwards every incoming
-/// PUBLISH to the returned channel until the loop fails.
+/// PUBLISH and SUBACK to the returned inbox until the loop fails.
 macro_rules! forward_events {
     ($eventloop:ident, $event:path, $packet:path) => {{
         use $event as Ev;
         use $packet as Pk;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (suback_tx, suback_rx) = mpsc::unbounded_channel();
+        let (puback_tx, puback_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);
         tokio::spawn(async move {
@@ -422,6 +468,12 @@ macro_rules! forward_events {
                             return;
                         }
                     }
+                    Ok(Ev::Incoming(Pk::SubAck(_))) => {
+                        let _ = suback_tx.send(());
+                    }
+                    Ok(Ev::Incoming(Pk::PubAck(_))) => {
+                        let _ = puback_tx.send(());
+                    }
                     Ok(_) => {}
                     Err(_) => return,
                 }
@@ -431,15 +483,19 @@ macro_rules! forward_events {
             .await
             .expect("CONNACK in time")
             .expect("connected");
-        rx
+        Inbox {
+            publishes: rx,
+            subacks: suback_rx,
+            pubacks: puback_rx,
+        }
     }};
 }
 
-/// A rumqttc v4 (MQTT 3.1.1) client whose incoming PUBLISHes arrive on the
-/// returned channel. The event loop runs until the client disconnects.
+/// A rumqttc v4 (MQTT 3.1.1) client whose incoming PUBLISHes arrive in the
+/// returned inbox. The event loop runs until the client disconnects.
 pub async fn rumqttc_v4(
     mut options: rumqttc::MqttOptions,
-) -> (rumqttc::AsyncClient, mpsc::UnboundedReceiver<rumqttc::Publish>) {
+) -> (rumqttc::AsyncClient, Inbox<rumqttc::Publish>) {
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
     let rx = forward_events!(eventloop, rumqttc::Event, rumqttc::Packet);
@@ -450,12 +506,12 @@ pub fn v4_options(addr: SocketAddr, id: &str) -> rumqttc::MqttOptions {
     rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port())
 }
 
-/// A rumqttc v5 client whose incoming PUBLISHes arrive on the channel.
+/// A rumqttc v5 client whose incoming PUBLISHes arrive in the inbox.
 pub async fn rumqttc_v5(
     mut options: rumqttc::v5::MqttOptions,
 ) -> (
     rumqttc::v5::AsyncClient,
-    mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    Inbox<rumqttc::v5::mqttbytes::v5::Publish>,
 ) {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::Event;
