@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::protocol::QoS;
 use crate::router::{Message, RetainedStore, Router};
 use crate::session::Registry;
-use crate::store::{GroupCommit, SledStore, Store};
+use crate::store::{GroupCommit, Monitored, SledStore, Store, StoreHealth};
 
 /// State shared by every task of one broker; cheap to clone as `Arc`.
 pub(crate) struct Shared {
@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     /// Group commit, with `durability = "flush"`: acknowledgements of QoS
     /// 1/2 messages wait for it.
     pub commit: Option<Arc<GroupCommit>>,
+    /// Whether the store can write (a full disk cannot).
+    pub store_health: Arc<StoreHealth>,
     /// Rooms, presence, history (see `topics.md`).
     pub chat: crate::chat::Chat,
     /// The one access decision (topic rules and room membership) for
@@ -71,11 +73,23 @@ pub enum StartError {
 pub struct Broker {
     config: Config,
     auth: Option<Arc<dyn Authenticator>>,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Broker {
     pub fn new(config: Config) -> Self {
-        Broker { config, auth: None }
+        Broker {
+            config,
+            auth: None,
+            store: None,
+        }
+    }
+
+    /// Uses `store` instead of the one `storage` names (for an embedding
+    /// program with its own storage engine, and for fault-injection tests).
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Replaces the built-in authentication policy.
@@ -90,10 +104,14 @@ impl Broker {
         self.config.validate().map_err(StartError::Config)?;
         // The store is opened before the port, so a bad data directory stops
         // start-up before any client can connect.
-        let store: Option<Arc<dyn Store>> = match self.config.storage {
-            StorageKind::Memory => None,
-            StorageKind::Sled => Some(Arc::new(SledStore::open(&self.config.data_dir)?)),
+        let store: Option<Arc<dyn Store>> = match (self.store, self.config.storage) {
+            (Some(store), _) => Some(store),
+            (None, StorageKind::Memory) => None,
+            (None, StorageKind::Sled) => Some(Arc::new(SledStore::open(&self.config.data_dir)?)),
         };
+        let store_health = Arc::new(StoreHealth::default());
+        let store: Option<Arc<dyn Store>> =
+            store.map(|s| Arc::new(Monitored::new(s, store_health.clone())) as Arc<dyn Store>);
         let mut listeners = Vec::new();
         for listener in self.config.effective_listeners() {
             listeners.push(crate::server::bind(listener).await?);
@@ -142,6 +160,7 @@ impl Broker {
             shutdown,
             connections: AtomicUsize::new(0),
             commit: commit.clone(),
+            store_health,
             gate: Gate {
                 acl: Acl::new(self.config.acl.clone()),
                 membership: chat.membership.clone(),
@@ -185,6 +204,9 @@ impl Broker {
         }
         if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.durability) {
             tracker.spawn(flush_periodically(store.clone(), shared.clone()));
+        }
+        if shared.store.is_some() {
+            tracker.spawn(watch_store(shared.clone()));
         }
         tracing::info!(%local_addr, "roomq listening");
         Ok(BrokerHandle {
@@ -350,11 +372,27 @@ impl BrokerHandle {
         {
             tracing::warn!("some connections did not close within 10 s of shutdown");
         }
-        if let Some(store) = &self.shared.store {
-            if let Err(e) = store.flush() {
-                tracing::error!(error = %e, "final store flush failed");
+        if let Some(store) = self.shared.store.clone() {
+            // On its own thread and bounded: sled's flush does not return
+            // after a write hit a full disk, and a shutdown must end. What
+            // was acknowledged was flushed before its acknowledgement.
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("roomq-final-flush".into())
+                .spawn(move || {
+                    if let Err(e) = store.flush() {
+                        tracing::error!(error = %e, "final store flush failed");
+                    }
+                    store.close();
+                    let _ = done_tx.send(());
+                });
+            let bound = Duration::from_millis(self.shared.config.store_stall_timeout_ms.max(1000));
+            if spawned.is_ok() && tokio::time::timeout(bound, done_rx).await.is_err() {
+                tracing::error!(
+                    waited_ms = bound.as_millis() as u64,
+                    "the final store flush did not finish (disk full?); stopping without it"
+                );
             }
-            store.close();
         }
         tracing::info!("roomq stopped");
     }
@@ -404,8 +442,47 @@ async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         let store = store.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
-            tracing::error!(error = %e, "periodic store flush failed");
+        // A failure is recorded and logged by the store's health.
+        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+    }
+}
+
+/// Every second: measures the free disk space (`min_free_disk_bytes`) and
+/// publishes `$SYS/broker/store/status` (retained) when it changes: "ok",
+/// or "failing since {unix ms}: {why}" while the store refuses writes
+/// (unless `$SYS` is off: `sys_interval_secs = 0`).
+async fn watch_store(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut published: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if shared.config.storage == StorageKind::Sled && shared.config.min_free_disk_bytes > 0 {
+            match fs2::available_space(&shared.config.data_dir) {
+                Ok(free) => shared
+                    .store_health
+                    .disk_space(free, shared.config.min_free_disk_bytes),
+                Err(error) => {
+                    tracing::debug!(%error, dir = %shared.config.data_dir.display(), "cannot read the free disk space")
+                }
+            }
+        }
+        let status = match shared.store_health.failure() {
+            None => "ok".to_string(),
+            Some(failure) => format!("failing since {}: {}", failure.since_unix_ms, failure.error),
+        };
+        // `$SYS` is off with `sys_interval_secs = 0`, as in Mosquitto.
+        if shared.config.sys_interval_secs > 0 && published.as_deref() != Some(&status) {
+            shared.router.publish(Message::new(
+                "$SYS/broker/store/status",
+                Bytes::from(status.clone()),
+                QoS::AtMostOnce,
+                true,
+            ));
+            published = Some(status);
         }
     }
 }

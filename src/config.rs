@@ -52,6 +52,17 @@ pub struct Config {
     /// group commit waits for more writes before it flushes. More messages
     /// per flush cost less CPU; a lone client is never delayed. 0 turns it off.
     pub commit_delay_us: u64,
+    /// With `durability = "flush"`, when the store cannot write (a full
+    /// disk): milliseconds an acknowledgement waits for it before the
+    /// publish is refused (5.0 PUBACK/PUBREC 0x97 Quota exceeded; 3.1.1 no
+    /// PUBACK, the connection stays open). Also bounds how long a SUBACK or
+    /// CONNACK, and a shutdown, wait for a failing store.
+    pub store_stall_timeout_ms: u64,
+    /// With a store on disk: below this many free bytes on the data
+    /// directory's file system, publishes that need the store are refused
+    /// (sled cannot recover from a write that hit a full disk). 0 turns the
+    /// check off.
+    pub min_free_disk_bytes: u64,
     /// Most client connections open at once; further ones are refused
     /// (5.0 CONNACK 0x89 Server busy, 3.1.1 return code 3).
     pub max_connections: usize,
@@ -329,6 +340,8 @@ impl Default for Config {
             durability: Durability::Flush,
             flush_interval_ms: 100,
             commit_delay_us: 1000,
+            store_stall_timeout_ms: 5000,
+            min_free_disk_bytes: 64 * 1024 * 1024,
             max_connections: 100_000,
             max_packet_size: 16 * 1024 * 1024,
             max_inflight_messages: 128,

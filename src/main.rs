@@ -129,7 +129,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         // Listen before starting: a SIGTERM during a long store restore
         // then waits for the start and shuts down cleanly.
         let signals = ShutdownSignals::install();
@@ -152,7 +152,11 @@ fn main() -> ExitCode {
         tracing::info!("shutting down");
         broker.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // A blocking task stuck on a broken store (a flush after a full disk)
+    // must not keep the process alive: the shutdown has given up on it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// SIGINT, SIGTERM and SIGHUP, registered once at start-up.

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub acl_denied: Counter,
     /// Connections closed for going over a publish rate limit.
     pub rate_limited: Counter,
+    /// Publishes refused because the store could not write them within
+    /// `store_stall_timeout_ms` (a full disk).
+    pub publishes_refused_store: Counter,
 }
 
 impl Default for Metrics {
@@ -69,6 +72,7 @@ impl Default for Metrics {
             connections_limited: Counter::default(),
             acl_denied: Counter::default(),
             rate_limited: Counter::default(),
+            publishes_refused_store: Counter::default(),
         }
     }
 }

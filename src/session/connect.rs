@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::connection::{wait_until_durable, Close, Connection, Io};
+use super::acks::wait_until_durable;
+use super::connection::{Close, Connection, Io};
 use super::registry::ClaimRefused;
 use super::Will;
 use crate::auth::gate::Principal;

@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::acks::wait_durable;
 pub(crate) use super::io::Io;
 pub use super::io::Stream;
 use super::io::WRITE_BATCH;
@@ -67,7 +68,7 @@ pub(crate) struct Connection {
     /// ticket that makes its messages durable, oldest first. The
     /// connection keeps reading while they wait, so its next messages join
     /// the next flush instead of waiting for this one to finish.
-    pub awaiting_acks: std::collections::VecDeque<(u64, Vec<Packet>)>,
+    pub awaiting_acks: std::collections::VecDeque<super::acks::AwaitingAcks>,
     /// PUBACKs queued behind a group commit: QoS 1 messages still in
     /// flight towards the broker, which count against Receive Maximum.
     pub qos1_acks_waiting: usize,
@@ -178,7 +179,8 @@ impl Connection {
                 }
             }
             let commit = self.shared.commit.clone();
-            let oldest_ticket = self.awaiting_acks.front().map(|(t, _)| *t);
+            let oldest_ticket = self.awaiting_acks.front().map(|a| a.ticket);
+            let stall_deadline = self.ack_stall_deadline();
             let read = tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => return Close::Shutdown,
@@ -189,13 +191,18 @@ impl Connection {
                 _ = self.kick.notified() => return self.kicked(),
                 r = self.io.read_more() => r,
                 _ = self.session.wake.notified() => continue,
-                // One timer for both deadlines: each timer is part of every
+                // One timer for every deadline: each timer is part of every
                 // idle connection's task.
-                _ = sleep_until_opt(earliest(deadline, self.auth_deadline)) => {
-                    if self.auth_deadline.is_some_and(|d| d <= Instant::now()) {
+                _ = sleep_until_opt(earliest(earliest(deadline, self.auth_deadline), stall_deadline)) => {
+                    let now = Instant::now();
+                    if self.auth_deadline.is_some_and(|d| d <= now) {
                         return Close::ByServer(DisconnectReasonCode::MaximumConnectTime, "the login token expired".into());
                     }
-                    return Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, "keep alive timeout".into())
+                    if deadline.is_some_and(|d| d <= now) {
+                        return Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, "keep alive timeout".into());
+                    }
+                    self.on_ack_stall();
+                    continue;
                 }
             };
             match read {
@@ -241,97 +248,6 @@ impl Connection {
                 DisconnectReasonCode::SessionTakenOver,
                 "session taken over".into(),
             ),
-        }
-    }
-
-    /// Puts this batch's acknowledgements behind a group-commit ticket: one
-    /// flush covers every PUBLISH read in the batch.
-    fn queue_acks(&mut self) {
-        if self.pending_acks.is_empty() {
-            return;
-        }
-        let acks = std::mem::take(&mut self.pending_acks);
-        match self.shared.commit.as_ref() {
-            Some(commit) => self.awaiting_acks.push_back((commit.ticket(), acks)),
-            None => acks.into_iter().for_each(|ack| self.io.send(ack)),
-        }
-    }
-
-    /// Sends, in order, the acknowledgements whose messages are durable now.
-    fn send_durable_acks(&mut self) {
-        let Some(durable) = self.shared.commit.as_ref().map(|c| c.durable()) else {
-            return;
-        };
-        while self
-            .awaiting_acks
-            .front()
-            .is_some_and(|(ticket, _)| *ticket <= durable)
-        {
-            if let Some((_, acks)) = self.awaiting_acks.pop_front() {
-                for ack in acks {
-                    if matches!(ack, Packet::PublishAck(_)) {
-                        self.qos1_acks_waiting = self.qos1_acks_waiting.saturating_sub(1);
-                    }
-                    self.io.send(ack);
-                }
-            }
-        }
-    }
-
-    /// Before closing: waits for every queued acknowledgement and sends it.
-    async fn release_acks(&mut self) {
-        self.queue_acks();
-        if let (Some(commit), Some((last, _))) = (self.shared.commit.clone(), self.awaiting_acks.back()) {
-            commit.wait(*last).await;
-        }
-        self.send_durable_acks();
-    }
-
-    /// Sends a SUBACK/UNSUBACK: at once, or after the next group commit when
-    /// `session_written` (the session record it promises was just written).
-    pub(super) fn reply_when_durable(&mut self, reply: Packet, session_written: bool) {
-        if session_written && self.shared.commit.is_some() {
-            self.replies_when_durable.push(reply);
-        } else {
-            self.io.send(reply);
-        }
-    }
-
-    /// Waits for the commit that covers the session record, then sends the
-    /// acknowledgements it made durable and the waiting replies, in the
-    /// order their packets arrived. Subscribing is rare, so this connection
-    /// stops reading for one flush.
-    async fn send_replies_when_durable(&mut self) {
-        self.queue_acks();
-        wait_until_durable(&self.shared).await;
-        self.send_durable_acks();
-        for reply in std::mem::take(&mut self.replies_when_durable) {
-            self.io.send(reply);
-        }
-    }
-
-    /// `send_ack` when `store_written` (a persistent session's PUBREL or
-    /// PUBCOMP promises the state it just stored), else at once.
-    pub(super) fn send_ack_if_stored(&mut self, ack: Packet, store_written: bool) {
-        if store_written {
-            self.send_ack(ack);
-        } else {
-            self.io.send(ack);
-        }
-    }
-
-    /// Queues an acknowledgement that promises what was just written to the
-    /// store (PUBACK, PUBREC, and the PUBREL/PUBCOMP of a persistent
-    /// session): at once without a durable store, else after the next group
-    /// commit.
-    pub(super) fn send_ack(&mut self, ack: Packet) {
-        if self.shared.commit.is_some() {
-            if matches!(ack, Packet::PublishAck(_)) {
-                self.qos1_acks_waiting += 1;
-            }
-            self.pending_acks.push(ack);
-        } else {
-            self.io.send(ack);
         }
     }
 
@@ -460,22 +376,6 @@ impl Connection {
         if matches!(close, Close::ByServer(..) | Close::Revoked) {
             self.io.linger().await;
         }
-    }
-}
-
-/// Waits until everything written to the store so far is on disk; at once
-/// without a durable store (`--memory`, `durability = "buffered"`).
-pub(crate) async fn wait_until_durable(shared: &Shared) {
-    if let Some(commit) = shared.commit.as_ref() {
-        commit.wait(commit.ticket()).await;
-    }
-}
-
-/// Resolves when `ticket` is durable; never when there is nothing to wait for.
-async fn wait_durable(commit: Option<std::sync::Arc<crate::store::GroupCommit>>, ticket: Option<u64>) {
-    match (commit, ticket) {
-        (Some(commit), Some(ticket)) => commit.wait(ticket).await,
-        _ => std::future::pending().await,
     }
 }
 

@@ -8,6 +8,7 @@
 //! them. Both sides take the session's `std::sync::Mutex` briefly and never
 //! across an `.await`.
 
+mod acks;
 mod connect;
 mod connection;
 mod io;

@@ -69,6 +69,16 @@ impl Connection {
             return None;
         }
 
+        if self.store_refuses(&publish) {
+            // Not accepted, so nothing is promised: 5.0 learns why, 3.1.1
+            // gets no acknowledgement and sends it again after reconnecting.
+            self.shared.metrics.publishes_refused_store.inc();
+            if self.version.is_v5() {
+                self.acknowledge(packet_id, qos, PublishAckReason::QuotaExceeded);
+            }
+            return None;
+        }
+
         if qos == QoS::AtLeastOnce && self.version.is_v5() {
             // Receive Maximum counts QoS 1 and 2 ([MQTT-3.3.4-9]): a QoS 1
             // message is in flight until its PUBACK, which may wait for the
@@ -136,6 +146,19 @@ impl Connection {
         }
         self.acknowledge(packet_id, qos, reason);
         None
+    }
+
+    /// Whether this publish needs the store (QoS 1/2, retained, or a room
+    /// message) while the store refuses writes (a full disk).
+    fn store_refuses(&self, publish: &Publish) -> bool {
+        self.shared.store.is_some()
+            && (publish.qos != QoS::AtMostOnce
+                || publish.retain
+                || matches!(
+                    crate::chat::classify(&publish.topic),
+                    Some(crate::chat::ChatTopic::Message { .. })
+                ))
+            && self.shared.store_health.is_failing()
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.

@@ -29,6 +29,9 @@ use tokio::sync::watch;
 
 use super::Store;
 
+/// How long the flusher waits before it tries a failed flush again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
+
 /// The group-commit coordinator of one store.
 pub struct GroupCommit {
     /// Highest ticket handed out.
@@ -126,10 +129,11 @@ impl GroupCommit {
                 self.durable.send_replace(target);
                 target - durable > 1
             }
-            Err(error) => {
-                // Acknowledgements wait for a flush that works.
-                tracing::error!(%error, "store flush failed, retrying");
-                std::thread::sleep(Duration::from_millis(100));
+            Err(_) => {
+                // Acknowledgements wait for a flush that works (and are
+                // refused after `store_stall_timeout_ms`); retried until
+                // the disk has room again. The store's health logs it.
+                std::thread::sleep(RETRY_AFTER_FAILURE);
                 let (pending, _) = &self.wake;
                 *pending.lock() = true;
                 concurrent

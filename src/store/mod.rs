@@ -11,13 +11,17 @@
 //! they keep running while the broker is down.
 
 mod group_commit;
+mod health;
 mod journal;
 mod memory;
+mod monitored;
 mod records;
 mod sled_store;
 
 pub use group_commit::GroupCommit;
+pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
+pub use monitored::Monitored;
 pub use records::{
     unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, RoomRecord, SessionRecord,
     SubscriptionRecord, WillRecord,

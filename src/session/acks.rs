@@ -1,0 +1,232 @@
+//! Acknowledgements behind the group commit: a PUBACK, PUBREC (and a
+//! persistent session's PUBREL/PUBCOMP, SUBACK, UNSUBACK) is sent only once
+//! what it promises is on disk. A connection's acknowledgements wait in
+//! batches, each behind one group-commit ticket, and go out in arrival
+//! order ([MQTT-4.6.0-2]).
+//!
+//! While the store cannot write (a full disk), a batch that has waited
+//! `store_stall_timeout_ms` is answered with a refusal instead: 5.0 PUBACK
+//! or PUBREC 0x97 Quota exceeded, 3.1.1 no acknowledgement (the client
+//! sends the message again after it reconnects). The connection stays
+//! open, and the message was not acknowledged, so no promise is broken.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::connection::Connection;
+use crate::broker::Shared;
+use crate::protocol::{Packet, PublishAckReason};
+use crate::store::GroupCommit;
+
+/// One batch of acknowledgements waiting for its group commit.
+pub(crate) struct AwaitingAcks {
+    pub ticket: u64,
+    /// When the batch began to wait.
+    pub since: Instant,
+    pub acks: Vec<Packet>,
+}
+
+impl Connection {
+    /// Puts this batch's acknowledgements behind a group-commit ticket: one
+    /// flush covers every PUBLISH read in the batch.
+    pub(super) fn queue_acks(&mut self) {
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.pending_acks);
+        match self.shared.commit.as_ref() {
+            Some(commit) => self.awaiting_acks.push_back(AwaitingAcks {
+                ticket: commit.ticket(),
+                since: Instant::now(),
+                acks,
+            }),
+            None => acks.into_iter().for_each(|ack| self.io.send(ack)),
+        }
+    }
+
+    /// Sends, in order, the acknowledgements whose messages are durable now.
+    pub(super) fn send_durable_acks(&mut self) {
+        let Some(durable) = self.shared.commit.as_ref().map(|c| c.durable()) else {
+            return;
+        };
+        while self.awaiting_acks.front().is_some_and(|a| a.ticket <= durable) {
+            if let Some(batch) = self.awaiting_acks.pop_front() {
+                for ack in batch.acks {
+                    if matches!(ack, Packet::PublishAck(_)) {
+                        self.qos1_acks_waiting = self.qos1_acks_waiting.saturating_sub(1);
+                    }
+                    self.io.send(ack);
+                }
+            }
+        }
+    }
+
+    /// Before closing: waits for every queued acknowledgement and sends it
+    /// (refused instead, if the store cannot write).
+    pub(super) async fn release_acks(&mut self) {
+        self.queue_acks();
+        if let (Some(commit), Some(last)) = (self.shared.commit.clone(), self.awaiting_acks.back()) {
+            if !wait_for_ticket(&self.shared, &commit, last.ticket).await {
+                self.refuse_acks(None);
+            }
+        }
+        self.send_durable_acks();
+    }
+
+    /// Sends a SUBACK/UNSUBACK: at once, or after the next group commit when
+    /// `session_written` (the session record it promises was just written).
+    pub(super) fn reply_when_durable(&mut self, reply: Packet, session_written: bool) {
+        if session_written && self.shared.commit.is_some() {
+            self.replies_when_durable.push(reply);
+        } else {
+            self.io.send(reply);
+        }
+    }
+
+    /// Waits for the commit that covers the session record, then sends the
+    /// acknowledgements it made durable and the waiting replies, in the
+    /// order their packets arrived. Subscribing is rare, so this connection
+    /// stops reading for one flush.
+    pub(super) async fn send_replies_when_durable(&mut self) {
+        self.queue_acks();
+        // While the store cannot write, the replies go out after the
+        // stall timeout anyway: the subscription works, it is just not
+        // on disk yet.
+        wait_until_durable(&self.shared).await;
+        self.send_durable_acks();
+        for reply in std::mem::take(&mut self.replies_when_durable) {
+            self.io.send(reply);
+        }
+    }
+
+    /// `send_ack` when `store_written` (a persistent session's PUBREL or
+    /// PUBCOMP promises the state it just stored), else at once.
+    pub(super) fn send_ack_if_stored(&mut self, ack: Packet, store_written: bool) {
+        if store_written {
+            self.send_ack(ack);
+        } else {
+            self.io.send(ack);
+        }
+    }
+
+    /// Queues an acknowledgement that promises what was just written to the
+    /// store (PUBACK, PUBREC, and the PUBREL/PUBCOMP of a persistent
+    /// session): at once without a durable store, else after the next group
+    /// commit.
+    pub(super) fn send_ack(&mut self, ack: Packet) {
+        if self.shared.commit.is_some() {
+            if matches!(ack, Packet::PublishAck(_)) {
+                self.qos1_acks_waiting += 1;
+            }
+            self.pending_acks.push(ack);
+        } else {
+            self.io.send(ack);
+        }
+    }
+
+    /// When the oldest waiting batch has waited `store_stall_timeout_ms`.
+    pub(super) fn ack_stall_deadline(&self) -> Option<Instant> {
+        let oldest = self.awaiting_acks.front()?;
+        Some(oldest.since + stall_timeout(&self.shared))
+    }
+
+    /// The oldest batch waited `store_stall_timeout_ms`: refuse what waited
+    /// that long if the store is failing; otherwise (a slow disk) wait on.
+    pub(super) fn on_ack_stall(&mut self) {
+        if self.shared.store_health.is_failing() {
+            self.refuse_acks(Some(Instant::now() - stall_timeout(&self.shared)));
+        } else if let Some(oldest) = self.awaiting_acks.front_mut() {
+            oldest.since = Instant::now();
+        }
+    }
+
+    /// Answers the batches that began waiting before `waited_since` (all
+    /// with `None`) with refusals: the store could not make them durable.
+    fn refuse_acks(&mut self, waited_since: Option<Instant>) {
+        let is_v5 = self.version.is_v5();
+        while self
+            .awaiting_acks
+            .front()
+            .is_some_and(|a| waited_since.is_none_or(|t| a.since <= t))
+        {
+            let Some(batch) = self.awaiting_acks.pop_front() else {
+                break;
+            };
+            for ack in batch.acks {
+                match ack {
+                    Packet::PublishAck(mut ack) => {
+                        self.qos1_acks_waiting = self.qos1_acks_waiting.saturating_sub(1);
+                        self.shared.metrics.publishes_refused_store.inc();
+                        if is_v5 {
+                            ack.reason_code = refusal(ack.reason_code);
+                            self.io.send(Packet::PublishAck(ack));
+                        }
+                    }
+                    Packet::PublishReceived(mut ack) => {
+                        // The exchange ends here: a resend with this id is a
+                        // new message.
+                        self.session.state.lock().incoming_qos2.remove(&ack.packet_id);
+                        self.shared.metrics.publishes_refused_store.inc();
+                        if is_v5 {
+                            ack.reason_code = refusal(ack.reason_code);
+                            self.io.send(Packet::PublishReceived(ack));
+                        }
+                    }
+                    // PUBREL/PUBCOMP: the session's progress is right in
+                    // memory, only not on disk yet.
+                    other => self.io.send(other),
+                }
+            }
+        }
+    }
+}
+
+/// The reason a refused acknowledgement carries: 0x97, unless it already
+/// was a refusal.
+fn refusal(reason: PublishAckReason) -> PublishAckReason {
+    if u8::from(reason) >= 0x80 {
+        reason
+    } else {
+        PublishAckReason::QuotaExceeded
+    }
+}
+
+fn stall_timeout(shared: &Shared) -> Duration {
+    Duration::from_millis(shared.config.store_stall_timeout_ms.max(1))
+}
+
+/// Waits until `ticket` is durable, or until the store has failed for the
+/// stall timeout. Returns whether it is durable.
+async fn wait_for_ticket(shared: &Shared, commit: &GroupCommit, ticket: u64) -> bool {
+    loop {
+        if tokio::time::timeout(stall_timeout(shared), commit.wait(ticket))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        if shared.store_health.is_failing() {
+            return false;
+        }
+    }
+}
+
+/// Waits until everything written to the store so far is on disk (at once
+/// without a durable store: `--memory`, `durability = "buffered"`), or
+/// until the store has failed for the stall timeout. Returns whether it is
+/// durable.
+pub(crate) async fn wait_until_durable(shared: &Shared) -> bool {
+    match shared.commit.as_ref() {
+        Some(commit) => wait_for_ticket(shared, commit, commit.ticket()).await,
+        None => true,
+    }
+}
+
+/// Resolves when `ticket` is durable; never when there is nothing to wait for.
+pub(super) async fn wait_durable(commit: Option<std::sync::Arc<GroupCommit>>, ticket: Option<u64>) {
+    match (commit, ticket) {
+        (Some(commit), Some(ticket)) => commit.wait(ticket).await,
+        _ => std::future::pending().await,
+    }
+}

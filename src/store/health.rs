@@ -1,0 +1,142 @@
+//! Whether the store can write: a full disk (or any I/O error) is a
+//! condition the broker rides out, not a crash. Two things make the store
+//! refuse writes:
+//!
+//! - free space on the data directory's file system below
+//!   `min_free_disk_bytes` (checked every second). sled cannot recover from
+//!   a write that hit a full disk (its flush never returns again), so the
+//!   broker stops storing new messages before the disk is full;
+//! - a write or flush that failed (`monitored.rs`), until a flush works.
+//!
+//! The log gets one line when this starts, one per `REPEAT_LOG` while it
+//! lasts, and one when it ends. The broker publishes the state as
+//! `$SYS/broker/store/status`; publishes that need the store are refused
+//! (`session/publish.rs`), and acknowledgements already waiting are answered
+//! after `store_stall_timeout_ms` (`session/acks.rs`).
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::StoreError;
+
+/// While the store keeps failing, the error is logged again this often.
+const REPEAT_LOG: Duration = Duration::from_secs(10);
+
+/// A failure that has not cleared yet.
+#[derive(Clone, Debug)]
+pub struct StoreFailure {
+    /// When the first failed flush of this run of failures happened.
+    pub since: Instant,
+    /// The same, as unix milliseconds (for `$SYS/broker/store/status`).
+    pub since_unix_ms: u64,
+    /// The last error, as text (it names the path or key at fault).
+    pub error: String,
+}
+
+#[derive(Default)]
+struct State {
+    failure: Option<StoreFailure>,
+    last_logged: Option<Instant>,
+    /// Free bytes, while below `min_free_disk_bytes`.
+    low_disk: Option<StoreFailure>,
+    low_disk_logged: Option<Instant>,
+}
+
+/// The store's write health, shared by the flusher and the broker.
+#[derive(Default)]
+pub struct StoreHealth {
+    state: Mutex<State>,
+}
+
+impl StoreHealth {
+    /// A flush failed with `error`.
+    pub fn failed(&self, error: &StoreError) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let (since, since_unix_ms) = state
+            .failure
+            .as_ref()
+            .map_or((now, super::unix_ms_now()), |f| (f.since, f.since_unix_ms));
+        state.failure = Some(StoreFailure {
+            since,
+            since_unix_ms,
+            error: error.to_string(),
+        });
+        if state
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= REPEAT_LOG)
+        {
+            state.last_logged = Some(now);
+            tracing::error!(
+                %error,
+                failing_for_secs = now.duration_since(since).as_secs(),
+                "store cannot write (disk full?): acknowledgements that need the store wait, then are refused; retrying"
+            );
+        }
+    }
+
+    /// A flush worked.
+    pub fn worked(&self) {
+        let mut state = self.state.lock();
+        if let Some(failure) = state.failure.take() {
+            state.last_logged = None;
+            tracing::warn!(
+                failed_for_secs = failure.since.elapsed().as_secs(),
+                "store writes again; acknowledgements resume"
+            );
+        }
+    }
+
+    /// The free space on the data directory's file system was measured:
+    /// below `min_free` bytes the store refuses new writes.
+    pub fn disk_space(&self, free: u64, min_free: u64) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if free >= min_free {
+            if state.low_disk.take().is_some() {
+                state.low_disk_logged = None;
+                tracing::warn!(
+                    free,
+                    min_free_disk_bytes = min_free,
+                    "disk space is back; the store takes writes again"
+                );
+            }
+            return;
+        }
+        let (since, since_unix_ms) = state
+            .low_disk
+            .as_ref()
+            .map_or((now, super::unix_ms_now()), |f| (f.since, f.since_unix_ms));
+        state.low_disk = Some(StoreFailure {
+            since,
+            since_unix_ms,
+            error: format!(
+                "{free} bytes free on the data directory's file system, below min_free_disk_bytes {min_free}"
+            ),
+        });
+        if state
+            .low_disk_logged
+            .is_none_or(|at| now.duration_since(at) >= REPEAT_LOG)
+        {
+            state.low_disk_logged = Some(now);
+            tracing::error!(
+                free,
+                min_free_disk_bytes = min_free,
+                "disk almost full: publishes that need the store are refused until space returns"
+            );
+        }
+    }
+
+    /// Why the store refuses writes now, if it does.
+    pub fn failure(&self) -> Option<StoreFailure> {
+        let state = self.state.lock();
+        state.low_disk.clone().or_else(|| state.failure.clone())
+    }
+
+    /// Whether the store refuses writes (low disk, or a failed write).
+    pub fn is_failing(&self) -> bool {
+        let state = self.state.lock();
+        state.low_disk.is_some() || state.failure.is_some()
+    }
+}

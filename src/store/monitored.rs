@@ -1,0 +1,130 @@
+//! The store as the broker uses it: every write and flush goes through
+//! here, so a failure anywhere (a full disk) marks the store unhealthy
+//! (`health.rs`) instead of only being logged where it happened.
+
+use std::sync::Arc;
+
+use super::{
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, Store, StoreError,
+    StoreHealth,
+};
+
+/// A store whose outcomes are recorded in a [`StoreHealth`].
+pub struct Monitored {
+    inner: Arc<dyn Store>,
+    health: Arc<StoreHealth>,
+}
+
+impl Monitored {
+    pub fn new(inner: Arc<dyn Store>, health: Arc<StoreHealth>) -> Monitored {
+        Monitored { inner, health }
+    }
+
+    /// Records a failed write; passes the result on.
+    fn watch<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            if !matches!(error, StoreError::Closed) {
+                self.health.failed(error);
+            }
+        }
+        result
+    }
+}
+
+impl Store for Monitored {
+    fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
+        self.watch(self.inner.put_retained(topic, message))
+    }
+
+    fn load_retained(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        self.inner.load_retained()
+    }
+
+    fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
+        self.watch(self.inner.put_session(client_id, session))
+    }
+
+    fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
+        self.watch(self.inner.remove_session(client_id))
+    }
+
+    fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
+        self.inner.load_sessions()
+    }
+
+    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.watch(self.inner.put_message(client_id, seq, message))
+    }
+
+    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.watch(self.inner.update_message(client_id, seq, message))
+    }
+
+    fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
+        self.watch(self.inner.remove_message(client_id, seq))
+    }
+
+    fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.watch(self.inner.put_incoming_qos2(client_id, packet_id))
+    }
+
+    fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.watch(self.inner.remove_incoming_qos2(client_id, packet_id))
+    }
+
+    fn append_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.watch(self.inner.append_room(room, seq, record))
+    }
+
+    fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
+        self.watch(self.inner.reserve_room_seqs(room, up_to))
+    }
+
+    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.room_heads()
+    }
+
+    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+        self.watch(self.inner.trim_room(room, below))
+    }
+
+    fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
+        self.watch(self.inner.put_dedup(key, entry))
+    }
+
+    fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
+        self.inner.load_dedup()
+    }
+
+    fn room_range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
+        self.inner.room_range(room, after, before, limit, newest)
+    }
+
+    fn writes(&self) -> u64 {
+        self.inner.writes()
+    }
+
+    /// A flush that works clears a failure; one that fails records it.
+    fn flush(&self) -> Result<(), StoreError> {
+        let result = self.watch(self.inner.flush());
+        if result.is_ok() {
+            self.health.worked();
+        }
+        result
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+
+    fn close(&self) {
+        self.inner.close()
+    }
+}

@@ -1,0 +1,250 @@
+//! A full disk is a fault the broker rides out. The store is a real sled
+//! store whose flush is made to fail while the "disk is full", as sled's
+//! flush fails on a full file system (writes go to memory until then).
+//!
+//! Wanted: publishes that need the store are answered after
+//! `store_stall_timeout_ms` (5.0 PUBACK/PUBREC 0x97; 3.1.1 no PUBACK) on a
+//! connection that stays open; what is stored keeps being delivered; the
+//! condition shows on `$SYS/broker/store/status`; the broker resumes by
+//! itself when space returns; a shutdown ends.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{Packet, PublishAckReason};
+use roomq::store::{
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, SledStore, Store,
+    StoreError,
+};
+
+/// A sled store whose flush fails while `full` is set.
+struct FillableStore {
+    inner: SledStore,
+    full: AtomicBool,
+}
+
+impl Store for FillableStore {
+    fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
+        self.inner.put_retained(topic, message)
+    }
+    fn load_retained(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        self.inner.load_retained()
+    }
+    fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
+        self.inner.put_session(client_id, session)
+    }
+    fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
+        self.inner.remove_session(client_id)
+    }
+    fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
+        self.inner.load_sessions()
+    }
+    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.inner.put_message(client_id, seq, message)
+    }
+    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+        self.inner.update_message(client_id, seq, message)
+    }
+    fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
+        self.inner.remove_message(client_id, seq)
+    }
+    fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.inner.put_incoming_qos2(client_id, packet_id)
+    }
+    fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.inner.remove_incoming_qos2(client_id, packet_id)
+    }
+    fn append_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.inner.append_room(room, seq, record)
+    }
+    fn room_range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
+        self.inner.room_range(room, after, before, limit, newest)
+    }
+    fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
+        self.inner.reserve_room_seqs(room, up_to)
+    }
+    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.room_heads()
+    }
+    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+        self.inner.trim_room(room, below)
+    }
+    fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
+        self.inner.put_dedup(key, entry)
+    }
+    fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
+        self.inner.load_dedup()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.full.load(Ordering::Acquire) {
+            return Err(StoreError::Io("No space left on device (os error 28)".into()));
+        }
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+    fn close(&self) {
+        self.inner.close()
+    }
+}
+
+/// Waits until `$SYS/broker/store/status` says `prefix...`.
+async fn status_becomes(watcher: &mut Raw, prefix: &str) {
+    loop {
+        let p = watcher.publish5().await;
+        if p.topic == "$SYS/broker/store/status" && p.payload.starts_with(prefix.as_bytes()) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_in_bounded_time_and_the_broker_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FillableStore {
+        inner: SledStore::open(dir.path()).unwrap(),
+        full: AtomicBool::new(false),
+    });
+    let config = roomq::Config {
+        store_stall_timeout_ms: 300,
+        sys_interval_secs: 60,
+        ..sled_config(dir.path())
+    };
+    let broker = roomq::Broker::new(config)
+        .with_store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.local_addr();
+
+    // Stored while the disk has room: an offline member's backlog.
+    let (mut away, _) = Raw::connect5(addr, persistent5("away")).await;
+    away.subscribe5(1, &[("backlog/#", opts(QoS::AtLeastOnce))]).await;
+    drop(away);
+    let mut publisher = Raw::client5(addr, "writer").await;
+    let ack = publisher.publish1_5(1, "backlog/a", b"stored before").await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher
+        .subscribe5(1, &[("$SYS/broker/store/status", opts(QoS::AtMostOnce))])
+        .await;
+    status_becomes(&mut watcher, "ok").await;
+    let mut live = Raw::client5(addr, "live").await;
+    live.subscribe5(1, &[("plain/#", opts(QoS::AtMostOnce))]).await;
+
+    store.full.store(true, Ordering::Release);
+    // 5.0, QoS 1: refused with 0x97 once the stall timeout passed.
+    let ack = publisher.publish1_5(2, "plain/t", b"while full").await;
+    assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
+    status_becomes(&mut watcher, "failing since ").await;
+    // 5.0, QoS 2: PUBREC 0x97; the exchange ends, the id is free again.
+    let mut qos2 = publish("plain/t", b"q2", QoS::ExactlyOnce, Some(3));
+    qos2.dup = false;
+    publisher.send5(Packet::Publish(Box::new(qos2))).await;
+    match publisher.recv5().await.packet() {
+        Packet::PublishReceived(rec) => assert_eq!(rec.reason_code, PublishAckReason::QuotaExceeded),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    // A plain message still reaches a live subscriber (it needs no store).
+    assert_eq!(&live.publish5().await.payload[..], b"while full");
+    // What was stored is still delivered: the offline member's backlog.
+    let (mut away, ack) = Raw::connect5(addr, persistent5("away")).await;
+    assert!(ack.session_present);
+    assert_eq!(&away.publish5().await.payload[..], b"stored before");
+
+    // 3.1.1, QoS 1: no PUBACK, and the connection stays open.
+    let (mut device, _) = Raw::connect3(addr, connect3("device", true)).await;
+    let mut p = publish("plain/d", b"from a device", QoS::AtLeastOnce, Some(7));
+    p.properties = None;
+    device.send3(rmqtt_codec::v3::Packet::Publish(Box::new(p))).await;
+    device.send3(rmqtt_codec::v3::Packet::PingRequest).await;
+    match device.recv3_within(Duration::from_secs(3)).await {
+        Got::Packet(rmqtt_codec::v3::Packet::PingResponse) => {}
+        other => panic!("expected only PINGRESP (no PUBACK), got {other:?}"),
+    }
+    assert!(
+        matches!(
+            device.recv3_within(Duration::from_millis(800)).await,
+            Got::Nothing
+        ),
+        "a refused 3.1.1 publish got an answer"
+    );
+
+    // Space returns: the broker resumes by itself.
+    store.full.store(false, Ordering::Release);
+    status_becomes(&mut watcher, "ok").await;
+    let ack = publisher.publish1_5(4, "plain/t", b"after").await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    assert!(broker.metrics().publishes_refused_store.get() >= 3);
+
+    // Full again, with an acknowledgement waiting: the shutdown still ends.
+    store.full.store(true, Ordering::Release);
+    publisher
+        .send5(Packet::Publish(Box::new(publish(
+            "plain/t",
+            b"at shutdown",
+            QoS::AtLeastOnce,
+            Some(5),
+        ))))
+        .await;
+    tokio::time::timeout(Duration::from_secs(60), broker.shutdown())
+        .await
+        .expect("the shutdown ends while the store cannot write");
+}
+
+/// Below `min_free_disk_bytes` (here: more than any disk has), publishes
+/// that need the store are refused before sled could hit a full disk;
+/// plain QoS 0 messages still flow.
+#[tokio::test]
+async fn below_min_free_disk_bytes_publishes_that_need_the_store_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(roomq::Config {
+        min_free_disk_bytes: u64::MAX,
+        sys_interval_secs: 60,
+        ..sled_config(dir.path())
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher
+        .subscribe5(1, &[("$SYS/broker/store/status", opts(QoS::AtMostOnce))])
+        .await;
+    status_becomes(&mut watcher, "failing since ").await;
+    let mut member = Raw::client5(addr, "member").await;
+    member
+        .subscribe5(
+            1,
+            &[
+                ("rooms/ops/msg/+", opts(QoS::AtMostOnce)),
+                ("plain/#", opts(QoS::AtMostOnce)),
+            ],
+        )
+        .await;
+    let mut publisher = Raw::client5(addr, "writer").await;
+    let ack = publisher.publish1_5(1, "plain/t", b"q1").await;
+    assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
+    let mut retained = publish("plain/r", b"kept", QoS::AtMostOnce, None);
+    retained.retain = true;
+    publisher.send5(Packet::Publish(Box::new(retained))).await;
+    publisher.publish0_5("rooms/ops/msg/writer", b"room q0").await;
+    publisher.publish0_5("plain/t", b"plain q0").await;
+    // Only the plain QoS 0 message arrives.
+    assert_eq!(&member.publish5().await.payload[..], b"plain q0");
+    assert!(matches!(member.recv5_within(QUIET).await, Got::Nothing));
+    assert_eq!(broker.metrics().publishes_refused_store.get(), 3);
+    broker.shutdown().await;
+}
