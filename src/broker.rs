@@ -18,39 +18,8 @@ use crate::local::LocalSubscription;
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
 use crate::router::{Message, RetainedStore, Router};
-use crate::session::Registry;
+use crate::session::{Registry, Shared};
 use crate::store::{GroupCommit, Monitored, SledStore, Store, StoreHealth};
-
-/// State shared by every task of one broker; cheap to clone as `Arc`.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub router: Router,
-    pub registry: Registry,
-    pub metrics: Arc<Metrics>,
-    pub auth: Arc<dyn Authenticator>,
-    /// Set to true once to ask every task to stop.
-    pub shutdown: watch::Sender<bool>,
-    /// Open client sockets, for `max_connections`.
-    pub connections: AtomicUsize,
-    /// The durable store (`storage = "sled"`).
-    pub store: Option<Arc<dyn Store>>,
-    /// Group commit, with `durability = "flush"`: acknowledgements of QoS
-    /// 1/2 messages wait for it.
-    pub commit: Option<Arc<GroupCommit>>,
-    /// Whether the store can write (a full disk cannot).
-    pub store_health: Arc<StoreHealth>,
-    /// Rooms, presence, history (see `topics.md`).
-    pub chat: crate::chat::Chat,
-    /// The one access decision (topic rules and room membership) for
-    /// everything the broker writes on a client's behalf.
-    pub gate: Gate,
-    /// Slows down password guessing per IP address and username.
-    pub login_backoff: LoginBackoff,
-    /// Bounds the password checks running and waiting.
-    pub logins: LoginPool,
-    /// Connections per IP address, for the per-IP limits.
-    pub ip_limits: crate::server::IpLimits,
-}
 
 /// Errors that stop the broker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +36,15 @@ pub enum StartError {
     Config(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+}
+
+impl From<crate::server::ListenError> for StartError {
+    fn from(e: crate::server::ListenError) -> Self {
+        match e {
+            crate::server::ListenError::Bind { addr, source } => StartError::Bind { addr, source },
+            crate::server::ListenError::Tls(why) => StartError::Tls(why),
+        }
+    }
 }
 
 /// A broker not yet started.
@@ -169,25 +147,24 @@ impl Broker {
             chat,
             login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
             logins: LoginPool::new(self.config.max_concurrent_logins, self.config.max_pending_logins),
-            ip_limits: crate::server::IpLimits::default(),
             store,
             config: self.config,
         });
         if let Some(store) = &shared.store {
             for record in store.load_retained()? {
-                shared
-                    .router
-                    .restore_retained(crate::session::message_from_record(record));
+                shared.router.restore_retained(record.into_message());
             }
             crate::session::restore_sessions(&shared, store.load_sessions()?);
         }
         shared.chat.publish_startup_state(&shared.router);
         let tracker = TaskTracker::new();
+        let ip_limits = Arc::new(crate::server::IpLimits::default());
         for listener in listeners {
             tracing::info!(kind = ?listener.config.kind, local_addr = %listener.local_addr, "listener open");
             tracker.spawn(crate::server::accept_loop(
                 listener,
                 shared.clone(),
+                ip_limits.clone(),
                 tracker.clone(),
             ));
         }

@@ -9,6 +9,27 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// What a rule allows.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+    /// Neither: refuses what the rule matches, for both directions.
+    Deny,
+}
+
+/// One `[[acl]]` rule (how rules combine: `auth/acl.rs`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// A topic filter; `%u` and `%c` are replaced by the client's username
+    /// and client id (a rule with `%u` never matches a client without one).
+    pub topic: String,
+    pub access: Access,
+}
+
 /// Where the broker keeps its state.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -115,7 +136,7 @@ pub struct Config {
     /// Authentication (`[auth]`).
     pub auth: AuthConfig,
     /// Topic rules for non-chat topics (`[[acl]]`); none = everything allowed.
-    pub acl: Vec<crate::auth::acl::AclRule>,
+    pub acl: Vec<AclRule>,
     /// Most PUBLISH packets per second from one connection (0 = no limit);
     /// over it: 5.0 DISCONNECT 0x96 Message rate too high, else close.
     pub max_publish_rate: u32,
@@ -489,7 +510,7 @@ impl Config {
             }
         }
         for room in &self.rooms {
-            if !crate::chat::is_valid_room_name(&room.name) {
+            if !crate::protocol::validate::is_valid_room_name(&room.name) {
                 return Err(format!(
                     "key `rooms`: room name {:?} must be one non-empty topic level without `+`, `#` or `/`",
                     room.name
@@ -503,7 +524,7 @@ impl Config {
                     rule.topic
                 ));
             }
-            if !crate::chat::is_valid_room_name(&rule.room) {
+            if !crate::protocol::validate::is_valid_room_name(&rule.room) {
                 return Err(format!(
                     "key `alerts`: room name {:?} is not a valid room name",
                     rule.room

@@ -1,24 +1,48 @@
 //! roomq: an embeddable MQTT 3.1.1 / 5.0 broker, specialised for chat.
 //!
-//! Where things live:
+//! Where things live (each module imports only the ones listed after it;
+//! `tests/architecture.rs` keeps it so):
 //! - [`broker`]: [`Broker`] (build, start) and [`BrokerHandle`] (address,
-//!   in-process publish/subscribe, shutdown).
-//! - [`config`]: [`Config`], every setting and limit, and its layers.
+//!   in-process publish/subscribe, shutdown): the public facade.
 //! - `server`: the listeners (TCP, TLS, WebSocket, WebSocket over TLS),
 //!   handshakes, per-IP limits.
+//! - `local`: the in-process client.
+//! - `session`: one client's protocol state and the task serving its
+//!   connection (one file per packet kind), and `session/shared.rs`, the
+//!   state every task shares.
+//! - [`auth`]: authentication (password file, JWT), login back-off, and the
+//!   one access decision (`auth/gate.rs`: topic ACL and room membership).
+//! - [`chat`]: rooms, room logs with `seq`, commit before delivery,
+//!   de-duplication, presence, typing, receipts, history, alert rules
+//!   (`topics.md`).
+//! - [`router`]: the subscription trie, retained messages, fan-out to
+//!   [`router::Subscriber`]s (sessions implement it).
+//! - [`store`]: the `Store` trait, sled and in-memory implementations,
+//!   group commit, store health, record conversions.
+//! - [`message`]: [`Message`] and `Delivery`, what the router carries.
+//! - [`config`]: [`Config`], every setting and limit, and its layers.
 //! - [`protocol`]: the only module that knows the wire codec; packet
 //!   validation and 3.1.1/5.0 translation.
-//! - `session`: one client's protocol state and the task serving its
-//!   connection (connect, publish, subscribe, outbox, will, expiry).
-//! - [`router`]: the subscription trie, retained messages, fan-out.
-//! - [`store`]: the `Store` trait, sled and in-memory implementations,
-//!   group commit.
-//! - [`chat`]: rooms, room logs with `seq`, de-duplication, presence,
-//!   typing, receipts, history, alert rules (`topics.md`).
-//! - [`auth`]: authentication (password file, JWT), login back-off, topic
-//!   ACL.
 //! - [`metrics`]: counters and `$SYS` topics.
-//! - `local`: the in-process client.
+//!
+//! The path of a PUBLISH, forward only:
+//! 1. `session/io.rs` reads bytes; `protocol/frame.rs` decodes a packet.
+//! 2. `session/connection.rs` (`handle`) dispatches it to
+//!    `session/publish.rs`: topic alias, limits, Receive Maximum, QoS 2
+//!    state, de-duplication by packet id.
+//! 3. `auth/gate.rs` decides whether this client may write the topic (the
+//!    same decision serves wills, history replies and alert copies).
+//! 4. `session/route.rs` sends it on: a chat topic to `chat/publish.rs`
+//!    (checks, `seq`, room log in `chat/log.rs`, then `chat/commit.rs`
+//!    delivers after the group commit), anything else, and alert copies,
+//!    to the router.
+//! 5. `router/mod.rs` matches subscriptions (`router/trie.rs`, retained in
+//!    `router/retained.rs`) and hands a `Delivery` to each subscriber.
+//! 6. `session/mod.rs` (`deliver`) queues it (`session/queue.rs`, stored by
+//!    `session/persist.rs` for a persistent session) and wakes the
+//!    subscriber's connection, whose `session/outbox.rs` writes it.
+//! 7. The publisher's PUBACK waits for the group commit
+//!    (`store/group_commit.rs`) in `session/acks.rs`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +59,7 @@ pub mod broker;
 pub mod chat;
 pub mod config;
 mod local;
+pub mod message;
 pub mod metrics;
 pub mod protocol;
 pub mod router;
@@ -45,5 +70,5 @@ pub mod store;
 pub use broker::{Broker, BrokerHandle, StartError};
 pub use config::{Config, ConfigError, StorageKind};
 pub use local::LocalSubscription;
+pub use message::Message;
 pub use protocol::QoS;
-pub use router::Message;

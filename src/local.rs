@@ -5,11 +5,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::broker::Shared;
 use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
 use crate::protocol::{QoS, SubscriptionOptions};
 use crate::router::Message;
 use crate::session::Session;
+use crate::session::Shared;
 
 static NEXT_LOCAL_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -45,7 +45,7 @@ impl LocalSubscription {
         };
         shared
             .router
-            .subscribe(&session, filter, parsed.as_ref(), options, None);
+            .subscribe(&session.subscriber(), filter, parsed.as_ref(), options, None);
         Ok(LocalSubscription {
             session,
             shared,
@@ -74,6 +74,6 @@ impl Drop for LocalSubscription {
         let parsed = parse_shared(&self.filter).ok().flatten();
         self.shared
             .router
-            .unsubscribe(&self.session, &self.filter, parsed.as_ref());
+            .unsubscribe(&self.session.subscriber(), &self.filter, parsed.as_ref());
     }
 }

@@ -9,30 +9,9 @@
 //! `test/nosubscribe` = deny followed by `#` = readwrite refuses only that
 //! topic.
 
-use serde::Deserialize;
-
 use crate::protocol::validate::topic_matches;
 
-/// What a rule allows.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Read,
-    Write,
-    ReadWrite,
-    /// Neither: refuses what the rule matches, for both directions.
-    Deny,
-}
-
-/// One `[[acl]]` rule.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AclRule {
-    /// A topic filter; `%u` and `%c` are replaced by the client's username
-    /// and client id (a rule with `%u` never matches a client without one).
-    pub topic: String,
-    pub access: Access,
-}
+pub use crate::config::{Access, AclRule};
 
 /// Whether a topic is owned by the chat layer (membership decides there).
 pub fn is_chat_topic(topic: &str) -> bool {

@@ -47,10 +47,7 @@ use commit::CommitQueue;
 use dedup::{dedup_key, DedupIndex};
 use presence::Presence;
 
-/// Whether `name` can be a room: one non-empty topic level, no wildcards.
-pub fn is_valid_room_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['/', '+', '#', '\0'])
-}
+pub use crate::protocol::validate::is_valid_room_name;
 
 /// The chat state of one broker.
 pub struct Chat {
@@ -268,7 +265,7 @@ pub(crate) fn room_message(
     let mut message = Message::new(
         message_topic(room, &record.sender),
         record.payload,
-        crate::session::qos_from(record.qos),
+        crate::protocol::qos_from(record.qos),
         false,
     );
     message.properties = Some(PublishProperties {

@@ -12,6 +12,15 @@ pub mod validate;
 
 pub use frame::{Codec, DecodeError, EncodeError};
 pub use rmqtt_codec::types::{Publish, QoS};
+
+/// The QoS of a stored level (0, 1, 2); anything above 2 reads as 2.
+pub(crate) fn qos_from(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
 pub use rmqtt_codec::v5::{
     Auth, Connect, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode, LastWill, Packet,
     PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, PublishProperties, RetainHandling,

@@ -140,6 +140,12 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether `name` can be a room (`rooms/{name}/...`): one non-empty topic
+/// level, no wildcards. The chat layer and the configuration both check it.
+pub fn is_valid_room_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '+', '#', '\0'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

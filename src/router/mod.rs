@@ -7,20 +7,18 @@
 //! Nothing here waits on a subscriber, so a slow consumer never slows the
 //! publisher or anyone else.
 
-mod message;
 mod retained;
 mod trie;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-pub use message::{Delivery, Message, RoomTag, SharedGroupKey};
+pub use crate::message::{Delivery, Message, RoomTag, SharedGroupKey};
 pub use retained::RetainedStore;
 pub use trie::SubEntry;
 
 use crate::protocol::validate::SharedFilter;
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
-use crate::session::Session;
 use crate::store::Store;
 use trie::{Matched, Trie};
 
@@ -28,6 +26,26 @@ use trie::{Matched, Trie};
 /// thread (a few microseconds); a filter that needs more is matched on a
 /// blocking thread.
 const INLINE_RETAINED_VISITS: usize = 1024;
+
+/// A subscriber as the router sees it: sessions implement it. The router
+/// matches and hands over; what a subscriber does with a delivery (queue,
+/// store, wake its connection) is the session's business.
+pub trait Subscriber: Send + Sync {
+    fn client_id(&self) -> &str;
+    /// Takes a delivery; false when it could not (queue full, or offline
+    /// and the message is QoS 0).
+    fn deliver(&self, delivery: Delivery) -> bool;
+    /// Whether the subscriber may read `topic` now (room membership can
+    /// change after it subscribed).
+    fn may_read_topic(&self, topic: &str) -> bool;
+    fn is_online(&self) -> bool;
+}
+
+/// Whether two handles are the same subscriber (by address: the vtable
+/// part of a `dyn` pointer may differ between codegen units).
+pub(crate) fn same_subscriber(a: &Arc<dyn Subscriber>, b: &Arc<dyn Subscriber>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
 
 /// What became of one published message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,7 +94,8 @@ impl Router {
                 retain_refused = true;
                 tracing::warn!(topic = %message.topic, retained = self.retained.len(), "retained message not kept: max_retained_messages or max_retained_bytes reached");
             } else if let Some(store) = self.store.as_ref().filter(|_| !message.retain_in_memory) {
-                let record = (!message.payload.is_empty()).then(|| crate::session::message_record(&message));
+                let record = (!message.payload.is_empty())
+                    .then(|| crate::store::MessageRecord::from_message(&message));
                 if let Err(e) = store.put_retained(&message.topic, record.as_ref()) {
                     tracing::error!(topic = %message.topic, error = %e, "could not store the retained message");
                 }
@@ -123,7 +142,7 @@ impl Router {
     /// subscription of the same session to the same filter.
     pub fn subscribe(
         &self,
-        session: &Arc<Session>,
+        session: &Arc<dyn Subscriber>,
         filter: &str,
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
@@ -139,7 +158,7 @@ impl Router {
                 RetainHandling::NoAtSubscribe => false,
             };
         if send_retained {
-            let deliver = move |session: &Session, messages: Vec<Arc<Message>>| {
+            let deliver = move |session: &dyn Subscriber, messages: Vec<Arc<Message>>| {
                 for message in messages {
                     let qos = message.qos.less_value(options.qos);
                     session.deliver(Delivery {
@@ -159,11 +178,11 @@ impl Router {
             // the deliveries are queued behind the SUBACK (the connection
             // writes its queue after its replies).
             match self.retained.matching_within(filter, INLINE_RETAINED_VISITS) {
-                Some(messages) => deliver(session, messages),
+                Some(messages) => deliver(&**session, messages),
                 None => {
                     let (retained, session, filter) =
                         (self.retained.clone(), session.clone(), filter.to_string());
-                    let walk = move || deliver(&session, retained.matching(&filter));
+                    let walk = move || deliver(&*session, retained.matching(&filter));
                     match tokio::runtime::Handle::try_current() {
                         Ok(runtime) => drop(runtime.spawn_blocking(walk)),
                         Err(_) => walk(),
@@ -185,7 +204,7 @@ impl Router {
     /// retained messages (the session already had them).
     pub(crate) fn restore_subscription(
         &self,
-        session: &Arc<Session>,
+        session: &Arc<dyn Subscriber>,
         filter: &str,
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
@@ -197,14 +216,14 @@ impl Router {
     /// Adds a subscription to the trie; true when it replaced one.
     fn insert(
         &self,
-        session: &Arc<Session>,
+        session: &Arc<dyn Subscriber>,
         filter: &str,
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
         id: Option<NonZeroU32>,
     ) -> bool {
         let entry = SubEntry {
-            session: session.clone(),
+            subscriber: session.clone(),
             options,
             id,
         };
@@ -217,7 +236,7 @@ impl Router {
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(
         &self,
-        session: &Arc<Session>,
+        session: &Arc<dyn Subscriber>,
         filter: &str,
         shared: Option<&SharedFilter<'_>>,
     ) -> bool {
@@ -230,20 +249,24 @@ impl Router {
     /// Hands a message that `from` received through a shared subscription,
     /// and will not acknowledge, to another member of the group (an online
     /// one if there is one). Returns false when no other member exists.
-    pub fn redeliver_shared(&self, from: &Arc<Session>, mut delivery: Delivery) -> bool {
+    pub fn redeliver_shared(&self, from: &Arc<dyn Subscriber>, mut delivery: Delivery) -> bool {
         let Some(key) = delivery.shared.clone() else {
             return false;
         };
         let topic = &delivery.message.topic;
         let mut members = self.trie.shared_members(&key, from);
-        members.retain(|m| m.session.may_read_topic(topic));
-        let Some(target) = members.iter().find(|m| m.session.is_online()).or(members.first()) else {
+        members.retain(|m| m.subscriber.may_read_topic(topic));
+        let Some(target) = members
+            .iter()
+            .find(|m| m.subscriber.is_online())
+            .or(members.first())
+        else {
             return false;
         };
         delivery.qos = delivery.message.qos.less_value(target.options.qos);
         delivery.store_seq = None;
         delivery.subscription_ids = target.id.into_iter().collect();
-        target.session.deliver(delivery);
+        target.subscriber.deliver(delivery);
         true
     }
 }
@@ -253,22 +276,27 @@ impl Router {
 /// copy at the highest granted QoS carrying every Subscription Identifier.
 /// Subscriptions with No Local do not count for the publisher's own session.
 /// Shared-subscription matches stay separate deliveries.
-fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc<Session>, Delivery)> {
+fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc<dyn Subscriber>, Delivery)> {
     matched.retain(|m| {
         !(m.entry.options.no_local
             && message
                 .publisher
                 .as_deref()
-                .is_some_and(|p| p == &*m.entry.session.client_id))
+                .is_some_and(|p| p == m.entry.subscriber.client_id()))
     });
-    matched.sort_by_key(|m| (Arc::as_ptr(&m.entry.session) as usize, m.shared.is_some()));
-    let mut out: Vec<(Arc<Session>, Delivery)> = Vec::with_capacity(matched.len());
+    matched.sort_by_key(|m| {
+        (
+            Arc::as_ptr(&m.entry.subscriber) as *const () as usize,
+            m.shared.is_some(),
+        )
+    });
+    let mut out: Vec<(Arc<dyn Subscriber>, Delivery)> = Vec::with_capacity(matched.len());
     for m in matched {
         let granted = m.entry.options.qos;
         let retain = message.retain && m.entry.options.retain_as_published;
         if m.shared.is_none() {
             if let Some((session, d)) = out.last_mut() {
-                if d.shared.is_none() && Arc::ptr_eq(session, &m.entry.session) {
+                if d.shared.is_none() && same_subscriber(session, &m.entry.subscriber) {
                     d.qos = d.qos.max(message.qos.less_value(granted));
                     d.retain |= retain;
                     d.subscription_ids.extend(m.entry.id);
@@ -277,7 +305,7 @@ fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc
             }
         }
         out.push((
-            m.entry.session.clone(),
+            m.entry.subscriber.clone(),
             Delivery {
                 message: message.clone(),
                 qos: message.qos.less_value(granted),

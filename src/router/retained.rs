@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use parking_lot::RwLock;
 
-use super::message::Message;
+use crate::message::Message;
 
 /// Topic levels to retained message. A read lock serves every subscribe; a
 /// write lock is taken only by a PUBLISH with the RETAIN flag.

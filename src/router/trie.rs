@@ -17,16 +17,16 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::message::SharedGroupKey;
+use super::{same_subscriber, Subscriber};
+use crate::message::SharedGroupKey;
 use crate::protocol::SubscriptionOptions;
-use crate::session::Session;
 
 const LITERAL_SHARDS: usize = 16;
 
 /// One subscription of one session.
 #[derive(Clone)]
 pub struct SubEntry {
-    pub session: Arc<Session>,
+    pub subscriber: Arc<dyn Subscriber>,
     pub options: SubscriptionOptions,
     pub id: Option<NonZeroU32>,
 }
@@ -108,10 +108,10 @@ fn pick_member(group: &SharedGroup, topic: &str) -> Option<SubEntry> {
     let start = group.next.fetch_add(1, Ordering::Relaxed);
     let mut first_reader = None;
     for member in (0..n).map(|i| &group.members[(start + i) % n]) {
-        if !member.session.may_read_topic(topic) {
+        if !member.subscriber.may_read_topic(topic) {
             continue;
         }
-        if member.session.is_online() {
+        if member.subscriber.is_online() {
             return Some(member.clone());
         }
         first_reader.get_or_insert(member);
@@ -150,7 +150,7 @@ impl Trie {
         }
     }
 
-    /// Adds or replaces the subscription of `entry.session` to `filter`
+    /// Adds or replaces the subscription of `entry.subscriber` to `filter`
     /// (or to the shared group, when `group` is set). Returns true when it
     /// replaced an existing one.
     pub fn insert(&self, filter: &str, group: Option<&str>, entry: SubEntry) -> bool {
@@ -181,7 +181,7 @@ impl Trie {
         };
         match members
             .iter_mut()
-            .find(|e| Arc::ptr_eq(&e.session, &entry.session))
+            .find(|e| same_subscriber(&e.subscriber, &entry.subscriber))
         {
             Some(existing) => {
                 *existing = entry;
@@ -196,7 +196,7 @@ impl Trie {
 
     /// Removes the subscription of `session` to `filter`; returns whether
     /// one existed.
-    pub fn remove(&self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
+    pub fn remove(&self, filter: &str, group: Option<&str>, session: &Arc<dyn Subscriber>) -> bool {
         let mut root = self.shard_for_filter(filter).write();
         let levels: Vec<&str> = filter.split('/').collect();
         remove_at(&mut root, &levels, group, session)
@@ -217,7 +217,7 @@ impl Trie {
 
     /// Members of a shared group other than `except`, for handing over the
     /// messages of a member that left.
-    pub fn shared_members(&self, key: &SharedGroupKey, except: &Arc<Session>) -> Vec<SubEntry> {
+    pub fn shared_members(&self, key: &SharedGroupKey, except: &Arc<dyn Subscriber>) -> Vec<SubEntry> {
         let root = self.shard_for_filter(&key.filter).read();
         let mut node = &*root;
         for level in key.filter.split('/') {
@@ -232,7 +232,7 @@ impl Trie {
             .map(|g| {
                 g.members
                     .iter()
-                    .filter(|m| !Arc::ptr_eq(&m.session, except))
+                    .filter(|m| !same_subscriber(&m.subscriber, except))
                     .cloned()
                     .collect()
             })
@@ -240,7 +240,7 @@ impl Trie {
     }
 }
 
-fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> bool {
+fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<dyn Subscriber>) -> bool {
     match levels.split_first() {
         None => {
             let members = match group {
@@ -251,7 +251,7 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Ar
                 },
             };
             let before = members.len();
-            members.retain(|e| !Arc::ptr_eq(&e.session, session));
+            members.retain(|e| !same_subscriber(&e.subscriber, session));
             let removed = members.len() != before;
             node.shared.retain(|g| !g.members.is_empty());
             removed

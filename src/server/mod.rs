@@ -16,9 +16,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-use crate::broker::Shared;
 use crate::config::{ListenerConfig, ListenerKind};
+use crate::session::Shared;
 use crate::session::{self, Stream};
+pub(crate) use crate::session::{CertName, Peer};
 pub use tls::{ReloadableTls, TlsFiles};
 
 /// Per-IP connection counts and rates, for `max_connections_per_ip` and
@@ -65,29 +66,6 @@ impl IpLimits {
     }
 }
 
-/// What the connection task learns from the transport.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    /// The name the client certificate gives, on an mTLS listener with
-    /// `use_identity_as_username`.
-    pub cert_name: CertName,
-}
-
-/// The username a client certificate gives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CertName {
-    /// The listener does not take names from certificates.
-    NotUsed,
-    /// The certificate's Common Name: it is the username.
-    Name(String),
-    /// The listener takes names from certificates, and this one has no
-    /// Common Name usable as one (none, empty, or with `/`, `+`, `#` or
-    /// control characters): the client is refused, never left to pick a
-    /// name of its own.
-    Unusable,
-}
-
 /// One bound listener, ready to accept.
 pub(crate) struct BoundListener {
     pub config: ListenerConfig,
@@ -96,8 +74,18 @@ pub(crate) struct BoundListener {
     pub tls: Option<Arc<ReloadableTls>>,
 }
 
+/// Why a listener could not open.
+#[derive(Debug)]
+pub(crate) enum ListenError {
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    Tls(String),
+}
+
 /// Binds a listener and loads its certificates.
-pub(crate) async fn bind(config: ListenerConfig) -> Result<BoundListener, crate::broker::StartError> {
+pub(crate) async fn bind(config: ListenerConfig) -> Result<BoundListener, ListenError> {
     let tls = match (config.kind, &config.cert, &config.key) {
         (ListenerKind::Tls | ListenerKind::Wss, Some(cert), Some(key)) => {
             let files = TlsFiles {
@@ -105,13 +93,11 @@ pub(crate) async fn bind(config: ListenerConfig) -> Result<BoundListener, crate:
                 key: key.clone(),
                 client_ca: config.client_ca.clone(),
             };
-            Some(Arc::new(
-                ReloadableTls::load(files).map_err(crate::broker::StartError::Tls)?,
-            ))
+            Some(Arc::new(ReloadableTls::load(files).map_err(ListenError::Tls)?))
         }
         _ => None,
     };
-    let bind_err = |source| crate::broker::StartError::Bind {
+    let bind_err = |source| ListenError::Bind {
         addr: config.bind,
         source,
     };
@@ -125,8 +111,14 @@ pub(crate) async fn bind(config: ListenerConfig) -> Result<BoundListener, crate:
     })
 }
 
-/// Accepts connections until shutdown.
-pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tracker: TaskTracker) {
+/// Accepts connections until shutdown. `ip_limits` is shared by every
+/// listener, so the per-IP limits count all of them.
+pub(crate) async fn accept_loop(
+    listener: BoundListener,
+    shared: Arc<Shared>,
+    ip_limits: Arc<IpLimits>,
+    tracker: TaskTracker,
+) {
     let mut stop = shared.shutdown.subscribe();
     let listener = Arc::new(listener);
     loop {
@@ -147,7 +139,7 @@ pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tr
             shared.config.max_connections_per_ip,
             shared.config.max_connection_rate_per_ip,
         );
-        if !shared.ip_limits.admit(addr.ip(), max_open, max_rate) {
+        if !ip_limits.admit(addr.ip(), max_open, max_rate) {
             // Refused before any MQTT: the cheapest answer to a flood.
             shared.metrics.connections_limited.inc();
             tracing::debug!(%addr, "connection refused: max_connections_per_ip or max_connection_rate_per_ip");
@@ -160,7 +152,7 @@ pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tr
         }
         let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let over_limit = open > shared.config.max_connections;
-        let (shared, listener) = (shared.clone(), listener.clone());
+        let (shared, listener, ip_limits) = (shared.clone(), listener.clone(), ip_limits.clone());
         tracker.spawn(async move {
             // One deadline for the handshakes and the CONNECT together.
             let deadline =
@@ -180,7 +172,7 @@ pub(crate) async fn accept_loop(listener: BoundListener, shared: Arc<Shared>, tr
                 Err(_) => tracing::debug!(%addr, kind = ?listener.config.kind, "handshake timed out"),
             }
             shared.connections.fetch_sub(1, Ordering::AcqRel);
-            shared.ip_limits.release(addr.ip());
+            ip_limits.release(addr.ip());
         });
     }
 }

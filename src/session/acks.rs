@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::connection::Connection;
-use crate::broker::Shared;
+use super::Shared;
 use crate::protocol::{Packet, PublishAckReason};
 use crate::store::GroupCommit;
 

@@ -10,14 +10,14 @@ use tokio::sync::Notify;
 
 use super::acks::wait_until_durable;
 use super::connection::{Close, Connection, Io};
+use super::io::CertName;
 use super::registry::ClaimRefused;
+use super::Shared;
 use super::Will;
 use crate::auth::gate::Principal;
 use crate::auth::{AuthDecision, AuthRequest, Grant};
-use crate::broker::Shared;
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{Connect, ConnectAck, ConnectAckReason, DecodeError, Packet, Version};
-use crate::server::CertName;
 
 /// Answers a first packet that could not be decoded, where the protocol
 /// has an answer: an unsupported protocol level gets 3.1.1 return code 1, a
@@ -47,8 +47,19 @@ fn send_connack(io: &mut Io, reason: ConnectAckReason, present: bool, ack: Optio
     io.send(Packet::ConnectAck(Box::new(ack)));
 }
 
-/// Handles CONNECT: on success sends CONNACK and returns the connection; on
-/// refusal sends the refusing CONNACK and returns `None`.
+/// Why a CONNECT is not accepted.
+enum Refusal {
+    /// A refusing CONNACK with this reason, then close.
+    Connack(ConnectAckReason, &'static str),
+    /// A protocol violation: close without a CONNACK.
+    Close(&'static str),
+}
+
+/// Handles CONNECT in four steps: check it, find out who the client is
+/// (`identify`), claim its session (`claim_session`), agree on the
+/// connection's terms (`negotiate`); then CONNACK. On success returns the
+/// connection; on refusal sends the refusing CONNACK (where the protocol
+/// has one) and returns `None`.
 pub(crate) async fn accept(
     mut io: Io,
     shared: &Arc<Shared>,
@@ -57,89 +68,178 @@ pub(crate) async fn accept(
     cert_name: CertName,
 ) -> Option<Connection> {
     let version = io.codec.version()?;
-    let config = &shared.config;
-    async fn refuse(mut io: Io, reason: ConnectAckReason, why: &'static str) -> Option<Connection> {
-        tracing::info!(reason = ?reason, "connection refused: {why}");
-        send_connack(&mut io, reason, false, None);
-        io.flush_final().await;
-        io.linger().await;
-        None
+    let outcome = async {
+        check_connect(shared, &connect, version, over_limit)?;
+        let assigned = connect
+            .client_id
+            .is_empty()
+            .then(|| shared.registry.assign_client_id());
+        let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
+        let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
+        connect.username = principal.username.as_deref().map(Into::into);
+        let presence_lasting = principal.username.is_some() || connect.session_expiry_interval_secs > 0;
+        let claimed = claim_session(shared, &client_id, &connect, &principal, presence_lasting).await?;
+        Ok((assigned, client_id, grant, principal, presence_lasting, claimed))
     }
+    .await;
+    let (assigned, client_id, grant, principal, presence_lasting, claimed) = match outcome {
+        Ok(accepted) => accepted,
+        Err(Refusal::Connack(reason, why)) => {
+            tracing::info!(reason = ?reason, "connection refused: {why}");
+            send_connack(&mut io, reason, false, None);
+            io.flush_final().await;
+            io.linger().await;
+            return None;
+        }
+        Err(Refusal::Close(why)) => {
+            shared.metrics.protocol_errors.inc();
+            tracing::info!("connection closed: {why}");
+            io.flush_final().await;
+            return None;
+        }
+    };
+    let terms = negotiate(shared, &claimed.session, &connect, &grant, &principal, version).await;
+    let config = &shared.config;
+    io.codec.set_max_inbound(config.max_packet_size);
+    if let Some(max) = connect.max_packet_size {
+        io.codec.set_max_outbound(max.get());
+    }
+    let ack = (version == Version::V5).then(|| ConnectAck {
+        session_expiry_interval_secs: (terms.expiry != connect.session_expiry_interval_secs)
+            .then_some(terms.expiry),
+        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
+        max_packet_size: Some(config.max_packet_size),
+        assigned_client_id: assigned.map(Into::into),
+        topic_alias_max: config.topic_alias_maximum,
+        retain_available: config.retain_available,
+        server_keepalive_sec: terms.server_keep_alive,
+        ..Default::default()
+    });
+    send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
+    shared.metrics.clients_connected.inc();
+    tracing::debug!(%client_id, ?version, present = claimed.present, "client connected");
+
+    Some(Connection {
+        io,
+        shared: shared.clone(),
+        version,
+        session: claimed.session,
+        kick: terms.kick,
+        guard: Some(claimed.guard),
+        keep_alive_window: terms.keep_alive_window,
+        pending_acks: Vec::new(),
+        awaiting_acks: std::collections::VecDeque::new(),
+        qos1_acks_waiting: 0,
+        replies_when_durable: Vec::new(),
+        send_window: terms.send_window,
+        inbound_aliases: HashMap::new(),
+        outbound_aliases: HashMap::new(),
+        client_alias_max: connect.topic_alias_max,
+        connect_expiry: connect.session_expiry_interval_secs,
+        shutdown: shared.shutdown.subscribe(),
+        principal,
+        presence_lasting,
+        auth_deadline: terms.auth_deadline,
+        publish_budget: super::rate::PublishBudget::new(
+            config.max_publish_rate,
+            config.max_publish_bytes_rate,
+        ),
+    })
+}
+
+/// What CONNECT asks that needs no identity: the connection limit, the
+/// protocol's rules, the will's topic.
+fn check_connect(
+    shared: &Shared,
+    connect: &Connect,
+    version: Version,
+    over_limit: bool,
+) -> Result<(), Refusal> {
     if over_limit {
-        return refuse(io, ConnectAckReason::ServerBusy, "max_connections reached").await;
+        return Err(Refusal::Connack(
+            ConnectAckReason::ServerBusy,
+            "max_connections reached",
+        ));
     }
     if version != Version::V5 && connect.username.is_none() && connect.password.is_some() {
         // [MQTT-3.1.2-22]: a protocol violation, so no CONNACK.
-        shared.metrics.protocol_errors.inc();
-        tracing::info!("connection closed: 3.1.1 CONNECT with a password but no username");
-        io.flush_final().await;
-        return None;
+        return Err(Refusal::Close("3.1.1 CONNECT with a password but no username"));
     }
     if connect.auth_method.is_some() {
-        return refuse(
-            io,
+        return Err(Refusal::Connack(
             ConnectAckReason::BadAuthenticationMethod,
             "enhanced authentication not configured",
-        )
-        .await;
+        ));
     }
-    if let Some(will) = &connect.last_will {
-        if !is_valid_topic_name(&will.topic) {
-            shared.metrics.protocol_errors.inc();
-            return refuse(io, ConnectAckReason::TopicNameInvalid, "invalid will topic").await;
-        }
+    if connect
+        .last_will
+        .as_ref()
+        .is_some_and(|will| !is_valid_topic_name(&will.topic))
+    {
+        shared.metrics.protocol_errors.inc();
+        return Err(Refusal::Connack(
+            ConnectAckReason::TopicNameInvalid,
+            "invalid will topic",
+        ));
     }
+    Ok(())
+}
 
-    let assigned = connect
-        .client_id
-        .is_empty()
-        .then(|| shared.registry.assign_client_id());
-    let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
-
+/// Who the client is: from its certificate on an mTLS listener that takes
+/// names from certificates, else from its credentials. A will must be a
+/// publish this identity could make now.
+async fn identify(
+    shared: &Arc<Shared>,
+    peer: std::net::SocketAddr,
+    connect: &Connect,
+    client_id: &str,
+    cert_name: CertName,
+) -> Result<(Grant, Principal), Refusal> {
     let grant = match cert_name {
-        // mTLS with use_identity_as_username: the certificate is the
-        // credential and its CN the name; CONNECT's username and password
-        // are not used.
+        // The certificate is the credential and its CN the name; CONNECT's
+        // username and password are not used.
         CertName::Name(name) => Grant {
             username: Some(name),
             ..Grant::default()
         },
         CertName::Unusable => {
             shared.metrics.auth_failures.inc();
-            return refuse(
-                io,
+            return Err(Refusal::Connack(
                 ConnectAckReason::NotAuthorized,
                 "the client certificate has no Common Name usable as a username",
-            )
-            .await;
+            ));
         }
-        CertName::NotUsed => match authenticate(io.peer, shared, &client_id, &connect).await {
-            Ok(grant) => grant,
-            Err(reason) => return refuse(io, reason, "login failed").await,
-        },
+        CertName::NotUsed => authenticate(peer, shared, client_id, connect)
+            .await
+            .map_err(|reason| Refusal::Connack(reason, "login failed"))?,
     };
-    let principal = principal_of(shared, &grant, &connect, &client_id);
-    connect.username = principal.username.as_deref().map(Into::into);
-    let auth_deadline = grant.expires_unix.map(|exp| {
-        let left = exp.saturating_sub(crate::store::unix_ms_now() / 1000);
-        tokio::time::Instant::now() + Duration::from_secs(left)
-    });
+    let principal = principal_of(shared, &grant, connect, client_id);
     if let Some(will) = &connect.last_will {
-        // A will is a publish the broker makes for this client later: it
-        // must be one the client could make now.
-        if let Err(reason) = shared.gate.may_write(&principal, &client_id, &will.topic) {
+        if let Err(reason) = shared.gate.may_write(&principal, client_id, &will.topic) {
             shared.metrics.acl_denied.inc();
             tracing::info!(%client_id, topic = %will.topic, ?reason, "will refused by the access rules");
-            return refuse(io, ConnectAckReason::NotAuthorized, "will topic not allowed").await;
+            return Err(Refusal::Connack(
+                ConnectAckReason::NotAuthorized,
+                "will topic not allowed",
+            ));
         }
     }
+    Ok((grant, principal))
+}
 
-    // Counted before a takeover closes the old connection, so presence
-    // never shows the user offline in between.
-    // A presence that outlives the connection only for a client that
-    // matters: a username or a persistent session (room activity counts
-    // later, see `Connection::joined_a_room`).
-    let presence_lasting = principal.username.is_some() || connect.session_expiry_interval_secs > 0;
+/// Takes over or creates the session of `client_id` for `principal`.
+/// Presence counts the connection first, so a takeover never shows the
+/// user offline in between; a presence that outlives the connection only
+/// for a client that matters (`presence_lasting`: a username or a
+/// persistent session; room activity counts later, see
+/// `Connection::joined_a_room`).
+async fn claim_session(
+    shared: &Arc<Shared>,
+    client_id: &str,
+    connect: &Connect,
+    principal: &Principal,
+    presence_lasting: bool,
+) -> Result<super::registry::Claimed, Refusal> {
     if let Some(identity) = &principal.identity {
         shared
             .chat
@@ -148,32 +248,54 @@ pub(crate) async fn accept(
     }
     let claimed = shared
         .registry
-        .claim(shared, &client_id, connect.clean_start, &principal)
+        .claim(shared, client_id, connect.clean_start, principal)
         .await;
-    let claimed = match claimed {
-        Ok(claimed) => claimed,
-        Err(refusal) => {
-            if let Some(identity) = &principal.identity {
-                shared.chat.presence().disconnected(&shared.router, identity);
-            }
-            return match refusal {
-                ClaimRefused::OtherOwner => {
-                    shared.metrics.acl_denied.inc();
-                    refuse(
-                        io,
-                        ConnectAckReason::NotAuthorized,
-                        "the client id belongs to another identity's session",
-                    )
-                    .await
-                }
-                ClaimRefused::OldConnectionStuck => {
-                    refuse(io, ConnectAckReason::ServerUnavailable, "session takeover failed").await
-                }
-            };
+    claimed.map_err(|refusal| {
+        if let Some(identity) = &principal.identity {
+            shared.chat.presence().disconnected(&shared.router, identity);
         }
-    };
-    let session = claimed.session;
+        match refusal {
+            ClaimRefused::OtherOwner => {
+                shared.metrics.acl_denied.inc();
+                Refusal::Connack(
+                    ConnectAckReason::NotAuthorized,
+                    "the client id belongs to another identity's session",
+                )
+            }
+            ClaimRefused::OldConnectionStuck => {
+                Refusal::Connack(ConnectAckReason::ServerUnavailable, "session takeover failed")
+            }
+        }
+    })
+}
 
+/// The terms of an accepted connection.
+struct Terms {
+    keep_alive_window: Option<Duration>,
+    /// The keep-alive the broker imposes (5.0 Server Keep Alive).
+    server_keep_alive: Option<u16>,
+    /// The Session Expiry Interval in force.
+    expiry: u32,
+    send_window: usize,
+    kick: Arc<Notify>,
+    /// When the login token expires.
+    auth_deadline: Option<tokio::time::Instant>,
+}
+
+/// Agrees on keep-alive, session expiry and flow control, and sets the
+/// session up for this connection (will, replay of the rooms' backlog).
+/// The session record is stored before the CONNACK: its Session Present
+/// must hold after a crash (a client told it has a session does not
+/// subscribe again).
+async fn negotiate(
+    shared: &Shared,
+    session: &Arc<super::Session>,
+    connect: &Connect,
+    grant: &Grant,
+    principal: &Principal,
+    version: Version,
+) -> Terms {
+    let config = &shared.config;
     // Keep-alive: 0 means off unless the broker sets a maximum.
     let max_keepalive = config.max_keepalive_secs;
     let mut keep_alive = connect.keep_alive;
@@ -184,8 +306,6 @@ pub(crate) async fn accept(
             server_keep_alive = Some(max_keepalive);
         }
     }
-    let keep_alive_window = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-
     let expiry = match config.max_session_expiry_secs {
         0 => connect.session_expiry_interval_secs,
         max => connect.session_expiry_interval_secs.min(max),
@@ -210,59 +330,21 @@ pub(crate) async fn accept(
         session.save(&st, None)
     };
     if session_written {
-        // The CONNACK's Session Present must hold after a crash: a client
-        // told it has a session does not subscribe again.
         wait_until_durable(shared).await;
     }
     session.set_online(true);
-
-    io.codec.set_max_inbound(config.max_packet_size);
     let client_receive_max = connect.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX);
-    let send_window = usize::from(client_receive_max.min(config.max_inflight_messages));
-    if let Some(max) = connect.max_packet_size {
-        io.codec.set_max_outbound(max.get());
-    }
-
-    let ack = (version == Version::V5).then(|| ConnectAck {
-        session_expiry_interval_secs: (expiry != connect.session_expiry_interval_secs).then_some(expiry),
-        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
-        max_packet_size: Some(config.max_packet_size),
-        assigned_client_id: assigned.map(Into::into),
-        topic_alias_max: config.topic_alias_maximum,
-        retain_available: config.retain_available,
-        server_keepalive_sec: server_keep_alive,
-        ..Default::default()
-    });
-    send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
-    shared.metrics.clients_connected.inc();
-    tracing::debug!(%client_id, ?version, present = claimed.present, keep_alive, "client connected");
-
-    Some(Connection {
-        io,
-        shared: shared.clone(),
-        version,
-        session,
+    Terms {
+        keep_alive_window: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        server_keep_alive,
+        expiry,
+        send_window: usize::from(client_receive_max.min(config.max_inflight_messages)),
         kick,
-        guard: Some(claimed.guard),
-        keep_alive_window,
-        pending_acks: Vec::new(),
-        awaiting_acks: std::collections::VecDeque::new(),
-        qos1_acks_waiting: 0,
-        replies_when_durable: Vec::new(),
-        send_window,
-        inbound_aliases: HashMap::new(),
-        outbound_aliases: HashMap::new(),
-        client_alias_max: connect.topic_alias_max,
-        connect_expiry: connect.session_expiry_interval_secs,
-        shutdown: shared.shutdown.subscribe(),
-        principal,
-        presence_lasting,
-        auth_deadline,
-        publish_budget: super::rate::PublishBudget::new(
-            config.max_publish_rate,
-            config.max_publish_bytes_rate,
-        ),
-    })
+        auth_deadline: grant.expires_unix.map(|exp| {
+            let left = exp.saturating_sub(crate::store::unix_ms_now() / 1000);
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        }),
+    }
 }
 
 /// Asks the authenticator about CONNECT's credentials, after the address's

@@ -21,9 +21,9 @@ use super::acks::wait_durable;
 pub(crate) use super::io::Io;
 pub use super::io::Stream;
 use super::io::WRITE_BATCH;
+use super::Shared;
 use super::{lifecycle, Kick, Session};
 use crate::auth::gate::Principal;
-use crate::broker::Shared;
 use crate::protocol::{DecodeError, Disconnect, DisconnectReasonCode, Packet, Version};
 
 /// Why a connection ends, which decides the DISCONNECT sent and the will.
@@ -106,7 +106,7 @@ pub(crate) struct Connection {
 /// the server is busy.
 pub async fn serve(
     stream: Box<dyn Stream>,
-    peer: crate::server::Peer,
+    peer: super::io::Peer,
     shared: Arc<Shared>,
     over_limit: bool,
     connect_deadline: Instant,

@@ -147,3 +147,26 @@ impl Io {
         }
     }
 }
+
+/// What the connection task learns from the transport.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The name the client certificate gives, on an mTLS listener with
+    /// `use_identity_as_username`.
+    pub cert_name: CertName,
+}
+
+/// The username a client certificate gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertName {
+    /// The listener does not take names from certificates.
+    NotUsed,
+    /// The certificate's Common Name: it is the username.
+    Name(String),
+    /// The listener takes names from certificates, and this one has no
+    /// Common Name usable as one (none, empty, or with `/`, `+`, `#` or
+    /// control characters): the client is refused, never left to pick a
+    /// name of its own.
+    Unusable,
+}

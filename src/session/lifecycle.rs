@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::route::{gate_check, route_as};
+use super::Shared;
 use super::{Session, Will};
-use crate::broker::Shared;
 use crate::protocol::{PublishProperties, QoS};
 use crate::router::Message;
 
@@ -102,7 +102,9 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
     };
     for filter in subscriptions.keys() {
         let parsed = crate::protocol::validate::parse_shared(filter).ok().flatten();
-        shared.router.unsubscribe(session, filter, parsed.as_ref());
+        shared
+            .router
+            .unsubscribe(&session.subscriber(), filter, parsed.as_ref());
     }
     shared.registry.remove(session);
     if let Some(will) = pending_will {
@@ -136,7 +138,7 @@ fn hand_over_shared(shared: &Arc<Shared>, session: &Arc<Session>) {
     for mut delivery in moved {
         session.forget_delivery(&delivery);
         delivery.store_seq = None;
-        if !shared.router.redeliver_shared(session, delivery) {
+        if !shared.router.redeliver_shared(&session.subscriber(), delivery) {
             tracing::debug!(client_id = %session.client_id, "no other shared-subscription member to take over");
         }
     }

@@ -21,6 +21,7 @@ mod rate;
 mod registry;
 mod replay;
 mod route;
+mod shared;
 mod subscribe;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -32,8 +33,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use connection::{serve, Stream};
-pub(crate) use persist::{message_from_record, message_record, qos_from, restore_sessions};
+pub(crate) use io::{CertName, Peer};
+pub(crate) use persist::restore_sessions;
 pub use registry::Registry;
+pub(crate) use shared::Shared;
 
 use crate::auth::gate::Principal;
 use crate::metrics::Metrics;
@@ -212,6 +215,11 @@ impl Session {
         self.online.load(Ordering::Acquire)
     }
 
+    /// This session as the router holds it.
+    pub(crate) fn subscriber(self: &Arc<Self>) -> Arc<dyn crate::router::Subscriber> {
+        self.clone()
+    }
+
     pub(crate) fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Release);
     }
@@ -294,5 +302,24 @@ impl Session {
     pub fn pending_count(&self) -> usize {
         let st = self.state.lock();
         st.queue.len() + st.inflight.len()
+    }
+}
+
+/// What the router needs of a session (it never sees the rest).
+impl crate::router::Subscriber for Session {
+    fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    fn deliver(&self, delivery: Delivery) -> bool {
+        Session::deliver(self, delivery)
+    }
+
+    fn may_read_topic(&self, topic: &str) -> bool {
+        Session::may_read_topic(self, topic)
+    }
+
+    fn is_online(&self) -> bool {
+        Session::is_online(self)
     }
 }

@@ -7,65 +7,15 @@
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::time::Instant;
-
+use super::Shared;
 use super::{Inflight, Session, SessionState, SessionSubscription, Stage, Will};
 use crate::auth::gate::Principal;
-use crate::broker::Shared;
-use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
-use crate::router::{Delivery, Message};
+use crate::protocol::{qos_from, QoS};
+use crate::router::Delivery;
 use crate::store::{
-    LoadedSession, MessageRecord, OwnerRecord, QueuedRecord, SessionRecord, Store, SubscriptionRecord,
-    WillRecord,
+    LoadedSession, OwnerRecord, QueuedRecord, SessionRecord, Store, SubscriptionRecord, WillRecord,
 };
-
-pub(crate) fn qos_from(n: u8) -> QoS {
-    match n {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
-/// Converts a message for the store; its expiry becomes a wall-clock time.
-pub(crate) fn message_record(m: &Message) -> MessageRecord {
-    let now = Instant::now();
-    let now_ms = crate::store::unix_ms_now();
-    MessageRecord {
-        topic: m.topic.clone(),
-        payload: m.payload.clone(),
-        qos: m.qos.value(),
-        retain: m.retain,
-        properties: m.properties.clone(),
-        expires_at_unix_ms: m
-            .expires_at
-            .map(|t| now_ms + t.saturating_duration_since(now).as_millis() as u64),
-        publisher: m.publisher.clone(),
-    }
-}
-
-/// Converts a stored message back; an expiry that passed while the broker
-/// was down is already in the past.
-pub(crate) fn message_from_record(r: MessageRecord) -> Message {
-    let now = Instant::now();
-    let now_ms = crate::store::unix_ms_now();
-    Message {
-        topic: r.topic,
-        payload: r.payload,
-        qos: qos_from(r.qos),
-        retain: r.retain,
-        properties: r.properties,
-        expires_at: r
-            .expires_at_unix_ms
-            .map(|ms| now + Duration::from_millis(ms.saturating_sub(now_ms))),
-        publisher: r.publisher,
-        room: None,
-        ephemeral: false,
-        retain_in_memory: false,
-    }
-}
 
 fn owner_record(p: &Principal) -> OwnerRecord {
     OwnerRecord {
@@ -80,17 +30,6 @@ fn owner_from_record(r: OwnerRecord) -> Principal {
         username: r.username.map(Arc::from),
         identity: r.identity.map(Arc::from),
         room_grant: r.rooms.map(|rooms| Arc::new(rooms.into_iter().collect())),
-    }
-}
-
-fn queued_record(d: &Delivery, packet_id: Option<NonZeroU16>, released: bool) -> QueuedRecord {
-    QueuedRecord {
-        message: message_record(&d.message),
-        qos: d.qos.value(),
-        retain: d.retain,
-        subscription_ids: d.subscription_ids.iter().map(|i| i.get()).collect(),
-        packet_id: packet_id.map(NonZeroU16::get),
-        released,
     }
 }
 
@@ -119,7 +58,7 @@ impl Session {
         };
         st.next_store_seq += 1;
         let seq = st.next_store_seq;
-        match store.put_message(&self.client_id, seq, &queued_record(d, None, false)) {
+        match store.put_message(&self.client_id, seq, &QueuedRecord::from_delivery(d, None, false)) {
             Ok(()) => d.store_seq = Some(seq),
             Err(e) => log_store_error(&self.client_id, "queued message", e),
         }
@@ -137,7 +76,7 @@ impl Session {
         let (Some(store), Some(seq)) = (self.durable_store(st), f.delivery.store_seq) else {
             return false;
         };
-        let record = queued_record(&f.delivery, Some(f.packet_id), f.stage == Stage::Pubcomp);
+        let record = QueuedRecord::from_delivery(&f.delivery, Some(f.packet_id), f.stage == Stage::Pubcomp);
         if let Err(e) = store.update_message(&self.client_id, seq, &record) {
             log_store_error(&self.client_id, "in-flight message", e);
         }
@@ -202,14 +141,7 @@ impl Session {
             subscriptions: st
                 .subscriptions
                 .iter()
-                .map(|(filter, s)| SubscriptionRecord {
-                    filter: filter.clone(),
-                    qos: s.options.qos.value(),
-                    no_local: s.options.no_local,
-                    retain_as_published: s.options.retain_as_published,
-                    retain_handling: u8::from(s.options.retain_handling),
-                    id: s.id.map(NonZeroU32::get),
-                })
+                .map(|(filter, s)| SubscriptionRecord::from_options(filter, &s.options, s.id))
                 .collect(),
             will,
             offline_since_unix_ms: offline_since,
@@ -277,20 +209,13 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
                 .filter_map(|p| NonZeroU16::new(*p))
                 .collect();
             for sub in &entry.record.subscriptions {
-                let options = SubscriptionOptions {
-                    qos: qos_from(sub.qos),
-                    no_local: sub.no_local,
-                    retain_as_published: sub.retain_as_published,
-                    retain_handling: RetainHandling::try_from(sub.retain_handling)
-                        .unwrap_or(RetainHandling::AtSubscribe),
-                };
-                let id = sub.id.and_then(NonZeroU32::new);
+                let (options, id) = sub.options();
                 st.subscriptions
                     .insert(sub.filter.clone(), SessionSubscription { options, id });
             }
             for (seq, record) in entry.messages {
                 let delivery = Delivery {
-                    message: Arc::new(message_from_record(record.message)),
+                    message: Arc::new(record.message.into_message()),
                     qos: qos_from(record.qos),
                     retain: record.retain,
                     subscription_ids: record
@@ -322,7 +247,7 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
         for (filter, sub) in subscriptions {
             let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();
             shared.router.restore_subscription(
-                &session,
+                &session.subscriber(),
                 &filter,
                 shared_filter.as_ref(),
                 sub.options,

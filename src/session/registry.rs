@@ -8,9 +8,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::OwnedMutexGuard;
 
+use super::Shared;
 use super::{Kick, Session};
 use crate::auth::gate::Principal;
-use crate::broker::Shared;
 
 /// How long a taking-over connection waits, per try, for the old connection
 /// to let go of the session before kicking it again.

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use super::Shared;
 use crate::auth::gate::Principal;
-use crate::broker::Shared;
 use crate::chat::{Handled, Publisher, WriteGate};
 use crate::protocol::PublishAckReason;
 use crate::router::Message;

@@ -48,9 +48,13 @@ impl Connection {
                 self.joined_a_room();
             }
             self.session.start_room_cursors(&self.shared.chat, filter);
-            self.shared
-                .router
-                .subscribe(&self.session, filter, shared.as_ref(), *options, subscribe.id);
+            self.shared.router.subscribe(
+                &self.session.subscriber(),
+                filter,
+                shared.as_ref(),
+                *options,
+                subscribe.id,
+            );
             self.session.state.lock().subscriptions.insert(
                 filter.to_string(),
                 SessionSubscription {
@@ -126,7 +130,7 @@ impl Connection {
             if existed {
                 self.shared
                     .router
-                    .unsubscribe(&self.session, filter, shared.as_ref());
+                    .unsubscribe(&self.session.subscriber(), filter, shared.as_ref());
             }
             status.push(if existed {
                 UnsubscribeAckReason::Success

@@ -10,6 +10,7 @@
 //! entries. Deadlines are wall-clock unix milliseconds, so
 //! they keep running while the broker is down.
 
+mod convert;
 mod group_commit;
 mod health;
 mod journal;

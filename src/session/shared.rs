@@ -1,0 +1,46 @@
+//! The state every task of one broker shares: configuration, router,
+//! sessions, chat, access decision, store. Built once by `Broker::start`
+//! (`broker.rs`, the public facade) and handed to every connection task as
+//! an `Arc`.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::Registry;
+use crate::auth::gate::Gate;
+use crate::auth::{Authenticator, LoginBackoff, LoginPool};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::store::{GroupCommit, Store, StoreHealth};
+
+/// State shared by every task of one broker; cheap to clone as `Arc`.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub router: Router,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<dyn Authenticator>,
+    /// Set to true once to ask every task to stop.
+    pub shutdown: watch::Sender<bool>,
+    /// Open client sockets, for `max_connections`.
+    pub connections: AtomicUsize,
+    /// The durable store (`storage = "sled"`).
+    pub store: Option<Arc<dyn Store>>,
+    /// Group commit, with `durability = "flush"`: acknowledgements of QoS
+    /// 1/2 messages wait for it.
+    pub commit: Option<Arc<GroupCommit>>,
+    /// Whether the store can write (a full disk cannot).
+    pub store_health: Arc<StoreHealth>,
+    /// Rooms, presence, history (see `topics.md`).
+    pub chat: crate::chat::Chat,
+    /// The one access decision (topic rules and room membership) for
+    /// everything the broker writes on a client's behalf.
+    pub gate: Gate,
+    /// Slows down password guessing per IP address and username.
+    pub login_backoff: LoginBackoff,
+    /// Bounds the password checks running and waiting.
+    pub logins: LoginPool,
+}
