@@ -1,82 +1,18 @@
 //! The chat contract of `topics.md`, as clients see it: rooms with `seq`,
 //! `ts` and `msg-id`, sender checks, de-duplication, offline backlogs from
-//! the room log, presence, typing, receipts, history and alert rules.
+//! the room log, history, alert rules and retention. Presence, typing and
+//! receipts are in `chat_presence.rs`.
 
 mod common;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use common::chat::*;
 use common::*;
-use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{Packet, PublishAckReason};
 use roomq::chat::payloads::{self, HistoryResponse};
-
-/// A 5.0 PUBLISH with User Properties.
-fn publish_with(topic: &str, payload: &[u8], id: Option<u16>, props: &[(&str, &str)]) -> Publish {
-    let mut p = publish(
-        topic,
-        b"",
-        if id.is_some() {
-            QoS::AtLeastOnce
-        } else {
-            QoS::AtMostOnce
-        },
-        id,
-    );
-    p.payload = Bytes::copy_from_slice(payload);
-    p.properties = Some(v5::PublishProperties {
-        user_properties: props.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-        ..Default::default()
-    });
-    p
-}
-
-/// Sends a QoS 1 PUBLISH and returns its PUBACK, skipping PUBLISHes that
-/// arrive in between (kept in `skipped`).
-async fn send_and_ack(c: &mut Raw, p: Publish) -> v5::PublishAck {
-    c.send5(Packet::Publish(Box::new(p))).await;
-    loop {
-        match c.recv5().await.packet() {
-            Packet::PublishAck(ack) => return ack,
-            Packet::Publish(_) => {}
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
-}
-
-/// A 5.0 client with a username (its chat identity).
-async fn user5(addr: std::net::SocketAddr, client_id: &str, username: &str) -> Raw {
-    let mut c = connect5(client_id);
-    c.username = Some(username.into());
-    Raw::connect5(addr, c).await.0
-}
-
-fn user_props(p: &Publish) -> HashMap<String, String> {
-    p.properties
-        .as_ref()
-        .map(|p| {
-            p.user_properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn seq_of(p: &Publish) -> u64 {
-    user_props(p)["seq"].parse().expect("seq is decimal")
-}
-
-async fn ack_publish5(c: &mut Raw, p: &Publish) {
-    if let Some(id) = p.packet_id {
-        c.send5(Packet::PublishAck(v5::PublishAck {
-            packet_id: id,
-            ..Default::default()
-        }))
-        .await;
-    }
-}
 
 #[tokio::test]
 async fn members_see_messages_with_seq_ts_and_msg_id_and_311_sees_them_plain() {
@@ -286,33 +222,6 @@ async fn a_msg_id_resent_from_a_new_connection_and_a_dup_packet_id_deliver_once(
     assert_eq!(broker.chat_counters().duplicates.get(), 3);
 }
 
-/// Connects a persistent member, subscribes to the room and leaves.
-async fn member_leaves(addr: std::net::SocketAddr, id: &str, filter: &str) {
-    let (mut m, _) = Raw::connect5(addr, persistent5(id)).await;
-    m.subscribe5(1, &[(filter, opts(QoS::AtLeastOnce))]).await;
-    m.send5(Packet::Disconnect(v5::Disconnect::default())).await;
-    assert!(matches!(m.recv5().await, Got::Closed));
-}
-
-/// Sends `n` room messages from `sender` (numbered payloads).
-async fn post_many(addr: std::net::SocketAddr, sender: &str, room: &str, n: u32) {
-    let mut c = Raw::client5(addr, sender).await;
-    for i in 0..n {
-        let topic = format!("rooms/{room}/msg/{sender}");
-        let ack = send_and_ack(
-            &mut c,
-            publish_with(
-                &topic,
-                i.to_string().as_bytes(),
-                Some((i % 60000 + 1) as u16),
-                &[],
-            ),
-        )
-        .await;
-        assert_eq!(ack.reason_code, PublishAckReason::Success);
-    }
-}
-
 /// Reconnects a persistent member and reads `n` messages (acknowledging
 /// each); returns their payloads and seqs.
 async fn member_returns(addr: std::net::SocketAddr, id: &str, n: usize) -> (Raw, Vec<(String, u64)>) {
@@ -394,168 +303,6 @@ async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
     );
     let (_, got) = member_returns(addr, "big-999", 200).await;
     assert_in_order(&got, 200);
-}
-
-#[tokio::test]
-async fn presence_follows_devices_and_keeps_a_user_status() {
-    let broker = start().await;
-    let addr = broker.local_addr();
-    let mut watcher = Raw::client5(addr, "watcher").await;
-    watcher
-        .subscribe5(1, &[("$presence/+", opts(QoS::AtLeastOnce))])
-        .await;
-    // `#` does not see broker data.
-    let mut plain = Raw::client5(addr, "plain").await;
-    plain.subscribe5(1, &[("#", opts(QoS::AtLeastOnce))]).await;
-
-    let next_presence = async |w: &mut Raw, user: &str| -> payloads::Presence {
-        loop {
-            let p = w.publish5().await;
-            ack_publish5(w, &p).await;
-            if p.topic == format!("$presence/{user}") {
-                return payloads::from_cbor(&p.payload).expect("presence decodes against the schema");
-            }
-        }
-    };
-    let mut phone = user5(addr, "ann-phone", "ann").await;
-    let p = next_presence(&mut watcher, "ann").await;
-    assert_eq!((p.status.as_str(), p.devices), ("online", 1));
-    let laptop = user5(addr, "ann-laptop", "ann").await;
-    let p = next_presence(&mut watcher, "ann").await;
-    assert_eq!((p.status.as_str(), p.devices), ("online", 2));
-
-    // Ann sets "away"; the broker merges the device count.
-    let ack = send_and_ack(
-        &mut phone,
-        publish_with(
-            "$presence/ann",
-            &payloads::to_cbor(&serde_json_like_status("away")),
-            Some(1),
-            &[],
-        ),
-    )
-    .await;
-    assert_eq!(ack.reason_code, PublishAckReason::Success);
-    let p = next_presence(&mut watcher, "ann").await;
-    assert_eq!((p.status.as_str(), p.devices), ("away", 2));
-    // Nobody else may set it.
-    let ack = send_and_ack(
-        &mut watcher,
-        publish_with(
-            "$presence/ann",
-            &payloads::to_cbor(&serde_json_like_status("busy")),
-            Some(2),
-            &[],
-        ),
-    )
-    .await;
-    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
-
-    drop(phone);
-    let p = next_presence(&mut watcher, "ann").await;
-    assert_eq!(
-        (p.status.as_str(), p.devices),
-        ("away", 1),
-        "still there on the laptop, away kept"
-    );
-    drop(laptop);
-    let p = next_presence(&mut watcher, "ann").await;
-    assert_eq!(p.status, "offline");
-    assert!(p.last_seen.is_some());
-    assert!(
-        matches!(plain.recv5_within(QUIET).await, Got::Nothing),
-        "# sees no presence"
-    );
-}
-
-fn serde_json_like_status(status: &str) -> HashMap<&'static str, String> {
-    HashMap::from([("status", status.to_string())])
-}
-
-#[tokio::test(start_paused = true)]
-async fn presence_goes_offline_on_keepalive_timeout() {
-    let broker = start().await;
-    let addr = broker.local_addr();
-    let mut watcher = Raw::client5(addr, "watcher").await;
-    watcher
-        .subscribe5(1, &[("$presence/sleepy", opts(QoS::AtMostOnce))])
-        .await;
-    let mut c = connect5("sleepy");
-    c.keep_alive = 2;
-    let (_sleepy, _) = Raw::connect5(addr, c).await;
-    let online: payloads::Presence = payloads::from_cbor(&watcher.publish5().await.payload).unwrap();
-    assert_eq!(online.status, "online");
-    // No PINGREQ: after 1.5 x keep-alive the broker drops the connection.
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    let offline: payloads::Presence = payloads::from_cbor(&watcher.publish5().await.payload).unwrap();
-    assert_eq!(offline.status, "offline");
-}
-
-#[tokio::test]
-async fn typing_is_rate_limited_never_queued_offline_and_never_retained() {
-    let broker = start().await;
-    let addr = broker.local_addr();
-    member_leaves(addr, "away-member", "rooms/t/typing/+").await;
-    let mut online = Raw::client5(addr, "online").await;
-    online
-        .subscribe5(1, &[("rooms/t/typing/+", opts(QoS::AtLeastOnce))])
-        .await;
-    let mut ty = Raw::client5(addr, "ty").await;
-    let typing = payloads::to_cbor(&payloads::Typing { typing: true });
-    for id in 1..=5 {
-        send_and_ack(&mut ty, publish_with("rooms/t/typing/ty", &typing, Some(id), &[])).await;
-    }
-    let got = online.publish5().await;
-    assert_eq!(got.qos, QoS::AtMostOnce);
-    let expiry = got
-        .properties
-        .as_ref()
-        .and_then(|p| p.message_expiry_interval)
-        .map(|e| e.get());
-    assert!(matches!(expiry, Some(1..=5)), "expiry 5 s, got {expiry:?}");
-    assert!(
-        matches!(online.recv5_within(QUIET).await, Got::Nothing),
-        "the rest dropped"
-    );
-    assert_eq!(broker.chat_counters().typing_dropped.get(), 4);
-    let (mut back, _) = Raw::connect5(addr, persistent5("away-member")).await;
-    assert!(
-        matches!(back.recv5_within(QUIET).await, Got::Nothing),
-        "not queued offline"
-    );
-    let mut late = Raw::client5(addr, "late").await;
-    late.subscribe5(1, &[("rooms/t/typing/+", opts(QoS::AtLeastOnce))])
-        .await;
-    assert!(
-        matches!(late.recv5_within(QUIET).await, Got::Nothing),
-        "not retained"
-    );
-}
-
-#[tokio::test]
-async fn read_receipts_keep_the_highest_seq() {
-    let broker = start().await;
-    let addr = broker.local_addr();
-    post_many(addr, "poster", "x", 9).await;
-    let mut r = Raw::client5(addr, "reader").await;
-    for (id, seq) in [(1, 5u64), (2, 3), (3, 9)] {
-        let body = payloads::to_cbor(&payloads::Receipt { seq });
-        let ack = send_and_ack(&mut r, publish_with("rooms/x/read/reader", &body, Some(id), &[])).await;
-        assert_eq!(ack.reason_code, PublishAckReason::Success);
-    }
-    // A receipt beyond the room's head (9) is refused: it would hide the
-    // reader's real receipts until the room got there.
-    let body = payloads::to_cbor(&payloads::Receipt { seq: u64::MAX });
-    let ack = send_and_ack(&mut r, publish_with("rooms/x/read/reader", &body, Some(4), &[])).await;
-    assert_eq!(ack.reason_code, PublishAckReason::PayloadFormatInvalid);
-    let mut later = Raw::client5(addr, "later").await;
-    later
-        .subscribe5(1, &[("rooms/x/read/+", opts(QoS::AtLeastOnce))])
-        .await;
-    let retained = later.publish5().await;
-    assert!(retained.retain);
-    let receipt: payloads::Receipt = payloads::from_cbor(&retained.payload).unwrap();
-    assert_eq!(receipt.seq, 9);
 }
 
 #[tokio::test]
@@ -707,27 +454,6 @@ async fn backlog_seq_and_msg_ids_survive_a_restart() {
         "nothing twice"
     );
     assert_eq!(broker.chat_counters().duplicates.get(), 1);
-}
-
-#[tokio::test]
-async fn a_restart_marks_everyone_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_with(sled_config(dir.path())).await;
-    let addr = broker.local_addr();
-    // A user that matters (a username): an anonymous clean client that
-    // never joined a room leaves no lasting presence (tests/limits.rs).
-    let _stays = user5(addr, "stays-phone", "stays").await;
-    // Ended without closing connections cleanly: like a crash, the stored
-    // presence still says online.
-    broker.shutdown().await;
-    let broker = start_with(sled_config(dir.path())).await;
-    let mut watcher = Raw::client5(broker.local_addr(), "watcher").await;
-    watcher
-        .subscribe5(1, &[("$presence/stays", opts(QoS::AtLeastOnce))])
-        .await;
-    let p: payloads::Presence = payloads::from_cbor(&watcher.publish5().await.payload).unwrap();
-    assert_eq!(p.status, "offline");
-    assert!(p.last_seen.is_some());
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! assertions), and rumqttc v4/v5 clients whose messages arrive on a channel.
 #![allow(dead_code)]
 
+pub mod chat;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::time::Duration;
