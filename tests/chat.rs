@@ -479,3 +479,50 @@ async fn room_retention_trims_the_log_and_a_stale_cursor_resumes_at_the_oldest_k
     }
     assert_eq!(seq_of(&last), 64);
 }
+
+/// With `durability = "flush"` a room message is delivered after its group
+/// commit; the PUBACK must not overtake it: a history request sent right
+/// after the PUBACK finds the message, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_right_after_the_puback_has_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let mut poster = Raw::client5(addr, "rw").await;
+    poster
+        .subscribe5(1, &[("replies/rw", opts(QoS::AtLeastOnce))])
+        .await;
+    for i in 1..=50u16 {
+        let ack = send_and_ack(
+            &mut poster,
+            publish_with("rooms/rw/msg/rw", i.to_string().as_bytes(), Some(i), &[]),
+        )
+        .await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
+        let request: HashMap<&str, u64> = [("limit", 1)].into();
+        let mut ask = publish_with(
+            "$history/rooms/rw",
+            &payloads::to_cbor(&request),
+            Some(1000 + i),
+            &[],
+        );
+        if let Some(p) = ask.properties.as_mut() {
+            p.response_topic = Some("replies/rw".into());
+        }
+        poster.send5(Packet::Publish(Box::new(ask))).await;
+        // The request's PUBACK and the reply, in either order.
+        let (mut reply, mut acked) = (None, false);
+        while reply.is_none() || !acked {
+            match poster.recv5().await.packet() {
+                Packet::Publish(p) => reply = Some(*p),
+                Packet::PublishAck(_) => acked = true,
+                other => panic!("expected the history reply, got {other:?}"),
+            }
+        }
+        let reply = reply.unwrap();
+        ack_publish5(&mut poster, &reply).await;
+        let answer: HistoryResponse = payloads::from_cbor(&reply.payload).unwrap();
+        let newest = answer.messages.last().map(|m| m.seq);
+        assert_eq!(newest, Some(u64::from(i)), "history after PUBACK {i}");
+    }
+}

@@ -39,6 +39,9 @@ struct Uncommitted {
 pub(crate) struct CommitQueue {
     commit: Arc<GroupCommit>,
     waiting: Mutex<VecDeque<Uncommitted>>,
+    /// Held while a batch is taken from `waiting` and delivered, so that
+    /// any task may deliver and the order still holds.
+    delivering: Mutex<()>,
 }
 
 impl CommitQueue {
@@ -46,6 +49,7 @@ impl CommitQueue {
         CommitQueue {
             commit,
             waiting: Mutex::default(),
+            delivering: Mutex::default(),
         }
     }
 
@@ -65,9 +69,13 @@ impl CommitQueue {
     }
 
     /// Delivers, in order, every queued message the last commit made
-    /// durable. The router is called outside the queue's lock; only this
-    /// task delivers, so the order holds.
-    fn deliver_durable(&self, router: &Router) {
+    /// durable. The delivery task calls it after each commit, and a
+    /// connection before it sends acknowledgements (so a publisher's PUBACK
+    /// never overtakes its room message: a history request right after the
+    /// PUBACK finds it). The router is called outside the queue's lock, but
+    /// under `delivering`, so the order holds whoever delivers.
+    pub fn deliver_durable(&self, router: &Router) {
+        let _in_order = self.delivering.lock();
         let durable = self.commit.durable();
         let ready: Vec<Uncommitted> = {
             let mut waiting = self.waiting.lock();

@@ -161,6 +161,14 @@ impl Chat {
         Ok((seq, true))
     }
 
+    /// Delivers the room messages that are durable now (see
+    /// `CommitQueue::deliver_durable`).
+    pub(crate) fn deliver_committed(&self, router: &Router) {
+        if let Some(queue) = &self.uncommitted {
+            queue.deliver_durable(router);
+        }
+    }
+
     /// Delivers room messages as their group commits complete, until
     /// `stop` (returns at once when messages are delivered without
     /// waiting for a commit).

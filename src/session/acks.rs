@@ -50,6 +50,10 @@ impl Connection {
         let Some(durable) = self.shared.commit.as_ref().map(|c| c.durable()) else {
             return;
         };
+        if self.awaiting_acks.front().is_some_and(|a| a.ticket <= durable) {
+            // A room message goes out before the PUBACK that confirms it.
+            self.shared.chat.deliver_committed(&self.shared.router);
+        }
         while self.awaiting_acks.front().is_some_and(|a| a.ticket <= durable) {
             if let Some(batch) = self.awaiting_acks.pop_front() {
                 for ack in batch.acks {
