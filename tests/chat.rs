@@ -34,9 +34,15 @@ async fn members_see_messages_with_seq_ts_and_msg_id_and_311_sees_them_plain() {
     // subscribing connections see every message.
     let mut alice_phone = user5(addr, "alice-phone", "alice").await;
     let mut bob_phone = user5(addr, "bob-phone", "bob").await;
+    // A sender's own `seq`/`prev` User Properties are not passed on.
     let ack = send_and_ack(
         &mut alice_phone,
-        publish_with("rooms/lobby/msg/alice", b"hi bob", Some(1), &[("msg-id", "a-1")]),
+        publish_with(
+            "rooms/lobby/msg/alice",
+            b"hi bob",
+            Some(1),
+            &[("msg-id", "a-1"), ("prev", "41")],
+        ),
     )
     .await;
     assert_eq!(ack.reason_code, PublishAckReason::Success);
@@ -61,6 +67,14 @@ async fn members_see_messages_with_seq_ts_and_msg_id_and_311_sees_them_plain() {
             "the msg-id level is stripped"
         );
         assert_eq!(seq_of(&got[1]), seq_of(&got[0]) + 1, "consecutive seq");
+        assert_eq!(user_props(&got[0])["prev"], "0", "the room's first message");
+        let prevs = got[0].properties.as_ref().unwrap().user_properties.iter();
+        assert_eq!(
+            prevs.filter(|(k, _)| k == "prev").count(),
+            1,
+            "one prev, the broker's"
+        );
+        assert_eq!(user_props(&got[1])["prev"], seq_of(&got[0]).to_string());
         assert_eq!(user_props(&got[0])["msg-id"], "a-1");
         assert_eq!(user_props(&got[1])["msg-id"], "b-1");
         let ts: u64 = user_props(&got[0])["ts"].parse().unwrap();

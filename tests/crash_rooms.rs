@@ -350,6 +350,20 @@ impl Outcome {
             .filter_map(|m| m.msg_id.clone())
             .filter(|id| !ids_in_history.insert(id.clone()))
             .collect();
+        // Each message's `prev` is the message before it in history: a
+        // gap (messages lost in buffered mode) shows as a gap, not as a
+        // missing message.
+        let wrong_prev: Vec<_> = self
+            .history
+            .windows(2)
+            .filter(|w| w[1].prev != w[0].seq)
+            .map(|w| {
+                format!(
+                    "seq {} has prev {}, history's previous is {}",
+                    w[1].seq, w[1].prev, w[0].seq
+                )
+            })
+            .collect();
         let unlogged_acks: Vec<_> = self
             .acked
             .iter()
@@ -358,7 +372,8 @@ impl Outcome {
             .collect();
         eprintln!(
             "crash_rooms ({mode}): {} QoS 0 sent, {} QoS 1 acknowledged, {} seen live, {} in history, \
-             {} seq reused, {} seen but not in history, {} msg-ids twice in history, {} acknowledged not in history",
+             {} seq reused, {} seen but not in history, {} msg-ids twice in history, {} acknowledged not in history, \
+             {} wrong prev",
             self.sent0,
             self.acked.len(),
             self.seen.by_seq.len(),
@@ -367,12 +382,14 @@ impl Outcome {
             missing.len(),
             twice.len(),
             unlogged_acks.len(),
+            wrong_prev.len(),
         );
         Findings {
             reused,
             missing,
             twice,
             unlogged_acks,
+            wrong_prev,
         }
     }
 }
@@ -383,6 +400,7 @@ struct Findings {
     missing: Vec<String>,
     twice: Vec<String>,
     unlogged_acks: Vec<String>,
+    wrong_prev: Vec<String>,
 }
 
 /// Fails with up to ten examples when `list` is not empty.
@@ -397,6 +415,7 @@ async fn flush_mode_no_seq_is_reused_and_nothing_seen_vanishes_across_sigkills()
     assert_none(&findings.missing, "seen live but not in history under that seq");
     assert_none(&findings.twice, "a msg-id stored twice");
     assert_none(&findings.unlogged_acks, "acknowledged but not in history");
+    assert_none(&findings.wrong_prev, "prev is not the previous message");
 }
 
 /// `durability = "buffered"` delivers before the disk has a message, so a
@@ -407,4 +426,5 @@ async fn buffered_mode_never_reuses_a_seq_across_sigkills() {
     let findings = run_with_kills(config).await.report("buffered");
     assert_none(&findings.reused, "a seq carried two messages");
     assert_none(&findings.twice, "a msg-id stored twice");
+    assert_none(&findings.wrong_prev, "prev is not the previous message");
 }

@@ -18,8 +18,8 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{Packet, PublishAckReason};
 use roomq::store::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, SledStore, Store,
-    StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, SledStore,
+    Store, StoreError,
 };
 
 /// A sled store whose flush fails while `full` is set.
@@ -75,7 +75,7 @@ impl Store for FillableStore {
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
         self.inner.reserve_room_seqs(room, up_to)
     }
-    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError> {
         self.inner.room_heads()
     }
     fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {

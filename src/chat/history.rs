@@ -62,6 +62,7 @@ impl Chat {
                 .into_iter()
                 .map(|(seq, r)| HistoryMessage {
                     seq,
+                    prev: r.prev.unwrap_or(seq.saturating_sub(1)),
                     ts: r.ts_unix_ms,
                     sender: r.sender,
                     msg_id: r.msg_id,

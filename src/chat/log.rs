@@ -33,6 +33,8 @@ pub struct RoomState {
     pub name: Arc<str>,
     /// The last `seq` handed out.
     assigned: AtomicU64,
+    /// The `seq` of the last message appended: the next one's `prev`.
+    last: AtomicU64,
     /// The last `seq` delivered: what members may see.
     head: AtomicU64,
     /// `seq` values up to this are reserved on disk (buffered mode).
@@ -44,12 +46,16 @@ pub struct RoomState {
 }
 
 impl RoomState {
-    fn new(name: Arc<str>, head: u64) -> RoomState {
+    /// A room whose last message is `last` and whose `seq` values up to
+    /// `reserved` were handed out.
+    fn new(name: Arc<str>, last: u64, reserved: u64) -> RoomState {
+        let assigned = last.max(reserved);
         RoomState {
             name,
-            assigned: AtomicU64::new(head),
-            head: AtomicU64::new(head),
-            reserved: AtomicU64::new(head),
+            assigned: AtomicU64::new(assigned),
+            last: AtomicU64::new(last),
+            head: AtomicU64::new(last),
+            reserved: AtomicU64::new(assigned),
             order: Mutex::new(()),
         }
     }
@@ -84,14 +90,16 @@ impl RoomLog {
         max_age_secs: u64,
         reserve_ahead: bool,
     ) -> Result<Self, StoreError> {
-        let rooms = store
-            .room_heads()?
-            .into_iter()
-            .map(|(name, head)| {
-                let name: Arc<str> = name.into();
-                (name.clone(), Arc::new(RoomState::new(name, head)))
-            })
-            .collect();
+        let mut rooms = HashMap::new();
+        for head in store.room_heads()? {
+            // A record and its head are two writes: a crash between them
+            // (sled flushes in the background too) can keep the record and
+            // lose the head. The newest record counts.
+            let newest = store.room_range(&head.room, head.last, u64::MAX, 1, true)?;
+            let last = newest.first().map_or(head.last, |(seq, _)| head.last.max(*seq));
+            let name: Arc<str> = head.room.into();
+            rooms.insert(name.clone(), Arc::new(RoomState::new(name, last, head.reserved)));
+        }
         Ok(RoomLog {
             store,
             rooms: RwLock::new(rooms),
@@ -109,7 +117,7 @@ impl RoomLog {
         let mut rooms = self.rooms.write();
         rooms
             .entry(name.into())
-            .or_insert_with(|| Arc::new(RoomState::new(name.into(), 0)))
+            .or_insert_with(|| Arc::new(RoomState::new(name.into(), 0, 0)))
             .clone()
     }
 
@@ -135,9 +143,9 @@ impl RoomLog {
             .collect()
     }
 
-    /// Appends the next message of `room`; the caller holds `room.order`
-    /// and calls `reveal` when the message is delivered.
-    pub fn append(&self, room: &RoomState, record: &RoomRecord) -> Result<u64, StoreError> {
+    /// Appends the next message of `room` and sets its `prev`; the caller
+    /// holds `room.order` and calls `reveal` when the message is delivered.
+    pub fn append(&self, room: &RoomState, record: &mut RoomRecord) -> Result<u64, StoreError> {
         let seq = room.assigned.load(Ordering::Acquire) + 1;
         if self.reserve_ahead && seq > room.reserved.load(Ordering::Acquire) {
             let up_to = seq + SEQ_BLOCK - 1;
@@ -145,8 +153,10 @@ impl RoomLog {
             self.store.flush()?;
             room.reserved.store(up_to, Ordering::Release);
         }
+        record.prev = Some(room.last.load(Ordering::Acquire));
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.store(seq, Ordering::Release);
+        room.last.store(seq, Ordering::Release);
         if seq > self.max_messages && seq % TRIM_EVERY == 0 {
             if let Err(e) = self.store.trim_room(&room.name, seq + 1 - self.max_messages) {
                 tracing::warn!(room = %room.name, error = %e, "could not trim the room log");

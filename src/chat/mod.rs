@@ -137,15 +137,16 @@ impl Chat {
             return Ok((seq, false));
         }
         let ts = unix_ms_now();
-        let record = RoomRecord {
+        let mut record = RoomRecord {
             ts_unix_ms: ts,
             sender: post.sender.to_string(),
             msg_id: post.msg_id.map(str::to_string),
             qos: post.qos.value(),
             payload: post.payload,
             user_properties: post.user_properties,
+            prev: None,
         };
-        let seq = self.log.append(&room, &record)?;
+        let seq = self.log.append(&room, &mut record)?;
         if let Some(key) = key {
             self.dedup.insert(key, seq);
         }
@@ -266,6 +267,9 @@ pub(crate) fn room_message(
         .map(|(k, v)| (k.into(), v.into()))
         .collect();
     user_properties.push(("seq".into(), seq.to_string().into()));
+    // Before `prev` was stored, `seq` had no gaps but trimming.
+    let prev = record.prev.unwrap_or(seq.saturating_sub(1));
+    user_properties.push(("prev".into(), prev.to_string().into()));
     user_properties.push(("ts".into(), record.ts_unix_ms.to_string().into()));
     if let Some(id) = record.msg_id {
         user_properties.push(("msg-id".into(), id.into()));

@@ -50,10 +50,13 @@ pub struct HistoryResponse {
     pub more: bool,
 }
 
-/// `history-message = { seq, ts, sender, ? msg_id, body: bstr }`
+/// `history-message = { seq, prev, ts, sender, ? msg_id, body: bstr }`
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HistoryMessage {
     pub seq: u64,
+    /// The `seq` of the room's message before this one.
+    #[serde(default)]
+    pub prev: u64,
     pub ts: u64,
     pub sender: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

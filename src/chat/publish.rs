@@ -326,7 +326,7 @@ fn other_user_properties(message: &Message) -> Vec<(String, String)> {
     };
     p.user_properties
         .iter()
-        .filter(|(k, _)| !matches!(&**k, "msg-id" | "seq" | "ts"))
+        .filter(|(k, _)| !matches!(&**k, "msg-id" | "seq" | "prev" | "ts"))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, Store, StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
+    StoreError,
 };
 
 #[derive(Default)]
@@ -22,6 +23,7 @@ struct Inner {
 #[derive(Default)]
 struct Room {
     head: u64,
+    reserved: u64,
     log: BTreeMap<u64, RoomRecord>,
 }
 
@@ -129,7 +131,7 @@ impl Store for MemoryStore {
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let room = inner.rooms.entry(room.to_string()).or_default();
-        room.head = room.head.max(up_to);
+        room.reserved = room.reserved.max(up_to);
         Ok(())
     }
 
@@ -158,13 +160,17 @@ impl Store for MemoryStore {
         })
     }
 
-    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError> {
         Ok(self
             .inner
             .lock()
             .rooms
             .iter()
-            .map(|(n, r)| (n.clone(), r.head))
+            .map(|(n, r)| RoomHead {
+                room: n.clone(),
+                last: r.head,
+                reserved: r.reserved,
+            })
             .collect())
     }
 

@@ -49,6 +49,16 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// A room's heads as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomHead {
+    pub room: String,
+    /// The `seq` of the last message appended.
+    pub last: u64,
+    /// `seq` values up to this were handed out (`reserve_room_seqs`).
+    pub reserved: u64,
+}
+
 /// A persistent session as loaded at start-up.
 pub struct LoadedSession {
     pub client_id: String,
@@ -97,9 +107,9 @@ pub trait Store: Send + Sync {
     /// crash, but its `seq` must not come back). Durable after the next
     /// `flush`.
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError>;
-    /// Every room's last `seq`, or its reservation when that is higher: the
-    /// room's next `seq` is above it.
-    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Every room's last stored `seq` and its reservation: the room's next
+    /// `seq` is above both.
+    fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError>;
     /// Removes a room's messages with `seq < below`.
     fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError>;
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, Store, StoreError,
-    StoreHealth,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
+    StoreError, StoreHealth,
 };
 
 /// A store whose outcomes are recorded in a [`StoreHealth`].
@@ -80,7 +80,7 @@ impl Store for Monitored {
         self.watch(self.inner.reserve_room_seqs(room, up_to))
     }
 
-    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError> {
         self.inner.room_heads()
     }
 

@@ -118,6 +118,38 @@ pub struct RoomRecord {
     pub payload: Bytes,
     /// The sender's User Properties other than `msg-id`, passed on.
     pub user_properties: Vec<(String, String)>,
+    /// The `seq` of the room's message before this one (User Property
+    /// `prev`), so a client can tell a gap from a missing message. Last
+    /// field: records written before it was added have none.
+    pub prev: Option<u64>,
+}
+
+/// A room record as `roomq-store-3` wrote it before `prev`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct RoomRecordWithoutPrev {
+    ts_unix_ms: u64,
+    sender: String,
+    msg_id: Option<String>,
+    qos: u8,
+    payload: Bytes,
+    user_properties: Vec<(String, String)>,
+}
+
+/// Decodes a room record, also one written before `prev` was added.
+pub(super) fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, super::StoreError> {
+    decode::<RoomRecord>(key, bytes).or_else(|e| {
+        let old: RoomRecordWithoutPrev = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(RoomRecord {
+            ts_unix_ms: old.ts_unix_ms,
+            sender: old.sender,
+            msg_id: old.msg_id,
+            qos: old.qos,
+            payload: old.payload,
+            user_properties: old.user_properties,
+            prev: None,
+        })
+    })
 }
 
 /// A (room, sender, msg-id) seen recently, for de-duplication.
@@ -151,4 +183,32 @@ pub fn unix_ms_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_record_from_before_prev_still_reads() {
+        let old = RoomRecordWithoutPrev {
+            ts_unix_ms: 7,
+            sender: "alice".into(),
+            msg_id: Some("m1".into()),
+            qos: 1,
+            payload: Bytes::from_static(b"hi"),
+            user_properties: vec![("k".into(), "v".into())],
+        };
+        let bytes = encode(&old).unwrap();
+        let read = decode_room(b"room", &bytes).unwrap();
+        assert_eq!(
+            (read.sender.as_str(), read.prev, &read.payload[..]),
+            ("alice", None, &b"hi"[..])
+        );
+        let new = RoomRecord {
+            prev: Some(6),
+            ..read
+        };
+        assert_eq!(decode_room(b"room", &encode(&new).unwrap()).unwrap(), new);
+    }
 }

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::journal::{seq_key, seq_of, session_prefix, Journal};
-use super::records::{decode, encode, encode_sized};
+use super::records::{decode, decode_room, encode, encode_sized};
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomRecord, SessionRecord, Store, StoreError,
-    FORMAT_VERSION,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
+    StoreError, FORMAT_VERSION,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -289,7 +289,7 @@ impl Store for SledStore {
                     key: String::from_utf8_lossy(&key).into_owned(),
                     reason: "room log key without seq".into(),
                 })?;
-                Ok((seq, decode(&key, &value)?))
+                Ok((seq, decode_room(&key, &value)?))
             };
             if newest {
                 let mut out = range
@@ -315,9 +315,9 @@ impl Store for SledStore {
         })
     }
 
-    fn room_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError> {
         self.with(|t| {
-            let mut heads: BTreeMap<String, u64> = BTreeMap::new();
+            let mut heads: BTreeMap<String, RoomHead> = BTreeMap::new();
             for entry in t.room_heads.iter() {
                 let (key, value) = entry.map_err(io)?;
                 let seq =
@@ -329,15 +329,24 @@ impl Store for SledStore {
                             key: String::from_utf8_lossy(&key).into_owned(),
                             reason: "room head is not 8 bytes".into(),
                         })?;
-                // A reservation (`room\0`) and the head (`room`) of one room
-                // give one floor for its next `seq`.
-                let room = key.strip_suffix(b"\0").unwrap_or(&key);
-                let floor = heads
-                    .entry(String::from_utf8_lossy(room).into_owned())
-                    .or_default();
-                *floor = (*floor).max(seq);
+                // `room` holds the last appended seq, `room\0` the
+                // reservation.
+                let (room, reservation) = match key.strip_suffix(b"\0") {
+                    Some(room) => (room, true),
+                    None => (&key[..], false),
+                };
+                let room = String::from_utf8_lossy(room).into_owned();
+                let head = heads.entry(room.clone()).or_insert_with(|| RoomHead {
+                    room,
+                    ..RoomHead::default()
+                });
+                if reservation {
+                    head.reserved = seq;
+                } else {
+                    head.last = seq;
+                }
             }
-            Ok(heads.into_iter().collect())
+            Ok(heads.into_values().collect())
         })
     }
 
