@@ -43,19 +43,26 @@ pub fn dedup_key(room: &str, sender: &str, msg_id: &str) -> String {
 }
 
 impl DedupIndex {
-    /// Loads the stored entries still inside the window.
+    /// Loads the stored entries still inside the window. `room_last`
+    /// gives a room's last stored `seq`: an entry is written just before
+    /// its message, so after a crash between the two it names a message
+    /// that is not there, and is dropped (the sender's retry is then
+    /// stored, not acknowledged as a duplicate of nothing).
     pub fn load(
         store: Arc<dyn Store>,
         window_ms: u64,
         max_entries: usize,
         max_bytes: usize,
+        room_last: impl Fn(&str) -> u64,
     ) -> Result<Self, crate::store::StoreError> {
         let now = unix_ms_now();
         let mut entries: Vec<(String, DedupRecord)> = store.load_dedup()?;
         entries.sort_by_key(|(_, r)| r.seen_unix_ms);
         let mut inner = Inner::default();
         for (key, record) in entries {
-            if now.saturating_sub(record.seen_unix_ms) <= window_ms {
+            let room = key.split('\0').next().unwrap_or_default();
+            let stored = record.seq <= room_last(room);
+            if stored && now.saturating_sub(record.seen_unix_ms) <= window_ms {
                 inner.bytes += entry_bytes(&key);
                 inner.order.push_back((record.seen_unix_ms, key.clone()));
                 inner.seen.insert(key, record);
@@ -105,6 +112,18 @@ impl DedupIndex {
             inner.bytes = inner.bytes.saturating_sub(key_len + 48);
         }
         self.trim(&mut inner);
+    }
+
+    /// Removes the entry of a message that could not be stored after all
+    /// (its order entry ages out as usual).
+    pub fn forget(&self, key: &str) {
+        let mut inner = self.inner.lock();
+        if inner.seen.remove(key).is_some() {
+            inner.bytes = inner.bytes.saturating_sub(key.len() + 48);
+            if let Err(e) = self.store.put_dedup(key, None) {
+                tracing::warn!(error = %e, "could not remove a de-duplication entry");
+            }
+        }
     }
 
     /// Drops the oldest entries while over `max_entries` or `max_bytes`.
@@ -159,7 +178,7 @@ mod tests {
     #[test]
     fn the_table_is_bounded_in_bytes_oldest_first() {
         let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::default());
-        let index = DedupIndex::load(store, 60_000, 1_000_000, 10_000).unwrap();
+        let index = DedupIndex::load(store, 60_000, 1_000_000, 10_000, |_| u64::MAX).unwrap();
         for i in 0..1000u64 {
             index.insert(dedup_key("room", "sender", &format!("{i:0>100}")), i);
         }
@@ -173,5 +192,24 @@ mod tests {
             index.seen(&dedup_key("room", "sender", &format!("{:0>100}", 0))),
             None
         );
+    }
+
+    #[test]
+    fn an_entry_whose_message_was_not_stored_is_dropped_at_load() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::default());
+        let index = DedupIndex::load(store.clone(), 60_000, 100, 1_000_000, |_| 0).unwrap();
+        index.insert(dedup_key("ops", "alice", "stored"), 7);
+        index.insert(dedup_key("ops", "alice", "lost"), 8);
+        // After a crash the room's last stored message is 7.
+        let reloaded = DedupIndex::load(
+            store,
+            60_000,
+            100,
+            1_000_000,
+            |room| if room == "ops" { 7 } else { 0 },
+        )
+        .unwrap();
+        assert_eq!(reloaded.seen(&dedup_key("ops", "alice", "stored")), Some(7));
+        assert_eq!(reloaded.seen(&dedup_key("ops", "alice", "lost")), None);
     }
 }

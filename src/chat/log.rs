@@ -145,7 +145,14 @@ impl RoomLog {
 
     /// Appends the next message of `room` and sets its `prev`; the caller
     /// holds `room.order` and calls `reveal` when the message is delivered.
-    pub fn append(&self, room: &RoomState, record: &mut RoomRecord) -> Result<u64, StoreError> {
+    /// `before_write` runs with the new `seq` just before the record is
+    /// written (for the de-dup entry, which must not be written after it).
+    pub fn append(
+        &self,
+        room: &RoomState,
+        record: &mut RoomRecord,
+        before_write: impl FnOnce(u64),
+    ) -> Result<u64, StoreError> {
         let seq = room.assigned.load(Ordering::Acquire) + 1;
         if self.reserve_ahead && seq > room.reserved.load(Ordering::Acquire) {
             let up_to = seq + SEQ_BLOCK - 1;
@@ -154,6 +161,7 @@ impl RoomLog {
             room.reserved.store(up_to, Ordering::Release);
         }
         record.prev = Some(room.last.load(Ordering::Acquire));
+        before_write(seq);
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.store(seq, Ordering::Release);
         room.last.store(seq, Ordering::Release);

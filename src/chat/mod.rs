@@ -102,21 +102,24 @@ impl Chat {
         // Delivered before it is durable: reserve `seq` values on disk.
         let reserve_ahead = store.is_some() && commit.is_none();
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        let log = RoomLog::load(
+            store.clone(),
+            config.room_max_messages,
+            config.room_max_age_secs,
+            reserve_ahead,
+        )?;
+        let dedup = DedupIndex::load(
+            store,
+            config.dedup_window_secs.saturating_mul(1000),
+            config.dedup_max_entries,
+            config.dedup_max_bytes,
+            |room| log.head(room),
+        )?;
         Ok(Chat {
             membership: Arc::new(Membership::from_config(config)),
-            log: RoomLog::load(
-                store.clone(),
-                config.room_max_messages,
-                config.room_max_age_secs,
-                reserve_ahead,
-            )?,
+            log,
             uncommitted: commit.map(CommitQueue::new),
-            dedup: DedupIndex::load(
-                store,
-                config.dedup_window_secs.saturating_mul(1000),
-                config.dedup_max_entries,
-                config.dedup_max_bytes,
-            )?,
+            dedup,
             presence: Presence::default(),
             typing: Mutex::default(),
             receipts: Mutex::default(),
@@ -146,10 +149,24 @@ impl Chat {
             user_properties: post.user_properties,
             prev: None,
         };
-        let seq = self.log.append(&room, &mut record)?;
-        if let Some(key) = key {
-            self.dedup.insert(key, seq);
-        }
+        // The de-dup entry is written before the message: a crash between
+        // the two leaves an entry without its message, which loading drops
+        // (`DedupIndex::load`); the other way round a stored message could
+        // lose its entry and a retry be stored twice.
+        let seq = self.log.append(&room, &mut record, |seq| {
+            if let Some(key) = &key {
+                self.dedup.insert(key.clone(), seq);
+            }
+        });
+        let seq = match seq {
+            Ok(seq) => seq,
+            Err(e) => {
+                if let Some(key) = &key {
+                    self.dedup.forget(key);
+                }
+                return Err(e);
+            }
+        };
         self.counters.messages.inc();
         let message = room_message(&room.name, seq, record, post.publisher);
         match &self.uncommitted {
