@@ -44,10 +44,10 @@ impl Store for FillableStore {
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
         self.inner.load_sessions()
     }
-    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.inner.put_message(client_id, seq, message)
     }
-    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.inner.update_message(client_id, seq, message)
     }
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {

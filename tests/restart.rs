@@ -137,6 +137,13 @@ async fn unacknowledged_qos1_messages_keep_their_packet_ids_across_a_restart() {
     let (mut sub3, _) = Raw::connect3(addr, connect3("ids-3", false)).await;
     sub3.subscribe3(1, &[("ids/#", QoS::AtLeastOnce)]).await;
 
+    // A third session is away while its messages are published, so they
+    // are written to disk before they are sent (the journal's id table).
+    let (late, _) = Raw::connect5(addr, persistent5("ids-late")).await;
+    let mut late = late;
+    late.subscribe5(1, &[("ids/#", opts(QoS::AtLeastOnce))]).await;
+    drop(late);
+
     // Ten acknowledged first, so the unacknowledged ones do not have the
     // ids a fresh session would hand out.
     let mut unacked5 = Vec::new();
@@ -163,6 +170,23 @@ async fn unacknowledged_qos1_messages_keep_their_packet_ids_across_a_restart() {
     sub5.subscribe5(2, &[("other", opts(QoS::AtLeastOnce))]).await;
     sub3.subscribe3(2, &[("other", QoS::AtLeastOnce)]).await;
     drop((sub5, sub3));
+    // The late session takes its 15 stored messages and acknowledges ten.
+    let (mut late, _) = Raw::connect5(addr, persistent5("ids-late")).await;
+    let mut unacked_late = Vec::new();
+    for i in 0..15 {
+        let p = late.publish5().await;
+        if i < 10 {
+            late.send5(Packet::PublishAck(v5::PublishAck {
+                packet_id: p.packet_id.unwrap(),
+                ..Default::default()
+            }))
+            .await;
+        } else {
+            unacked_late.push((p.packet_id.unwrap(), p.payload));
+        }
+    }
+    late.subscribe5(2, &[("other", opts(QoS::AtLeastOnce))]).await;
+    drop(late);
     broker.shutdown().await;
 
     let broker = start_with(sled_config(dir.path())).await;
@@ -185,6 +209,15 @@ async fn unacknowledged_qos1_messages_keep_their_packet_ids_across_a_restart() {
             (p.packet_id, &p.payload, p.dup),
             (Some(*id), payload, true),
             "3.1.1 resend"
+        );
+    }
+    let (mut late, _) = Raw::connect5(addr, persistent5("ids-late")).await;
+    for (id, payload) in &unacked_late {
+        let p = late.publish5().await;
+        assert_eq!(
+            (p.packet_id, &p.payload, p.dup),
+            (Some(*id), payload, true),
+            "resend of a stored message"
         );
     }
     // A new message gets an id no unacknowledged message holds.

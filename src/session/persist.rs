@@ -58,7 +58,7 @@ impl Session {
         };
         st.next_store_seq += 1;
         let seq = st.next_store_seq;
-        match store.put_message(&self.client_id, seq, &QueuedRecord::from_delivery(d, None, false)) {
+        match store.put_message(&self.client_id, seq, QueuedRecord::from_delivery(d, None, false)) {
             Ok(()) => d.store_seq = Some(seq),
             Err(e) => log_store_error(&self.client_id, "queued message", e),
         }
@@ -76,8 +76,14 @@ impl Session {
         let (Some(store), Some(seq)) = (self.durable_store(st), f.delivery.store_seq) else {
             return false;
         };
-        let record = QueuedRecord::from_delivery(&f.delivery, Some(f.packet_id), f.stage == Stage::Pubcomp);
-        if let Err(e) = store.update_message(&self.client_id, seq, &record) {
+        let record =
+            || QueuedRecord::from_delivery(&f.delivery, Some(f.packet_id), f.stage == Stage::Pubcomp);
+        let written = if f.stage == Stage::Puback {
+            store.set_packet_id(&self.client_id, seq, f.packet_id.get(), &record)
+        } else {
+            store.update_message(&self.client_id, seq, record())
+        };
+        if let Err(e) = written {
             log_store_error(&self.client_id, "in-flight message", e);
         }
         true

@@ -41,9 +41,9 @@ fn contract(store: &dyn Store) {
     store.put_session("c1", &session).unwrap();
     store.put_session("c10", &session).unwrap();
     for seq in [1, 2, 3] {
-        store.put_message("c1", seq, &queued("m")).unwrap();
+        store.put_message("c1", seq, queued("m")).unwrap();
     }
-    store.put_message("c10", 1, &queued("other")).unwrap();
+    store.put_message("c10", 1, queued("other")).unwrap();
     store.remove_message("c1", 2).unwrap();
     store.put_incoming_qos2("c1", 7).unwrap();
     store.flush().unwrap();
@@ -60,8 +60,8 @@ fn contract(store: &dyn Store) {
     let mut progressed = queued("m");
     progressed.packet_id = Some(9);
     progressed.released = true;
-    store.update_message("c1", 3, &progressed).unwrap();
-    store.put_message("c1", 4, &queued("later")).unwrap();
+    store.update_message("c1", 3, progressed.clone()).unwrap();
+    store.put_message("c1", 4, queued("later")).unwrap();
     store.flush().unwrap();
     let loaded = store.load_sessions().unwrap();
     let c1 = loaded.iter().find(|s| s.client_id == "c1").unwrap();
@@ -76,7 +76,7 @@ fn contract(store: &dyn Store) {
         .unwrap()
         .messages
         .is_empty());
-    store.put_message("c1", 5, &queued("kept")).unwrap();
+    store.put_message("c1", 5, queued("kept")).unwrap();
     store.flush().unwrap();
     store.remove_session("c1").unwrap();
     let loaded = store.load_sessions().unwrap();

@@ -16,6 +16,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::Mutex;
 
 use super::StoreError;
@@ -47,9 +49,18 @@ struct State {
 #[derive(Default)]
 pub struct StoreHealth {
     state: Mutex<State>,
+    /// Whether writes are refused, read on every PUBLISH without the lock;
+    /// written under it.
+    failing: AtomicBool,
 }
 
 impl StoreHealth {
+    /// Keeps the lock-free flag in step with `state` (called under its lock).
+    fn set_flag(&self, state: &State) {
+        let failing = state.low_disk.is_some() || state.failure.is_some();
+        self.failing.store(failing, Ordering::Release);
+    }
+
     /// A flush failed with `error`.
     pub fn failed(&self, error: &StoreError) {
         let now = Instant::now();
@@ -63,6 +74,7 @@ impl StoreHealth {
             since_unix_ms,
             error: error.to_string(),
         });
+        self.set_flag(&state);
         if state
             .last_logged
             .is_none_or(|at| now.duration_since(at) >= REPEAT_LOG)
@@ -78,8 +90,13 @@ impl StoreHealth {
 
     /// A flush worked.
     pub fn worked(&self) {
+        if !self.failing.load(Ordering::Acquire) {
+            // The common case, once per flush: nothing to clear.
+            return;
+        }
         let mut state = self.state.lock();
         if let Some(failure) = state.failure.take() {
+            self.set_flag(&state);
             state.last_logged = None;
             tracing::warn!(
                 failed_for_secs = failure.since.elapsed().as_secs(),
@@ -95,6 +112,7 @@ impl StoreHealth {
         let mut state = self.state.lock();
         if free >= min_free {
             if state.low_disk.take().is_some() {
+                self.set_flag(&state);
                 state.low_disk_logged = None;
                 tracing::warn!(
                     free,
@@ -115,6 +133,7 @@ impl StoreHealth {
                 "{free} bytes free on the data directory's file system, below min_free_disk_bytes {min_free}"
             ),
         });
+        self.set_flag(&state);
         if state
             .low_disk_logged
             .is_none_or(|at| now.duration_since(at) >= REPEAT_LOG)
@@ -136,7 +155,6 @@ impl StoreHealth {
 
     /// Whether the store refuses writes (low disk, or a failed write).
     pub fn is_failing(&self) -> bool {
-        let state = self.state.lock();
-        state.low_disk.is_some() || state.failure.is_some()
+        self.failing.load(Ordering::Acquire)
     }
 }

@@ -87,15 +87,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.inner
             .lock()
             .messages
-            .insert((client_id.to_string(), seq), message.clone());
+            .insert((client_id.to_string(), seq), message);
         Ok(())
     }
 
-    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.put_message(client_id, seq, message)
     }
 

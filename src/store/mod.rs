@@ -81,10 +81,24 @@ pub trait Store: Send + Sync {
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError>;
 
     /// Stores a new message record; `seq` was never used for this session.
-    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError>;
+    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError>;
     /// Replaces a message record (QoS 2 progress).
-    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError>;
+    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError>;
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
+    /// Records the packet id a message was sent with, so it is resent with
+    /// it after a restart. `record` builds the whole record, for a store
+    /// that must rewrite it; one that still holds it unwritten only sets
+    /// the id (the common case: sending is on the hot path).
+    fn set_packet_id(
+        &self,
+        client_id: &str,
+        seq: u64,
+        packet_id: u16,
+        record: &dyn Fn() -> QueuedRecord,
+    ) -> Result<(), StoreError> {
+        let _ = packet_id;
+        self.update_message(client_id, seq, record())
+    }
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
     fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;

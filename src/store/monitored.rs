@@ -52,11 +52,11 @@ impl Store for Monitored {
         self.inner.load_sessions()
     }
 
-    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.watch(self.inner.put_message(client_id, seq, message))
     }
 
-    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.watch(self.inner.update_message(client_id, seq, message))
     }
 
@@ -94,6 +94,16 @@ impl Store for Monitored {
 
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
         self.inner.load_dedup()
+    }
+
+    fn set_packet_id(
+        &self,
+        client_id: &str,
+        seq: u64,
+        packet_id: u16,
+        record: &dyn Fn() -> QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.watch(self.inner.set_packet_id(client_id, seq, packet_id, record))
     }
 
     fn room_range(

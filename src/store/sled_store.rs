@@ -220,14 +220,24 @@ impl Store for SledStore {
         })
     }
 
-    fn put_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| t.journal.put(client_id, seq, message))
     }
 
-    fn update_message(&self, client_id: &str, seq: u64, message: &QueuedRecord) -> Result<(), StoreError> {
+    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| t.journal.update(client_id, seq, message))
+    }
+
+    fn set_packet_id(
+        &self,
+        client_id: &str,
+        seq: u64,
+        packet_id: u16,
+        _record: &dyn Fn() -> QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.with(|t| t.journal.set_packet_id(client_id, seq, packet_id))
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
