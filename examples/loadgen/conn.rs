@@ -112,11 +112,34 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Reads this connection's messages into `received` on a task of its
+    /// own; gives back the writer (shared with that task, which sends the
+    /// PUBACKs) and the codec, for publishing on the same connection.
+    pub fn spawn_subscriber(self, received: Arc<Received>) -> (SharedWriter, Codec) {
+        let Conn {
+            reader,
+            writer,
+            codec,
+            buf,
+        } = self;
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        tokio::spawn(run_subscriber(
+            reader,
+            buf,
+            codec.clone(),
+            writer.clone(),
+            received,
+        ));
+        (writer, codec)
+    }
+}
+
 pub type SharedWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
 /// Reads messages until the connection closes, acknowledging QoS 1 through
 /// `writer` (shared with a publisher on the same connection in `rooms`).
-pub async fn run_subscriber(
+async fn run_subscriber(
     mut reader: OwnedReadHalf,
     mut buf: BytesMut,
     mut codec: Codec,

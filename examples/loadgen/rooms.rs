@@ -14,7 +14,7 @@ use rmqtt_codec::types::QoS;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 
-use crate::conn::{publish_packet, run_subscriber, Conn};
+use crate::conn::{publish_packet, Conn};
 use crate::measure::{payload, report, PublisherReport, Received};
 use crate::Args;
 
@@ -82,20 +82,7 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
             let mut conn = Conn::open_with(addr, &name, 300, true, login).await?;
             conn.subscribe(&filter, qos).await?;
             let received = Arc::new(Received::new(rooms * members));
-            let Conn {
-                reader,
-                writer,
-                codec,
-                buf,
-            } = conn;
-            let writer = Arc::new(tokio::sync::Mutex::new(writer));
-            tokio::spawn(run_subscriber(
-                reader,
-                buf,
-                codec.clone(),
-                writer.clone(),
-                received.clone(),
-            ));
+            let (writer, codec) = conn.spawn_subscriber(received.clone());
             subs.push(received);
             writers.push((topic, writer, codec));
         }

@@ -13,7 +13,7 @@ use rmqtt_codec::v3::Packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::conn::{publish_packet, run_subscriber, Conn};
+use crate::conn::{publish_packet, Conn};
 use crate::measure::{payload, report, PublisherReport, Received};
 use crate::Args;
 
@@ -132,14 +132,7 @@ pub async fn throughput(
         let mut conn = Conn::open_with(addr, &id, 300, !args.persistent, None).await?;
         conn.subscribe(&topic, qos).await?;
         let received = Arc::new(Received::new(publishers));
-        let Conn {
-            reader,
-            writer,
-            codec,
-            buf,
-        } = conn;
-        let writer = Arc::new(tokio::sync::Mutex::new(writer));
-        tokio::spawn(run_subscriber(reader, buf, codec, writer, received.clone()));
+        conn.spawn_subscriber(received.clone());
         subs.push(received);
     }
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,9 +4,10 @@
 //! `Chat::post` appends a message and, still holding the room's order
 //! lock, queues it here with a group-commit ticket taken after the append.
 //! Tickets and the queue share one lock, so the queue is in ticket order,
-//! and within a room in `seq` order. One task (`deliver_committed`) wakes
-//! on every group commit and delivers, in queue order, every message whose
-//! ticket the commit covered. A crash before the commit loses a message no
+//! and within a room in `seq` order. A task (`CommitQueue::run`) wakes on
+//! every group commit and delivers, in queue order, every message whose
+//! ticket the commit covered; a connection does the same before it sends
+//! acknowledgements (`deliver_durable`). A crash before the commit loses a message no
 //! member saw and no publisher had acknowledged; its `seq` is handed out
 //! again after the restart, which no one can notice.
 //!
@@ -92,9 +93,7 @@ impl CommitQueue {
             router.publish(message);
         }
     }
-}
 
-impl CommitQueue {
     /// Delivers room messages as their group commits complete, until
     /// `stop`; then waits (bounded) for one last commit and delivers what
     /// it covered, so a clean shutdown leaves nothing stored undelivered.

@@ -151,14 +151,15 @@ impl Connection {
     /// Whether this publish needs the store (QoS 1/2, retained, or a room
     /// message) while the store refuses writes (a full disk).
     fn store_refuses(&self, publish: &Publish) -> bool {
-        self.shared.store.is_some()
+        // The flag first: one atomic load on every publish while healthy.
+        self.shared.store_health.is_failing()
+            && self.shared.store.is_some()
             && (publish.qos != QoS::AtMostOnce
                 || publish.retain
                 || matches!(
                     crate::chat::classify(&publish.topic),
                     Some(crate::chat::ChatTopic::Message { .. })
                 ))
-            && self.shared.store_health.is_failing()
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.

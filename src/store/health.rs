@@ -36,13 +36,51 @@ pub struct StoreFailure {
     pub error: String,
 }
 
+/// One reason to refuse writes, while it lasts, and when it was last
+/// logged.
+#[derive(Default)]
+struct Condition {
+    current: Option<StoreFailure>,
+    last_logged: Option<Instant>,
+}
+
+impl Condition {
+    /// The condition holds, for `error`; keeps the time it began. Returns
+    /// since when it holds if it is time to log it (the first time, then
+    /// every `REPEAT_LOG`).
+    fn holds(&mut self, error: String) -> Option<Instant> {
+        let now = Instant::now();
+        let (since, since_unix_ms) = self
+            .current
+            .as_ref()
+            .map_or((now, super::unix_ms_now()), |f| (f.since, f.since_unix_ms));
+        self.current = Some(StoreFailure {
+            since,
+            since_unix_ms,
+            error,
+        });
+        let log = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= REPEAT_LOG);
+        log.then(|| {
+            self.last_logged = Some(now);
+            since
+        })
+    }
+
+    /// The condition is over; returns it if it held.
+    fn clear(&mut self) -> Option<StoreFailure> {
+        self.last_logged = None;
+        self.current.take()
+    }
+}
+
 #[derive(Default)]
 struct State {
-    failure: Option<StoreFailure>,
-    last_logged: Option<Instant>,
-    /// Free bytes, while below `min_free_disk_bytes`.
-    low_disk: Option<StoreFailure>,
-    low_disk_logged: Option<Instant>,
+    /// A write or flush failed, until a flush works.
+    failure: Condition,
+    /// Free space below `min_free_disk_bytes`.
+    low_disk: Condition,
 }
 
 /// The store's write health, shared by the flusher and the broker.
@@ -57,32 +95,19 @@ pub struct StoreHealth {
 impl StoreHealth {
     /// Keeps the lock-free flag in step with `state` (called under its lock).
     fn set_flag(&self, state: &State) {
-        let failing = state.low_disk.is_some() || state.failure.is_some();
+        let failing = state.low_disk.current.is_some() || state.failure.current.is_some();
         self.failing.store(failing, Ordering::Release);
     }
 
-    /// A flush failed with `error`.
+    /// A write or flush failed with `error`.
     pub fn failed(&self, error: &StoreError) {
-        let now = Instant::now();
         let mut state = self.state.lock();
-        let (since, since_unix_ms) = state
-            .failure
-            .as_ref()
-            .map_or((now, super::unix_ms_now()), |f| (f.since, f.since_unix_ms));
-        state.failure = Some(StoreFailure {
-            since,
-            since_unix_ms,
-            error: error.to_string(),
-        });
+        let log = state.failure.holds(error.to_string());
         self.set_flag(&state);
-        if state
-            .last_logged
-            .is_none_or(|at| now.duration_since(at) >= REPEAT_LOG)
-        {
-            state.last_logged = Some(now);
+        if let Some(since) = log {
             tracing::error!(
                 %error,
-                failing_for_secs = now.duration_since(since).as_secs(),
+                failing_for_secs = since.elapsed().as_secs(),
                 "store cannot write (disk full?): acknowledgements that need the store wait, then are refused; retrying"
             );
         }
@@ -95,9 +120,8 @@ impl StoreHealth {
             return;
         }
         let mut state = self.state.lock();
-        if let Some(failure) = state.failure.take() {
+        if let Some(failure) = state.failure.clear() {
             self.set_flag(&state);
-            state.last_logged = None;
             tracing::warn!(
                 failed_for_secs = failure.since.elapsed().as_secs(),
                 "store writes again; acknowledgements resume"
@@ -108,12 +132,10 @@ impl StoreHealth {
     /// The free space on the data directory's file system was measured:
     /// below `min_free` bytes the store refuses new writes.
     pub fn disk_space(&self, free: u64, min_free: u64) {
-        let now = Instant::now();
         let mut state = self.state.lock();
         if free >= min_free {
-            if state.low_disk.take().is_some() {
+            if state.low_disk.clear().is_some() {
                 self.set_flag(&state);
-                state.low_disk_logged = None;
                 tracing::warn!(
                     free,
                     min_free_disk_bytes = min_free,
@@ -122,23 +144,11 @@ impl StoreHealth {
             }
             return;
         }
-        let (since, since_unix_ms) = state
-            .low_disk
-            .as_ref()
-            .map_or((now, super::unix_ms_now()), |f| (f.since, f.since_unix_ms));
-        state.low_disk = Some(StoreFailure {
-            since,
-            since_unix_ms,
-            error: format!(
-                "{free} bytes free on the data directory's file system, below min_free_disk_bytes {min_free}"
-            ),
-        });
+        let log = state.low_disk.holds(format!(
+            "{free} bytes free on the data directory's file system, below min_free_disk_bytes {min_free}"
+        ));
         self.set_flag(&state);
-        if state
-            .low_disk_logged
-            .is_none_or(|at| now.duration_since(at) >= REPEAT_LOG)
-        {
-            state.low_disk_logged = Some(now);
+        if log.is_some() {
             tracing::error!(
                 free,
                 min_free_disk_bytes = min_free,
@@ -150,7 +160,11 @@ impl StoreHealth {
     /// Why the store refuses writes now, if it does.
     pub fn failure(&self) -> Option<StoreFailure> {
         let state = self.state.lock();
-        state.low_disk.clone().or_else(|| state.failure.clone())
+        state
+            .low_disk
+            .current
+            .clone()
+            .or_else(|| state.failure.current.clone())
     }
 
     /// Whether the store refuses writes (low disk, or a failed write).
