@@ -13,13 +13,14 @@ use tokio_util::task::TaskTracker;
 use crate::auth::acl::Acl;
 use crate::auth::gate::Gate;
 use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff, LoginPool};
+use crate::cluster::Cluster;
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
 use crate::local::LocalSubscription;
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
 use crate::router::{Message, RetainedStore, Router};
 use crate::session::{Registry, Shared};
-use crate::store::{GroupCommit, Monitored, SledStore, Store, StoreHealth};
+use crate::store::{GroupCommit, MemoryStore, Monitored, SledStore, Store, StoreHealth};
 
 /// Errors that stop the broker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum StartError {
     Config(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl From<crate::server::ListenError> for StartError {
@@ -118,18 +121,31 @@ impl Broker {
             tracing::warn!(?kind, %addr, "anonymous clients are allowed on a non-loopback listener (auth.allow_anonymous)");
         }
         let (shutdown, _) = watch::channel(false);
-        let commit = match (&store, self.config.durability) {
-            (Some(store), Durability::Flush) => Some(GroupCommit::start(
-                store.clone(),
-                Duration::from_micros(self.config.commit_delay_us),
+        let cluster = match &self.config.cluster {
+            Some(_) => Some(Cluster::connect(&self.config, store_health.clone()).await?),
+            None => None,
+        };
+        let commit_delay = Duration::from_micros(self.config.commit_delay_us);
+        let commit = match (&store, self.config.durability, &cluster) {
+            // In a cluster an acknowledgement also waits for JetStream's.
+            (_, _, Some(cluster)) => Some(GroupCommit::start_with_barrier(
+                store.clone().unwrap_or_else(|| Arc::new(MemoryStore::default())),
+                commit_delay,
+                Some(cluster.barrier()),
             )),
+            (Some(store), Durability::Flush, None) => Some(GroupCommit::start(store.clone(), commit_delay)),
             _ => None,
         };
-        let chat = crate::chat::Chat::open(&self.config, store.clone(), commit.clone())?;
+        // In a cluster the room logs live in JetStream; this node keeps a
+        // copy in memory, loaded from the stream at start.
+        let chat = match &cluster {
+            Some(cluster) => crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()))?,
+            None => crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None)?,
+        };
         let shared = Arc::new(Shared {
             router: Router::new(
                 self.config.retain_available,
-                store.clone(),
+                store.clone().filter(|_| cluster.is_none()),
                 RetainedStore::new(self.config.max_retained_messages, self.config.max_retained_bytes),
             ),
             registry: Registry::default(),
@@ -145,18 +161,28 @@ impl Broker {
                 max_name_length: self.config.max_chat_name_length,
             },
             chat,
+            cluster: cluster.clone(),
             login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
             logins: LoginPool::new(self.config.max_concurrent_logins, self.config.max_pending_logins),
             store,
             config: self.config,
         });
+        if let Some(cluster) = &cluster {
+            crate::session::join_cluster(&shared, cluster).await;
+        }
         if let Some(store) = &shared.store {
-            for record in store.load_retained()? {
-                shared.router.restore_retained(record.into_message());
+            // In a cluster, retained messages come from JetStream.
+            if cluster.is_none() {
+                for record in store.load_retained()? {
+                    shared.router.restore_retained(record.into_message());
+                }
             }
             crate::session::restore_sessions(&shared, store.load_sessions()?);
         }
-        shared.chat.publish_startup_state(&shared.router);
+        // In a cluster, users online on other nodes stay online.
+        shared
+            .chat
+            .publish_startup_state(&shared.router, cluster.is_none());
         let tracker = TaskTracker::new();
         let ip_limits = Arc::new(crate::server::IpLimits::default());
         for listener in listeners {

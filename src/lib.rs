@@ -15,6 +15,9 @@
 //! - [`chat`]: rooms, room logs with `seq`, commit before delivery,
 //!   de-duplication, presence, typing, receipts, history, alert rules
 //!   (`topics.md`).
+//! - `cluster`: cluster mode on NATS JetStream (`[cluster]`): room logs in
+//!   a stream every node follows, plain messages by node interest,
+//!   retained messages, takeover across nodes.
 //! - [`router`]: the subscription trie, retained messages, fan-out to
 //!   [`router::Subscriber`]s (sessions implement it).
 //! - [`store`]: the `Store` trait, sled and in-memory implementations,
@@ -57,6 +60,7 @@
 pub mod auth;
 pub mod broker;
 pub mod chat;
+mod cluster;
 pub mod config;
 mod local;
 pub mod message;
@@ -68,6 +72,7 @@ mod session;
 pub mod store;
 
 pub use broker::{Broker, BrokerHandle, StartError};
+pub use cluster::ClusterError;
 pub use config::{Config, ConfigError, StorageKind};
 pub use local::LocalSubscription;
 pub use message::Message;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom; a module may use only the ones after it.
 const LAYERS: &[&str] = &[
-    "broker", "server", "local", "session", "auth", "chat", "router", "store", "message", "config",
-    "protocol", "metrics",
+    "broker", "server", "local", "session", "auth", "chat", "cluster", "router", "store", "message",
+    "config", "protocol", "metrics",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

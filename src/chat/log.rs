@@ -39,6 +39,9 @@ pub struct RoomState {
     head: AtomicU64,
     /// `seq` values up to this are reserved on disk (buffered mode).
     reserved: AtomicU64,
+    /// Messages appended since this process started (cluster mode trims
+    /// by it: `seq` values there have gaps).
+    appended: AtomicU64,
     /// Held while a message gets its `seq`, is appended and is queued for
     /// delivery, so every subscriber sees the room's messages in `seq`
     /// order.
@@ -56,6 +59,7 @@ impl RoomState {
             last: AtomicU64::new(last),
             head: AtomicU64::new(last),
             reserved: AtomicU64::new(assigned),
+            appended: AtomicU64::new(0),
             order: Mutex::new(()),
         }
     }
@@ -171,6 +175,42 @@ impl RoomLog {
             }
         }
         Ok(seq)
+    }
+
+    /// The highest `seq` of any room (cluster mode: the last stream
+    /// sequence this node's copy holds).
+    pub fn last_seq(&self) -> u64 {
+        self.rooms
+            .read()
+            .values()
+            .map(|r| r.last.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Appends a message whose `seq` was given elsewhere (cluster mode: the
+    /// JetStream sequence, larger than any before it in the room) and
+    /// sets its `prev`; the caller holds `room.order`. Returns false for a
+    /// `seq` the room already has. Trims by count without assuming `seq`
+    /// values are contiguous.
+    pub fn append_at(&self, room: &RoomState, seq: u64, record: &mut RoomRecord) -> Result<bool, StoreError> {
+        if seq <= room.last.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        record.prev = Some(room.last.load(Ordering::Acquire));
+        self.store.append_room(&room.name, seq, record)?;
+        room.assigned.fetch_max(seq, Ordering::AcqRel);
+        room.last.store(seq, Ordering::Release);
+        let held = room.appended.fetch_add(1, Ordering::AcqRel) + 1;
+        if held >= self.max_messages + TRIM_EVERY {
+            let excess = usize::try_from(held - self.max_messages).unwrap_or(usize::MAX);
+            let oldest = self.store.room_range(&room.name, 0, u64::MAX, excess, false)?;
+            if let Some((last_removed, _)) = oldest.last() {
+                self.store.trim_room(&room.name, last_removed + 1)?;
+                room.appended.fetch_sub(oldest.len() as u64, Ordering::AcqRel);
+            }
+        }
+        Ok(true)
     }
 
     /// Messages with `after < seq < before` that members may see (up to

@@ -39,6 +39,7 @@ pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
 pub(crate) use topics::{classify, filter_covers_room, message_topic, room_of, ChatTopic};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::protocol::{PublishProperties, QoS};
 use crate::router::{Message, RoomTag, Router};
@@ -57,6 +58,9 @@ pub struct Chat {
     /// "flush"`); `None` delivers at once.
     uncommitted: Option<CommitQueue>,
     dedup: DedupIndex,
+    /// Cluster mode: room messages are written to JetStream and come back
+    /// through `apply_replicated`.
+    cluster: Option<Arc<Cluster>>,
     presence: Presence,
     /// Last typing event per (room, sender), for `typing_min_interval_ms`.
     typing: Mutex<HashMap<(String, String), Instant>>,
@@ -90,6 +94,21 @@ pub(crate) struct Post<'a> {
     pub publisher: Option<Arc<str>>,
 }
 
+impl Post<'_> {
+    /// The log record of this message, stamped with the server time.
+    fn into_record(self) -> RoomRecord {
+        RoomRecord {
+            ts_unix_ms: unix_ms_now(),
+            sender: self.sender.to_string(),
+            msg_id: self.msg_id.map(str::to_string),
+            qos: self.qos.value(),
+            payload: self.payload,
+            user_properties: self.user_properties,
+            prev: None,
+        }
+    }
+}
+
 impl Chat {
     /// Loads room heads and de-duplication entries from `store`, or keeps
     /// them in memory without one. With `commit`, room messages are
@@ -98,6 +117,7 @@ impl Chat {
         config: &Config,
         store: Option<Arc<dyn Store>>,
         commit: Option<Arc<GroupCommit>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Result<Chat, StoreError> {
         // Delivered before it is durable: reserve `seq` values on disk.
         let reserve_ahead = store.is_some() && commit.is_none();
@@ -120,6 +140,7 @@ impl Chat {
             log,
             uncommitted: commit.map(CommitQueue::new),
             dedup,
+            cluster,
             presence: Presence::default(),
             typing: Mutex::default(),
             receipts: Mutex::default(),
@@ -132,6 +153,9 @@ impl Chat {
     /// msg-id was seen within the window. Returns the `seq` and whether it
     /// was new.
     pub(crate) fn post(&self, router: &Router, post: Post<'_>) -> Result<(u64, bool), StoreError> {
+        if let Some(cluster) = &self.cluster {
+            return self.post_to_cluster(cluster, post);
+        }
         let room = self.log.room(post.room);
         let _in_order = room.order.lock();
         let key = post.msg_id.map(|id| dedup_key(post.room, post.sender, id));
@@ -139,16 +163,8 @@ impl Chat {
             self.counters.duplicates.inc();
             return Ok((seq, false));
         }
-        let ts = unix_ms_now();
-        let mut record = RoomRecord {
-            ts_unix_ms: ts,
-            sender: post.sender.to_string(),
-            msg_id: post.msg_id.map(str::to_string),
-            qos: post.qos.value(),
-            payload: post.payload,
-            user_properties: post.user_properties,
-            prev: None,
-        };
+        let publisher = post.publisher.clone();
+        let mut record = post.into_record();
         // The de-dup entry is written before the message: a crash between
         // the two leaves an entry without its message, which loading drops
         // (`DedupIndex::load`); the other way round a stored message could
@@ -168,7 +184,7 @@ impl Chat {
             }
         };
         self.counters.messages.inc();
-        let message = room_message(&room.name, seq, record, post.publisher);
+        let message = room_message(&room.name, seq, record, publisher);
         match &self.uncommitted {
             Some(queue) => queue.push(room.clone(), seq, message),
             None => {
@@ -177,6 +193,69 @@ impl Chat {
             }
         }
         Ok((seq, true))
+    }
+
+    /// Cluster mode: writes the message to the room stream (the `seq` is
+    /// JetStream's, known when it comes back); returns `seq` 0 for a new
+    /// message.
+    fn post_to_cluster(&self, cluster: &Cluster, post: Post<'_>) -> Result<(u64, bool), StoreError> {
+        let key = post.msg_id.map(|id| dedup_key(post.room, post.sender, id));
+        if let Some(seq) = key.as_deref().and_then(|k| self.dedup.seen(k)) {
+            self.counters.duplicates.inc();
+            return Ok((seq, false));
+        }
+        let (room, publisher) = (post.room, post.publisher.clone());
+        cluster
+            .rooms
+            .post(room, post.into_record(), key.as_deref(), publisher.as_deref())?;
+        Ok((0, true))
+    }
+
+    /// Cluster mode: a room message JetStream stored under `seq` (read back
+    /// in stream order): appended to this node's copy of the room log,
+    /// remembered for de-duplication, and delivered to the members here.
+    pub(crate) fn apply_replicated(
+        &self,
+        router: &Router,
+        room: &str,
+        seq: u64,
+        mut record: RoomRecord,
+        publisher: Option<Arc<str>>,
+    ) {
+        let state = self.log.room(room);
+        let _in_order = state.order.lock();
+        // Every node applies the stream in the same order, so every node
+        // makes the same choice here.
+        let key = record
+            .msg_id
+            .as_deref()
+            .map(|id| dedup_key(room, &record.sender, id));
+        if key.as_deref().is_some_and(|k| self.dedup.seen(k).is_some()) {
+            // Stored twice: two nodes took the same msg-id after
+            // JetStream's duplicate window. Kept and shown once.
+            self.counters.duplicates.inc();
+            return;
+        }
+        match self.log.append_at(&state, seq, &mut record) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(%room, seq, error = %e, "could not keep a room message in this node's copy of the log");
+                return;
+            }
+        }
+        if let Some(key) = key {
+            self.dedup.insert(key, seq);
+        }
+        self.counters.messages.inc();
+        state.reveal(seq);
+        router.publish(room_message(&state.name, seq, record, publisher));
+    }
+
+    /// The highest `seq` this node's room logs hold (cluster mode: where
+    /// following the room stream resumes).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.log.last_seq()
     }
 
     /// Delivers the room messages that are durable now (see
@@ -229,11 +308,17 @@ impl Chat {
     }
 
     /// At start-up: every presence left "online" by the previous run (a
-    /// crash or a shutdown) becomes "offline", and declared rooms publish
-    /// their member lists (`$rooms/{room}/members`).
-    pub fn publish_startup_state(&self, router: &Router) {
+    /// crash or a shutdown) becomes "offline" (with `reset_presence`: not
+    /// in a cluster, where other nodes serve users), and declared rooms
+    /// publish their member lists (`$rooms/{room}/members`).
+    pub fn publish_startup_state(&self, router: &Router, reset_presence: bool) {
         let now = unix_ms_now();
-        for message in router.retained().matching("$presence/+") {
+        let stale_presence = if reset_presence {
+            router.retained().matching("$presence/+")
+        } else {
+            Vec::new()
+        };
+        for message in stale_presence {
             let stale: Option<payloads::Presence> = payloads::from_cbor(&message.payload);
             let user = message
                 .topic

@@ -41,6 +41,28 @@ pub trait Subscriber: Send + Sync {
     fn is_online(&self) -> bool;
 }
 
+/// Where messages go beyond this process (cluster mode): the router tells
+/// it what this node subscribes to, and hands it every message published
+/// here that is not a room message (those travel through the room log).
+pub trait Outbound: Send + Sync {
+    /// A message published on this node, after local delivery.
+    fn forward(&self, message: &Arc<Message>);
+    /// A retained message was removed here (broker housekeeping).
+    fn retained_cleared(&self, topic: &str);
+    /// A subscription to `filter` (in shared `group`) was added or removed.
+    fn interest(&self, filter: &str, group: Option<&str>, added: bool);
+}
+
+/// Which subscriptions a message from another node reaches on this one.
+#[derive(Clone, Copy, Debug)]
+pub enum RemoteScope<'a> {
+    /// Every subscription but shared ones (the cluster hands a shared
+    /// group's copy to one node: `Shared`).
+    Plain,
+    /// One member of this shared group.
+    Shared(&'a SharedGroupKey),
+}
+
 /// Whether two handles are the same subscriber (by address: the vtable
 /// part of a `dyn` pointer may differ between codegen units).
 pub(crate) fn same_subscriber(a: &Arc<dyn Subscriber>, b: &Arc<dyn Subscriber>) -> bool {
@@ -68,6 +90,8 @@ pub struct Router {
     retain_available: bool,
     /// Where retained messages are kept durably, when the broker has a store.
     store: Option<Arc<dyn Store>>,
+    /// The other nodes of a cluster, once connected.
+    outbound: std::sync::OnceLock<Arc<dyn Outbound>>,
 }
 
 impl Router {
@@ -77,6 +101,14 @@ impl Router {
             retained: Arc::new(retained),
             retain_available,
             store,
+            outbound: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Connects the router to the other nodes of a cluster (once).
+    pub fn connect_outbound(&self, outbound: Arc<dyn Outbound>) {
+        if self.outbound.set(outbound).is_err() {
+            tracing::error!("the router is already connected to a cluster");
         }
     }
 
@@ -90,25 +122,83 @@ impl Router {
         let message = Arc::new(message);
         let mut retain_refused = false;
         if message.retain && self.retain_available {
-            if !self.retained.set(&message) {
-                retain_refused = true;
-                tracing::warn!(topic = %message.topic, retained = self.retained.len(), "retained message not kept: max_retained_messages or max_retained_bytes reached");
-            } else if let Some(store) = self.store.as_ref().filter(|_| !message.retain_in_memory) {
-                let record = (!message.payload.is_empty())
-                    .then(|| crate::store::MessageRecord::from_message(&message));
-                if let Err(e) = store.put_retained(&message.topic, record.as_ref()) {
-                    tracing::error!(topic = %message.topic, error = %e, "could not store the retained message");
-                }
+            retain_refused = !self.keep_retained(&message);
+        }
+        // In a cluster, room messages reach every node through the room
+        // log; anything else is forwarded, and a shared group's copy is
+        // chosen among all nodes (`RemoteScope::Shared`).
+        let outbound = self.outbound.get().filter(|_| message.room.is_none());
+        if let Some(outbound) = outbound {
+            outbound.forward(&message);
+        }
+        let mut matched = self.trie.matches(&message.topic);
+        if outbound.is_some() {
+            matched.retain(|m| m.shared.is_none());
+        }
+        self.deliver(&message, matched, retain_refused)
+    }
+
+    /// Sets (or clears) a retained message here and in the store; false
+    /// when a limit refused it.
+    fn keep_retained(&self, message: &Arc<Message>) -> bool {
+        if !self.retained.set(message) {
+            tracing::warn!(topic = %message.topic, retained = self.retained.len(), "retained message not kept: max_retained_messages or max_retained_bytes reached");
+            return false;
+        }
+        if let Some(store) = self.store.as_ref().filter(|_| !message.retain_in_memory) {
+            let record =
+                (!message.payload.is_empty()).then(|| crate::store::MessageRecord::from_message(message));
+            if let Err(e) = store.put_retained(&message.topic, record.as_ref()) {
+                tracing::error!(topic = %message.topic, error = %e, "could not store the retained message");
             }
         }
-        let matched = self.trie.matches(&message.topic);
+        true
+    }
+
+    /// Delivers a message published on another node of the cluster to the
+    /// subscriptions `scope` names; not forwarded again. Retained state
+    /// comes separately (`apply_retained`), except what is kept in memory
+    /// only (a live presence).
+    pub fn publish_remote(&self, message: Message, scope: RemoteScope<'_>) -> PublishOutcome {
+        let message = Arc::new(message);
+        if message.retain && message.retain_in_memory && self.retain_available {
+            self.retained.set(&message);
+        }
+        let mut matched = self.trie.matches(&message.topic);
+        match scope {
+            RemoteScope::Plain => matched.retain(|m| m.shared.is_none()),
+            RemoteScope::Shared(key) => matched.retain(|m| m.shared.as_deref() == Some(key)),
+        }
+        self.deliver(&message, matched, false)
+    }
+
+    /// Sets a retained message (or clears it, with an empty payload) as the
+    /// cluster's retained stream says, without delivering it.
+    pub fn apply_retained(&self, message: Message) {
+        if !self.retain_available {
+            return;
+        }
+        if message.payload.is_empty() {
+            if self.retained.remove(&message.topic).is_some() {
+                if let Some(store) = &self.store {
+                    if let Err(e) = store.put_retained(&message.topic, None) {
+                        tracing::error!(topic = %message.topic, error = %e, "could not remove a retained message from the store");
+                    }
+                }
+            }
+            return;
+        }
+        self.keep_retained(&Arc::new(message));
+    }
+
+    fn deliver(&self, message: &Arc<Message>, matched: Vec<Matched>, retain_refused: bool) -> PublishOutcome {
         if matched.is_empty() {
             return PublishOutcome {
                 retain_refused,
                 ..PublishOutcome::default()
             };
         }
-        let deliveries = merge_overlaps(&message, matched);
+        let deliveries = merge_overlaps(message, matched);
         let mut outcome = PublishOutcome {
             matched: deliveries.len(),
             dropped: 0,
@@ -130,6 +220,9 @@ impl Router {
         let Some(removed) = self.retained.remove(topic) else {
             return;
         };
+        if let Some(outbound) = self.outbound.get().filter(|_| !removed.retain_in_memory) {
+            outbound.retained_cleared(topic);
+        }
         if let Some(store) = self.store.as_ref().filter(|_| !removed.retain_in_memory) {
             if let Err(e) = store.put_retained(topic, None) {
                 tracing::error!(%topic, error = %e, "could not remove a retained message from the store");
@@ -227,10 +320,17 @@ impl Router {
             options,
             id,
         };
-        match shared {
+        let replaced = match shared {
             Some(s) => self.trie.insert(s.filter, Some(s.group), entry),
             None => self.trie.insert(filter, None, entry),
+        };
+        if let (false, Some(outbound)) = (replaced, self.outbound.get()) {
+            match shared {
+                Some(s) => outbound.interest(s.filter, Some(s.group), true),
+                None => outbound.interest(filter, None, true),
+            }
         }
+        replaced
     }
 
     /// Removes a subscription; returns whether it existed.
@@ -240,10 +340,17 @@ impl Router {
         filter: &str,
         shared: Option<&SharedFilter<'_>>,
     ) -> bool {
-        match shared {
+        let removed = match shared {
             Some(s) => self.trie.remove(s.filter, Some(s.group), session),
             None => self.trie.remove(filter, None, session),
+        };
+        if let (true, Some(outbound)) = (removed, self.outbound.get()) {
+            match shared {
+                Some(s) => outbound.interest(s.filter, Some(s.group), false),
+                None => outbound.interest(filter, None, false),
+            }
         }
+        removed
     }
 
     /// Hands a message that `from` received through a shared subscription,

@@ -246,6 +246,11 @@ async fn claim_session(
             .presence()
             .connected(&shared.router, identity, presence_lasting);
     }
+    // Another node with a connection for this client id closes it (it
+    // would on this node too: a takeover).
+    if let Some(cluster) = &shared.cluster {
+        cluster.announce_client(client_id).await;
+    }
     let claimed = shared
         .registry
         .claim(shared, client_id, connect.clean_start, principal)

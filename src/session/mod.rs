@@ -9,6 +9,7 @@
 //! across an `.await`.
 
 mod acks;
+mod cluster;
 mod connect;
 mod connection;
 mod io;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+pub(crate) use cluster::join as join_cluster;
 pub use connection::{serve, Stream};
 pub(crate) use io::{CertName, Peer};
 pub(crate) use persist::restore_sessions;

@@ -149,11 +149,12 @@ impl Connection {
     }
 
     /// Whether this publish needs the store (QoS 1/2, retained, or a room
-    /// message) while the store refuses writes (a full disk).
+    /// message) while the store refuses writes (a full disk; in a cluster,
+    /// JetStream without quorum).
     fn store_refuses(&self, publish: &Publish) -> bool {
         // The flag first: one atomic load on every publish while healthy.
         self.shared.store_health.is_failing()
-            && self.shared.store.is_some()
+            && (self.shared.store.is_some() || self.shared.cluster.is_some())
             && (publish.qos != QoS::AtMostOnce
                 || publish.retain
                 || matches!(

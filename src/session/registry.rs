@@ -184,6 +184,24 @@ impl Registry {
     }
 }
 
+/// `client_id` connected on another node of the cluster: the connection
+/// here, if any, is closed (5.0 DISCONNECT 0x8E Session taken over) and the
+/// session is forgotten here; it goes on there. No will is sent: the
+/// client is connected.
+pub(crate) async fn release_to_other_node(shared: &Arc<Shared>, client_id: &str) {
+    let Some(session) = shared.registry.get(client_id) else {
+        return;
+    };
+    session.state.lock().kick_reason = Some(Kick::TakenOver {
+        session_continues: true,
+    });
+    if let Some(_guard) = take_ownership(&session).await {
+        session.state.lock().pending_will = None;
+        super::lifecycle::end_session(shared, &session);
+        tracing::info!(%client_id, "client connected on another node: session handed over");
+    }
+}
+
 /// Kicks whatever connection serves `session` and waits until it is gone.
 async fn take_ownership(session: &Arc<Session>) -> Option<OwnedMutexGuard<()>> {
     for _ in 0..TAKEOVER_TRIES {

@@ -89,7 +89,9 @@ pub(crate) fn route_as(
             let outcome = shared.router.publish(*message);
             if outcome.retain_refused {
                 PublishAckReason::QuotaExceeded
-            } else if outcome.matched == 0 {
+            } else if outcome.matched == 0 && shared.cluster.is_none() {
+                // In a cluster, subscribers on other nodes are not known
+                // here: plain Success.
                 PublishAckReason::NoMatchingSubscribers
             } else if outcome.matched == 1 && outcome.dropped == 1 {
                 PublishAckReason::QuotaExceeded

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub commit: Option<Arc<GroupCommit>>,
     /// Whether the store can write (a full disk cannot).
     pub store_health: Arc<StoreHealth>,
+    /// The other nodes, in cluster mode.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Rooms, presence, history (see `topics.md`).
     pub chat: crate::chat::Chat,
     /// The one access decision (topic rules and room membership) for

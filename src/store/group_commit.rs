@@ -27,13 +27,23 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
-use super::Store;
+use super::{Store, StoreError};
+
+/// What a commit waits for besides the store's own flush: in cluster mode,
+/// JetStream's acknowledgement of every write handed to it so far.
+pub trait CommitBarrier: Send + Sync {
+    /// Blocks until every write made before the call is acknowledged, or
+    /// fails after a bounded wait (the flusher then tries again).
+    fn settle(&self) -> Result<(), StoreError>;
+}
 
 /// How long the flusher waits before it tries a failed flush again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
 
 /// The group-commit coordinator of one store.
 pub struct GroupCommit {
+    /// Waited for after each flush (cluster mode).
+    barrier: Option<Arc<dyn CommitBarrier>>,
     /// Highest ticket handed out.
     requested: AtomicU64,
     /// Highest ticket known to be durable.
@@ -50,8 +60,18 @@ impl GroupCommit {
     /// Starts the flusher thread for `store`. It ends when the last handle
     /// to the coordinator is dropped.
     pub fn start(store: Arc<dyn Store>, delay: Duration) -> Arc<GroupCommit> {
+        GroupCommit::start_with_barrier(store, delay, None)
+    }
+
+    /// `start`, where a commit also waits for `barrier` after the flush.
+    pub fn start_with_barrier(
+        store: Arc<dyn Store>,
+        delay: Duration,
+        barrier: Option<Arc<dyn CommitBarrier>>,
+    ) -> Arc<GroupCommit> {
         let (durable, _) = watch::channel(0);
         let gc = Arc::new(GroupCommit {
+            barrier,
             requested: AtomicU64::new(0),
             durable,
             wake: (Mutex::new(false), Condvar::new()),
@@ -123,7 +143,10 @@ impl GroupCommit {
         if target <= durable {
             return false;
         }
-        match store.flush() {
+        let flushed = store
+            .flush()
+            .and_then(|()| self.barrier.as_ref().map_or(Ok(()), |b| b.settle()));
+        match flushed {
             Ok(()) => {
                 self.flushes.fetch_add(1, Ordering::Relaxed);
                 self.durable.send_replace(target);

@@ -19,7 +19,7 @@ mod monitored;
 mod records;
 mod sled_store;
 
-pub use group_commit::GroupCommit;
+pub use group_commit::{CommitBarrier, GroupCommit};
 pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
 pub use monitored::Monitored;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod nats;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
+pub use cluster::ClusterConfig;
+
 /// What a rule allows.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -213,6 +216,8 @@ pub struct Config {
     pub history_default_limit: usize,
     /// Most messages in one history answer.
     pub history_max_limit: usize,
+    /// Cluster mode on NATS JetStream (`[cluster]`); unset, one node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The `[auth]` section.
@@ -411,6 +416,7 @@ impl Default for Config {
             room_max_age_secs: 30 * 24 * 3600,
             history_default_limit: 50,
             history_max_limit: 500,
+            cluster: None,
         }
     }
 }
@@ -539,6 +545,9 @@ impl Config {
         }
         if self.room_max_messages == 0 || self.history_max_limit == 0 {
             return Err("keys `room_max_messages` and `history_max_limit` must be at least 1".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         Ok(())
     }

@@ -1,0 +1,262 @@
+//! Cluster mode (`[cluster]`): several roomq nodes as one broker, sharing
+//! state through NATS JetStream. Without `[cluster]` none of this runs.
+//!
+//! - `rooms.rs`: room messages in one JetStream stream; its sequence is
+//!   the room `seq`; every node follows it and delivers in its order.
+//! - `writer.rs`: JetStream writes, acknowledged (by a quorum) before the
+//!   client's PUBACK, through the group commit.
+//! - `plain.rs`: plain MQTT messages on core NATS, by node interest;
+//!   shared subscriptions as NATS queue groups.
+//! - `retained.rs`: retained messages in a stream every node follows.
+//! - `clients.rs`: a client id connected on another node closes the old
+//!   connection (takeover).
+//! - `names.rs`: subjects and stream names.
+//!
+//! The README's *Cluster* section says what each failure does.
+
+mod clients;
+mod names;
+mod plain;
+mod retained;
+mod rooms;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use tokio::sync::watch;
+
+pub(crate) use clients::TakenOver;
+pub(crate) use names::Names;
+pub(crate) use plain::Plain;
+pub(crate) use retained::ApplyRetained;
+pub(crate) use rooms::{RoomSink, Rooms};
+use writer::Writer;
+
+use crate::config::{ClusterConfig, Config};
+use crate::store::{CommitBarrier, StoreHealth};
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error("cannot connect to NATS at {urls}: {reason}")]
+    Connect { urls: String, reason: String },
+    #[error("cannot create or open the JetStream stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+}
+
+/// How long start-up waits for NATS before it gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries to create a stream, 500 ms apart (60: half a minute).
+const STREAM_ATTEMPTS: u32 = 60;
+
+/// This node's connection to the cluster.
+pub(crate) struct Cluster {
+    pub names: Names,
+    pub node: Arc<str>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    writer: Arc<Writer>,
+    pub plain: Arc<Plain>,
+    pub rooms: Rooms,
+}
+
+impl Cluster {
+    /// Connects to NATS, creates roomq's streams if they are missing, and
+    /// starts the JetStream writer. JetStream failures are reported to
+    /// `health` (acknowledgements wait, then are refused).
+    pub async fn connect(config: &Config, health: Arc<StoreHealth>) -> Result<Arc<Cluster>, ClusterError> {
+        let Some(cc) = &config.cluster else {
+            return Err(ClusterError::Connect {
+                urls: String::new(),
+                reason: "no [cluster] section".into(),
+            });
+        };
+        let client = connect_nats(cc).await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(cc.ack_timeout_ms));
+        let names = Names::new(&cc.name);
+        ensure_streams(&js, &names, cc, config).await?;
+        let node: Arc<str> = cc.node.as_str().into();
+        let (writer, queue) = Writer::new(health);
+        tokio::spawn(writer.clone().run(js.clone(), queue));
+        let plain = Plain::start(
+            names.clone(),
+            node.clone(),
+            client.clone(),
+            writer.clone(),
+            cc.forward_buffer_bytes,
+        );
+        let rooms = Rooms::new(names.clone(), writer.clone(), node.clone());
+        tracing::info!(node = %node, nats = ?cc.nats, replicas = cc.replicas, "cluster mode: connected to NATS JetStream");
+        Ok(Arc::new(Cluster {
+            names,
+            node,
+            client,
+            js,
+            writer,
+            plain,
+            rooms,
+        }))
+    }
+
+    /// What the group commit waits for: JetStream's acknowledgements.
+    pub fn barrier(&self) -> Arc<dyn CommitBarrier> {
+        self.writer.clone()
+    }
+
+    /// Starts following the room and retained streams and the connection
+    /// announcements; resolves once this node has read what the streams
+    /// held at start (so history, backlogs and retained messages are
+    /// complete before clients connect).
+    pub async fn follow(&self, rooms: Arc<dyn RoomSink>, retained: ApplyRetained, taken_over: TakenOver) {
+        let (rooms_done, mut rooms_ready) = watch::channel(false);
+        let (retained_done, mut retained_ready) = watch::channel(false);
+        tokio::spawn(rooms::follow(
+            self.js.clone(),
+            self.names.clone(),
+            rooms,
+            self.writer.clone(),
+            rooms_done,
+        ));
+        tokio::spawn(retained::follow(
+            self.js.clone(),
+            self.names.clone(),
+            retained,
+            retained_done,
+        ));
+        tokio::spawn(clients::watch(
+            self.client.clone(),
+            self.names.clone(),
+            self.node.clone(),
+            taken_over,
+        ));
+        let _ = rooms_ready.wait_for(|ready| *ready).await;
+        let _ = retained_ready.wait_for(|ready| *ready).await;
+        tracing::info!("cluster mode: room logs and retained messages loaded");
+    }
+
+    /// Tells the other nodes that `client_id` connected here.
+    pub async fn announce_client(&self, client_id: &str) {
+        clients::announce(&self.client, &self.names, &self.node, client_id).await;
+    }
+}
+
+/// An ordered consumer (this node's only view of a stream: one per
+/// stream, never one per session) on `stream` from `policy`, with the
+/// stream's last sequence when it was opened.
+async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: String,
+    policy: jetstream::consumer::DeliverPolicy,
+) -> Result<(u64, jetstream::consumer::push::Ordered), String> {
+    let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: filter,
+            deliver_policy: policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((last, messages))
+}
+
+async fn connect_nats(cc: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    let urls = cc.nats.join(",");
+    let fail = |reason: String| ClusterError::Connect {
+        urls: urls.clone(),
+        reason,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("roomq-{}", cc.node))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .max_reconnects(None);
+    if let (Some(user), Some(password)) = (&cc.user, &cc.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &cc.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &cc.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let mut addrs = Vec::new();
+    for url in &cc.nats {
+        addrs.push(
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| fail(format!("key `cluster.nats`: {url:?}: {e}")))?,
+        );
+    }
+    options.connect(addrs).await.map_err(|e| fail(e.to_string()))
+}
+
+/// Creates roomq's streams, or checks they exist; several nodes may do
+/// this at once (creating a stream with the same settings is idempotent).
+async fn ensure_streams(
+    js: &jetstream::Context,
+    names: &Names,
+    cc: &ClusterConfig,
+    config: &Config,
+) -> Result<(), ClusterError> {
+    let rooms = stream::Config {
+        name: names.rooms_stream.clone(),
+        subjects: vec![names.rooms()],
+        storage: stream::StorageType::File,
+        num_replicas: cc.replicas,
+        max_messages_per_subject: i64::try_from(config.room_max_messages).unwrap_or(i64::MAX),
+        max_age: Duration::from_secs(config.room_max_age_secs),
+        // A writer's retry comes within seconds; after that every node's
+        // copy of the log knows the msg-id (`chat/dedup.rs`).
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let retained = stream::Config {
+        name: names.retained_stream.clone(),
+        subjects: vec![names.retained_all()],
+        storage: stream::StorageType::File,
+        num_replicas: cc.replicas,
+        max_messages_per_subject: 1,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    for wanted in [rooms, retained] {
+        let name = wanted.name.clone();
+        let mut last_error = String::new();
+        // JetStream needs a meta leader first (seconds after the servers
+        // start), and two nodes may create at once: try for a while.
+        for attempt in 0..STREAM_ATTEMPTS {
+            if attempt > 0 && attempt % 10 == 0 {
+                tracing::warn!(stream = %name, error = %last_error, "JetStream not ready yet; still trying");
+            }
+            match js.get_or_create_stream(wanted.clone()).await {
+                Ok(_) => {
+                    last_error.clear();
+                    break;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        if !last_error.is_empty() {
+            return Err(ClusterError::Stream {
+                stream: name,
+                reason: last_error,
+            });
+        }
+    }
+    Ok(())
+}

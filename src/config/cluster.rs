@@ -1,0 +1,86 @@
+//! The `[cluster]` section: several roomq nodes as one broker, sharing
+//! state through NATS JetStream (README, *Cluster*).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[cluster]`: where NATS is, and this node's name.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port`); the client fails over
+    /// between them.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster: letters, digits, `-`, `_`.
+    pub node: String,
+    /// JetStream replicas of roomq's streams (3: a write is acknowledged
+    /// once two of three servers have it; 1 for a single nats-server).
+    pub replicas: usize,
+    /// Prefix of roomq's streams and subjects, so several roomq clusters
+    /// can share one NATS system: streams `{NAME}_ROOMS`, subjects
+    /// `{name}.…`.
+    pub name: String,
+    /// NATS user and password, or `token`.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the NATS servers' certificates
+    /// (turns TLS on).
+    pub tls_ca: Option<PathBuf>,
+    /// How long a write waits for JetStream's acknowledgement before it is
+    /// sent again (with the same message id, so it is stored once).
+    pub ack_timeout_ms: u64,
+    /// Most bytes of plain messages waiting to be forwarded to the other
+    /// nodes; beyond it a message reaches only this node's subscribers
+    /// (counted and logged).
+    pub forward_buffer_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: vec!["nats://127.0.0.1:4222".into()],
+            node: String::new(),
+            replicas: 3,
+            name: "roomq".into(),
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            ack_timeout_ms: 2000,
+            forward_buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Whether `s` can be one NATS subject token and part of a stream name.
+fn is_plain_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ClusterConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if !is_plain_token(&self.node) {
+            return Err(
+                "key `cluster.node`: must be 1 to 64 letters, digits, `-` or `_`, unique per node".into(),
+            );
+        }
+        if !is_plain_token(&self.name) {
+            return Err("key `cluster.name`: must be 1 to 64 letters, digits, `-` or `_`".into());
+        }
+        if self.nats.is_empty() {
+            return Err("key `cluster.nats`: needs at least one NATS server URL".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err("key `cluster.replicas`: JetStream allows 1 to 5".into());
+        }
+        if self.ack_timeout_ms == 0 {
+            return Err("key `cluster.ack_timeout_ms`: must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,398 @@
+//! Cluster mode: three roomq nodes on a three-server NATS JetStream
+//! cluster (`tests/common/nats.rs`) behave as one broker, with real
+//! clients on different nodes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::chat::{ack_publish5, publish_with, send_and_ack, seq_of, user_props};
+use common::nats::NatsCluster;
+use common::{opts, publish, Got, Raw, QUIET, WAIT};
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::chat::payloads::{self, HistoryResponse};
+use roomq::{Broker, BrokerHandle};
+
+/// Starts nodes `a`, `b`, `c` on `nats` (at once, as an operator would).
+async fn three_nodes(nats: &NatsCluster) -> Vec<BrokerHandle> {
+    let starts = ["a", "b", "c"].map(|node| Broker::new(nats.node_config(node)).start());
+    futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|b| b.expect("cluster node starts"))
+        .collect()
+}
+
+/// The whole history of `room`, asked on the node at `addr`.
+async fn history(addr: SocketAddr, room: &str) -> HistoryResponse {
+    let mut asker = Raw::client5(addr, &format!("asker-{room}")).await;
+    asker
+        .subscribe5(1, &[("replies/asker", opts(QoS::AtLeastOnce))])
+        .await;
+    let request: HashMap<&str, u64> = [("limit", 500)].into();
+    let mut p = publish_with(
+        &format!("$history/rooms/{room}"),
+        &payloads::to_cbor(&request),
+        Some(2),
+        &[],
+    );
+    if let Some(props) = p.properties.as_mut() {
+        props.response_topic = Some("replies/asker".into());
+    }
+    asker.send5(Packet::Publish(Box::new(p))).await;
+    loop {
+        match asker.recv5().await.packet() {
+            Packet::Publish(reply) => {
+                ack_publish5(&mut asker, &reply).await;
+                return payloads::from_cbor(&reply.payload).expect("history-response");
+            }
+            Packet::PublishAck(_) => {}
+            other => panic!("expected the history reply, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes QoS 0 probes on `topic` through `publisher` until `subscriber`
+/// gets one (its subscription has reached the other nodes), then drains
+/// the probes.
+async fn wait_until_routed(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} never reached the other node"
+        );
+        publisher
+            .send5(Packet::Publish(Box::new(publish(
+                topic,
+                b"probe",
+                QoS::AtMostOnce,
+                None,
+            ))))
+            .await;
+        if let Got::Packet(Packet::Publish(_)) = subscriber
+            .recv5_within(std::time::Duration::from_millis(200))
+            .await
+        {
+            break;
+        }
+    }
+    while let Got::Packet(_) = subscriber.recv5_within(QUIET).await {}
+}
+
+/// Receives `n` PUBLISHes (acknowledging QoS 1 ones), skipping probes.
+async fn receive(c: &mut Raw, n: usize) -> Vec<rmqtt_codec::types::Publish> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.recv5().await {
+            Got::Packet(Packet::Publish(p)) => {
+                ack_publish5(c, &p).await;
+                if &p.payload[..] != b"probe" {
+                    got.push(*p);
+                }
+            }
+            Got::Packet(_) => {}
+            other => panic!("expected {n} messages, got {} then {other:?}", got.len()),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_members_on_three_nodes_see_one_order() {
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut m = Raw::client5(node.local_addr(), &format!("member-{i}")).await;
+        m.subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+            .await;
+        members.push(m);
+    }
+    // Three posters, one per node, at the same time.
+    let posters: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let addr = node.local_addr();
+            tokio::spawn(async move {
+                let sender = format!("poster{i}");
+                let mut c = Raw::client5(addr, &sender).await;
+                for n in 1..=20u16 {
+                    let ack = send_and_ack(
+                        &mut c,
+                        publish_with(
+                            &format!("rooms/lobby/msg/{sender}"),
+                            format!("{i}-{n}").as_bytes(),
+                            Some(n),
+                            &[],
+                        ),
+                    )
+                    .await;
+                    assert_eq!(ack.reason_code, PublishAckReason::Success);
+                }
+            })
+        })
+        .collect();
+    for poster in posters {
+        poster.await.unwrap();
+    }
+    let mut orders = Vec::new();
+    for m in &mut members {
+        let got = receive(m, 60).await;
+        let order: Vec<(u64, u64, Bytes)> = got
+            .iter()
+            .map(|p| {
+                (
+                    seq_of(p),
+                    user_props(p)["prev"].parse().unwrap(),
+                    p.payload.clone(),
+                )
+            })
+            .collect();
+        // Strictly increasing, and each message names the one before it.
+        for pair in order.windows(2) {
+            assert!(pair[1].0 > pair[0].0, "seq goes down: {pair:?}");
+            assert_eq!(
+                pair[1].1, pair[0].0,
+                "prev of {} is not the seq before it",
+                pair[1].0
+            );
+        }
+        orders.push(order);
+    }
+    assert_eq!(
+        orders[0], orders[1],
+        "members on nodes a and b saw different orders"
+    );
+    assert_eq!(
+        orders[0], orders[2],
+        "members on nodes a and c saw different orders"
+    );
+    // Any node's history is that order.
+    let answer = history(nodes[2].local_addr(), "lobby").await;
+    let history: Vec<(u64, u64, Bytes)> = answer
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.prev, Bytes::from(m.body.clone())))
+        .collect();
+    assert_eq!(history, orders[0]);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_msg_id_posted_through_two_nodes_is_stored_once() {
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    // A device's retry after its node died: the same msg-id, another node.
+    for node in &nodes[..2] {
+        let (mut dev, _) = Raw::connect3(node.local_addr(), common::connect3("boiler-7", true)).await;
+        dev.send3(rmqtt_codec::v3::Packet::Publish(Box::new(publish(
+            "rooms/ops/msg/boiler-7/a1b2",
+            b"pressure high",
+            QoS::AtLeastOnce,
+            Some(1),
+        ))))
+        .await;
+        match dev.recv3().await.packet() {
+            rmqtt_codec::v3::Packet::PublishAck { .. } => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // Both at the same moment through two nodes.
+    let racers: Vec<_> = nodes[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let addr = node.local_addr();
+            tokio::spawn(async move {
+                let p = publish_with("rooms/ops/msg/twin", b"said once", Some(1), &[("msg-id", "t-1")]);
+                let mut c = common::chat::user5(addr, &format!("twin-{i}"), "twin").await;
+                send_and_ack(&mut c, p).await.reason_code
+            })
+        })
+        .collect();
+    for racer in racers {
+        assert_eq!(racer.await.unwrap(), PublishAckReason::Success);
+    }
+    for node in &nodes {
+        let answer = history(node.local_addr(), "ops").await;
+        let bodies: Vec<&[u8]> = answer.messages.iter().map(|m| &m.body[..]).collect();
+        assert_eq!(
+            bodies.iter().filter(|b| **b == b"pressure high").count(),
+            1,
+            "{bodies:?}"
+        );
+        assert_eq!(
+            bodies.iter().filter(|b| **b == b"said once").count(),
+            1,
+            "{bodies:?}"
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_messages_wildcards_and_retained_cross_nodes() {
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    let mut sub = Raw::client5(nodes[1].local_addr(), "sub-b").await;
+    sub.subscribe5(1, &[("sensors/+/temp", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut publisher = Raw::client5(nodes[0].local_addr(), "pub-a").await;
+    wait_until_routed(&mut publisher, &mut sub, "sensors/probe/temp").await;
+    let ack = send_and_ack(
+        &mut publisher,
+        publish("sensors/x/temp", b"21.5", QoS::AtLeastOnce, Some(1)),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let got = receive(&mut sub, 1).await;
+    assert_eq!(got[0].topic, "sensors/x/temp");
+    assert_eq!(&got[0].payload[..], b"21.5");
+    assert_eq!(got[0].qos, QoS::AtLeastOnce);
+    // Exactly one copy, though the node is subscribed on NATS too.
+    assert!(matches!(sub.recv5_within(QUIET).await, Got::Nothing));
+
+    // Retained on node a, read on node c by a new subscriber; cleared on
+    // node b, gone on node c.
+    let mut retained = publish("status/boiler", b"on", QoS::AtLeastOnce, Some(2));
+    retained.retain = true;
+    assert_eq!(
+        send_and_ack(&mut publisher, retained).await.reason_code,
+        PublishAckReason::Success
+    );
+    let mut reader = Raw::client5(nodes[2].local_addr(), "reader-c").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        reader
+            .subscribe5(1, &[("status/#", opts(QoS::AtLeastOnce))])
+            .await;
+        match reader.recv5_within(QUIET).await {
+            Got::Packet(Packet::Publish(p)) => {
+                assert_eq!(&p.payload[..], b"on");
+                assert!(p.retain);
+                break;
+            }
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "retained message never reached node c"
+            ),
+        }
+    }
+    let mut clearer = Raw::client5(nodes[1].local_addr(), "clearer-b").await;
+    let mut clear = publish("status/boiler", b"", QoS::AtLeastOnce, Some(1));
+    clear.retain = true;
+    assert_eq!(
+        send_and_ack(&mut clearer, clear).await.reason_code,
+        PublishAckReason::Success
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut late = Raw::client5(nodes[2].local_addr(), "late-c").await;
+        late.subscribe5(1, &[("status/#", opts(QoS::AtLeastOnce))]).await;
+        if let Got::Nothing = late.recv5_within(QUIET).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cleared retained message still on node c"
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_gets_each_message_once_across_nodes() {
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    let mut workers = Vec::new();
+    for (i, node) in nodes[1..].iter().enumerate() {
+        let mut w = Raw::client5(node.local_addr(), &format!("worker-{i}")).await;
+        w.subscribe5(1, &[("$share/g/jobs/#", opts(QoS::AtLeastOnce))])
+            .await;
+        workers.push(w);
+    }
+    let mut plain = Raw::client5(nodes[2].local_addr(), "watcher").await;
+    plain.subscribe5(1, &[("jobs/#", opts(QoS::AtLeastOnce))]).await;
+    let mut publisher = Raw::client5(nodes[0].local_addr(), "boss").await;
+    wait_until_routed(&mut publisher, &mut plain, "jobs/probe").await;
+    // The probes went to the group too: drain them.
+    for w in &mut workers {
+        while let Got::Packet(p) = w.recv5_within(QUIET).await {
+            if let Packet::Publish(p) = p {
+                ack_publish5(w, &p).await;
+            }
+        }
+    }
+    for i in 1..=20u16 {
+        let ack = send_and_ack(
+            &mut publisher,
+            publish("jobs/build", b"job", QoS::AtLeastOnce, Some(i)),
+        )
+        .await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
+    }
+    assert_eq!(receive(&mut plain, 20).await.len(), 20);
+    let mut total = 0;
+    for w in &mut workers {
+        while let Got::Packet(p) = w.recv5_within(QUIET).await {
+            if let Packet::Publish(p) = p {
+                ack_publish5(w, &p).await;
+                total += 1;
+            }
+        }
+    }
+    assert_eq!(total, 20, "the group got {total} copies of 20 messages");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_and_wills_across_nodes() {
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    let mut watcher = Raw::client5(nodes[2].local_addr(), "watcher").await;
+    watcher
+        .subscribe5(1, &[("wills/#", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut prober = Raw::client5(nodes[0].local_addr(), "prober").await;
+    wait_until_routed(&mut prober, &mut watcher, "wills/probe").await;
+
+    // The same client id on node b takes over the connection on node a
+    // (with Clean Start: the old session ends, so its will is sent).
+    let mut first = common::connect5("phone");
+    first.last_will = Some(common::will("wills/phone", b"gone", None, false));
+    let (mut old, _) = Raw::connect5(nodes[0].local_addr(), first).await;
+    let (mut new, ack) = Raw::connect5(nodes[1].local_addr(), common::connect5("phone")).await;
+    assert_eq!(ack.reason_code, v5::ConnectAckReason::Success);
+    assert_eq!(
+        old.expect_disconnect5().await,
+        v5::DisconnectReasonCode::SessionTakenOver
+    );
+    let got = receive(&mut watcher, 1).await;
+    assert_eq!(got[0].topic, "wills/phone");
+
+    // A client with a will on node a drops: the watcher on node c gets it.
+    let mut with_will = common::connect5("sensor");
+    with_will.last_will = Some(common::will("wills/sensor", b"sensor lost", None, false));
+    let (sensor, _) = Raw::connect5(nodes[0].local_addr(), with_will).await;
+    drop(sensor);
+    let got = receive(&mut watcher, 1).await;
+    assert_eq!(got[0].topic, "wills/sensor");
+    assert_eq!(&got[0].payload[..], b"sensor lost");
+    new.send5(Packet::Disconnect(v5::Disconnect::default())).await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

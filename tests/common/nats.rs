@@ -1,0 +1,136 @@
+//! A NATS JetStream cluster for the cluster tests: `nats-server` processes
+//! (the Debian package; `./scripts/test` installs it) on free loopback
+//! ports, with temporary store directories, stopped when dropped.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use roomq::config::ClusterConfig;
+use roomq::Config;
+
+pub struct NatsServer {
+    pub port: u16,
+    conf: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+pub struct NatsCluster {
+    _dir: tempfile::TempDir,
+    pub servers: Vec<NatsServer>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl NatsCluster {
+    /// Starts `n` servers that form one JetStream cluster.
+    pub fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, c)| format!("nats://127.0.0.1:{c}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (port, cluster_port)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("js{i}"));
+            let conf = dir.path().join(format!("n{i}.conf"));
+            let cluster = if n > 1 {
+                format!(
+                    "cluster {{ name: roomq-test, listen: 127.0.0.1:{cluster_port}, routes: [{}] }}",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n{cluster}\n",
+                    store.display().to_string()
+                ),
+            )
+            .expect("write nats config");
+            let mut server = NatsServer {
+                port: *port,
+                conf,
+                child: None,
+            };
+            server.spawn();
+            servers.push(server);
+        }
+        for server in &servers {
+            server.wait_listening();
+        }
+        NatsCluster { _dir: dir, servers }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// A test broker's configuration as cluster node `node`.
+    pub fn node_config(&self, node: &str) -> Config {
+        Config {
+            cluster: Some(ClusterConfig {
+                nats: self.urls(),
+                node: node.into(),
+                replicas: self.servers.len().min(3),
+                ..ClusterConfig::default()
+            }),
+            ..super::test_config()
+        }
+    }
+}
+
+impl NatsServer {
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (./scripts/test installs the Debian package)");
+        self.child = Some(child);
+    }
+
+    fn wait_listening(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server on port {} did not start", self.port);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_listening();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
