@@ -4,102 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use common::chat::{ack_publish5, publish_with, send_and_ack, seq_of, user_props};
+use common::cluster::{history, receive, three_nodes, wait_until_routed};
 use common::nats::NatsCluster;
 use common::{opts, publish, Got, Raw, QUIET, WAIT};
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, Packet, PublishAckReason};
-use roomq::chat::payloads::{self, HistoryResponse};
-use roomq::{Broker, BrokerHandle};
-
-/// Starts nodes `a`, `b`, `c` on `nats` (at once, as an operator would).
-async fn three_nodes(nats: &NatsCluster) -> Vec<BrokerHandle> {
-    let starts = ["a", "b", "c"].map(|node| Broker::new(nats.node_config(node)).start());
-    futures_util::future::join_all(starts)
-        .await
-        .into_iter()
-        .map(|b| b.expect("cluster node starts"))
-        .collect()
-}
-
-/// The whole history of `room`, asked on the node at `addr`.
-async fn history(addr: SocketAddr, room: &str) -> HistoryResponse {
-    let mut asker = Raw::client5(addr, &format!("asker-{room}")).await;
-    asker
-        .subscribe5(1, &[("replies/asker", opts(QoS::AtLeastOnce))])
-        .await;
-    let request: HashMap<&str, u64> = [("limit", 500)].into();
-    let mut p = publish_with(
-        &format!("$history/rooms/{room}"),
-        &payloads::to_cbor(&request),
-        Some(2),
-        &[],
-    );
-    if let Some(props) = p.properties.as_mut() {
-        props.response_topic = Some("replies/asker".into());
-    }
-    asker.send5(Packet::Publish(Box::new(p))).await;
-    loop {
-        match asker.recv5().await.packet() {
-            Packet::Publish(reply) => {
-                ack_publish5(&mut asker, &reply).await;
-                return payloads::from_cbor(&reply.payload).expect("history-response");
-            }
-            Packet::PublishAck(_) => {}
-            other => panic!("expected the history reply, got {other:?}"),
-        }
-    }
-}
-
-/// Publishes QoS 0 probes on `topic` through `publisher` until `subscriber`
-/// gets one (its subscription has reached the other nodes), then drains
-/// the probes.
-async fn wait_until_routed(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{topic} never reached the other node"
-        );
-        publisher
-            .send5(Packet::Publish(Box::new(publish(
-                topic,
-                b"probe",
-                QoS::AtMostOnce,
-                None,
-            ))))
-            .await;
-        if let Got::Packet(Packet::Publish(_)) = subscriber
-            .recv5_within(std::time::Duration::from_millis(200))
-            .await
-        {
-            break;
-        }
-    }
-    while let Got::Packet(_) = subscriber.recv5_within(QUIET).await {}
-}
-
-/// Receives `n` PUBLISHes (acknowledging QoS 1 ones), skipping probes.
-async fn receive(c: &mut Raw, n: usize) -> Vec<rmqtt_codec::types::Publish> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match c.recv5().await {
-            Got::Packet(Packet::Publish(p)) => {
-                ack_publish5(c, &p).await;
-                if &p.payload[..] != b"probe" {
-                    got.push(*p);
-                }
-            }
-            Got::Packet(_) => {}
-            other => panic!("expected {n} messages, got {} then {other:?}", got.len()),
-        }
-    }
-    got
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_members_on_three_nodes_see_one_order() {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod cluster;
 pub mod nats;
 
 use std::net::SocketAddr;

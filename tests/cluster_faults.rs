@@ -1,0 +1,305 @@
+//! Cluster mode under failures: a nats-server killed during QoS 1 load, a
+//! roomq node killed during QoS 1 load, and JetStream without quorum. The
+//! promise checked: a PUBACK means the message is stored; every
+//! acknowledged message is in the history exactly once after publishers
+//! re-send what was not acknowledged (through another node if theirs died).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::chat::publish_with;
+use common::cluster::history;
+use common::nats::NatsCluster;
+use common::{Got, Raw};
+use parking_lot::Mutex;
+use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::{Broker, Config};
+
+/// How long a poster waits for a PUBACK before it reconnects and re-sends.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+fn node_config(nats: &NatsCluster, node: &str) -> Config {
+    Config {
+        history_max_limit: 10_000,
+        store_stall_timeout_ms: 1000,
+        ..nats.node_config(node)
+    }
+}
+
+/// What a poster saw.
+#[derive(Default)]
+struct Posted {
+    /// msg-ids with a successful PUBACK.
+    acked: Vec<String>,
+    /// PUBACKs that refused (0x97, 0x80) or never came, before a re-send.
+    retries: usize,
+}
+
+/// Posts `count` messages with msg-ids `{name}-{n}` into `room`, each until
+/// it gets a successful PUBACK: after a refusal, a silence of `ACK_WAIT`
+/// or a lost connection, it reconnects (to the first of `addrs` that
+/// answers) and sends the same msg-id again.
+async fn post_through_failures(
+    addrs: Arc<Mutex<Vec<SocketAddr>>>,
+    name: String,
+    room: &'static str,
+    count: u16,
+    posted: Arc<Mutex<Posted>>,
+) {
+    let mut client: Option<Raw> = None;
+    for n in 1..=count {
+        let msg_id = format!("{name}-{n}");
+        loop {
+            let c = match client.as_mut() {
+                Some(c) => c,
+                None => {
+                    client = connect_any(&addrs, &name).await;
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                }
+            };
+            let p = publish_with(
+                &format!("rooms/{room}/msg/{name}"),
+                msg_id.as_bytes(),
+                Some(n),
+                &[("msg-id", &msg_id)],
+            );
+            if c.try_send5(Packet::Publish(Box::new(p))).await.is_err() {
+                client = None;
+                continue;
+            }
+            match c.recv5_within(ACK_WAIT).await {
+                Got::Packet(Packet::PublishAck(ack)) if ack.reason_code == PublishAckReason::Success => {
+                    posted.lock().acked.push(msg_id.clone());
+                    break;
+                }
+                Got::Packet(Packet::PublishAck(_)) => {
+                    posted.lock().retries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => {
+                    posted.lock().retries += 1;
+                    client = None;
+                }
+            }
+        }
+    }
+}
+
+async fn connect_any(addrs: &Mutex<Vec<SocketAddr>>, name: &str) -> Option<Raw> {
+    let candidates = addrs.lock().clone();
+    for addr in candidates {
+        let mut connect = common::connect5(name);
+        connect.username = Some(name.into());
+        if let Some((c, ack)) = Raw::try_connect5(addr, connect).await {
+            if ack.reason_code == v5::ConnectAckReason::Success {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// Every acknowledged msg-id is in `room`'s history on `addr`, and no
+/// msg-id is there twice.
+async fn assert_history_holds(addr: SocketAddr, room: &str, posted: &[Arc<Mutex<Posted>>]) {
+    let answer = history(addr, room).await;
+    let mut counts = std::collections::HashMap::new();
+    for m in &answer.messages {
+        *counts.entry(m.msg_id.clone().unwrap_or_default()).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "msg-ids stored twice: {twice:?}");
+    for p in posted {
+        for id in &p.lock().acked {
+            assert!(counts.contains_key(id), "acknowledged {id} is not in the history");
+        }
+    }
+    for pair in answer.messages.windows(2) {
+        assert!(pair[1].seq > pair[0].seq);
+        assert_eq!(
+            pair[1].prev, pair[0].seq,
+            "history's prev chain breaks at {}",
+            pair[1].seq
+        );
+    }
+}
+
+/// The server (index) that leads the room stream now.
+async fn rooms_stream_leader(nats: &NatsCluster) -> usize {
+    let client = async_nats::connect(nats.urls()[0].as_str()).await.expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("ROOMQ_ROOMS").await.expect("the room stream");
+    let info = stream.info().await.expect("stream info");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a leader");
+    leader
+        .trim_start_matches('n')
+        .parse()
+        .expect("server names are n0, n1, n2")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_during_qos1_load_loses_no_acknowledged_message() {
+    let mut nats = NatsCluster::start(3);
+    let a = Broker::new(node_config(&nats, "a")).start().await.unwrap();
+    let b = Broker::new(node_config(&nats, "b")).start().await.unwrap();
+    let posted: Vec<Arc<Mutex<Posted>>> = (0..2).map(|_| Arc::default()).collect();
+    let tasks: Vec<_> = [&a, &b]
+        .iter()
+        .zip(&posted)
+        .enumerate()
+        .map(|(i, (node, posted))| {
+            let addrs = Arc::new(Mutex::new(vec![node.local_addr()]));
+            tokio::spawn(post_through_failures(
+                addrs,
+                format!("p{i}"),
+                "load",
+                150,
+                posted.clone(),
+            ))
+        })
+        .collect();
+    while posted[0].lock().acked.len() < 40 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader = rooms_stream_leader(&nats).await;
+    nats.servers[leader].kill();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(posted[0].lock().acked.len(), 150);
+    assert_history_holds(b.local_addr(), "load", &posted).await;
+    assert_history_holds(a.local_addr(), "load", &posted).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roomq_node_killed_during_qos1_load_loses_no_acknowledged_message() {
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("x.toml");
+    let urls: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "storage = \"memory\"\nstore_stall_timeout_ms = 1000\n[cluster]\nnats = [{}]\nnode = \"x\"\nreplicas = 3\n",
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    let (mut killed, x_addr) = common::spawn_roomq(0, &[std::ffi::OsStr::new("-c"), config.as_os_str()]);
+    let y = Broker::new(node_config(&nats, "y")).start().await.unwrap();
+    // The posters start on node x and move to node y when x dies.
+    let addrs = Arc::new(Mutex::new(vec![x_addr, y.local_addr()]));
+    let posted: Vec<Arc<Mutex<Posted>>> = (0..2).map(|_| Arc::default()).collect();
+    let tasks: Vec<_> = posted
+        .iter()
+        .enumerate()
+        .map(|(i, posted)| {
+            tokio::spawn(post_through_failures(
+                addrs.clone(),
+                format!("q{i}"),
+                "crash",
+                150,
+                posted.clone(),
+            ))
+        })
+        .collect();
+    while posted[0].lock().acked.len() < 50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    addrs.lock().remove(0);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        posted.iter().any(|p| p.lock().retries > 0),
+        "the kill interrupted no one"
+    );
+    assert_history_holds(y.local_addr(), "crash", &posted).await;
+    y.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_nothing_is_acknowledged_and_publishing_resumes() {
+    let mut nats = NatsCluster::start(3);
+    let a = Broker::new(node_config(&nats, "a")).start().await.unwrap();
+    let mut c = common::chat::user5(a.local_addr(), "q", "q").await;
+    let ack = common::chat::send_and_ack(
+        &mut c,
+        publish_with("rooms/q/msg/q", b"before", Some(1), &[("msg-id", "before")]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    // Two of three servers gone: JetStream cannot store anything.
+    nats.servers[1].kill();
+    nats.servers[2].kill();
+    let mut v3 = Raw::connect3(a.local_addr(), common::connect3("dev", true))
+        .await
+        .0;
+    let ack = common::chat::send_and_ack(
+        &mut c,
+        publish_with("rooms/q/msg/q", b"during", Some(2), &[("msg-id", "during")]),
+    )
+    .await;
+    assert!(
+        matches!(
+            ack.reason_code,
+            PublishAckReason::QuotaExceeded | PublishAckReason::UnspecifiedError
+        ),
+        "a message JetStream could not store was acknowledged with {:?}",
+        ack.reason_code
+    );
+    // 3.1.1 has no refusal: no PUBACK at all (the client re-sends later).
+    v3.send3(rmqtt_codec::v3::Packet::Publish(Box::new(common::publish(
+        "rooms/q/msg/dev",
+        b"during",
+        rmqtt_codec::types::QoS::AtLeastOnce,
+        Some(1),
+    ))))
+    .await;
+    match v3.recv3_within(Duration::from_secs(3)).await {
+        Got::Nothing => {}
+        other => panic!("3.1.1 publish without quorum got {other:?}"),
+    }
+    // Quorum back: publishing resumes by itself.
+    nats.servers[1].restart();
+    nats.servers[2].restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut id = 10;
+    loop {
+        id += 1;
+        let ack = common::chat::send_and_ack(
+            &mut c,
+            publish_with("rooms/q/msg/q", b"after", Some(id), &[("msg-id", "after")]),
+        )
+        .await;
+        if ack.reason_code == PublishAckReason::Success {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let answer = history(a.local_addr(), "q").await;
+    let ids: Vec<_> = answer.messages.iter().filter_map(|m| m.msg_id.clone()).collect();
+    assert!(
+        ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),
+        "{ids:?}"
+    );
+    a.shutdown().await;
+}

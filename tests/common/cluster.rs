@@ -1,0 +1,97 @@
+//! Helpers of the cluster tests (`cluster.rs`, `cluster_faults.rs`):
+//! nodes on one NATS cluster, history from any node, cross-node routing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::Packet;
+use roomq::chat::payloads::{self, HistoryResponse};
+use roomq::{Broker, BrokerHandle};
+
+use super::chat::{ack_publish5, publish_with};
+use super::nats::NatsCluster;
+use super::{opts, publish, Got, Raw, QUIET, WAIT};
+
+/// Starts nodes `a`, `b`, `c` on `nats` (at once, as an operator would).
+pub async fn three_nodes(nats: &NatsCluster) -> Vec<BrokerHandle> {
+    let starts = ["a", "b", "c"].map(|node| Broker::new(nats.node_config(node)).start());
+    futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|b| b.expect("cluster node starts"))
+        .collect()
+}
+
+/// The whole history of `room`, asked on the node at `addr`.
+pub async fn history(addr: SocketAddr, room: &str) -> HistoryResponse {
+    let mut asker = Raw::client5(addr, &format!("asker-{room}")).await;
+    asker
+        .subscribe5(1, &[("replies/asker", opts(QoS::AtLeastOnce))])
+        .await;
+    let request: HashMap<&str, u64> = [("limit", 500)].into();
+    let mut p = publish_with(
+        &format!("$history/rooms/{room}"),
+        &payloads::to_cbor(&request),
+        Some(2),
+        &[],
+    );
+    if let Some(props) = p.properties.as_mut() {
+        props.response_topic = Some("replies/asker".into());
+    }
+    asker.send5(Packet::Publish(Box::new(p))).await;
+    loop {
+        match asker.recv5().await.packet() {
+            Packet::Publish(reply) => {
+                ack_publish5(&mut asker, &reply).await;
+                return payloads::from_cbor(&reply.payload).expect("history-response");
+            }
+            Packet::PublishAck(_) => {}
+            other => panic!("expected the history reply, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes QoS 0 probes on `topic` through `publisher` until `subscriber`
+/// gets one (its subscription has reached the other nodes), then drains
+/// the probes.
+pub async fn wait_until_routed(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} never reached the other node"
+        );
+        publisher
+            .send5(Packet::Publish(Box::new(publish(
+                topic,
+                b"probe",
+                QoS::AtMostOnce,
+                None,
+            ))))
+            .await;
+        if let Got::Packet(Packet::Publish(_)) = subscriber.recv5_within(Duration::from_millis(200)).await {
+            break;
+        }
+    }
+    while let Got::Packet(_) = subscriber.recv5_within(QUIET).await {}
+}
+
+/// Receives `n` PUBLISHes (acknowledging QoS 1 ones), skipping probes.
+pub async fn receive(c: &mut Raw, n: usize) -> Vec<Publish> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.recv5().await {
+            Got::Packet(Packet::Publish(p)) => {
+                ack_publish5(c, &p).await;
+                if &p.payload[..] != b"probe" {
+                    got.push(*p);
+                }
+            }
+            Got::Packet(_) => {}
+            other => panic!("expected {n} messages, got {} then {other:?}", got.len()),
+        }
+    }
+    got
+}
