@@ -307,3 +307,89 @@ async fn takeover_and_wills_across_nodes() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_resumes_on_another_node_with_its_backlog() {
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    let addr = |i: usize| nodes[i].local_addr();
+    let mut connect = common::persistent5("member");
+    connect.username = Some("m".into());
+    let (mut member, ack) = Raw::connect5(addr(1), connect.clone()).await;
+    assert!(!ack.session_present);
+    member
+        .subscribe5(
+            1,
+            &[
+                ("rooms/team/msg/+", opts(QoS::AtLeastOnce)),
+                ("alerts/#", opts(QoS::AtLeastOnce)),
+            ],
+        )
+        .await;
+    member.send5(Packet::Disconnect(v5::Disconnect::default())).await;
+    // A watcher on node b shows when node b gets node a's plain messages.
+    let mut watcher = Raw::client5(addr(1), "watcher").await;
+    watcher
+        .subscribe5(1, &[("alerts/#", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut poster = common::chat::user5(addr(0), "poster", "poster").await;
+    wait_until_routed(&mut poster, &mut watcher, "alerts/probe").await;
+    for n in 1..=10u16 {
+        let p = publish_with(
+            "rooms/team/msg/poster",
+            format!("room-{n}").as_bytes(),
+            Some(n),
+            &[],
+        );
+        assert_eq!(
+            send_and_ack(&mut poster, p).await.reason_code,
+            PublishAckReason::Success
+        );
+    }
+    for n in 1..=5u16 {
+        let mut p = publish("alerts/x", b"", QoS::AtLeastOnce, Some(100 + n));
+        p.payload = Bytes::from(format!("alert-{n}"));
+        assert_eq!(
+            send_and_ack(&mut poster, p).await.reason_code,
+            PublishAckReason::Success
+        );
+    }
+    assert_eq!(receive(&mut watcher, 5).await.len(), 5);
+
+    // Back, on node c.
+    let (mut member, ack) = Raw::connect5(addr(2), connect.clone()).await;
+    assert!(ack.session_present, "node c did not get the session from node b");
+    let got = receive(&mut member, 15).await;
+    let rooms: Vec<&[u8]> = got
+        .iter()
+        .filter(|p| p.topic.starts_with("rooms/"))
+        .map(|p| &p.payload[..])
+        .collect();
+    let expected: Vec<String> = (1..=10).map(|n| format!("room-{n}")).collect();
+    assert_eq!(rooms, expected.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
+    let seqs: Vec<u64> = got
+        .iter()
+        .filter(|p| p.topic.starts_with("rooms/"))
+        .map(seq_of)
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+    let alerts: Vec<&[u8]> = got
+        .iter()
+        .filter(|p| p.topic == "alerts/x")
+        .map(|p| &p.payload[..])
+        .collect();
+    let expected: Vec<String> = (1..=5).map(|n| format!("alert-{n}")).collect();
+    assert_eq!(alerts, expected.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
+
+    // Connected on node c, it connects again on node a: the connection on
+    // node c is taken over, and the session goes on on node a.
+    let (_again, ack) = Raw::connect5(addr(0), connect).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        member.expect_disconnect5().await,
+        v5::DisconnectReasonCode::SessionTakenOver
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -8,17 +8,17 @@
 //! - `plain.rs`: plain MQTT messages on core NATS, by node interest;
 //!   shared subscriptions as NATS queue groups.
 //! - `retained.rs`: retained messages in a stream every node follows.
-//! - `clients.rs`: a client id connected on another node closes the old
-//!   connection (takeover).
+//! - `sessions.rs`: a client id is held by one node; a CONNECT on another
+//!   node takes the connection over and the session with it.
 //! - `names.rs`: subjects and stream names.
 //!
 //! The README's *Cluster* section says what each failure does.
 
-mod clients;
 mod names;
 mod plain;
 mod retained;
 mod rooms;
+mod sessions;
 mod writer;
 
 use std::sync::Arc;
@@ -27,11 +27,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use tokio::sync::watch;
 
-pub(crate) use clients::TakenOver;
 pub(crate) use names::Names;
 pub(crate) use plain::Plain;
 pub(crate) use retained::ApplyRetained;
 pub(crate) use rooms::{RoomSink, Rooms};
+pub(crate) use sessions::{HandedOver, Sessions};
 use writer::Writer;
 
 use crate::config::{ClusterConfig, Config};
@@ -55,12 +55,11 @@ const STREAM_ATTEMPTS: u32 = 60;
 /// This node's connection to the cluster.
 pub(crate) struct Cluster {
     pub names: Names,
-    pub node: Arc<str>,
-    client: async_nats::Client,
     js: jetstream::Context,
     writer: Arc<Writer>,
     pub plain: Arc<Plain>,
     pub rooms: Rooms,
+    pub sessions: Sessions,
 }
 
 impl Cluster {
@@ -90,15 +89,15 @@ impl Cluster {
             cc.forward_buffer_bytes,
         );
         let rooms = Rooms::new(names.clone(), writer.clone(), node.clone());
+        let sessions = Sessions::new(names.clone(), node.clone(), client.clone());
         tracing::info!(node = %node, nats = ?cc.nats, replicas = cc.replicas, "cluster mode: connected to NATS JetStream");
         Ok(Arc::new(Cluster {
             names,
-            node,
-            client,
             js,
             writer,
             plain,
             rooms,
+            sessions,
         }))
     }
 
@@ -107,11 +106,10 @@ impl Cluster {
         self.writer.clone()
     }
 
-    /// Starts following the room and retained streams and the connection
-    /// announcements; resolves once this node has read what the streams
+    /// Starts following the room and retained streams; resolves once this node has read what the streams
     /// held at start (so history, backlogs and retained messages are
     /// complete before clients connect).
-    pub async fn follow(&self, rooms: Arc<dyn RoomSink>, retained: ApplyRetained, taken_over: TakenOver) {
+    pub async fn follow(&self, rooms: Arc<dyn RoomSink>, retained: ApplyRetained) {
         let (rooms_done, mut rooms_ready) = watch::channel(false);
         let (retained_done, mut retained_ready) = watch::channel(false);
         tokio::spawn(rooms::follow(
@@ -127,20 +125,9 @@ impl Cluster {
             retained,
             retained_done,
         ));
-        tokio::spawn(clients::watch(
-            self.client.clone(),
-            self.names.clone(),
-            self.node.clone(),
-            taken_over,
-        ));
         let _ = rooms_ready.wait_for(|ready| *ready).await;
         let _ = retained_ready.wait_for(|ready| *ready).await;
         tracing::info!("cluster mode: room logs and retained messages loaded");
-    }
-
-    /// Tells the other nodes that `client_id` connected here.
-    pub async fn announce_client(&self, client_id: &str) {
-        clients::announce(&self.client, &self.names, &self.node, client_id).await;
     }
 }
 

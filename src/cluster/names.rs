@@ -112,14 +112,28 @@ impl Names {
         out
     }
 
-    /// Announcements that a client id connected on some node.
+    /// Where the node serving `client_id` answers other nodes' claims (a
+    /// hash for a very long id).
     pub fn client(&self, client_id: &str) -> String {
-        format!("{}.client.{}", self.prefix, token(client_id))
+        let t = token(client_id);
+        if t.len() > MAX_SUBJECT_LEN / 2 {
+            return format!("{}.client.h-{}", self.prefix, hash_hex(client_id));
+        }
+        format!("{}.client.{t}", self.prefix)
     }
+}
 
-    pub fn clients(&self) -> String {
-        format!("{}.client.>", self.prefix)
-    }
+/// 128-bit BLAKE2b of `key`, in hex: a name without the key's bytes (a
+/// `Nats-Msg-Id` header may not hold every byte; a subject has a limit).
+pub(crate) fn hash_hex(key: &str) -> String {
+    use blake2::digest::{Update, VariableOutput};
+    let mut hasher = blake2::Blake2bVar::new(16).expect("16 is a valid BLAKE2b output size");
+    hasher.update(key.as_bytes());
+    let mut out = [0u8; 16];
+    hasher
+        .finalize_variable(&mut out)
+        .expect("the buffer has the requested size");
+    out.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Escapes one topic level or name into one subject token.

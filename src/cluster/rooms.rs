@@ -25,12 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use blake2::digest::{Update, VariableOutput};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::names::Names;
+use super::names::{hash_hex, Names};
 use super::writer::{Write, Writer};
 use crate::store::{RoomRecord, StoreError};
 
@@ -106,18 +105,6 @@ impl Rooms {
         });
         Ok(())
     }
-}
-
-/// 128-bit BLAKE2b of `key`, in hex: a `Nats-Msg-Id` without the key's
-/// bytes (which may hold anything a header may not).
-fn hash_hex(key: &str) -> String {
-    let mut hasher = blake2::Blake2bVar::new(16).expect("16 is a valid BLAKE2b output size");
-    hasher.update(key.as_bytes());
-    let mut out = [0u8; 16];
-    hasher
-        .finalize_variable(&mut out)
-        .expect("the buffer has the requested size");
-    out.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Follows the room stream from after what `sink` holds, applying every

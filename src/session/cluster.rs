@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use super::registry::release_to_other_node;
+use super::registry::give_up_to_other_node;
 use super::Shared;
 use crate::cluster::{Cluster, RoomSink};
 use crate::router::RemoteScope;
@@ -49,13 +49,17 @@ pub(crate) async fn join(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
         }
     });
     let weak = Arc::downgrade(shared);
-    let taken_over = Arc::new(move |client_id: String| {
-        if let Some(shared) = weak.upgrade() {
-            tokio::spawn(async move { release_to_other_node(&shared, &client_id).await });
-        }
-    });
+    cluster
+        .sessions
+        .set_give_up(Arc::new(move |client_id: String, continues: bool| {
+            let shared = weak.upgrade();
+            Box::pin(async move {
+                let shared = shared?;
+                give_up_to_other_node(&shared, &client_id, continues).await
+            })
+        }));
     let sink = Arc::new(ChatSink {
         shared: Arc::downgrade(shared),
     });
-    cluster.follow(sink, retained, taken_over).await;
+    cluster.follow(sink, retained).await;
 }

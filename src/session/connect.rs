@@ -246,15 +246,21 @@ async fn claim_session(
             .presence()
             .connected(&shared.router, identity, presence_lasting);
     }
-    // Another node with a connection for this client id closes it (it
-    // would on this node too: a takeover).
+    // Another node serving this client id closes its connection (a
+    // takeover, as on one node) and hands its session over.
     if let Some(cluster) = &shared.cluster {
-        cluster.announce_client(client_id).await;
+        let handed = cluster.sessions.claim(client_id, connect.clean_start).await;
+        if let (Some(handed), None) = (handed, shared.registry.get(client_id)) {
+            super::restore_sessions(shared, vec![handed.into_loaded(client_id)]);
+        }
     }
     let claimed = shared
         .registry
         .claim(shared, client_id, connect.clean_start, principal)
         .await;
+    if let (Ok(_), Some(cluster)) = (&claimed, &shared.cluster) {
+        cluster.sessions.hold(client_id);
+    }
     claimed.map_err(|refusal| {
         if let Some(identity) = &principal.identity {
             shared.chat.presence().disconnected(&shared.router, identity);

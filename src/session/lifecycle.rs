@@ -107,6 +107,11 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
             .unsubscribe(&session.subscriber(), filter, parsed.as_ref());
     }
     shared.registry.remove(session);
+    if let Some(cluster) = shared.cluster.as_ref() {
+        if shared.registry.get(&session.client_id).is_none() {
+            cluster.sessions.release(&session.client_id);
+        }
+    }
     if let Some(will) = pending_will {
         publish_will(shared, session, &will);
     }

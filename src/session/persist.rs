@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::Shared;
 use super::{Inflight, Session, SessionState, SessionSubscription, Stage, Will};
 use crate::auth::gate::Principal;
+use crate::cluster::HandedOver;
 use crate::protocol::{qos_from, QoS};
 use crate::router::Delivery;
 use crate::store::{
@@ -138,30 +139,36 @@ impl Session {
             return false;
         }
         self.stored.store(true, std::sync::atomic::Ordering::Release);
-        let will = st.will.as_ref().or(st.pending_will.as_ref()).map(|w| WillRecord {
-            will: w.will.clone(),
-            delay_secs: w.delay_secs,
-        });
-        let record = SessionRecord {
-            expiry_secs: st.expiry_secs,
-            subscriptions: st
-                .subscriptions
-                .iter()
-                .map(|(filter, s)| SubscriptionRecord::from_options(filter, &s.options, s.id))
-                .collect(),
-            will,
-            offline_since_unix_ms: offline_since,
-            room_cursors: st
-                .room_cursors
-                .iter()
-                .map(|(room, c)| (room.to_string(), c.done))
-                .collect(),
-            owner: st.owner.as_ref().map(owner_record),
-        };
+        let record = session_record(st, offline_since);
         if let Err(e) = store.put_session(&self.client_id, &record) {
             log_store_error(&self.client_id, "session", e);
         }
         true
+    }
+
+    /// The session as another node of a cluster takes it over: its record,
+    /// its unacknowledged plain messages (in flight first, with their
+    /// packet ids, then queued) and its QoS 2 ids. Room messages are left
+    /// out: the new node replays them from the room cursors.
+    pub(crate) fn hand_over(&self, st: &SessionState) -> HandedOver {
+        let inflight = st.inflight.iter().map(|f| {
+            let released = f.stage == Stage::Pubcomp;
+            (&f.delivery, Some(f.packet_id), released)
+        });
+        let queued = st.queue.iter().map(|d| (d, None, false));
+        let messages = inflight
+            .chain(queued)
+            .filter(|(d, _, _)| d.message.room.is_none() && d.qos != QoS::AtMostOnce)
+            .enumerate()
+            .map(|(i, (d, packet_id, released))| {
+                (i as u64 + 1, QueuedRecord::from_delivery(d, packet_id, released))
+            })
+            .collect();
+        HandedOver {
+            record: session_record(st, Some(crate::store::unix_ms_now())),
+            messages,
+            incoming_qos2: st.incoming_qos2.iter().map(|p| p.get()).collect(),
+        }
     }
 
     /// Removes everything stored for this session.
@@ -177,6 +184,30 @@ impl Session {
     }
 }
 
+/// The record of a persistent session as stored (and handed over).
+fn session_record(st: &SessionState, offline_since: Option<u64>) -> SessionRecord {
+    let will = st.will.as_ref().or(st.pending_will.as_ref()).map(|w| WillRecord {
+        will: w.will.clone(),
+        delay_secs: w.delay_secs,
+    });
+    SessionRecord {
+        expiry_secs: st.expiry_secs,
+        subscriptions: st
+            .subscriptions
+            .iter()
+            .map(|(filter, s)| SubscriptionRecord::from_options(filter, &s.options, s.id))
+            .collect(),
+        will,
+        offline_since_unix_ms: offline_since,
+        room_cursors: st
+            .room_cursors
+            .iter()
+            .map(|(room, c)| (room.to_string(), c.done))
+            .collect(),
+        owner: st.owner.as_ref().map(owner_record),
+    }
+}
+
 /// Rebuilds the persistent sessions found in the store. Each comes back
 /// offline, as if its client had just dropped: its will (if it had one)
 /// follows after its delay, and its expiry counts on from when it went
@@ -186,6 +217,9 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
     let count = loaded.len();
     for entry in loaded {
         let session = shared.registry.restore(shared, &entry.client_id);
+        if let Some(cluster) = &shared.cluster {
+            cluster.sessions.hold(&entry.client_id);
+        }
         session.stored.store(true, std::sync::atomic::Ordering::Release);
         let elapsed_secs = entry
             .record

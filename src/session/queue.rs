@@ -33,6 +33,10 @@ impl Queue {
         self.bytes
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.items.iter()
+    }
+
     pub fn front(&self) -> Option<&Delivery> {
         self.items.front()
     }

@@ -185,21 +185,30 @@ impl Registry {
 }
 
 /// `client_id` connected on another node of the cluster: the connection
-/// here, if any, is closed (5.0 DISCONNECT 0x8E Session taken over) and the
-/// session is forgotten here; it goes on there. No will is sent: the
-/// client is connected.
-pub(crate) async fn release_to_other_node(shared: &Arc<Shared>, client_id: &str) {
-    let Some(session) = shared.registry.get(client_id) else {
-        return;
-    };
+/// here, if any, is closed (5.0 DISCONNECT 0x8E Session taken over) and
+/// the session is forgotten here. With `continues` (the new CONNECT has
+/// Clean Start 0) it goes on there: returned to be sent over, and no will
+/// is sent; otherwise it ends here as on a local takeover.
+pub(crate) async fn give_up_to_other_node(
+    shared: &Arc<Shared>,
+    client_id: &str,
+    continues: bool,
+) -> Option<crate::cluster::HandedOver> {
+    let session = shared.registry.get(client_id)?;
     session.state.lock().kick_reason = Some(Kick::TakenOver {
-        session_continues: true,
+        session_continues: continues,
     });
-    if let Some(_guard) = take_ownership(&session).await {
-        session.state.lock().pending_will = None;
-        super::lifecycle::end_session(shared, &session);
-        tracing::info!(%client_id, "client connected on another node: session handed over");
-    }
+    let _guard = take_ownership(&session).await?;
+    let handed = {
+        let mut st = session.state.lock();
+        let persistent = continues && st.expiry_secs > 0 && !st.ended;
+        if persistent {
+            st.pending_will = None;
+        }
+        persistent.then(|| session.hand_over(&st))
+    };
+    super::lifecycle::end_session(shared, &session);
+    handed
 }
 
 /// Kicks whatever connection serves `session` and waits until it is gone.

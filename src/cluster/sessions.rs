@@ -1,0 +1,175 @@
+//! Client ids and sessions across nodes.
+//!
+//! The node that serves a client id (connected, or a persistent session
+//! waiting offline) listens on that id's NATS subject. A node accepting a
+//! CONNECT for the id first asks that subject:
+//! - nobody listens: NATS answers "no responders" at once, and the node
+//!   goes on as a single broker would;
+//! - the holder answers: it closes its connection (5.0 DISCONNECT 0x8E
+//!   Session taken over), and, when the new CONNECT continues the session
+//!   (Clean Start 0), sends the session over (subscriptions, room cursors,
+//!   unacknowledged messages, QoS 2 ids) and forgets it. The new node
+//!   restores it and answers Session Present = 1.
+//!
+//! A session is held by one node at a time, in memory and in that node's
+//! store; if that node dies, its sessions are gone with it (README,
+//! *Cluster*).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::task::AbortHandle;
+
+use super::names::Names;
+use crate::store::{LoadedSession, QueuedRecord, SessionRecord};
+
+/// How long a CONNECT waits for the node holding its session.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A session as it travels from the node that held it to the new one.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct HandedOver {
+    pub record: SessionRecord,
+    pub messages: Vec<(u64, QueuedRecord)>,
+    pub incoming_qos2: Vec<u16>,
+}
+
+impl HandedOver {
+    pub fn into_loaded(self, client_id: &str) -> LoadedSession {
+        LoadedSession {
+            client_id: client_id.to_string(),
+            record: self.record,
+            messages: self.messages,
+            incoming_qos2: self.incoming_qos2,
+        }
+    }
+}
+
+/// What the new node asks for.
+#[derive(Serialize, Deserialize)]
+struct Claim {
+    node: String,
+    clean_start: bool,
+}
+
+/// Gives up the client id here for another node: closes the connection,
+/// and with `continues` returns the session to send over.
+pub(crate) type GiveUp = Arc<dyn Fn(String, bool) -> BoxFuture<'static, Option<HandedOver>> + Send + Sync>;
+
+pub(crate) struct Sessions {
+    names: Names,
+    node: Arc<str>,
+    client: async_nats::Client,
+    held: Mutex<HashMap<String, AbortHandle>>,
+    give_up: std::sync::OnceLock<GiveUp>,
+}
+
+impl Sessions {
+    pub fn new(names: Names, node: Arc<str>, client: async_nats::Client) -> Sessions {
+        Sessions {
+            names,
+            node,
+            client,
+            held: Mutex::default(),
+            give_up: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn set_give_up(&self, give_up: GiveUp) {
+        let _ = self.give_up.set(give_up);
+    }
+
+    /// This node serves `client_id` now: answer other nodes' claims.
+    pub fn hold(&self, client_id: &str) {
+        let mut held = self.held.lock();
+        if held.contains_key(client_id) {
+            return;
+        }
+        let Some(give_up) = self.give_up.get().cloned() else {
+            return;
+        };
+        let (client, subject, id) = (
+            self.client.clone(),
+            self.names.client(client_id),
+            client_id.to_string(),
+        );
+        let node = self.node.clone();
+        let task = tokio::spawn(async move {
+            let mut subscription = match client.subscribe(subject).await {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::error!(client_id = %id, %error, "cannot hold a client id on NATS: a connection on another node will not take it over");
+                    return;
+                }
+            };
+            while let Some(request) = subscription.next().await {
+                let Ok(claim) = postcard::from_bytes::<Claim>(&request.payload) else {
+                    continue;
+                };
+                if *claim.node == *node {
+                    continue;
+                }
+                let handed = give_up(id.clone(), !claim.clean_start).await;
+                let reply = handed
+                    .and_then(|h| postcard::to_allocvec(&h).ok())
+                    .unwrap_or_default();
+                if let Some(to) = request.reply {
+                    if let Err(error) = client.publish(to, reply.into()).await {
+                        tracing::warn!(client_id = %id, %error, "could not send a session to the node that took it over");
+                    }
+                }
+                tracing::info!(client_id = %id, to = %claim.node, "client connected on another node: connection closed here");
+            }
+        });
+        held.insert(client_id.to_string(), task.abort_handle());
+    }
+
+    /// This node no longer serves `client_id`.
+    pub fn release(&self, client_id: &str) {
+        if let Some(task) = self.held.lock().remove(client_id) {
+            task.abort();
+        }
+    }
+
+    /// Asks the node holding `client_id` (if any) to let go of it; returns
+    /// its session when the CONNECT continues it.
+    pub async fn claim(&self, client_id: &str, clean_start: bool) -> Option<HandedOver> {
+        if self.held.lock().contains_key(client_id) {
+            // This node holds it: a local takeover.
+            return None;
+        }
+        let claim = Claim {
+            node: self.node.to_string(),
+            clean_start,
+        };
+        let payload: Bytes = postcard::to_allocvec(&claim).ok()?.into();
+        let request = self.client.request(self.names.client(client_id), payload);
+        match tokio::time::timeout(HANDOVER_WAIT, request).await {
+            Ok(Ok(reply)) if !reply.payload.is_empty() => {
+                match postcard::from_bytes::<HandedOver>(&reply.payload) {
+                    Ok(handed) => Some(handed),
+                    Err(error) => {
+                        tracing::error!(%client_id, %error, "undecodable session from another node; starting a new one");
+                        None
+                    }
+                }
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => None,
+            Ok(Err(error)) => {
+                tracing::warn!(%client_id, %error, "no answer from the node holding this client id; going on without its session");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%client_id, "the node holding this client id did not answer in time; going on without its session");
+                None
+            }
+        }
+    }
+}
