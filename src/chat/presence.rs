@@ -3,12 +3,19 @@
 //! ("offline", with `last_seen`); a user may set "away", "busy" or "online"
 //! in between. A session takeover opens the new connection before the old
 //! one closes, so it never shows the user offline.
+//!
+//! In a cluster, the devices of a user are counted on every node
+//! (`cluster/presence.rs`): the node where a count changes publishes the
+//! total, and the first alive node publishes for the users of a node that
+//! died.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::payloads::{to_cbor, Presence as PresencePayload};
+use crate::cluster::{DeviceCount, PresenceLink};
 use crate::protocol::QoS;
 use crate::router::{Message, Router};
 use crate::store::unix_ms_now;
@@ -19,6 +26,9 @@ pub const USER_STATUSES: [&str; 3] = ["online", "away", "busy"];
 #[derive(Default)]
 pub struct Presence {
     users: Mutex<HashMap<String, UserPresence>>,
+    /// Cluster mode: the other nodes' devices, by user then node.
+    remote: Mutex<HashMap<String, HashMap<String, DeviceCount>>>,
+    link: Option<Arc<PresenceLink>>,
 }
 
 struct UserPresence {
@@ -45,6 +55,51 @@ pub fn presence_message(user: &str, payload: &PresencePayload) -> Message {
 }
 
 impl Presence {
+    /// Presence that, with `link`, counts the devices of every node.
+    pub(crate) fn new(link: Option<Arc<PresenceLink>>) -> Presence {
+        Presence {
+            link,
+            ..Presence::default()
+        }
+    }
+
+    /// Tells the other nodes this node's count for `user`.
+    fn tell_others(&self, user: &str, entry: Option<&UserPresence>) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        link.send(DeviceCount {
+            node: link.node.to_string(),
+            user: user.to_string(),
+            devices: entry.map_or(0, |e| e.devices),
+            status: entry.map_or_else(|| "offline".into(), |e| e.status.clone()),
+            since: entry.map_or_else(unix_ms_now, |e| e.since),
+            lasting: entry.is_some_and(|e| e.lasting),
+        });
+    }
+
+    /// The user's presence over every node: devices summed, the most
+    /// recent status; `None` when no node has a device.
+    fn total(&self, user: &str, local: Option<&UserPresence>) -> Option<PresencePayload> {
+        let remote = self.remote.lock();
+        let others = remote.get(user).into_iter().flat_map(|m| m.values());
+        let mut total: Option<PresencePayload> = local.map(|e| payload_of(e, None));
+        for count in others.filter(|c| c.devices > 0) {
+            let t = total.get_or_insert_with(|| PresencePayload {
+                status: count.status.clone(),
+                devices: 0,
+                since: count.since,
+                last_seen: None,
+            });
+            t.devices += count.devices;
+            if count.since > t.since {
+                t.status = count.status.clone();
+                t.since = count.since;
+            }
+        }
+        total.filter(|t| t.devices > 0)
+    }
+
     /// A connection of `user` opened; `lasting` when the user matters
     /// (see `UserPresence::lasting`).
     pub fn connected(&self, router: &Router, user: &str, lasting: bool) {
@@ -62,15 +117,21 @@ impl Presence {
                 entry.status = "online".into();
                 entry.since = unix_ms_now();
             }
-            payload_of(entry, None)
+            self.tell_others(user, Some(entry));
+            self.total(user, Some(entry))
         };
-        router.publish(presence_message(user, &payload));
+        if let Some(payload) = payload {
+            router.publish(presence_message(user, &payload));
+        }
     }
 
     /// The user did something that makes it matter (joined a room).
     pub fn mark_lasting(&self, user: &str) {
         if let Some(entry) = self.users.lock().get_mut(user) {
-            entry.lasting = true;
+            if !entry.lasting {
+                entry.lasting = true;
+                self.tell_others(user, Some(entry));
+            }
         }
     }
 
@@ -83,20 +144,36 @@ impl Presence {
             };
             entry.devices = entry.devices.saturating_sub(1);
             if entry.devices > 0 {
-                (payload_of(entry, None), true)
+                self.tell_others(user, Some(entry));
+                (
+                    self.total(user, Some(entry))
+                        .unwrap_or_else(|| payload_of(entry, None)),
+                    true,
+                )
             } else {
-                let now = unix_ms_now();
-                let lasting = entry.lasting;
+                let lasting = entry.lasting || self.lasting_elsewhere(user);
                 users.remove(user);
-                let offline = PresencePayload {
-                    status: "offline".into(),
-                    devices: 0,
-                    since: now,
-                    last_seen: Some(now),
-                };
-                (offline, lasting)
+                self.tell_others(user, None);
+                match self.total(user, None) {
+                    Some(elsewhere) => (elsewhere, true),
+                    None => (offline_now(), lasting),
+                }
             }
         };
+        self.publish_total(router, user, payload, lasting);
+    }
+
+    /// Whether another node counts the user as lasting.
+    fn lasting_elsewhere(&self, user: &str) -> bool {
+        self.remote
+            .lock()
+            .get(user)
+            .is_some_and(|m| m.values().any(|c| c.lasting))
+    }
+
+    /// Publishes a user's presence; an offline one that does not last is
+    /// shown to watchers and not kept.
+    fn publish_total(&self, router: &Router, user: &str, payload: PresencePayload, lasting: bool) {
         if lasting {
             router.publish(presence_message(user, &payload));
         } else {
@@ -119,10 +196,99 @@ impl Presence {
                 entry.status = status.to_string();
                 entry.since = unix_ms_now();
             }
-            payload_of(entry, None)
+            self.tell_others(user, Some(entry));
+            self.total(user, Some(entry))
+                .unwrap_or_else(|| payload_of(entry, None))
         };
         router.publish(presence_message(user, &payload));
         true
+    }
+
+    /// Cluster mode: another node's count for a user. The retained
+    /// `$presence/{user}` here follows it (an online presence is kept in
+    /// memory, not in the retained stream); watchers here get the message
+    /// the other node publishes.
+    pub(crate) fn remote_count(&self, router: &Router, count: DeviceCount) {
+        let user = count.user.clone();
+        {
+            let mut remote = self.remote.lock();
+            let nodes = remote.entry(user.clone()).or_default();
+            if count.devices == 0 {
+                nodes.remove(&count.node);
+                if nodes.is_empty() {
+                    remote.remove(&user);
+                }
+            } else {
+                nodes.insert(count.node.clone(), count);
+            }
+        }
+        let total = {
+            let users = self.users.lock();
+            self.total(&user, users.get(&user))
+        };
+        if let Some(payload) = total {
+            router.apply_retained(presence_message(&user, &payload));
+        }
+    }
+
+    /// Cluster mode: `nodes` are gone; with `publish`, publishes the
+    /// presence of their users (offline when no node has a device left).
+    pub(crate) fn nodes_gone(&self, router: &Router, nodes: &[String], publish: bool) {
+        let mut affected = Vec::new();
+        {
+            let mut remote = self.remote.lock();
+            for (user, by_node) in remote.iter_mut() {
+                let lasting = by_node.values().any(|c| c.lasting);
+                let before = by_node.len();
+                by_node.retain(|node, _| !nodes.contains(node));
+                if by_node.len() != before {
+                    affected.push((user.clone(), lasting));
+                }
+            }
+            remote.retain(|_, by_node| !by_node.is_empty());
+        }
+        if !publish {
+            return;
+        }
+        for (user, lasting) in affected {
+            let total = {
+                let users = self.users.lock();
+                self.total(&user, users.get(&user))
+            };
+            match total {
+                Some(payload) => {
+                    router.publish(presence_message(&user, &payload));
+                }
+                None => self.publish_total(router, &user, offline_now(), lasting),
+            }
+        }
+    }
+
+    /// Cluster mode: this node's counts, for a node that just started.
+    pub(crate) fn local_counts(&self, node: &str) -> Vec<DeviceCount> {
+        self.users
+            .lock()
+            .iter()
+            .map(|(user, e)| DeviceCount {
+                node: node.to_string(),
+                user: user.clone(),
+                devices: e.devices,
+                status: e.status.clone(),
+                since: e.since,
+                lasting: e.lasting,
+            })
+            .collect()
+    }
+}
+
+/// "offline" as of now.
+fn offline_now() -> PresencePayload {
+    let now = unix_ms_now();
+    PresencePayload {
+        status: "offline".into(),
+        devices: 0,
+        since: now,
+        last_seen: Some(now),
     }
 }
 

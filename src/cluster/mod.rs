@@ -16,6 +16,7 @@
 
 mod names;
 mod plain;
+mod presence;
 mod retained;
 mod rooms;
 mod sessions;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 
 pub(crate) use names::Names;
 pub(crate) use plain::Plain;
+pub(crate) use presence::{DeviceCount, PresenceLink, PresenceSink};
 pub(crate) use retained::ApplyRetained;
 pub(crate) use rooms::{RoomSink, Rooms};
 pub(crate) use sessions::{HandedOver, Sessions};
@@ -55,11 +57,16 @@ const STREAM_ATTEMPTS: u32 = 60;
 /// This node's connection to the cluster.
 pub(crate) struct Cluster {
     pub names: Names,
+    client: async_nats::Client,
     js: jetstream::Context,
     writer: Arc<Writer>,
     pub plain: Arc<Plain>,
     pub rooms: Rooms,
     pub sessions: Sessions,
+    /// This node's presence changes, for the other nodes.
+    pub presence: Arc<PresenceLink>,
+    presence_outgoing: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<presence::Wire>>>,
+    liveness: presence::Liveness,
 }
 
 impl Cluster {
@@ -90,14 +97,23 @@ impl Cluster {
         );
         let rooms = Rooms::new(names.clone(), writer.clone(), node.clone());
         let sessions = Sessions::new(names.clone(), node.clone(), client.clone());
+        let (presence, presence_outgoing) = presence::link(node.clone());
+        let liveness = presence::Liveness {
+            heartbeat: Duration::from_millis(cc.heartbeat_ms),
+            node_timeout: Duration::from_millis(cc.node_timeout_ms),
+        };
         tracing::info!(node = %node, nats = ?cc.nats, replicas = cc.replicas, "cluster mode: connected to NATS JetStream");
         Ok(Arc::new(Cluster {
             names,
+            client,
             js,
             writer,
             plain,
             rooms,
             sessions,
+            presence,
+            presence_outgoing: parking_lot::Mutex::new(Some(presence_outgoing)),
+            liveness,
         }))
     }
 
@@ -106,10 +122,26 @@ impl Cluster {
         self.writer.clone()
     }
 
-    /// Starts following the room and retained streams; resolves once this node has read what the streams
+    /// Starts following the room and retained streams and the other
+    /// nodes' presence; resolves once this node has read what the streams
     /// held at start (so history, backlogs and retained messages are
     /// complete before clients connect).
-    pub async fn follow(&self, rooms: Arc<dyn RoomSink>, retained: ApplyRetained) {
+    pub async fn follow(
+        &self,
+        rooms: Arc<dyn RoomSink>,
+        retained: ApplyRetained,
+        presence: Arc<dyn PresenceSink>,
+    ) {
+        if let Some(outgoing) = self.presence_outgoing.lock().take() {
+            tokio::spawn(presence::run(
+                self.client.clone(),
+                self.names.clone(),
+                self.presence.clone(),
+                outgoing,
+                presence,
+                self.liveness,
+            ));
+        }
         let (rooms_done, mut rooms_ready) = watch::channel(false);
         let (retained_done, mut retained_ready) = watch::channel(false);
         tokio::spawn(rooms::follow(

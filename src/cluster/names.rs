@@ -112,6 +112,11 @@ impl Names {
         out
     }
 
+    /// Device counts and heartbeats of every node.
+    pub fn presence(&self) -> String {
+        format!("{}.presence", self.prefix)
+    }
+
     /// Where the node serving `client_id` answers other nodes' claims (a
     /// hash for a very long id).
     pub fn client(&self, client_id: &str) -> String {

@@ -31,6 +31,11 @@ pub struct ClusterConfig {
     /// How long a write waits for JetStream's acknowledgement before it is
     /// sent again (with the same message id, so it is stored once).
     pub ack_timeout_ms: u64,
+    /// How often this node tells the others it is alive.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is dead: its users' devices are
+    /// dropped (they show offline unless connected elsewhere).
+    pub node_timeout_ms: u64,
     /// Most bytes of plain messages waiting to be forwarded to the other
     /// nodes; beyond it a message reaches only this node's subscribers
     /// (counted and logged).
@@ -49,6 +54,8 @@ impl Default for ClusterConfig {
             token: None,
             tls_ca: None,
             ack_timeout_ms: 2000,
+            heartbeat_ms: 1000,
+            node_timeout_ms: 5000,
             forward_buffer_bytes: 64 * 1024 * 1024,
         }
     }
@@ -77,6 +84,9 @@ impl ClusterConfig {
         }
         if !(1..=5).contains(&self.replicas) {
             return Err("key `cluster.replicas`: JetStream allows 1 to 5".into());
+        }
+        if self.heartbeat_ms == 0 || self.node_timeout_ms <= self.heartbeat_ms {
+            return Err("keys `cluster.heartbeat_ms` and `cluster.node_timeout_ms`: the heartbeat must be at least 1 ms and shorter than the timeout".into());
         }
         if self.ack_timeout_ms == 0 {
             return Err("key `cluster.ack_timeout_ms`: must be at least 1".into());

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use super::registry::give_up_to_other_node;
 use super::Shared;
-use crate::cluster::{Cluster, RoomSink};
+use crate::cluster::{Cluster, DeviceCount, PresenceSink, RoomSink};
 use crate::router::RemoteScope;
 use crate::store::RoomRecord;
 
@@ -26,6 +26,33 @@ impl RoomSink for ChatSink {
                 .chat
                 .apply_replicated(&shared.router, room, seq, record, publisher);
         }
+    }
+}
+
+/// This broker's presence, fed by the other nodes' counts.
+struct PresenceOfChat {
+    shared: Weak<Shared>,
+    node: Arc<str>,
+}
+
+impl PresenceSink for PresenceOfChat {
+    fn remote(&self, count: DeviceCount) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.chat.presence().remote_count(&shared.router, count);
+        }
+    }
+
+    fn nodes_gone(&self, nodes: &[String], publish: bool) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.chat.presence().nodes_gone(&shared.router, nodes, publish);
+        }
+    }
+
+    fn local_counts(&self) -> Vec<DeviceCount> {
+        self.shared
+            .upgrade()
+            .map(|s| s.chat.presence().local_counts(&self.node))
+            .unwrap_or_default()
     }
 }
 
@@ -61,5 +88,9 @@ pub(crate) async fn join(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
     let sink = Arc::new(ChatSink {
         shared: Arc::downgrade(shared),
     });
-    cluster.follow(sink, retained).await;
+    let presence = Arc::new(PresenceOfChat {
+        shared: Arc::downgrade(shared),
+        node: cluster.presence.node.clone(),
+    });
+    cluster.follow(sink, retained, presence).await;
 }

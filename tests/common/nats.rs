@@ -12,6 +12,7 @@ use roomq::Config;
 pub struct NatsServer {
     pub port: u16,
     conf: std::path::PathBuf,
+    log: std::path::PathBuf,
     child: Option<Child>,
 }
 
@@ -58,6 +59,7 @@ impl NatsCluster {
             .expect("write nats config");
             let mut server = NatsServer {
                 port: *port,
+                log: dir.path().join(format!("n{i}.log")),
                 conf,
                 child: None,
             };
@@ -93,11 +95,16 @@ impl NatsCluster {
 
 impl NatsServer {
     fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("nats log file");
         let child = Command::new("nats-server")
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("nats-server runs (./scripts/test installs the Debian package)");
         self.child = Some(child);
@@ -110,7 +117,13 @@ impl NatsServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("nats-server on port {} did not start", self.port);
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!(
+            "nats-server on port {} did not start; its log ends:\n{}",
+            self.port,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 
     /// SIGKILL.
