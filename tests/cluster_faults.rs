@@ -186,18 +186,8 @@ async fn a_nats_server_killed_during_qos1_load_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roomq_node_killed_during_qos1_load_loses_no_acknowledged_message() {
     let nats = NatsCluster::start(3);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("x.toml");
-    let urls: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "storage = \"memory\"\nstore_stall_timeout_ms = 1000\n[cluster]\nnats = [{}]\nnode = \"x\"\nreplicas = 3\n",
-            urls.join(", ")
-        ),
-    )
-    .unwrap();
-    let (mut killed, x_addr) = common::spawn_roomq(0, &[std::ffi::OsStr::new("-c"), config.as_os_str()]);
+    let (mut killed, x_addr, _dir) =
+        common::nats::spawn_node(&nats, "x", "store_stall_timeout_ms = 1000", "");
     let y = Broker::new(node_config(&nats, "y")).start().await.unwrap();
     // The posters start on node x and move to node y when x dies.
     let addrs = Arc::new(Mutex::new(vec![x_addr, y.local_addr()]));

@@ -72,18 +72,8 @@ async fn devices_on_two_nodes_are_one_presence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_users_of_a_dead_node_go_offline() {
     let nats = NatsCluster::start(3);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("x.toml");
-    let urls: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "storage = \"memory\"\n[cluster]\nnats = [{}]\nnode = \"x\"\nreplicas = 3\nheartbeat_ms = 500\nnode_timeout_ms = 2000\n",
-            urls.join(", ")
-        ),
-    )
-    .unwrap();
-    let (mut doomed, x_addr) = common::spawn_roomq(0, &[std::ffi::OsStr::new("-c"), config.as_os_str()]);
+    let (mut doomed, x_addr, _dir) =
+        common::nats::spawn_node(&nats, "x", "", "heartbeat_ms = 500\nnode_timeout_ms = 2000");
     let mut y_config = nats.node_config("y");
     if let Some(c) = y_config.cluster.as_mut() {
         c.heartbeat_ms = 500;

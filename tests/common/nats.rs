@@ -93,6 +93,31 @@ impl NatsCluster {
     }
 }
 
+/// Starts the `roomq` binary as cluster node `node` on `nats`, with
+/// `top` and `cluster` as extra TOML lines of the top level and of the
+/// `[cluster]` section; returns the process, its address and the
+/// directory of its configuration (dropped: removed).
+pub fn spawn_node(
+    nats: &NatsCluster,
+    node: &str,
+    top: &str,
+    cluster: &str,
+) -> (std::process::Child, std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join(format!("{node}.toml"));
+    let urls: Vec<String> = nats.urls().iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "storage = \"memory\"\n{top}\n[cluster]\nnats = [{}]\nnode = \"{node}\"\nreplicas = 3\n{cluster}\n",
+            urls.join(", ")
+        ),
+    )
+    .expect("write the node's configuration");
+    let (child, addr) = super::spawn_roomq(0, &[std::ffi::OsStr::new("-c"), config.as_os_str()]);
+    (child, addr, dir)
+}
+
 impl NatsServer {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
