@@ -11,6 +11,7 @@ use common::nats::NatsCluster;
 use common::{opts, publish, Got, Raw, QUIET, WAIT};
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::chat::payloads;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_members_on_three_nodes_see_one_order() {
@@ -388,6 +389,109 @@ async fn a_persistent_session_resumes_on_another_node_with_its_backlog() {
     assert_eq!(
         member.expect_disconnect5().await,
         v5::DisconnectReasonCode::SessionTakenOver
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_cross_nodes() {
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    let mut member = common::chat::user5(nodes[1].local_addr(), "member", "mia").await;
+    member
+        .subscribe5(
+            1,
+            &[
+                ("rooms/r/typing/+", opts(QoS::AtMostOnce)),
+                ("rooms/r/read/+", opts(QoS::AtLeastOnce)),
+            ],
+        )
+        .await;
+    let mut ann = common::chat::user5(nodes[0].local_addr(), "ann-phone", "ann").await;
+    let ack = send_and_ack(&mut ann, publish_with("rooms/r/msg/ann", b"hi", Some(1), &[])).await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let typing = payloads::to_cbor(&payloads::Typing { typing: true });
+    // Typing is QoS 0 and never stored: send until the member's node has
+    // the interest (each event is allowed once a second).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        ann.send5(Packet::Publish(Box::new(publish_with(
+            "rooms/r/typing/ann",
+            &typing,
+            None,
+            &[],
+        ))))
+        .await;
+        if let Got::Packet(Packet::Publish(p)) =
+            member.recv5_within(std::time::Duration::from_millis(1100)).await
+        {
+            assert_eq!(p.topic, "rooms/r/typing/ann");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "typing never crossed nodes"
+        );
+    }
+    for i in 2..=3u16 {
+        let ack = send_and_ack(&mut ann, publish_with("rooms/r/msg/ann", b"more", Some(i), &[])).await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
+    }
+    let seqs: Vec<u64> = history(nodes[2].local_addr(), "r")
+        .await
+        .messages
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    let receipt = |seq: u64| payloads::to_cbor(&payloads::Receipt { seq });
+    let read_seq =
+        |p: &rmqtt_codec::types::Publish| payloads::from_cbor::<payloads::Receipt>(&p.payload).unwrap().seq;
+    // Read up to the first message on the tablet (node c), up to the last
+    // on the phone (node a): the member on node b gets both.
+    let mut tablet = common::chat::user5(nodes[2].local_addr(), "ann-tablet", "ann").await;
+    let ack = send_and_ack(
+        &mut tablet,
+        publish_with("rooms/r/read/ann", &receipt(seqs[0]), Some(1), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    assert_eq!(read_seq(&receive(&mut member, 1).await[0]), seqs[0]);
+    let ack = send_and_ack(
+        &mut ann,
+        publish_with("rooms/r/read/ann", &receipt(seqs[2]), Some(4), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    assert_eq!(read_seq(&receive(&mut member, 1).await[0]), seqs[2]);
+    // Once node c has the higher receipt, the tablet's lower one (the
+    // middle message) is ignored there: receipts only move forward.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut reader = Raw::client5(nodes[2].local_addr(), "reader").await;
+        reader
+            .subscribe5(1, &[("rooms/r/read/ann", opts(QoS::AtLeastOnce))])
+            .await;
+        if let Got::Packet(Packet::Publish(p)) = reader.recv5_within(QUIET).await {
+            if read_seq(&p) == seqs[2] {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receipt never reached node c"
+        );
+    }
+    let ack = send_and_ack(
+        &mut tablet,
+        publish_with("rooms/r/read/ann", &receipt(seqs[1]), Some(2), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    assert!(
+        matches!(member.recv5_within(QUIET).await, Got::Nothing),
+        "a lower receipt was delivered"
     );
     for node in nodes {
         node.shutdown().await;

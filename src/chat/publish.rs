@@ -244,17 +244,22 @@ impl Chat {
             return PublishAckReason::PayloadFormatInvalid;
         }
         {
-            let mut receipts = self.receipts.lock();
-            let key = (room.to_string(), sender.to_string());
-            let known = *receipts.entry(key.clone()).or_insert_with(|| {
-                // After a restart the retained receipt is the highest known.
+            // After a restart the retained receipt is the highest known; in
+            // a cluster it also carries receipts sent through other nodes.
+            let retained = || {
                 router
                     .retained()
                     .matching(&message.topic)
                     .first()
                     .and_then(|m| from_cbor::<Receipt>(&m.payload))
                     .map_or(0, |r| r.seq)
-            });
+            };
+            let mut receipts = self.receipts.lock();
+            let key = (room.to_string(), sender.to_string());
+            let mut known = *receipts.entry(key.clone()).or_insert_with(retained);
+            if self.cluster.is_some() {
+                known = known.max(retained());
+            }
             if receipt.seq <= known && known > 0 {
                 return PublishAckReason::Success;
             }
