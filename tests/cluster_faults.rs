@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::chat::publish_with;
 use common::cluster::history;
 use common::nats::NatsCluster;
@@ -292,4 +293,51 @@ async fn without_quorum_nothing_is_acknowledged_and_publishing_resumes() {
         "{ids:?}"
     );
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_its_node() {
+    let nats = NatsCluster::start(3);
+    let (mut doomed, x_addr, _dir) = common::nats::spawn_node(&nats, "x", "", "");
+    let y = Broker::new(node_config(&nats, "y")).start().await.unwrap();
+    let mut connect = common::persistent5("member");
+    connect.username = Some("m".into());
+    let (mut member, _) = Raw::connect5(x_addr, connect.clone()).await;
+    member
+        .subscribe5(
+            1,
+            &[(
+                "rooms/kept/msg/+",
+                common::opts(rmqtt_codec::types::QoS::AtLeastOnce),
+            )],
+        )
+        .await;
+    let mut poster = common::chat::user5(y.local_addr(), "poster", "poster").await;
+    let post = async |poster: &mut Raw, n: u16| {
+        let p = publish_with("rooms/kept/msg/poster", format!("m{n}").as_bytes(), Some(n), &[]);
+        let ack = common::chat::send_and_ack(poster, p).await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
+    };
+    post(&mut poster, 1).await;
+    let first = common::cluster::receive(&mut member, 1).await;
+    assert_eq!(&first[0].payload[..], b"m1");
+    // Node x dies with the member's session on it; more is posted.
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    for n in 2..=6 {
+        post(&mut poster, n).await;
+    }
+    let (mut member, ack) = Raw::connect5(y.local_addr(), connect).await;
+    assert!(ack.session_present, "the session died with its node");
+    // Message 1 was acknowledged, but the cursor is saved every 100
+    // messages or at disconnect: it may come again (QoS 1), then 2..6.
+    let mut bodies = Vec::new();
+    while bodies.last().is_none_or(|b: &Bytes| &b[..] != b"m6") {
+        bodies.push(common::cluster::receive(&mut member, 1).await.remove(0).payload);
+        assert!(bodies.len() <= 6, "{bodies:?}");
+    }
+    let tail: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).filter(|b| *b != b"m1").collect();
+    let expected: Vec<String> = (2..=6).map(|n| format!("m{n}")).collect();
+    assert_eq!(tail, expected.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
+    y.shutdown().await;
 }

@@ -96,7 +96,7 @@ impl Cluster {
             cc.forward_buffer_bytes,
         );
         let rooms = Rooms::new(names.clone(), writer.clone(), node.clone());
-        let sessions = Sessions::new(names.clone(), node.clone(), client.clone());
+        let sessions = Sessions::new(names.clone(), node.clone(), js.clone(), writer.clone());
         let (presence, presence_outgoing) = presence::link(node.clone());
         let liveness = presence::Liveness {
             heartbeat: Duration::from_millis(cc.heartbeat_ms),
@@ -241,16 +241,19 @@ async fn ensure_streams(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    let retained = stream::Config {
-        name: names.retained_stream.clone(),
-        subjects: vec![names.retained_all()],
+    // Retained messages and session records: the last one per subject.
+    let last_only = |name: &str, subject: String| stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject],
         storage: stream::StorageType::File,
         num_replicas: cc.replicas,
         max_messages_per_subject: 1,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    for wanted in [rooms, retained] {
+    let retained = last_only(&names.retained_stream, names.retained_all());
+    let sessions = last_only(&names.sessions_stream, names.sessions());
+    for wanted in [rooms, retained, sessions] {
         let name = wanted.name.clone();
         let mut last_error = String::new();
         // JetStream needs a meta leader first (seconds after the servers

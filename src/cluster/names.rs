@@ -21,6 +21,8 @@ pub(crate) struct Names {
     pub rooms_stream: String,
     /// The stream of retained messages, one subject per topic.
     pub retained_stream: String,
+    /// The stream of persistent sessions, one subject per client id.
+    pub sessions_stream: String,
 }
 
 impl Names {
@@ -30,6 +32,7 @@ impl Names {
             prefix: name.to_string(),
             rooms_stream: format!("{upper}_ROOMS"),
             retained_stream: format!("{upper}_RETAINED"),
+            sessions_stream: format!("{upper}_SESSIONS"),
         }
     }
 
@@ -117,15 +120,28 @@ impl Names {
         format!("{}.presence", self.prefix)
     }
 
-    /// Where the node serving `client_id` answers other nodes' claims (a
-    /// hash for a very long id).
+    /// Where the node serving `client_id` answers other nodes' claims.
     pub fn client(&self, client_id: &str) -> String {
-        let t = token(client_id);
-        if t.len() > MAX_SUBJECT_LEN / 2 {
-            return format!("{}.client.h-{}", self.prefix, hash_hex(client_id));
-        }
-        format!("{}.client.{t}", self.prefix)
+        format!("{}.client.{}", self.prefix, client_token(client_id))
     }
+
+    pub fn sessions(&self) -> String {
+        format!("{}.session.>", self.prefix)
+    }
+
+    /// Where `client_id`'s session record is kept.
+    pub fn session(&self, client_id: &str) -> String {
+        format!("{}.session.{}", self.prefix, client_token(client_id))
+    }
+}
+
+/// A client id as a subject token (a hash for a very long id).
+fn client_token(client_id: &str) -> String {
+    let t = token(client_id);
+    if t.len() > MAX_SUBJECT_LEN / 2 {
+        return format!("h-{}", hash_hex(client_id));
+    }
+    t
 }
 
 /// 128-bit BLAKE2b of `key`, in hex: a name without the key's bytes (a

@@ -11,9 +11,13 @@
 //!   unacknowledged messages, QoS 2 ids) and forgets it. The new node
 //!   restores it and answers Session Present = 1.
 //!
-//! A session is held by one node at a time, in memory and in that node's
-//! store; if that node dies, its sessions are gone with it (README,
-//! *Cluster*).
+//! - nobody answers and the CONNECT continues a session: the node reads the
+//!   session's record from the sessions stream (the holder died). Every
+//!   persistent session's record (subscriptions, expiry, will, room
+//!   cursors) is written there as it is to a node's store, and acknowledged
+//!   before the CONNACK or SUBACK that promises it. Its plain QoS 1/2
+//!   messages are not: they are lost with the node that held them (room
+//!   messages come back from the room log, after the cursors).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 
 use super::names::Names;
-use crate::store::{LoadedSession, QueuedRecord, SessionRecord};
+use super::writer::{Write, Writer};
+use crate::store::{unix_ms_now, LoadedSession, QueuedRecord, SessionRecord};
 
 /// How long a CONNECT waits for the node holding its session.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
@@ -66,19 +71,87 @@ pub(crate) struct Sessions {
     names: Names,
     node: Arc<str>,
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    writer: Arc<Writer>,
     held: Mutex<HashMap<String, AbortHandle>>,
     give_up: std::sync::OnceLock<GiveUp>,
+    /// Ids of session writes (JetStream de-duplicates a writer's retry).
+    writes: std::sync::atomic::AtomicU64,
+    boot: u64,
 }
 
 impl Sessions {
-    pub fn new(names: Names, node: Arc<str>, client: async_nats::Client) -> Sessions {
+    pub fn new(
+        names: Names,
+        node: Arc<str>,
+        js: async_nats::jetstream::Context,
+        writer: Arc<Writer>,
+    ) -> Sessions {
         Sessions {
             names,
             node,
-            client,
+            client: js.client(),
+            js,
+            writer,
             held: Mutex::default(),
             give_up: std::sync::OnceLock::new(),
+            writes: std::sync::atomic::AtomicU64::new(0),
+            boot: unix_ms_now(),
         }
+    }
+
+    /// Writes a persistent session's record to the sessions stream (the
+    /// acknowledgement that promises it waits for JetStream).
+    pub fn save(&self, client_id: &str, record: &SessionRecord) {
+        match postcard::to_allocvec(record) {
+            Ok(bytes) => self.write(client_id, bytes.into()),
+            Err(error) => {
+                tracing::error!(%client_id, %error, "cannot encode a session record for the cluster")
+            }
+        }
+    }
+
+    /// Removes a session's record (the session ended).
+    pub fn forget(&self, client_id: &str) {
+        self.write(client_id, Bytes::new());
+    }
+
+    fn write(&self, client_id: &str, payload: Bytes) {
+        let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.writer.write(Write {
+            subject: self.names.session(client_id),
+            msg_id: format!("s-{}-{}-{n}", self.node, self.boot),
+            payload,
+            room: false,
+        });
+    }
+
+    /// The stored record of `client_id`'s session, unless it expired.
+    async fn stored(&self, client_id: &str) -> Option<HandedOver> {
+        let stream = self.js.get_stream(&self.names.sessions_stream).await.ok()?;
+        let message = stream
+            .get_last_raw_message_by_subject(&self.names.session(client_id))
+            .await
+            .ok()?;
+        if message.payload.is_empty() {
+            return None;
+        }
+        let record: SessionRecord = match postcard::from_bytes(&message.payload) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::error!(%client_id, %error, "undecodable session record in the sessions stream; starting a new session");
+                return None;
+            }
+        };
+        let expired = record.offline_since_unix_ms.is_some_and(|since| {
+            record.expiry_secs != u32::MAX
+                && since.saturating_add(u64::from(record.expiry_secs) * 1000) < unix_ms_now()
+        });
+        (!expired).then(|| HandedOver {
+            record,
+            messages: Vec::new(),
+            incoming_qos2: Vec::new(),
+        })
     }
 
     pub fn set_give_up(&self, give_up: GiveUp) {
@@ -161,7 +234,18 @@ impl Sessions {
                 }
             }
             Ok(Ok(_)) => None,
-            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => None,
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
+                // No node holds it (it died, or the session was never
+                // here): the last record written, if any.
+                if clean_start {
+                    return None;
+                }
+                let stored = self.stored(client_id).await;
+                if stored.is_some() {
+                    tracing::info!(%client_id, "session restored from the sessions stream (its node is gone)");
+                }
+                stored
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%client_id, %error, "no answer from the node holding this client id; going on without its session");
                 None

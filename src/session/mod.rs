@@ -182,6 +182,11 @@ pub struct Session {
     /// Whether anything of this session may be in the store, so that a
     /// clean session (the common case) never touches the store at all.
     stored: AtomicBool,
+    /// Cluster mode: the session's record is also kept in JetStream.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Cluster mode: the session went to another node, which now keeps
+    /// its record; ending it here must not remove that.
+    pub(crate) moved_away: AtomicBool,
     /// Room membership, shared with the chat layer; `None` for the trusted
     /// in-process subscriber of an embedding program, which reads all.
     membership: Option<Arc<crate::chat::Membership>>,
@@ -209,6 +214,8 @@ impl Session {
             metrics,
             store,
             stored: AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
+            moved_away: AtomicBool::new(false),
             membership,
         }
     }

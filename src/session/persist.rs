@@ -121,29 +121,45 @@ impl Session {
     /// was written to (the record, or its removal), so that a reply which
     /// promises it (CONNACK, SUBACK, UNSUBACK) can wait for the flush.
     pub(crate) fn save(&self, st: &SessionState, offline_since: Option<u64>) -> bool {
-        let Some(store) = self.store.as_ref() else {
-            return false;
-        };
-        if st.ended {
+        let cluster = self.cluster.get();
+        if (self.store.is_none() && cluster.is_none()) || st.ended {
             return false;
         }
         if st.expiry_secs == 0 {
             // Not persistent (any more): remove what an earlier connection
             // may have stored; a clean session never touches the store.
             if self.stored.swap(false, std::sync::atomic::Ordering::AcqRel) {
-                if let Err(e) = store.remove_session(&self.client_id) {
-                    log_store_error(&self.client_id, "remove session", e);
-                }
+                self.remove_record();
                 return true;
             }
             return false;
         }
         self.stored.store(true, std::sync::atomic::Ordering::Release);
         let record = session_record(st, offline_since);
-        if let Err(e) = store.put_session(&self.client_id, &record) {
-            log_store_error(&self.client_id, "session", e);
+        if let Some(store) = &self.store {
+            if let Err(e) = store.put_session(&self.client_id, &record) {
+                log_store_error(&self.client_id, "session", e);
+            }
+        }
+        if let Some(cluster) = cluster {
+            cluster.sessions.save(&self.client_id, &record);
         }
         true
+    }
+
+    /// Removes the session's record, here and (in a cluster, unless it
+    /// moved to another node) in JetStream.
+    fn remove_record(&self) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.remove_session(&self.client_id) {
+                log_store_error(&self.client_id, "remove session", e);
+            }
+        }
+        if let Some(cluster) = self.cluster.get() {
+            if !self.moved_away.load(std::sync::atomic::Ordering::Acquire) {
+                cluster.sessions.forget(&self.client_id);
+            }
+        }
     }
 
     /// The session as another node of a cluster takes it over: its record,
@@ -173,13 +189,8 @@ impl Session {
 
     /// Removes everything stored for this session.
     pub(crate) fn erase(&self) {
-        if !self.stored.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            return;
-        }
-        if let Some(store) = self.store.as_ref() {
-            if let Err(e) = store.remove_session(&self.client_id) {
-                log_store_error(&self.client_id, "remove session", e);
-            }
+        if self.stored.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.remove_record();
         }
     }
 }

@@ -152,7 +152,7 @@ impl Registry {
     }
 
     fn new_session(&self, shared: &Shared, client_id: &str) -> Arc<Session> {
-        Arc::new(Session::new(
+        let session = Arc::new(Session::new(
             client_id.into(),
             shared.config.max_queued_messages,
             shared.config.max_queued_bytes,
@@ -160,7 +160,11 @@ impl Registry {
             shared.metrics.clone(),
             shared.store.clone(),
             Some(shared.chat.membership.clone()),
-        ))
+        ));
+        if let Some(cluster) = &shared.cluster {
+            let _ = session.cluster.set(cluster.clone());
+        }
+        session
     }
 
     /// Registers a session rebuilt from the store at start-up.
@@ -207,6 +211,12 @@ pub(crate) async fn give_up_to_other_node(
         }
         persistent.then(|| session.hand_over(&st))
     };
+    if handed.is_some() {
+        // The new node writes the record from now on.
+        session
+            .moved_away
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     super::lifecycle::end_session(shared, &session);
     handed
 }
