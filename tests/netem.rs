@@ -15,6 +15,8 @@
 //! Short form (CI): 20 s of sending per scenario. Long form:
 //! `NETEM_LONG=1 cargo test --release --test netem -- --nocapture`.
 
+#[path = "netem/cluster.rs"]
+mod cluster;
 mod common;
 #[path = "netem/proxy.rs"]
 mod proxy;
@@ -179,6 +181,11 @@ fn broker_crash() {
     assert_promises(in_namespace("broker-crash"));
 }
 
+#[test]
+fn cluster_failover() {
+    assert_promises(in_namespace("cluster-failover"));
+}
+
 /// The scenario itself, run inside the namespace by `in_namespace`.
 #[test]
 #[ignore = "run by the scenario tests inside their network namespace"]
@@ -333,6 +340,7 @@ mod scenarios {
                     report.line(scenario, "proxy(stalls 5-30 s, 30% end in a reset)")
                 )
             }
+            "cluster-failover" => cluster::run(plan(15)).await,
             "nat-timeout" => nat_timeout(upstream).await,
             "reconnect-storm" => reconnect_storm(upstream).await,
             other => panic!("unknown scenario {other}"),
