@@ -44,6 +44,10 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Several brokers (the nodes of a cluster): clients are spread over
+    /// these ports in turn, instead of `--port`.
+    #[arg(long, value_delimiter = ',')]
+    ports: Vec<u16>,
     /// QoS of publishes and subscriptions (0 or 1).
     #[arg(long, default_value_t = 1)]
     qos: u8,
@@ -76,6 +80,16 @@ impl Args {
         } else {
             QoS::AtLeastOnce
         }
+    }
+}
+
+/// The brokers clients connect to, in turn.
+pub struct Targets(Vec<SocketAddr>);
+
+impl Targets {
+    /// The broker of the `i`-th client.
+    pub fn pick(&self, i: usize) -> SocketAddr {
+        self.0[i % self.0.len()]
     }
 }
 
@@ -149,13 +163,26 @@ fn rss_kb(pid: u32) -> Option<u64> {
 async fn main() -> std::io::Result<()> {
     let args = Arc::new(Args::parse());
     START.get_or_init(Instant::now);
-    let addr: SocketAddr = tokio::net::lookup_host((args.host.as_str(), args.port))
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::other("host not found"))?;
+    let ports = if args.ports.is_empty() {
+        vec![args.port]
+    } else {
+        args.ports.clone()
+    };
+    let mut addrs = Vec::new();
+    for port in ports {
+        let addr: SocketAddr = tokio::net::lookup_host((args.host.as_str(), port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("host not found"))?;
+        addrs.push(addr);
+    }
+    let addrs = Targets(addrs);
+    let addr = addrs.pick(0);
     match args.scenario {
-        Scenario::Fanin { publishers } => throughput::throughput(args.clone(), addr, publishers, 1).await,
-        Scenario::Fanout { subscribers } => throughput::throughput(args.clone(), addr, 1, subscribers).await,
+        Scenario::Fanin { publishers } => throughput::throughput(args.clone(), &addrs, publishers, 1).await,
+        Scenario::Fanout { subscribers } => {
+            throughput::throughput(args.clone(), &addrs, 1, subscribers).await
+        }
         Scenario::Rooms {
             rooms: r,
             members,
@@ -170,7 +197,7 @@ async fn main() -> std::io::Result<()> {
                 chat,
                 jwt_secret: jwt_secret.clone(),
             };
-            rooms::run(args.clone(), addr, shape).await
+            rooms::run(args.clone(), &addrs, shape).await
         }
         Scenario::Conns { count, pid } => conns(addr, count, pid).await,
     }

@@ -3,7 +3,6 @@
 //! by default; with `--chat` real room messages, each with a msg-id, so
 //! every message takes a `seq`, a room-log record and a de-dup entry.
 
-use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tokio_util::codec::Encoder;
 
 use crate::conn::{publish_packet, Conn};
 use crate::measure::{payload, report, PublisherReport, Received};
-use crate::Args;
+use crate::{Args, Targets};
 
 /// The workload of a `rooms` run.
 pub struct Shape {
@@ -69,7 +68,7 @@ impl Shape {
     }
 }
 
-pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Result<()> {
+pub async fn run(args: Arc<Args>, addrs: &Targets, shape: Shape) -> std::io::Result<()> {
     let qos = args.qos();
     let (rooms, members) = (shape.rooms, shape.members);
     let mut subs = Vec::new();
@@ -79,7 +78,7 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
             let (name, filter, topic) = shape.member(r, m);
             let token = shape.token(&name)?;
             let login = token.as_deref().map(|t| (name.as_str(), t));
-            let mut conn = Conn::open_with(addr, &name, 300, true, login).await?;
+            let mut conn = Conn::open_with(addrs.pick(r * members + m), &name, 300, true, login).await?;
             conn.subscribe(&filter, qos).await?;
             let received = Arc::new(Received::new(rooms * members));
             let (writer, codec) = conn.spawn_subscriber(received.clone());
@@ -104,7 +103,9 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
                 let packet_id = (qos == QoS::AtLeastOnce)
                     .then(|| NonZeroU16::new((seq % 65535 + 1) as u16))
                     .flatten();
-                let topic = topic.replace("{id}", &seq.to_string());
+                // Unique per run: a broker de-duplicates a msg-id it saw
+                // (within `dedup_window_secs`), also from an earlier run.
+                let topic = topic.replace("{id}", &format!("{}-{seq}", std::process::id()));
                 let publish = publish_packet(&topic, qos, packet_id, payload(size, i as u32, seq));
                 let mut out = BytesMut::new();
                 let _ = codec.encode(publish, &mut out);

@@ -1,7 +1,6 @@
 //! `fanin` and `fanout`: publishers send as fast as the slowest subscriber
 //! keeps up (within `--window`), or at `--rate`.
 
-use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::conn::{publish_packet, Conn};
 use crate::measure::{payload, report, PublisherReport, Received};
-use crate::Args;
+use crate::{Args, Targets};
 
 /// Publishes as fast as the credit allows until `stop`. QoS 1 keeps at most
 /// 100 messages unacknowledged.
@@ -120,7 +119,7 @@ async fn run_publisher(
 
 pub async fn throughput(
     args: Arc<Args>,
-    addr: SocketAddr,
+    addrs: &Targets,
     publishers: usize,
     subscribers: usize,
 ) -> std::io::Result<()> {
@@ -129,7 +128,7 @@ pub async fn throughput(
     let mut subs = Vec::new();
     for i in 0..subscribers {
         let id = format!("lg-sub-{i}-{}", std::process::id());
-        let mut conn = Conn::open_with(addr, &id, 300, !args.persistent, None).await?;
+        let mut conn = Conn::open_with(addrs.pick(i), &id, 300, !args.persistent, None).await?;
         conn.subscribe(&topic, qos).await?;
         let received = Arc::new(Received::new(publishers));
         conn.spawn_subscriber(received.clone());
@@ -140,7 +139,14 @@ pub async fn throughput(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..publishers {
-        let conn = Conn::open(addr, &format!("lg-pub-{p}-{}", std::process::id()), 300).await?;
+        // Publishers start after the subscribers' brokers: in a cluster a
+        // fan-in crosses nodes.
+        let conn = Conn::open(
+            addrs.pick(subscribers + p),
+            &format!("lg-pub-{p}-{}", std::process::id()),
+            300,
+        )
+        .await?;
         let subs2 = subs.clone();
         tasks.push(tokio::spawn(run_publisher(
             conn,
