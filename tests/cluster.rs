@@ -497,3 +497,54 @@ async fn typing_and_receipts_cross_nodes() {
         node.shutdown().await;
     }
 }
+
+/// The README's *Cluster* example, as written, against three nodes: its
+/// `-p 1883` and `-p 1884` become nodes a and b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_cluster_example_works() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("scripts/cluster start"))
+        .expect("the README's cluster example");
+    let nats = NatsCluster::start(3);
+    let nodes = three_nodes(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sub.txt");
+    let mut script = String::from("set -e\n");
+    for line in block.lines().filter(|l| l.contains("mosquitto_")) {
+        let mut line = line.split(" #").next().unwrap().to_string();
+        for (i, port) in ["1883", "1884", "1885"].iter().enumerate() {
+            line = line.replace(
+                &format!("-p {port}"),
+                &format!("-p {}", nodes[i].local_addr().port()),
+            );
+        }
+        if line.trim_end().ends_with('&') {
+            // The subscriber: bounded, its output kept, a moment to subscribe.
+            let line = line.trim_end().trim_end_matches('&');
+            script.push_str(&format!("{line} -W 5 -C 1 > {} &\nsleep 1\n", out.display()));
+        } else {
+            script.push_str(&line);
+            script.push('\n');
+        }
+    }
+    script.push_str("wait\n");
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "the example failed:\n{script}");
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        seen.starts_with("rooms/ops/msg/alice hello from node a seq:"),
+        "node b's subscriber saw {seen:?}"
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -2,7 +2,7 @@
 //! broker on a free port, with their output checked: an example a user
 //! copies must work. Every ```sh block that uses the mosquitto clients is
 //! run (blocks that build or benchmark, with `cargo` or `./target`, are
-//! not). What the harness changes, and only that: `-p PORT` after each
+//! not; the *Cluster* example runs in `tests/cluster.rs`). What the harness changes, and only that: `-p PORT` after each
 //! `mosquitto_pub`/`mosquitto_sub`; a short pause after a command sent to
 //! the background (a person typing waits that long); `-W 3` for a
 //! `mosquitto_sub` that would otherwise wait forever.
@@ -26,7 +26,10 @@ fn client_examples(file: &str) -> Vec<(usize, String)> {
             (Some(_), "```") => {
                 if let Some((start, body)) = current.take() {
                     let runs_clients = body.contains("mosquitto_");
-                    let builds = body.contains("cargo ") || body.contains("./target");
+                    // A cluster's example runs in tests/cluster.rs.
+                    let builds = body.contains("cargo ")
+                        || body.contains("./target")
+                        || body.contains("scripts/cluster");
                     if runs_clients && !builds {
                         blocks.push((start, body));
                     }
