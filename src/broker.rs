@@ -375,6 +375,10 @@ impl BrokerHandle {
         {
             tracing::warn!("some connections did not close within 10 s of shutdown");
         }
+        if let Some(cluster) = &self.shared.cluster {
+            let bound = Duration::from_millis(self.shared.config.store_stall_timeout_ms.max(1000));
+            cluster.shutdown(bound).await;
+        }
         if let Some(store) = self.shared.store.clone() {
             // On its own thread and bounded: sled's flush does not return
             // after a write hit a full disk, and a shutdown must end. What

@@ -21,6 +21,8 @@ use roomq::{Broker, Config};
 
 /// How long a poster waits for a PUBACK before it reconnects and re-sends.
 const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How long all posting may take, failures included.
+const POSTING_DEADLINE: Duration = Duration::from_secs(180);
 
 fn node_config(nats: &NatsCluster, node: &str) -> Config {
     Config {
@@ -175,7 +177,11 @@ async fn a_nats_server_killed_during_qos1_load_loses_no_acknowledged_message() {
     let leader = rooms_stream_leader(&nats).await;
     nats.servers[leader].kill();
     for task in tasks {
-        task.await.unwrap();
+        // Bounded: a broker that never acknowledges again fails the test.
+        tokio::time::timeout(POSTING_DEADLINE, task)
+            .await
+            .expect("the posters finished in time")
+            .unwrap();
     }
     assert_eq!(posted[0].lock().acked.len(), 150);
     assert_history_holds(b.local_addr(), "load", &posted).await;
@@ -213,7 +219,11 @@ async fn a_roomq_node_killed_during_qos1_load_loses_no_acknowledged_message() {
     killed.wait().unwrap();
     addrs.lock().remove(0);
     for task in tasks {
-        task.await.unwrap();
+        // Bounded: a broker that never acknowledges again fails the test.
+        tokio::time::timeout(POSTING_DEADLINE, task)
+            .await
+            .expect("the posters finished in time")
+            .unwrap();
     }
     assert!(
         posted.iter().any(|p| p.lock().retries > 0),

@@ -93,3 +93,24 @@ async fn the_users_of_a_dead_node_go_offline() {
     until_presence(y.local_addr(), "bob", "online", 1).await;
     y.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_takes_its_users_offline_at_once() {
+    let nats = NatsCluster::start(3);
+    // A node timeout far beyond the test's patience: the shutdown itself
+    // (its connections closing, its goodbye) must take the user offline.
+    let config = |node: &str| {
+        let mut config = nats.node_config(node);
+        if let Some(c) = config.cluster.as_mut() {
+            c.node_timeout_ms = 600_000;
+        }
+        config
+    };
+    let a = Broker::new(config("a")).start().await.unwrap();
+    let b = Broker::new(config("b")).start().await.unwrap();
+    let _device = device(b.local_addr(), "desk", "dora").await;
+    until_presence(a.local_addr(), "dora", "online", 1).await;
+    b.shutdown().await;
+    until_presence(a.local_addr(), "dora", "offline", 0).await;
+    a.shutdown().await;
+}

@@ -67,6 +67,8 @@ pub(crate) struct Cluster {
     pub presence: Arc<PresenceLink>,
     presence_outgoing: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<presence::Wire>>>,
     liveness: presence::Liveness,
+    /// The writer, followers and presence tasks, stopped by `shutdown`.
+    tasks: parking_lot::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Cluster {
@@ -86,8 +88,8 @@ impl Cluster {
         let names = Names::new(&cc.name);
         ensure_streams(&js, &names, cc, config).await?;
         let node: Arc<str> = cc.node.as_str().into();
-        let (writer, queue) = Writer::new(health);
-        tokio::spawn(writer.clone().run(js.clone(), queue));
+        let (writer, queue) = Writer::new(health, cc.write_buffer_bytes);
+        let writer_task = tokio::spawn(writer.clone().run(js.clone(), queue));
         let plain = Plain::start(
             names.clone(),
             node.clone(),
@@ -114,6 +116,7 @@ impl Cluster {
             presence,
             presence_outgoing: parking_lot::Mutex::new(Some(presence_outgoing)),
             liveness,
+            tasks: parking_lot::Mutex::new(vec![writer_task.abort_handle()]),
         }))
     }
 
@@ -132,53 +135,88 @@ impl Cluster {
         retained: ApplyRetained,
         presence: Arc<dyn PresenceSink>,
     ) {
+        let mut tasks = Vec::new();
         if let Some(outgoing) = self.presence_outgoing.lock().take() {
-            tokio::spawn(presence::run(
+            tasks.push(tokio::spawn(presence::run(
                 self.client.clone(),
                 self.names.clone(),
                 self.presence.clone(),
                 outgoing,
                 presence,
                 self.liveness,
-            ));
+            )));
         }
         let (rooms_done, mut rooms_ready) = watch::channel(false);
         let (retained_done, mut retained_ready) = watch::channel(false);
-        tokio::spawn(rooms::follow(
+        tasks.push(tokio::spawn(rooms::follow(
             self.js.clone(),
             self.names.clone(),
             rooms,
             self.writer.clone(),
             rooms_done,
-        ));
-        tokio::spawn(retained::follow(
+        )));
+        tasks.push(tokio::spawn(retained::follow(
             self.js.clone(),
             self.names.clone(),
             retained,
             retained_done,
-        ));
+        )));
+        self.tasks.lock().extend(tasks.iter().map(|t| t.abort_handle()));
         let _ = rooms_ready.wait_for(|ready| *ready).await;
         let _ = retained_ready.wait_for(|ready| *ready).await;
         tracing::info!("cluster mode: room logs and retained messages loaded");
     }
 }
 
+/// How long a follower waits for a message before it checks that it is
+/// not behind the stream (an ordered consumer can stall silently when a
+/// server dies; then it is made again from the last message applied).
+const FOLLOW_IDLE: Duration = Duration::from_secs(2);
+
+/// The next message of a follower's consumer; an error when the consumer
+/// ended, failed, or stalled behind `stream` (its last sequence above
+/// `seen`, the highest sequence read).
+async fn next_or_stalled(
+    stream: &mut stream::Stream,
+    messages: &mut jetstream::consumer::push::Ordered,
+    seen: u64,
+) -> Result<jetstream::Message, String> {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(FOLLOW_IDLE, messages.next()).await {
+            Ok(Some(message)) => return message.map_err(|e| e.to_string()),
+            Ok(None) => return Err("the ordered consumer ended".into()),
+            Err(_) => {
+                let last = last_sequence(stream).await?;
+                if last > seen {
+                    return Err(format!("the consumer stalled at {seen}, the stream is at {last}"));
+                }
+            }
+        }
+    }
+}
+
+/// The stream's last sequence now.
+async fn last_sequence(stream: &mut stream::Stream) -> Result<u64, String> {
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence)
+}
+
 /// An ordered consumer (this node's only view of a stream: one per
 /// stream, never one per session) on `stream` from `policy`, with the
-/// stream's last sequence when it was opened.
+/// stream and its last sequence when it was opened.
 async fn read_stream(
     js: &jetstream::Context,
     stream: &str,
     filter: String,
     policy: jetstream::consumer::DeliverPolicy,
-) -> Result<(u64, jetstream::consumer::push::Ordered), String> {
+) -> Result<(u64, stream::Stream, jetstream::consumer::push::Ordered), String> {
     let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let last = stream
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .state
-        .last_sequence;
+    let last = last_sequence(&mut stream).await?;
     let consumer = stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
             deliver_subject: js.client().new_inbox(),
@@ -189,7 +227,34 @@ async fn read_stream(
         .await
         .map_err(|e| e.to_string())?;
     let messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    Ok((last, messages))
+    Ok((last, stream, messages))
+}
+
+impl Cluster {
+    /// Leaves the cluster: waits (at most `bound`) until JetStream has
+    /// acknowledged every write made so far (sessions saved as their
+    /// connections closed), tells the other nodes this node's devices are
+    /// gone, and stops every task and the NATS connection.
+    pub async fn shutdown(&self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let writer = self.writer.clone();
+            if let Ok(Ok(())) = tokio::task::spawn_blocking(move || writer.settle()).await {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::error!("JetStream did not acknowledge the last writes before shutdown");
+                break;
+            }
+        }
+        presence::leave(&self.client, &self.names, &self.presence.node).await;
+        self.plain.stop();
+        self.sessions.stop();
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.drain()).await;
+    }
 }
 
 async fn connect_nats(cc: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {

@@ -113,6 +113,7 @@ pub(crate) struct Plain {
     /// Ids of retained writes.
     retained_writes: AtomicU64,
     boot: u64,
+    sender: parking_lot::Mutex<Option<AbortHandle>>,
 }
 
 impl Plain {
@@ -138,14 +139,26 @@ impl Plain {
             deliver: OnceLock::new(),
             retained_writes: AtomicU64::new(0),
             boot: crate::store::unix_ms_now(),
+            sender: parking_lot::Mutex::new(None),
         });
-        tokio::spawn(send_loop(
+        let sender = tokio::spawn(send_loop(
             plain.client.clone(),
             plain.node.clone(),
             plain.buffered.clone(),
             rx,
         ));
+        *plain.sender.lock() = Some(sender.abort_handle());
         plain
+    }
+
+    /// Stops forwarding and every NATS subscription (shutdown).
+    pub fn stop(&self) {
+        if let Some(sender) = self.sender.lock().take() {
+            sender.abort();
+        }
+        for (_, interest) in self.interests.lock().drain() {
+            interest.task.abort();
+        }
     }
 
     /// Where messages from other nodes go (set once the router exists);
@@ -226,22 +239,25 @@ impl Plain {
 
     /// Writes a retained message (or, empty, its removal) to the retained
     /// stream; the publisher's acknowledgement waits for it.
-    fn write_retained(&self, topic: &str, payload: Bytes) {
+    fn write_retained(&self, topic: &str, payload: Bytes) -> bool {
         let id = self.retained_writes.fetch_add(1, Ordering::Relaxed);
-        self.writer.write(Write {
-            subject: self.names.retained(topic),
-            msg_id: format!("r-{}-{}-{id}", self.node, self.boot),
-            payload,
-            room: false,
-        });
+        self.writer
+            .write(Write {
+                subject: self.names.retained(topic),
+                msg_id: format!("r-{}-{}-{id}", self.node, self.boot),
+                payload,
+                room: false,
+            })
+            .is_ok()
     }
 }
 
 impl Outbound for Plain {
-    fn forward(&self, message: &Arc<Message>) {
+    fn forward(&self, message: &Arc<Message>) -> bool {
         if message.topic.starts_with("$SYS/") {
-            return;
+            return true;
         }
+        let mut retained_stored = true;
         if message.retain && !message.retain_in_memory {
             let payload = if message.payload.is_empty() {
                 Bytes::new()
@@ -254,7 +270,7 @@ impl Outbound for Plain {
                     }
                 }
             };
-            self.write_retained(&message.topic, payload);
+            retained_stored = self.write_retained(&message.topic, payload);
         }
         let size = message.payload.len() + message.topic.len();
         if self.buffered.fetch_add(size, Ordering::AcqRel) + size > self.buffer_limit {
@@ -263,7 +279,7 @@ impl Outbound for Plain {
             if dropped.is_power_of_two() {
                 tracing::warn!(topic = %message.topic, dropped = dropped + 1, "cluster.forward_buffer_bytes full: a message reached only this node's subscribers");
             }
-            return;
+            return retained_stored;
         }
         let outgoing = Outgoing {
             subject: self.names.message(&message.topic),
@@ -272,10 +288,13 @@ impl Outbound for Plain {
         if self.outgoing.send(outgoing).is_err() {
             self.buffered.fetch_sub(size, Ordering::AcqRel);
         }
+        retained_stored
     }
 
     fn retained_cleared(&self, topic: &str) {
-        self.write_retained(topic, Bytes::new());
+        if !self.write_retained(topic, Bytes::new()) {
+            tracing::warn!(%topic, "a retained message was removed here but not in the cluster");
+        }
     }
 
     fn interest(&self, filter: &str, group: Option<&str>, added: bool) {

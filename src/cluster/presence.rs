@@ -37,7 +37,25 @@ pub(crate) struct DeviceCount {
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Wire {
     Count(DeviceCount),
-    Heartbeat { node: String, boot: u64 },
+    Heartbeat {
+        node: String,
+        boot: u64,
+    },
+    /// The node shuts down: its devices are gone now.
+    Leaving {
+        node: String,
+    },
+}
+
+/// Tells the other nodes this node is leaving (a clean shutdown), so its
+/// users do not wait `node_timeout_ms` to go offline.
+pub(crate) async fn leave(client: &async_nats::Client, names: &Names, node: &str) {
+    if let Ok(bytes) = postcard::to_allocvec(&Wire::Leaving {
+        node: node.to_string(),
+    }) {
+        let _ = client.publish(names.presence(), bytes.into()).await;
+        let _ = client.flush().await;
+    }
 }
 
 /// The chat layer's side: counts of other nodes, and this node's own.
@@ -133,6 +151,14 @@ pub(crate) async fn run(
                 let (from, boot) = match &wire {
                     Wire::Count(count) => (count.node.clone(), None),
                     Wire::Heartbeat { node, boot } => (node.clone(), Some(*boot)),
+                    Wire::Leaving { node: leaving } => {
+                        if *leaving != node && alive.remove(leaving).is_some() {
+                            tracing::info!(node = %leaving, "cluster node left");
+                            let first_alive = alive.keys().all(|n| *n > node);
+                            sink.nodes_gone(std::slice::from_ref(leaving), first_alive);
+                        }
+                        continue;
+                    }
                 };
                 if from == node {
                     continue;

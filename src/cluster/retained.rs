@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::names::Names;
@@ -43,7 +42,7 @@ async fn follow_once(
     apply: &ApplyRetained,
     caught_up: &watch::Sender<bool>,
 ) -> Result<(), String> {
-    let (last_at_start, mut messages) = super::read_stream(
+    let (last_at_start, mut stream, mut messages) = super::read_stream(
         js,
         &names.retained_stream,
         names.retained_all(),
@@ -53,10 +52,14 @@ async fn follow_once(
     if last_at_start == 0 {
         caught_up.send_replace(true);
     }
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| e.to_string())?;
+    // With the last message per topic, superseded sequences are skipped:
+    // start from the stream's last one.
+    let mut seen = last_at_start;
+    loop {
+        let message = super::next_or_stalled(&mut stream, &mut messages, seen).await?;
         let info = message.info().map_err(|e| e.to_string())?;
         let (seq, pending) = (info.stream_sequence, info.pending);
+        seen = seen.max(seq);
         let Some(topic) = names.topic_of_retained(&message.subject) else {
             continue;
         };
@@ -74,5 +77,4 @@ async fn follow_once(
             caught_up.send_replace(true);
         }
     }
-    Err("the ordered consumer ended".into())
 }

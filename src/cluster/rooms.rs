@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -97,13 +96,16 @@ impl Rooms {
             publisher: publisher.map(str::to_string),
         };
         let payload = postcard::to_allocvec(&wire).map_err(|e| StoreError::Io(e.to_string()))?;
-        self.writer.write(Write {
-            subject: self.names.room(room),
-            msg_id,
-            payload: payload.into(),
-            room: true,
-        });
-        Ok(())
+        self.writer
+            .write(Write {
+                subject: self.names.room(room),
+                msg_id,
+                payload: payload.into(),
+                room: true,
+            })
+            .map_err(|_| {
+                StoreError::Io("cluster.write_buffer_bytes full: JetStream is slow or without quorum".into())
+            })
     }
 }
 
@@ -133,7 +135,7 @@ async fn follow_once(
     caught_up: &watch::Sender<bool>,
 ) -> Result<(), String> {
     let from = sink.last_applied() + 1;
-    let (last_at_start, mut messages) = super::read_stream(
+    let (last_at_start, mut stream, mut messages) = super::read_stream(
         js,
         &names.rooms_stream,
         names.rooms(),
@@ -143,9 +145,11 @@ async fn follow_once(
     if from > last_at_start {
         caught_up.send_replace(true);
     }
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| e.to_string())?;
+    let mut seen = from.saturating_sub(1);
+    loop {
+        let message = super::next_or_stalled(&mut stream, &mut messages, seen).await?;
         let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
+        seen = seq;
         match (
             names.room_of(&message.subject),
             postcard::from_bytes::<RoomWire>(&message.payload),
@@ -162,5 +166,4 @@ async fn follow_once(
             caught_up.send_replace(true);
         }
     }
-    Err("the ordered consumer ended".into())
 }

@@ -118,12 +118,15 @@ impl Sessions {
 
     fn write(&self, client_id: &str, payload: Bytes) {
         let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.writer.write(Write {
+        let written = self.writer.write(Write {
             subject: self.names.session(client_id),
             msg_id: format!("s-{}-{}-{n}", self.node, self.boot),
             payload,
             room: false,
         });
+        if written.is_err() {
+            tracing::error!(%client_id, "session record not written to the cluster (write buffer full)");
+        }
     }
 
     /// The stored record of `client_id`'s session, unless it expired.
@@ -201,6 +204,14 @@ impl Sessions {
             }
         });
         held.insert(client_id.to_string(), task.abort_handle());
+    }
+
+    /// Stops answering for every client id (shutdown): the other nodes
+    /// then read the sessions from the stream.
+    pub fn stop(&self) {
+        for (_, task) in self.held.lock().drain() {
+            task.abort();
+        }
     }
 
     /// This node no longer serves `client_id`.

@@ -55,8 +55,17 @@ struct Progress {
     room_seq_applied: u64,
 }
 
+/// The writer's buffer is full (`cluster.write_buffer_bytes`).
+#[derive(Debug)]
+pub(crate) struct BufferFull;
+
 pub(crate) struct Writer {
     queue: mpsc::UnboundedSender<(u64, Write)>,
+    /// Payload bytes queued or waiting for their acknowledgement, bounded
+    /// by `limit`: while JetStream is slow or without quorum, writes are
+    /// refused instead of piling up.
+    queued_bytes: std::sync::atomic::AtomicUsize,
+    limit: usize,
     issued: AtomicU64,
     progress: Mutex<Progress>,
     changed: Condvar,
@@ -65,10 +74,15 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// The writer and the receiving end its task (`run`) drains.
-    pub fn new(health: Arc<StoreHealth>) -> (Arc<Writer>, mpsc::UnboundedReceiver<(u64, Write)>) {
+    pub fn new(
+        health: Arc<StoreHealth>,
+        limit: usize,
+    ) -> (Arc<Writer>, mpsc::UnboundedReceiver<(u64, Write)>) {
         let (queue, rx) = mpsc::unbounded_channel();
         let writer = Arc::new(Writer {
             queue,
+            queued_bytes: std::sync::atomic::AtomicUsize::new(0),
+            limit,
             issued: AtomicU64::new(0),
             progress: Mutex::default(),
             changed: Condvar::new(),
@@ -80,11 +94,21 @@ impl Writer {
     /// Queues a write. The client's acknowledgement waits for it through
     /// the group commit; its size was bounded by the client's limits
     /// (`max_packet_size`, Receive Maximum) before it got here.
-    pub fn write(&self, write: Write) {
+    pub fn write(&self, write: Write) -> Result<(), BufferFull> {
+        let size = write.payload.len() + write.subject.len();
+        if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.limit {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            tracing::warn!(
+                limit = self.limit,
+                "cluster.write_buffer_bytes full (JetStream slow or without quorum): write refused"
+            );
+            return Err(BufferFull);
+        }
         let id = self.issued.fetch_add(1, Ordering::AcqRel) + 1;
         if self.queue.send((id, write)).is_err() {
             tracing::error!("the JetStream writer has stopped; the write is not stored");
         }
+        Ok(())
     }
 
     /// This node's room log applied every room message up to `seq`.
@@ -157,7 +181,11 @@ impl Writer {
         .await;
         for (id, write, ack) in acks {
             match ack {
-                Ok(ack) => self.acknowledged(id, write.room.then_some(ack.sequence)),
+                Ok(ack) => {
+                    let size = write.payload.len() + write.subject.len();
+                    self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                    self.acknowledged(id, write.room.then_some(ack.sequence));
+                }
                 Err(e) => {
                     error = Some(e);
                     failed.push((id, write));
@@ -191,5 +219,27 @@ impl CommitBarrier for Writer {
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_beyond_the_buffer_are_refused_until_acknowledged() {
+        let (writer, _rx) = Writer::new(Arc::new(StoreHealth::default()), 100);
+        let write = |n: usize| Write {
+            subject: "s".into(),
+            msg_id: "m".into(),
+            payload: Bytes::from(vec![0u8; n]),
+            room: false,
+        };
+        assert!(writer.write(write(60)).is_ok());
+        assert!(
+            writer.write(write(60)).is_err(),
+            "160 bytes fit in a 100-byte buffer"
+        );
+        assert!(writer.write(write(30)).is_ok());
     }
 }

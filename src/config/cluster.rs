@@ -36,6 +36,10 @@ pub struct ClusterConfig {
     /// A node not heard from for this long is dead: its users' devices are
     /// dropped (they show offline unless connected elsewhere).
     pub node_timeout_ms: u64,
+    /// Most bytes of writes (room messages, retained messages, session
+    /// records) waiting for JetStream's acknowledgement; beyond it a room
+    /// message is refused (5.0 PUBACK 0x80) until JetStream catches up.
+    pub write_buffer_bytes: usize,
     /// Most bytes of plain messages waiting to be forwarded to the other
     /// nodes; beyond it a message reaches only this node's subscribers
     /// (counted and logged).
@@ -56,6 +60,7 @@ impl Default for ClusterConfig {
             ack_timeout_ms: 2000,
             heartbeat_ms: 1000,
             node_timeout_ms: 5000,
+            write_buffer_bytes: 64 * 1024 * 1024,
             forward_buffer_bytes: 64 * 1024 * 1024,
         }
     }

@@ -45,8 +45,9 @@ pub trait Subscriber: Send + Sync {
 /// it what this node subscribes to, and hands it every message published
 /// here that is not a room message (those travel through the room log).
 pub trait Outbound: Send + Sync {
-    /// A message published on this node, after local delivery.
-    fn forward(&self, message: &Arc<Message>);
+    /// A message published on this node (room messages excepted); false
+    /// when a retained message could not be kept in the cluster.
+    fn forward(&self, message: &Arc<Message>) -> bool;
     /// A retained message was removed here (broker housekeeping).
     fn retained_cleared(&self, topic: &str);
     /// A subscription to `filter` (in shared `group`) was added or removed.
@@ -129,7 +130,7 @@ impl Router {
         // chosen among all nodes (`RemoteScope::Shared`).
         let outbound = self.outbound.get().filter(|_| message.room.is_none());
         if let Some(outbound) = outbound {
-            outbound.forward(&message);
+            retain_refused |= !outbound.forward(&message);
         }
         let mut matched = self.trie.matches(&message.topic);
         if outbound.is_some() {

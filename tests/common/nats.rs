@@ -21,16 +21,33 @@ pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
 }
 
+/// A free port below Linux's ephemeral range (32768 and up), so that no
+/// outgoing connection of a parallel test takes it before the server
+/// binds it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl NatsCluster {
-    /// Starts `n` servers that form one JetStream cluster.
+    /// Starts `n` servers that form one JetStream cluster (on new ports
+    /// if a port was taken meanwhile).
     pub fn start(n: usize) -> NatsCluster {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            match NatsCluster::try_start(n) {
+                Ok(cluster) => return cluster,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("{last_error}");
+    }
+
+    fn try_start(n: usize) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
@@ -67,9 +84,9 @@ impl NatsCluster {
             servers.push(server);
         }
         for server in &servers {
-            server.wait_listening();
+            server.wait_listening()?;
         }
-        NatsCluster { _dir: dir, servers }
+        Ok(NatsCluster { _dir: dir, servers })
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -135,20 +152,20 @@ impl NatsServer {
         self.child = Some(child);
     }
 
-    fn wait_listening(&self) {
+    fn wait_listening(&self) -> Result<(), String> {
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        panic!(
+        Err(format!(
             "nats-server on port {} did not start; its log ends:\n{}",
             self.port,
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
+        ))
     }
 
     /// SIGKILL.
@@ -163,7 +180,9 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
-        self.wait_listening();
+        if let Err(error) = self.wait_listening() {
+            panic!("{error}");
+        }
     }
 }
 
