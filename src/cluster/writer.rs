@@ -30,6 +30,8 @@ use crate::store::{CommitBarrier, StoreError, StoreHealth};
 const MAX_BATCH: usize = 4096;
 /// Pause before failed writes are sent again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// Longest the writer waits for the NATS client to take one write.
+const SEND_WAIT: Duration = Duration::from_secs(2);
 /// Longest a commit blocks in `settle` before it reports and retries.
 const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -164,9 +166,13 @@ impl Writer {
         for (id, write) in batch {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", write.msg_id.as_str());
-            let sent = js
-                .publish_with_headers(write.subject.clone(), headers, write.payload.clone())
-                .await;
+            // Bounded: while NATS is unreachable the client's queue fills,
+            // and the batch is better failed (and sent again) than stuck.
+            let send = js.publish_with_headers(write.subject.clone(), headers, write.payload.clone());
+            let sent = match tokio::time::timeout(SEND_WAIT, send).await {
+                Ok(sent) => sent.map_err(|e| e.to_string()),
+                Err(_) => Err("NATS did not take the write in time".to_string()),
+            };
             pending.push((id, write, sent));
         }
         let mut failed = Vec::new();
@@ -174,7 +180,7 @@ impl Writer {
         let acks = futures_util::future::join_all(pending.into_iter().map(|(id, write, sent)| async move {
             let ack = match sent {
                 Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
             (id, write, ack)
         }))
