@@ -351,3 +351,33 @@ async fn a_session_outlives_its_node() {
     assert_eq!(tail, expected.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
     y.shutdown().await;
 }
+
+/// NATS credentials: a node with the server's token joins; one with a
+/// wrong token does not start, and says which servers refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_are_used_and_a_refusal_is_clear() {
+    let nats = NatsCluster::start_with(1, "authorization { token: \"s3cret\" }");
+    let with_token = |token: &str| {
+        let mut config = node_config(&nats, "t");
+        if let Some(c) = config.cluster.as_mut() {
+            c.token = Some(token.into());
+            c.replicas = 1;
+        }
+        config
+    };
+    let node = Broker::new(with_token("s3cret"))
+        .start()
+        .await
+        .expect("joins with the token");
+    let mut poster = common::chat::user5(node.local_addr(), "p", "p").await;
+    let ack =
+        common::chat::send_and_ack(&mut poster, publish_with("rooms/t/msg/p", b"hi", Some(1), &[])).await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    node.shutdown().await;
+    let refused = Broker::new(with_token("wrong")).start().await;
+    let error = refused.err().expect("a wrong token is refused").to_string();
+    assert!(
+        error.contains("cannot connect to NATS") && error.contains(&nats.urls()[0]),
+        "unclear error: {error}"
+    );
+}

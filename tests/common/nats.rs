@@ -37,9 +37,15 @@ impl NatsCluster {
     /// Starts `n` servers that form one JetStream cluster (on new ports
     /// if a port was taken meanwhile).
     pub fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, "")
+    }
+
+    /// `start`, with `extra` added to every server's configuration (an
+    /// `authorization { ... }` block, say).
+    pub fn start_with(n: usize, extra: &str) -> NatsCluster {
         let mut last_error = String::new();
         for _ in 0..5 {
-            match NatsCluster::try_start(n) {
+            match NatsCluster::try_start(n, extra) {
                 Ok(cluster) => return cluster,
                 Err(error) => last_error = error,
             }
@@ -47,7 +53,7 @@ impl NatsCluster {
         panic!("{last_error}");
     }
 
-    fn try_start(n: usize) -> Result<NatsCluster, String> {
+    fn try_start(n: usize, extra: &str) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
@@ -69,7 +75,7 @@ impl NatsCluster {
             std::fs::write(
                 &conf,
                 format!(
-                    "server_name: n{i}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n{cluster}\n",
+                    "server_name: n{i}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n{cluster}\n{extra}\n",
                     store.display().to_string()
                 ),
             )
