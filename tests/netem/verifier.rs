@@ -272,10 +272,35 @@ pub async fn run(broker: impl Fn() -> SocketAddr, proxy: SocketAddr, plan: &Plan
         });
         clients.push(client);
     }
-    // Everyone subscribed before anyone sends (bounded).
+    // Everyone subscribed before anyone sends (bounded). rumqttc does not
+    // send a SUBSCRIBE again after a reconnect (its `clean` keeps only
+    // publishes), so one lost with its connection under loss never gets a
+    // SUBACK, and the session it resumes has no subscription: like an
+    // application would, ask again every few seconds until the SUBACK.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut asked_at = tokio::time::Instant::now();
     while !records.lock().iter().all(|r| r.subscribed) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if asked_at.elapsed() < Duration::from_secs(5) {
+            continue;
+        }
+        asked_at = tokio::time::Instant::now();
+        let waiting: Vec<(usize, String)> = records
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.subscribed)
+            .map(|(i, r)| (i, format!("rooms/{}/msg/+", r.room)))
+            .collect();
+        for (i, filter) in waiting {
+            let _ = match &clients[i] {
+                Client::V5(c) => c
+                    .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                    .await
+                    .is_ok(),
+                Client::V4(c) => c.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.is_ok(),
+            };
+        }
     }
 
     plan.sending.notify_one();
