@@ -158,11 +158,10 @@ impl Chat {
         }
         let room = self.log.room(post.room);
         let _in_order = room.order.lock();
-        let key = post.msg_id.map(|id| dedup_key(post.room, post.sender, id));
-        if let Some(seq) = key.as_deref().and_then(|k| self.dedup.seen(k)) {
-            self.counters.duplicates.inc();
-            return Ok((seq, false));
-        }
+        let key = match self.dedup_key_unless_seen(&post) {
+            Ok(key) => key,
+            Err(seq) => return Ok((seq, false)),
+        };
         let publisher = post.publisher.clone();
         let mut record = post.into_record();
         // The de-dup entry is written before the message: a crash between
@@ -195,15 +194,25 @@ impl Chat {
         Ok((seq, true))
     }
 
+    /// The post's de-dup key (when it has a msg-id), or the `seq` it was
+    /// stored under when that (room, sender, msg-id) was seen (counted).
+    fn dedup_key_unless_seen(&self, post: &Post<'_>) -> Result<Option<String>, u64> {
+        let key = post.msg_id.map(|id| dedup_key(post.room, post.sender, id));
+        if let Some(seq) = key.as_deref().and_then(|k| self.dedup.seen(k)) {
+            self.counters.duplicates.inc();
+            return Err(seq);
+        }
+        Ok(key)
+    }
+
     /// Cluster mode: writes the message to the room stream (the `seq` is
     /// JetStream's, known when it comes back); returns `seq` 0 for a new
     /// message.
     fn post_to_cluster(&self, cluster: &Cluster, post: Post<'_>) -> Result<(u64, bool), StoreError> {
-        let key = post.msg_id.map(|id| dedup_key(post.room, post.sender, id));
-        if let Some(seq) = key.as_deref().and_then(|k| self.dedup.seen(k)) {
-            self.counters.duplicates.inc();
-            return Ok((seq, false));
-        }
+        let key = match self.dedup_key_unless_seen(&post) {
+            Ok(key) => key,
+            Err(seq) => return Ok((seq, false)),
+        };
         let (room, publisher) = (post.room, post.publisher.clone());
         cluster
             .rooms
