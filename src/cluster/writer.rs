@@ -45,6 +45,13 @@ pub(crate) struct Write {
     pub room: bool,
 }
 
+impl Write {
+    /// What it counts for in `cluster.write_buffer_bytes`.
+    fn size(&self) -> usize {
+        self.payload.len() + self.subject.len()
+    }
+}
+
 #[derive(Default)]
 struct Progress {
     /// Every write id up to this is acknowledged.
@@ -97,7 +104,7 @@ impl Writer {
     /// the group commit; its size was bounded by the client's limits
     /// (`max_packet_size`, Receive Maximum) before it got here.
     pub fn write(&self, write: Write) -> Result<(), BufferFull> {
-        let size = write.payload.len() + write.subject.len();
+        let size = write.size();
         if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.limit {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             tracing::warn!(
@@ -188,7 +195,7 @@ impl Writer {
         for (id, write, ack) in acks {
             match ack {
                 Ok(ack) => {
-                    let size = write.payload.len() + write.subject.len();
+                    let size = write.size();
                     self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
                     self.acknowledged(id, write.room.then_some(ack.sequence));
                 }
