@@ -504,7 +504,15 @@ async fn publish_sys(shared: Arc<Shared>) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        for (topic, value) in shared.metrics.sys_topics(env!("CARGO_PKG_VERSION")) {
+        let mut topics = shared.metrics.sys_topics(env!("CARGO_PKG_VERSION"));
+        if let Some(cluster) = &shared.cluster {
+            // What following only the rooms with interest here saves.
+            topics.push((
+                "$SYS/broker/cluster/room-messages/received",
+                cluster.rooms.received().to_string(),
+            ));
+        }
+        for (topic, value) in topics {
             shared
                 .router
                 .publish(Message::new(topic, value, QoS::AtMostOnce, true));

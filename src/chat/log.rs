@@ -177,24 +177,28 @@ impl RoomLog {
         Ok(seq)
     }
 
-    /// The highest `seq` of any room (cluster mode: the last stream
-    /// sequence this node's copy holds).
-    pub fn last_seq(&self) -> u64 {
+    /// Cluster mode: the highest stream sequence this node's copy of
+    /// `name` has taken in (appended, or skipped as a duplicate).
+    pub fn applied(&self, name: &str) -> u64 {
         self.rooms
             .read()
-            .values()
-            .map(|r| r.last.load(Ordering::Acquire))
-            .max()
-            .unwrap_or(0)
+            .get(name)
+            .map_or(0, |r| r.assigned.load(Ordering::Acquire))
+    }
+
+    /// Cluster mode: `seq` was taken in without being appended (a
+    /// duplicate shown before); the room's follower goes on after it.
+    pub fn skip_at(&self, room: &RoomState, seq: u64) {
+        room.assigned.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// Appends a message whose `seq` was given elsewhere (cluster mode: the
     /// JetStream sequence, larger than any before it in the room) and
     /// sets its `prev`; the caller holds `room.order`. Returns false for a
-    /// `seq` the room already has. Trims by count without assuming `seq`
-    /// values are contiguous.
+    /// `seq` the room already took in. Trims by count without assuming
+    /// `seq` values are contiguous.
     pub fn append_at(&self, room: &RoomState, seq: u64, record: &mut RoomRecord) -> Result<bool, StoreError> {
-        if seq <= room.last.load(Ordering::Acquire) {
+        if seq <= room.assigned.load(Ordering::Acquire) {
             return Ok(false);
         }
         record.prev = Some(room.last.load(Ordering::Acquire));

@@ -37,7 +37,7 @@ pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
-pub(crate) use topics::{classify, filter_covers_room, message_topic, room_of, ChatTopic};
+pub(crate) use topics::{classify, filter_covers_room, message_topic, room_of, rooms_covered, ChatTopic};
 
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -221,7 +221,7 @@ impl Chat {
     }
 
     /// Cluster mode: a room message JetStream stored under `seq` (read back
-    /// in stream order): appended to this node's copy of the room log,
+    /// in the room's order): appended to this node's copy of the room log,
     /// remembered for de-duplication, and delivered to the members here.
     pub(crate) fn apply_replicated(
         &self,
@@ -233,8 +233,11 @@ impl Chat {
     ) {
         let state = self.log.room(room);
         let _in_order = state.order.lock();
-        // Every node applies the stream in the same order, so every node
-        // makes the same choice here.
+        if seq <= self.log.applied(room) {
+            return;
+        }
+        // Every node applies a room's messages in the same order, so every
+        // node makes the same choice here.
         let key = record
             .msg_id
             .as_deref()
@@ -243,6 +246,7 @@ impl Chat {
             // Stored twice: two nodes took the same msg-id after
             // JetStream's duplicate window. Kept and shown once.
             self.counters.duplicates.inc();
+            self.log.skip_at(&state, seq);
             return;
         }
         match self.log.append_at(&state, seq, &mut record) {
@@ -261,10 +265,10 @@ impl Chat {
         router.publish(room_message(&state.name, seq, record, publisher));
     }
 
-    /// The highest `seq` this node's room logs hold (cluster mode: where
-    /// following the room stream resumes).
-    pub(crate) fn last_seq(&self) -> u64 {
-        self.log.last_seq()
+    /// Cluster mode: the highest `seq` of `room` this node took in (where
+    /// following the room resumes).
+    pub(crate) fn applied_seq(&self, room: &str) -> u64 {
+        self.log.applied(room)
     }
 
     /// Delivers the room messages that are durable now (see

@@ -95,6 +95,27 @@ pub(crate) fn filter_covers_room(filter: &str, room: &str) -> bool {
     }
 }
 
+/// The rooms whose messages a subscription filter (without `$share/`)
+/// can match: one named room, every room, or none.
+pub(crate) fn rooms_covered(filter: &str) -> Option<crate::cluster::RoomInterest> {
+    use crate::cluster::RoomInterest;
+    let mut levels = filter.split('/');
+    match levels.next()? {
+        "#" => return Some(RoomInterest::Every),
+        "rooms" | "+" => {}
+        _ => return None,
+    }
+    let room = match levels.next()? {
+        "#" => return Some(RoomInterest::Every),
+        "+" => None,
+        room => Some(room),
+    };
+    match room {
+        None => filter_covers_room(filter, "+").then_some(RoomInterest::Every),
+        Some(room) => filter_covers_room(filter, room).then(|| RoomInterest::One(room.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +169,20 @@ mod tests {
             "a/#",
         ] {
             assert!(!filter_covers_room(no, "ops"), "{no}");
+        }
+    }
+
+    #[test]
+    fn rooms_a_filter_covers() {
+        use crate::cluster::RoomInterest::{Every, One};
+        assert_eq!(rooms_covered("rooms/ops/msg/+"), Some(One("ops".into())));
+        assert_eq!(rooms_covered("rooms/ops/#"), Some(One("ops".into())));
+        assert_eq!(rooms_covered("+/ops/msg/#"), Some(One("ops".into())));
+        for every in ["#", "rooms/#", "rooms/+/msg/+", "+/+/+/+", "+/#"] {
+            assert_eq!(rooms_covered(every), Some(Every), "{every}");
+        }
+        for none in ["rooms/ops/typing/+", "rooms/+/read/+", "a/#", "sensors/+"] {
+            assert_eq!(rooms_covered(none), None, "{none}");
         }
     }
 }

@@ -2,7 +2,8 @@
 //! state through NATS JetStream. Without `[cluster]` none of this runs.
 //!
 //! - `rooms.rs`: room messages in one JetStream stream; its sequence is
-//!   the room `seq`; every node follows it and delivers in its order.
+//!   the room `seq`; a node reads the rooms it has interest in and
+//!   delivers in that order.
 //! - `writer.rs`: JetStream writes, acknowledged (by a quorum) before the
 //!   client's PUBACK, through the group commit.
 //! - `plain.rs`: plain MQTT messages on core NATS, by node interest;
@@ -32,7 +33,7 @@ pub(crate) use names::Names;
 pub(crate) use plain::Plain;
 pub(crate) use presence::{DeviceCount, PresenceLink, PresenceSink};
 pub(crate) use retained::ApplyRetained;
-pub(crate) use rooms::{RoomSink, Rooms};
+pub(crate) use rooms::{RoomInterest, RoomSink, Rooms};
 pub(crate) use sessions::{HandedOver, Sessions};
 use writer::Writer;
 
@@ -66,6 +67,8 @@ pub(crate) struct Cluster {
     /// This node's presence changes, for the other nodes.
     pub presence: Arc<PresenceLink>,
     presence_outgoing: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<presence::Wire>>>,
+    /// Told when the NATS connection came back (or dropped messages).
+    reconnected: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
     liveness: presence::Liveness,
     /// The writer, followers and presence tasks, stopped by `shutdown`.
     tasks: parking_lot::Mutex<Vec<tokio::task::AbortHandle>>,
@@ -82,7 +85,8 @@ impl Cluster {
                 reason: "no [cluster] section".into(),
             });
         };
-        let client = connect_nats(cc).await?;
+        let (reconnected_tx, reconnected) = tokio::sync::mpsc::unbounded_channel();
+        let client = connect_nats(cc, reconnected_tx).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(cc.ack_timeout_ms));
         let names = Names::new(&cc.name);
@@ -97,7 +101,14 @@ impl Cluster {
             writer.clone(),
             cc.forward_buffer_bytes,
         );
-        let rooms = Rooms::new(names.clone(), writer.clone(), node.clone());
+        let rooms = Rooms::new(
+            names.clone(),
+            js.clone(),
+            client.clone(),
+            writer.clone(),
+            node.clone(),
+        );
+        writer.on_room_acknowledged(rooms.acknowledgement_hook());
         let sessions = Sessions::new(names.clone(), node.clone(), js.clone(), writer.clone());
         let (presence, presence_outgoing) = presence::link(node.clone());
         let liveness = presence::Liveness {
@@ -115,6 +126,7 @@ impl Cluster {
             sessions,
             presence,
             presence_outgoing: parking_lot::Mutex::new(Some(presence_outgoing)),
+            reconnected: parking_lot::Mutex::new(Some(reconnected)),
             liveness,
             tasks: parking_lot::Mutex::new(vec![writer_task.abort_handle()]),
         }))
@@ -125,16 +137,18 @@ impl Cluster {
         self.writer.clone()
     }
 
-    /// Starts following the room and retained streams and the other
-    /// nodes' presence; resolves once this node has read what the streams
-    /// held at start (so history, backlogs and retained messages are
-    /// complete before clients connect).
+    /// Starts reading the rooms this node has interest in (into `rooms`),
+    /// the retained stream and the other nodes' presence; resolves once
+    /// this node has read the retained messages the stream held at start
+    /// (so a SUBSCRIBE gets them). A room's log is read when the node
+    /// starts following it (`Rooms::ready`).
     pub async fn follow(
         &self,
         rooms: Arc<dyn RoomSink>,
         retained: ApplyRetained,
         presence: Arc<dyn PresenceSink>,
     ) {
+        self.rooms.set_sink(rooms);
         let mut tasks = Vec::new();
         if let Some(outgoing) = self.presence_outgoing.lock().take() {
             tasks.push(tokio::spawn(presence::run(
@@ -146,15 +160,23 @@ impl Cluster {
                 self.liveness,
             )));
         }
-        let (rooms_done, mut rooms_ready) = watch::channel(false);
+        if let Some(mut reconnected) = self.reconnected.lock().take() {
+            let resync = self.rooms.resync_hook();
+            tasks.push(tokio::spawn(async move {
+                while reconnected.recv().await.is_some() {
+                    resync();
+                }
+            }));
+        }
+        let forget = self.rooms.forget_hook();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                forget();
+            }
+        }));
         let (retained_done, mut retained_ready) = watch::channel(false);
-        tasks.push(tokio::spawn(rooms::follow(
-            self.js.clone(),
-            self.names.clone(),
-            rooms,
-            self.writer.clone(),
-            rooms_done,
-        )));
         tasks.push(tokio::spawn(retained::follow(
             self.js.clone(),
             self.names.clone(),
@@ -162,9 +184,8 @@ impl Cluster {
             retained_done,
         )));
         self.tasks.lock().extend(tasks.iter().map(|t| t.abort_handle()));
-        let _ = rooms_ready.wait_for(|ready| *ready).await;
         let _ = retained_ready.wait_for(|ready| *ready).await;
-        tracing::info!("cluster mode: room logs and retained messages loaded");
+        tracing::info!("cluster mode: retained messages loaded");
     }
 }
 
@@ -249,6 +270,7 @@ impl Cluster {
         }
         presence::leave(&self.client, &self.names, &self.presence.node).await;
         self.plain.stop();
+        self.rooms.stop();
         self.sessions.stop();
         for task in self.tasks.lock().drain(..) {
             task.abort();
@@ -257,7 +279,10 @@ impl Cluster {
     }
 }
 
-async fn connect_nats(cc: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+async fn connect_nats(
+    cc: &ClusterConfig,
+    reconnected: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<async_nats::Client, ClusterError> {
     let urls = cc.nats.join(",");
     let fail = |reason: String| ClusterError::Connect {
         urls: urls.clone(),
@@ -266,7 +291,20 @@ async fn connect_nats(cc: &ClusterConfig) -> Result<async_nats::Client, ClusterE
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("roomq-{}", cc.node))
         .connection_timeout(CONNECT_TIMEOUT)
-        .max_reconnects(None);
+        .max_reconnects(None)
+        // Core NATS drops what arrives while disconnected or too fast:
+        // room followers then check their rooms against the stream.
+        .event_callback(move |event| {
+            let reconnected = reconnected.clone();
+            async move {
+                if matches!(
+                    event,
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                ) {
+                    let _ = reconnected.send(());
+                }
+            }
+        });
     if let (Some(user), Some(password)) = (&cc.user, &cc.password) {
         options = options.user_and_password(user.clone(), password.clone());
     }
@@ -304,6 +342,13 @@ async fn ensure_streams(
         // A writer's retry comes within seconds; after that every node's
         // copy of the log knows the msg-id (`chat/dedup.rs`).
         duplicate_window: Duration::from_secs(120),
+        // Each stored message is also sent on core NATS, for the nodes
+        // following its room (`rooms.rs`).
+        republish: Some(stream::Republish {
+            source: names.rooms(),
+            destination: names.live_rooms(),
+            headers_only: false,
+        }),
         ..Default::default()
     };
     // Retained messages and session records: the last one per subject.
@@ -328,8 +373,17 @@ async fn ensure_streams(
                 tracing::warn!(stream = %name, error = %last_error, "JetStream not ready yet; still trying");
             }
             match js.get_or_create_stream(wanted.clone()).await {
-                Ok(_) => {
+                Ok(existing) => {
                     last_error.clear();
+                    // RePublish cannot be added to a stream later (2.9).
+                    if wanted.republish.is_some() && existing.cached_info().config.republish.is_none() {
+                        return Err(ClusterError::Stream {
+                            stream: name,
+                            reason: "it exists without RePublish (made by an older roomq); \
+                                     back it up and delete it, roomq creates it again"
+                                .into(),
+                        });
+                    }
                     break;
                 }
                 Err(e) => {

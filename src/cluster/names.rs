@@ -51,6 +51,17 @@ impl Names {
         untoken(rest)
     }
 
+    /// Where JetStream republishes every stored room message (stream
+    /// RePublish), for the nodes following the room: `{name}.live.>`.
+    pub fn live_rooms(&self) -> String {
+        format!("{}.live.>", self.prefix)
+    }
+
+    /// The republished copies of one room's messages.
+    pub fn live_room(&self, room: &str) -> String {
+        format!("{}.live.{}", self.prefix, token(room))
+    }
+
     pub fn retained_all(&self) -> String {
         format!("{}.retained.>", self.prefix)
     }
@@ -215,5 +226,7 @@ mod tests {
         assert_eq!(n.filter("#"), vec!["roomq.msg.>"]);
         assert_eq!(n.message("a/b.c/"), "roomq.msg.a.b~2Ec.~");
         assert_eq!(n.room_of(&n.room("r.1")).as_deref(), Some("r.1"));
+        // The stream's RePublish maps `{name}.room.X` onto `{name}.live.X`.
+        assert_eq!(n.live_room("r.1"), n.room("r.1").replace(".room.", ".live."));
     }
 }

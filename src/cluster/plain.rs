@@ -246,7 +246,7 @@ impl Plain {
                 subject: self.names.retained(topic),
                 msg_id: format!("r-{}-{}-{id}", self.node, self.boot),
                 payload,
-                room: false,
+                room: None,
             })
             .is_ok()
     }

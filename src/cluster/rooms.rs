@@ -9,31 +9,66 @@
 //!
 //! A node posts by writing to the stream (`writer.rs`: the PUBACK waits for
 //! the quorum's acknowledgement). It never delivers a room message itself:
-//! every node follows the stream with one ordered consumer and applies
-//! each message, in stream order, to its own copy of the room logs
-//! (history, backlogs, de-duplication), then delivers it to its members
-//! (`RoomSink::apply`). So every member on every node sees one order, and
-//! only what JetStream stored.
+//! it delivers what it reads back from the cluster, in `seq` order, after
+//! applying it to its own copy of the room log (history, backlogs,
+//! de-duplication; `RoomSink::apply`). So every member on every node sees
+//! one order, and only what JetStream stored.
+//!
+//! **Only nodes with interest read a room.** The stream republishes every
+//! stored message on core NATS (`{name}.live.{room}`, stream RePublish,
+//! with the message's sequence and its subject's previous sequence), and a
+//! node subscribes to the rooms it follows: those its sessions subscribe
+//! to, and those it posted to or read history of lately (`LINGER`). A
+//! room message costs nothing on a node without interest in its room. No
+//! JetStream consumer lives per session or per room: a node that starts
+//! following a room reads what it missed with a short-lived consumer
+//! filtered to that room, then lives on the republished copies. A copy
+//! whose previous sequence is not the last one this node holds reveals a
+//! gap (core NATS does not redeliver after a reconnect or a leader
+//! change); the gap is read from the stream before the copy is applied.
+//! A lost copy with nothing after it is found by the checks that follow a
+//! quiet room (`CHECK_WHEN_QUIET`), a reconnect to NATS, or this node's
+//! own acknowledged post (`Nudge::Expect`).
+//!
+//! A filter over every room (`rooms/+/msg/#`, `#`) makes the node follow
+//! the whole stream with one ordered consumer (`follow_everything`).
 //!
 //! De-duplication across nodes: a message with a msg-id is written with
 //! `Nats-Msg-Id` = a hash of (room, sender, msg-id), so JetStream stores a
 //! retry once even when two nodes send it at the same moment; after that,
-//! every node's copy of the log knows the msg-id (`chat/dedup.rs`).
+//! every following node's copy of the log knows the msg-id
+//! (`chat/dedup.rs`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::names::{hash_hex, Names};
-use super::writer::{Write, Writer};
+use super::writer::{RoomAcknowledged, Write, Writer};
 use crate::store::{RoomRecord, StoreError};
 
-/// Pause before the follower tries again after an error.
+/// Pause before a follower tries again after an error.
 const FOLLOW_RETRY: Duration = Duration::from_millis(500);
+/// A room this node posted to or read history of, without subscriptions
+/// here, stays followed this long after (a chat client posts again).
+const LINGER: Duration = Duration::from_secs(60);
+/// A followed room that got no message for this long is checked against
+/// the stream once (finds a lost last copy).
+const CHECK_WHEN_QUIET: Duration = Duration::from_secs(5);
+/// How long a post acknowledged by JetStream may take to come back live
+/// before the follower reads it from the stream.
+const EXPECT_WAIT: Duration = Duration::from_millis(250);
+/// Longest a catch-up waits for the next message of its consumer.
+const CATCH_UP_IDLE: Duration = Duration::from_secs(2);
 
 /// A room message as stored in the stream.
 #[derive(Serialize, Deserialize)]
@@ -43,38 +78,134 @@ struct RoomWire {
     publisher: Option<String>,
 }
 
-/// Where the follower puts the room messages it reads (the chat layer).
+/// Where followers put the room messages they read (the chat layer).
 pub(crate) trait RoomSink: Send + Sync {
-    /// The highest stream sequence this node's room logs hold.
-    fn last_applied(&self) -> u64;
-    /// Appends a stored message to this node's copy of `room` and delivers
-    /// it to the members here.
+    /// The highest `seq` this node's copy of `room` holds (0: none).
+    fn last_applied(&self, room: &str) -> u64;
+    /// Appends a stored message to this node's copy of `room` (ignored
+    /// when `seq` is not above the last one) and delivers it to the
+    /// members here.
     fn apply(&self, room: &str, seq: u64, record: RoomRecord, publisher: Option<Arc<str>>);
 }
 
-/// Posting room messages to the stream.
+/// Which rooms a subscription names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RoomInterest {
+    One(String),
+    Every,
+}
+
+/// What a room's follower is told besides its live messages.
+enum Nudge {
+    /// JetStream acknowledged this node's post under this `seq`.
+    Expect(u64),
+}
+
+/// One followed room.
+struct Followed {
+    /// Subscriptions here that name the room.
+    subscriptions: usize,
+    /// Last post or history read here.
+    touched: Instant,
+    ready: watch::Receiver<bool>,
+    nudges: mpsc::UnboundedSender<Nudge>,
+    task: AbortHandle,
+}
+
+/// Following the whole stream (a filter over every room).
+struct FollowedAll {
+    subscriptions: usize,
+    touched: Instant,
+    ready: watch::Receiver<bool>,
+    task: AbortHandle,
+}
+
+/// Posting room messages, and reading the rooms this node has interest in.
 pub(crate) struct Rooms {
-    names: Names,
-    writer: Arc<Writer>,
+    inner: Arc<Inner>,
     node: Arc<str>,
     boot: u64,
     posts: AtomicU64,
 }
 
+struct Inner {
+    names: Names,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    writer: Arc<Writer>,
+    sink: OnceLock<Arc<dyn RoomSink>>,
+    rooms: Mutex<HashMap<Arc<str>, Followed>>,
+    every: Mutex<Option<FollowedAll>>,
+    /// Bumped when NATS reconnects: every follower checks its room.
+    resync: watch::Sender<u64>,
+    /// Room messages this node read from the cluster.
+    received: AtomicU64,
+}
+
 impl Rooms {
-    pub fn new(names: Names, writer: Arc<Writer>, node: Arc<str>) -> Rooms {
+    pub fn new(
+        names: Names,
+        js: jetstream::Context,
+        client: async_nats::Client,
+        writer: Arc<Writer>,
+        node: Arc<str>,
+    ) -> Rooms {
         Rooms {
-            names,
-            writer,
+            inner: Arc::new(Inner {
+                names,
+                js,
+                client,
+                writer,
+                sink: OnceLock::new(),
+                rooms: Mutex::default(),
+                every: Mutex::default(),
+                resync: watch::Sender::new(0),
+                received: AtomicU64::new(0),
+            }),
             node,
             boot: crate::store::unix_ms_now(),
             posts: AtomicU64::new(0),
         }
     }
 
-    /// Writes a room message to the stream; it is delivered when the
-    /// follower reads it back. `dedup_key` identifies (room, sender,
-    /// msg-id) when the sender gave a msg-id.
+    /// Where followed rooms' messages go; set once, before any follow.
+    pub fn set_sink(&self, sink: Arc<dyn RoomSink>) {
+        if self.inner.sink.set(sink).is_err() {
+            tracing::error!("the room sink is already set");
+        }
+    }
+
+    /// Room messages this node has read from the cluster (a node without
+    /// members in a room reads none of its messages).
+    pub fn received(&self) -> u64 {
+        self.inner.received.load(Ordering::Relaxed)
+    }
+
+    /// What to call when NATS reconnected (or dropped messages): every
+    /// follower checks its room against the stream.
+    pub fn resync_hook(&self) -> impl Fn() + Send + 'static {
+        let inner = Arc::downgrade(&self.inner);
+        move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.resync.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// What to call periodically: stops following rooms that lost their
+    /// interest here (`forget_idle`).
+    pub fn forget_hook(&self) -> impl Fn() + Send + 'static {
+        let inner = Arc::downgrade(&self.inner);
+        move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.forget_idle();
+            }
+        }
+    }
+
+    /// Writes a room message to the stream; it is delivered when this
+    /// node's follower of the room reads it back. `dedup_key` identifies
+    /// (room, sender, msg-id) when the sender gave a msg-id.
     pub fn post(
         &self,
         room: &str,
@@ -82,6 +213,8 @@ impl Rooms {
         dedup_key: Option<&str>,
         publisher: Option<&str>,
     ) -> Result<(), StoreError> {
+        let room: Arc<str> = room.into();
+        self.touch(&room);
         let msg_id = match dedup_key {
             Some(key) => format!("m-{}", hash_hex(key)),
             None => {
@@ -96,74 +229,381 @@ impl Rooms {
             publisher: publisher.map(str::to_string),
         };
         let payload = postcard::to_allocvec(&wire).map_err(|e| StoreError::Io(e.to_string()))?;
-        self.writer
+        self.inner
+            .writer
             .write(Write {
-                subject: self.names.room(room),
+                subject: self.inner.names.room(&room),
                 msg_id,
                 payload: payload.into(),
-                room: true,
+                room: Some(room),
             })
             .map_err(|_| {
                 StoreError::Io("cluster.write_buffer_bytes full: JetStream is slow or without quorum".into())
             })
     }
+
+    /// A subscription naming `interest` was added or removed here.
+    pub fn interest(&self, interest: &RoomInterest, added: bool) {
+        match interest {
+            RoomInterest::One(room) => {
+                let mut rooms = self.inner.rooms.lock();
+                let followed = self.inner.follow_locked(&mut rooms, room);
+                if added {
+                    followed.subscriptions += 1;
+                } else {
+                    followed.subscriptions = followed.subscriptions.saturating_sub(1);
+                    followed.touched = Instant::now();
+                }
+            }
+            RoomInterest::Every => {
+                let mut every = self.inner.every.lock();
+                let followed = self.inner.follow_every_locked(&mut every);
+                if added {
+                    followed.subscriptions += 1;
+                } else {
+                    followed.subscriptions = followed.subscriptions.saturating_sub(1);
+                    followed.touched = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Follows `room` (for `LINGER` at least) and resolves once this
+    /// node's copy holds what the stream held when it started following,
+    /// or after `bound`.
+    pub async fn ready(&self, interest: &RoomInterest, bound: Duration) {
+        let mut ready = match interest {
+            RoomInterest::One(room) => self.touch(room),
+            RoomInterest::Every => {
+                let mut every = self.inner.every.lock();
+                let followed = self.inner.follow_every_locked(&mut every);
+                followed.touched = Instant::now();
+                followed.ready.clone()
+            }
+        };
+        if tokio::time::timeout(bound, ready.wait_for(|r| *r)).await.is_err() {
+            tracing::warn!(
+                ?interest,
+                "the room log did not catch up with the cluster in time"
+            );
+        }
+    }
+
+    /// Follows `room` for `LINGER` at least.
+    fn touch(&self, room: &str) -> watch::Receiver<bool> {
+        let mut rooms = self.inner.rooms.lock();
+        let followed = self.inner.follow_locked(&mut rooms, room);
+        followed.touched = Instant::now();
+        followed.ready.clone()
+    }
 }
 
-/// Follows the room stream from after what `sink` holds, applying every
-/// message in order; sets `caught_up` once it reached the stream's last
-/// message at start. Runs until the task is dropped.
-pub(crate) async fn follow(
-    js: jetstream::Context,
-    names: Names,
-    sink: Arc<dyn RoomSink>,
-    writer: Arc<Writer>,
-    caught_up: watch::Sender<bool>,
+impl Inner {
+    /// Stops following rooms without subscriptions here that were not
+    /// touched for `LINGER`.
+    fn forget_idle(&self) {
+        let now = Instant::now();
+        let idle = |subscriptions: usize, touched: Instant| {
+            subscriptions == 0 && now.duration_since(touched) >= LINGER
+        };
+        let mut forgotten = Vec::new();
+        self.rooms.lock().retain(|room, f| {
+            let keep = !idle(f.subscriptions, f.touched);
+            if !keep {
+                f.task.abort();
+                forgotten.push(room.clone());
+            }
+            keep
+        });
+        for room in forgotten {
+            self.writer.forget_room(&room);
+            tracing::debug!(%room, "no interest here any more: room not followed");
+        }
+        let mut every = self.every.lock();
+        if every.as_ref().is_some_and(|f| idle(f.subscriptions, f.touched)) {
+            if let Some(f) = every.take() {
+                f.task.abort();
+            }
+        }
+    }
+}
+
+impl Rooms {
+    /// What the writer calls when JetStream acknowledged this node's post
+    /// to a room under a `seq`: the room's follower expects it back.
+    pub fn acknowledgement_hook(&self) -> RoomAcknowledged {
+        let inner = Arc::downgrade(&self.inner);
+        Arc::new(move |room, seq| {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let rooms = inner.rooms.lock();
+            if let Some(followed) = rooms.get(room) {
+                let _ = followed.nudges.send(Nudge::Expect(seq));
+            }
+        })
+    }
+
+    /// Stops every follower.
+    pub fn stop(&self) {
+        for (_, f) in self.inner.rooms.lock().drain() {
+            f.task.abort();
+        }
+        if let Some(f) = self.inner.every.lock().take() {
+            f.task.abort();
+        }
+    }
+}
+
+impl Inner {
+    /// The room's entry, its follower started when it had none.
+    fn follow_locked<'a>(
+        self: &Arc<Self>,
+        rooms: &'a mut HashMap<Arc<str>, Followed>,
+        room: &str,
+    ) -> &'a mut Followed {
+        if !rooms.contains_key(room) {
+            let room: Arc<str> = room.into();
+            let (ready_tx, ready) = watch::channel(false);
+            let (nudges, nudged) = mpsc::unbounded_channel();
+            let task = tokio::spawn(follow_room(self.clone(), room.clone(), ready_tx, nudged));
+            rooms.insert(
+                room.clone(),
+                Followed {
+                    subscriptions: 0,
+                    touched: Instant::now(),
+                    ready,
+                    nudges,
+                    task: task.abort_handle(),
+                },
+            );
+            tracing::debug!(%room, "following the room");
+        }
+        rooms.get_mut(room).expect("inserted above")
+    }
+
+    fn follow_every_locked<'a>(self: &Arc<Self>, every: &'a mut Option<FollowedAll>) -> &'a mut FollowedAll {
+        every.get_or_insert_with(|| {
+            let (ready_tx, ready) = watch::channel(false);
+            let task = tokio::spawn(follow_everything(self.clone(), ready_tx));
+            tracing::debug!("a subscription covers every room: following the whole room stream");
+            FollowedAll {
+                subscriptions: 0,
+                touched: Instant::now(),
+                ready,
+                task: task.abort_handle(),
+            }
+        })
+    }
+
+    fn sink(&self) -> Option<&Arc<dyn RoomSink>> {
+        self.sink.get()
+    }
+
+    fn last_applied(&self, room: &str) -> u64 {
+        self.sink().map_or(0, |s| s.last_applied(room))
+    }
+
+    /// Decodes and applies one stored room message.
+    fn apply(&self, room: &str, seq: u64, payload: &[u8]) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        match postcard::from_bytes::<RoomWire>(payload) {
+            Ok(wire) => {
+                if let Some(sink) = self.sink() {
+                    sink.apply(room, seq, wire.record, wire.publisher.map(Into::into));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%room, seq, %error, "undecodable room message in the stream skipped")
+            }
+        }
+        self.writer.applied(room, seq);
+    }
+
+    /// Reads from the stream every message of `room` after the last one
+    /// this node holds, up to the stream's last one now.
+    async fn catch_up(&self, room: &str) -> Result<(), String> {
+        let subject = self.names.room(room);
+        let stream = self
+            .js
+            .get_stream_no_info(&self.names.rooms_stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let last_in_stream = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message.sequence,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let from = self.last_applied(room) + 1;
+        if from > last_in_stream {
+            return Ok(());
+        }
+        let consumer = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        loop {
+            let message = match tokio::time::timeout(CATCH_UP_IDLE, messages.next()).await {
+                Ok(Some(message)) => message.map_err(|e| e.to_string())?,
+                Ok(None) => return Err("the catch-up consumer ended".into()),
+                Err(_) => return Err(format!("no message from the catch-up consumer of room {room:?}")),
+            };
+            let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
+            self.apply(room, seq, &message.payload);
+            if seq >= last_in_stream {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Follows one room until the task is aborted (the room no longer has
+/// interest here).
+async fn follow_room(
+    inner: Arc<Inner>,
+    room: Arc<str>,
+    ready: watch::Sender<bool>,
+    mut nudges: mpsc::UnboundedReceiver<Nudge>,
 ) {
     loop {
-        if let Err(error) = follow_once(&js, &names, &*sink, &writer, &caught_up).await {
+        if let Err(error) = follow_room_once(&inner, &room, &ready, &mut nudges).await {
+            tracing::warn!(%room, %error, "following the room failed; resuming");
+            tokio::time::sleep(FOLLOW_RETRY).await;
+        }
+    }
+}
+
+async fn follow_room_once(
+    inner: &Inner,
+    room: &str,
+    ready: &watch::Sender<bool>,
+    nudges: &mut mpsc::UnboundedReceiver<Nudge>,
+) -> Result<(), String> {
+    // Subscribed before the catch-up reads the stream, so nothing stored
+    // in between is missed (what comes twice is applied once).
+    let mut live = inner
+        .client
+        .subscribe(inner.names.live_room(room))
+        .await
+        .map_err(|e| e.to_string())?;
+    inner.client.flush().await.map_err(|e| e.to_string())?;
+    inner.catch_up(room).await?;
+    ready.send_replace(true);
+    let mut resync = inner.resync.subscribe();
+    let mut check_at = Some(Instant::now() + CHECK_WHEN_QUIET);
+    let mut expected = 0u64;
+    let mut expect_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            message = live.next() => {
+                let Some(message) = message else {
+                    return Err("the live subscription ended".into());
+                };
+                on_live(inner, room, &message).await?;
+                check_at = Some(Instant::now() + CHECK_WHEN_QUIET);
+            }
+            nudge = nudges.recv() => match nudge {
+                Some(Nudge::Expect(seq)) => {
+                    if seq > inner.last_applied(room) {
+                        expected = expected.max(seq);
+                        expect_at.get_or_insert_with(|| Instant::now() + EXPECT_WAIT);
+                    }
+                }
+                None => return Ok(()),
+            },
+            _ = resync.changed() => inner.catch_up(room).await?,
+            _ = sleep_until_opt(expect_at) => {
+                expect_at = None;
+                if expected > inner.last_applied(room) {
+                    tracing::debug!(%room, expected, "an acknowledged post did not come back live; reading it from the stream");
+                    inner.catch_up(room).await?;
+                }
+            }
+            _ = sleep_until_opt(check_at) => {
+                check_at = None;
+                inner.catch_up(room).await?;
+            }
+        }
+    }
+}
+
+/// One republished copy: applied when it follows the last message this
+/// node holds, after the missing ones are read from the stream when not.
+async fn on_live(inner: &Inner, room: &str, message: &async_nats::Message) -> Result<(), String> {
+    let header = |name: &str| -> Option<u64> {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.as_str().parse().ok())
+    };
+    let (Some(seq), Some(prev)) = (header("Nats-Sequence"), header("Nats-Last-Sequence")) else {
+        tracing::error!(subject = %message.subject, "a republished room message without its sequence headers skipped");
+        return Ok(());
+    };
+    let last = inner.last_applied(room);
+    if seq <= last {
+        return Ok(());
+    }
+    if prev > last {
+        // Copies were lost (a reconnect, a leader change): read them.
+        tracing::debug!(%room, last, prev, seq, "gap in the live room messages; reading it from the stream");
+        return inner.catch_up(room).await;
+    }
+    inner.apply(room, seq, &message.payload);
+    Ok(())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Follows the whole room stream (a subscription here covers every room),
+/// until the task is aborted.
+async fn follow_everything(inner: Arc<Inner>, ready: watch::Sender<bool>) {
+    loop {
+        if let Err(error) = follow_everything_once(&inner, &ready).await {
             tracing::warn!(%error, "following the room stream failed; resuming");
             tokio::time::sleep(FOLLOW_RETRY).await;
         }
     }
 }
 
-async fn follow_once(
-    js: &jetstream::Context,
-    names: &Names,
-    sink: &dyn RoomSink,
-    writer: &Writer,
-    caught_up: &watch::Sender<bool>,
-) -> Result<(), String> {
-    let from = sink.last_applied() + 1;
+async fn follow_everything_once(inner: &Inner, ready: &watch::Sender<bool>) -> Result<(), String> {
+    // From the first message: the rooms this node did not follow are read
+    // whole; what it holds is skipped by `seq`.
     let (last_at_start, mut stream, mut messages) = super::read_stream(
-        js,
-        &names.rooms_stream,
-        names.rooms(),
-        consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+        &inner.js,
+        &inner.names.rooms_stream,
+        inner.names.rooms(),
+        consumer::DeliverPolicy::All,
     )
     .await?;
-    if from > last_at_start {
-        caught_up.send_replace(true);
+    if last_at_start == 0 {
+        ready.send_replace(true);
     }
-    let mut seen = from.saturating_sub(1);
+    let mut seen = 0;
     loop {
         let message = super::next_or_stalled(&mut stream, &mut messages, seen).await?;
         let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
         seen = seq;
-        match (
-            names.room_of(&message.subject),
-            postcard::from_bytes::<RoomWire>(&message.payload),
-        ) {
-            (Some(room), Ok(wire)) => {
-                sink.apply(&room, seq, wire.record, wire.publisher.map(Into::into));
-            }
-            _ => {
-                tracing::error!(subject = %message.subject, seq, "undecodable room message in the stream skipped")
+        match inner.names.room_of(&message.subject) {
+            Some(room) => inner.apply(&room, seq, &message.payload),
+            None => {
+                tracing::error!(subject = %message.subject, seq, "a room message on an unknown subject skipped")
             }
         }
-        writer.applied(seq);
         if seq >= last_at_start {
-            caught_up.send_replace(true);
+            ready.send_replace(true);
         }
     }
 }

@@ -122,7 +122,7 @@ impl Sessions {
             subject: self.names.session(client_id),
             msg_id: format!("s-{}-{}-{n}", self.node, self.boot),
             payload,
-            room: false,
+            room: None,
         });
         if written.is_err() {
             tracing::error!(%client_id, "session record not written to the cluster (write buffer full)");

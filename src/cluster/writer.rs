@@ -12,11 +12,12 @@
 //! [`CommitBarrier`]: a client's PUBACK goes out only once every write
 //! made before its ticket is acknowledged, and, for room messages, once
 //! this node's copy of the room log has it (so a history request right
-//! after the PUBACK finds the message).
+//! after the PUBACK finds the message; the poster's node follows the
+//! room, `rooms.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -35,14 +36,18 @@ const SEND_WAIT: Duration = Duration::from_secs(2);
 /// Longest a commit blocks in `settle` before it reports and retries.
 const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
+/// Told about each acknowledged room post: its room and `seq`.
+pub(crate) type RoomAcknowledged = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
 /// One write: a message for a stream subject.
 pub(crate) struct Write {
     pub subject: String,
     /// JetStream de-duplicates by it: a retry is stored once.
     pub msg_id: String,
     pub payload: Bytes,
-    /// A room message: the commit also waits until this node applied it.
-    pub room: bool,
+    /// A room message (its room): the commit also waits until this node
+    /// applied it.
+    pub room: Option<Arc<str>>,
 }
 
 impl Write {
@@ -58,10 +63,11 @@ struct Progress {
     acked: u64,
     /// Acknowledged ids above `acked`.
     acked_above: BTreeSet<u64>,
-    /// Highest stream sequence acknowledged for a room message.
-    room_seq_acked: u64,
-    /// Highest stream sequence this node's room log has applied.
-    room_seq_applied: u64,
+    /// Rooms with an acknowledged post this node has not applied yet, and
+    /// the highest such `seq`.
+    room_waiting: HashMap<Arc<str>, u64>,
+    /// The highest `seq` this node applied, per followed room.
+    room_applied: HashMap<Arc<str>, u64>,
 }
 
 /// The writer's buffer is full (`cluster.write_buffer_bytes`).
@@ -79,6 +85,9 @@ pub(crate) struct Writer {
     progress: Mutex<Progress>,
     changed: Condvar,
     health: Arc<StoreHealth>,
+    /// Told about every acknowledged room post (`Rooms`' followers expect
+    /// it back).
+    room_acknowledged: OnceLock<RoomAcknowledged>,
 }
 
 impl Writer {
@@ -96,6 +105,7 @@ impl Writer {
             progress: Mutex::default(),
             changed: Condvar::new(),
             health,
+            room_acknowledged: OnceLock::new(),
         });
         (writer, rx)
     }
@@ -120,19 +130,51 @@ impl Writer {
         Ok(())
     }
 
-    /// This node's room log applied every room message up to `seq`.
-    pub fn applied(&self, seq: u64) {
+    /// Sets what is told about acknowledged room posts (once).
+    pub fn on_room_acknowledged(&self, hook: RoomAcknowledged) {
+        if self.room_acknowledged.set(hook).is_err() {
+            tracing::error!("the room acknowledgement hook is already set");
+        }
+    }
+
+    /// This node's copy of `room` holds every message up to `seq`.
+    pub fn applied(&self, room: &str, seq: u64) {
         let mut progress = self.progress.lock();
-        if seq > progress.room_seq_applied {
-            progress.room_seq_applied = seq;
+        match progress.room_applied.get_mut(room) {
+            Some(applied) if *applied >= seq => return,
+            Some(applied) => *applied = seq,
+            None => {
+                progress.room_applied.insert(room.into(), seq);
+            }
+        }
+        if progress
+            .room_waiting
+            .get(room)
+            .is_some_and(|waiting| *waiting <= seq)
+        {
+            progress.room_waiting.remove(room);
             self.changed.notify_all();
         }
     }
 
-    fn acknowledged(&self, id: u64, room_seq: Option<u64>) {
+    /// This node no longer follows `room`.
+    pub fn forget_room(&self, room: &str) {
+        self.progress.lock().room_applied.remove(room);
+    }
+
+    fn acknowledged(&self, id: u64, room_seq: Option<(Arc<str>, u64)>) {
         let mut progress = self.progress.lock();
-        if let Some(seq) = room_seq {
-            progress.room_seq_acked = progress.room_seq_acked.max(seq);
+        let mut expect = None;
+        if let Some((room, seq)) = room_seq {
+            if progress
+                .room_applied
+                .get(&room)
+                .is_none_or(|applied| *applied < seq)
+            {
+                let waiting = progress.room_waiting.entry(room.clone()).or_default();
+                *waiting = (*waiting).max(seq);
+                expect = Some((room, seq));
+            }
         }
         progress.acked_above.insert(id);
         while progress.acked_above.first() == Some(&(progress.acked + 1)) {
@@ -140,6 +182,10 @@ impl Writer {
             progress.acked_above.pop_first();
         }
         self.changed.notify_all();
+        drop(progress);
+        if let (Some((room, seq)), Some(hook)) = (expect, self.room_acknowledged.get()) {
+            hook(&room, seq);
+        }
     }
 
     /// Sends queued writes in batches and collects their acknowledgements,
@@ -197,7 +243,7 @@ impl Writer {
                 Ok(ack) => {
                     let size = write.size();
                     self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-                    self.acknowledged(id, write.room.then_some(ack.sequence));
+                    self.acknowledged(id, write.room.map(|room| (room, ack.sequence)));
                 }
                 Err(e) => {
                     error = Some(e);
@@ -222,7 +268,7 @@ impl CommitBarrier for Writer {
         let deadline = std::time::Instant::now() + SETTLE_WAIT;
         let mut progress = self.progress.lock();
         loop {
-            if progress.acked >= target && progress.room_seq_applied >= progress.room_seq_acked {
+            if progress.acked >= target && progress.room_waiting.is_empty() {
                 return Ok(());
             }
             if self.changed.wait_until(&mut progress, deadline).timed_out() {
@@ -246,7 +292,7 @@ mod tests {
             subject: "s".into(),
             msg_id: "m".into(),
             payload: Bytes::from(vec![0u8; n]),
-            room: false,
+            room: None,
         };
         assert!(writer.write(write(60)).is_ok());
         assert!(

@@ -3,12 +3,103 @@
 //! that connected on another node over to it.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use super::registry::give_up_to_other_node;
 use super::Shared;
-use crate::cluster::{Cluster, DeviceCount, PresenceSink, RoomSink};
-use crate::router::RemoteScope;
+use crate::chat::{classify, rooms_covered, ChatTopic};
+use crate::cluster::{Cluster, DeviceCount, PresenceSink, RoomInterest, RoomSink};
+use crate::message::Message;
+use crate::protocol::validate::parse_shared;
+use crate::protocol::Packet;
+use crate::router::{Outbound, RemoteScope};
 use crate::store::RoomRecord;
+
+/// Longest a packet that reads a room log waits for this node to catch up
+/// with a room it did not follow (then it goes on with what it has).
+const ROOMS_READY_WAIT: Duration = Duration::from_secs(10);
+
+/// What the router tells the cluster: plain messages and subscriptions
+/// go to `Plain`; a subscription that names rooms also makes this node
+/// follow their logs (`cluster/rooms.rs`).
+struct ClusterOutbound {
+    cluster: Arc<Cluster>,
+}
+
+impl Outbound for ClusterOutbound {
+    fn forward(&self, message: &Arc<Message>) -> bool {
+        self.cluster.plain.forward(message)
+    }
+
+    fn retained_cleared(&self, topic: &str) {
+        self.cluster.plain.retained_cleared(topic);
+    }
+
+    fn interest(&self, filter: &str, group: Option<&str>, added: bool) {
+        self.cluster.plain.interest(filter, group, added);
+        if let Some(rooms) = rooms_covered(filter) {
+            self.cluster.rooms.interest(&rooms, added);
+        }
+    }
+}
+
+/// The rooms a packet reads the log of on this node: a SUBSCRIBE (a new
+/// subscription starts at the room's head), a history request, a read
+/// receipt (checked against the head).
+fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
+    match packet {
+        Packet::Subscribe(subscribe) => subscribe
+            .topic_filters
+            .iter()
+            .filter_map(|(filter, _)| {
+                let plain = match parse_shared(filter) {
+                    Ok(Some(shared)) => shared.filter,
+                    _ => filter,
+                };
+                rooms_covered(plain)
+            })
+            .collect(),
+        Packet::Publish(publish) => match classify(&publish.topic) {
+            Some(ChatTopic::HistoryRequest { room } | ChatTopic::Receipt { room, .. }) => {
+                vec![RoomInterest::One(room.to_string())]
+            }
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// Cluster mode: before `packet` is handled, this node follows the rooms
+/// it reads and has caught up with them (a room without interest here
+/// was not read).
+pub(crate) async fn rooms_ready_for(shared: &Shared, packet: &Packet) {
+    if let Some(cluster) = &shared.cluster {
+        for rooms in rooms_read_by(packet) {
+            cluster.rooms.ready(&rooms, ROOMS_READY_WAIT).await;
+        }
+    }
+}
+
+/// Cluster mode: before a session's backlog is replayed, this node has
+/// caught up with the rooms its subscriptions name (a session taken over
+/// from another node brings rooms this node may not follow).
+pub(crate) async fn rooms_ready_for_session(shared: &Shared, filters: Vec<String>) {
+    if let Some(cluster) = &shared.cluster {
+        let mut wanted: Vec<RoomInterest> = Vec::new();
+        for filter in &filters {
+            let plain = match parse_shared(filter) {
+                Ok(Some(_)) => continue,
+                _ => filter.as_str(),
+            };
+            if let Some(rooms) = rooms_covered(plain).filter(|r| !wanted.contains(r)) {
+                wanted.push(rooms);
+            }
+        }
+        for rooms in wanted {
+            cluster.rooms.ready(&rooms, ROOMS_READY_WAIT).await;
+        }
+    }
+}
 
 /// The chat layer of this broker, fed by the room stream.
 struct ChatSink {
@@ -16,8 +107,8 @@ struct ChatSink {
 }
 
 impl RoomSink for ChatSink {
-    fn last_applied(&self) -> u64 {
-        self.shared.upgrade().map_or(0, |s| s.chat.last_seq())
+    fn last_applied(&self, room: &str) -> u64 {
+        self.shared.upgrade().map_or(0, |s| s.chat.applied_seq(room))
     }
 
     fn apply(&self, room: &str, seq: u64, record: RoomRecord, publisher: Option<Arc<str>>) {
@@ -68,7 +159,9 @@ pub(crate) async fn join(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
                 shared.router.publish_remote(message, scope);
             }
         }));
-    shared.router.connect_outbound(cluster.plain.clone());
+    shared.router.connect_outbound(Arc::new(ClusterOutbound {
+        cluster: cluster.clone(),
+    }));
     let weak = Arc::downgrade(shared);
     let retained = Arc::new(move |message| {
         if let Some(shared) = weak.upgrade() {

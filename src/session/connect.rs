@@ -322,6 +322,8 @@ async fn negotiate(
         max => connect.session_expiry_interval_secs.min(max),
     };
     let kick = Arc::new(Notify::new());
+    let filters = session.state.lock().subscriptions.keys().cloned().collect();
+    super::rooms_ready_for_session(shared, filters).await;
     let session_written = {
         let mut st = session.state.lock();
         st.generation += 1;

@@ -214,6 +214,7 @@ impl Connection {
                 match self.io.next_packet() {
                     Ok(Some(packet)) => {
                         deadline = self.keep_alive_window.map(|w| Instant::now() + w);
+                        super::rooms_ready_for(&self.shared, &packet).await;
                         if let Some(close) = self.handle(packet) {
                             return close;
                         }

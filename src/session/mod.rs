@@ -34,6 +34,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub(crate) use cluster::join as join_cluster;
+use cluster::{rooms_ready_for, rooms_ready_for_session};
 pub use connection::{serve, Stream};
 pub(crate) use io::{CertName, Peer};
 pub(crate) use persist::restore_sessions;
