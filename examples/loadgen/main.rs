@@ -119,6 +119,10 @@ enum Scenario {
         /// with this secret (the broker's `auth.jwt_secret`).
         #[arg(long)]
         jwt_secret: Option<String>,
+        /// With `--ports`: all members of a room on one node (room `r` on
+        /// port `r` mod the number of ports), instead of spread over all.
+        #[arg(long)]
+        room_per_node: bool,
     },
     Conns {
         #[arg(long, default_value_t = 5000)]
@@ -189,6 +193,7 @@ async fn main() -> std::io::Result<()> {
             rate,
             chat,
             ref jwt_secret,
+            room_per_node,
         } => {
             let shape = rooms::Shape {
                 rooms: r,
@@ -196,6 +201,7 @@ async fn main() -> std::io::Result<()> {
                 rate,
                 chat,
                 jwt_secret: jwt_secret.clone(),
+                room_per_node,
             };
             rooms::run(args.clone(), &addrs, shape).await
         }

@@ -27,6 +27,8 @@ pub struct Shape {
     pub chat: bool,
     /// Log members in with HS256 tokens signed with this secret.
     pub jwt_secret: Option<String>,
+    /// All members of a room on one of the targets (a cluster node).
+    pub room_per_node: bool,
 }
 
 impl Shape {
@@ -78,7 +80,8 @@ pub async fn run(args: Arc<Args>, addrs: &Targets, shape: Shape) -> std::io::Res
             let (name, filter, topic) = shape.member(r, m);
             let token = shape.token(&name)?;
             let login = token.as_deref().map(|t| (name.as_str(), t));
-            let mut conn = Conn::open_with(addrs.pick(r * members + m), &name, 300, true, login).await?;
+            let target = if shape.room_per_node { r } else { r * members + m };
+            let mut conn = Conn::open_with(addrs.pick(target), &name, 300, true, login).await?;
             conn.subscribe(&filter, qos).await?;
             let received = Arc::new(Received::new(rooms * members));
             let (writer, codec) = conn.spawn_subscriber(received.clone());

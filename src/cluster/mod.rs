@@ -288,32 +288,36 @@ async fn connect_nats(
         urls: urls.clone(),
         reason,
     };
-    let mut options = async_nats::ConnectOptions::new()
-        .name(format!("roomq-{}", cc.node))
-        .connection_timeout(CONNECT_TIMEOUT)
-        .max_reconnects(None)
-        // Core NATS drops what arrives while disconnected or too fast:
-        // room followers then check their rooms against the stream.
-        .event_callback(move |event| {
-            let reconnected = reconnected.clone();
-            async move {
-                if matches!(
-                    event,
-                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
-                ) {
-                    let _ = reconnected.send(());
+    let options = || {
+        let reconnected = reconnected.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("roomq-{}", cc.node))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .max_reconnects(None)
+            // Core NATS drops what arrives while disconnected or too fast:
+            // room followers then check their rooms against the stream.
+            .event_callback(move |event| {
+                let reconnected = reconnected.clone();
+                async move {
+                    if matches!(
+                        event,
+                        async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                    ) {
+                        let _ = reconnected.send(());
+                    }
                 }
-            }
-        });
-    if let (Some(user), Some(password)) = (&cc.user, &cc.password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(token) = &cc.token {
-        options = options.token(token.clone());
-    }
-    if let Some(ca) = &cc.tls_ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
+            });
+        if let (Some(user), Some(password)) = (&cc.user, &cc.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &cc.token {
+            options = options.token(token.clone());
+        }
+        if let Some(ca) = &cc.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        options
+    };
     let mut addrs = Vec::new();
     for url in &cc.nats {
         addrs.push(
@@ -321,7 +325,22 @@ async fn connect_nats(
                 .map_err(|e| fail(format!("key `cluster.nats`: {url:?}: {e}")))?,
         );
     }
-    options.connect(addrs).await.map_err(|e| fail(e.to_string()))
+    // Servers started with roomq may not listen yet: a refused
+    // connection is tried again until CONNECT_TIMEOUT; a refused login
+    // is not.
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match options().connect(addrs.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e)
+                if e.kind() == async_nats::ConnectErrorKind::Io && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %e, "NATS not reachable yet; trying again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
 }
 
 /// Creates roomq's streams, or checks they exist; several nodes may do
