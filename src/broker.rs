@@ -125,6 +125,13 @@ impl Broker {
             Some(_) => Some(Cluster::connect(&self.config, store_health.clone()).await?),
             None => None,
         };
+        // In a cluster, persistent sessions' queues are also in JetStream
+        // (kept in memory here with `storage = "memory"`).
+        let store = match (store, &cluster) {
+            (Some(store), Some(cluster)) => Some(cluster.mirrored(store)),
+            (None, Some(cluster)) => Some(cluster.mirrored(Arc::new(MemoryStore::default()))),
+            (store, None) => store,
+        };
         let commit_delay = Duration::from_micros(self.config.commit_delay_us);
         let commit = match (&store, self.config.durability, &cluster) {
             // In a cluster an acknowledgement also waits for JetStream's.

@@ -381,3 +381,61 @@ async fn nats_credentials_are_used_and_a_refusal_is_clear() {
         "unclear error: {error}"
     );
 }
+
+/// A persistent session's plain QoS 1 messages (one in flight, four
+/// queued while it was offline) outlive the node that held them: the
+/// client resumes on another node and gets all five, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_plain_messages_outlive_its_node() {
+    use rmqtt_codec::types::QoS;
+    let nats = NatsCluster::start(3);
+    let (mut doomed, x_addr, _dir) = common::nats::spawn_node(&nats, "x", "", "");
+    let y = Broker::new(node_config(&nats, "y")).start().await.unwrap();
+    let connect = common::persistent5("device-7");
+    let (mut device, _) = Raw::connect5(x_addr, connect.clone()).await;
+    device
+        .subscribe5(1, &[("alerts/#", common::opts(QoS::AtLeastOnce))])
+        .await;
+    let mut sensor = Raw::client5(x_addr, "sensor").await;
+    let ack = sensor.publish1_5(1, "alerts/boiler", b"a1").await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    // Received, never acknowledged: in flight with its packet id.
+    let first = device.publish5().await;
+    assert_eq!(&first.payload[..], b"a1");
+    drop(device);
+    for (n, body) in [(2, &b"a2"[..]), (3, b"a3"), (4, b"a4"), (5, b"a5")] {
+        let p = common::publish(&format!("alerts/{n}"), body, QoS::AtLeastOnce, Some(n));
+        assert_eq!(sensor.puback_of(p).await, PublishAckReason::Success);
+    }
+    // Node x dies holding the session; the device comes back on y.
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let (mut device, ack) = Raw::connect5(y.local_addr(), connect).await;
+    assert!(ack.session_present, "the session died with its node");
+    let mut bodies = Vec::new();
+    while bodies.len() < 5 {
+        match device.recv5().await {
+            Got::Packet(Packet::Publish(p)) => {
+                if let Some(id) = p.packet_id {
+                    device
+                        .send5(Packet::PublishAck(v5::PublishAck {
+                            packet_id: id,
+                            reason_code: PublishAckReason::Success,
+                            properties: Vec::new(),
+                            reason_string: None,
+                        }))
+                        .await;
+                }
+                bodies.push(p.payload.clone());
+            }
+            Got::Packet(_) => {}
+            other => panic!(
+                "expected the queued messages, got {} then {other:?}",
+                bodies.len()
+            ),
+        }
+    }
+    let expected: Vec<Bytes> = ["a1", "a2", "a3", "a4", "a5"].map(Bytes::from).to_vec();
+    assert_eq!(bodies, expected, "the queue as the dead node held it");
+    y.shutdown().await;
+}

@@ -11,13 +11,17 @@
 //! - `retained.rs`: retained messages in a stream every node follows.
 //! - `sessions.rs`: a client id is held by one node; a CONNECT on another
 //!   node takes the connection over and the session with it.
+//! - `queues.rs`, `mirror.rs`: persistent sessions' plain QoS 1/2
+//!   messages, also in JetStream, so they outlive their node.
 //! - `names.rs`: subjects and stream names.
 //!
 //! The README's *Cluster* section says what each failure does.
 
+mod mirror;
 mod names;
 mod plain;
 mod presence;
+mod queues;
 mod retained;
 mod rooms;
 mod sessions;
@@ -64,6 +68,8 @@ pub(crate) struct Cluster {
     pub plain: Arc<Plain>,
     pub rooms: Rooms,
     pub sessions: Sessions,
+    /// Persistent sessions' plain messages in JetStream.
+    queues: Arc<queues::Queues>,
     /// This node's presence changes, for the other nodes.
     pub presence: Arc<PresenceLink>,
     presence_outgoing: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<presence::Wire>>>,
@@ -109,7 +115,19 @@ impl Cluster {
             node.clone(),
         );
         writer.on_room_acknowledged(rooms.acknowledgement_hook());
-        let sessions = Sessions::new(names.clone(), node.clone(), js.clone(), writer.clone());
+        let queues = Arc::new(queues::Queues::new(
+            names.clone(),
+            node.clone(),
+            js.clone(),
+            writer.clone(),
+        ));
+        let sessions = Sessions::new(
+            names.clone(),
+            node.clone(),
+            js.clone(),
+            writer.clone(),
+            queues.clone(),
+        );
         let (presence, presence_outgoing) = presence::link(node.clone());
         let liveness = presence::Liveness {
             heartbeat: Duration::from_millis(cc.heartbeat_ms),
@@ -124,6 +142,7 @@ impl Cluster {
             plain,
             rooms,
             sessions,
+            queues,
             presence,
             presence_outgoing: parking_lot::Mutex::new(Some(presence_outgoing)),
             reconnected: parking_lot::Mutex::new(Some(reconnected)),
@@ -135,6 +154,18 @@ impl Cluster {
     /// What the group commit waits for: JetStream's acknowledgements.
     pub fn barrier(&self) -> Arc<dyn CommitBarrier> {
         self.writer.clone()
+    }
+
+    /// `store` with its session-queue writes also made in the cluster.
+    pub fn mirrored(&self, store: Arc<dyn crate::store::Store>) -> Arc<dyn crate::store::Store> {
+        Arc::new(mirror::Mirrored::new(store, self.queues.clone()))
+    }
+
+    /// A session taken over from another node gets written to this
+    /// node's store: first the cluster's copy of its queue is cleared
+    /// (the writes that follow make it again, under this node's name).
+    pub fn adopting_queue_of(&self, client_id: &str) {
+        self.queues.clear_before_adopting(client_id);
     }
 
     /// Starts reading the rooms this node has interest in (into `rooms`),
@@ -382,7 +413,8 @@ async fn ensure_streams(
     };
     let retained = last_only(&names.retained_stream, names.retained_all());
     let sessions = last_only(&names.sessions_stream, names.sessions());
-    for wanted in [rooms, retained, sessions] {
+    let queues = last_only(&names.queues_stream, names.queues());
+    for wanted in [rooms, retained, sessions, queues] {
         let name = wanted.name.clone();
         let mut last_error = String::new();
         // JetStream needs a meta leader first (seconds after the servers

@@ -23,6 +23,9 @@ pub(crate) struct Names {
     pub retained_stream: String,
     /// The stream of persistent sessions, one subject per client id.
     pub sessions_stream: String,
+    /// The stream of persistent sessions' unacknowledged plain messages,
+    /// one subject per message.
+    pub queues_stream: String,
 }
 
 impl Names {
@@ -33,6 +36,7 @@ impl Names {
             rooms_stream: format!("{upper}_ROOMS"),
             retained_stream: format!("{upper}_RETAINED"),
             sessions_stream: format!("{upper}_SESSIONS"),
+            queues_stream: format!("{upper}_QUEUES"),
         }
     }
 
@@ -143,6 +147,43 @@ impl Names {
     /// Where `client_id`'s session record is kept.
     pub fn session(&self, client_id: &str) -> String {
         format!("{}.session.{}", self.prefix, client_token(client_id))
+    }
+}
+
+impl Names {
+    /// Every queued message of every session.
+    pub fn queues(&self) -> String {
+        format!("{}.queue.>", self.prefix)
+    }
+
+    /// Every queued message of `client_id`'s session, from any node.
+    pub fn queue(&self, client_id: &str) -> String {
+        format!("{}.queue.{}.>", self.prefix, client_token(client_id))
+    }
+
+    /// The queued messages of `client_id`'s session that `node` wrote.
+    pub fn queue_of_node(&self, client_id: &str, node: &str) -> String {
+        format!(
+            "{}.queue.{}.{}.>",
+            self.prefix,
+            client_token(client_id),
+            token(node)
+        )
+    }
+
+    /// One queued message: `node`'s store sequence `seq` for the session.
+    pub fn queued(&self, client_id: &str, node: &str, seq: u64) -> String {
+        format!(
+            "{}.queue.{}.{}.{seq}",
+            self.prefix,
+            client_token(client_id),
+            token(node)
+        )
+    }
+
+    /// The store sequence a queued message's subject ends with.
+    pub fn seq_of_queued(subject: &str) -> Option<u64> {
+        subject.rsplit('.').next()?.parse().ok()
     }
 }
 

@@ -242,12 +242,11 @@ impl Plain {
     fn write_retained(&self, topic: &str, payload: Bytes) -> bool {
         let id = self.retained_writes.fetch_add(1, Ordering::Relaxed);
         self.writer
-            .write(Write {
-                subject: self.names.retained(topic),
-                msg_id: format!("r-{}-{}-{id}", self.node, self.boot),
+            .write(Write::publish(
+                self.names.retained(topic),
+                format!("r-{}-{}-{id}", self.node, self.boot),
                 payload,
-                room: None,
-            })
+            ))
             .is_ok()
     }
 }

@@ -232,10 +232,8 @@ impl Rooms {
         self.inner
             .writer
             .write(Write {
-                subject: self.inner.names.room(&room),
-                msg_id,
-                payload: payload.into(),
-                room: Some(room),
+                room: Some(room.clone()),
+                ..Write::publish(self.inner.names.room(&room), msg_id, payload.into())
             })
             .map_err(|_| {
                 StoreError::Io("cluster.write_buffer_bytes full: JetStream is slow or without quorum".into())

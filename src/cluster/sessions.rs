@@ -15,9 +15,9 @@
 //!   session's record from the sessions stream (the holder died). Every
 //!   persistent session's record (subscriptions, expiry, will, room
 //!   cursors) is written there as it is to a node's store, and acknowledged
-//!   before the CONNACK or SUBACK that promises it. Its plain QoS 1/2
-//!   messages are not: they are lost with the node that held them (room
-//!   messages come back from the room log, after the cursors).
+//!   before the CONNACK or SUBACK that promises it, and so are its plain
+//!   QoS 1/2 messages (`queues.rs`), read back with it (room messages
+//!   come back from the room log, after the cursors).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,11 +31,14 @@ use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 
 use super::names::Names;
+use super::queues::Queues;
 use super::writer::{Write, Writer};
 use crate::store::{unix_ms_now, LoadedSession, QueuedRecord, SessionRecord};
 
 /// How long a CONNECT waits for the node holding its session.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// Longest a CONNACK waits for NATS to have this node's hold on the id.
+const HOLD_WAIT: Duration = Duration::from_secs(2);
 
 /// A session as it travels from the node that held it to the new one.
 #[derive(Serialize, Deserialize)]
@@ -73,6 +76,8 @@ pub(crate) struct Sessions {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
     writer: Arc<Writer>,
+    /// Where a dead node's sessions' plain messages are read back.
+    queues: Arc<Queues>,
     held: Mutex<HashMap<String, AbortHandle>>,
     give_up: std::sync::OnceLock<GiveUp>,
     /// Ids of session writes (JetStream de-duplicates a writer's retry).
@@ -86,6 +91,7 @@ impl Sessions {
         node: Arc<str>,
         js: async_nats::jetstream::Context,
         writer: Arc<Writer>,
+        queues: Arc<Queues>,
     ) -> Sessions {
         Sessions {
             names,
@@ -93,6 +99,7 @@ impl Sessions {
             client: js.client(),
             js,
             writer,
+            queues,
             held: Mutex::default(),
             give_up: std::sync::OnceLock::new(),
             writes: std::sync::atomic::AtomicU64::new(0),
@@ -118,12 +125,11 @@ impl Sessions {
 
     fn write(&self, client_id: &str, payload: Bytes) {
         let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let written = self.writer.write(Write {
-            subject: self.names.session(client_id),
-            msg_id: format!("s-{}-{}-{n}", self.node, self.boot),
+        let written = self.writer.write(Write::publish(
+            self.names.session(client_id),
+            format!("s-{}-{}-{n}", self.node, self.boot),
             payload,
-            room: None,
-        });
+        ));
         if written.is_err() {
             tracing::error!(%client_id, "session record not written to the cluster (write buffer full)");
         }
@@ -150,9 +156,19 @@ impl Sessions {
             record.expiry_secs != u32::MAX
                 && since.saturating_add(u64::from(record.expiry_secs) * 1000) < unix_ms_now()
         });
-        (!expired).then(|| HandedOver {
+        if expired {
+            return None;
+        }
+        let messages = match self.queues.load(client_id).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::error!(%client_id, %error, "could not read the session's queued messages from the cluster; resuming without them");
+                Vec::new()
+            }
+        };
+        Some(HandedOver {
             record,
-            messages: Vec::new(),
+            messages,
             incoming_qos2: Vec::new(),
         })
     }
@@ -161,15 +177,30 @@ impl Sessions {
         let _ = self.give_up.set(give_up);
     }
 
+    /// This node serves `client_id` now: answer other nodes' claims, from
+    /// the moment the server has the subscription (waited for at most
+    /// `HOLD_WAIT`, so that a CONNECT on another node right after this
+    /// one's CONNACK finds it).
+    pub async fn hold_now(&self, client_id: &str) {
+        if let Some(subscribed) = self.hold_with_signal(client_id) {
+            let _ = tokio::time::timeout(HOLD_WAIT, subscribed).await;
+        }
+    }
+
     /// This node serves `client_id` now: answer other nodes' claims.
     pub fn hold(&self, client_id: &str) {
+        let _ = self.hold_with_signal(client_id);
+    }
+
+    /// Starts holding `client_id`; the receiver resolves once the NATS
+    /// server has the subscription. `None` when it was held already.
+    fn hold_with_signal(&self, client_id: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let mut held = self.held.lock();
         if held.contains_key(client_id) {
-            return;
+            return None;
         }
-        let Some(give_up) = self.give_up.get().cloned() else {
-            return;
-        };
+        let give_up = self.give_up.get().cloned()?;
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let (client, subject, id) = (
             self.client.clone(),
             self.names.client(client_id),
@@ -177,6 +208,7 @@ impl Sessions {
         );
         let node = self.node.clone();
         let task = tokio::spawn(async move {
+            let subject_of_probe = subject.clone();
             let mut subscription = match client.subscribe(subject).await {
                 Ok(s) => s,
                 Err(error) => {
@@ -184,7 +216,17 @@ impl Sessions {
                     return;
                 }
             };
+            // An empty message (no claim: every holder ignores it) comes
+            // back once the server has the subscription.
+            let mut subscribed_tx = Some(subscribed_tx);
+            let _ = client.publish(subject_of_probe, Bytes::new()).await;
             while let Some(request) = subscription.next().await {
+                if request.payload.is_empty() {
+                    if let Some(subscribed) = subscribed_tx.take() {
+                        let _ = subscribed.send(());
+                    }
+                    continue;
+                }
                 let Ok(claim) = postcard::from_bytes::<Claim>(&request.payload) else {
                     continue;
                 };
@@ -204,6 +246,7 @@ impl Sessions {
             }
         });
         held.insert(client_id.to_string(), task.abort_handle());
+        Some(subscribed)
     }
 
     /// Stops answering for every client id (shutdown): the other nodes

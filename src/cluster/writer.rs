@@ -39,7 +39,7 @@ const SETTLE_WAIT: Duration = Duration::from_millis(500);
 /// Told about each acknowledged room post: its room and `seq`.
 pub(crate) type RoomAcknowledged = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
-/// One write: a message for a stream subject.
+/// One write: a message for a stream subject, or a removal.
 pub(crate) struct Write {
     pub subject: String,
     /// JetStream de-duplicates by it: a retry is stored once.
@@ -48,9 +48,48 @@ pub(crate) struct Write {
     /// A room message (its room): the commit also waits until this node
     /// applied it.
     pub room: Option<Arc<str>>,
+    pub action: Action,
+}
+
+/// What a write does.
+pub(crate) enum Action {
+    /// Stores `payload` on `subject`.
+    Publish,
+    /// Removes what `subject` (a filter) holds in the named stream, after
+    /// the publishes queued before it are acknowledged (a message's own
+    /// removal: its subject is unique, so it need not wait for more).
+    Remove(Arc<str>),
+    /// The same, and nothing queued after it is sent before it is done
+    /// (clearing a subject that later writes fill again).
+    RemoveBeforeLater(Arc<str>),
 }
 
 impl Write {
+    /// A write that stores `payload` on `subject`.
+    pub fn publish(subject: String, msg_id: String, payload: Bytes) -> Write {
+        Write {
+            subject,
+            msg_id,
+            payload,
+            room: None,
+            action: Action::Publish,
+        }
+    }
+
+    /// A write that removes what `filter` holds in `stream`.
+    pub fn remove(stream: Arc<str>, filter: String, before_later: bool) -> Write {
+        Write {
+            subject: filter,
+            msg_id: String::new(),
+            payload: Bytes::new(),
+            room: None,
+            action: match before_later {
+                true => Action::RemoveBeforeLater(stream),
+                false => Action::Remove(stream),
+            },
+        }
+    }
+
     /// What it counts for in `cluster.write_buffer_bytes`.
     fn size(&self) -> usize {
         self.payload.len() + self.subject.len()
@@ -199,7 +238,12 @@ impl Writer {
                     None => return,
                 }
             }
-            while batch.len() < MAX_BATCH {
+            // A removal that later writes must not overtake closes the batch.
+            while batch.len() < MAX_BATCH
+                && !batch
+                    .last()
+                    .is_some_and(|(_, w)| matches!(w.action, Action::RemoveBeforeLater(_)))
+            {
                 match rx.try_recv() {
                     Ok(w) => batch.push(w),
                     Err(_) => break,
@@ -212,9 +256,63 @@ impl Writer {
         }
     }
 
-    /// Sends a batch in order and waits for its acknowledgements; returns
-    /// the writes that failed.
+    /// Sends a batch's publishes in order and waits for their
+    /// acknowledgements, then its removals; returns the writes that failed.
     async fn send_batch(&self, js: &jetstream::Context, batch: Vec<(u64, Write)>) -> Vec<(u64, Write)> {
+        let (publishes, removals): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(_, w)| matches!(w.action, Action::Publish));
+        let mut failed = self.send_publishes(js, publishes).await;
+        if failed.is_empty() {
+            failed = self.send_removals(js, removals).await;
+        } else {
+            // Not before the publishes they follow are stored.
+            failed.extend(removals);
+            failed.sort_by_key(|(id, _)| *id);
+        }
+        failed
+    }
+
+    /// Removals, all at once (their subjects do not overlap the ones
+    /// published with them).
+    async fn send_removals(&self, js: &jetstream::Context, removals: Vec<(u64, Write)>) -> Vec<(u64, Write)> {
+        let results = futures_util::future::join_all(removals.into_iter().map(|(id, write)| async move {
+            let stream = match &write.action {
+                Action::Remove(stream) | Action::RemoveBeforeLater(stream) => stream.clone(),
+                Action::Publish => return (id, write, Ok(())),
+            };
+            let result = match js.get_stream_no_info(&*stream).await {
+                Ok(stream) => stream
+                    .purge()
+                    .filter(write.subject.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (id, write, result)
+        }))
+        .await;
+        let mut failed = Vec::new();
+        let mut error = None;
+        for (id, write, result) in results {
+            match result {
+                Ok(()) => {
+                    self.queued_bytes.fetch_sub(write.size(), Ordering::AcqRel);
+                    self.acknowledged(id, None);
+                }
+                Err(e) => {
+                    error = Some(e);
+                    failed.push((id, write));
+                }
+            }
+        }
+        self.report(error, failed.len());
+        failed
+    }
+
+    /// Publishes in order; waits for their acknowledgements.
+    async fn send_publishes(&self, js: &jetstream::Context, batch: Vec<(u64, Write)>) -> Vec<(u64, Write)> {
         let mut pending = Vec::with_capacity(batch.len());
         for (id, write) in batch {
             let mut headers = async_nats::HeaderMap::new();
@@ -251,14 +349,18 @@ impl Writer {
                 }
             }
         }
+        self.report(error, failed.len());
+        failed
+    }
+
+    /// Marks the store's health after a round of writes.
+    fn report(&self, error: Option<String>, failed: usize) {
         match error {
             Some(e) => self.health.failed(&StoreError::Io(format!(
-                "JetStream did not acknowledge {} write(s) (quorum lost?): {e}",
-                failed.len()
+                "JetStream did not acknowledge {failed} write(s) (quorum lost?): {e}"
             ))),
             None => self.health.worked(),
         }
-        failed
     }
 }
 
@@ -288,12 +390,7 @@ mod tests {
     #[test]
     fn writes_beyond_the_buffer_are_refused_until_acknowledged() {
         let (writer, _rx) = Writer::new(Arc::new(StoreHealth::default()), 100);
-        let write = |n: usize| Write {
-            subject: "s".into(),
-            msg_id: "m".into(),
-            payload: Bytes::from(vec![0u8; n]),
-            room: None,
-        };
+        let write = |n: usize| Write::publish("s".into(), "m".into(), Bytes::from(vec![0u8; n]));
         assert!(writer.write(write(60)).is_ok());
         assert!(
             writer.write(write(60)).is_err(),

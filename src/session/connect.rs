@@ -251,7 +251,18 @@ async fn claim_session(
     if let Some(cluster) = &shared.cluster {
         let handed = cluster.sessions.claim(client_id, connect.clean_start).await;
         if let (Some(handed), None) = (handed, shared.registry.get(client_id)) {
-            super::restore_sessions(shared, vec![handed.into_loaded(client_id)]);
+            let loaded = handed.into_loaded(client_id);
+            // Its plain messages are this node's to keep now (and the
+            // cluster's copy is made again under this node's name).
+            cluster.adopting_queue_of(client_id);
+            if let Some(store) = &shared.store {
+                for (seq, message) in &loaded.messages {
+                    if let Err(error) = store.put_message(client_id, *seq, message.clone()) {
+                        tracing::error!(%client_id, %error, "could not store a message of a session taken over");
+                    }
+                }
+            }
+            super::restore_sessions(shared, vec![loaded]);
         }
     }
     let claimed = shared
@@ -259,7 +270,7 @@ async fn claim_session(
         .claim(shared, client_id, connect.clean_start, principal)
         .await;
     if let (Ok(_), Some(cluster)) = (&claimed, &shared.cluster) {
-        cluster.sessions.hold(client_id);
+        cluster.sessions.hold_now(client_id).await;
     }
     claimed.map_err(|refusal| {
         if let Some(identity) = &principal.identity {

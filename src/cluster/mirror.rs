@@ -1,0 +1,133 @@
+//! Cluster mode's store: the node's own store, with every write to a
+//! persistent session's queue of plain messages passed on to JetStream
+//! (`queues.rs`), so the queue outlives the node.
+
+use std::sync::Arc;
+
+use super::queues::Queues;
+use crate::store::{
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
+    StoreError,
+};
+
+/// A store whose session-queue writes are also made in the cluster.
+pub(crate) struct Mirrored {
+    inner: Arc<dyn Store>,
+    queues: Arc<Queues>,
+}
+
+impl Mirrored {
+    pub fn new(inner: Arc<dyn Store>, queues: Arc<Queues>) -> Mirrored {
+        Mirrored { inner, queues }
+    }
+}
+
+impl Store for Mirrored {
+    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
+        self.queues.put(client_id, seq, &message);
+        self.inner.put_message(client_id, seq, message)
+    }
+
+    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
+        self.queues.put(client_id, seq, &message);
+        self.inner.update_message(client_id, seq, message)
+    }
+
+    fn set_packet_id(
+        &self,
+        client_id: &str,
+        seq: u64,
+        packet_id: u16,
+        record: &dyn Fn() -> QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.queues.put(client_id, seq, &record());
+        self.inner.set_packet_id(client_id, seq, packet_id, record)
+    }
+
+    fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
+        self.queues.remove(client_id, seq);
+        self.inner.remove_message(client_id, seq)
+    }
+
+    fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
+        self.queues.remove_session(client_id);
+        self.inner.remove_session(client_id)
+    }
+
+    // Everything else is the node's own.
+
+    fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
+        self.inner.put_retained(topic, message)
+    }
+
+    fn load_retained(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        self.inner.load_retained()
+    }
+
+    fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
+        self.inner.put_session(client_id, session)
+    }
+
+    fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
+        self.inner.load_sessions()
+    }
+
+    fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.inner.put_incoming_qos2(client_id, packet_id)
+    }
+
+    fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
+        self.inner.remove_incoming_qos2(client_id, packet_id)
+    }
+
+    fn append_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.inner.append_room(room, seq, record)
+    }
+
+    fn room_range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
+        self.inner.room_range(room, after, before, limit, newest)
+    }
+
+    fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
+        self.inner.reserve_room_seqs(room, up_to)
+    }
+
+    fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError> {
+        self.inner.room_heads()
+    }
+
+    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+        self.inner.trim_room(room, below)
+    }
+
+    fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
+        self.inner.put_dedup(key, entry)
+    }
+
+    fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
+        self.inner.load_dedup()
+    }
+
+    fn writes(&self) -> u64 {
+        self.inner.writes()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+
+    fn close(&self) {
+        self.inner.close()
+    }
+}
