@@ -39,6 +39,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("{0}")]
+    Admin(String),
 }
 
 impl From<crate::server::ListenError> for StartError {
@@ -143,6 +145,9 @@ impl Broker {
             (Some(store), Durability::Flush, None) => Some(GroupCommit::start(store.clone(), commit_delay)),
             _ => None,
         };
+        if let Some(commit) = &commit {
+            commit.observe_in(metrics.clone());
+        }
         // In a cluster the room logs live in JetStream; this node keeps a
         // copy in memory, loaded from the stream at start.
         let chat = match &cluster {
@@ -218,11 +223,24 @@ impl Broker {
         if shared.store.is_some() {
             tracker.spawn(watch_store(shared.clone()));
         }
+        let admin_addr = match shared.config.admin_listen {
+            Some(addr) => {
+                let admin = crate::admin::Admin::bind(addr, &shared)
+                    .await
+                    .map_err(|e| StartError::Admin(e.to_string()))?;
+                let bound = admin.local_addr();
+                tracker.spawn(admin.serve(shared.clone()));
+                tracing::info!(admin = ?bound, "admin listener: /metrics, /healthz, /readyz");
+                bound
+            }
+            None => None,
+        };
         tracing::info!(%local_addr, "roomq listening");
         Ok(BrokerHandle {
             shared,
             local_addr,
             local_addrs,
+            admin_addr,
             tls,
             tracker,
         })
@@ -234,6 +252,8 @@ pub struct BrokerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     local_addrs: Vec<(ListenerKind, SocketAddr)>,
+    /// Where the admin listener is bound (`admin_listen`).
+    admin_addr: Option<SocketAddr>,
     /// Certificates of the TLS listeners, for `reload`.
     tls: Vec<Arc<crate::server::ReloadableTls>>,
     tracker: TaskTracker,
@@ -248,6 +268,12 @@ impl BrokerHandle {
     /// Every listener's kind and bound address, in configuration order.
     pub fn local_addrs(&self) -> &[(ListenerKind, SocketAddr)] {
         &self.local_addrs
+    }
+
+    /// Where the admin listener serves `/metrics`, `/healthz` and
+    /// `/readyz` (`admin_listen`; useful with port 0), if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Reloads what can change without a restart (the binary does it on
@@ -291,6 +317,8 @@ impl BrokerHandle {
         let peer = crate::server::Peer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             cert_name: crate::server::CertName::NotUsed,
+            // In-process connections count as plain MQTT.
+            listener: 0,
         };
         self.tracker.spawn(async move {
             shared
@@ -358,7 +386,7 @@ impl BrokerHandle {
     /// Publishes a message from inside the process, without a socket.
     /// Returns how many sessions it was delivered to.
     pub fn publish(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> usize {
-        self.shared.metrics.messages_received.inc();
+        self.shared.metrics.messages_received[usize::from(qos.value())].inc();
         self.shared
             .router
             .publish(Message::new(topic, payload.into(), qos, retain))

@@ -4,6 +4,8 @@
 //! `tests/architecture.rs` keeps it so):
 //! - [`broker`]: [`Broker`] (build, start) and [`BrokerHandle`] (address,
 //!   in-process publish/subscribe, shutdown): the public facade.
+//! - `admin`: the admin listener (`admin_listen`): `/metrics`, `/healthz`,
+//!   `/readyz` over HTTP.
 //! - `server`: the listeners (TCP, TLS, WebSocket, WebSocket over TLS),
 //!   handshakes, per-IP limits.
 //! - `local`: the in-process client.
@@ -16,8 +18,8 @@
 //!   de-duplication, presence, typing, receipts, history, alert rules
 //!   (`topics.md`).
 //! - `cluster`: cluster mode on NATS JetStream (`[cluster]`): room logs in
-//!   a stream every node follows, plain messages by node interest,
-//!   retained messages, takeover across nodes.
+//!   a stream each node reads by interest, plain messages by node
+//!   interest, retained messages, takeover across nodes.
 //! - [`router`]: the subscription trie, retained messages, fan-out to
 //!   [`router::Subscriber`]s (sessions implement it).
 //! - [`store`]: the `Store` trait, sled and in-memory implementations,
@@ -26,7 +28,8 @@
 //! - [`config`]: [`Config`], every setting and limit, and its layers.
 //! - [`protocol`]: the only module that knows the wire codec; packet
 //!   validation and 3.1.1/5.0 translation.
-//! - [`metrics`]: counters and `$SYS` topics.
+//! - [`metrics`]: counters and histograms, read by `$SYS` topics and
+//!   `/metrics`.
 //!
 //! The path of a PUBLISH, forward only:
 //! 1. `session/io.rs` reads bytes; `protocol/frame.rs` decodes a packet.
@@ -57,6 +60,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod auth;
 pub mod broker;
 pub mod chat;

@@ -36,6 +36,9 @@ pub struct Message {
     /// presence: a restart marks everyone offline anyway, and one store
     /// write per connection cost about 800 bytes of sled cache each).
     pub retain_in_memory: bool,
+    /// When its PUBLISH was read (for `roomq_publish_to_delivery_seconds`);
+    /// `None` for messages the broker makes itself.
+    pub received_at: Option<Instant>,
 }
 
 /// Where a chat message sits in its room's log.
@@ -60,6 +63,7 @@ impl Message {
             room: None,
             ephemeral: false,
             retain_in_memory: false,
+            received_at: None,
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom; a module may use only the ones after it.
 const LAYERS: &[&str] = &[
-    "broker", "server", "local", "session", "auth", "chat", "cluster", "router", "store", "message",
+    "broker", "admin", "server", "local", "session", "auth", "chat", "cluster", "router", "store", "message",
     "config", "protocol", "metrics",
 ];
 

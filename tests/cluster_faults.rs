@@ -416,16 +416,7 @@ async fn a_sessions_plain_messages_outlive_its_node() {
     while bodies.len() < 5 {
         match device.recv5().await {
             Got::Packet(Packet::Publish(p)) => {
-                if let Some(id) = p.packet_id {
-                    device
-                        .send5(Packet::PublishAck(v5::PublishAck {
-                            packet_id: id,
-                            reason_code: PublishAckReason::Success,
-                            properties: Vec::new(),
-                            reason_string: None,
-                        }))
-                        .await;
-                }
+                common::chat::ack_publish5(&mut device, &p).await;
                 bodies.push(p.payload.clone());
             }
             Got::Packet(_) => {}

@@ -20,6 +20,7 @@ impl Chat {
         room: &str,
         request: &Message,
     ) -> PublishAckReason {
+        self.counters.history_requests.inc();
         let query: HistoryRequest = if request.payload.is_empty() {
             HistoryRequest::default()
         } else {

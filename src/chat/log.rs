@@ -125,6 +125,11 @@ impl RoomLog {
             .clone()
     }
 
+    /// Rooms this broker holds a log of.
+    pub fn len(&self) -> usize {
+        self.rooms.read().len()
+    }
+
     /// Whether a message may go into `name` with at most `max_rooms` rooms:
     /// an existing room always, a new one while there is room for it.
     pub fn may_hold(&self, name: &str, max_rooms: usize) -> bool {

@@ -81,6 +81,8 @@ pub struct ChatCounters {
     pub typing_dropped: crate::metrics::Counter,
     /// Chat publishes refused: wrong sender, not a member, bad payload.
     pub refused: crate::metrics::Counter,
+    /// History requests answered.
+    pub history_requests: crate::metrics::Counter,
 }
 
 /// A room message as it arrives, before it gets a `seq`.
@@ -92,6 +94,8 @@ pub(crate) struct Post<'a> {
     pub qos: QoS,
     pub user_properties: Vec<(String, String)>,
     pub publisher: Option<Arc<str>>,
+    /// When its PUBLISH was read (delivery latency).
+    pub received_at: Option<Instant>,
 }
 
 impl Post<'_> {
@@ -162,7 +166,7 @@ impl Chat {
             Ok(key) => key,
             Err(seq) => return Ok((seq, false)),
         };
-        let publisher = post.publisher.clone();
+        let (publisher, received_at) = (post.publisher.clone(), post.received_at);
         let mut record = post.into_record();
         // The de-dup entry is written before the message: a crash between
         // the two leaves an entry without its message, which loading drops
@@ -183,7 +187,8 @@ impl Chat {
             }
         };
         self.counters.messages.inc();
-        let message = room_message(&room.name, seq, record, publisher);
+        let mut message = room_message(&room.name, seq, record, publisher);
+        message.received_at = received_at;
         match &self.uncommitted {
             Some(queue) => queue.push(room.clone(), seq, message),
             None => {
@@ -302,6 +307,16 @@ impl Chat {
 
     pub(crate) fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    /// Rooms this broker holds a log of.
+    pub fn rooms(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Users with a device connected to this broker.
+    pub fn online_users(&self) -> usize {
+        self.presence.online_here()
     }
 
     /// Forgets retained "offline" presence older than `retention` (a user

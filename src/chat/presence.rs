@@ -63,6 +63,11 @@ impl Presence {
         }
     }
 
+    /// Users with a device connected to this node.
+    pub fn online_here(&self) -> usize {
+        self.users.lock().values().filter(|u| u.devices > 0).count()
+    }
+
     /// Tells the other nodes this node's count for `user`.
     fn tell_others(&self, user: &str, entry: Option<&UserPresence>) {
         let Some(link) = &self.link else {

@@ -141,6 +141,7 @@ impl Chat {
                 qos: message.qos,
                 user_properties: other_user_properties(message),
                 publisher: Some(who.client_id.clone()),
+                received_at: message.received_at,
             };
             if let Err(e) = self.post(router, post) {
                 tracing::error!(%room, error = %e, "could not store an alert in its room");
@@ -165,6 +166,7 @@ impl Chat {
             qos: message.qos,
             user_properties: other_user_properties(message),
             publisher: Some(who.client_id.clone()),
+            received_at: message.received_at,
         };
         match self.post(router, post) {
             Ok(_) => PublishAckReason::Success,

@@ -151,6 +151,11 @@ impl Cluster {
         }))
     }
 
+    /// Whether this node's NATS connection is up (`/readyz`).
+    pub fn nats_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// What the group commit waits for: JetStream's acknowledgements.
     pub fn barrier(&self) -> Arc<dyn CommitBarrier> {
         self.writer.clone()

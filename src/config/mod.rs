@@ -136,6 +136,9 @@ pub struct Config {
     pub retain_available: bool,
     /// Seconds between `$SYS/broker/...` updates (0 = off).
     pub sys_interval_secs: u64,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz` over plain
+    /// HTTP); unset = off. Keep it on loopback or a private network.
+    pub admin_listen: Option<SocketAddr>,
     /// Authentication (`[auth]`).
     pub auth: AuthConfig,
     /// Topic rules for non-chat topics (`[[acl]]`); none = everything allowed.
@@ -275,6 +278,18 @@ pub enum ListenerKind {
     Wss,
 }
 
+impl ListenerKind {
+    /// Its position in `metrics::LISTENERS` (`roomq_connections{listener}`).
+    pub fn metrics_index(self) -> usize {
+        match self {
+            ListenerKind::Tcp => 0,
+            ListenerKind::Tls => 1,
+            ListenerKind::Ws => 2,
+            ListenerKind::Wss => 3,
+        }
+    }
+}
+
 /// One listener: `{ kind = "tls", bind = "0.0.0.0:8883", cert = "cert.pem", key = "key.pem" }`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -385,6 +400,7 @@ impl Default for Config {
             topic_alias_maximum: 64,
             retain_available: true,
             sys_interval_secs: 10,
+            admin_listen: None,
             auth: AuthConfig::default(),
             acl: Vec::new(),
             max_publish_rate: 0,

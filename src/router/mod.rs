@@ -93,6 +93,8 @@ pub struct Router {
     store: Option<Arc<dyn Store>>,
     /// The other nodes of a cluster, once connected.
     outbound: std::sync::OnceLock<Arc<dyn Outbound>>,
+    /// Subscriptions in the trie (`roomq_subscriptions`).
+    subscriptions: std::sync::atomic::AtomicUsize,
 }
 
 impl Router {
@@ -103,7 +105,13 @@ impl Router {
             retain_available,
             store,
             outbound: std::sync::OnceLock::new(),
+            subscriptions: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Subscriptions held now (every session's, shared ones included).
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Connects the router to the other nodes of a cluster (once).
@@ -325,6 +333,10 @@ impl Router {
             Some(s) => self.trie.insert(s.filter, Some(s.group), entry),
             None => self.trie.insert(filter, None, entry),
         };
+        if !replaced {
+            self.subscriptions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let (false, Some(outbound)) = (replaced, self.outbound.get()) {
             match shared {
                 Some(s) => outbound.interest(s.filter, Some(s.group), true),
@@ -345,6 +357,10 @@ impl Router {
             Some(s) => self.trie.remove(s.filter, Some(s.group), session),
             None => self.trie.remove(filter, None, session),
         };
+        if removed {
+            self.subscriptions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let (true, Some(outbound)) = (removed, self.outbound.get()) {
             match shared {
                 Some(s) => outbound.interest(s.filter, Some(s.group), false),

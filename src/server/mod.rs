@@ -187,6 +187,7 @@ async fn upgrade(
     let mut peer = Peer {
         addr,
         cert_name: CertName::NotUsed,
+        listener: listener.config.kind.metrics_index(),
     };
     let max_frame = shared.config.max_packet_size as usize + 8;
     let max_write_buffer = shared.config.ws_max_write_buffer_bytes;

@@ -116,7 +116,8 @@ pub(crate) async fn accept(
         ..Default::default()
     });
     send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
-    shared.metrics.clients_connected.inc();
+    shared.metrics.connections[io.listener].inc();
+    shared.metrics.connections_opened.inc();
     tracing::debug!(%client_id, ?version, present = claimed.present, "client connected");
 
     Some(Connection {

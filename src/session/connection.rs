@@ -119,8 +119,9 @@ pub async fn serve(
         let config = &shared.config;
         let mut io = Io::new(
             stream,
-            peer.addr,
+            &peer,
             config.max_packet_size.min(config.max_connect_packet_size),
+            shared.metrics.clone(),
         );
         let first = match tokio::time::timeout_at(connect_deadline, io.read_packet()).await {
             Err(_) => {
@@ -372,11 +373,35 @@ impl Connection {
                 .presence()
                 .disconnected(&self.shared.router, identity);
         }
-        self.shared.metrics.clients_connected.dec();
+        self.shared.metrics.connections[self.io.listener].dec();
+        self.shared.metrics.connections_closed[close_reason(&close)].inc();
         drop(self.guard.take());
         if matches!(close, Close::ByServer(..) | Close::Revoked) {
             self.io.linger().await;
         }
+    }
+}
+
+/// Where a close counts in `metrics::CLOSE_REASONS`.
+fn close_reason(close: &Close) -> usize {
+    match close {
+        Close::Normal => 0,
+        Close::Lost(_) => 1,
+        Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, _) => 2,
+        Close::ByServer(DisconnectReasonCode::SessionTakenOver, _) => 3,
+        Close::ByServer(
+            DisconnectReasonCode::MalformedPacket
+            | DisconnectReasonCode::ProtocolError
+            | DisconnectReasonCode::TopicNameInvalid
+            | DisconnectReasonCode::TopicFilterInvalid
+            | DisconnectReasonCode::PacketTooLarge
+            | DisconnectReasonCode::TopicAliasInvalid
+            | DisconnectReasonCode::ReceiveMaximumExceeded,
+            _,
+        ) => 4,
+        Close::ByServer(..) => 5,
+        Close::Revoked => 6,
+        Close::Shutdown => 7,
     }
 }
 

@@ -41,17 +41,28 @@ pub(crate) struct Io {
     /// read in big chunks until it goes quiet.
     busy: bool,
     pub out: BytesMut,
+    /// Which kind of listener the client came through (`metrics::LISTENERS`).
+    pub listener: usize,
+    /// Bytes in and out are counted here.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Io {
-    pub(super) fn new(stream: Box<dyn Stream>, peer: SocketAddr, max_packet_size: u32) -> Self {
+    pub(super) fn new(
+        stream: Box<dyn Stream>,
+        peer: &Peer,
+        max_packet_size: u32,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Io {
             stream,
-            peer,
+            peer: peer.addr,
             codec: Codec::new(max_packet_size),
             rbuf: BytesMut::with_capacity(IDLE_READ_BUFFER),
             busy: false,
             out: BytesMut::new(),
+            listener: peer.listener,
+            metrics,
         }
     }
 
@@ -62,6 +73,7 @@ impl Io {
         }
         let spare = self.rbuf.capacity() - self.rbuf.len();
         let n = self.stream.read_buf(&mut self.rbuf).await?;
+        self.metrics.bytes_received.add(n as u64);
         self.busy = n >= spare;
         Ok(n)
     }
@@ -92,6 +104,7 @@ impl Io {
         self.stream.write_all(&self.out).await?;
         // TLS and WebSocket buffer inside the stream; TCP ignores this.
         self.stream.flush().await?;
+        self.metrics.bytes_sent.add(self.out.len() as u64);
         self.out.clear();
         if self.out.capacity() > 4 * WRITE_BATCH {
             self.out = BytesMut::new();
@@ -155,6 +168,8 @@ pub struct Peer {
     /// The name the client certificate gives, on an mTLS listener with
     /// `use_identity_as_username`.
     pub cert_name: CertName,
+    /// The kind of listener it came through (`metrics::LISTENERS` index).
+    pub listener: usize,
 }
 
 /// The username a client certificate gives.

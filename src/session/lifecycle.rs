@@ -186,8 +186,9 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
         room: None,
         ephemeral: false,
         retain_in_memory: false,
+        received_at: None,
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");
-    shared.metrics.messages_received.inc();
+    shared.metrics.messages_received[usize::from(message.qos.value())].inc();
     route_as(shared, &principal, client_id, message);
 }

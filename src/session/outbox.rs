@@ -119,7 +119,11 @@ impl Connection {
             .encode(Packet::Publish(Box::new(publish)), &mut self.io.out)
         {
             Ok(()) => {
-                self.shared.metrics.messages_sent.inc();
+                let metrics = &self.shared.metrics;
+                metrics.messages_sent[usize::from(d.qos.value())].inc();
+                if let Some(received) = d.message.received_at {
+                    metrics.publish_to_delivery.observe_duration(received.elapsed());
+                }
                 true
             }
             Err(EncodeError::TooLarge) => {

@@ -138,7 +138,7 @@ impl Connection {
         }
 
         let message = self.to_message(publish);
-        self.shared.metrics.messages_received.inc();
+        self.shared.metrics.messages_received[usize::from(qos.value())].inc();
         let room_post = message.topic.starts_with("rooms/");
         let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
         if room_post && u8::from(reason) < 0x80 {
@@ -294,6 +294,7 @@ impl Connection {
             room: None,
             ephemeral: false,
             retain_in_memory: false,
+            received_at: Some(tokio::time::Instant::now()),
         }
     }
 }

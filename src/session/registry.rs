@@ -48,6 +48,13 @@ impl Registry {
         self.sessions.lock().len()
     }
 
+    /// Messages queued or in flight over every session (read at scrape
+    /// time: one lock per session, after the registry's).
+    pub fn pending_total(&self) -> usize {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        sessions.iter().map(|s| s.pending_count()).sum()
+    }
+
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.sessions.lock().get(client_id).cloned()
     }

@@ -54,6 +54,8 @@ pub struct GroupCommit {
     delay: Duration,
     /// Flushes done, for the benchmark and tests.
     pub flushes: AtomicU64,
+    /// Where each flush's duration and size are observed (`/metrics`).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl GroupCommit {
@@ -77,6 +79,7 @@ impl GroupCommit {
             wake: (Mutex::new(false), Condvar::new()),
             delay,
             flushes: AtomicU64::new(0),
+            metrics: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&gc);
         let spawned = std::thread::Builder::new()
@@ -92,6 +95,11 @@ impl GroupCommit {
             tracing::error!(%error, "cannot start the group-commit flusher thread");
         }
         gc
+    }
+
+    /// Observes every flush in `metrics` from now on (set once).
+    pub fn observe_in(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// A ticket covering every write made before this call.
@@ -143,11 +151,17 @@ impl GroupCommit {
         if target <= durable {
             return false;
         }
+        let started = std::time::Instant::now();
         let flushed = store
             .flush()
             .and_then(|()| self.barrier.as_ref().map_or(Ok(()), |b| b.settle()));
         match flushed {
             Ok(()) => {
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.store_flush_duration.observe_duration(started.elapsed());
+                    // Tickets: the acknowledgements this flush releases.
+                    metrics.store_flush_batch.observe_units(target - durable);
+                }
                 self.flushes.fetch_add(1, Ordering::Relaxed);
                 self.durable.send_replace(target);
                 target - durable > 1

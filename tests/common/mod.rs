@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod http;
 pub mod nats;
 
 use std::net::SocketAddr;

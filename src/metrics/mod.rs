@@ -1,7 +1,29 @@
-//! Counters the broker keeps about itself, published on `$SYS/broker/...`.
+//! Counters the broker keeps about itself: one source for `$SYS/broker/...`
+//! and for the admin listener's `/metrics` (`admin/`).
+
+mod histogram;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::Instant;
+
+pub use histogram::{Histogram, BATCH_BUCKETS, LATENCY_BUCKETS};
+
+/// The listener kinds, as `roomq_connections{listener}` names them; a
+/// connection's kind is its index here.
+pub const LISTENERS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+
+/// Why connections closed, as `roomq_connections_closed{reason}` names
+/// them; `ConnectionsClosed::count` takes the index.
+pub const CLOSE_REASONS: [&str; 8] = [
+    "normal",
+    "lost",
+    "keepalive",
+    "taken_over",
+    "protocol_error",
+    "server",
+    "revoked",
+    "shutdown",
+];
 
 /// A monotonically increasing (or, for gauges, up-and-down) counter.
 #[derive(Default, Debug)]
@@ -26,12 +48,19 @@ impl Counter {
 #[derive(Debug)]
 pub struct Metrics {
     pub started: Instant,
-    /// Clients connected now.
-    pub clients_connected: Counter,
-    /// PUBLISH packets received from clients or the in-process API.
-    pub messages_received: Counter,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: Counter,
+    /// Clients connected now, per listener kind (`LISTENERS`).
+    pub connections: [Counter; 4],
+    /// MQTT connections accepted (CONNACK 0) since start.
+    pub connections_opened: Counter,
+    /// Accepted connections closed, per reason (`CLOSE_REASONS`).
+    pub connections_closed: [Counter; 8],
+    /// PUBLISH packets received from clients or the in-process API, per QoS.
+    pub messages_received: [Counter; 3],
+    /// PUBLISH packets sent to clients, per QoS.
+    pub messages_sent: [Counter; 3],
+    /// Bytes read from and written to clients' connections.
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
     /// Messages not delivered because a session's queue was full.
     pub messages_dropped_queue_full: Counter,
     /// QoS 0 messages not queued because the session was offline
@@ -54,15 +83,25 @@ pub struct Metrics {
     /// Publishes refused because the store could not write them within
     /// `store_stall_timeout_ms` (a full disk).
     pub publishes_refused_store: Counter,
+    /// From a PUBLISH read to its copy written to a subscriber's socket.
+    pub publish_to_delivery: Histogram,
+    /// Group commits: how long each flush took, and how many writes it
+    /// made durable.
+    pub store_flush_duration: Histogram,
+    pub store_flush_batch: Histogram,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: Instant::now(),
-            clients_connected: Counter::default(),
-            messages_received: Counter::default(),
-            messages_sent: Counter::default(),
+            connections: Default::default(),
+            connections_opened: Counter::default(),
+            connections_closed: Default::default(),
+            messages_received: Default::default(),
+            messages_sent: Default::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
             messages_dropped_queue_full: Counter::default(),
             messages_dropped_offline_qos0: Counter::default(),
             messages_expired: Counter::default(),
@@ -73,8 +112,16 @@ impl Default for Metrics {
             acl_denied: Counter::default(),
             rate_limited: Counter::default(),
             publishes_refused_store: Counter::default(),
+            publish_to_delivery: Histogram::seconds(),
+            store_flush_duration: Histogram::seconds(),
+            store_flush_batch: Histogram::new(BATCH_BUCKETS, 1.0),
         }
     }
+}
+
+/// The sum of a family's counters.
+pub fn total(counters: &[Counter]) -> u64 {
+    counters.iter().map(Counter::get).sum()
 }
 
 impl Metrics {
@@ -88,13 +135,16 @@ impl Metrics {
             ),
             (
                 "$SYS/broker/clients/connected",
-                self.clients_connected.get().to_string(),
+                total(&self.connections).to_string(),
             ),
             (
                 "$SYS/broker/messages/received",
-                self.messages_received.get().to_string(),
+                total(&self.messages_received).to_string(),
             ),
-            ("$SYS/broker/messages/sent", self.messages_sent.get().to_string()),
+            (
+                "$SYS/broker/messages/sent",
+                total(&self.messages_sent).to_string(),
+            ),
             (
                 "$SYS/broker/messages/dropped",
                 self.messages_dropped_queue_full.get().to_string(),

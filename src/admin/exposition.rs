@@ -1,0 +1,246 @@
+//! `/metrics`: the broker's own counters (`metrics/`, the chat layer's,
+//! the router's), encoded at scrape time with `prometheus-client`. Nothing
+//! is counted twice: `$SYS/broker/...` reads the same counters. Labels
+//! are only small fixed sets (listener kind, QoS, reason), never a room,
+//! topic or client id.
+
+use std::sync::{Arc, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{Counter, Histogram, CLOSE_REASONS, LISTENERS};
+use crate::session::Shared;
+
+/// A registry with one collector reading `shared` at each scrape.
+pub(super) fn registry(shared: &Arc<Shared>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Families {
+        shared: Arc::downgrade(shared),
+    }));
+    registry
+}
+
+struct Families {
+    shared: Weak<Shared>,
+}
+
+impl std::fmt::Debug for Families {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("roomq metric families")
+    }
+}
+
+type Result = std::result::Result<(), std::fmt::Error>;
+
+impl Collector for Families {
+    fn encode(&self, mut out: DescriptorEncoder) -> Result {
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(());
+        };
+        let m = &shared.metrics;
+        let chat = &shared.chat;
+
+        let mut listeners = out.encode_descriptor(
+            "roomq_connections",
+            "Clients connected now, by listener kind",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, counter) in LISTENERS.iter().zip(&m.connections) {
+            ConstGauge::new(counter.get() as i64).encode(listeners.encode_family(&[("listener", *name)])?)?;
+        }
+        gauge(
+            &mut out,
+            "roomq_sessions",
+            "Sessions held (connected or persistent)",
+            shared.registry.len(),
+        )?;
+        gauge(
+            &mut out,
+            "roomq_subscriptions",
+            "Subscriptions held",
+            shared.router.subscription_count(),
+        )?;
+        gauge(
+            &mut out,
+            "roomq_retained_messages",
+            "Retained messages",
+            shared.router.retained().len(),
+        )?;
+        gauge(
+            &mut out,
+            "roomq_queued_messages",
+            "Messages queued or in flight for sessions",
+            shared.registry.pending_total(),
+        )?;
+        gauge(
+            &mut out,
+            "roomq_rooms",
+            "Rooms with a log on this node",
+            chat.rooms(),
+        )?;
+        gauge(
+            &mut out,
+            "roomq_presence_online",
+            "Users with a device connected to this node",
+            chat.online_users(),
+        )?;
+        let mut build = out.encode_descriptor(
+            "roomq_build_info",
+            "The running version (value 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+
+        let qos = ["0", "1", "2"];
+        labelled_counters(
+            &mut out,
+            "roomq_messages_received",
+            "PUBLISH packets received, by QoS",
+            "qos",
+            &qos,
+            &m.messages_received,
+        )?;
+        labelled_counters(
+            &mut out,
+            "roomq_messages_sent",
+            "PUBLISH packets sent to clients, by QoS",
+            "qos",
+            &qos,
+            &m.messages_sent,
+        )?;
+        let dropped = [
+            ("queue_full", &m.messages_dropped_queue_full),
+            ("offline_qos0", &m.messages_dropped_offline_qos0),
+            ("expired", &m.messages_expired),
+            ("too_large", &m.messages_dropped_too_large),
+        ];
+        let mut family = out.encode_descriptor(
+            "roomq_messages_dropped",
+            "Messages not delivered to a subscriber, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, counter) in dropped {
+            ConstCounter::new(counter.get()).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        counter(
+            &mut out,
+            "roomq_bytes_received",
+            "Bytes read from clients",
+            &m.bytes_received,
+        )?;
+        counter(
+            &mut out,
+            "roomq_bytes_sent",
+            "Bytes written to clients",
+            &m.bytes_sent,
+        )?;
+        counter(
+            &mut out,
+            "roomq_connections_opened",
+            "Connections accepted (CONNACK 0)",
+            &m.connections_opened,
+        )?;
+        labelled_counters(
+            &mut out,
+            "roomq_connections_closed",
+            "Accepted connections closed, by reason",
+            "reason",
+            &CLOSE_REASONS,
+            &m.connections_closed,
+        )?;
+        counter(
+            &mut out,
+            "roomq_auth_failures",
+            "CONNECTs refused for credentials",
+            &m.auth_failures,
+        )?;
+        counter(
+            &mut out,
+            "roomq_authz_denied",
+            "PUBLISH and SUBSCRIBE refused by the ACL or room membership",
+            &m.acl_denied,
+        )?;
+        counter(
+            &mut out,
+            "roomq_room_messages",
+            "Room messages stored",
+            &chat.counters.messages,
+        )?;
+        counter(
+            &mut out,
+            "roomq_dedup_hits",
+            "Room messages acknowledged again but not stored (a retry)",
+            &chat.counters.duplicates,
+        )?;
+        counter(
+            &mut out,
+            "roomq_typing_dropped",
+            "Typing events dropped by typing_min_interval_ms",
+            &chat.counters.typing_dropped,
+        )?;
+        counter(
+            &mut out,
+            "roomq_history_requests",
+            "History requests",
+            &chat.counters.history_requests,
+        )?;
+
+        histogram(
+            &mut out,
+            "roomq_publish_to_delivery_seconds",
+            "From a PUBLISH read to its copy written for a subscriber's socket",
+            &m.publish_to_delivery,
+        )?;
+        histogram(
+            &mut out,
+            "roomq_store_flush_duration_seconds",
+            "Group commits: time to make a batch durable",
+            &m.store_flush_duration,
+        )?;
+        histogram(
+            &mut out,
+            "roomq_store_flush_batch_messages",
+            "Group commits: acknowledgements released per flush",
+            &m.store_flush_batch,
+        )
+    }
+}
+
+fn gauge(out: &mut DescriptorEncoder, name: &str, help: &str, value: usize) -> Result {
+    let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    gauge.encode(out.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+fn counter(out: &mut DescriptorEncoder, name: &str, help: &str, value: &Counter) -> Result {
+    let counter = ConstCounter::new(value.get());
+    counter.encode(out.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+fn labelled_counters(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    counters: &[Counter],
+) -> Result {
+    let mut family = out.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, counter) in values.iter().zip(counters) {
+        ConstCounter::new(counter.get()).encode(family.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
+fn histogram(out: &mut DescriptorEncoder, name: &str, help: &str, histogram: &Histogram) -> Result {
+    let (sum, count, buckets) = histogram.snapshot();
+    out.encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}

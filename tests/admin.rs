@@ -1,0 +1,154 @@
+//! The admin listener (`admin_listen`): `/metrics` moves with the traffic a
+//! client can see, `/healthz` and `/readyz` answer as an orchestrator
+//! expects, and a real Prometheus server scrapes it (`prometheus.rs`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::chat::{ack_publish5, publish_with, send_and_ack, user5};
+use common::*;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::{Broker, Config};
+
+/// The samples of an exposition: `name{labels}` to value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn admin_config() -> Config {
+    Config {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..test_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_clients_did() {
+    let broker = Broker::new(admin_config()).start().await.unwrap();
+    let (addr, admin) = (
+        broker.local_addr(),
+        broker.admin_addr().expect("admin listener on"),
+    );
+    let mut subscriber = Raw::client5(addr, "sub").await;
+    subscriber.subscribe5(1, &[("t/#", opts(QoS::AtLeastOnce))]).await;
+    let mut publisher = Raw::client5(addr, "pub").await;
+    for n in 1..=3u16 {
+        assert_eq!(
+            publisher.publish1_5(n, "t/a", b"one").await.reason_code,
+            PublishAckReason::Success
+        );
+    }
+    publisher.publish0_5("t/b", b"zero").await;
+    publisher.publish0_5("t/b", b"zero").await;
+    for _ in 0..5 {
+        let p = subscriber.publish5().await;
+        ack_publish5(&mut subscriber, &p).await;
+    }
+    // A room message, retried with its msg-id, and a history request.
+    let mut alice = user5(addr, "alice-phone", "alice").await;
+    for _ in 0..2 {
+        let ack = send_and_ack(
+            &mut alice,
+            publish_with("rooms/lobby/msg/alice/m1", b"hi", Some(7), &[]),
+        )
+        .await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
+    }
+    let ack = send_and_ack(
+        &mut alice,
+        publish_with("$history/rooms/lobby", b"", Some(8), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    publisher
+        .send5(Packet::Disconnect(v5::Disconnect::default()))
+        .await;
+    drop(publisher);
+    tokio::time::sleep(QUIET).await;
+
+    let (status, text) = common::http::get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("# EOF\n"), "not OpenMetrics: {text}");
+    let s = samples(&text);
+    let get = |k: &str| *s.get(k).unwrap_or_else(|| panic!("{k} missing from:\n{text}"));
+    assert_eq!(get("roomq_messages_received_total{qos=\"0\"}"), 2.0);
+    // Three plain QoS 1, two room posts and the history request.
+    assert_eq!(get("roomq_messages_received_total{qos=\"1\"}"), 6.0);
+    assert_eq!(get("roomq_messages_sent_total{qos=\"0\"}"), 2.0);
+    assert!(get("roomq_messages_sent_total{qos=\"1\"}") >= 3.0);
+    assert_eq!(get("roomq_connections{listener=\"tcp\"}"), 2.0);
+    assert_eq!(get("roomq_connections_opened_total"), 3.0);
+    assert_eq!(get("roomq_connections_closed_total{reason=\"normal\"}"), 1.0);
+    assert_eq!(get("roomq_room_messages_total"), 1.0);
+    assert_eq!(get("roomq_dedup_hits_total"), 1.0);
+    assert_eq!(get("roomq_history_requests_total"), 1.0);
+    assert_eq!(get("roomq_subscriptions"), 1.0);
+    assert_eq!(get("roomq_rooms"), 1.0);
+    // alice, and "sub" (without an authenticator a client id stands in
+    // for a name); "pub" has left.
+    assert_eq!(get("roomq_presence_online"), 2.0);
+    assert!(get("roomq_bytes_received_total") > 0.0);
+    assert!(get("roomq_bytes_sent_total") > 0.0);
+    assert!(get("roomq_publish_to_delivery_seconds_count") >= 5.0);
+    assert_eq!(
+        get(&format!(
+            "roomq_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    let (status, _) = common::http::get(admin, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = common::http::get(admin, "/readyz").await;
+    assert_eq!(status, 200);
+    let (status, _) = common::http::get(admin, "/nothing").await;
+    assert_eq!(status, 404);
+    broker.shutdown().await;
+}
+
+/// A store that cannot write (here: less free disk than
+/// `min_free_disk_bytes`) makes the broker not ready, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_503_while_the_store_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        min_free_disk_bytes: u64::MAX,
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..sled_config(dir.path())
+    };
+    let broker = Broker::new(config).start().await.unwrap();
+    let admin = broker.admin_addr().unwrap();
+    assert_eq!(common::http::get(admin, "/healthz").await.0, 200);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = common::http::get(admin, "/readyz").await;
+        if status == 503 {
+            assert!(body.contains("store"), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz stayed {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_admin_port_stops_start_up_with_its_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = Config {
+        admin_listen: Some(addr),
+        ..test_config()
+    };
+    let error = Broker::new(config).start().await.err().expect("refused");
+    assert!(error.to_string().contains(&addr.to_string()), "{error}");
+}
