@@ -90,7 +90,8 @@ impl CommitQueue {
             // Revealed first: a replay or history request from now on may
             // read it, and a session that replays it skips the live copy.
             room.reveal(seq);
-            router.publish(message);
+            let outcome = router.publish(message);
+            tracing::debug!(room = %room.name, seq, subscribers = outcome.matched, "room message committed and delivered");
         }
     }
 

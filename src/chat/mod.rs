@@ -157,6 +157,12 @@ impl Chat {
     /// msg-id was seen within the window. Returns the `seq` and whether it
     /// was new.
     pub(crate) fn post(&self, router: &Router, post: Post<'_>) -> Result<(u64, bool), StoreError> {
+        tracing::debug!(
+            room = post.room,
+            sender = post.sender,
+            msg_id = post.msg_id.unwrap_or(""),
+            "room message received"
+        );
         if let Some(cluster) = &self.cluster {
             return self.post_to_cluster(cluster, post);
         }
@@ -187,6 +193,7 @@ impl Chat {
             }
         };
         self.counters.messages.inc();
+        tracing::debug!(room = %room.name, seq, msg_id = record.msg_id.as_deref().unwrap_or(""), "room message stored");
         let mut message = room_message(&room.name, seq, record, publisher);
         message.received_at = received_at;
         match &self.uncommitted {
@@ -266,6 +273,12 @@ impl Chat {
             self.dedup.insert(key, seq);
         }
         self.counters.messages.inc();
+        tracing::debug!(
+            room,
+            seq,
+            msg_id = record.msg_id.as_deref().unwrap_or(""),
+            "room message from the cluster applied"
+        );
         state.reveal(seq);
         router.publish(room_message(&state.name, seq, record, publisher));
     }

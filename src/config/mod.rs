@@ -44,6 +44,18 @@ pub enum StorageKind {
     Sled,
 }
 
+/// How the `roomq` binary writes its log lines (stderr).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the event's fields (client id,
+    /// username, peer; room, `seq`, msg-id) as keys.
+    Json,
+}
+
 /// What an acknowledgement (PUBACK, PUBREC) of a QoS 1/2 message promises.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +186,9 @@ pub struct Config {
     /// Threads of the `roomq` binary's runtime (0 = one per CPU core).
     /// Embedders run the broker on their own runtime and ignore it.
     pub worker_threads: usize,
+    /// The `roomq` binary's log lines: "text" or "json" (embedders set up
+    /// their own `tracing` subscriber).
+    pub log_format: LogFormat,
     /// Listeners of every kind. Empty: one TCP listener on `listen`.
     pub listeners: Vec<ListenerConfig>,
     /// Whether a room not declared in `rooms` is open to everyone or closed.
@@ -414,6 +429,7 @@ impl Default for Config {
             max_retained_bytes: 256 * 1024 * 1024,
             ws_max_write_buffer_bytes: 1024 * 1024,
             worker_threads: 0,
+            log_format: LogFormat::Text,
             listeners: Vec::new(),
             rooms_default: RoomsDefault::Open,
             rooms: Vec::new(),

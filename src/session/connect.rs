@@ -85,7 +85,7 @@ pub(crate) async fn accept(
     let (assigned, client_id, grant, principal, presence_lasting, claimed) = match outcome {
         Ok(accepted) => accepted,
         Err(Refusal::Connack(reason, why)) => {
-            tracing::info!(reason = ?reason, "connection refused: {why}");
+            tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
             send_connack(&mut io, reason, false, None);
             io.flush_final().await;
             io.linger().await;
@@ -93,7 +93,7 @@ pub(crate) async fn accept(
         }
         Err(Refusal::Close(why)) => {
             shared.metrics.protocol_errors.inc();
-            tracing::info!("connection closed: {why}");
+            tracing::info!(peer = %io.peer, "connection closed: {why}");
             io.flush_final().await;
             return None;
         }
@@ -118,7 +118,15 @@ pub(crate) async fn accept(
     send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
     shared.metrics.connections[io.listener].inc();
     shared.metrics.connections_opened.inc();
-    tracing::debug!(%client_id, ?version, present = claimed.present, "client connected");
+    tracing::info!(
+        %client_id,
+        username = principal.username.as_deref().unwrap_or(""),
+        peer = %io.peer,
+        listener = crate::metrics::LISTENERS[io.listener],
+        ?version,
+        session_present = claimed.present,
+        "client connected"
+    );
 
     Some(Connection {
         io,

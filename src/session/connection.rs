@@ -374,7 +374,15 @@ impl Connection {
                 .disconnected(&self.shared.router, identity);
         }
         self.shared.metrics.connections[self.io.listener].dec();
-        self.shared.metrics.connections_closed[close_reason(&close)].inc();
+        let reason = close_reason(&close);
+        self.shared.metrics.connections_closed[reason].inc();
+        tracing::info!(
+            client_id = %self.session.client_id,
+            username = self.principal.username.as_deref().unwrap_or(""),
+            peer = %self.io.peer,
+            reason = crate::metrics::CLOSE_REASONS[reason],
+            "client disconnected"
+        );
         drop(self.guard.take());
         if matches!(close, Close::ByServer(..) | Close::Revoked) {
             self.io.linger().await;

@@ -124,6 +124,9 @@ impl Connection {
                 if let Some(received) = d.message.received_at {
                     metrics.publish_to_delivery.observe_duration(received.elapsed());
                 }
+                if let Some(tag) = &d.message.room {
+                    tracing::debug!(client_id = %self.session.client_id, room = %tag.room, seq = tag.seq, "room message sent");
+                }
                 true
             }
             Err(EncodeError::TooLarge) => {
