@@ -152,3 +152,51 @@ async fn a_taken_admin_port_stops_start_up_with_its_address() {
     let error = Broker::new(config).start().await.err().expect("refused");
     assert!(error.to_string().contains(&addr.to_string()), "{error}");
 }
+
+/// The `roomq_…` names a query uses.
+fn names_in(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("roomq_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_what_metrics_has() {
+    let broker = Broker::new(admin_config()).start().await.unwrap();
+    let (_, text) = common::http::get(broker.admin_addr().unwrap(), "/metrics").await;
+    let exposed: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let queries = common::grafana::dashboard_queries();
+    let used: Vec<String> = queries.iter().flat_map(|q| names_in(q)).collect();
+    for name in &used {
+        assert!(
+            exposed.contains(name.as_str()),
+            "the dashboard queries {name}, /metrics has no such series"
+        );
+    }
+    // It shows what an operator looks at first.
+    for family in [
+        "roomq_connections",
+        "roomq_messages_received_total",
+        "roomq_messages_dropped_total",
+        "roomq_publish_to_delivery_seconds_bucket",
+        "roomq_store_flush_duration_seconds_bucket",
+    ] {
+        assert!(
+            used.iter().any(|n| n == family),
+            "the dashboard has no panel on {family}"
+        );
+    }
+    broker.shutdown().await;
+}

@@ -148,5 +148,19 @@ async fn prometheus_scrapes_every_family_with_its_type() {
         .api("query?query=roomq_messages_received_total%7Bqos%3D%220%22%7D")
         .await;
     assert_eq!(query["data"]["result"][0]["value"][1], "1", "{query}");
+    // Every query of the Grafana dashboard is valid PromQL to this server.
+    for expr in common::grafana::dashboard_queries() {
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let answer = prometheus.api(&format!("query?query={encoded}")).await;
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    }
     broker.shutdown().await;
 }
