@@ -93,6 +93,15 @@ impl Targets {
     }
 }
 
+/// Stops the progress line when the scenario ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Scenario {
     Fanin {
@@ -182,6 +191,8 @@ async fn main() -> std::io::Result<()> {
     }
     let addrs = Targets(addrs);
     let addr = addrs.pick(0);
+    let progress = tokio::spawn(measure::print_progress());
+    let _stop_progress = AbortOnDrop(progress);
     match args.scenario {
         Scenario::Fanin { publishers } => throughput::throughput(args.clone(), &addrs, publishers, 1).await,
         Scenario::Fanout { subscribers } => {

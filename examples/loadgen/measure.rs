@@ -13,6 +13,26 @@ use crate::Args;
 
 pub static START: OnceLock<Instant> = OnceLock::new();
 
+/// Messages published and delivered so far, for the progress line.
+pub static SENT: AtomicU64 = AtomicU64::new(0);
+pub static DELIVERED: AtomicU64 = AtomicU64::new(0);
+
+/// Prints a line a second on stderr (the summary stays alone on stdout)
+/// until the task is dropped.
+pub async fn print_progress() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        eprintln!(
+            "loadgen: {:>4.0}s sent={} delivered={}",
+            START.get_or_init(Instant::now).elapsed().as_secs_f64(),
+            SENT.load(Ordering::Relaxed),
+            DELIVERED.load(Ordering::Relaxed)
+        );
+    }
+}
+
 pub fn now_nanos() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
@@ -64,6 +84,7 @@ impl Received {
             }
         }
         self.count.fetch_add(1, Ordering::Release);
+        DELIVERED.fetch_add(1, Ordering::Relaxed);
         self.last_at.store(now, Ordering::Relaxed);
     }
 
@@ -79,6 +100,7 @@ impl Received {
 }
 
 pub fn payload(size: usize, publisher: u32, seq: u32) -> Bytes {
+    SENT.fetch_add(1, Ordering::Relaxed);
     let mut b = BytesMut::with_capacity(size.max(16));
     b.put_u64(now_nanos());
     b.put_u32(publisher);

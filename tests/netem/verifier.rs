@@ -304,6 +304,7 @@ pub async fn run(broker: impl Fn() -> SocketAddr, proxy: SocketAddr, plan: &Plan
     }
 
     plan.sending.notify_one();
+    let progress = tokio::spawn(print_progress(records.clone()));
     let stop_at = tokio::time::Instant::now() + plan.send_for;
     let period = Duration::from_secs_f64(1.0 / plan.rate);
     let mut senders = Vec::new();
@@ -377,9 +378,28 @@ pub async fn run(broker: impl Fn() -> SocketAddr, proxy: SocketAddr, plan: &Plan
             break;
         }
     }
+    progress.abort();
     let report = check(&records, broker(), plan).await;
     drop(clients);
     report
+}
+
+/// A line a second while the scenario sends and drains (`netem/run`
+/// shows them): what was sent, acknowledged and delivered so far.
+async fn print_progress(records: Shared) {
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (sent, acked, delivered) = records.lock().iter().fold((0, 0, 0), |t, r| {
+            (t.0 + r.sent, t.1 + r.acked.len(), t.2 + r.received.len())
+        });
+        println!(
+            "netem progress: {:>3}s sent={sent} acknowledged={acked} delivered={delivered}",
+            started.elapsed().as_secs()
+        );
+    }
 }
 
 /// Every acknowledged msg-id, by room.
