@@ -6,7 +6,7 @@ mod histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::Instant;
 
-pub use histogram::{Histogram, BATCH_BUCKETS, LATENCY_BUCKETS};
+pub use histogram::{Histogram, LocalHistogram, BATCH_BUCKETS, LATENCY_BUCKETS};
 
 /// The listener kinds, as `roomq_connections{listener}` names them; a
 /// connection's kind is its index here.

@@ -153,6 +153,7 @@ pub(crate) async fn accept(
             config.max_publish_rate,
             config.max_publish_bytes_rate,
         ),
+        delivery_latency: crate::metrics::LocalHistogram::default(),
     })
 }
 

@@ -99,6 +99,8 @@ pub(crate) struct Connection {
     pub auth_deadline: Option<Instant>,
     /// `max_publish_rate` / `max_publish_bytes_rate`.
     pub publish_budget: super::rate::PublishBudget,
+    /// Delivery latencies of the current write batch (`outbox.rs`).
+    pub delivery_latency: crate::metrics::LocalHistogram,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is set

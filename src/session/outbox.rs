@@ -16,6 +16,15 @@ impl Connection {
     /// bytes, the in-flight window is full, or the queue is empty. Returns
     /// true when it stopped for the budget (more can be sent now).
     pub(super) fn fill_outbox(&mut self, budget: usize) -> bool {
+        let more = self.fill_outbox_batch(budget);
+        self.shared
+            .metrics
+            .publish_to_delivery
+            .merge(&mut self.delivery_latency);
+        more
+    }
+
+    fn fill_outbox_batch(&mut self, budget: usize) -> bool {
         let session = self.session.clone();
         let mut st = session.state.lock();
         let now = Instant::now();
@@ -121,8 +130,13 @@ impl Connection {
             Ok(()) => {
                 let metrics = &self.shared.metrics;
                 metrics.messages_sent[usize::from(d.qos.value())].inc();
+                // `now` is this batch's: written with it, at the flush;
+                // added to the shared histogram once per batch.
                 if let Some(received) = d.message.received_at {
-                    metrics.publish_to_delivery.observe_duration(received.elapsed());
+                    metrics.publish_to_delivery.observe_locally(
+                        &mut self.delivery_latency,
+                        now.saturating_duration_since(received),
+                    );
                 }
                 if let Some(tag) = &d.message.room {
                     tracing::debug!(client_id = %self.session.client_id, room = %tag.room, seq = tag.seq, "room message sent");
