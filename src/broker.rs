@@ -272,6 +272,20 @@ impl BrokerHandle {
 
     /// Where the admin listener serves `/metrics`, `/healthz` and
     /// `/readyz` (`admin_listen`; useful with port 0), if it is on.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = roomq::Config {
+    ///     listen: "127.0.0.1:1883".parse()?,
+    ///     admin_listen: Some("127.0.0.1:0".parse()?),
+    ///     ..roomq::Config::default()
+    /// };
+    /// let broker = roomq::Broker::new(config).start().await?;
+    /// if let Some(admin) = broker.admin_addr() {
+    ///     println!("scrape http://{admin}/metrics");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
     }

@@ -2,7 +2,7 @@
 //!
 //! Inside the broker every packet is an MQTT 5.0 packet: 5.0 is a superset of
 //! 3.1.1, so the session code is written once. A 3.1.1 connection is
-//! translated here, on the way in ([`v311`]) and on the way out, and the
+//! translated here, on the way in (`v311.rs`) and on the way out, and the
 //! session keeps the [`Version`] to apply the few rules that differ.
 //! Replacing the codec means replacing this module and the re-exports below.
 
