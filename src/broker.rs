@@ -99,6 +99,11 @@ impl Broker {
         for listener in self.config.effective_listeners() {
             listeners.push(crate::server::bind(listener).await?);
         }
+        if self.config.effective_listeners().iter().any(|l| l.web) {
+            for file in crate::server::missing_web_libraries(&self.config.web_root) {
+                tracing::warn!(file = %file.display(), "the browser chat needs this library: run `npm ci --prefix web` in roomq's folder (./scripts/test does), or set `web_root`");
+            }
+        }
         let local_addrs: Vec<(ListenerKind, SocketAddr)> =
             listeners.iter().map(|l| (l.config.kind, l.local_addr)).collect();
         let local_addr = local_addrs[0].1;

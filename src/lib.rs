@@ -7,7 +7,8 @@
 //! - `admin`: the admin listener (`admin_listen`): `/metrics`, `/healthz`,
 //!   `/readyz` over HTTP.
 //! - `server`: the listeners (TCP, TLS, WebSocket, WebSocket over TLS),
-//!   handshakes, per-IP limits.
+//!   handshakes, per-IP limits, and the browser chat's files on `web`
+//!   listeners.
 //! - `local`: the in-process client.
 //! - `session`: one client's protocol state and the task serving its
 //!   connection (one file per packet kind), and `session/shared.rs`, the

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod cluster;
+mod listener;
 pub use cluster::ClusterConfig;
+pub use listener::{ListenerConfig, ListenerKind};
 
 /// What a rule allows.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -191,6 +193,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Listeners of every kind. Empty: one TCP listener on `listen`.
     pub listeners: Vec<ListenerConfig>,
+    /// The folder whose `node_modules` holds the browser chat's libraries
+    /// (MQTT.js, cbor-x), installed there by `npm ci --prefix web`. Read
+    /// only by listeners with `web = true`.
+    pub web_root: PathBuf,
     /// Whether a room not declared in `rooms` is open to everyone or closed.
     pub rooms_default: RoomsDefault,
     /// Declared rooms and their members (see `topics.md`).
@@ -275,73 +281,6 @@ impl Default for AuthConfig {
             jwt_audience: None,
             jwt_issuer: None,
             login_backoff_max_ms: 5000,
-        }
-    }
-}
-
-/// The transport of a listener.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ListenerKind {
-    /// Plain MQTT over TCP.
-    Tcp,
-    /// MQTT over TLS (rustls): `cert` and `key` required.
-    Tls,
-    /// MQTT over WebSocket on `path`, sub-protocol `mqtt`.
-    Ws,
-    /// MQTT over WebSocket over TLS.
-    Wss,
-}
-
-impl ListenerKind {
-    /// Its position in `metrics::LISTENERS` (`roomq_connections{listener}`).
-    pub fn metrics_index(self) -> usize {
-        match self {
-            ListenerKind::Tcp => 0,
-            ListenerKind::Tls => 1,
-            ListenerKind::Ws => 2,
-            ListenerKind::Wss => 3,
-        }
-    }
-}
-
-/// One listener: `{ kind = "tls", bind = "0.0.0.0:8883", cert = "cert.pem", key = "key.pem" }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    pub kind: ListenerKind,
-    pub bind: SocketAddr,
-    /// PEM certificate chain (tls, wss).
-    pub cert: Option<PathBuf>,
-    /// PEM private key (tls, wss).
-    pub key: Option<PathBuf>,
-    /// PEM CA certificates: when set, clients must present a certificate
-    /// signed by one of them (mTLS).
-    pub client_ca: Option<PathBuf>,
-    /// With `client_ca`: the certificate's Common Name becomes the username
-    /// (Mosquitto's `use_identity_as_username`).
-    #[serde(default)]
-    pub use_identity_as_username: bool,
-    /// HTTP path of a WebSocket listener.
-    #[serde(default = "default_ws_path")]
-    pub path: String,
-}
-
-fn default_ws_path() -> String {
-    "/mqtt".into()
-}
-
-impl ListenerConfig {
-    /// A plain TCP listener.
-    pub fn tcp(bind: SocketAddr) -> Self {
-        ListenerConfig {
-            kind: ListenerKind::Tcp,
-            bind,
-            cert: None,
-            key: None,
-            client_ca: None,
-            use_identity_as_username: false,
-            path: default_ws_path(),
         }
     }
 }
@@ -431,6 +370,7 @@ impl Default for Config {
             worker_threads: 0,
             log_format: LogFormat::Text,
             listeners: Vec::new(),
+            web_root: PathBuf::from("web"),
             rooms_default: RoomsDefault::Open,
             rooms: Vec::new(),
             alerts: Vec::new(),
@@ -530,22 +470,8 @@ impl Config {
         if self.max_topic_levels == 0 || self.max_topic_length == 0 {
             return Err("keys `max_topic_levels` and `max_topic_length` must be at least 1".into());
         }
-        for (i, l) in self.listeners.iter().enumerate() {
-            let tls = matches!(l.kind, ListenerKind::Tls | ListenerKind::Wss);
-            if tls && (l.cert.is_none() || l.key.is_none()) {
-                return Err(format!(
-                    "key `listeners[{i}]`: a {:?} listener needs `cert` and `key`",
-                    l.kind
-                ));
-            }
-            if l.use_identity_as_username && l.client_ca.is_none() {
-                return Err(format!(
-                    "key `listeners[{i}]`: `use_identity_as_username` needs `client_ca`"
-                ));
-            }
-            if matches!(l.kind, ListenerKind::Ws | ListenerKind::Wss) && !l.path.starts_with('/') {
-                return Err(format!("key `listeners[{i}].path`: must start with `/`"));
-            }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            listener.validate(i)?;
         }
         for room in &self.rooms {
             if !crate::protocol::validate::is_valid_room_name(&room.name) {

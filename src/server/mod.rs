@@ -6,6 +6,7 @@
 //! never blocks the accept loop.
 
 mod tls;
+mod web;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use crate::session::Shared;
 use crate::session::{self, Stream};
 pub(crate) use crate::session::{CertName, Peer};
 pub use tls::{ReloadableTls, TlsFiles};
+pub(crate) use web::missing_libraries as missing_web_libraries;
 
 /// Per-IP connection counts and rates, for `max_connections_per_ip` and
 /// `max_connection_rate_per_ip`.
@@ -162,9 +164,11 @@ pub(crate) async fn accept_loop(
             // instead of 6 KB per idle connection).
             let handshake = Box::pin(upgrade(&listener, socket, addr, &shared));
             match tokio::time::timeout_at(deadline, handshake).await {
-                Ok(Ok((stream, peer))) => {
+                Ok(Ok(Some((stream, peer)))) => {
                     session::serve(stream, peer, shared.clone(), over_limit, deadline).await
                 }
+                // A browser chat page or script, already answered.
+                Ok(Ok(None)) => {}
                 Ok(Err(why)) => {
                     shared.metrics.protocol_errors.inc();
                     tracing::debug!(%addr, kind = ?listener.config.kind, %why, "handshake failed");
@@ -177,26 +181,24 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Runs the TLS and WebSocket handshakes the listener asks for.
+/// Runs the TLS and WebSocket handshakes the listener asks for; `None`
+/// when the connection asked for a browser chat file, which was served.
 async fn upgrade(
     listener: &BoundListener,
     socket: TcpStream,
     addr: SocketAddr,
     shared: &Shared,
-) -> Result<(Box<dyn Stream>, Peer), String> {
+) -> Result<Option<(Box<dyn Stream>, Peer)>, String> {
     let mut peer = Peer {
         addr,
         cert_name: CertName::NotUsed,
         listener: listener.config.kind.metrics_index(),
     };
-    let max_frame = shared.config.max_packet_size as usize + 8;
-    let max_write_buffer = shared.config.ws_max_write_buffer_bytes;
-    let path = &listener.config.path;
     let kind = listener.config.kind;
-    let stream: Box<dyn Stream> = match &listener.tls {
+    let stream: Option<Box<dyn Stream>> = match &listener.tls {
         None => match kind {
-            ListenerKind::Tcp => Box::new(socket),
-            ListenerKind::Ws => Box::new(websocket::accept(socket, path, max_frame, max_write_buffer).await?),
+            ListenerKind::Tcp => Some(Box::new(socket)),
+            ListenerKind::Ws => websocket_or_page(socket, listener, shared).await?,
             _ => return Err(format!("{kind:?} listener without TLS configuration")),
         },
         Some(tls) => {
@@ -211,14 +213,38 @@ async fn upgrade(
                 };
             }
             match kind {
-                ListenerKind::Wss => {
-                    Box::new(websocket::accept(stream, path, max_frame, max_write_buffer).await?)
-                }
-                _ => Box::new(stream),
+                ListenerKind::Wss => websocket_or_page(stream, listener, shared).await?,
+                _ => Some(Box::new(stream)),
             }
         }
     };
-    Ok((stream, peer))
+    Ok(stream.map(|stream| (stream, peer)))
+}
+
+/// The WebSocket handshake, or on a `web = true` listener a browser chat
+/// file when the request is not an upgrade (`None`).
+async fn websocket_or_page<S>(
+    stream: S,
+    listener: &BoundListener,
+    shared: &Shared,
+) -> Result<Option<Box<dyn Stream>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let max_frame = shared.config.max_packet_size as usize + 8;
+    let max_write_buffer = shared.config.ws_max_write_buffer_bytes;
+    let path = &listener.config.path;
+    if !listener.config.web {
+        return Ok(Some(Box::new(
+            websocket::accept(stream, path, max_frame, max_write_buffer).await?,
+        )));
+    }
+    match web::serve_or_upgrade(stream, &shared.config.web_root, path).await? {
+        web::Opening::Upgrade(stream) => Ok(Some(Box::new(
+            websocket::accept(stream, path, max_frame, max_write_buffer).await?,
+        ))),
+        web::Opening::Served => Ok(None),
+    }
 }
 
 /// The Common Name of a DER certificate.

@@ -1,0 +1,311 @@
+//! The browser chat: a `ws` listener with `web = true` serves the page at
+//! `/` and MQTT over WebSocket at its `path` on the same port; two headless
+//! Chromium pages (web/test/chat.test.mjs, puppeteer-core) chat through it,
+//! and reconnect after the broker restarts.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+use roomq::config::{AuthConfig, ListenerConfig, ListenerKind, RoomConfig};
+use roomq::Config;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+fn web_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("web")
+}
+
+/// A sled-backed broker with one `ws` listener at `bind` serving the chat.
+fn web_config(data: &Path, bind: SocketAddr) -> Config {
+    Config {
+        listeners: vec![ListenerConfig {
+            kind: ListenerKind::Ws,
+            web: true,
+            ..ListenerConfig::tcp(bind)
+        }],
+        web_root: web_root(),
+        ..sled_config(data)
+    }
+}
+
+/// The whole response to one HTTP/1.1 request: status, head and body.
+async fn http(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("the broker closes after the response")
+        .expect("read response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head, response[split + 4..].to_vec())
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")).await
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// The npm packages `npm ci --prefix web` installs: the two the page loads
+/// and the one that drives Chromium.
+fn assert_libraries_installed() {
+    for package in ["mqtt", "cbor-x", "puppeteer-core"] {
+        let dir = web_root().join("node_modules").join(package);
+        assert!(
+            dir.is_dir(),
+            "{} missing: run ./scripts/test (it runs `npm ci --prefix web`)",
+            dir.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_web_listener_serves_the_page_and_mqtt_on_the_same_port() {
+    assert_libraries_installed();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(web_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let addr = broker.local_addr();
+
+    let (status, head, body) = get(addr, "/").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        header(&head, "content-type")
+            .unwrap_or("")
+            .starts_with("text/html"),
+        "{head}"
+    );
+    let policy = header(&head, "content-security-policy").expect("a CSP header");
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"),
+        "{policy}"
+    );
+    assert_eq!(header(&head, "x-content-type-options"), Some("nosniff"));
+    let page = String::from_utf8_lossy(&body);
+    assert!(
+        page.contains("vendor/mqtt.min.js") && page.contains("app.js"),
+        "{page}"
+    );
+    // Everything the page loads comes from this origin.
+    assert!(!page.contains("http://") && !page.contains("https://"), "{page}");
+
+    let (status, _, body) = get(addr, "/config.json").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(config["mqtt_path"], "/mqtt");
+    for library in [
+        "/vendor/mqtt.min.js",
+        "/vendor/cbor-x.min.js",
+        "/app.js",
+        "/style.css",
+    ] {
+        let (status, head, body) = get(addr, library).await;
+        assert_eq!(status, 200, "{library}: {head}");
+        assert!(!body.is_empty(), "{library} is empty");
+    }
+    // HEAD: the same head, no body.
+    let (status, head, body) = http(addr, &format!("HEAD / HTTP/1.1\r\nHost: {addr}\r\n\r\n")).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(body.is_empty());
+    // Only the listed files: nothing else under web/, nothing outside it.
+    for path in [
+        "/package.json",
+        "/node_modules/mqtt/package.json",
+        "/../Cargo.toml",
+        "/nope",
+    ] {
+        assert_eq!(get(addr, path).await.0, 404, "{path}");
+    }
+    let (status, _, _) = http(
+        addr,
+        &format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 405);
+
+    // MQTT over WebSocket on the same port still works, and counts as a
+    // connection while the page requests did not.
+    let (socket, response) = ws_connect(addr).await;
+    assert_eq!(response.status(), 101);
+    assert_eq!(broker.metrics().protocol_errors.get(), 0);
+    drop(socket);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_web_listener_without_the_libraries_says_how_to_get_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let mut config = web_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.web_root = empty.path().to_path_buf();
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    // The page itself is built in; the libraries are not.
+    assert_eq!(get(addr, "/").await.0, 200);
+    let (status, _, body) = get(addr, "/vendor/mqtt.min.js").await;
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("npm ci --prefix web"));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ws_listener_without_web_serves_no_page() {
+    let broker = start_with(ws_config()).await;
+    let addr = broker.local_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(!response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(!response.contains("<html"), "{response}");
+    broker.shutdown().await;
+}
+
+/// `contrib/web-chat.toml`, the README's way to open the chat, is a valid
+/// configuration whose page and libraries are served.
+#[tokio::test]
+async fn the_readme_web_chat_configuration_serves_the_page() {
+    assert_libraries_installed();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/web-chat.toml");
+    let mut config = Config::load(Some(&file), &[]).expect("contrib/web-chat.toml loads");
+    let web = config
+        .listeners
+        .iter_mut()
+        .find(|l| l.web)
+        .expect("a listener with web = true");
+    assert_eq!(web.kind, ListenerKind::Ws);
+    assert_eq!(
+        web.bind,
+        "127.0.0.1:8080".parse().unwrap(),
+        "the address the README opens"
+    );
+    // The same listeners on free ports; the rest as written.
+    for listener in &mut config.listeners {
+        listener.bind = "127.0.0.1:0".parse().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    config.storage = roomq::StorageKind::Sled;
+    config.data_dir = dir.path().to_path_buf();
+    config.sys_interval_secs = 0;
+    let broker = start_with(config).await;
+    let (_, ws) = *broker
+        .local_addrs()
+        .iter()
+        .find(|(kind, _)| *kind == ListenerKind::Ws)
+        .expect("the ws listener is bound");
+    assert_eq!(get(ws, "/").await.0, 200);
+    assert_eq!(get(ws, "/vendor/mqtt.min.js").await.0, 200);
+    assert_eq!(get(ws, "/vendor/cbor-x.min.js").await.0, 200);
+    broker.shutdown().await;
+}
+
+fn token(secret: &str, sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({ "sub": sub, "exp": now + 3600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Two pages in headless Chromium: alice logs in with a password, bob with
+/// a token; presence, typing, a message each way with sender and time, a
+/// read receipt, history after a reload, and both pages reconnecting and
+/// chatting after the broker restarts on the same port and data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_and_reconnect_after_a_broker_restart() {
+    assert_libraries_installed();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} missing: ./scripts/test installs the Debian package chromium"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    roomq::auth::password_file::set_password(&passwords, "alice", b"alice-pw").unwrap();
+    let secret = "web-chat-secret";
+    let data = dir.path().join("data");
+    let configure = |bind: SocketAddr| {
+        let mut config = web_config(&data, bind);
+        config.auth = AuthConfig {
+            allow_anonymous: Some(false),
+            password_file: Some(passwords.clone()),
+            jwt_secret: Some(secret.into()),
+            ..Default::default()
+        };
+        config.rooms = vec![RoomConfig {
+            name: "lobby".into(),
+            members: vec!["alice".into(), "bob".into()],
+            open: false,
+        }];
+        config
+    };
+    let first = start_with(configure("127.0.0.1:0".parse().unwrap())).await;
+    let addr = first.local_addr();
+    let mut broker = Some(first);
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-chat.png");
+    let mut browser = tokio::process::Command::new("node")
+        .arg(web_root().join("test/chat.test.mjs"))
+        .arg(format!("http://{addr}/"))
+        .arg(&screenshot)
+        .arg("alice-pw")
+        .arg(token(secret, "bob"))
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (./scripts/test installs nodejs)");
+    let mut stdin = browser.stdin.take().unwrap();
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let mut restarted = false;
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(240), async {
+        while let Some(line) = lines.next_line().await.expect("read the browser test's output") {
+            if line.trim() == "restart" {
+                if let Some(running) = broker.take() {
+                    running.shutdown().await;
+                }
+                broker = Some(start_with(configure(addr)).await);
+                restarted = true;
+                stdin
+                    .write_all(b"go\n")
+                    .await
+                    .expect("tell the browser test to go on");
+            }
+        }
+        browser.wait().await.expect("the browser test ends")
+    })
+    .await
+    .expect("the browser test finishes within 4 minutes");
+    assert!(
+        finished.success(),
+        "the browser test failed (its steps are on stderr above)"
+    );
+    assert!(restarted, "the browser test never asked for the restart");
+    assert!(screenshot.exists(), "no screenshot at {}", screenshot.display());
+    println!("screenshot: {}", screenshot.display());
+    if let Some(running) = broker {
+        running.shutdown().await;
+    }
+}
