@@ -227,3 +227,54 @@ async fn unacknowledged_qos1_messages_keep_their_packet_ids_across_a_restart() {
     assert!(unacked5.iter().all(|(id, _)| Some(*id) != p.packet_id));
     broker.shutdown().await;
 }
+
+/// A shutdown closes connections that have not logged in (no CONNECT yet,
+/// or a WebSocket handshake not finished) instead of waiting for their
+/// `connect_timeout_secs`: with a one-hour timeout, each socket still sees
+/// its end once `shutdown()` returns.
+#[tokio::test]
+async fn shutdown_closes_connections_that_have_not_logged_in() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = ws_config();
+    config
+        .listeners
+        .push(roomq::config::ListenerConfig::tcp("127.0.0.1:0".parse().unwrap()));
+    config.connect_timeout_secs = 3600;
+    let broker = start_with(config).await;
+    let addrs = broker.local_addrs().to_vec();
+    let mut sockets = Vec::new();
+    for (_, addr) in &addrs {
+        // Nothing sent: no CONNECT, and on the ws listener no HTTP request.
+        sockets.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        // Half a WebSocket request / a partial CONNECT.
+        let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"\x10").await.unwrap();
+        sockets.push(partial);
+    }
+    // The ws listener's upgraded connection, waiting for its CONNECT.
+    let ws = addrs
+        .iter()
+        .find(|(kind, _)| *kind == roomq::config::ListenerKind::Ws)
+        .unwrap()
+        .1;
+    let (upgraded, _) = ws_connect(ws).await;
+    tokio::time::sleep(QUIET).await;
+    broker.shutdown().await;
+    for mut socket in sockets {
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(WAIT, socket.read_to_end(&mut rest)).await;
+        assert!(
+            ended.is_ok(),
+            "a connection without CONNECT stayed open after shutdown"
+        );
+    }
+    let mut upgraded = upgraded;
+    let ended = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut upgraded)).await;
+    assert!(
+        matches!(
+            ended,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))))
+        ),
+        "the upgraded WebSocket without CONNECT stayed open after shutdown: {ended:?}"
+    );
+}

@@ -163,17 +163,24 @@ pub(crate) async fn accept_loop(
             // it would stay in every idle connection's task (measured: 15 KB
             // instead of 6 KB per idle connection).
             let handshake = Box::pin(upgrade(&listener, socket, addr, &shared));
-            match tokio::time::timeout_at(deadline, handshake).await {
-                Ok(Ok(Some((stream, peer)))) => {
+            let mut stop = shared.shutdown.subscribe();
+            let finished = tokio::select! {
+                finished = tokio::time::timeout_at(deadline, handshake) => Some(finished),
+                // A shutdown does not wait for a handshake under way.
+                _ = stop.wait_for(|stopped| *stopped) => None,
+            };
+            match finished {
+                None => tracing::debug!(%addr, "handshake cut short by shutdown"),
+                Some(Ok(Ok(Some((stream, peer))))) => {
                     session::serve(stream, peer, shared.clone(), over_limit, deadline).await
                 }
                 // A browser chat page or script, already answered.
-                Ok(Ok(None)) => {}
-                Ok(Err(why)) => {
+                Some(Ok(Ok(None))) => {}
+                Some(Ok(Err(why))) => {
                     shared.metrics.protocol_errors.inc();
                     tracing::debug!(%addr, kind = ?listener.config.kind, %why, "handshake failed");
                 }
-                Err(_) => tracing::debug!(%addr, kind = ?listener.config.kind, "handshake timed out"),
+                Some(Err(_)) => tracing::debug!(%addr, kind = ?listener.config.kind, "handshake timed out"),
             }
             shared.connections.fetch_sub(1, Ordering::AcqRel);
             ip_limits.release(addr.ip());
