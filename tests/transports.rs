@@ -228,6 +228,36 @@ fn tls_subscriber_for(
     })
 }
 
+/// The whole HTTPS response to `GET path` from the broker's certificate
+/// for `localhost`, checked against `ca`.
+async fn https_get(port: u16, ca: &Path, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    // ring, as the broker uses (two providers are linked in, so none is
+    // the default).
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let tls = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, socket).await.expect("TLS handshake");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    // The broker closes after the response; a missing TLS close_notify is
+    // not this test's concern.
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).to_string()
+}
+
 /// Runs the MQTT.js chat script; returns its JSON lines as they come.
 fn mqtt_js(url: &str, user: &str, room: &str, version: u8) -> tokio::process::Child {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/ws_chat.mjs");
@@ -262,9 +292,18 @@ async fn an_mqtt_js_websocket_client_chats_with_a_tcp_client() {
     config.listeners = vec![
         listener(ListenerKind::Tcp, None),
         listener(ListenerKind::Ws, None),
-        listener(ListenerKind::Wss, Some(&pki)),
+        // The wss listener also serves the browser chat: MQTT goes through
+        // its page-or-upgrade step under TLS.
+        ListenerConfig {
+            web: true,
+            ..listener(ListenerKind::Wss, Some(&pki))
+        },
     ];
+    config.web_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     let broker = start_with(config).await;
+    let page = https_get(port_of(&broker, ListenerKind::Wss), &pki.path("ca.pem"), "/").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>roomq chat</title>"), "{page}");
     for (scheme, kind, version) in [("ws", ListenerKind::Ws, 5), ("wss", ListenerKind::Wss, 4)] {
         let url = format!("{scheme}://127.0.0.1:{}/mqtt", port_of(&broker, kind));
         let room = format!("room-{scheme}");
