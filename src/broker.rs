@@ -96,13 +96,14 @@ impl Broker {
         let store: Option<Arc<dyn Store>> =
             store.map(|s| Arc::new(Monitored::new(s, store_health.clone())) as Arc<dyn Store>);
         let mut listeners = Vec::new();
-        for listener in self.config.effective_listeners() {
-            listeners.push(crate::server::bind(listener).await?);
-        }
-        if self.config.effective_listeners().iter().any(|l| l.web) {
+        let listener_configs = self.config.effective_listeners();
+        if listener_configs.iter().any(|l| l.web) {
             for file in crate::server::missing_web_libraries(&self.config.web_root) {
                 tracing::warn!(file = %file.display(), "the browser chat needs this library: run `npm ci --prefix web` in roomq's folder (./scripts/test does), or set `web_root`");
             }
+        }
+        for listener in listener_configs {
+            listeners.push(crate::server::bind(listener).await?);
         }
         let local_addrs: Vec<(ListenerKind, SocketAddr)> =
             listeners.iter().map(|l| (l.config.kind, l.local_addr)).collect();

@@ -238,20 +238,30 @@ async fn websocket_or_page<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let max_frame = shared.config.max_packet_size as usize + 8;
-    let max_write_buffer = shared.config.ws_max_write_buffer_bytes;
-    let path = &listener.config.path;
     if !listener.config.web {
-        return Ok(Some(Box::new(
-            websocket::accept(stream, path, max_frame, max_write_buffer).await?,
-        )));
+        return Ok(Some(websocket_accept(stream, listener, shared).await?));
     }
+    let path = &listener.config.path;
     match web::serve_or_upgrade(stream, &shared.config.web_root, path).await? {
-        web::Opening::Upgrade(stream) => Ok(Some(Box::new(
-            websocket::accept(stream, path, max_frame, max_write_buffer).await?,
-        ))),
+        web::Opening::Upgrade(stream) => Ok(Some(websocket_accept(stream, listener, shared).await?)),
         web::Opening::Served => Ok(None),
     }
+}
+
+/// The WebSocket handshake on the listener's `path`, with the broker's
+/// frame and write-buffer limits.
+async fn websocket_accept<S>(
+    stream: S,
+    listener: &BoundListener,
+    shared: &Shared,
+) -> Result<Box<dyn Stream>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let max_frame = shared.config.max_packet_size as usize + 8;
+    let max_write_buffer = shared.config.ws_max_write_buffer_bytes;
+    let ws = websocket::accept(stream, &listener.config.path, max_frame, max_write_buffer).await?;
+    Ok(Box::new(ws))
 }
 
 /// The Common Name of a DER certificate.
