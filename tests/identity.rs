@@ -294,12 +294,7 @@ async fn removing_a_user_from_the_password_file_ends_its_connections_on_reload()
 }
 
 fn token(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
-    )
-    .unwrap()
+    jwt("test-secret", &claims)
 }
 
 fn now() -> u64 {

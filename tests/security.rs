@@ -95,13 +95,10 @@ fn token(secret: &str, sub: &str, exp_in_secs: i64, rooms: &[&str]) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let claims = serde_json::json!({ "sub": sub, "exp": now + exp_in_secs, "rooms": rooms });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    jwt(
+        secret,
+        &serde_json::json!({ "sub": sub, "exp": now + exp_in_secs, "rooms": rooms }),
     )
-    .unwrap()
 }
 
 async fn send_ack(c: &mut Raw, topic: &str, id: u16) -> PublishAckReason {

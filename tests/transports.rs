@@ -231,7 +231,6 @@ fn tls_subscriber_for(
 /// The whole HTTPS response to `GET path` from the broker's certificate
 /// for `localhost`, checked against `ca`.
 async fn https_get(port: u16, ca: &Path, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
@@ -248,13 +247,9 @@ async fn https_get(port: u16, ca: &Path, path: &str) -> String {
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
     let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = connector.connect(name, socket).await.expect("TLS handshake");
+    let stream = connector.connect(name, socket).await.expect("TLS handshake");
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    // The broker closes after the response; a missing TLS close_notify is
-    // not this test's concern.
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let (response, _) = common::http::exchange(stream, &request).await;
     String::from_utf8_lossy(&response).to_string()
 }
 

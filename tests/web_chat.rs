@@ -12,7 +12,7 @@ use std::process::Stdio;
 use common::*;
 use roomq::config::{AuthConfig, ListenerConfig, ListenerKind, RoomConfig};
 use roomq::Config;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn web_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("web")
@@ -31,22 +31,16 @@ fn web_config(data: &Path, bind: SocketAddr) -> Config {
     }
 }
 
-/// The whole response to one HTTP/1.1 request: status, head and body.
+/// One HTTP/1.1 request on a new connection: status, head and body.
 async fn http(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("send request");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("the broker closes after the response")
-        .expect("read response");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, head, response[split + 4..].to_vec())
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (response, closed) = common::http::exchange(stream, request).await;
+    assert!(closed, "the broker closes after the response to {request:?}");
+    assert!(
+        response.windows(4).any(|w| w == b"\r\n\r\n"),
+        "a complete response head to {request:?}"
+    );
+    common::http::split(&response)
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
@@ -165,11 +159,9 @@ async fn a_web_listener_without_the_libraries_says_how_to_get_them() {
 async fn a_ws_listener_without_web_serves_no_page() {
     let broker = start_with(ws_config()).await;
     let addr = broker.local_addr();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send request");
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let (response, _) = common::http::exchange(stream, &request).await;
     let response = String::from_utf8_lossy(&response);
     assert!(!response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(!response.contains("<html"), "{response}");
@@ -219,13 +211,7 @@ fn token(secret: &str, sub: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let claims = serde_json::json!({ "sub": sub, "exp": now + 3600 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    jwt(secret, &serde_json::json!({ "sub": sub, "exp": now + 3600 }))
 }
 
 /// Two pages in headless Chromium: alice logs in with a password, bob with

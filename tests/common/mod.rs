@@ -83,6 +83,17 @@ pub async fn ws_connect(
         .expect("WebSocket upgrade")
 }
 
+/// `claims` as an HS256 token signed with `secret` (the broker's
+/// `auth.jwt_secret`).
+pub fn jwt(secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("claims encode")
+}
+
 pub fn pid(n: u16) -> NonZeroU16 {
     NonZeroU16::new(n).unwrap()
 }
