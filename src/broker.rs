@@ -421,6 +421,8 @@ impl BrokerHandle {
 
     /// Stops accepting, sends every client DISCONNECT (5.0: 0x8B Server
     /// shutting down), closes the connections and waits for every task.
+    /// Connections that have not logged in yet (no CONNECT, or a TLS or
+    /// WebSocket handshake under way) are closed at once.
     pub async fn shutdown(self) {
         self.shared.shutdown.send_replace(true);
         self.tracker.close();
