@@ -163,12 +163,10 @@ pub(crate) async fn accept_loop(
             // it would stay in every idle connection's task (measured: 15 KB
             // instead of 6 KB per idle connection).
             let handshake = Box::pin(upgrade(&listener, socket, addr, &shared));
-            let mut stop = shared.shutdown.subscribe();
-            let finished = tokio::select! {
-                finished = tokio::time::timeout_at(deadline, handshake) => Some(finished),
-                // A shutdown does not wait for a handshake under way.
-                _ = stop.wait_for(|stopped| *stopped) => None,
-            };
+            // A shutdown does not wait for a handshake under way.
+            let finished = shared
+                .unless_shutdown(tokio::time::timeout_at(deadline, handshake))
+                .await;
             match finished {
                 None => tracing::debug!(%addr, "handshake cut short by shutdown"),
                 Some(Ok(Ok(Some((stream, peer))))) => {

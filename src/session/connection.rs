@@ -125,14 +125,11 @@ pub async fn serve(
             config.max_packet_size.min(config.max_connect_packet_size),
             shared.metrics.clone(),
         );
-        let mut stop = shared.shutdown.subscribe();
-        let first = tokio::select! {
-            first = tokio::time::timeout_at(connect_deadline, io.read_packet()) => first,
-            // A shutdown does not wait for a client that has not logged in.
-            _ = stop.wait_for(|stopped| *stopped) => {
-                tracing::debug!("shutdown before CONNECT, closing");
-                return;
-            }
+        // A shutdown does not wait for a client that has not logged in.
+        let reading = tokio::time::timeout_at(connect_deadline, io.read_packet());
+        let Some(first) = shared.unless_shutdown(reading).await else {
+            tracing::debug!("shutdown before CONNECT, closing");
+            return;
         };
         let first = match first {
             Err(_) => {

@@ -3,6 +3,7 @@
 //! (`broker.rs`, the public facade) and handed to every connection task as
 //! an `Arc`.
 
+use std::future::Future;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
@@ -45,4 +46,17 @@ pub(crate) struct Shared {
     pub login_backoff: LoginBackoff,
     /// Bounds the password checks running and waiting.
     pub logins: LoginPool,
+}
+
+impl Shared {
+    /// Runs `work` unless the broker shuts down first (`None`): for the
+    /// waits a shutdown must not sit out, a handshake or a CONNECT still to
+    /// come. A shutdown already under way counts, too.
+    pub async fn unless_shutdown<F: Future>(&self, work: F) -> Option<F::Output> {
+        let mut stop = self.shutdown.subscribe();
+        tokio::select! {
+            output = work => Some(output),
+            _ = stop.wait_for(|stopped| *stopped) => None,
+        }
+    }
 }
