@@ -5,8 +5,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::chat::{ack_publish5, publish_with, send_and_ack, seq_of, user_props};
-use common::cluster::{history, receive, three_nodes, wait_until_routed};
+use common::chat::{ack_publish5, history, publish_with, send_and_ack, seq_of, user_props};
+use common::cluster::{receive, three_nodes, wait_until_routed};
 use common::nats::NatsCluster;
 use common::{opts, publish, Got, Raw, QUIET, WAIT};
 use rmqtt_codec::types::QoS;

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::chat::publish_with;
-use common::cluster::history;
+use common::chat::{history, publish_with};
 use common::nats::NatsCluster;
 use common::{Got, Raw};
 use parking_lot::Mutex;

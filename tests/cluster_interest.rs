@@ -5,8 +5,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::chat::{publish_with, send_and_ack, seq_of, user_props};
-use common::cluster::{history, receive};
+use common::chat::{history, publish_with, send_and_ack, seq_of, user_props};
+use common::cluster::receive;
 use common::nats::NatsCluster;
 use common::{opts, Got, Raw};
 use rmqtt_codec::types::QoS;

@@ -111,23 +111,30 @@ async fn status_becomes(watcher: &mut Raw, prefix: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_publishes_in_bounded_time_and_the_broker_resumes() {
-    let dir = tempfile::tempdir().unwrap();
+/// A broker on a `FillableStore` in `dir` (not full yet), with a short
+/// stall timeout.
+async fn start_fillable(dir: &std::path::Path) -> (roomq::BrokerHandle, Arc<FillableStore>) {
     let store = Arc::new(FillableStore {
-        inner: SledStore::open(dir.path()).unwrap(),
+        inner: SledStore::open(dir).unwrap(),
         full: AtomicBool::new(false),
     });
     let config = roomq::Config {
         store_stall_timeout_ms: 300,
         sys_interval_secs: 60,
-        ..sled_config(dir.path())
+        ..sled_config(dir)
     };
     let broker = roomq::Broker::new(config)
         .with_store(store.clone())
         .start()
         .await
         .unwrap();
+    (broker, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_in_bounded_time_and_the_broker_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, store) = start_fillable(dir.path()).await;
     let addr = broker.local_addr();
 
     // Stored while the disk has room: an offline member's backlog.
@@ -246,5 +253,31 @@ async fn below_min_free_disk_bytes_publishes_that_need_the_store_are_refused() {
     assert_eq!(&member.publish5().await.payload[..], b"plain q0");
     assert!(matches!(member.recv5_within(QUIET).await, Got::Nothing));
     assert_eq!(broker.metrics().publishes_refused_store.get(), 3);
+    broker.shutdown().await;
+}
+
+/// A history request only reads: while the disk is full it is still
+/// answered, with a successful PUBACK, when room messages are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_stays_readable_while_the_disk_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, store) = start_fillable(dir.path()).await;
+    let addr = broker.local_addr();
+    let mut writer = Raw::client5(addr, "writer").await;
+    let ack = writer.publish1_5(1, "rooms/ops/msg/writer", b"before").await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher
+        .subscribe5(1, &[("$SYS/broker/store/status", opts(QoS::AtMostOnce))])
+        .await;
+
+    store.full.store(true, Ordering::Release);
+    let ack = writer.publish1_5(2, "rooms/ops/msg/writer", b"while full").await;
+    assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
+    status_becomes(&mut watcher, "failing since ").await;
+    let answer = common::chat::history(addr, "ops").await;
+    let bodies: Vec<&[u8]> = answer.messages.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, [&b"before"[..]]);
+    store.full.store(false, Ordering::Release);
     broker.shutdown().await;
 }

@@ -37,7 +37,9 @@ pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
-pub(crate) use topics::{classify, filter_covers_room, message_topic, room_of, rooms_covered, ChatTopic};
+pub(crate) use topics::{
+    classify, filter_covers_room, message_topic, only_reads, room_of, rooms_covered, ChatTopic,
+};
 
 use crate::cluster::Cluster;
 use crate::config::Config;

@@ -59,6 +59,14 @@ pub(crate) fn classify(topic: &str) -> Option<ChatTopic<'_>> {
     }
 }
 
+/// Whether a PUBLISH to `topic` only reads: a history request (or a
+/// malformed one, refused). It stores nothing, so it needs no store write
+/// and its PUBACK promises nothing on disk. One comparison, for every
+/// publish.
+pub(crate) fn only_reads(topic: &str) -> bool {
+    topic.starts_with("$history/")
+}
+
 /// The room a `rooms/{room}/...` topic or filter names (possibly `+` or
 /// `#` in a filter); `None` for any other topic.
 pub(crate) fn room_of(topic: &str) -> Option<&str> {

@@ -129,6 +129,18 @@ impl Connection {
         }
     }
 
+    /// Sends a PUBACK that promises nothing stored (a history request's):
+    /// at once, unless acknowledgements of earlier packets still wait for
+    /// the group commit, which it may not overtake ([MQTT-4.6.0-2]).
+    /// While the store cannot write, a request read first is answered.
+    pub(super) fn send_unstored_ack(&mut self, ack: Packet) {
+        if self.pending_acks.is_empty() && self.awaiting_acks.is_empty() {
+            self.io.send(ack);
+        } else {
+            self.send_ack(ack);
+        }
+    }
+
     /// When the oldest waiting batch has waited `store_stall_timeout_ms`.
     pub(super) fn ack_stall_deadline(&self) -> Option<Instant> {
         let oldest = self.awaiting_acks.front()?;

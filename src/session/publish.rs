@@ -140,27 +140,43 @@ impl Connection {
         let message = self.to_message(publish);
         self.shared.metrics.messages_received[usize::from(qos.value())].inc();
         let room_post = message.topic.starts_with("rooms/");
+        let only_reads = qos == QoS::AtLeastOnce && crate::chat::only_reads(&message.topic);
         let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
         if room_post && u8::from(reason) < 0x80 {
             self.joined_a_room();
         }
-        self.acknowledge(packet_id, qos, reason);
+        match (only_reads, packet_id) {
+            (true, Some(id)) => self.send_unstored_ack(Packet::PublishAck(PublishAck {
+                packet_id: id,
+                reason_code: reason,
+                ..Default::default()
+            })),
+            _ => self.acknowledge(packet_id, qos, reason),
+        }
         None
     }
 
     /// Whether this publish needs the store (QoS 1/2, retained, or a room
-    /// message) while the store refuses writes (a full disk; in a cluster,
-    /// JetStream without quorum).
+    /// message; not a history request, which only reads) while the store
+    /// refuses writes (a full disk; in a cluster, JetStream without
+    /// quorum).
     fn store_refuses(&self, publish: &Publish) -> bool {
         // The flag first: one atomic load on every publish while healthy.
-        self.shared.store_health.is_failing()
-            && (self.shared.store.is_some() || self.shared.cluster.is_some())
-            && (publish.qos != QoS::AtMostOnce
-                || publish.retain
-                || matches!(
-                    crate::chat::classify(&publish.topic),
-                    Some(crate::chat::ChatTopic::Message { .. })
-                ))
+        if !self.shared.store_health.is_failing()
+            || (self.shared.store.is_none() && self.shared.cluster.is_none())
+        {
+            return false;
+        }
+        if publish.retain {
+            return true;
+        }
+        match crate::chat::classify(&publish.topic) {
+            Some(crate::chat::ChatTopic::Message { .. }) => true,
+            // A read: history stays readable while the store cannot write
+            // (at QoS 2 its packet id is session state to store).
+            Some(crate::chat::ChatTopic::HistoryRequest { .. }) => publish.qos == QoS::ExactlyOnce,
+            _ => publish.qos != QoS::AtMostOnce,
+        }
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.

@@ -1,11 +1,13 @@
-//! Helpers of the chat tests (`chat.rs`, `chat_presence.rs`): room
-//! messages with User Properties, acknowledgements, `seq`.
+//! Helpers of the chat tests (`chat.rs`, `chat_presence.rs`, the cluster
+//! and full-disk tests): room messages with User Properties,
+//! acknowledgements, `seq`, history requests.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::chat::payloads::{self, HistoryResponse};
 
 use super::{connect5, opts, persistent5, publish, Got, Raw};
 
@@ -100,4 +102,44 @@ pub async fn post_many(addr: std::net::SocketAddr, sender: &str, room: &str, n: 
         .await;
         assert_eq!(ack.reason_code, PublishAckReason::Success);
     }
+}
+
+/// The whole history of `room` (up to 500 messages), asked on the broker
+/// (or cluster node) at `addr`. The request's PUBACK must be a success.
+pub async fn history(addr: std::net::SocketAddr, room: &str) -> HistoryResponse {
+    let mut asker = Raw::client5(addr, &format!("asker-{room}")).await;
+    asker
+        .subscribe5(1, &[("replies/asker", opts(QoS::AtLeastOnce))])
+        .await;
+    let request: HashMap<&str, u64> = [("limit", 500)].into();
+    let mut p = publish_with(
+        &format!("$history/rooms/{room}"),
+        &payloads::to_cbor(&request),
+        Some(2),
+        &[],
+    );
+    if let Some(props) = p.properties.as_mut() {
+        props.response_topic = Some("replies/asker".into());
+    }
+    asker.send5(Packet::Publish(Box::new(p))).await;
+    // The PUBACK and the reply, in either order.
+    let (mut acknowledged, mut answer) = (false, None);
+    while !acknowledged || answer.is_none() {
+        match asker.recv5().await.packet() {
+            Packet::Publish(reply) => {
+                ack_publish5(&mut asker, &reply).await;
+                answer = Some(payloads::from_cbor(&reply.payload).expect("history-response"));
+            }
+            Packet::PublishAck(ack) => {
+                assert_eq!(
+                    ack.reason_code,
+                    PublishAckReason::Success,
+                    "the history request of {room} was refused"
+                );
+                acknowledged = true;
+            }
+            other => panic!("expected the history reply, got {other:?}"),
+        }
+    }
+    answer.expect("the loop ends with an answer")
 }

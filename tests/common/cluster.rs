@@ -1,18 +1,15 @@
 //! Helpers of the cluster tests (`cluster.rs`, `cluster_faults.rs`):
-//! nodes on one NATS cluster, history from any node, cross-node routing.
+//! nodes on one NATS cluster, cross-node routing.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::Packet;
-use roomq::chat::payloads::{self, HistoryResponse};
 use roomq::{Broker, BrokerHandle};
 
-use super::chat::{ack_publish5, publish_with};
+use super::chat::ack_publish5;
 use super::nats::NatsCluster;
-use super::{opts, publish, Got, Raw, QUIET, WAIT};
+use super::{publish, Got, Raw, QUIET, WAIT};
 
 /// Starts nodes `a`, `b`, `c` on `nats` (at once, as an operator would).
 pub async fn three_nodes(nats: &NatsCluster) -> Vec<BrokerHandle> {
@@ -22,35 +19,6 @@ pub async fn three_nodes(nats: &NatsCluster) -> Vec<BrokerHandle> {
         .into_iter()
         .map(|b| b.expect("cluster node starts"))
         .collect()
-}
-
-/// The whole history of `room`, asked on the node at `addr`.
-pub async fn history(addr: SocketAddr, room: &str) -> HistoryResponse {
-    let mut asker = Raw::client5(addr, &format!("asker-{room}")).await;
-    asker
-        .subscribe5(1, &[("replies/asker", opts(QoS::AtLeastOnce))])
-        .await;
-    let request: HashMap<&str, u64> = [("limit", 500)].into();
-    let mut p = publish_with(
-        &format!("$history/rooms/{room}"),
-        &payloads::to_cbor(&request),
-        Some(2),
-        &[],
-    );
-    if let Some(props) = p.properties.as_mut() {
-        props.response_topic = Some("replies/asker".into());
-    }
-    asker.send5(Packet::Publish(Box::new(p))).await;
-    loop {
-        match asker.recv5().await.packet() {
-            Packet::Publish(reply) => {
-                ack_publish5(&mut asker, &reply).await;
-                return payloads::from_cbor(&reply.payload).expect("history-response");
-            }
-            Packet::PublishAck(_) => {}
-            other => panic!("expected the history reply, got {other:?}"),
-        }
-    }
 }
 
 /// Publishes QoS 0 probes on `topic` through `publisher` until `subscriber`
