@@ -568,6 +568,11 @@ async fn publish_sys(shared: Arc<Shared>) {
                 "$SYS/broker/cluster/room-messages/received",
                 cluster.rooms.received().to_string(),
             ));
+            // CONNECTs that waited the whole handover time for a holder.
+            topics.push((
+                "$SYS/broker/cluster/takeovers/unanswered",
+                cluster.sessions.unanswered_claims().to_string(),
+            ));
         }
         for (topic, value) in topics {
             shared

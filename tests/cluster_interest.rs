@@ -6,51 +6,22 @@ mod common;
 
 use bytes::Bytes;
 use common::chat::{history, publish_with, send_and_ack, seq_of, user_props};
-use common::cluster::receive;
+use common::cluster::{nodes_reporting_sys, receive, sys_count};
 use common::nats::NatsCluster;
-use common::{opts, Got, Raw};
+use common::{opts, Raw};
 use rmqtt_codec::types::QoS;
-use rmqtt_codec::v5::{Packet, PublishAckReason};
+use rmqtt_codec::v5::PublishAckReason;
 
-/// The room-message count a node reports on `$SYS` (published every
-/// second in this test): room messages it read from the cluster.
+/// The room messages node `addr` read from the cluster, from `$SYS`
+/// (published every second in this test).
 async fn room_messages_read(addr: std::net::SocketAddr, asker: &str) -> u64 {
-    let mut c = Raw::client5(addr, asker).await;
-    c.subscribe5(
-        1,
-        &[(
-            "$SYS/broker/cluster/room-messages/received",
-            opts(QoS::AtMostOnce),
-        )],
-    )
-    .await;
-    // The retained value may be a second old: take the next update.
-    let mut values = Vec::new();
-    while values.len() < 2 {
-        match c.recv5().await {
-            Got::Packet(Packet::Publish(p)) => {
-                values.push(std::str::from_utf8(&p.payload).unwrap().parse::<u64>().unwrap())
-            }
-            Got::Packet(_) => {}
-            other => panic!("expected the $SYS count, got {other:?}"),
-        }
-    }
-    values[1]
+    sys_count(addr, "$SYS/broker/cluster/room-messages/received", asker).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_is_read_only_by_nodes_with_interest_in_it() {
     let nats = NatsCluster::start(3);
-    let starts = ["a", "b", "c"].map(|node| {
-        let mut config = nats.node_config(node);
-        config.sys_interval_secs = 1;
-        roomq::Broker::new(config).start()
-    });
-    let nodes: Vec<_> = futures_util::future::join_all(starts)
-        .await
-        .into_iter()
-        .map(|b| b.expect("cluster node starts"))
-        .collect();
+    let nodes = nodes_reporting_sys(&nats, &["a", "b", "c"]).await;
     let (a, b, c) = (
         nodes[0].local_addr(),
         nodes[1].local_addr(),

@@ -10,13 +10,15 @@
 //!   shared subscriptions as NATS queue groups.
 //! - `retained.rs`: retained messages in a stream every node follows.
 //! - `sessions.rs`: a client id is held by one node; a CONNECT on another
-//!   node takes the connection over and the session with it.
+//!   node takes the connection over and the session with it;
+//!   `holding.rs` answers those claims on the holding node.
 //! - `queues.rs`, `mirror.rs`: persistent sessions' plain QoS 1/2
 //!   messages, also in JetStream, so they outlive their node.
 //! - `names.rs`: subjects and stream names.
 //!
 //! The README's *Cluster* section says what each failure does.
 
+mod holding;
 mod mirror;
 mod names;
 mod plain;

@@ -9,8 +9,10 @@
 //!   Session taken over), and, when the new CONNECT continues the session
 //!   (Clean Start 0), sends the session over (subscriptions, room cursors,
 //!   unacknowledged messages, QoS 2 ids) and forgets it. The new node
-//!   restores it and answers Session Present = 1.
-//!
+//!   restores it and answers Session Present = 1 (`holding.rs`);
+//! - a node that let go of the id just then answers "released", or NATS
+//!   routed the claim where nobody listens any more: the claim is sent
+//!   again, to the nodes that serve the id now (`ask_holder`);
 //! - nobody answers and the CONNECT continues a session: the node reads the
 //!   session's record from the sessions stream (the holder died). Every
 //!   persistent session's record (subscriptions, expiry, will, room
@@ -19,24 +21,27 @@
 //!   QoS 1/2 messages (`queues.rs`), read back with it (room messages
 //!   come back from the room log, after the cursors).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
+use super::holding::{Claim, HeldIds, Holding, RELEASED_HEADER};
 use super::names::Names;
 use super::queues::Queues;
 use super::writer::{Write, Writer};
 use crate::store::{unix_ms_now, LoadedSession, QueuedRecord, SessionRecord};
 
 /// How long a CONNECT waits for the node holding its session.
-const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// A claim without an answer this long is sent again (`ask_holder`).
+const CLAIM_RESEND: Duration = Duration::from_millis(250);
+/// Most times one CONNECT sends its claim.
+const MAX_CLAIMS: usize = 32;
 /// Longest a CONNACK waits for NATS to have this node's hold on the id.
 const HOLD_WAIT: Duration = Duration::from_secs(2);
 
@@ -59,13 +64,6 @@ impl HandedOver {
     }
 }
 
-/// What the new node asks for.
-#[derive(Serialize, Deserialize)]
-struct Claim {
-    node: String,
-    clean_start: bool,
-}
-
 /// Gives up the client id here for another node: closes the connection,
 /// and with `continues` returns the session to send over.
 pub(crate) type GiveUp = Arc<dyn Fn(String, bool) -> BoxFuture<'static, Option<HandedOver>> + Send + Sync>;
@@ -78,8 +76,10 @@ pub(crate) struct Sessions {
     writer: Arc<Writer>,
     /// Where a dead node's sessions' plain messages are read back.
     queues: Arc<Queues>,
-    held: Mutex<HashMap<String, AbortHandle>>,
+    held: HeldIds,
     give_up: std::sync::OnceLock<GiveUp>,
+    /// Claims no holder answered in time (`unanswered_claims`).
+    unanswered: std::sync::atomic::AtomicU64,
     /// Ids of session writes (JetStream de-duplicates a writer's retry).
     writes: std::sync::atomic::AtomicU64,
     boot: u64,
@@ -100,8 +100,9 @@ impl Sessions {
             js,
             writer,
             queues,
-            held: Mutex::default(),
+            held: HeldIds::default(),
             give_up: std::sync::OnceLock::new(),
+            unanswered: std::sync::atomic::AtomicU64::new(0),
             writes: std::sync::atomic::AtomicU64::new(0),
             boot: unix_ms_now(),
         }
@@ -199,69 +200,31 @@ impl Sessions {
         if held.contains_key(client_id) {
             return None;
         }
-        let give_up = self.give_up.get().cloned()?;
-        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let (client, subject, id) = (
-            self.client.clone(),
-            self.names.client(client_id),
-            client_id.to_string(),
-        );
-        let node = self.node.clone();
-        let task = tokio::spawn(async move {
-            let subject_of_probe = subject.clone();
-            let mut subscription = match client.subscribe(subject).await {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::error!(client_id = %id, %error, "cannot hold a client id on NATS: a connection on another node will not take it over");
-                    return;
-                }
-            };
-            // An empty message (no claim: every holder ignores it) comes
-            // back once the server has the subscription.
-            let mut subscribed_tx = Some(subscribed_tx);
-            let _ = client.publish(subject_of_probe, Bytes::new()).await;
-            while let Some(request) = subscription.next().await {
-                if request.payload.is_empty() {
-                    if let Some(subscribed) = subscribed_tx.take() {
-                        let _ = subscribed.send(());
-                    }
-                    continue;
-                }
-                let Ok(claim) = postcard::from_bytes::<Claim>(&request.payload) else {
-                    continue;
-                };
-                if *claim.node == *node {
-                    continue;
-                }
-                let handed = give_up(id.clone(), !claim.clean_start).await;
-                let reply = handed
-                    .and_then(|h| postcard::to_allocvec(&h).ok())
-                    .unwrap_or_default();
-                if let Some(to) = request.reply {
-                    if let Err(error) = client.publish(to, reply.into()).await {
-                        tracing::warn!(client_id = %id, %error, "could not send a session to the node that took it over");
-                    }
-                }
-                tracing::info!(client_id = %id, to = %claim.node, "client connected on another node: connection closed here");
-            }
-        });
-        held.insert(client_id.to_string(), task.abort_handle());
+        let (entry, subscribed) = Holding {
+            client: self.client.clone(),
+            subject: self.names.client(client_id),
+            client_id: client_id.to_string(),
+            node: self.node.clone(),
+            give_up: self.give_up.get().cloned()?,
+            held: self.held.clone(),
+        }
+        .start();
+        held.insert(client_id.to_string(), entry);
         Some(subscribed)
     }
 
     /// Stops answering for every client id (shutdown): the other nodes
     /// then read the sessions from the stream.
     pub fn stop(&self) {
-        for (_, task) in self.held.lock().drain() {
-            task.abort();
+        for (_, held) in self.held.lock().drain() {
+            held.abort();
         }
     }
 
-    /// This node no longer serves `client_id`.
+    /// This node no longer serves `client_id` (its task answers
+    /// "released" until NATS confirms, `holding.rs`).
     pub fn release(&self, client_id: &str) {
-        if let Some(task) = self.held.lock().remove(client_id) {
-            task.abort();
-        }
+        self.held.lock().remove(client_id);
     }
 
     /// Asks the node holding `client_id` (if any) to let go of it; returns
@@ -276,19 +239,16 @@ impl Sessions {
             clean_start,
         };
         let payload: Bytes = postcard::to_allocvec(&claim).ok()?.into();
-        let request = self.client.request(self.names.client(client_id), payload);
-        match tokio::time::timeout(HANDOVER_WAIT, request).await {
-            Ok(Ok(reply)) if !reply.payload.is_empty() => {
-                match postcard::from_bytes::<HandedOver>(&reply.payload) {
-                    Ok(handed) => Some(handed),
-                    Err(error) => {
-                        tracing::error!(%client_id, %error, "undecodable session from another node; starting a new one");
-                        None
-                    }
+        match self.ask_holder(client_id, payload).await {
+            Answer::Session(bytes) => match postcard::from_bytes::<HandedOver>(&bytes) {
+                Ok(handed) => Some(handed),
+                Err(error) => {
+                    tracing::error!(%client_id, %error, "undecodable session from another node; starting a new one");
+                    None
                 }
-            }
-            Ok(Ok(_)) => None,
-            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
+            },
+            Answer::NothingToHand => None,
+            Answer::NoHolder => {
                 // No node holds it (it died, or the session was never
                 // here): the last record written, if any.
                 if clean_start {
@@ -300,14 +260,93 @@ impl Sessions {
                 }
                 stored
             }
-            Ok(Err(error)) => {
+            Answer::Failed(error) => {
                 tracing::warn!(%client_id, %error, "no answer from the node holding this client id; going on without its session");
                 None
             }
-            Err(_) => {
+            Answer::TimedOut => {
+                self.unanswered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(%client_id, "the node holding this client id did not answer in time; going on without its session");
                 None
             }
         }
     }
+
+    /// Sends the claim to the subject of `client_id` and waits for the
+    /// holder's answer, on an inbox of its own, so an answer to an earlier
+    /// send still counts. The claim is sent again at once after a
+    /// "released" answer (a node that let go of the id just then,
+    /// `holding.rs`), and every `CLAIM_RESEND` without an answer: a NATS
+    /// server that had not yet heard that a node let go of the id may
+    /// route the claim to that node's server, which drops it. A holder
+    /// answers its claims in order, so its first answer (the session)
+    /// comes before the empty ones to the sends after it.
+    async fn ask_holder(&self, client_id: &str, claim: Bytes) -> Answer {
+        let subject = self.names.client(client_id);
+        let inbox = self.client.new_inbox();
+        let mut answers = match self.client.subscribe(inbox.clone()).await {
+            Ok(answers) => answers,
+            Err(error) => return Answer::Failed(error.to_string()),
+        };
+        let until = Instant::now() + HANDOVER_WAIT;
+        let mut sent = 0;
+        let mut send_at = Instant::now();
+        loop {
+            if sent < MAX_CLAIMS && Instant::now() >= send_at {
+                let published = self
+                    .client
+                    .publish_with_reply(subject.clone(), inbox.clone(), claim.clone())
+                    .await;
+                if let Err(error) = published {
+                    return Answer::Failed(error.to_string());
+                }
+                sent += 1;
+                send_at = Instant::now() + CLAIM_RESEND;
+            }
+            let wait_until = if sent < MAX_CLAIMS {
+                send_at.min(until)
+            } else {
+                until
+            };
+            let answer = match tokio::time::timeout_at(wait_until, answers.next()).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => return Answer::Failed("the answer subscription ended".into()),
+                Err(_) if Instant::now() >= until => return Answer::TimedOut,
+                Err(_) => continue,
+            };
+            if answer.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Answer::NoHolder;
+            }
+            let released = answer
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(RELEASED_HEADER).is_some());
+            if released {
+                send_at = Instant::now();
+                continue;
+            }
+            return match answer.payload.is_empty() {
+                true => Answer::NothingToHand,
+                false => Answer::Session(answer.payload),
+            };
+        }
+    }
+
+    /// Claims of this node that the holder did not answer within
+    /// `HANDOVER_WAIT` (`$SYS/broker/cluster/takeovers/unanswered`).
+    pub fn unanswered_claims(&self) -> u64 {
+        self.unanswered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What became of a claim.
+enum Answer {
+    /// The holder let go and sent the session (the CONNECT continues it).
+    Session(Bytes),
+    /// The holder let go; it had nothing to send.
+    NothingToHand,
+    /// No node serves the id.
+    NoHolder,
+    Failed(String),
+    TimedOut,
 }

@@ -21,6 +21,21 @@ pub async fn three_nodes(nats: &NatsCluster) -> Vec<BrokerHandle> {
         .collect()
 }
 
+/// Starts the nodes `names` on `nats` at once, each publishing `$SYS`
+/// every second (`sys_count`).
+pub async fn nodes_reporting_sys(nats: &NatsCluster, names: &[&str]) -> Vec<BrokerHandle> {
+    let starts = names.iter().map(|node| {
+        let mut config = nats.node_config(node);
+        config.sys_interval_secs = 1;
+        Broker::new(config).start()
+    });
+    futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|b| b.expect("cluster node starts"))
+        .collect()
+}
+
 /// Publishes QoS 0 probes on `topic` through `publisher` until `subscriber`
 /// gets one (its subscription has reached the other nodes), then drains
 /// the probes.
@@ -62,4 +77,23 @@ pub async fn receive(c: &mut Raw, n: usize) -> Vec<Publish> {
         }
     }
     got
+}
+
+/// A count node `addr` publishes on `$SYS` `topic`, asked as `asker`:
+/// the update after the retained value, which may be one
+/// `sys_interval_secs` old.
+pub async fn sys_count(addr: std::net::SocketAddr, topic: &str, asker: &str) -> u64 {
+    let mut c = Raw::client5(addr, asker).await;
+    c.subscribe5(1, &[(topic, super::opts(QoS::AtMostOnce))]).await;
+    let mut values = Vec::new();
+    while values.len() < 2 {
+        match c.recv5().await {
+            Got::Packet(Packet::Publish(p)) => {
+                values.push(std::str::from_utf8(&p.payload).unwrap().parse::<u64>().unwrap())
+            }
+            Got::Packet(_) => {}
+            other => panic!("expected the $SYS count {topic}, got {other:?}"),
+        }
+    }
+    values[1]
 }
