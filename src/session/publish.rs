@@ -32,6 +32,19 @@ fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
     hash
 }
 
+/// The PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; none for QoS 0.
+fn publish_ack(packet_id: Option<NonZeroU16>, qos: QoS, reason: PublishAckReason) -> Option<Packet> {
+    let ack = PublishAck {
+        packet_id: packet_id?,
+        reason_code: reason,
+        ..Default::default()
+    };
+    Some(match qos {
+        QoS::ExactlyOnce => Packet::PublishReceived(ack),
+        _ => Packet::PublishAck(ack),
+    })
+}
+
 impl Connection {
     pub(super) fn on_publish(&mut self, mut publish: Publish) -> Option<Close> {
         if let Err(close) = self.resolve_topic_alias(&mut publish) {
@@ -145,13 +158,10 @@ impl Connection {
         if room_post && u8::from(reason) < 0x80 {
             self.joined_a_room();
         }
-        match (only_reads, packet_id) {
-            (true, Some(id)) => self.send_unstored_ack(Packet::PublishAck(PublishAck {
-                packet_id: id,
-                reason_code: reason,
-                ..Default::default()
-            })),
-            _ => self.acknowledge(packet_id, qos, reason),
+        match publish_ack(packet_id, qos, reason) {
+            Some(ack) if only_reads => self.send_unstored_ack(ack),
+            Some(ack) => self.send_ack(ack),
+            None => {}
         }
         None
     }
@@ -181,16 +191,8 @@ impl Connection {
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.
     fn acknowledge(&mut self, packet_id: Option<NonZeroU16>, qos: QoS, reason: PublishAckReason) {
-        let Some(id) = packet_id else { return };
-        let ack = PublishAck {
-            packet_id: id,
-            reason_code: reason,
-            ..Default::default()
-        };
-        if qos == QoS::ExactlyOnce {
-            self.send_ack(Packet::PublishReceived(ack));
-        } else {
-            self.send_ack(Packet::PublishAck(ack));
+        if let Some(ack) = publish_ack(packet_id, qos, reason) {
+            self.send_ack(ack);
         }
     }
 
