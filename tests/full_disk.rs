@@ -101,6 +101,15 @@ impl Store for FillableStore {
     }
 }
 
+/// A client subscribed to `$SYS/broker/store/status`.
+async fn store_status_watcher(addr: std::net::SocketAddr) -> Raw {
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher
+        .subscribe5(1, &[("$SYS/broker/store/status", opts(QoS::AtMostOnce))])
+        .await;
+    watcher
+}
+
 /// Waits until `$SYS/broker/store/status` says `prefix...`.
 async fn status_becomes(watcher: &mut Raw, prefix: &str) {
     loop {
@@ -145,10 +154,7 @@ async fn a_full_disk_refuses_publishes_in_bounded_time_and_the_broker_resumes() 
     let ack = publisher.publish1_5(1, "backlog/a", b"stored before").await;
     assert_eq!(ack.reason_code, PublishAckReason::Success);
 
-    let mut watcher = Raw::client5(addr, "watcher").await;
-    watcher
-        .subscribe5(1, &[("$SYS/broker/store/status", opts(QoS::AtMostOnce))])
-        .await;
+    let mut watcher = store_status_watcher(addr).await;
     status_becomes(&mut watcher, "ok").await;
     let mut live = Raw::client5(addr, "live").await;
     live.subscribe5(1, &[("plain/#", opts(QoS::AtMostOnce))]).await;
@@ -226,10 +232,7 @@ async fn below_min_free_disk_bytes_publishes_that_need_the_store_are_refused() {
     })
     .await;
     let addr = broker.local_addr();
-    let mut watcher = Raw::client5(addr, "watcher").await;
-    watcher
-        .subscribe5(1, &[("$SYS/broker/store/status", opts(QoS::AtMostOnce))])
-        .await;
+    let mut watcher = store_status_watcher(addr).await;
     status_becomes(&mut watcher, "failing since ").await;
     let mut member = Raw::client5(addr, "member").await;
     member
@@ -266,10 +269,7 @@ async fn history_stays_readable_while_the_disk_is_full() {
     let mut writer = Raw::client5(addr, "writer").await;
     let ack = writer.publish1_5(1, "rooms/ops/msg/writer", b"before").await;
     assert_eq!(ack.reason_code, PublishAckReason::Success);
-    let mut watcher = Raw::client5(addr, "watcher").await;
-    watcher
-        .subscribe5(1, &[("$SYS/broker/store/status", opts(QoS::AtMostOnce))])
-        .await;
+    let mut watcher = store_status_watcher(addr).await;
 
     store.full.store(true, Ordering::Release);
     let ack = writer.publish1_5(2, "rooms/ops/msg/writer", b"while full").await;

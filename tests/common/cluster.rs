@@ -13,20 +13,25 @@ use super::{publish, Got, Raw, QUIET, WAIT};
 
 /// Starts nodes `a`, `b`, `c` on `nats` (at once, as an operator would).
 pub async fn three_nodes(nats: &NatsCluster) -> Vec<BrokerHandle> {
-    let starts = ["a", "b", "c"].map(|node| Broker::new(nats.node_config(node)).start());
-    futures_util::future::join_all(starts)
-        .await
-        .into_iter()
-        .map(|b| b.expect("cluster node starts"))
-        .collect()
+    start_nodes(nats, &["a", "b", "c"], |_| {}).await
 }
 
 /// Starts the nodes `names` on `nats` at once, each publishing `$SYS`
 /// every second (`sys_count`).
 pub async fn nodes_reporting_sys(nats: &NatsCluster, names: &[&str]) -> Vec<BrokerHandle> {
+    start_nodes(nats, names, |config| config.sys_interval_secs = 1).await
+}
+
+/// Starts the nodes `names` on `nats` at once, each config changed by
+/// `configure`.
+async fn start_nodes(
+    nats: &NatsCluster,
+    names: &[&str],
+    configure: impl Fn(&mut roomq::Config),
+) -> Vec<BrokerHandle> {
     let starts = names.iter().map(|node| {
         let mut config = nats.node_config(node);
-        config.sys_interval_secs = 1;
+        configure(&mut config);
         Broker::new(config).start()
     });
     futures_util::future::join_all(starts)
