@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::acl::Acl;
 use crate::auth::gate::Gate;
 use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff, LoginPool};
+use crate::budget::{Budgets, Limits as BudgetLimits};
 use crate::cluster::Cluster;
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
 use crate::local::LocalSubscription;
@@ -110,6 +111,7 @@ impl Broker {
         let local_addr = local_addrs[0].1;
         let tls: Vec<_> = listeners.iter().filter_map(|l| l.tls.clone()).collect();
         let metrics = Arc::new(Metrics::default());
+        let budgets = Arc::new(Budgets::new(BudgetLimits::from_config(&self.config)));
         let allow_anonymous = self.config.effective_allow_anonymous();
         let auth: Arc<dyn Authenticator> = match self.auth {
             Some(auth) => auth,
@@ -182,6 +184,7 @@ impl Broker {
             cluster: cluster.clone(),
             login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
             logins: LoginPool::new(self.config.max_concurrent_logins, self.config.max_pending_logins),
+            budgets,
             store,
             config: self.config,
         });
@@ -479,6 +482,7 @@ async fn chat_upkeep(shared: Arc<Shared>) {
 
 /// One round of upkeep (see `BrokerHandle::run_upkeep`).
 fn run_upkeep(shared: &Shared) -> usize {
+    shared.budgets.forget_idle();
     shared
         .chat
         .upkeep(Duration::from_millis(shared.config.typing_min_interval_ms));

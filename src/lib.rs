@@ -27,6 +27,8 @@
 //!   group commit, store health, record conversions.
 //! - [`message`]: [`Message`] and `Delivery`, what the router carries.
 //! - [`config`]: [`Config`], every setting and limit, and its layers.
+//! - [`budget`]: per-identity accounts: what one identity may keep of
+//!   every shared limit (`docs/limits.md`).
 //! - [`protocol`]: the only module that knows the wire codec; packet
 //!   validation and 3.1.1/5.0 translation.
 //! - [`metrics`]: counters and histograms, read by `$SYS` topics and
@@ -64,6 +66,7 @@
 mod admin;
 pub mod auth;
 pub mod broker;
+pub mod budget;
 pub mod chat;
 mod cluster;
 pub mod config;

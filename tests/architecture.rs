@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// Top to bottom; a module may use only the ones after it.
 const LAYERS: &[&str] = &[
     "broker", "admin", "server", "local", "session", "auth", "chat", "cluster", "router", "store", "message",
-    "config", "protocol", "metrics",
+    "budget", "config", "protocol", "metrics",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

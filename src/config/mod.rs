@@ -242,6 +242,53 @@ pub struct Config {
     pub history_max_limit: usize,
     /// Cluster mode on NATS JetStream (`[cluster]`); unset, one node.
     pub cluster: Option<ClusterConfig>,
+    // Per-identity bounds (`budget.rs`, `docs/limits.md`): what one
+    // identity may take of the shared limits above. 0 = no bound.
+    /// Connections open at once under one identity (username, or client
+    /// id where names are claims); more get 5.0 CONNACK 0x97 / 3.1.1 code 3.
+    pub max_connections_per_user: usize,
+    /// Rooms one identity may open (with its first post); beyond it a post
+    /// that would open another gets 0x97. `max_rooms` is the ceiling.
+    pub max_rooms_per_user: usize,
+    /// Read receipts kept for one identity (one per room it reads).
+    pub max_receipts_per_user: usize,
+    /// Retained messages one identity may set; `max_retained_messages` is
+    /// the ceiling.
+    pub max_retained_messages_per_user: usize,
+    /// Bytes (topic, payload, properties) of the retained messages one
+    /// identity may set; `max_retained_bytes` is the ceiling.
+    pub max_retained_bytes_per_user: usize,
+    /// History requests one identity may make per minute (a burst of this
+    /// many, refilled evenly); beyond it 5.0 PUBACK 0x96.
+    pub history_requests_per_minute: u32,
+    /// Bytes of room messages one identity may have stored per hour (a
+    /// burst of this much, refilled evenly); beyond it 0x97.
+    pub room_post_bytes_per_hour: u64,
+    /// Most bytes in one history answer (each reply's topic, payload and
+    /// properties); an answer that would go over stops early and says so
+    /// (`more`, see `topics.md`). At most `max_packet_size`.
+    pub history_max_bytes: usize,
+    /// Password logins waiting for a check from one address; beyond it a
+    /// CONNECT from that address is refused at once (5.0 CONNACK 0x89,
+    /// 3.1.1 code 3), so one address cannot take `max_pending_logins`.
+    pub max_pending_logins_per_ip: usize,
+    /// Bytes of topic names one 5.0 connection may hold as topic aliases
+    /// (inbound); an alias that would go over is a protocol error
+    /// (DISCONNECT 0x94 Topic Alias invalid).
+    pub max_topic_alias_bytes: usize,
+    /// Connections the admin listener keeps open at once; more are closed
+    /// at accept.
+    pub admin_max_connections: usize,
+    /// Seconds an admin connection may take to send a request's headers,
+    /// and may stay idle between requests.
+    pub admin_timeout_secs: u64,
+    /// How long the retained presence of an identity that holds no
+    /// persistent session and never posted to a room is kept after it goes
+    /// offline, in seconds (`presence_retention_secs` for the others).
+    pub presence_transient_secs: u64,
+    /// Most presence records (identities with a retained `$presence`)
+    /// kept; beyond it the longest-offline transient ones go first.
+    pub max_presence_records: usize,
 }
 
 /// The `[auth]` section.
@@ -389,6 +436,20 @@ impl Default for Config {
             history_default_limit: 50,
             history_max_limit: 500,
             cluster: None,
+            max_connections_per_user: 256,
+            max_rooms_per_user: 1000,
+            max_receipts_per_user: 10_000,
+            max_retained_messages_per_user: 10_000,
+            max_retained_bytes_per_user: 32 * 1024 * 1024,
+            history_requests_per_minute: 120,
+            room_post_bytes_per_hour: 256 * 1024 * 1024,
+            history_max_bytes: 1024 * 1024,
+            max_pending_logins_per_ip: 8,
+            max_topic_alias_bytes: 64 * 1024,
+            admin_max_connections: 64,
+            admin_timeout_secs: 10,
+            presence_transient_secs: 300,
+            max_presence_records: 1_000_000,
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::Registry;
 use crate::auth::gate::Gate;
 use crate::auth::{Authenticator, LoginBackoff, LoginPool};
+use crate::budget::Budgets;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -46,6 +47,10 @@ pub(crate) struct Shared {
     pub login_backoff: LoginBackoff,
     /// Bounds the password checks running and waiting.
     pub logins: LoginPool,
+    /// Per-identity accounts (`budget.rs`): what each identity holds of
+    /// the shared limits. An `Arc` because the router and chat charge it
+    /// too.
+    pub budgets: Arc<Budgets>,
 }
 
 impl Shared {

@@ -1,0 +1,352 @@
+//! Per-identity accounts: everything a client can make the broker keep
+//! (memory, disk, a slot in a shared limit, work on a runtime thread) is
+//! charged to the identity that caused it, within a documented bound; the
+//! global limits (`max_rooms`, `max_retained_messages`, free disk) are the
+//! ceiling behind these bounds, not the first defence.
+//!
+//! An account is named by [`account_of`]: the username, or for a client
+//! without one, its address (anonymous clients at one address share one
+//! account). Broker-owned state (its own `$` topics, presence it
+//! publishes) is never charged here.
+//!
+//! Two kinds of budget:
+//! - [`Held`]: what stays until it is released (a retained message, a room
+//!   opened, a connection). [`Budgets::charge`] refuses what would go over
+//!   the bound; the caller releases exactly what it charged.
+//! - [`Rate`]: work or growth per time (history requests, bytes posted to
+//!   room logs). [`Budgets::spend`] takes from a token bucket that refills
+//!   continuously.
+//!
+//! `docs/limits.md` has one row per variant; `tests/budgets.rs` fails when
+//! a variant has no row there.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Something that stays held by an identity until it is released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Held {
+    /// Open MQTT connections (`max_connections_per_user`).
+    Connections,
+    /// Rooms whose log this identity opened with its first post
+    /// (`max_rooms_per_user`).
+    Rooms,
+    /// Read receipts kept for this identity (`max_receipts_per_user`).
+    Receipts,
+    /// Retained messages this identity set (`max_retained_messages_per_user`).
+    RetainedMessages,
+    /// Bytes of those retained messages: topic, payload, properties
+    /// (`max_retained_bytes_per_user`).
+    RetainedBytes,
+}
+
+impl Held {
+    /// Every variant, for the documentation check and the metrics.
+    pub const ALL: [Held; 5] = [
+        Held::Connections,
+        Held::Rooms,
+        Held::Receipts,
+        Held::RetainedMessages,
+        Held::RetainedBytes,
+    ];
+
+    /// The configuration key of its per-identity bound.
+    pub fn key(self) -> &'static str {
+        match self {
+            Held::Connections => "max_connections_per_user",
+            Held::Rooms => "max_rooms_per_user",
+            Held::Receipts => "max_receipts_per_user",
+            Held::RetainedMessages => "max_retained_messages_per_user",
+            Held::RetainedBytes => "max_retained_bytes_per_user",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Work or growth an identity may cause per unit of time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rate {
+    /// History requests per minute (`history_requests_per_minute`).
+    HistoryRequests,
+    /// Bytes of room messages stored per hour (`room_post_bytes_per_hour`):
+    /// one identity cannot fill the disk for everyone.
+    RoomPostBytes,
+}
+
+impl Rate {
+    pub const ALL: [Rate; 2] = [Rate::HistoryRequests, Rate::RoomPostBytes];
+
+    /// The configuration key of its per-identity bound.
+    pub fn key(self) -> &'static str {
+        match self {
+            Rate::HistoryRequests => "history_requests_per_minute",
+            Rate::RoomPostBytes => "room_post_bytes_per_hour",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const HELD_KINDS: usize = Held::ALL.len();
+const RATE_KINDS: usize = Rate::ALL.len();
+
+/// The bounds of one account. 0 means no bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub held: [u64; HELD_KINDS],
+    /// Per rate: how much per `period`.
+    pub rate: [(u64, Duration); RATE_KINDS],
+}
+
+impl Limits {
+    pub fn with_held(mut self, what: Held, bound: u64) -> Self {
+        self.held[what.index()] = bound;
+        self
+    }
+
+    pub fn with_rate(mut self, what: Rate, amount: u64, period: Duration) -> Self {
+        self.rate[what.index()] = (amount, period);
+        self
+    }
+
+    /// The bounds the configuration sets.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let b = config;
+        Limits::default()
+            .with_held(Held::Connections, b.max_connections_per_user as u64)
+            .with_held(Held::Rooms, b.max_rooms_per_user as u64)
+            .with_held(Held::Receipts, b.max_receipts_per_user as u64)
+            .with_held(Held::RetainedMessages, b.max_retained_messages_per_user as u64)
+            .with_held(Held::RetainedBytes, b.max_retained_bytes_per_user as u64)
+            .with_rate(
+                Rate::HistoryRequests,
+                b.history_requests_per_minute as u64,
+                Duration::from_secs(60),
+            )
+            .with_rate(
+                Rate::RoomPostBytes,
+                b.room_post_bytes_per_hour,
+                Duration::from_secs(3600),
+            )
+    }
+}
+
+/// A charge that would go over the bound; nothing was charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("over the per-identity bound `{key}` ({bound})")]
+pub struct OverBudget {
+    pub key: &'static str,
+    pub bound: u64,
+}
+
+/// The name of the account that pays for what a client makes the broker
+/// keep: `user:{identity}` (`Principal::identity`: the username, or the
+/// client id where names are claims), or `anon:{address}` for an anonymous
+/// client (`anon:` when the address is unknown, as for a will restored
+/// after a restart).
+pub fn account_of(identity: Option<&str>, peer: Option<IpAddr>) -> Arc<str> {
+    match (identity, peer) {
+        (Some(name), _) => format!("user:{name}").into(),
+        (None, Some(ip)) => format!("anon:{ip}").into(),
+        (None, None) => "anon:".into(),
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Tokens left, refilled continuously up to the bound.
+    tokens: f64,
+    refilled: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    held: [u64; HELD_KINDS],
+    buckets: [Option<Bucket>; RATE_KINDS],
+}
+
+impl Account {
+    /// Whether the account keeps nothing worth remembering: nothing held,
+    /// and every bucket would be full again by now.
+    fn is_idle(&self, limits: &Limits, now: Instant) -> bool {
+        self.held.iter().all(|&h| h == 0)
+            && self.buckets.iter().enumerate().all(|(i, bucket)| match bucket {
+                None => true,
+                Some(b) => refilled(b, limits.rate[i], now) >= limits.rate[i].0 as f64,
+            })
+    }
+}
+
+fn refilled(bucket: &Bucket, (amount, period): (u64, Duration), now: Instant) -> f64 {
+    let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+    let per_sec = amount as f64 / period.as_secs_f64().max(f64::MIN_POSITIVE);
+    (bucket.tokens + elapsed * per_sec).min(amount as f64)
+}
+
+/// Every identity's account; one per broker, shared by every path that
+/// charges (a `parking_lot` mutex: held for a map lookup only, never across
+/// an `.await`).
+#[derive(Debug)]
+pub struct Budgets {
+    limits: Limits,
+    accounts: Mutex<HashMap<Arc<str>, Account>>,
+}
+
+impl Budgets {
+    pub fn new(limits: Limits) -> Self {
+        Budgets {
+            limits,
+            accounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Charges `amount` of `what` to `account`, or refuses it (charging
+    /// nothing) when the account would hold more than its bound.
+    pub fn charge(&self, account: &str, what: Held, amount: u64) -> Result<(), OverBudget> {
+        let bound = self.limits.held[what.index()];
+        let mut accounts = self.accounts.lock();
+        let held = accounts.get(account).map_or(0, |a| a.held[what.index()]);
+        if bound != 0 && held.saturating_add(amount) > bound {
+            return Err(OverBudget {
+                key: what.key(),
+                bound,
+            });
+        }
+        let entry = accounts.entry(Arc::from(account)).or_default();
+        entry.held[what.index()] = held.saturating_add(amount);
+        Ok(())
+    }
+
+    /// Charges without a bound check: for what is already kept (state read
+    /// back at start-up), so that the account counts it even when a bound
+    /// was lowered since.
+    pub fn charge_unchecked(&self, account: &str, what: Held, amount: u64) {
+        let mut accounts = self.accounts.lock();
+        let entry = accounts.entry(Arc::from(account)).or_default();
+        entry.held[what.index()] = entry.held[what.index()].saturating_add(amount);
+    }
+
+    /// Gives back what [`Budgets::charge`] took.
+    pub fn release(&self, account: &str, what: Held, amount: u64) {
+        let now = Instant::now();
+        let mut accounts = self.accounts.lock();
+        if let Some(entry) = accounts.get_mut(account) {
+            let held = &mut entry.held[what.index()];
+            *held = held.saturating_sub(amount);
+            if entry.is_idle(&self.limits, now) {
+                accounts.remove(account);
+            }
+        }
+    }
+
+    /// Takes `amount` from `account`'s bucket for `what`, or refuses it
+    /// (taking nothing) when the bucket holds less.
+    pub fn spend(&self, account: &str, what: Rate, amount: u64) -> Result<(), OverBudget> {
+        let (bound, period) = self.limits.rate[what.index()];
+        if bound == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut accounts = self.accounts.lock();
+        let entry = accounts.entry(Arc::from(account)).or_default();
+        let bucket = entry.buckets[what.index()].get_or_insert(Bucket {
+            tokens: bound as f64,
+            refilled: now,
+        });
+        let tokens = refilled(bucket, (bound, period), now);
+        if tokens < amount as f64 {
+            bucket.tokens = tokens;
+            bucket.refilled = now;
+            return Err(OverBudget {
+                key: what.key(),
+                bound,
+            });
+        }
+        bucket.tokens = tokens - amount as f64;
+        bucket.refilled = now;
+        Ok(())
+    }
+
+    /// What `account` holds of `what` now.
+    pub fn held(&self, account: &str, what: Held) -> u64 {
+        self.accounts
+            .lock()
+            .get(account)
+            .map_or(0, |a| a.held[what.index()])
+    }
+
+    /// Accounts remembered now (each holds something or has a bucket that
+    /// is not yet full).
+    pub fn accounts(&self) -> usize {
+        self.accounts.lock().len()
+    }
+
+    /// Forgets accounts that hold nothing and whose buckets are full again;
+    /// run by the broker's upkeep so an identity seen once costs nothing
+    /// for long.
+    pub fn forget_idle(&self) {
+        let now = Instant::now();
+        self.accounts.lock().retain(|_, a| !a.is_idle(&self.limits, now));
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_over_the_bound_is_refused_and_charges_nothing() {
+        let budgets = Budgets::new(Limits::default().with_held(Held::Rooms, 2));
+        assert!(budgets.charge("user:a", Held::Rooms, 1).is_ok());
+        assert!(budgets.charge("user:a", Held::Rooms, 1).is_ok());
+        let refused = budgets.charge("user:a", Held::Rooms, 1).unwrap_err();
+        assert_eq!(refused.key, "max_rooms_per_user");
+        assert_eq!(budgets.held("user:a", Held::Rooms), 2);
+        // Another identity has its own account.
+        assert!(budgets.charge("user:b", Held::Rooms, 2).is_ok());
+        budgets.release("user:a", Held::Rooms, 1);
+        assert!(budgets.charge("user:a", Held::Rooms, 1).is_ok());
+    }
+
+    #[test]
+    fn an_account_that_holds_nothing_is_forgotten() {
+        let budgets = Budgets::new(Limits::default().with_held(Held::RetainedBytes, 100));
+        budgets.charge("user:a", Held::RetainedBytes, 40).unwrap();
+        assert_eq!(budgets.accounts(), 1);
+        budgets.release("user:a", Held::RetainedBytes, 40);
+        assert_eq!(budgets.accounts(), 0);
+    }
+
+    #[test]
+    fn a_rate_refuses_beyond_its_bucket_until_it_refills() {
+        let budgets =
+            Budgets::new(Limits::default().with_rate(Rate::HistoryRequests, 3, Duration::from_secs(3600)));
+        for _ in 0..3 {
+            budgets.spend("user:a", Rate::HistoryRequests, 1).unwrap();
+        }
+        assert!(budgets.spend("user:a", Rate::HistoryRequests, 1).is_err());
+        assert!(budgets.spend("user:b", Rate::HistoryRequests, 1).is_ok());
+        // A zero bound means none.
+        assert!(budgets.spend("user:a", Rate::RoomPostBytes, u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn anonymous_clients_share_an_account_per_address() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(&*account_of(None, Some(ip)), "anon:10.0.0.1");
+        assert_eq!(&*account_of(Some("alice"), Some(ip)), "user:alice");
+    }
+}
