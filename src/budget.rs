@@ -32,6 +32,9 @@ use parking_lot::Mutex;
 pub enum Held {
     /// Open MQTT connections (`max_connections_per_user`).
     Connections,
+    /// Persistent sessions (online or offline) owned by this identity
+    /// (`max_sessions_per_user`): each keeps a queue and subscriptions.
+    Sessions,
     /// Rooms whose log this identity opened with its first post
     /// (`max_rooms_per_user`).
     Rooms,
@@ -46,8 +49,9 @@ pub enum Held {
 
 impl Held {
     /// Every variant, for the documentation check and the metrics.
-    pub const ALL: [Held; 5] = [
+    pub const ALL: [Held; 6] = [
         Held::Connections,
+        Held::Sessions,
         Held::Rooms,
         Held::Receipts,
         Held::RetainedMessages,
@@ -58,6 +62,7 @@ impl Held {
     pub fn key(self) -> &'static str {
         match self {
             Held::Connections => "max_connections_per_user",
+            Held::Sessions => "max_sessions_per_user",
             Held::Rooms => "max_rooms_per_user",
             Held::Receipts => "max_receipts_per_user",
             Held::RetainedMessages => "max_retained_messages_per_user",
@@ -123,6 +128,7 @@ impl Limits {
         let b = config;
         Limits::default()
             .with_held(Held::Connections, b.max_connections_per_user as u64)
+            .with_held(Held::Sessions, b.max_sessions_per_user as u64)
             .with_held(Held::Rooms, b.max_rooms_per_user as u64)
             .with_held(Held::Receipts, b.max_receipts_per_user as u64)
             .with_held(Held::RetainedMessages, b.max_retained_messages_per_user as u64)

@@ -247,6 +247,10 @@ pub struct Config {
     /// Connections open at once under one identity (username, or client
     /// id where names are claims); more get 5.0 CONNACK 0x97 / 3.1.1 code 3.
     pub max_connections_per_user: usize,
+    /// Persistent sessions (online or offline) one identity may hold;
+    /// a CONNECT that would create another gets 5.0 CONNACK 0x97 / 3.1.1
+    /// code 3.
+    pub max_sessions_per_user: usize,
     /// Rooms one identity may open (with its first post); beyond it a post
     /// that would open another gets 0x97. `max_rooms` is the ceiling.
     pub max_rooms_per_user: usize,
@@ -437,6 +441,7 @@ impl Default for Config {
             history_max_limit: 500,
             cluster: None,
             max_connections_per_user: 256,
+            max_sessions_per_user: 100,
             max_rooms_per_user: 1000,
             max_receipts_per_user: 10_000,
             max_retained_messages_per_user: 10_000,

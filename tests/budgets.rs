@@ -1,0 +1,110 @@
+//! Every structure a client can grow has an account and a row in
+//! `docs/limits.md`: a new per-identity budget without its row, a new store
+//! tree without its row, or a configuration field missing from
+//! `docs/configuration.md` fails here, so a new path cannot arrive
+//! without a bound that somebody wrote down.
+
+use std::path::Path;
+
+use roomq::budget::{Held, Rate};
+
+fn read(relative: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The first cells of the table rows of a Markdown text.
+fn first_cells(markdown: &str) -> Vec<String> {
+    markdown
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .filter_map(|l| l.split('|').nth(1))
+        .map(|cell| cell.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn every_per_identity_budget_has_its_row_in_the_limits_table() {
+    let limits = read("docs/limits.md");
+    let configuration = read("docs/configuration.md");
+    let keys: Vec<&str> = Held::ALL
+        .iter()
+        .map(|h| h.key())
+        .chain(Rate::ALL.iter().map(|r| r.key()))
+        .collect();
+    for key in keys {
+        assert!(
+            limits.contains(&format!("`{key}`")),
+            "docs/limits.md does not name the per-identity bound `{key}`"
+        );
+        assert!(
+            configuration.contains(&format!("| `{key}` |")),
+            "docs/configuration.md has no row for `{key}`"
+        );
+    }
+    let budget_rows = first_cells(&limits);
+    for held in Held::ALL {
+        let name = format!("`Held::{held:?}`");
+        assert!(budget_rows.contains(&name), "docs/limits.md has no row {name}");
+    }
+    for rate in Rate::ALL {
+        let name = format!("`Rate::{rate:?}`");
+        assert!(budget_rows.contains(&name), "docs/limits.md has no row {name}");
+    }
+}
+
+#[test]
+fn every_store_tree_has_its_row_in_the_limits_table() {
+    let rows = first_cells(&read("docs/limits.md"));
+    let mut found = 0;
+    for file in ["src/store/sled_store.rs", "src/store/journal.rs"] {
+        let code = read(file);
+        for (i, _) in code.match_indices("tree(\"") {
+            let name: String = code[i + 6..].chars().take_while(|c| *c != '"').collect();
+            found += 1;
+            assert!(
+                rows.contains(&format!("`{name}`")),
+                "the store tree `{name}` ({file}) has no row in docs/limits.md"
+            );
+        }
+    }
+    assert!(
+        found >= 5,
+        "found only {found} store trees: has the way they are opened changed?"
+    );
+}
+
+#[test]
+fn every_configuration_field_is_documented() {
+    let code = read("src/config/mod.rs");
+    let documented = read("docs/configuration.md");
+    let start = code
+        .find("pub struct Config {")
+        .expect("struct Config in src/config/mod.rs");
+    let body = &code[start..];
+    let body = &body[..body.find("\n}").expect("the end of struct Config")];
+    let mut missing = Vec::new();
+    for line in body.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("pub ") else {
+            continue;
+        };
+        let Some((name, _)) = rest.split_once(':') else {
+            continue;
+        };
+        if name.contains(' ')
+            || matches!(
+                name,
+                "auth" | "acl" | "rooms" | "alerts" | "cluster" | "listeners"
+            )
+        {
+            continue;
+        }
+        if !documented.contains(&format!("| `{name}` |")) {
+            missing.push(name.to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md has no row for {missing:?}"
+    );
+}
