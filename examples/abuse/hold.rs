@@ -25,8 +25,8 @@ fn still_open(stream: &TcpStream) -> bool {
 }
 
 /// One login of alice from 127.0.0.2 (a different address from the
-/// flood's): whether it was accepted, and how long it took.
-async fn alice_login(addr: SocketAddr, n: usize) -> (bool, Duration) {
+/// flood's): how it ended, and how long it took.
+async fn alice_login(addr: SocketAddr, n: usize) -> (&'static str, Duration) {
     let started = Instant::now();
     let attempt = async {
         let socket = TcpSocket::new_v4().ok()?;
@@ -35,11 +35,13 @@ async fn alice_login(addr: SocketAddr, n: usize) -> (bool, Duration) {
         let id = format!("alice-{n}");
         Client::handshake(stream, &id, Some(("alice", "right")), true).await
     };
-    let ok = matches!(
-        tokio::time::timeout(Duration::from_secs(30), attempt).await,
-        Ok(Some((_, true)))
-    );
-    (ok, started.elapsed())
+    let outcome = match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+        Ok(Some((_, true))) => "accepted",
+        Ok(Some((_, false))) => "refused",
+        Ok(None) => "closed",
+        Err(_) => "unanswered in 30 s",
+    };
+    (outcome, started.elapsed())
 }
 
 /// Finding 10 (login-flood): from 127.0.0.1, ~370 CONNECTs a second with
@@ -77,24 +79,27 @@ pub async fn login_flood(broker: &Broker) -> Extra {
     }
     let sent_in = started.elapsed();
     let mut latency = Histogram::<u64>::new(3).expect("histogram");
-    let mut ok = 0;
+    let mut alice = std::collections::BTreeMap::<&str, usize>::new();
     for login in &mut logins {
-        if let Ok((accepted, took)) = login.await {
-            ok += usize::from(accepted);
+        if let Ok((outcome, took)) = login.await {
+            *alice.entry(outcome).or_default() += 1;
             let _ = latency.record(took.as_micros() as u64);
         }
     }
+    let ok = alice.get("accepted").copied().unwrap_or(0);
+    let alice: Vec<String> = alice.iter().map(|(k, v)| format!("{v} {k}")).collect();
     let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
     for guess in &mut guesses {
         *outcomes.entry(guess.await.unwrap_or("lost")).or_default() += 1;
     }
     let outcomes: Vec<String> = outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
     format!(
-        "{} wrong logins in {:.1} s ({}); alice: {ok} of {} accepted, p50 {:.0} ms, max {:.0} ms",
+        "{} wrong logins in {:.1} s ({}); alice: {ok} of {} accepted ({}), p50 {:.0} ms, max {:.0} ms",
         guesses.len(),
         sent_in.as_secs_f64(),
         outcomes.join(", "),
         logins.len(),
+        alice.join(", "),
         ms(&latency, 0.5),
         latency.max() as f64 / 1000.0
     )

@@ -223,7 +223,14 @@ fn wait_for(addr: SocketAddr) {
 }
 
 fn mosquitto_conf(dir: &Path, setup: &Setup, port: u16, ws_port: u16) -> String {
-    let mut conf = format!("listener {port} 127.0.0.1\nlistener {ws_port} 127.0.0.1\nprotocol websockets\n");
+    // `set_tcp_nodelay`: without it Mosquitto waits for delayed ACKs
+    // (Nagle), 40 ms in the probe that are no load's doing. `user root`:
+    // started as root, Mosquitto would drop to the `mosquitto` user, who
+    // cannot write the persistence file into our temporary directory.
+    let mut conf = format!(
+        "set_tcp_nodelay true\nuser root\n\
+         listener {port} 127.0.0.1\nlistener {ws_port} 127.0.0.1\nprotocol websockets\n"
+    );
     if setup.persistence {
         conf += &format!("persistence true\npersistence_location {}/\n", dir.display());
     } else {
@@ -526,9 +533,12 @@ fn main() {
         args.roomq.display().to_string()
     };
     let to_mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let scenario = args
+        .scenario
+        .to_possible_value()
+        .map_or_else(|| format!("{:?}", args.scenario), |v| v.get_name().to_string());
     println!(
-        "| {:?} | {name} | {} MiB | {} MiB | {} MiB | {threads} | {:.1} → {:.1} MiB | {probed} | {extra} |",
-        args.scenario,
+        "| {scenario} | {name} | {} MiB | {} MiB | {} MiB | {threads} | {:.1} → {:.1} MiB | {probed} | {extra} |",
         mib(before),
         mib(peak),
         mib(after),

@@ -23,8 +23,12 @@ fn codes_text(codes: &Codes) -> String {
     parts.join(", ")
 }
 
+/// Publishes the broker took: 0x00, and 0x10 (taken, nobody subscribed).
 fn accepted(codes: &Codes) -> usize {
-    codes.get("Success").copied().unwrap_or(0)
+    ["Success", "NoMatchingSubscribers"]
+        .iter()
+        .filter_map(|k| codes.get(*k))
+        .sum()
 }
 
 /// Sends `n` QoS 1 publishes made by `make(i, packet id)`, with at most
