@@ -104,7 +104,9 @@ impl RoomLog {
             // A record and its head are two writes: a crash between them
             // (sled flushes in the background too) can keep the record and
             // lose the head. The newest record counts.
-            let newest = store.room_range(&head.room, head.last, u64::MAX, 1, true)?;
+            // From just before `head.last`: also the time of its record.
+            let after = head.last.saturating_sub(1);
+            let newest = store.room_range(&head.room, after, u64::MAX, 1, true)?;
             let last = newest.first().map_or(head.last, |(seq, _)| head.last.max(*seq));
             let last_ts = newest.first().map_or(0, |(_, record)| record.ts_unix_ms);
             let name: Arc<str> = head.room.into();
