@@ -192,6 +192,12 @@ impl Collector for Families {
             "History requests",
             &chat.counters.history_requests,
         )?;
+        counter(
+            &mut out,
+            "roomq_subscribe_rooms_scanned",
+            "Rooms visited by sessions to start room cursors or plan a replay",
+            &chat.counters.rooms_scanned,
+        )?;
 
         histogram(
             &mut out,

@@ -42,6 +42,10 @@ pub struct RoomState {
     /// Messages appended since this process started (cluster mode trims
     /// by it: `seq` values there have gaps).
     appended: AtomicU64,
+    /// Server time (unix ms) of the newest message: after a restart, which
+    /// rooms got messages after a session's record was last saved
+    /// (`session/replay.rs`).
+    last_ts_ms: AtomicU64,
     /// Held while a message gets its `seq`, is appended and is queued for
     /// delivery, so every subscriber sees the room's messages in `seq`
     /// order.
@@ -51,7 +55,7 @@ pub struct RoomState {
 impl RoomState {
     /// A room whose last message is `last` and whose `seq` values up to
     /// `reserved` were handed out.
-    fn new(name: Arc<str>, last: u64, reserved: u64) -> RoomState {
+    fn new(name: Arc<str>, last: u64, reserved: u64, last_ts_ms: u64) -> RoomState {
         let assigned = last.max(reserved);
         RoomState {
             name,
@@ -60,6 +64,7 @@ impl RoomState {
             head: AtomicU64::new(last),
             reserved: AtomicU64::new(assigned),
             appended: AtomicU64::new(0),
+            last_ts_ms: AtomicU64::new(last_ts_ms),
             order: Mutex::new(()),
         }
     }
@@ -99,10 +104,16 @@ impl RoomLog {
             // A record and its head are two writes: a crash between them
             // (sled flushes in the background too) can keep the record and
             // lose the head. The newest record counts.
-            let newest = store.room_range(&head.room, head.last, u64::MAX, 1, true)?;
+            // From just before `head.last`: also the time of its record.
+            let after = head.last.saturating_sub(1);
+            let newest = store.room_range(&head.room, after, u64::MAX, 1, true)?;
             let last = newest.first().map_or(head.last, |(seq, _)| head.last.max(*seq));
+            let last_ts = newest.first().map_or(0, |(_, record)| record.ts_unix_ms);
             let name: Arc<str> = head.room.into();
-            rooms.insert(name.clone(), Arc::new(RoomState::new(name, last, head.reserved)));
+            rooms.insert(
+                name.clone(),
+                Arc::new(RoomState::new(name, last, head.reserved, last_ts)),
+            );
         }
         Ok(RoomLog {
             store,
@@ -121,7 +132,7 @@ impl RoomLog {
         let mut rooms = self.rooms.write();
         rooms
             .entry(name.into())
-            .or_insert_with(|| Arc::new(RoomState::new(name.into(), 0, 0)))
+            .or_insert_with(|| Arc::new(RoomState::new(name.into(), 0, 0, 0)))
             .clone()
     }
 
@@ -152,6 +163,18 @@ impl RoomLog {
             .collect()
     }
 
+    /// Rooms with a message stored at or after `since_unix_ms`. Visits
+    /// every room: only for the one pass a session with a filter covering
+    /// every room makes after a restart (`session/replay.rs`).
+    pub fn changed_since(&self, since_unix_ms: u64) -> Vec<Arc<str>> {
+        self.rooms
+            .read()
+            .values()
+            .filter(|r| r.head() > 0 && r.last_ts_ms.load(Ordering::Acquire) >= since_unix_ms)
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
     /// Appends the next message of `room` and sets its `prev`; the caller
     /// holds `room.order` and calls `reveal` when the message is delivered.
     /// `before_write` runs with the new `seq` just before the record is
@@ -174,6 +197,7 @@ impl RoomLog {
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.store(seq, Ordering::Release);
         room.last.store(seq, Ordering::Release);
+        room.last_ts_ms.fetch_max(record.ts_unix_ms, Ordering::AcqRel);
         if seq > self.max_messages && seq % TRIM_EVERY == 0 {
             if let Err(e) = self.store.trim_room(&room.name, seq + 1 - self.max_messages) {
                 tracing::warn!(room = %room.name, error = %e, "could not trim the room log");
@@ -210,6 +234,7 @@ impl RoomLog {
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.fetch_max(seq, Ordering::AcqRel);
         room.last.store(seq, Ordering::Release);
+        room.last_ts_ms.fetch_max(record.ts_unix_ms, Ordering::AcqRel);
         let held = room.appended.fetch_add(1, Ordering::AcqRel) + 1;
         if held >= self.max_messages + TRIM_EVERY {
             let excess = usize::try_from(held - self.max_messages).unwrap_or(usize::MAX);

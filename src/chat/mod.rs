@@ -37,9 +37,7 @@ pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
-pub(crate) use topics::{
-    classify, filter_covers_room, message_topic, only_reads, room_of, rooms_covered, ChatTopic,
-};
+pub(crate) use topics::{classify, message_topic, only_reads, room_of, rooms_covered, ChatTopic};
 
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -85,6 +83,11 @@ pub struct ChatCounters {
     pub refused: crate::metrics::Counter,
     /// History requests answered.
     pub history_requests: crate::metrics::Counter,
+    /// Rooms a session visited to set up its room cursors or plan its
+    /// replay (SUBSCRIBE, reconnect). Grows with the rooms the session's
+    /// filters name or it has cursors for, never with every room of the
+    /// broker: how the tests see that this work goes through an index.
+    pub rooms_scanned: crate::metrics::Counter,
 }
 
 /// A room message as it arrives, before it gets a `seq`.

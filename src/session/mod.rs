@@ -132,6 +132,10 @@ pub(crate) struct SessionState {
     pub room_cursors: HashMap<Arc<str>, replay::RoomCursor>,
     /// Set on connect until the room backlog has been queued.
     pub replaying: bool,
+    /// Restored from the store: cursors started after the record's save
+    /// (unix ms) are lost; the first replay plan looks for rooms with
+    /// messages since (`replay.rs`).
+    pub rescan_rooms_since: Option<u64>,
     /// Room messages acknowledged since the session record was last saved.
     pub room_acks_unsaved: u32,
     /// Who the session belongs to: set by the connection that created it

@@ -195,6 +195,12 @@ impl Session {
     }
 }
 
+/// The name (no room has it) of the cursor entry that holds when the
+/// record was saved: rooms that got messages since may have lost their
+/// cursor in a crash (`replay.rs`). Kept among the cursors so the record's
+/// format stays as it is.
+const SAVED_AT: &str = "";
+
 /// The record of a persistent session as stored (and handed over).
 fn session_record(st: &SessionState, offline_since: Option<u64>) -> SessionRecord {
     let will = st.will.as_ref().or(st.pending_will.as_ref()).map(|w| WillRecord {
@@ -214,6 +220,7 @@ fn session_record(st: &SessionState, offline_since: Option<u64>) -> SessionRecor
             .room_cursors
             .iter()
             .map(|(room, c)| (room.to_string(), c.done))
+            .chain([(SAVED_AT.to_string(), crate::store::unix_ms_now())])
             .collect(),
         owner: st.owner.as_ref().map(owner_record),
     }
@@ -241,10 +248,21 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
             let mut st = session.state.lock();
             st.expiry_secs = entry.record.expiry_secs;
             st.owner = entry.record.owner.clone().map(owner_from_record);
+            // A record without the entry (an older version) started a cursor
+            // for every room at SUBSCRIBE: any room without one is new.
+            st.rescan_rooms_since = Some(
+                entry
+                    .record
+                    .room_cursors
+                    .iter()
+                    .find(|(room, _)| room == SAVED_AT)
+                    .map_or(0, |(_, saved_at)| *saved_at),
+            );
             st.room_cursors = entry
                 .record
                 .room_cursors
                 .iter()
+                .filter(|(room, _)| room != SAVED_AT)
                 .map(|(room, done)| {
                     let cursor = super::replay::RoomCursor {
                         delivered: *done,

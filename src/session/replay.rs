@@ -11,11 +11,26 @@
 //! 0); `done` is what the session record stores. While a replay runs, live
 //! room messages are not queued: the replay reads them from the log, so the
 //! order stays the log's.
+//!
+//! Cursors are found through the filters, never by visiting every room of
+//! the broker (a client can open many): a filter that matches no room
+//! costs nothing, one that names a room (`rooms/ops/#`) one lookup. A
+//! filter covering every room (`rooms/+/msg/+`, `#`) starts no cursor at
+//! SUBSCRIBE: each room gets its cursor with its first message after the
+//! subscription, which reaches the session through the router also while
+//! it is offline or replaying (`take_live_room_message`). So a replay
+//! plans the rooms its filters name and the rooms it has cursors for:
+//! work in proportion to what the session subscribed to and received.
+//! After a restart, cursors started since the record was last saved are
+//! lost; a session with such a filter then makes one pass over the rooms
+//! with messages stored since that save (the only pass over all rooms,
+//! once per such session and restart) and replays them from the start.
 
 use std::sync::Arc;
 
 use super::{Session, SessionState, SessionSubscription};
-use crate::chat::{filter_covers_room, room_message, Chat};
+use crate::chat::{room_message, rooms_covered, Chat};
+use crate::cluster::RoomInterest;
 use crate::protocol::validate::{parse_shared, topic_matches};
 use crate::protocol::QoS;
 use crate::router::{Delivery, RoomTag};
@@ -40,6 +55,20 @@ impl Session {
     /// running) or it was already queued.
     pub(crate) fn take_live_room_message(&self, st: &mut SessionState, tag: &RoomTag) -> bool {
         if st.replaying || (!self.is_online() && st.expiry_secs > 0) {
+            // After a restart the first replay plan finds such rooms (and
+            // earlier messages of theirs a crash may have lost the cursor
+            // of); until then no cursor is started here.
+            if st.rescan_rooms_since.is_none() && !st.room_cursors.contains_key(&tag.room) {
+                // The room's first message since the subscription (see the
+                // module doc): the replay starts just before it. Saved
+                // with the next save of the record.
+                let before = tag.seq.saturating_sub(1);
+                let cursor = RoomCursor {
+                    delivered: before,
+                    done: before,
+                };
+                st.room_cursors.insert(tag.room.clone(), cursor);
+            }
             return false;
         }
         let cursor = st.room_cursors.entry(tag.room.clone()).or_default();
@@ -65,24 +94,27 @@ impl Session {
         }
     }
 
-    /// After a new subscription: rooms it covers start at their current
+    /// After a new subscription: the room it names starts at its current
     /// head, so subscribing does not replay old history (that is what
-    /// history requests are for).
+    /// history requests are for). A filter covering every room starts
+    /// each room's cursor with its next message instead (module doc); one
+    /// matching no room costs nothing.
     pub(crate) fn start_room_cursors(&self, chat: &Chat, filter: &str) {
         if parse_shared(filter).ok().flatten().is_some() {
             return;
         }
+        let Some(RoomInterest::One(room)) = rooms_covered(filter) else {
+            return;
+        };
+        chat.counters.rooms_scanned.inc();
+        let head = chat.log.head(&room);
         let mut st = self.state.lock();
-        for (room, head) in chat.log.heads() {
-            if filter_covers_room(filter, &room) && !st.room_cursors.contains_key(&room) {
-                st.room_cursors.insert(
-                    room,
-                    RoomCursor {
-                        delivered: head,
-                        done: head,
-                    },
-                );
-            }
+        if head > 0 && !st.room_cursors.contains_key(room.as_str()) {
+            let cursor = RoomCursor {
+                delivered: head,
+                done: head,
+            };
+            st.room_cursors.insert(room.into(), cursor);
         }
     }
 
@@ -104,7 +136,7 @@ impl Session {
                 if !st.replaying {
                     return false;
                 }
-                let plan = replay_plan(&st, chat);
+                let plan = replay_plan(&mut st, chat);
                 if plan.is_empty() {
                     // Checked under the lock: every message with a seq up
                     // to the heads read here is queued; later ones arrive
@@ -167,22 +199,36 @@ impl Session {
     }
 }
 
-/// Rooms with messages after the session's cursor, and where to start.
-fn replay_plan(st: &SessionState, chat: &Chat) -> Vec<(Arc<str>, u64)> {
-    let filters: Vec<&str> = st
-        .subscriptions
-        .keys()
-        .map(String::as_str)
-        .filter(|f| !f.starts_with("$share/"))
-        .collect();
-    if filters.is_empty() {
-        return Vec::new();
+/// Rooms with messages after the session's cursor, and where to start:
+/// the rooms its filters name, and with a filter covering every room the
+/// rooms it has cursors for (module doc).
+fn replay_plan(st: &mut SessionState, chat: &Chat) -> Vec<(Arc<str>, u64)> {
+    let mut every = false;
+    let mut rooms: Vec<Arc<str>> = Vec::new();
+    for filter in st.subscriptions.keys().filter(|f| !f.starts_with("$share/")) {
+        match rooms_covered(filter) {
+            Some(RoomInterest::Every) => every = true,
+            Some(RoomInterest::One(room)) => rooms.push(room.into()),
+            None => {}
+        }
     }
-    chat.log
-        .heads()
+    let rescan_since = st.rescan_rooms_since.take();
+    if every {
+        if let Some(since) = rescan_since {
+            for room in chat.log.changed_since(since) {
+                chat.counters.rooms_scanned.inc();
+                st.room_cursors.entry(room).or_default();
+            }
+        }
+        rooms.extend(st.room_cursors.keys().cloned());
+    }
+    rooms.sort_unstable();
+    rooms.dedup();
+    rooms
         .into_iter()
-        .filter(|(room, _)| filters.iter().any(|f| filter_covers_room(f, room)))
-        .filter_map(|(room, head)| {
+        .inspect(|_| chat.counters.rooms_scanned.inc())
+        .filter_map(|room| {
+            let head = chat.log.head(&room);
             let from = st.room_cursors.get(&room).map_or(0, |c| c.delivered);
             (from < head).then_some((room, from))
         })
