@@ -297,6 +297,10 @@ async fn claim_session(
             ClaimRefused::OldConnectionStuck => {
                 Refusal::Connack(ConnectAckReason::ServerUnavailable, "session takeover failed")
             }
+            ClaimRefused::OverBudget => Refusal::Connack(
+                ConnectAckReason::QuotaExceeded,
+                "the identity holds max_sessions_per_user sessions",
+            ),
         }
     })
 }

@@ -106,7 +106,7 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
             .router
             .unsubscribe(&session.subscriber(), filter, parsed.as_ref());
     }
-    shared.registry.remove(session);
+    shared.registry.remove(shared, session);
     if let Some(cluster) = shared.cluster.as_ref() {
         if shared.registry.get(&session.client_id).is_none() {
             cluster.sessions.release(&session.client_id);

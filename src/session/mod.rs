@@ -145,6 +145,9 @@ pub(crate) struct SessionState {
     /// receiving at once). `None` only for a session stored by an older
     /// version, until its client reconnects.
     pub owner: Option<Principal>,
+    /// The account this session is charged to (`Held::Sessions`), given
+    /// back when the session ends; `None` for an anonymous owner.
+    pub charged_to: Option<Arc<str>>,
     /// Packet id to a hash of (topic, payload) of this session's recent QoS
     /// 1 publishes, to recognise a DUP resend of one already stored.
     pub recent_publishes: VecDeque<(u16, u64)>,

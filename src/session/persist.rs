@@ -312,6 +312,7 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
                 }
             }
         }
+        super::registry::charge_restored(shared, &session);
         let subscriptions: Vec<_> = session.state.lock().subscriptions.clone().into_iter().collect();
         for (filter, sub) in subscriptions {
             let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();

@@ -11,6 +11,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::Shared;
 use super::{Kick, Session};
 use crate::auth::gate::Principal;
+use crate::budget::Held;
 
 /// How long a taking-over connection waits, per try, for the old connection
 /// to let go of the session before kicking it again.
@@ -32,6 +33,9 @@ pub(crate) enum ClaimRefused {
     OtherOwner,
     /// The old connection would not let go: 0x88 Server unavailable.
     OldConnectionStuck,
+    /// The owner holds `max_sessions_per_user` sessions already: 5.0
+    /// CONNACK 0x97 Quota exceeded, 3.1.1 return code 3.
+    OverBudget,
 }
 
 /// A session claimed by a connection.
@@ -93,6 +97,10 @@ impl Registry {
                 (entry.clone(), created)
             }
         };
+        if created && !charge_session(shared, &session, owner) {
+            self.remove(shared, &session);
+            return Err(ClaimRefused::OverBudget);
+        }
         {
             let mut st = session.state.lock();
             match &st.owner {
@@ -116,6 +124,9 @@ impl Registry {
                 super::lifecycle::end_session(shared, &session);
             }
             let fresh = self.new_session(shared, client_id);
+            if !charge_session(shared, &fresh, owner) {
+                return Err(ClaimRefused::OverBudget);
+            }
             fresh.state.lock().owner = Some(owner.clone());
             let guard = fresh
                 .owner
@@ -183,15 +194,61 @@ impl Registry {
         session
     }
 
-    /// Forgets `session` if it is still the one registered for its id.
-    pub(crate) fn remove(&self, session: &Arc<Session>) {
-        let mut map = self.sessions.lock();
-        if map
-            .get(&session.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
+    /// Forgets `session` if it is still the one registered for its id,
+    /// and gives its charge back to its owner's account.
+    pub(crate) fn remove(&self, shared: &Shared, session: &Arc<Session>) {
         {
-            map.remove(&session.client_id);
+            let mut map = self.sessions.lock();
+            if map
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                map.remove(&session.client_id);
+            }
         }
+        if let Some(account) = session.state.lock().charged_to.take() {
+            shared.budgets.release(&account, Held::Sessions, 1);
+        }
+    }
+}
+
+/// The account that pays for the sessions of `owner`: its identity's, or
+/// none for an anonymous owner (bounded per address by its connections).
+fn session_account(owner: &Principal) -> Option<Arc<str>> {
+    owner
+        .identity
+        .as_deref()
+        .map(|identity| crate::budget::account_of(Some(identity), None))
+}
+
+/// Charges a new `session` to `owner` (`max_sessions_per_user`); false
+/// when the owner holds its share already.
+fn charge_session(shared: &Shared, session: &Session, owner: &Principal) -> bool {
+    let Some(account) = session_account(owner) else {
+        return true;
+    };
+    match shared.budgets.charge(&account, Held::Sessions, 1) {
+        Ok(()) => {
+            session.state.lock().charged_to = Some(account);
+            true
+        }
+        Err(over) => {
+            tracing::info!(client_id = %session.client_id, %account, "{over}: session refused");
+            false
+        }
+    }
+}
+
+/// Charges a session restored from the store (or handed over by another
+/// node) to its owner, without a bound check: it is kept already.
+pub(crate) fn charge_restored(shared: &Shared, session: &Session) {
+    let mut st = session.state.lock();
+    if st.charged_to.is_some() {
+        return;
+    }
+    if let Some(account) = st.owner.as_ref().and_then(session_account) {
+        shared.budgets.charge_unchecked(&account, Held::Sessions, 1);
+        st.charged_to = Some(account);
     }
 }
 
