@@ -67,6 +67,21 @@ impl Message {
         }
     }
 
+    /// Every byte this message makes the broker hold: topic, payload and
+    /// every property a client can fill (User Property keys and values,
+    /// Correlation Data, Response Topic, Content Type). The one measure
+    /// that the queues, the retained index and the per-identity budgets
+    /// count, so that no part of a message escapes a byte limit.
+    pub fn footprint(&self) -> usize {
+        let properties = self.properties.as_ref().map_or(0, |p| {
+            let user: usize = p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum();
+            user + p.correlation_data.as_ref().map_or(0, |c| c.len())
+                + p.response_topic.as_ref().map_or(0, |t| t.len())
+                + p.content_type.as_ref().map_or(0, |t| t.len())
+        });
+        self.topic.len() + self.payload.len() + properties
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }

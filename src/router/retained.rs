@@ -48,9 +48,10 @@ struct Node {
     message: Option<Arc<Message>>,
 }
 
-/// What a retained message counts for.
+/// What a retained message counts for: every byte of it, properties
+/// included.
 fn retained_bytes(m: &Message) -> usize {
-    m.payload.len() + m.topic.len()
+    m.footprint()
 }
 
 impl Default for RetainedStore {
@@ -152,7 +153,7 @@ impl RetainedStore {
         self.len() == 0
     }
 
-    /// Payload and topic bytes of the clients' retained messages.
+    /// Bytes (`Message::footprint`) of the clients' retained messages.
     pub fn bytes(&self) -> usize {
         self.inner.read().bytes
     }

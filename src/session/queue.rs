@@ -12,11 +12,11 @@ pub(crate) struct Queue {
     bytes: usize,
 }
 
-/// What one queued delivery counts for: its payload and topic (shared
-/// between subscribers, so this over-counts a fan-out, which errs on the
-/// safe side).
+/// What one queued delivery counts for: its message's footprint (topic,
+/// payload, properties; shared between subscribers, so this over-counts a
+/// fan-out, which errs on the safe side).
 pub(crate) fn delivery_bytes(d: &Delivery) -> usize {
-    d.message.payload.len() + d.message.topic.len()
+    d.message.footprint()
 }
 
 impl Queue {
@@ -28,7 +28,7 @@ impl Queue {
         self.items.is_empty()
     }
 
-    /// Payload and topic bytes queued.
+    /// Bytes queued (`delivery_bytes` of each).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
