@@ -12,6 +12,7 @@ use crate::protocol::{
     DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS,
 };
 use crate::router::Message;
+use bytestring::ByteString;
 
 /// QoS 1 publishes remembered per session for de-duplication by packet
 /// id. A DUP resend follows a lost PUBACK, so it is one of the client's
@@ -267,7 +268,7 @@ impl Connection {
                         }
                     }
                 } else {
-                    self.inbound_aliases.insert(alias, publish.topic.clone());
+                    self.register_alias(alias, &publish.topic)?;
                 }
                 Ok(())
             }
@@ -282,6 +283,25 @@ impl Connection {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Records (or replaces) an inbound alias within
+    /// `max_topic_alias_bytes`: one that would go over closes the
+    /// connection with 0x94 Topic Alias invalid, the code 5.0 gives to an
+    /// alias the server will not take.
+    fn register_alias(&mut self, alias: u16, topic: &ByteString) -> Result<(), Close> {
+        let replaced = self.inbound_aliases.get(&alias).map_or(0, |t| t.len());
+        let bytes = self.inbound_alias_bytes - replaced + topic.len();
+        let bound = self.shared.config.max_topic_alias_bytes;
+        if bytes > bound {
+            return Err(Close::ByServer(
+                DisconnectReasonCode::TopicAliasInvalid,
+                format!("topic alias {alias}: aliased topics over max_topic_alias_bytes ({bound})"),
+            ));
+        }
+        self.inbound_alias_bytes = bytes;
+        self.inbound_aliases.insert(alias, topic.clone());
+        Ok(())
     }
 
     fn to_message(&self, publish: Publish) -> Message {
