@@ -309,5 +309,5 @@ async fn history_requests_are_rate_limited_per_identity() {
         rmqtt_codec::v3::Packet::PublishAck { .. }
     ));
     assert!(matches!(old.recv3_within(QUIET).await, Got::Nothing));
-    // COUNTER_CHECK
+    assert_eq!(broker.chat_counters().history_refused_rate.get(), 2);
 }

@@ -192,6 +192,12 @@ impl Collector for Families {
             "History requests",
             &chat.counters.history_requests,
         )?;
+        counter(
+            &mut out,
+            "roomq_history_requests_refused_rate",
+            "History requests refused, over history_requests_per_minute",
+            &chat.counters.history_refused_rate,
+        )?;
 
         histogram(
             &mut out,

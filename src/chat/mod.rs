@@ -85,6 +85,9 @@ pub struct ChatCounters {
     pub refused: crate::metrics::Counter,
     /// History requests answered.
     pub history_requests: crate::metrics::Counter,
+    /// History requests refused, not answered: over the identity's
+    /// `history_requests_per_minute`.
+    pub history_refused_rate: crate::metrics::Counter,
 }
 
 /// A room message as it arrives, before it gets a `seq`.

@@ -83,6 +83,14 @@ impl Connection {
             return None;
         }
 
+        if crate::chat::only_reads(&publish.topic) && !self.may_ask_history() {
+            // Nothing was read or sent. 5.0 learns why (0x97: a PUBACK has
+            // no 0x96, that code is for DISCONNECT); 3.1.1 gets a plain
+            // acknowledgement and no answer, as for a refused publish.
+            self.acknowledge(packet_id, qos, PublishAckReason::QuotaExceeded);
+            return None;
+        }
+
         if self.store_refuses(&publish) {
             // Not accepted, so nothing is promised: 5.0 learns why, 3.1.1
             // gets no acknowledgement and sends it again after reconnecting.
@@ -188,6 +196,27 @@ impl Connection {
             Some(crate::chat::ChatTopic::HistoryRequest { .. }) => publish.qos == QoS::ExactlyOnce,
             _ => publish.qos != QoS::AtMostOnce,
         }
+    }
+
+    /// Takes one history request from this identity's
+    /// `history_requests_per_minute`: each answer reads the store and may
+    /// be up to `history_max_bytes`, so an identity must not ask without
+    /// bound. Logged (rate-limited) and counted when refused.
+    fn may_ask_history(&self) -> bool {
+        let account = crate::budget::account_of(self.principal.identity.as_deref(), Some(self.io.peer.ip()));
+        let Err(over) = self
+            .shared
+            .budgets
+            .spend(&account, crate::budget::Rate::HistoryRequests, 1)
+        else {
+            return true;
+        };
+        let refused = &self.shared.chat.counters.history_refused_rate;
+        refused.inc();
+        if refused.get().is_power_of_two() {
+            tracing::warn!(%account, bound = over.bound, refused = refused.get(), "history request refused: over {}", over.key);
+        }
+        false
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.
