@@ -27,6 +27,11 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for the No Local subscription option.
     pub publisher: Option<Arc<str>>,
+    /// The account (`budget::account_of`) that pays for this message while
+    /// it is retained; set only for a client's retained PUBLISH or will,
+    /// `None` for what the broker owns (and for retained messages read
+    /// back from the store, whose owner is not stored).
+    pub owner: Option<Arc<str>>,
     /// Set for a chat message stored in a room's log: persistent sessions
     /// that are offline do not queue it, they replay it from the log.
     pub room: Option<RoomTag>,
@@ -60,6 +65,7 @@ impl Message {
             properties: None,
             expires_at: None,
             publisher: None,
+            owner: None,
             room: None,
             ephemeral: false,
             retain_in_memory: false,

@@ -358,6 +358,11 @@ impl Connection {
             properties,
             expires_at,
             publisher: Some(self.session.client_id.clone()),
+            // Only a retained message is charged: no account name to build
+            // on the common path.
+            owner: publish.retain.then(|| {
+                crate::budget::account_of(self.principal.identity.as_deref(), Some(self.io.peer.ip()))
+            }),
             room: None,
             ephemeral: false,
             retain_in_memory: false,
