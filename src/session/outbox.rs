@@ -212,10 +212,9 @@ impl Connection {
             }
             return None;
         }
-        let Some(f) = st.inflight.get_mut(pos) else {
-            return None;
-        };
-        f.stage = Stage::Pubcomp;
+        if let Some(f) = st.inflight.get_mut(pos) {
+            f.stage = Stage::Pubcomp;
+        }
         let stage_written = st
             .inflight
             .get(pos)
