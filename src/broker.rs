@@ -166,7 +166,8 @@ impl Broker {
             router: Router::new(
                 self.config.retain_available,
                 store.clone().filter(|_| cluster.is_none()),
-                RetainedStore::new(self.config.max_retained_messages, self.config.max_retained_bytes),
+                RetainedStore::new(self.config.max_retained_messages, self.config.max_retained_bytes)
+                    .with_budgets(budgets.clone()),
             ),
             registry: Registry::default(),
             metrics,

@@ -27,6 +27,11 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for the No Local subscription option.
     pub publisher: Option<Arc<str>>,
+    /// The account (`budget::account_of`) that pays for this message while
+    /// it is retained; set only for a client's retained PUBLISH or will,
+    /// `None` for what the broker owns (and for retained messages read
+    /// back from the store, whose owner is not stored).
+    pub owner: Option<Arc<str>>,
     /// Set for a chat message stored in a room's log: persistent sessions
     /// that are offline do not queue it, they replay it from the log.
     pub room: Option<RoomTag>,
@@ -60,11 +65,27 @@ impl Message {
             properties: None,
             expires_at: None,
             publisher: None,
+            owner: None,
             room: None,
             ephemeral: false,
             retain_in_memory: false,
             received_at: None,
         }
+    }
+
+    /// Every byte this message makes the broker hold: topic, payload and
+    /// every property a client can fill (User Property keys and values,
+    /// Correlation Data, Response Topic, Content Type). The one measure
+    /// that the queues, the retained index and the per-identity budgets
+    /// count, so that no part of a message escapes a byte limit.
+    pub fn footprint(&self) -> usize {
+        let properties = self.properties.as_ref().map_or(0, |p| {
+            let user: usize = p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum();
+            user + p.correlation_data.as_ref().map_or(0, |c| c.len())
+                + p.response_topic.as_ref().map_or(0, |t| t.len())
+                + p.content_type.as_ref().map_or(0, |t| t.len())
+        });
+        self.topic.len() + self.payload.len() + properties
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {

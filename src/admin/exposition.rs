@@ -198,6 +198,12 @@ impl Collector for Families {
             "Rooms visited by sessions to start room cursors or plan a replay",
             &chat.counters.rooms_scanned,
         )?;
+        counter(
+            &mut out,
+            "roomq_history_requests_refused_rate",
+            "History requests refused, over history_requests_per_minute",
+            &chat.counters.history_refused_rate,
+        )?;
 
         histogram(
             &mut out,

@@ -11,6 +11,47 @@ use crate::config::Config;
 use crate::protocol::{PublishAckReason, PublishProperties, QoS};
 use crate::router::{Message, Router};
 
+/// Bytes of a history answer besides its messages: the CBOR map, the
+/// PUBLISH's fixed header, topic length, packet id and properties length.
+const ANSWER_OVERHEAD: usize = 64;
+
+/// Bytes of CBOR around one message's strings: six keys, three integers of
+/// up to 9 bytes, three string and byte-string headers, the map header.
+const ENTRY_OVERHEAD: usize = 80;
+
+/// The most bytes one answer may take: `history_max_bytes`, and never more
+/// than a packet the broker allows (`max_packet_size`).
+fn history_byte_cap(config: &Config) -> usize {
+    let packet = usize::try_from(config.max_packet_size).unwrap_or(usize::MAX);
+    config.history_max_bytes.min(packet)
+}
+
+/// What one message adds to an answer, counted from above.
+fn entry_bytes(r: &crate::store::RoomRecord) -> usize {
+    r.payload.len() + r.sender.len() + r.msg_id.as_ref().map_or(0, |m| m.len()) + ENTRY_OVERHEAD
+}
+
+/// How many of `sizes` fit in `cap`, taken from the end when `from_end`
+/// (the newest) or from the start; at least one, so that a message larger
+/// than the cap (a lowered `history_max_bytes`) cannot stop paging for ever.
+fn fitting(sizes: impl DoubleEndedIterator<Item = usize>, cap: usize, from_end: bool) -> usize {
+    let sizes: Box<dyn Iterator<Item = usize>> = if from_end {
+        Box::new(sizes.rev())
+    } else {
+        Box::new(sizes)
+    };
+    let mut total = 0usize;
+    let mut n = 0;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if total > cap && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 impl Chat {
     pub(super) fn on_history_request(
         &self,
@@ -50,12 +91,33 @@ impl Chat {
                 return PublishAckReason::UnspecifiedError;
             }
         };
-        let more = page.len() > limit;
+        let mut more = page.len() > limit;
         if more {
             if newest {
                 page.remove(0);
             } else {
                 page.truncate(limit);
+            }
+        }
+        // The byte cap cuts the same way as the count: the newest that fit
+        // (paging back) or the oldest (paging forward), with `more` set, so
+        // the client asks for the rest with `before`/`after` as usual.
+        let properties = request.properties.as_ref();
+        let reply_overhead = ANSWER_OVERHEAD
+            + properties
+                .and_then(|p| p.response_topic.as_ref())
+                .map_or(64 + room.len(), |t| t.len())
+            + properties
+                .and_then(|p| p.correlation_data.as_ref())
+                .map_or(0, |c| c.len());
+        let cap = history_byte_cap(config).saturating_sub(reply_overhead);
+        let fits = fitting(page.iter().map(|(_, r)| entry_bytes(r)), cap, newest);
+        if fits < page.len() {
+            more = true;
+            if newest {
+                page.drain(..page.len() - fits);
+            } else {
+                page.truncate(fits);
             }
         }
         let answer = HistoryResponse {
@@ -72,7 +134,6 @@ impl Chat {
                 .collect(),
             more,
         };
-        let properties = request.properties.as_ref();
         // The requester chooses a Response Topic, so the reply is a write
         // on its behalf: only where it may write itself. Without one, the
         // broker's own per-identity topic.

@@ -88,6 +88,9 @@ pub struct ChatCounters {
     /// filters name or it has cursors for, never with every room of the
     /// broker: how the tests see that this work goes through an index.
     pub rooms_scanned: crate::metrics::Counter,
+    /// History requests refused, not answered: over the identity's
+    /// `history_requests_per_minute`.
+    pub history_refused_rate: crate::metrics::Counter,
 }
 
 /// A room message as it arrives, before it gets a `seq`.

@@ -271,7 +271,7 @@ impl Outbound for Plain {
             };
             retained_stored = self.write_retained(&message.topic, payload);
         }
-        let size = message.payload.len() + message.topic.len();
+        let size = message.footprint();
         if self.buffered.fetch_add(size, Ordering::AcqRel) + size > self.buffer_limit {
             self.buffered.fetch_sub(size, Ordering::AcqRel);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -322,7 +322,7 @@ async fn send_loop(
     let mut counter = 0u64;
     while let Some(Outgoing { subject, message }) = rx.recv().await {
         counter += 1;
-        buffered.fetch_sub(message.payload.len() + message.topic.len(), Ordering::AcqRel);
+        buffered.fetch_sub(message.footprint(), Ordering::AcqRel);
         let wire = Wire {
             origin: node.to_string(),
             counter,

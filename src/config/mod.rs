@@ -263,14 +263,16 @@ pub struct Config {
     /// identity may set; `max_retained_bytes` is the ceiling.
     pub max_retained_bytes_per_user: usize,
     /// History requests one identity may make per minute (a burst of this
-    /// many, refilled evenly); beyond it 5.0 PUBACK 0x96.
+    /// many, refilled evenly); beyond it no answer, 5.0 PUBACK 0x97 (5.0
+    /// has no 0x96 in a PUBACK), 3.1.1 a plain PUBACK.
     pub history_requests_per_minute: u32,
     /// Bytes of room messages one identity may have stored per hour (a
     /// burst of this much, refilled evenly); beyond it 0x97.
     pub room_post_bytes_per_hour: u64,
     /// Most bytes in one history answer (each reply's topic, payload and
     /// properties); an answer that would go over stops early and says so
-    /// (`more`, see `topics.md`). At most `max_packet_size`.
+    /// (`more`, see `topics.md`), holding at least one message. At most
+    /// `max_packet_size`.
     pub history_max_bytes: usize,
     /// Password logins waiting for a check from one address; beyond it a
     /// CONNECT from that address is refused at once (5.0 CONNACK 0x89,

@@ -9,6 +9,12 @@
 //! own `$` topics (presence, member lists, `$SYS`) are not counted: they
 //! have bounds of their own (one per user and expiry, one per declared
 //! room), and a client flood must not crowd them out.
+//!
+//! Before the global limits, each identity's: a retained message a client
+//! sets is charged (`Held::RetainedMessages`, `Held::RetainedBytes`) to the
+//! account in its `owner`, and released from that account when it is
+//! replaced, cleared or expires. Beyond either bound the answer is the
+//! global limit's: delivered, not retained.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use tokio::time::Instant;
 
 use parking_lot::RwLock;
 
+use crate::budget::{Budgets, Held};
 use crate::message::Message;
 
 /// Topic levels to retained message. A read lock serves every subscribe; a
@@ -24,6 +31,9 @@ pub struct RetainedStore {
     inner: RwLock<Inner>,
     max_messages: usize,
     max_bytes: usize,
+    /// Per-identity accounts; `None` charges nobody (tests, the trusted
+    /// in-process API).
+    budgets: Option<Arc<Budgets>>,
 }
 
 #[derive(Default)]
@@ -48,9 +58,10 @@ struct Node {
     message: Option<Arc<Message>>,
 }
 
-/// What a retained message counts for.
+/// What a retained message counts for: every byte of it, properties
+/// included.
 fn retained_bytes(m: &Message) -> usize {
-    m.payload.len() + m.topic.len()
+    m.footprint()
 }
 
 impl Default for RetainedStore {
@@ -66,6 +77,51 @@ impl RetainedStore {
             inner: RwLock::default(),
             max_messages,
             max_bytes,
+            budgets: None,
+        }
+    }
+
+    /// Charges the retained messages clients set to their owners' accounts.
+    pub fn with_budgets(mut self, budgets: Arc<Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
+    }
+
+    /// Charges `message` to its owner, or refuses (charging nothing).
+    fn charge(&self, message: &Message, size: usize) -> bool {
+        let (Some(budgets), Some(owner)) = (&self.budgets, &message.owner) else {
+            return true;
+        };
+        if let Err(over) = budgets.charge(owner, Held::RetainedMessages, 1) {
+            tracing::warn!(topic = %message.topic, account = %owner, bound = over.bound, "retained message not kept: over {}", over.key);
+            return false;
+        }
+        if let Err(over) = budgets.charge(owner, Held::RetainedBytes, size as u64) {
+            budgets.release(owner, Held::RetainedMessages, 1);
+            tracing::warn!(topic = %message.topic, account = %owner, bound = over.bound, "retained message not kept: over {}", over.key);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what `charge` took for a message that is no longer kept.
+    fn release(&self, old: &Message) {
+        if let (Some(budgets), Some(owner)) = (&self.budgets, &old.owner) {
+            if counted(&old.topic) {
+                budgets.release(owner, Held::RetainedMessages, 1);
+                budgets.release(owner, Held::RetainedBytes, retained_bytes(old) as u64);
+            }
+        }
+    }
+
+    /// Charges a message kept all along back to its owner, without a bound
+    /// check (after a release for a replacement that was refused).
+    fn recharge(&self, kept: &Message) {
+        if let (Some(budgets), Some(owner)) = (&self.budgets, &kept.owner) {
+            if counted(&kept.topic) {
+                budgets.charge_unchecked(owner, Held::RetainedMessages, 1);
+                budgets.charge_unchecked(owner, Held::RetainedBytes, retained_bytes(kept) as u64);
+            }
         }
     }
 
@@ -87,6 +143,18 @@ impl RetainedStore {
                 None => (inner.client_count + 1, inner.bytes + size),
             };
             if count > self.max_messages || bytes > self.max_bytes {
+                return false;
+            }
+            // The one it replaces is released first: replacing one's own
+            // is not a new one; replacing another's moves the charge.
+            if let Some(old) = &old {
+                self.release(old);
+            }
+            if !self.charge(message, size) {
+                if let Some(old) = &old {
+                    // Still kept: charged back as it was.
+                    self.recharge(old);
+                }
                 return false;
             }
         }
@@ -111,6 +179,7 @@ impl RetainedStore {
         let mut inner = self.inner.write();
         let old = remove(&mut inner.root, &mut topic.split('/'))?;
         inner.forget(&old);
+        self.release(&old);
         Some(old)
     }
 
@@ -137,6 +206,7 @@ impl RetainedStore {
                 if still {
                     if let Some(old) = remove(&mut inner.root, &mut message.topic.split('/')) {
                         inner.forget(&old);
+                        self.release(&old);
                     }
                 }
             }
@@ -152,7 +222,7 @@ impl RetainedStore {
         self.len() == 0
     }
 
-    /// Payload and topic bytes of the clients' retained messages.
+    /// Bytes (`Message::footprint`) of the clients' retained messages.
     pub fn bytes(&self) -> usize {
         self.inner.read().bytes
     }

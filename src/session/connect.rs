@@ -142,6 +142,7 @@ pub(crate) async fn accept(
         replies_when_durable: Vec::new(),
         send_window: terms.send_window,
         inbound_aliases: HashMap::new(),
+        inbound_alias_bytes: 0,
         outbound_aliases: HashMap::new(),
         client_alias_max: connect.topic_alias_max,
         connect_expiry: connect.session_expiry_interval_secs,

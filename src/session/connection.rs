@@ -80,6 +80,10 @@ pub(crate) struct Connection {
     pub send_window: usize,
     /// Topic aliases the client set up (alias to topic).
     pub inbound_aliases: HashMap<u16, ByteString>,
+    /// Bytes of the topics in `inbound_aliases`, bounded by
+    /// `max_topic_alias_bytes`: the alias count alone let each connection
+    /// hold `topic_alias_maximum` topics of up to `max_topic_length` each.
+    pub inbound_alias_bytes: usize,
     /// Topic aliases the broker set up towards the client.
     pub outbound_aliases: HashMap<ByteString, u16>,
     /// Topic Alias Maximum of the client (0 = none).

@@ -26,6 +26,8 @@ mod shared;
 mod subscribe;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use queue::Counted;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,9 +109,10 @@ pub(crate) struct SessionState {
     /// revoked by a reload (`Grant::revocable`).
     pub revocable_login: Option<Arc<str>>,
     /// Messages waiting to be sent, in order.
-    pub queue: queue::Queue,
-    /// QoS 1/2 messages sent and not yet acknowledged, in send order.
-    pub inflight: VecDeque<Inflight>,
+    pub queue: queue::Queue<Delivery>,
+    /// QoS 1/2 messages sent and not yet acknowledged, in send order;
+    /// their bytes count with the queue's against `max_queued_bytes`.
+    pub inflight: queue::Queue<Inflight>,
     next_packet_id: u16,
     /// Packet ids of incoming QoS 2 messages for which PUBREC was sent and
     /// PUBREL has not arrived ([MQTT-4.3.3-9]).
@@ -265,10 +268,14 @@ impl Session {
             return false;
         }
         // A message alone is always taken (it is within max_packet_size);
-        // beyond that the queue is bounded in count and in bytes.
-        let over_bytes = !st.queue.is_empty()
-            && st.queue.bytes() + queue::delivery_bytes(&delivery) > self.max_queued_bytes;
-        if st.queue.len() >= self.max_queued || over_bytes {
+        // beyond that what waits and what is in flight (sent, not yet
+        // acknowledged) are bounded together, in count and in bytes: a
+        // reader that never acknowledges holds no more than one that never
+        // reads.
+        let held = st.queue.len() + st.inflight.len();
+        let held_bytes = st.queue.bytes() + st.inflight.bytes();
+        let over_bytes = held > 0 && held_bytes + delivery.bytes() > self.max_queued_bytes;
+        if held >= self.max_queued || over_bytes {
             st.dropped += 1;
             self.metrics.messages_dropped_queue_full.inc();
             if st.dropped == 1 || st.dropped % 1000 == 0 {
@@ -277,7 +284,7 @@ impl Session {
                     dropped = st.dropped,
                     max_queued_messages = self.max_queued,
                     max_queued_bytes = self.max_queued_bytes,
-                    queued_bytes = st.queue.bytes(),
+                    queued_bytes = held_bytes,
                     "session queue full, message dropped"
                 );
             }

@@ -79,7 +79,7 @@ impl Connection {
         let session = self.session.clone();
         let st = session.state.lock();
         let now = Instant::now();
-        for f in &st.inflight {
+        for f in st.inflight.iter() {
             match f.stage {
                 Stage::Pubcomp => self.io.send(Packet::PublishRelease(PublishAck2 {
                     packet_id: f.packet_id,
@@ -212,8 +212,13 @@ impl Connection {
             }
             return None;
         }
-        st.inflight[pos].stage = Stage::Pubcomp;
-        let stage_written = self.session.record_inflight(&st, &st.inflight[pos]);
+        if let Some(f) = st.inflight.get_mut(pos) {
+            f.stage = Stage::Pubcomp;
+        }
+        let stage_written = st
+            .inflight
+            .get(pos)
+            .is_some_and(|f| self.session.record_inflight(&st, f));
         drop(st);
         let pubrel = Packet::PublishRelease(PublishAck2 {
             packet_id: id,
@@ -233,11 +238,11 @@ impl Connection {
 
     fn complete(&mut self, id: NonZeroU16, stage: Stage) {
         let mut st = self.session.state.lock();
-        if let Some(pos) = st
+        let found = st
             .inflight
             .iter()
-            .position(|f| f.packet_id == id && f.stage == stage)
-        {
+            .position(|f| f.packet_id == id && f.stage == stage);
+        if let Some(pos) = found {
             if let Some(f) = st.inflight.remove(pos) {
                 self.session.forget_delivery(&f.delivery);
                 self.session.room_message_done(&mut st, &f.delivery);

@@ -12,6 +12,7 @@ use crate::protocol::{
     DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS,
 };
 use crate::router::Message;
+use bytestring::ByteString;
 
 /// QoS 1 publishes remembered per session for de-duplication by packet
 /// id. A DUP resend follows a lost PUBACK, so it is one of the client's
@@ -79,6 +80,14 @@ impl Connection {
             // 5.0 learns why; 3.1.1 gets a plain acknowledgement and the
             // message is dropped, as that version allows.
             self.acknowledge(packet_id, qos, reason);
+            return None;
+        }
+
+        if crate::chat::only_reads(&publish.topic) && !self.may_ask_history() {
+            // Nothing was read or sent. 5.0 learns why (0x97: a PUBACK has
+            // no 0x96, that code is for DISCONNECT); 3.1.1 gets a plain
+            // acknowledgement and no answer, as for a refused publish.
+            self.acknowledge(packet_id, qos, PublishAckReason::QuotaExceeded);
             return None;
         }
 
@@ -189,6 +198,27 @@ impl Connection {
         }
     }
 
+    /// Takes one history request from this identity's
+    /// `history_requests_per_minute`: each answer reads the store and may
+    /// be up to `history_max_bytes`, so an identity must not ask without
+    /// bound. Logged (rate-limited) and counted when refused.
+    fn may_ask_history(&self) -> bool {
+        let account = crate::budget::account_of(self.principal.identity.as_deref(), Some(self.io.peer.ip()));
+        let Err(over) = self
+            .shared
+            .budgets
+            .spend(&account, crate::budget::Rate::HistoryRequests, 1)
+        else {
+            return true;
+        };
+        let refused = &self.shared.chat.counters.history_refused_rate;
+        refused.inc();
+        if refused.get().is_power_of_two() {
+            tracing::warn!(%account, bound = over.bound, refused = refused.get(), "history request refused: over {}", over.key);
+        }
+        false
+    }
+
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason`; nothing for QoS 0.
     fn acknowledge(&mut self, packet_id: Option<NonZeroU16>, qos: QoS, reason: PublishAckReason) {
         if let Some(ack) = publish_ack(packet_id, qos, reason) {
@@ -267,7 +297,7 @@ impl Connection {
                         }
                     }
                 } else {
-                    self.inbound_aliases.insert(alias, publish.topic.clone());
+                    self.register_alias(alias, &publish.topic)?;
                 }
                 Ok(())
             }
@@ -282,6 +312,25 @@ impl Connection {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Records (or replaces) an inbound alias within
+    /// `max_topic_alias_bytes`: one that would go over closes the
+    /// connection with 0x94 Topic Alias invalid, the code 5.0 gives to an
+    /// alias the server will not take.
+    fn register_alias(&mut self, alias: u16, topic: &ByteString) -> Result<(), Close> {
+        let replaced = self.inbound_aliases.get(&alias).map_or(0, |t| t.len());
+        let bytes = self.inbound_alias_bytes - replaced + topic.len();
+        let bound = self.shared.config.max_topic_alias_bytes;
+        if bytes > bound {
+            return Err(Close::ByServer(
+                DisconnectReasonCode::TopicAliasInvalid,
+                format!("topic alias {alias}: aliased topics over max_topic_alias_bytes ({bound})"),
+            ));
+        }
+        self.inbound_alias_bytes = bytes;
+        self.inbound_aliases.insert(alias, topic.clone());
+        Ok(())
     }
 
     fn to_message(&self, publish: Publish) -> Message {
@@ -309,6 +358,11 @@ impl Connection {
             properties,
             expires_at,
             publisher: Some(self.session.client_id.clone()),
+            // Only a retained message is charged: no account name to build
+            // on the common path.
+            owner: publish.retain.then(|| {
+                crate::budget::account_of(self.principal.identity.as_deref(), Some(self.io.peer.ip()))
+            }),
             room: None,
             ephemeral: false,
             retain_in_memory: false,

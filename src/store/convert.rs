@@ -46,6 +46,7 @@ impl MessageRecord {
                 .expires_at_unix_ms
                 .map(|ms| now + Duration::from_millis(ms.saturating_sub(now_ms))),
             publisher: self.publisher,
+            owner: None,
             room: None,
             ephemeral: false,
             retain_in_memory: false,
