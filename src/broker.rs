@@ -176,7 +176,7 @@ impl Broker {
             commit: commit.clone(),
             store_health,
             gate: Gate {
-                acl: Acl::new(self.config.acl.clone()),
+                acl: Arc::new(Acl::new(self.config.acl.clone())),
                 membership: chat.membership.clone(),
                 max_name_length: self.config.max_chat_name_length,
             },

@@ -171,6 +171,9 @@ impl Registry {
         if let Some(cluster) = &shared.cluster {
             let _ = session.cluster.set(cluster.clone());
         }
+        if !shared.gate.acl.is_empty() {
+            let _ = session.acl.set(shared.gate.acl.clone());
+        }
         session
     }
 
