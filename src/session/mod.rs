@@ -37,6 +37,7 @@ pub(crate) use cluster::join as join_cluster;
 use cluster::{rooms_ready_for, rooms_ready_for_session};
 pub use connection::{serve, Stream};
 pub(crate) use io::{CertName, Peer};
+pub(crate) use lifecycle::end_revoked;
 pub(crate) use persist::restore_sessions;
 pub use registry::Registry;
 pub(crate) use shared::Shared;
