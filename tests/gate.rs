@@ -500,3 +500,36 @@ async fn a_revoked_users_delayed_will_and_session_are_dropped_on_reload() {
     .await
     .expect("the revoked connection's persistent session ends");
 }
+
+/// A delayed will set while the rules allowed it is judged by the rules
+/// in force when it fires: here a restart took `status/%u` away.
+#[tokio::test]
+async fn a_will_is_judged_by_the_rules_in_force_when_it_fires() {
+    use roomq::auth::acl::{Access, AclRule};
+    let dir = tempfile::tempdir().unwrap();
+    let rule = |topic: &str, access| AclRule {
+        topic: topic.into(),
+        access,
+    };
+    let config = |acl| Config {
+        acl,
+        ..sled_config(dir.path())
+    };
+    let before = vec![rule("status/%u", Access::Write), rule("#", Access::Read)];
+    let broker = start_with(config(before)).await;
+    let mut c = persistent5("alice-phone");
+    c.username = Some("alice".into());
+    // Retained, so that a subscriber that comes late would still see it.
+    c.last_will = Some(will("status/alice", b"offline", Some(1), true));
+    let (_alice, ack) = Raw::connect5(broker.local_addr(), c).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    // Kept with the stored session, the will fires after the restart.
+    broker.shutdown().await;
+
+    let broker = start_with(config(vec![rule("#", Access::Read)])).await;
+    let mut watcher = Raw::client5(broker.local_addr(), "watcher").await;
+    watcher.subscribe5(1, &[("status/#", opts(QoS::AtLeastOnce))]).await;
+    if let Got::Packet(p) = watcher.recv5_within(std::time::Duration::from_secs(2)).await {
+        panic!("a will the rules no longer allow was published: {p:?}");
+    }
+}
