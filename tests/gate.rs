@@ -528,7 +528,9 @@ async fn a_will_is_judged_by_the_rules_in_force_when_it_fires() {
 
     let broker = start_with(config(vec![rule("#", Access::Read)])).await;
     let mut watcher = Raw::client5(broker.local_addr(), "watcher").await;
-    watcher.subscribe5(1, &[("status/#", opts(QoS::AtLeastOnce))]).await;
+    watcher
+        .subscribe5(1, &[("status/#", opts(QoS::AtLeastOnce))])
+        .await;
     if let Got::Packet(p) = watcher.recv5_within(std::time::Duration::from_secs(2)).await {
         panic!("a will the rules no longer allow was published: {p:?}");
     }
