@@ -177,7 +177,7 @@ impl Broker {
             commit: commit.clone(),
             store_health,
             gate: Gate {
-                acl: Acl::new(self.config.acl.clone()),
+                acl: Arc::new(Acl::new(self.config.acl.clone())),
                 membership: chat.membership.clone(),
                 max_name_length: self.config.max_chat_name_length,
             },
@@ -303,7 +303,12 @@ impl BrokerHandle {
     /// Reloads what can change without a restart (the binary does it on
     /// SIGHUP): TLS certificates (new connections get the new ones, open
     /// ones keep theirs) and the authenticator's files. Errors are logged
-    /// and the old material stays in use.
+    /// and the old material stays in use. A login the reloaded files no
+    /// longer accept (a user removed from the password file) loses its
+    /// connections (5.0 DISCONNECT 0x87) and its sessions: no will of
+    /// theirs is sent, their queues and subscriptions are dropped. The
+    /// `[[acl]]` rules are not reloaded (a restart applies them; stored
+    /// subscriptions are then judged by the new rules).
     pub fn reload(&self) {
         for tls in &self.tls {
             match tls.reload() {
@@ -312,13 +317,14 @@ impl BrokerHandle {
             }
         }
         self.shared.auth.reload();
-        let revoked = self.shared.registry.kick_revoked(&*self.shared.auth);
+        let (revoked, offline) = self.shared.registry.kick_revoked(&*self.shared.auth);
         if revoked > 0 {
             tracing::info!(
                 connections = revoked,
                 "closed connections whose login was revoked"
             );
         }
+        crate::session::end_revoked(&self.shared, offline);
     }
 
     pub fn metrics(&self) -> &Metrics {

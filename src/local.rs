@@ -45,7 +45,15 @@ impl LocalSubscription {
         };
         shared
             .router
-            .subscribe(&session.subscriber(), filter, parsed.as_ref(), options, None);
+            // The embedding program is trusted: it reads everything.
+            .subscribe(
+                &session.subscriber(),
+                filter,
+                parsed.as_ref(),
+                options,
+                None,
+                false,
+            );
         Ok(LocalSubscription {
             session,
             shared,

@@ -410,3 +410,128 @@ async fn a_will_is_not_sent_when_the_same_client_resumes_its_session() {
         v5::DisconnectReasonCode::SessionTakenOver
     );
 }
+
+/// `closed_rooms()` with a password file of alice and bob.
+fn with_passwords(dir: &std::path::Path) -> (Config, std::path::PathBuf) {
+    let file = dir.join("passwd");
+    for user in ["alice", "bob"] {
+        roomq::auth::password_file::set_password(&file, user, format!("{user}-pw").as_bytes()).unwrap();
+    }
+    let mut config = closed_rooms();
+    config.auth.allow_anonymous = Some(true);
+    config.auth.password_file = Some(file.clone());
+    (config, file)
+}
+
+fn login(mut c: v5::Connect, user: &str) -> v5::Connect {
+    c.username = Some(user.into());
+    c.password = Some(format!("{user}-pw").into());
+    c
+}
+
+/// Waits (bounded) until the broker has seen `n` connections close.
+async fn until_open_connections(broker: &roomq::BrokerHandle, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        while broker.open_connections() != n {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the connection closed in time");
+}
+
+/// alice leaves with a delayed will into her closed room and a persistent
+/// session; the operator removes her from the password file and reloads.
+/// Her will must not reach the room as her, and nothing of her session
+/// (queue, subscriptions) stays: she can no longer log in to get it.
+#[tokio::test]
+async fn a_revoked_users_delayed_will_and_session_are_dropped_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, file) = with_passwords(dir.path());
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let (mut bob, ack) = Raw::connect5(addr, login(connect5("bob"), "bob")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    bob.subscribe5(1, &[("rooms/ops/#", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut c = login(persistent5("alice-phone"), "alice");
+    c.last_will = Some(will(
+        "rooms/ops/msg/alice",
+        b"transfer the money -- alice",
+        Some(1),
+        false,
+    ));
+    let (mut alice, ack) = Raw::connect5(addr, c).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    alice.subscribe5(1, &[("news/#", opts(QoS::AtLeastOnce))]).await;
+    drop(alice);
+    // Her laptop is still connected when the reload comes.
+    let (mut laptop, ack) = Raw::connect5(addr, login(persistent5("alice-laptop"), "alice")).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    until_open_connections(&broker, 2).await;
+    bob.publish1_5(1, "news/today", b"queued for alice").await;
+    assert_eq!(broker.session_pending("alice-phone"), Some(1));
+
+    let kept: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("alice:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, kept).unwrap();
+    broker.reload(); // what SIGHUP does
+    if let Got::Packet(p) = bob.recv5_within(std::time::Duration::from_secs(2)).await {
+        panic!("the revoked user's will was published: {p:?}");
+    }
+    assert_eq!(
+        broker.session_pending("alice-phone"),
+        None,
+        "her session is ended"
+    );
+    assert_eq!(
+        laptop.expect_disconnect5().await,
+        v5::DisconnectReasonCode::NotAuthorized
+    );
+    tokio::time::timeout(WAIT, async {
+        while broker.session_pending("alice-laptop").is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the revoked connection's persistent session ends");
+}
+
+/// A delayed will set while the rules allowed it is judged by the rules
+/// in force when it fires: here a restart took `status/%u` away.
+#[tokio::test]
+async fn a_will_is_judged_by_the_rules_in_force_when_it_fires() {
+    use roomq::auth::acl::{Access, AclRule};
+    let dir = tempfile::tempdir().unwrap();
+    let rule = |topic: &str, access| AclRule {
+        topic: topic.into(),
+        access,
+    };
+    let config = |acl| Config {
+        acl,
+        ..sled_config(dir.path())
+    };
+    let before = vec![rule("status/%u", Access::Write), rule("#", Access::Read)];
+    let broker = start_with(config(before)).await;
+    let mut c = persistent5("alice-phone");
+    c.username = Some("alice".into());
+    // Retained, so that a subscriber that comes late would still see it.
+    c.last_will = Some(will("status/alice", b"offline", Some(1), true));
+    let (_alice, ack) = Raw::connect5(broker.local_addr(), c).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    // Kept with the stored session, the will fires after the restart.
+    broker.shutdown().await;
+
+    let broker = start_with(config(vec![rule("#", Access::Read)])).await;
+    let mut watcher = Raw::client5(broker.local_addr(), "watcher").await;
+    watcher
+        .subscribe5(1, &[("status/#", opts(QoS::AtLeastOnce))])
+        .await;
+    if let Got::Packet(p) = watcher.recv5_within(std::time::Duration::from_secs(2)).await {
+        panic!("a will the rules no longer allow was published: {p:?}");
+    }
+}

@@ -399,3 +399,112 @@ async fn a_deny_rule_before_a_catch_all_refuses_only_its_topic() {
         "only the allowed topic arrives"
     );
 }
+
+/// The rules of the attack on issue 23: alice's inbox is hers to read,
+/// anyone may write into it, nobody else reads it; everything else is
+/// open. `inbox/+/#` is refused at SUBSCRIBE (the deny rule covers it),
+/// but `#`, `+/+/+` and `+/alice/#` are granted: what they deliver is
+/// checked per message.
+fn inbox_rules() -> roomq::Config {
+    use roomq::auth::acl::{Access, AclRule};
+    let rule = |topic: &str, access| AclRule {
+        topic: topic.into(),
+        access,
+    };
+    roomq::Config {
+        acl: vec![
+            rule("inbox/%u/#", Access::Read),
+            rule("inbox/#", Access::Write),
+            rule("inbox/#", Access::Deny),
+            rule("#", Access::ReadWrite),
+        ],
+        ..test_config()
+    }
+}
+
+/// A named client (names are claims on this broker: no authenticator).
+async fn user(addr: std::net::SocketAddr, mut c: v5::Connect, user: &str) -> Raw {
+    c.username = Some(user.into());
+    let (raw, ack) = Raw::connect5(addr, c).await;
+    assert_eq!(ack.reason_code, ConnectAckReason::Success);
+    raw
+}
+
+/// Takes PUBLISHes until one on `marker` arrives and returns the topics
+/// that came before it.
+async fn topics_before(c: &mut Raw, marker: &str) -> Vec<String> {
+    let mut before = Vec::new();
+    loop {
+        let p = c.publish5().await;
+        if p.topic == marker {
+            return before;
+        }
+        before.push(p.topic.to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_wide_subscription_receives_only_the_topics_its_owner_may_read() {
+    let broker = start_with(inbox_rules()).await;
+    let addr = broker.local_addr();
+    let mut bob = user(addr, connect5("bob"), "bob").await;
+    let mut retained = publish("inbox/alice/r", b"alice's secret", QoS::AtLeastOnce, Some(1));
+    retained.retain = true;
+    assert_eq!(
+        bob.puback_of(retained).await,
+        PublishAckReason::NoMatchingSubscribers
+    );
+
+    let mut mallory = user(addr, connect5("mallory"), "mallory").await;
+    let all = opts(QoS::AtLeastOnce);
+    let status = mallory
+        .subscribe5(
+            1,
+            &[("inbox/+/#", all), ("#", all), ("+/+/+", all), ("+/alice/#", all)],
+        )
+        .await;
+    use SubscribeAckReason::{GrantedQos1, NotAuthorized};
+    assert_eq!(status, vec![NotAuthorized, GrantedQos1, GrantedQos1, GrantedQos1]);
+    let mut shared = user(addr, connect5("mallory-2"), "mallory").await;
+    shared.subscribe5(1, &[("$share/g/#", all)]).await;
+    // Offline: mallory's persistent session with `#`.
+    let mut away = user(addr, persistent5("mallory-3"), "mallory").await;
+    away.subscribe5(1, &[("#", all)]).await;
+    drop(away);
+    let mut alice = user(addr, connect5("alice"), "alice").await;
+    alice.subscribe5(1, &[("inbox/alice/#", all)]).await;
+    assert_eq!(
+        alice.publish5().await.topic,
+        "inbox/alice/r",
+        "the owner still gets it"
+    );
+
+    bob.publish1_5(2, "inbox/alice/live", b"alice's secret").await;
+    bob.publish1_5(3, "news/a/b", b"public").await;
+    assert_eq!(alice.publish5().await.topic, "inbox/alice/live");
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        topics_before(&mut mallory, "news/a/b").await,
+        none,
+        "retained or live inbox"
+    );
+    assert_eq!(
+        topics_before(&mut shared, "news/a/b").await,
+        none,
+        "shared subscription"
+    );
+    let (mut back, _) = Raw::connect5(addr, {
+        let mut c = persistent5("mallory-3");
+        c.username = Some("mallory".into());
+        c
+    })
+    .await;
+    assert_eq!(
+        topics_before(&mut back, "news/a/b").await,
+        none,
+        "queued while offline"
+    );
+    // What mallory may read still arrives through the same `#`.
+    bob.publish1_5(4, "inbox/mallory/x", b"for mallory").await;
+    assert_eq!(mallory.publish5().await.topic, "inbox/mallory/x");
+}

@@ -53,7 +53,9 @@ pub fn is_sys_topic(topic: &str) -> bool {
 
 /// The access decision; cheap to share, read by every connection.
 pub struct Gate {
-    pub acl: Acl,
+    /// An `Arc` because every session holds it too, to check the topic
+    /// of each delivery its subscriptions need checked.
+    pub acl: Arc<Acl>,
     pub membership: Arc<Membership>,
     /// `max_chat_name_length`: longest room and sender name in a chat
     /// topic (keys of the de-duplication and typing tables).
@@ -143,7 +145,7 @@ mod tests {
             ..Config::default()
         };
         Gate {
-            acl: Acl::default(),
+            acl: Arc::default(),
             membership: Arc::new(Membership::from_config(&config)),
             max_name_length: 128,
         }

@@ -38,6 +38,10 @@ pub trait Subscriber: Send + Sync {
     /// Whether the subscriber may read `topic` now (room membership can
     /// change after it subscribed).
     fn may_read_topic(&self, topic: &str) -> bool;
+    /// Whether the topic rules (`[[acl]]`) let the subscriber read
+    /// `topic`: asked per message only for subscriptions whose filter the
+    /// rules did not decide as a whole (`SubEntry::check_read`).
+    fn may_read_acl(&self, topic: &str) -> bool;
     fn is_online(&self) -> bool;
 }
 
@@ -200,13 +204,20 @@ impl Router {
         self.keep_retained(&Arc::new(message));
     }
 
-    fn deliver(&self, message: &Arc<Message>, matched: Vec<Matched>, retain_refused: bool) -> PublishOutcome {
+    fn deliver(
+        &self,
+        message: &Arc<Message>,
+        mut matched: Vec<Matched>,
+        retain_refused: bool,
+    ) -> PublishOutcome {
         if matched.is_empty() {
             return PublishOutcome {
                 retain_refused,
                 ..PublishOutcome::default()
             };
         }
+        // Shared members were checked when picked (`trie::pick_member`).
+        matched.retain(|m| m.shared.is_some() || m.entry.may_carry(&message.topic));
         let deliveries = merge_overlaps(message, matched);
         let mut outcome = PublishOutcome {
             matched: deliveries.len(),
@@ -241,7 +252,9 @@ impl Router {
 
     /// Adds a subscription and sends the matching retained messages as the
     /// Retain Handling option asks. Returns whether it replaced an existing
-    /// subscription of the same session to the same filter.
+    /// subscription of the same session to the same filter. With
+    /// `check_read`, every message (retained ones too) must pass the
+    /// subscriber's `may_read_acl`.
     pub fn subscribe(
         &self,
         session: &Arc<dyn Subscriber>,
@@ -249,8 +262,9 @@ impl Router {
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
         id: Option<NonZeroU32>,
+        check_read: bool,
     ) -> bool {
-        let existed = self.insert(session, filter, shared, options, id);
+        let existed = self.insert(session, filter, shared, options, id, check_read);
         // Retained messages are not sent for shared subscriptions
         // ([MQTT-3.8.4-4] in 5.0, and as Mosquitto does for 3.1.1).
         let send_retained = shared.is_none()
@@ -262,6 +276,9 @@ impl Router {
         if send_retained {
             let deliver = move |session: &dyn Subscriber, messages: Vec<Arc<Message>>| {
                 for message in messages {
+                    if check_read && !session.may_read_acl(&message.topic) {
+                        continue;
+                    }
                     let qos = message.qos.less_value(options.qos);
                     session.deliver(Delivery {
                         message,
@@ -311,8 +328,9 @@ impl Router {
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
         id: Option<NonZeroU32>,
+        check_read: bool,
     ) {
-        self.insert(session, filter, shared, options, id);
+        self.insert(session, filter, shared, options, id, check_read);
     }
 
     /// Adds a subscription to the trie; true when it replaced one.
@@ -323,11 +341,13 @@ impl Router {
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
         id: Option<NonZeroU32>,
+        check_read: bool,
     ) -> bool {
         let entry = SubEntry {
             subscriber: session.clone(),
             options,
             id,
+            check_read,
         };
         let replaced = match shared {
             Some(s) => self.trie.insert(s.filter, Some(s.group), entry),
@@ -379,7 +399,7 @@ impl Router {
         };
         let topic = &delivery.message.topic;
         let mut members = self.trie.shared_members(&key, from);
-        members.retain(|m| m.subscriber.may_read_topic(topic));
+        members.retain(|m| m.subscriber.may_read_topic(topic) && m.may_carry(topic));
         let Some(target) = members
             .iter()
             .find(|m| m.subscriber.is_online())

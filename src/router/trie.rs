@@ -29,6 +29,20 @@ pub struct SubEntry {
     pub subscriber: Arc<dyn Subscriber>,
     pub options: SubscriptionOptions,
     pub id: Option<NonZeroU32>,
+    /// Whether each message must pass the subscriber's read check
+    /// (`Subscriber::may_read_acl`) before delivery: set when the topic
+    /// rules did not decide the whole filter at SUBSCRIBE
+    /// (`auth::acl::Acl::needs_read_check`). False in the common case, so
+    /// the fan-out checks nothing.
+    pub check_read: bool,
+}
+
+impl SubEntry {
+    /// Whether this subscription may carry a message on `topic` to its
+    /// subscriber (the per-message half of the read decision).
+    pub fn may_carry(&self, topic: &str) -> bool {
+        !self.check_read || self.subscriber.may_read_acl(topic)
+    }
 }
 
 /// A subscription that matched a topic, before merging overlaps.
@@ -96,7 +110,8 @@ impl Node {
     }
 }
 
-/// Round robin over the members that may read `topic` (room membership),
+/// Round robin over the members that may read `topic` (room membership,
+/// topic rules),
 /// preferring those online; when none is online the message is queued for
 /// the next reader in turn. A member that may not read is skipped, so the
 /// message is never handed to one that would drop it.
@@ -108,7 +123,7 @@ fn pick_member(group: &SharedGroup, topic: &str) -> Option<SubEntry> {
     let start = group.next.fetch_add(1, Ordering::Relaxed);
     let mut first_reader = None;
     for member in (0..n).map(|i| &group.members[(start + i) % n]) {
-        if !member.subscriber.may_read_topic(topic) {
+        if !member.subscriber.may_read_topic(topic) || !member.may_carry(topic) {
             continue;
         }
         if member.subscriber.is_online() {

@@ -379,6 +379,11 @@ impl Connection {
             }
         };
         lifecycle::connection_closed(&self.shared, &self.session, will);
+        if matches!(close, Close::Revoked) {
+            // Its owner can no longer log in to resume it: nothing of it
+            // (queue, subscriptions, a stored will) is kept for nobody.
+            lifecycle::end_session(&self.shared, &self.session);
+        }
         if let Some(identity) = &self.principal.identity {
             self.shared
                 .chat

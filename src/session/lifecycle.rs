@@ -117,6 +117,22 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
     }
 }
 
+/// Ends sessions whose owner's login was revoked (a user removed from the
+/// password file by a reload) while no connection served them: the will
+/// waiting out its delay is dropped, not sent, and so are the queue and the
+/// subscriptions, since their owner can no longer log in to get them.
+pub(crate) fn end_revoked(shared: &Arc<Shared>, sessions: Vec<Arc<Session>>) {
+    for session in sessions {
+        {
+            let mut st = session.state.lock();
+            st.pending_will = None;
+            st.will = None;
+        }
+        tracing::info!(client_id = %session.client_id, "session ended: its login was revoked");
+        end_session(shared, &session);
+    }
+}
+
 /// Moves QoS 1/2 messages that came through a shared subscription, and that
 /// this offline session has not acknowledged, to another group member.
 fn hand_over_shared(shared: &Arc<Shared>, session: &Arc<Session>) {
@@ -151,13 +167,25 @@ fn hand_over_shared(shared: &Arc<Shared>, session: &Arc<Session>) {
 
 /// Publishes a will as if its client had sent it now: through the gate
 /// (membership or rules may have changed since CONNECT) and the same path
-/// as a PUBLISH.
+/// as a PUBLISH. A will whose owner's login has been revoked since is not
+/// sent: its client could no longer publish anything.
 pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
     let client_id = &session.client_id;
     let w = &will.will;
-    // A session stored by an older version has no recorded owner: its
-    // will is judged as an anonymous client's.
-    let principal = session.state.lock().owner.clone().unwrap_or_default();
+    let (principal, revoked) = {
+        let st = session.state.lock();
+        let revoked = st
+            .revocable_login
+            .as_deref()
+            .is_some_and(|user| shared.auth.revoked(user));
+        // A session stored by an older version has no recorded owner: its
+        // will is judged as an anonymous client's.
+        (st.owner.clone().unwrap_or_default(), revoked)
+    };
+    if revoked {
+        tracing::info!(%client_id, topic = %w.topic, "will not published: the login was revoked");
+        return;
+    }
     if gate_check(shared, &principal, client_id, &w.topic).is_err() {
         tracing::info!(%client_id, topic = %w.topic, "will not published: refused by the access rules");
         return;

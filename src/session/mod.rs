@@ -39,6 +39,7 @@ pub(crate) use cluster::join as join_cluster;
 use cluster::{rooms_ready_for, rooms_ready_for_session};
 pub use connection::{serve, Stream};
 pub(crate) use io::{CertName, Peer};
+pub(crate) use lifecycle::end_revoked;
 pub(crate) use persist::restore_sessions;
 pub use registry::Registry;
 pub(crate) use shared::Shared;
@@ -201,6 +202,10 @@ pub struct Session {
     /// Room membership, shared with the chat layer; `None` for the trusted
     /// in-process subscriber of an embedding program, which reads all.
     membership: Option<Arc<crate::chat::Membership>>,
+    /// The topic rules (`[[acl]]`), for deliveries that must be checked
+    /// one by one (`may_read_acl`); `None` for the in-process subscriber.
+    /// Set once, right after the session is made.
+    pub(crate) acl: std::sync::OnceLock<Arc<crate::auth::acl::Acl>>,
 }
 
 impl Session {
@@ -228,6 +233,7 @@ impl Session {
             cluster: std::sync::OnceLock::new(),
             moved_away: AtomicBool::new(false),
             membership,
+            acl: std::sync::OnceLock::new(),
         }
     }
 
@@ -322,6 +328,39 @@ impl Session {
         crate::chat::room_of(topic).is_none() || self.may_read(&self.state.lock(), topic)
     }
 
+    /// Whether the topic rules let this session's owner read `topic` (for
+    /// the subscriptions the rules did not decide as a whole at SUBSCRIBE:
+    /// `#` under rules that deny part of it). Judged as the owner recorded
+    /// with the session; an unknown owner has no username.
+    pub fn may_read_acl(&self, topic: &str) -> bool {
+        let Some(acl) = self.acl.get() else {
+            return true;
+        };
+        let st = self.state.lock();
+        let who = crate::auth::acl::Subject {
+            username: st.owner.as_ref().and_then(|o| o.username.as_deref()),
+            client_id: &self.client_id,
+        };
+        acl.may_read(&who, topic)
+    }
+
+    /// Whether deliveries through a subscription to `filter` (without a
+    /// `$share/{group}/` prefix) must be checked one by one. Always, under
+    /// rules, while the owner is unknown (a session stored by an older
+    /// version): its username, once known, may matter to the rules.
+    pub(crate) fn needs_read_check(&self, st: &SessionState, filter: &str) -> bool {
+        self.acl.get().is_some_and(|acl| {
+            let Some(owner) = &st.owner else {
+                return true;
+            };
+            let who = crate::auth::acl::Subject {
+                username: owner.username.as_deref(),
+                client_id: &self.client_id,
+            };
+            acl.needs_read_check(&who, filter)
+        })
+    }
+
     /// Messages waiting to be sent plus messages in flight.
     pub fn pending_count(&self) -> usize {
         let st = self.state.lock();
@@ -341,6 +380,10 @@ impl crate::router::Subscriber for Session {
 
     fn may_read_topic(&self, topic: &str) -> bool {
         Session::may_read_topic(self, topic)
+    }
+
+    fn may_read_acl(&self, topic: &str) -> bool {
+        Session::may_read_acl(self, topic)
     }
 
     fn is_online(&self) -> bool {

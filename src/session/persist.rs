@@ -316,12 +316,16 @@ pub(crate) fn restore_sessions(shared: &Arc<Shared>, loaded: Vec<LoadedSession>)
         let subscriptions: Vec<_> = session.state.lock().subscriptions.clone().into_iter().collect();
         for (filter, sub) in subscriptions {
             let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();
+            // Judged by today's rules: they may have changed since.
+            let plain_filter = shared_filter.as_ref().map_or(&*filter, |s| s.filter);
+            let check_read = session.needs_read_check(&session.state.lock(), plain_filter);
             shared.router.restore_subscription(
                 &session.subscriber(),
                 &filter,
                 shared_filter.as_ref(),
                 sub.options,
                 sub.id,
+                check_read,
             );
         }
         let will = entry.record.will.map(|w| Will {

@@ -150,23 +150,36 @@ impl Registry {
     }
 
     /// Closes the connections whose password login `auth` now revokes
-    /// (after a reload of the password file).
-    pub(crate) fn kick_revoked(&self, auth: &dyn crate::auth::Authenticator) -> usize {
+    /// (after a reload of the password file); their sessions end when the
+    /// connection has closed (`connection.rs`, `finish`). Returns how many
+    /// were closed, and the revoked sessions with no connection, for the
+    /// caller to end (`lifecycle::end_revoked`).
+    pub(crate) fn kick_revoked(&self, auth: &dyn crate::auth::Authenticator) -> (usize, Vec<Arc<Session>>) {
         let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
         let mut kicked = 0;
+        let mut offline = Vec::new();
         for session in sessions {
             let mut st = session.state.lock();
             let revoked = st
                 .revocable_login
                 .as_deref()
                 .is_some_and(|user| auth.revoked(user));
-            if let (true, Some(kick)) = (revoked, st.kick.clone()) {
-                st.kick_reason = Some(Kick::Revoked);
-                kick.notify_one();
-                kicked += 1;
+            if !revoked {
+                continue;
+            }
+            match st.kick.clone() {
+                Some(kick) => {
+                    st.kick_reason = Some(Kick::Revoked);
+                    kick.notify_one();
+                    kicked += 1;
+                }
+                None => {
+                    drop(st);
+                    offline.push(session);
+                }
             }
         }
-        kicked
+        (kicked, offline)
     }
 
     fn new_session(&self, shared: &Shared, client_id: &str) -> Arc<Session> {
@@ -181,6 +194,9 @@ impl Registry {
         ));
         if let Some(cluster) = &shared.cluster {
             let _ = session.cluster.set(cluster.clone());
+        }
+        if !shared.gate.acl.is_empty() {
+            let _ = session.acl.set(shared.gate.acl.clone());
         }
         session
     }

@@ -48,12 +48,16 @@ impl Connection {
                 self.joined_a_room();
             }
             self.session.start_room_cursors(&self.shared.chat, filter);
+            let check_read = self
+                .session
+                .needs_read_check(&self.session.state.lock(), plain_filter);
             self.shared.router.subscribe(
                 &self.session.subscriber(),
                 filter,
                 shared.as_ref(),
                 *options,
                 subscribe.id,
+                check_read,
             );
             self.session.state.lock().subscriptions.insert(
                 filter.to_string(),
