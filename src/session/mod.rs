@@ -37,7 +37,7 @@ pub(crate) use cluster::join as join_cluster;
 use cluster::{rooms_ready_for, rooms_ready_for_session};
 pub use connection::{serve, Stream};
 pub(crate) use io::{CertName, Peer};
-pub(crate) use persist::restore_sessions;
+pub(crate) use persist::{restore_from_store, restore_sessions};
 pub use registry::Registry;
 pub(crate) use shared::Shared;
 

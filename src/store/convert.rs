@@ -50,6 +50,7 @@ impl MessageRecord {
             ephemeral: false,
             retain_in_memory: false,
             received_at: None,
+            stored_body: std::sync::OnceLock::new(),
         }
     }
 }
