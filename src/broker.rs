@@ -199,7 +199,7 @@ impl Broker {
                     shared.router.restore_retained(record.into_message());
                 }
             }
-            crate::session::restore_sessions(&shared, store.load_sessions()?);
+            crate::session::restore_from_store(&shared, store)?;
         }
         // In a cluster, users online on other nodes stay online.
         shared

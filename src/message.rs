@@ -44,6 +44,11 @@ pub struct Message {
     /// When its PUBLISH was read (for `roomq_publish_to_delivery_seconds`);
     /// `None` for messages the broker makes itself.
     pub received_at: Option<Instant>,
+    /// The id the store keeps this message under for persistent sessions'
+    /// queues, set by the first session that queues it: every other
+    /// session's record names the same stored body, so one publish to N
+    /// offline sessions is stored once (`Store::new_body_id`).
+    pub(crate) stored_body: std::sync::OnceLock<u64>,
 }
 
 /// Where a chat message sits in its room's log.
@@ -70,6 +75,7 @@ impl Message {
             ephemeral: false,
             retain_in_memory: false,
             received_at: None,
+            stored_body: std::sync::OnceLock::new(),
         }
     }
 

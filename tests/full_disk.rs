@@ -44,11 +44,29 @@ impl Store for FillableStore {
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {
         self.inner.load_sessions()
     }
-    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
-        self.inner.put_message(client_id, seq, message)
+    fn new_body_id(&self) -> u64 {
+        self.inner.new_body_id()
     }
-    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
-        self.inner.update_message(client_id, seq, message)
+    fn put_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.inner.put_message(client_id, seq, body, message)
+    }
+    fn update_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.inner.update_message(client_id, seq, body, message)
+    }
+    fn load_body(&self, body: u64) -> Result<Option<MessageRecord>, StoreError> {
+        self.inner.load_body(body)
     }
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
         self.inner.remove_message(client_id, seq)

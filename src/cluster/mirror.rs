@@ -23,25 +23,46 @@ impl Mirrored {
 }
 
 impl Store for Mirrored {
-    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
+    fn put_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
         self.queues.put(client_id, seq, &message);
-        self.inner.put_message(client_id, seq, message)
+        self.inner.put_message(client_id, seq, body, message)
     }
 
-    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
+    fn update_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
         self.queues.put(client_id, seq, &message);
-        self.inner.update_message(client_id, seq, message)
+        self.inner.update_message(client_id, seq, body, message)
     }
 
     fn set_packet_id(
         &self,
         client_id: &str,
         seq: u64,
+        body: u64,
         packet_id: u16,
         record: &dyn Fn() -> QueuedRecord,
     ) -> Result<(), StoreError> {
         self.queues.put(client_id, seq, &record());
-        self.inner.set_packet_id(client_id, seq, packet_id, record)
+        self.inner.set_packet_id(client_id, seq, body, packet_id, record)
+    }
+
+    fn new_body_id(&self) -> u64 {
+        self.inner.new_body_id()
+    }
+
+    fn load_body(&self, body: u64) -> Result<Option<MessageRecord>, StoreError> {
+        self.inner.load_body(body)
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {

@@ -34,7 +34,7 @@ use super::holding::{Claim, HeldIds, Holding, RELEASED_HEADER};
 use super::names::Names;
 use super::queues::Queues;
 use super::writer::{Write, Writer};
-use crate::store::{unix_ms_now, LoadedSession, QueuedRecord, SessionRecord};
+use crate::store::{unix_ms_now, LoadedSession, QueuedRecord, QueuedRef, SessionRecord};
 
 /// How long a CONNECT waits for the node holding its session.
 pub(crate) const HANDOVER_WAIT: Duration = Duration::from_secs(5);
@@ -54,13 +54,28 @@ pub(crate) struct HandedOver {
 }
 
 impl HandedOver {
-    pub fn into_loaded(self, client_id: &str) -> LoadedSession {
-        LoadedSession {
+    /// The session to restore, its messages named by the body ids
+    /// `new_body` gives; and the messages with their seqs and body ids.
+    pub fn into_loaded(
+        self,
+        client_id: &str,
+        new_body: &mut dyn FnMut() -> u64,
+    ) -> (LoadedSession, Vec<(u64, u64, QueuedRecord)>) {
+        let records: Vec<_> = self
+            .messages
+            .into_iter()
+            .map(|(seq, record)| (seq, new_body(), record))
+            .collect();
+        let loaded = LoadedSession {
             client_id: client_id.to_string(),
             record: self.record,
-            messages: self.messages,
+            messages: records
+                .iter()
+                .map(|(seq, body, record)| (*seq, QueuedRef::of(record, *body)))
+                .collect(),
             incoming_qos2: self.incoming_qos2,
-        }
+        };
+        (loaded, records)
     }
 }
 

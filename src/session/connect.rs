@@ -262,18 +262,31 @@ async fn claim_session(
     if let Some(cluster) = &shared.cluster {
         let handed = cluster.sessions.claim(client_id, connect.clean_start).await;
         if let (Some(handed), None) = (handed, shared.registry.get(client_id)) {
-            let loaded = handed.into_loaded(client_id);
             // Its plain messages are this node's to keep now (and the
             // cluster's copy is made again under this node's name).
             cluster.adopting_queue_of(client_id);
-            if let Some(store) = &shared.store {
-                for (seq, message) in &loaded.messages {
-                    if let Err(error) = store.put_message(client_id, *seq, message.clone()) {
+            // Each message gets a body id of this node's store.
+            let mut counted = 0;
+            let mut new_body = || match &shared.store {
+                Some(store) => store.new_body_id(),
+                None => {
+                    counted += 1;
+                    counted
+                }
+            };
+            let (loaded, records) = handed.into_loaded(client_id, &mut new_body);
+            let mut bodies = HashMap::new();
+            for (seq, body, record) in records {
+                let message = record.message.clone().into_message();
+                if let Some(store) = &shared.store {
+                    let _ = message.stored_body.set(body);
+                    if let Err(error) = store.put_message(client_id, seq, body, record) {
                         tracing::error!(%client_id, %error, "could not store a message of a session taken over");
                     }
                 }
+                bodies.insert(body, Arc::new(message));
             }
-            super::restore_sessions(shared, vec![loaded]);
+            super::restore_sessions(shared, vec![loaded], &mut |id| bodies.remove(&id));
         }
     }
     let claimed = shared

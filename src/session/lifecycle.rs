@@ -220,6 +220,7 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
         ephemeral: false,
         retain_in_memory: false,
         received_at: None,
+        stored_body: std::sync::OnceLock::new(),
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");
     shared.metrics.messages_received[usize::from(message.qos.value())].inc();

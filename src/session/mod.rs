@@ -40,7 +40,7 @@ use cluster::{rooms_ready_for, rooms_ready_for_session};
 pub use connection::{serve, Stream};
 pub(crate) use io::{CertName, Peer};
 pub(crate) use lifecycle::end_revoked;
-pub(crate) use persist::restore_sessions;
+pub(crate) use persist::{restore_from_store, restore_sessions};
 pub use registry::Registry;
 pub(crate) use shared::Shared;
 

@@ -367,6 +367,7 @@ impl Connection {
             ephemeral: false,
             retain_in_memory: false,
             received_at: Some(tokio::time::Instant::now()),
+            stored_body: std::sync::OnceLock::new(),
         }
     }
 }

@@ -40,10 +40,12 @@ fn contract(store: &dyn Store) {
     };
     store.put_session("c1", &session).unwrap();
     store.put_session("c10", &session).unwrap();
+    let bodies: Vec<u64> = (0..6).map(|_| store.new_body_id()).collect();
+    assert!(bodies.windows(2).all(|w| w[0] != w[1]), "body ids are new");
     for seq in [1, 2, 3] {
-        store.put_message("c1", seq, queued("m")).unwrap();
+        store.put_message("c1", seq, bodies[0], queued("m")).unwrap();
     }
-    store.put_message("c10", 1, queued("other")).unwrap();
+    store.put_message("c10", 1, bodies[1], queued("other")).unwrap();
     store.remove_message("c1", 2).unwrap();
     store.put_incoming_qos2("c1", 7).unwrap();
     store.flush().unwrap();
@@ -60,12 +62,24 @@ fn contract(store: &dyn Store) {
     let mut progressed = queued("m");
     progressed.packet_id = Some(9);
     progressed.released = true;
-    store.update_message("c1", 3, progressed.clone()).unwrap();
-    store.put_message("c1", 4, queued("later")).unwrap();
+    store
+        .update_message("c1", 3, bodies[0], progressed.clone())
+        .unwrap();
+    store.put_message("c1", 4, bodies[2], queued("later")).unwrap();
     store.flush().unwrap();
     let loaded = store.load_sessions().unwrap();
     let c1 = loaded.iter().find(|s| s.client_id == "c1").unwrap();
-    assert_eq!(c1.messages, vec![(3, progressed.clone()), (4, queued("later"))]);
+    let read: Vec<_> = c1
+        .messages
+        .iter()
+        .map(|(seq, r)| {
+            (
+                *seq,
+                r.clone().with_body(store.load_body(r.body).unwrap().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(read, vec![(3, progressed.clone()), (4, queued("later"))]);
     store.remove_message("c1", 3).unwrap();
     store.remove_message("c1", 4).unwrap();
     store.flush().unwrap();
@@ -76,7 +90,7 @@ fn contract(store: &dyn Store) {
         .unwrap()
         .messages
         .is_empty());
-    store.put_message("c1", 5, queued("kept")).unwrap();
+    store.put_message("c1", 5, bodies[3], queued("kept")).unwrap();
     store.flush().unwrap();
     store.remove_session("c1").unwrap();
     let loaded = store.load_sessions().unwrap();
@@ -84,9 +98,89 @@ fn contract(store: &dyn Store) {
     assert_eq!(loaded[0].messages.len(), 1);
 }
 
+/// A body is stored once for every record that names it, and goes with the
+/// last of them: acknowledged before a flush, after one, or with its
+/// session's removal.
+fn bodies_are_shared(store: &dyn Store) {
+    let session = SessionRecord {
+        expiry_secs: 60,
+        ..Default::default()
+    };
+    let shared = store.new_body_id();
+    let early = store.new_body_id();
+    for client in ["s1", "s2", "s3"] {
+        store.put_session(client, &session).unwrap();
+        store.put_message(client, 1, shared, queued("shared")).unwrap();
+    }
+    // Acknowledged by its only session before any flush: never kept.
+    store.put_message("s1", 2, early, queued("early")).unwrap();
+    store.remove_message("s1", 2).unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.load_body(early).unwrap(), None);
+    assert_eq!(store.load_body(shared).unwrap(), Some(queued("shared").message));
+    store.remove_message("s1", 1).unwrap();
+    store.flush().unwrap();
+    assert!(
+        store.load_body(shared).unwrap().is_some(),
+        "s2 and s3 still name it"
+    );
+    store.remove_session("s2").unwrap();
+    store.flush().unwrap();
+    assert!(store.load_body(shared).unwrap().is_some(), "s3 still names it");
+    let loaded = store.load_sessions().unwrap();
+    let s3 = loaded.iter().find(|s| s.client_id == "s3").unwrap();
+    assert_eq!(
+        s3.messages.iter().map(|(_, r)| r.body).collect::<Vec<_>>(),
+        vec![shared]
+    );
+    store.remove_message("s3", 1).unwrap();
+    store.flush().unwrap();
+    assert_eq!(
+        store.load_body(shared).unwrap(),
+        None,
+        "the last reference took it"
+    );
+}
+
 #[test]
 fn memory_store_contract() {
     contract(&MemoryStore::default());
+}
+
+#[test]
+fn memory_store_shares_bodies() {
+    bodies_are_shared(&MemoryStore::default());
+}
+
+#[test]
+fn sled_store_shares_bodies_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    bodies_are_shared(&SledStore::open(dir.path()).unwrap());
+    let body;
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        body = store.new_body_id();
+        let session = SessionRecord {
+            expiry_secs: 60,
+            ..Default::default()
+        };
+        for client in ["r1", "r2"] {
+            store.put_session(client, &session).unwrap();
+            store.put_message(client, 1, body, queued("kept")).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    // The counts come back from the records: the body stays until the
+    // second session lets go of it.
+    let store = SledStore::open(dir.path()).unwrap();
+    store.load_sessions().unwrap();
+    assert!(store.new_body_id() > body, "ids are not given twice");
+    store.remove_message("r1", 1).unwrap();
+    store.flush().unwrap();
+    assert!(store.load_body(body).unwrap().is_some());
+    store.remove_message("r2", 1).unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.load_body(body).unwrap(), None);
 }
 
 #[test]

@@ -51,6 +51,7 @@ impl MessageRecord {
             ephemeral: false,
             retain_in_memory: false,
             received_at: None,
+            stored_body: std::sync::OnceLock::new(),
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The message journal of persistent sessions, on sled.
 //!
-//! A message record costs one sled operation per *flush*, not per message:
+//! A record is a reference to a message body stored once (`bodies.rs`)
+//! with what is particular to the session (QoS, packet id). A message
+//! record costs one sled operation per *flush*, not per message:
 //! new records of a session since the last flush are written together as one
-//! block (`blocks`: client + first seq → [(seq, record)]). An acknowledged
+//! block (`queue_blocks`: client + first seq → [(seq, record)]). An acknowledged
 //! message is recorded in its block's acked set (`acked`: client + first seq
 //! → [seq]); a block whose messages are all acknowledged is deleted. A
 //! record added and removed between two flushes (its subscriber acknowledged
-//! it before the group commit) is never written at all. QoS 2 progress goes
-//! to `updates` (client + seq → record), which overrides the block's copy.
+//! it before the group commit) is never written at all, nor is its body if
+//! no other record names it. QoS 2 progress goes to `queue_updates`
+//! (client + seq → record), which overrides the block's copy.
 //!
 //! Measured on the 2-core machine: sled costs about 5 µs per operation in
 //! `apply_batch`; one operation per message made it the bottleneck of
@@ -18,8 +21,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::records::{decode, encode, encode_sized};
-use super::{QueuedRecord, StoreError};
+use super::bodies::{Bodies, Released};
+use super::records::{decode, encode};
+use super::{MessageRecord, QueuedRef, StoreError};
+
+/// The trees of records that name their body (`roomq-store-4`); those of
+/// `roomq-store-3`, with a copy of the message in each record, are
+/// `journal_blocks` and `journal_updates` (`migrate.rs`).
+pub(super) const BLOCKS: &str = "queue_blocks";
+pub(super) const UPDATES: &str = "queue_updates";
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
@@ -50,7 +60,11 @@ struct Pending {
     /// acknowledged before the flush (the common case) is never encoded at
     /// all, and a packet-id update only replaces it. Acknowledgements mostly
     /// take the oldest, so a deque removes them in O(1).
-    new: HashMap<String, VecDeque<(u64, QueuedRecord)>>,
+    new: HashMap<String, VecDeque<(u64, QueuedRef)>>,
+    /// Bodies first named since the last flush, to write with it.
+    new_bodies: Vec<u64>,
+    /// Bodies on disk that lost their last reference since the last flush.
+    unreferenced: Vec<u64>,
     /// QoS 2 progress of records already in a block.
     updates: HashMap<Vec<u8>, Bytes>,
     /// Acknowledged seqs of records already in a block.
@@ -63,7 +77,7 @@ impl Pending {
     /// The record `seq` of `client_id` if it is not written yet. Entries
     /// are in seq order: a binary search, not a scan (a scan per send cost
     /// a third of persistent QoS 1 fan-in).
-    fn unwritten(&mut self, client_id: &str, seq: u64) -> Option<&mut (u64, QueuedRecord)> {
+    fn unwritten(&mut self, client_id: &str, seq: u64) -> Option<&mut (u64, QueuedRef)> {
         let entries = self.new.get_mut(client_id)?;
         let at = entries.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
         entries.get_mut(at)
@@ -83,9 +97,21 @@ struct Block {
     live: usize,
     acked: Vec<u64>,
     has_updates: bool,
+    /// (seq, body) of its records not yet acknowledged, in seq order: what
+    /// an acknowledgement or the session's removal lets go of.
+    bodies: Vec<(u64, u64)>,
+}
+
+impl Block {
+    /// Lets go of record `seq`'s body; returns it.
+    fn take_body(&mut self, seq: u64) -> Option<u64> {
+        let at = self.bodies.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        Some(self.bodies.remove(at).1)
+    }
 }
 
 pub(super) struct Journal {
+    pub(super) bodies: Bodies,
     blocks: sled::Tree,
     acked: sled::Tree,
     updates: sled::Tree,
@@ -106,9 +132,10 @@ pub(super) struct Journal {
 impl Journal {
     pub(super) fn open(db: &sled::Db) -> Result<Journal, sled::Error> {
         Ok(Journal {
-            blocks: db.open_tree("journal_blocks")?,
+            bodies: Bodies::open(db)?,
+            blocks: db.open_tree(BLOCKS)?,
             acked: db.open_tree("journal_acked")?,
-            updates: db.open_tree("journal_updates")?,
+            updates: db.open_tree(UPDATES)?,
             packet_ids: db.open_tree("journal_packet_ids")?,
             ids: Mutex::default(),
             pending: Mutex::default(),
@@ -121,8 +148,19 @@ impl Journal {
         self.blocks.is_empty()
     }
 
-    pub(super) fn put(&self, client_id: &str, seq: u64, record: QueuedRecord) -> Result<(), StoreError> {
+    /// A new record naming body `record.body`; `message` is that body,
+    /// taken only if the store does not hold it yet.
+    pub(super) fn put(
+        &self,
+        client_id: &str,
+        seq: u64,
+        record: QueuedRef,
+        message: impl FnOnce() -> MessageRecord,
+    ) -> Result<(), StoreError> {
         let mut pending = self.pending.lock();
+        if self.bodies.refer(record.body, message) {
+            pending.new_bodies.push(record.body);
+        }
         // Look up before inserting: no String allocation per message.
         match pending.new.get_mut(client_id) {
             Some(entries) => entries.push_back((seq, record)),
@@ -135,7 +173,7 @@ impl Journal {
         Ok(())
     }
 
-    pub(super) fn update(&self, client_id: &str, seq: u64, record: QueuedRecord) -> Result<(), StoreError> {
+    pub(super) fn update(&self, client_id: &str, seq: u64, record: QueuedRef) -> Result<(), StoreError> {
         let mut pending = self.pending.lock();
         if let Some(entry) = pending.unwritten(client_id, seq) {
             entry.1 = record;
@@ -173,7 +211,11 @@ impl Journal {
         let mut pending = self.pending.lock();
         if let Some(entries) = pending.new.get_mut(client_id) {
             if let Ok(pos) = entries.binary_search_by_key(&seq, |(s, _)| *s) {
-                entries.remove(pos);
+                if let Some((_, record)) = entries.remove(pos) {
+                    if self.bodies.release(record.body) == Released::Unreferenced {
+                        pending.unreferenced.push(record.body);
+                    }
+                }
                 return;
             }
         }
@@ -197,6 +239,12 @@ impl Journal {
     pub(super) fn write_pending(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock();
         let pending = std::mem::take(&mut *self.pending.lock());
+        // Bodies go first: a crash after them leaves a body nothing names
+        // (removed at the next start), never a record without its body.
+        let mut new_bodies = sled::Batch::default();
+        self.bodies.write(pending.new_bodies, &mut new_bodies)?;
+        self.bodies.tree().apply_batch(new_bodies).map_err(io)?;
+        let mut unreferenced = pending.unreferenced;
         let mut blocks = sled::Batch::default();
         let mut acked = sled::Batch::default();
         let mut updates = sled::Batch::default();
@@ -207,12 +255,10 @@ impl Journal {
             };
             let (first, last) = (*first, *last);
             let live = entries.len();
+            let bodies = entries.iter().map(|(seq, record)| (*seq, record.body)).collect();
             let encoded = entries
                 .into_iter()
-                .map(|(seq, record)| {
-                    let hint = record.message.payload.len() + record.message.topic.len() + 64;
-                    Ok((seq, Bytes::from(encode_sized(&record, hint)?)))
-                })
+                .map(|(seq, record)| Ok((seq, Bytes::from(encode(&record)?))))
                 .collect::<Result<Vec<(u64, Bytes)>, StoreError>>()?;
             blocks.insert(seq_key(&client_id, first), encode(&encoded)?);
             index.entry(client_id).or_default().insert(
@@ -222,6 +268,7 @@ impl Journal {
                     live,
                     acked: Vec::new(),
                     has_updates: false,
+                    bodies,
                 },
             );
         }
@@ -247,6 +294,11 @@ impl Journal {
                 }
                 block.acked.push(seq);
                 block.live = block.live.saturating_sub(1);
+                if let Some(body) = block.take_body(seq) {
+                    if self.bodies.release(body) == Released::Unreferenced {
+                        unreferenced.push(body);
+                    }
+                }
                 if block.has_updates {
                     updates.remove(seq_key(&client_id, seq));
                 }
@@ -288,11 +340,15 @@ impl Journal {
         self.packet_ids.apply_batch(packet_ids).map_err(io)?;
         self.blocks.apply_batch(blocks).map_err(io)?;
         self.acked.apply_batch(acked).map_err(io)?;
-        self.updates.apply_batch(updates).map_err(io)
+        self.updates.apply_batch(updates).map_err(io)?;
+        // Bodies last: the records that named them are gone first.
+        let mut gone = sled::Batch::default();
+        self.bodies.delete_unreferenced(unreferenced, &mut gone);
+        self.bodies.tree().apply_batch(gone).map_err(io)
     }
 
     /// A session's unacknowledged records, in seq order, and its index.
-    pub(super) fn load(&self, client_id: &str) -> Result<Vec<(u64, QueuedRecord)>, StoreError> {
+    pub(super) fn load(&self, client_id: &str) -> Result<Vec<(u64, QueuedRef)>, StoreError> {
         let prefix = session_prefix(client_id);
         let mut updates: HashMap<u64, sled::IVec> = HashMap::new();
         for entry in self.updates.scan_prefix(&prefix) {
@@ -316,18 +372,20 @@ impl Journal {
             };
             let mut live = 0;
             let mut has_updates = false;
+            let mut bodies = Vec::new();
             for (seq, bytes) in entries {
                 if acked.contains(&seq) {
                     continue;
                 }
                 live += 1;
-                let record: QueuedRecord = match updates.get(&seq) {
+                let record: QueuedRef = match updates.get(&seq) {
                     Some(update) => {
                         has_updates = true;
                         decode(&key, update)?
                     }
                     None => decode(&key, &bytes)?,
                 };
+                bodies.push((seq, record.body));
                 out.push((seq, record));
             }
             session.insert(
@@ -337,10 +395,19 @@ impl Journal {
                     live,
                     acked,
                     has_updates,
+                    bodies,
                 },
             );
         }
-        self.index.lock().insert(client_id.to_string(), session);
+        for (_, body) in session.values().flat_map(|b| &b.bodies) {
+            self.bodies.count_stored(*body);
+        }
+        // Loaded again (the contract tests do): its earlier count goes.
+        if let Some(earlier) = self.index.lock().insert(client_id.to_string(), session) {
+            for (_, body) in earlier.values().flat_map(|b| &b.bodies) {
+                self.bodies.release(*body);
+            }
+        }
         if let Some(bytes) = self.packet_ids.get(&prefix).map_err(io)? {
             let table: BTreeMap<u64, u16> = decode(&prefix, &bytes)?;
             for (seq, record) in &mut out {
@@ -356,15 +423,26 @@ impl Journal {
     /// Forgets everything of one session, pending and on disk.
     pub(super) fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock();
+        let mut unreferenced = Vec::new();
+        let mut release = |body: u64| {
+            if self.bodies.release(body) == Released::Unreferenced {
+                unreferenced.push(body);
+            }
+        };
         {
             let mut pending = self.pending.lock();
-            pending.new.remove(client_id);
+            for (_, record) in pending.new.remove(client_id).into_iter().flatten() {
+                release(record.body);
+            }
             pending.removed.remove(client_id);
             let prefix = session_prefix(client_id);
             pending.updates.retain(|key, _| !key.starts_with(&prefix));
             pending.ids_changed.remove(client_id);
         }
-        self.index.lock().remove(client_id);
+        let removed = self.index.lock().remove(client_id);
+        for (_, body) in removed.iter().flat_map(|s| s.values()).flat_map(|b| &b.bodies) {
+            release(*body);
+        }
         self.ids.lock().remove(client_id);
         self.packet_ids.remove(session_prefix(client_id)).map_err(io)?;
         let prefix = session_prefix(client_id);
@@ -375,7 +453,9 @@ impl Journal {
             }
             tree.apply_batch(batch).map_err(io)?;
         }
-        Ok(())
+        let mut gone = sled::Batch::default();
+        self.bodies.delete_unreferenced(unreferenced, &mut gone);
+        self.bodies.tree().apply_batch(gone).map_err(io)
     }
 }
 

@@ -6,18 +6,33 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
-    StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SessionRecord,
+    Store, StoreError,
 };
 
 #[derive(Default)]
 struct Inner {
     retained: BTreeMap<String, MessageRecord>,
     sessions: BTreeMap<String, SessionRecord>,
-    messages: BTreeMap<(String, u64), QueuedRecord>,
+    messages: BTreeMap<(String, u64), QueuedRef>,
+    /// Message bodies and how many records refer to each.
+    bodies: BTreeMap<u64, (MessageRecord, usize)>,
+    next_body: u64,
     qos2_in: BTreeSet<(String, u16)>,
     rooms: BTreeMap<String, Room>,
     dedup: BTreeMap<String, DedupRecord>,
+}
+
+impl Inner {
+    /// One reference fewer to `body`; the last one deletes it.
+    fn release(&mut self, body: u64) {
+        if let Some((_, refs)) = self.bodies.get_mut(&body) {
+            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                self.bodies.remove(&body);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -58,7 +73,16 @@ impl Store for MemoryStore {
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         inner.sessions.remove(client_id);
+        let bodies: Vec<u64> = inner
+            .messages
+            .iter()
+            .filter(|((id, _), _)| id == client_id)
+            .map(|(_, m)| m.body)
+            .collect();
         inner.messages.retain(|(id, _), _| id != client_id);
+        for body in bodies {
+            inner.release(body);
+        }
         inner.qos2_in.retain(|(id, _)| id != client_id);
         Ok(())
     }
@@ -87,21 +111,52 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
-        self.inner
-            .lock()
-            .messages
-            .insert((client_id.to_string(), seq), message);
+    fn new_body_id(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        inner.next_body += 1;
+        inner.next_body
+    }
+
+    fn put_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let entry = QueuedRef::of(&message, body);
+        inner.bodies.entry(body).or_insert_with(|| (message.message, 0)).1 += 1;
+        if let Some(old) = inner.messages.insert((client_id.to_string(), seq), entry) {
+            inner.release(old.body);
+        }
         Ok(())
     }
 
-    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
-        self.put_message(client_id, seq, message)
+    fn update_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        if let Some(entry) = inner.messages.get_mut(&(client_id.to_string(), seq)) {
+            *entry = QueuedRef::of(&message, body);
+        }
+        Ok(())
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
-        self.inner.lock().messages.remove(&(client_id.to_string(), seq));
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.messages.remove(&(client_id.to_string(), seq)) {
+            inner.release(old.body);
+        }
         Ok(())
+    }
+
+    fn load_body(&self, body: u64) -> Result<Option<MessageRecord>, StoreError> {
+        Ok(self.inner.lock().bodies.get(&body).map(|(m, _)| m.clone()))
     }
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {

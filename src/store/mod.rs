@@ -4,17 +4,20 @@
 //!
 //! What is stored: retained messages; persistent sessions (subscriptions,
 //! expiry, will); each persistent session's QoS 1/2 messages not yet
-//! acknowledged (queued or in flight); and the packet ids of incoming QoS 2
+//! acknowledged (queued or in flight), as references to message bodies
+//! stored once however many sessions they were queued for; and the packet ids of incoming QoS 2
 //! messages awaiting PUBREL; the chat layer's room logs (each message once,
 //! whatever the number of members), room heads and msg-id de-duplication
 //! entries. Deadlines are wall-clock unix milliseconds, so
 //! they keep running while the broker is down.
 
+mod bodies;
 mod convert;
 mod group_commit;
 mod health;
 mod journal;
 mod memory;
+mod migrate;
 mod monitored;
 mod records;
 mod sled_store;
@@ -24,14 +27,16 @@ pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
 pub use monitored::Monitored;
 pub use records::{
-    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, RoomRecord, SessionRecord,
+    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord, SessionRecord,
     SubscriptionRecord, WillRecord,
 };
 pub use sled_store::SledStore;
 
 /// The data format this build reads and writes; stored in the data
 /// directory so a later version can refuse or migrate it, never misread it.
-pub const FORMAT_VERSION: &str = "roomq-store-3";
+/// `roomq-store-3` (session queues holding a copy of each message) is
+/// still read: opening it converts it (`migrate.rs`).
+pub const FORMAT_VERSION: &str = "roomq-store-4";
 
 /// Errors from a store, naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +68,9 @@ pub struct RoomHead {
 pub struct LoadedSession {
     pub client_id: String,
     pub record: SessionRecord,
-    /// Its unacknowledged messages, in queue order.
-    pub messages: Vec<(u64, QueuedRecord)>,
+    /// Its unacknowledged messages, in queue order; their bodies are read
+    /// with [`Store::load_body`], once for every session that holds them.
+    pub messages: Vec<(u64, QueuedRef)>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: Vec<u16>,
 }
@@ -80,10 +86,30 @@ pub trait Store: Send + Sync {
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError>;
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError>;
 
-    /// Stores a new message record; `seq` was never used for this session.
-    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError>;
-    /// Replaces a message record (QoS 2 progress).
-    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError>;
+    /// A new id for a message body, never used by a body the store holds.
+    /// A message gets one the first time it is queued for a persistent
+    /// session, and every session it is queued for refers to it.
+    fn new_body_id(&self) -> u64;
+    /// Stores a new message record of a session's queue; `seq` was never
+    /// used for this session. Its message is stored as body `body`, once
+    /// for every session that refers to it: the store writes it only if it
+    /// does not hold that body yet, and deletes it when the last record
+    /// that refers to it is removed.
+    fn put_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError>;
+    /// Replaces a message record (QoS 2 progress); its body stays.
+    fn update_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError>;
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
     /// Records the packet id a message was sent with, so it is resent with
     /// it after a restart. `record` builds the whole record, for a store
@@ -93,12 +119,15 @@ pub trait Store: Send + Sync {
         &self,
         client_id: &str,
         seq: u64,
+        body: u64,
         packet_id: u16,
         record: &dyn Fn() -> QueuedRecord,
     ) -> Result<(), StoreError> {
         let _ = packet_id;
-        self.update_message(client_id, seq, record())
+        self.update_message(client_id, seq, body, record())
     }
+    /// A stored message body; `None` once no record refers to it.
+    fn load_body(&self, body: u64) -> Result<Option<MessageRecord>, StoreError>;
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;
     fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError>;

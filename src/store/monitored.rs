@@ -52,12 +52,32 @@ impl Store for Monitored {
         self.inner.load_sessions()
     }
 
-    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
-        self.watch(self.inner.put_message(client_id, seq, message))
+    fn new_body_id(&self) -> u64 {
+        self.inner.new_body_id()
     }
 
-    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
-        self.watch(self.inner.update_message(client_id, seq, message))
+    fn put_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.watch(self.inner.put_message(client_id, seq, body, message))
+    }
+
+    fn update_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.watch(self.inner.update_message(client_id, seq, body, message))
+    }
+
+    fn load_body(&self, body: u64) -> Result<Option<MessageRecord>, StoreError> {
+        self.inner.load_body(body)
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
@@ -100,10 +120,11 @@ impl Store for Monitored {
         &self,
         client_id: &str,
         seq: u64,
+        body: u64,
         packet_id: u16,
         record: &dyn Fn() -> QueuedRecord,
     ) -> Result<(), StoreError> {
-        self.watch(self.inner.set_packet_id(client_id, seq, packet_id, record))
+        self.watch(self.inner.set_packet_id(client_id, seq, body, packet_id, record))
     }
 
     fn room_range(

@@ -37,6 +37,48 @@ pub struct QueuedRecord {
     pub released: bool,
 }
 
+/// A message queued for one persistent session, as the store keeps it: the
+/// message itself (topic, payload, properties) is stored once under `body`
+/// and shared by every session it was queued for, so one publish to N
+/// offline sessions costs its size once, not N times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRef {
+    /// The id of the stored body (`Store::load_body`).
+    pub body: u64,
+    pub qos: u8,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// As in [`QueuedRecord`].
+    pub packet_id: Option<u16>,
+    pub released: bool,
+}
+
+impl QueuedRef {
+    /// The per-session part of `record`, its message being body `body`.
+    pub fn of(record: &QueuedRecord, body: u64) -> QueuedRef {
+        QueuedRef {
+            body,
+            qos: record.qos,
+            retain: record.retain,
+            subscription_ids: record.subscription_ids.clone(),
+            packet_id: record.packet_id,
+            released: record.released,
+        }
+    }
+
+    /// The whole record again, with its body.
+    pub fn with_body(self, message: MessageRecord) -> QueuedRecord {
+        QueuedRecord {
+            message,
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids,
+            packet_id: self.packet_id,
+            released: self.released,
+        }
+    }
+}
+
 /// One subscription of a persistent session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionRecord {

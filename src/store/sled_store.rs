@@ -1,7 +1,8 @@
 //! The store on disk, in sled 0.34.
 //!
 //! Trees: `meta` (format version), `retained` (topic → message),
-//! `sessions` (client id → session), the journal's trees (see `journal.rs`),
+//! `sessions` (client id → session), the journal's trees (see `journal.rs`)
+//! and `bodies` (the messages its records name, each once: `bodies.rs`),
 //! `qos2_in` (client id + packet id), `room_log` (room + seq → message),
 //! `room_heads` (room → last seq; room + NUL → `seq` reserved with
 //! `durability = "buffered"`) and `dedup` (room, sender, msg-id → seq). Keys of per-session
@@ -12,7 +13,8 @@
 //! crash of the process (SIGKILL), not necessarily a power loss.
 //!
 //! Message records of persistent sessions go through the [`Journal`]:
-//! one sled write per session per flush, not one per message.
+//! one sled write per session per flush, not one per message, and one body
+//! per message, not one per session.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,8 +22,8 @@ use std::path::Path;
 use super::journal::{seq_key, seq_of, session_prefix, Journal};
 use super::records::{decode, decode_room, encode, encode_sized};
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
-    StoreError, FORMAT_VERSION,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SessionRecord,
+    Store, StoreError, FORMAT_VERSION,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -103,7 +105,13 @@ impl SledStore {
             db,
         };
         match meta.get("format").map_err(|e| open_err(e.to_string()))? {
-            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {
+                super::migrate::drop_old_trees(&store.db).map_err(|e| open_err(e.to_string()))?;
+            }
+            Some(found) if found.as_ref() == super::migrate::PREVIOUS_FORMAT.as_bytes() => {
+                super::migrate::from_store_3(&store.db, &meta, &store.journal.bodies)
+                    .map_err(|e| open_err(e.to_string()))?;
+            }
             Some(found) => {
                 return Err(StoreError::WrongFormat {
                     path,
@@ -216,28 +224,54 @@ impl Store for SledStore {
                     incoming_qos2,
                 });
             }
+            let orphans = t.journal.bodies.remove_orphans()?;
+            if orphans > 0 {
+                tracing::info!(orphans, "removed message bodies no queued message refers to");
+            }
             Ok(out)
         })
     }
 
-    fn put_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
-        self.count_write();
-        self.with(|t| t.journal.put(client_id, seq, message))
+    fn new_body_id(&self) -> u64 {
+        self.with(|t| Ok(t.journal.bodies.new_id())).unwrap_or(0)
     }
 
-    fn update_message(&self, client_id: &str, seq: u64, message: QueuedRecord) -> Result<(), StoreError> {
+    fn put_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| t.journal.update(client_id, seq, message))
+        let entry = QueuedRef::of(&message, body);
+        self.with(|t| t.journal.put(client_id, seq, entry, || message.message))
+    }
+
+    fn update_message(
+        &self,
+        client_id: &str,
+        seq: u64,
+        body: u64,
+        message: QueuedRecord,
+    ) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| t.journal.update(client_id, seq, QueuedRef::of(&message, body)))
     }
 
     fn set_packet_id(
         &self,
         client_id: &str,
         seq: u64,
+        _body: u64,
         packet_id: u16,
         _record: &dyn Fn() -> QueuedRecord,
     ) -> Result<(), StoreError> {
         self.with(|t| t.journal.set_packet_id(client_id, seq, packet_id))
+    }
+
+    fn load_body(&self, body: u64) -> Result<Option<MessageRecord>, StoreError> {
+        self.with(|t| t.journal.bodies.load(body))
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
