@@ -559,6 +559,9 @@ impl Config {
         if self.max_concurrent_logins == 0 {
             return Err("key `max_concurrent_logins`: must be at least 1".into());
         }
+        if self.admin_max_connections == 0 || self.admin_timeout_secs == 0 {
+            return Err("keys `admin_max_connections` and `admin_timeout_secs` must be at least 1".into());
+        }
         if self.max_connect_packet_size < 64 {
             return Err("key `max_connect_packet_size`: must be at least 64 bytes".into());
         }
