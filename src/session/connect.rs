@@ -395,7 +395,15 @@ async fn authenticate(
     let password = connect.password.clone();
     let ip = peer.ip();
     let decision = if password.is_some() {
-        // The back-off first: guesses from one address at one username,
+        // A login that would find no place in the queue (full, or this
+        // address's share taken) is refused at once: before the back-off,
+        // and without counting as a failed password (it was not checked),
+        // so a busy broker never makes a client wait for its 0x89.
+        if !shared.logins.has_place_for(ip) {
+            tracing::info!(%client_id, %peer, "login refused: max_pending_logins(_per_ip) are waiting");
+            return Err(ConnectAckReason::ServerBusy);
+        }
+        // The back-off next: guesses from one address at one username,
         // however many in parallel, are checked one delay apart, and while
         // they wait they hold no place in the login queue (so one account's
         // guesses do not fill it for everyone else).
@@ -403,13 +411,13 @@ async fn authenticate(
         let wait = shared.login_backoff.wait_before_attempt(ip, backoff_key);
         tokio::time::sleep(wait).await;
         // Then a bounded queue for the hash: beyond it, refused unhashed.
-        let Some(queued) = shared.logins.enter() else {
-            shared.login_backoff.attempt_done(ip, backoff_key, false);
-            tracing::info!(%client_id, %peer, "login refused: max_pending_logins are waiting");
+        let Some(queued) = shared.logins.enter(ip) else {
+            shared.login_backoff.attempt_not_checked(ip, backoff_key);
+            tracing::info!(%client_id, %peer, "login refused: max_pending_logins(_per_ip) are waiting");
             return Err(ConnectAckReason::ServerBusy);
         };
         let Some(_hashing) = shared.logins.hashing_slot(&queued).await else {
-            shared.login_backoff.attempt_done(ip, backoff_key, false);
+            shared.login_backoff.attempt_not_checked(ip, backoff_key);
             return Err(ConnectAckReason::ServerUnavailable);
         };
         let (auth, id) = (shared.auth.clone(), client_id.to_string());
