@@ -147,3 +147,75 @@ async fn a_full_login_queue_refuses_at_once_without_back_off() {
     assert_eq!(reason, ConnectAckReason::Success);
     broker.shutdown().await;
 }
+
+fn claimed(id: &str, user: &str) -> v5::Connect {
+    let mut c = connect5(id);
+    c.username = Some(user.into());
+    c
+}
+
+async fn connect_as(addr: SocketAddr, id: &str, user: &str) -> (Raw, ConnectAckReason) {
+    let (raw, ack) = Raw::connect5(addr, claimed(id, user)).await;
+    (raw, ack.reason_code)
+}
+
+/// One identity holds at most `max_connections_per_user` connections:
+/// one more gets 5.0 CONNACK 0x97 / 3.1.1 code 3, a takeover of its own
+/// client id is not one more, and a place comes back when a connection
+/// closes (normally, lost) or when a charged CONNECT is refused later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_holds_at_most_max_connections_per_user() {
+    let config = Config {
+        max_connections_per_user: 2,
+        ..test_config()
+    };
+    let broker = roomq::Broker::new(config).start().await.unwrap();
+    let addr = broker.local_addr();
+    // bob's session "shared-id": alice may not take it (refused after her
+    // connection was counted, which must not keep her place).
+    let (_bob, reason) = connect_as(addr, "shared-id", "bob").await;
+    assert_eq!(reason, ConnectAckReason::Success);
+    let (_, reason) = connect_as(addr, "shared-id", "alice").await;
+    assert_eq!(reason, ConnectAckReason::NotAuthorized);
+    let (mut phone, reason) = connect_as(addr, "alice-phone", "alice").await;
+    assert_eq!(reason, ConnectAckReason::Success);
+    let (laptop, reason) = connect_as(addr, "alice-laptop", "alice").await;
+    assert_eq!(reason, ConnectAckReason::Success);
+    let (_, reason) = connect_as(addr, "alice-tablet", "alice").await;
+    assert_eq!(reason, ConnectAckReason::QuotaExceeded);
+    let mut v3 = connect3("alice-iot", true);
+    v3.username = Some("alice".into());
+    let (_, ack) = Raw::connect3(addr, v3).await;
+    assert_eq!(
+        ack.return_code,
+        rmqtt_codec::v3::ConnectAckReason::ServiceUnavailable
+    );
+    // Another identity is not affected.
+    let (_carol, reason) = connect_as(addr, "carol-phone", "carol").await;
+    assert_eq!(reason, ConnectAckReason::Success);
+    // The phone reconnects with its client id while the old connection
+    // still looks open: a takeover, not a third connection.
+    let (_phone_again, reason) = connect_as(addr, "alice-phone", "alice").await;
+    assert_eq!(reason, ConnectAckReason::Success);
+    assert!(matches!(
+        phone.recv5().await,
+        Got::Packet(v5::Packet::Disconnect(_)) | Got::Closed
+    ));
+    // A connection lost gives its place back (the broker notices the
+    // close on its own time: bounded retries, not a sleep).
+    drop(laptop);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_tablet, reason) = connect_as(addr, "alice-tablet", "alice").await;
+        if reason == ConnectAckReason::Success {
+            break;
+        }
+        assert_eq!(reason, ConnectAckReason::QuotaExceeded);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost connection's place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    broker.shutdown().await;
+}

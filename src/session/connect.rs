@@ -77,12 +77,21 @@ pub(crate) async fn accept(
         let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
         let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
         connect.username = principal.username.as_deref().map(Into::into);
+        let charge = charge_connection(shared, &principal, &client_id, io.peer)?;
         let presence_lasting = principal.username.is_some() || connect.session_expiry_interval_secs > 0;
         let claimed = claim_session(shared, &client_id, &connect, &principal, presence_lasting).await?;
-        Ok((assigned, client_id, grant, principal, presence_lasting, claimed))
+        Ok((
+            assigned,
+            client_id,
+            grant,
+            principal,
+            presence_lasting,
+            claimed,
+            charge,
+        ))
     }
     .await;
-    let (assigned, client_id, grant, principal, presence_lasting, claimed) = match outcome {
+    let (assigned, client_id, grant, principal, presence_lasting, claimed, identity_charge) = match outcome {
         Ok(accepted) => accepted,
         Err(Refusal::Connack(reason, why)) => {
             tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
@@ -135,6 +144,7 @@ pub(crate) async fn accept(
         session: claimed.session,
         kick: terms.kick,
         guard: Some(claimed.guard),
+        identity_charge,
         keep_alive_window: terms.keep_alive_window,
         pending_acks: Vec::new(),
         awaiting_acks: std::collections::VecDeque::new(),
@@ -235,6 +245,38 @@ async fn identify(
         }
     }
     Ok((grant, principal))
+}
+
+/// Charges the connection to its identity's `max_connections_per_user`
+/// (a client without an identity is bounded per address instead); the
+/// charge is given back when the returned guard drops, however the
+/// connection ends or is refused later. A connection that takes over
+/// its client id's connected session replaces one, so it is never refused:
+/// the old one gives its place back as it closes.
+fn charge_connection(
+    shared: &Shared,
+    principal: &Principal,
+    client_id: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Option<crate::budget::Charged>, Refusal> {
+    let Some(identity) = principal.identity.as_deref() else {
+        return Ok(None);
+    };
+    let account = crate::budget::account_of(Some(identity), Some(peer.ip()));
+    let budgets = &shared.budgets;
+    match budgets.charge_held(account.clone(), crate::budget::Held::Connections, 1) {
+        Ok(charge) => Ok(Some(charge)),
+        Err(_) if shared.registry.get(client_id).is_some_and(|s| s.is_online()) => Ok(Some(
+            budgets.charge_held_unchecked(account, crate::budget::Held::Connections, 1),
+        )),
+        Err(over) => {
+            tracing::info!(%client_id, identity, bound = over.bound, "connection refused: {}", over.key);
+            Err(Refusal::Connack(
+                ConnectAckReason::QuotaExceeded,
+                "max_connections_per_user reached",
+            ))
+        }
+    }
 }
 
 /// Takes over or creates the session of `client_id` for `principal`.
