@@ -233,7 +233,7 @@ async fn identify(
             .await
             .map_err(|reason| Refusal::Connack(reason, "login failed"))?,
     };
-    let principal = principal_of(shared, &grant, connect, client_id);
+    let principal = principal_of(shared, &grant, connect, client_id)?;
     if let Some(will) = &connect.last_will {
         if let Err(reason) = shared.gate.may_write(&principal, client_id, &will.topic) {
             shared.metrics.acl_denied.inc();
@@ -506,24 +506,51 @@ async fn authenticate(
 
 /// The identity rules (`auth/mod.rs`): the verified name when the broker
 /// verifies names, else the claimed one; the client id stands in for a
-/// chat identity only where names are claims.
-fn principal_of(shared: &Shared, grant: &Grant, connect: &Connect, client_id: &str) -> Principal {
+/// chat identity only where names are claims. A name must be one topic
+/// level (`auth::is_valid_name`), whichever path it came by (claimed,
+/// password file, token `sub`, a custom authenticator): else a username
+/// is refused with 0x86 (3.1.1 code 4) and a client id standing in for
+/// the identity with 0x85 (code 2).
+fn principal_of(
+    shared: &Shared,
+    grant: &Grant,
+    connect: &Connect,
+    client_id: &str,
+) -> Result<Principal, Refusal> {
     let username: Option<Arc<str>> = grant
         .username
         .as_deref()
         .or(connect.username.as_deref())
         .filter(|u| !u.is_empty())
         .map(Arc::from);
+    if username
+        .as_deref()
+        .is_some_and(|u| !crate::auth::is_valid_name(u))
+    {
+        shared.metrics.auth_failures.inc();
+        return Err(Refusal::Connack(
+            ConnectAckReason::BadUserNameOrPassword,
+            "the username is not one topic level (`/`, `+`, `#` or a control character)",
+        ));
+    }
     let names_verified = shared.auth.verifies_names() || shared.config.certificate_names_used();
-    let identity = username
-        .clone()
-        .or_else(|| (!names_verified).then(|| Arc::from(client_id)));
-    Principal {
+    let identity = match username.clone() {
+        Some(name) => Some(name),
+        None if names_verified => None,
+        None if crate::auth::is_valid_name(client_id) => Some(Arc::from(client_id)),
+        None => {
+            return Err(Refusal::Connack(
+                ConnectAckReason::ClientIdentifierNotValid,
+                "the client id stands in for the identity and is not one topic level",
+            ))
+        }
+    };
+    Ok(Principal {
         username,
         identity,
         room_grant: grant
             .rooms
             .clone()
             .map(|rooms| Arc::new(rooms.into_iter().collect())),
-    }
+    })
 }
