@@ -300,5 +300,13 @@ async fn a_slow_or_idle_admin_connection_is_closed_after_the_timeout() {
     slow.abort();
     assert!(!String::from_utf8_lossy(&got).contains(" 200 "), "{got:?}");
     assert!(read_until_closed(&mut idle).await.is_empty());
+    // A head larger than the admin paths need is refused, not buffered.
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let (response, _) =
+        common::http::exchange(tokio::net::TcpStream::connect(admin).await.unwrap(), &big).await;
+    assert_eq!(common::http::split(&response).0, 431);
     broker.shutdown().await;
 }
