@@ -184,7 +184,11 @@ impl Broker {
             chat,
             cluster: cluster.clone(),
             login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
-            logins: LoginPool::new(self.config.max_concurrent_logins, self.config.max_pending_logins),
+            logins: LoginPool::new(
+                self.config.max_concurrent_logins,
+                self.config.max_pending_logins,
+                self.config.max_pending_logins_per_ip,
+            ),
             budgets,
             store,
             config: self.config,

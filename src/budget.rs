@@ -307,6 +307,51 @@ impl Budgets {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
+
+    /// [`Budgets::charge`], released when the returned guard drops: for
+    /// what is held exactly as long as a value lives (a connection), so
+    /// that every way it ends gives the charge back.
+    pub fn charge_held(
+        self: &Arc<Self>,
+        account: Arc<str>,
+        what: Held,
+        amount: u64,
+    ) -> Result<Charged, OverBudget> {
+        self.charge(&account, what, amount)?;
+        Ok(self.charged(account, what, amount))
+    }
+
+    /// [`Budgets::charge_unchecked`] with a guard: for what replaces
+    /// something the account is about to give back (a session taken over
+    /// by a new connection of the same identity).
+    pub fn charge_held_unchecked(self: &Arc<Self>, account: Arc<str>, what: Held, amount: u64) -> Charged {
+        self.charge_unchecked(&account, what, amount);
+        self.charged(account, what, amount)
+    }
+
+    fn charged(self: &Arc<Self>, account: Arc<str>, what: Held, amount: u64) -> Charged {
+        Charged {
+            budgets: self.clone(),
+            account,
+            what,
+            amount,
+        }
+    }
+}
+
+/// A charge that is released when this drops (see [`Budgets::charge_held`]).
+#[derive(Debug)]
+pub struct Charged {
+    budgets: Arc<Budgets>,
+    account: Arc<str>,
+    what: Held,
+    amount: u64,
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.budgets.release(&self.account, self.what, self.amount);
+    }
 }
 
 #[cfg(test)]

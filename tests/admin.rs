@@ -200,3 +200,113 @@ async fn the_grafana_dashboard_queries_only_what_metrics_has() {
     }
     broker.shutdown().await;
 }
+
+/// An admin connection that sends part of a request head and stops: it
+/// holds its place until the broker closes it.
+async fn unfinished_request(admin: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+    stream
+}
+
+/// Reads until the broker closes the connection (within `WAIT`), and
+/// returns what it sent before.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .expect("the broker closes the admin connection")
+        .ok();
+    got
+}
+
+/// `admin_max_connections` caps the admin sockets: one over it is closed
+/// at accept without an answer, and the sockets are counted in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_over_the_cap_are_closed_at_once() {
+    let config = Config {
+        admin_max_connections: 2,
+        admin_timeout_secs: 600,
+        ..admin_config()
+    };
+    let broker = Broker::new(config).start().await.unwrap();
+    let admin = broker.admin_addr().unwrap();
+    let first = unfinished_request(admin).await;
+    let _second = unfinished_request(admin).await;
+    let (response, closed) = common::http::exchange(
+        tokio::net::TcpStream::connect(admin).await.unwrap(),
+        "GET /healthz HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        closed && response.is_empty(),
+        "over the cap: {:?}",
+        String::from_utf8_lossy(&response)
+    );
+    // A place freed is taken again; the gauge counts the held socket and
+    // the scrape's own.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let text = loop {
+        let (status, text) = common::http::get(admin, "/metrics").await;
+        if status == 200 {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed place was not given again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let values = samples(&text);
+    assert_eq!(values.get("roomq_admin_connections"), Some(&2.0), "{text}");
+    assert!(values["roomq_admin_connections_refused_total"] >= 1.0, "{text}");
+    broker.shutdown().await;
+}
+
+/// `admin_timeout_secs` bounds how long a request head may take and how
+/// long a connection may sit idle: a head sent a line at a time, and a
+/// connection that sends nothing, are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_idle_admin_connection_is_closed_after_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let config = Config {
+        admin_timeout_secs: 1,
+        ..admin_config()
+    };
+    let broker = Broker::new(config).start().await.unwrap();
+    let admin = broker.admin_addr().unwrap();
+    let mut idle = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut reader, mut writer) = unfinished_request(admin).await.into_split();
+    let slow = tokio::spawn(async move {
+        // A header line every 100 ms, never the blank line that ends the
+        // head, until the broker stops taking them (a pace, not a wait for
+        // an event).
+        for n in 0u32.. {
+            let line = format!("X-Slow-{n}: 1\r\n");
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut got))
+        .await
+        .expect("a slow request head is cut off")
+        .ok();
+    slow.abort();
+    assert!(!String::from_utf8_lossy(&got).contains(" 200 "), "{got:?}");
+    assert!(read_until_closed(&mut idle).await.is_empty());
+    // A head larger than the admin paths need is refused, not buffered.
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let (response, _) =
+        common::http::exchange(tokio::net::TcpStream::connect(admin).await.unwrap(), &big).await;
+    assert_eq!(common::http::split(&response).0, 431);
+    broker.shutdown().await;
+}

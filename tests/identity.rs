@@ -398,3 +398,109 @@ async fn roomq_passwd_refuses_names_the_file_cannot_hold() {
     }
     assert!(!file.exists() || std::fs::read_to_string(&file).unwrap().trim().is_empty());
 }
+
+/// A name is one topic level (`topics.md`, *Identity*): a username, token
+/// `sub` or client id standing in for a name that holds `+`, `#`, `/` or a
+/// control character would make the broker publish `$presence/#` or
+/// `users/#/history/...`, so a username is refused at CONNECT on every
+/// path (5.0 0x86 / 3.1.1 code 4). Any string is a valid MQTT client id,
+/// so a client id that would stand in for such a name is served, without
+/// a name: it cannot post as one.
+#[tokio::test]
+async fn names_that_are_not_one_topic_level_are_refused_at_connect() {
+    // No authenticator (the loopback default): names are claims.
+    let broker = start().await;
+    let addr = broker.local_addr();
+    for name in ["#", "+", "a/b", "alice/#", "a\u{1}b"] {
+        let mut c = connect5("named");
+        c.username = Some(name.into());
+        let reason = Raw::connect5(addr, c).await.1.reason_code;
+        assert_eq!(
+            reason,
+            ConnectAckReason::BadUserNameOrPassword,
+            "username {name:?}"
+        );
+        let (mut nameless, ack) = Raw::connect5(addr, connect5(name)).await;
+        assert_eq!(ack.reason_code, ConnectAckReason::Success, "client id {name:?}");
+        nameless
+            .send5(v5::Packet::Publish(Box::new(publish(
+                "rooms/lobby/msg/x",
+                b"hi",
+                v5::QoS::AtLeastOnce,
+                Some(1),
+            ))))
+            .await;
+        match nameless.recv5().await.packet() {
+            v5::Packet::PublishAck(ack) => assert_eq!(
+                ack.reason_code,
+                v5::PublishAckReason::NotAuthorized,
+                "client id {name:?} posted as a name"
+            ),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    let mut c = connect3("named", true);
+    c.username = Some("#".into());
+    let code = Raw::connect3(addr, c).await.1.return_code;
+    assert_eq!(code, v3::ConnectAckReason::BadUserNameOrPassword);
+    let code = Raw::connect3(addr, connect3("+", true)).await.1.return_code;
+    assert_eq!(code, v3::ConnectAckReason::ConnectionAccepted);
+    // A client id is only checked where it is the identity.
+    let mut c = connect5("devices/#");
+    c.username = Some("alice".into());
+    assert_eq!(
+        Raw::connect5(addr, c).await.1.reason_code,
+        ConnectAckReason::Success
+    );
+    broker.shutdown().await;
+
+    // A password file edited by hand to hold such a name.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let hash = roomq::auth::password_file::hash_password(b"pw").unwrap();
+    std::fs::write(&file, format!("a/b:{hash}\n")).unwrap();
+    let mut config = test_config();
+    config.auth = AuthConfig {
+        password_file: Some(file),
+        ..Default::default()
+    };
+    let broker = start_with(config).await;
+    let reason = Raw::connect5(broker.local_addr(), login5("c", "a/b", "pw"))
+        .await
+        .1
+        .reason_code;
+    assert_eq!(reason, ConnectAckReason::BadUserNameOrPassword);
+    broker.shutdown().await;
+
+    // Tokens: a `sub` that is not one level, and a 3.1.1 CONNECT whose
+    // username is empty (a username, when sent, must be the `sub`).
+    let mut config = test_config();
+    config.auth = AuthConfig {
+        allow_anonymous: Some(false),
+        jwt_secret: Some("test-secret".into()),
+        ..Default::default()
+    };
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let exp = now() + 3600;
+    for sub in ["#", "+", "a/b"] {
+        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        assert_eq!(
+            token_login(addr, token(claims)).await,
+            ConnectAckReason::BadUserNameOrPassword,
+            "sub {sub:?}"
+        );
+    }
+    let jay = token(serde_json::json!({ "sub": "jay", "exp": exp }));
+    let mut c = connect3("jay-iot", true);
+    c.username = Some("".into());
+    c.password = Some(jay.clone().into());
+    let code = Raw::connect3(addr, c).await.1.return_code;
+    assert_eq!(code, v3::ConnectAckReason::BadUserNameOrPassword);
+    let mut c = connect3("jay-iot", true);
+    c.username = Some("jay".into());
+    c.password = Some(jay.into());
+    let code = Raw::connect3(addr, c).await.1.return_code;
+    assert_eq!(code, v3::ConnectAckReason::ConnectionAccepted);
+    broker.shutdown().await;
+}

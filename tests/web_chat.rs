@@ -155,6 +155,29 @@ async fn a_web_listener_without_the_libraries_says_how_to_get_them() {
     broker.shutdown().await;
 }
 
+/// A library is read from disk once and then served from one shared copy
+/// in memory: a request that does not read its answer holds a reference
+/// to that copy, not a file-sized buffer of its own. Changing the file on
+/// disk after the first request shows it: the second gets the first copy.
+#[tokio::test]
+async fn a_library_is_read_once_and_served_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("node_modules/mqtt/dist/mqtt.min.js");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, b"first copy").unwrap();
+    let mut config = web_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.web_root = root.path().to_path_buf();
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let (status, _, body) = get(addr, "/vendor/mqtt.min.js").await;
+    assert_eq!((status, &body[..]), (200, &b"first copy"[..]));
+    std::fs::write(&file, b"changed on disk").unwrap();
+    let (status, _, body) = get(addr, "/vendor/mqtt.min.js").await;
+    assert_eq!((status, &body[..]), (200, &b"first copy"[..]));
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_ws_listener_without_web_serves_no_page() {
     let broker = start_with(ws_config()).await;

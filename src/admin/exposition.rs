@@ -97,6 +97,12 @@ impl Collector for Families {
             MetricType::Gauge,
         )?;
         ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        gauge(
+            &mut out,
+            "roomq_admin_connections",
+            "Admin listener connections open now",
+            m.admin_connections.get() as usize,
+        )?;
 
         let qos = ["0", "1", "2"];
         labelled_counters(
@@ -161,6 +167,12 @@ impl Collector for Families {
             "roomq_auth_failures",
             "CONNECTs refused for credentials",
             &m.auth_failures,
+        )?;
+        counter(
+            &mut out,
+            "roomq_admin_connections_refused",
+            "Admin listener connections closed at accept (admin_max_connections open)",
+            &m.admin_connections_refused,
         )?;
         counter(
             &mut out,

@@ -12,13 +12,20 @@ mod exposition;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::session::Shared;
+
+/// Most bytes hyper buffers of a request (its head: the admin paths take
+/// no body); hyper's smallest allowed value, and far above what Prometheus
+/// or curl send.
+const MAX_HEAD_BUFFER: usize = 8192;
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +61,16 @@ impl Admin {
         self.listener.local_addr().ok()
     }
 
-    /// Serves requests until the broker shuts down.
+    /// Serves requests until the broker shuts down. Each connection holds
+    /// one of `admin_max_connections` places (one more is closed at
+    /// accept, unanswered), may take `admin_timeout_secs` to send a
+    /// request head and as long idle before the next, and its head is
+    /// read into at most `MAX_HEAD_BUFFER` bytes: so idle or slow sockets
+    /// cannot take the process's file descriptors or memory.
     pub async fn serve(self, shared: Arc<Shared>) {
         let mut stop = shared.shutdown.subscribe();
+        let places = Arc::new(Semaphore::new(shared.config.admin_max_connections));
+        let timeout = Duration::from_secs(shared.config.admin_timeout_secs);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = stop.changed() => return,
@@ -64,24 +78,39 @@ impl Admin {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "admin listener: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
             };
+            let Ok(place) = places.clone().try_acquire_owned() else {
+                shared.metrics.admin_connections_refused.inc();
+                tracing::debug!(%peer, "admin connection closed: admin_max_connections open");
+                drop(stream);
+                continue;
+            };
+            shared.metrics.admin_connections.inc();
             let (shared, registry) = (shared.clone(), self.registry.clone());
             tokio::spawn(async move {
+                let metrics = shared.metrics.clone();
                 let service = hyper::service::service_fn(move |request| {
                     let response = respond(&request, &shared, &registry);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
+                // The header timeout also runs while hyper waits for the
+                // next request on a kept-alive connection: the idle bound.
                 if let Err(error) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .max_buf_size(MAX_HEAD_BUFFER)
                     .serve_connection(io, service)
                     .await
                 {
                     tracing::debug!(%peer, %error, "admin connection ended with an error");
                 }
+                metrics.admin_connections.dec();
+                drop(place);
             });
         }
     }

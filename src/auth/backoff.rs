@@ -96,6 +96,12 @@ impl LoginBackoff {
         slot - now
     }
 
+    /// Records that an admitted attempt was not checked after all (the
+    /// login queue was full): it is no failure, so it builds no back-off.
+    pub fn attempt_not_checked(&self, ip: IpAddr, username: &str) {
+        self.attempt_done(ip, username, true);
+    }
+
     /// Records the outcome of an admitted attempt.
     pub fn attempt_done(&self, ip: IpAddr, username: &str, succeeded: bool) {
         let key = self.key(ip, username);

@@ -5,7 +5,8 @@
 //! `auth.jwt_audience` / `auth.jwt_issuer` are set (and ignored
 //! otherwise), and an optional claim (`jwt_rooms_claim`, default `rooms`)
 //! lists the rooms the user may join. An empty `sub` is refused: the
-//! subject is the identity.
+//! subject is the identity (and, like every name, refused at CONNECT
+//! unless it is one topic level: `auth::is_valid_name`).
 
 use std::path::Path;
 

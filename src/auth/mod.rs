@@ -36,6 +36,16 @@ pub use jwt::JwtVerifier;
 pub use login_pool::LoginPool;
 pub use password_file::PasswordFile;
 
+/// Whether `name` can be a client's identity: one topic level, because
+/// the broker writes it into topics (`$presence/{user}`,
+/// `rooms/{room}/msg/{sender}/...`, `users/{user}/history/...`). So not
+/// empty, and no `/`, `+`, `#` or control character (U+0000 included).
+/// `topics.md` (*Identity*) states the rule; CONNECT refuses other names
+/// (`session/connect.rs`), and `roomq passwd` refuses them and a few more.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(|c: char| c == '/' || c == '+' || c == '#' || c.is_control())
+}
+
 /// What a client presented in CONNECT. A certificate's name is settled
 /// before this is asked (see `session/connect.rs`).
 pub struct AuthRequest<'a> {
@@ -173,12 +183,9 @@ impl Authenticator for ConfiguredAuth {
             if jwt::looks_like_jwt(password) {
                 let token = std::str::from_utf8(password).unwrap_or_default();
                 return match jwt.verify(token) {
-                    // A username, if given, must be the token's subject.
-                    Some(grant)
-                        if request
-                            .username
-                            .is_none_or(|u| u.is_empty() || u == grant.username) =>
-                    {
+                    // A username, if given, must be the token's subject
+                    // (an empty one is no name, so it is not).
+                    Some(grant) if request.username.is_none_or(|u| u == grant.username) => {
                         AuthDecision::Allow(Grant {
                             username: Some(grant.username),
                             expires_unix: Some(grant.expires_unix),

@@ -71,9 +71,7 @@ impl PasswordFile {
 /// can never be an identity in a topic (`/`, `+`, `#`, control characters:
 /// `{sender}` is one topic level, and ACL patterns refuse them).
 pub fn check_user_name(user: &str) -> Result<(), String> {
-    let bad_char =
-        |c: char| c == ':' || c == '/' || c == '+' || c == '#' || c.is_whitespace() || c.is_control();
-    if user.is_empty() || user.contains(bad_char) {
+    if !super::is_valid_name(user) || user.contains(|c: char| c == ':' || c.is_whitespace()) {
         return Err(format!(
             "user name {user:?} must be non-empty, without `:`, `/`, `+`, `#`, spaces or control characters"
         ));

@@ -443,7 +443,7 @@ impl Default for Config {
             history_max_limit: 500,
             cluster: None,
             max_connections_per_user: 256,
-            max_sessions_per_user: 100,
+            max_sessions_per_user: 256,
             max_rooms_per_user: 1000,
             max_receipts_per_user: 10_000,
             max_retained_messages_per_user: 10_000,
@@ -565,6 +565,9 @@ impl Config {
         }
         if self.max_concurrent_logins == 0 {
             return Err("key `max_concurrent_logins`: must be at least 1".into());
+        }
+        if self.admin_max_connections == 0 || self.admin_timeout_secs == 0 {
+            return Err("keys `admin_max_connections` and `admin_timeout_secs` must be at least 1".into());
         }
         if self.max_connect_packet_size < 64 {
             return Err("key `max_connect_packet_size`: must be at least 64 bytes".into());

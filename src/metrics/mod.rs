@@ -78,6 +78,11 @@ pub struct Metrics {
     pub connections_limited: Counter,
     /// PUBLISH and SUBSCRIBE refused by the ACL or room membership.
     pub acl_denied: Counter,
+    /// Admin listener connections open now (a gauge).
+    pub admin_connections: Counter,
+    /// Admin listener connections closed at accept
+    /// (`admin_max_connections` open).
+    pub admin_connections_refused: Counter,
     /// Connections closed for going over a publish rate limit.
     pub rate_limited: Counter,
     /// Publishes refused because the store could not write them within
@@ -110,6 +115,8 @@ impl Default for Metrics {
             auth_failures: Counter::default(),
             connections_limited: Counter::default(),
             acl_denied: Counter::default(),
+            admin_connections: Counter::default(),
+            admin_connections_refused: Counter::default(),
             rate_limited: Counter::default(),
             publishes_refused_store: Counter::default(),
             publish_to_delivery: Histogram::seconds(),

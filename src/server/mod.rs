@@ -123,6 +123,9 @@ pub(crate) async fn accept_loop(
 ) {
     let mut stop = shared.shutdown.subscribe();
     let listener = Arc::new(listener);
+    // The browser chat's libraries, read once for this listener and shared
+    // by every request (an `Arc`: each connection task holds it).
+    let libraries = Arc::new(web::Libraries::new(shared.config.web_root.clone()));
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => return,
@@ -155,6 +158,7 @@ pub(crate) async fn accept_loop(
         let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let over_limit = open > shared.config.max_connections;
         let (shared, listener, ip_limits) = (shared.clone(), listener.clone(), ip_limits.clone());
+        let libraries = libraries.clone();
         tracker.spawn(async move {
             // One deadline for the handshakes and the CONNECT together.
             let deadline =
@@ -162,7 +166,7 @@ pub(crate) async fn accept_loop(
             // Boxed: the TLS and WebSocket handshake state is large, and inline
             // it would stay in every idle connection's task (measured: 15 KB
             // instead of 6 KB per idle connection).
-            let handshake = Box::pin(upgrade(&listener, socket, addr, &shared));
+            let handshake = Box::pin(upgrade(&listener, socket, addr, &shared, &libraries));
             // A shutdown does not wait for a handshake under way.
             let finished = shared
                 .unless_shutdown(tokio::time::timeout_at(deadline, handshake))
@@ -193,6 +197,7 @@ async fn upgrade(
     socket: TcpStream,
     addr: SocketAddr,
     shared: &Shared,
+    libraries: &web::Libraries,
 ) -> Result<Option<(Box<dyn Stream>, Peer)>, String> {
     let mut peer = Peer {
         addr,
@@ -203,7 +208,7 @@ async fn upgrade(
     let stream: Option<Box<dyn Stream>> = match &listener.tls {
         None => match kind {
             ListenerKind::Tcp => Some(Box::new(socket)),
-            ListenerKind::Ws => websocket_or_page(socket, listener, shared).await?,
+            ListenerKind::Ws => websocket_or_page(socket, listener, shared, libraries).await?,
             _ => return Err(format!("{kind:?} listener without TLS configuration")),
         },
         Some(tls) => {
@@ -218,7 +223,7 @@ async fn upgrade(
                 };
             }
             match kind {
-                ListenerKind::Wss => websocket_or_page(stream, listener, shared).await?,
+                ListenerKind::Wss => websocket_or_page(stream, listener, shared, libraries).await?,
                 _ => Some(Box::new(stream)),
             }
         }
@@ -232,6 +237,7 @@ async fn websocket_or_page<S>(
     stream: S,
     listener: &BoundListener,
     shared: &Shared,
+    libraries: &web::Libraries,
 ) -> Result<Option<Box<dyn Stream>>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -240,7 +246,7 @@ where
         return Ok(Some(websocket_accept(stream, listener, shared).await?));
     }
     let path = &listener.config.path;
-    match web::serve_or_upgrade(stream, &shared.config.web_root, path).await? {
+    match web::serve_or_upgrade(stream, libraries, path).await? {
         web::Opening::Upgrade(stream) => Ok(Some(websocket_accept(stream, listener, shared).await?)),
         web::Opening::Served => Ok(None),
     }

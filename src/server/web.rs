@@ -41,6 +41,37 @@ const VENDOR: [(&str, &str); 2] = [
     ),
 ];
 
+/// The third-party libraries of one `web = true` listener, each read from
+/// disk on its first request and then served from this one copy: a
+/// response holds a cheap clone of the `Bytes`, so clients that never read
+/// their answer do not each hold a file-sized buffer (the file is ~340 KB).
+/// A library that is missing is not remembered as missing: it is looked
+/// for again on the next request (`npm ci` may run while the broker does).
+pub(crate) struct Libraries {
+    root: PathBuf,
+    loaded: [tokio::sync::OnceCell<Bytes>; VENDOR.len()],
+}
+
+impl Libraries {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        Libraries {
+            root,
+            loaded: Default::default(),
+        }
+    }
+
+    /// The library served at `url`: `None` when no library is, `Some(Err)`
+    /// with the file's path when it cannot be read.
+    async fn get(&self, url: &str) -> Option<Result<Bytes, (PathBuf, io::Error)>> {
+        let index = VENDOR.iter().position(|(known, _)| *known == url)?;
+        let file = self.root.join(VENDOR[index].1);
+        let body = self.loaded[index]
+            .get_or_try_init(|| async { tokio::fs::read(&file).await.map(Bytes::from) })
+            .await;
+        Some(body.cloned().map_err(|e| (file, e)))
+    }
+}
+
 /// The page may load only its own files and open a WebSocket to its own
 /// origin; nothing from the internet. MQTT.js runs its keep-alive timer in
 /// a worker made from a blob (timers in background tabs are throttled).
@@ -70,7 +101,7 @@ pub(crate) fn missing_libraries(web_root: &Path) -> Vec<PathBuf> {
 /// to the WebSocket handshake.
 pub(super) async fn serve_or_upgrade<S>(
     mut stream: S,
-    web_root: &Path,
+    libraries: &Libraries,
     mqtt_path: &str,
 ) -> Result<Opening<S>, String>
 where
@@ -110,7 +141,7 @@ where
     }
     let with_body = request.method != "HEAD";
     let reply = match request.method.as_str() {
-        "GET" | "HEAD" => page(&request.path, web_root, mqtt_path).await,
+        "GET" | "HEAD" => page(&request.path, libraries, mqtt_path).await,
         _ => Reply::text(405, "Method Not Allowed", "only GET and HEAD\n"),
     };
     tracing::debug!(path = %request.path, status = reply.status, "web page request");
@@ -181,7 +212,7 @@ impl Reply {
 }
 
 /// The answer to a GET of `path`.
-async fn page(path: &str, web_root: &Path, mqtt_path: &str) -> Reply {
+async fn page(path: &str, libraries: &Libraries, mqtt_path: &str) -> Reply {
     const HTML: &str = "text/html; charset=utf-8";
     const JS: &str = "text/javascript; charset=utf-8";
     match path {
@@ -196,24 +227,19 @@ async fn page(path: &str, web_root: &Path, mqtt_path: &str) -> Reply {
             let config = serde_json::json!({ "mqtt_path": mqtt_path });
             Reply::ok("application/json", Bytes::from(config.to_string()))
         }
-        _ => match VENDOR.iter().find(|(url, _)| *url == path) {
-            Some((_, file)) => {
-                let file = web_root.join(file);
-                match tokio::fs::read(&file).await {
-                    Ok(body) => Reply::ok(JS, Bytes::from(body)),
-                    Err(e) => {
-                        // Warned about once at start-up; per request only at
-                        // debug, so requests cannot flood the log. The path
-                        // is for the log, not for whoever asked.
-                        tracing::debug!(file = %file.display(), error = %e, "browser chat library missing");
-                        Reply::text(
-                            503,
-                            "Service Unavailable",
-                            "the browser chat's libraries are not installed on this server: run \
-                             `npm ci --prefix web` in roomq's folder (./scripts/test does), or set `web_root`\n",
-                        )
-                    }
-                }
+        _ => match libraries.get(path).await {
+            Some(Ok(body)) => Reply::ok(JS, body),
+            Some(Err((file, e))) => {
+                // Warned about once at start-up; per request only at
+                // debug, so requests cannot flood the log. The path is
+                // for the log, not for whoever asked.
+                tracing::debug!(file = %file.display(), error = %e, "browser chat library missing");
+                Reply::text(
+                    503,
+                    "Service Unavailable",
+                    "the browser chat's libraries are not installed on this server: run \
+                     `npm ci --prefix web` in roomq's folder (./scripts/test does), or set `web_root`\n",
+                )
             }
             None => Reply::text(404, "Not Found", "not found\n"),
         },
@@ -299,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_listed_files_are_served() {
-        let root = Path::new("/nonexistent-roomq-web");
+        let root = &Libraries::new(PathBuf::from("/nonexistent-roomq-web"));
         assert_eq!(page("/", root, "/mqtt").await.status, 200);
         assert_eq!(page("/../Cargo.toml", root, "/mqtt").await.status, 404);
         assert_eq!(

@@ -77,12 +77,21 @@ pub(crate) async fn accept(
         let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
         let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
         connect.username = principal.username.as_deref().map(Into::into);
+        let charge = charge_connection(shared, &principal, &client_id, io.peer)?;
         let presence_lasting = principal.username.is_some() || connect.session_expiry_interval_secs > 0;
         let claimed = claim_session(shared, &client_id, &connect, &principal, presence_lasting).await?;
-        Ok((assigned, client_id, grant, principal, presence_lasting, claimed))
+        Ok((
+            assigned,
+            client_id,
+            grant,
+            principal,
+            presence_lasting,
+            claimed,
+            charge,
+        ))
     }
     .await;
-    let (assigned, client_id, grant, principal, presence_lasting, claimed) = match outcome {
+    let (assigned, client_id, grant, principal, presence_lasting, claimed, identity_charge) = match outcome {
         Ok(accepted) => accepted,
         Err(Refusal::Connack(reason, why)) => {
             tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
@@ -135,6 +144,7 @@ pub(crate) async fn accept(
         session: claimed.session,
         kick: terms.kick,
         guard: Some(claimed.guard),
+        identity_charge,
         keep_alive_window: terms.keep_alive_window,
         pending_acks: Vec::new(),
         awaiting_acks: std::collections::VecDeque::new(),
@@ -224,7 +234,7 @@ async fn identify(
             .await
             .map_err(|reason| Refusal::Connack(reason, "login failed"))?,
     };
-    let principal = principal_of(shared, &grant, connect, client_id);
+    let principal = principal_of(shared, &grant, connect, client_id)?;
     if let Some(will) = &connect.last_will {
         if let Err(reason) = shared.gate.may_write(&principal, client_id, &will.topic) {
             shared.metrics.acl_denied.inc();
@@ -236,6 +246,38 @@ async fn identify(
         }
     }
     Ok((grant, principal))
+}
+
+/// Charges the connection to its identity's `max_connections_per_user`
+/// (a client without an identity is bounded per address instead); the
+/// charge is given back when the returned guard drops, however the
+/// connection ends or is refused later. A connection that takes over
+/// its client id's connected session replaces one, so it is never refused:
+/// the old one gives its place back as it closes.
+fn charge_connection(
+    shared: &Shared,
+    principal: &Principal,
+    client_id: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Option<crate::budget::Charged>, Refusal> {
+    let Some(identity) = principal.identity.as_deref() else {
+        return Ok(None);
+    };
+    let account = crate::budget::account_of(Some(identity), Some(peer.ip()));
+    let budgets = &shared.budgets;
+    match budgets.charge_held(account.clone(), crate::budget::Held::Connections, 1) {
+        Ok(charge) => Ok(Some(charge)),
+        Err(_) if shared.registry.get(client_id).is_some_and(|s| s.is_online()) => Ok(Some(
+            budgets.charge_held_unchecked(account, crate::budget::Held::Connections, 1),
+        )),
+        Err(over) => {
+            tracing::info!(%client_id, identity, bound = over.bound, "connection refused: {}", over.key);
+            Err(Refusal::Connack(
+                ConnectAckReason::QuotaExceeded,
+                "max_connections_per_user reached",
+            ))
+        }
+    }
 }
 
 /// Takes over or creates the session of `client_id` for `principal`.
@@ -413,7 +455,15 @@ async fn authenticate(
     let password = connect.password.clone();
     let ip = peer.ip();
     let decision = if password.is_some() {
-        // The back-off first: guesses from one address at one username,
+        // A login that would find no place in the queue (full, or this
+        // address's share taken) is refused at once: before the back-off,
+        // and without counting as a failed password (it was not checked),
+        // so a busy broker never makes a client wait for its 0x89.
+        if !shared.logins.has_place_for(ip) {
+            tracing::info!(%client_id, %peer, "login refused: max_pending_logins(_per_ip) are waiting");
+            return Err(ConnectAckReason::ServerBusy);
+        }
+        // The back-off next: guesses from one address at one username,
         // however many in parallel, are checked one delay apart, and while
         // they wait they hold no place in the login queue (so one account's
         // guesses do not fill it for everyone else).
@@ -421,13 +471,13 @@ async fn authenticate(
         let wait = shared.login_backoff.wait_before_attempt(ip, backoff_key);
         tokio::time::sleep(wait).await;
         // Then a bounded queue for the hash: beyond it, refused unhashed.
-        let Some(queued) = shared.logins.enter() else {
-            shared.login_backoff.attempt_done(ip, backoff_key, false);
-            tracing::info!(%client_id, %peer, "login refused: max_pending_logins are waiting");
+        let Some(queued) = shared.logins.enter(ip) else {
+            shared.login_backoff.attempt_not_checked(ip, backoff_key);
+            tracing::info!(%client_id, %peer, "login refused: max_pending_logins(_per_ip) are waiting");
             return Err(ConnectAckReason::ServerBusy);
         };
         let Some(_hashing) = shared.logins.hashing_slot(&queued).await else {
-            shared.login_backoff.attempt_done(ip, backoff_key, false);
+            shared.login_backoff.attempt_not_checked(ip, backoff_key);
             return Err(ConnectAckReason::ServerUnavailable);
         };
         let (auth, id) = (shared.auth.clone(), client_id.to_string());
@@ -474,24 +524,50 @@ async fn authenticate(
 
 /// The identity rules (`auth/mod.rs`): the verified name when the broker
 /// verifies names, else the claimed one; the client id stands in for a
-/// chat identity only where names are claims.
-fn principal_of(shared: &Shared, grant: &Grant, connect: &Connect, client_id: &str) -> Principal {
+/// chat identity only where names are claims. A name must be one topic
+/// level (`auth::is_valid_name`), whichever path it came by (claimed,
+/// password file, token `sub`, a custom authenticator): else a username
+/// is refused with 0x86 (3.1.1 code 4) and a client id standing in for
+/// the identity with 0x85 (code 2).
+fn principal_of(
+    shared: &Shared,
+    grant: &Grant,
+    connect: &Connect,
+    client_id: &str,
+) -> Result<Principal, Refusal> {
     let username: Option<Arc<str>> = grant
         .username
         .as_deref()
         .or(connect.username.as_deref())
         .filter(|u| !u.is_empty())
         .map(Arc::from);
+    if username
+        .as_deref()
+        .is_some_and(|u| !crate::auth::is_valid_name(u))
+    {
+        shared.metrics.auth_failures.inc();
+        return Err(Refusal::Connack(
+            ConnectAckReason::BadUserNameOrPassword,
+            "the username is not one topic level (`/`, `+`, `#` or a control character)",
+        ));
+    }
     let names_verified = shared.auth.verifies_names() || shared.config.certificate_names_used();
-    let identity = username
-        .clone()
-        .or_else(|| (!names_verified).then(|| Arc::from(client_id)));
-    Principal {
+    let identity = match username.clone() {
+        Some(name) => Some(name),
+        None if names_verified => None,
+        None if crate::auth::is_valid_name(client_id) => Some(Arc::from(client_id)),
+        // Any UTF-8 string is a valid client id (`paho/1a2b`), so the
+        // client is served, but a client id that is not one topic level
+        // cannot be a chat name (`$presence/#`): it connects without one,
+        // like an anonymous client.
+        None => None,
+    };
+    Ok(Principal {
         username,
         identity,
         room_grant: grant
             .rooms
             .clone()
             .map(|rooms| Arc::new(rooms.into_iter().collect())),
-    }
+    })
 }

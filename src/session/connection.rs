@@ -59,6 +59,10 @@ pub(crate) struct Connection {
     pub kick: Arc<Notify>,
     /// Held while this connection serves the session.
     pub guard: Option<OwnedMutexGuard<()>>,
+    /// This connection's place in its identity's `max_connections_per_user`
+    /// (`None` for a client without an identity); given back when the
+    /// connection ends, before `guard`, so a takeover finds it given back.
+    pub identity_charge: Option<crate::budget::Charged>,
     /// 1.5 x the keep-alive in force; `None` when keep-alive is off.
     pub keep_alive_window: Option<Duration>,
     /// PUBACK/PUBREC/PUBREL/PUBCOMP packets waiting for the group commit that
@@ -400,6 +404,7 @@ impl Connection {
             reason = crate::metrics::CLOSE_REASONS[reason],
             "client disconnected"
         );
+        drop(self.identity_charge.take());
         drop(self.guard.take());
         if matches!(close, Close::ByServer(..) | Close::Revoked) {
             self.io.linger().await;

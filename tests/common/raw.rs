@@ -53,6 +53,24 @@ impl Raw {
         }
     }
 
+    /// Like `tcp`, from the loopback address `from` (`127.0.0.2`, say):
+    /// another address, for the broker's per-address limits.
+    pub async fn tcp_from(addr: SocketAddr, from: std::net::IpAddr, is_v5: bool) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the source address");
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            v5: v5::Codec::new(0, 0),
+            v3: v3::Codec::new(0),
+            is_v5,
+        }
+    }
+
     /// Connects with a 5.0 CONNECT and returns the CONNACK.
     pub async fn connect5(addr: SocketAddr, connect: v5::Connect) -> (Raw, v5::ConnectAck) {
         let mut raw = Raw::tcp(addr, true).await;
