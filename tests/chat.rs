@@ -141,6 +141,7 @@ async fn closed_rooms_refuse_non_members() {
         name: "ops".into(),
         members: vec!["alice".into()],
         open: false,
+        moderators: vec![],
     }];
     let broker = start_with(config).await;
     let addr = broker.local_addr();

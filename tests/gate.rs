@@ -20,6 +20,7 @@ fn closed_rooms() -> Config {
         name: name.into(),
         members: members.iter().map(|m| m.to_string()).collect(),
         open: false,
+        moderators: vec![],
     };
     Config {
         rooms_default: RoomsDefault::Closed,
@@ -112,6 +113,7 @@ async fn a_will_is_checked_again_when_it_fires() {
         name: "ops".into(),
         members: vec!["bob".into()],
         open: false,
+        moderators: vec![],
     });
     drop(alice);
     assert_quiet(&mut bob, "the will of a removed member").await;
@@ -249,6 +251,7 @@ async fn an_alert_rule_posts_only_as_the_publisher_itself() {
         name: "ops".into(),
         members: vec!["alice".into(), "bob".into(), "mallory".into(), "gw".into()],
         open: false,
+        moderators: vec![],
     });
     config.rooms.remove(0);
     config.alerts = vec![

@@ -32,6 +32,7 @@ fn with_passwords(dir: &Path) -> Config {
             name: "ops".into(),
             members: vec!["alice".into(), "bob".into()],
             open: false,
+            moderators: vec![],
         }],
         auth: AuthConfig {
             allow_anonymous: Some(true),

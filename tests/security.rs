@@ -172,6 +172,7 @@ fn ops_room(members: &[&str]) -> RoomConfig {
         name: "ops".into(),
         members: members.iter().map(|m| m.to_string()).collect(),
         open: false,
+        moderators: vec![],
     }
 }
 

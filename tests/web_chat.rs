@@ -266,6 +266,7 @@ async fn two_browsers_chat_and_reconnect_after_a_broker_restart() {
             name: "lobby".into(),
             members: vec!["alice".into(), "bob".into()],
             open: false,
+            moderators: vec![],
         }];
         config
     };

@@ -30,6 +30,11 @@ pub struct Principal {
     /// The rooms a login token allows, exactly; `None` follows the room
     /// configuration.
     pub room_grant: Option<Arc<HashSet<String>>>,
+    /// The rooms a login token names its user a moderator of (besides the
+    /// configured moderators); she is a member of them too. Not stored
+    /// with a session: a restored session reads with the configuration
+    /// until its client logs in again.
+    pub mod_grant: Option<Arc<HashSet<String>>>,
 }
 
 impl Principal {
@@ -40,9 +45,27 @@ impl Principal {
         self.username == other.username && self.identity == other.identity
     }
 
-    /// Whether this principal may use `room` (publish, read, history).
+    /// Whether this principal may use `room` (publish, read, history): a
+    /// moderator always, anyone else while a member and not banned.
     pub fn may_join(&self, membership: &Membership, room: &str) -> bool {
-        membership.allows(self.identity.as_deref(), self.room_grant.as_deref(), room)
+        self.moderates(membership, room)
+            || membership.allows(self.identity.as_deref(), self.room_grant.as_deref(), room)
+    }
+
+    /// Whether this principal moderates `room` (by its token or the
+    /// configuration): she may ban and mute there, and no ban or mute
+    /// binds her.
+    pub fn moderates(&self, membership: &Membership, room: &str) -> bool {
+        self.mod_grant.as_ref().is_some_and(|rooms| rooms.contains(room))
+            || membership.is_moderator(self.identity.as_deref(), room)
+    }
+
+    /// Whether this principal may post in `room` (publish, type): a
+    /// member who is not muted there.
+    pub fn may_post(&self, membership: &Membership, room: &str) -> bool {
+        self.moderates(membership, room)
+            || (membership.allows(self.identity.as_deref(), self.room_grant.as_deref(), room)
+                && !membership.is_muted(self.identity.as_deref(), room))
     }
 }
 
@@ -81,12 +104,20 @@ impl Gate {
             {
                 Err(PublishAckReason::TopicNameInvalid)
             }
-            Some(ChatTopic::HistoryRequest { room }) if too_long(room) => {
+            Some(ChatTopic::HistoryRequest { room }) | Some(ChatTopic::ModRequest { room })
+                if too_long(room) =>
+            {
                 Err(PublishAckReason::TopicNameInvalid)
             }
-            Some(ChatTopic::Message { room, sender, .. })
-            | Some(ChatTopic::Typing { room, sender })
-            | Some(ChatTopic::Receipt { room, sender }) => {
+            Some(ChatTopic::Message { room, sender, .. }) | Some(ChatTopic::Typing { room, sender }) => {
+                // A muted member still reads, but does not post or type.
+                if own_name(sender) && who.may_post(&self.membership, room) {
+                    Ok(())
+                } else {
+                    DENIED
+                }
+            }
+            Some(ChatTopic::Receipt { room, sender }) => {
                 if own_name(sender) && who.may_join(&self.membership, room) {
                     Ok(())
                 } else {
@@ -97,11 +128,15 @@ impl Gate {
             Some(ChatTopic::Presence { .. }) => DENIED,
             Some(ChatTopic::HistoryRequest { room }) if who.may_join(&self.membership, room) => Ok(()),
             Some(ChatTopic::HistoryRequest { .. }) => DENIED,
+            // Anyone may ask; the chat layer answers a non-moderator
+            // `ok: false` (and 0x87), so that she learns why.
+            Some(ChatTopic::ModRequest { room }) if is_valid_room_name(room) => Ok(()),
+            Some(ChatTopic::ModRequest { .. }) => DENIED,
             Some(ChatTopic::Reserved) => Err(PublishAckReason::TopicNameInvalid),
             None => match room_of(topic) {
                 // Any other topic under a room (`rooms/ops/pinned`,
                 // `rooms/ops`): members only, like the chat topics.
-                Some(room) if is_valid_room_name(room) && who.may_join(&self.membership, room) => Ok(()),
+                Some(room) if is_valid_room_name(room) && who.may_post(&self.membership, room) => Ok(()),
                 Some(_) => DENIED,
                 None => {
                     let subject = Subject {
@@ -141,6 +176,7 @@ mod tests {
                 name: "ops".into(),
                 members: vec!["alice".into(), "bob".into()],
                 open: false,
+                moderators: vec![],
             }],
             ..Config::default()
         };
@@ -156,6 +192,7 @@ mod tests {
             username: Some(name.into()),
             identity: Some(name.into()),
             room_grant: None,
+            mod_grant: None,
         }
     }
 

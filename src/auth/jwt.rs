@@ -4,7 +4,8 @@
 //! enforced when present, `aud` and `iss` are checked when
 //! `auth.jwt_audience` / `auth.jwt_issuer` are set (and ignored
 //! otherwise), and an optional claim (`jwt_rooms_claim`, default `rooms`)
-//! lists the rooms the user may join. An empty `sub` is refused: the
+//! lists the rooms the user may join, another (`jwt_moderators_claim`,
+//! default `mod_rooms`) the rooms she moderates. An empty `sub` is refused: the
 //! subject is the identity (and, like every name, refused at CONNECT
 //! unless it is one topic level: `auth::is_valid_name`).
 
@@ -19,6 +20,7 @@ pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
     rooms_claim: String,
+    moderators_claim: String,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +36,8 @@ pub struct TokenGrant {
     pub username: String,
     pub expires_unix: u64,
     pub rooms: Option<Vec<String>>,
+    /// The rooms the user moderates (`jwt_moderators_claim`).
+    pub moderates: Option<Vec<String>>,
 }
 
 impl JwtVerifier {
@@ -75,6 +79,7 @@ impl JwtVerifier {
             key,
             validation,
             rooms_claim: config.jwt_rooms_claim.clone(),
+            moderators_claim: config.jwt_moderators_claim.clone(),
         }
     }
 
@@ -85,19 +90,19 @@ impl JwtVerifier {
         if claims.sub.is_empty() {
             return None;
         }
-        let rooms = claims
-            .other
-            .get(&self.rooms_claim)
-            .and_then(|v| v.as_array())
-            .map(|list| {
+        let list = |claim: &str| {
+            claims.other.get(claim).and_then(|v| v.as_array()).map(|list| {
                 list.iter()
                     .filter_map(|r| r.as_str().map(str::to_string))
                     .collect()
-            });
+            })
+        };
+        let (rooms, moderates) = (list(&self.rooms_claim), list(&self.moderators_claim));
         Some(TokenGrant {
             username: claims.sub,
             expires_unix: claims.exp,
             rooms,
+            moderates,
         })
     }
 }

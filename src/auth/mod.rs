@@ -69,6 +69,9 @@ pub struct Grant {
     /// The rooms this client may join, exactly; `None` follows the room
     /// configuration.
     pub rooms: Option<Vec<String>>,
+    /// The rooms this client moderates besides the configured moderators
+    /// (a token's `mod_rooms` claim); she may join them too.
+    pub moderates: Option<Vec<String>>,
     /// Whether [`Authenticator::revoked`] applies to this login: a
     /// password checked against a file that a reload can change.
     pub revocable: bool,
@@ -190,6 +193,7 @@ impl Authenticator for ConfiguredAuth {
                             username: Some(grant.username),
                             expires_unix: Some(grant.expires_unix),
                             rooms: grant.rooms,
+                            moderates: grant.moderates,
                             revocable: false,
                         })
                     }

@@ -134,32 +134,57 @@ impl Chat {
                 .collect(),
             more,
         };
-        // The requester chooses a Response Topic, so the reply is a write
-        // on its behalf: only where it may write itself. Without one, the
-        // broker's own per-identity topic.
-        let topic = match (properties.and_then(|p| p.response_topic.as_ref()), who.identity) {
-            (Some(reply_to), _) if who.gate.may_reply_to(reply_to) => reply_to.to_string(),
-            (Some(reply_to), _) => {
-                tracing::info!(%room, %reply_to, "history reply refused: not a topic the requester may write");
-                return PublishAckReason::NotAuthorized;
+        match reply_topic(who, request, "history", room) {
+            Ok(topic) => {
+                send_reply(router, request, topic, to_cbor(&answer));
+                PublishAckReason::Success
             }
-            (None, Some(identity)) => format!("users/{identity}/history/{room}"),
-            // An anonymous client has no topic of its own: it must name one.
-            (None, None) => return PublishAckReason::NotAuthorized,
-        };
-        let qos = if request.qos == QoS::AtMostOnce {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        let mut response = Message::new(topic, to_cbor(&answer), qos, false);
-        if let Some(correlation) = properties.and_then(|p| p.correlation_data.clone()) {
-            response.properties = Some(PublishProperties {
-                correlation_data: Some(correlation),
-                ..Default::default()
-            });
+            Err(reason) => reason,
         }
-        router.publish(response);
-        PublishAckReason::Success
     }
+}
+
+/// Where the answer to `request` (a `kind` request: `history`, `mod`)
+/// goes. The requester chooses a Response Topic, so the reply is a write
+/// on its behalf: only where it may write itself. Without one, the
+/// broker's own per-identity topic `users/{identity}/{kind}/{room}`.
+pub(super) fn reply_topic(
+    who: &Publisher<'_>,
+    request: &Message,
+    kind: &str,
+    room: &str,
+) -> Result<String, PublishAckReason> {
+    let properties = request.properties.as_ref();
+    match (properties.and_then(|p| p.response_topic.as_ref()), who.identity) {
+        (Some(reply_to), _) if who.gate.may_reply_to(reply_to) => Ok(reply_to.to_string()),
+        (Some(reply_to), _) => {
+            tracing::info!(%room, %reply_to, kind, "reply refused: not a topic the requester may write");
+            Err(PublishAckReason::NotAuthorized)
+        }
+        (None, Some(identity)) => Ok(format!("users/{identity}/{kind}/{room}")),
+        // An anonymous client has no topic of its own: it must name one.
+        (None, None) => Err(PublishAckReason::NotAuthorized),
+    }
+}
+
+/// Publishes an answer to `request` on `topic`: the request's QoS (at most
+/// 1), its Correlation Data, no retain.
+pub(super) fn send_reply(router: &Router, request: &Message, topic: String, payload: Vec<u8>) {
+    let qos = if request.qos == QoS::AtMostOnce {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let mut response = Message::new(topic, payload, qos, false);
+    if let Some(correlation) = request
+        .properties
+        .as_ref()
+        .and_then(|p| p.correlation_data.clone())
+    {
+        response.properties = Some(PublishProperties {
+            correlation_data: Some(correlation),
+            ..Default::default()
+        });
+    }
+    router.publish(response);
 }

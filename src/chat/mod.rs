@@ -7,6 +7,9 @@
 //! - `commit.rs` delivers a room message once it is on disk
 //!   (`durability = "flush"`).
 //! - `dedup.rs` remembers (room, sender, msg-id) for `dedup_window_secs`.
+//! - `moderation.rs` answers moderators' bans and mutes on
+//!   `$rooms/{room}/mod`; `sanctions.rs` keeps them (read through
+//!   `Membership`).
 //! - `presence.rs`, `typing` and receipts (in `publish.rs`) and
 //!   `history.rs` serve the other chat topics; `payloads.rs` holds their
 //!   CBOR schemas.
@@ -22,7 +25,9 @@ mod log;
 pub mod payloads;
 mod presence;
 mod publish;
+mod moderation;
 mod rooms;
+mod sanctions;
 mod topics;
 
 use std::collections::HashMap;
@@ -134,6 +139,7 @@ impl Chat {
         // Delivered before it is durable: reserve `seq` values on disk.
         let reserve_ahead = store.is_some() && commit.is_none();
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        let sanctions = sanctions::Sanctions::load(store.clone())?;
         let log = RoomLog::load(
             store.clone(),
             config.room_max_messages,
@@ -148,7 +154,7 @@ impl Chat {
             |room| log.head(room),
         )?;
         Ok(Chat {
-            membership: Arc::new(Membership::from_config(config)),
+            membership: Arc::new(Membership::with_sanctions(config, sanctions)),
             log,
             uncommitted: commit.map(CommitQueue::new),
             dedup,
@@ -320,6 +326,7 @@ impl Chat {
     pub fn upkeep(&self, typing_interval: std::time::Duration) {
         self.log.trim_by_age();
         self.dedup.prune();
+        self.membership.sanctions.prune();
         let now = Instant::now();
         self.typing
             .lock()

@@ -43,6 +43,25 @@ pub struct HistoryRequest {
     pub limit: Option<u64>,
 }
 
+/// `mod-request`: `{ op: "ban" / "mute", user, ? secs, ? reason }` or
+/// `{ op: "unban" / "unmute", user }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModRequest {
+    pub op: String,
+    pub user: String,
+    pub secs: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// `mod-response = { ok: bool, ? error: tstr }`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `history-response = { messages: [* history-message], more: bool }`
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HistoryResponse {

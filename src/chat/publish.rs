@@ -28,6 +28,9 @@ pub(crate) trait WriteGate {
     fn may_write(&self, topic: &str) -> bool;
     /// Whether a reply to the publisher's request may go to `topic`.
     fn may_reply_to(&self, topic: &str) -> bool;
+    /// Whether the publisher moderates `room` (its token or the
+    /// configuration).
+    fn moderates(&self, room: &str) -> bool;
 }
 
 /// Who published. The publish itself has passed the gate (`auth/gate.rs`)
@@ -76,6 +79,7 @@ impl Chat {
             ChatTopic::HistoryRequest { room } => {
                 self.on_history_request(router, config, who, room, &message)
             }
+            ChatTopic::ModRequest { room } => self.on_mod_request(router, config, who, room, &message),
             ChatTopic::Reserved => PublishAckReason::TopicNameInvalid,
         };
         if u8::from(reason) >= 0x80 {

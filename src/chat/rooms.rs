@@ -1,11 +1,13 @@
 //! The membership model: which identities may use which room. Every room
 //! access (publishing, reading, history, and the ACL of the security layer)
-//! goes through [`Membership::allows`].
+//! goes through [`Membership::allows`], which also says no to a user banned
+//! from the room (`sanctions.rs`).
 
 use std::collections::{HashMap, HashSet};
 
 use parking_lot::RwLock;
 
+use super::sanctions::{Kind, Sanctions};
 use crate::config::{Config, RoomConfig, RoomsDefault};
 
 /// Declared rooms and the default for the others. Changes (`set_room`,
@@ -14,11 +16,15 @@ use crate::config::{Config, RoomConfig, RoomsDefault};
 pub struct Membership {
     default_open: RwLock<bool>,
     rooms: RwLock<HashMap<String, DeclaredRoom>>,
+    /// Bans and mutes set by moderators; outlive a configuration reload.
+    pub(crate) sanctions: Sanctions,
 }
 
 struct DeclaredRoom {
     open: bool,
     members: HashSet<String>,
+    /// May ban and mute; members too.
+    moderators: HashSet<String>,
     /// In configuration order, for `$rooms/{room}/members`.
     listed: Vec<String>,
 }
@@ -26,16 +32,23 @@ struct DeclaredRoom {
 fn declared(r: &RoomConfig) -> DeclaredRoom {
     DeclaredRoom {
         open: r.open,
-        members: r.members.iter().cloned().collect(),
+        members: r.members.iter().chain(&r.moderators).cloned().collect(),
+        moderators: r.moderators.iter().cloned().collect(),
         listed: r.members.clone(),
     }
 }
 
 impl Membership {
     pub fn from_config(config: &Config) -> Self {
+        Self::with_sanctions(config, Sanctions::default())
+    }
+
+    /// The configuration's rooms, with the bans and mutes the store kept.
+    pub(crate) fn with_sanctions(config: &Config, sanctions: Sanctions) -> Self {
         let membership = Membership {
             default_open: RwLock::new(true),
             rooms: RwLock::default(),
+            sanctions,
         };
         membership.replace(config.rooms_default, &config.rooms);
         membership
@@ -63,12 +76,30 @@ impl Membership {
     }
 
     /// The check every room access goes through: a token's room list when
-    /// the client logged in with one, else the configuration.
+    /// the client logged in with one, else the configuration; and never a
+    /// user banned from the room.
     pub fn allows(&self, identity: Option<&str>, grant: Option<&HashSet<String>>, room: &str) -> bool {
-        match grant {
+        let member = match grant {
             Some(rooms) => rooms.contains(room),
             None => self.may_join(identity, room),
-        }
+        };
+        member && !identity.is_some_and(|user| self.sanctions.applies(Kind::Ban, room, user))
+    }
+
+    /// Whether the configuration names `identity` a moderator of `room`.
+    pub fn is_moderator(&self, identity: Option<&str>, room: &str) -> bool {
+        let Some(identity) = identity else {
+            return false;
+        };
+        self.rooms
+            .read()
+            .get(room)
+            .is_some_and(|r| r.moderators.contains(identity))
+    }
+
+    /// Whether `identity` is muted in `room` (may read, not post or type).
+    pub fn is_muted(&self, identity: Option<&str>, room: &str) -> bool {
+        identity.is_some_and(|user| self.sanctions.applies(Kind::Mute, room, user))
     }
 
     /// Declared rooms with their member lists.

@@ -18,6 +18,8 @@ pub(crate) enum ChatTopic<'a> {
     Presence { user: &'a str },
     /// `$history/rooms/{room}`.
     HistoryRequest { room: &'a str },
+    /// `$rooms/{room}/mod`: a moderator's ban, mute and their undoing.
+    ModRequest { room: &'a str },
     /// Any other topic under a prefix that only the broker publishes to
     /// (`$presence/`, `$history/`, `$rooms/`), or a `rooms/{room}/...`
     /// topic of the wrong shape: refused.
@@ -54,6 +56,7 @@ pub(crate) fn classify(topic: &str) -> Option<ChatTopic<'_>> {
         ["rooms", _, "msg" | "typing" | "read", ..] => Some(ChatTopic::Reserved),
         ["$presence", user] if nonempty(user) => Some(ChatTopic::Presence { user }),
         ["$history", "rooms", room] if nonempty(room) => Some(ChatTopic::HistoryRequest { room }),
+        ["$rooms", room, "mod"] if nonempty(room) => Some(ChatTopic::ModRequest { room }),
         ["$presence" | "$history" | "$rooms", ..] => Some(ChatTopic::Reserved),
         _ => None,
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::queues::Queues;
 use crate::store::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SanctionRecord, SessionRecord, Store,
     StoreError,
 };
 
@@ -134,6 +134,14 @@ impl Store for Mirrored {
 
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
         self.inner.load_dedup()
+    }
+
+    fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError> {
+        self.inner.put_sanction(key, entry)
+    }
+
+    fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError> {
+        self.inner.load_sanctions()
     }
 
     fn writes(&self) -> u64 {

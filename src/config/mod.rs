@@ -295,6 +295,9 @@ pub struct Config {
     /// Most presence records (identities with a retained `$presence`)
     /// kept; beyond it the longest-offline transient ones go first.
     pub max_presence_records: usize,
+    /// Bans and mutes one room may hold at once (moderators grow it with
+    /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
+    pub max_bans_per_room: usize,
 }
 
 /// The `[auth]` section.
@@ -313,6 +316,8 @@ pub struct AuthConfig {
     pub jwt_public_key: Option<PathBuf>,
     /// Token claim listing the rooms the user may join.
     pub jwt_rooms_claim: String,
+    /// Token claim listing the rooms the user moderates (and so may join).
+    pub jwt_moderators_claim: String,
     /// When set, a token's `aud` must contain this value; unset, `aud` is
     /// not checked.
     pub jwt_audience: Option<String>,
@@ -331,6 +336,7 @@ impl Default for AuthConfig {
             jwt_secret: None,
             jwt_public_key: None,
             jwt_rooms_claim: "rooms".into(),
+            jwt_moderators_claim: "mod_rooms".into(),
             jwt_audience: None,
             jwt_issuer: None,
             login_backoff_max_ms: 5000,
@@ -360,6 +366,10 @@ pub struct RoomConfig {
     /// Whether anyone may join, members or not.
     #[serde(default)]
     pub open: bool,
+    /// Identities that may ban and mute in the room (`$rooms/{room}/mod`);
+    /// they are members too.
+    #[serde(default)]
+    pub moderators: Vec<String>,
 }
 
 /// Messages published to `topic` (a filter, `+` and `#` allowed) also go
@@ -457,6 +467,7 @@ impl Default for Config {
             admin_timeout_secs: 10,
             presence_transient_secs: 300,
             max_presence_records: 1_000_000,
+            max_bans_per_room: 10_000,
         }
     }
 }
@@ -565,6 +576,9 @@ impl Config {
         }
         if self.max_concurrent_logins == 0 {
             return Err("key `max_concurrent_logins`: must be at least 1".into());
+        }
+        if self.max_bans_per_room == 0 {
+            return Err("key `max_bans_per_room`: must be at least 1".into());
         }
         if self.admin_max_connections == 0 || self.admin_timeout_secs == 0 {
             return Err("keys `admin_max_connections` and `admin_timeout_secs` must be at least 1".into());

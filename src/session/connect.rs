@@ -569,5 +569,9 @@ fn principal_of(
             .rooms
             .clone()
             .map(|rooms| Arc::new(rooms.into_iter().collect())),
+        mod_grant: grant
+            .moderates
+            .clone()
+            .map(|rooms| Arc::new(rooms.into_iter().collect())),
     })
 }

@@ -44,6 +44,13 @@ impl Connection {
                 session.room_message_done(&mut st, &delivery);
                 continue;
             }
+            // Membership was checked when this was queued; a ban since
+            // then stops what is still waiting too.
+            if !session.may_read(&st, &delivery.message.topic) {
+                session.forget_delivery(&delivery);
+                session.room_message_done(&mut st, &delivery);
+                continue;
+            }
             if delivery.qos == QoS::AtMostOnce {
                 self.write_publish(&delivery, None, false, now);
                 session.room_message_done(&mut st, &delivery);

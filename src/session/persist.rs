@@ -38,6 +38,7 @@ fn owner_from_record(r: OwnerRecord) -> Principal {
         username: r.username.map(Arc::from),
         identity: r.identity.map(Arc::from),
         room_grant: r.rooms.map(|rooms| Arc::new(rooms.into_iter().collect())),
+        mod_grant: None,
     }
 }
 

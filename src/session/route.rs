@@ -32,6 +32,10 @@ impl WriteGate for ClientGate<'_> {
             .gate
             .may_reply_to(self.principal, self.client_id, topic)
     }
+
+    fn moderates(&self, room: &str) -> bool {
+        self.principal.moderates(&self.shared.chat.membership, room)
+    }
 }
 
 /// Checks `message` against the gate for `principal`; a refusal is

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SessionRecord,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord, SessionRecord,
     Store, StoreError,
 };
 
@@ -21,6 +21,7 @@ struct Inner {
     qos2_in: BTreeSet<(String, u16)>,
     rooms: BTreeMap<String, Room>,
     dedup: BTreeMap<String, DedupRecord>,
+    sanctions: BTreeMap<String, SanctionRecord>,
 }
 
 impl Inner {
@@ -253,6 +254,20 @@ impl Store for MemoryStore {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect())
+    }
+
+    fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        match entry {
+            Some(e) => inner.sanctions.insert(key.to_string(), e.clone()),
+            None => inner.sanctions.remove(key),
+        };
+        Ok(())
+    }
+
+    fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError> {
+        let inner = self.inner.lock();
+        Ok(inner.sanctions.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

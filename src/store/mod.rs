@@ -27,8 +27,8 @@ pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
 pub use monitored::Monitored;
 pub use records::{
-    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord, SessionRecord,
-    SubscriptionRecord, WillRecord,
+    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord, SanctionRecord,
+    SessionRecord, SubscriptionRecord, WillRecord,
 };
 pub use sled_store::SledStore;
 
@@ -159,6 +159,10 @@ pub trait Store: Send + Sync {
     /// Sets or (with `None`) removes a de-duplication entry.
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError>;
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError>;
+
+    /// Sets or (with `None`) removes a room's ban or mute.
+    fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError>;
+    fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError>;
 
     /// Write operations so far (for the storage-writes-per-message figure).
     fn writes(&self) -> u64 {

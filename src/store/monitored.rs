@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, Store,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SanctionRecord, SessionRecord, Store,
     StoreError, StoreHealth,
 };
 
@@ -114,6 +114,14 @@ impl Store for Monitored {
 
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
         self.inner.load_dedup()
+    }
+
+    fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError> {
+        self.watch(self.inner.put_sanction(key, entry))
+    }
+
+    fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError> {
+        self.inner.load_sanctions()
     }
 
     fn set_packet_id(

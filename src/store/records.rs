@@ -194,6 +194,18 @@ pub(super) fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, super:
     })
 }
 
+/// A ban or a mute in a room, kept under a key that names its kind, room
+/// and user (`chat/sanctions.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SanctionRecord {
+    /// Unix ms after which it no longer applies; `None` until lifted.
+    pub until_unix_ms: Option<u64>,
+    /// The moderator who set it.
+    pub by: String,
+    pub at_unix_ms: u64,
+    pub reason: Option<String>,
+}
+
 /// A (room, sender, msg-id) seen recently, for de-duplication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupRecord {

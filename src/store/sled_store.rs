@@ -5,7 +5,8 @@
 //! and `bodies` (the messages its records name, each once: `bodies.rs`),
 //! `qos2_in` (client id + packet id), `room_log` (room + seq → message),
 //! `room_heads` (room → last seq; room + NUL → `seq` reserved with
-//! `durability = "buffered"`) and `dedup` (room, sender, msg-id → seq). Keys of per-session
+//! `durability = "buffered"`), `dedup` (room, sender, msg-id → seq) and
+//! `sanctions` (kind, room, user → a ban or mute). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
 //! prefix scan finds one session's records.
 //!
@@ -22,8 +23,8 @@ use std::path::Path;
 use super::journal::{seq_key, seq_of, session_prefix, Journal};
 use super::records::{decode, decode_room, encode, encode_sized};
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SessionRecord,
-    Store, StoreError, FORMAT_VERSION,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord,
+    SessionRecord, Store, StoreError, FORMAT_VERSION,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -44,6 +45,7 @@ struct Trees {
     room_log: sled::Tree,
     room_heads: sled::Tree,
     dedup: sled::Tree,
+    sanctions: sled::Tree,
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -102,6 +104,7 @@ impl SledStore {
             room_log: tree("room_log")?,
             room_heads: tree("room_heads")?,
             dedup: tree("dedup")?,
+            sanctions: tree("sanctions")?,
             db,
         };
         match meta.get("format").map_err(|e| open_err(e.to_string()))? {
@@ -416,6 +419,26 @@ impl Store for SledStore {
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
         self.with(|t| {
             t.dedup
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    Ok((String::from_utf8_lossy(&key).into_owned(), decode(&key, &value)?))
+                })
+                .collect()
+        })
+    }
+
+    fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| match entry {
+            Some(e) => t.sanctions.insert(key.as_bytes(), encode(e)?).map(drop).map_err(io),
+            None => t.sanctions.remove(key.as_bytes()).map(drop).map_err(io),
+        })
+    }
+
+    fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError> {
+        self.with(|t| {
+            t.sanctions
                 .iter()
                 .map(|entry| {
                     let (key, value) = entry.map_err(io)?;

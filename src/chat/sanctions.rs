@@ -1,0 +1,246 @@
+//! Bans and mutes per room, set by moderators (`moderation.rs`), read by
+//! every room access through [`super::Membership`]: a ban makes
+//! `Membership::allows` false for that user, so her subscriptions, posts,
+//! history requests and every delivery already queued stop at once.
+//!
+//! Kept in memory (user names only, a count per room bounded by
+//! `max_bans_per_room`) and in the store (`sanctions` tree, with who set it
+//! and why), loaded at start. Expiry is checked when read, so a ban ends
+//! exactly on time without a timer; `prune` forgets expired ones.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::store::{unix_ms_now, SanctionRecord, Store, StoreError};
+
+/// What a moderator may do to a user in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    /// No access to the room at all.
+    Ban,
+    /// Reads, but does not post or type.
+    Mute,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Ban => "ban",
+            Kind::Mute => "mute",
+        }
+    }
+}
+
+/// The key of a sanction in the store. Room names and users never hold a
+/// NUL (MQTT topics may not; `moderation.rs` refuses such users).
+fn key(kind: Kind, room: &str, user: &str) -> String {
+    format!("{}\0{room}\0{user}", kind.tag())
+}
+
+fn parse_key(key: &str) -> Option<(Kind, &str, &str)> {
+    let mut parts = key.splitn(3, '\0');
+    let kind = match parts.next()? {
+        "ban" => Kind::Ban,
+        "mute" => Kind::Mute,
+        _ => return None,
+    };
+    Some((kind, parts.next()?, parts.next()?))
+}
+
+/// Why a sanction could not be set.
+#[derive(Debug)]
+pub(crate) enum SetError {
+    /// The room holds `max_bans_per_room` already.
+    Full,
+    Store(StoreError),
+}
+
+/// Per room: (kind, user) to the unix ms it ends at (`None`: until lifted).
+type RoomSanctions = HashMap<(Kind, String), Option<u64>>;
+
+/// Every room's bans and mutes.
+pub(crate) struct Sanctions {
+    rooms: RwLock<HashMap<String, RoomSanctions>>,
+    /// Entries in all rooms: the common case (none) costs one atomic load
+    /// per room delivery, not a lock.
+    count: AtomicUsize,
+    /// Where they are kept across restarts; `None` for a membership made
+    /// without a broker (unit tests).
+    store: Option<Arc<dyn Store>>,
+}
+
+impl Default for Sanctions {
+    fn default() -> Self {
+        Sanctions {
+            rooms: RwLock::default(),
+            count: AtomicUsize::new(0),
+            store: None,
+        }
+    }
+}
+
+impl Sanctions {
+    /// Loads the stored sanctions that have not ended yet (and forgets the
+    /// ended ones in the store).
+    pub(crate) fn load(store: Arc<dyn Store>) -> Result<Sanctions, StoreError> {
+        let now = unix_ms_now();
+        let mut rooms: HashMap<String, RoomSanctions> = HashMap::new();
+        let mut count = 0;
+        for (stored_key, record) in store.load_sanctions()? {
+            match parse_key(&stored_key) {
+                Some((kind, room, user)) if record.until_unix_ms.is_none_or(|t| t > now) => {
+                    rooms
+                        .entry(room.to_string())
+                        .or_default()
+                        .insert((kind, user.to_string()), record.until_unix_ms);
+                    count += 1;
+                }
+                _ => store.put_sanction(&stored_key, None)?,
+            }
+        }
+        Ok(Sanctions {
+            rooms: RwLock::new(rooms),
+            count: AtomicUsize::new(count),
+            store: Some(store),
+        })
+    }
+
+    /// Whether `user` is under a `kind` sanction in `room` now.
+    pub(crate) fn applies(&self, kind: Kind, room: &str, user: &str) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let rooms = self.rooms.read();
+        let Some(entries) = rooms.get(room) else {
+            return false;
+        };
+        // A lookup by (kind, user) needs an owned key; sanctions are rare,
+        // so the allocation is paid only in a room that has some.
+        match entries.get(&(kind, user.to_string())) {
+            Some(until) => until.is_none_or(|t| t > unix_ms_now()),
+            None => false,
+        }
+    }
+
+    /// Sets (or replaces) a sanction, on disk first (flushed): once this
+    /// returns, it holds also after a crash.
+    pub(crate) fn set(
+        &self,
+        kind: Kind,
+        room: &str,
+        user: &str,
+        record: SanctionRecord,
+        max_per_room: usize,
+    ) -> Result<(), SetError> {
+        let mut rooms = self.rooms.write();
+        let entries = rooms.entry(room.to_string()).or_default();
+        let entry = (kind, user.to_string());
+        if !entries.contains_key(&entry) && entries.len() >= max_per_room {
+            let before = entries.len();
+            let now = unix_ms_now();
+            entries.retain(|_, until| until.is_none_or(|t| t > now));
+            self.count.fetch_sub(before - entries.len(), Ordering::AcqRel);
+            if entries.len() >= max_per_room {
+                return Err(SetError::Full);
+            }
+        }
+        if let Some(store) = &self.store {
+            // Moderation is rare: one flush per request, so that the answer
+            // promises what a crash keeps.
+            store
+                .put_sanction(&key(kind, room, user), Some(&record))
+                .and_then(|()| store.flush())
+                .map_err(SetError::Store)?;
+        }
+        if entries.insert(entry, record.until_unix_ms).is_none() {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Lifts a sanction (nothing when there is none).
+    pub(crate) fn lift(&self, kind: Kind, room: &str, user: &str) -> Result<(), StoreError> {
+        let mut rooms = self.rooms.write();
+        if let Some(store) = &self.store {
+            store
+                .put_sanction(&key(kind, room, user), None)
+                .and_then(|()| store.flush())?;
+        }
+        if let Some(entries) = rooms.get_mut(room) {
+            if entries.remove(&(kind, user.to_string())).is_some() {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+            }
+            if entries.is_empty() {
+                rooms.remove(room);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the sanctions that have ended (periodic upkeep). Only the
+    /// rooms that have any are visited.
+    pub(crate) fn prune(&self) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let now = unix_ms_now();
+        let mut rooms = self.rooms.write();
+        for (room, entries) in rooms.iter_mut() {
+            entries.retain(|(kind, user), until| {
+                let live = until.is_none_or(|t| t > now);
+                if !live {
+                    self.count.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(store) = &self.store {
+                        if let Err(e) = store.put_sanction(&key(*kind, room, user), None) {
+                            tracing::warn!(%room, %user, error = %e, "could not forget an ended ban or mute");
+                        }
+                    }
+                }
+                live
+            });
+        }
+        rooms.retain(|_, entries| !entries.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn record(until: Option<u64>) -> SanctionRecord {
+        SanctionRecord {
+            until_unix_ms: until,
+            by: "mod".into(),
+            at_unix_ms: unix_ms_now(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn set_lift_expire_reload_and_bound() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let s = Sanctions::load(store.clone()).unwrap();
+        s.set(Kind::Ban, "ops", "eve", record(None), 2).unwrap();
+        s.set(Kind::Mute, "ops", "bob", record(Some(1)), 2).unwrap();
+        assert!(s.applies(Kind::Ban, "ops", "eve"));
+        assert!(!s.applies(Kind::Mute, "ops", "eve"));
+        assert!(!s.applies(Kind::Ban, "lobby", "eve"));
+        // Ended at unix ms 1: no longer applies, and makes room for another.
+        assert!(!s.applies(Kind::Mute, "ops", "bob"));
+        s.set(Kind::Ban, "ops", "carol", record(None), 2).unwrap();
+        assert!(matches!(
+            s.set(Kind::Ban, "ops", "dave", record(None), 2),
+            Err(SetError::Full)
+        ));
+        let reloaded = Sanctions::load(store.clone()).unwrap();
+        assert!(reloaded.applies(Kind::Ban, "ops", "eve"));
+        assert!(reloaded.applies(Kind::Ban, "ops", "carol"));
+        reloaded.lift(Kind::Ban, "ops", "eve").unwrap();
+        assert!(!reloaded.applies(Kind::Ban, "ops", "eve"));
+        assert!(!Sanctions::load(store).unwrap().applies(Kind::Ban, "ops", "eve"));
+    }
+}
