@@ -335,3 +335,27 @@ async fn a_ban_survives_a_restart() {
     assert_eq!(status, [SubscribeAckReason::NotAuthorized]);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn what_waits_in_a_banned_users_queue_is_not_sent_either() {
+    let broker = start_with(config()).await;
+    let addr = broker.local_addr();
+    let mut moderator = moderator5(addr, "mod-1", "mod").await;
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    // One message in flight at a time: the second waits in the queue.
+    let mut connect = connect5("eve-phone");
+    connect.username = Some("eve".into());
+    connect.receive_max = std::num::NonZeroU16::new(1);
+    let (mut eve, _) = Raw::connect5(addr, connect).await;
+    eve.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))]).await;
+    assert_eq!(post(&mut alice, "alice", b"one", 1).await, PublishAckReason::Success);
+    assert_eq!(post(&mut alice, "alice", b"two", 2).await, PublishAckReason::Success);
+    let first = eve.publish5().await;
+    assert_eq!(first.payload.as_ref(), b"one");
+
+    let (ack, answer) = moderate(&mut moderator, "mod-1", &req("ban", "eve"), 1).await;
+    assert_eq!((ack, answer.ok), (PublishAckReason::Success, true));
+    common::chat::ack_publish5(&mut eve, &first).await;
+    quiet5(&mut eve, "a message queued before the ban was sent after it").await;
+    broker.shutdown().await;
+}
