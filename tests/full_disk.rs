@@ -105,6 +105,16 @@ impl Store for FillableStore {
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
         self.inner.load_dedup()
     }
+    fn put_sanction(
+        &self,
+        key: &str,
+        entry: Option<&roomq::store::SanctionRecord>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_sanction(key, entry)
+    }
+    fn load_sanctions(&self) -> Result<Vec<(String, roomq::store::SanctionRecord)>, StoreError> {
+        self.inner.load_sanctions()
+    }
     fn flush(&self) -> Result<(), StoreError> {
         if self.full.load(Ordering::Acquire) {
             return Err(StoreError::Io("No space left on device (os error 28)".into()));

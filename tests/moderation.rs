@@ -59,7 +59,12 @@ async fn moderator5(addr: std::net::SocketAddr, client_id: &str, user: &str) -> 
 
 /// Sends `request` for `ops` at QoS 1 with a Response Topic and returns
 /// the PUBACK reason and the answer (they may come in either order).
-async fn moderate(c: &mut Raw, client_id: &str, request: &Request<'_>, id: u16) -> (PublishAckReason, ModResponse) {
+async fn moderate(
+    c: &mut Raw,
+    client_id: &str,
+    request: &Request<'_>,
+    id: u16,
+) -> (PublishAckReason, ModResponse) {
     let mut p = publish_with("$rooms/ops/mod", &payloads::to_cbor(request), Some(id), &[]);
     let reply_to = format!("replies/{client_id}");
     if let Some(props) = p.properties.as_mut() {
@@ -84,7 +89,11 @@ async fn moderate(c: &mut Raw, client_id: &str, request: &Request<'_>, id: u16) 
 }
 
 async fn post(c: &mut Raw, sender: &str, body: &[u8], id: u16) -> PublishAckReason {
-    let ack = send_and_ack(c, publish_with(&format!("rooms/ops/msg/{sender}"), body, Some(id), &[])).await;
+    let ack = send_and_ack(
+        c,
+        publish_with(&format!("rooms/ops/msg/{sender}"), body, Some(id), &[]),
+    )
+    .await;
     ack.reason_code
 }
 
@@ -145,24 +154,40 @@ async fn a_ban_stops_every_device_at_once_and_refuses_everything_until_unbanned(
     let mut moderator = moderator5(addr, "mod-1", "mod").await;
     let mut alice = user5(addr, "alice-1", "alice").await;
     let mut phone = user5(addr, "eve-phone", "eve").await;
-    let status = phone.subscribe5(1, &[("rooms/ops/#", opts(QoS::AtMostOnce))]).await;
+    let status = phone
+        .subscribe5(1, &[("rooms/ops/#", opts(QoS::AtMostOnce))])
+        .await;
     assert_eq!(status, [SubscribeAckReason::GrantedQos0]);
     let mut laptop = eve3(addr).await;
 
-    assert_eq!(post(&mut alice, "alice", b"before", 1).await, PublishAckReason::Success);
+    assert_eq!(
+        post(&mut alice, "alice", b"before", 1).await,
+        PublishAckReason::Success
+    );
     receives5(&mut phone, b"before").await;
     receives3(&mut laptop, b"before").await;
 
     let (ack, answer) = moderate(&mut moderator, "mod-1", &req("ban", "eve"), 1).await;
-    assert_eq!((ack, answer.ok, answer.error), (PublishAckReason::Success, true, None));
+    assert_eq!(
+        (ack, answer.ok, answer.error),
+        (PublishAckReason::Success, true, None)
+    );
 
     // Her subscriptions are still there, but nothing of the room reaches
     // either device any more.
-    assert_eq!(post(&mut alice, "alice", b"after", 2).await, PublishAckReason::Success);
+    assert_eq!(
+        post(&mut alice, "alice", b"after", 2).await,
+        PublishAckReason::Success
+    );
     quiet5(&mut phone, "a banned 5.0 device still receives the room").await;
     quiet3(&mut laptop, "a banned 3.1.1 device still receives the room").await;
-    assert_eq!(post(&mut phone, "eve", b"let me in", 2).await, PublishAckReason::NotAuthorized);
-    let status = phone.subscribe5(2, &[("rooms/ops/msg/+", opts(QoS::AtMostOnce))]).await;
+    assert_eq!(
+        post(&mut phone, "eve", b"let me in", 2).await,
+        PublishAckReason::NotAuthorized
+    );
+    let status = phone
+        .subscribe5(2, &[("rooms/ops/msg/+", opts(QoS::AtMostOnce))])
+        .await;
     assert_eq!(status, [SubscribeAckReason::NotAuthorized]);
     let status = laptop.subscribe3(2, &[("rooms/ops/#", QoS::AtMostOnce)]).await;
     assert_eq!(status, [v3::SubscribeReturnCode::Failure]);
@@ -170,10 +195,16 @@ async fn a_ban_stops_every_device_at_once_and_refuses_everything_until_unbanned(
 
     let (ack, answer) = moderate(&mut moderator, "mod-1", &req("unban", "eve"), 2).await;
     assert_eq!((ack, answer.ok), (PublishAckReason::Success, true));
-    assert_eq!(post(&mut alice, "alice", b"welcome back", 3).await, PublishAckReason::Success);
+    assert_eq!(
+        post(&mut alice, "alice", b"welcome back", 3).await,
+        PublishAckReason::Success
+    );
     receives5(&mut phone, b"welcome back").await;
     receives3(&mut laptop, b"welcome back").await;
-    assert_eq!(post(&mut phone, "eve", b"thanks", 4).await, PublishAckReason::Success);
+    assert_eq!(
+        post(&mut phone, "eve", b"thanks", 4).await,
+        PublishAckReason::Success
+    );
     assert_eq!(ask_history(&mut phone, 5).await, PublishAckReason::Success);
     broker.shutdown().await;
 }
@@ -191,7 +222,10 @@ async fn a_ban_with_secs_ends_by_itself() {
     };
     let (ack, answer) = moderate(&mut moderator, "mod-1", &request, 1).await;
     assert_eq!((ack, answer.ok), (PublishAckReason::Success, true));
-    assert_eq!(post(&mut eve, "eve", b"now?", 1).await, PublishAckReason::NotAuthorized);
+    assert_eq!(
+        post(&mut eve, "eve", b"now?", 1).await,
+        PublishAckReason::NotAuthorized
+    );
     // Polled within a bounded wait: the ban ends after a second.
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut id = 2;
@@ -211,7 +245,9 @@ async fn a_muted_member_reads_but_may_not_post_or_type() {
     let mut connect = connect3("mod-laptop", true);
     connect.username = Some("mod".into());
     let (mut moderator, _) = Raw::connect3(addr, connect).await;
-    moderator.subscribe3(1, &[("users/mod/mod/ops", QoS::AtMostOnce)]).await;
+    moderator
+        .subscribe3(1, &[("users/mod/mod/ops", QoS::AtMostOnce)])
+        .await;
     let mute = payloads::to_cbor(&req("mute", "eve"));
     moderator
         .send3(v3::Packet::Publish(Box::new(rmqtt_codec::types::Publish {
@@ -224,16 +260,35 @@ async fn a_muted_member_reads_but_may_not_post_or_type() {
 
     let mut alice = user5(addr, "alice-1", "alice").await;
     let mut eve = user5(addr, "eve-phone", "eve").await;
-    eve.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtMostOnce))]).await;
-    assert_eq!(post(&mut alice, "alice", b"hello eve", 1).await, PublishAckReason::Success);
+    eve.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtMostOnce))])
+        .await;
+    assert_eq!(
+        post(&mut alice, "alice", b"hello eve", 1).await,
+        PublishAckReason::Success
+    );
     receives5(&mut eve, b"hello eve").await;
-    assert_eq!(post(&mut eve, "eve", b"hello", 2).await, PublishAckReason::NotAuthorized);
+    assert_eq!(
+        post(&mut eve, "eve", b"hello", 2).await,
+        PublishAckReason::NotAuthorized
+    );
     let typing = payloads::to_cbor(&payloads::Typing { typing: true });
-    let ack = send_and_ack(&mut eve, publish_with("rooms/ops/typing/eve", &typing, Some(3), &[])).await;
+    let ack = send_and_ack(
+        &mut eve,
+        publish_with("rooms/ops/typing/eve", &typing, Some(3), &[]),
+    )
+    .await;
     assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
     let receipt = payloads::to_cbor(&payloads::Receipt { seq: 1 });
-    let ack = send_and_ack(&mut eve, publish_with("rooms/ops/read/eve", &receipt, Some(4), &[])).await;
-    assert_eq!(ack.reason_code, PublishAckReason::Success, "a muted member still reads");
+    let ack = send_and_ack(
+        &mut eve,
+        publish_with("rooms/ops/read/eve", &receipt, Some(4), &[]),
+    )
+    .await;
+    assert_eq!(
+        ack.reason_code,
+        PublishAckReason::Success,
+        "a muted member still reads"
+    );
     assert_eq!(ask_history(&mut eve, 5).await, PublishAckReason::Success);
 
     let unmute = payloads::to_cbor(&req("unmute", "eve"));
@@ -243,8 +298,15 @@ async fn a_muted_member_reads_but_may_not_post_or_type() {
             ..publish("$rooms/ops/mod", b"", QoS::AtMostOnce, None)
         })))
         .await;
-    assert!(payloads::from_cbor::<ModResponse>(&moderator.publish3().await.payload).unwrap().ok);
-    assert_eq!(post(&mut eve, "eve", b"hello", 6).await, PublishAckReason::Success);
+    assert!(
+        payloads::from_cbor::<ModResponse>(&moderator.publish3().await.payload)
+            .unwrap()
+            .ok
+    );
+    assert_eq!(
+        post(&mut eve, "eve", b"hello", 6).await,
+        PublishAckReason::Success
+    );
     broker.shutdown().await;
 }
 
@@ -258,11 +320,17 @@ async fn a_non_moderator_is_refused_and_changes_nothing() {
     assert!(!answer.ok);
     assert_eq!(answer.error.as_deref(), Some("not a moderator"));
     let mut eve = user5(addr, "eve-phone", "eve").await;
-    assert_eq!(post(&mut eve, "eve", b"still here", 1).await, PublishAckReason::Success);
+    assert_eq!(
+        post(&mut eve, "eve", b"still here", 1).await,
+        PublishAckReason::Success
+    );
     // Nor may a moderator ban a configured moderator.
     let mut moderator = moderator5(addr, "mod-1", "mod").await;
     let (ack, answer) = moderate(&mut moderator, "mod-1", &req("ban", "mod"), 1).await;
-    assert_eq!((ack, answer.error.as_deref()), (PublishAckReason::NotAuthorized, Some("moderator")));
+    assert_eq!(
+        (ack, answer.error.as_deref()),
+        (PublishAckReason::NotAuthorized, Some("moderator"))
+    );
     broker.shutdown().await;
 }
 
@@ -283,7 +351,9 @@ async fn roles_come_from_a_token_claim_and_from_a_room_reload_at_once() {
         .as_secs();
     let token = |sub: &str, claims: serde_json::Value| {
         let mut all = serde_json::json!({ "sub": sub, "exp": now + 3600 });
-        all.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+        all.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
         jwt(secret, &all)
     };
     let login = |client_id: &str, token: String| {
@@ -293,17 +363,27 @@ async fn roles_come_from_a_token_claim_and_from_a_room_reload_at_once() {
     };
     // tom is in no member list: his token makes him a moderator of ops,
     // so a member too.
-    let (mut tom, _) = Raw::connect5(addr, login("tom-1", token("tom", serde_json::json!({ "mod_rooms": ["ops"] })))).await;
-    tom.subscribe5(1, &[("replies/tom-1", opts(QoS::AtMostOnce))]).await;
+    let (mut tom, _) = Raw::connect5(
+        addr,
+        login("tom-1", token("tom", serde_json::json!({ "mod_rooms": ["ops"] }))),
+    )
+    .await;
+    tom.subscribe5(1, &[("replies/tom-1", opts(QoS::AtMostOnce))])
+        .await;
     assert_eq!(post(&mut tom, "tom", b"hi", 1).await, PublishAckReason::Success);
     let (ack, answer) = moderate(&mut tom, "tom-1", &req("mute", "eve"), 2).await;
     assert_eq!((ack, answer.ok), (PublishAckReason::Success, true));
     let (mut eve, _) = Raw::connect5(addr, login("eve-1", token("eve", serde_json::json!({})))).await;
-    assert_eq!(post(&mut eve, "eve", b"x", 1).await, PublishAckReason::NotAuthorized);
+    assert_eq!(
+        post(&mut eve, "eve", b"x", 1).await,
+        PublishAckReason::NotAuthorized
+    );
 
     // alice becomes a moderator by a reload (SIGHUP in the binary).
     let (mut alice, _) = Raw::connect5(addr, login("alice-1", token("alice", serde_json::json!({})))).await;
-    alice.subscribe5(1, &[("replies/alice-1", opts(QoS::AtMostOnce))]).await;
+    alice
+        .subscribe5(1, &[("replies/alice-1", opts(QoS::AtMostOnce))])
+        .await;
     let (ack, _) = moderate(&mut alice, "alice-1", &req("unmute", "eve"), 1).await;
     assert_eq!(ack, PublishAckReason::NotAuthorized);
     broker.set_rooms(RoomsDefault::Closed, &[ops(&["alice"])]);
@@ -330,7 +410,10 @@ async fn a_ban_survives_a_restart() {
 
     let broker = start_with(config()).await;
     let mut eve = user5(broker.local_addr(), "eve-phone", "eve").await;
-    assert_eq!(post(&mut eve, "eve", b"back?", 1).await, PublishAckReason::NotAuthorized);
+    assert_eq!(
+        post(&mut eve, "eve", b"back?", 1).await,
+        PublishAckReason::NotAuthorized
+    );
     let status = eve.subscribe5(1, &[("rooms/ops/#", opts(QoS::AtMostOnce))]).await;
     assert_eq!(status, [SubscribeAckReason::NotAuthorized]);
     broker.shutdown().await;
@@ -347,9 +430,16 @@ async fn what_waits_in_a_banned_users_queue_is_not_sent_either() {
     connect.username = Some("eve".into());
     connect.receive_max = std::num::NonZeroU16::new(1);
     let (mut eve, _) = Raw::connect5(addr, connect).await;
-    eve.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))]).await;
-    assert_eq!(post(&mut alice, "alice", b"one", 1).await, PublishAckReason::Success);
-    assert_eq!(post(&mut alice, "alice", b"two", 2).await, PublishAckReason::Success);
+    eve.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    assert_eq!(
+        post(&mut alice, "alice", b"one", 1).await,
+        PublishAckReason::Success
+    );
+    assert_eq!(
+        post(&mut alice, "alice", b"two", 2).await,
+        PublishAckReason::Success
+    );
     let first = eve.publish5().await;
     assert_eq!(first.payload.as_ref(), b"one");
 

@@ -94,9 +94,7 @@ impl Chat {
             Op::Set(kind) => {
                 let now = unix_ms_now();
                 let record = SanctionRecord {
-                    until_unix_ms: query
-                        .secs
-                        .map(|s| now.saturating_add(s.saturating_mul(1000))),
+                    until_unix_ms: query.secs.map(|s| now.saturating_add(s.saturating_mul(1000))),
                     by: by.to_string(),
                     at_unix_ms: now,
                     reason: query.reason.clone(),
@@ -123,7 +121,10 @@ impl Chat {
             Ok(()) => {
                 tracing::info!(%room, moderator = by, op = %query.op, %user, secs = query.secs, "moderation applied");
                 (
-                    ModResponse { ok: true, error: None },
+                    ModResponse {
+                        ok: true,
+                        error: None,
+                    },
                     PublishAckReason::Success,
                 )
             }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::queues::Queues;
 use crate::store::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SanctionRecord, SessionRecord, Store,
-    StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SanctionRecord,
+    SessionRecord, Store, StoreError,
 };
 
 /// A store whose session-queue writes are also made in the cluster.

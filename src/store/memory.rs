@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord, SessionRecord,
-    Store, StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord,
+    SessionRecord, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -267,7 +267,11 @@ impl Store for MemoryStore {
 
     fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError> {
         let inner = self.inner.lock();
-        Ok(inner.sanctions.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(inner
+            .sanctions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

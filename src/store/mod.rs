@@ -27,8 +27,8 @@ pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
 pub use monitored::Monitored;
 pub use records::{
-    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord, SanctionRecord,
-    SessionRecord, SubscriptionRecord, WillRecord,
+    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord,
+    SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
 };
 pub use sled_store::SledStore;
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SanctionRecord, SessionRecord, Store,
-    StoreError, StoreHealth,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SanctionRecord,
+    SessionRecord, Store, StoreError, StoreHealth,
 };
 
 /// A store whose outcomes are recorded in a [`StoreHealth`].

@@ -431,7 +431,11 @@ impl Store for SledStore {
     fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| match entry {
-            Some(e) => t.sanctions.insert(key.as_bytes(), encode(e)?).map(drop).map_err(io),
+            Some(e) => t
+                .sanctions
+                .insert(key.as_bytes(), encode(e)?)
+                .map(drop)
+                .map_err(io),
             None => t.sanctions.remove(key.as_bytes()).map(drop).map_err(io),
         })
     }
