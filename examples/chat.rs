@@ -6,7 +6,9 @@
 //! cargo run --example chat -- --user bob --room lobby
 //! ```
 //! Type a line to send it. Shows others' messages with sender and `seq`,
-//! presence changes and typing; fetches the last 20 messages on start. The
+//! presence changes and typing; fetches the last 20 messages on start. A
+//! moderator types `/ban USER [SECS]`, `/unban USER`, `/mute USER [SECS]`
+//! or `/unmute USER` (`topics.md`, *Moderation*). The
 //! session is persistent, so after a dropped connection rumqttc reconnects
 //! and the broker replays what was missed; messages are shown once, by
 //! `seq`.
@@ -14,7 +16,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use roomq::chat::payloads::{self, HistoryResponse, Presence, Typing};
+use roomq::chat::payloads::{self, HistoryResponse, ModResponse, Presence, Typing};
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -53,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     client.subscribe("$presence/+", QoS::AtLeastOnce).await?;
     client.subscribe(&replies, QoS::AtLeastOnce).await?;
+    let mod_replies = format!("users/{}/mod/{room}", args.user);
+    client.subscribe(&mod_replies, QoS::AtLeastOnce).await?;
     let request = payloads::to_cbor(&std::collections::HashMap::from([("limit", 20u64)]));
     let properties = PublishProperties {
         response_topic: Some(replies.clone()),
@@ -74,6 +78,17 @@ async fn main() -> anyhow::Result<()> {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         let mut counter = 0u64;
         while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(request) = moderation(&line) {
+                let _ = sender
+                    .publish(
+                        format!("$rooms/{send_room}/mod"),
+                        QoS::AtLeastOnce,
+                        false,
+                        request,
+                    )
+                    .await;
+                continue;
+            }
             let typing = payloads::to_cbor(&Typing { typing: true });
             let _ = sender
                 .publish(
@@ -132,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
                     println!("* {who} is {} ({} devices)", p.status, p.devices);
                 }
             }
+            _ if topic == mod_replies => match payloads::from_cbor::<ModResponse>(&packet.payload) {
+                Some(ModResponse { ok: true, .. }) => println!("* done"),
+                Some(ModResponse { error, .. }) => println!("* refused: {}", error.unwrap_or_default()),
+                None => {}
+            },
             _ if topic == replies => {
                 let Some(history) = payloads::from_cbor::<HistoryResponse>(&packet.payload) else {
                     continue;
@@ -147,6 +167,26 @@ async fn main() -> anyhow::Result<()> {
             _ => {}
         }
     }
+}
+
+/// `/ban USER [SECS]`, `/unban USER`, `/mute USER [SECS]`, `/unmute USER`
+/// as a CBOR `mod-request` (`topics.md`, *Moderation*).
+fn moderation(line: &str) -> Option<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct Request<'a> {
+        op: &'a str,
+        user: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secs: Option<u64>,
+    }
+    let mut words = line.split_whitespace();
+    let op = words.next()?.strip_prefix('/')?;
+    if !matches!(op, "ban" | "unban" | "mute" | "unmute") {
+        return None;
+    }
+    let user = words.next()?;
+    let secs = words.next().and_then(|s| s.parse().ok());
+    Some(payloads::to_cbor(&Request { op, user, secs }))
 }
 
 fn user_property(properties: &Option<PublishProperties>, key: &str) -> Option<String> {
