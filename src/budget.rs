@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::metrics::Counter;
+
 /// Something that stays held by an identity until it is released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Held {
@@ -205,6 +207,10 @@ fn refilled(bucket: &Bucket, (amount, period): (u64, Duration), now: Instant) ->
 pub struct Budgets {
     limits: Limits,
     accounts: Mutex<HashMap<Arc<str>, Account>>,
+    /// Refusals per bound, for `roomq_budget_refused_total{bound}`: a
+    /// limit that refuses counts it (nothing is dropped silently).
+    refused_held: [Counter; HELD_KINDS],
+    refused_rate: [Counter; RATE_KINDS],
 }
 
 impl Budgets {
@@ -212,7 +218,17 @@ impl Budgets {
         Budgets {
             limits,
             accounts: Mutex::new(HashMap::new()),
+            refused_held: Default::default(),
+            refused_rate: Default::default(),
         }
+    }
+
+    /// How often each per-identity bound refused, by its configuration
+    /// key, in the order of [`Held::ALL`] then [`Rate::ALL`].
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        let held = Held::ALL.iter().map(|h| (h.key(), self.refused_held[h.index()].get()));
+        let rate = Rate::ALL.iter().map(|r| (r.key(), self.refused_rate[r.index()].get()));
+        held.chain(rate).collect()
     }
 
     /// Charges `amount` of `what` to `account`, or refuses it (charging
@@ -222,6 +238,7 @@ impl Budgets {
         let mut accounts = self.accounts.lock();
         let held = accounts.get(account).map_or(0, |a| a.held[what.index()]);
         if bound != 0 && held.saturating_add(amount) > bound {
+            self.refused_held[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
                 bound,
@@ -272,6 +289,7 @@ impl Budgets {
         if tokens < amount as f64 {
             bucket.tokens = tokens;
             bucket.refilled = now;
+            self.refused_rate[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
                 bound,

@@ -162,6 +162,15 @@ impl Collector for Families {
             &CLOSE_REASONS,
             &m.connections_closed,
         )?;
+        let mut refused = out.encode_descriptor(
+            "roomq_budget_refused",
+            "Requests refused by a per-identity bound (docs/limits.md), by the bound's key",
+            None,
+            MetricType::Counter,
+        )?;
+        for (bound, count) in shared.budgets.refusals() {
+            ConstCounter::new(count).encode(refused.encode_family(&[("bound", bound)])?)?;
+        }
         counter(
             &mut out,
             "roomq_auth_failures",
