@@ -159,8 +159,12 @@ impl Broker {
         // In a cluster the room logs live in JetStream; this node keeps a
         // copy in memory, loaded from the stream at start.
         let chat = match &cluster {
-            Some(cluster) => crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()))?,
-            None => crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None)?,
+            Some(cluster) => {
+                crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()), budgets.clone())?
+            }
+            None => {
+                crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None, budgets.clone())?
+            }
         };
         let shared = Arc::new(Shared {
             router: Router::new(
@@ -195,7 +199,12 @@ impl Broker {
             // In a cluster, retained messages come from JetStream.
             if cluster.is_none() {
                 for record in store.load_retained()? {
-                    shared.router.restore_retained(record.into_message());
+                    let mut message = record.into_message();
+                    if shared.chat.restore_retained(&mut message) {
+                        shared.router.restore_retained(message);
+                    } else if let Err(e) = store.put_retained(&message.topic, None) {
+                        tracing::warn!(topic = %message.topic, error = %e, "could not drop a stale read receipt");
+                    }
                 }
             }
             crate::session::restore_sessions(&shared, store.load_sessions()?);
@@ -483,9 +492,10 @@ async fn chat_upkeep(shared: Arc<Shared>) {
 /// One round of upkeep (see `BrokerHandle::run_upkeep`).
 fn run_upkeep(shared: &Shared) -> usize {
     shared.budgets.forget_idle();
-    shared
-        .chat
-        .upkeep(Duration::from_millis(shared.config.typing_min_interval_ms));
+    shared.chat.upkeep(
+        &shared.router,
+        Duration::from_millis(shared.config.typing_min_interval_ms),
+    );
     let retention = Duration::from_secs(shared.config.presence_retention_secs);
     if retention.is_zero() {
         return 0;

@@ -6,9 +6,11 @@
 //! children of `a`, `#` everything. Bounded by `max_retained_messages` and
 //! `max_retained_bytes`: a retained PUBLISH to a new topic beyond them is
 //! not retained (it is still delivered), counted and logged. The broker's
-//! own `$` topics (presence, member lists, `$SYS`) are not counted: they
-//! have bounds of their own (one per user and expiry, one per declared
-//! room), and a client flood must not crowd them out.
+//! own `$` topics (presence, member lists, `$SYS`) and the state it keeps
+//! on client topics (read receipts, `Message::broker_owned`) are not
+//! counted: they have bounds of their own (`max_presence_records`, one per
+//! declared room, `max_receipts_per_user`), and a client flood must not
+//! crowd them out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,9 +39,9 @@ struct Inner {
     bytes: usize,
 }
 
-/// Whether a topic counts against the limits (see the module doc).
-fn counted(topic: &str) -> bool {
-    !topic.starts_with('$')
+/// Whether a message counts against the limits (see the module doc).
+fn counted(message: &Message) -> bool {
+    !message.topic.starts_with('$') && !message.broker_owned
 }
 
 #[derive(Default)]
@@ -78,7 +80,7 @@ impl RetainedStore {
             return true;
         }
         let mut inner = self.inner.write();
-        let is_counted = counted(&message.topic);
+        let is_counted = counted(message);
         let size = if is_counted { retained_bytes(message) } else { 0 };
         let old = find(&inner.root, &message.topic).cloned();
         if is_counted {
@@ -162,7 +164,7 @@ impl Inner {
     /// Takes a removed message out of the counts.
     fn forget(&mut self, old: &Message) {
         self.count -= 1;
-        if counted(&old.topic) {
+        if counted(old) {
             self.client_count -= 1;
             self.bytes = self.bytes.saturating_sub(retained_bytes(old));
         }

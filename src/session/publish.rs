@@ -312,6 +312,7 @@ impl Connection {
             room: None,
             ephemeral: false,
             retain_in_memory: false,
+            broker_owned: false,
             received_at: Some(tokio::time::Instant::now()),
         }
     }
