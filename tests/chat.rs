@@ -320,8 +320,9 @@ async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
         vec![1.0, 1.0],
         "one write per room message, whatever the members"
     );
-    let (_, got) = member_returns(addr, "big-999", 200).await;
-    assert_in_order(&got, 200);
+    let (_, got) = member_returns(addr, "big-999", 201).await;
+    assert_eq!(got[0].0, "open");
+    assert_in_order(&got[1..], 200);
 }
 
 #[tokio::test]

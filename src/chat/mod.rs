@@ -161,7 +161,11 @@ impl Chat {
             log,
             uncommitted: commit.map(CommitQueue::new),
             dedup,
-            presence: Presence::new(cluster.as_ref().map(|c| c.presence.clone())),
+            presence: Presence::new(
+                cluster.as_ref().map(|c| c.presence.clone()),
+                config.max_presence_records,
+                std::time::Duration::from_secs(config.presence_transient_secs),
+            ),
             cluster,
             typing: Mutex::default(),
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
@@ -412,11 +416,24 @@ impl Chat {
         self.presence.online_here()
     }
 
+    /// Presence records kept (online users here and offline records), and
+    /// how many offline ones `max_presence_records` dropped so far.
+    pub fn presence_records(&self) -> (usize, u64) {
+        (self.presence.records(), self.presence.evicted.get())
+    }
+
     /// Forgets retained "offline" presence older than `retention` (a user
-    /// away that long is gone from `$presence/+`). Returns how many.
+    /// away that long is gone from `$presence/+`), transient records after
+    /// `presence_transient_secs`. Returns how many.
     pub fn expire_presence(&self, router: &Router, retention: std::time::Duration) -> usize {
+        let expired = self.presence.expire(router, retention);
+        if self.cluster.is_none() || retention.is_zero() {
+            return expired;
+        }
+        // In a cluster, records published by other nodes are not in this
+        // node's index: a scan finds them.
         let cutoff = unix_ms_now().saturating_sub(retention.as_millis() as u64);
-        let mut expired = 0;
+        let mut expired = expired;
         for message in router.retained().matching("$presence/+") {
             let stale = payloads::from_cbor::<payloads::Presence>(&message.payload)
                 .is_some_and(|p| p.status == "offline" && p.last_seen.unwrap_or(p.since) < cutoff);
@@ -447,7 +464,12 @@ impl Chat {
                 .unwrap_or_default()
                 .to_string();
             match stale {
-                Some(p) if p.status == "offline" => {}
+                Some(p) if p.status == "offline" => {
+                    // A transient record carries its Message Expiry.
+                    let transient = message.expires_at.is_some();
+                    let last_seen = p.last_seen.unwrap_or(p.since);
+                    self.presence.restored_offline(&user, last_seen, transient);
+                }
                 _ => {
                     let offline = payloads::Presence {
                         status: "offline".into(),
@@ -456,9 +478,11 @@ impl Chat {
                         last_seen: Some(now),
                     };
                     router.publish(presence::presence_message(&user, &offline));
+                    self.presence.restored_offline(&user, now, false);
                 }
             }
         }
+        self.presence.evict_over_bound(router);
         for (room, members) in self.membership.declared() {
             self.publish_members(router, &room, &members);
         }
