@@ -449,7 +449,9 @@ impl Presence {
                     router.publish(presence_message(&user, &payload));
                 }
                 None => {
-                    let keep = if lasting { Keep::Lasting } else { Keep::Nothing };
+                    // Whether the user gave a username is not told across
+                    // nodes: a short record rather than none.
+                    let keep = if lasting { Keep::Lasting } else { Keep::Transient };
                     self.publish_total(router, &user, offline_now(), keep)
                 }
             }
