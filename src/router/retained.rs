@@ -84,8 +84,13 @@ impl RetainedStore {
         let size = if is_counted { retained_bytes(message) } else { 0 };
         let old = find(&inner.root, &message.topic).cloned();
         if is_counted {
-            let (count, bytes) = match &old {
-                Some(old) => (inner.client_count, inner.bytes - retained_bytes(old) + size),
+            // Replacing a message the limits did not count (the broker's)
+            // takes nothing back.
+            let (count, bytes) = match old.as_ref().filter(|old| counted(old)) {
+                Some(old) => (
+                    inner.client_count,
+                    inner.bytes.saturating_sub(retained_bytes(old)) + size,
+                ),
                 None => (inner.client_count + 1, inner.bytes + size),
             };
             if count > self.max_messages || bytes > self.max_bytes {
