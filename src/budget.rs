@@ -226,8 +226,12 @@ impl Budgets {
     /// How often each per-identity bound refused, by its configuration
     /// key, in the order of [`Held::ALL`] then [`Rate::ALL`].
     pub fn refusals(&self) -> Vec<(&'static str, u64)> {
-        let held = Held::ALL.iter().map(|h| (h.key(), self.refused_held[h.index()].get()));
-        let rate = Rate::ALL.iter().map(|r| (r.key(), self.refused_rate[r.index()].get()));
+        let held = Held::ALL
+            .iter()
+            .map(|h| (h.key(), self.refused_held[h.index()].get()));
+        let rate = Rate::ALL
+            .iter()
+            .map(|r| (r.key(), self.refused_rate[r.index()].get()));
         held.chain(rate).collect()
     }
 

@@ -214,12 +214,19 @@ async fn every_metric_family_is_documented() {
         let (Some(name), Some(kind)) = (words.next(), words.next()) else {
             continue;
         };
-        let shown = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+        let shown = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
         if !readme.contains(&format!("`{shown}`")) && !readme.contains(&format!("`{name}`")) {
             missing.push(shown);
         }
     }
-    assert!(missing.is_empty(), "README's metrics table has no row for {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README's metrics table has no row for {missing:?}"
+    );
     broker.shutdown().await;
 }
 

@@ -285,6 +285,11 @@ async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
         // Connect first and let the members' departures (session records,
         // presence) finish writing, so the window holds only the posts.
         let mut poster = Raw::client5(addr, &format!("poster-{room}")).await;
+        // The first post opens the room (one write of who opened it, per
+        // room, not per message): before the window too.
+        let topic = format!("rooms/{room}/msg/poster-{room}");
+        let ack = send_and_ack(&mut poster, publish_with(&topic, b"open", Some(999), &[])).await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
         let mut before = broker.store_writes();
         loop {
             tokio::time::sleep(QUIET).await;
@@ -315,8 +320,9 @@ async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
         vec![1.0, 1.0],
         "one write per room message, whatever the members"
     );
-    let (_, got) = member_returns(addr, "big-999", 200).await;
-    assert_in_order(&got, 200);
+    let (_, got) = member_returns(addr, "big-999", 201).await;
+    assert_eq!(got[0].0, "open");
+    assert_in_order(&got[1..], 200);
 }
 
 #[tokio::test]

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::log::NotOpened;
 use super::payloads::{from_cbor, from_client_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
 use super::presence::USER_STATUSES;
 use super::topics::{classify, ChatTopic};
 use super::{is_valid_room_name, message_topic, Chat, Post};
+use crate::budget::{Held, Rate};
 use crate::config::Config;
 use crate::protocol::validate::topic_matches;
 use crate::protocol::{PublishAckReason, QoS};
@@ -38,6 +40,9 @@ pub(crate) struct Publisher<'a> {
     pub identity: Option<&'a str>,
     pub client_id: &'a Arc<str>,
     pub gate: &'a dyn WriteGate,
+    /// The account charged for what the publish makes the broker keep
+    /// (`budget::account_of`).
+    pub account: Arc<str>,
 }
 
 /// What the chat layer made of a PUBLISH.
@@ -65,7 +70,7 @@ impl Chat {
         let reason = match topic {
             ChatTopic::Message { room, sender, msg_id } => {
                 let msg_id = msg_id.or_else(|| msg_id_property(&message));
-                match self.check_room_message(config, room, msg_id, &message) {
+                match self.check_room_message(config, who, room, msg_id, &message) {
                     Err(reason) => reason,
                     Ok(()) => self.on_room_message(router, who, room, sender, msg_id, &message),
                 }
@@ -110,7 +115,7 @@ impl Chat {
                 .zip(message.topic.split('/'))
                 .find(|(f, _)| *f == "+")
                 .map_or(identity, |(_, level)| level);
-            self.check_room_message(config, &rule.room, msg_id_property(message), message)?;
+            self.check_room_message(config, who, &rule.room, msg_id_property(message), message)?;
             let trusted = rule.publishers.iter().any(|p| p == identity);
             // A listed publisher posts for others, but only into a room it
             // may use itself; anyone else posts only as itself.
@@ -240,35 +245,38 @@ impl Chat {
         let Some(receipt) = from_client_cbor::<Receipt>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
+        // Receipts are kept only for rooms with a log: the broker would
+        // otherwise keep one for every name a client makes up.
+        let head = self.log.head(room);
+        if head == 0 {
+            return PublishAckReason::TopicNameInvalid;
+        }
         // A receipt can only be for a message the room has: one beyond the
         // head would hide every real receipt of this sender until then.
-        if receipt.seq > self.log.head(room) {
+        if receipt.seq > head {
             return PublishAckReason::PayloadFormatInvalid;
         }
+        // After a restart the retained receipt is the highest known; in
+        // a cluster it also carries receipts sent through other nodes.
+        let retained = || {
+            router
+                .retained()
+                .matching(&message.topic)
+                .first()
+                .and_then(|m| from_cbor::<Receipt>(&m.payload))
+                .map_or(0, |r| r.seq)
+        };
+        match self
+            .receipts
+            .raise(room, sender, receipt.seq, self.cluster.is_some(), retained)
         {
-            // After a restart the retained receipt is the highest known; in
-            // a cluster it also carries receipts sent through other nodes.
-            let retained = || {
-                router
-                    .retained()
-                    .matching(&message.topic)
-                    .first()
-                    .and_then(|m| from_cbor::<Receipt>(&m.payload))
-                    .map_or(0, |r| r.seq)
-            };
-            let mut receipts = self.receipts.lock();
-            let key = (room.to_string(), sender.to_string());
-            let mut known = *receipts.entry(key.clone()).or_insert_with(retained);
-            if self.cluster.is_some() {
-                known = known.max(retained());
-            }
-            if receipt.seq <= known && known > 0 {
-                return PublishAckReason::Success;
-            }
-            receipts.insert(key, receipt.seq);
+            Ok(true) => {}
+            Ok(false) => return PublishAckReason::Success,
+            Err(reason) => return reason,
         }
         let mut stored = Message::new(message.topic.clone(), to_cbor(&receipt), QoS::AtLeastOnce, true);
         stored.publisher = Some(who.client_id.clone());
+        stored.broker_owned = true;
         router.publish(stored);
         PublishAckReason::Success
     }
@@ -288,11 +296,14 @@ impl Chat {
 impl Chat {
     /// What a room log keeps of a message is bounded: the msg-id (a key of
     /// the de-duplication table) by `max_msg_id_length` (0x99), payload and
-    /// User Properties by `max_room_message_bytes` (0x97), and a post that
-    /// would open a new room by `max_rooms` (0x97).
+    /// User Properties by `max_room_message_bytes` (0x97), a post that
+    /// would open a new room by `max_rooms` and the publisher's
+    /// `max_rooms_per_user` (0x97), and the bytes one identity stores by
+    /// `room_post_bytes_per_hour` (0x97).
     fn check_room_message(
         &self,
         config: &Config,
+        who: &Publisher<'_>,
         room: &str,
         msg_id: Option<&str>,
         message: &Message,
@@ -306,8 +317,28 @@ impl Chat {
         if message.payload.len() + properties > config.max_room_message_bytes {
             return Err(PublishAckReason::QuotaExceeded);
         }
-        if !self.log.may_hold(room, config.max_rooms) {
-            tracing::warn!(%room, max_rooms = config.max_rooms, "room not opened: max_rooms reached");
+        let charge = || match self.budgets.charge(&who.account, Held::Rooms, 1) {
+            Ok(()) => true,
+            Err(over) => {
+                tracing::info!(%room, account = %who.account, %over, "room not opened");
+                false
+            }
+        };
+        match self.log.open(room, &who.account, config.max_rooms, charge) {
+            Ok(()) => {}
+            Err(NotOpened::MaxRooms) => {
+                tracing::warn!(%room, max_rooms = config.max_rooms, "room not opened: max_rooms reached");
+                return Err(PublishAckReason::QuotaExceeded);
+            }
+            Err(NotOpened::OverBudget) => return Err(PublishAckReason::QuotaExceeded),
+        }
+        // Every byte the log keeps of it: topic, payload, properties.
+        let bytes = message.topic.len() + message.payload.len() + properties + msg_id.map_or(0, str::len);
+        if let Err(over) = self
+            .budgets
+            .spend(&who.account, Rate::RoomPostBytes, bytes as u64)
+        {
+            tracing::info!(%room, account = %who.account, %over, "room message refused");
             return Err(PublishAckReason::QuotaExceeded);
         }
         Ok(())

@@ -256,6 +256,9 @@ pub struct Config {
     pub max_rooms_per_user: usize,
     /// Read receipts kept for one identity (one per room it reads).
     pub max_receipts_per_user: usize,
+    /// Read receipts kept in all: the ceiling behind
+    /// `max_receipts_per_user`; beyond it a new receipt gets 0x97.
+    pub max_receipts: usize,
     /// Retained messages one identity may set; `max_retained_messages` is
     /// the ceiling.
     pub max_retained_messages_per_user: usize,
@@ -446,6 +449,7 @@ impl Default for Config {
             max_sessions_per_user: 256,
             max_rooms_per_user: 1000,
             max_receipts_per_user: 10_000,
+            max_receipts: 1_000_000,
             max_retained_messages_per_user: 10_000,
             max_retained_bytes_per_user: 32 * 1024 * 1024,
             history_requests_per_minute: 120,

@@ -366,6 +366,7 @@ impl Connection {
             room: None,
             ephemeral: false,
             retain_in_memory: false,
+            broker_owned: false,
             received_at: Some(tokio::time::Instant::now()),
             stored_body: std::sync::OnceLock::new(),
         }

@@ -21,6 +21,8 @@ struct Inner {
     qos2_in: BTreeSet<(String, u16)>,
     rooms: BTreeMap<String, Room>,
     dedup: BTreeMap<String, DedupRecord>,
+    /// `room_seq_floor`.
+    room_seq_floor: u64,
 }
 
 impl Inner {
@@ -39,6 +41,7 @@ impl Inner {
 struct Room {
     head: u64,
     reserved: u64,
+    opener: Option<String>,
     log: BTreeMap<u64, RoomRecord>,
 }
 
@@ -225,6 +228,7 @@ impl Store for MemoryStore {
                 room: n.clone(),
                 last: r.head,
                 reserved: r.reserved,
+                opener: r.opener.clone(),
             })
             .collect())
     }
@@ -234,6 +238,23 @@ impl Store for MemoryStore {
             room.log = room.log.split_off(&below);
         }
         Ok(())
+    }
+
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        inner.rooms.entry(room.to_string()).or_default().opener = Some(account.to_string());
+        Ok(())
+    }
+
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        inner.room_seq_floor = inner.room_seq_floor.max(seq_floor);
+        inner.rooms.remove(room);
+        Ok(())
+    }
+
+    fn room_seq_floor(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.lock().room_seq_floor)
     }
 
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {

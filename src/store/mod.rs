@@ -62,6 +62,9 @@ pub struct RoomHead {
     pub last: u64,
     /// `seq` values up to this were handed out (`reserve_room_seqs`).
     pub reserved: u64,
+    /// The account whose post opened the room (`set_room_opener`); `None`
+    /// for a declared room or one opened before openers were stored.
+    pub opener: Option<String>,
 }
 
 /// A persistent session as loaded at start-up.
@@ -155,6 +158,17 @@ pub trait Store: Send + Sync {
     fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError>;
     /// Removes a room's messages with `seq < below`.
     fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError>;
+    /// Records the account whose post opened `room`, so that the room is
+    /// charged to it again after a restart (`max_rooms_per_user`).
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError>;
+    /// Forgets a room that has no message left: its log, heads and opener.
+    /// Its `seq` values must never come back, so the floor that rooms
+    /// opened later start above (`room_seq_floor`) is raised to at least
+    /// `seq_floor` first.
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError>;
+    /// The highest `seq` a forgotten room handed out: a room opened now
+    /// starts above it.
+    fn room_seq_floor(&self) -> Result<u64, StoreError>;
 
     /// Sets or (with `None`) removes a de-duplication entry.
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError>;

@@ -5,7 +5,9 @@
 //! and `bodies` (the messages its records name, each once: `bodies.rs`),
 //! `qos2_in` (client id + packet id), `room_log` (room + seq → message),
 //! `room_heads` (room → last seq; room + NUL → `seq` reserved with
-//! `durability = "buffered"`) and `dedup` (room, sender, msg-id → seq). Keys of per-session
+//! `durability = "buffered"`), `room_openers` (room → the account whose
+//! post opened it), `dedup` (room, sender, msg-id → seq), and in `meta`
+//! the `seq` floor of rooms opened after others were forgotten. Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
 //! prefix scan finds one session's records.
 //!
@@ -43,7 +45,32 @@ struct Trees {
     qos2_in: sled::Tree,
     room_log: sled::Tree,
     room_heads: sled::Tree,
+    room_openers: sled::Tree,
     dedup: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// The key in `meta` of `room_seq_floor`.
+const ROOM_SEQ_FLOOR: &str = "room_seq_floor";
+
+/// The head of `room` in `heads`, added when it is not there yet.
+fn room_head<'a>(heads: &'a mut BTreeMap<String, RoomHead>, room: &[u8]) -> &'a mut RoomHead {
+    let room = String::from_utf8_lossy(room).into_owned();
+    heads.entry(room.clone()).or_insert_with(|| RoomHead {
+        room,
+        ..RoomHead::default()
+    })
+}
+
+/// A big-endian u64 as stored under `key`.
+fn u64_of(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "not 8 bytes".into(),
+        })
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -101,7 +128,9 @@ impl SledStore {
             qos2_in: tree("qos2_in")?,
             room_log: tree("room_log")?,
             room_heads: tree("room_heads")?,
+            room_openers: tree("room_openers")?,
             dedup: tree("dedup")?,
+            meta: meta.clone(),
             db,
         };
         match meta.get("format").map_err(|e| open_err(e.to_string()))? {
@@ -364,31 +393,25 @@ impl Store for SledStore {
             let mut heads: BTreeMap<String, RoomHead> = BTreeMap::new();
             for entry in t.room_heads.iter() {
                 let (key, value) = entry.map_err(io)?;
-                let seq =
-                    value
-                        .as_ref()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| StoreError::Corrupt {
-                            key: String::from_utf8_lossy(&key).into_owned(),
-                            reason: "room head is not 8 bytes".into(),
-                        })?;
+                let seq = u64_of(&key, &value)?;
                 // `room` holds the last appended seq, `room\0` the
                 // reservation.
                 let (room, reservation) = match key.strip_suffix(b"\0") {
                     Some(room) => (room, true),
                     None => (&key[..], false),
                 };
-                let room = String::from_utf8_lossy(room).into_owned();
-                let head = heads.entry(room.clone()).or_insert_with(|| RoomHead {
-                    room,
-                    ..RoomHead::default()
-                });
+                let head = room_head(&mut heads, room);
                 if reservation {
                     head.reserved = seq;
                 } else {
                     head.last = seq;
                 }
+            }
+            // A room opened by a post that was not stored has an opener and
+            // no head: it is loaded too, so upkeep forgets it.
+            for entry in t.room_openers.iter() {
+                let (key, value) = entry.map_err(io)?;
+                room_head(&mut heads, &key).opener = Some(String::from_utf8_lossy(&value).into_owned());
             }
             Ok(heads.into_values().collect())
         })
@@ -402,6 +425,52 @@ impl Store for SledStore {
                 batch.remove(key.map_err(io)?);
             }
             t.room_log.apply_batch(batch).map_err(io)
+        })
+    }
+
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            t.room_openers
+                .insert(room.as_bytes(), account.as_bytes())
+                .map(drop)
+                .map_err(io)
+        })
+    }
+
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            // The floor first: a crash after it and before the removal
+            // keeps the room, never loses the floor.
+            let floor = match t.meta.get(ROOM_SEQ_FLOOR).map_err(io)? {
+                Some(v) => u64_of(ROOM_SEQ_FLOOR.as_bytes(), &v)?,
+                None => 0,
+            };
+            if seq_floor > floor {
+                t.meta
+                    .insert(ROOM_SEQ_FLOOR, &seq_floor.to_be_bytes())
+                    .map_err(io)?;
+            }
+            let mut batch = sled::Batch::default();
+            for key in t
+                .room_log
+                .range(seq_key(room, 0)..=seq_key(room, u64::MAX))
+                .keys()
+            {
+                batch.remove(key.map_err(io)?);
+            }
+            t.room_log.apply_batch(batch).map_err(io)?;
+            t.room_heads.remove(room.as_bytes()).map_err(io)?;
+            t.room_heads.remove(reservation_key(room)).map_err(io)?;
+            t.room_openers.remove(room.as_bytes()).map(drop).map_err(io)
+        })
+    }
+
+    fn room_seq_floor(&self) -> Result<u64, StoreError> {
+        self.with(|t| match t.meta.get(ROOM_SEQ_FLOOR).map_err(io)? {
+            Some(v) => u64_of(ROOM_SEQ_FLOOR.as_bytes(), &v),
+            None => Ok(0),
         })
     }
 
