@@ -158,10 +158,12 @@ impl Broker {
         }
         // In a cluster the room logs live in JetStream; this node keeps a
         // copy in memory, loaded from the stream at start.
-        let chat = match &cluster {
+        let mut chat = match &cluster {
             Some(cluster) => crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()))?,
             None => crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None)?,
         };
+        chat.load_signed_alerts(&self.config, store.clone())
+            .map_err(StartError::Config)?;
         let shared = Arc::new(Shared {
             router: Router::new(
                 self.config.retain_available,
@@ -306,7 +308,7 @@ impl BrokerHandle {
 
     /// Reloads what can change without a restart (the binary does it on
     /// SIGHUP): TLS certificates (new connections get the new ones, open
-    /// ones keep theirs) and the authenticator's files. Errors are logged
+    /// ones keep theirs), the authenticator's and alert rules' key files. Errors are logged
     /// and the old material stays in use. A login the reloaded files no
     /// longer accept (a user removed from the password file) loses its
     /// connections (5.0 DISCONNECT 0x87) and its sessions: no will of
@@ -321,6 +323,7 @@ impl BrokerHandle {
             }
         }
         self.shared.auth.reload();
+        self.shared.chat.reload_alert_keys(&self.shared.config);
         let (revoked, offline) = self.shared.registry.kick_revoked(&*self.shared.auth);
         if revoked > 0 {
             tracing::info!(

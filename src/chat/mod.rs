@@ -23,6 +23,7 @@ pub mod payloads;
 mod presence;
 mod publish;
 mod rooms;
+mod signed;
 mod topics;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
+pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{classify, message_topic, only_reads, room_of, rooms_covered, ChatTopic};
 
 use crate::cluster::Cluster;
@@ -66,6 +68,8 @@ pub struct Chat {
     typing: Mutex<HashMap<(String, String), Instant>>,
     /// Highest read receipt per (room, sender).
     receipts: Mutex<HashMap<(String, String), u64>>,
+    /// Keys of the signed `[[alerts]]` rules and the devices' counters.
+    signed: signed::SignedAlerts,
     pub counters: ChatCounters,
 }
 
@@ -91,6 +95,12 @@ pub struct ChatCounters {
     /// History requests refused, not answered: over the identity's
     /// `history_requests_per_minute`.
     pub history_refused_rate: crate::metrics::Counter,
+    /// Room posts refused, over the identity's
+    /// `room_max_messages_per_minute` in that room.
+    pub room_rate_refused: crate::metrics::Counter,
+    /// Alerts refused by a signed rule: malformed, bad signature, replayed
+    /// counter (3.1.1 publishers only see them dropped).
+    pub alerts_refused: crate::metrics::Counter,
 }
 
 /// A room message as it arrives, before it gets a `seq`.
@@ -156,8 +166,25 @@ impl Chat {
             cluster,
             typing: Mutex::default(),
             receipts: Mutex::default(),
+            signed: signed::SignedAlerts::none(),
             counters: ChatCounters::default(),
         })
+    }
+
+    /// Reads the signed alert rules' key files and the devices' counters
+    /// from `store`; an error names the file and the key.
+    pub(crate) fn load_signed_alerts(
+        &mut self,
+        config: &Config,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<(), String> {
+        self.signed = signed::SignedAlerts::load(config, store)?;
+        Ok(())
+    }
+
+    /// Reads the signed alert rules' key files again (SIGHUP).
+    pub(crate) fn reload_alert_keys(&self, config: &Config) {
+        self.signed.reload(config);
     }
 
     /// Stores a room message under the room's next `seq` and delivers it

@@ -72,6 +72,7 @@ pub(crate) fn route_as(
         identity: principal.identity.as_deref(),
         client_id,
         gate: &gate,
+        budgets: &shared.budgets,
     };
     let config = &shared.config;
     match shared.chat.on_publish(&shared.router, config, &who, message) {

@@ -21,6 +21,7 @@ struct Inner {
     qos2_in: BTreeSet<(String, u16)>,
     rooms: BTreeMap<String, Room>,
     dedup: BTreeMap<String, DedupRecord>,
+    alert_counters: BTreeMap<String, u64>,
 }
 
 impl Inner {
@@ -250,6 +251,24 @@ impl Store for MemoryStore {
             .inner
             .lock()
             .dedup
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
+
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.inner
+            .lock()
+            .alert_counters
+            .insert(device.to_string(), counter);
+        Ok(())
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .alert_counters
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect())
