@@ -308,13 +308,12 @@ impl BrokerHandle {
 
     /// Reloads what can change without a restart (the binary does it on
     /// SIGHUP): TLS certificates (new connections get the new ones, open
-    /// ones keep theirs), the authenticator's and alert rules' key files. Errors are logged
-    /// and the old material stays in use. A login the reloaded files no
-    /// longer accept (a user removed from the password file) loses its
-    /// connections (5.0 DISCONNECT 0x87) and its sessions: no will of
-    /// theirs is sent, their queues and subscriptions are dropped. The
-    /// `[[acl]]` rules are not reloaded (a restart applies them; stored
-    /// subscriptions are then judged by the new rules).
+    /// ones keep theirs), the authenticator's files, the alert rules' keys.
+    /// Errors are logged and the old material stays in use. A login the
+    /// reloaded files no longer accept loses its connections (5.0
+    /// DISCONNECT 0x87) and its sessions: no will of theirs is sent, their
+    /// queues and subscriptions are dropped. The `[[acl]]` rules are not
+    /// reloaded (a restart applies them to stored subscriptions).
     pub fn reload(&self) {
         for tls in &self.tls {
             match tls.reload() {

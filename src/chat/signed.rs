@@ -29,6 +29,9 @@ use crate::store::{MemoryStore, Store};
 /// be guessed; over the block size HMAC hashes it down anyway.
 const KEY_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
 
+/// Per rule of `config.alerts` (same index): its key, if it has one.
+type RuleKeys = Arc<[Option<Arc<[u8]>>]>;
+
 /// Why a signed alert was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -68,9 +71,8 @@ pub(crate) struct Verified {
 
 /// The keys of the signed rules and the devices' counters.
 pub(crate) struct SignedAlerts {
-    /// Per rule of `config.alerts` (same index): its key, if it has one.
     /// Replaced whole on SIGHUP (a lock held for a clone of the `Arc`).
-    keys: RwLock<Arc<[Option<Arc<[u8]>>]>>,
+    keys: RwLock<RuleKeys>,
     /// Last accepted counter per device; a mutex because a check and its
     /// update must be one step (two copies of one alert on two
     /// connections: one passes).
@@ -215,7 +217,7 @@ fn signed_parts(message: &Message) -> Result<(Bytes, u64, Vec<u8>), Refusal> {
 }
 
 /// Every rule's key, read from its `hmac_key_file`.
-fn read_keys(config: &Config) -> Result<Arc<[Option<Arc<[u8]>>]>, String> {
+fn read_keys(config: &Config) -> Result<RuleKeys, String> {
     config
         .alerts
         .iter()

@@ -387,10 +387,9 @@ pub struct AlertRule {
     /// Identities that may post copies under any sender name.
     #[serde(default)]
     pub publishers: Vec<String>,
-    /// A file holding an HMAC-SHA256 key (hex, 16 to 64 bytes): set, the
-    /// rule takes only alerts signed with it, with a counter that grows
-    /// (`topics.md`, *Signed alerts*). Read at start (a missing or bad file
-    /// stops start-up) and on SIGHUP.
+    /// A file with an HMAC-SHA256 key (hex, 16 to 64 bytes): the rule then
+    /// takes only alerts signed with it (`topics.md`, *Signed alerts*).
+    /// Read at start (a bad file stops start-up) and on SIGHUP.
     #[serde(default)]
     pub hmac_key_file: Option<PathBuf>,
 }
