@@ -85,16 +85,21 @@ pub enum Rate {
     /// Bytes of room messages stored per hour (`room_post_bytes_per_hour`):
     /// one identity cannot fill the disk for everyone.
     RoomPostBytes,
+    /// Room messages per minute in one room (`room_max_messages_per_minute`),
+    /// charged to the account [`room_account`] names: one identity cannot
+    /// drown a room's conversation.
+    RoomMessages,
 }
 
 impl Rate {
-    pub const ALL: [Rate; 2] = [Rate::HistoryRequests, Rate::RoomPostBytes];
+    pub const ALL: [Rate; 3] = [Rate::HistoryRequests, Rate::RoomPostBytes, Rate::RoomMessages];
 
     /// The configuration key of its per-identity bound.
     pub fn key(self) -> &'static str {
         match self {
             Rate::HistoryRequests => "history_requests_per_minute",
             Rate::RoomPostBytes => "room_post_bytes_per_hour",
+            Rate::RoomMessages => "room_max_messages_per_minute",
         }
     }
 
@@ -145,6 +150,11 @@ impl Limits {
                 b.room_post_bytes_per_hour,
                 Duration::from_secs(3600),
             )
+            .with_rate(
+                Rate::RoomMessages,
+                b.room_max_messages_per_minute as u64,
+                Duration::from_secs(60),
+            )
     }
 }
 
@@ -167,6 +177,15 @@ pub fn account_of(identity: Option<&str>, peer: Option<IpAddr>) -> Arc<str> {
         (None, Some(ip)) => format!("anon:{ip}").into(),
         (None, None) => "anon:".into(),
     }
+}
+
+/// The account of `account`'s posts in `room`, for [`Rate::RoomMessages`]:
+/// one per (identity, room) that posted within the last minute, forgotten
+/// like any idle account. The `room:` prefix keeps it apart from every
+/// identity's own account (`user:`, `anon:`), and a room name has no `/`,
+/// so no two pairs share a name.
+pub fn room_account(account: &str, room: &str) -> String {
+    format!("room:{room}/{account}")
 }
 
 #[derive(Debug)]

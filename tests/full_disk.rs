@@ -114,6 +114,12 @@ impl Store for FillableStore {
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError> {
         self.inner.load_dedup()
     }
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.inner.put_alert_counter(device, counter)
+    }
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.load_alert_counters()
+    }
     fn flush(&self) -> Result<(), StoreError> {
         if self.full.load(Ordering::Acquire) {
             return Err(StoreError::Io("No space left on device (os error 28)".into()));

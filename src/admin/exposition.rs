@@ -225,6 +225,18 @@ impl Collector for Families {
             "History requests refused, over history_requests_per_minute",
             &chat.counters.history_refused_rate,
         )?;
+        counter(
+            &mut out,
+            "roomq_room_posts_refused_rate",
+            "Room posts refused, over room_max_messages_per_minute of the identity in that room",
+            &chat.counters.room_rate_refused,
+        )?;
+        counter(
+            &mut out,
+            "roomq_alerts_refused_signature",
+            "Alerts refused by a signed rule: malformed, bad signature or a counter that did not grow",
+            &chat.counters.alerts_refused,
+        )?;
 
         histogram(
             &mut out,

@@ -163,7 +163,7 @@ impl Broker {
         }
         // In a cluster the room logs live in JetStream; this node keeps a
         // copy in memory, loaded from the stream at start.
-        let chat = match &cluster {
+        let mut chat = match &cluster {
             Some(cluster) => {
                 crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()), budgets.clone())?
             }
@@ -171,6 +171,8 @@ impl Broker {
                 crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None, budgets.clone())?
             }
         };
+        chat.load_signed_alerts(&self.config, store.clone())
+            .map_err(StartError::Config)?;
         let shared = Arc::new(Shared {
             router: Router::new(
                 self.config.retain_available,
@@ -320,13 +322,12 @@ impl BrokerHandle {
 
     /// Reloads what can change without a restart (the binary does it on
     /// SIGHUP): TLS certificates (new connections get the new ones, open
-    /// ones keep theirs) and the authenticator's files. Errors are logged
-    /// and the old material stays in use. A login the reloaded files no
-    /// longer accept (a user removed from the password file) loses its
-    /// connections (5.0 DISCONNECT 0x87) and its sessions: no will of
-    /// theirs is sent, their queues and subscriptions are dropped. The
-    /// `[[acl]]` rules are not reloaded (a restart applies them; stored
-    /// subscriptions are then judged by the new rules).
+    /// ones keep theirs), the authenticator's files, the alert rules' keys.
+    /// Errors are logged and the old material stays in use. A login the
+    /// reloaded files no longer accept loses its connections (5.0
+    /// DISCONNECT 0x87) and its sessions: no will of theirs is sent, their
+    /// queues and subscriptions are dropped. The `[[acl]]` rules are not
+    /// reloaded (a restart applies them to stored subscriptions).
     pub fn reload(&self) {
         for tls in &self.tls {
             match tls.reload() {
@@ -335,6 +336,7 @@ impl BrokerHandle {
             }
         }
         self.shared.auth.reload();
+        self.shared.chat.reload_alert_keys(&self.shared.config);
         let (revoked, offline) = self.shared.registry.kick_revoked(&*self.shared.auth);
         if revoked > 0 {
             tracing::info!(

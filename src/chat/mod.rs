@@ -29,6 +29,7 @@ mod presence;
 mod publish;
 mod receipts;
 mod rooms;
+mod signed;
 mod topics;
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
+pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{classify, message_topic, only_reads, room_of, rooms_covered, ChatTopic};
 
 use crate::budget::{Budgets, Held};
@@ -76,6 +78,8 @@ pub struct Chat {
     /// Every identity's account (`Shared::budgets`): rooms opened, bytes
     /// posted and receipts are charged to it.
     budgets: Arc<Budgets>,
+    /// Keys of the signed `[[alerts]]` rules and the devices' counters.
+    signed: signed::SignedAlerts,
     pub counters: ChatCounters,
 }
 
@@ -101,6 +105,12 @@ pub struct ChatCounters {
     /// History requests refused, not answered: over the identity's
     /// `history_requests_per_minute`.
     pub history_refused_rate: crate::metrics::Counter,
+    /// Room posts refused, over the identity's
+    /// `room_max_messages_per_minute` in that room.
+    pub room_rate_refused: crate::metrics::Counter,
+    /// Alerts refused by a signed rule: malformed, bad signature, replayed
+    /// counter (3.1.1 publishers only see them dropped).
+    pub alerts_refused: crate::metrics::Counter,
 }
 
 /// A room message as it arrives, before it gets a `seq`.
@@ -176,8 +186,25 @@ impl Chat {
             typing: Mutex::default(),
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
             budgets,
+            signed: signed::SignedAlerts::none(),
             counters: ChatCounters::default(),
         })
+    }
+
+    /// Reads the signed alert rules' key files and the devices' counters
+    /// from `store`; an error names the file and the key.
+    pub(crate) fn load_signed_alerts(
+        &mut self,
+        config: &Config,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<(), String> {
+        self.signed = signed::SignedAlerts::load(config, store)?;
+        Ok(())
+    }
+
+    /// Reads the signed alert rules' key files again (SIGHUP).
+    pub(crate) fn reload_alert_keys(&self, config: &Config) {
+        self.signed.reload(config);
     }
 
     /// Stores a room message under the room's next `seq` and delivers it

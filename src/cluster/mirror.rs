@@ -148,6 +148,15 @@ impl Store for Mirrored {
         self.inner.load_dedup()
     }
 
+    // Kept by this node only: JetStream does not carry alert counters.
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.inner.put_alert_counter(device, counter)
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.load_alert_counters()
+    }
+
     fn writes(&self) -> u64 {
         self.inner.writes()
     }

@@ -298,6 +298,16 @@ pub struct Config {
     /// Most presence records (identities with a retained `$presence`)
     /// kept; beyond it the longest-offline transient ones go first.
     pub max_presence_records: usize,
+    /// Room messages one identity may post per minute in one room (a burst
+    /// of this many, refilled evenly; 0 = no bound, the default: a "slow
+    /// mode" is a room's policy, and a gateway posting alerts for many
+    /// devices would hit any fixed number). Beyond it 5.0 PUBACK 0x97 (5.0
+    /// has no 0x96 in a PUBACK), 3.1.1 no PUBACK; counted.
+    pub room_max_messages_per_minute: u32,
+    /// Devices whose last signed-alert counter is kept (`[[alerts]]` with
+    /// `hmac_key_file`); a correctly signed alert from a new device beyond
+    /// it is refused (0x97). Only holders of a key can add one.
+    pub max_alert_devices: usize,
 }
 
 /// The `[auth]` section.
@@ -380,6 +390,11 @@ pub struct AlertRule {
     /// Identities that may post copies under any sender name.
     #[serde(default)]
     pub publishers: Vec<String>,
+    /// A file with an HMAC-SHA256 key (hex, 16 to 64 bytes): the rule then
+    /// takes only alerts signed with it (`topics.md`, *Signed alerts*).
+    /// Read at start (a bad file stops start-up) and on SIGHUP.
+    #[serde(default)]
+    pub hmac_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -461,6 +476,8 @@ impl Default for Config {
             admin_timeout_secs: 10,
             presence_transient_secs: 300,
             max_presence_records: 1_000_000,
+            room_max_messages_per_minute: 0,
+            max_alert_devices: 100_000,
         }
     }
 }

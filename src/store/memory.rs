@@ -23,6 +23,7 @@ struct Inner {
     dedup: BTreeMap<String, DedupRecord>,
     /// `room_seq_floor`.
     room_seq_floor: u64,
+    alert_counters: BTreeMap<String, u64>,
 }
 
 impl Inner {
@@ -271,6 +272,24 @@ impl Store for MemoryStore {
             .inner
             .lock()
             .dedup
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
+
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.inner
+            .lock()
+            .alert_counters
+            .insert(device.to_string(), counter);
+        Ok(())
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .alert_counters
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect())

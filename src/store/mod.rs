@@ -174,6 +174,11 @@ pub trait Store: Send + Sync {
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError>;
     fn load_dedup(&self) -> Result<Vec<(String, DedupRecord)>, StoreError>;
 
+    /// Sets the last accepted counter of a device that signs its alerts
+    /// (`chat/signed.rs`). Durable after the next `flush`.
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError>;
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Write operations so far (for the storage-writes-per-message figure).
     fn writes(&self) -> u64 {
         0

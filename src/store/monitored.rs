@@ -128,6 +128,14 @@ impl Store for Monitored {
         self.inner.load_dedup()
     }
 
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.watch(self.inner.put_alert_counter(device, counter))
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.load_alert_counters()
+    }
+
     fn set_packet_id(
         &self,
         client_id: &str,

@@ -47,6 +47,7 @@ struct Trees {
     room_heads: sled::Tree,
     room_openers: sled::Tree,
     dedup: sled::Tree,
+    alert_counters: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -131,6 +132,7 @@ impl SledStore {
             room_openers: tree("room_openers")?,
             dedup: tree("dedup")?,
             meta: meta.clone(),
+            alert_counters: tree("alert_counters")?,
             db,
         };
         match meta.get("format").map_err(|e| open_err(e.to_string()))? {
@@ -489,6 +491,35 @@ impl Store for SledStore {
                 .map(|entry| {
                     let (key, value) = entry.map_err(io)?;
                     Ok((String::from_utf8_lossy(&key).into_owned(), decode(&key, &value)?))
+                })
+                .collect()
+        })
+    }
+
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            t.alert_counters
+                .insert(device.as_bytes(), &counter.to_be_bytes())
+                .map(drop)
+                .map_err(io)
+        })
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with(|t| {
+            t.alert_counters
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    let counter = <[u8; 8]>::try_from(value.as_ref()).map_err(|_| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        reason: "an alert counter is not 8 bytes".into(),
+                    })?;
+                    Ok((
+                        String::from_utf8_lossy(&key).into_owned(),
+                        u64::from_be_bytes(counter),
+                    ))
                 })
                 .collect()
         })
