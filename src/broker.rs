@@ -94,6 +94,9 @@ impl Broker {
             (None, StorageKind::Sled) => Some(Arc::new(SledStore::open(&self.config.data_dir)?)),
         };
         let store_health = Arc::new(StoreHealth::default());
+        if self.config.storage == StorageKind::Sled && self.config.min_free_disk_bytes > 0 {
+            store_health.watch_disk(self.config.data_dir.clone(), self.config.min_free_disk_bytes);
+        }
         let store: Option<Arc<dyn Store>> =
             store.map(|s| Arc::new(Monitored::new(s, store_health.clone())) as Arc<dyn Store>);
         let mut listeners = Vec::new();
@@ -515,7 +518,7 @@ async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared>) {
     }
 }
 
-/// Every second: measures the free disk space (`min_free_disk_bytes`) and
+/// Every second: measures the free disk space (`min_free_disk_bytes`), and
 /// publishes `$SYS/broker/store/status` (retained) when it changes: "ok",
 /// or "failing since {unix ms}: {why}" while the store refuses writes
 /// (unless `$SYS` is off: `sys_interval_secs = 0`).
@@ -528,16 +531,8 @@ async fn watch_store(shared: Arc<Shared>) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        if shared.config.storage == StorageKind::Sled && shared.config.min_free_disk_bytes > 0 {
-            match fs2::available_space(&shared.config.data_dir) {
-                Ok(free) => shared
-                    .store_health
-                    .disk_space(free, shared.config.min_free_disk_bytes),
-                Err(error) => {
-                    tracing::debug!(%error, dir = %shared.config.data_dir.display(), "cannot read the free disk space")
-                }
-            }
-        }
+        // Sets the estimate writes are admitted against (`store/space.rs`).
+        shared.store_health.measure_disk();
         let status = match shared.store_health.failure() {
             None => "ok".to_string(),
             Some(failure) => format!("failing since {}: {}", failure.since_unix_ms, failure.error),
