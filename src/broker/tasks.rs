@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::StorageKind;
 use crate::protocol::QoS;
 use crate::router::Message;
 use crate::session::Shared;
@@ -76,16 +75,8 @@ pub(super) async fn watch_store(shared: Arc<Shared>) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        if shared.config.storage == StorageKind::Sled && shared.config.min_free_disk_bytes > 0 {
-            match fs2::available_space(&shared.config.data_dir) {
-                Ok(free) => shared
-                    .store_health
-                    .disk_space(free, shared.config.min_free_disk_bytes),
-                Err(error) => {
-                    tracing::debug!(%error, dir = %shared.config.data_dir.display(), "cannot read the free disk space")
-                }
-            }
-        }
+        // Sets the estimate writes are admitted against (`store/space.rs`).
+        shared.store_health.measure_disk();
         let status = match shared.store_health.failure() {
             None => "ok".to_string(),
             Some(failure) => format!("failing since {}: {}", failure.since_unix_ms, failure.error),

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::protocol::validate::topic_matches;
 use crate::protocol::{PublishAckReason, QoS};
 use crate::router::{Message, Router};
+use crate::store::StoreError;
 
 /// Typing events expire after this long (Message Expiry Interval, 5.0).
 const TYPING_EXPIRY: Duration = Duration::from_secs(5);
@@ -253,6 +254,13 @@ impl Chat {
         };
         match self.post(router, post) {
             Ok(_) => PublishAckReason::Success,
+            // The store could not write it (a full disk): refused like
+            // every publish while the store cannot write, with 0x97, so a
+            // client tells "retry later" from a broken broker.
+            Err(e @ (StoreError::Io(_) | StoreError::Closed)) => {
+                tracing::warn!(%room, error = %e, "could not store a room message");
+                PublishAckReason::QuotaExceeded
+            }
             Err(e) => {
                 tracing::error!(%room, error = %e, "could not store a room message");
                 PublishAckReason::UnspecifiedError

@@ -21,6 +21,7 @@ mod migrate;
 mod monitored;
 mod records;
 mod sled_store;
+mod space;
 
 pub use group_commit::{CommitBarrier, GroupCommit};
 pub use health::{StoreFailure, StoreHealth};
@@ -31,6 +32,7 @@ pub use records::{
     SubscriptionRecord, WillRecord,
 };
 pub use sled_store::SledStore;
+pub use space::WRITE_AMPLIFICATION;
 
 /// The data format this build reads and writes; stored in the data
 /// directory so a later version can refuse or migrate it, never misread it.
@@ -181,6 +183,13 @@ pub trait Store: Send + Sync {
 
     /// Write operations so far (for the storage-writes-per-message figure).
     fn writes(&self) -> u64 {
+        0
+    }
+
+    /// Bytes written so far (keys and values, before the engine's own
+    /// overhead): the free-space estimate (`space.rs`) counts them. 0 for a
+    /// store that takes no disk.
+    fn bytes_written(&self) -> u64 {
         0
     }
 

@@ -22,6 +22,7 @@ impl Monitored {
 
     /// Records a failed write; passes the result on.
     fn watch<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.health.wrote(self.inner.bytes_written());
         if let Err(error) = &result {
             if !matches!(error, StoreError::Closed) {
                 self.health.failed(error);
@@ -164,11 +165,17 @@ impl Store for Monitored {
 
     /// A flush that works clears a failure; one that fails records it.
     fn flush(&self) -> Result<(), StoreError> {
+        let mark = self.inner.bytes_written();
         let result = self.watch(self.inner.flush());
         if result.is_ok() {
+            self.health.flushed(mark);
             self.health.worked();
         }
         result
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -35,6 +35,8 @@ pub struct SledStore {
     open: parking_lot::RwLock<Option<Trees>>,
     /// Write operations so far; journal writes count once per message.
     writes: AtomicU64,
+    /// Bytes of keys and values written so far (`Store::bytes_written`).
+    bytes: AtomicU64,
 }
 
 struct Trees {
@@ -85,6 +87,12 @@ fn reservation_key(room: &str) -> Vec<u8> {
     key.extend_from_slice(room.as_bytes());
     key.push(0);
     key
+}
+
+/// About what a journal record of `client_id` takes (it is encoded when
+/// the journal writes it, at the next flush).
+fn queued_size(client_id: &str, message: &QueuedRecord) -> usize {
+    client_id.len() + message.message.topic.len() + message.message.payload.len() + 64
 }
 
 fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
@@ -166,7 +174,13 @@ impl SledStore {
         Ok(SledStore {
             open: parking_lot::RwLock::new(Some(store)),
             writes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Counts `bytes` written (keys and values).
+    fn count_bytes(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn count_write(&self) {
@@ -185,11 +199,11 @@ impl Store for SledStore {
     fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| match message {
-            Some(m) => t
-                .retained
-                .insert(topic.as_bytes(), encode(m)?)
-                .map(drop)
-                .map_err(io),
+            Some(m) => {
+                let value = encode(m)?;
+                self.count_bytes(topic.len() + value.len());
+                t.retained.insert(topic.as_bytes(), value).map(drop).map_err(io)
+            }
             None => t.retained.remove(topic.as_bytes()).map(drop).map_err(io),
         })
     }
@@ -209,8 +223,10 @@ impl Store for SledStore {
     fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| {
+            let value = encode(session)?;
+            self.count_bytes(client_id.len() + value.len());
             t.sessions
-                .insert(client_id.as_bytes(), encode(session)?)
+                .insert(client_id.as_bytes(), value)
                 .map(drop)
                 .map_err(io)
         })
@@ -275,6 +291,7 @@ impl Store for SledStore {
         message: QueuedRecord,
     ) -> Result<(), StoreError> {
         self.count_write();
+        self.count_bytes(queued_size(client_id, &message));
         let entry = QueuedRef::of(&message, body);
         self.with(|t| t.journal.put(client_id, seq, entry, || message.message))
     }
@@ -287,6 +304,7 @@ impl Store for SledStore {
         message: QueuedRecord,
     ) -> Result<(), StoreError> {
         self.count_write();
+        self.count_bytes(queued_size(client_id, &message));
         self.with(|t| t.journal.update(client_id, seq, QueuedRef::of(&message, body)))
     }
 
@@ -335,9 +353,9 @@ impl Store for SledStore {
         self.count_write();
         let hint = record.payload.len() + record.sender.len() + 48;
         self.with(|t| {
-            t.room_log
-                .insert(seq_key(room, seq), encode_sized(record, hint)?)
-                .map_err(io)?;
+            let value = encode_sized(record, hint)?;
+            self.count_bytes(2 * room.len() + value.len() + 24);
+            t.room_log.insert(seq_key(room, seq), value).map_err(io)?;
             t.room_heads
                 .insert(room.as_bytes(), &seq.to_be_bytes())
                 .map(drop)
@@ -479,7 +497,11 @@ impl Store for SledStore {
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| match entry {
-            Some(e) => t.dedup.insert(key.as_bytes(), encode(&e)?).map(drop).map_err(io),
+            Some(e) => {
+                let value = encode(&e)?;
+                self.count_bytes(key.len() + value.len());
+                t.dedup.insert(key.as_bytes(), value).map(drop).map_err(io)
+            }
             None => t.dedup.remove(key.as_bytes()).map(drop).map_err(io),
         })
     }
@@ -538,6 +560,10 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> u64 {
         self.with(|t| Ok(t.db.size_on_disk().unwrap_or(0))).unwrap_or(0)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     fn close(&self) {
