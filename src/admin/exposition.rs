@@ -162,6 +162,32 @@ impl Collector for Families {
             &CLOSE_REASONS,
             &m.connections_closed,
         )?;
+        counter(
+            &mut out,
+            "roomq_chat_refused",
+            "Chat publishes refused: wrong sender, not a member, bad payload, a room bound",
+            &chat.counters.refused,
+        )?;
+        counter(
+            &mut out,
+            "roomq_publishes_refused_store",
+            "Publishes refused because the store could not write (a full disk)",
+            &m.publishes_refused_store,
+        )?;
+        let (presence_records, presence_evicted) = chat.presence_records();
+        gauge(
+            &mut out,
+            "roomq_presence_records",
+            "Presence records kept (online users and offline records)",
+            presence_records,
+        )?;
+        let evicted = ConstCounter::new(presence_evicted);
+        evicted.encode(out.encode_descriptor(
+            "roomq_presence_evicted",
+            "Offline presence records dropped by max_presence_records",
+            None,
+            evicted.metric_type(),
+        )?)?;
         let mut refused = out.encode_descriptor(
             "roomq_budget_refused",
             "Requests refused by a per-identity bound (docs/limits.md), by the bound's key",
