@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::metrics::Counter;
+
 /// Something that stays held by an identity until it is released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Held {
@@ -83,16 +85,21 @@ pub enum Rate {
     /// Bytes of room messages stored per hour (`room_post_bytes_per_hour`):
     /// one identity cannot fill the disk for everyone.
     RoomPostBytes,
+    /// Room messages per minute in one room (`room_max_messages_per_minute`),
+    /// charged to the account [`room_account`] names: one identity cannot
+    /// drown a room's conversation.
+    RoomMessages,
 }
 
 impl Rate {
-    pub const ALL: [Rate; 2] = [Rate::HistoryRequests, Rate::RoomPostBytes];
+    pub const ALL: [Rate; 3] = [Rate::HistoryRequests, Rate::RoomPostBytes, Rate::RoomMessages];
 
     /// The configuration key of its per-identity bound.
     pub fn key(self) -> &'static str {
         match self {
             Rate::HistoryRequests => "history_requests_per_minute",
             Rate::RoomPostBytes => "room_post_bytes_per_hour",
+            Rate::RoomMessages => "room_max_messages_per_minute",
         }
     }
 
@@ -143,6 +150,11 @@ impl Limits {
                 b.room_post_bytes_per_hour,
                 Duration::from_secs(3600),
             )
+            .with_rate(
+                Rate::RoomMessages,
+                b.room_max_messages_per_minute as u64,
+                Duration::from_secs(60),
+            )
     }
 }
 
@@ -165,6 +177,15 @@ pub fn account_of(identity: Option<&str>, peer: Option<IpAddr>) -> Arc<str> {
         (None, Some(ip)) => format!("anon:{ip}").into(),
         (None, None) => "anon:".into(),
     }
+}
+
+/// The account of `account`'s posts in `room`, for [`Rate::RoomMessages`]:
+/// one per (identity, room) that posted within the last minute, forgotten
+/// like any idle account. The `room:` prefix keeps it apart from every
+/// identity's own account (`user:`, `anon:`), and a room name has no `/`,
+/// so no two pairs share a name.
+pub fn room_account(account: &str, room: &str) -> String {
+    format!("room:{room}/{account}")
 }
 
 #[derive(Debug)]
@@ -205,6 +226,10 @@ fn refilled(bucket: &Bucket, (amount, period): (u64, Duration), now: Instant) ->
 pub struct Budgets {
     limits: Limits,
     accounts: Mutex<HashMap<Arc<str>, Account>>,
+    /// Refusals per bound, for `roomq_budget_refused_total{bound}`: a
+    /// limit that refuses counts it (nothing is dropped silently).
+    refused_held: [Counter; HELD_KINDS],
+    refused_rate: [Counter; RATE_KINDS],
 }
 
 impl Budgets {
@@ -212,7 +237,21 @@ impl Budgets {
         Budgets {
             limits,
             accounts: Mutex::new(HashMap::new()),
+            refused_held: Default::default(),
+            refused_rate: Default::default(),
         }
+    }
+
+    /// How often each per-identity bound refused, by its configuration
+    /// key, in the order of [`Held::ALL`] then [`Rate::ALL`].
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        let held = Held::ALL
+            .iter()
+            .map(|h| (h.key(), self.refused_held[h.index()].get()));
+        let rate = Rate::ALL
+            .iter()
+            .map(|r| (r.key(), self.refused_rate[r.index()].get()));
+        held.chain(rate).collect()
     }
 
     /// Charges `amount` of `what` to `account`, or refuses it (charging
@@ -222,6 +261,7 @@ impl Budgets {
         let mut accounts = self.accounts.lock();
         let held = accounts.get(account).map_or(0, |a| a.held[what.index()]);
         if bound != 0 && held.saturating_add(amount) > bound {
+            self.refused_held[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
                 bound,
@@ -272,6 +312,7 @@ impl Budgets {
         if tokens < amount as f64 {
             bucket.tokens = tokens;
             bucket.refilled = now;
+            self.refused_rate[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
                 bound,

@@ -41,6 +41,10 @@ pub struct Message {
     /// presence: a restart marks everyone offline anyway, and one store
     /// write per connection cost about 800 bytes of sled cache each).
     pub retain_in_memory: bool,
+    /// State the broker keeps for itself on a client-visible topic (read
+    /// receipts): bounded by its own per-identity limits, so it does not
+    /// count against the clients' retained limits (`max_retained_*`).
+    pub broker_owned: bool,
     /// When its PUBLISH was read (for `roomq_publish_to_delivery_seconds`);
     /// `None` for messages the broker makes itself.
     pub received_at: Option<Instant>,
@@ -74,6 +78,7 @@ impl Message {
             room: None,
             ephemeral: false,
             retain_in_memory: false,
+            broker_owned: false,
             received_at: None,
             stored_body: std::sync::OnceLock::new(),
         }

@@ -201,6 +201,35 @@ async fn the_grafana_dashboard_queries_only_what_metrics_has() {
     broker.shutdown().await;
 }
 
+/// Every family `/metrics` exposes has its row in the README's metrics
+/// table, so an operator can tell what a new series means.
+#[tokio::test]
+async fn every_metric_family_is_documented() {
+    let broker = Broker::new(admin_config()).start().await.unwrap();
+    let (_, text) = common::http::get(broker.admin_addr().unwrap(), "/metrics").await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut missing = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split_whitespace().skip(2);
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let shown = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
+        if !readme.contains(&format!("`{shown}`")) && !readme.contains(&format!("`{name}`")) {
+            missing.push(shown);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README's metrics table has no row for {missing:?}"
+    );
+    broker.shutdown().await;
+}
+
 /// An admin connection that sends part of a request head and stops: it
 /// holds its place until the broker closes it.
 async fn unfinished_request(admin: std::net::SocketAddr) -> tokio::net::TcpStream {

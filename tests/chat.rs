@@ -286,6 +286,11 @@ async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
         // Connect first and let the members' departures (session records,
         // presence) finish writing, so the window holds only the posts.
         let mut poster = Raw::client5(addr, &format!("poster-{room}")).await;
+        // The first post opens the room (one write of who opened it, per
+        // room, not per message): before the window too.
+        let topic = format!("rooms/{room}/msg/poster-{room}");
+        let ack = send_and_ack(&mut poster, publish_with(&topic, b"open", Some(999), &[])).await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
         let mut before = broker.store_writes();
         loop {
             tokio::time::sleep(QUIET).await;
@@ -316,8 +321,9 @@ async fn store_writes_per_room_message_do_not_grow_with_offline_members() {
         vec![1.0, 1.0],
         "one write per room message, whatever the members"
     );
-    let (_, got) = member_returns(addr, "big-999", 200).await;
-    assert_in_order(&got, 200);
+    let (_, got) = member_returns(addr, "big-999", 201).await;
+    assert_eq!(got[0].0, "open");
+    assert_in_order(&got[1..], 200);
 }
 
 #[tokio::test]
@@ -403,6 +409,7 @@ async fn an_alert_rule_turns_a_mosquitto_pub_into_a_room_message() {
         topic: "alerts/+/critical".into(),
         room: "ops".into(),
         publishers: Vec::new(),
+        hmac_key_file: None,
     }];
     let broker = start_with(config).await;
     let addr = broker.local_addr();
@@ -540,4 +547,37 @@ async fn history_right_after_the_puback_has_the_message() {
         let newest = answer.messages.last().map(|m| m.seq);
         assert_eq!(newest, Some(u64::from(i)), "history after PUBACK {i}");
     }
+}
+
+/// `room_max_messages_per_minute` is per identity and per room: beyond it
+/// a post gets 0x97 (5.0 has no 0x96 in a PUBACK) and is counted, while
+/// another user in that room and the same user in another room post on.
+#[tokio::test]
+async fn a_user_over_her_room_rate_is_refused_in_that_room_only() {
+    let mut config = test_config();
+    config.room_max_messages_per_minute = 3;
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let post = |room: &str, sender: &str, id: u16| {
+        publish_with(&format!("rooms/{room}/msg/{sender}"), b"hi", Some(id), &[])
+    };
+    let mut alice = Raw::client5(addr, "alice").await;
+    for id in 1..=3 {
+        let ack = send_and_ack(&mut alice, post("lobby", "alice", id)).await;
+        assert_eq!(ack.reason_code, PublishAckReason::Success);
+    }
+    let ack = send_and_ack(&mut alice, post("lobby", "alice", 4)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
+    assert_eq!(broker.chat_counters().room_rate_refused.get(), 1);
+
+    let ack = send_and_ack(&mut alice, post("garden", "alice", 5)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let mut bob = Raw::client5(addr, "bob").await;
+    let ack = send_and_ack(&mut bob, post("lobby", "bob", 1)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    // A second connection of alice shares her budget in the room.
+    let mut alice_phone = Raw::client5(addr, "alice").await;
+    let ack = send_and_ack(&mut alice_phone, post("lobby", "alice", 6)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
+    assert_eq!(broker.chat_counters().room_rate_refused.get(), 2);
 }

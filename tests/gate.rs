@@ -259,11 +259,13 @@ async fn an_alert_rule_posts_only_as_the_publisher_itself() {
             topic: "alerts/+/critical".into(),
             room: "ops".into(),
             publishers: Vec::new(),
+            hmac_key_file: None,
         },
         AlertRule {
             topic: "gateway/+/alarm".into(),
             room: "ops".into(),
             publishers: vec!["gw".into()],
+            hmac_key_file: None,
         },
     ];
     let broker = start_with(config).await;

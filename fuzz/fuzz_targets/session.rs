@@ -44,6 +44,7 @@ fn world() -> &'static World {
                 topic: "alerts/+/critical".into(),
                 room: "ops".into(),
                 publishers: Vec::new(),
+                hmac_key_file: None,
             }],
             acl: vec![roomq::auth::acl::AclRule {
                 topic: "#".into(),

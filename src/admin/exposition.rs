@@ -164,6 +164,41 @@ impl Collector for Families {
         )?;
         counter(
             &mut out,
+            "roomq_chat_refused",
+            "Chat publishes refused: wrong sender, not a member, bad payload, a room bound",
+            &chat.counters.refused,
+        )?;
+        counter(
+            &mut out,
+            "roomq_publishes_refused_store",
+            "Publishes refused because the store could not write (a full disk)",
+            &m.publishes_refused_store,
+        )?;
+        let (presence_records, presence_evicted) = chat.presence_records();
+        gauge(
+            &mut out,
+            "roomq_presence_records",
+            "Presence records kept (online users and offline records)",
+            presence_records,
+        )?;
+        let evicted = ConstCounter::new(presence_evicted);
+        evicted.encode(out.encode_descriptor(
+            "roomq_presence_evicted",
+            "Offline presence records dropped by max_presence_records",
+            None,
+            evicted.metric_type(),
+        )?)?;
+        let mut refused = out.encode_descriptor(
+            "roomq_budget_refused",
+            "Requests refused by a per-identity bound (docs/limits.md), by the bound's key",
+            None,
+            MetricType::Counter,
+        )?;
+        for (bound, count) in shared.budgets.refusals() {
+            ConstCounter::new(count).encode(refused.encode_family(&[("bound", bound)])?)?;
+        }
+        counter(
+            &mut out,
             "roomq_auth_failures",
             "CONNECTs refused for credentials",
             &m.auth_failures,
@@ -215,6 +250,18 @@ impl Collector for Families {
             "roomq_history_requests_refused_rate",
             "History requests refused, over history_requests_per_minute",
             &chat.counters.history_refused_rate,
+        )?;
+        counter(
+            &mut out,
+            "roomq_room_posts_refused_rate",
+            "Room posts refused, over room_max_messages_per_minute of the identity in that room",
+            &chat.counters.room_rate_refused,
+        )?;
+        counter(
+            &mut out,
+            "roomq_alerts_refused_signature",
+            "Alerts refused by a signed rule: malformed, bad signature or a counter that did not grow",
+            &chat.counters.alerts_refused,
         )?;
 
         histogram(

@@ -13,7 +13,7 @@
 //! crash may lose delivered messages, never reuse their `seq`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -50,12 +50,18 @@ pub struct RoomState {
     /// delivery, so every subscriber sees the room's messages in `seq`
     /// order.
     pub(crate) order: Mutex<()>,
+    /// The account charged for opening the room (`max_rooms_per_user`);
+    /// `None` for a declared room or one opened before openers were kept.
+    pub opener: Option<Arc<str>>,
+    /// Set (under `order`) when upkeep forgot the room: a post that got
+    /// this state just before looks the room up again.
+    forgotten: AtomicBool,
 }
 
 impl RoomState {
     /// A room whose last message is `last` and whose `seq` values up to
     /// `reserved` were handed out.
-    fn new(name: Arc<str>, last: u64, reserved: u64, last_ts_ms: u64) -> RoomState {
+    fn new(name: Arc<str>, last: u64, reserved: u64, last_ts_ms: u64, opener: Option<Arc<str>>) -> RoomState {
         let assigned = last.max(reserved);
         RoomState {
             name,
@@ -66,7 +72,14 @@ impl RoomState {
             appended: AtomicU64::new(0),
             last_ts_ms: AtomicU64::new(last_ts_ms),
             order: Mutex::new(()),
+            opener,
+            forgotten: AtomicBool::new(false),
         }
+    }
+
+    /// Whether upkeep forgot the room (see `RoomLog::forget_empty`).
+    pub(crate) fn is_forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::Acquire)
     }
 
     /// The last `seq` members may see.
@@ -88,6 +101,19 @@ pub struct RoomLog {
     /// Messages are delivered before their group commit (buffered mode):
     /// reserve `seq` values on disk ahead of handing them out.
     reserve_ahead: bool,
+    /// Every `seq` a forgotten room handed out is at most this: a room
+    /// opened (again) starts above it, so a `seq` is never given to two
+    /// messages of a room.
+    seq_floor: AtomicU64,
+}
+
+/// Why a post may not open a room.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotOpened {
+    /// `max_rooms` rooms have a log.
+    MaxRooms,
+    /// The opener's account holds `max_rooms_per_user` rooms.
+    OverBudget,
 }
 
 impl RoomLog {
@@ -100,6 +126,7 @@ impl RoomLog {
         reserve_ahead: bool,
     ) -> Result<Self, StoreError> {
         let mut rooms = HashMap::new();
+        let seq_floor = store.room_seq_floor()?;
         for head in store.room_heads()? {
             // A record and its head are two writes: a crash between them
             // (sled flushes in the background too) can keep the record and
@@ -110,12 +137,21 @@ impl RoomLog {
             let last = newest.first().map_or(head.last, |(seq, _)| head.last.max(*seq));
             let last_ts = newest.first().map_or(0, |(_, record)| record.ts_unix_ms);
             let name: Arc<str> = head.room.into();
+            let opener = head.opener.map(Arc::from);
+            // A room opened again after it was forgotten, whose first post
+            // was not stored, must still start above the floor.
+            let reserved = if last == 0 {
+                head.reserved.max(seq_floor)
+            } else {
+                head.reserved
+            };
             rooms.insert(
                 name.clone(),
-                Arc::new(RoomState::new(name, last, head.reserved, last_ts)),
+                Arc::new(RoomState::new(name, last, reserved, last_ts, opener)),
             );
         }
         Ok(RoomLog {
+            seq_floor: AtomicU64::new(seq_floor),
             store,
             rooms: RwLock::new(rooms),
             max_messages,
@@ -124,28 +160,112 @@ impl RoomLog {
         })
     }
 
+    /// The accounts that opened the rooms held now, one per room (to
+    /// charge them again at start-up).
+    pub fn openers(&self) -> Vec<Arc<str>> {
+        self.rooms
+            .read()
+            .values()
+            .filter_map(|r| r.opener.clone())
+            .collect()
+    }
+
+    /// A new room's state: its `seq` values start above the floor.
+    fn fresh(&self, name: &str, opener: Option<Arc<str>>) -> Arc<RoomState> {
+        let floor = self.seq_floor.load(Ordering::Acquire);
+        Arc::new(RoomState::new(name.into(), 0, floor, 0, opener))
+    }
+
+    /// Opens `name` for a post by `opener`, unless it is open already:
+    /// refused while `max_rooms` rooms have a log, or when `charge` (the
+    /// opener's `max_rooms_per_user`) refuses. The opener is stored, so the
+    /// charge is made again after a restart.
+    pub fn open(
+        &self,
+        name: &str,
+        opener: &Arc<str>,
+        max_rooms: usize,
+        charge: impl FnOnce() -> bool,
+    ) -> Result<(), NotOpened> {
+        if self.rooms.read().contains_key(name) {
+            return Ok(());
+        }
+        let mut rooms = self.rooms.write();
+        if rooms.contains_key(name) {
+            return Ok(());
+        }
+        if rooms.len() >= max_rooms {
+            return Err(NotOpened::MaxRooms);
+        }
+        if !charge() {
+            return Err(NotOpened::OverBudget);
+        }
+        if let Err(e) = self.store.set_room_opener(name, opener) {
+            // The post that follows fails on the same store; the room is
+            // empty and upkeep forgets it, releasing the charge.
+            tracing::warn!(room = name, error = %e, "could not store who opened the room");
+        }
+        rooms.insert(name.into(), self.fresh(name, Some(opener.clone())));
+        Ok(())
+    }
+
+    /// Forgets every room that has no message left (all trimmed by age,
+    /// or opened by a post that was not stored), except those `keep`
+    /// names (declared rooms). Returns the forgotten rooms' states (their
+    /// openers are to be released).
+    pub fn forget_empty(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<RoomState>> {
+        let candidates: Vec<Arc<RoomState>> = self
+            .rooms
+            .read()
+            .values()
+            .filter(|r| !keep(&r.name))
+            .cloned()
+            .collect();
+        let mut forgotten = Vec::new();
+        for room in candidates {
+            let _in_order = room.order.lock();
+            // Under `order` no message is appended meanwhile.
+            match self.store.room_range(&room.name, 0, u64::MAX, 1, false) {
+                Ok(page) if page.is_empty() => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(room = %room.name, error = %e, "could not read the room log to forget it");
+                    continue;
+                }
+            }
+            let floor = room
+                .assigned
+                .load(Ordering::Acquire)
+                .max(room.reserved.load(Ordering::Acquire));
+            let floor = self.seq_floor.fetch_max(floor, Ordering::AcqRel).max(floor);
+            if let Err(e) = self.store.forget_room(&room.name, floor) {
+                tracing::warn!(room = %room.name, error = %e, "could not forget the room");
+                continue;
+            }
+            room.forgotten.store(true, Ordering::Release);
+            self.rooms.write().remove(&room.name);
+            forgotten.push(room.clone());
+        }
+        forgotten
+    }
+
     /// The room's state, created on first use.
     pub fn room(&self, name: &str) -> Arc<RoomState> {
         if let Some(room) = self.rooms.read().get(name) {
             return room.clone();
         }
         let mut rooms = self.rooms.write();
-        rooms
-            .entry(name.into())
-            .or_insert_with(|| Arc::new(RoomState::new(name.into(), 0, 0, 0)))
-            .clone()
+        if let Some(room) = rooms.get(name) {
+            return room.clone();
+        }
+        let room = self.fresh(name, None);
+        rooms.insert(name.into(), room.clone());
+        room
     }
 
     /// Rooms this broker holds a log of.
     pub fn len(&self) -> usize {
         self.rooms.read().len()
-    }
-
-    /// Whether a message may go into `name` with at most `max_rooms` rooms:
-    /// an existing room always, a new one while there is room for it.
-    pub fn may_hold(&self, name: &str, max_rooms: usize) -> bool {
-        let rooms = self.rooms.read();
-        rooms.contains_key(name) || rooms.len() < max_rooms
     }
 
     /// The last `seq` of a room members may see (0 when it has none).

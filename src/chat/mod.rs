@@ -10,9 +10,14 @@
 //! - `moderation.rs` answers moderators' bans and mutes on
 //!   `$rooms/{room}/mod`; `sanctions.rs` keeps them (read through
 //!   `Membership`).
-//! - `presence.rs`, `typing` and receipts (in `publish.rs`) and
+//! - `presence.rs`, `typing` (in `publish.rs`), `receipts.rs` and
 //!   `history.rs` serve the other chat topics; `payloads.rs` holds their
 //!   CBOR schemas.
+//!
+//! What a client makes the chat layer keep is charged to its account
+//! (`budget.rs`): the rooms its posts open, their bytes, its receipts.
+//! Upkeep forgets a room with no message left (not a declared one), which
+//! releases its opener's charge, its slot in `max_rooms` and its receipts.
 //!
 //! Offline members do not get a copy of each message: the session keeps a
 //! cursor per room and replays its backlog from the log on reconnect
@@ -26,8 +31,10 @@ mod moderation;
 pub mod payloads;
 mod presence;
 mod publish;
+mod receipts;
 mod rooms;
 mod sanctions;
+mod signed;
 mod topics;
 
 use std::collections::HashMap;
@@ -42,8 +49,10 @@ pub(crate) use log::RoomLog;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
+pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{classify, message_topic, only_reads, room_of, rooms_covered, ChatTopic};
 
+use crate::budget::{Budgets, Held};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::protocol::{PublishProperties, QoS};
@@ -52,6 +61,7 @@ use crate::store::{unix_ms_now, GroupCommit, MemoryStore, RoomRecord, Store, Sto
 use commit::CommitQueue;
 use dedup::{dedup_key, DedupIndex};
 use presence::Presence;
+use receipts::Receipts;
 
 pub use crate::protocol::validate::is_valid_room_name;
 
@@ -69,8 +79,12 @@ pub struct Chat {
     presence: Presence,
     /// Last typing event per (room, sender), for `typing_min_interval_ms`.
     typing: Mutex<HashMap<(String, String), Instant>>,
-    /// Highest read receipt per (room, sender).
-    receipts: Mutex<HashMap<(String, String), u64>>,
+    receipts: Receipts,
+    /// Every identity's account (`Shared::budgets`): rooms opened, bytes
+    /// posted and receipts are charged to it.
+    budgets: Arc<Budgets>,
+    /// Keys of the signed `[[alerts]]` rules and the devices' counters.
+    signed: signed::SignedAlerts,
     pub counters: ChatCounters,
 }
 
@@ -96,6 +110,12 @@ pub struct ChatCounters {
     /// History requests refused, not answered: over the identity's
     /// `history_requests_per_minute`.
     pub history_refused_rate: crate::metrics::Counter,
+    /// Room posts refused, over the identity's
+    /// `room_max_messages_per_minute` in that room.
+    pub room_rate_refused: crate::metrics::Counter,
+    /// Alerts refused by a signed rule: malformed, bad signature, replayed
+    /// counter (3.1.1 publishers only see them dropped).
+    pub alerts_refused: crate::metrics::Counter,
 }
 
 /// A room message as it arrives, before it gets a `seq`.
@@ -135,6 +155,7 @@ impl Chat {
         store: Option<Arc<dyn Store>>,
         commit: Option<Arc<GroupCommit>>,
         cluster: Option<Arc<Cluster>>,
+        budgets: Arc<Budgets>,
     ) -> Result<Chat, StoreError> {
         // Delivered before it is durable: reserve `seq` values on disk.
         let reserve_ahead = store.is_some() && commit.is_none();
@@ -153,17 +174,43 @@ impl Chat {
             config.dedup_max_bytes,
             |room| log.head(room),
         )?;
+        // Rooms opened before the restart stay charged to their openers.
+        for opener in log.openers() {
+            budgets.charge_unchecked(&opener, Held::Rooms, 1);
+        }
         Ok(Chat {
             membership: Arc::new(Membership::with_sanctions(config, sanctions)),
             log,
             uncommitted: commit.map(CommitQueue::new),
             dedup,
-            presence: Presence::new(cluster.as_ref().map(|c| c.presence.clone())),
+            presence: Presence::new(
+                cluster.as_ref().map(|c| c.presence.clone()),
+                config.max_presence_records,
+                std::time::Duration::from_secs(config.presence_transient_secs),
+            ),
             cluster,
             typing: Mutex::default(),
-            receipts: Mutex::default(),
+            receipts: Receipts::new(config.max_receipts, budgets.clone()),
+            budgets,
+            signed: signed::SignedAlerts::none(),
             counters: ChatCounters::default(),
         })
+    }
+
+    /// Reads the signed alert rules' key files and the devices' counters
+    /// from `store`; an error names the file and the key.
+    pub(crate) fn load_signed_alerts(
+        &mut self,
+        config: &Config,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<(), String> {
+        self.signed = signed::SignedAlerts::load(config, store)?;
+        Ok(())
+    }
+
+    /// Reads the signed alert rules' key files again (SIGHUP).
+    pub(crate) fn reload_alert_keys(&self, config: &Config) {
+        self.signed.reload(config);
     }
 
     /// Stores a room message under the room's next `seq` and delivers it
@@ -181,7 +228,13 @@ impl Chat {
             return self.post_to_cluster(cluster, post);
         }
         let room = self.log.room(post.room);
-        let _in_order = room.order.lock();
+        let in_order = room.order.lock();
+        if room.is_forgotten() {
+            // Upkeep forgot the room between the lookup and the lock: the
+            // post goes into the room as it is now.
+            drop(in_order);
+            return self.post(router, post);
+        }
         let key = match self.dedup_key_unless_seen(&post) {
             Ok(key) => key,
             Err(seq) => return Ok((seq, false)),
@@ -320,17 +373,73 @@ impl Chat {
         }
     }
 
-    /// Periodic upkeep: age-based trimming, de-duplication pruning, and
-    /// forgetting typing events older than `typing_interval` (nothing of a
-    /// client's typing outlives it by more than a minute).
-    pub fn upkeep(&self, typing_interval: std::time::Duration) {
+    /// Periodic upkeep: age-based trimming, forgetting rooms with no
+    /// message left, de-duplication pruning, and forgetting typing events
+    /// older than `typing_interval` (nothing of a client's typing outlives
+    /// it by more than a minute). Returns how many rooms were forgotten.
+    pub fn upkeep(&self, router: &Router, typing_interval: std::time::Duration) -> usize {
         self.log.trim_by_age();
+        let forgotten = self.forget_empty_rooms(router);
         self.dedup.prune();
         self.membership.sanctions.prune();
         let now = Instant::now();
         self.typing
             .lock()
             .retain(|_, last| now.duration_since(*last) < typing_interval);
+        forgotten
+    }
+
+    /// Forgets the rooms with no message left, except declared ones, and
+    /// what they held: the opener's charge, the slot in `max_rooms`, the
+    /// receipts. In a cluster the room logs are JetStream's: nothing is
+    /// forgotten here.
+    fn forget_empty_rooms(&self, router: &Router) -> usize {
+        if self.cluster.is_some() {
+            return 0;
+        }
+        let declared: std::collections::HashSet<String> = self
+            .membership
+            .declared()
+            .into_iter()
+            .map(|(room, _)| room)
+            .collect();
+        let forgotten = self.log.forget_empty(|room| declared.contains(room));
+        for room in &forgotten {
+            if let Some(opener) = &room.opener {
+                self.budgets.release(opener, Held::Rooms, 1);
+            }
+            for sender in self.receipts.forget_room(&room.name) {
+                router.clear_retained(&format!("rooms/{}/read/{sender}", room.name));
+            }
+        }
+        if !forgotten.is_empty() {
+            tracing::info!(rooms = forgotten.len(), "rooms with no message left forgotten");
+        }
+        forgotten.len()
+    }
+
+    /// At start-up, for each retained message read back from the store:
+    /// a read receipt is counted and charged again, and marked as the
+    /// broker's; one for a room without a log (kept before receipts were
+    /// bounded) is dropped. Returns false for a message not to restore.
+    pub fn restore_retained(&self, message: &mut Message) -> bool {
+        let Some(ChatTopic::Receipt { room, sender }) = classify(&message.topic) else {
+            return true;
+        };
+        let Some(receipt) = payloads::from_cbor::<payloads::Receipt>(&message.payload) else {
+            return false;
+        };
+        if self.log.head(room) == 0 {
+            return false;
+        }
+        self.receipts.restore(room, sender, receipt.seq);
+        message.broker_owned = true;
+        true
+    }
+
+    /// Read receipts kept now.
+    pub fn receipts(&self) -> usize {
+        self.receipts.len()
     }
 
     pub(crate) fn presence(&self) -> &Presence {
@@ -347,11 +456,24 @@ impl Chat {
         self.presence.online_here()
     }
 
+    /// Presence records kept (online users here and offline records), and
+    /// how many offline ones `max_presence_records` dropped so far.
+    pub fn presence_records(&self) -> (usize, u64) {
+        (self.presence.records(), self.presence.evicted.get())
+    }
+
     /// Forgets retained "offline" presence older than `retention` (a user
-    /// away that long is gone from `$presence/+`). Returns how many.
+    /// away that long is gone from `$presence/+`), transient records after
+    /// `presence_transient_secs`. Returns how many.
     pub fn expire_presence(&self, router: &Router, retention: std::time::Duration) -> usize {
+        let expired = self.presence.expire(router, retention);
+        if self.cluster.is_none() || retention.is_zero() {
+            return expired;
+        }
+        // In a cluster, records published by other nodes are not in this
+        // node's index: a scan finds them.
         let cutoff = unix_ms_now().saturating_sub(retention.as_millis() as u64);
-        let mut expired = 0;
+        let mut expired = expired;
         for message in router.retained().matching("$presence/+") {
             let stale = payloads::from_cbor::<payloads::Presence>(&message.payload)
                 .is_some_and(|p| p.status == "offline" && p.last_seen.unwrap_or(p.since) < cutoff);
@@ -382,7 +504,12 @@ impl Chat {
                 .unwrap_or_default()
                 .to_string();
             match stale {
-                Some(p) if p.status == "offline" => {}
+                Some(p) if p.status == "offline" => {
+                    // A transient record carries its Message Expiry.
+                    let transient = message.expires_at.is_some();
+                    let last_seen = p.last_seen.unwrap_or(p.since);
+                    self.presence.restored_offline(&user, last_seen, transient);
+                }
                 _ => {
                     let offline = payloads::Presence {
                         status: "offline".into(),
@@ -391,9 +518,11 @@ impl Chat {
                         last_seen: Some(now),
                     };
                     router.publish(presence::presence_message(&user, &offline));
+                    self.presence.restored_offline(&user, now, false);
                 }
             }
         }
+        self.presence.evict_over_bound(router);
         for (room, members) in self.membership.declared() {
             self.publish_members(router, &room, &members);
         }

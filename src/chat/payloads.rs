@@ -84,6 +84,19 @@ pub struct HistoryMessage {
     pub body: Vec<u8>,
 }
 
+/// A signed alert from a client without User Properties (3.1.1), as its
+/// whole payload: `alert-envelope = { body: bstr, ctr: uint, sig: bstr }`
+/// (`topics.md`, *Signed alerts*). The room gets `body`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertEnvelope {
+    #[serde(with = "serde_bytes_compat")]
+    pub body: Vec<u8>,
+    pub ctr: u64,
+    #[serde(with = "serde_bytes_compat")]
+    pub sig: Vec<u8>,
+}
+
 /// Encodes `body` as a CBOR byte string (bstr), not an array of numbers.
 mod serde_bytes_compat {
     use serde::{Deserialize, Deserializer, Serializer};

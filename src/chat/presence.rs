@@ -4,13 +4,23 @@
 //! in between. A session takeover opens the new connection before the old
 //! one closes, so it never shows the user offline.
 //!
+//! The records are bounded: an identity that holds no persistent session
+//! and never used a room leaves an "offline" record for
+//! `presence_transient_secs` only (it carries that Message Expiry), the
+//! others for `presence_retention_secs`; and at most
+//! `max_presence_records` records (online and offline) are kept: beyond
+//! it the longest-offline transient records go first, then the
+//! longest-offline others (counted, logged). The offline records are
+//! indexed by `last_seen`, so upkeep and eviction never scan them all.
+//!
 //! In a cluster, the devices of a user are counted on every node
 //! (`cluster/presence.rs`): the node where a count changes publishes the
 //! total, and the first alive node publishes for the users of a node that
 //! died.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -29,6 +39,57 @@ pub struct Presence {
     /// Cluster mode: the other nodes' devices, by user then node.
     remote: Mutex<HashMap<String, HashMap<String, DeviceCount>>>,
     link: Option<Arc<PresenceLink>>,
+    /// The retained "offline" records this node published (lock order:
+    /// after `users`).
+    offline: Mutex<OfflineIndex>,
+    /// `max_presence_records` (0: no bound).
+    max_records: usize,
+    /// `presence_transient_secs`.
+    transient: Duration,
+    /// Offline records dropped by `max_presence_records`.
+    pub evicted: crate::metrics::Counter,
+}
+
+/// The retained "offline" records, by user and by age: a transient one
+/// (no persistent session, no room used) goes before a lasting one.
+#[derive(Default)]
+struct OfflineIndex {
+    /// User to (`last_seen`, transient).
+    users: HashMap<Arc<str>, (u64, bool)>,
+    /// (`last_seen`, user), oldest first: transient ones, then the others.
+    by_age: [BTreeSet<(u64, Arc<str>)>; 2],
+}
+
+impl OfflineIndex {
+    fn insert(&mut self, user: &str, last_seen: u64, transient: bool) {
+        self.remove(user);
+        let user: Arc<str> = user.into();
+        self.by_age[usize::from(!transient)].insert((last_seen, user.clone()));
+        self.users.insert(user, (last_seen, transient));
+    }
+
+    fn remove(&mut self, user: &str) {
+        if let Some((user, (last_seen, transient))) = self.users.remove_entry(user) {
+            self.by_age[usize::from(!transient)].remove(&(last_seen, user));
+        }
+    }
+
+    /// The longest-offline record of a kind (transient or not) offline
+    /// since before `cutoff`, taken out.
+    fn pop_older(&mut self, transient: bool, cutoff: u64) -> Option<Arc<str>> {
+        let set = &mut self.by_age[usize::from(!transient)];
+        let (last_seen, user) = set.first()?.clone();
+        if last_seen >= cutoff {
+            return None;
+        }
+        set.pop_first();
+        self.users.remove(&user);
+        Some(user)
+    }
+
+    fn len(&self) -> usize {
+        self.users.len()
+    }
 }
 
 struct UserPresence {
@@ -39,6 +100,20 @@ struct UserPresence {
     /// matters (a username, a persistent session, or room activity). An
     /// anonymous clean-session client that never joined a room leaves none.
     lasting: bool,
+    /// Whether the client gave a username: not lasting, it leaves a
+    /// transient record (`presence_transient_secs`).
+    named: bool,
+}
+
+/// What an "offline" presence leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// A record for `presence_retention_secs`.
+    Lasting,
+    /// A record for `presence_transient_secs`.
+    Transient,
+    /// No record: watchers see it go offline, nothing is kept.
+    Nothing,
 }
 
 /// The topic of a user's presence.
@@ -55,12 +130,21 @@ pub fn presence_message(user: &str, payload: &PresencePayload) -> Message {
 }
 
 impl Presence {
-    /// Presence that, with `link`, counts the devices of every node.
-    pub(crate) fn new(link: Option<Arc<PresenceLink>>) -> Presence {
+    /// Presence that, with `link`, counts the devices of every node; at
+    /// most `max_records` records, transient ones kept for `transient`.
+    pub(crate) fn new(link: Option<Arc<PresenceLink>>, max_records: usize, transient: Duration) -> Presence {
         Presence {
             link,
+            max_records,
+            transient,
             ..Presence::default()
         }
+    }
+
+    /// Presence records kept now: online users here and offline records.
+    pub fn records(&self) -> usize {
+        let online = self.users.lock().len();
+        online + self.offline.lock().len()
     }
 
     /// Users with a device connected to this node.
@@ -106,8 +190,8 @@ impl Presence {
     }
 
     /// A connection of `user` opened; `lasting` when the user matters
-    /// (see `UserPresence::lasting`).
-    pub fn connected(&self, router: &Router, user: &str, lasting: bool) {
+    /// (see `UserPresence::lasting`), `named` when it gave a username.
+    pub fn connected(&self, router: &Router, user: &str, lasting: bool, named: bool) {
         let payload = {
             let mut users = self.users.lock();
             let entry = users.entry(user.to_string()).or_insert_with(|| UserPresence {
@@ -115,8 +199,12 @@ impl Presence {
                 status: "online".into(),
                 since: unix_ms_now(),
                 lasting: false,
+                named: false,
             });
             entry.lasting |= lasting;
+            entry.named |= named;
+            // Its record is an online one now, counted with the users.
+            self.offline.lock().remove(user);
             entry.devices += 1;
             if entry.devices == 1 {
                 entry.status = "online".into();
@@ -128,6 +216,7 @@ impl Presence {
         if let Some(payload) = payload {
             router.publish(presence_message(user, &payload));
         }
+        self.evict_over_bound(router);
     }
 
     /// The user did something that makes it matter (joined a room).
@@ -142,7 +231,7 @@ impl Presence {
 
     /// A connection of `user` closed, for any reason.
     pub fn disconnected(&self, router: &Router, user: &str) {
-        let (payload, lasting) = {
+        let (payload, keep) = {
             let mut users = self.users.lock();
             let Some(entry) = users.get_mut(user) else {
                 return;
@@ -153,19 +242,25 @@ impl Presence {
                 (
                     self.total(user, Some(entry))
                         .unwrap_or_else(|| payload_of(entry, None)),
-                    true,
+                    Keep::Lasting,
                 )
             } else {
-                let lasting = entry.lasting || self.lasting_elsewhere(user);
+                let keep = if entry.lasting || self.lasting_elsewhere(user) {
+                    Keep::Lasting
+                } else if entry.named {
+                    Keep::Transient
+                } else {
+                    Keep::Nothing
+                };
                 users.remove(user);
                 self.tell_others(user, None);
                 match self.total(user, None) {
-                    Some(elsewhere) => (elsewhere, true),
-                    None => (offline_now(), lasting),
+                    Some(elsewhere) => (elsewhere, Keep::Lasting),
+                    None => (offline_now(), keep),
                 }
             }
         };
-        self.publish_total(router, user, payload, lasting);
+        self.publish_total(router, user, payload, keep);
     }
 
     /// Whether another node counts the user as lasting.
@@ -176,18 +271,107 @@ impl Presence {
             .is_some_and(|m| m.values().any(|c| c.lasting))
     }
 
-    /// Publishes a user's presence; an offline one that does not last is
-    /// shown to watchers and not kept.
-    fn publish_total(&self, router: &Router, user: &str, payload: PresencePayload, lasting: bool) {
-        if lasting {
-            router.publish(presence_message(user, &payload));
-        } else {
-            // Watchers see it go offline; nothing of it is kept.
-            let mut message = presence_message(user, &payload);
-            message.retain = false;
-            router.clear_retained(&message.topic);
-            router.publish(message);
+    /// Publishes a user's presence; an offline one is kept as `keep` says
+    /// (and indexed), or shown to watchers and not kept.
+    fn publish_total(&self, router: &Router, user: &str, payload: PresencePayload, keep: Keep) {
+        let offline = payload.devices == 0 && payload.status == "offline";
+        let last_seen = payload.last_seen.unwrap_or(payload.since);
+        let mut message = presence_message(user, &payload);
+        match keep {
+            Keep::Lasting | Keep::Transient => {
+                if keep == Keep::Transient && !self.transient.is_zero() {
+                    message.expires_at = Some(tokio::time::Instant::now() + self.transient);
+                }
+                router.publish(message);
+                if offline {
+                    self.offline
+                        .lock()
+                        .insert(user, last_seen, keep == Keep::Transient);
+                    self.evict_over_bound(router);
+                }
+            }
+            Keep::Nothing => {
+                // Watchers see it go offline; nothing of it is kept.
+                message.retain = false;
+                self.offline.lock().remove(user);
+                router.clear_retained(&message.topic);
+                router.publish(message);
+            }
         }
+    }
+
+    /// A retained "offline" record read back at start-up (a transient one
+    /// carries its Message Expiry): indexed and counted.
+    pub(crate) fn restored_offline(&self, user: &str, last_seen: u64, transient: bool) {
+        self.offline.lock().insert(user, last_seen, transient);
+    }
+
+    /// Drops the longest-offline records while more than
+    /// `max_presence_records` are kept: transient ones first.
+    pub(crate) fn evict_over_bound(&self, router: &Router) {
+        if self.max_records == 0 {
+            return;
+        }
+        let mut evicted = 0u64;
+        loop {
+            let online = self.users.lock().len();
+            let user = {
+                let mut offline = self.offline.lock();
+                if online + offline.len() <= self.max_records {
+                    break;
+                }
+                match offline.pop_older(true, u64::MAX) {
+                    Some(user) => user,
+                    None => match offline.pop_older(false, u64::MAX) {
+                        Some(user) => user,
+                        // Only online users: they are not dropped.
+                        None => break,
+                    },
+                }
+            };
+            router.clear_retained(&presence_topic(&user));
+            evicted += 1;
+        }
+        if evicted > 0 {
+            self.evicted.add(evicted);
+            tracing::warn!(
+                evicted,
+                limit = self.max_records,
+                "offline presence records dropped: max_presence_records reached"
+            );
+        }
+    }
+
+    /// Forgets the offline records older than their retention: transient
+    /// ones after `presence_transient_secs`, the others after `retention`
+    /// (0: kept). Returns how many.
+    pub(crate) fn expire(&self, router: &Router, retention: Duration) -> usize {
+        let now = unix_ms_now();
+        let cutoff = |keep: Duration| now.saturating_sub(keep.as_millis() as u64);
+        let transient = match (self.transient.is_zero(), retention.is_zero()) {
+            (true, true) => None,
+            (true, false) => Some(retention),
+            (false, true) => Some(self.transient),
+            (false, false) => Some(self.transient.min(retention)),
+        };
+        let mut expired = Vec::new();
+        {
+            let mut offline = self.offline.lock();
+            if let Some(keep) = transient {
+                while let Some(user) = offline.pop_older(true, cutoff(keep)) {
+                    expired.push(user);
+                }
+            }
+            if !retention.is_zero() {
+                while let Some(user) = offline.pop_older(false, cutoff(retention)) {
+                    expired.push(user);
+                }
+            }
+        }
+        for user in &expired {
+            router.clear_retained(&presence_topic(user));
+        }
+        expired.len()
     }
 
     /// The user set a status; false when the user has no connection.
@@ -264,7 +448,12 @@ impl Presence {
                 Some(payload) => {
                     router.publish(presence_message(&user, &payload));
                 }
-                None => self.publish_total(router, &user, offline_now(), lasting),
+                None => {
+                    // Whether the user gave a username is not told across
+                    // nodes: a short record rather than none.
+                    let keep = if lasting { Keep::Lasting } else { Keep::Transient };
+                    self.publish_total(router, &user, offline_now(), keep)
+                }
             }
         }
     }

@@ -5,16 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::log::NotOpened;
 use super::payloads::{from_cbor, from_client_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
 use super::presence::USER_STATUSES;
 use super::topics::{classify, ChatTopic};
 use super::{is_valid_room_name, message_topic, Chat, Post};
+use crate::budget::{room_account, Held, Rate};
 use crate::config::Config;
 use crate::protocol::validate::topic_matches;
 use crate::protocol::{PublishAckReason, QoS};
 use crate::router::{Message, Router};
+use crate::store::StoreError;
 
 /// Typing events expire after this long (Message Expiry Interval, 5.0).
 const TYPING_EXPIRY: Duration = Duration::from_secs(5);
@@ -41,6 +45,20 @@ pub(crate) struct Publisher<'a> {
     pub identity: Option<&'a str>,
     pub client_id: &'a Arc<str>,
     pub gate: &'a dyn WriteGate,
+    /// The account charged for what the publish makes the broker keep
+    /// (`budget::account_of`).
+    pub account: Arc<str>,
+}
+
+/// A room copy an alert rule makes of a plain message.
+pub(crate) struct AlertCopy<'m> {
+    room: &'m str,
+    sender: String,
+    /// The message's payload, or the body of a signed alert's envelope.
+    payload: Bytes,
+    /// Whether a signed rule made it: the room copy leaves out the `sig`
+    /// and `ctr` User Properties, which are for the broker.
+    signed: bool,
 }
 
 /// What the chat layer made of a PUBLISH.
@@ -68,7 +86,10 @@ impl Chat {
         let reason = match topic {
             ChatTopic::Message { room, sender, msg_id } => {
                 let msg_id = msg_id.or_else(|| msg_id_property(&message));
-                match self.check_room_message(config, room, msg_id, &message) {
+                match self
+                    .check_room_message(config, who, room, msg_id, &message)
+                    .and_then(|()| self.spend_room_rate(who, room))
+                {
                     Err(reason) => reason,
                     Ok(()) => self.on_room_message(router, who, room, sender, msg_id, &message),
                 }
@@ -89,20 +110,23 @@ impl Chat {
         Handled::Done(reason)
     }
 
-    /// The room copies the alert rules make of a plain message, as (room,
-    /// sender) pairs, or the refusal of the whole publish when one of them
-    /// would post as someone else or into a room the publisher may not use.
+    /// The room copies the alert rules make of a plain message, or the
+    /// refusal of the whole publish when one of them would post as someone
+    /// else or into a room the publisher may not use, or a signed rule
+    /// finds no valid signature or a counter that did not grow.
     pub(crate) fn alert_copies<'m>(
         &self,
         config: &'m Config,
         who: &Publisher<'_>,
         message: &'m Message,
-    ) -> Result<Vec<(&'m str, String)>, PublishAckReason> {
+    ) -> Result<Vec<AlertCopy<'m>>, PublishAckReason> {
         let mut copies = Vec::new();
-        for rule in config
+        let mut counters = Vec::new();
+        for (index, rule) in config
             .alerts
             .iter()
-            .filter(|r| topic_matches(&r.topic, &message.topic))
+            .enumerate()
+            .filter(|(_, r)| topic_matches(&r.topic, &message.topic))
         {
             let Some(identity) = who.identity else {
                 tracing::info!(topic = %message.topic, room = %rule.room, "alert refused: an anonymous publisher has no name to post under");
@@ -114,7 +138,7 @@ impl Chat {
                 .zip(message.topic.split('/'))
                 .find(|(f, _)| *f == "+")
                 .map_or(identity, |(_, level)| level);
-            self.check_room_message(config, &rule.room, msg_id_property(message), message)?;
+            self.check_room_message(config, who, &rule.room, msg_id_property(message), message)?;
             let trusted = rule.publishers.iter().any(|p| p == identity);
             // A listed publisher posts for others, but only into a room it
             // may use itself; anyone else posts only as itself.
@@ -123,7 +147,35 @@ impl Chat {
                 tracing::info!(topic = %message.topic, room = %rule.room, %sender, identity, "alert refused: not the publisher's own name, or not a member");
                 return Err(PublishAckReason::NotAuthorized);
             }
-            copies.push((rule.room.as_str(), sender.to_string()));
+            let signed = self.signed.is_signed(index);
+            let payload = if signed {
+                let verified = self.signed.verify(index, message).map_err(|refusal| {
+                    self.counters.alerts_refused.inc();
+                    tracing::info!(topic = %message.topic, room = %rule.room, %sender, ?refusal, "signed alert refused");
+                    refusal.reason()
+                })?;
+                counters.push((sender, verified.counter));
+                verified.body
+            } else {
+                message.payload.clone()
+            };
+            self.spend_room_rate(who, &rule.room)?;
+            copies.push(AlertCopy {
+                room: rule.room.as_str(),
+                sender: sender.to_string(),
+                payload,
+                signed,
+            });
+        }
+        // Last, once every check passed: a refused publish leaves the
+        // device's counter as it was.
+        counters.dedup();
+        for (device, counter) in counters {
+            self.signed.accept(device, counter).map_err(|refusal| {
+                self.counters.alerts_refused.inc();
+                tracing::info!(topic = %message.topic, %device, counter, ?refusal, "signed alert refused");
+                refusal.reason()
+            })?;
         }
         Ok(copies)
     }
@@ -134,23 +186,55 @@ impl Chat {
         router: &Router,
         who: &Publisher<'_>,
         message: &Message,
-        copies: Vec<(&str, String)>,
+        copies: Vec<AlertCopy<'_>>,
     ) {
-        for (room, sender) in copies {
+        for copy in copies {
+            let mut user_properties = other_user_properties(message);
+            if copy.signed {
+                user_properties.retain(|(k, _)| k != "sig" && k != "ctr");
+            }
             let post = Post {
-                room,
-                sender: &sender,
+                room: copy.room,
+                sender: &copy.sender,
                 msg_id: msg_id_property(message),
-                payload: message.payload.clone(),
+                payload: copy.payload,
                 qos: message.qos,
-                user_properties: other_user_properties(message),
+                user_properties,
                 publisher: Some(who.client_id.clone()),
                 received_at: message.received_at,
             };
             if let Err(e) = self.post(router, post) {
-                tracing::error!(%room, error = %e, "could not store an alert in its room");
+                tracing::error!(room = copy.room, error = %e, "could not store an alert in its room");
             }
         }
+    }
+
+    /// Takes one post from the publisher's `room_max_messages_per_minute`
+    /// in `room`; beyond it 0x97 (5.0 allows 0x96 Message rate too high
+    /// in a DISCONNECT only, not in a PUBACK), counted and logged.
+    fn spend_room_rate(&self, who: &Publisher<'_>, room: &str) -> Result<(), PublishAckReason> {
+        // Anonymous clients cannot post into rooms where names are
+        // verified: the gate refused them before.
+        let Some(identity) = who.identity else {
+            return Ok(());
+        };
+        let account = room_account(&who.account, room);
+        let Err(over) = self.budgets.spend(&account, Rate::RoomMessages, 1) else {
+            return Ok(());
+        };
+        let refused = &self.counters.room_rate_refused;
+        refused.inc();
+        if refused.get().is_power_of_two() {
+            tracing::warn!(
+                identity,
+                room,
+                bound = over.bound,
+                refused = refused.get(),
+                "room post refused: over {}",
+                over.key
+            );
+        }
+        Err(PublishAckReason::QuotaExceeded)
     }
 
     fn on_room_message(
@@ -174,6 +258,13 @@ impl Chat {
         };
         match self.post(router, post) {
             Ok(_) => PublishAckReason::Success,
+            // The store could not write it (a full disk): refused like
+            // every publish while the store cannot write, with 0x97, so a
+            // client tells "retry later" from a broken broker.
+            Err(e @ (StoreError::Io(_) | StoreError::Closed)) => {
+                tracing::warn!(%room, error = %e, "could not store a room message");
+                PublishAckReason::QuotaExceeded
+            }
             Err(e) => {
                 tracing::error!(%room, error = %e, "could not store a room message");
                 PublishAckReason::UnspecifiedError
@@ -244,35 +335,38 @@ impl Chat {
         let Some(receipt) = from_client_cbor::<Receipt>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
+        // Receipts are kept only for rooms with a log: the broker would
+        // otherwise keep one for every name a client makes up.
+        let head = self.log.head(room);
+        if head == 0 {
+            return PublishAckReason::TopicNameInvalid;
+        }
         // A receipt can only be for a message the room has: one beyond the
         // head would hide every real receipt of this sender until then.
-        if receipt.seq > self.log.head(room) {
+        if receipt.seq > head {
             return PublishAckReason::PayloadFormatInvalid;
         }
+        // After a restart the retained receipt is the highest known; in
+        // a cluster it also carries receipts sent through other nodes.
+        let retained = || {
+            router
+                .retained()
+                .matching(&message.topic)
+                .first()
+                .and_then(|m| from_cbor::<Receipt>(&m.payload))
+                .map_or(0, |r| r.seq)
+        };
+        match self
+            .receipts
+            .raise(room, sender, receipt.seq, self.cluster.is_some(), retained)
         {
-            // After a restart the retained receipt is the highest known; in
-            // a cluster it also carries receipts sent through other nodes.
-            let retained = || {
-                router
-                    .retained()
-                    .matching(&message.topic)
-                    .first()
-                    .and_then(|m| from_cbor::<Receipt>(&m.payload))
-                    .map_or(0, |r| r.seq)
-            };
-            let mut receipts = self.receipts.lock();
-            let key = (room.to_string(), sender.to_string());
-            let mut known = *receipts.entry(key.clone()).or_insert_with(retained);
-            if self.cluster.is_some() {
-                known = known.max(retained());
-            }
-            if receipt.seq <= known && known > 0 {
-                return PublishAckReason::Success;
-            }
-            receipts.insert(key, receipt.seq);
+            Ok(true) => {}
+            Ok(false) => return PublishAckReason::Success,
+            Err(reason) => return reason,
         }
         let mut stored = Message::new(message.topic.clone(), to_cbor(&receipt), QoS::AtLeastOnce, true);
         stored.publisher = Some(who.client_id.clone());
+        stored.broker_owned = true;
         router.publish(stored);
         PublishAckReason::Success
     }
@@ -292,11 +386,14 @@ impl Chat {
 impl Chat {
     /// What a room log keeps of a message is bounded: the msg-id (a key of
     /// the de-duplication table) by `max_msg_id_length` (0x99), payload and
-    /// User Properties by `max_room_message_bytes` (0x97), and a post that
-    /// would open a new room by `max_rooms` (0x97).
+    /// User Properties by `max_room_message_bytes` (0x97), a post that
+    /// would open a new room by `max_rooms` and the publisher's
+    /// `max_rooms_per_user` (0x97), and the bytes one identity stores by
+    /// `room_post_bytes_per_hour` (0x97).
     fn check_room_message(
         &self,
         config: &Config,
+        who: &Publisher<'_>,
         room: &str,
         msg_id: Option<&str>,
         message: &Message,
@@ -310,8 +407,28 @@ impl Chat {
         if message.payload.len() + properties > config.max_room_message_bytes {
             return Err(PublishAckReason::QuotaExceeded);
         }
-        if !self.log.may_hold(room, config.max_rooms) {
-            tracing::warn!(%room, max_rooms = config.max_rooms, "room not opened: max_rooms reached");
+        let charge = || match self.budgets.charge(&who.account, Held::Rooms, 1) {
+            Ok(()) => true,
+            Err(over) => {
+                tracing::info!(%room, account = %who.account, %over, "room not opened");
+                false
+            }
+        };
+        match self.log.open(room, &who.account, config.max_rooms, charge) {
+            Ok(()) => {}
+            Err(NotOpened::MaxRooms) => {
+                tracing::warn!(%room, max_rooms = config.max_rooms, "room not opened: max_rooms reached");
+                return Err(PublishAckReason::QuotaExceeded);
+            }
+            Err(NotOpened::OverBudget) => return Err(PublishAckReason::QuotaExceeded),
+        }
+        // Every byte the log keeps of it: topic, payload, properties.
+        let bytes = message.topic.len() + message.payload.len() + properties + msg_id.map_or(0, str::len);
+        if let Err(over) = self
+            .budgets
+            .spend(&who.account, Rate::RoomPostBytes, bytes as u64)
+        {
+            tracing::info!(%room, account = %who.account, %over, "room message refused");
             return Err(PublishAckReason::QuotaExceeded);
         }
         Ok(())

@@ -128,6 +128,18 @@ impl Store for Mirrored {
         self.inner.trim_room(room, below)
     }
 
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
+        self.inner.set_room_opener(room, account)
+    }
+
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
+        self.inner.forget_room(room, seq_floor)
+    }
+
+    fn room_seq_floor(&self) -> Result<u64, StoreError> {
+        self.inner.room_seq_floor()
+    }
+
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
         self.inner.put_dedup(key, entry)
     }
@@ -142,6 +154,15 @@ impl Store for Mirrored {
 
     fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError> {
         self.inner.load_sanctions()
+    }
+
+    // Kept by this node only: JetStream does not carry alert counters.
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.inner.put_alert_counter(device, counter)
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.load_alert_counters()
     }
 
     fn writes(&self) -> u64 {

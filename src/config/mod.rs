@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod cluster;
+mod defaults;
 mod listener;
 pub use cluster::ClusterConfig;
 pub use listener::{ListenerConfig, ListenerKind};
@@ -256,6 +257,9 @@ pub struct Config {
     pub max_rooms_per_user: usize,
     /// Read receipts kept for one identity (one per room it reads).
     pub max_receipts_per_user: usize,
+    /// Read receipts kept in all: the ceiling behind
+    /// `max_receipts_per_user`; beyond it a new receipt gets 0x97.
+    pub max_receipts: usize,
     /// Retained messages one identity may set; `max_retained_messages` is
     /// the ceiling.
     pub max_retained_messages_per_user: usize,
@@ -298,6 +302,16 @@ pub struct Config {
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,
+    /// Room messages one identity may post per minute in one room (a burst
+    /// of this many, refilled evenly; 0 = no bound, the default: a "slow
+    /// mode" is a room's policy, and a gateway posting alerts for many
+    /// devices would hit any fixed number). Beyond it 5.0 PUBACK 0x97 (5.0
+    /// has no 0x96 in a PUBACK), 3.1.1 no PUBACK; counted.
+    pub room_max_messages_per_minute: u32,
+    /// Devices whose last signed-alert counter is kept (`[[alerts]]` with
+    /// `hmac_key_file`); a correctly signed alert from a new device beyond
+    /// it is refused (0x97). Only holders of a key can add one.
+    pub max_alert_devices: usize,
 }
 
 /// The `[auth]` section.
@@ -387,89 +401,11 @@ pub struct AlertRule {
     /// Identities that may post copies under any sender name.
     #[serde(default)]
     pub publishers: Vec<String>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            data_dir: PathBuf::from("./data"),
-            storage: StorageKind::Sled,
-            durability: Durability::Flush,
-            flush_interval_ms: 100,
-            commit_delay_us: 1000,
-            store_stall_timeout_ms: 5000,
-            min_free_disk_bytes: 64 * 1024 * 1024,
-            max_connections: 100_000,
-            max_packet_size: 16 * 1024 * 1024,
-            max_inflight_messages: 128,
-            receive_maximum: 1024,
-            max_queued_messages: 10_000,
-            queue_qos0_messages: false,
-            max_topic_length: 65_535,
-            max_topic_levels: 128,
-            connect_timeout_secs: 10,
-            max_connect_packet_size: 64 * 1024,
-            max_concurrent_logins: 2,
-            max_pending_logins: 64,
-            max_keepalive_secs: 0,
-            max_session_expiry_secs: 0,
-            topic_alias_maximum: 64,
-            retain_available: true,
-            sys_interval_secs: 10,
-            admin_listen: None,
-            auth: AuthConfig::default(),
-            acl: Vec::new(),
-            max_publish_rate: 0,
-            max_publish_bytes_rate: 0,
-            max_connections_per_ip: 0,
-            max_connection_rate_per_ip: 0,
-            max_subscriptions_per_session: 1000,
-            max_filter_length: 1024,
-            max_queued_bytes: 16 * 1024 * 1024,
-            max_retained_messages: 100_000,
-            max_retained_bytes: 256 * 1024 * 1024,
-            ws_max_write_buffer_bytes: 1024 * 1024,
-            worker_threads: 0,
-            log_format: LogFormat::Text,
-            listeners: Vec::new(),
-            web_root: PathBuf::from("web"),
-            rooms_default: RoomsDefault::Open,
-            rooms: Vec::new(),
-            alerts: Vec::new(),
-            typing_min_interval_ms: 1000,
-            dedup_window_secs: 24 * 3600,
-            dedup_max_entries: 1_000_000,
-            dedup_max_bytes: 64 * 1024 * 1024,
-            max_msg_id_length: 128,
-            max_chat_name_length: 128,
-            max_room_message_bytes: 256 * 1024,
-            max_rooms: 100_000,
-            typing_max_entries: 100_000,
-            presence_retention_secs: 7 * 24 * 3600,
-            room_max_messages: 100_000,
-            room_max_age_secs: 30 * 24 * 3600,
-            history_default_limit: 50,
-            history_max_limit: 500,
-            cluster: None,
-            max_connections_per_user: 256,
-            max_sessions_per_user: 256,
-            max_rooms_per_user: 1000,
-            max_receipts_per_user: 10_000,
-            max_retained_messages_per_user: 10_000,
-            max_retained_bytes_per_user: 32 * 1024 * 1024,
-            history_requests_per_minute: 120,
-            room_post_bytes_per_hour: 256 * 1024 * 1024,
-            history_max_bytes: 1024 * 1024,
-            max_pending_logins_per_ip: 8,
-            max_topic_alias_bytes: 64 * 1024,
-            admin_max_connections: 64,
-            admin_timeout_secs: 10,
-            presence_transient_secs: 300,
-            max_presence_records: 1_000_000,
-            max_bans_per_room: 10_000,
-        }
-    }
+    /// A file with an HMAC-SHA256 key (hex, 16 to 64 bytes): the rule then
+    /// takes only alerts signed with it (`topics.md`, *Signed alerts*).
+    /// Read at start (a bad file stops start-up) and on SIGHUP.
+    #[serde(default)]
+    pub hmac_key_file: Option<PathBuf>,
 }
 
 /// A configuration that could not be loaded; the message names the file,

@@ -6,9 +6,11 @@
 //! children of `a`, `#` everything. Bounded by `max_retained_messages` and
 //! `max_retained_bytes`: a retained PUBLISH to a new topic beyond them is
 //! not retained (it is still delivered), counted and logged. The broker's
-//! own `$` topics (presence, member lists, `$SYS`) are not counted: they
-//! have bounds of their own (one per user and expiry, one per declared
-//! room), and a client flood must not crowd them out.
+//! own `$` topics (presence, member lists, `$SYS`) and the state it keeps
+//! on client topics (read receipts, `Message::broker_owned`) are not
+//! counted: they have bounds of their own (`max_presence_records`, one per
+//! declared room, `max_receipts_per_user`), and a client flood must not
+//! crowd them out.
 //!
 //! Before the global limits, each identity's: a retained message a client
 //! sets is charged (`Held::RetainedMessages`, `Held::RetainedBytes`) to the
@@ -47,9 +49,9 @@ struct Inner {
     bytes: usize,
 }
 
-/// Whether a topic counts against the limits (see the module doc).
-fn counted(topic: &str) -> bool {
-    !topic.starts_with('$')
+/// Whether a message counts against the limits (see the module doc).
+fn counted(message: &Message) -> bool {
+    !message.topic.starts_with('$') && !message.broker_owned
 }
 
 #[derive(Default)]
@@ -107,7 +109,7 @@ impl RetainedStore {
     /// Gives back what `charge` took for a message that is no longer kept.
     fn release(&self, old: &Message) {
         if let (Some(budgets), Some(owner)) = (&self.budgets, &old.owner) {
-            if counted(&old.topic) {
+            if counted(old) {
                 budgets.release(owner, Held::RetainedMessages, 1);
                 budgets.release(owner, Held::RetainedBytes, retained_bytes(old) as u64);
             }
@@ -118,7 +120,7 @@ impl RetainedStore {
     /// check (after a release for a replacement that was refused).
     fn recharge(&self, kept: &Message) {
         if let (Some(budgets), Some(owner)) = (&self.budgets, &kept.owner) {
-            if counted(&kept.topic) {
+            if counted(kept) {
                 budgets.charge_unchecked(owner, Held::RetainedMessages, 1);
                 budgets.charge_unchecked(owner, Held::RetainedBytes, retained_bytes(kept) as u64);
             }
@@ -134,12 +136,17 @@ impl RetainedStore {
             return true;
         }
         let mut inner = self.inner.write();
-        let is_counted = counted(&message.topic);
+        let is_counted = counted(message);
         let size = if is_counted { retained_bytes(message) } else { 0 };
         let old = find(&inner.root, &message.topic).cloned();
         if is_counted {
-            let (count, bytes) = match &old {
-                Some(old) => (inner.client_count, inner.bytes - retained_bytes(old) + size),
+            // Replacing a message the limits did not count (the broker's)
+            // takes nothing back.
+            let (count, bytes) = match old.as_ref().filter(|old| counted(old)) {
+                Some(old) => (
+                    inner.client_count,
+                    inner.bytes.saturating_sub(retained_bytes(old)) + size,
+                ),
                 None => (inner.client_count + 1, inner.bytes + size),
             };
             if count > self.max_messages || bytes > self.max_bytes {
@@ -232,7 +239,7 @@ impl Inner {
     /// Takes a removed message out of the counts.
     fn forget(&mut self, old: &Message) {
         self.count -= 1;
-        if counted(&old.topic) {
+        if counted(old) {
             self.client_count -= 1;
             self.bytes = self.bytes.saturating_sub(retained_bytes(old));
         }

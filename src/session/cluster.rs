@@ -163,8 +163,14 @@ pub(crate) async fn join(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
         cluster: cluster.clone(),
     }));
     let weak = Arc::downgrade(shared);
-    let retained = Arc::new(move |message| {
+    let retained = Arc::new(move |mut message: crate::message::Message| {
         if let Some(shared) = weak.upgrade() {
+            // A read receipt is the broker's state on every node, not a
+            // client's retained message (`chat/receipts.rs`).
+            message.broker_owned = matches!(
+                crate::chat::classify(&message.topic),
+                Some(crate::chat::ChatTopic::Receipt { .. })
+            );
             shared.router.apply_retained(message);
         }
     });

@@ -78,7 +78,9 @@ pub(crate) async fn accept(
         let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
         connect.username = principal.username.as_deref().map(Into::into);
         let charge = charge_connection(shared, &principal, &client_id, io.peer)?;
-        let presence_lasting = principal.username.is_some() || connect.session_expiry_interval_secs > 0;
+        // A username alone makes a transient record (`presence_transient_secs`):
+        // names are claims on the no-auth default.
+        let presence_lasting = connect.session_expiry_interval_secs > 0;
         let claimed = claim_session(shared, &client_id, &connect, &principal, presence_lasting).await?;
         Ok((
             assigned,
@@ -282,10 +284,10 @@ fn charge_connection(
 
 /// Takes over or creates the session of `client_id` for `principal`.
 /// Presence counts the connection first, so a takeover never shows the
-/// user offline in between; a presence that outlives the connection only
-/// for a client that matters (`presence_lasting`: a username or a
-/// persistent session; room activity counts later, see
-/// `Connection::joined_a_room`).
+/// user offline in between; a presence that outlives the connection for
+/// long only for a client that matters (`presence_lasting`: a persistent
+/// session; room activity counts later, see `Connection::joined_a_room`),
+/// briefly for one with a username (`presence_transient_secs`).
 async fn claim_session(
     shared: &Arc<Shared>,
     client_id: &str,
@@ -294,10 +296,12 @@ async fn claim_session(
     presence_lasting: bool,
 ) -> Result<super::registry::Claimed, Refusal> {
     if let Some(identity) = &principal.identity {
-        shared
-            .chat
-            .presence()
-            .connected(&shared.router, identity, presence_lasting);
+        shared.chat.presence().connected(
+            &shared.router,
+            identity,
+            presence_lasting,
+            principal.username.is_some(),
+        );
     }
     // Another node serving this client id closes its connection (a
     // takeover, as on one node) and hands its session over.

@@ -219,6 +219,7 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
         room: None,
         ephemeral: false,
         retain_in_memory: false,
+        broker_owned: false,
         received_at: None,
         stored_body: std::sync::OnceLock::new(),
     };

@@ -178,24 +178,23 @@ impl Connection {
     /// Whether this publish needs the store (QoS 1/2, retained, or a room
     /// message; not a history request, which only reads) while the store
     /// refuses writes (a full disk; in a cluster, JetStream without
-    /// quorum).
+    /// quorum), or would take the disk below `min_free_disk_bytes`.
     fn store_refuses(&self, publish: &Publish) -> bool {
-        // The flag first: one atomic load on every publish while healthy.
-        if !self.shared.store_health.is_failing()
-            || (self.shared.store.is_none() && self.shared.cluster.is_none())
-        {
+        if self.shared.store.is_none() && self.shared.cluster.is_none() {
             return false;
         }
-        if publish.retain {
-            return true;
-        }
-        match crate::chat::classify(&publish.topic) {
-            Some(crate::chat::ChatTopic::Message { .. }) => true,
-            // A read: history stays readable while the store cannot write
-            // (at QoS 2 its packet id is session state to store).
-            Some(crate::chat::ChatTopic::HistoryRequest { .. }) => publish.qos == QoS::ExactlyOnce,
-            _ => publish.qos != QoS::AtMostOnce,
-        }
+        let needs_store = publish.retain
+            || match crate::chat::classify(&publish.topic) {
+                Some(crate::chat::ChatTopic::Message { .. }) => true,
+                // A read: history stays readable while the store cannot
+                // write (at QoS 2 its packet id is session state to store).
+                Some(crate::chat::ChatTopic::HistoryRequest { .. }) => publish.qos == QoS::ExactlyOnce,
+                _ => publish.qos != QoS::AtMostOnce,
+            };
+        // While there is room: one atomic load and one comparison.
+        needs_store
+            && (self.shared.store_health.is_failing()
+                || !self.shared.store_health.admits(stored_size(publish)))
     }
 
     /// Takes one history request from this identity's
@@ -366,8 +365,24 @@ impl Connection {
             room: None,
             ephemeral: false,
             retain_in_memory: false,
+            broker_owned: false,
             received_at: Some(tokio::time::Instant::now()),
             stored_body: std::sync::OnceLock::new(),
         }
     }
+}
+
+/// About how many bytes storing `publish` writes: every byte a client
+/// sends counts (topic, payload, properties), plus a record's overhead.
+fn stored_size(publish: &Publish) -> u64 {
+    let properties = publish.properties.as_ref().map_or(0, |p| {
+        p.user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+            + p.correlation_data.as_ref().map_or(0, |c| c.len())
+            + p.response_topic.as_ref().map_or(0, |t| t.len())
+            + p.content_type.as_ref().map_or(0, |t| t.len())
+    });
+    (publish.topic.len() + publish.payload.len() + properties + 64) as u64
 }

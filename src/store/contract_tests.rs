@@ -142,9 +142,61 @@ fn bodies_are_shared(store: &dyn Store) {
     );
 }
 
+/// Room openers and forgetting: a forgotten room leaves no head, no
+/// message and no opener, and raises the `seq` floor (never lowers it).
+fn room_contract(store: &dyn Store) {
+    let record = RoomRecord {
+        ts_unix_ms: 1,
+        sender: "ann".into(),
+        msg_id: None,
+        qos: 1,
+        payload: Bytes::from_static(b"x"),
+        user_properties: Vec::new(),
+        prev: None,
+    };
+    store.set_room_opener("r", "user:ann").unwrap();
+    store.append_room("r", 7, &record).unwrap();
+    store.set_room_opener("empty", "user:bob").unwrap();
+    store.append_room("other", 1, &record).unwrap();
+    let mut heads = store.room_heads().unwrap();
+    heads.sort_by(|a, b| a.room.cmp(&b.room));
+    let openers: Vec<_> = heads
+        .iter()
+        .map(|h| (h.room.as_str(), h.opener.as_deref(), h.last))
+        .collect();
+    assert_eq!(
+        openers,
+        vec![
+            ("empty", Some("user:bob"), 0),
+            ("other", None, 1),
+            ("r", Some("user:ann"), 7)
+        ]
+    );
+    assert_eq!(store.room_seq_floor().unwrap(), 0);
+    store.forget_room("r", 9).unwrap();
+    store.forget_room("empty", 3).unwrap();
+    assert_eq!(store.room_seq_floor().unwrap(), 9);
+    let heads: Vec<String> = store.room_heads().unwrap().into_iter().map(|h| h.room).collect();
+    assert_eq!(heads, vec!["other".to_string()]);
+    assert!(store.room_range("r", 0, u64::MAX, 10, false).unwrap().is_empty());
+    assert_eq!(
+        store.room_range("other", 0, u64::MAX, 10, false).unwrap().len(),
+        1
+    );
+}
+
 #[test]
 fn memory_store_contract() {
     contract(&MemoryStore::default());
+    room_contract(&MemoryStore::default());
+}
+
+#[test]
+fn sled_store_rooms_are_forgotten_and_the_floor_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    room_contract(&SledStore::open(dir.path()).unwrap());
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.room_seq_floor().unwrap(), 9);
 }
 
 #[test]

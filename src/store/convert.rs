@@ -50,6 +50,7 @@ impl MessageRecord {
             room: None,
             ephemeral: false,
             retain_in_memory: false,
+            broker_owned: false,
             received_at: None,
             stored_body: std::sync::OnceLock::new(),
         }

@@ -2,10 +2,12 @@
 //! condition the broker rides out, not a crash. Two things make the store
 //! refuse writes:
 //!
-//! - free space on the data directory's file system below
-//!   `min_free_disk_bytes` (checked every second). sled cannot recover from
-//!   a write that hit a full disk (its flush never returns again), so the
-//!   broker stops storing new messages before the disk is full;
+//! - a write that would take the free space on the data directory's file
+//!   system below `min_free_disk_bytes`: measured every second and, between
+//!   measurements, estimated from the bytes the store wrote (`space.rs`),
+//!   so no write rate goes through the margin: sled cannot recover from a
+//!   write that hit a full disk (its flush never returns again). The
+//!   condition ends when the write that was refused fits again;
 //! - a write or flush that failed (`monitored.rs`), until a flush works.
 //!
 //! The log gets one line when this starts, one per `REPEAT_LOG` while it
@@ -20,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
+use super::space::DiskSpace;
 use super::StoreError;
 
 /// While the store keeps failing, the error is logged again this often.
@@ -79,8 +82,12 @@ impl Condition {
 struct State {
     /// A write or flush failed, until a flush works.
     failure: Condition,
-    /// Free space below `min_free_disk_bytes`.
+    /// Free space below `min_free_disk_bytes`, or a write refused that
+    /// would have gone below it.
     low_disk: Condition,
+    /// The size of the write that was refused: the condition ends when it
+    /// fits (0: when the free space is above the margin again).
+    needed: u64,
 }
 
 /// The store's write health, shared by the flusher and the broker.
@@ -90,6 +97,8 @@ pub struct StoreHealth {
     /// Whether writes are refused, read on every PUBLISH without the lock;
     /// written under it.
     failing: AtomicBool,
+    /// The free-space estimate the writes are admitted against.
+    space: DiskSpace,
 }
 
 impl StoreHealth {
@@ -129,12 +138,24 @@ impl StoreHealth {
         }
     }
 
-    /// The free space on the data directory's file system was measured:
-    /// below `min_free` bytes the store refuses new writes.
-    pub fn disk_space(&self, free: u64, min_free: u64) {
+    /// Keeps `min_free` bytes free on `dir`'s file system from now on
+    /// (measured at once, then by `measure_disk` and `admits`).
+    pub fn watch_disk(&self, dir: std::path::PathBuf, min_free: u64) {
+        self.space.watch(dir, min_free);
+        self.measure_disk();
+    }
+
+    /// Measures the free space (every second): below the margin the store
+    /// refuses new writes; the condition ends when the refused write fits.
+    pub fn measure_disk(&self) {
+        let (Some(free), Some(min_free)) = (self.space.measure(Duration::ZERO), self.space.min_free()) else {
+            return;
+        };
         let mut state = self.state.lock();
         if free >= min_free {
-            if state.low_disk.clear().is_some() {
+            if state.low_disk.current.is_some() && self.space.fits(state.needed) {
+                state.low_disk.clear();
+                state.needed = 0;
                 self.set_flag(&state);
                 tracing::warn!(
                     free,
@@ -144,17 +165,61 @@ impl StoreHealth {
             }
             return;
         }
-        let log = state.low_disk.holds(format!(
-            "{free} bytes free on the data directory's file system, below min_free_disk_bytes {min_free}"
-        ));
-        self.set_flag(&state);
+        state.needed = 0;
+        self.low_disk(
+            &mut state,
+            format!(
+                "{free} bytes free on the data directory's file system, below min_free_disk_bytes {min_free}"
+            ),
+        );
+    }
+
+    /// Whether a write of about `bytes` fits above the margin; if it does
+    /// not (after measuring again), the store refuses writes until it does.
+    /// One atomic comparison while there is room.
+    pub fn admits(&self, bytes: u64) -> bool {
+        if self.space.fits(bytes) {
+            return true;
+        }
+        let free = self.space.remeasure();
+        if self.space.fits(bytes) {
+            return true;
+        }
+        let Some(min_free) = self.space.min_free() else {
+            return true;
+        };
+        let mut state = self.state.lock();
+        state.needed = state.needed.max(bytes);
+        let free = free.map_or("too few".into(), |f| f.to_string());
+        self.low_disk(
+            &mut state,
+            format!("{free} bytes free on the data directory's file system: a write of {bytes} bytes would go below min_free_disk_bytes {min_free}"),
+        );
+        false
+    }
+
+    /// The low-disk condition holds for `why`.
+    fn low_disk(&self, state: &mut State, why: String) {
+        let log = state.low_disk.holds(why.clone());
+        self.set_flag(state);
         if log.is_some() {
             tracing::error!(
-                free,
-                min_free_disk_bytes = min_free,
+                why,
                 "disk almost full: publishes that need the store are refused until space returns"
             );
         }
+    }
+
+    /// The store's count of bytes written (`Store::bytes_written`) is now
+    /// `total`.
+    pub fn wrote(&self, total: u64) {
+        self.space.wrote(total);
+    }
+
+    /// A flush that began when the store's count of bytes written read
+    /// `mark` worked: those bytes are on disk.
+    pub fn flushed(&self, mark: u64) {
+        self.space.flushed(mark);
     }
 
     /// Why the store refuses writes now, if it does.

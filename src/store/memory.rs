@@ -22,6 +22,9 @@ struct Inner {
     rooms: BTreeMap<String, Room>,
     dedup: BTreeMap<String, DedupRecord>,
     sanctions: BTreeMap<String, SanctionRecord>,
+    /// `room_seq_floor`.
+    room_seq_floor: u64,
+    alert_counters: BTreeMap<String, u64>,
 }
 
 impl Inner {
@@ -40,6 +43,7 @@ impl Inner {
 struct Room {
     head: u64,
     reserved: u64,
+    opener: Option<String>,
     log: BTreeMap<u64, RoomRecord>,
 }
 
@@ -226,6 +230,7 @@ impl Store for MemoryStore {
                 room: n.clone(),
                 last: r.head,
                 reserved: r.reserved,
+                opener: r.opener.clone(),
             })
             .collect())
     }
@@ -235,6 +240,23 @@ impl Store for MemoryStore {
             room.log = room.log.split_off(&below);
         }
         Ok(())
+    }
+
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        inner.rooms.entry(room.to_string()).or_default().opener = Some(account.to_string());
+        Ok(())
+    }
+
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        inner.room_seq_floor = inner.room_seq_floor.max(seq_floor);
+        inner.rooms.remove(room);
+        Ok(())
+    }
+
+    fn room_seq_floor(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.lock().room_seq_floor)
     }
 
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
@@ -271,6 +293,24 @@ impl Store for MemoryStore {
             .sanctions
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.inner
+            .lock()
+            .alert_counters
+            .insert(device.to_string(), counter);
+        Ok(())
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .alert_counters
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
             .collect())
     }
 

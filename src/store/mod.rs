@@ -21,6 +21,7 @@ mod migrate;
 mod monitored;
 mod records;
 mod sled_store;
+mod space;
 
 pub use group_commit::{CommitBarrier, GroupCommit};
 pub use health::{StoreFailure, StoreHealth};
@@ -31,6 +32,7 @@ pub use records::{
     SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
 };
 pub use sled_store::SledStore;
+pub use space::WRITE_AMPLIFICATION;
 
 /// The data format this build reads and writes; stored in the data
 /// directory so a later version can refuse or migrate it, never misread it.
@@ -62,6 +64,9 @@ pub struct RoomHead {
     pub last: u64,
     /// `seq` values up to this were handed out (`reserve_room_seqs`).
     pub reserved: u64,
+    /// The account whose post opened the room (`set_room_opener`); `None`
+    /// for a declared room or one opened before openers were stored.
+    pub opener: Option<String>,
 }
 
 /// A persistent session as loaded at start-up.
@@ -155,6 +160,17 @@ pub trait Store: Send + Sync {
     fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError>;
     /// Removes a room's messages with `seq < below`.
     fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError>;
+    /// Records the account whose post opened `room`, so that the room is
+    /// charged to it again after a restart (`max_rooms_per_user`).
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError>;
+    /// Forgets a room that has no message left: its log, heads and opener.
+    /// Its `seq` values must never come back, so the floor that rooms
+    /// opened later start above (`room_seq_floor`) is raised to at least
+    /// `seq_floor` first.
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError>;
+    /// The highest `seq` a forgotten room handed out: a room opened now
+    /// starts above it.
+    fn room_seq_floor(&self) -> Result<u64, StoreError>;
 
     /// Sets or (with `None`) removes a de-duplication entry.
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError>;
@@ -163,9 +179,20 @@ pub trait Store: Send + Sync {
     /// Sets or (with `None`) removes a room's ban or mute.
     fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError>;
     fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError>;
+    /// Sets the last accepted counter of a device that signs its alerts
+    /// (`chat/signed.rs`). Durable after the next `flush`.
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError>;
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Write operations so far (for the storage-writes-per-message figure).
     fn writes(&self) -> u64 {
+        0
+    }
+
+    /// Bytes written so far (keys and values, before the engine's own
+    /// overhead): the free-space estimate (`space.rs`) counts them. 0 for a
+    /// store that takes no disk.
+    fn bytes_written(&self) -> u64 {
         0
     }
 

@@ -22,6 +22,7 @@ impl Monitored {
 
     /// Records a failed write; passes the result on.
     fn watch<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.health.wrote(self.inner.bytes_written());
         if let Err(error) = &result {
             if !matches!(error, StoreError::Closed) {
                 self.health.failed(error);
@@ -108,6 +109,18 @@ impl Store for Monitored {
         self.watch(self.inner.trim_room(room, below))
     }
 
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
+        self.watch(self.inner.set_room_opener(room, account))
+    }
+
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
+        self.watch(self.inner.forget_room(room, seq_floor))
+    }
+
+    fn room_seq_floor(&self) -> Result<u64, StoreError> {
+        self.inner.room_seq_floor()
+    }
+
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
         self.watch(self.inner.put_dedup(key, entry))
     }
@@ -122,6 +135,14 @@ impl Store for Monitored {
 
     fn load_sanctions(&self) -> Result<Vec<(String, SanctionRecord)>, StoreError> {
         self.inner.load_sanctions()
+    }
+
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.watch(self.inner.put_alert_counter(device, counter))
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.load_alert_counters()
     }
 
     fn set_packet_id(
@@ -152,11 +173,17 @@ impl Store for Monitored {
 
     /// A flush that works clears a failure; one that fails records it.
     fn flush(&self) -> Result<(), StoreError> {
+        let mark = self.inner.bytes_written();
         let result = self.watch(self.inner.flush());
         if result.is_ok() {
+            self.health.flushed(mark);
             self.health.worked();
         }
         result
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -5,7 +5,9 @@
 //! and `bodies` (the messages its records name, each once: `bodies.rs`),
 //! `qos2_in` (client id + packet id), `room_log` (room + seq → message),
 //! `room_heads` (room → last seq; room + NUL → `seq` reserved with
-//! `durability = "buffered"`), `dedup` (room, sender, msg-id → seq) and
+//! `durability = "buffered"`), `room_openers` (room → the account whose
+//! post opened it), `dedup` (room, sender, msg-id → seq), and in `meta`
+//! the `seq` floor of rooms opened after others were forgotten, and
 //! `sanctions` (kind, room, user → a ban or mute). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
 //! prefix scan finds one session's records.
@@ -34,6 +36,8 @@ pub struct SledStore {
     open: parking_lot::RwLock<Option<Trees>>,
     /// Write operations so far; journal writes count once per message.
     writes: AtomicU64,
+    /// Bytes of keys and values written so far (`Store::bytes_written`).
+    bytes: AtomicU64,
 }
 
 struct Trees {
@@ -44,8 +48,34 @@ struct Trees {
     qos2_in: sled::Tree,
     room_log: sled::Tree,
     room_heads: sled::Tree,
+    room_openers: sled::Tree,
     dedup: sled::Tree,
     sanctions: sled::Tree,
+    alert_counters: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// The key in `meta` of `room_seq_floor`.
+const ROOM_SEQ_FLOOR: &str = "room_seq_floor";
+
+/// The head of `room` in `heads`, added when it is not there yet.
+fn room_head<'a>(heads: &'a mut BTreeMap<String, RoomHead>, room: &[u8]) -> &'a mut RoomHead {
+    let room = String::from_utf8_lossy(room).into_owned();
+    heads.entry(room.clone()).or_insert_with(|| RoomHead {
+        room,
+        ..RoomHead::default()
+    })
+}
+
+/// A big-endian u64 as stored under `key`.
+fn u64_of(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "not 8 bytes".into(),
+        })
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -59,6 +89,12 @@ fn reservation_key(room: &str) -> Vec<u8> {
     key.extend_from_slice(room.as_bytes());
     key.push(0);
     key
+}
+
+/// About what a journal record of `client_id` takes (it is encoded when
+/// the journal writes it, at the next flush).
+fn queued_size(client_id: &str, message: &QueuedRecord) -> usize {
+    client_id.len() + message.message.topic.len() + message.message.payload.len() + 64
 }
 
 fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
@@ -103,8 +139,11 @@ impl SledStore {
             qos2_in: tree("qos2_in")?,
             room_log: tree("room_log")?,
             room_heads: tree("room_heads")?,
+            room_openers: tree("room_openers")?,
             dedup: tree("dedup")?,
             sanctions: tree("sanctions")?,
+            meta: meta.clone(),
+            alert_counters: tree("alert_counters")?,
             db,
         };
         match meta.get("format").map_err(|e| open_err(e.to_string()))? {
@@ -138,7 +177,13 @@ impl SledStore {
         Ok(SledStore {
             open: parking_lot::RwLock::new(Some(store)),
             writes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Counts `bytes` written (keys and values).
+    fn count_bytes(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn count_write(&self) {
@@ -157,11 +202,11 @@ impl Store for SledStore {
     fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| match message {
-            Some(m) => t
-                .retained
-                .insert(topic.as_bytes(), encode(m)?)
-                .map(drop)
-                .map_err(io),
+            Some(m) => {
+                let value = encode(m)?;
+                self.count_bytes(topic.len() + value.len());
+                t.retained.insert(topic.as_bytes(), value).map(drop).map_err(io)
+            }
             None => t.retained.remove(topic.as_bytes()).map(drop).map_err(io),
         })
     }
@@ -181,8 +226,10 @@ impl Store for SledStore {
     fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| {
+            let value = encode(session)?;
+            self.count_bytes(client_id.len() + value.len());
             t.sessions
-                .insert(client_id.as_bytes(), encode(session)?)
+                .insert(client_id.as_bytes(), value)
                 .map(drop)
                 .map_err(io)
         })
@@ -247,6 +294,7 @@ impl Store for SledStore {
         message: QueuedRecord,
     ) -> Result<(), StoreError> {
         self.count_write();
+        self.count_bytes(queued_size(client_id, &message));
         let entry = QueuedRef::of(&message, body);
         self.with(|t| t.journal.put(client_id, seq, entry, || message.message))
     }
@@ -259,6 +307,7 @@ impl Store for SledStore {
         message: QueuedRecord,
     ) -> Result<(), StoreError> {
         self.count_write();
+        self.count_bytes(queued_size(client_id, &message));
         self.with(|t| t.journal.update(client_id, seq, QueuedRef::of(&message, body)))
     }
 
@@ -307,9 +356,9 @@ impl Store for SledStore {
         self.count_write();
         let hint = record.payload.len() + record.sender.len() + 48;
         self.with(|t| {
-            t.room_log
-                .insert(seq_key(room, seq), encode_sized(record, hint)?)
-                .map_err(io)?;
+            let value = encode_sized(record, hint)?;
+            self.count_bytes(2 * room.len() + value.len() + 24);
+            t.room_log.insert(seq_key(room, seq), value).map_err(io)?;
             t.room_heads
                 .insert(room.as_bytes(), &seq.to_be_bytes())
                 .map(drop)
@@ -367,31 +416,25 @@ impl Store for SledStore {
             let mut heads: BTreeMap<String, RoomHead> = BTreeMap::new();
             for entry in t.room_heads.iter() {
                 let (key, value) = entry.map_err(io)?;
-                let seq =
-                    value
-                        .as_ref()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| StoreError::Corrupt {
-                            key: String::from_utf8_lossy(&key).into_owned(),
-                            reason: "room head is not 8 bytes".into(),
-                        })?;
+                let seq = u64_of(&key, &value)?;
                 // `room` holds the last appended seq, `room\0` the
                 // reservation.
                 let (room, reservation) = match key.strip_suffix(b"\0") {
                     Some(room) => (room, true),
                     None => (&key[..], false),
                 };
-                let room = String::from_utf8_lossy(room).into_owned();
-                let head = heads.entry(room.clone()).or_insert_with(|| RoomHead {
-                    room,
-                    ..RoomHead::default()
-                });
+                let head = room_head(&mut heads, room);
                 if reservation {
                     head.reserved = seq;
                 } else {
                     head.last = seq;
                 }
+            }
+            // A room opened by a post that was not stored has an opener and
+            // no head: it is loaded too, so upkeep forgets it.
+            for entry in t.room_openers.iter() {
+                let (key, value) = entry.map_err(io)?;
+                room_head(&mut heads, &key).opener = Some(String::from_utf8_lossy(&value).into_owned());
             }
             Ok(heads.into_values().collect())
         })
@@ -408,10 +451,60 @@ impl Store for SledStore {
         })
     }
 
+    fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            t.room_openers
+                .insert(room.as_bytes(), account.as_bytes())
+                .map(drop)
+                .map_err(io)
+        })
+    }
+
+    fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            // The floor first: a crash after it and before the removal
+            // keeps the room, never loses the floor.
+            let floor = match t.meta.get(ROOM_SEQ_FLOOR).map_err(io)? {
+                Some(v) => u64_of(ROOM_SEQ_FLOOR.as_bytes(), &v)?,
+                None => 0,
+            };
+            if seq_floor > floor {
+                t.meta
+                    .insert(ROOM_SEQ_FLOOR, &seq_floor.to_be_bytes())
+                    .map_err(io)?;
+            }
+            let mut batch = sled::Batch::default();
+            for key in t
+                .room_log
+                .range(seq_key(room, 0)..=seq_key(room, u64::MAX))
+                .keys()
+            {
+                batch.remove(key.map_err(io)?);
+            }
+            t.room_log.apply_batch(batch).map_err(io)?;
+            t.room_heads.remove(room.as_bytes()).map_err(io)?;
+            t.room_heads.remove(reservation_key(room)).map_err(io)?;
+            t.room_openers.remove(room.as_bytes()).map(drop).map_err(io)
+        })
+    }
+
+    fn room_seq_floor(&self) -> Result<u64, StoreError> {
+        self.with(|t| match t.meta.get(ROOM_SEQ_FLOOR).map_err(io)? {
+            Some(v) => u64_of(ROOM_SEQ_FLOOR.as_bytes(), &v),
+            None => Ok(0),
+        })
+    }
+
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
         self.count_write();
         self.with(|t| match entry {
-            Some(e) => t.dedup.insert(key.as_bytes(), encode(&e)?).map(drop).map_err(io),
+            Some(e) => {
+                let value = encode(&e)?;
+                self.count_bytes(key.len() + value.len());
+                t.dedup.insert(key.as_bytes(), value).map(drop).map_err(io)
+            }
             None => t.dedup.remove(key.as_bytes()).map(drop).map_err(io),
         })
     }
@@ -452,6 +545,35 @@ impl Store for SledStore {
         })
     }
 
+    fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            t.alert_counters
+                .insert(device.as_bytes(), &counter.to_be_bytes())
+                .map(drop)
+                .map_err(io)
+        })
+    }
+
+    fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with(|t| {
+            t.alert_counters
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    let counter = <[u8; 8]>::try_from(value.as_ref()).map_err(|_| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        reason: "an alert counter is not 8 bytes".into(),
+                    })?;
+                    Ok((
+                        String::from_utf8_lossy(&key).into_owned(),
+                        u64::from_be_bytes(counter),
+                    ))
+                })
+                .collect()
+        })
+    }
+
     fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
@@ -465,6 +587,10 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> u64 {
         self.with(|t| Ok(t.db.size_on_disk().unwrap_or(0))).unwrap_or(0)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     fn close(&self) {

@@ -1,5 +1,7 @@
 //! [`Broker`]: build from a [`Config`], start, and get a [`BrokerHandle`]
-//! with the bound address, an in-process client and `shutdown()`.
+//! with the bound address, an in-process client and `shutdown()`. The
+//! broker's own periodic tasks (upkeep, flushes, store watch, `$SYS`) are
+//! in `tasks.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -22,6 +24,9 @@ use crate::protocol::QoS;
 use crate::router::{Message, RetainedStore, Router};
 use crate::session::{Registry, Shared};
 use crate::store::{GroupCommit, MemoryStore, Monitored, SledStore, Store, StoreHealth};
+
+mod tasks;
+use tasks::{chat_upkeep, flush_periodically, publish_sys, run_upkeep, watch_store};
 
 /// Errors that stop the broker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +99,9 @@ impl Broker {
             (None, StorageKind::Sled) => Some(Arc::new(SledStore::open(&self.config.data_dir)?)),
         };
         let store_health = Arc::new(StoreHealth::default());
+        if self.config.storage == StorageKind::Sled && self.config.min_free_disk_bytes > 0 {
+            store_health.watch_disk(self.config.data_dir.clone(), self.config.min_free_disk_bytes);
+        }
         let store: Option<Arc<dyn Store>> =
             store.map(|s| Arc::new(Monitored::new(s, store_health.clone())) as Arc<dyn Store>);
         let mut listeners = Vec::new();
@@ -158,10 +166,16 @@ impl Broker {
         }
         // In a cluster the room logs live in JetStream; this node keeps a
         // copy in memory, loaded from the stream at start.
-        let chat = match &cluster {
-            Some(cluster) => crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()))?,
-            None => crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None)?,
+        let mut chat = match &cluster {
+            Some(cluster) => {
+                crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()), budgets.clone())?
+            }
+            None => {
+                crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None, budgets.clone())?
+            }
         };
+        chat.load_signed_alerts(&self.config, store.clone())
+            .map_err(StartError::Config)?;
         let shared = Arc::new(Shared {
             router: Router::new(
                 self.config.retain_available,
@@ -200,7 +214,12 @@ impl Broker {
             // In a cluster, retained messages come from JetStream.
             if cluster.is_none() {
                 for record in store.load_retained()? {
-                    shared.router.restore_retained(record.into_message());
+                    let mut message = record.into_message();
+                    if shared.chat.restore_retained(&mut message) {
+                        shared.router.restore_retained(message);
+                    } else if let Err(e) = store.put_retained(&message.topic, None) {
+                        tracing::warn!(topic = %message.topic, error = %e, "could not drop a stale read receipt");
+                    }
                 }
             }
             crate::session::restore_from_store(&shared, store)?;
@@ -306,13 +325,12 @@ impl BrokerHandle {
 
     /// Reloads what can change without a restart (the binary does it on
     /// SIGHUP): TLS certificates (new connections get the new ones, open
-    /// ones keep theirs) and the authenticator's files. Errors are logged
-    /// and the old material stays in use. A login the reloaded files no
-    /// longer accept (a user removed from the password file) loses its
-    /// connections (5.0 DISCONNECT 0x87) and its sessions: no will of
-    /// theirs is sent, their queues and subscriptions are dropped. The
-    /// `[[acl]]` rules are not reloaded (a restart applies them; stored
-    /// subscriptions are then judged by the new rules).
+    /// ones keep theirs), the authenticator's files, the alert rules' keys.
+    /// Errors are logged and the old material stays in use. A login the
+    /// reloaded files no longer accept loses its connections (5.0
+    /// DISCONNECT 0x87) and its sessions: no will of theirs is sent, their
+    /// queues and subscriptions are dropped. The `[[acl]]` rules are not
+    /// reloaded (a restart applies them to stored subscriptions).
     pub fn reload(&self) {
         for tls in &self.tls {
             match tls.reload() {
@@ -321,6 +339,7 @@ impl BrokerHandle {
             }
         }
         self.shared.auth.reload();
+        self.shared.chat.reload_alert_keys(&self.shared.config);
         let (revoked, offline) = self.shared.registry.kick_revoked(&*self.shared.auth);
         if revoked > 0 {
             tracing::info!(
@@ -473,126 +492,5 @@ impl BrokerHandle {
             }
         }
         tracing::info!("roomq stopped");
-    }
-}
-
-/// Every minute: `run_upkeep`.
-async fn chat_upkeep(shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {
-                let worker = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || run_upkeep(&worker)).await;
-            }
-        }
-    }
-}
-
-/// One round of upkeep (see `BrokerHandle::run_upkeep`).
-fn run_upkeep(shared: &Shared) -> usize {
-    shared.budgets.forget_idle();
-    shared
-        .chat
-        .upkeep(Duration::from_millis(shared.config.typing_min_interval_ms));
-    let retention = Duration::from_secs(shared.config.presence_retention_secs);
-    if retention.is_zero() {
-        return 0;
-    }
-    let expired = shared.chat.expire_presence(&shared.router, retention);
-    if expired > 0 {
-        tracing::info!(
-            expired,
-            "stale offline presence forgotten (presence_retention_secs)"
-        );
-    }
-    expired
-}
-
-/// With `durability = "buffered"`: flushes every `flush_interval_ms`.
-async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared>) {
-    let mut stop = shared.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.flush_interval_ms.max(1)));
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        let store = store.clone();
-        // A failure is recorded and logged by the store's health.
-        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
-    }
-}
-
-/// Every second: measures the free disk space (`min_free_disk_bytes`) and
-/// publishes `$SYS/broker/store/status` (retained) when it changes: "ok",
-/// or "failing since {unix ms}: {why}" while the store refuses writes
-/// (unless `$SYS` is off: `sys_interval_secs = 0`).
-async fn watch_store(shared: Arc<Shared>) {
-    let mut stop = shared.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut published: Option<String> = None;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        if shared.config.storage == StorageKind::Sled && shared.config.min_free_disk_bytes > 0 {
-            match fs2::available_space(&shared.config.data_dir) {
-                Ok(free) => shared
-                    .store_health
-                    .disk_space(free, shared.config.min_free_disk_bytes),
-                Err(error) => {
-                    tracing::debug!(%error, dir = %shared.config.data_dir.display(), "cannot read the free disk space")
-                }
-            }
-        }
-        let status = match shared.store_health.failure() {
-            None => "ok".to_string(),
-            Some(failure) => format!("failing since {}: {}", failure.since_unix_ms, failure.error),
-        };
-        // `$SYS` is off with `sys_interval_secs = 0`, as in Mosquitto.
-        if shared.config.sys_interval_secs > 0 && published.as_deref() != Some(&status) {
-            shared.router.publish(Message::new(
-                "$SYS/broker/store/status",
-                Bytes::from(status.clone()),
-                QoS::AtMostOnce,
-                true,
-            ));
-            published = Some(status);
-        }
-    }
-}
-
-/// Publishes the `$SYS/broker/...` topics as retained messages every
-/// `sys_interval_secs`.
-async fn publish_sys(shared: Arc<Shared>) {
-    let mut stop = shared.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        let mut topics = shared.metrics.sys_topics(env!("CARGO_PKG_VERSION"));
-        if let Some(cluster) = &shared.cluster {
-            // What following only the rooms with interest here saves.
-            topics.push((
-                "$SYS/broker/cluster/room-messages/received",
-                cluster.rooms.received().to_string(),
-            ));
-            // CONNECTs that waited the whole handover time for a holder.
-            topics.push((
-                "$SYS/broker/cluster/takeovers/unanswered",
-                cluster.sessions.unanswered_claims().to_string(),
-            ));
-        }
-        for (topic, value) in topics {
-            shared
-                .router
-                .publish(Message::new(topic, value, QoS::AtMostOnce, true));
-        }
     }
 }

@@ -1,0 +1,126 @@
+//! The broker's own periodic tasks, started by `Broker::start`: chat and
+//! budget upkeep, buffered flushes, the store watch and `$SYS`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::protocol::QoS;
+use crate::router::Message;
+use crate::session::Shared;
+use crate::store::Store;
+
+/// Every minute: `run_upkeep`.
+pub(super) async fn chat_upkeep(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                let worker = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || run_upkeep(&worker)).await;
+            }
+        }
+    }
+}
+
+/// One round of upkeep (see `BrokerHandle::run_upkeep`).
+pub(super) fn run_upkeep(shared: &Shared) -> usize {
+    shared.budgets.forget_idle();
+    shared.chat.upkeep(
+        &shared.router,
+        Duration::from_millis(shared.config.typing_min_interval_ms),
+    );
+    let retention = Duration::from_secs(shared.config.presence_retention_secs);
+    if retention.is_zero() {
+        return 0;
+    }
+    let expired = shared.chat.expire_presence(&shared.router, retention);
+    if expired > 0 {
+        tracing::info!(
+            expired,
+            "stale offline presence forgotten (presence_retention_secs)"
+        );
+    }
+    expired
+}
+
+/// With `durability = "buffered"`: flushes every `flush_interval_ms`.
+pub(super) async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.flush_interval_ms.max(1)));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        // A failure is recorded and logged by the store's health.
+        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+    }
+}
+
+/// Every second: measures the free disk space (`min_free_disk_bytes`) and
+/// publishes `$SYS/broker/store/status` (retained) when it changes: "ok",
+/// or "failing since {unix ms}: {why}" while the store refuses writes
+/// (unless `$SYS` is off: `sys_interval_secs = 0`).
+pub(super) async fn watch_store(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut published: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        // Sets the estimate writes are admitted against (`store/space.rs`).
+        shared.store_health.measure_disk();
+        let status = match shared.store_health.failure() {
+            None => "ok".to_string(),
+            Some(failure) => format!("failing since {}: {}", failure.since_unix_ms, failure.error),
+        };
+        // `$SYS` is off with `sys_interval_secs = 0`, as in Mosquitto.
+        if shared.config.sys_interval_secs > 0 && published.as_deref() != Some(&status) {
+            shared.router.publish(Message::new(
+                "$SYS/broker/store/status",
+                Bytes::from(status.clone()),
+                QoS::AtMostOnce,
+                true,
+            ));
+            published = Some(status);
+        }
+    }
+}
+
+/// Publishes the `$SYS/broker/...` topics as retained messages every
+/// `sys_interval_secs`.
+pub(super) async fn publish_sys(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let mut topics = shared.metrics.sys_topics(env!("CARGO_PKG_VERSION"));
+        if let Some(cluster) = &shared.cluster {
+            // What following only the rooms with interest here saves.
+            topics.push((
+                "$SYS/broker/cluster/room-messages/received",
+                cluster.rooms.received().to_string(),
+            ));
+            // CONNECTs that waited the whole handover time for a holder.
+            topics.push((
+                "$SYS/broker/cluster/takeovers/unanswered",
+                cluster.sessions.unanswered_claims().to_string(),
+            ));
+        }
+        for (topic, value) in topics {
+            shared
+                .router
+                .publish(Message::new(topic, value, QoS::AtMostOnce, true));
+        }
+    }
+}

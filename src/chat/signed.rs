@@ -1,0 +1,286 @@
+//! Signed device alerts: an `[[alerts]]` rule with `hmac_key_file` takes
+//! only alerts that carry an HMAC-SHA256 over their topic, body and a
+//! counter that grows with every alert of the device (`topics.md`,
+//! *Signed alerts*). A device that cannot do TLS can then still be
+//! trusted: nobody without the key can make an alert, and a recorded one
+//! cannot be played again.
+//!
+//! The last accepted counter of each device (the alert's sender) is kept
+//! in the store (`alert_counters`), at most `max_alert_devices` of them.
+//! It is written before the alert is posted, so the group commit that
+//! makes the alert durable (and its PUBACK) carries the counter too.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use parking_lot::{Mutex, RwLock};
+use sha2::Sha256;
+
+use super::payloads::AlertEnvelope;
+use crate::config::Config;
+use crate::protocol::PublishAckReason;
+use crate::router::Message;
+use crate::store::{MemoryStore, Store};
+
+/// Shortest and longest key accepted, in bytes: under 128 bits a key can
+/// be guessed; over the block size HMAC hashes it down anyway.
+const KEY_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
+
+/// Per rule of `config.alerts` (same index): its key, if it has one.
+type RuleKeys = Arc<[Option<Arc<[u8]>>]>;
+
+/// Why a signed alert was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No signature, or one that is not hex / CBOR as `topics.md` says.
+    Malformed,
+    /// The signature does not match (another key, or a changed alert).
+    BadSignature,
+    /// Correctly signed, but its counter is not above the last accepted
+    /// one: a recorded alert played again, or a device that lost count.
+    Replayed,
+    /// A new device while `max_alert_devices` are known.
+    TooManyDevices,
+    /// The counter could not be written.
+    Store,
+}
+
+impl Refusal {
+    /// The 5.0 PUBACK reason. A replay gets the code of a bad signature:
+    /// both mean "this does not prove the device sent it now", and 0x99
+    /// would claim a format error where there is none.
+    pub(crate) fn reason(self) -> PublishAckReason {
+        match self {
+            Refusal::Malformed => PublishAckReason::PayloadFormatInvalid,
+            Refusal::BadSignature | Refusal::Replayed => PublishAckReason::NotAuthorized,
+            Refusal::TooManyDevices => PublishAckReason::QuotaExceeded,
+            Refusal::Store => PublishAckReason::UnspecifiedError,
+        }
+    }
+}
+
+/// An alert that passed its signature check: what the room gets, and the
+/// counter to record once every check of the publish passed.
+pub(crate) struct Verified {
+    pub body: Bytes,
+    pub counter: u64,
+}
+
+/// The keys of the signed rules and the devices' counters.
+pub(crate) struct SignedAlerts {
+    /// Replaced whole on SIGHUP (a lock held for a clone of the `Arc`).
+    keys: RwLock<RuleKeys>,
+    /// Last accepted counter per device; a mutex because a check and its
+    /// update must be one step (two copies of one alert on two
+    /// connections: one passes).
+    counters: Mutex<HashMap<String, u64>>,
+    store: Arc<dyn Store>,
+    max_devices: usize,
+}
+
+impl SignedAlerts {
+    /// Reads the rules' key files and the counters kept in `store` (in
+    /// memory without one). A missing or bad key file is an error that
+    /// names the file and the key.
+    pub(crate) fn load(config: &Config, store: Option<Arc<dyn Store>>) -> Result<SignedAlerts, String> {
+        let keys = read_keys(config)?;
+        let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        let counters = store
+            .load_alert_counters()
+            .map_err(|e| format!("alert counters: {e}"))?
+            .into_iter()
+            .collect();
+        Ok(SignedAlerts {
+            keys: RwLock::new(keys),
+            counters: Mutex::new(counters),
+            store,
+            max_devices: config.max_alert_devices,
+        })
+    }
+
+    /// No signed rules, counters in memory: until `load` replaces it.
+    pub(crate) fn none() -> SignedAlerts {
+        SignedAlerts {
+            keys: RwLock::new(Arc::from(Vec::new())),
+            counters: Mutex::default(),
+            store: Arc::new(MemoryStore::default()),
+            max_devices: 0,
+        }
+    }
+
+    /// Reads the key files again (SIGHUP); on an error the old keys stay.
+    pub(crate) fn reload(&self, config: &Config) {
+        match read_keys(config) {
+            Ok(keys) => {
+                let signed = keys.iter().filter(|k| k.is_some()).count();
+                *self.keys.write() = keys;
+                if signed > 0 {
+                    tracing::info!(rules = signed, "alert keys reloaded");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "alert keys not reloaded; the old ones stay in use"),
+        }
+    }
+
+    /// Whether rule `index` takes only signed alerts.
+    pub(crate) fn is_signed(&self, index: usize) -> bool {
+        self.key(index).is_some()
+    }
+
+    fn key(&self, index: usize) -> Option<Arc<[u8]>> {
+        self.keys.read().get(index).cloned().flatten()
+    }
+
+    /// Checks the signature of `message` for rule `index` (which has a
+    /// key): User Properties `sig` and `ctr`, or else a CBOR envelope as
+    /// the payload. Changes nothing.
+    pub(crate) fn verify(&self, index: usize, message: &Message) -> Result<Verified, Refusal> {
+        let key = self.key(index).ok_or(Refusal::BadSignature)?;
+        let (body, counter, sig) = signed_parts(message)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| Refusal::BadSignature)?;
+        mac.update(&signing_input(&message.topic, &body, counter));
+        // `verify_slice` compares in constant time.
+        mac.verify_slice(&sig).map_err(|_| Refusal::BadSignature)?;
+        Ok(Verified { body, counter })
+    }
+
+    /// Records `counter` as `device`'s last one, or refuses it when it is
+    /// not above the last (or `device` would be one too many).
+    pub(crate) fn accept(&self, device: &str, counter: u64) -> Result<(), Refusal> {
+        let mut counters = self.counters.lock();
+        match counters.get(device) {
+            Some(&last) if counter <= last => return Err(Refusal::Replayed),
+            None if counter == 0 => return Err(Refusal::Replayed),
+            None if counters.len() >= self.max_devices => return Err(Refusal::TooManyDevices),
+            _ => {}
+        }
+        if let Err(e) = self.store.put_alert_counter(device, counter) {
+            tracing::error!(%device, error = %e, "could not store an alert counter");
+            return Err(Refusal::Store);
+        }
+        counters.insert(device.to_string(), counter);
+        Ok(())
+    }
+}
+
+/// What is signed: the topic's bytes, one 0x00 byte, the body, and the
+/// counter as 8 bytes big-endian. The 0x00 (which no MQTT topic may
+/// contain) marks where the topic ends, so no other split of the same
+/// bytes into topic and body has the same signature.
+pub fn signing_input(topic: &str, body: &[u8], counter: u64) -> Vec<u8> {
+    let mut input = Vec::with_capacity(topic.len() + 1 + body.len() + 8);
+    input.extend_from_slice(topic.as_bytes());
+    input.push(0);
+    input.extend_from_slice(body);
+    input.extend_from_slice(&counter.to_be_bytes());
+    input
+}
+
+/// The HMAC-SHA256 of an alert, as a device computes it.
+pub fn sign_alert(key: &[u8], topic: &str, body: &[u8], counter: u64) -> [u8; 32] {
+    // HMAC takes a key of any length: this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return [0; 32],
+    };
+    mac.update(&signing_input(topic, body, counter));
+    mac.finalize().into_bytes().into()
+}
+
+/// Body, counter and signature of a signed alert.
+fn signed_parts(message: &Message) -> Result<(Bytes, u64, Vec<u8>), Refusal> {
+    let property = |name: &str| {
+        message
+            .properties
+            .as_ref()
+            .and_then(|p| p.user_properties.iter().find(|(k, _)| k == name))
+            .map(|(_, v)| v.to_string())
+    };
+    if let Some(sig) = property("sig") {
+        let counter = property("ctr")
+            .and_then(|c| c.parse::<u64>().ok())
+            .ok_or(Refusal::Malformed)?;
+        let sig = decode_hex(&sig).ok_or(Refusal::Malformed)?;
+        return Ok((message.payload.clone(), counter, sig));
+    }
+    // Exactly one CBOR value, nothing after it; its size is already
+    // bounded by `max_room_message_bytes`.
+    let mut rest = message.payload.as_ref();
+    let envelope: AlertEnvelope = ciborium::from_reader(&mut rest).map_err(|_| Refusal::Malformed)?;
+    if !rest.is_empty() {
+        return Err(Refusal::Malformed);
+    }
+    Ok((Bytes::from(envelope.body), envelope.ctr, envelope.sig))
+}
+
+/// Every rule's key, read from its `hmac_key_file`.
+fn read_keys(config: &Config) -> Result<RuleKeys, String> {
+    config
+        .alerts
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| match &rule.hmac_key_file {
+            None => Ok(None),
+            Some(path) => read_key(path)
+                .map(|k| Some(Arc::from(k)))
+                .map_err(|why| format!("key `alerts[{i}].hmac_key_file` ({}): {why}", path.display())),
+        })
+        .collect()
+}
+
+/// A key file: the key in hex, surrounding whitespace ignored.
+fn read_key(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let key = decode_hex(text.trim()).ok_or("the file must hold the key in hex")?;
+    if !KEY_BYTES.contains(&key.len()) {
+        return Err(format!(
+            "the key is {} bytes; it must be {} to {}",
+            key.len(),
+            KEY_BYTES.start(),
+            KEY_BYTES.end()
+        ));
+    }
+    Ok(key)
+}
+
+/// Hex (either case) to bytes; `None` for anything else.
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test vector of `topics.md` (*Signed alerts*).
+    #[test]
+    fn the_documented_test_vector() {
+        let key = decode_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f").unwrap();
+        let sig = sign_alert(&key, "alerts/boiler-7/critical", b"pressure high", 1);
+        let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, TEST_VECTOR_SIG);
+    }
+
+    const TEST_VECTOR_SIG: &str = "d5ffb5f36c1935a4333ecc4a4441a1ab63accf4492e650e0bf7fb896b13724bb";
+
+    #[test]
+    fn a_counter_must_grow_per_device() {
+        let alerts = SignedAlerts::load(&Config::default(), None).unwrap();
+        assert_eq!(alerts.accept("d", 0), Err(Refusal::Replayed));
+        alerts.accept("d", 5).unwrap();
+        assert_eq!(alerts.accept("d", 5), Err(Refusal::Replayed));
+        assert_eq!(alerts.accept("d", 4), Err(Refusal::Replayed));
+        alerts.accept("e", 1).unwrap();
+        alerts.accept("d", 6).unwrap();
+    }
+}

@@ -1,0 +1,232 @@
+//! Signed device alerts (`[[alerts]]` with `hmac_key_file`, `topics.md`
+//! *Signed alerts*): a rule with a key takes only alerts signed with it,
+//! with a counter above the device's last one, also after a restart; 5.0
+//! devices sign in User Properties, 3.1.1 devices in a CBOR envelope.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::chat::{publish_with, send_and_ack, user_props};
+use common::*;
+use hmac::{Hmac, Mac};
+use rmqtt_codec::types::Publish;
+use rmqtt_codec::v3;
+use rmqtt_codec::v5::{PublishAckReason, QoS};
+use roomq::chat::payloads::{to_cbor, AlertEnvelope};
+use roomq::config::AlertRule;
+use roomq::Config;
+use sha2::Sha256;
+
+const KEY: [u8; 32] = *b"0123456789abcdef0123456789abcdef";
+const TOPIC: &str = "alerts/boiler-7/critical";
+
+/// The signature as a device computes it, written here from `topics.md`
+/// (not with the broker's code): HMAC-SHA256 over topic, 0x00, body,
+/// counter (8 bytes big-endian).
+fn sign(key: &[u8], topic: &str, body: &[u8], counter: u64) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(topic.as_bytes());
+    mac.update(&[0]);
+    mac.update(body);
+    mac.update(&counter.to_be_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key file holding `KEY` in hex, in `dir`.
+fn key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("boilers.key");
+    std::fs::write(&path, format!("{}\n", hex(&KEY))).unwrap();
+    path
+}
+
+/// `config` with one signed rule: `alerts/+/critical` into room `ops`.
+fn signed_rule(mut config: Config, key: PathBuf) -> Config {
+    config.alerts = vec![AlertRule {
+        topic: "alerts/+/critical".into(),
+        room: "ops".into(),
+        publishers: Vec::new(),
+        hmac_key_file: Some(key),
+    }];
+    config
+}
+
+/// A 5.0 alert signed in User Properties (`sig` with `signature`, `ctr`).
+fn alert5(id: u16, body: &[u8], counter: u64, signature: &[u8]) -> Publish {
+    let (sig, ctr) = (hex(signature), counter.to_string());
+    publish_with(TOPIC, body, Some(id), &[("sig", &sig), ("ctr", &ctr)])
+}
+
+async fn ops_watcher(addr: std::net::SocketAddr) -> Raw {
+    let mut ops = Raw::client5(addr, "ops-watch").await;
+    ops.subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    ops
+}
+
+#[tokio::test]
+async fn a_correctly_signed_alert_enters_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(signed_rule(test_config(), key_file(dir.path()))).await;
+    let addr = broker.local_addr();
+    let mut ops = ops_watcher(addr).await;
+    let mut device = Raw::client5(addr, "boiler-7").await;
+
+    let sig = sign(&KEY, TOPIC, b"pressure high", 1);
+    let ack = send_and_ack(&mut device, alert5(1, b"pressure high", 1, &sig)).await;
+    assert!(u8::from(ack.reason_code) < 0x80, "{:?}", ack.reason_code);
+    let alert = ops.publish5().await;
+    assert_eq!(alert.topic, "rooms/ops/msg/boiler-7");
+    assert_eq!(&alert.payload[..], b"pressure high");
+    // The signature is for the broker; members get the verified alert.
+    let props = user_props(&alert);
+    assert!(
+        !props.contains_key("sig") && !props.contains_key("ctr"),
+        "{props:?}"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_signature_is_refused_and_nothing_enters_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(signed_rule(test_config(), key_file(dir.path()))).await;
+    let addr = broker.local_addr();
+    let mut ops = ops_watcher(addr).await;
+    let mut device = Raw::client5(addr, "boiler-7").await;
+
+    // Signed with another key, then the right signature over another body.
+    let wrong_key = sign(b"another key, another key, anothe", TOPIC, b"fire", 1);
+    let ack = send_and_ack(&mut device, alert5(1, b"fire", 1, &wrong_key)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    let changed_body = sign(&KEY, TOPIC, b"all fine", 2);
+    let ack = send_and_ack(&mut device, alert5(2, b"fire", 2, &changed_body)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    // No signature at all on a signed rule: not the documented format.
+    let ack = send_and_ack(&mut device, publish_with(TOPIC, b"fire", Some(3), &[])).await;
+    assert_eq!(ack.reason_code, PublishAckReason::PayloadFormatInvalid);
+    assert!(matches!(ops.recv5_within(QUIET).await, Got::Nothing));
+    assert_eq!(broker.chat_counters().alerts_refused.get(), 3);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replayed_or_older_counter_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(signed_rule(test_config(), key_file(dir.path()))).await;
+    let addr = broker.local_addr();
+    let mut ops = ops_watcher(addr).await;
+    let mut device = Raw::client5(addr, "boiler-7").await;
+
+    let sig = sign(&KEY, TOPIC, b"pressure high", 7);
+    let ack = send_and_ack(&mut device, alert5(1, b"pressure high", 7, &sig)).await;
+    assert!(u8::from(ack.reason_code) < 0x80);
+    assert_eq!(&ops.publish5().await.payload[..], b"pressure high");
+    // The same signed alert again, from a new connection under the
+    // device's name (a recording played by someone who claims the name).
+    drop(device);
+    let mut attacker = Raw::client5(addr, "boiler-7").await;
+    let ack = send_and_ack(&mut attacker, alert5(2, b"pressure high", 7, &sig)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    let older = sign(&KEY, TOPIC, b"pressure low", 6);
+    let ack = send_and_ack(&mut attacker, alert5(3, b"pressure low", 6, &older)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    assert!(matches!(ops.recv5_within(QUIET).await, Got::Nothing));
+    broker.shutdown().await;
+}
+
+/// The counter survives a restart on the same data directory: an alert
+/// recorded before the restart cannot be played after it.
+#[tokio::test]
+async fn the_counter_is_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let data = dir.path().join("data");
+    let sig = sign(&KEY, TOPIC, b"pressure high", 41);
+    {
+        let broker = start_with(signed_rule(sled_config(&data), key.clone())).await;
+        let mut device = Raw::client5(broker.local_addr(), "boiler-7").await;
+        let ack = send_and_ack(&mut device, alert5(1, b"pressure high", 41, &sig)).await;
+        assert!(u8::from(ack.reason_code) < 0x80);
+        broker.shutdown().await;
+    }
+    let broker = start_with(signed_rule(sled_config(&data), key)).await;
+    let addr = broker.local_addr();
+    let mut ops = ops_watcher(addr).await;
+    let mut device = Raw::client5(addr, "boiler-7").await;
+    let ack = send_and_ack(&mut device, alert5(1, b"pressure high", 41, &sig)).await;
+    assert_eq!(ack.reason_code, PublishAckReason::NotAuthorized);
+    let next = sign(&KEY, TOPIC, b"pressure normal", 42);
+    let ack = send_and_ack(&mut device, alert5(2, b"pressure normal", 42, &next)).await;
+    assert!(u8::from(ack.reason_code) < 0x80);
+    assert_eq!(&ops.publish5().await.payload[..], b"pressure normal");
+    broker.shutdown().await;
+}
+
+/// 3.1.1 has no User Properties: the device sends the CBOR envelope
+/// `{ body, ctr, sig }` as its payload; the room gets `body`. A refused
+/// one is acknowledged (3.1.1 has no reason codes; a device would resend
+/// a publish without PUBACK forever), dropped and counted.
+#[tokio::test]
+async fn a_311_device_signs_in_a_cbor_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(signed_rule(test_config(), key_file(dir.path()))).await;
+    let addr = broker.local_addr();
+    let mut ops = ops_watcher(addr).await;
+    let (mut device, _) = Raw::connect3(addr, connect3("boiler-7", true)).await;
+    let envelope = |body: &[u8], ctr: u64, sig: Vec<u8>| {
+        let mut p = publish(TOPIC, b"", QoS::AtLeastOnce, Some(ctr as u16));
+        p.payload = to_cbor(&AlertEnvelope {
+            body: body.to_vec(),
+            ctr,
+            sig,
+        })
+        .into();
+        v3::Packet::Publish(Box::new(p))
+    };
+
+    device
+        .send3(envelope(
+            b"forged",
+            1,
+            sign(b"not the key at all, not the key", TOPIC, b"forged", 1),
+        ))
+        .await;
+    device
+        .send3(envelope(
+            b"pressure high",
+            2,
+            sign(&KEY, TOPIC, b"pressure high", 2),
+        ))
+        .await;
+    let alert = ops.publish5().await;
+    assert_eq!(alert.topic, "rooms/ops/msg/boiler-7");
+    assert_eq!(&alert.payload[..], b"pressure high");
+    assert_eq!(broker.chat_counters().alerts_refused.get(), 1);
+    for id in [1, 2] {
+        match device.recv3().await.packet() {
+            v3::Packet::PublishAck { packet_id } => assert_eq!(packet_id.get(), id),
+            other => panic!("expected PUBACK {id}, got {other:?}"),
+        }
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_key_file_stops_start_up_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such.key");
+    let config = signed_rule(test_config(), missing.clone());
+    let error = roomq::Broker::new(config)
+        .start()
+        .await
+        .err()
+        .expect("start-up fails")
+        .to_string();
+    assert!(error.contains("alerts[0].hmac_key_file"), "{error}");
+    assert!(error.contains(&missing.display().to_string()), "{error}");
+}
