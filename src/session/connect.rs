@@ -68,21 +68,30 @@ pub(crate) async fn accept(
     cert_name: CertName,
 ) -> Option<Connection> {
     let version = io.codec.version()?;
+    // Before anything is sent: a packet over the client's Maximum Packet
+    // Size is never sent, not even a refusing CONNACK ([MQTT-3.1.2-24]).
+    if let Some(max) = connect.max_packet_size {
+        io.codec.set_max_outbound(max.get());
+    }
     let outcome = async {
         check_connect(shared, &connect, version, over_limit)?;
         let assigned = connect
             .client_id
             .is_empty()
             .then(|| shared.registry.assign_client_id());
+        let ack = connack(shared, &connect, assigned.as_deref(), version);
+        if connect.max_packet_size.is_some() {
+            connack_fits(&mut io, &ack)?;
+        }
         let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
         let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
         connect.username = principal.username.as_deref().map(Into::into);
         let presence_lasting = principal.username.is_some() || connect.session_expiry_interval_secs > 0;
         let claimed = claim_session(shared, &client_id, &connect, &principal, presence_lasting).await?;
-        Ok((assigned, client_id, grant, principal, presence_lasting, claimed))
+        Ok((ack, client_id, grant, principal, presence_lasting, claimed))
     }
     .await;
-    let (assigned, client_id, grant, principal, presence_lasting, claimed) = match outcome {
+    let (ack, client_id, grant, principal, presence_lasting, claimed) = match outcome {
         Ok(accepted) => accepted,
         Err(Refusal::Connack(reason, why)) => {
             tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
@@ -101,20 +110,6 @@ pub(crate) async fn accept(
     let terms = negotiate(shared, &claimed.session, &connect, &grant, &principal, version).await;
     let config = &shared.config;
     io.codec.set_max_inbound(config.max_packet_size);
-    if let Some(max) = connect.max_packet_size {
-        io.codec.set_max_outbound(max.get());
-    }
-    let ack = (version == Version::V5).then(|| ConnectAck {
-        session_expiry_interval_secs: (terms.expiry != connect.session_expiry_interval_secs)
-            .then_some(terms.expiry),
-        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
-        max_packet_size: Some(config.max_packet_size),
-        assigned_client_id: assigned.map(Into::into),
-        topic_alias_max: config.topic_alias_maximum,
-        retain_available: config.retain_available,
-        server_keepalive_sec: terms.server_keep_alive,
-        ..Default::default()
-    });
     send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
     shared.metrics.connections[io.listener].inc();
     shared.metrics.connections_opened.inc();
@@ -157,6 +152,46 @@ pub(crate) async fn accept(
     })
 }
 
+/// The accepting CONNACK's properties (5.0; `None` for 3.x): the limits
+/// the broker announces and the terms `keep_alive_terms` sets.
+fn connack(
+    shared: &Shared,
+    connect: &Connect,
+    assigned: Option<&str>,
+    version: Version,
+) -> Option<ConnectAck> {
+    let config = &shared.config;
+    let terms = keep_alive_terms(config, connect, version);
+    (version == Version::V5).then(|| ConnectAck {
+        session_expiry_interval_secs: (terms.expiry != connect.session_expiry_interval_secs)
+            .then_some(terms.expiry),
+        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
+        max_packet_size: Some(config.max_packet_size),
+        assigned_client_id: assigned.map(Into::into),
+        topic_alias_max: config.topic_alias_maximum,
+        retain_available: config.retain_available,
+        server_keepalive_sec: terms.server_keep_alive,
+        ..Default::default()
+    })
+}
+
+/// A client whose Maximum Packet Size no CONNACK fits in cannot be
+/// answered at all: it is closed at once, before it holds a session,
+/// rather than left waiting for an answer that never comes.
+fn connack_fits(io: &mut Io, ack: &Option<ConnectAck>) -> Result<(), Refusal> {
+    let Some(ack) = ack else {
+        return Ok(()); // 3.x has no Maximum Packet Size
+    };
+    let mut scratch = bytes::BytesMut::new();
+    let packet = Packet::ConnectAck(Box::new(ack.clone()));
+    match io.codec.encode(packet, &mut scratch) {
+        Err(crate::protocol::EncodeError::TooLarge) => Err(Refusal::Close(
+            "the client's Maximum Packet Size is smaller than the CONNACK",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What CONNECT asks that needs no identity: the connection limit, the
 /// protocol's rules, the will's topic.
 fn check_connect(
@@ -186,6 +221,12 @@ fn check_connect(
         .as_ref()
         .is_some_and(|will| !is_valid_topic_name(&will.topic))
     {
+        if version != Version::V5 {
+            // [MQTT-4.7.3-1], [MQTT-3.1.2-14]: a protocol violation, and
+            // 3.1.1 has no return code for it (3, "server unavailable",
+            // would blame the server): close without a CONNACK.
+            return Err(Refusal::Close("3.1.1 CONNECT with an invalid will topic"));
+        }
         shared.metrics.protocol_errors.inc();
         return Err(Refusal::Connack(
             ConnectAckReason::TopicNameInvalid,
@@ -304,14 +345,41 @@ async fn claim_session(
 /// The terms of an accepted connection.
 struct Terms {
     keep_alive_window: Option<Duration>,
-    /// The keep-alive the broker imposes (5.0 Server Keep Alive).
-    server_keep_alive: Option<u16>,
-    /// The Session Expiry Interval in force.
-    expiry: u32,
     send_window: usize,
     kick: Arc<Notify>,
     /// When the login token expires.
     auth_deadline: Option<tokio::time::Instant>,
+}
+
+/// Keep-alive and session expiry as the broker's maximums allow them.
+struct KeepAliveTerms {
+    keep_alive: u16,
+    /// The keep-alive the broker imposes (5.0 Server Keep Alive).
+    server_keep_alive: Option<u16>,
+    /// The Session Expiry Interval in force.
+    expiry: u32,
+}
+
+fn keep_alive_terms(config: &crate::config::Config, connect: &Connect, version: Version) -> KeepAliveTerms {
+    // Keep-alive: 0 means off unless the broker sets a maximum.
+    let max_keepalive = config.max_keepalive_secs;
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if max_keepalive > 0 && (keep_alive == 0 || keep_alive > max_keepalive) {
+        keep_alive = max_keepalive;
+        if version.is_v5() {
+            server_keep_alive = Some(max_keepalive);
+        }
+    }
+    let expiry = match config.max_session_expiry_secs {
+        0 => connect.session_expiry_interval_secs,
+        max => connect.session_expiry_interval_secs.min(max),
+    };
+    KeepAliveTerms {
+        keep_alive,
+        server_keep_alive,
+        expiry,
+    }
 }
 
 /// Agrees on keep-alive, session expiry and flow control, and sets the
@@ -328,20 +396,9 @@ async fn negotiate(
     version: Version,
 ) -> Terms {
     let config = &shared.config;
-    // Keep-alive: 0 means off unless the broker sets a maximum.
-    let max_keepalive = config.max_keepalive_secs;
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if max_keepalive > 0 && (keep_alive == 0 || keep_alive > max_keepalive) {
-        keep_alive = max_keepalive;
-        if version.is_v5() {
-            server_keep_alive = Some(max_keepalive);
-        }
-    }
-    let expiry = match config.max_session_expiry_secs {
-        0 => connect.session_expiry_interval_secs,
-        max => connect.session_expiry_interval_secs.min(max),
-    };
+    let KeepAliveTerms {
+        keep_alive, expiry, ..
+    } = keep_alive_terms(config, connect, version);
     let kick = Arc::new(Notify::new());
     let filters = session.state.lock().subscriptions.keys().cloned().collect();
     super::rooms_ready_for_session(shared, filters).await;
@@ -370,8 +427,6 @@ async fn negotiate(
     let client_receive_max = connect.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX);
     Terms {
         keep_alive_window: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-        server_keep_alive,
-        expiry,
         send_window: usize::from(client_receive_max.min(config.max_inflight_messages)),
         kick,
         auth_deadline: grant.expires_unix.map(|exp| {
