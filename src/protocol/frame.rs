@@ -411,3 +411,27 @@ fn publish_has_topic_alias_zero(body: &[u8], first_byte: u8) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::largest_remaining_length;
+
+    /// One byte of packet type, 1 to 4 bytes of remaining length, the rest:
+    /// the largest remaining length fills `max` exactly or leaves one byte
+    /// where a longer length field would not fit.
+    #[test]
+    fn remaining_length_within_a_maximum_packet_size() {
+        for (max, remaining) in [
+            (2, 0),
+            (20, 18),
+            (129, 127),
+            (130, 127),
+            (131, 128),
+            (16_386, 16_383),
+            (16_387, 16_383),
+            (16_388, 16_384),
+        ] {
+            assert_eq!(largest_remaining_length(max), remaining, "max {max}");
+        }
+    }
+}
