@@ -395,3 +395,38 @@ async fn mqtt31_connack_never_says_session_present() {
     }
     broker.shutdown().await;
 }
+
+/// MQTT 3.1 sets DUP on a PUBREL (and SUBSCRIBE, UNSUBSCRIBE) it sends
+/// again; 3.1.1 made those bits reserved. A 3.1 client's resent PUBREL is
+/// answered with PUBCOMP, not closed as malformed (Mosquitto's
+/// 03-publish-c2b-disconnect-qos2 at protocol level 3).
+#[tokio::test]
+async fn mqtt31_resent_pubrel_subscribe_and_unsubscribe_may_carry_dup() {
+    let broker = start().await;
+    let mut raw = Raw::tcp(broker.local_addr(), false).await;
+    raw.send_bytes(&raw_connect(b"MQIsdp", 3, 0x02, None, &[b"dup31"]))
+        .await;
+    assert!(matches!(raw.recv3().await.packet(), v3::Packet::ConnectAck(_)));
+    // PUBLISH QoS 2, topic "t", packet id 1, payload "x".
+    raw.send_bytes(&[0x34, 0x06, 0, 1, b't', 0, 1, b'x']).await;
+    let pubrec = raw.recv3().await.packet();
+    assert!(matches!(pubrec, v3::Packet::PublishReceived { .. }), "{pubrec:?}");
+    // PUBREL with DUP, packet id 1.
+    raw.send_bytes(&[0x6a, 0x02, 0, 1]).await;
+    let pubcomp = raw.recv3().await.packet();
+    assert!(
+        matches!(pubcomp, v3::Packet::PublishComplete { .. }),
+        "{pubcomp:?}"
+    );
+    // SUBSCRIBE with DUP: packet id 2, "t" at QoS 0; UNSUBSCRIBE with DUP.
+    raw.send_bytes(&[0x8a, 0x06, 0, 2, 0, 1, b't', 0]).await;
+    let suback = raw.recv3().await.packet();
+    assert!(matches!(suback, v3::Packet::SubscribeAck { .. }), "{suback:?}");
+    raw.send_bytes(&[0xaa, 0x05, 0, 3, 0, 1, b't']).await;
+    let unsuback = raw.recv3().await.packet();
+    assert!(
+        matches!(unsuback, v3::Packet::UnsubscribeAck { .. }),
+        "{unsuback:?}"
+    );
+    broker.shutdown().await;
+}

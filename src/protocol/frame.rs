@@ -137,6 +137,12 @@ impl Codec {
         let Some((header_len, total)) = whole_frame(buf, self.max_inbound)? else {
             return Ok(None);
         };
+        if version == Version::V31 && matches!(buf[0], 0x6a | 0x8a | 0xaa) {
+            // MQTT 3.1 sets DUP on a PUBREL, SUBSCRIBE or UNSUBSCRIBE it
+            // sends again; 3.1.1 made the bit reserved, and the codec
+            // refuses it. It changes nothing in the packet's meaning.
+            buf[0] &= !0x08;
+        }
         let first_byte = buf[0];
         if first_byte == 0x82 && version != Version::V5 {
             check_v3_subscribe_options(&buf[header_len..total])?;
