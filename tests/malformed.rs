@@ -74,7 +74,7 @@ async fn malformed_packets_close_only_that_connection() {
         (
             "U+0000 in topic name",
             publish_bytes(0x30, b"a\0b", b"x"),
-            &[R::TopicNameInvalid, R::MalformedPacket],
+            &[R::MalformedPacket],
         ),
         (
             "DUP on QoS 0",
@@ -218,4 +218,100 @@ async fn topic_alias_response_topic_and_password_nits_get_the_reasons_the_spec_n
     raw.send3(rmqtt_codec::v3::Packet::Connect(Box::new(c))).await;
     assert!(matches!(raw.recv3().await, Got::Closed));
     still_serving(addr).await;
+}
+
+/// [MQTT-3.1.4-1], [MQTT-3.1.2-18], [MQTT-3.1.2-22]: a CONNECT whose payload
+/// holds fields its flags do not announce is malformed, and the connection
+/// closes without a CONNACK (Mosquitto's 01-connect-uname-no-flag and
+/// 01-connect-uname-pwd-no-flag; issue 27, items 1 and 2).
+#[tokio::test]
+async fn connect_payload_must_hold_exactly_what_its_flags_announce() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let id: &[u8] = b"uname-test";
+    let cases: Vec<(&str, bool, Vec<u8>)> = vec![
+        (
+            "3.1.1, a username without its flag",
+            false,
+            raw_connect(b"MQTT", 4, 0x02, None, &[id, b"user"]),
+        ),
+        (
+            "5.0, a username without its flag",
+            true,
+            raw_connect(b"MQTT", 5, 0x02, Some(&[]), &[id, b"user"]),
+        ),
+        (
+            "5.0, username and password with only the password flag",
+            true,
+            raw_connect(b"MQTT", 5, 0x42, Some(&[]), &[id, b"user", b"pw"]),
+        ),
+        (
+            "3.1.1, username and password with only the password flag",
+            false,
+            raw_connect(b"MQTT", 4, 0x42, None, &[id, b"user", b"pw"]),
+        ),
+        (
+            "5.0, a will's fields without the will flag",
+            true,
+            raw_connect(b"MQTT", 5, 0x02, Some(&[]), &[id, &[0], b"t", b"m"]),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, is_v5, bytes) in cases {
+        let mut raw = Raw::tcp(addr, is_v5).await;
+        raw.send_bytes(&bytes).await;
+        let got = if is_v5 {
+            format!("{:?}", raw.recv5().await)
+        } else {
+            format!("{:?}", raw.recv3().await)
+        };
+        if got != "Closed" {
+            wrong.push(format!("{name}: got {got}"));
+        }
+    }
+    assert!(wrong.is_empty(), "expected a close without CONNACK: {wrong:#?}");
+    still_serving(addr).await;
+    broker.shutdown().await;
+}
+
+/// [MQTT-1.5.4-2]: a UTF-8 string holding U+0000 makes the packet malformed
+/// (0x81), whether it is a topic name or a topic filter (Mosquitto's
+/// 13-malformed-subscribe-v5 and 03-publish-invalid-utf8; issue 27, items 3
+/// and 4).
+#[tokio::test]
+async fn u0000_in_a_topic_or_filter_is_a_malformed_packet_in_5() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("PUBLISH topic", publish_bytes(0x30, b"a\0b", b"x")),
+        // SUBSCRIBE id 1, no properties, filter "a\0b", options QoS 0.
+        (
+            "SUBSCRIBE filter",
+            vec![0x82, 0x09, 0, 1, 0, 0, 3, b'a', 0, b'b', 0],
+        ),
+        // UNSUBSCRIBE id 1, no properties, filter "a\0b".
+        (
+            "UNSUBSCRIBE filter",
+            vec![0xa2, 0x08, 0, 1, 0, 0, 3, b'a', 0, b'b'],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, bytes) in cases {
+        let mut raw = Raw::client5(addr, "nul").await;
+        raw.send_bytes(&bytes).await;
+        match raw.recv5().await {
+            Got::Packet(Packet::Disconnect(d)) if d.reason_code == R::MalformedPacket => {
+                if !matches!(raw.recv5().await, Got::Closed) {
+                    wrong.push(format!("{name}: open after DISCONNECT"));
+                }
+            }
+            other => wrong.push(format!("{name}: got {other:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "expected DISCONNECT 0x81 and a close: {wrong:#?}"
+    );
+    still_serving(addr).await;
+    broker.shutdown().await;
 }

@@ -318,3 +318,115 @@ async fn max_connections_refuses_with_server_unavailable() {
     second.expect_closed3().await;
     broker.shutdown().await;
 }
+
+/// [MQTT-4.7.3-1]: a will with an empty topic is a protocol violation: the
+/// connection closes without a CONNACK, and without a return code that
+/// blames the server (Mosquitto's 07-will-null-topic; issue 27, item 5).
+#[tokio::test]
+async fn will_with_an_empty_topic_closes_without_connack() {
+    let broker = start().await;
+    let mut raw = Raw::tcp(broker.local_addr(), false).await;
+    // Clean session, will flag, will QoS 0: id, will topic "", will message.
+    raw.send_bytes(&raw_connect(b"MQTT", 4, 0x06, None, &[b"will-null", b"", b"msg"]))
+        .await;
+    raw.expect_closed3().await;
+    broker.shutdown().await;
+}
+
+/// MQTT 3.1 (protocol level 3): the client id is 1 to 23 characters, and
+/// any other (also a missing one) gets return code 2, identifier rejected
+/// (Mosquitto's 01-connect-invalid-id-0 and -missing; issue 27, item 8).
+#[tokio::test]
+async fn mqtt31_client_id_is_one_to_23_characters() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let cases: [(&str, &[&[u8]]); 3] = [
+        ("empty client id", &[b""]),
+        ("missing client id", &[]),
+        ("24 characters", &[b"abcdefghijklmnopqrstuvwx"]),
+    ];
+    let mut wrong = Vec::new();
+    for (name, fields) in cases {
+        let mut raw = Raw::tcp(addr, false).await;
+        raw.send_bytes(&raw_connect(b"MQIsdp", 3, 0x02, None, fields))
+            .await;
+        match raw.recv3().await {
+            Got::Packet(v3::Packet::ConnectAck(ack))
+                if ack.return_code == v3::ConnectAckReason::IdentifierRejected => {}
+            other => wrong.push(format!("{name}: got {other:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "expected return code 2: {wrong:#?}");
+    let mut raw = Raw::tcp(addr, false).await;
+    raw.send_bytes(&raw_connect(
+        b"MQIsdp",
+        3,
+        0x02,
+        None,
+        &[b"abcdefghijklmnopqrstuvw"],
+    ))
+    .await;
+    let ack = raw.recv3().await.packet();
+    assert!(
+        matches!(ack, v3::Packet::ConnectAck(a) if a.return_code == v3::ConnectAckReason::ConnectionAccepted)
+    );
+    broker.shutdown().await;
+}
+
+/// MQTT 3.1 has no Session Present: the first byte of the CONNACK's
+/// variable header is reserved and 0, also when a session is resumed
+/// (issue 27, item 9).
+#[tokio::test]
+async fn mqtt31_connack_never_says_session_present() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    for attempt in ["first", "resumed"] {
+        let mut raw = Raw::tcp(addr, false).await;
+        // Clean session 0: the session outlives the connection.
+        raw.send_bytes(&raw_connect(b"MQIsdp", 3, 0x00, None, &[b"old-device"]))
+            .await;
+        let ack = raw.recv3().await.packet();
+        assert!(
+            matches!(ack, v3::Packet::ConnectAck(a) if !a.session_present && a.return_code == v3::ConnectAckReason::ConnectionAccepted),
+            "{attempt} connection: {ack:?}"
+        );
+        raw.send_bytes(&[0xe0, 0x00]).await; // DISCONNECT
+        raw.expect_closed3().await;
+    }
+    broker.shutdown().await;
+}
+
+/// MQTT 3.1 sets DUP on a PUBREL (and SUBSCRIBE, UNSUBSCRIBE) it sends
+/// again; 3.1.1 made those bits reserved. A 3.1 client's resent PUBREL is
+/// answered with PUBCOMP, not closed as malformed (Mosquitto's
+/// 03-publish-c2b-disconnect-qos2 at protocol level 3).
+#[tokio::test]
+async fn mqtt31_resent_pubrel_subscribe_and_unsubscribe_may_carry_dup() {
+    let broker = start().await;
+    let mut raw = Raw::tcp(broker.local_addr(), false).await;
+    raw.send_bytes(&raw_connect(b"MQIsdp", 3, 0x02, None, &[b"dup31"]))
+        .await;
+    assert!(matches!(raw.recv3().await.packet(), v3::Packet::ConnectAck(_)));
+    // PUBLISH QoS 2, topic "t", packet id 1, payload "x".
+    raw.send_bytes(&[0x34, 0x06, 0, 1, b't', 0, 1, b'x']).await;
+    let pubrec = raw.recv3().await.packet();
+    assert!(matches!(pubrec, v3::Packet::PublishReceived { .. }), "{pubrec:?}");
+    // PUBREL with DUP, packet id 1.
+    raw.send_bytes(&[0x6a, 0x02, 0, 1]).await;
+    let pubcomp = raw.recv3().await.packet();
+    assert!(
+        matches!(pubcomp, v3::Packet::PublishComplete { .. }),
+        "{pubcomp:?}"
+    );
+    // SUBSCRIBE with DUP: packet id 2, "t" at QoS 0; UNSUBSCRIBE with DUP.
+    raw.send_bytes(&[0x8a, 0x06, 0, 2, 0, 1, b't', 0]).await;
+    let suback = raw.recv3().await.packet();
+    assert!(matches!(suback, v3::Packet::SubscribeAck { .. }), "{suback:?}");
+    raw.send_bytes(&[0xaa, 0x05, 0, 3, 0, 1, b't']).await;
+    let unsuback = raw.recv3().await.packet();
+    assert!(
+        matches!(unsuback, v3::Packet::UnsubscribeAck { .. }),
+        "{unsuback:?}"
+    );
+    broker.shutdown().await;
+}

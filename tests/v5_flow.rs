@@ -481,3 +481,50 @@ async fn rumqttc_v5_round_trip_with_user_properties() {
     );
     broker.shutdown().await;
 }
+
+/// [MQTT-3.1.2-24], [MQTT-3.1.2-25]: only a packet that exceeds the
+/// client's Maximum Packet Size is withheld (and counted); one of exactly
+/// that size is sent, at QoS 0 and at QoS 1 (issue 27, item 6; Mosquitto's
+/// 12-prop-maximum-packet-size-publish*).
+#[tokio::test]
+async fn packet_of_exactly_the_client_maximum_packet_size_is_sent() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut publisher = Raw::client5(addr, "exact-pub").await;
+    // A PUBLISH on "t" with no properties: fixed header 2, topic 3,
+    // property length 1, packet id 2 at QoS 1; the rest is payload.
+    let cases: [(QoS, u32, &'static [u8], &'static [u8]); 2] = [
+        (QoS::AtMostOnce, 20, b"0123456789abcd", b"0123456789abcde"),
+        (QoS::AtLeastOnce, 21, b"0123456789abc", b"0123456789abcd"),
+    ];
+    for (n, (qos, max, fits, over)) in cases.into_iter().enumerate() {
+        let mut c = connect5("exact-sub");
+        c.max_packet_size = NonZeroU32::new(max);
+        let (mut sub, _) = Raw::connect5(addr, c).await;
+        sub.subscribe5(1, &[("t", opts(qos))]).await;
+        let id = 2 * n as u16 + 1;
+        publisher.publish1_5(id, "t", over).await;
+        publisher.publish1_5(id + 1, "t", fits).await;
+        let got = sub.publish5().await;
+        assert_eq!(&got.payload[..], fits, "{max}-byte maximum at {qos:?}");
+        assert_eq!(got.qos, qos);
+    }
+    assert_eq!(broker.metrics().messages_dropped_too_large.get(), 2);
+    broker.shutdown().await;
+}
+
+/// A Maximum Packet Size no CONNACK fits in: nothing is sent (not a CONNACK,
+/// not a later DISCONNECT), and the connection closes at once (issue 27,
+/// item 7; Mosquitto's 12-prop-maximum-packet-size-connect).
+#[tokio::test]
+async fn maximum_packet_size_below_any_connack_closes_at_once() {
+    let broker = start().await;
+    let mut c = connect5("tiny");
+    c.keep_alive = 5;
+    c.max_packet_size = NonZeroU32::new(2);
+    let mut raw = Raw::tcp(broker.local_addr(), true).await;
+    raw.send5(Packet::Connect(Box::new(c))).await;
+    let got = raw.recv5_within(std::time::Duration::from_secs(5)).await;
+    assert!(matches!(got, Got::Closed), "got {got:?}");
+    broker.shutdown().await;
+}

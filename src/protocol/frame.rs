@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{v311, validate, DisconnectReasonCode, Packet, Version};
+use super::{connect, v311, validate, DisconnectReasonCode, Packet, Version};
 
 /// Why a byte stream could not be turned into a packet. Each value names the
 /// 5.0 reason code the connection is closed with.
@@ -72,6 +72,9 @@ impl From<rmqtt_codec::error::DecodeError> for DecodeError {
 pub struct Codec {
     version: Option<Version>,
     max_inbound: u32,
+    /// The peer's Maximum Packet Size (5.0), whole packets in bytes: a
+    /// packet over it is never written.
+    max_outbound: Option<u32>,
     v3: rmqtt_codec::v3::Codec,
     v5: rmqtt_codec::v5::Codec,
 }
@@ -82,6 +85,7 @@ impl Codec {
         Codec {
             version: None,
             max_inbound,
+            max_outbound: None,
             v3: rmqtt_codec::v3::Codec::new(max_inbound),
             v5: rmqtt_codec::v5::Codec::new(max_inbound, 0),
         }
@@ -99,9 +103,19 @@ impl Codec {
         self.v5.set_max_inbound_size(size);
     }
 
-    /// The largest packet the peer accepts (5.0 Maximum Packet Size).
+    /// The largest packet the peer accepts (5.0 Maximum Packet Size), in
+    /// bytes of the whole packet ([MQTT-3.1.2-24]).
     pub fn set_max_outbound(&mut self, size: u32) {
-        self.v5.set_max_outbound_size(size);
+        self.max_outbound = Some(size);
+        // The codec compares the remaining length with its limit less 5
+        // bytes (the largest fixed header), so it would withhold packets
+        // that fit by up to 3 bytes. It is given the largest remaining
+        // length that fits with its real fixed header, plus those 5; its
+        // limit still decides how much of an acknowledgement's Reason
+        // String and User Properties to leave out. `encode` checks the
+        // whole packet, also where that limit cannot (a size of 5 or less).
+        self.v5
+            .set_max_outbound_size(largest_remaining_length(size).saturating_add(5));
     }
 
     /// Decodes one packet from the front of `buf`, or returns `None` when
@@ -123,9 +137,18 @@ impl Codec {
         let Some((header_len, total)) = whole_frame(buf, self.max_inbound)? else {
             return Ok(None);
         };
+        if version == Version::V31 && matches!(buf[0], 0x6a | 0x8a | 0xaa) {
+            // MQTT 3.1 sets DUP on a PUBREL, SUBSCRIBE or UNSUBSCRIBE it
+            // sends again; 3.1.1 made the bit reserved, and the codec
+            // refuses it. It changes nothing in the packet's meaning.
+            buf[0] &= !0x08;
+        }
         let first_byte = buf[0];
         if first_byte == 0x82 && version != Version::V5 {
             check_v3_subscribe_options(&buf[header_len..total])?;
+        }
+        if first_byte == 0x10 {
+            connect::check_payload(&buf[header_len..total], version)?;
         }
         let packet = match version {
             Version::V5 if first_byte == 0x10 => match self.decode_v5_connect(buf)? {
@@ -150,6 +173,9 @@ impl Codec {
             },
         };
         validate::inbound_packet(first_byte, &packet, version)?;
+        if let Packet::Connect(c) = &packet {
+            connect::check_client_id(&c.client_id, version)?;
+        }
         Ok(Some(packet))
     }
 
@@ -178,14 +204,30 @@ impl Codec {
     /// Appends the encoding of `packet` to `dst`. A packet with no 3.1.1
     /// form (DISCONNECT or AUTH from the server) writes nothing there.
     pub fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let start = dst.len();
         match self.version {
-            Some(Version::V5) => self.v5.encode(packet, dst).map_err(EncodeError::from),
-            Some(_) => match v311::from_v5(packet) {
-                Some(p) => self.v3.encode(p, dst).map_err(EncodeError::from),
-                None => Ok(()),
+            Some(Version::V5) => self.v5.encode(packet, dst).map_err(EncodeError::from)?,
+            Some(version) => match v311::from_v5(packet) {
+                // MQTT 3.1 has no Session Present: the byte is reserved, 0.
+                Some(rmqtt_codec::v3::Packet::ConnectAck(mut ack)) if version == Version::V31 => {
+                    ack.session_present = false;
+                    self.v3.encode(rmqtt_codec::v3::Packet::ConnectAck(ack), dst)?
+                }
+                Some(p) => self.v3.encode(p, dst)?,
+                None => {}
             },
-            None => Err(EncodeError::NoVersion),
+            None => return Err(EncodeError::NoVersion),
         }
+        if self
+            .max_outbound
+            .is_some_and(|max| dst.len() - start > max as usize)
+        {
+            // Only a packet over the peer's maximum is withheld
+            // ([MQTT-3.1.2-25]); the caller counts it.
+            dst.truncate(start);
+            return Err(EncodeError::TooLarge);
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +249,20 @@ impl From<rmqtt_codec::error::EncodeError> for EncodeError {
             other => EncodeError::Other(other.to_string()),
         }
     }
+}
+
+/// The largest remaining length of a packet that fits in `max` bytes with
+/// its fixed header (one byte and the remaining length's 1 to 4 bytes).
+fn largest_remaining_length(max: u32) -> u32 {
+    let mut remaining = max.saturating_sub(2);
+    for header in 2..=5 {
+        let fits_one_more_byte = remaining >= 1 << (7 * (header - 1));
+        if !fits_one_more_byte {
+            break;
+        }
+        remaining = max.saturating_sub(header + 1);
+    }
+    remaining
 }
 
 /// Where the Connect Flags byte of the (whole) CONNECT at the front of
@@ -360,4 +416,28 @@ fn publish_has_topic_alias_zero(body: &[u8], first_byte: u8) -> bool {
         at += skip;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::largest_remaining_length;
+
+    /// One byte of packet type, 1 to 4 bytes of remaining length, the rest:
+    /// the largest remaining length fills `max` exactly or leaves one byte
+    /// where a longer length field would not fit.
+    #[test]
+    fn remaining_length_within_a_maximum_packet_size() {
+        for (max, remaining) in [
+            (2, 0),
+            (20, 18),
+            (129, 127),
+            (130, 127),
+            (131, 128),
+            (16_386, 16_383),
+            (16_387, 16_383),
+            (16_388, 16_384),
+        ] {
+            assert_eq!(largest_remaining_length(max), remaining, "max {max}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! session keeps the [`Version`] to apply the few rules that differ.
 //! Replacing the codec means replacing this module and the re-exports below.
 
+mod connect;
 mod frame;
 mod v311;
 pub mod validate;

@@ -40,6 +40,11 @@ pub(super) fn inbound_packet(first_byte: u8, packet: &Packet, version: Version) 
             }
         }
         Packet::Publish(p) => {
+            // Checked before the topic's other rules: U+0000 makes the
+            // packet malformed (0x81), not merely a topic refused (0x90).
+            if nul(&p.topic) {
+                return Err(NUL);
+            }
             if let Some(props) = &p.properties {
                 if nul_props(&props.user_properties)
                     || props.content_type.as_deref().is_some_and(nul)
@@ -55,6 +60,16 @@ pub(super) fn inbound_packet(first_byte: u8, packet: &Packet, version: Version) 
                     return Err(WILDCARD_RESPONSE_TOPIC);
                 }
             }
+        }
+        // A filter is a UTF-8 string like any other: U+0000 in it is a
+        // malformed packet, not a filter the SUBACK may refuse.
+        Packet::Subscribe(s)
+            if s.topic_filters.iter().any(|(f, _)| nul(f)) || nul_props(&s.user_properties) =>
+        {
+            return Err(NUL);
+        }
+        Packet::Unsubscribe(u) if u.topic_filters.iter().any(|f| nul(f)) || nul_props(&u.user_properties) => {
+            return Err(NUL);
         }
         _ => {}
     }

@@ -10,12 +10,13 @@ use tokio::sync::Notify;
 
 use super::acks::wait_until_durable;
 use super::connection::{Close, Connection, Io};
+use super::identify::identify;
 use super::io::CertName;
 use super::registry::ClaimRefused;
 use super::Shared;
 use super::Will;
 use crate::auth::gate::Principal;
-use crate::auth::{AuthDecision, AuthRequest, Grant};
+use crate::auth::Grant;
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{Connect, ConnectAck, ConnectAckReason, DecodeError, Packet, Version};
 
@@ -48,7 +49,7 @@ fn send_connack(io: &mut Io, reason: ConnectAckReason, present: bool, ack: Optio
 }
 
 /// Why a CONNECT is not accepted.
-enum Refusal {
+pub(super) enum Refusal {
     /// A refusing CONNACK with this reason, then close.
     Connack(ConnectAckReason, &'static str),
     /// A protocol violation: close without a CONNACK.
@@ -68,12 +69,21 @@ pub(crate) async fn accept(
     cert_name: CertName,
 ) -> Option<Connection> {
     let version = io.codec.version()?;
+    // Before anything is sent: a packet over the client's Maximum Packet
+    // Size is never sent, not even a refusing CONNACK ([MQTT-3.1.2-24]).
+    if let Some(max) = connect.max_packet_size {
+        io.codec.set_max_outbound(max.get());
+    }
     let outcome = async {
         check_connect(shared, &connect, version, over_limit)?;
         let assigned = connect
             .client_id
             .is_empty()
             .then(|| shared.registry.assign_client_id());
+        let ack = connack(shared, &connect, assigned.as_deref(), version);
+        if connect.max_packet_size.is_some() {
+            connack_fits(&mut io, &ack)?;
+        }
         let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
         let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
         connect.username = principal.username.as_deref().map(Into::into);
@@ -83,7 +93,7 @@ pub(crate) async fn accept(
         let presence_lasting = connect.session_expiry_interval_secs > 0;
         let claimed = claim_session(shared, &client_id, &connect, &principal, presence_lasting).await?;
         Ok((
-            assigned,
+            ack,
             client_id,
             grant,
             principal,
@@ -93,7 +103,7 @@ pub(crate) async fn accept(
         ))
     }
     .await;
-    let (assigned, client_id, grant, principal, presence_lasting, claimed, identity_charge) = match outcome {
+    let (ack, client_id, grant, principal, presence_lasting, claimed, identity_charge) = match outcome {
         Ok(accepted) => accepted,
         Err(Refusal::Connack(reason, why)) => {
             tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
@@ -112,20 +122,6 @@ pub(crate) async fn accept(
     let terms = negotiate(shared, &claimed.session, &connect, &grant, &principal, version).await;
     let config = &shared.config;
     io.codec.set_max_inbound(config.max_packet_size);
-    if let Some(max) = connect.max_packet_size {
-        io.codec.set_max_outbound(max.get());
-    }
-    let ack = (version == Version::V5).then(|| ConnectAck {
-        session_expiry_interval_secs: (terms.expiry != connect.session_expiry_interval_secs)
-            .then_some(terms.expiry),
-        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
-        max_packet_size: Some(config.max_packet_size),
-        assigned_client_id: assigned.map(Into::into),
-        topic_alias_max: config.topic_alias_maximum,
-        retain_available: config.retain_available,
-        server_keepalive_sec: terms.server_keep_alive,
-        ..Default::default()
-    });
     send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
     shared.metrics.connections[io.listener].inc();
     shared.metrics.connections_opened.inc();
@@ -170,6 +166,46 @@ pub(crate) async fn accept(
     })
 }
 
+/// The accepting CONNACK's properties (5.0; `None` for 3.x): the limits
+/// the broker announces and the terms `keep_alive_terms` sets.
+fn connack(
+    shared: &Shared,
+    connect: &Connect,
+    assigned: Option<&str>,
+    version: Version,
+) -> Option<ConnectAck> {
+    let config = &shared.config;
+    let terms = keep_alive_terms(config, connect, version);
+    (version == Version::V5).then(|| ConnectAck {
+        session_expiry_interval_secs: (terms.expiry != connect.session_expiry_interval_secs)
+            .then_some(terms.expiry),
+        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
+        max_packet_size: Some(config.max_packet_size),
+        assigned_client_id: assigned.map(Into::into),
+        topic_alias_max: config.topic_alias_maximum,
+        retain_available: config.retain_available,
+        server_keepalive_sec: terms.server_keep_alive,
+        ..Default::default()
+    })
+}
+
+/// A client whose Maximum Packet Size no CONNACK fits in cannot be
+/// answered at all: it is closed at once, before it holds a session,
+/// rather than left waiting for an answer that never comes.
+fn connack_fits(io: &mut Io, ack: &Option<ConnectAck>) -> Result<(), Refusal> {
+    let Some(ack) = ack else {
+        return Ok(()); // 3.x has no Maximum Packet Size
+    };
+    let mut scratch = bytes::BytesMut::new();
+    let packet = Packet::ConnectAck(Box::new(ack.clone()));
+    match io.codec.encode(packet, &mut scratch) {
+        Err(crate::protocol::EncodeError::TooLarge) => Err(Refusal::Close(
+            "the client's Maximum Packet Size is smaller than the CONNACK",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What CONNECT asks that needs no identity: the connection limit, the
 /// protocol's rules, the will's topic.
 fn check_connect(
@@ -199,6 +235,12 @@ fn check_connect(
         .as_ref()
         .is_some_and(|will| !is_valid_topic_name(&will.topic))
     {
+        if version != Version::V5 {
+            // [MQTT-4.7.3-1], [MQTT-3.1.2-14]: a protocol violation, and
+            // 3.1.1 has no return code for it (3, "server unavailable",
+            // would blame the server): close without a CONNACK.
+            return Err(Refusal::Close("3.1.1 CONNECT with an invalid will topic"));
+        }
         shared.metrics.protocol_errors.inc();
         return Err(Refusal::Connack(
             ConnectAckReason::TopicNameInvalid,
@@ -206,48 +248,6 @@ fn check_connect(
         ));
     }
     Ok(())
-}
-
-/// Who the client is: from its certificate on an mTLS listener that takes
-/// names from certificates, else from its credentials. A will must be a
-/// publish this identity could make now.
-async fn identify(
-    shared: &Arc<Shared>,
-    peer: std::net::SocketAddr,
-    connect: &Connect,
-    client_id: &str,
-    cert_name: CertName,
-) -> Result<(Grant, Principal), Refusal> {
-    let grant = match cert_name {
-        // The certificate is the credential and its CN the name; CONNECT's
-        // username and password are not used.
-        CertName::Name(name) => Grant {
-            username: Some(name),
-            ..Grant::default()
-        },
-        CertName::Unusable => {
-            shared.metrics.auth_failures.inc();
-            return Err(Refusal::Connack(
-                ConnectAckReason::NotAuthorized,
-                "the client certificate has no Common Name usable as a username",
-            ));
-        }
-        CertName::NotUsed => authenticate(peer, shared, client_id, connect)
-            .await
-            .map_err(|reason| Refusal::Connack(reason, "login failed"))?,
-    };
-    let principal = principal_of(shared, &grant, connect, client_id)?;
-    if let Some(will) = &connect.last_will {
-        if let Err(reason) = shared.gate.may_write(&principal, client_id, &will.topic) {
-            shared.metrics.acl_denied.inc();
-            tracing::info!(%client_id, topic = %will.topic, ?reason, "will refused by the access rules");
-            return Err(Refusal::Connack(
-                ConnectAckReason::NotAuthorized,
-                "will topic not allowed",
-            ));
-        }
-    }
-    Ok((grant, principal))
 }
 
 /// Charges the connection to its identity's `max_connections_per_user`
@@ -368,14 +368,41 @@ async fn claim_session(
 /// The terms of an accepted connection.
 struct Terms {
     keep_alive_window: Option<Duration>,
-    /// The keep-alive the broker imposes (5.0 Server Keep Alive).
-    server_keep_alive: Option<u16>,
-    /// The Session Expiry Interval in force.
-    expiry: u32,
     send_window: usize,
     kick: Arc<Notify>,
     /// When the login token expires.
     auth_deadline: Option<tokio::time::Instant>,
+}
+
+/// Keep-alive and session expiry as the broker's maximums allow them.
+struct KeepAliveTerms {
+    keep_alive: u16,
+    /// The keep-alive the broker imposes (5.0 Server Keep Alive).
+    server_keep_alive: Option<u16>,
+    /// The Session Expiry Interval in force.
+    expiry: u32,
+}
+
+fn keep_alive_terms(config: &crate::config::Config, connect: &Connect, version: Version) -> KeepAliveTerms {
+    // Keep-alive: 0 means off unless the broker sets a maximum.
+    let max_keepalive = config.max_keepalive_secs;
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if max_keepalive > 0 && (keep_alive == 0 || keep_alive > max_keepalive) {
+        keep_alive = max_keepalive;
+        if version.is_v5() {
+            server_keep_alive = Some(max_keepalive);
+        }
+    }
+    let expiry = match config.max_session_expiry_secs {
+        0 => connect.session_expiry_interval_secs,
+        max => connect.session_expiry_interval_secs.min(max),
+    };
+    KeepAliveTerms {
+        keep_alive,
+        server_keep_alive,
+        expiry,
+    }
 }
 
 /// Agrees on keep-alive, session expiry and flow control, and sets the
@@ -392,20 +419,9 @@ async fn negotiate(
     version: Version,
 ) -> Terms {
     let config = &shared.config;
-    // Keep-alive: 0 means off unless the broker sets a maximum.
-    let max_keepalive = config.max_keepalive_secs;
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if max_keepalive > 0 && (keep_alive == 0 || keep_alive > max_keepalive) {
-        keep_alive = max_keepalive;
-        if version.is_v5() {
-            server_keep_alive = Some(max_keepalive);
-        }
-    }
-    let expiry = match config.max_session_expiry_secs {
-        0 => connect.session_expiry_interval_secs,
-        max => connect.session_expiry_interval_secs.min(max),
-    };
+    let KeepAliveTerms {
+        keep_alive, expiry, ..
+    } = keep_alive_terms(config, connect, version);
     let kick = Arc::new(Notify::new());
     let filters = session.state.lock().subscriptions.keys().cloned().collect();
     super::rooms_ready_for_session(shared, filters).await;
@@ -434,8 +450,6 @@ async fn negotiate(
     let client_receive_max = connect.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX);
     Terms {
         keep_alive_window: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-        server_keep_alive,
-        expiry,
         send_window: usize::from(client_receive_max.min(config.max_inflight_messages)),
         kick,
         auth_deadline: grant.expires_unix.map(|exp| {
@@ -443,139 +457,4 @@ async fn negotiate(
             tokio::time::Instant::now() + Duration::from_secs(left)
         }),
     }
-}
-
-/// Asks the authenticator about CONNECT's credentials, after the address's
-/// login back-off (so a flood of guesses costs no hashing), and on a
-/// blocking thread when a password must be hashed. A refusal is counted
-/// and logged and gives the CONNACK reason.
-async fn authenticate(
-    peer: std::net::SocketAddr,
-    shared: &Arc<Shared>,
-    client_id: &str,
-    connect: &Connect,
-) -> Result<Grant, ConnectAckReason> {
-    let username = connect.username.as_deref().map(str::to_string);
-    let password = connect.password.clone();
-    let ip = peer.ip();
-    let decision = if password.is_some() {
-        // A login that would find no place in the queue (full, or this
-        // address's share taken) is refused at once: before the back-off,
-        // and without counting as a failed password (it was not checked),
-        // so a busy broker never makes a client wait for its 0x89.
-        if !shared.logins.has_place_for(ip) {
-            tracing::info!(%client_id, %peer, "login refused: max_pending_logins(_per_ip) are waiting");
-            return Err(ConnectAckReason::ServerBusy);
-        }
-        // The back-off next: guesses from one address at one username,
-        // however many in parallel, are checked one delay apart, and while
-        // they wait they hold no place in the login queue (so one account's
-        // guesses do not fill it for everyone else).
-        let backoff_key = username.as_deref().unwrap_or("");
-        let wait = shared.login_backoff.wait_before_attempt(ip, backoff_key);
-        tokio::time::sleep(wait).await;
-        // Then a bounded queue for the hash: beyond it, refused unhashed.
-        let Some(queued) = shared.logins.enter(ip) else {
-            shared.login_backoff.attempt_not_checked(ip, backoff_key);
-            tracing::info!(%client_id, %peer, "login refused: max_pending_logins(_per_ip) are waiting");
-            return Err(ConnectAckReason::ServerBusy);
-        };
-        let Some(_hashing) = shared.logins.hashing_slot(&queued).await else {
-            shared.login_backoff.attempt_not_checked(ip, backoff_key);
-            return Err(ConnectAckReason::ServerUnavailable);
-        };
-        let (auth, id) = (shared.auth.clone(), client_id.to_string());
-        let (user, pass) = (username.clone(), password.clone());
-        let decision = tokio::task::spawn_blocking(move || {
-            auth.authenticate(&AuthRequest {
-                client_id: &id,
-                username: user.as_deref(),
-                password: pass.as_deref(),
-                peer,
-            })
-        })
-        .await
-        .unwrap_or(AuthDecision::NotAuthorized);
-        shared
-            .login_backoff
-            .attempt_done(ip, backoff_key, matches!(decision, AuthDecision::Allow(_)));
-        decision
-    } else {
-        shared.auth.authenticate(&AuthRequest {
-            client_id,
-            username: username.as_deref(),
-            password: None,
-            peer,
-        })
-    };
-    match decision {
-        AuthDecision::Allow(grant) => Ok(grant),
-        refused => {
-            shared.metrics.auth_failures.inc();
-            tracing::info!(
-                %client_id,
-                username = username.as_deref().unwrap_or(""),
-                %peer,
-                "login failed"
-            );
-            Err(match refused {
-                AuthDecision::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
-                _ => ConnectAckReason::NotAuthorized,
-            })
-        }
-    }
-}
-
-/// The identity rules (`auth/mod.rs`): the verified name when the broker
-/// verifies names, else the claimed one; the client id stands in for a
-/// chat identity only where names are claims. A name must be one topic
-/// level (`auth::is_valid_name`), whichever path it came by (claimed,
-/// password file, token `sub`, a custom authenticator): else a username
-/// is refused with 0x86 (3.1.1 code 4) and a client id standing in for
-/// the identity with 0x85 (code 2).
-fn principal_of(
-    shared: &Shared,
-    grant: &Grant,
-    connect: &Connect,
-    client_id: &str,
-) -> Result<Principal, Refusal> {
-    let username: Option<Arc<str>> = grant
-        .username
-        .as_deref()
-        .or(connect.username.as_deref())
-        .filter(|u| !u.is_empty())
-        .map(Arc::from);
-    if username
-        .as_deref()
-        .is_some_and(|u| !crate::auth::is_valid_name(u))
-    {
-        shared.metrics.auth_failures.inc();
-        return Err(Refusal::Connack(
-            ConnectAckReason::BadUserNameOrPassword,
-            "the username is not one topic level (`/`, `+`, `#` or a control character)",
-        ));
-    }
-    let names_verified = shared.auth.verifies_names() || shared.config.certificate_names_used();
-    let identity = match username.clone() {
-        Some(name) => Some(name),
-        None if names_verified => None,
-        None if crate::auth::is_valid_name(client_id) => Some(Arc::from(client_id)),
-        // Any UTF-8 string is a valid client id (`paho/1a2b`), so the
-        // client is served, but a client id that is not one topic level
-        // cannot be a chat name (`$presence/#`): it connects without one,
-        // like an anonymous client.
-        None => None,
-    };
-    Ok(Principal {
-        username,
-        identity,
-        room_grant: grant
-            .rooms
-            .clone()
-            .map(|rooms| Arc::new(rooms.into_iter().collect())),
-        mod_grant: grant
-            .moderates
-            .clone()
-            .map(|rooms| Arc::new(rooms.into_iter().collect())),
-    })
 }

@@ -12,6 +12,7 @@ mod acks;
 mod cluster;
 mod connect;
 mod connection;
+mod identify;
 mod io;
 mod lifecycle;
 mod outbox;

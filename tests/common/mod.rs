@@ -124,6 +124,34 @@ pub fn connect3(id: &str, clean: bool) -> v3::Connect {
     }
 }
 
+/// A CONNECT written byte by byte, so a test can make its flags and its
+/// payload disagree: protocol `name` and `level`, Connect `flags`, keep-alive
+/// 60, 5.0 `properties` (raw, after their length; `None` for 3.x), then each
+/// payload field as a length-prefixed string.
+pub fn raw_connect(
+    name: &[u8],
+    level: u8,
+    flags: u8,
+    properties: Option<&[u8]>,
+    fields: &[&[u8]],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    body.extend_from_slice(&[level, flags, 0, 60]);
+    if let Some(props) = properties {
+        body.push(props.len() as u8);
+        body.extend_from_slice(props);
+    }
+    for field in fields {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut out = vec![0x10, body.len() as u8];
+    out.extend(body);
+    out
+}
+
 pub fn publish(
     topic: &str,
     payload: &'static [u8],
