@@ -156,7 +156,13 @@ pub async fn serve(
             tracing::debug!("first packet was not CONNECT, closing");
             return;
         };
-        let Some(conn) = super::connect::accept(io, &shared, *connect, over_limit, cert_name).await else {
+        // Boxed: the CONNECT handshake's state (the login, the CONNACK
+        // being built) lives on the heap while it runs and is freed after,
+        // instead of sizing the task that every idle connection keeps.
+        let accepting = Box::pin(super::connect::accept(
+            io, &shared, *connect, over_limit, cert_name,
+        ));
+        let Some(conn) = accepting.await else {
             return;
         };
         tracing::Span::current().record("client_id", &*conn.session.client_id);
