@@ -509,3 +509,64 @@ async fn a_wide_subscription_receives_only_the_topics_its_owner_may_read() {
     bob.publish1_5(4, "inbox/mallory/x", b"for mallory").await;
     assert_eq!(mallory.publish5().await.topic, "inbox/mallory/x");
 }
+
+/// History answers hold a room's messages: `users/{user}/history/...` is
+/// delivered to `{user}` alone, so a non-member cannot read a closed
+/// room's history through `#` or `users/+/history/#` when a member asks.
+#[tokio::test]
+async fn history_answers_reach_only_the_user_who_asked() {
+    let config = roomq::Config {
+        rooms: vec![roomq::config::RoomConfig {
+            name: "ops".into(),
+            members: vec!["alice".into()],
+            open: false,
+            moderators: vec![],
+        }],
+        ..test_config()
+    };
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut mallory = Raw::client5(addr, "mallory").await;
+    mallory
+        .subscribe5(
+            1,
+            &[
+                ("#", opts(v5::QoS::AtMostOnce)),
+                ("users/+/history/#", opts(v5::QoS::AtMostOnce)),
+            ],
+        )
+        .await;
+    let mut alice = Raw::client5(addr, "alice").await;
+    alice
+        .subscribe5(1, &[("users/alice/history/#", opts(v5::QoS::AtMostOnce))])
+        .await;
+    alice
+        .send5(v5::Packet::Publish(Box::new(publish(
+            "rooms/ops/msg/alice",
+            b"secret ops text",
+            v5::QoS::AtLeastOnce,
+            Some(2),
+        ))))
+        .await;
+    // The request without a Response Topic: answered on
+    // users/alice/history/ops, as to a 3.1.1 client.
+    let mut request = publish("$history/rooms/ops", b"", v5::QoS::AtLeastOnce, Some(3));
+    request.properties = None;
+    alice.send5(v5::Packet::Publish(Box::new(request))).await;
+    let answer = loop {
+        match alice.recv5().await.packet() {
+            v5::Packet::Publish(p) if p.topic.starts_with("users/alice/history/") => break p,
+            _ => continue,
+        }
+    };
+    assert!(answer.payload.windows(15).any(|w| w == b"secret ops text"));
+    // Mallory's `#` sees neither the room message nor the answer.
+    loop {
+        match mallory.recv5_within(QUIET).await {
+            Got::Packet(v5::Packet::Publish(p)) => panic!("mallory received {}", p.topic),
+            Got::Packet(_) => continue,
+            _ => break,
+        }
+    }
+    broker.shutdown().await;
+}

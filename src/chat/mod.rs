@@ -50,7 +50,9 @@ pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
 pub use signed::{decode_hex, sign_alert, signing_input};
-pub(crate) use topics::{classify, message_topic, only_reads, room_of, rooms_covered, ChatTopic};
+pub(crate) use topics::{
+    answer_owner, classify, message_topic, only_reads, room_of, rooms_covered, ChatTopic,
+};
 
 use crate::budget::{Budgets, Held};
 use crate::cluster::Cluster;

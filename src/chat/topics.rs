@@ -78,6 +78,16 @@ pub(crate) fn room_of(topic: &str) -> Option<&str> {
         .and_then(|rest| rest.split('/').next())
 }
 
+/// Whose a broker answer topic is: `users/{user}/history/...` and
+/// `users/{user}/mod/...` carry history and moderation answers for
+/// `{user}` alone (they hold a room's messages), so only sessions of that
+/// identity receive them, whatever their filters (`#`, `users/+/#`).
+pub(crate) fn answer_owner(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("users/")?;
+    let (user, rest) = rest.split_once('/')?;
+    (rest.starts_with("history/") || rest.starts_with("mod/")).then_some(user)
+}
+
 /// The topic subscribers see for a room message (the msg-id level, if the
 /// sender used one, is stripped).
 pub(crate) fn message_topic(room: &str, sender: &str) -> String {

@@ -308,12 +308,17 @@ impl Session {
     }
 
     /// Whether this session's client may read `topic`: room topics
-    /// (`rooms/{room}/...`) need membership of the room.
+    /// (`rooms/{room}/...`) need membership of the room, and the broker's
+    /// answers to a user (`users/{user}/history/...`, `.../mod/...`) are
+    /// that user's alone.
     pub(crate) fn may_read(&self, st: &SessionState, topic: &str) -> bool {
-        let Some(room) = crate::chat::room_of(topic) else {
+        let Some(membership) = &self.membership else {
             return true;
         };
-        let Some(membership) = &self.membership else {
+        if let Some(user) = crate::chat::answer_owner(topic) {
+            return st.owner.as_ref().and_then(|o| o.identity.as_deref()) == Some(user);
+        }
+        let Some(room) = crate::chat::room_of(topic) else {
             return true;
         };
         match &st.owner {
@@ -326,7 +331,8 @@ impl Session {
     /// `may_read` for one topic, taking the lock only for room topics:
     /// shared-subscription round robin skips members that may not read.
     pub fn may_read_topic(&self, topic: &str) -> bool {
-        crate::chat::room_of(topic).is_none() || self.may_read(&self.state.lock(), topic)
+        let plain = crate::chat::room_of(topic).is_none() && crate::chat::answer_owner(topic).is_none();
+        plain || self.may_read(&self.state.lock(), topic)
     }
 
     /// Whether the topic rules let this session's owner read `topic` (for
