@@ -39,6 +39,7 @@ fn world() -> &'static World {
                 name: "ops".into(),
                 members: vec!["fz".into()],
                 open: false,
+                moderators: vec!["fz".into()],
             }],
             alerts: vec![roomq::config::AlertRule {
                 topic: "alerts/+/critical".into(),
