@@ -183,13 +183,28 @@ impl Connection {
         if self.shared.store.is_none() && self.shared.cluster.is_none() {
             return false;
         }
+        // Topics are classified only where the answer depends on it (a
+        // QoS 0 room message, a history request): this runs on every
+        // publish of a store-backed broker.
         let needs_store = publish.retain
-            || match crate::chat::classify(&publish.topic) {
-                Some(crate::chat::ChatTopic::Message { .. }) => true,
+            || match publish.qos {
+                QoS::AtMostOnce => {
+                    crate::chat::room_of(&publish.topic).is_some()
+                        && matches!(
+                            crate::chat::classify(&publish.topic),
+                            Some(crate::chat::ChatTopic::Message { .. })
+                        )
+                }
                 // A read: history stays readable while the store cannot
                 // write (at QoS 2 its packet id is session state to store).
-                Some(crate::chat::ChatTopic::HistoryRequest { .. }) => publish.qos == QoS::ExactlyOnce,
-                _ => publish.qos != QoS::AtMostOnce,
+                qos if crate::chat::only_reads(&publish.topic) => {
+                    qos == QoS::ExactlyOnce
+                        || !matches!(
+                            crate::chat::classify(&publish.topic),
+                            Some(crate::chat::ChatTopic::HistoryRequest { .. })
+                        )
+                }
+                _ => true,
             };
         // While there is room: one atomic load and one comparison.
         needs_store
