@@ -21,6 +21,7 @@
 //!   client id without one.
 
 pub mod acl;
+mod argon2_check;
 mod backoff;
 pub mod gate;
 mod jwt;
