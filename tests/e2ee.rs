@@ -73,6 +73,21 @@ fn a_sealed_body_opens_only_with_its_passphrase_room_and_sender() {
     assert_eq!(key.open(SENDER, b""), None);
 }
 
+/// What a chat client shows (examples/chat.rs): a body it cannot open as
+/// not readable; without a passphrase, a sealed body as encrypted.
+#[test]
+fn a_client_shows_a_body_it_cannot_open_as_not_readable() {
+    let with = Bodies(Some(RoomKey::derive(PASSPHRASE, ROOM).unwrap()));
+    let without = Bodies(None);
+    let sealed = with.seal(SENDER, "hi").unwrap();
+    assert_eq!(with.open(SENDER, &sealed), "hi");
+    assert_eq!(with.open(SENDER, b"hi in clear"), NOT_READABLE);
+    assert_eq!(with.open("bob", &sealed), NOT_READABLE);
+    assert!(without.open(SENDER, &sealed).starts_with("[encrypted"));
+    assert_eq!(without.open(SENDER, b"hi in clear"), "hi in clear");
+    assert_eq!(without.seal(SENDER, "hi").unwrap(), b"hi");
+}
+
 /// Every file under `dir`, recursively.
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
