@@ -8,7 +8,8 @@
 //    side reads it off the broker, sealed, and opens it);
 // 3. the page shows bob's sealed message from Rust in clear, and carol's
 //    plain one as not readable;
-// 4. eve joins with another passphrase: she reads none of it.
+// 4. eve joins with another passphrase: she reads none of it;
+// 5. alice reloads: history (sealed bodies in CBOR) opens again.
 // Exits 0 when every step held; otherwise prints the failed step and the
 // pages' console, and exits 1.
 import puppeteer from "puppeteer-core";
@@ -66,6 +67,7 @@ async function openPage(name) {
 
 async function login(page, username, secret) {
   await page.goto(url, { waitUntil: "load" });
+  await page.$eval("#username", (el) => (el.value = ""));
   await page.type("#username", username);
   await page.$eval("#room", (el) => (el.value = ""));
   await page.type("#room", vector.room);
@@ -128,6 +130,16 @@ try {
   if (seen.some((text) => text !== "[not readable: wrong passphrase or not encrypted]")) {
     throw new Error(`eve read ${JSON.stringify(seen)}`);
   }
+
+  step("alice reloads the page: the history opens with her passphrase");
+  await login(alice, "alice", passphrase);
+  await alice.waitForFunction(
+    () => document.querySelectorAll("#messages li[data-seq]").length >= 3,
+    { timeout: WAIT_MS },
+  );
+  await waitForMessage(alice, "alice", "sealed from the page");
+  await waitForMessage(alice, "bob", "sealed from rust");
+  await waitForMessage(alice, "carol", NOT_READABLE);
 
   console.error("browser e2ee: every step held");
   await done(0);
