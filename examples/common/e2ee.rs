@@ -39,7 +39,7 @@ pub struct RoomKey {
 
 impl RoomKey {
     /// Argon2id(passphrase, salt = SHA-256("roomq-e2ee-v1" || 0 || room)[..16]).
-    /// Slow on purpose (tens of milliseconds optimized): derive once per
+    /// Slow on purpose (about 0.1 s): derive once per
     /// room, not per message.
     pub fn derive(passphrase: &str, room: &str) -> Result<RoomKey, argon2::Error> {
         let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, Some(32))?;
