@@ -8,7 +8,11 @@
 //! Type a line to send it. Shows others' messages with sender and `seq`,
 //! presence changes and typing; fetches the last 20 messages on start. A
 //! moderator types `/ban USER [SECS]`, `/unban USER`, `/mute USER [SECS]`
-//! or `/unmute USER` (`topics.md`, *Moderation*). The
+//! or `/unmute USER` (`topics.md`, *Moderation*). With `--e2ee PASSPHRASE`
+//! message bodies are sealed end to end with a key derived from the
+//! passphrase and the room (`topics.md`, *End-to-end encryption*): the
+//! broker stores and forwards only ciphertext, and members who share the
+//! passphrase (here or in the browser chat) read them. The
 //! session is persistent, so after a dropped connection rumqttc reconnects
 //! and the broker replays what was missed; messages are shown once, by
 //! `seq`.
@@ -22,6 +26,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+// The clients' crypto, shared with the tests; not every function is used here.
+#[allow(dead_code)]
+#[path = "common/e2ee.rs"]
+mod e2ee;
+
 #[derive(Parser, Debug)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1")]
@@ -33,11 +42,22 @@ struct Args {
     user: String,
     #[arg(long, default_value = "lobby")]
     room: String,
+    /// Seal message bodies end to end under a key derived from this
+    /// passphrase and the room; every member needs the same passphrase.
+    #[arg(long, value_name = "PASSPHRASE")]
+    e2ee: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Derived once: Argon2id is slow on purpose.
+    let bodies = e2ee::Bodies(
+        args.e2ee
+            .as_deref()
+            .map(|passphrase| e2ee::RoomKey::derive(passphrase, &args.room))
+            .transpose()?,
+    );
     let mut options = MqttOptions::new(format!("chat-{}", args.user), &args.host, args.port);
     options
         .set_credentials(args.user.clone(), "")
@@ -73,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     let sender = client.clone();
-    let (user, send_room) = (args.user.clone(), room.clone());
+    let (user, send_room, seal) = (args.user.clone(), room.clone(), bodies.clone());
     tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         let mut counter = 0u64;
@@ -106,8 +126,15 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let topic = format!("rooms/{send_room}/msg/{user}");
+            let body = match seal.seal(&user, &line) {
+                Ok(body) => body,
+                Err(e) => {
+                    eprintln!("* not sent: {e}");
+                    continue;
+                }
+            };
             let _ = sender
-                .publish_with_properties(topic, QoS::AtLeastOnce, false, line, properties)
+                .publish_with_properties(topic, QoS::AtLeastOnce, false, body, properties)
                 .await;
         }
     });
@@ -134,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
                     continue; // already shown (a resend after a reconnect)
                 }
                 last_seq = seq;
-                println!("[{seq}] {from}: {}", String::from_utf8_lossy(&packet.payload));
+                println!("[{seq}] {from}: {}", bodies.open(from, &packet.payload));
             }
             ["rooms", _, "typing", from]
                 if *from != args.user
@@ -160,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
                     if m.seq <= last_seq {
                         continue;
                     }
-                    println!("[{}] {}: {}", m.seq, m.sender, String::from_utf8_lossy(&m.body));
+                    println!("[{}] {}: {}", m.seq, m.sender, bodies.open(&m.sender, &m.body));
                     last_seq = m.seq;
                 }
             }

@@ -95,6 +95,19 @@
       loginError('A room name is one word without "/", "+" or "#".');
       return;
     }
+    // End-to-end encryption: the room key exists before the first message
+    // arrives (deriving it takes a moment, on purpose).
+    let e2ee = null;
+    if ($('passphrase').value) {
+      setStatus('connecting', 'Deriving the room key…');
+      try {
+        e2ee = await RoomqE2ee.roomKey($('passphrase').value, room);
+      } catch (e) {
+        setStatus('offline', 'Not connected');
+        loginError(`End-to-end encryption is unavailable (${e.message}): run \`npm ci --prefix web\` in roomq's folder.`);
+        return;
+      }
+    }
     // One client id per tab and identity: a reload resumes the session.
     const idKey = `roomq.client.${me}`;
     let clientId = sessionStorage.getItem(idKey);
@@ -126,6 +139,7 @@
       me,
       room,
       clientId,
+      e2ee, // a RoomKey (web/e2ee.js) when the page joined with a passphrase
       historyTopic: `users/${me}/history/${room}/${clientId}`,
       messages: new Map(), // seq -> message
       lastSeq: 0,
@@ -169,6 +183,7 @@
     setStatus('offline', 'Not connected');
     loginError(reason || '');
     $('password').value = '';
+    $('passphrase').value = '';
   }
 
   function onError(error) {
@@ -261,7 +276,7 @@
       ts: Number(firstValue(user.ts)) || Date.now(),
       sender,
       msgId: firstValue(user['msg-id']),
-      text: utf8.decode(payload),
+      text: decodeBody(sender, payload),
     });
   }
 
@@ -269,7 +284,7 @@
     const answer = decode(payload);
     if (!answer || !Array.isArray(answer.messages)) return;
     for (const m of answer.messages) {
-      addMessage({ seq: Number(m.seq), ts: Number(m.ts), sender: String(m.sender), msgId: m.msg_id, text: utf8.decode(m.body) });
+      addMessage({ seq: Number(m.seq), ts: Number(m.ts), sender: String(m.sender), msgId: m.msg_id, text: decodeBody(String(m.sender), m.body) });
     }
     if (direction === 'back') {
       $('earlier').hidden = !answer.more;
@@ -311,6 +326,23 @@
     renderMembers();
   }
 
+  // ---- bodies: end-to-end encryption (web/e2ee.js, topics.md) -------------
+
+  /** A message (or edit) body to publish: sealed when the page has a passphrase. */
+  function encodeBody(text) {
+    return chat.e2ee ? chat.e2ee.seal(chat.me, text) : text;
+  }
+
+  /** The text of a body that `sender` published (a message or an edit). */
+  function decodeBody(sender, body) {
+    if (!body || body.length === 0) return ''; // a deleted message's tombstone
+    if (chat.e2ee) {
+      const text = chat.e2ee.open(sender, body);
+      return text === null ? RoomqE2ee.NOT_READABLE : text;
+    }
+    return RoomqE2ee.isSealed(body) ? RoomqE2ee.ENCRYPTED : utf8.decode(body);
+  }
+
   // ---- outgoing ------------------------------------------------------------
 
   function requestHistory(direction, request) {
@@ -338,7 +370,7 @@
     // the broker keeps one copy.
     chat.client.publish(
       `rooms/${chat.room}/msg/${chat.me}`,
-      text,
+      encodeBody(text),
       { qos: 1, properties: { userProperties: { 'msg-id': msgId } } },
       (error) => {
         if (!error) return;
