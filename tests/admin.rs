@@ -207,8 +207,7 @@ async fn the_grafana_dashboard_queries_only_what_metrics_has() {
 async fn every_metric_family_is_documented() {
     let broker = Broker::new(admin_config()).start().await.unwrap();
     let (_, text) = common::http::get(broker.admin_addr().unwrap(), "/metrics").await;
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring.md")).unwrap();
     let mut missing = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut words = line.split_whitespace().skip(2);

@@ -502,8 +502,7 @@ async fn typing_and_receipts_cross_nodes() {
 /// `-p 1883` and `-p 1884` become nodes a and b.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_example_of_the_docs_works() {
-    let page =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cluster.md")).unwrap();
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cluster.md")).unwrap();
     let block = page
         .split("```sh\n")
         .skip(1)

@@ -171,8 +171,5 @@ async fn the_shell_examples_of_the_readme_and_topics_md_work_as_written() {
             ran += 1;
         }
     }
-    assert_eq!(
-        ran, 6,
-        "the README, topics.md and docs/ have six client examples"
-    );
+    assert_eq!(ran, 6, "the README, topics.md and docs/ have six client examples");
 }
