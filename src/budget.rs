@@ -167,10 +167,12 @@ pub struct OverBudget {
 }
 
 /// The name of the account that pays for what a client makes the broker
-/// keep: `user:{identity}` (`Principal::identity`: the username, or the
-/// client id where names are claims), or `anon:{address}` for an anonymous
-/// client (`anon:` when the address is unknown, as for a will restored
-/// after a restart).
+/// keep: `user:{identity}` for a verified identity (`Principal::identity`),
+/// or `anon:{address}` for a client whose name is only claimed (a broker
+/// without an authenticator: the loopback default) or that has none
+/// (`anon:` when the address is unknown, as for a will restored after a
+/// restart). Pass `identity` only when it is verified, or when the
+/// address is unknown and the name is all there is (a restored session).
 pub fn account_of(identity: Option<&str>, peer: Option<IpAddr>) -> Arc<str> {
     match (identity, peer) {
         (Some(name), _) => format!("user:{name}").into(),

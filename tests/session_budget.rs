@@ -1,7 +1,9 @@
 //! `max_sessions_per_user`: one identity cannot make the broker keep more
 //! persistent sessions (each with a queue and subscriptions) than its
 //! bound by inventing client ids; ending a session gives its share back,
-//! and other identities are not affected.
+//! and other identities are not affected. Where names are claims (no
+//! authenticator, the loopback default) the address pays: inventing names
+//! buys no more, and claiming another's name spends none of hers.
 
 mod common;
 
@@ -15,7 +17,20 @@ fn persistent_as(id: &str, user: &str) -> v5::Connect {
 }
 
 async fn connack(addr: std::net::SocketAddr, connect: v5::Connect) -> v5::ConnectAckReason {
-    let (mut raw, ack) = Raw::connect5(addr, connect).await;
+    connack_from(addr, [127, 0, 0, 1], connect).await
+}
+
+async fn connack_from(
+    addr: std::net::SocketAddr,
+    from: [u8; 4],
+    connect: v5::Connect,
+) -> v5::ConnectAckReason {
+    let mut raw = Raw::tcp_from(addr, from.into(), true).await;
+    raw.send5(v5::Packet::Connect(Box::new(connect))).await;
+    let ack = match raw.recv5().await.packet() {
+        v5::Packet::ConnectAck(ack) => *ack,
+        other => panic!("expected CONNACK, got {other:?}"),
+    };
     raw.send5(v5::Packet::Disconnect(v5::Disconnect::default())).await;
     ack.reason_code
 }
@@ -45,9 +60,10 @@ async fn an_identity_keeps_at_most_its_share_of_sessions() {
         connack(addr, persistent_as("mallory-1", "mallory")).await,
         v5::ConnectAckReason::Success
     );
-    // Somebody else is not affected.
+    // Somebody else (from another address: names are claims here) is
+    // not affected.
     assert_eq!(
-        connack(addr, persistent_as("alice-1", "alice")).await,
+        connack_from(addr, [127, 0, 0, 2], persistent_as("alice-1", "alice")).await,
         v5::ConnectAckReason::Success
     );
     // Ending a session (clean start, expiry 0) gives its share back.
@@ -93,6 +109,54 @@ async fn a_3_1_1_client_over_the_bound_gets_server_unavailable() {
     assert_eq!(
         ack.return_code,
         rmqtt_codec::v3::ConnectAckReason::ServiceUnavailable
+    );
+    broker.shutdown().await;
+}
+
+/// On a broker without an authenticator names are claims: one address
+/// (not a loopback one, by default) that invents names gets no more sessions than one name would, and
+/// claiming bob's name does not lock the real bob (another address) out.
+#[tokio::test]
+async fn where_names_are_claims_the_address_pays() {
+    let broker = start_with(roomq::Config {
+        max_sessions_per_user: 2,
+        // The test's clients are all on loopback: make them pay as
+        // clients from other machines do.
+        claimed_names_budget_on_loopback: false,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    for (id, name) in [("m-1", "bob"), ("m-2", "bob")] {
+        assert_eq!(
+            connack(addr, persistent_as(id, name)).await,
+            v5::ConnectAckReason::Success
+        );
+    }
+    // A fresh name from the same address is no fresh budget.
+    assert_eq!(
+        connack(addr, persistent_as("m-3", "carol")).await,
+        v5::ConnectAckReason::QuotaExceeded
+    );
+    // The same with a bare client id as the name.
+    assert_eq!(
+        connack(addr, persistent5("m-4")).await,
+        v5::ConnectAckReason::QuotaExceeded
+    );
+    // Bob, from his own address, keeps his sessions.
+    assert_eq!(
+        connack_from(addr, [127, 0, 0, 3], persistent_as("bob-phone", "bob")).await,
+        v5::ConnectAckReason::Success
+    );
+    // Sessions that end with their connection are not kept: not charged.
+    assert_eq!(
+        connack(addr, {
+            let mut clean = connect5("m-5");
+            clean.username = Some("dave".into());
+            clean
+        })
+        .await,
+        v5::ConnectAckReason::Success
     );
     broker.shutdown().await;
 }

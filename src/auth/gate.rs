@@ -35,6 +35,12 @@ pub struct Principal {
     /// with a session: a restored session reads with the configuration
     /// until its client logs in again.
     pub mod_grant: Option<Arc<HashSet<String>>>,
+    /// The budget account that pays for what this client makes the broker
+    /// keep (`budget::account_of`): its verified identity's, or, where
+    /// names are claims or there is none, its address's, so that minting
+    /// names buys no new budget and nobody can spend another's by
+    /// claiming her name. Not part of the owner (`same_owner`).
+    pub account: Arc<str>,
 }
 
 impl Principal {
@@ -193,6 +199,7 @@ mod tests {
             identity: Some(name.into()),
             room_grant: None,
             mod_grant: None,
+            account: crate::budget::account_of(Some(name), None),
         }
     }
 

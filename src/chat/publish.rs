@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::dedup::dedup_key;
 use super::log::NotOpened;
 use super::payloads::{from_cbor, from_client_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
 use super::presence::USER_STATUSES;
@@ -87,9 +88,11 @@ impl Chat {
             ChatTopic::Message { room, sender, msg_id } => {
                 let msg_id = msg_id.or_else(|| msg_id_property(&message));
                 match self
-                    .check_room_message(config, who, room, msg_id, &message)
-                    .and_then(|()| self.spend_room_rate(who, room))
-                {
+                    .check_room_message(config, who, room, sender, msg_id, &message)
+                    .and_then(|()| match self.is_repeat(room, sender, msg_id) {
+                        true => Ok(()),
+                        false => self.spend_room_rate(who, room),
+                    }) {
                     Err(reason) => reason,
                     Ok(()) => self.on_room_message(router, who, room, sender, msg_id, &message),
                 }
@@ -138,7 +141,7 @@ impl Chat {
                 .zip(message.topic.split('/'))
                 .find(|(f, _)| *f == "+")
                 .map_or(identity, |(_, level)| level);
-            self.check_room_message(config, who, &rule.room, msg_id_property(message), message)?;
+            self.check_room_message(config, who, &rule.room, sender, msg_id_property(message), message)?;
             let trusted = rule.publishers.iter().any(|p| p == identity);
             // A listed publisher posts for others, but only into a room it
             // may use itself; anyone else posts only as itself.
@@ -159,7 +162,9 @@ impl Chat {
             } else {
                 message.payload.clone()
             };
-            self.spend_room_rate(who, &rule.room)?;
+            if !self.is_repeat(&rule.room, sender, msg_id_property(message)) {
+                self.spend_room_rate(who, &rule.room)?;
+            }
             copies.push(AlertCopy {
                 room: rule.room.as_str(),
                 sender: sender.to_string(),
@@ -207,6 +212,13 @@ impl Chat {
                 tracing::error!(room = copy.room, error = %e, "could not store an alert in its room");
             }
         }
+    }
+
+    /// Whether `room` has this (sender, msg-id) already: the post will be
+    /// acknowledged again and stores nothing, so it spends no budget (a
+    /// device retrying after a lost PUBACK pays once).
+    fn is_repeat(&self, room: &str, sender: &str, msg_id: Option<&str>) -> bool {
+        msg_id.is_some_and(|id| self.dedup.seen(&dedup_key(room, sender, id)).is_some())
     }
 
     /// Takes one post from the publisher's `room_max_messages_per_minute`
@@ -356,10 +368,14 @@ impl Chat {
                 .and_then(|m| from_cbor::<Receipt>(&m.payload))
                 .map_or(0, |r| r.seq)
         };
-        match self
-            .receipts
-            .raise(room, sender, receipt.seq, self.cluster.is_some(), retained)
-        {
+        match self.receipts.raise(
+            room,
+            sender,
+            &who.account,
+            receipt.seq,
+            self.cluster.is_some(),
+            retained,
+        ) {
             Ok(true) => {}
             Ok(false) => return PublishAckReason::Success,
             Err(reason) => return reason,
@@ -389,17 +405,23 @@ impl Chat {
     /// User Properties by `max_room_message_bytes` (0x97), a post that
     /// would open a new room by `max_rooms` and the publisher's
     /// `max_rooms_per_user` (0x97), and the bytes one identity stores by
-    /// `room_post_bytes_per_hour` (0x97).
+    /// `room_post_bytes_per_hour` (0x97). A repeat of a message the room
+    /// has (its msg-id seen) stores nothing and is charged nothing: it is
+    /// acknowledged again by the post that follows.
     fn check_room_message(
         &self,
         config: &Config,
         who: &Publisher<'_>,
         room: &str,
+        sender: &str,
         msg_id: Option<&str>,
         message: &Message,
     ) -> Result<(), PublishAckReason> {
         if msg_id.is_some_and(|id| id.len() > config.max_msg_id_length) {
             return Err(PublishAckReason::PayloadFormatInvalid);
+        }
+        if self.is_repeat(room, sender, msg_id) {
+            return Ok(());
         }
         let properties: usize = message.properties.as_ref().map_or(0, |p| {
             p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum()

@@ -17,9 +17,18 @@ use crate::protocol::PublishAckReason;
 struct Table {
     /// Highest receipt per room, then per sender: forgetting a room costs
     /// its own receipts, not a scan of all.
-    by_room: HashMap<Arc<str>, HashMap<Arc<str>, u64>>,
+    by_room: HashMap<Arc<str>, HashMap<Arc<str>, Kept>>,
     /// Receipts in `by_room`.
     count: usize,
+}
+
+/// One sender's receipt in one room, and the account it was charged to
+/// (the sender's, or where names are claims its address's): released to
+/// the same account.
+#[derive(Clone, Debug)]
+struct Kept {
+    seq: u64,
+    paid_by: Arc<str>,
 }
 
 /// Every receipt this broker keeps (a `parking_lot` mutex: held for map
@@ -31,9 +40,9 @@ pub(crate) struct Receipts {
     budgets: Arc<Budgets>,
 }
 
-/// The account a sender's receipts are charged to: the sender is the
-/// publisher's own identity (the gate checks it), also after a restart.
-fn account(sender: &str) -> Arc<str> {
+/// The account a receipt restored after a restart is charged to: the
+/// address it came from is not stored, the sender's name is all there is.
+fn restored_account(sender: &str) -> Arc<str> {
     account_of(Some(sender), None)
 }
 
@@ -56,12 +65,13 @@ impl Receipts {
         &self,
         room: &str,
         sender: &str,
+        account: &Arc<str>,
         seq: u64,
         always_ask: bool,
         elsewhere: impl Fn() -> u64,
     ) -> Result<bool, PublishAckReason> {
         let mut table = self.table.lock();
-        let kept = table.by_room.get(room).and_then(|m| m.get(sender)).copied();
+        let kept = table.by_room.get(room).and_then(|m| m.get(sender)).map(|k| k.seq);
         let known = match kept {
             Some(k) if always_ask => k.max(elsewhere()),
             Some(k) => k,
@@ -77,18 +87,27 @@ impl Receipts {
                 );
                 return Err(PublishAckReason::QuotaExceeded);
             }
-            if let Err(over) = self.budgets.charge(&account(sender), Held::Receipts, 1) {
+            if let Err(over) = self.budgets.charge(account, Held::Receipts, 1) {
                 tracing::info!(room, sender, %over, "receipt refused");
                 return Err(PublishAckReason::QuotaExceeded);
             }
             table.count += 1;
         }
         let raised = !(seq <= known && known > 0);
-        table
-            .by_room
-            .entry(room.into())
-            .or_default()
-            .insert(sender.into(), if raised { seq } else { known });
+        let seq = if raised { seq } else { known };
+        let senders = table.by_room.entry(room.into()).or_default();
+        match senders.get_mut(sender) {
+            Some(kept) => kept.seq = seq,
+            None => {
+                senders.insert(
+                    sender.into(),
+                    Kept {
+                        seq,
+                        paid_by: account.clone(),
+                    },
+                );
+            }
+        }
         Ok(raised)
     }
 
@@ -97,9 +116,11 @@ impl Receipts {
     pub(crate) fn restore(&self, room: &str, sender: &str, seq: u64) {
         let mut table = self.table.lock();
         let senders = table.by_room.entry(room.into()).or_default();
-        if senders.insert(sender.into(), seq).is_none() {
+        if !senders.contains_key(sender) {
+            let paid_by = restored_account(sender);
+            self.budgets.charge_unchecked(&paid_by, Held::Receipts, 1);
+            senders.insert(sender.into(), Kept { seq, paid_by });
             table.count += 1;
-            self.budgets.charge_unchecked(&account(sender), Held::Receipts, 1);
         }
     }
 
@@ -112,8 +133,11 @@ impl Receipts {
         };
         table.count -= senders.len();
         senders
-            .into_keys()
-            .inspect(|sender| self.budgets.release(&account(sender), Held::Receipts, 1))
+            .into_iter()
+            .map(|(sender, kept)| {
+                self.budgets.release(&kept.paid_by, Held::Receipts, 1);
+                sender
+            })
             .collect()
     }
 
@@ -132,22 +156,38 @@ mod tests {
     fn receipts_are_bounded_per_sender_and_in_all_and_released_with_their_room() {
         let budgets = Arc::new(Budgets::new(Limits::default().with_held(Held::Receipts, 2)));
         let receipts = Receipts::new(3, budgets.clone());
-        assert_eq!(receipts.raise("a", "ann", 1, false, || 0), Ok(true));
-        assert_eq!(receipts.raise("a", "ann", 1, false, || 0), Ok(false), "not above");
-        assert_eq!(receipts.raise("b", "ann", 1, false, || 0), Ok(true));
         assert_eq!(
-            receipts.raise("c", "ann", 1, false, || 0),
+            receipts.raise("a", "ann", &account_of(Some("ann"), None), 1, false, || 0),
+            Ok(true)
+        );
+        assert_eq!(
+            receipts.raise("a", "ann", &account_of(Some("ann"), None), 1, false, || 0),
+            Ok(false),
+            "not above"
+        );
+        assert_eq!(
+            receipts.raise("b", "ann", &account_of(Some("ann"), None), 1, false, || 0),
+            Ok(true)
+        );
+        assert_eq!(
+            receipts.raise("c", "ann", &account_of(Some("ann"), None), 1, false, || 0),
             Err(PublishAckReason::QuotaExceeded)
         );
-        assert_eq!(receipts.raise("c", "bob", 1, false, || 0), Ok(true));
         assert_eq!(
-            receipts.raise("c", "cid", 1, false, || 0),
+            receipts.raise("c", "bob", &account_of(Some("bob"), None), 1, false, || 0),
+            Ok(true)
+        );
+        assert_eq!(
+            receipts.raise("c", "cid", &account_of(Some("cid"), None), 1, false, || 0),
             Err(PublishAckReason::QuotaExceeded),
             "max_receipts"
         );
         assert_eq!(receipts.forget_room("a"), vec![Arc::<str>::from("ann")]);
         assert_eq!(budgets.held("user:ann", Held::Receipts), 1);
         assert_eq!(receipts.len(), 2);
-        assert_eq!(receipts.raise("c", "ann", 1, false, || 0), Ok(true));
+        assert_eq!(
+            receipts.raise("c", "ann", &account_of(Some("ann"), None), 1, false, || 0),
+            Ok(true)
+        );
     }
 }

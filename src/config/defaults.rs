@@ -80,6 +80,7 @@ impl Default for Config {
             room_post_bytes_per_hour: 256 * 1024 * 1024,
             history_max_bytes: 1024 * 1024,
             max_pending_logins_per_ip: 8,
+            claimed_names_budget_on_loopback: true,
             max_topic_alias_bytes: 64 * 1024,
             admin_max_connections: 64,
             admin_timeout_secs: 10,

@@ -283,6 +283,13 @@ pub struct Config {
     /// CONNECT from that address is refused at once (5.0 CONNACK 0x89,
     /// 3.1.1 code 3), so one address cannot take `max_pending_logins`.
     pub max_pending_logins_per_ip: usize,
+    /// On a broker that does not verify names (no authenticator), whose
+    /// budget a client's claimed name is: with `true`, a loopback client's
+    /// (the machine's own processes, as load generators and local apps
+    /// are) is its name's; any other client's is its address's, so
+    /// inventing names buys no budget and claiming another's spends none
+    /// of hers. `false`: loopback clients pay per address too.
+    pub claimed_names_budget_on_loopback: bool,
     /// Bytes of topic names one 5.0 connection may hold as topic aliases
     /// (inbound); an alias that would go over is a protocol error
     /// (DISCONNECT 0x94 Topic Alias invalid).

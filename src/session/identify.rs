@@ -39,7 +39,7 @@ pub(super) async fn identify(
             .await
             .map_err(|reason| Refusal::Connack(reason, "login failed"))?,
     };
-    let principal = principal_of(shared, &grant, connect, client_id)?;
+    let principal = principal_of(shared, &grant, connect, client_id, peer)?;
     if let Some(will) = &connect.last_will {
         if let Err(reason) = shared.gate.may_write(&principal, client_id, &will.topic) {
             shared.metrics.acl_denied.inc();
@@ -146,6 +146,7 @@ fn principal_of(
     grant: &Grant,
     connect: &Connect,
     client_id: &str,
+    peer: std::net::SocketAddr,
 ) -> Result<Principal, Refusal> {
     let username: Option<Arc<str>> = grant
         .username
@@ -174,9 +175,16 @@ fn principal_of(
         // like an anonymous client.
         None => None,
     };
+    // Claimed names are free to mint: on a broker that does not verify
+    // them the address pays (and one client claiming another's name does
+    // not spend that one's budget), but for the machine's own processes.
+    let name_pays =
+        names_verified || (shared.config.claimed_names_budget_on_loopback && is_loopback(peer.ip()));
+    let account = crate::budget::account_of(identity.as_deref().filter(|_| name_pays), Some(peer.ip()));
     Ok(Principal {
         username,
         identity,
+        account,
         room_grant: grant
             .rooms
             .clone()
@@ -186,4 +194,14 @@ fn principal_of(
             .clone()
             .map(|rooms| Arc::new(rooms.into_iter().collect())),
     })
+}
+
+/// Loopback, also as an IPv4-mapped IPv6 address (a dual-stack listener).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    }
 }

@@ -211,11 +211,7 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
             .map(NonZeroU32::get)
             .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
         publisher: Some(client_id.clone()),
-        // The session keeps no address: an anonymous client's will pays
-        // from the shared `anon:` account.
-        owner: w
-            .retain
-            .then(|| crate::budget::account_of(principal.identity.as_deref(), None)),
+        owner: w.retain.then(|| principal.account.clone()),
         room: None,
         ephemeral: false,
         retain_in_memory: false,

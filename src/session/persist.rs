@@ -35,6 +35,7 @@ fn owner_record(p: &Principal) -> OwnerRecord {
 
 fn owner_from_record(r: OwnerRecord) -> Principal {
     Principal {
+        account: crate::budget::account_of(r.identity.as_deref(), None),
         username: r.username.map(Arc::from),
         identity: r.identity.map(Arc::from),
         room_grant: r.rooms.map(|rooms| Arc::new(rooms.into_iter().collect())),

@@ -217,18 +217,17 @@ impl Connection {
     /// be up to `history_max_bytes`, so an identity must not ask without
     /// bound. Logged (rate-limited) and counted when refused.
     fn may_ask_history(&self) -> bool {
-        let account = crate::budget::account_of(self.principal.identity.as_deref(), Some(self.io.peer.ip()));
-        let Err(over) = self
-            .shared
-            .budgets
-            .spend(&account, crate::budget::Rate::HistoryRequests, 1)
+        let Err(over) =
+            self.shared
+                .budgets
+                .spend(&self.principal.account, crate::budget::Rate::HistoryRequests, 1)
         else {
             return true;
         };
         let refused = &self.shared.chat.counters.history_refused_rate;
         refused.inc();
         if refused.get().is_power_of_two() {
-            tracing::warn!(%account, bound = over.bound, refused = refused.get(), "history request refused: over {}", over.key);
+            tracing::warn!(account = %self.principal.account, bound = over.bound, refused = refused.get(), "history request refused: over {}", over.key);
         }
         false
     }
@@ -374,9 +373,7 @@ impl Connection {
             publisher: Some(self.session.client_id.clone()),
             // Only a retained message is charged: no account name to build
             // on the common path.
-            owner: publish.retain.then(|| {
-                crate::budget::account_of(self.principal.identity.as_deref(), Some(self.io.peer.ip()))
-            }),
+            owner: publish.retain.then(|| self.principal.account.clone()),
             room: None,
             ephemeral: false,
             retain_in_memory: false,

@@ -83,6 +83,7 @@ impl Registry {
         shared: &Arc<Shared>,
         client_id: &str,
         clean_start: bool,
+        persistent: bool,
         owner: &Principal,
     ) -> Result<Claimed, ClaimRefused> {
         let (session, created) = match self.get(client_id) {
@@ -97,8 +98,10 @@ impl Registry {
                 (entry.clone(), created)
             }
         };
-        if created && !charge_session(shared, &session, owner) {
-            self.remove(shared, &session);
+        if persistent && !charge_session(shared, &session, owner) {
+            if created {
+                self.remove(shared, &session);
+            }
             return Err(ClaimRefused::OverBudget);
         }
         {
@@ -124,7 +127,7 @@ impl Registry {
                 super::lifecycle::end_session(shared, &session);
             }
             let fresh = self.new_session(shared, client_id);
-            if !charge_session(shared, &fresh, owner) {
+            if persistent && !charge_session(shared, &fresh, owner) {
                 return Err(ClaimRefused::OverBudget);
             }
             fresh.state.lock().owner = Some(owner.clone());
@@ -228,18 +231,21 @@ impl Registry {
     }
 }
 
-/// The account that pays for the sessions of `owner`: its identity's, or
-/// none for an anonymous owner (bounded per address by its connections).
+/// The account that pays for the sessions of `owner`
+/// (`Principal::account`: a verified identity's, else its address's).
 fn session_account(owner: &Principal) -> Option<Arc<str>> {
-    owner
-        .identity
-        .as_deref()
-        .map(|identity| crate::budget::account_of(Some(identity), None))
+    Some(owner.account.clone())
 }
 
-/// Charges a new `session` to `owner` (`max_sessions_per_user`); false
-/// when the owner holds its share already.
+/// Charges a persistent `session` to `owner` (`max_sessions_per_user`),
+/// unless it is charged already; false when the owner holds its share.
+/// Only sessions that outlive their connection are charged: one that
+/// ends with it is bounded by the connections (`max_connections_per_user`,
+/// `max_connections`).
 fn charge_session(shared: &Shared, session: &Session, owner: &Principal) -> bool {
+    if session.state.lock().charged_to.is_some() {
+        return true;
+    }
     let Some(account) = session_account(owner) else {
         return true;
     };

@@ -76,9 +76,7 @@ pub(crate) fn route_as(
         identity: principal.identity.as_deref(),
         client_id,
         gate: &gate,
-        // Without the peer address: only identified clients post,
-        // send receipts or open rooms.
-        account: crate::budget::account_of(principal.identity.as_deref(), None),
+        account: principal.account.clone(),
     };
     let config = &shared.config;
     match shared.chat.on_publish(&shared.router, config, &who, message) {
