@@ -61,6 +61,16 @@ pub(crate) fn room_named(filter: &str) -> Option<&str> {
     room_of(plain).filter(|room| !room.is_empty() && *room != "+" && *room != "#")
 }
 
+/// Whether a subscription to `filter` uses rooms (for presence): any
+/// `rooms/...` filter, one room or all of them, also under `$share/`.
+pub(crate) fn uses_rooms(filter: &str) -> bool {
+    let plain = match parse_shared(filter) {
+        Ok(Some(shared)) => shared.filter,
+        _ => filter,
+    };
+    room_of(plain).is_some()
+}
+
 impl RoomMembers {
     pub(crate) fn new(listed: usize, interval: Duration) -> RoomMembers {
         RoomMembers {
@@ -138,8 +148,9 @@ impl RoomMembers {
         })
     }
 
-    /// Rooms with at least one subscriber (tests and metrics).
-    pub(crate) fn rooms(&self) -> usize {
+    /// Rooms with at least one subscriber.
+    #[cfg(test)]
+    fn rooms(&self) -> usize {
         self.rooms.lock().len()
     }
 }

@@ -47,6 +47,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 pub(crate) use log::RoomLog;
+pub(crate) use members::uses_rooms;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;

@@ -292,9 +292,10 @@ pub struct Config {
     /// Seconds an admin connection may take to send a request's headers,
     /// and may stay idle between requests.
     pub admin_timeout_secs: u64,
-    /// How long the retained presence of an identity that holds no
-    /// persistent session and never posted to a room is kept after it goes
-    /// offline, in seconds (`presence_retention_secs` for the others).
+    /// How long the retained presence of an identity that set its own
+    /// presence but holds no persistent session and never used a room is
+    /// kept after it goes offline, in seconds (`presence_retention_secs`
+    /// for the others; an identity that did neither has no presence).
     pub presence_transient_secs: u64,
     /// Most presence records (identities with a retained `$presence`)
     /// kept; beyond it the longest-offline transient ones go first.

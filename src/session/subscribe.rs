@@ -44,7 +44,7 @@ impl Connection {
                 status.push(reason);
                 continue;
             }
-            if crate::chat::room_of(plain_filter).is_some() {
+            if crate::chat::uses_rooms(plain_filter) {
                 self.joined_a_room();
             }
             self.session.start_room_cursors(&self.shared.chat, filter);
