@@ -35,10 +35,13 @@ use crate::protocol::validate::parse_shared;
 use crate::protocol::QoS;
 use crate::router::{Message, RemoteScope, Router};
 
+/// One room's subscribers: identity to how many of its subscriptions name
+/// the room; sorted, as the list shows them.
+type Subscribers = BTreeMap<Arc<str>, u32>;
+
 /// The subscribers of each room, by identity.
 pub(crate) struct RoomMembers {
-    /// Room to identity to how many of its subscriptions name the room.
-    rooms: Mutex<HashMap<Arc<str>, BTreeMap<Arc<str>, u32>>>,
+    rooms: Mutex<HashMap<Arc<str>, Subscribers>>,
     /// Rooms whose list changed since it was last published (lock order:
     /// after `rooms`).
     changed: Mutex<HashSet<Arc<str>>>,

@@ -391,7 +391,9 @@ impl Chat {
         self.log.trim_by_age();
         let forgotten = self.forget_empty_rooms(router);
         self.dedup.prune();
-        self.membership.sanctions.prune();
+        for room in self.membership.sanctions.prune() {
+            self.members_changed(&room);
+        }
         let now = Instant::now();
         self.typing
             .lock()

@@ -233,7 +233,13 @@ impl Presence {
                 offline.remove(user);
                 had
             };
-            entry.shown |= room_user || had_record;
+            // Other nodes tell only the counts of users they show.
+            let shown_elsewhere = self
+                .remote
+                .lock()
+                .get(user)
+                .is_some_and(|nodes| nodes.values().any(|c| c.devices > 0));
+            entry.shown |= room_user || had_record || shown_elsewhere;
             entry.devices += 1;
             if entry.devices == 1 {
                 entry.status = "online".into();
