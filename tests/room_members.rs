@@ -206,3 +206,40 @@ async fn a_plain_client_never_shows_presence_a_room_user_does() {
     let p: payloads::Presence = payloads::from_cbor(&first.payload).unwrap();
     assert_eq!((p.status.as_str(), p.devices), ("online", 1));
 }
+
+#[tokio::test]
+async fn a_flood_of_subscribes_is_published_once_per_interval() {
+    let broker = start_with(roomq::Config {
+        room_members_interval_ms: 3_600_000,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut reader = reader5(addr, "reader").await;
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    alice
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    // The first change is published at once.
+    until_listed5(&mut reader, &["alice"]).await;
+    // Within the interval, 40 changes wait for its end: nothing now.
+    let mut bob = user5(addr, "bob-1", "bob").await;
+    for n in 0..20u16 {
+        bob.subscribe5(2 * n + 1, &[("rooms/lobby/#", opts(QoS::AtMostOnce))])
+            .await;
+        bob.send5(v5::Packet::Unsubscribe(v5::Unsubscribe {
+            packet_id: pid(2 * n + 2),
+            user_properties: Vec::new(),
+            topic_filters: vec!["rooms/lobby/#".into()],
+        }))
+        .await;
+        assert!(matches!(
+            bob.recv5().await.packet(),
+            v5::Packet::UnsubscribeAck(_)
+        ));
+    }
+    assert!(
+        matches!(reader.recv5_within(QUIET).await, Got::Nothing),
+        "no publication per SUBSCRIBE within room_members_interval_ms"
+    );
+}
