@@ -230,10 +230,17 @@ async fn presence_lasts_only_for_users_that_matter_and_expires() {
     let addr = broker.local_addr();
     // A mosquitto_pub-style client: anonymous, clean, no room.
     drop(Raw::client5(addr, "mosq-3f9a1c").await);
-    // A user with a name.
+    // A plain client with a name: presence shows only room users.
+    let mut sensor = connect5("sensor-1");
+    sensor.username = Some("sensor".into());
+    drop(Raw::connect5(addr, sensor).await);
+    // A user with a name who uses a room.
     let mut named = connect5("ann-phone");
     named.username = Some("ann".into());
-    drop(Raw::connect5(addr, named).await);
+    let (mut ann, _) = Raw::connect5(addr, named).await;
+    ann.subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtMostOnce))])
+        .await;
+    drop(ann);
     let retained_presence = async || {
         let mut w = Raw::client5(addr, "watcher").await;
         w.subscribe5(1, &[("$presence/+", opts(QoS::AtMostOnce))]).await;

@@ -255,8 +255,10 @@ async fn offline(watch: &roomq::LocalSubscription, user: &str) {
     .unwrap_or_else(|_| panic!("{user} offline in time"));
 }
 
-/// A named client (clean session, or with a session that lasts) connects
-/// and leaves; returns when its offline presence was published.
+/// A named client (clean session, or with a session that lasts) connects,
+/// sets its presence (so it is shown: presence shows only identities that
+/// use it or rooms) and leaves; returns when its offline presence was
+/// published.
 async fn visit(broker: &roomq::BrokerHandle, watch: &roomq::LocalSubscription, user: &str, persistent: bool) {
     let mut c = if persistent {
         persistent5(user)
@@ -265,6 +267,14 @@ async fn visit(broker: &roomq::BrokerHandle, watch: &roomq::LocalSubscription, u
     };
     c.username = Some(user.into());
     let (mut raw, _) = Raw::connect5(broker.local_addr(), c).await;
+    let status = std::collections::HashMap::from([("status", "online")]);
+    let set = publish_with(
+        &format!("$presence/{user}"),
+        &payloads::to_cbor(&status),
+        Some(1),
+        &[],
+    );
+    assert_eq!(raw.puback_of(set).await, PublishAckReason::Success);
     raw.send5(v5::Packet::Disconnect(Default::default())).await;
     offline(watch, user).await;
 }

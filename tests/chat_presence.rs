@@ -32,7 +32,12 @@ async fn presence_follows_devices_and_keeps_a_user_status() {
             }
         }
     };
+    // Presence shows identities that use rooms: Ann's first device joins
+    // one; her second is shown because she is.
     let mut phone = user5(addr, "ann-phone", "ann").await;
+    phone
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
     let p = next_presence(&mut watcher, "ann").await;
     assert_eq!((p.status.as_str(), p.devices), ("online", 1));
     let laptop = user5(addr, "ann-laptop", "ann").await;
@@ -97,7 +102,11 @@ async fn presence_goes_offline_on_keepalive_timeout() {
         .await;
     let mut c = connect5("sleepy");
     c.keep_alive = 2;
-    let (_sleepy, _) = Raw::connect5(addr, c).await;
+    let (mut sleepy, _) = Raw::connect5(addr, c).await;
+    // A room user: presence shows only identities that use rooms.
+    sleepy
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtMostOnce))])
+        .await;
     let online: payloads::Presence = payloads::from_cbor(&watcher.publish5().await.payload).unwrap();
     assert_eq!(online.status, "online");
     // No PINGREQ: after 1.5 x keep-alive the broker drops the connection.
@@ -178,9 +187,11 @@ async fn a_restart_marks_everyone_offline() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_with(sled_config(dir.path())).await;
     let addr = broker.local_addr();
-    // A user that matters (a username): an anonymous clean client that
-    // never joined a room leaves no lasting presence (tests/limits.rs).
-    let _stays = user5(addr, "stays-phone", "stays").await;
+    // A user that uses rooms: presence shows no other (tests/room_members.rs).
+    let mut stays = user5(addr, "stays-phone", "stays").await;
+    stays
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtMostOnce))])
+        .await;
     // Ended without closing connections cleanly: like a crash, the stored
     // presence still says online.
     broker.shutdown().await;

@@ -45,8 +45,13 @@ async fn until_presence(addr: SocketAddr, user: &str, status: &str, devices: u64
     }
 }
 
+/// A device of a chat user: it joins a room, so presence shows it.
 async fn device(addr: SocketAddr, id: &str, user: &str) -> Raw {
-    common::chat::user5(addr, id, user).await
+    let mut device = common::chat::user5(addr, id, user).await;
+    device
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtMostOnce))])
+        .await;
+    device
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +61,9 @@ async fn devices_on_two_nodes_are_one_presence() {
     let addr = |i: usize| nodes[i].local_addr();
     let mut phone = device(addr(0), "phone", "ann").await;
     until_presence(addr(2), "ann", "online", 1).await;
-    let mut laptop = device(addr(1), "laptop", "ann").await;
+    // A connection that uses no room counts too: ann is shown (on
+    // another node).
+    let mut laptop = common::chat::user5(addr(1), "laptop", "ann").await;
     until_presence(addr(2), "ann", "online", 2).await;
     until_presence(addr(0), "ann", "online", 2).await;
     phone.send5(Packet::Disconnect(v5::Disconnect::default())).await;

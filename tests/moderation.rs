@@ -449,3 +449,25 @@ async fn what_waits_in_a_banned_users_queue_is_not_sent_either() {
     quiet5(&mut eve, "a message queued before the ban was sent after it").await;
     broker.shutdown().await;
 }
+
+/// `$rooms/{room}/members` does not list a banned user; lifted, she is
+/// listed again.
+#[tokio::test]
+async fn a_banned_user_is_not_listed_in_the_room_members() {
+    let broker = start_with(config()).await;
+    let addr = broker.local_addr();
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    alice
+        .subscribe5(1, &[("$rooms/ops/members", opts(QoS::AtMostOnce))])
+        .await;
+    let list =
+        |p: rmqtt_codec::types::Publish| payloads::from_cbor::<Vec<String>>(&p.payload).expect("a list");
+    assert_eq!(list(alice.publish5().await), ["alice", "eve", "mod"]);
+    let mut m = moderator5(addr, "mod-1", "mod").await;
+    let (ack, answer) = moderate(&mut m, "mod-1", &req("ban", "eve"), 1).await;
+    assert_eq!((ack, answer.ok), (PublishAckReason::Success, true));
+    assert_eq!(list(alice.publish5().await), ["alice", "mod"]);
+    let (ack, answer) = moderate(&mut m, "mod-1", &req("unban", "eve"), 2).await;
+    assert_eq!((ack, answer.ok), (PublishAckReason::Success, true));
+    assert_eq!(list(alice.publish5().await), ["alice", "eve", "mod"]);
+}

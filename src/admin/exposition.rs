@@ -87,7 +87,7 @@ impl Collector for Families {
         gauge(
             &mut out,
             "roomq_presence_online",
-            "Users with a device connected to this node",
+            "Users shown in presence (they use rooms) with a device connected to this node",
             chat.online_users(),
         )?;
         let mut build = out.encode_descriptor(

@@ -247,6 +247,11 @@ impl Broker {
                 delivery.chat.run_delivery(&delivery.router, stop).await;
             });
         }
+        let members = shared.clone();
+        tracker.spawn(async move {
+            let stop = members.shutdown.subscribe();
+            members.chat.run_members(&members.router, stop).await;
+        });
         if shared.config.sys_interval_secs > 0 {
             tracker.spawn(publish_sys(shared.clone()));
         }
@@ -397,19 +402,21 @@ impl BrokerHandle {
     /// member stops receiving), and republishes `$rooms/{room}/members`.
     pub fn set_room(&self, room: crate::config::RoomConfig) {
         self.shared.chat.membership.set_room(&room);
-        self.shared
-            .chat
-            .publish_members(&self.shared.router, &room.name, &room.members);
+        self.shared.chat.publish_members(&self.shared.router, &room.name);
     }
 
     /// Replaces the room configuration (the binary does it on SIGHUP with
     /// the configuration file's `rooms_default` and `rooms`).
     pub fn set_rooms(&self, default: crate::config::RoomsDefault, rooms: &[crate::config::RoomConfig]) {
+        // A room no longer declared lists its subscribers again.
+        let before = self.shared.chat.membership.declared();
         self.shared.chat.membership.replace(default, rooms);
-        for room in rooms {
-            self.shared
-                .chat
-                .publish_members(&self.shared.router, &room.name, &room.members);
+        let names = before
+            .iter()
+            .map(|(name, _)| name)
+            .chain(rooms.iter().map(|r| &r.name));
+        for name in names.collect::<std::collections::BTreeSet<_>>() {
+            self.shared.chat.publish_members(&self.shared.router, name);
         }
     }
 

@@ -27,6 +27,7 @@ mod commit;
 mod dedup;
 mod history;
 mod log;
+mod members;
 mod moderation;
 pub mod payloads;
 mod presence;
@@ -46,6 +47,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 pub(crate) use log::RoomLog;
+pub(crate) use members::uses_rooms;
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
@@ -79,6 +81,8 @@ pub struct Chat {
     /// through `apply_replicated`.
     cluster: Option<Arc<Cluster>>,
     presence: Presence,
+    /// The subscribers of each room, for `$rooms/{room}/members`.
+    members: members::RoomMembers,
     /// Last typing event per (room, sender), for `typing_min_interval_ms`.
     typing: Mutex<HashMap<(String, String), Instant>>,
     receipts: Receipts,
@@ -189,6 +193,10 @@ impl Chat {
                 cluster.as_ref().map(|c| c.presence.clone()),
                 config.max_presence_records,
                 std::time::Duration::from_secs(config.presence_transient_secs),
+            ),
+            members: members::RoomMembers::new(
+                config.room_members_listed,
+                std::time::Duration::from_millis(config.room_members_interval_ms),
             ),
             cluster,
             typing: Mutex::default(),
@@ -383,7 +391,9 @@ impl Chat {
         self.log.trim_by_age();
         let forgotten = self.forget_empty_rooms(router);
         self.dedup.prune();
-        self.membership.sanctions.prune();
+        for room in self.membership.sanctions.prune() {
+            self.members_changed(&room);
+        }
         let now = Instant::now();
         self.typing
             .lock()
@@ -490,7 +500,8 @@ impl Chat {
     /// At start-up: every presence left "online" by the previous run (a
     /// crash or a shutdown) becomes "offline" (with `reset_presence`: not
     /// in a cluster, where other nodes serve users), and declared rooms
-    /// publish their member lists (`$rooms/{room}/members`).
+    /// publish their member lists (`$rooms/{room}/members`; open rooms'
+    /// follow from the restored subscriptions, `members.rs`).
     pub fn publish_startup_state(&self, router: &Router, reset_presence: bool) {
         let now = unix_ms_now();
         let stale_presence = if reset_presence {
@@ -525,20 +536,9 @@ impl Chat {
             }
         }
         self.presence.evict_over_bound(router);
-        for (room, members) in self.membership.declared() {
-            self.publish_members(router, &room, &members);
+        for (room, _) in self.membership.declared() {
+            self.publish_members(router, &room);
         }
-    }
-
-    /// Publishes a room's retained member list, `$rooms/{room}/members`.
-    pub fn publish_members(&self, router: &Router, room: &str, members: &[String]) {
-        let payload = payloads::to_cbor(&members);
-        router.publish(Message::new(
-            format!("$rooms/{room}/members"),
-            payload,
-            QoS::AtLeastOnce,
-            true,
-        ));
     }
 }
 

@@ -120,6 +120,10 @@ impl Chat {
         match done {
             Ok(()) => {
                 tracing::info!(%room, moderator = by, op = %query.op, %user, secs = query.secs, "moderation applied");
+                if matches!(op, Op::Set(Kind::Ban) | Op::Lift(Kind::Ban)) {
+                    // A banned user is not listed in `$rooms/{room}/members`.
+                    self.members_changed(room);
+                }
                 (
                     ModResponse {
                         ok: true,

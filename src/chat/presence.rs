@@ -4,6 +4,14 @@
 //! in between. A session takeover opens the new connection before the old
 //! one closes, so it never shows the user offline.
 //!
+//! Only identities that use rooms are shown: one appears once it has
+//! subscribed to a room filter, posted in a room or set its own presence
+//! (or connects with a session that holds a room subscription, or with a
+//! presence record left by an earlier visit). A plain MQTT client
+//! (`mosquitto_pub -t demo/x`, with or without a username) is counted
+//! while connected but never published: an IoT device does not flood a
+//! room's members with "online" and "offline".
+//!
 //! The records are bounded: an identity that holds no persistent session
 //! and never used a room leaves an "offline" record for
 //! `presence_transient_secs` only (it carries that Message Expiry), the
@@ -16,7 +24,8 @@
 //! In a cluster, the devices of a user are counted on every node
 //! (`cluster/presence.rs`): the node where a count changes publishes the
 //! total, and the first alive node publishes for the users of a node that
-//! died.
+//! died. A node tells the others only about users it shows; a user shown
+//! on another node is shown here too.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -103,6 +112,10 @@ struct UserPresence {
     /// Whether the client gave a username: not lasting, it leaves a
     /// transient record (`presence_transient_secs`).
     named: bool,
+    /// Whether the user is shown in `$presence/`: it used a room or set
+    /// its presence. Until then nothing of it is published or told to
+    /// the other nodes.
+    shown: bool,
 }
 
 /// What an "offline" presence leaves behind.
@@ -147,13 +160,19 @@ impl Presence {
         online + self.offline.lock().len()
     }
 
-    /// Users with a device connected to this node.
+    /// Users shown online with a device connected to this node.
     pub fn online_here(&self) -> usize {
-        self.users.lock().values().filter(|u| u.devices > 0).count()
+        self.users
+            .lock()
+            .values()
+            .filter(|u| u.devices > 0 && u.shown)
+            .count()
     }
 
-    /// Tells the other nodes this node's count for `user`.
+    /// Tells the other nodes this node's count for `user` (a user not
+    /// shown counts as none).
     fn tell_others(&self, user: &str, entry: Option<&UserPresence>) {
+        let entry = entry.filter(|e| e.shown);
         let Some(link) = &self.link else {
             return;
         };
@@ -168,8 +187,9 @@ impl Presence {
     }
 
     /// The user's presence over every node: devices summed, the most
-    /// recent status; `None` when no node has a device.
+    /// recent status; `None` when no node has a device it shows.
     fn total(&self, user: &str, local: Option<&UserPresence>) -> Option<PresencePayload> {
+        let local = local.filter(|e| e.shown);
         let remote = self.remote.lock();
         let others = remote.get(user).into_iter().flat_map(|m| m.values());
         let mut total: Option<PresencePayload> = local.map(|e| payload_of(e, None));
@@ -190,8 +210,9 @@ impl Presence {
     }
 
     /// A connection of `user` opened; `lasting` when the user matters
-    /// (see `UserPresence::lasting`), `named` when it gave a username.
-    pub fn connected(&self, router: &Router, user: &str, lasting: bool, named: bool) {
+    /// (see `UserPresence::lasting`), `named` when it gave a username,
+    /// `room_user` when its session holds a room subscription.
+    pub fn connected(&self, router: &Router, user: &str, lasting: bool, named: bool, room_user: bool) {
         let payload = {
             let mut users = self.users.lock();
             let entry = users.entry(user.to_string()).or_insert_with(|| UserPresence {
@@ -200,17 +221,33 @@ impl Presence {
                 since: unix_ms_now(),
                 lasting: false,
                 named: false,
+                shown: false,
             });
             entry.lasting |= lasting;
             entry.named |= named;
-            // Its record is an online one now, counted with the users.
-            self.offline.lock().remove(user);
+            // Its record is an online one now, counted with the users; a
+            // record says an earlier visit used rooms.
+            let had_record = {
+                let mut offline = self.offline.lock();
+                let had = offline.users.contains_key(user);
+                offline.remove(user);
+                had
+            };
+            // Other nodes tell only the counts of users they show.
+            let shown_elsewhere = self
+                .remote
+                .lock()
+                .get(user)
+                .is_some_and(|nodes| nodes.values().any(|c| c.devices > 0));
+            entry.shown |= room_user || had_record || shown_elsewhere;
             entry.devices += 1;
             if entry.devices == 1 {
                 entry.status = "online".into();
                 entry.since = unix_ms_now();
             }
-            self.tell_others(user, Some(entry));
+            if entry.shown {
+                self.tell_others(user, Some(entry));
+            }
             self.total(user, Some(entry))
         };
         if let Some(payload) = payload {
@@ -219,13 +256,28 @@ impl Presence {
         self.evict_over_bound(router);
     }
 
-    /// The user did something that makes it matter (joined a room).
-    pub fn mark_lasting(&self, user: &str) {
-        if let Some(entry) = self.users.lock().get_mut(user) {
-            if !entry.lasting {
-                entry.lasting = true;
-                self.tell_others(user, Some(entry));
+    /// The user used a room (subscribed to one, posted in one): it is
+    /// shown from now on, and its presence lasts.
+    pub fn used_rooms(&self, router: &Router, user: &str) {
+        let payload = {
+            let mut users = self.users.lock();
+            let Some(entry) = users.get_mut(user) else {
+                return;
+            };
+            if entry.lasting && entry.shown {
+                return;
             }
+            let newly_shown = !entry.shown;
+            entry.lasting = true;
+            entry.shown = true;
+            self.tell_others(user, Some(entry));
+            if !newly_shown {
+                return;
+            }
+            self.total(user, Some(entry))
+        };
+        if let Some(payload) = payload {
+            router.publish(presence_message(user, &payload));
         }
     }
 
@@ -237,6 +289,13 @@ impl Presence {
                 return;
             };
             entry.devices = entry.devices.saturating_sub(1);
+            if !entry.shown {
+                // Never shown: nothing to publish, nothing told.
+                if entry.devices == 0 {
+                    users.remove(user);
+                }
+                return;
+            }
             if entry.devices > 0 {
                 self.tell_others(user, Some(entry));
                 (
@@ -385,6 +444,8 @@ impl Presence {
                 entry.status = status.to_string();
                 entry.since = unix_ms_now();
             }
+            // Setting one's presence is using it: shown from now on.
+            entry.shown = true;
             self.tell_others(user, Some(entry));
             self.total(user, Some(entry))
                 .unwrap_or_else(|| payload_of(entry, None))
@@ -399,6 +460,7 @@ impl Presence {
     /// the other node publishes.
     pub(crate) fn remote_count(&self, router: &Router, count: DeviceCount) {
         let user = count.user.clone();
+        let shown_remotely = count.devices > 0;
         {
             let mut remote = self.remote.lock();
             let nodes = remote.entry(user.clone()).or_default();
@@ -411,12 +473,24 @@ impl Presence {
                 nodes.insert(count.node.clone(), count);
             }
         }
-        let total = {
-            let users = self.users.lock();
-            self.total(&user, users.get(&user))
+        // A user shown on another node is shown here too: this node's
+        // devices join the count, and this node publishes the new total.
+        let (total, newly_shown) = {
+            let mut users = self.users.lock();
+            let mut newly_shown = false;
+            if let Some(entry) = users.get_mut(&user).filter(|e| shown_remotely && !e.shown) {
+                entry.shown = true;
+                newly_shown = true;
+                self.tell_others(&user, Some(entry));
+            }
+            (self.total(&user, users.get(&user)), newly_shown)
         };
-        if let Some(payload) = total {
-            router.apply_retained(presence_message(&user, &payload));
+        match total {
+            Some(payload) if newly_shown => {
+                router.publish(presence_message(&user, &payload));
+            }
+            Some(payload) => router.apply_retained(presence_message(&user, &payload)),
+            None => {}
         }
     }
 
@@ -463,6 +537,7 @@ impl Presence {
         self.users
             .lock()
             .iter()
+            .filter(|(_, e)| e.shown)
             .map(|(user, e)| DeviceCount {
                 node: node.to_string(),
                 user: user.clone(),

@@ -25,7 +25,7 @@ struct DeclaredRoom {
     members: HashSet<String>,
     /// May ban and mute; members too.
     moderators: HashSet<String>,
-    /// In configuration order, for `$rooms/{room}/members`.
+    /// Members and moderators, sorted, for `$rooms/{room}/members`.
     listed: Vec<String>,
 }
 
@@ -34,7 +34,10 @@ fn declared(r: &RoomConfig) -> DeclaredRoom {
         open: r.open,
         members: r.members.iter().chain(&r.moderators).cloned().collect(),
         moderators: r.moderators.iter().cloned().collect(),
-        listed: r.members.clone(),
+        listed: {
+            let all: std::collections::BTreeSet<&String> = r.members.iter().chain(&r.moderators).collect();
+            all.into_iter().cloned().collect()
+        },
     }
 }
 
@@ -102,7 +105,27 @@ impl Membership {
         identity.is_some_and(|user| self.sanctions.applies(Kind::Mute, room, user))
     }
 
-    /// Declared rooms with their member lists.
+    /// What `$rooms/{room}/members` shows for a declared room: its members
+    /// and moderators, sorted, without the users banned from it; `None`
+    /// for a room that is not declared.
+    pub fn declared_members(&self, room: &str) -> Option<Vec<String>> {
+        let rooms = self.rooms.read();
+        let listed = &rooms.get(room)?.listed;
+        Some(
+            listed
+                .iter()
+                .filter(|user| !self.sanctions.applies(Kind::Ban, room, user))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether `room` is declared in the configuration.
+    pub fn is_declared(&self, room: &str) -> bool {
+        self.rooms.read().contains_key(room)
+    }
+
+    /// Declared rooms with their member lists (members and moderators).
     pub fn declared(&self) -> Vec<(String, Vec<String>)> {
         self.rooms
             .read()

@@ -181,10 +181,12 @@ impl Sanctions {
     }
 
     /// Forgets the sanctions that have ended (periodic upkeep). Only the
-    /// rooms that have any are visited.
-    pub(crate) fn prune(&self) {
+    /// rooms that have any are visited. Returns the rooms where a ban
+    /// ended (their member lists change).
+    pub(crate) fn prune(&self) -> Vec<String> {
+        let mut bans_ended = Vec::new();
         if self.count.load(Ordering::Acquire) == 0 {
-            return;
+            return bans_ended;
         }
         let now = unix_ms_now();
         let mut rooms = self.rooms.write();
@@ -192,6 +194,9 @@ impl Sanctions {
             entries.retain(|(kind, user), until| {
                 let live = until.is_none_or(|t| t > now);
                 if !live {
+                    if *kind == Kind::Ban && bans_ended.last() != Some(room) {
+                        bans_ended.push(room.clone());
+                    }
                     self.count.fetch_sub(1, Ordering::AcqRel);
                     if let Some(store) = &self.store {
                         if let Err(e) = store.put_sanction(&key(*kind, room, user), None) {
@@ -203,6 +208,7 @@ impl Sanctions {
             });
         }
         rooms.retain(|_, entries| !entries.is_empty());
+        bans_ended
     }
 }
 

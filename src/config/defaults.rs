@@ -86,6 +86,8 @@ impl Default for Config {
             admin_timeout_secs: 10,
             presence_transient_secs: 300,
             max_presence_records: 1_000_000,
+            room_members_listed: 1000,
+            room_members_interval_ms: 250,
             max_bans_per_room: 10_000,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,

@@ -300,13 +300,22 @@ pub struct Config {
     /// Seconds an admin connection may take to send a request's headers,
     /// and may stay idle between requests.
     pub admin_timeout_secs: u64,
-    /// How long the retained presence of an identity that holds no
-    /// persistent session and never posted to a room is kept after it goes
-    /// offline, in seconds (`presence_retention_secs` for the others).
+    /// How long the retained presence of an identity that set its own
+    /// presence but holds no persistent session and never used a room is
+    /// kept after it goes offline, in seconds (`presence_retention_secs`
+    /// for the others; an identity that did neither has no presence).
     pub presence_transient_secs: u64,
     /// Most presence records (identities with a retained `$presence`)
     /// kept; beyond it the longest-offline transient ones go first.
     pub max_presence_records: usize,
+    /// Most identities an open room's `$rooms/{room}/members` lists (the
+    /// first ones in sorted order; the list is cut beyond it). 0: open
+    /// rooms publish no list.
+    pub room_members_listed: usize,
+    /// Least time between two publications of one room's member list, in
+    /// milliseconds: a flood of SUBSCRIBE and UNSUBSCRIBE costs one
+    /// publication per room per interval, not one per packet.
+    pub room_members_interval_ms: u64,
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,

@@ -91,34 +91,29 @@ pub(crate) async fn accept(
         // A username alone makes a transient record (`presence_transient_secs`):
         // names are claims on the no-auth default.
         let presence_lasting = connect.session_expiry_interval_secs > 0;
-        let claimed = claim_session(shared, &client_id, &connect, &principal, presence_lasting).await?;
-        Ok((
-            ack,
-            client_id,
-            grant,
-            principal,
-            presence_lasting,
-            claimed,
-            charge,
-        ))
+        let room_user = resumes_rooms(shared, &client_id, &connect);
+        let presence = (presence_lasting, room_user);
+        let claimed = claim_session(shared, &client_id, &connect, &principal, presence).await?;
+        Ok((ack, client_id, grant, principal, presence, claimed, charge))
     }
     .await;
-    let (ack, client_id, grant, principal, presence_lasting, claimed, identity_charge) = match outcome {
-        Ok(accepted) => accepted,
-        Err(Refusal::Connack(reason, why)) => {
-            tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
-            send_connack(&mut io, reason, false, None);
-            io.flush_final().await;
-            io.linger().await;
-            return None;
-        }
-        Err(Refusal::Close(why)) => {
-            shared.metrics.protocol_errors.inc();
-            tracing::info!(peer = %io.peer, "connection closed: {why}");
-            io.flush_final().await;
-            return None;
-        }
-    };
+    let (ack, client_id, grant, principal, (presence_lasting, room_user), claimed, identity_charge) =
+        match outcome {
+            Ok(accepted) => accepted,
+            Err(Refusal::Connack(reason, why)) => {
+                tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
+                send_connack(&mut io, reason, false, None);
+                io.flush_final().await;
+                io.linger().await;
+                return None;
+            }
+            Err(Refusal::Close(why)) => {
+                shared.metrics.protocol_errors.inc();
+                tracing::info!(peer = %io.peer, "connection closed: {why}");
+                io.flush_final().await;
+                return None;
+            }
+        };
     let terms = negotiate(shared, &claimed.session, &connect, &grant, &principal, version).await;
     let config = &shared.config;
     io.codec.set_max_inbound(config.max_packet_size);
@@ -157,6 +152,7 @@ pub(crate) async fn accept(
         shutdown: shared.shutdown.subscribe(),
         principal,
         presence_lasting,
+        room_user,
         auth_deadline: terms.auth_deadline,
         publish_budget: super::rate::PublishBudget::new(
             config.max_publish_rate,
@@ -282,18 +278,33 @@ fn charge_connection(
     }
 }
 
+/// Whether the client resumes a session that holds a subscription to a
+/// room filter: such a client uses rooms from its first packet on.
+fn resumes_rooms(shared: &Shared, client_id: &str, connect: &Connect) -> bool {
+    !connect.clean_start
+        && shared.registry.get(client_id).is_some_and(|session| {
+            session
+                .state
+                .lock()
+                .subscriptions
+                .keys()
+                .any(|filter| crate::chat::uses_rooms(filter))
+        })
+}
+
 /// Takes over or creates the session of `client_id` for `principal`.
 /// Presence counts the connection first, so a takeover never shows the
-/// user offline in between; a presence that outlives the connection for
-/// long only for a client that matters (`presence_lasting`: a persistent
-/// session; room activity counts later, see `Connection::joined_a_room`),
-/// briefly for one with a username (`presence_transient_secs`).
+/// user offline in between. Given as (lasting, room user): it is shown
+/// only for a client that uses rooms (`room_user`: a session with a room
+/// subscription; room activity counts later, see
+/// `Connection::joined_a_room`), and outlives the connection for long
+/// only for one that matters (`presence_lasting`: a persistent session).
 async fn claim_session(
     shared: &Arc<Shared>,
     client_id: &str,
     connect: &Connect,
     principal: &Principal,
-    presence_lasting: bool,
+    (presence_lasting, room_user): (bool, bool),
 ) -> Result<super::registry::Claimed, Refusal> {
     if let Some(identity) = &principal.identity {
         shared.chat.presence().connected(
@@ -301,6 +312,7 @@ async fn claim_session(
             identity,
             presence_lasting,
             principal.username.is_some(),
+            room_user,
         );
     }
     // Another node serving this client id closes its connection (a

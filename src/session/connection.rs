@@ -103,6 +103,10 @@ pub(crate) struct Connection {
     /// Whether this client's presence outlives it (see
     /// `chat::presence`); set once it joins a room.
     pub presence_lasting: bool,
+    /// Whether this client used a room (its session holds a room
+    /// subscription, or it subscribed to or posted in one): only then is
+    /// its identity shown in `$presence/`.
+    pub room_user: bool,
     /// When the token the client logged in with expires.
     pub auth_deadline: Option<Instant>,
     /// `max_publish_rate` / `max_publish_bytes_rate`.
@@ -253,13 +257,17 @@ impl Connection {
         }
     }
 
-    /// Marks the client's presence as lasting the first time it uses a
-    /// room (subscribes to one, or posts in one).
+    /// Shows the client's presence, and makes it last, the first time it
+    /// uses a room (subscribes to one, or posts in one).
     pub(super) fn joined_a_room(&mut self) {
-        if !self.presence_lasting {
+        if !self.room_user {
+            self.room_user = true;
             self.presence_lasting = true;
             if let Some(identity) = &self.principal.identity {
-                self.shared.chat.presence().mark_lasting(identity);
+                self.shared
+                    .chat
+                    .presence()
+                    .used_rooms(&self.shared.router, identity);
             }
         }
     }

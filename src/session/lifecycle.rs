@@ -89,7 +89,7 @@ pub(crate) fn go_offline(
 /// waiting out its delay is sent, and the registry forgets it.
 pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
     hand_over_shared(shared, session);
-    let (subscriptions, pending_will) = {
+    let (subscriptions, pending_will, identity) = {
         let mut st = session.state.lock();
         if st.ended {
             return;
@@ -98,13 +98,19 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
         st.queue.clear();
         st.inflight.clear();
         session.erase();
-        (std::mem::take(&mut st.subscriptions), st.pending_will.take())
+        let identity = st.owner.as_ref().and_then(|o| o.identity.clone());
+        (
+            std::mem::take(&mut st.subscriptions),
+            st.pending_will.take(),
+            identity,
+        )
     };
     for filter in subscriptions.keys() {
         let parsed = crate::protocol::validate::parse_shared(filter).ok().flatten();
         shared
             .router
             .unsubscribe(&session.subscriber(), filter, parsed.as_ref());
+        shared.chat.unsubscribed(identity.as_deref(), filter);
     }
     shared.registry.remove(shared, session);
     if let Some(cluster) = shared.cluster.as_ref() {

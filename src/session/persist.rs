@@ -377,8 +377,14 @@ pub(crate) fn restore_sessions(
             }
         }
         super::registry::charge_restored(shared, &session);
-        let subscriptions: Vec<_> = session.state.lock().subscriptions.clone().into_iter().collect();
+        let (subscriptions, identity) = {
+            let st = session.state.lock();
+            let identity = st.owner.as_ref().and_then(|o| o.identity.clone());
+            (st.subscriptions.clone(), identity)
+        };
         for (filter, sub) in subscriptions {
+            // Its owner is listed in the rooms it names, also offline.
+            shared.chat.subscribed(identity.as_deref(), &filter);
             let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();
             // Judged by today's rules: they may have changed since.
             let plain_filter = shared_filter.as_ref().map_or(&*filter, |s| s.filter);

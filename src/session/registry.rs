@@ -111,7 +111,14 @@ impl Registry {
                     return Err(ClaimRefused::OtherOwner)
                 }
                 // A session stored by an older version has no owner yet:
-                // the first client to come back binds it.
+                // the first client to come back binds it, and is listed in
+                // the rooms its filters name from now on.
+                None if !st.ended => {
+                    for filter in st.subscriptions.keys() {
+                        shared.chat.subscribed(owner.identity.as_deref(), filter);
+                    }
+                    st.owner = Some(owner.clone());
+                }
                 _ => st.owner = Some(owner.clone()),
             }
             st.kick_reason = Some(Kick::TakenOver {

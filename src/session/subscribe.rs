@@ -44,7 +44,7 @@ impl Connection {
                 status.push(reason);
                 continue;
             }
-            if crate::chat::room_of(plain_filter).is_some() {
+            if crate::chat::uses_rooms(plain_filter) {
                 self.joined_a_room();
             }
             self.session.start_room_cursors(&self.shared.chat, filter);
@@ -59,13 +59,18 @@ impl Connection {
                 subscribe.id,
                 check_read,
             );
-            self.session.state.lock().subscriptions.insert(
+            let replaced = self.session.state.lock().subscriptions.insert(
                 filter.to_string(),
                 SessionSubscription {
                     options: *options,
                     id: subscribe.id,
                 },
             );
+            if replaced.is_none() {
+                self.shared
+                    .chat
+                    .subscribed(self.principal.identity.as_deref(), filter);
+            }
             status.push(match options.qos {
                 QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
                 QoS::AtLeastOnce => SubscribeAckReason::GrantedQos1,
@@ -135,6 +140,9 @@ impl Connection {
                 self.shared
                     .router
                     .unsubscribe(&self.session.subscriber(), filter, shared.as_ref());
+                self.shared
+                    .chat
+                    .unsubscribed(self.principal.identity.as_deref(), filter);
             }
             status.push(if existed {
                 UnsubscribeAckReason::Success

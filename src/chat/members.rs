@@ -1,0 +1,281 @@
+//! Who is in a room: `$rooms/{room}/members` (retained, QoS 1, CBOR
+//! `[* tstr]`, sorted). A declared room lists its declared members and
+//! moderators; any other (open) room the identities holding a
+//! subscription whose filter names it (`rooms/{room}/...`, also under
+//! `$share/`), online or kept by a persistent session, at most
+//! `room_members_listed` of them. A user banned from the room is not
+//! listed.
+//!
+//! Memory: per room, a count of such subscriptions per identity. An entry
+//! exists only while one of those subscriptions exists, and a room's map
+//! goes with its last one, so the index is bounded by the subscriptions
+//! themselves (`max_subscriptions_per_session` per session, sessions and
+//! connections per identity by `max_sessions_per_user` and
+//! `max_connections_per_user`), which are already charged to their
+//! identity: nothing more is charged here.
+//!
+//! A change marks its room; `run_members` publishes the marked rooms at
+//! once, then waits `room_members_interval_ms` before it publishes again,
+//! so a flood of SUBSCRIBE and UNSUBSCRIBE costs at most one publication
+//! per room per interval, not one per packet. An open room's list is kept
+//! in memory only (it is rebuilt from the restored sessions at start-up);
+//! when its last subscriber goes, watchers get an empty list and nothing
+//! is kept. In a cluster each node lists the subscribers it serves or
+//! holds, to its own clients.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{payloads, room_of, Chat};
+use crate::protocol::validate::parse_shared;
+use crate::protocol::QoS;
+use crate::router::{Message, RemoteScope, Router};
+
+/// One room's subscribers: identity to how many of its subscriptions name
+/// the room; sorted, as the list shows them.
+type Subscribers = BTreeMap<Arc<str>, u32>;
+
+/// The subscribers of each room, by identity.
+pub(crate) struct RoomMembers {
+    rooms: Mutex<HashMap<Arc<str>, Subscribers>>,
+    /// Rooms whose list changed since it was last published (lock order:
+    /// after `rooms`).
+    changed: Mutex<HashSet<Arc<str>>>,
+    /// Wakes `run_members` when a room is marked.
+    wake: Notify,
+    /// `room_members_listed`.
+    listed: usize,
+    /// `room_members_interval_ms`.
+    interval: Duration,
+}
+
+/// The room a subscription filter names by name: `rooms/{room}/...`,
+/// possibly under `$share/{group}/`; not `+` or `#`.
+pub(crate) fn room_named(filter: &str) -> Option<&str> {
+    let plain = match parse_shared(filter) {
+        Ok(Some(shared)) => shared.filter,
+        Ok(None) => filter,
+        Err(_) => return None,
+    };
+    room_of(plain).filter(|room| !room.is_empty() && *room != "+" && *room != "#")
+}
+
+/// Whether a subscription to `filter` uses rooms (for presence): any
+/// `rooms/...` filter, one room or all of them, also under `$share/`.
+pub(crate) fn uses_rooms(filter: &str) -> bool {
+    let plain = match parse_shared(filter) {
+        Ok(Some(shared)) => shared.filter,
+        _ => filter,
+    };
+    room_of(plain).is_some()
+}
+
+impl RoomMembers {
+    pub(crate) fn new(listed: usize, interval: Duration) -> RoomMembers {
+        RoomMembers {
+            rooms: Mutex::default(),
+            changed: Mutex::default(),
+            wake: Notify::new(),
+            listed,
+            interval,
+        }
+    }
+
+    /// `identity` holds one more subscription naming `room`; true when
+    /// it was not listed before.
+    fn add(&self, room: &str, identity: &str) -> bool {
+        let mut rooms = self.rooms.lock();
+        let room_entry = match rooms.get_mut(room) {
+            Some(entry) => entry,
+            None => rooms.entry(Arc::from(room)).or_default(),
+        };
+        match room_entry.get_mut(identity) {
+            Some(count) => {
+                *count += 1;
+                false
+            }
+            None => {
+                room_entry.insert(Arc::from(identity), 1);
+                true
+            }
+        }
+    }
+
+    /// `identity` holds one subscription naming `room` less; true when
+    /// that was its last one.
+    fn remove(&self, room: &str, identity: &str) -> bool {
+        let mut rooms = self.rooms.lock();
+        let Some(room_entry) = rooms.get_mut(room) else {
+            return false;
+        };
+        let Some(count) = room_entry.get_mut(identity) else {
+            return false;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return false;
+        }
+        room_entry.remove(identity);
+        if room_entry.is_empty() {
+            rooms.remove(room);
+        }
+        true
+    }
+
+    /// Marks a room's list for publication.
+    fn mark(&self, room: &str) {
+        if self.changed.lock().insert(Arc::from(room)) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The rooms marked since the last call.
+    fn take_changed(&self) -> Vec<Arc<str>> {
+        self.changed.lock().drain().collect()
+    }
+
+    /// The sorted subscribers of `room` that `listed` says to show, at
+    /// most `room_members_listed` of them.
+    fn subscribers(&self, room: &str, listed: impl Fn(&str) -> bool) -> Vec<String> {
+        self.rooms.lock().get(room).map_or_else(Vec::new, |identities| {
+            identities
+                .keys()
+                .filter(|identity| listed(identity))
+                .take(self.listed)
+                .map(|identity| identity.to_string())
+                .collect()
+        })
+    }
+
+    /// Rooms with at least one subscriber.
+    #[cfg(test)]
+    fn rooms(&self) -> usize {
+        self.rooms.lock().len()
+    }
+}
+
+impl Chat {
+    /// A session of `identity` subscribed to `filter` (a new filter for
+    /// that session, or one restored from the store).
+    pub(crate) fn subscribed(&self, identity: Option<&str>, filter: &str) {
+        if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
+            // A declared room's list does not follow its subscribers.
+            if self.members.add(room, identity) && !self.membership.is_declared(room) {
+                self.members.mark(room);
+            }
+        }
+    }
+
+    /// A session of `identity` no longer holds its subscription to
+    /// `filter` (UNSUBSCRIBE, or the session ended).
+    pub(crate) fn unsubscribed(&self, identity: Option<&str>, filter: &str) {
+        if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
+            if self.members.remove(room, identity) && !self.membership.is_declared(room) {
+                self.members.mark(room);
+            }
+        }
+    }
+
+    /// Marks a room's list for publication (a ban or its end changes it).
+    pub(crate) fn members_changed(&self, room: &str) {
+        self.members.mark(room);
+    }
+
+    /// Publishes `$rooms/{room}/members` as it is now.
+    pub fn publish_members(&self, router: &Router, room: &str) {
+        let topic = format!("$rooms/{room}/members");
+        if let Some(members) = self.membership.declared_members(room) {
+            router.publish(Message::new(
+                topic,
+                payloads::to_cbor(&members),
+                QoS::AtLeastOnce,
+                true,
+            ));
+            return;
+        }
+        if self.members.listed == 0 {
+            return;
+        }
+        let sanctions = &self.membership.sanctions;
+        let members = self.members.subscribers(room, |user| {
+            !sanctions.applies(super::sanctions::Kind::Ban, room, user)
+        });
+        let mut message = Message::new(topic, payloads::to_cbor(&members), QoS::AtLeastOnce, true);
+        // Rebuilt from the restored sessions at start-up: never stored.
+        message.retain_in_memory = true;
+        if members.is_empty() {
+            // Watchers see the room empty; nothing of it is kept.
+            message.retain = false;
+            router.clear_retained(&message.topic);
+        }
+        if self.cluster.is_some() {
+            // Each node lists its own subscribers, to its own clients: a
+            // list sent on would replace the other nodes' lists.
+            router.publish_remote(message, RemoteScope::Plain);
+            return;
+        }
+        router.publish(message);
+    }
+
+    /// Publishes the member lists that changed, at once and then at most
+    /// once per `room_members_interval_ms`, until `stop`.
+    pub(crate) async fn run_members(&self, router: &Router, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = self.members.wake.notified() => {}
+            }
+            for room in self.members.take_changed() {
+                self.publish_members(router, &room);
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(self.members.interval) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_subscriptions_per_identity() {
+        let members = RoomMembers::new(2, Duration::ZERO);
+        assert!(members.add("lobby", "bob"));
+        assert!(!members.add("lobby", "bob"), "bob was listed");
+        assert!(members.add("lobby", "alice"));
+        assert!(members.add("lobby", "carol"));
+        assert_eq!(
+            members.subscribers("lobby", |_| true),
+            ["alice", "bob"],
+            "sorted, cut at 2"
+        );
+        assert_eq!(members.subscribers("lobby", |u| u != "alice"), ["bob", "carol"]);
+        assert!(!members.remove("lobby", "bob"), "bob still holds one");
+        assert!(members.remove("lobby", "bob"));
+        assert!(members.remove("lobby", "alice"));
+        assert!(members.remove("lobby", "carol"));
+        assert!(!members.remove("lobby", "carol"), "not there");
+        assert_eq!(members.rooms(), 0, "nothing kept for an empty room");
+        members.mark("lobby");
+        members.mark("lobby");
+        assert_eq!(members.take_changed().len(), 1, "a room is marked once");
+        assert!(members.take_changed().is_empty());
+    }
+
+    #[test]
+    fn filters_that_name_a_room() {
+        assert_eq!(room_named("rooms/lobby/msg/+"), Some("lobby"));
+        assert_eq!(room_named("rooms/lobby/#"), Some("lobby"));
+        assert_eq!(room_named("$share/g/rooms/lobby/typing/+"), Some("lobby"));
+        for none in ["rooms/+/msg/+", "rooms/#", "#", "demo/x", "$rooms/lobby/members"] {
+            assert_eq!(room_named(none), None, "{none}");
+        }
+    }
+}
