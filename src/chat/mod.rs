@@ -9,7 +9,8 @@
 //! - `dedup.rs` remembers (room, sender, msg-id) for `dedup_window_secs`.
 //! - `moderation.rs` answers moderators' bans and mutes on
 //!   `$rooms/{room}/mod`; `sanctions.rs` keeps them (read through
-//!   `Membership`).
+//!   `Membership`); `replication.rs` is the hook that takes them to every
+//!   node of a cluster.
 //! - `presence.rs`, `typing` (in `publish.rs`), `receipts.rs` and
 //!   `history.rs` serve the other chat topics; `payloads.rs` holds their
 //!   CBOR schemas.
@@ -32,6 +33,7 @@ pub mod payloads;
 mod presence;
 mod publish;
 mod receipts;
+mod replication;
 mod rooms;
 mod sanctions;
 mod signed;
@@ -78,6 +80,8 @@ pub struct Chat {
     /// Cluster mode: room messages are written to JetStream and come back
     /// through `apply_replicated`.
     cluster: Option<Arc<Cluster>>,
+    /// Cluster mode: where moderators' changes go (`replication.rs`).
+    sanction_replication: std::sync::OnceLock<Arc<dyn crate::store::SanctionReplication>>,
     presence: Presence,
     /// Last typing event per (room, sender), for `typing_min_interval_ms`.
     typing: Mutex<HashMap<(String, String), Instant>>,
@@ -191,6 +195,7 @@ impl Chat {
                 std::time::Duration::from_secs(config.presence_transient_secs),
             ),
             cluster,
+            sanction_replication: std::sync::OnceLock::new(),
             typing: Mutex::default(),
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
             budgets,
