@@ -214,6 +214,28 @@ async fn a_ban_on_one_node_binds_the_other_from_the_answer_on() {
         PublishAckReason::Success
     );
 
+    // A mute set on `a`: on `b` she reads, but may not post.
+    ban(&mut moderator, "mute", None, 5).await;
+    assert_eq!(
+        post(&mut alice, "alice", b"muted", 6).await,
+        PublishAckReason::Success
+    );
+    receives5(&mut phone, b"muted").await;
+    assert_eq!(
+        post(&mut phone, "mallory", b"hello?", 6).await,
+        PublishAckReason::NotAuthorized
+    );
+    ban(&mut moderator, "unmute", None, 6).await;
+    assert_eq!(
+        post(&mut alice, "alice", b"unmuted", 7).await,
+        PublishAckReason::Success
+    );
+    receives5(&mut phone, b"unmuted").await;
+    assert_eq!(
+        post(&mut phone, "mallory", b"hello!", 7).await,
+        PublishAckReason::Success
+    );
+
     // A ban of a second ends by itself on `b` as well.
     ban(&mut moderator, "ban", Some(1), 3).await;
     assert_eq!(

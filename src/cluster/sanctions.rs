@@ -228,3 +228,44 @@ async fn follow_once(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SanctionKind, StoreHealth};
+
+    fn change(until: Option<Option<u64>>) -> SanctionChange {
+        SanctionChange {
+            kind: SanctionKind::Ban,
+            room: "ops".into(),
+            user: "mallory".into(),
+            until,
+        }
+    }
+
+    /// The two ways a change arrives (the sanctions stream, the room's
+    /// stream) and old copies read again end in the stream's order.
+    #[test]
+    fn a_change_is_applied_only_above_the_version_held() {
+        let (writer, _queue) = Writer::new(Arc::new(StoreHealth::default()), 1 << 20);
+        let sanctions = Sanctions::new(Names::new("roomq"), writer, "a".into());
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let seen = applied.clone();
+        sanctions.connect(
+            Arc::new(move |c: &SanctionChange| seen.lock().push(c.until)),
+            Arc::new(|_| {}),
+        );
+        sanctions.receive(5, &change(Some(None)));
+        // The same version by the other way, and an older lift: nothing.
+        sanctions.receive(5, &change(Some(None)));
+        sanctions.receive(3, &change(None));
+        sanctions.receive(7, &change(None));
+        let copy = postcard::to_allocvec(&RoomCopy {
+            change: change(Some(Some(1))),
+            version: 6,
+        })
+        .unwrap();
+        sanctions.receive_room_copy("ops", 40, &copy);
+        assert_eq!(*applied.lock(), vec![Some(None), None]);
+    }
+}
