@@ -7,7 +7,9 @@
 //! A message posted after the answer is the proof: it reaches bob on `b`
 //! but not mallory (the ban goes into the room's stream before it, so `b`
 //! applies the ban before it delivers the message), and from then on `b`
-//! refuses her post, her SUBSCRIBE and her history request.
+//! refuses her post, her SUBSCRIBE and her history request. Node `c`,
+//! which does not follow the room, refuses them right after the answer
+//! (it reads the room, the ban's copy included, before it handles them).
 
 mod common;
 
@@ -156,6 +158,9 @@ async fn a_ban_on_one_node_binds_the_other_from_the_answer_on() {
     let nats = NatsCluster::start(1);
     let a = node(&nats, "a").await;
     let mut b = node(&nats, "b").await;
+    // Node `c` does not follow the room: it reads it before it handles a
+    // packet for it.
+    let c = node(&nats, "c").await;
     let mut moderator = user5(a.local_addr(), "mod-1", "mod").await;
     moderator
         .subscribe5(1, &[("replies/mod-1", opts(QoS::AtMostOnce))])
@@ -174,6 +179,7 @@ async fn a_ban_on_one_node_binds_the_other_from_the_answer_on() {
     receives3(&mut laptop, b"before").await;
 
     ban(&mut moderator, "ban", None, 1).await;
+    refused_everything(c.local_addr(), "mallory-tablet").await;
     assert_eq!(
         post(&mut alice, "alice", b"after", 2).await,
         PublishAckReason::Success
@@ -267,9 +273,9 @@ async fn a_ban_on_one_node_binds_the_other_from_the_answer_on() {
     b.shutdown().await;
     b = node(&nats, "b").await;
     refused_everything(b.local_addr(), "mallory-phone").await;
-    let c = node(&nats, "c").await;
-    refused_everything(c.local_addr(), "mallory-tablet").await;
-    for n in [a, b, c] {
+    let d = node(&nats, "d").await;
+    refused_everything(d.local_addr(), "mallory-tablet").await;
+    for n in [a, b, c, d] {
         n.shutdown().await;
     }
 }

@@ -47,7 +47,10 @@ impl Outbound for ClusterOutbound {
 
 /// The rooms a packet reads the log of on this node: a SUBSCRIBE (a new
 /// subscription starts at the room's head), a history request, a read
-/// receipt (checked against the head).
+/// receipt (checked against the head); and a post or typing event, whose
+/// sender a ban in the room's stream may refuse (`cluster/sanctions.rs`;
+/// a post waits for this catch-up anyway: its PUBACK waits until this
+/// node applied it).
 fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
     match packet {
         Packet::Subscribe(subscribe) => subscribe
@@ -62,7 +65,12 @@ fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
             })
             .collect(),
         Packet::Publish(publish) => match classify(&publish.topic) {
-            Some(ChatTopic::HistoryRequest { room } | ChatTopic::Receipt { room, .. }) => {
+            Some(
+                ChatTopic::HistoryRequest { room }
+                | ChatTopic::Receipt { room, .. }
+                | ChatTopic::Message { room, .. }
+                | ChatTopic::Typing { room, .. },
+            ) => {
                 vec![RoomInterest::One(room.to_string())]
             }
             _ => Vec::new(),
