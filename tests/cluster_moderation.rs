@@ -279,3 +279,23 @@ async fn a_ban_on_one_node_binds_the_other_from_the_answer_on() {
         n.shutdown().await;
     }
 }
+
+/// The moderator's node is SIGKILLed right after her answer: the ban was
+/// in JetStream before the answer, so a node started afterwards holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_ban_outlives_its_node_killed() {
+    let nats = NatsCluster::start(3);
+    let rooms = "rooms_default = \"closed\"\n[[rooms]]\nname = \"ops\"\n\
+                 members = [\"alice\", \"bob\", \"mallory\"]\nmoderators = [\"mod\"]";
+    let (mut doomed, x_addr, _dir) = common::nats::spawn_node(&nats, "x", rooms, "");
+    let mut moderator = user5(x_addr, "mod-1", "mod").await;
+    moderator
+        .subscribe5(1, &[("replies/mod-1", opts(QoS::AtMostOnce))])
+        .await;
+    ban(&mut moderator, "ban", None, 1).await;
+    doomed.kill().expect("SIGKILL the moderator's node");
+    let _ = doomed.wait();
+    let y = node(&nats, "y").await;
+    refused_everything(y.local_addr(), "mallory-phone").await;
+    y.shutdown().await;
+}
