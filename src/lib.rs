@@ -20,7 +20,8 @@
 //!   (`topics.md`).
 //! - `cluster`: cluster mode on NATS JetStream (`[cluster]`): room logs in
 //!   a stream each node reads by interest, plain messages by node
-//!   interest, retained messages, takeover across nodes.
+//!   interest, retained messages, bans and mutes on every node, takeover
+//!   across nodes.
 //! - [`router`]: the subscription trie, retained messages, fan-out to
 //!   [`router::Subscriber`]s (sessions implement it).
 //! - [`store`]: the `Store` trait, sled and in-memory implementations,

@@ -170,6 +170,11 @@ pub(super) fn reply_topic(
 /// Publishes an answer to `request` on `topic`: the request's QoS (at most
 /// 1), its Correlation Data, no retain.
 pub(super) fn send_reply(router: &Router, request: &Message, topic: String, payload: Vec<u8>) {
+    router.publish(reply_message(request, topic, payload));
+}
+
+/// The answer to `request` on `topic`, with its Correlation Data.
+pub(super) fn reply_message(request: &Message, topic: String, payload: Vec<u8>) -> Message {
     let qos = if request.qos == QoS::AtMostOnce {
         QoS::AtMostOnce
     } else {
@@ -186,5 +191,5 @@ pub(super) fn send_reply(router: &Router, request: &Message, topic: String, payl
             ..Default::default()
         });
     }
-    router.publish(response);
+    response
 }

@@ -9,7 +9,8 @@
 //! - `dedup.rs` remembers (room, sender, msg-id) for `dedup_window_secs`.
 //! - `moderation.rs` answers moderators' bans and mutes on
 //!   `$rooms/{room}/mod`; `sanctions.rs` keeps them (read through
-//!   `Membership`).
+//!   `Membership`); `replication.rs` is the hook that takes them to every
+//!   node of a cluster.
 //! - `presence.rs`, `typing` (in `publish.rs`), `receipts.rs` and
 //!   `history.rs` serve the other chat topics; `payloads.rs` holds their
 //!   CBOR schemas.
@@ -33,6 +34,7 @@ pub mod payloads;
 mod presence;
 mod publish;
 mod receipts;
+mod replication;
 mod rooms;
 mod sanctions;
 mod signed;
@@ -80,6 +82,8 @@ pub struct Chat {
     /// Cluster mode: room messages are written to JetStream and come back
     /// through `apply_replicated`.
     cluster: Option<Arc<Cluster>>,
+    /// Cluster mode: where moderators' changes go (`replication.rs`).
+    sanction_replication: std::sync::OnceLock<Arc<dyn crate::store::SanctionReplication>>,
     presence: Presence,
     /// The subscribers of each room, for `$rooms/{room}/members`.
     members: members::RoomMembers,
@@ -199,6 +203,7 @@ impl Chat {
                 std::time::Duration::from_millis(config.room_members_interval_ms),
             ),
             cluster,
+            sanction_replication: std::sync::OnceLock::new(),
             typing: Mutex::default(),
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
             budgets,

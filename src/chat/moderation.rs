@@ -5,8 +5,8 @@
 //! effect, and on disk, before the answer is sent: every room access reads
 //! it through `Membership` (`sanctions.rs`).
 
-use super::history::{reply_topic, send_reply};
-use super::payloads::{from_client_cbor, to_cbor, ModRequest, ModResponse};
+use super::history::reply_topic;
+use super::payloads::{from_client_cbor, ModRequest, ModResponse};
 use super::publish::Publisher;
 use super::sanctions::{Kind, SetError};
 use super::{is_valid_room_name, Chat};
@@ -66,9 +66,13 @@ impl Chat {
             Ok(topic) => topic,
             Err(reason) => return reason,
         };
+        let kind = match op {
+            Op::Set(kind) | Op::Lift(kind) => kind,
+        };
         let (answer, reason) = self.apply_mod_request(config, who, room, &query, op);
-        send_reply(router, request, topic, to_cbor(&answer));
-        reason
+        // In a cluster the answer waits until every node has the change
+        // (`replication.rs`).
+        self.answer_applied(router, request, topic, kind, room, &query.user, answer, reason)
     }
 
     /// Applies a well-formed request; the answer and the PUBACK reason.

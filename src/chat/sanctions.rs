@@ -16,14 +16,9 @@ use parking_lot::RwLock;
 
 use crate::store::{unix_ms_now, SanctionRecord, Store, StoreError};
 
-/// What a moderator may do to a user in a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Kind {
-    /// No access to the room at all.
-    Ban,
-    /// Reads, but does not post or type.
-    Mute,
-}
+/// What a moderator may do to a user in a room (defined in the store, so
+/// that a cluster can carry it: `store/replication.rs`).
+pub(crate) use crate::store::SanctionKind as Kind;
 
 impl Kind {
     fn tag(self) -> &'static str {
@@ -178,6 +173,47 @@ impl Sanctions {
             }
         }
         Ok(())
+    }
+
+    /// The state of one sanction here: `None` when there is none,
+    /// `Some(until)` when there is one (ended or not).
+    pub(crate) fn current(&self, kind: Kind, room: &str, user: &str) -> Option<Option<u64>> {
+        self.rooms
+            .read()
+            .get(room)
+            .and_then(|entries| entries.get(&(kind, user.to_string())).copied())
+    }
+
+    /// Cluster mode: takes in the state another node (or this one) set
+    /// and the cluster committed (`replication.rs`). Not counted against
+    /// `max_bans_per_room`: the node that set it checked, and this node's
+    /// copy must match the cluster's. This node's store is in memory in a
+    /// cluster (JetStream keeps sanctions), so nothing is flushed.
+    pub(crate) fn replace(&self, kind: Kind, room: &str, user: &str, until: Option<Option<u64>>) {
+        let mut rooms = self.rooms.write();
+        let entry = (kind, user.to_string());
+        match until {
+            Some(until) => {
+                if rooms
+                    .entry(room.to_string())
+                    .or_default()
+                    .insert(entry, until)
+                    .is_none()
+                {
+                    self.count.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            None => {
+                if let Some(entries) = rooms.get_mut(room) {
+                    if entries.remove(&entry).is_some() {
+                        self.count.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    if entries.is_empty() {
+                        rooms.remove(room);
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets the sanctions that have ended (periodic upkeep). Only the

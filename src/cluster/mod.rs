@@ -9,6 +9,8 @@
 //! - `plain.rs`: plain MQTT messages on core NATS, by node interest;
 //!   shared subscriptions as NATS queue groups.
 //! - `retained.rs`: retained messages in a stream every node follows.
+//! - `sanctions.rs`: bans and mutes in a stream every node follows, and
+//!   copies in the room stream that order them against room messages.
 //! - `sessions.rs`: a client id is held by one node; a CONNECT on another
 //!   node takes the connection over and the session with it;
 //!   `holding.rs` answers those claims on the holding node.
@@ -26,6 +28,7 @@ mod presence;
 mod queues;
 mod retained;
 mod rooms;
+mod sanctions;
 mod sessions;
 mod writer;
 
@@ -40,6 +43,7 @@ pub(crate) use plain::Plain;
 pub(crate) use presence::{DeviceCount, PresenceLink, PresenceSink};
 pub(crate) use retained::ApplyRetained;
 pub(crate) use rooms::{RoomInterest, RoomSink, Rooms};
+pub(crate) use sanctions::{ApplySanction, PublishAnswer, Sanctions};
 pub(crate) use sessions::{HandedOver, Sessions};
 use writer::Writer;
 
@@ -70,6 +74,8 @@ pub(crate) struct Cluster {
     pub plain: Arc<Plain>,
     pub rooms: Rooms,
     pub sessions: Sessions,
+    /// Bans and mutes, on every node.
+    pub sanctions: Arc<Sanctions>,
     /// Persistent sessions' plain messages in JetStream.
     queues: Arc<queues::Queues>,
     /// This node's presence changes, for the other nodes.
@@ -109,11 +115,13 @@ impl Cluster {
             writer.clone(),
             cc.forward_buffer_bytes,
         );
+        let sanctions = Sanctions::new(names.clone(), writer.clone(), node.clone());
         let rooms = Rooms::new(
             names.clone(),
             js.clone(),
             client.clone(),
             writer.clone(),
+            sanctions.clone(),
             node.clone(),
         );
         writer.on_room_acknowledged(rooms.acknowledgement_hook());
@@ -144,6 +152,7 @@ impl Cluster {
             plain,
             rooms,
             sessions,
+            sanctions,
             queues,
             presence,
             presence_outgoing: parking_lot::Mutex::new(Some(presence_outgoing)),
@@ -176,9 +185,10 @@ impl Cluster {
     }
 
     /// Starts reading the rooms this node has interest in (into `rooms`),
-    /// the retained stream and the other nodes' presence; resolves once
-    /// this node has read the retained messages the stream held at start
-    /// (so a SUBSCRIBE gets them). A room's log is read when the node
+    /// the retained and sanctions streams and the other nodes' presence;
+    /// resolves once this node has read the retained messages and the
+    /// sanctions the streams held at start (so a SUBSCRIBE gets them, and
+    /// a banned user is refused from the first packet). A room's log is read when the node
     /// starts following it (`Rooms::ready`).
     pub async fn follow(
         &self,
@@ -221,9 +231,16 @@ impl Cluster {
             retained,
             retained_done,
         )));
+        let (sanctions_done, mut sanctions_ready) = watch::channel(false);
+        tasks.push(tokio::spawn(sanctions::follow(
+            self.js.clone(),
+            self.sanctions.clone(),
+            sanctions_done,
+        )));
         self.tasks.lock().extend(tasks.iter().map(|t| t.abort_handle()));
         let _ = retained_ready.wait_for(|ready| *ready).await;
-        tracing::info!("cluster mode: retained messages loaded");
+        let _ = sanctions_ready.wait_for(|ready| *ready).await;
+        tracing::info!("cluster mode: retained messages and sanctions loaded");
     }
 }
 
@@ -421,7 +438,10 @@ async fn ensure_streams(
     let retained = last_only(&names.retained_stream, names.retained_all());
     let sessions = last_only(&names.sessions_stream, names.sessions());
     let queues = last_only(&names.queues_stream, names.queues());
-    for wanted in [rooms, retained, sessions, queues] {
+    // A lift is a record too (every node must see it): one per sanction
+    // ever set, until it is set again.
+    let sanctions = last_only(&names.sanctions_stream, names.sanctions());
+    for wanted in [rooms, retained, sessions, queues, sanctions] {
         let name = wanted.name.clone();
         let mut last_error = String::new();
         // JetStream needs a meta leader first (seconds after the servers

@@ -26,6 +26,8 @@ pub(crate) struct Names {
     /// The stream of persistent sessions' unacknowledged plain messages,
     /// one subject per message.
     pub queues_stream: String,
+    /// The stream of bans and mutes, one subject per (kind, room, user).
+    pub sanctions_stream: String,
 }
 
 impl Names {
@@ -37,6 +39,7 @@ impl Names {
             retained_stream: format!("{upper}_RETAINED"),
             sessions_stream: format!("{upper}_SESSIONS"),
             queues_stream: format!("{upper}_QUEUES"),
+            sanctions_stream: format!("{upper}_SANCTIONS"),
         }
     }
 
@@ -64,6 +67,18 @@ impl Names {
     /// The republished copies of one room's messages.
     pub fn live_room(&self, room: &str) -> String {
         format!("{}.live.{}", self.prefix, token(room))
+    }
+
+    /// Every sanction's subject: `{name}.sanction.>`.
+    pub fn sanctions(&self) -> String {
+        format!("{}.sanction.>", self.prefix)
+    }
+
+    /// The subject of the sanction named `key` (a hash: room and user
+    /// names are bounded, but escaped they could pass `MAX_SUBJECT_LEN`;
+    /// the record itself names them).
+    pub fn sanction(&self, key: &str) -> String {
+        format!("{}.sanction.{}", self.prefix, hash_hex(key))
     }
 
     pub fn retained_all(&self) -> String {

@@ -49,7 +49,17 @@ pub(crate) struct Write {
     /// applied it.
     pub room: Option<Arc<str>>,
     pub action: Action,
+    /// A header sent with it, set to "1" (what a room's follower tells a
+    /// sanction's record by, `sanctions.rs`).
+    pub mark: Option<&'static str>,
+    /// Called, in the writer's task, once JetStream acknowledged it, with
+    /// its stream sequence (for a publish; a removal's is 0).
+    pub then: Option<Then>,
 }
+
+/// What a write's acknowledgement is followed by (quick: it runs in the
+/// writer's task).
+pub(crate) type Then = Box<dyn FnOnce(u64) + Send>;
 
 /// What a write does.
 pub(crate) enum Action {
@@ -73,6 +83,8 @@ impl Write {
             payload,
             room: None,
             action: Action::Publish,
+            mark: None,
+            then: None,
         }
     }
 
@@ -87,6 +99,8 @@ impl Write {
                 true => Action::RemoveBeforeLater(stream),
                 false => Action::Remove(stream),
             },
+            mark: None,
+            then: None,
         }
     }
 
@@ -300,6 +314,9 @@ impl Writer {
                 Ok(()) => {
                     self.queued_bytes.fetch_sub(write.size(), Ordering::AcqRel);
                     self.acknowledged(id, None);
+                    if let Some(then) = write.then {
+                        then(0);
+                    }
                 }
                 Err(e) => {
                     error = Some(e);
@@ -317,6 +334,9 @@ impl Writer {
         for (id, write) in batch {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", write.msg_id.as_str());
+            if let Some(mark) = write.mark {
+                headers.insert(mark, "1");
+            }
             // Bounded: while NATS is unreachable the client's queue fills,
             // and the batch is better failed (and sent again) than stuck.
             let send = js.publish_with_headers(write.subject.clone(), headers, write.payload.clone());
@@ -342,6 +362,9 @@ impl Writer {
                     let size = write.size();
                     self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
                     self.acknowledged(id, write.room.map(|room| (room, ack.sequence)));
+                    if let Some(then) = write.then {
+                        then(ack.sequence);
+                    }
                 }
                 Err(e) => {
                     error = Some(e);

@@ -8,12 +8,14 @@ use std::time::Duration;
 use super::registry::give_up_to_other_node;
 use super::Shared;
 use crate::chat::{classify, rooms_covered, ChatTopic};
-use crate::cluster::{Cluster, DeviceCount, PresenceSink, RoomInterest, RoomSink};
+use crate::cluster::{
+    ApplySanction, Cluster, DeviceCount, PresenceSink, PublishAnswer, RoomInterest, RoomSink,
+};
 use crate::message::Message;
 use crate::protocol::validate::parse_shared;
 use crate::protocol::Packet;
 use crate::router::{Outbound, RemoteScope};
-use crate::store::RoomRecord;
+use crate::store::{RoomRecord, SanctionChange};
 
 /// Longest a packet that reads a room log waits for this node to catch up
 /// with a room it did not follow (then it goes on with what it has).
@@ -45,7 +47,10 @@ impl Outbound for ClusterOutbound {
 
 /// The rooms a packet reads the log of on this node: a SUBSCRIBE (a new
 /// subscription starts at the room's head), a history request, a read
-/// receipt (checked against the head).
+/// receipt (checked against the head); and a post or typing event, whose
+/// sender a ban in the room's stream may refuse (`cluster/sanctions.rs`;
+/// a post waits for this catch-up anyway: its PUBACK waits until this
+/// node applied it).
 fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
     match packet {
         Packet::Subscribe(subscribe) => subscribe
@@ -60,7 +65,12 @@ fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
             })
             .collect(),
         Packet::Publish(publish) => match classify(&publish.topic) {
-            Some(ChatTopic::HistoryRequest { room } | ChatTopic::Receipt { room, .. }) => {
+            Some(
+                ChatTopic::HistoryRequest { room }
+                | ChatTopic::Receipt { room, .. }
+                | ChatTopic::Message { room, .. }
+                | ChatTopic::Typing { room, .. },
+            ) => {
                 vec![RoomInterest::One(room.to_string())]
             }
             _ => Vec::new(),
@@ -116,6 +126,12 @@ impl RoomSink for ChatSink {
             shared
                 .chat
                 .apply_replicated(&shared.router, room, seq, record, publisher);
+        }
+    }
+
+    fn skip(&self, room: &str, seq: u64) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.chat.skip_replicated(room, seq);
         }
     }
 }
@@ -184,6 +200,22 @@ pub(crate) async fn join(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
                 give_up_to_other_node(&shared, &client_id, continues).await
             })
         }));
+    // Bans and mutes: changes committed in the cluster are applied to the
+    // chat layer; moderators' answers wait for the commit.
+    let weak = Arc::downgrade(shared);
+    let apply: ApplySanction = Arc::new(move |change: &SanctionChange| {
+        if let Some(shared) = weak.upgrade() {
+            shared.chat.apply_replicated_sanction(change);
+        }
+    });
+    let weak = Arc::downgrade(shared);
+    let answer: PublishAnswer = Arc::new(move |message: Message| {
+        if let Some(shared) = weak.upgrade() {
+            shared.router.publish(message);
+        }
+    });
+    cluster.sanctions.connect(apply, answer);
+    shared.chat.replicate_sanctions_with(cluster.sanctions.clone());
     let sink = Arc::new(ChatSink {
         shared: Arc::downgrade(shared),
     });

@@ -20,6 +20,7 @@ mod memory;
 mod migrate;
 mod monitored;
 mod records;
+mod replication;
 mod sled_store;
 mod space;
 
@@ -31,6 +32,7 @@ pub use records::{
     unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord,
     SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
 };
+pub use replication::{SanctionChange, SanctionKind, SanctionReplication};
 pub use sled_store::SledStore;
 pub use space::WRITE_AMPLIFICATION;
 

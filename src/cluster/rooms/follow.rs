@@ -6,10 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer};
+use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::super::sanctions::MARK;
 use super::{Inner, Nudge, RoomSink, RoomWire, CATCH_UP_IDLE, CHECK_WHEN_QUIET, EXPECT_WAIT, FOLLOW_RETRY};
 
 impl Inner {
@@ -21,8 +23,17 @@ impl Inner {
         self.sink().map_or(0, |s| s.last_applied(room))
     }
 
-    /// Decodes and applies one stored room message.
-    pub(super) fn apply(&self, room: &str, seq: u64, payload: &[u8]) {
+    /// Decodes and applies one stored room message, or a sanction's copy
+    /// (marked by its header): applied before anything after it.
+    pub(super) fn apply(&self, room: &str, seq: u64, headers: Option<&HeaderMap>, payload: &[u8]) {
+        if headers.is_some_and(|h| h.get(MARK).is_some()) {
+            self.sanctions.receive_room_copy(room, seq, payload);
+            if let Some(sink) = self.sink() {
+                sink.skip(room, seq);
+            }
+            self.writer.applied(room, seq);
+            return;
+        }
         self.received.fetch_add(1, Ordering::Relaxed);
         match postcard::from_bytes::<RoomWire>(payload) {
             Ok(wire) => {
@@ -72,7 +83,7 @@ impl Inner {
                 Err(_) => return Err(format!("no message from the catch-up consumer of room {room:?}")),
             };
             let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-            self.apply(room, seq, &message.payload);
+            self.apply(room, seq, message.headers.as_ref(), &message.payload);
             if seq >= last_in_stream {
                 return Ok(());
             }
@@ -173,7 +184,7 @@ async fn on_live(inner: &Inner, room: &str, message: &async_nats::Message) -> Re
         tracing::debug!(%room, last, prev, seq, "gap in the live room messages; reading it from the stream");
         return inner.catch_up(room).await;
     }
-    inner.apply(room, seq, &message.payload);
+    inner.apply(room, seq, message.headers.as_ref(), &message.payload);
     Ok(())
 }
 
@@ -214,7 +225,7 @@ async fn follow_everything_once(inner: &Inner, ready: &watch::Sender<bool>) -> R
         let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
         seen = seq;
         match inner.names.room_of(&message.subject) {
-            Some(room) => inner.apply(&room, seq, &message.payload),
+            Some(room) => inner.apply(&room, seq, message.headers.as_ref(), &message.payload),
             None => {
                 tracing::error!(subject = %message.subject, seq, "a room message on an unknown subject skipped")
             }

@@ -30,6 +30,9 @@
 //! quiet room (`CHECK_WHEN_QUIET`), a reconnect to NATS, or this node's
 //! own acknowledged post (`Nudge::Expect`).
 //!
+//! The stream also holds copies of bans and mutes, in the room's order
+//! (`sanctions.rs`): a follower applies one before the messages after it.
+//!
 //! A filter over every room (`rooms/+/msg/#`, `#`) makes the node follow
 //! the whole stream with one ordered consumer (`follow_everything`).
 //!
@@ -56,6 +59,7 @@ mod follow;
 use follow::{follow_everything, follow_room};
 
 use super::names::{hash_hex, Names};
+use super::sanctions::Sanctions;
 use super::writer::{RoomAcknowledged, Write, Writer};
 use crate::store::{RoomRecord, StoreError};
 
@@ -89,6 +93,9 @@ pub(crate) trait RoomSink: Send + Sync {
     /// when `seq` is not above the last one) and delivers it to the
     /// members here.
     fn apply(&self, room: &str, seq: u64, record: RoomRecord, publisher: Option<Arc<str>>);
+    /// `seq` of `room` is not a message (a sanction's copy): this node's
+    /// copy of the room goes on after it.
+    fn skip(&self, room: &str, seq: u64);
 }
 
 /// Which rooms a subscription names.
@@ -136,6 +143,8 @@ struct Inner {
     js: jetstream::Context,
     client: async_nats::Client,
     writer: Arc<Writer>,
+    /// Takes the sanctions' copies in the room stream.
+    sanctions: Arc<Sanctions>,
     sink: OnceLock<Arc<dyn RoomSink>>,
     rooms: Mutex<HashMap<Arc<str>, Followed>>,
     every: Mutex<Option<FollowedAll>>,
@@ -151,6 +160,7 @@ impl Rooms {
         js: jetstream::Context,
         client: async_nats::Client,
         writer: Arc<Writer>,
+        sanctions: Arc<Sanctions>,
         node: Arc<str>,
     ) -> Rooms {
         Rooms {
@@ -159,6 +169,7 @@ impl Rooms {
                 js,
                 client,
                 writer,
+                sanctions,
                 sink: OnceLock::new(),
                 rooms: Mutex::default(),
                 every: Mutex::default(),
