@@ -169,12 +169,12 @@ async fn store_status_watcher(addr: std::net::SocketAddr) -> Raw {
     watcher
 }
 
-/// Waits until `$SYS/broker/store/status` says `prefix...`.
-async fn status_becomes(watcher: &mut Raw, prefix: &str) {
+/// Waits until `$SYS/broker/store/status` says `prefix...`; returns it.
+async fn status_becomes(watcher: &mut Raw, prefix: &str) -> String {
     loop {
         let p = watcher.publish5().await;
         if p.topic == "$SYS/broker/store/status" && p.payload.starts_with(prefix.as_bytes()) {
-            return;
+            return String::from_utf8_lossy(&p.payload).into_owned();
         }
     }
 }
@@ -437,6 +437,7 @@ async fn a_fast_writer_never_takes_the_disk_below_the_margin() {
     let margin = 3 << 20;
     let (broker, store) = start_fillable_with(roomq::Config {
         min_free_disk_bytes: margin,
+        disk_reserve_bytes: 1 << 20,
         ..fillable_config(&fs.data_dir())
     })
     .await;
@@ -472,17 +473,111 @@ async fn a_fast_writer_never_takes_the_disk_below_the_margin() {
     println!("shutdown took {:?}", started.elapsed());
 }
 
-/// With the margin off, sled really hits a full disk; once space is
-/// freed the store should recover by itself (posts are refused until a
-/// restart), and a shutdown then end.
+/// Posts `body` until one is refused with 0x97 (every answer before it
+/// a success); returns the next packet id.
+async fn post_until_refused(writer: &mut Raw, body: &bytes::Bytes, mut id: u16) -> u16 {
+    loop {
+        id += 1;
+        assert!(id < 100, "posts on a full disk were still stored");
+        writer.send5(room_post(id, body)).await;
+        match next_puback(writer).await.reason_code {
+            PublishAckReason::Success => {}
+            PublishAckReason::QuotaExceeded => return id,
+            other => panic!("post {id} got {other:?}, not Success or 0x97"),
+        }
+    }
+}
+
+/// Another program fills the disk (only the reserve file is left): the
+/// next post is refused before sled writes it (without the guard, sled
+/// would have hit ENOSPC: a 200 KiB post does not fit), the reserve is
+/// given back, and once space returns posts are stored again and history
+/// has them, without a restart; the reserve is made again, and a shutdown
+/// ends. Before: the post went to sled, whose blob write hit ENOSPC, and
+/// the store never recovered until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not fixed yet: sled's flush never returns after ENOSPC, so the flusher thread hangs and the store cannot be opened again in-process"]
-async fn after_sled_hit_a_full_disk_the_store_recovers_without_a_restart() {
+async fn after_the_disk_was_full_posts_are_stored_again_without_a_restart() {
+    let Some(fs) = SmallFs::mount(8 << 20) else {
+        return;
+    };
+    let (broker, store) = start_fillable_with(roomq::Config {
+        min_free_disk_bytes: 1 << 20,
+        disk_reserve_bytes: 1 << 20,
+        ..fillable_config(&fs.data_dir())
+    })
+    .await;
+    let reserve = fs.data_dir().join(roomq::store::RESERVE_FILE);
+    assert!(
+        std::fs::metadata(&reserve).is_ok_and(|m| m.len() >= 1 << 20),
+        "no reserve file"
+    );
+    let addr = broker.local_addr();
+    let mut watcher = store_status_watcher(addr).await;
+    let mut writer = Raw::client5(addr, "writer").await;
+    let ack = writer.publish1_5(1, "rooms/ops/msg/writer", b"before").await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+
+    let filler = fs.fill();
+    let body = bytes::Bytes::from(vec![b'x'; 200 * 1024]);
+    let free = fs2::available_space(fs.data_dir()).unwrap();
+    assert!(
+        free < body.len() as u64,
+        "the disk is not full: {free} bytes free"
+    );
+    writer.send5(room_post(2, &body)).await;
+    assert_eq!(
+        next_puback(&mut writer).await.reason_code,
+        PublishAckReason::QuotaExceeded
+    );
+    status_becomes(&mut watcher, "failing since ").await;
+    assert_eq!(
+        store.sled_errors.load(Ordering::Relaxed),
+        0,
+        "sled hit the full disk"
+    );
+    assert!(!reserve.exists(), "the reserve was not given back");
+
+    std::fs::remove_file(filler).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), status_becomes(&mut watcher, "ok"))
+        .await
+        .expect("the store status says ok again");
+    writer.send5(room_post(3, &body)).await;
+    assert_eq!(
+        next_puback(&mut writer).await.reason_code,
+        PublishAckReason::Success
+    );
+    let ack = writer.publish1_5(4, "rooms/ops/msg/writer", b"after").await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let answer = common::chat::history(addr, "ops").await;
+    let bodies: Vec<usize> = answer.messages.iter().map(|m| m.body.len()).collect();
+    assert_eq!(bodies, [6, body.len(), 5]);
+    assert_eq!(answer.messages.last().map(|m| &m.body[..]), Some(&b"after"[..]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !reserve.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reserve was not made again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(60), broker.shutdown())
+        .await
+        .expect("the shutdown ends");
+}
+
+/// A known limitation, pinned: with the margin and the reserve off, sled
+/// really hits the full disk and cannot write again in this process
+/// (`store/sled_db.rs` says why). The store then refuses what needs it
+/// (0x97), also after space returned, and says so, with what to do; a
+/// shutdown ends. Before: a shutdown waited for sled's flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sled_hit_a_full_disk_posts_are_refused_until_a_restart_and_shutdown_ends() {
     let Some(fs) = SmallFs::mount(8 << 20) else {
         return;
     };
     let (broker, store) = start_fillable_with(roomq::Config {
         min_free_disk_bytes: 0,
+        disk_reserve_bytes: 0,
         ..fillable_config(&fs.data_dir())
     })
     .await;
@@ -494,44 +589,25 @@ async fn after_sled_hit_a_full_disk_the_store_recovers_without_a_restart() {
 
     let filler = fs.fill();
     let body = bytes::Bytes::from(vec![b'x'; 200 * 1024]);
-    let mut id = 1;
-    loop {
-        id += 1;
-        assert!(id < 100, "posts on a full disk were still stored");
-        writer.send5(room_post(id, &body)).await;
-        match next_puback(&mut writer).await.reason_code {
-            PublishAckReason::Success => {}
-            PublishAckReason::QuotaExceeded => break,
-            other => panic!("post {id} got {other:?}, not Success or 0x97"),
-        }
-    }
+    let id = post_until_refused(&mut writer, &body, 1).await;
     assert!(
         store.sled_errors.load(Ordering::Relaxed) > 0,
         "sled did not hit the full disk"
     );
-
     std::fs::remove_file(filler).unwrap();
-    // Nothing to await: the store tries again on its own, so the client
-    // does what a client does, it posts again (for at most 30 s).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ack = writer.publish1_5(1, "rooms/ops/msg/writer", b"after").await;
-        match ack.reason_code {
-            PublishAckReason::Success => break,
-            PublishAckReason::QuotaExceeded => {}
-            other => panic!("a post after space returned got {other:?}"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "posts are still refused 30 s after space returned"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::timeout(Duration::from_secs(10), status_becomes(&mut watcher, "ok"))
+    let ack = writer.publish1_5(id + 1, "rooms/ops/msg/writer", b"after").await;
+    assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
+    // The status names what to do (the first failure it shows may be the
+    // write's own error, the flush's follows).
+    let says_restart = async {
+        while !status_becomes(&mut watcher, "failing since ")
+            .await
+            .contains("restart the broker")
+        {}
+    };
+    tokio::time::timeout(Duration::from_secs(30), says_restart)
         .await
-        .expect("the store status says ok again");
-    let answer = common::chat::history(addr, "ops").await;
-    assert_eq!(answer.messages.last().map(|m| &m.body[..]), Some(&b"after"[..]));
+        .expect("the store status says to restart the broker");
     let started = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(60), broker.shutdown())
         .await

@@ -20,6 +20,8 @@ mod memory;
 mod migrate;
 mod monitored;
 mod records;
+mod reserve;
+mod sled_db;
 mod sled_store;
 mod space;
 
@@ -31,6 +33,7 @@ pub use records::{
     unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord,
     SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
 };
+pub use reserve::RESERVE_FILE;
 pub use sled_store::SledStore;
 pub use space::WRITE_AMPLIFICATION;
 

@@ -1,0 +1,114 @@
+//! The reserve file: `disk_reserve_bytes` really allocated in the data
+//! directory while the disk has room, given back to the file system the
+//! moment the store refuses writes (free space below the margin, a write
+//! that would cross it, or a failed write), and allocated again when space
+//! returns.
+//!
+//! Why: sled 0.34 cannot go on after one of its writes hit a full disk (it
+//! keeps the error, or, for a value over its blob threshold of about
+//! 128 KiB, its flush never returns again), so the margin must hold. The
+//! margin is kept by an estimate (`space.rs`); what sled writes that the
+//! estimate did not foresee (segment cleaning, writes admitted just before
+//! another program filled the disk) lands in the space the reserve gave
+//! back. While the reserve is not in place, its size counts as used, so the
+//! space it frees is for sled's writes in flight, not for new publishes.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+/// The file's name in the data directory.
+pub const RESERVE_FILE: &str = "roomq.reserve";
+
+/// The reserve of one data directory.
+pub(super) struct DiskReserve {
+    path: PathBuf,
+    /// `disk_reserve_bytes`.
+    bytes: u64,
+    /// Whether the file is allocated, read without the lock by the
+    /// free-space estimate.
+    present: AtomicBool,
+    /// Serializes creating and removing the file.
+    io: Mutex<()>,
+}
+
+impl DiskReserve {
+    /// The reserve of `dir`, not allocated yet (`restore` allocates it).
+    /// A reserve file left by an earlier run counts as in place.
+    pub(super) fn new(dir: &std::path::Path, bytes: u64) -> DiskReserve {
+        let path = dir.join(RESERVE_FILE);
+        if bytes == 0 {
+            // Turned off: a reserve left by an earlier run is given back.
+            let _ = std::fs::remove_file(&path);
+        }
+        let present = bytes > 0 && std::fs::metadata(&path).is_ok_and(|m| m.len() >= bytes);
+        DiskReserve {
+            path,
+            bytes,
+            present: AtomicBool::new(present),
+            io: Mutex::new(()),
+        }
+    }
+
+    /// Bytes the reserve should hold but does not now: they count as used.
+    pub(super) fn missing(&self) -> u64 {
+        if self.present.load(Ordering::Acquire) {
+            0
+        } else {
+            self.bytes
+        }
+    }
+
+    /// Gives the reserve back to the file system (at once, on the path that
+    /// refuses a write, so sled's writes in flight find room). Returns
+    /// whether it was in place.
+    pub(super) fn release(&self) -> bool {
+        if !self.present.load(Ordering::Acquire) {
+            return false;
+        }
+        let _io = self.io.lock();
+        if !self.present.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {
+                tracing::warn!(
+                    bytes = self.bytes,
+                    path = %self.path.display(),
+                    "disk reserve released for the store's writes in flight"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, path = %self.path.display(), "cannot release the disk reserve");
+                // Gone or not, it is no longer counted on.
+                true
+            }
+        }
+    }
+
+    /// Allocates the reserve if it is not in place (the blocks, not a
+    /// sparse file: `posix_fallocate`). Returns whether it is in place.
+    pub(super) fn restore(&self) -> bool {
+        if self.bytes == 0 || self.present.load(Ordering::Acquire) {
+            return true;
+        }
+        let _io = self.io.lock();
+        let allocated = std::fs::File::create(&self.path)
+            .and_then(|file| fs2::FileExt::allocate(&file, self.bytes).and_then(|()| file.sync_all()));
+        match allocated {
+            Ok(()) => {
+                self.present.store(true, Ordering::Release);
+                tracing::info!(bytes = self.bytes, path = %self.path.display(), "disk reserve in place");
+                true
+            }
+            Err(error) => {
+                // Too little space: tried again when more returns.
+                let _ = std::fs::remove_file(&self.path);
+                tracing::warn!(%error, path = %self.path.display(), "cannot allocate the disk reserve");
+                false
+            }
+        }
+    }
+}
