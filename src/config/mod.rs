@@ -100,7 +100,7 @@ pub struct Config {
     /// With a store on disk: below this many free bytes on the data
     /// directory's file system, publishes that need the store are refused
     /// (sled cannot recover from a write that hit a full disk). 0 turns the
-    /// check off.
+    /// check off (the reserve file, `disk_reserve_bytes`, still counts).
     pub min_free_disk_bytes: u64,
     /// With a store on disk: a file of this many bytes (really allocated)
     /// kept in the data directory while the disk has room, and given back
