@@ -31,6 +31,9 @@ pub(super) struct DiskReserve {
     present: AtomicBool,
     /// Serializes creating and removing the file.
     io: Mutex<()>,
+    /// Whether a failure to allocate it was logged (it is tried every
+    /// second while there is room; logged once until it works).
+    warned: AtomicBool,
 }
 
 impl DiskReserve {
@@ -48,6 +51,7 @@ impl DiskReserve {
             bytes,
             present: AtomicBool::new(present),
             io: Mutex::new(()),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -95,18 +99,24 @@ impl DiskReserve {
             return true;
         }
         let _io = self.io.lock();
-        let allocated = std::fs::File::create(&self.path)
-            .and_then(|file| fs2::FileExt::allocate(&file, self.bytes).and_then(|()| file.sync_all()));
+        // No fsync: the reserve matters to this process's accounting; one
+        // cut short by a crash is made again (`new` checks its length).
+        let allocated =
+            std::fs::File::create(&self.path).and_then(|file| fs2::FileExt::allocate(&file, self.bytes));
         match allocated {
             Ok(()) => {
                 self.present.store(true, Ordering::Release);
+                self.warned.store(false, Ordering::Relaxed);
                 tracing::info!(bytes = self.bytes, path = %self.path.display(), "disk reserve in place");
                 true
             }
             Err(error) => {
-                // Too little space: tried again when more returns.
+                // Tried again on the next measurement; its size counts as
+                // used meanwhile.
                 let _ = std::fs::remove_file(&self.path);
-                tracing::warn!(%error, path = %self.path.display(), "cannot allocate the disk reserve");
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%error, path = %self.path.display(), "cannot allocate the disk reserve");
+                }
                 false
             }
         }
