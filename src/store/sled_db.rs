@@ -62,6 +62,17 @@ impl Broken {
         result
     }
 
+    /// Drops `trees` (sled's trees), unless the `Db` is broken: dropping a
+    /// tree flushes it, which never returns on a broken `Db`, and holds
+    /// sled's lock against batches, which is global, so every sled batch in
+    /// the process would wait forever. Then they are left to the process's
+    /// end.
+    pub(super) fn drop_unless_broken<T>(&self, trees: T) {
+        if self.0.lock().is_some() {
+            std::mem::forget(trees);
+        }
+    }
+
     /// The error that broke the `Db`, as the answer to a flush.
     pub(super) fn check(&self) -> Result<(), StoreError> {
         match self.0.lock().as_ref() {

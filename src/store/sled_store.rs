@@ -592,11 +592,6 @@ impl Store for SledStore {
     fn close(&self) {
         let _ = self.flush();
         let trees = self.open.write().take();
-        if self.broken.check().is_err() {
-            // Dropping a tree flushes it, which never returns on a broken
-            // `Db`, and would block every sled batch in the process (sled's
-            // lock for batches is global): left to the process's end.
-            std::mem::forget(trees);
-        }
+        self.broken.drop_unless_broken(trees);
     }
 }
