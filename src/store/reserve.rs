@@ -122,3 +122,36 @@ impl DiskReserve {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_is_allocated_given_back_and_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reserve = DiskReserve::new(dir.path(), 1 << 20);
+        let file = dir.path().join(RESERVE_FILE);
+        // Not made yet: its size counts as used.
+        assert_eq!(reserve.missing(), 1 << 20);
+        assert!(reserve.restore());
+        assert_eq!(reserve.missing(), 0);
+        let meta = std::fs::metadata(&file).expect("the reserve file");
+        assert!(meta.len() >= 1 << 20);
+        // Really allocated, not a sparse file.
+        let file_handle = std::fs::File::open(&file).expect("open");
+        assert!(fs2::FileExt::allocated_size(&file_handle).expect("size") >= 1 << 20);
+        // A new run finds it in place.
+        assert_eq!(DiskReserve::new(dir.path(), 1 << 20).missing(), 0);
+        assert!(reserve.release());
+        assert!(!file.exists());
+        assert_eq!(reserve.missing(), 1 << 20);
+        assert!(!reserve.release(), "released twice");
+        assert!(reserve.restore());
+        assert!(file.exists());
+        // Turned off: a reserve left behind is given back.
+        let off = DiskReserve::new(dir.path(), 0);
+        assert_eq!(off.missing(), 0);
+        assert!(!file.exists());
+    }
+}
