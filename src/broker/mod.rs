@@ -99,8 +99,9 @@ impl Broker {
             (None, StorageKind::Sled) => Some(Arc::new(SledStore::open(&self.config.data_dir)?)),
         };
         let store_health = Arc::new(StoreHealth::default());
-        if self.config.storage == StorageKind::Sled && self.config.min_free_disk_bytes > 0 {
-            store_health.watch_disk(self.config.data_dir.clone(), self.config.min_free_disk_bytes);
+        let (min_free, reserve) = (self.config.min_free_disk_bytes, self.config.disk_reserve_bytes);
+        if self.config.storage == StorageKind::Sled && (min_free > 0 || reserve > 0) {
+            store_health.watch_disk(self.config.data_dir.clone(), min_free, reserve);
         }
         let store: Option<Arc<dyn Store>> =
             store.map(|s| Arc::new(Monitored::new(s, store_health.clone())) as Arc<dyn Store>);

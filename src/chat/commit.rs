@@ -96,8 +96,9 @@ impl CommitQueue {
     }
 
     /// Delivers room messages as their group commits complete, until
-    /// `stop`; then waits (bounded) for one last commit and delivers what
-    /// it covered, so a clean shutdown leaves nothing stored undelivered.
+    /// `stop`; then waits (bounded, and not at all while flushes fail) for
+    /// one last commit and delivers what it covered, so a clean shutdown
+    /// leaves nothing stored undelivered.
     pub async fn run(&self, router: &Router, mut stop: watch::Receiver<bool>) {
         let mut durable = self.commit.subscribe();
         loop {
@@ -108,7 +109,7 @@ impl CommitQueue {
             self.deliver_durable(router);
         }
         let last = self.commit.ticket();
-        let _ = tokio::time::timeout(FINAL_COMMIT_WAIT, self.commit.wait(last)).await;
+        let _ = tokio::time::timeout(FINAL_COMMIT_WAIT, self.commit.wait_unless_failing(last)).await;
         self.deliver_durable(router);
     }
 }

@@ -17,6 +17,7 @@ impl Default for Config {
             commit_delay_us: 1000,
             store_stall_timeout_ms: 5000,
             min_free_disk_bytes: 64 * 1024 * 1024,
+            disk_reserve_bytes: 16 * 1024 * 1024,
             max_connections: 100_000,
             max_packet_size: 16 * 1024 * 1024,
             max_inflight_messages: 128,

@@ -101,8 +101,14 @@ pub struct Config {
     /// With a store on disk: below this many free bytes on the data
     /// directory's file system, publishes that need the store are refused
     /// (sled cannot recover from a write that hit a full disk). 0 turns the
-    /// check off.
+    /// check off (the reserve file, `disk_reserve_bytes`, still counts).
     pub min_free_disk_bytes: u64,
+    /// With a store on disk: a file of this many bytes (really allocated)
+    /// kept in the data directory while the disk has room, and given back
+    /// the moment the store refuses writes (free space below
+    /// `min_free_disk_bytes`, or a failed write), so that what sled still
+    /// writes finds room; made again when space returns. 0: none.
+    pub disk_reserve_bytes: u64,
     /// Most client connections open at once; further ones are refused
     /// (5.0 CONNACK 0x89 Server busy, 3.1.1 return code 3).
     pub max_connections: usize,

@@ -48,6 +48,9 @@ pub struct GroupCommit {
     requested: AtomicU64,
     /// Highest ticket known to be durable.
     durable: watch::Sender<u64>,
+    /// Whether the last flush failed (a full disk): a shutdown does not
+    /// wait for a commit that cannot come.
+    failing: watch::Sender<bool>,
     /// Set (under the mutex) when tickets wait; the flusher sleeps on it.
     wake: (Mutex<bool>, Condvar),
     /// How long a flush waits for more tickets under concurrent load.
@@ -72,10 +75,12 @@ impl GroupCommit {
         barrier: Option<Arc<dyn CommitBarrier>>,
     ) -> Arc<GroupCommit> {
         let (durable, _) = watch::channel(0);
+        let (failing, _) = watch::channel(false);
         let gc = Arc::new(GroupCommit {
             barrier,
             requested: AtomicU64::new(0),
             durable,
+            failing,
             wake: (Mutex::new(false), Condvar::new()),
             delay,
             flushes: AtomicU64::new(0),
@@ -130,6 +135,17 @@ impl GroupCommit {
         let _ = rx.wait_for(|d| *d >= ticket).await;
     }
 
+    /// `wait`, but returns as soon as a flush failed (at once if the last
+    /// one did). Returns whether `ticket` is durable.
+    pub async fn wait_unless_failing(&self, ticket: u64) -> bool {
+        let mut durable = self.durable.subscribe();
+        let mut failing = self.failing.subscribe();
+        tokio::select! {
+            done = durable.wait_for(|d| *d >= ticket) => done.is_ok(),
+            _ = failing.wait_for(|f| *f) => self.durable() >= ticket,
+        }
+    }
+
     /// Waits for pending tickets (at most 100 ms, so a dropped coordinator
     /// is noticed) and flushes once. `concurrent`: the previous flush served
     /// more than one ticket, so waiting `delay` will gather more. Returns
@@ -163,10 +179,12 @@ impl GroupCommit {
                     metrics.store_flush_batch.observe_units(target - durable);
                 }
                 self.flushes.fetch_add(1, Ordering::Relaxed);
+                self.failing.send_if_modified(|f| std::mem::replace(f, false));
                 self.durable.send_replace(target);
                 target - durable > 1
             }
             Err(_) => {
+                self.failing.send_if_modified(|f| !std::mem::replace(f, true));
                 // Acknowledgements wait for a flush that works (and are
                 // refused after `store_stall_timeout_ms`); retried until
                 // the disk has room again. The store's health logs it.

@@ -10,6 +10,10 @@
 //!   condition ends when the write that was refused fits again;
 //! - a write or flush that failed (`monitored.rs`), until a flush works.
 //!
+//! The moment either begins, the reserve file (`disk_reserve_bytes`,
+//! `reserve.rs`) is given back, so that what sled still writes finds room;
+//! it is allocated again when the free space is above the margin again.
+//!
 //! The log gets one line when this starts, one per `REPEAT_LOG` while it
 //! lasts, and one when it ends. The broker publishes the state as
 //! `$SYS/broker/store/status`; publishes that need the store are refused
@@ -110,6 +114,7 @@ impl StoreHealth {
 
     /// A write or flush failed with `error`.
     pub fn failed(&self, error: &StoreError) {
+        self.release_reserve();
         let mut state = self.state.lock();
         let log = state.failure.holds(error.to_string());
         self.set_flag(&state);
@@ -139,10 +144,21 @@ impl StoreHealth {
     }
 
     /// Keeps `min_free` bytes free on `dir`'s file system from now on
-    /// (measured at once, then by `measure_disk` and `admits`).
-    pub fn watch_disk(&self, dir: std::path::PathBuf, min_free: u64) {
-        self.space.watch(dir, min_free);
+    /// (measured at once, then by `measure_disk` and `admits`), and a
+    /// reserve file of `reserve` bytes in `dir` while there is room.
+    pub fn watch_disk(&self, dir: std::path::PathBuf, min_free: u64, reserve: u64) {
+        self.space.watch(dir, min_free, reserve);
         self.measure_disk();
+    }
+
+    /// Gives the reserve file back to the file system, if it is in place.
+    fn release_reserve(&self) {
+        if let Some(reserve) = self.space.reserve() {
+            if reserve.release() {
+                // Its size counts as used from now on.
+                self.space.measure(Duration::ZERO);
+            }
+        }
     }
 
     /// Measures the free space (every second): below the margin the store
@@ -151,6 +167,13 @@ impl StoreHealth {
         let (Some(free), Some(min_free)) = (self.space.measure(Duration::ZERO), self.space.min_free()) else {
             return;
         };
+        if free >= min_free && !self.is_failing() {
+            // Space is back (the reserve's size was counted as used while
+            // it was away): the reserve first, then writes.
+            if let Some(reserve) = self.space.reserve() {
+                reserve.restore();
+            }
+        }
         let mut state = self.state.lock();
         if free >= min_free {
             if state.low_disk.current.is_some() && self.space.fits(state.needed) {
@@ -172,16 +195,19 @@ impl StoreHealth {
                 "{free} bytes free on the data directory's file system, below min_free_disk_bytes {min_free}"
             ),
         );
+        drop(state);
+        self.release_reserve();
     }
 
     /// Whether a write of about `bytes` fits above the margin; if it does
     /// not (after measuring again), the store refuses writes until it does.
-    /// One atomic comparison while there is room.
+    /// One atomic comparison while there is room, and a `statvfs` before
+    /// a large write (`space.rs`).
     pub fn admits(&self, bytes: u64) -> bool {
-        if self.space.fits(bytes) {
+        if bytes < super::space::MEASURE_BEFORE_WRITES_OF && self.space.fits(bytes) {
             return true;
         }
-        let free = self.space.remeasure();
+        let free = self.space.remeasure(bytes);
         if self.space.fits(bytes) {
             return true;
         }
@@ -195,6 +221,8 @@ impl StoreHealth {
             &mut state,
             format!("{free} bytes free on the data directory's file system: a write of {bytes} bytes would go below min_free_disk_bytes {min_free}"),
         );
+        drop(state);
+        self.release_reserve();
         false
     }
 

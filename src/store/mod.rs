@@ -21,6 +21,8 @@ mod migrate;
 mod monitored;
 mod records;
 mod replication;
+mod reserve;
+mod sled_db;
 mod sled_store;
 mod space;
 
@@ -33,6 +35,7 @@ pub use records::{
     SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
 };
 pub use replication::{SanctionChange, SanctionKind, SanctionReplication};
+pub use reserve::RESERVE_FILE;
 pub use sled_store::SledStore;
 pub use space::WRITE_AMPLIFICATION;
 

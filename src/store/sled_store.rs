@@ -24,6 +24,7 @@ use std::path::Path;
 
 use super::journal::{seq_key, seq_of, session_prefix, Journal};
 use super::records::{decode, decode_room, encode, encode_sized};
+use super::sled_db::{open_db, Broken};
 use super::{
     DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord,
     SessionRecord, Store, StoreError, FORMAT_VERSION,
@@ -38,6 +39,8 @@ pub struct SledStore {
     writes: AtomicU64,
     /// Bytes of keys and values written so far (`Store::bytes_written`).
     bytes: AtomicU64,
+    /// Set by the first I/O error of a write: not flushed again (`sled_db.rs`).
+    broken: Broken,
 }
 
 struct Trees {
@@ -103,22 +106,6 @@ fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
     key
 }
 
-/// Opens sled, waiting up to 2 s for a lock that a just-closed store (in
-/// this process: sled releases it from a background thread) still holds.
-fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
-    let mut tries = 0;
-    loop {
-        match sled::Config::new().path(dir).open() {
-            // sled reports a held lock as ErrorKind::Other with this text.
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 40 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
-}
-
 impl SledStore {
     /// Opens (or creates) the store in `dir`. Refuses a directory that holds
     /// another format, or data without a format mark, without changing it.
@@ -178,6 +165,7 @@ impl SledStore {
             open: parking_lot::RwLock::new(Some(store)),
             writes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            broken: Broken::default(),
         })
     }
 
@@ -196,12 +184,17 @@ impl SledStore {
             None => Err(StoreError::Closed),
         }
     }
+
+    /// `with` for a write: an I/O error breaks the `Db` (`sled_db.rs`).
+    fn write<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.broken.note(self.with(f))
+    }
 }
 
 impl Store for SledStore {
     fn put_retained(&self, topic: &str, message: Option<&MessageRecord>) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| match message {
+        self.write(|t| match message {
             Some(m) => {
                 let value = encode(m)?;
                 self.count_bytes(topic.len() + value.len());
@@ -225,7 +218,7 @@ impl Store for SledStore {
 
     fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| {
+        self.write(|t| {
             let value = encode(session)?;
             self.count_bytes(client_id.len() + value.len());
             t.sessions
@@ -236,7 +229,7 @@ impl Store for SledStore {
     }
 
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
-        self.with(|t| {
+        self.write(|t| {
             t.sessions.remove(client_id.as_bytes()).map_err(io)?;
             t.journal.remove_session(client_id)?;
             let mut batch = sled::Batch::default();
@@ -296,7 +289,7 @@ impl Store for SledStore {
         self.count_write();
         self.count_bytes(queued_size(client_id, &message));
         let entry = QueuedRef::of(&message, body);
-        self.with(|t| t.journal.put(client_id, seq, entry, || message.message))
+        self.write(|t| t.journal.put(client_id, seq, entry, || message.message))
     }
 
     fn update_message(
@@ -308,7 +301,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         self.count_write();
         self.count_bytes(queued_size(client_id, &message));
-        self.with(|t| t.journal.update(client_id, seq, QueuedRef::of(&message, body)))
+        self.write(|t| t.journal.update(client_id, seq, QueuedRef::of(&message, body)))
     }
 
     fn set_packet_id(
@@ -319,7 +312,7 @@ impl Store for SledStore {
         packet_id: u16,
         _record: &dyn Fn() -> QueuedRecord,
     ) -> Result<(), StoreError> {
-        self.with(|t| t.journal.set_packet_id(client_id, seq, packet_id))
+        self.write(|t| t.journal.set_packet_id(client_id, seq, packet_id))
     }
 
     fn load_body(&self, body: u64) -> Result<Option<MessageRecord>, StoreError> {
@@ -327,7 +320,7 @@ impl Store for SledStore {
     }
 
     fn remove_message(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
-        self.with(|t| {
+        self.write(|t| {
             t.journal.remove(client_id, seq);
             Ok(())
         })
@@ -335,7 +328,7 @@ impl Store for SledStore {
 
     fn put_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| {
+        self.write(|t| {
             t.qos2_in
                 .insert(qos2_key(client_id, packet_id), &[])
                 .map(drop)
@@ -344,7 +337,7 @@ impl Store for SledStore {
     }
 
     fn remove_incoming_qos2(&self, client_id: &str, packet_id: u16) -> Result<(), StoreError> {
-        self.with(|t| {
+        self.write(|t| {
             t.qos2_in
                 .remove(qos2_key(client_id, packet_id))
                 .map(drop)
@@ -355,7 +348,7 @@ impl Store for SledStore {
     fn append_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
         self.count_write();
         let hint = record.payload.len() + record.sender.len() + 48;
-        self.with(|t| {
+        self.write(|t| {
             let value = encode_sized(record, hint)?;
             self.count_bytes(2 * room.len() + value.len() + 24);
             t.room_log.insert(seq_key(room, seq), value).map_err(io)?;
@@ -403,7 +396,7 @@ impl Store for SledStore {
 
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| {
+        self.write(|t| {
             t.room_heads
                 .insert(reservation_key(room), &up_to.to_be_bytes())
                 .map(drop)
@@ -442,7 +435,7 @@ impl Store for SledStore {
 
     fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| {
+        self.write(|t| {
             let mut batch = sled::Batch::default();
             for key in t.room_log.range(seq_key(room, 0)..seq_key(room, below)).keys() {
                 batch.remove(key.map_err(io)?);
@@ -453,7 +446,7 @@ impl Store for SledStore {
 
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| {
+        self.write(|t| {
             t.room_openers
                 .insert(room.as_bytes(), account.as_bytes())
                 .map(drop)
@@ -463,7 +456,7 @@ impl Store for SledStore {
 
     fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| {
+        self.write(|t| {
             // The floor first: a crash after it and before the removal
             // keeps the room, never loses the floor.
             let floor = match t.meta.get(ROOM_SEQ_FLOOR).map_err(io)? {
@@ -499,7 +492,7 @@ impl Store for SledStore {
 
     fn put_dedup(&self, key: &str, entry: Option<DedupRecord>) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| match entry {
+        self.write(|t| match entry {
             Some(e) => {
                 let value = encode(&e)?;
                 self.count_bytes(key.len() + value.len());
@@ -523,7 +516,7 @@ impl Store for SledStore {
 
     fn put_sanction(&self, key: &str, entry: Option<&SanctionRecord>) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| match entry {
+        self.write(|t| match entry {
             Some(e) => t
                 .sanctions
                 .insert(key.as_bytes(), encode(e)?)
@@ -547,7 +540,7 @@ impl Store for SledStore {
 
     fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
         self.count_write();
-        self.with(|t| {
+        self.write(|t| {
             t.alert_counters
                 .insert(device.as_bytes(), &counter.to_be_bytes())
                 .map(drop)
@@ -579,10 +572,13 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.with(|t| {
+        self.broken.check()?;
+        let db = self.write(|t| {
             t.journal.write_pending()?;
-            t.db.flush().map(drop).map_err(io)
-        })
+            Ok(t.db.clone())
+        })?;
+        // Outside the lock: a close never waits for a flush.
+        self.broken.note(db.flush().map(drop).map_err(io))
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -595,6 +591,7 @@ impl Store for SledStore {
 
     fn close(&self) {
         let _ = self.flush();
-        self.open.write().take();
+        let trees = self.open.write().take();
+        self.broken.drop_unless_broken(trees);
     }
 }

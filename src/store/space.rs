@@ -10,7 +10,13 @@
 //! worked before the measurement, as later writes may not be on disk yet).
 //! When a write would take the estimate below the margin, the space is
 //! measured again (at most every `REMEASURE_AFTER`, a `statvfs` call) and
-//! the write is refused if it still does not fit.
+//! the write is refused if it still does not fit. A write of
+//! `MEASURE_BEFORE_WRITES_OF` bytes or more is measured before, always:
+//! sled writes such a value to a file of its own at once, and if that write
+//! hits a full disk its flush never returns again; another program may have
+//! filled the disk since the last measurement.
+//!
+//! The reserve file (`reserve.rs`) counts as used while it is not in place.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +24,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::reserve::DiskReserve;
 
 /// What the file system loses per byte the store writes. sled writes a
 /// record to its log and again when it rewrites a segment, plus headers:
@@ -30,11 +38,24 @@ pub const WRITE_AMPLIFICATION: u64 = 3;
 /// refused write does not cost a system call every time).
 const REMEASURE_AFTER: Duration = Duration::from_millis(10);
 
+/// Writes of at least this many bytes are admitted against a measurement
+/// made for them: half of sled's blob threshold (a quarter of its 512 KiB
+/// segment), so that every value sled writes as a blob is. A `statvfs` is
+/// small next to writing 64 KiB.
+pub(super) const MEASURE_BEFORE_WRITES_OF: u64 = 64 * 1024;
+
+/// What is watched: the data directory, `min_free_disk_bytes`, the reserve.
+struct Watched {
+    dir: PathBuf,
+    min_free: u64,
+    reserve: DiskReserve,
+}
+
 /// The running estimate.
 pub(super) struct DiskSpace {
-    /// The data directory and `min_free_disk_bytes`; unset: not watched
-    /// (memory storage, or the check is off), every write fits.
-    watched: OnceLock<(PathBuf, u64)>,
+    /// Unset: not watched (memory storage, or the check and the reserve
+    /// are off), every write fits.
+    watched: OnceLock<Watched>,
     /// Bytes the store wrote so far (`Store::bytes_written`).
     written: AtomicU64,
     /// `written` when the last flush that worked began: on disk.
@@ -58,14 +79,25 @@ impl Default for DiskSpace {
 }
 
 impl DiskSpace {
-    /// Watches `dir` from now on, keeping `min_free` bytes free.
-    pub(super) fn watch(&self, dir: PathBuf, min_free: u64) {
-        let _ = self.watched.set((dir, min_free));
+    /// Watches `dir` from now on, keeping `min_free` bytes free, and a
+    /// reserve file of `reserve` bytes in it while there is room.
+    pub(super) fn watch(&self, dir: PathBuf, min_free: u64, reserve: u64) {
+        let reserve = DiskReserve::new(&dir, reserve);
+        let _ = self.watched.set(Watched {
+            dir,
+            min_free,
+            reserve,
+        });
     }
 
     /// `min_free_disk_bytes`, if watched.
     pub(super) fn min_free(&self) -> Option<u64> {
-        self.watched.get().map(|(_, min)| *min)
+        self.watched.get().map(|w| w.min_free)
+    }
+
+    /// The reserve file, if watched.
+    pub(super) fn reserve(&self) -> Option<&DiskReserve> {
+        self.watched.get().map(|w| &w.reserve)
     }
 
     /// The store's byte counter moved to `total`.
@@ -91,9 +123,14 @@ impl DiskSpace {
     }
 
     /// Measures the free space now (unless it was measured within `gap`),
-    /// and sets the estimate from it. Returns the free bytes measured.
+    /// and sets the estimate from it. Returns the free bytes measured,
+    /// less the reserve if it is not in place.
     pub(super) fn measure(&self, gap: Duration) -> Option<u64> {
-        let (dir, min_free) = self.watched.get()?;
+        let Watched {
+            dir,
+            min_free,
+            reserve,
+        } = self.watched.get()?;
         {
             let mut at = self.measured_at.lock();
             if at.is_some_and(|t| t.elapsed() < gap) {
@@ -103,8 +140,11 @@ impl DiskSpace {
         }
         // Read before measuring: what was flushed by then is in `free`.
         let base = self.flushed.load(Ordering::Acquire);
+        // Read on both sides: a reserve made or released meanwhile is not
+        // counted as free.
+        let missing = reserve.missing();
         let free = match fs2::available_space(dir) {
-            Ok(free) => free,
+            Ok(free) => free.saturating_sub(missing.max(reserve.missing())),
             Err(error) => {
                 tracing::debug!(%error, dir = %dir.display(), "cannot read the free disk space");
                 return None;
@@ -115,8 +155,12 @@ impl DiskSpace {
         Some(free)
     }
 
-    /// `measure` on the publish path.
-    pub(super) fn remeasure(&self) -> Option<u64> {
-        self.measure(REMEASURE_AFTER)
+    /// `measure` on the publish path, before a write of `bytes`.
+    pub(super) fn remeasure(&self, bytes: u64) -> Option<u64> {
+        if bytes >= MEASURE_BEFORE_WRITES_OF {
+            self.measure(Duration::ZERO)
+        } else {
+            self.measure(REMEASURE_AFTER)
+        }
     }
 }

@@ -6,6 +6,7 @@
 pub mod chat;
 pub mod cluster;
 pub mod e2ee;
+pub mod fillable;
 pub mod grafana;
 pub mod http;
 pub mod nats;
