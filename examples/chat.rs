@@ -160,7 +160,12 @@ async fn main() -> anyhow::Result<()> {
                     if m.seq <= last_seq {
                         continue;
                     }
-                    println!("[{}] {}: {}", m.seq, m.sender, String::from_utf8_lossy(&m.body));
+                    println!(
+                        "[{}] {}: {}",
+                        m.seq,
+                        m.sender,
+                        String::from_utf8_lossy(m.body.as_deref().unwrap_or(b"(deleted)"))
+                    );
                     last_seq = m.seq;
                 }
             }

@@ -86,6 +86,9 @@ impl Default for Config {
             presence_transient_secs: 300,
             max_presence_records: 1_000_000,
             max_bans_per_room: 10_000,
+            max_reaction_emoji: 32,
+            max_reactions_per_message: 4096,
+            max_emoji_bytes: 32,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,
         }

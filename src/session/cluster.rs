@@ -60,7 +60,14 @@ fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
             })
             .collect(),
         Packet::Publish(publish) => match classify(&publish.topic) {
-            Some(ChatTopic::HistoryRequest { room } | ChatTopic::Receipt { room, .. }) => {
+            // A change to a message, or a moderator's delete, is checked
+            // against this node's copy of the room log.
+            Some(
+                ChatTopic::HistoryRequest { room }
+                | ChatTopic::Receipt { room, .. }
+                | ChatTopic::Lifecycle { room, .. }
+                | ChatTopic::ModRequest { room },
+            ) => {
                 vec![RoomInterest::One(room.to_string())]
             }
             _ => Vec::new(),
