@@ -305,15 +305,30 @@ async fn an_offline_member_gets_the_events_it_missed_in_seq_order() {
     let addr = broker.local_addr();
     common::chat::member_leaves(addr, "carol-p", "rooms/ops/#").await;
     let mut alice = user5(addr, "alice-1", "alice").await;
-    assert_eq!(send(&mut alice, "rooms/ops/msg/alice", b"one", 1).await, PublishAckReason::Success);
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"one", 1).await,
+        PublishAckReason::Success
+    );
     alice
         .subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
         .await;
-    assert_eq!(send(&mut alice, "rooms/ops/msg/alice", b"two", 2).await, PublishAckReason::Success);
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"two", 2).await,
+        PublishAckReason::Success
+    );
     let s2 = seq_of(&next_publish(&mut alice).await);
-    assert_eq!(send(&mut alice, "rooms/ops/edit/alice", &edit(s2, b"two!"), 3).await, PublishAckReason::Success);
-    assert_eq!(send(&mut alice, "rooms/ops/react/alice", &react(s2, "👀", false), 4).await, PublishAckReason::Success);
-    assert_eq!(send(&mut alice, "rooms/ops/msg/alice", b"three", 5).await, PublishAckReason::Success);
+    assert_eq!(
+        send(&mut alice, "rooms/ops/edit/alice", &edit(s2, b"two!"), 3).await,
+        PublishAckReason::Success
+    );
+    assert_eq!(
+        send(&mut alice, "rooms/ops/react/alice", &react(s2, "👀", false), 4).await,
+        PublishAckReason::Success
+    );
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"three", 5).await,
+        PublishAckReason::Success
+    );
 
     let (mut carol, _) = Raw::connect5(addr, persistent5("carol-p")).await;
     let mut got = Vec::new();

@@ -277,4 +277,3 @@ async fn a_delete_leaves_no_copy_of_the_body_and_events_survive_a_restart() {
     assert_eq!(user_props(&next)["prev"], s2.to_string());
     broker.shutdown().await;
 }
-

@@ -73,7 +73,13 @@ pub async fn quiet(c: &mut Raw) {
 
 /// The history of `room` as `asker` (a 5.0 client of that identity, which
 /// takes the answer on `replies/{id}`).
-pub async fn history_as(asker: &mut Raw, reply_to: &str, room: &str, events: bool, id: u16) -> HistoryResponse {
+pub async fn history_as(
+    asker: &mut Raw,
+    reply_to: &str,
+    room: &str,
+    events: bool,
+    id: u16,
+) -> HistoryResponse {
     let mut request: HashMap<&str, ciborium::Value> = HashMap::new();
     request.insert("limit", 100.into());
     if events {
@@ -106,4 +112,3 @@ pub async fn history_as(asker: &mut Raw, reply_to: &str, room: &str, events: boo
     }
     answer.expect("an answer")
 }
-
