@@ -12,7 +12,10 @@
 //!
 //! In a cluster the event goes through the room stream like a message;
 //! every node applies it to its own copy of the log in the stream's order
-//! (`apply_effect`), so every node makes the same change.
+//! (`apply_effect`), so every node makes the same change. A delete also
+//! deletes the message and its edit events from the stream (after the
+//! delete event is stored): a node that reads the room later finds no
+//! copy of the body, and no tombstone either.
 
 use std::sync::Arc;
 
@@ -246,14 +249,28 @@ impl Chat {
             if !self.check(config, room_name, sender, &change, own_only)? {
                 return Ok(());
             }
+            // A delete takes the body out of the stream too: the message
+            // and the edits that carried a body of it.
+            let from_stream = match change {
+                Change::Delete { target } => {
+                    let edits = self
+                        .current_message(room_name, target)?
+                        .state()
+                        .map(|s| s.edits.clone());
+                    std::iter::once(target).chain(edits.unwrap_or_default()).collect()
+                }
+                _ => Vec::new(),
+            };
             let record = change.into_record(sender, qos);
-            return cluster
+            cluster
                 .rooms
                 .post(room_name, record, None, publisher.as_deref())
                 .map_err(|e| {
                     tracing::warn!(room = room_name, error = %e, "could not post a room event");
                     Refused::Store
-                });
+                })?;
+            cluster.rooms.delete_from_stream(&from_stream);
+            return Ok(());
         }
         if change.target().is_some() && self.log.head(room_name) == 0 {
             return Err(Refused::NoSuchMessage);
