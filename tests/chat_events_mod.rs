@@ -277,3 +277,48 @@ async fn a_delete_leaves_no_copy_of_the_body_and_events_survive_a_restart() {
     assert_eq!(user_props(&next)["prev"], s2.to_string());
     broker.shutdown().await;
 }
+
+/// An edit and a delete sent back to back: the delete is taken while the
+/// edit waits for its group commit, and still removes the edit's body.
+#[tokio::test]
+async fn a_delete_right_after_an_edit_removes_the_edit_body_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    alice
+        .subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"first", 1).await,
+        PublishAckReason::Success
+    );
+    let s1 = seq_of(&next_publish(&mut alice).await);
+    for round in 0..20u16 {
+        let body = format!("pipelined-edit-{round}");
+        let edit = publish_with("rooms/ops/edit/alice", &edit(s1, body.as_bytes()), Some(2), &[]);
+        alice.send5(v5::Packet::Publish(Box::new(edit))).await;
+        if round == 19 {
+            let delete = publish_with("rooms/ops/delete/alice", &delete(s1), Some(3), &[]);
+            alice.send5(v5::Packet::Publish(Box::new(delete))).await;
+        }
+        let want = if round == 19 { 2 } else { 1 };
+        let mut acks = 0;
+        while acks < want {
+            match alice.recv5().await.packet() {
+                v5::Packet::PublishAck(ack) => {
+                    assert_eq!(ack.reason_code, PublishAckReason::Success);
+                    acks += 1;
+                }
+                v5::Packet::Publish(p) => ack_publish5(&mut alice, &p).await,
+                other => panic!("expected PUBACKs, got {other:?}"),
+            }
+        }
+    }
+    drop(alice);
+    broker.shutdown().await;
+    assert!(
+        !sled_holds(dir.path(), b"pipelined-edit-"),
+        "an edit's body is still stored"
+    );
+}

@@ -382,7 +382,7 @@ impl Chat {
                 state.reactions.clear();
                 // The bodies of its edits go too.
                 for edit in std::mem::take(&mut state.edits) {
-                    if let Some(mut entry) = self.log.entry(room, edit)? {
+                    if let Some(mut entry) = self.log.stored(room, edit)? {
                         entry.payload = Bytes::new();
                         self.log.rewrite(room, edit, &entry)?;
                     }

@@ -393,7 +393,17 @@ impl RoomLog {
     /// The entry `seq` of `room`, if the log holds it and members may see
     /// it.
     pub fn entry(&self, room: &str, seq: u64) -> Result<Option<RoomRecord>, StoreError> {
-        if seq == 0 || seq > self.head(room) {
+        if seq > self.head(room) {
+            return Ok(None);
+        }
+        self.stored(room, seq)
+    }
+
+    /// The entry `seq` of `room` if the log holds it, also one not yet
+    /// delivered (an edit whose commit is pending, when its message is
+    /// deleted).
+    pub fn stored(&self, room: &str, seq: u64) -> Result<Option<RoomRecord>, StoreError> {
+        if seq == 0 {
             return Ok(None);
         }
         let found = self
