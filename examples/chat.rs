@@ -187,7 +187,10 @@ async fn main() -> anyhow::Result<()> {
                     if m.seq <= last_seq {
                         continue;
                     }
-                    println!("[{}] {}: {}", m.seq, m.sender, bodies.open(&m.sender, &m.body));
+                    match &m.body {
+                        Some(body) => println!("[{}] {}: {}", m.seq, m.sender, bodies.open(&m.sender, body)),
+                        None => println!("[{}] {}: (deleted)", m.seq, m.sender),
+                    }
                     last_seq = m.seq;
                 }
             }

@@ -89,7 +89,7 @@ async fn room_members_on_three_nodes_see_one_order() {
     let history: Vec<(u64, u64, Bytes)> = answer
         .messages
         .iter()
-        .map(|m| (m.seq, m.prev, Bytes::from(m.body.clone())))
+        .map(|m| (m.seq, m.prev, Bytes::from(m.body.clone().unwrap_or_default())))
         .collect();
     assert_eq!(history, orders[0]);
     for node in nodes {
@@ -134,7 +134,11 @@ async fn a_msg_id_posted_through_two_nodes_is_stored_once() {
     }
     for node in &nodes {
         let answer = history(node.local_addr(), "ops").await;
-        let bodies: Vec<&[u8]> = answer.messages.iter().map(|m| &m.body[..]).collect();
+        let bodies: Vec<&[u8]> = answer
+            .messages
+            .iter()
+            .map(|m| m.body.as_deref().unwrap_or_default())
+            .collect();
         assert_eq!(
             bodies.iter().filter(|b| **b == b"pressure high").count(),
             1,

@@ -82,7 +82,7 @@ async fn a_room_is_read_only_by_nodes_with_interest_in_it() {
     let bodies: Vec<Bytes> = answer
         .messages
         .iter()
-        .map(|m| Bytes::from(m.body.clone()))
+        .map(|m| Bytes::from(m.body.clone().unwrap_or_default()))
         .collect();
     let expected: Vec<Bytes> = (1..=35).map(|n| Bytes::from(format!("m{n}"))).collect();
     assert_eq!(bodies, expected, "history on node b");

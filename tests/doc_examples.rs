@@ -119,6 +119,10 @@ fn expected(file: &str, block: &str) -> Vec<&'static str> {
             "$presence/alice",
             "while bob was away",
         ],
+        // The react event: its topic, then CBOR with "type": "react".
+        "topics.md" if block.contains("rooms/ops/react/alice") => {
+            vec!["rooms/ops/event/alice a7", "64747970656572656163"]
+        }
         "topics.md" if block.contains("rooms/ops/msg/+") => {
             vec![
                 "rooms/ops/msg/alice hello ops",
@@ -171,5 +175,5 @@ async fn the_shell_examples_of_the_readme_and_topics_md_work_as_written() {
             ran += 1;
         }
     }
-    assert_eq!(ran, 6, "the README, topics.md and docs/ have six client examples");
+    assert_eq!(ran, 7, "the README, topics.md and docs/ have seven client examples");
 }

@@ -106,6 +106,7 @@ impl Gate {
             Some(ChatTopic::Message { room, sender, .. })
             | Some(ChatTopic::Typing { room, sender })
             | Some(ChatTopic::Receipt { room, sender })
+            | Some(ChatTopic::Lifecycle { room, sender, .. })
                 if too_long(room) || too_long(sender) =>
             {
                 Err(PublishAckReason::TopicNameInvalid)
@@ -115,8 +116,11 @@ impl Gate {
             {
                 Err(PublishAckReason::TopicNameInvalid)
             }
-            Some(ChatTopic::Message { room, sender, .. }) | Some(ChatTopic::Typing { room, sender }) => {
-                // A muted member still reads, but does not post or type.
+            Some(ChatTopic::Message { room, sender, .. })
+            | Some(ChatTopic::Typing { room, sender })
+            | Some(ChatTopic::Lifecycle { room, sender, .. }) => {
+                // A muted member still reads, but does not post, type,
+                // edit, delete or react.
                 if own_name(sender) && who.may_post(&self.membership, room) {
                     Ok(())
                 } else {

@@ -4,12 +4,16 @@
 //! may write itself) or on `users/{requester}/history/{room}` (3.1.1, or
 //! 5.0 without one). Membership of the room was checked by the gate.
 
+use std::collections::BTreeMap;
+
+use super::events::room_event;
 use super::payloads::{from_client_cbor, to_cbor, HistoryMessage, HistoryRequest, HistoryResponse};
 use super::publish::Publisher;
 use super::Chat;
 use crate::config::Config;
 use crate::protocol::{PublishAckReason, PublishProperties, QoS};
 use crate::router::{Message, Router};
+use crate::store::{RoomRecord, StoreError};
 
 /// Bytes of a history answer besides its messages: the CBOR map, the
 /// PUBLISH's fixed header, topic length, packet id and properties length.
@@ -26,30 +30,73 @@ fn history_byte_cap(config: &Config) -> usize {
     config.history_max_bytes.min(packet)
 }
 
-/// What one message adds to an answer, counted from above.
-fn entry_bytes(r: &crate::store::RoomRecord) -> usize {
-    r.payload.len() + r.sender.len() + r.msg_id.as_ref().map_or(0, |m| m.len()) + ENTRY_OVERHEAD
+/// What one entry adds to an answer, counted from above: a message with
+/// its reactions (each emoji and count, and in `mine`), an event with its
+/// emoji or user.
+fn entry_bytes(r: &RoomRecord) -> usize {
+    let reactions = r.state().map_or(0, |s| {
+        s.reactions
+            .iter()
+            .map(|(emoji, _)| 2 * (emoji.len() + 9) + 16)
+            .sum::<usize>()
+    });
+    let event = r.event().map_or(0, |e| {
+        e.emoji.as_ref().map_or(0, String::len) + e.user.as_ref().map_or(0, String::len) + 48
+    });
+    r.payload.len()
+        + r.sender.len()
+        + r.msg_id.as_ref().map_or(0, |m| m.len())
+        + ENTRY_OVERHEAD
+        + reactions
+        + event
 }
 
-/// How many of `sizes` fit in `cap`, taken from the end when `from_end`
-/// (the newest) or from the start; at least one, so that a message larger
-/// than the cap (a lowered `history_max_bytes`) cannot stop paging for ever.
-fn fitting(sizes: impl DoubleEndedIterator<Item = usize>, cap: usize, from_end: bool) -> usize {
-    let sizes: Box<dyn Iterator<Item = usize>> = if from_end {
-        Box::new(sizes.rev())
-    } else {
-        Box::new(sizes)
-    };
-    let mut total = 0usize;
-    let mut n = 0;
-    for size in sizes {
-        total = total.saturating_add(size);
-        if total > cap && n > 0 {
-            break;
-        }
-        n += 1;
+/// What a history request reads.
+struct Scan {
+    after: u64,
+    before: u64,
+    /// Messages at most.
+    limit: usize,
+    /// The newest messages of the range (paging back), else the oldest.
+    newest: bool,
+    /// Whether events go into the answer (and count in its bytes).
+    events: bool,
+    /// Bytes of the answer's entries at most.
+    cap: usize,
+    /// Entries read at most (`room_max_messages`: a log holds no more).
+    most_entries: usize,
+}
+
+/// Entries read from the log per step of a history scan.
+const SCAN_PAGE: usize = 256;
+
+/// A message of the log as history shows it: its current state, with the
+/// reactions counted and the requester's own.
+fn history_message(seq: u64, r: RoomRecord, requester: Option<&str>) -> HistoryMessage {
+    let state = r.state();
+    let deleted = state.is_some_and(|s| s.deleted);
+    let reactions = state.map_or(&[][..], |s| &s.reactions[..]);
+    let counts: BTreeMap<String, u64> = reactions
+        .iter()
+        .map(|(emoji, who)| (emoji.clone(), who.len() as u64))
+        .collect();
+    let mine: Vec<String> = reactions
+        .iter()
+        .filter(|(_, who)| requester.is_some_and(|me| who.iter().any(|w| w == me)))
+        .map(|(emoji, _)| emoji.clone())
+        .collect();
+    HistoryMessage {
+        seq,
+        prev: r.prev.unwrap_or(seq.saturating_sub(1)),
+        ts: r.ts_unix_ms,
+        edited: state.and_then(|s| s.edited).filter(|_| !deleted),
+        deleted: deleted.then_some(true),
+        reactions: (!counts.is_empty()).then_some(counts),
+        mine: (!mine.is_empty()).then_some(mine),
+        body: (!deleted).then(|| r.payload.to_vec()),
+        sender: r.sender,
+        msg_id: r.msg_id,
     }
-    n
 }
 
 impl Chat {
@@ -81,27 +128,6 @@ impl Chat {
         // With `after` only: page forward from it. Otherwise the newest
         // messages before `before` (or the newest of all).
         let newest = query.after.is_none();
-        let mut page = match self
-            .log
-            .range(room, after, before, limit.saturating_add(1), newest)
-        {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::error!(%room, error = %e, "could not read the room log for a history request");
-                return PublishAckReason::UnspecifiedError;
-            }
-        };
-        let mut more = page.len() > limit;
-        if more {
-            if newest {
-                page.remove(0);
-            } else {
-                page.truncate(limit);
-            }
-        }
-        // The byte cap cuts the same way as the count: the newest that fit
-        // (paging back) or the oldest (paging forward), with `more` set, so
-        // the client asks for the rest with `before`/`after` as usual.
         let properties = request.properties.as_ref();
         let reply_overhead = ANSWER_OVERHEAD
             + properties
@@ -111,28 +137,36 @@ impl Chat {
                 .and_then(|p| p.correlation_data.as_ref())
                 .map_or(0, |c| c.len());
         let cap = history_byte_cap(config).saturating_sub(reply_overhead);
-        let fits = fitting(page.iter().map(|(_, r)| entry_bytes(r)), cap, newest);
-        if fits < page.len() {
-            more = true;
-            if newest {
-                page.drain(..page.len() - fits);
-            } else {
-                page.truncate(fits);
+        let scan = Scan {
+            after,
+            before,
+            limit,
+            newest,
+            events: query.events,
+            cap,
+            most_entries: usize::try_from(config.room_max_messages)
+                .unwrap_or(usize::MAX)
+                .max(SCAN_PAGE),
+        };
+        let (entries, more) = match self.scan_history(room, &scan) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(%room, error = %e, "could not read the room log for a history request");
+                return PublishAckReason::UnspecifiedError;
+            }
+        };
+        let mut messages = Vec::new();
+        let mut events = Vec::new();
+        for (seq, record) in entries {
+            match record.event() {
+                Some(event) => events.push(room_event(seq, &record, event)),
+                None => messages.push(history_message(seq, record, who.identity)),
             }
         }
         let answer = HistoryResponse {
-            messages: page
-                .into_iter()
-                .map(|(seq, r)| HistoryMessage {
-                    seq,
-                    prev: r.prev.unwrap_or(seq.saturating_sub(1)),
-                    ts: r.ts_unix_ms,
-                    sender: r.sender,
-                    msg_id: r.msg_id,
-                    body: r.payload.to_vec(),
-                })
-                .collect(),
+            messages,
             more,
+            events: query.events.then_some(events),
         };
         match reply_topic(who, request, "history", room) {
             Ok(topic) => {
@@ -141,6 +175,77 @@ impl Chat {
             }
             Err(reason) => reason,
         }
+    }
+}
+
+impl Chat {
+    /// The entries a history answer holds, in `seq` order, and `more`.
+    /// Messages count for `limit`; the byte cap holds at least one
+    /// message. The answer covers the range up to its last message in
+    /// the direction read (up to the range's end when nothing more is
+    /// left): the events it lists are those of that range, so the next
+    /// page (`before` its lowest message, `after` its highest) lists the
+    /// rest.
+    fn scan_history(&self, room: &str, scan: &Scan) -> Result<(Vec<(u64, RoomRecord)>, bool), StoreError> {
+        let (mut after, mut before) = (scan.after, scan.before);
+        let mut kept: Vec<(u64, RoomRecord)> = Vec::new();
+        let mut pending: Vec<(u64, RoomRecord)> = Vec::new();
+        let (mut bytes, mut pending_bytes, mut messages, mut read) = (0usize, 0usize, 0usize, 0usize);
+        let mut more = false;
+        'scan: while read < scan.most_entries {
+            let page = self.log.range(room, after, before, SCAN_PAGE, scan.newest)?;
+            let Some((&(first, _), &(last, _))) = page.first().zip(page.last()) else {
+                break;
+            };
+            read += page.len();
+            let exhausted = page.len() < SCAN_PAGE;
+            if scan.newest {
+                before = first;
+            } else {
+                after = last;
+            }
+            let ordered: Box<dyn Iterator<Item = (u64, RoomRecord)>> = if scan.newest {
+                Box::new(page.into_iter().rev())
+            } else {
+                Box::new(page.into_iter())
+            };
+            for (seq, record) in ordered {
+                if record.event().is_some() {
+                    if scan.events {
+                        pending_bytes += entry_bytes(&record);
+                        pending.push((seq, record));
+                    }
+                    continue;
+                }
+                let size = entry_bytes(&record);
+                if messages == scan.limit || (messages > 0 && bytes + pending_bytes + size > scan.cap) {
+                    more = true;
+                    pending.clear();
+                    break 'scan;
+                }
+                bytes += pending_bytes + size;
+                pending_bytes = 0;
+                kept.append(&mut pending);
+                kept.push((seq, record));
+                messages += 1;
+            }
+            if exhausted {
+                break;
+            }
+        }
+        // Events after the last message, up to the range's end: listed when
+        // they fit, else left for the next page.
+        if !pending.is_empty() {
+            if messages == 0 || bytes + pending_bytes <= scan.cap {
+                kept.append(&mut pending);
+            } else {
+                more = true;
+            }
+        }
+        if scan.newest {
+            kept.reverse();
+        }
+        Ok((kept, more))
     }
 }
 

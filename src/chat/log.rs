@@ -33,8 +33,12 @@ pub struct RoomState {
     pub name: Arc<str>,
     /// The last `seq` handed out.
     assigned: AtomicU64,
-    /// The `seq` of the last message appended: the next one's `prev`.
+    /// The `seq` of the last entry appended (message or event): the next
+    /// event's `prev`.
     last: AtomicU64,
+    /// The `seq` of the last message appended: the next message's `prev`
+    /// (messages skip events, so a client of `msg` alone sees no gap).
+    last_message: AtomicU64,
     /// The last `seq` delivered: what members may see.
     head: AtomicU64,
     /// `seq` values up to this are reserved on disk (buffered mode).
@@ -59,14 +63,22 @@ pub struct RoomState {
 }
 
 impl RoomState {
-    /// A room whose last message is `last` and whose `seq` values up to
-    /// `reserved` were handed out.
-    fn new(name: Arc<str>, last: u64, reserved: u64, last_ts_ms: u64, opener: Option<Arc<str>>) -> RoomState {
+    /// A room whose last entry is `last` (`last_message` its last
+    /// message) and whose `seq` values up to `reserved` were handed out.
+    fn new(
+        name: Arc<str>,
+        last: (u64, u64),
+        reserved: u64,
+        last_ts_ms: u64,
+        opener: Option<Arc<str>>,
+    ) -> RoomState {
+        let (last, last_message) = last;
         let assigned = last.max(reserved);
         RoomState {
             name,
             assigned: AtomicU64::new(assigned),
             last: AtomicU64::new(last),
+            last_message: AtomicU64::new(last_message),
             head: AtomicU64::new(last),
             reserved: AtomicU64::new(assigned),
             appended: AtomicU64::new(0),
@@ -136,6 +148,11 @@ impl RoomLog {
             let newest = store.room_range(&head.room, after, u64::MAX, 1, true)?;
             let last = newest.first().map_or(head.last, |(seq, _)| head.last.max(*seq));
             let last_ts = newest.first().map_or(0, |(_, record)| record.ts_unix_ms);
+            // The newest entry is an event: it names the last message.
+            let last_message = match newest.first() {
+                Some((_, record)) => record.event().map_or(last, |e| e.last_message),
+                None => last,
+            };
             let name: Arc<str> = head.room.into();
             let opener = head.opener.map(Arc::from);
             // A room opened again after it was forgotten, whose first post
@@ -147,7 +164,13 @@ impl RoomLog {
             };
             rooms.insert(
                 name.clone(),
-                Arc::new(RoomState::new(name, last, reserved, last_ts, opener)),
+                Arc::new(RoomState::new(
+                    name,
+                    (last, last_message),
+                    reserved,
+                    last_ts,
+                    opener,
+                )),
             );
         }
         Ok(RoomLog {
@@ -173,7 +196,7 @@ impl RoomLog {
     /// A new room's state: its `seq` values start above the floor.
     fn fresh(&self, name: &str, opener: Option<Arc<str>>) -> Arc<RoomState> {
         let floor = self.seq_floor.load(Ordering::Acquire);
-        Arc::new(RoomState::new(name.into(), 0, floor, 0, opener))
+        Arc::new(RoomState::new(name.into(), (0, 0), floor, 0, opener))
     }
 
     /// Opens `name` for a post by `opener`, unless it is open already:
@@ -312,11 +335,11 @@ impl RoomLog {
             self.store.flush()?;
             room.reserved.store(up_to, Ordering::Release);
         }
-        record.prev = Some(room.last.load(Ordering::Acquire));
+        link(room, seq, record);
         before_write(seq);
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.store(seq, Ordering::Release);
-        room.last.store(seq, Ordering::Release);
+        moved(room, seq, record);
         room.last_ts_ms.fetch_max(record.ts_unix_ms, Ordering::AcqRel);
         if seq > self.max_messages && seq % TRIM_EVERY == 0 {
             if let Err(e) = self.store.trim_room(&room.name, seq + 1 - self.max_messages) {
@@ -350,10 +373,10 @@ impl RoomLog {
         if seq <= room.assigned.load(Ordering::Acquire) {
             return Ok(false);
         }
-        record.prev = Some(room.last.load(Ordering::Acquire));
+        link(room, seq, record);
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.fetch_max(seq, Ordering::AcqRel);
-        room.last.store(seq, Ordering::Release);
+        moved(room, seq, record);
         room.last_ts_ms.fetch_max(record.ts_unix_ms, Ordering::AcqRel);
         let held = room.appended.fetch_add(1, Ordering::AcqRel) + 1;
         if held >= self.max_messages + TRIM_EVERY {
@@ -365,6 +388,34 @@ impl RoomLog {
             }
         }
         Ok(true)
+    }
+
+    /// The entry `seq` of `room`, if the log holds it and members may see
+    /// it.
+    pub fn entry(&self, room: &str, seq: u64) -> Result<Option<RoomRecord>, StoreError> {
+        if seq > self.head(room) {
+            return Ok(None);
+        }
+        self.stored(room, seq)
+    }
+
+    /// The entry `seq` of `room` if the log holds it, also one not yet
+    /// delivered (an edit whose commit is pending, when its message is
+    /// deleted).
+    pub fn stored(&self, room: &str, seq: u64) -> Result<Option<RoomRecord>, StoreError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let found = self
+            .store
+            .room_range(room, seq - 1, seq.saturating_add(1), 1, false)?;
+        Ok(found.into_iter().next().map(|(_, record)| record))
+    }
+
+    /// Replaces an entry the log holds (see `Store::rewrite_room`); the
+    /// caller holds the room's `order`.
+    pub fn rewrite(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.store.rewrite_room(room, seq, record)
     }
 
     /// Messages with `after < seq < before` that members may see (up to
@@ -411,5 +462,27 @@ impl RoomLog {
                 }
             }
         }
+    }
+}
+
+/// Sets `record`'s `prev`: a message's is the room's last message, an
+/// event's the room's last entry (and it names the last message, for a
+/// restart). The caller holds the room's `order`.
+fn link(room: &RoomState, seq: u64, record: &mut RoomRecord) {
+    let last_message = room.last_message.load(Ordering::Acquire);
+    if let Some(crate::store::RoomEntry::Event(event)) = record.entry.as_deref_mut() {
+        record.prev = Some(room.last.load(Ordering::Acquire));
+        event.last_message = last_message;
+    } else {
+        record.prev = Some(last_message);
+    }
+    debug_assert!(record.prev < Some(seq));
+}
+
+/// Moves the room's heads past an appended entry.
+fn moved(room: &RoomState, seq: u64, record: &RoomRecord) {
+    room.last.store(seq, Ordering::Release);
+    if record.event().is_none() {
+        room.last_message.store(seq, Ordering::Release);
     }
 }

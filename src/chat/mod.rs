@@ -7,6 +7,9 @@
 //! - `commit.rs` delivers a room message once it is on disk
 //!   (`durability = "flush"`).
 //! - `dedup.rs` remembers (room, sender, msg-id) for `dedup_window_secs`.
+//! - `lifecycle.rs` takes edits, deletes and reactions (and moderators'
+//!   deletes) as room events in the log; `events.rs` makes what members
+//!   get of a log entry, message or event.
 //! - `moderation.rs` answers moderators' bans and mutes on
 //!   `$rooms/{room}/mod`; `sanctions.rs` keeps them (read through
 //!   `Membership`); `replication.rs` is the hook that takes them to every
@@ -26,7 +29,9 @@
 
 mod commit;
 mod dedup;
+mod events;
 mod history;
+mod lifecycle;
 mod log;
 mod members;
 mod moderation;
@@ -44,10 +49,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use bytestring::ByteString;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+pub(crate) use events::room_message;
 pub(crate) use log::RoomLog;
 pub(crate) use members::uses_rooms;
 pub use presence::presence_topic;
@@ -61,8 +66,8 @@ pub(crate) use topics::{
 use crate::budget::{Budgets, Held};
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::protocol::{PublishProperties, QoS};
-use crate::router::{Message, RoomTag, Router};
+use crate::protocol::QoS;
+use crate::router::{Message, Router};
 use crate::store::{unix_ms_now, GroupCommit, MemoryStore, RoomRecord, Store, StoreError};
 use commit::CommitQueue;
 use dedup::{dedup_key, DedupIndex};
@@ -95,6 +100,8 @@ pub struct Chat {
     budgets: Arc<Budgets>,
     /// Keys of the signed `[[alerts]]` rules and the devices' counters.
     signed: signed::SignedAlerts,
+    /// How many reactions a message holds (`lifecycle.rs`).
+    reaction_bounds: lifecycle::ReactionBounds,
     pub counters: ChatCounters,
 }
 
@@ -152,6 +159,7 @@ impl Post<'_> {
             payload: self.payload,
             user_properties: self.user_properties,
             prev: None,
+            entry: None,
         }
     }
 }
@@ -208,6 +216,10 @@ impl Chat {
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
             budgets,
             signed: signed::SignedAlerts::none(),
+            reaction_bounds: lifecycle::ReactionBounds {
+                emoji: config.max_reaction_emoji,
+                total: config.max_reactions_per_message,
+            },
             counters: ChatCounters::default(),
         })
     }
@@ -343,7 +355,11 @@ impl Chat {
             self.log.skip_at(&state, seq);
             return;
         }
-        match self.log.append_at(&state, seq, &mut record) {
+        let applied = self
+            .log
+            .append_at(&state, seq, &mut record)
+            .and_then(|new| Ok(new && self.apply_effect(room, seq, &record).map(|()| true)?));
+        match applied {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -545,43 +561,4 @@ impl Chat {
             self.publish_members(router, &room);
         }
     }
-}
-
-/// The message subscribers get for a logged room message: topic without
-/// the msg-id level, User Properties `seq`, `ts` and `msg-id` (5.0).
-pub(crate) fn room_message(
-    room: &Arc<str>,
-    seq: u64,
-    record: RoomRecord,
-    publisher: Option<Arc<str>>,
-) -> Message {
-    let mut user_properties: Vec<(ByteString, ByteString)> = record
-        .user_properties
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect();
-    user_properties.push(("seq".into(), seq.to_string().into()));
-    // Before `prev` was stored, `seq` had no gaps but trimming.
-    let prev = record.prev.unwrap_or(seq.saturating_sub(1));
-    user_properties.push(("prev".into(), prev.to_string().into()));
-    user_properties.push(("ts".into(), record.ts_unix_ms.to_string().into()));
-    if let Some(id) = record.msg_id {
-        user_properties.push(("msg-id".into(), id.into()));
-    }
-    let mut message = Message::new(
-        message_topic(room, &record.sender),
-        record.payload,
-        crate::protocol::qos_from(record.qos),
-        false,
-    );
-    message.properties = Some(PublishProperties {
-        user_properties,
-        ..Default::default()
-    });
-    message.publisher = publisher;
-    message.room = Some(RoomTag {
-        room: room.clone(),
-        seq,
-    });
-    message
 }

@@ -1,35 +1,54 @@
 //! Moderation requests: `$rooms/{room}/mod` with a CBOR `mod-request`
-//! (ban, unban, mute, unmute), answered like a history request
+//! (ban, unban, mute, unmute, delete), answered like a history request
 //! (`history.rs`: the Response Topic with its Correlation Data, or
 //! `users/{requester}/mod/{room}`) with `{ ok, ? error }`. The change is in
 //! effect, and on disk, before the answer is sent: every room access reads
-//! it through `Membership` (`sanctions.rs`).
+//! it through `Membership` (`sanctions.rs`). Each action is also a room
+//! event (`lifecycle.rs`), with the moderator as its sender.
 
-use super::history::reply_topic;
-use super::payloads::{from_client_cbor, ModRequest, ModResponse};
+use super::history::{reply_topic, send_reply};
+use super::lifecycle::{Change, Refused};
+use super::payloads::{from_client_cbor, to_cbor, ModRequest, ModResponse};
 use super::publish::Publisher;
 use super::sanctions::{Kind, SetError};
 use super::{is_valid_room_name, Chat};
 use crate::config::Config;
 use crate::protocol::PublishAckReason;
+use crate::protocol::QoS;
 use crate::router::{Message, Router};
-use crate::store::{unix_ms_now, SanctionRecord};
+use crate::store::{unix_ms_now, EventKind, SanctionRecord};
 
 /// What a request asks for.
 enum Op {
     Set(Kind),
     Lift(Kind),
+    /// Delete message `seq` of the room.
+    Delete(u64),
 }
 
 fn op_of(request: &ModRequest) -> Option<Op> {
     let set = request.secs.is_some() || request.reason.is_some();
-    match request.op.as_str() {
-        "ban" => Some(Op::Set(Kind::Ban)),
-        "mute" => Some(Op::Set(Kind::Mute)),
+    // A user for a sanction, a `seq` for a delete: never both.
+    match (request.op.as_str(), &request.user, request.seq) {
+        ("delete", None, Some(seq)) if !set => Some(Op::Delete(seq)),
+        (_, None, _) | (_, _, Some(_)) => None,
+        ("ban", ..) => Some(Op::Set(Kind::Ban)),
+        ("mute", ..) => Some(Op::Set(Kind::Mute)),
         // `secs` and `reason` mean nothing to a lift: a malformed request.
-        "unban" if !set => Some(Op::Lift(Kind::Ban)),
-        "unmute" if !set => Some(Op::Lift(Kind::Mute)),
+        ("unban", ..) if !set => Some(Op::Lift(Kind::Ban)),
+        ("unmute", ..) if !set => Some(Op::Lift(Kind::Mute)),
         _ => None,
+    }
+}
+
+/// The room event of a sanction set or lifted.
+fn event_kind(op: &Op) -> Option<EventKind> {
+    match op {
+        Op::Set(Kind::Ban) => Some(EventKind::Ban),
+        Op::Set(Kind::Mute) => Some(EventKind::Mute),
+        Op::Lift(Kind::Ban) => Some(EventKind::Unban),
+        Op::Lift(Kind::Mute) => Some(EventKind::Unmute),
+        Op::Delete(_) => None,
     }
 }
 
@@ -57,7 +76,10 @@ impl Chat {
         let Some(op) = op_of(&query) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
-        if !is_valid_room_name(&query.user) || query.user.len() > config.max_chat_name_length {
+        let user = query.user.as_deref().unwrap_or_default();
+        if !matches!(op, Op::Delete(_))
+            && (!is_valid_room_name(user) || user.len() > config.max_chat_name_length)
+        {
             return PublishAckReason::PayloadFormatInvalid;
         }
         // Where the answer goes is settled first: a request that cannot be
@@ -67,31 +89,60 @@ impl Chat {
             Err(reason) => return reason,
         };
         let kind = match op {
-            Op::Set(kind) | Op::Lift(kind) => kind,
+            Op::Set(kind) | Op::Lift(kind) => Some(kind),
+            Op::Delete(_) => None,
         };
-        let (answer, reason) = self.apply_mod_request(config, who, room, &query, op);
-        // In a cluster the answer waits until every node has the change
-        // (`replication.rs`).
-        self.answer_applied(router, request, topic, kind, room, &query.user, answer, reason)
+        let (answer, reason) = self.apply_mod_request(router, config, who, room, &query, op);
+        match kind {
+            // In a cluster the answer to a ban or mute waits until every
+            // node has the change (`replication.rs`).
+            Some(kind) => self.answer_applied(router, request, topic, kind, room, user, answer, reason),
+            None => {
+                send_reply(router, request, topic, to_cbor(&answer));
+                reason
+            }
+        }
     }
 
     /// Applies a well-formed request; the answer and the PUBACK reason.
     fn apply_mod_request(
         &self,
+        router: &Router,
         config: &Config,
         who: &Publisher<'_>,
         room: &str,
         query: &ModRequest,
         op: Op,
     ) -> (ModResponse, PublishAckReason) {
-        let user = query.user.as_str();
+        let user = query.user.as_deref().unwrap_or_default();
         let by = who.identity.unwrap_or_default();
         if !who.gate.moderates(room) {
             tracing::info!(%room, identity = who.identity, op = %query.op, %user, "moderation refused: not a moderator");
             return (refusal("not a moderator"), PublishAckReason::NotAuthorized);
         }
         let sanctions = &self.membership.sanctions;
+        let event = event_kind(&op);
+        // Moderation events reach members at QoS 1, like the broker's
+        // other records (presence, member lists).
+        let request_qos = QoS::AtLeastOnce;
         let done = match op {
+            Op::Delete(target) => {
+                let change = Change::Delete { target };
+                self.change(
+                    router,
+                    config,
+                    room,
+                    by,
+                    change,
+                    false,
+                    request_qos,
+                    Some(who.client_id.clone()),
+                )
+                .map_err(|refused| match refused {
+                    Refused::Store => ("store", refused.reason()),
+                    _ => ("no such message", refused.reason()),
+                })
+            }
             Op::Set(_) if self.membership.is_moderator(Some(user), room) => {
                 return (refusal("moderator"), PublishAckReason::NotAuthorized);
             }
@@ -123,10 +174,32 @@ impl Chat {
         };
         match done {
             Ok(()) => {
-                tracing::info!(%room, moderator = by, op = %query.op, %user, secs = query.secs, "moderation applied");
+                tracing::info!(%room, moderator = by, op = %query.op, %user, secs = query.secs, seq = query.seq, "moderation applied");
                 if matches!(op, Op::Set(Kind::Ban) | Op::Lift(Kind::Ban)) {
                     // A banned user is not listed in `$rooms/{room}/members`.
                     self.members_changed(room);
+                }
+                if let Some(kind) = event {
+                    let change = Change::Sanction {
+                        kind,
+                        user: user.to_string(),
+                        secs: query.secs,
+                    };
+                    // In effect already: a record that could not be stored
+                    // is logged, the sanction stays.
+                    let recorded = self.change(
+                        router,
+                        config,
+                        room,
+                        by,
+                        change,
+                        false,
+                        request_qos,
+                        Some(who.client_id.clone()),
+                    );
+                    if let Err(refused) = recorded {
+                        tracing::warn!(%room, ?refused, "could not record a moderation action as a room event");
+                    }
                 }
                 (
                     ModResponse {

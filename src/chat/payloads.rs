@@ -34,24 +34,79 @@ pub struct PresenceUpdate {
     pub status: String,
 }
 
-/// `history-request = { ? before: uint, ? after: uint, ? limit: uint }`
+/// `history-request = { ? before, ? after, ? limit, ? events: bool }`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryRequest {
     pub before: Option<u64>,
     pub after: Option<u64>,
     pub limit: Option<u64>,
+    /// Also the raw room events of the range the answer covers.
+    #[serde(default)]
+    pub events: bool,
 }
 
-/// `mod-request`: `{ op: "ban" / "mute", user, ? secs, ? reason }` or
-/// `{ op: "unban" / "unmute", user }`.
+/// `mod-request`: `{ op: "ban" / "mute", user, ? secs, ? reason }`,
+/// `{ op: "unban" / "unmute", user }` or `{ op: "delete", seq }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModRequest {
     pub op: String,
-    pub user: String,
+    pub user: Option<String>,
     pub secs: Option<u64>,
     pub reason: Option<String>,
+    pub seq: Option<u64>,
+}
+
+/// `edit-request = { seq: uint, body: bstr }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditRequest {
+    pub seq: u64,
+    #[serde(with = "serde_bytes_compat")]
+    pub body: Vec<u8>,
+}
+
+/// `delete-request = { seq: uint }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    pub seq: u64,
+}
+
+/// `react-request = { seq: uint, emoji: tstr, ? remove: bool }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactRequest {
+    pub seq: u64,
+    pub emoji: String,
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// `room-event`: what members get on `rooms/{room}/event/{sender}`, and
+/// history's `events`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoomEvent {
+    pub seq: u64,
+    /// The `seq` of the room's entry (message or event) before it.
+    pub prev: u64,
+    pub ts: u64,
+    pub sender: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    pub body: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secs: Option<u64>,
 }
 
 /// `mod-response = { ok: bool, ? error: tstr }`
@@ -62,14 +117,17 @@ pub struct ModResponse {
     pub error: Option<String>,
 }
 
-/// `history-response = { messages: [* history-message], more: bool }`
+/// `history-response = { messages, more, ? events }`
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HistoryResponse {
     pub messages: Vec<HistoryMessage>,
     pub more: bool,
+    /// With `events: true`: the room events of the range, in `seq` order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<RoomEvent>>,
 }
 
-/// `history-message = { seq, prev, ts, sender, ? msg_id, body: bstr }`
+/// `history-message`: a message in its current state.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HistoryMessage {
     pub seq: u64,
@@ -80,8 +138,21 @@ pub struct HistoryMessage {
     pub sender: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_id: Option<String>,
-    #[serde(with = "serde_bytes_compat")]
-    pub body: Vec<u8>,
+    /// Absent when deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    pub body: Option<Vec<u8>>,
+    /// Unix ms of the last edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
+    /// A tombstone (only ever `true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    /// Emoji and how many reacted with it (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactions: Option<std::collections::BTreeMap<String, u64>>,
+    /// The emoji the requester reacted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mine: Option<Vec<String>>,
 }
 
 /// A signed alert from a client without User Properties (3.1.1), as its
@@ -109,6 +180,26 @@ mod serde_bytes_compat {
         let value = ciborium::Value::deserialize(d)?;
         match value {
             ciborium::Value::Bytes(b) => Ok(b),
+            _ => Err(serde::de::Error::custom("expected a byte string")),
+        }
+    }
+}
+
+/// An optional CBOR byte string.
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_bytes(b),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        match ciborium::Value::deserialize(d)? {
+            ciborium::Value::Bytes(b) => Ok(Some(b)),
+            ciborium::Value::Null => Ok(None),
             _ => Err(serde::de::Error::custom("expected a byte string")),
         }
     }

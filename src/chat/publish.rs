@@ -97,6 +97,9 @@ impl Chat {
                     Ok(()) => self.on_room_message(router, who, room, sender, msg_id, &message),
                 }
             }
+            ChatTopic::Lifecycle { room, sender, action } => {
+                self.on_lifecycle(router, config, who, room, sender, action, &message)
+            }
             ChatTopic::Typing { room, sender } => self.on_typing(router, config, who, room, sender, &message),
             ChatTopic::Receipt { room, sender } => self.on_receipt(router, who, room, sender, &message),
             ChatTopic::Presence { user } => self.on_presence(router, user, &message),
@@ -224,7 +227,7 @@ impl Chat {
     /// Takes one post from the publisher's `room_max_messages_per_minute`
     /// in `room`; beyond it 0x97 (5.0 allows 0x96 Message rate too high
     /// in a DISCONNECT only, not in a PUBACK), counted and logged.
-    fn spend_room_rate(&self, who: &Publisher<'_>, room: &str) -> Result<(), PublishAckReason> {
+    pub(super) fn spend_room_rate(&self, who: &Publisher<'_>, room: &str) -> Result<(), PublishAckReason> {
         // Anonymous clients cannot post into rooms where names are
         // verified: the gate refused them before.
         let Some(identity) = who.identity else {

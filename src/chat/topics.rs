@@ -14,6 +14,13 @@ pub(crate) enum ChatTopic<'a> {
     Typing { room: &'a str, sender: &'a str },
     /// `rooms/{room}/read/{sender}`.
     Receipt { room: &'a str, sender: &'a str },
+    /// `rooms/{room}/edit|delete|react/{sender}`: a change to a message,
+    /// stored as a room event (`chat/lifecycle.rs`).
+    Lifecycle {
+        room: &'a str,
+        sender: &'a str,
+        action: Action,
+    },
     /// `$presence/{user}`.
     Presence { user: &'a str },
     /// `$history/rooms/{room}`.
@@ -21,9 +28,17 @@ pub(crate) enum ChatTopic<'a> {
     /// `$rooms/{room}/mod`: a moderator's ban, mute and their undoing.
     ModRequest { room: &'a str },
     /// Any other topic under a prefix that only the broker publishes to
-    /// (`$presence/`, `$history/`, `$rooms/`), or a `rooms/{room}/...`
-    /// topic of the wrong shape: refused.
+    /// (`$presence/`, `$history/`, `$rooms/`, `rooms/{room}/event/`), or
+    /// a `rooms/{room}/...` topic of the wrong shape: refused.
     Reserved,
+}
+
+/// What a sender does to a message on `rooms/{room}/{action}/{sender}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    Edit,
+    Delete,
+    React,
 }
 
 /// The chat meaning of a topic name, if it has one.
@@ -53,7 +68,19 @@ pub(crate) fn classify(topic: &str) -> Option<ChatTopic<'_>> {
         ["rooms", room, "read", sender] if nonempty(room) && nonempty(sender) => {
             Some(ChatTopic::Receipt { room, sender })
         }
-        ["rooms", _, "msg" | "typing" | "read", ..] => Some(ChatTopic::Reserved),
+        ["rooms", room, kind @ ("edit" | "delete" | "react"), sender]
+            if nonempty(room) && nonempty(sender) =>
+        {
+            let action = match *kind {
+                "edit" => Action::Edit,
+                "delete" => Action::Delete,
+                _ => Action::React,
+            };
+            Some(ChatTopic::Lifecycle { room, sender, action })
+        }
+        ["rooms", _, "msg" | "typing" | "read" | "edit" | "delete" | "react" | "event", ..] => {
+            Some(ChatTopic::Reserved)
+        }
         ["$presence", user] if nonempty(user) => Some(ChatTopic::Presence { user }),
         ["$history", "rooms", room] if nonempty(room) => Some(ChatTopic::HistoryRequest { room }),
         ["$rooms", room, "mod"] if nonempty(room) => Some(ChatTopic::ModRequest { room }),
@@ -94,18 +121,28 @@ pub(crate) fn message_topic(room: &str, sender: &str) -> String {
     format!("rooms/{room}/msg/{sender}")
 }
 
-/// Whether a subscription filter can match messages of `room`
-/// (`rooms/{room}/msg/{sender}` for some sender).
+/// The topic members get a room event on.
+pub(crate) fn event_topic(room: &str, sender: &str) -> String {
+    format!("rooms/{room}/event/{sender}")
+}
+
+/// Whether a subscription filter can match entries of `room`'s log:
+/// `rooms/{room}/msg/{sender}` or `rooms/{room}/event/{sender}` for some
+/// sender.
 pub(crate) fn filter_covers_room(filter: &str, room: &str) -> bool {
-    let pattern = ["rooms", room, "msg"];
     let mut levels = filter.split('/');
-    for want in pattern {
+    for want in ["rooms", room] {
         match levels.next() {
             Some("#") => return true,
             Some("+") => {}
             Some(level) if level == want => {}
             _ => return false,
         }
+    }
+    match levels.next() {
+        Some("#") => return true,
+        Some("+" | "msg" | "event") => {}
+        _ => return false,
     }
     // The sender level: anything, then nothing more unless it is `#`.
     match (levels.next(), levels.next()) {
@@ -179,6 +216,7 @@ mod tests {
             "rooms/ops/msg/alice",
             "+/+/+/+",
             "rooms/ops/#",
+            "rooms/ops/event/+",
         ] {
             assert!(filter_covers_room(yes, "ops"), "{yes}");
         }

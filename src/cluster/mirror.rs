@@ -116,6 +116,10 @@ impl Store for Mirrored {
         self.inner.room_range(room, after, before, limit, newest)
     }
 
+    fn rewrite_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.inner.rewrite_room(room, seq, record)
+    }
+
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
         self.inner.reserve_room_seqs(room, up_to)
     }

@@ -72,6 +72,10 @@ pub(crate) enum Action {
     /// The same, and nothing queued after it is sent before it is done
     /// (clearing a subject that later writes fill again).
     RemoveBeforeLater(Arc<str>),
+    /// Deletes the message stored under this sequence in the named stream
+    /// (a deleted room message's body), after the publishes queued before
+    /// it are acknowledged; one already gone counts as deleted.
+    DeleteSeq(Arc<str>, u64),
 }
 
 impl Write {
@@ -99,6 +103,19 @@ impl Write {
                 true => Action::RemoveBeforeLater(stream),
                 false => Action::Remove(stream),
             },
+            mark: None,
+            then: None,
+        }
+    }
+
+    /// A write that deletes the message under `seq` in `stream`.
+    pub fn delete_seq(stream: Arc<str>, seq: u64) -> Write {
+        Write {
+            subject: String::new(),
+            msg_id: String::new(),
+            payload: Bytes::new(),
+            room: None,
+            action: Action::DeleteSeq(stream, seq),
             mark: None,
             then: None,
         }
@@ -291,18 +308,24 @@ impl Writer {
     /// published with them).
     async fn send_removals(&self, js: &jetstream::Context, removals: Vec<(u64, Write)>) -> Vec<(u64, Write)> {
         let results = futures_util::future::join_all(removals.into_iter().map(|(id, write)| async move {
-            let stream = match &write.action {
-                Action::Remove(stream) | Action::RemoveBeforeLater(stream) => stream.clone(),
+            let (stream, seq) = match &write.action {
+                Action::Remove(stream) | Action::RemoveBeforeLater(stream) => (stream.clone(), None),
+                Action::DeleteSeq(stream, seq) => (stream.clone(), Some(*seq)),
                 Action::Publish => return (id, write, Ok(())),
             };
-            let result = match js.get_stream_no_info(&*stream).await {
-                Ok(stream) => stream
+            let result = match (js.get_stream_no_info(&*stream).await, seq) {
+                (Ok(stream), None) => stream
                     .purge()
                     .filter(write.subject.clone())
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                (Ok(stream), Some(seq)) => match stream.delete_message(seq).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if already_gone(&e) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+                (Err(e), _) => Err(e.to_string()),
             };
             (id, write, result)
         }))
@@ -403,6 +426,18 @@ impl CommitBarrier for Writer {
                 )));
             }
         }
+    }
+}
+
+/// Whether a delete failed because the message is not in the stream (a
+/// retry, or retention dropped it): what the delete wanted.
+fn already_gone(error: &async_nats::jetstream::stream::DeleteMessageError) -> bool {
+    use async_nats::jetstream::stream::DeleteMessageErrorKind;
+    match error.kind() {
+        DeleteMessageErrorKind::JetStream(e) => {
+            e.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND
+        }
+        _ => false,
     }
 }
 

@@ -90,6 +90,9 @@ impl Default for Config {
             room_members_listed: 1000,
             room_members_interval_ms: 250,
             max_bans_per_room: 10_000,
+            max_reaction_emoji: 32,
+            max_reactions_per_message: 4096,
+            max_emoji_bytes: 32,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,
         }

@@ -325,6 +325,14 @@ pub struct Config {
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,
+    /// Distinct emoji one room message may hold reactions with; a new
+    /// one beyond it gets 0x97.
+    pub max_reaction_emoji: usize,
+    /// Reactions one room message may hold in all (each a reactor's name
+    /// in its record); one beyond it gets 0x97.
+    pub max_reactions_per_message: usize,
+    /// Longest reaction emoji, in bytes of UTF-8; longer (or empty) 0x99.
+    pub max_emoji_bytes: usize,
     /// Room messages one identity may post per minute in one room (a burst
     /// of this many, refilled evenly; 0 = no bound, the default: a "slow
     /// mode" is a room's policy, and a gateway posting alerts for many

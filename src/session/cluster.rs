@@ -65,11 +65,15 @@ fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
             })
             .collect(),
         Packet::Publish(publish) => match classify(&publish.topic) {
+            // A post, typing, a change to a message, or a moderator's
+            // request is checked against this node's copy of the room log.
             Some(
                 ChatTopic::HistoryRequest { room }
                 | ChatTopic::Receipt { room, .. }
                 | ChatTopic::Message { room, .. }
-                | ChatTopic::Typing { room, .. },
+                | ChatTopic::Typing { room, .. }
+                | ChatTopic::Lifecycle { room, .. }
+                | ChatTopic::ModRequest { room },
             ) => {
                 vec![RoomInterest::One(room.to_string())]
             }

@@ -192,7 +192,10 @@ impl Connection {
                     crate::chat::room_of(&publish.topic).is_some()
                         && matches!(
                             crate::chat::classify(&publish.topic),
-                            Some(crate::chat::ChatTopic::Message { .. })
+                            Some(
+                                crate::chat::ChatTopic::Message { .. }
+                                    | crate::chat::ChatTopic::Lifecycle { .. }
+                            )
                         )
                 }
                 // A read: history stays readable while the store cannot

@@ -153,6 +153,7 @@ fn room_contract(store: &dyn Store) {
         payload: Bytes::from_static(b"x"),
         user_properties: Vec::new(),
         prev: None,
+        entry: None,
     };
     store.set_room_opener("r", "user:ann").unwrap();
     store.append_room("r", 7, &record).unwrap();

@@ -188,6 +188,14 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn rewrite_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        if let Some(entry) = inner.rooms.get_mut(room).and_then(|r| r.log.get_mut(&seq)) {
+            *entry = record.clone();
+        }
+        Ok(())
+    }
+
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let room = inner.rooms.entry(room.to_string()).or_default();

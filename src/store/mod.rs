@@ -23,6 +23,7 @@ mod records;
 mod replication;
 mod reserve;
 mod sled_db;
+mod sled_keys;
 mod sled_store;
 mod space;
 
@@ -31,8 +32,8 @@ pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
 pub use monitored::Monitored;
 pub use records::{
-    unix_ms_now, DedupRecord, MessageRecord, OwnerRecord, QueuedRecord, QueuedRef, RoomRecord,
-    SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
+    unix_ms_now, DedupRecord, EventKind, EventRecord, MessageRecord, MessageState, OwnerRecord, QueuedRecord,
+    QueuedRef, RoomEntry, RoomRecord, SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
 };
 pub use replication::{SanctionChange, SanctionKind, SanctionReplication};
 pub use reserve::RESERVE_FILE;
@@ -155,6 +156,11 @@ pub trait Store: Send + Sync {
         limit: usize,
         newest: bool,
     ) -> Result<Vec<(u64, RoomRecord)>, StoreError>;
+    /// Replaces an entry the room's log still holds (a message edited,
+    /// deleted or reacted to; an edit event whose message was deleted):
+    /// the old bytes are gone from the log, its heads do not move. An
+    /// entry trimmed meanwhile stays gone.
+    fn rewrite_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError>;
     /// Records that `seq` values up to `up_to` are handed out in `room`
     /// (with `durability = "buffered"`, a delivered message may be lost in a
     /// crash, but its `seq` must not come back). Durable after the next

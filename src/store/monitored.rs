@@ -97,6 +97,10 @@ impl Store for Monitored {
         self.watch(self.inner.append_room(room, seq, record))
     }
 
+    fn rewrite_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.watch(self.inner.rewrite_room(room, seq, record))
+    }
+
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
         self.watch(self.inner.reserve_room_seqs(room, up_to))
     }

@@ -164,6 +164,89 @@ pub struct RoomRecord {
     /// `prev`), so a client can tell a gap from a missing message. Last
     /// field: records written before it was added have none.
     pub prev: Option<u64>,
+    /// What the entry is beyond a message as posted: a room event, or a
+    /// message changed since (edited, deleted, reacted to). `None` for a
+    /// message as posted, which costs one byte. Last field: records
+    /// written before it decode as `None` (`decode_room`).
+    pub entry: Option<Box<RoomEntry>>,
+}
+
+impl RoomRecord {
+    /// The event this entry is, if it is one (else a message).
+    pub fn event(&self) -> Option<&EventRecord> {
+        match self.entry.as_deref() {
+            Some(RoomEntry::Event(event)) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// The current state of a message (`None`: unchanged since posted, or
+    /// an event).
+    pub fn state(&self) -> Option<&MessageState> {
+        match self.entry.as_deref() {
+            Some(RoomEntry::Message(state)) => Some(state),
+            _ => None,
+        }
+    }
+}
+
+/// What a room log entry is besides a message as posted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoomEntry {
+    /// A room event (`topics.md`, *Edits, deletes and reactions*): the
+    /// record's `sender` acted, its `payload` is an edit's new body (empty
+    /// once the message is deleted), its `prev` the room's entry before.
+    Event(EventRecord),
+    /// A message's state after edits, a delete or reactions; its record's
+    /// `payload` is the current body (empty once deleted).
+    Message(MessageState),
+}
+
+/// What a room event did. Variants are stored by index: only append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Edit,
+    Delete,
+    React,
+    Ban,
+    Unban,
+    Mute,
+    Unmute,
+}
+
+/// A room event as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub kind: EventKind,
+    /// Edit, delete, react: the message's `seq`.
+    pub target: Option<u64>,
+    /// React: the emoji (1 to 32 bytes).
+    pub emoji: Option<String>,
+    /// React: a reaction taken back.
+    pub remove: bool,
+    /// Ban, unban, mute, unmute: whom.
+    pub user: Option<String>,
+    /// Ban, mute: its length, when given.
+    pub secs: Option<u64>,
+    /// The `seq` of the room's last message when this event was appended:
+    /// after a restart whose newest entry is an event, the next message's
+    /// `prev` (messages skip events).
+    pub last_message: u64,
+}
+
+/// A message's state after it was posted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    /// Unix ms of the last edit.
+    pub edited: Option<u64>,
+    /// A tombstone: the body is gone.
+    pub deleted: bool,
+    /// Emoji and who reacted with it, in the order first used (bounded:
+    /// `max_reaction_emoji` emoji, `max_reactions_per_message` in all).
+    pub reactions: Vec<(String, Vec<String>)>,
+    /// The `seq` of the edit events that carry a body of this message: a
+    /// delete empties them too (no copy of a deleted body stays).
+    pub edits: Vec<u64>,
 }
 
 /// A room record as `roomq-store-3` wrote it before `prev`.
@@ -178,9 +261,34 @@ struct RoomRecordWithoutPrev {
     user_properties: Vec<(String, String)>,
 }
 
-/// Decodes a room record, also one written before `prev` was added.
+/// A room record as `roomq-store-4` wrote it before room events.
+#[derive(Deserialize)]
+struct RoomRecordWithoutEntry {
+    ts_unix_ms: u64,
+    sender: String,
+    msg_id: Option<String>,
+    qos: u8,
+    payload: Bytes,
+    user_properties: Vec<(String, String)>,
+    prev: Option<u64>,
+}
+
+/// Decodes a room record, also one written before `entry` or `prev` was
+/// added.
 pub(super) fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, super::StoreError> {
     decode::<RoomRecord>(key, bytes).or_else(|e| {
+        if let Ok(old) = postcard::from_bytes::<RoomRecordWithoutEntry>(bytes) {
+            return Ok(RoomRecord {
+                ts_unix_ms: old.ts_unix_ms,
+                sender: old.sender,
+                msg_id: old.msg_id,
+                qos: old.qos,
+                payload: old.payload,
+                user_properties: old.user_properties,
+                prev: old.prev,
+                entry: None,
+            });
+        }
         let old: RoomRecordWithoutPrev = postcard::from_bytes(bytes).map_err(|_| e)?;
         Ok(RoomRecord {
             ts_unix_ms: old.ts_unix_ms,
@@ -190,6 +298,7 @@ pub(super) fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, super:
             payload: old.payload,
             user_properties: old.user_properties,
             prev: None,
+            entry: None,
         })
     })
 }
@@ -263,6 +372,10 @@ mod tests {
             prev: Some(6),
             ..read
         };
+        // Written before room events: no `entry` byte at the end.
+        let mut without_entry = encode(&new).unwrap();
+        without_entry.pop();
+        assert_eq!(decode_room(b"room", &without_entry).unwrap(), new);
         assert_eq!(decode_room(b"room", &encode(&new).unwrap()).unwrap(), new);
     }
 }

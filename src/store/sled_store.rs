@@ -25,6 +25,7 @@ use std::path::Path;
 use super::journal::{seq_key, seq_of, session_prefix, Journal};
 use super::records::{decode, decode_room, encode, encode_sized};
 use super::sled_db::{open_db, Broken};
+use super::sled_keys::{reservation_key, room_head, u64_of};
 use super::{
     DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord,
     SessionRecord, Store, StoreError, FORMAT_VERSION,
@@ -61,37 +62,8 @@ struct Trees {
 /// The key in `meta` of `room_seq_floor`.
 const ROOM_SEQ_FLOOR: &str = "room_seq_floor";
 
-/// The head of `room` in `heads`, added when it is not there yet.
-fn room_head<'a>(heads: &'a mut BTreeMap<String, RoomHead>, room: &[u8]) -> &'a mut RoomHead {
-    let room = String::from_utf8_lossy(room).into_owned();
-    heads.entry(room.clone()).or_insert_with(|| RoomHead {
-        room,
-        ..RoomHead::default()
-    })
-}
-
-/// A big-endian u64 as stored under `key`.
-fn u64_of(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
-    value
-        .try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: "not 8 bytes".into(),
-        })
-}
-
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
-}
-
-/// The key of a room's `seq` reservation in `room_heads`: the room name
-/// and a NUL, which no room name contains.
-fn reservation_key(room: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(room.len() + 1);
-    key.extend_from_slice(room.as_bytes());
-    key.push(0);
-    key
 }
 
 /// About what a journal record of `client_id` takes (it is encoded when
@@ -354,6 +326,19 @@ impl Store for SledStore {
             t.room_log.insert(seq_key(room, seq), value).map_err(io)?;
             t.room_heads
                 .insert(room.as_bytes(), &seq.to_be_bytes())
+                .map(drop)
+                .map_err(io)
+        })
+    }
+
+    fn rewrite_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.count_write();
+        self.with(|t| {
+            let value = encode_sized(record, record.payload.len() + record.sender.len() + 48)?;
+            self.count_bytes(room.len() + value.len() + 8);
+            // Only while the entry is there: a trimmed one stays gone.
+            t.room_log
+                .fetch_and_update(seq_key(room, seq), |old| old.map(|_| value.clone()))
                 .map(drop)
                 .map_err(io)
         })

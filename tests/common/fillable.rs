@@ -95,6 +95,9 @@ impl Store for FillableStore {
     ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
         self.inner.room_range(room, after, before, limit, newest)
     }
+    fn rewrite_room(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        self.seen(self.inner.rewrite_room(room, seq, record))
+    }
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
         self.seen(self.inner.reserve_room_seqs(room, up_to))
     }

@@ -459,7 +459,7 @@ async fn room_log(broker: SocketAddr, room: &str) -> (HashMap<String, u64>, u64)
         let answer = c.publish5().await;
         let page: HistoryResponse = payloads::from_cbor(&answer.payload).expect("history answer");
         for m in &page.messages {
-            let text = String::from_utf8_lossy(&m.body).into_owned();
+            let text = String::from_utf8_lossy(m.body.as_deref().unwrap_or_default()).into_owned();
             let id = text.split('|').next().unwrap_or_default().to_string();
             if seqs.insert(id, m.seq).is_some() {
                 stored_twice += 1;

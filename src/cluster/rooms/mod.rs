@@ -220,6 +220,22 @@ impl Rooms {
     /// Writes a room message to the stream; it is delivered when this
     /// node's follower of the room reads it back. `dedup_key` identifies
     /// (room, sender, msg-id) when the sender gave a msg-id.
+    /// Deletes room messages from the stream, by their `seq` (a deleted
+    /// message's body and its edits), once the writes queued before are
+    /// acknowledged (the delete event among them). A node that reads the
+    /// room later finds neither.
+    pub fn delete_from_stream(&self, seqs: &[u64]) {
+        for &seq in seqs {
+            let write = Write::delete_seq(self.inner.names.rooms_stream.as_str().into(), seq);
+            if self.inner.writer.write(write).is_err() {
+                tracing::warn!(
+                    seq,
+                    "a deleted room message stays in the stream: cluster.write_buffer_bytes full"
+                );
+            }
+        }
+    }
+
     pub fn post(
         &self,
         room: &str,

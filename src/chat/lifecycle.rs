@@ -1,0 +1,452 @@
+//! Message lifecycle as room events (`topics.md`, *Edits, deletes and
+//! reactions*): a sender edits or deletes her own message, any poster
+//! reacts, a moderator deletes any message, and moderation actions are
+//! recorded. Each accepted change is a room event: appended to the room
+//! log under its own `seq` (one order for all of a room's entries), then
+//! applied to the message's record, which carries its current state (body
+//! or tombstone, edit time, reactions), and delivered after its commit
+//! like a message, on `rooms/{room}/event/{sender}`.
+//!
+//! A delete rewrites the message's record without its body, and the edit
+//! events that carried a body of it too: no copy stays in the log.
+//!
+//! In a cluster the event goes through the room stream like a message;
+//! every node applies it to its own copy of the log in the stream's order
+//! (`apply_effect`), so every node makes the same change. A delete also
+//! deletes the message and its edit events from the stream (after the
+//! delete event is stored): a node that reads the room later finds no
+//! copy of the body, and no tombstone either.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::payloads::{DeleteRequest, EditRequest, ReactRequest};
+use super::publish::Publisher;
+use super::topics::Action;
+use super::Chat;
+use crate::budget::Rate;
+use crate::config::Config;
+use crate::protocol::{PublishAckReason, QoS};
+use crate::router::{Message, Router};
+use crate::store::{unix_ms_now, EventKind, EventRecord, MessageState, RoomEntry, RoomRecord, StoreError};
+
+/// Bytes of CBOR around an edit's body (map, keys, `seq`).
+const EDIT_OVERHEAD: usize = 32;
+
+/// What an event does, before it has a `seq`.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    Edit {
+        target: u64,
+        body: Bytes,
+    },
+    Delete {
+        target: u64,
+    },
+    React {
+        target: u64,
+        emoji: String,
+        remove: bool,
+    },
+    /// A moderator's ban, unban, mute or unmute of `user`.
+    Sanction {
+        kind: EventKind,
+        user: String,
+        secs: Option<u64>,
+    },
+}
+
+/// Why a change was not made.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The `seq` is not a message of the room (never was, aged out,
+    /// deleted): 0x99.
+    NoSuchMessage,
+    /// Another's message: 0x87.
+    NotYours,
+    /// The message holds `max_reaction_emoji` emoji or
+    /// `max_reactions_per_message` reactions: 0x97.
+    Full,
+    /// The store could not write: 0x97 (retry later), as for a post.
+    Store,
+}
+
+impl Refused {
+    pub(crate) fn reason(&self) -> PublishAckReason {
+        match self {
+            Refused::NoSuchMessage => PublishAckReason::PayloadFormatInvalid,
+            Refused::NotYours => PublishAckReason::NotAuthorized,
+            Refused::Full | Refused::Store => PublishAckReason::QuotaExceeded,
+        }
+    }
+}
+
+impl Change {
+    fn target(&self) -> Option<u64> {
+        match self {
+            Change::Edit { target, .. } | Change::Delete { target } | Change::React { target, .. } => {
+                Some(*target)
+            }
+            Change::Sanction { .. } => None,
+        }
+    }
+
+    /// The log record of this change by `sender`.
+    fn into_record(self, sender: &str, qos: QoS) -> RoomRecord {
+        let mut event = EventRecord {
+            kind: EventKind::Edit,
+            target: self.target(),
+            emoji: None,
+            remove: false,
+            user: None,
+            secs: None,
+            last_message: 0,
+        };
+        let mut payload = Bytes::new();
+        match self {
+            Change::Edit { body, .. } => payload = body,
+            Change::Delete { .. } => event.kind = EventKind::Delete,
+            Change::React { emoji, remove, .. } => {
+                event.kind = EventKind::React;
+                event.emoji = Some(emoji);
+                event.remove = remove;
+            }
+            Change::Sanction { kind, user, secs } => {
+                event.kind = kind;
+                event.user = Some(user);
+                event.secs = secs;
+            }
+        }
+        RoomRecord {
+            ts_unix_ms: unix_ms_now(),
+            sender: sender.to_string(),
+            msg_id: None,
+            qos: qos.value(),
+            payload,
+            user_properties: Vec::new(),
+            prev: None,
+            entry: Some(Box::new(RoomEntry::Event(event))),
+        }
+    }
+}
+
+/// Decodes a request payload that may be larger than a control payload (an
+/// edit's body): exactly one CBOR value, no bytes after it, no unknown keys.
+fn from_cbor_exact<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    let mut rest = bytes;
+    let value = ciborium::from_reader(&mut rest).ok()?;
+    rest.is_empty().then_some(value)
+}
+
+impl Chat {
+    /// `rooms/{room}/edit|delete|react/{sender}`. The gate let it through:
+    /// `sender` is the publisher, a member who may post in `room`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_lifecycle(
+        &self,
+        router: &Router,
+        config: &Config,
+        who: &Publisher<'_>,
+        room: &str,
+        sender: &str,
+        action: Action,
+        message: &Message,
+    ) -> PublishAckReason {
+        let change = match self.parse_change(config, action, &message.payload) {
+            Ok(change) => change,
+            Err(reason) => return reason,
+        };
+        if let Err(reason) = self.spend_room_rate(who, room) {
+            return reason;
+        }
+        // Every byte the request makes the log keep, as for a post.
+        let bytes = message.topic.len() + message.payload.len();
+        if let Err(over) = self
+            .budgets
+            .spend(&who.account, Rate::RoomPostBytes, bytes as u64)
+        {
+            tracing::info!(%room, account = %who.account, %over, "room event refused");
+            return PublishAckReason::QuotaExceeded;
+        }
+        let own_only = !matches!(action, Action::React);
+        match self.change(
+            router,
+            config,
+            room,
+            sender,
+            change,
+            own_only,
+            message.qos,
+            Some(who.client_id.clone()),
+        ) {
+            Ok(()) => PublishAckReason::Success,
+            Err(refused) => refused.reason(),
+        }
+    }
+
+    /// The change a request asks for; a payload that does not match its
+    /// schema 0x99, an edit's body beyond `max_room_message_bytes` 0x97.
+    fn parse_change(
+        &self,
+        config: &Config,
+        action: Action,
+        payload: &[u8],
+    ) -> Result<Change, PublishAckReason> {
+        let invalid = PublishAckReason::PayloadFormatInvalid;
+        match action {
+            Action::Edit => {
+                if payload.len() > config.max_room_message_bytes.saturating_add(EDIT_OVERHEAD) {
+                    return Err(PublishAckReason::QuotaExceeded);
+                }
+                let edit: EditRequest = from_cbor_exact(payload).ok_or(invalid)?;
+                if edit.body.len() > config.max_room_message_bytes {
+                    return Err(PublishAckReason::QuotaExceeded);
+                }
+                Ok(Change::Edit {
+                    target: edit.seq,
+                    body: edit.body.into(),
+                })
+            }
+            Action::Delete => {
+                let delete: DeleteRequest = super::payloads::from_client_cbor(payload).ok_or(invalid)?;
+                Ok(Change::Delete { target: delete.seq })
+            }
+            Action::React => {
+                let react: ReactRequest = super::payloads::from_client_cbor(payload).ok_or(invalid)?;
+                if react.emoji.is_empty() || react.emoji.len() > config.max_emoji_bytes {
+                    return Err(invalid);
+                }
+                Ok(Change::React {
+                    target: react.seq,
+                    emoji: react.emoji,
+                    remove: react.remove,
+                })
+            }
+        }
+    }
+
+    /// Makes `change` by `sender` in `room`: checks it against the
+    /// message (`own_only`: only the sender's own), stores it as a room
+    /// event, applies it to the message and delivers the event after its
+    /// commit. A reaction that changes nothing (one already there, or a
+    /// removal of one that is not) stores nothing and succeeds.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn change(
+        &self,
+        router: &Router,
+        config: &Config,
+        room_name: &str,
+        sender: &str,
+        change: Change,
+        own_only: bool,
+        qos: QoS,
+        publisher: Option<Arc<str>>,
+    ) -> Result<(), Refused> {
+        if let Some(cluster) = &self.cluster {
+            // Checked against this node's copy of the log; every node
+            // applies the event in the stream's order (`apply_effect`).
+            if !self.check(config, room_name, sender, &change, own_only)? {
+                return Ok(());
+            }
+            // A delete takes the body out of the stream too: the message
+            // and the edits that carried a body of it.
+            let from_stream = match change {
+                Change::Delete { target } => {
+                    let edits = self
+                        .current_message(room_name, target)?
+                        .state()
+                        .map(|s| s.edits.clone());
+                    std::iter::once(target).chain(edits.unwrap_or_default()).collect()
+                }
+                _ => Vec::new(),
+            };
+            let record = change.into_record(sender, qos);
+            cluster
+                .rooms
+                .post(room_name, record, None, publisher.as_deref())
+                .map_err(|e| {
+                    tracing::warn!(room = room_name, error = %e, "could not post a room event");
+                    Refused::Store
+                })?;
+            cluster.rooms.delete_from_stream(&from_stream);
+            return Ok(());
+        }
+        if change.target().is_some() && self.log.head(room_name) == 0 {
+            return Err(Refused::NoSuchMessage);
+        }
+        let room = self.log.room(room_name);
+        let in_order = room.order.lock();
+        if room.is_forgotten() {
+            drop(in_order);
+            return self.change(
+                router, config, room_name, sender, change, own_only, qos, publisher,
+            );
+        }
+        if !self.check(config, room_name, sender, &change, own_only)? {
+            return Ok(());
+        }
+        let mut record = change.into_record(sender, qos);
+        let stored = self
+            .log
+            .append(&room, &mut record, |_| {})
+            .and_then(|seq| self.apply_effect(room_name, seq, &record).map(|()| seq));
+        let seq = stored.map_err(|e| {
+            tracing::warn!(room = room_name, error = %e, "could not store a room event");
+            Refused::Store
+        })?;
+        tracing::debug!(room = room_name, seq, sender, "room event stored");
+        let message = super::room_message(&room.name, seq, record, publisher);
+        match &self.uncommitted {
+            Some(queue) => queue.push(room.clone(), seq, message),
+            None => {
+                room.reveal(seq);
+                router.publish(message);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `change` may be made now, and whether it changes anything.
+    fn check(
+        &self,
+        config: &Config,
+        room: &str,
+        sender: &str,
+        change: &Change,
+        own_only: bool,
+    ) -> Result<bool, Refused> {
+        let Some(target) = change.target() else {
+            return Ok(true);
+        };
+        let record = self.current_message(room, target)?;
+        if own_only && record.sender != sender {
+            return Err(Refused::NotYours);
+        }
+        let Change::React { emoji, remove, .. } = change else {
+            return Ok(true);
+        };
+        let reactions = record.state().map_or(&[][..], |s| &s.reactions[..]);
+        let mine = reactions.iter().find(|(e, _)| e == emoji);
+        let reacted = mine.is_some_and(|(_, who)| who.iter().any(|w| w == sender));
+        if *remove || reacted {
+            return Ok(*remove == reacted);
+        }
+        let total: usize = reactions.iter().map(|(_, who)| who.len()).sum();
+        if total >= config.max_reactions_per_message
+            || (mine.is_none() && reactions.len() >= config.max_reaction_emoji)
+        {
+            return Err(Refused::Full);
+        }
+        Ok(true)
+    }
+
+    /// Message `seq` of `room` as it is now: a message the log holds, not
+    /// deleted.
+    fn current_message(&self, room: &str, seq: u64) -> Result<RoomRecord, Refused> {
+        let record = self.log.entry(room, seq).map_err(|e| {
+            tracing::warn!(%room, seq, error = %e, "could not read the room log");
+            Refused::Store
+        })?;
+        match record {
+            Some(r) if r.event().is_none() && !r.state().is_some_and(|s| s.deleted) => Ok(r),
+            _ => Err(Refused::NoSuchMessage),
+        }
+    }
+
+    /// Applies the event `record` (stored under `seq`) to the message it
+    /// names. Every node of a cluster calls it in the same order, so the
+    /// same state results; a message gone meanwhile (trimmed, deleted) or
+    /// a reaction beyond the bounds changes nothing. The caller holds the
+    /// room's `order`.
+    pub(super) fn apply_effect(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {
+        let Some(event) = record.event() else {
+            return Ok(());
+        };
+        let Some(target) = event.target else {
+            return Ok(());
+        };
+        let Ok(mut message) = self.current_message(room, target) else {
+            return Ok(());
+        };
+        let mut state = message.state().cloned().unwrap_or_default();
+        match event.kind {
+            EventKind::Edit => {
+                message.payload = record.payload.clone();
+                state.edited = Some(record.ts_unix_ms);
+                state.edits.push(seq);
+            }
+            EventKind::Delete => {
+                message.payload = Bytes::new();
+                state.deleted = true;
+                state.reactions.clear();
+                // The bodies of its edits go too.
+                for edit in std::mem::take(&mut state.edits) {
+                    if let Some(mut entry) = self.log.stored(room, edit)? {
+                        entry.payload = Bytes::new();
+                        self.log.rewrite(room, edit, &entry)?;
+                    }
+                }
+            }
+            EventKind::React => {
+                let Some(emoji) = event.emoji.as_deref() else {
+                    return Ok(());
+                };
+                if !react(
+                    &mut state,
+                    emoji,
+                    &record.sender,
+                    event.remove,
+                    &self.reaction_bounds,
+                ) {
+                    return Ok(());
+                }
+            }
+            _ => return Ok(()),
+        }
+        message.entry = Some(Box::new(RoomEntry::Message(state)));
+        self.log.rewrite(room, target, &message)
+    }
+}
+
+/// `max_reaction_emoji` and `max_reactions_per_message`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReactionBounds {
+    pub emoji: usize,
+    pub total: usize,
+}
+
+/// Adds (or with `remove` takes back) `who`'s reaction `emoji`; whether
+/// anything changed. An emoji nobody reacts with any more is dropped.
+fn react(state: &mut MessageState, emoji: &str, who: &str, remove: bool, bounds: &ReactionBounds) -> bool {
+    let index = state.reactions.iter().position(|(e, _)| e == emoji);
+    if remove {
+        let Some(index) = index else {
+            return false;
+        };
+        let reactors = &mut state.reactions[index].1;
+        let before = reactors.len();
+        reactors.retain(|w| w != who);
+        let changed = reactors.len() != before;
+        if reactors.is_empty() {
+            state.reactions.remove(index);
+        }
+        return changed;
+    }
+    let total: usize = state.reactions.iter().map(|(_, w)| w.len()).sum();
+    if total >= bounds.total {
+        return false;
+    }
+    match index {
+        Some(index) => {
+            let reactors = &mut state.reactions[index].1;
+            if reactors.iter().any(|w| w == who) {
+                return false;
+            }
+            reactors.push(who.to_string());
+        }
+        None if state.reactions.len() >= bounds.emoji => return false,
+        None => state.reactions.push((emoji.to_string(), vec![who.to_string()])),
+    }
+    true
+}
