@@ -321,8 +321,10 @@ fn closed_lobby(data: &Path, bind: SocketAddr, passwords: &Path, secret: &str) -
 /// read receipt, history after a reload, and both pages reconnecting and
 /// chatting after the broker restarts on the same port and data; then
 /// reactions, an edit and a delete, live and from history after a reload.
-/// Its last step takes the README's screenshot (`docs/web-chat.png`):
-/// the test prints where it is.
+/// Its last step takes the README's screenshot: to remake
+/// `docs/web-chat.png`, run this test and copy the file it names
+/// (`target/tmp/web-chat.png`) there. The emoji need a colour emoji font
+/// (Debian's `fonts-noto-color-emoji`, which `./scripts/test` installs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_chat_and_reconnect_after_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();

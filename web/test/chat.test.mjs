@@ -104,16 +104,26 @@ const seqOf = (page, sender, text) =>
     sender,
     text,
   );
-/** Waits until the message `seq` on `page` satisfies `test(li)` (run in the page). */
-const waitForItem = (page, seq, test) =>
+/**
+ * Waits until message `seq` on `page` shows what `want` says: `emoji` with
+ * `count`, `text`, `edited`, `deleted` (the page's CSP allows no eval, so
+ * the check is data, not a function).
+ */
+const waitForItem = (page, seq, want) =>
   page.waitForFunction(
-    (seq, test) => {
+    (seq, want) => {
       const li = document.querySelector(`#messages li[data-seq="${seq}"]`);
-      return li && new Function("li", `return (${test})(li)`)(li);
+      if (!li) return false;
+      const reaction = want.emoji && li.querySelector(`.reactions [data-emoji="${want.emoji}"]`);
+      if (want.emoji && (reaction ? reaction.dataset.count : "0") !== String(want.count)) return false;
+      if (want.text !== undefined && li.querySelector(".body")?.textContent !== want.text) return false;
+      if (want.edited && !li.querySelector(".edited")) return false;
+      if (want.deleted && !(li.classList.contains("deleted") && li.textContent.includes("message deleted"))) return false;
+      return true;
     },
     { timeout: WAIT_MS },
     seq,
-    test.toString(),
+    want,
   );
 const connects = (page) => page.$eval("#status", (el) => Number(el.dataset.connects));
 
@@ -272,6 +282,9 @@ const scenarios = {
 
     step("screenshot");
     await alice.bringToFront();
+    // The actions of a message show while it is pointed at.
+    const still = await seqOf(alice, "alice", "still here?");
+    await alice.hover(`#messages li[data-seq="${still}"] .body`);
     await alice.screenshot({ path: screenshot });
     console.error("browser chat: every step held");
     await done(0);
@@ -283,20 +296,27 @@ async function lifecycle(alice, bob, bobToken) {
   const hello = await seqOf(alice, "bob", "hello alice");
   const reaction = (emoji) => `#messages li[data-seq="${hello}"] .reactions button[data-emoji="${emoji}"]`;
 
-  step("alice reacts 👍 and 🎉 to bob's message: bob sees the counts");
+  // Counts as both pages show them; each click waits for its own page's
+  // change first (the item is redrawn when the room event comes back).
+  const counts = async (emoji, count) => {
+    for (const page of [alice, bob]) {
+      await waitForItem(page, hello, { emoji, count });
+    }
+  };
+  step("alice reacts 👍 and 🎉 to bob's message: both see the counts");
   await alice.click(`#messages li[data-seq="${hello}"] .react button[data-emoji="👍"]`);
+  await counts("👍", 1);
   await alice.click(`#messages li[data-seq="${hello}"] .react button[data-emoji="🎉"]`);
-  await waitForItem(bob, hello, (li) => li.querySelector('.reactions [data-emoji="👍"]')?.dataset.count === "1");
-  await waitForItem(bob, hello, (li) => li.querySelector('.reactions [data-emoji="🎉"]')?.dataset.count === "1");
+  await counts("🎉", 1);
 
   step("bob adds his 👍 (2, his own marked), takes it back (1), and adds it again (2)");
   await bob.click(reaction("👍"));
-  await waitForItem(alice, hello, (li) => li.querySelector('.reactions [data-emoji="👍"]')?.dataset.count === "2");
+  await counts("👍", 2);
   check((await bob.$eval(reaction("👍"), (el) => el.getAttribute("aria-pressed"))) === "true", "bob's own reaction is not marked");
   await bob.click(reaction("👍"));
-  await waitForItem(alice, hello, (li) => li.querySelector('.reactions [data-emoji="👍"]')?.dataset.count === "1");
+  await counts("👍", 1);
   await bob.click(reaction("👍"));
-  await waitForItem(alice, hello, (li) => li.querySelector('.reactions [data-emoji="👍"]')?.dataset.count === "2");
+  await counts("👍", 2);
 
   step("alice edits her message: bob sees the new text and (edited)");
   const hi = await seqOf(alice, "alice", "hi bob");
@@ -305,27 +325,24 @@ async function lifecycle(alice, bob, bobToken) {
   await alice.$eval(`#messages li[data-seq="${hi}"] form.edit input`, (el) => (el.value = ""));
   await alice.type(`#messages li[data-seq="${hi}"] form.edit input`, "hi bob, welcome");
   await alice.keyboard.press("Enter");
-  await waitForItem(
-    bob,
-    hi,
-    (li) => li.querySelector(".body").textContent === "hi bob, welcome" && li.querySelector(".edited") !== null,
-  );
+  await waitForItem(bob, hi, { text: "hi bob, welcome", edited: true });
 
   step("alice sends a message and deletes it: bob sees a tombstone");
   await send(alice, "oops, wrong room");
   await waitForMessage(bob, "alice", "oops, wrong room");
   const oops = await seqOf(alice, "alice", "oops, wrong room");
   await alice.click(`#messages li[data-seq="${oops}"] button.delete`);
-  await waitForItem(bob, oops, (li) => li.classList.contains("deleted") && li.textContent.includes("message deleted"));
+  await waitForItem(bob, oops, { deleted: true });
   check(!(await bob.$(`#messages li[data-seq="${oops}"] .react`)), "a deleted message still takes reactions");
 
   step("bob reloads: history shows the edit, the tombstone and the reactions");
   await bob.reload({ waitUntil: "load" });
   await bob.waitForSelector("#login:not([hidden])");
   await login(bob, { username: "", password: bobToken, room: "lobby" });
-  await waitForItem(bob, hi, (li) => li.querySelector(".body").textContent === "hi bob, welcome" && li.querySelector(".edited") !== null);
-  await waitForItem(bob, oops, (li) => li.classList.contains("deleted"));
-  await waitForItem(bob, hello, (li) => li.querySelector('.reactions [data-emoji="👍"]')?.dataset.count === "2");
+  await waitForItem(bob, hi, { text: "hi bob, welcome", edited: true });
+  await waitForItem(bob, oops, { deleted: true });
+  await waitForItem(bob, hello, { emoji: "👍", count: 2 });
+  await waitForItem(bob, hello, { emoji: "🎉", count: 1 });
   check((await bob.$eval(reaction("👍"), (el) => el.getAttribute("aria-pressed"))) === "true", "history lost bob's own reaction");
   check((await bob.$eval(reaction("🎉"), (el) => el.getAttribute("aria-pressed"))) === "false", "alice's reaction shows as bob's");
 }
