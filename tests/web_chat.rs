@@ -298,7 +298,7 @@ impl BrowserTest {
 
 /// A broker that verifies names: a password file, tokens signed with
 /// `secret`, and the closed room lobby of alice and bob, moderated by
-/// `moderators`.
+/// alice (and by whoever a token's `mod_rooms` names).
 fn closed_lobby(data: &Path, bind: SocketAddr, passwords: &Path, secret: &str) -> Config {
     let mut config = web_config(data, bind);
     config.auth = AuthConfig {
@@ -311,7 +311,7 @@ fn closed_lobby(data: &Path, bind: SocketAddr, passwords: &Path, secret: &str) -
         name: "lobby".into(),
         members: vec!["alice".into(), "bob".into()],
         open: false,
-        moderators: vec![],
+        moderators: vec!["alice".into()],
     }];
     config
 }
@@ -320,7 +320,8 @@ fn closed_lobby(data: &Path, bind: SocketAddr, passwords: &Path, secret: &str) -
 /// a token; presence, typing, a message each way with sender and time, a
 /// read receipt, history after a reload, and both pages reconnecting and
 /// chatting after the broker restarts on the same port and data; then
-/// reactions, an edit and a delete, live and from history after a reload.
+/// reactions, an edit and a delete, live and from history after a reload;
+/// alice, a moderator, deletes a message of bob's.
 /// Its last step takes the README's screenshot: to remake
 /// `docs/web-chat.png`, run this test and copy the file it names
 /// (`target/tmp/web-chat.png`) there. The emoji need a colour emoji font

@@ -89,7 +89,7 @@ const waitForMessage = (page, sender, text) =>
   page.waitForFunction(
     (sender, text) =>
       Array.from(document.querySelectorAll("#messages li[data-seq]")).some(
-        (li) => li.dataset.sender === sender && li.querySelector(".body").textContent === text,
+        (li) => li.dataset.sender === sender && li.querySelector(".body")?.textContent === text,
       ),
     { timeout: WAIT_MS },
     sender,
@@ -100,7 +100,7 @@ const seqOf = (page, sender, text) =>
   page.$$eval(
     "#messages li[data-seq]",
     (items, sender, text) =>
-      items.find((li) => li.dataset.sender === sender && li.querySelector(".body").textContent === text)?.dataset.seq,
+      items.find((li) => li.dataset.sender === sender && li.querySelector(".body")?.textContent === text)?.dataset.seq,
     sender,
     text,
   );
@@ -197,7 +197,8 @@ const scenarios = {
    * alice logs in with a password, bob with a token; presence, typing, a
    * message each way, a receipt, history after a reload, both pages
    * reconnecting after a broker restart, then reactions, an edit and a
-   * delete, live and after a reload; ends with the README's screenshot.
+   * delete, live and after a reload; the README's screenshot; and a
+   * moderator's delete of another's message.
    */
   async chat({ screenshot, alicePassword, bobToken }) {
     const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
@@ -286,6 +287,16 @@ const scenarios = {
     const still = await seqOf(alice, "alice", "still here?");
     await alice.hover(`#messages li[data-seq="${still}"] .body`);
     await alice.screenshot({ path: screenshot });
+
+    step("alice moderates lobby (by the configuration; her page asked the broker): she deletes bob's message");
+    await alice.waitForSelector('#members li[data-user="bob"] button.ban');
+    check(!(await bob.$('#members li[data-user="alice"] button.ban')), "bob's page offers moderation");
+    await send(bob, "a message for the moderator");
+    await waitForMessage(alice, "bob", "a message for the moderator");
+    const modded = await seqOf(alice, "bob", "a message for the moderator");
+    await alice.click(`#messages li[data-seq="${modded}"] button.delete`);
+    await waitForItem(bob, modded, { deleted: true });
+    await alice.waitForFunction(() => document.querySelector("#info").textContent.includes("is deleted"));
     console.error("browser chat: every step held");
     await done(0);
   },
