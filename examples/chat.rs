@@ -21,11 +21,15 @@
 //!
 //! The session is persistent, so after a dropped connection rumqttc
 //! reconnects and the broker replays what was missed; messages are shown
-//! once, by `seq`. A room the broker refuses (not a member, banned) and a
+//! once, by `seq`. With `--e2ee PASSPHRASE` message and edit bodies are
+//! sealed end to end with a key derived from the passphrase and the room
+//! (`topics.md`, *End-to-end encryption*): the broker stores and forwards
+//! only ciphertext, and members who share the passphrase (here or in the
+//! browser chat) read them. A room the broker refuses (not a member, banned) and a
 //! refused login end the program with the reason.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -34,6 +38,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+// The clients' crypto, shared with the tests; not every function is used here.
+#[allow(dead_code)]
+#[path = "common/e2ee.rs"]
+mod e2ee;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -58,6 +67,10 @@ struct Args {
     token: Option<String>,
     #[arg(long, default_value = "lobby")]
     room: String,
+    /// Seal message bodies end to end under a key derived from this
+    /// passphrase and the room; every member needs the same passphrase.
+    #[arg(long, value_name = "PASSPHRASE")]
+    e2ee: Option<String>,
 }
 
 /// How many messages' senders the client remembers, to tell `/delete` of
@@ -160,14 +173,20 @@ fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
 
 // ---- message bodies: the one place they are encoded and decoded -----------
 
-/// The bytes published for a message or an edit's `body`.
-fn encode_body(text: &str) -> Vec<u8> {
-    text.as_bytes().to_vec()
+/// How bodies are sealed and opened: set once in `main` (the key derivation
+/// is slow on purpose), plain UTF-8 without `--e2ee`.
+static BODIES: OnceLock<e2ee::Bodies> = OnceLock::new();
+
+/// The bytes published for a message or an edit's `body` by `me`; `None`
+/// (and a line saying why) when it cannot be sealed.
+fn encode_body(me: &str, text: &str) -> Option<Vec<u8>> {
+    let sealed = BODIES.get_or_init(|| e2ee::Bodies(None)).seal(me, text);
+    sealed.map_err(|e| println!("* not sent: {e}")).ok()
 }
 
 /// The text shown for a body `sender` published.
-fn decode_body(bytes: &[u8], _sender: &str) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn decode_body(bytes: &[u8], sender: &str) -> String {
+    BODIES.get_or_init(|| e2ee::Bodies(None)).open(sender, bytes)
 }
 
 fn body_bytes(value: Option<&ciborium::Value>) -> &[u8] {
@@ -214,6 +233,11 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(named)) => named.clone(),
         (None, None) => anyhow::bail!("give --user (or --token)"),
     };
+    let key = args
+        .e2ee
+        .as_deref()
+        .map(|passphrase| e2ee::RoomKey::derive(passphrase, &args.room));
+    let _ = BODIES.set(e2ee::Bodies(key.transpose()?));
     let secret = args.token.clone().or(args.password.clone()).unwrap_or_default();
     let mut options = MqttOptions::new(format!("chat-{user}"), &args.host, args.port);
     options
@@ -465,9 +489,12 @@ async fn read_lines(client: AsyncClient, user: String, room: String, senders: Se
             user_properties: vec![("msg-id".into(), msg_id)],
             ..Default::default()
         };
+        let Some(body) = encode_body(&user, &line) else {
+            continue;
+        };
         let topic = format!("rooms/{room}/msg/{user}");
         let _ = client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, encode_body(&line), properties)
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, body, properties)
             .await;
     }
 }
@@ -482,12 +509,12 @@ fn command(line: &str, me: &str, senders: &Senders) -> Result<(&'static str, Vec
     let seq = || first.and_then(|w| w.parse::<u64>().ok());
     let usage = |text: &str| Err(format!("usage: {text}"));
     match name {
-        "/edit" => match (seq(), rest) {
-            (Some(seq), Some(text)) => Ok((
+        "/edit" => match (seq(), rest.and_then(|text| encode_body(me, text))) {
+            (Some(seq), Some(body)) => Ok((
                 "edit",
                 cbor(&Request {
                     seq: Some(seq),
-                    body: Some(ciborium::Value::Bytes(encode_body(text))),
+                    body: Some(ciborium::Value::Bytes(body)),
                     ..Default::default()
                 }),
             )),

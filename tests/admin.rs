@@ -201,13 +201,13 @@ async fn the_grafana_dashboard_queries_only_what_metrics_has() {
     broker.shutdown().await;
 }
 
-/// Every family `/metrics` exposes has its row in the README's metrics
-/// table, so an operator can tell what a new series means.
+/// Every family `/metrics` exposes has its row in the metrics table of
+/// `docs/monitoring.md`, so an operator can tell what a new series means.
 #[tokio::test]
 async fn every_metric_family_is_documented() {
     let broker = Broker::new(admin_config()).start().await.unwrap();
     let (_, text) = common::http::get(broker.admin_addr().unwrap(), "/metrics").await;
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring.md")).unwrap();
     let mut missing = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut words = line.split_whitespace().skip(2);
@@ -225,7 +225,7 @@ async fn every_metric_family_is_documented() {
     }
     assert!(
         missing.is_empty(),
-        "README's metrics table has no row for {missing:?}"
+        "docs/monitoring.md's metrics table has no row for {missing:?}"
     );
     broker.shutdown().await;
 }

@@ -498,17 +498,17 @@ async fn typing_and_receipts_cross_nodes() {
     }
 }
 
-/// The README's *Cluster* example, as written, against three nodes: its
+/// The example of `docs/cluster.md` (*Running one*), as written, against three nodes: its
 /// `-p 1883` and `-p 1884` become nodes a and b.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_cluster_example_works() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let block = readme
+async fn the_cluster_example_of_the_docs_works() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cluster.md")).unwrap();
+    let block = page
         .split("```sh\n")
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .find(|b| b.contains("scripts/cluster start"))
-        .expect("the README's cluster example");
+        .expect("the cluster example of docs/cluster.md");
     let nats = NatsCluster::start(3);
     let nodes = three_nodes(&nats).await;
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,9 @@
-//! The shell examples of README.md and topics.md, run as written against a
-//! broker on a free port, with their output checked: an example a user
-//! copies must work. Every ```sh block that uses the mosquitto clients is
-//! run (blocks that build or benchmark, with `cargo` or `./target`, are
-//! not; the *Cluster* example runs in `tests/cluster.rs`). What the harness changes, and only that: `-p PORT` after each
+//! The shell examples of README.md, topics.md and every page of `docs/`,
+//! run as written against a broker on a free port, with their output
+//! checked: an example a user copies must work. Every ```sh block that
+//! uses the mosquitto clients is run (blocks that build or benchmark, with
+//! `cargo` or `./target`, are not; the cluster example of
+//! `docs/cluster.md` runs in `tests/cluster.rs`). What the harness changes, and only that: `-p PORT` after each
 //! `mosquitto_pub`/`mosquitto_sub`; a short pause after a command sent to
 //! the background (a person typing waits that long); `-W 3` for a
 //! `mosquitto_sub` that would otherwise wait forever.
@@ -131,10 +132,28 @@ fn expected(file: &str, block: &str) -> Vec<&'static str> {
     }
 }
 
+/// README.md, topics.md and every page of `docs/` (by name, so the order
+/// is stable): an example moved to a new page is still run.
+fn documents() -> Vec<String> {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut pages: Vec<String> = std::fs::read_dir(&docs)
+        .expect("docs/ readable")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    pages.sort();
+    let mut files = vec!["README.md".to_string(), "topics.md".to_string()];
+    files.extend(pages);
+    files
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shell_examples_of_the_readme_and_topics_md_work_as_written() {
     let mut ran = 0;
-    for file in ["README.md", "topics.md"] {
+    for file in documents() {
+        let file = file.as_str();
         for (start, block) in client_examples(file) {
             let out = run_example(file, start, &block).await;
             for want in expected(file, &block) {
@@ -152,5 +171,5 @@ async fn the_shell_examples_of_the_readme_and_topics_md_work_as_written() {
             ran += 1;
         }
     }
-    assert_eq!(ran, 6, "the README and topics.md have six client examples");
+    assert_eq!(ran, 6, "the README, topics.md and docs/ have six client examples");
 }

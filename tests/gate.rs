@@ -272,7 +272,8 @@ async fn an_alert_rule_posts_only_as_the_publisher_itself() {
     let addr = broker.local_addr();
     let mut bob = bob_watching_ops(addr).await;
     let mut mallory = Raw::client5(addr, "mallory").await;
-    // The README's own example: mallory names alice in the `+` level.
+    // The alert rule of docs/configuration.md's example: mallory names
+    // alice in the `+` level.
     let reason = mallory
         .puback_of(publish(
             "alerts/alice/critical",

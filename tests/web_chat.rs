@@ -1,7 +1,9 @@
 //! The browser chat: a `ws` listener with `web = true` serves the page at
 //! `/` and MQTT over WebSocket at its `path` on the same port; two headless
 //! Chromium pages (web/test/chat.test.mjs, puppeteer-core) chat through it,
-//! and reconnect after the broker restarts.
+//! and reconnect after the broker restarts. With end-to-end encryption, a
+//! page and a Rust client read each other's sealed messages
+//! (web/test/e2ee.test.mjs).
 
 mod common;
 
@@ -9,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use common::chat::{ack_publish5, publish_with, send_and_ack, user5};
+use common::e2ee::{self, RoomKey};
 use common::*;
 use roomq::config::{AuthConfig, ListenerConfig, ListenerKind, RoomConfig};
 use roomq::Config;
@@ -54,10 +58,16 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The npm packages `npm ci --prefix web` installs: the two the page loads
+/// The npm packages `npm ci --prefix web` installs: those the page loads
 /// and the one that drives Chromium.
 fn assert_libraries_installed() {
-    for package in ["mqtt", "cbor-x", "puppeteer-core"] {
+    for package in [
+        "mqtt",
+        "cbor-x",
+        "libsodium-sumo",
+        "libsodium-wrappers-sumo",
+        "puppeteer-core",
+    ] {
         let dir = web_root().join("node_modules").join(package);
         assert!(
             dir.is_dir(),
@@ -103,6 +113,9 @@ async fn a_web_listener_serves_the_page_and_mqtt_on_the_same_port() {
     for library in [
         "/vendor/mqtt.min.js",
         "/vendor/cbor-x.min.js",
+        "/vendor/libsodium-sumo.js",
+        "/vendor/libsodium-wrappers-sumo.js",
+        "/e2ee.js",
         "/app.js",
         "/view.js",
         "/actions.js",
@@ -231,6 +244,16 @@ async fn the_readme_web_chat_configuration_serves_the_page() {
     broker.shutdown().await;
 }
 
+/// Debian's Chromium, or `$CHROMIUM`.
+fn chromium() -> String {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} missing: ./scripts/test installs the Debian package chromium"
+    );
+    chromium
+}
+
 fn token(secret: &str, claims: serde_json::Value) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -253,11 +276,7 @@ struct BrowserTest {
 impl BrowserTest {
     fn start(scenario: &str, addr: SocketAddr, params: serde_json::Value) -> BrowserTest {
         assert_libraries_installed();
-        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        assert!(
-            Path::new(&chromium).exists(),
-            "{chromium} missing: ./scripts/test installs the Debian package chromium"
-        );
+        let chromium = chromium();
         let mut child = tokio::process::Command::new("node")
             .arg(web_root().join("test/chat.test.mjs"))
             .arg(scenario)
@@ -425,5 +444,100 @@ async fn two_users_who_only_joined_an_open_room_see_each_other() {
     BrowserTest::start("members", broker.local_addr(), serde_json::json!({}))
         .finish()
         .await;
+    broker.shutdown().await;
+}
+
+/// End-to-end encryption between the browser and Rust (topics.md, *End-to-end
+/// encryption*): the page computes the test vector as the Rust code does;
+/// alice's page seals a message that a Rust member (bob) receives sealed
+/// and opens with `examples/common/e2ee.rs`; bob's sealed message from Rust
+/// shows in clear on her page and carol's plain one as not readable; eve,
+/// with another passphrase, reads none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_a_rust_client_read_each_others_sealed_messages() {
+    assert_libraries_installed();
+    let chromium = chromium();
+    let passphrase = "a passphrase the room shares";
+    let dir = tempfile::tempdir().unwrap();
+    // The page on the ws listener, the Rust clients on a tcp one.
+    let mut config = web_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config
+        .listeners
+        .push(ListenerConfig::tcp("127.0.0.1:0".parse().unwrap()));
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let (_, tcp) = *broker
+        .local_addrs()
+        .iter()
+        .find(|(kind, _)| *kind == ListenerKind::Tcp)
+        .expect("the tcp listener is bound");
+    let key = RoomKey::derive(passphrase, "lobby").unwrap();
+    let mut bob = user5(tcp, "bob-rust", "bob").await;
+    bob.subscribe5(
+        1,
+        &[("rooms/lobby/msg/+", opts(rmqtt_codec::types::QoS::AtLeastOnce))],
+    )
+    .await;
+
+    let mut browser = tokio::process::Command::new("node")
+        .arg(web_root().join("test/e2ee.test.mjs"))
+        .arg(format!("http://{addr}/"))
+        .arg(e2ee::vector_json())
+        .arg(passphrase)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (./scripts/test installs nodejs)");
+
+    // Page to Rust: what the broker forwards is sealed, and opens.
+    let from_page = async {
+        loop {
+            match bob
+                .recv5_within(std::time::Duration::from_secs(150))
+                .await
+                .packet()
+            {
+                rmqtt_codec::v5::Packet::Publish(p) => {
+                    ack_publish5(&mut bob, &p).await;
+                    if p.topic == "rooms/lobby/msg/alice" {
+                        return p.payload;
+                    }
+                }
+                other => panic!("expected alice's message, got {other:?}"),
+            }
+        }
+    };
+    let sealed = tokio::select! {
+        sealed = from_page => sealed,
+        status = browser.wait() => panic!("the browser test ended before alice's message came: {status:?}"),
+    };
+    assert!(sealed.starts_with(b"rqe1"), "{sealed:?}");
+    assert!(
+        !sealed.windows(6).any(|w| w == b"sealed"),
+        "plaintext on the wire: {sealed:?}"
+    );
+    assert_eq!(
+        key.open("alice", &sealed).as_deref(),
+        Some(&b"sealed from the page"[..])
+    );
+
+    // Rust to page: one sealed message, one in clear.
+    let body = key.seal("bob", b"sealed from rust").unwrap();
+    let ack = send_and_ack(&mut bob, publish_with("rooms/lobby/msg/bob", &body, Some(2), &[])).await;
+    assert_eq!(ack.reason_code, rmqtt_codec::v5::PublishAckReason::Success);
+    let mut carol = user5(tcp, "carol-rust", "carol").await;
+    let plain = publish_with("rooms/lobby/msg/carol", b"plain from rust", Some(1), &[]);
+    let ack = send_and_ack(&mut carol, plain).await;
+    assert_eq!(ack.reason_code, rmqtt_codec::v5::PublishAckReason::Success);
+
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(240), browser.wait())
+        .await
+        .expect("the browser test finishes within 4 minutes")
+        .expect("the browser test ends");
+    assert!(
+        finished.success(),
+        "the browser test failed (its steps are on stderr above)"
+    );
     broker.shutdown().await;
 }

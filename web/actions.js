@@ -2,7 +2,9 @@
 // topics.md has it: edit, delete and react (`rooms/{room}/edit|delete|
 // react/{me}`), and a moderator's delete, ban and mute (`$rooms/{room}/mod`,
 // answered on a Response Topic). What changed shows when its room event
-// comes back; a refusal or an answer shows through `info`.
+// comes back; a refusal or an answer shows through `info`. Also the CBOR
+// and token reading app.js needs: who a token names, and whether it
+// moderates the room.
 'use strict';
 
 const RoomqActions = (() => {
@@ -11,6 +13,31 @@ const RoomqActions = (() => {
   function cbor(value) {
     if (!encoder) encoder = new CBOR.Encoder({ tagUint8Array: false, useRecords: false });
     return encoder.encode(value);
+  }
+
+  /**
+   * A JWT's claims when `secret` is one with a `sub` (the broker takes it
+   * as the identity; `mod_rooms` names the rooms it moderates); else null.
+   */
+  function tokenClaims(secret) {
+    const parts = secret.split('.');
+    if (parts.length !== 3) return null;
+    try {
+      const claims = JSON.parse(atob(parts[1].replace(/-/g, '+').replace(/_/g, '/')));
+      return typeof claims.sub === 'string' && claims.sub ? claims : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** A CBOR payload, or null when it is empty or not CBOR. */
+  function decode(payload) {
+    if (!payload || payload.length === 0) return null;
+    try {
+      return CBOR.decode(payload);
+    } catch {
+      return null;
+    }
   }
 
   /**
@@ -100,5 +127,5 @@ const RoomqActions = (() => {
     return { askModerator, answer, sanction, forMessages };
   }
 
-  return { create };
+  return { create, decode, tokenClaims };
 })();

@@ -30,35 +30,6 @@
     return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
   }
 
-  /**
-   * A JWT's claims when `secret` is one with a `sub` (the broker takes it
-   * as the identity; `mod_rooms` names the rooms it moderates); else null.
-   */
-  function tokenClaims(secret) {
-    const parts = secret.split('.');
-    if (parts.length !== 3) return null;
-    try {
-      const claims = JSON.parse(atob(parts[1].replace(/-/g, '+').replace(/_/g, '/')));
-      return typeof claims.sub === 'string' && claims.sub ? claims : null;
-    } catch {
-      return null;
-    }
-  }
-
-  // ---- message bodies ------------------------------------------------------
-  // The one place a body is made into bytes before it is published (a
-  // message, an edit) and read back on receipt (live, history, an edit
-  // event): end-to-end encryption hooks in here.
-
-  function encodeBody(text) {
-    return new TextEncoder().encode(text);
-  }
-
-  function decodeBody(bytes, sender) {
-    void sender; // who sealed it, for a decoder that needs to know
-    return bytes ? utf8.decode(bytes) : '';
-  }
-
   /** One topic level a name may be: not empty, no `/`, `+` or `#`. */
   const validLevel = (name) => name.length > 0 && !/[/+#\u0000]/.test(name);
 
@@ -100,7 +71,7 @@
     const username = $('username').value.trim();
     const password = $('password').value;
     const room = $('room').value.trim();
-    const claims = tokenClaims(password);
+    const claims = RoomqActions.tokenClaims(password);
     const me = claims ? claims.sub : username;
     if (!validLevel(me)) {
       loginError('Enter your name (no "/", "+" or "#"), or a token as the password.');
@@ -109,6 +80,19 @@
     if (!validLevel(room)) {
       loginError('A room name is one word without "/", "+" or "#".');
       return;
+    }
+    // End-to-end encryption: the room key exists before the first message
+    // arrives (deriving it takes a moment, on purpose).
+    let e2ee = null;
+    if ($('passphrase').value) {
+      setStatus('connecting', 'Deriving the room key…');
+      try {
+        e2ee = await RoomqE2ee.roomKey($('passphrase').value, room);
+      } catch (e) {
+        setStatus('offline', 'Not connected');
+        loginError(`End-to-end encryption is unavailable (${e.message}): run \`npm ci --prefix web\` in roomq's folder.`);
+        return;
+      }
     }
     // One client id per tab and identity: a reload resumes the session.
     const idKey = `roomq.client.${me}`;
@@ -141,6 +125,7 @@
       me,
       room,
       clientId,
+      e2ee, // a RoomKey (web/e2ee.js) when the page joined with a passphrase
       historyTopic: `users/${me}/history/${room}/${clientId}`,
       modTopic: `users/${me}/mod/${room}/${clientId}`,
       // A token's claim says so; otherwise a harmless request asks the
@@ -209,6 +194,7 @@
     setStatus('offline', 'Not connected');
     loginError(reason || '');
     $('password').value = '';
+    $('passphrase').value = '';
   }
 
   /**
@@ -333,14 +319,7 @@
     }
   }
 
-  function decode(payload) {
-    if (!payload || payload.length === 0) return null;
-    try {
-      return CBOR.decode(payload);
-    } catch {
-      return null;
-    }
-  }
+  const decode = RoomqActions.decode;
 
   function onRoomMessage(sender, payload, properties) {
     const user = properties.userProperties || {};
@@ -355,7 +334,7 @@
         ts: Number(firstValue(user.ts)) || Date.now(),
         sender,
         msgId: firstValue(user['msg-id']),
-        text: decodeBody(payload, sender),
+        text: decodeBody(sender, payload),
       }),
     );
   }
@@ -366,7 +345,7 @@
     const fresh = new Set();
     for (const h of answer.messages) {
       // The message in its current state: it replaces what the page had.
-      const m = V.fromHistory(h, h.deleted ? '' : decodeBody(h.body, String(h.sender)));
+      const m = V.fromHistory(h, h.deleted ? '' : decodeBody(String(h.sender), h.body));
       fresh.add(m.seq);
       addMessage(m, true);
     }
@@ -390,7 +369,7 @@
     if (chat.applied.has(seq)) return;
     chat.applied.add(seq);
     const m = chat.messages.get(Number(event.target));
-    if (m && V.apply(m, event, chat.me, event.type === 'edit' ? decodeBody(event.body, m.sender) : '')) {
+    if (m && V.apply(m, event, chat.me, event.type === 'edit' ? decodeBody(m.sender, event.body) : '')) {
       rerender(m);
     }
     if (!['ban', 'unban', 'mute', 'unmute'].includes(event.type) || typeof event.user !== 'string') return;
@@ -435,6 +414,25 @@
     chat.watched.add(user);
     chat.client.subscribe(`$presence/${user}`, { qos: 1 });
     renderMembers();
+  }
+
+  // ---- bodies: end-to-end encryption (web/e2ee.js, topics.md) -------------
+  // The one place a body is made into bytes before it is published (a
+  // message, an edit) and read back on receipt (live, history, an edit).
+
+  /** A message (or edit) body to publish: sealed when the page has a passphrase. */
+  function encodeBody(text) {
+    return chat.e2ee ? chat.e2ee.seal(chat.me, text) : new TextEncoder().encode(text);
+  }
+
+  /** The text of a body that `sender` published (a message or an edit). */
+  function decodeBody(sender, body) {
+    if (!body || body.length === 0) return ''; // a deleted message's tombstone
+    if (chat.e2ee) {
+      const text = chat.e2ee.open(sender, body);
+      return text === null ? RoomqE2ee.NOT_READABLE : text;
+    }
+    return RoomqE2ee.isSealed(body) ? RoomqE2ee.ENCRYPTED : utf8.decode(body);
   }
 
   // ---- outgoing ------------------------------------------------------------

@@ -16,11 +16,15 @@ use crate::{mib, ms, proc_status, settle, walk_size, Broker, Extra, Probe};
 /// Whether the broker closed a socket we never read: open while a read
 /// would block (or finds bytes waiting), closed at EOF or an error.
 fn still_open(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match stream.try_read(&mut byte) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    // Read what the broker sent (an error response before it closed, say)
+    // until the socket either has nothing more now (open) or ends (closed).
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.try_read(&mut buffer) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+        }
     }
 }
 

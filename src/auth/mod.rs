@@ -10,7 +10,7 @@
 //! access decision that every message the broker writes for a client goes
 //! through (PUBLISH, will, history reply, alert copy).
 //!
-//! How a client's identity is derived (also in the README, *Security*):
+//! How a client's identity is derived (also in `docs/security.md`):
 //! - with an authenticator that verifies names (a password file, JWT, or a
 //!   certificate's CN on a listener with `use_identity_as_username`), the
 //!   username is the verified name and nothing else: a client without
@@ -21,6 +21,7 @@
 //!   client id without one.
 
 pub mod acl;
+mod argon2_check;
 mod backoff;
 pub mod gate;
 mod jwt;

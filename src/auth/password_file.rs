@@ -6,13 +6,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
+
+use super::argon2_check::HashMemory;
 
 /// Users and their password hashes.
 pub struct PasswordFile {
     pub path: PathBuf,
     users: HashMap<String, String>,
+    /// Argon2 working memory, kept between checks.
+    memory: HashMemory,
 }
 
 impl PasswordFile {
@@ -44,6 +48,7 @@ impl PasswordFile {
         Ok(PasswordFile {
             path: path.to_path_buf(),
             users,
+            memory: HashMemory::default(),
         })
     }
 
@@ -57,12 +62,10 @@ impl PasswordFile {
         let Some(hash) = self.users.get(user) else {
             // Spend the same time as a real check, so a missing user does
             // not answer faster than a wrong password.
-            let _ = Argon2::default().hash_password(password, &SaltString::generate(&mut OsRng));
+            self.memory.spend_a_check(password);
             return false;
         };
-        PasswordHash::new(hash)
-            .map(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
-            .unwrap_or(false)
+        self.memory.verify(password, hash)
     }
 }
 

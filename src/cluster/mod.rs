@@ -1,7 +1,7 @@
 //! Cluster mode (`[cluster]`): several roomq nodes as one broker, sharing
 //! state through NATS JetStream. Without `[cluster]` none of this runs.
 //!
-//! - `rooms.rs`: room messages in one JetStream stream; its sequence is
+//! - `rooms/`: room messages in one JetStream stream; its sequence is
 //!   the room `seq`; a node reads the rooms it has interest in and
 //!   delivers in that order.
 //! - `writer.rs`: JetStream writes, acknowledged (by a quorum) before the
@@ -16,7 +16,7 @@
 //!   messages, also in JetStream, so they outlive their node.
 //! - `names.rs`: subjects and stream names.
 //!
-//! The README's *Cluster* section says what each failure does.
+//! `docs/cluster.md` says what each failure does.
 
 mod holding;
 mod mirror;

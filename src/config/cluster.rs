@@ -1,5 +1,5 @@
 //! The `[cluster]` section: several roomq nodes as one broker, sharing
-//! state through NATS JetStream (README, *Cluster*).
+//! state through NATS JetStream (`docs/cluster.md`).
 
 use std::path::PathBuf;
 

@@ -2,7 +2,8 @@
 //! `ROOMQ_*` environment variables < command-line flags.
 //!
 //! Every limit the broker enforces is a field here, with its default and
-//! meaning; the README's configuration table lists the same fields.
+//! meaning; `docs/configuration.md` lists every field (`tests/budgets.rs`
+//! checks that none is missing).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,8 +7,9 @@
 //!
 //! Only a fixed list of files is served, so no request path ever reaches
 //! the file system. The page itself (`web/index.html`, `app.js`,
-//! `view.js`, `actions.js`, `style.css`) is built into the binary and always matches it; the two
-//! third-party libraries are read from `web_root/node_modules`, where
+//! `view.js`, `actions.js`, `style.css`, `e2ee.js`) is built into the
+//! binary and always matches it; the third-party libraries are read from
+//! `web_root/node_modules`, where
 //! `npm ci --prefix web` puts them (nothing third-party is in the
 //! repository).
 
@@ -31,15 +32,25 @@ const APP_JS: &str = include_str!("../../web/app.js");
 const VIEW_JS: &str = include_str!("../../web/view.js");
 const ACTIONS_JS: &str = include_str!("../../web/actions.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
+const E2EE_JS: &str = include_str!("../../web/e2ee.js");
 
 /// The libraries the page loads, by their URL, and where npm puts them
 /// under `web_root`. cbor-x's no-eval build runs under a CSP without
-/// `unsafe-eval`.
-const VENDOR: [(&str, &str); 2] = [
+/// `unsafe-eval`. libsodium (two files: the library and its wrappers) is
+/// what `e2ee.js` loads when someone joins with a passphrase.
+const VENDOR: [(&str, &str); 4] = [
     ("/vendor/mqtt.min.js", "node_modules/mqtt/dist/mqtt.min.js"),
     (
         "/vendor/cbor-x.min.js",
         "node_modules/cbor-x/dist/index-no-eval.min.js",
+    ),
+    (
+        "/vendor/libsodium-sumo.js",
+        "node_modules/libsodium-sumo/dist/modules-sumo/libsodium-sumo.js",
+    ),
+    (
+        "/vendor/libsodium-wrappers-sumo.js",
+        "node_modules/libsodium-wrappers-sumo/dist/modules-sumo/libsodium-wrappers.js",
     ),
 ];
 
@@ -77,7 +88,11 @@ impl Libraries {
 /// The page may load only its own files and open a WebSocket to its own
 /// origin; nothing from the internet. MQTT.js runs its keep-alive timer in
 /// a worker made from a blob (timers in background tabs are throttled).
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+/// `'wasm-unsafe-eval'` lets libsodium (end-to-end encryption) compile its
+/// WebAssembly, which it carries in its own script; it allows no `eval`
+/// of JavaScript. Without it libsodium does not start.
+const CSP: &str =
+    "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; connect-src 'self'; \
                    worker-src blob:; \
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -222,6 +237,7 @@ async fn page(path: &str, libraries: &Libraries, mqtt_path: &str) -> Reply {
         "/app.js" => Reply::ok(JS, Bytes::from_static(APP_JS.as_bytes())),
         "/view.js" => Reply::ok(JS, Bytes::from_static(VIEW_JS.as_bytes())),
         "/actions.js" => Reply::ok(JS, Bytes::from_static(ACTIONS_JS.as_bytes())),
+        "/e2ee.js" => Reply::ok(JS, Bytes::from_static(E2EE_JS.as_bytes())),
         "/style.css" => Reply::ok(
             "text/css; charset=utf-8",
             Bytes::from_static(STYLE_CSS.as_bytes()),

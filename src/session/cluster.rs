@@ -21,7 +21,7 @@ const ROOMS_READY_WAIT: Duration = Duration::from_secs(10);
 
 /// What the router tells the cluster: plain messages and subscriptions
 /// go to `Plain`; a subscription that names rooms also makes this node
-/// follow their logs (`cluster/rooms.rs`).
+/// follow their logs (`cluster/rooms/`).
 struct ClusterOutbound {
     cluster: Arc<Cluster>,
 }

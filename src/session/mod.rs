@@ -80,7 +80,6 @@ pub(crate) struct Will {
 /// index). The options and identifier are what a durable store saves to
 /// rebuild the index after a restart.
 #[derive(Clone, Debug)]
-#[allow(dead_code)]
 pub(crate) struct SessionSubscription {
     pub options: SubscriptionOptions,
     pub id: Option<NonZeroU32>,

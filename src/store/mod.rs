@@ -1,6 +1,6 @@
-//! Durable state behind one small trait, so the storage engine can change in
-//! one place: [`SledStore`] on disk, [`MemoryStore`] for tests of the
-//! contract. With `storage = "memory"` the broker writes no records at all.
+//! Durable state behind one trait, [`Store`], so the storage engine can
+//! change in one place: [`SledStore`] on disk, [`MemoryStore`] for tests
+//! of the contract. With `storage = "memory"` the broker writes no records at all.
 //!
 //! What is stored: retained messages; persistent sessions (subscriptions,
 //! expiry, will); each persistent session's QoS 1/2 messages not yet

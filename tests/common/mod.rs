@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod e2ee;
 pub mod grafana;
 pub mod http;
 pub mod nats;
