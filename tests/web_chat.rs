@@ -117,6 +117,8 @@ async fn a_web_listener_serves_the_page_and_mqtt_on_the_same_port() {
         "/vendor/libsodium-wrappers-sumo.js",
         "/e2ee.js",
         "/app.js",
+        "/view.js",
+        "/actions.js",
         "/style.css",
     ] {
         let (status, head, body) = get(addr, library).await;
@@ -252,62 +254,124 @@ fn chromium() -> String {
     chromium
 }
 
-fn token(secret: &str, sub: &str) -> String {
+fn token(secret: &str, claims: serde_json::Value) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    jwt(secret, &serde_json::json!({ "sub": sub, "exp": now + 3600 }))
+    let mut claims = claims;
+    claims["exp"] = (now + 3600).into();
+    jwt(secret, &claims)
+}
+
+/// `node web/test/chat.test.mjs SCENARIO URL PARAMS` with headless
+/// Chromium, its stdout read line by line (the `chat` scenario asks for a
+/// broker restart there) and its stdin open for the answer.
+struct BrowserTest {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl BrowserTest {
+    fn start(scenario: &str, addr: SocketAddr, params: serde_json::Value) -> BrowserTest {
+        assert_libraries_installed();
+        let chromium = chromium();
+        let mut child = tokio::process::Command::new("node")
+            .arg(web_root().join("test/chat.test.mjs"))
+            .arg(scenario)
+            .arg(format!("http://{addr}/"))
+            .arg(params.to_string())
+            .env("CHROMIUM", &chromium)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs (./scripts/test installs nodejs)");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        BrowserTest { child, stdin, lines }
+    }
+
+    /// Waits for the scenario's end (it has no requests) and checks it held.
+    async fn finish(mut self) {
+        let status = tokio::time::timeout(std::time::Duration::from_secs(240), async {
+            while let Some(line) = self
+                .lines
+                .next_line()
+                .await
+                .expect("read the browser test's output")
+            {
+                println!("browser test: {line}");
+            }
+            self.child.wait().await.expect("the browser test ends")
+        })
+        .await
+        .expect("the browser test finishes within 4 minutes");
+        assert!(
+            status.success(),
+            "the browser test failed (its steps are on stderr above)"
+        );
+    }
+}
+
+/// A broker that verifies names: a password file, tokens signed with
+/// `secret`, and the closed room lobby of alice and bob, moderated by
+/// alice (and by whoever a token's `mod_rooms` names).
+fn closed_lobby(data: &Path, bind: SocketAddr, passwords: &Path, secret: &str) -> Config {
+    let mut config = web_config(data, bind);
+    config.auth = AuthConfig {
+        allow_anonymous: Some(false),
+        password_file: Some(passwords.to_path_buf()),
+        jwt_secret: Some(secret.into()),
+        ..Default::default()
+    };
+    config.rooms = vec![RoomConfig {
+        name: "lobby".into(),
+        members: vec!["alice".into(), "bob".into()],
+        open: false,
+        moderators: vec!["alice".into()],
+    }];
+    config
 }
 
 /// Two pages in headless Chromium: alice logs in with a password, bob with
 /// a token; presence, typing, a message each way with sender and time, a
 /// read receipt, history after a reload, and both pages reconnecting and
-/// chatting after the broker restarts on the same port and data.
+/// chatting after the broker restarts on the same port and data; then
+/// reactions, an edit and a delete, live and from history after a reload;
+/// alice, a moderator, deletes a message of bob's.
+/// Its last step takes the README's screenshot: to remake
+/// `docs/web-chat.png`, run this test and copy the file it names
+/// (`target/tmp/web-chat.png`) there. The emoji need a colour emoji font
+/// (Debian's `fonts-noto-color-emoji`, which `./scripts/test` installs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_chat_and_reconnect_after_a_broker_restart() {
-    assert_libraries_installed();
-    let chromium = chromium();
     let dir = tempfile::tempdir().unwrap();
     let passwords = dir.path().join("passwd");
     roomq::auth::password_file::set_password(&passwords, "alice", b"alice-pw").unwrap();
     let secret = "web-chat-secret";
     let data = dir.path().join("data");
-    let configure = |bind: SocketAddr| {
-        let mut config = web_config(&data, bind);
-        config.auth = AuthConfig {
-            allow_anonymous: Some(false),
-            password_file: Some(passwords.clone()),
-            jwt_secret: Some(secret.into()),
-            ..Default::default()
-        };
-        config.rooms = vec![RoomConfig {
-            name: "lobby".into(),
-            members: vec!["alice".into(), "bob".into()],
-            open: false,
-            moderators: vec![],
-        }];
-        config
-    };
+    let configure = |bind: SocketAddr| closed_lobby(&data, bind, &passwords, secret);
     let first = start_with(configure("127.0.0.1:0".parse().unwrap())).await;
     let addr = first.local_addr();
     let mut broker = Some(first);
 
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-chat.png");
-    let mut browser = tokio::process::Command::new("node")
-        .arg(web_root().join("test/chat.test.mjs"))
-        .arg(format!("http://{addr}/"))
-        .arg(&screenshot)
-        .arg("alice-pw")
-        .arg(token(secret, "bob"))
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs (./scripts/test installs nodejs)");
-    let mut stdin = browser.stdin.take().unwrap();
-    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let _ = std::fs::remove_file(&screenshot);
+    let BrowserTest {
+        mut child,
+        mut stdin,
+        mut lines,
+    } = BrowserTest::start(
+        "chat",
+        addr,
+        serde_json::json!({
+            "screenshot": screenshot,
+            "alicePassword": "alice-pw",
+            "bobToken": token(secret, serde_json::json!({ "sub": "bob" })),
+        }),
+    );
     let mut restarted = false;
     let finished = tokio::time::timeout(std::time::Duration::from_secs(240), async {
         while let Some(line) = lines.next_line().await.expect("read the browser test's output") {
@@ -323,7 +387,7 @@ async fn two_browsers_chat_and_reconnect_after_a_broker_restart() {
                     .expect("tell the browser test to go on");
             }
         }
-        browser.wait().await.expect("the browser test ends")
+        child.wait().await.expect("the browser test ends")
     })
     .await
     .expect("the browser test finishes within 4 minutes");
@@ -337,6 +401,50 @@ async fn two_browsers_chat_and_reconnect_after_a_broker_restart() {
     if let Some(running) = broker {
         running.shutdown().await;
     }
+}
+
+/// A page refused a room says so and offers the room picker, instead of a
+/// "Subscribe error" in the header, a reconnecting dot and a composer that
+/// cannot post: carol, no member of the closed lobby, opens it; bob is
+/// banned from it by a moderator (a token with the `mod_rooms` claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_room_and_a_ban_show_a_clear_message_and_the_way_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    roomq::auth::password_file::set_password(&passwords, "alice", b"alice-pw").unwrap();
+    let secret = "web-chat-secret";
+    let broker = start_with(closed_lobby(
+        &dir.path().join("data"),
+        "127.0.0.1:0".parse().unwrap(),
+        &passwords,
+        secret,
+    ))
+    .await;
+    BrowserTest::start(
+        "refusals",
+        broker.local_addr(),
+        serde_json::json!({
+            "carolToken": token(secret, serde_json::json!({ "sub": "carol" })),
+            "bobToken": token(secret, serde_json::json!({ "sub": "bob" })),
+            "modToken": token(secret, serde_json::json!({ "sub": "mod", "mod_rooms": ["lobby"] })),
+        }),
+    )
+    .finish()
+    .await;
+    broker.shutdown().await;
+}
+
+/// In an open room two users who only joined (no post, no typing) see
+/// each other in the member list, with presence: the broker publishes
+/// `$rooms/{room}/members` for open rooms too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_who_only_joined_an_open_room_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(web_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    BrowserTest::start("members", broker.local_addr(), serde_json::json!({}))
+        .finish()
+        .await;
+    broker.shutdown().await;
 }
 
 /// End-to-end encryption between the browser and Rust (topics.md, *End-to-end

@@ -1,11 +1,14 @@
 // roomq's browser chat: MQTT 5 over WebSocket (MQTT.js) on the same
 // origin as this page, payloads as topics.md describes (CBOR by cbor-x).
 // No framework: the page is small, and every update is a few DOM calls.
+// How the room shows (messages with their edits, deletes and reactions;
+// receipts; members) is view.js.
 'use strict';
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const utf8 = new TextDecoder();
+  const V = RoomqView;
 
   // The broker drops a sender's typing events closer than
   // typing_min_interval_ms (1 s by default): send one every 2 s at most.
@@ -27,28 +30,10 @@
     return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
   }
 
-  /** A JWT's `sub`, which the broker takes as the identity; null if `secret` is no JWT. */
-  function tokenSubject(secret) {
-    const parts = secret.split('.');
-    if (parts.length !== 3) return null;
-    try {
-      const claims = JSON.parse(atob(parts[1].replace(/-/g, '+').replace(/_/g, '/')));
-      return typeof claims.sub === 'string' && claims.sub ? claims.sub : null;
-    } catch {
-      return null;
-    }
-  }
-
   /** One topic level a name may be: not empty, no `/`, `+` or `#`. */
   const validLevel = (name) => name.length > 0 && !/[/+#\u0000]/.test(name);
 
-  function firstValue(v) {
-    return Array.isArray(v) ? v[0] : v;
-  }
-
-  function clock(ts) {
-    return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-  }
+  const firstValue = (v) => (Array.isArray(v) ? v[0] : v);
 
   // ---- connection status -------------------------------------------------
 
@@ -86,7 +71,8 @@
     const username = $('username').value.trim();
     const password = $('password').value;
     const room = $('room').value.trim();
-    const me = tokenSubject(password) || username;
+    const claims = RoomqActions.tokenClaims(password);
+    const me = claims ? claims.sub : username;
     if (!validLevel(me)) {
       loginError('Enter your name (no "/", "+" or "#"), or a token as the password.');
       return;
@@ -134,14 +120,21 @@
       // The page subscribes itself on every connect (below).
       resubscribe: false,
     });
-    chat = {
+    const current = {
       client,
       me,
       room,
       clientId,
       e2ee, // a RoomKey (web/e2ee.js) when the page joined with a passphrase
       historyTopic: `users/${me}/history/${room}/${clientId}`,
-      messages: new Map(), // seq -> message
+      modTopic: `users/${me}/mod/${room}/${clientId}`,
+      // A token's claim says so; otherwise a harmless request asks the
+      // broker (see askModerator).
+      moderator: Array.isArray(claims?.mod_rooms) && claims.mod_rooms.includes(room),
+      granted: false, // the room's subscription was granted once
+      refused: false, // the broker refused this user the room: no retrying
+      messages: new Map(), // seq -> message (RoomqView.message)
+      applied: new Set(), // seqs of the room events applied, each once
       lastSeq: 0,
       oldestSeq: 0,
       pending: new Map(), // msg-id -> <li> shown until the broker's copy arrives
@@ -152,23 +145,41 @@
       typingSentAt: 0,
       presence: new Map(), // user -> presence record
       watched: new Set(), // users whose $presence the page subscribed to
-      declared: [], // $rooms/{room}/members
+      declared: null, // $rooms/{room}/members, once the broker sent it
       connects: 0,
     };
+    chat = current;
+    chat.actions = RoomqActions.create({
+      client,
+      room,
+      me,
+      modTopic: chat.modTopic,
+      encodeBody,
+      info,
+      active: () => current === chat && !chat.refused,
+      refusedPost: probeRefusal,
+      becameModerator: () => {
+        chat.moderator = true;
+        for (const m of chat.messages.values()) rerender(m);
+        renderMembers();
+      },
+    });
     $('room-title').textContent = room;
     $('me').textContent = me;
     $('messages').replaceChildren();
     $('typing').textContent = '';
     $('earlier').hidden = true;
+    $('notice').hidden = true;
+    $('composer').hidden = false;
+    $('info').textContent = '';
     $('login').hidden = true;
     $('chat').hidden = false;
     setStatus('connecting', 'Connecting…');
-    const current = chat;
     client.on('connect', (connack) => current === chat && onConnect(connack));
     client.on('message', (topic, payload, packet) => current === chat && onMessage(topic, payload, packet));
-    client.on('reconnect', () => current === chat && setStatus('reconnecting', 'Reconnecting…'));
-    client.on('offline', () => current === chat && setStatus('reconnecting', 'Connection lost, reconnecting…'));
-    client.on('error', (error) => current === chat && onError(error));
+    client.on('reconnect', () => current === chat && !chat.refused && setStatus('reconnecting', 'Reconnecting…'));
+    client.on('offline', () => current === chat && !chat.refused && setStatus('reconnecting', 'Connection lost, reconnecting…'));
+    client.on('error', (error) => current === chat && !chat.refused && onError(error));
     renderMembers();
     $('message').focus();
   }
@@ -184,6 +195,45 @@
     loginError(reason || '');
     $('password').value = '';
     $('passphrase').value = '';
+  }
+
+  /**
+   * The broker will not let this user into the room (not a member,
+   * banned): that does not get better by retrying. The page closes the
+   * connection, says why, keeps what was read, and offers the room picker.
+   */
+  function refuse(text) {
+    if (!chat || chat.refused) return;
+    chat.refused = true;
+    chat.client.end(true);
+    clearTimeout(chat.receiptTimer);
+    setStatus('refused', 'Not in this room');
+    $('notice-text').textContent = text;
+    $('notice').hidden = false;
+    $('composer').hidden = true;
+    $('typing').textContent = '';
+    $('back').focus();
+  }
+
+  /**
+   * A post was refused with 0x87 Not authorized: a ban or a mute (or the
+   * membership ended). Subscribing again tells them apart: a banned user's
+   * SUBSCRIBE naming the room is refused, a muted user's is granted. The
+   * typing filter is already held at QoS 0, so granting it changes nothing.
+   */
+  function probeRefusal() {
+    const current = chat;
+    chat.client.subscribe(`rooms/${chat.room}/typing/+`, { qos: 0 }, (error, _, suback) => {
+      if (current !== chat || chat.refused) return;
+      const code = (suback || error?.packet)?.granted?.[0];
+      if (code >= 0x80) refuse(`You were banned from ${chat.room} (or are no longer a member).`);
+      else if (!error) info('You are muted in this room: you can read, not post.');
+    });
+  }
+
+  /** A short line under the conversation: an answer, a change of state. */
+  function info(text) {
+    $('info').textContent = text;
   }
 
   function onError(error) {
@@ -208,27 +258,38 @@
       [`rooms/${room}/msg/+`]: { qos: 1 },
       [`rooms/${room}/typing/+`]: { qos: 0 },
       [`rooms/${room}/read/+`]: { qos: 1 },
+      [`rooms/${room}/event/+`]: { qos: 1 },
       [`$rooms/${room}/members`]: { qos: 1 },
       [`${chat.historyTopic}/+`]: { qos: 1 },
+      [chat.modTopic]: { qos: 1 },
     };
     chat.watched.add(me);
     for (const user of chat.watched) filters[`$presence/${user}`] = { qos: 1 };
     const current = chat;
-    chat.client.subscribe(filters, (error, granted) => {
-      if (current !== chat) return;
-      if (error) {
+    chat.client.subscribe(filters, (error, subscriptions, suback) => {
+      if (current !== chat || chat.refused) return;
+      // MQTT.js reports a refused filter as an error; the SUBACK's reason
+      // codes, in the order of `subscriptions`, say which.
+      const codes = (suback || error?.packet)?.granted || [];
+      const index = (subscriptions || []).findIndex((s) => s.topic === `rooms/${room}/msg/+`);
+      if (index >= 0 && codes[index] >= 0x80) {
+        refuse(
+          chat.granted
+            ? `You may no longer read ${room}: you were banned, or are no longer a member.`
+            : `You are not a member of ${room}.`,
+        );
+        return;
+      }
+      if (error && !codes.length) {
         setStatus('reconnecting', `Subscribing failed: ${error.message}`);
         return;
       }
-      const refused = (granted || []).find((g) => g.topic === `rooms/${room}/msg/+` && g.qos >= 0x80);
-      if (refused) {
-        leave(`You are not a member of room "${room}".`);
-        return;
-      }
+      chat.granted = true;
+      chat.actions.askModerator(chat.moderator);
       // The newest page on the first connect; after a reconnect whatever
       // came meanwhile (a resumed session also replays it; seq de-duplicates).
       if (chat.lastSeq === 0) requestHistory('back', {});
-      else requestHistory('forward', { after: chat.lastSeq });
+      else requestHistory('forward', { after: chat.lastSeq, events: true });
     });
     if (connack && !connack.sessionPresent) chat.receiptSent = 0;
   }
@@ -243,6 +304,7 @@
     } else if (levels[0] === 'rooms' && levels[1] === room && levels.length === 4) {
       const sender = levels[3];
       if (levels[2] === 'msg') onRoomMessage(sender, payload, packet.properties || {});
+      else if (levels[2] === 'event') onRoomEvent(decode(payload), false);
       else if (levels[2] === 'typing') onTyping(sender, payload);
       else if (levels[2] === 'read') onReceipt(sender, payload);
     } else if (levels[0] === '$presence' && levels.length === 2) {
@@ -252,17 +314,12 @@
       chat.declared = Array.isArray(members) ? members.filter((m) => typeof m === 'string') : [];
       chat.declared.forEach(watchPresence);
       renderMembers();
+    } else if (topic === chat.modTopic) {
+      chat.actions.answer(decode(payload), (packet.properties || {}).correlationData);
     }
   }
 
-  function decode(payload) {
-    if (!payload || payload.length === 0) return null;
-    try {
-      return CBOR.decode(payload);
-    } catch {
-      return null;
-    }
-  }
+  const decode = RoomqActions.decode;
 
   function onRoomMessage(sender, payload, properties) {
     const user = properties.userProperties || {};
@@ -270,27 +327,60 @@
     const prev = Number(firstValue(user.prev));
     if (!Number.isSafeInteger(seq) || seq <= 0) return;
     // `prev` above the last message the page has: something was missed.
-    if (chat.lastSeq > 0 && prev > chat.lastSeq) requestHistory('forward', { after: chat.lastSeq });
-    addMessage({
-      seq,
-      ts: Number(firstValue(user.ts)) || Date.now(),
-      sender,
-      msgId: firstValue(user['msg-id']),
-      text: decodeBody(sender, payload),
-    });
+    if (chat.lastSeq > 0 && prev > chat.lastSeq) requestHistory('forward', { after: chat.lastSeq, events: true });
+    addMessage(
+      V.message({
+        seq,
+        ts: Number(firstValue(user.ts)) || Date.now(),
+        sender,
+        msgId: firstValue(user['msg-id']),
+        text: decodeBody(sender, payload),
+      }),
+    );
   }
 
   function onHistory(direction, payload) {
     const answer = decode(payload);
     if (!answer || !Array.isArray(answer.messages)) return;
-    for (const m of answer.messages) {
-      addMessage({ seq: Number(m.seq), ts: Number(m.ts), sender: String(m.sender), msgId: m.msg_id, text: decodeBody(String(m.sender), m.body) });
+    const fresh = new Set();
+    for (const h of answer.messages) {
+      // The message in its current state: it replaces what the page had.
+      const m = V.fromHistory(h, h.deleted ? '' : decodeBody(String(h.sender), h.body));
+      fresh.add(m.seq);
+      addMessage(m, true);
+    }
+    // Events the page missed (`events: true`, after a reconnect): those of
+    // the messages just read are already in their state.
+    for (const event of Array.isArray(answer.events) ? answer.events : []) {
+      if (fresh.has(Number(event?.target))) chat.applied.add(Number(event.seq));
+      else onRoomEvent(event, true);
     }
     if (direction === 'back') {
       $('earlier').hidden = !answer.more;
     } else if (answer.more) {
-      requestHistory('forward', { after: chat.lastSeq });
+      requestHistory('forward', { after: chat.lastSeq, events: true });
     }
+  }
+
+  /** A room event: a change to a message, or a moderation (topics.md, `room-event`). */
+  function onRoomEvent(event, fromHistory) {
+    if (!event || typeof event.type !== 'string' || !Number.isSafeInteger(Number(event.seq))) return;
+    const seq = Number(event.seq);
+    if (chat.applied.has(seq)) return;
+    chat.applied.add(seq);
+    const m = chat.messages.get(Number(event.target));
+    if (m && V.apply(m, event, chat.me, event.type === 'edit' ? decodeBody(m.sender, event.body) : '')) {
+      rerender(m);
+    }
+    if (!['ban', 'unban', 'mute', 'unmute'].includes(event.type) || typeof event.user !== 'string') return;
+    insertItem(seq, V.renderEvent(event));
+    if (event.user !== chat.me || fromHistory) {
+      watchPresence(event.user);
+      return;
+    }
+    if (event.type === 'ban') refuse(`You were banned from ${chat.room} by ${event.sender}.`);
+    else if (event.type === 'mute') info(`${event.sender} muted you: you can read, not post.`);
+    else if (event.type === 'unmute') info(`${event.sender} unmuted you.`);
   }
 
   function onTyping(sender, payload) {
@@ -327,10 +417,12 @@
   }
 
   // ---- bodies: end-to-end encryption (web/e2ee.js, topics.md) -------------
+  // The one place a body is made into bytes before it is published (a
+  // message, an edit) and read back on receipt (live, history, an edit).
 
   /** A message (or edit) body to publish: sealed when the page has a passphrase. */
   function encodeBody(text) {
-    return chat.e2ee ? chat.e2ee.seal(chat.me, text) : text;
+    return chat.e2ee ? chat.e2ee.seal(chat.me, text) : new TextEncoder().encode(text);
   }
 
   /** The text of a body that `sender` published (a message or an edit). */
@@ -357,10 +449,11 @@
     event.preventDefault();
     const input = $('message');
     const text = input.value.trim();
-    if (!chat || !text) return;
+    if (!chat || !text || chat.refused) return;
+    const current = chat;
     input.value = '';
     const msgId = randomHex(12);
-    const item = messageItem({ seq: 0, ts: Date.now(), sender: chat.me, text });
+    const item = V.render(V.message({ seq: 0, ts: Date.now(), sender: chat.me, text }), view());
     item.classList.add('pending');
     item.querySelector('time').textContent = 'sending…';
     chat.pending.set(msgId, item);
@@ -376,8 +469,14 @@
         if (!error) return;
         item.classList.add('failed');
         item.querySelector('time').textContent = `not sent: ${error.message}`;
+        if (error.code === 0x87 && current === chat) probeRefusal();
       },
     );
+  }
+
+  /** What a message's view offers, and how each action is sent (actions.js). */
+  function view() {
+    return chat.actions.forMessages(chat.moderator);
   }
 
   function typed() {
@@ -406,32 +505,20 @@
 
   // ---- rendering -----------------------------------------------------------
 
-  function messageItem(m) {
-    const item = document.createElement('li');
-    item.dataset.sender = m.sender;
-    if (m.seq) item.dataset.seq = String(m.seq);
-    if (m.sender === chat.me) item.classList.add('mine');
-    const meta = document.createElement('div');
-    meta.className = 'meta';
-    const sender = document.createElement('span');
-    sender.className = 'sender';
-    sender.textContent = m.sender;
-    const time = document.createElement('time');
-    time.dateTime = new Date(m.ts).toISOString();
-    time.title = new Date(m.ts).toLocaleString();
-    time.textContent = clock(m.ts);
-    meta.append(sender, time);
-    const body = document.createElement('p');
-    body.className = 'body';
-    body.textContent = m.text;
-    const receipts = document.createElement('p');
-    receipts.className = 'receipts';
-    item.append(meta, body, receipts);
-    return item;
-  }
-
-  function addMessage(m) {
-    if (!Number.isSafeInteger(m.seq) || m.seq <= 0 || chat.messages.has(m.seq)) return;
+  /**
+   * Adds a message in seq order, or (from history, in its current state)
+   * replaces the one the page has.
+   */
+  function addMessage(m, current) {
+    if (!Number.isSafeInteger(m.seq) || m.seq <= 0) return;
+    const had = chat.messages.get(m.seq);
+    if (had) {
+      if (current) {
+        chat.messages.set(m.seq, m);
+        rerender(m);
+      }
+      return;
+    }
     chat.messages.set(m.seq, m);
     const pending = m.msgId && chat.pending.get(m.msgId);
     if (pending) {
@@ -439,11 +526,7 @@
       pending.remove();
     }
     const atEnd = nearEnd();
-    const item = messageItem(m);
-    // In seq order, before any message still being sent.
-    const list = $('messages');
-    const after = Array.from(list.children).find((li) => !li.dataset.seq || Number(li.dataset.seq) > m.seq);
-    list.insertBefore(item, after || null);
+    insertItem(m.seq, V.render(m, view()));
     chat.lastSeq = Math.max(chat.lastSeq, m.seq);
     chat.oldestSeq = chat.oldestSeq ? Math.min(chat.oldestSeq, m.seq) : m.seq;
     if (chat.typing.delete(m.sender)) renderTyping();
@@ -451,6 +534,15 @@
     renderReceipts();
     scrollToEnd(atEnd);
     scheduleReceipt();
+  }
+
+  function insertItem(seq, item) {
+    V.insert($('messages'), seq, item);
+  }
+
+  /** Shows a message's new state (an edit, a delete, reactions) in place. */
+  function rerender(m) {
+    V.replace($('messages'), m.seq, () => V.render(m, view()));
   }
 
   function nearEnd() {
@@ -464,60 +556,24 @@
 
   function renderTyping() {
     if (!chat) return;
-    const now = Date.now();
-    for (const [sender, until] of chat.typing) if (until <= now) chat.typing.delete(sender);
-    const names = Array.from(chat.typing.keys()).sort();
-    $('typing').textContent =
-      names.length === 0 ? '' : names.length === 1 ? `${names[0]} is typing…` : `${names.join(', ')} are typing…`;
+    $('typing').textContent = V.typingLine(chat.typing);
   }
 
-  /**
-   * "Seen by …" under the last of this user's own messages that each other
-   * reader has read (a reader's receipt covers every message up to its seq).
-   */
   function renderReceipts() {
-    const mine = Array.from($('messages').children).filter((li) => li.dataset.seq && li.dataset.sender === chat.me);
-    const readers = new Map(); // <li> -> names
-    for (const [reader, seq] of chat.receipts) {
-      if (reader === chat.me) continue;
-      let last = null;
-      for (const li of mine) if (Number(li.dataset.seq) <= seq) last = li;
-      if (!last) continue;
-      if (!readers.has(last)) readers.set(last, []);
-      readers.get(last).push(reader);
-    }
-    for (const li of $('messages').children) {
-      const names = readers.get(li);
-      const receipts = li.querySelector('.receipts');
-      if (receipts) receipts.textContent = names ? `Seen by ${names.sort().join(', ')}` : '';
-    }
+    V.renderReceipts($('messages'), chat.receipts, chat.me);
   }
 
   function renderMembers() {
     if (!chat) return;
-    const names = new Set([...chat.declared, ...chat.watched]);
-    const list = $('members');
-    list.replaceChildren();
-    for (const name of Array.from(names).sort()) {
-      const presence = chat.presence.get(name);
-      const status = presence ? presence.status : 'offline';
-      const item = document.createElement('li');
-      item.dataset.user = name;
-      item.dataset.status = status;
-      const dot = document.createElement('span');
-      dot.className = 'dot';
-      dot.setAttribute('aria-hidden', 'true');
-      const label = document.createElement('span');
-      label.textContent = name === chat.me ? `${name} (you)` : name;
-      const text = document.createElement('span');
-      text.className = 'presence';
-      text.textContent =
-        status === 'offline' && presence && presence.last_seen
-          ? `offline, last seen ${clock(Number(presence.last_seen))}`
-          : status;
-      item.append(dot, label, text);
-      list.append(item);
-    }
+    // The broker's list once it came (declared members, or who subscribed
+    // to an open room); before that, whoever the page has seen.
+    const names = new Set(chat.declared ? [...chat.declared, chat.me] : chat.watched);
+    V.renderMembers($('members'), Array.from(names).sort(), {
+      me: chat.me,
+      presence: chat.presence,
+      moderator: chat.moderator && !chat.refused,
+      sanction: chat.actions.sanction,
+    });
   }
 
   // ---- wiring --------------------------------------------------------------
@@ -532,6 +588,7 @@
     $('composer').addEventListener('submit', send);
     $('message').addEventListener('input', typed);
     $('leave').addEventListener('click', () => leave(''));
+    $('back').addEventListener('click', () => leave(''));
     $('my-status').addEventListener('change', setMyStatus);
     $('earlier').addEventListener('click', () => chat && requestHistory('back', { before: chat.oldestSeq }));
     document.addEventListener('visibilitychange', scheduleReceipt);

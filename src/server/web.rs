@@ -7,8 +7,9 @@
 //!
 //! Only a fixed list of files is served, so no request path ever reaches
 //! the file system. The page itself (`web/index.html`, `app.js`,
-//! `style.css`, `e2ee.js`) is built into the binary and always matches
-//! it; the third-party libraries are read from `web_root/node_modules`, where
+//! `view.js`, `actions.js`, `style.css`, `e2ee.js`) is built into the
+//! binary and always matches it; the third-party libraries are read from
+//! `web_root/node_modules`, where
 //! `npm ci --prefix web` puts them (nothing third-party is in the
 //! repository).
 
@@ -28,6 +29,8 @@ const MAX_HEADERS: usize = 64;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
+const VIEW_JS: &str = include_str!("../../web/view.js");
+const ACTIONS_JS: &str = include_str!("../../web/actions.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 const E2EE_JS: &str = include_str!("../../web/e2ee.js");
 
@@ -232,6 +235,8 @@ async fn page(path: &str, libraries: &Libraries, mqtt_path: &str) -> Reply {
     match path {
         "/" | "/index.html" => Reply::ok(HTML, Bytes::from_static(INDEX_HTML.as_bytes())),
         "/app.js" => Reply::ok(JS, Bytes::from_static(APP_JS.as_bytes())),
+        "/view.js" => Reply::ok(JS, Bytes::from_static(VIEW_JS.as_bytes())),
+        "/actions.js" => Reply::ok(JS, Bytes::from_static(ACTIONS_JS.as_bytes())),
         "/e2ee.js" => Reply::ok(JS, Bytes::from_static(E2EE_JS.as_bytes())),
         "/style.css" => Reply::ok(
             "text/css; charset=utf-8",
