@@ -129,7 +129,13 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = open_db(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = open_db(dir).map_err(|e| match e {
+            // sled's text ends in `Os { code: 11, kind: WouldBlock, .. }`.
+            sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => open_err(
+                "another roomq is using this data_dir (sled holds a lock on it); stop it, or give this one another `data_dir` (`--data-dir`), or `--memory`".into(),
+            ),
+            e => open_err(e.to_string()),
+        })?;
         let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let store = Trees {
