@@ -103,6 +103,9 @@ pub(crate) struct Connection {
     /// Whether this client's presence outlives it (see
     /// `chat::presence`); set once it joins a room.
     pub presence_lasting: bool,
+    /// Whether a refused room post of this 3.1.1 client was logged: its
+    /// PUBACK cannot say why, so the log does, once per connection.
+    pub told_refused_post: bool,
     /// When the token the client logged in with expires.
     pub auth_deadline: Option<Instant>,
     /// `max_publish_rate` / `max_publish_bytes_rate`.
