@@ -234,7 +234,11 @@ impl Broker {
             tracing::info!(kind = %listener.config.kind, local_addr = %listener.local_addr, "listener open");
             if listener.config.web {
                 // The address a newcomer opens in a browser.
-                let scheme = if listener.config.kind == ListenerKind::Wss { "https" } else { "http" };
+                let scheme = if listener.config.kind == ListenerKind::Wss {
+                    "https"
+                } else {
+                    "http"
+                };
                 tracing::info!(url = %format_args!("{scheme}://{}/", listener.local_addr), "browser chat");
             }
             tracker.spawn(crate::server::accept_loop(

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeOwned, Visitor};
 
 use super::{
-    Access, AuthConfig, ClusterConfig, Config, ConfigError, Durability, ListenerKind, LogFormat, RoomsDefault,
-    StorageKind,
+    Access, AuthConfig, ClusterConfig, Config, ConfigError, Durability, ListenerKind, LogFormat,
+    RoomsDefault, StorageKind,
 };
 
 /// Environment variables are `ROOMQ_` and a field in capitals; a field of
