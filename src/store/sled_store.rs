@@ -104,19 +104,19 @@ fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
 }
 
 /// Opens sled, waiting up to 2 s for a lock that a just-closed store (in
-/// this process: sled releases it from a background thread) still holds.
-fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
-    let mut tries = 0;
-    loop {
+/// this process: sled releases it from a background thread) still holds;
+/// one held longer is another roomq's, said so (not sled's `WouldBlock`).
+fn open_db(dir: &Path) -> Result<sled::Db, String> {
+    for _ in 0..40 {
         match sled::Config::new().path(dir).open() {
             // sled reports a held lock as ErrorKind::Other with this text.
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 40 => {
-                tries += 1;
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            other => return other,
+            other => return other.map_err(|e| e.to_string()),
         }
     }
+    Err("another roomq is using this data_dir (sled holds a lock on it); stop it, or give this one another `data_dir` (`--data-dir`), or `--memory`".into())
 }
 
 impl SledStore {
@@ -129,13 +129,7 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = open_db(dir).map_err(|e| match e {
-            // sled's text ends in `Os { code: 11, kind: WouldBlock, .. }`.
-            sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => open_err(
-                "another roomq is using this data_dir (sled holds a lock on it); stop it, or give this one another `data_dir` (`--data-dir`), or `--memory`".into(),
-            ),
-            e => open_err(e.to_string()),
-        })?;
+        let db = open_db(dir).map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let store = Trees {
