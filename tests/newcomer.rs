@@ -261,6 +261,16 @@ impl Lines {
     }
 }
 
+/// A child process stopped when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The value of `key=` in a text log line.
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split(&format!("{key}="))
@@ -309,16 +319,18 @@ fn start_up_and_login_lines_read_as_a_user_expects() {
     )
     .unwrap();
     roomq::auth::password_file::set_password(&dir.path().join("passwords"), "alice", b"s3cret").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomq"))
-        .arg("-c")
-        .arg(&file)
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("roomq starts");
-    let lines = Lines::of(&mut child);
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_roomq"))
+            .arg("-c")
+            .arg(&file)
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("roomq starts"),
+    );
+    let lines = Lines::of(&mut child.0);
     lines.wait_for("roomq listening");
     let admin = lines.wait_for("admin listener");
     let admin: std::net::SocketAddr = field(&admin, "admin_addr").parse().expect("an address");
@@ -337,7 +349,8 @@ fn start_up_and_login_lines_read_as_a_user_expects() {
     // both were handled.
     let (code, mut alice) = connect311(tcp, "alice", "s3cret");
     assert_eq!(code, 0);
-    lines.wait_for("client connected");
+    let connected = lines.wait_for("client connected");
+    assert!(connected.contains("version=3.1.1"), "{connected}");
     for _ in 0..2 {
         publish0(&mut alice, "rooms/lobby/msg/alice", &[b'x'; 80]);
     }
@@ -352,7 +365,7 @@ fn start_up_and_login_lines_read_as_a_user_expects() {
         "bad user name or password"
     );
     lines.wait_for("login failed");
-    let all = lines.all_after_killing(&mut child);
+    let all = lines.all_after_killing(&mut child.0);
     for line in &all {
         assert!(!line.contains("Some("), "a Rust debug form: {line}");
         assert!(!line.contains("kind=Tcp") && !line.contains("kind=Ws"), "{line}");

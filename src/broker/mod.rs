@@ -239,7 +239,15 @@ impl Broker {
                 } else {
                     "http"
                 };
-                tracing::info!(url = %format_args!("{scheme}://{}/", listener.local_addr), "browser chat");
+                // On every address (0.0.0.0, ::): this machine's loopback.
+                let mut shown = listener.local_addr;
+                if shown.ip().is_unspecified() {
+                    shown.set_ip(match shown {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                tracing::info!(url = %format_args!("{scheme}://{shown}/"), "browser chat");
             }
             tracker.spawn(crate::server::accept_loop(
                 listener,

@@ -145,7 +145,7 @@ pub(crate) async fn accept(
         username = principal.username.as_deref().unwrap_or(""),
         peer = %io.peer,
         listener = crate::metrics::LISTENERS[io.listener],
-        ?version,
+        version = %if version.is_v5() { "5.0" } else { "3.1.1" },
         session_present = claimed.present,
         "client connected"
     );
