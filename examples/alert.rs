@@ -30,6 +30,9 @@ struct Args {
     /// The device's client id, which is its chat identity.
     #[arg(long, default_value = "boiler-7")]
     device: String,
+    /// The room the alert goes into: posted to `rooms/{room}/msg/{device}/…`
+    /// (signed: the room of the broker's `[[alerts]]` rule, named here
+    /// only in what is printed).
     #[arg(long, default_value = "ops")]
     room: String,
     /// A key file (hex, as `hmac_key_file`): sign the alert.

@@ -83,6 +83,6 @@ pub mod store;
 pub use broker::{Broker, BrokerHandle, StartError};
 pub use cluster::ClusterError;
 pub use config::{Config, ConfigError, StorageKind};
-pub use local::LocalSubscription;
+pub use local::{LocalSubscription, SubscribeError};
 pub use message::Message;
 pub use protocol::QoS;

@@ -11,6 +11,18 @@ use crate::router::Message;
 use crate::session::Session;
 use crate::session::Shared;
 
+/// Why [`crate::BrokerHandle::subscribe`] refused a filter.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// Not a valid MQTT topic filter (`#` only last, `+` a whole level).
+    #[error("invalid topic filter {0:?}")]
+    InvalidFilter(String),
+    /// A `$share/{group}/{filter}` with an empty or invalid group or filter.
+    #[error("invalid shared subscription filter {0:?}")]
+    InvalidShared(String),
+}
+
 static NEXT_LOCAL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A subscription made through [`crate::BrokerHandle::subscribe`]. Dropping
@@ -22,11 +34,10 @@ pub struct LocalSubscription {
 }
 
 impl LocalSubscription {
-    pub(crate) fn new(shared: Arc<Shared>, filter: &str, qos: QoS) -> Result<Self, String> {
-        let parsed =
-            parse_shared(filter).map_err(|_| format!("invalid shared subscription filter {filter:?}"))?;
+    pub(crate) fn new(shared: Arc<Shared>, filter: &str, qos: QoS) -> Result<Self, SubscribeError> {
+        let parsed = parse_shared(filter).map_err(|_| SubscribeError::InvalidShared(filter.into()))?;
         if parsed.is_none() && !is_valid_topic_filter(filter) {
-            return Err(format!("invalid topic filter {filter:?}"));
+            return Err(SubscribeError::InvalidFilter(filter.into()));
         }
         let id = NEXT_LOCAL_ID.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session::new(

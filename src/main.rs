@@ -28,6 +28,10 @@ struct Flags {
     /// Seconds between $SYS updates (0 = off).
     #[arg(long, value_name = "SECS")]
     sys_interval_secs: Option<u64>,
+    /// Address of the admin listener: /metrics, /healthz, /readyz (plain
+    /// HTTP; keep it on loopback). Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -124,6 +128,9 @@ fn main() -> ExitCode {
     }
     if let Some(n) = flags.sys_interval_secs {
         overrides.push(("sys_interval_secs", n.to_string()));
+    }
+    if let Some(addr) = &flags.admin_listen {
+        overrides.push(("admin_listen", addr.clone()));
     }
     let config = match roomq::Config::load(flags.config.as_deref(), &overrides) {
         Ok(c) => c,

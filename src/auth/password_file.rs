@@ -106,7 +106,35 @@ pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), Stri
         .map(str::to_string)
         .collect();
     lines.push(format!("{user}:{hash}"));
+    // Hashes can be attacked offline: a new file is its owner's alone
+    // (0600); an existing one keeps the mode its operator gave it.
+    let mode = std::fs::metadata(path).map_or(0o600, |m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o7777
+    });
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, lines.join("\n") + "\n").map_err(|e| format!("{}: {e}", tmp.display()))?;
+    write_with_mode(&tmp, (lines.join("\n") + "\n").as_bytes(), mode)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to a new `path` that has `mode` from its creation (no
+/// moment where others can read it).
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // A leftover from an interrupted run may have another mode.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    // The umask may have taken bits the operator's mode had.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }

@@ -18,7 +18,7 @@ use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff, LoginPool};
 use crate::budget::{Budgets, Limits as BudgetLimits};
 use crate::cluster::Cluster;
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
-use crate::local::LocalSubscription;
+use crate::local::{LocalSubscription, SubscribeError};
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
 use crate::router::{Message, RetainedStore, Router};
@@ -137,7 +137,7 @@ impl Broker {
         }
         let public = local_addrs.iter().find(|(_, a)| !a.ip().is_loopback());
         if let (true, Some((kind, addr))) = (allow_anonymous, public) {
-            tracing::warn!(?kind, %addr, "anonymous clients are allowed on a non-loopback listener (auth.allow_anonymous)");
+            tracing::warn!(%kind, %addr, "anonymous clients are allowed on a non-loopback listener (auth.allow_anonymous)");
         }
         let (shutdown, _) = watch::channel(false);
         let cluster = match &self.config.cluster {
@@ -232,7 +232,24 @@ impl Broker {
         let tracker = TaskTracker::new();
         let ip_limits = Arc::new(crate::server::IpLimits::default());
         for listener in listeners {
-            tracing::info!(kind = ?listener.config.kind, local_addr = %listener.local_addr, "listener open");
+            tracing::info!(kind = %listener.config.kind, local_addr = %listener.local_addr, "listener open");
+            if listener.config.web {
+                // The address a newcomer opens in a browser.
+                let scheme = if listener.config.kind == ListenerKind::Wss {
+                    "https"
+                } else {
+                    "http"
+                };
+                // On every address (0.0.0.0, ::): this machine's loopback.
+                let mut shown = listener.local_addr;
+                if shown.ip().is_unspecified() {
+                    shown.set_ip(match shown {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                tracing::info!(url = %format_args!("{scheme}://{shown}/"), "browser chat");
+            }
             tracker.spawn(crate::server::accept_loop(
                 listener,
                 shared.clone(),
@@ -269,7 +286,9 @@ impl Broker {
                     .map_err(|e| StartError::Admin(e.to_string()))?;
                 let bound = admin.local_addr();
                 tracker.spawn(admin.serve(shared.clone()));
-                tracing::info!(admin = ?bound, "admin listener: /metrics, /healthz, /readyz");
+                if let Some(bound) = bound {
+                    tracing::info!(admin_addr = %bound, "admin listener: /metrics, /healthz, /readyz");
+                }
                 bound
             }
             None => None,
@@ -456,7 +475,7 @@ impl BrokerHandle {
 
     /// Subscribes from inside the process; messages arrive on the returned
     /// subscription until it is dropped.
-    pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<LocalSubscription, String> {
+    pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<LocalSubscription, SubscribeError> {
         LocalSubscription::new(self.shared.clone(), filter, qos)
     }
 

@@ -19,6 +19,19 @@ pub enum ListenerKind {
     Wss,
 }
 
+/// As written in the configuration (`tcp`, `tls`, `ws`, `wss`), for log
+/// lines and errors.
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        })
+    }
+}
+
 impl ListenerKind {
     /// Its position in `metrics::LISTENERS` (`roomq_connections{listener}`).
     pub fn metrics_index(self) -> usize {
@@ -82,7 +95,7 @@ impl ListenerConfig {
         let tls = matches!(self.kind, ListenerKind::Tls | ListenerKind::Wss);
         if tls && (self.cert.is_none() || self.key.is_none()) {
             return Err(format!(
-                "key `listeners[{i}]`: a {:?} listener needs `cert` and `key`",
+                "key `listeners[{i}]`: a `{}` listener needs `cert` and `key`",
                 self.kind
             ));
         }

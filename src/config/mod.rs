@@ -6,12 +6,13 @@
 //! checks that none is missing).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 mod cluster;
 mod defaults;
+mod layers;
 mod listener;
 pub use cluster::ClusterConfig;
 pub use listener::{ListenerConfig, ListenerKind};
@@ -473,33 +474,6 @@ impl Config {
         } else {
             self.listeners.clone()
         }
-    }
-
-    /// Loads the layers: defaults, then `file` (TOML) if given, then
-    /// `ROOMQ_*` environment variables (e.g. `ROOMQ_MAX_CONNECTIONS=10`),
-    /// then `overrides` (key, value) pairs from command-line flags.
-    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError {
-            file: file.map(Path::to_path_buf),
-            message,
-        };
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(err("the file does not exist or is not a regular file".into()));
-            }
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
-        }
-        builder = builder.add_source(config::Environment::with_prefix("ROOMQ").try_parsing(true));
-        for (key, value) in overrides {
-            builder = builder
-                .set_override(*key, value.as_str())
-                .map_err(|e| err(e.to_string()))?;
-        }
-        let layered = builder.build().map_err(|e| err(e.to_string()))?;
-        let config: Config = layered.try_deserialize().map_err(|e| err(e.to_string()))?;
-        config.validate().map_err(err)?;
-        Ok(config)
     }
 
     /// Rejects values that cannot work, naming the key.

@@ -180,9 +180,9 @@ pub(crate) async fn accept_loop(
                 Some(Ok(Ok(None))) => {}
                 Some(Ok(Err(why))) => {
                     shared.metrics.protocol_errors.inc();
-                    tracing::debug!(%addr, kind = ?listener.config.kind, %why, "handshake failed");
+                    tracing::debug!(%addr, kind = %listener.config.kind, %why, "handshake failed");
                 }
-                Some(Err(_)) => tracing::debug!(%addr, kind = ?listener.config.kind, "handshake timed out"),
+                Some(Err(_)) => tracing::debug!(%addr, kind = %listener.config.kind, "handshake timed out"),
             }
             shared.connections.fetch_sub(1, Ordering::AcqRel);
             ip_limits.release(addr.ip());

@@ -41,6 +41,13 @@ pub(crate) async fn refuse_undecodable(io: &mut Io, shared: &Shared, close: Clos
     }
 }
 
+/// Sends the refusing CONNACK and closes.
+async fn refuse(io: &mut Io, reason: ConnectAckReason) {
+    send_connack(io, reason, false, None);
+    io.flush_final().await;
+    io.linger().await;
+}
+
 fn send_connack(io: &mut Io, reason: ConnectAckReason, present: bool, ack: Option<ConnectAck>) {
     let mut ack = ack.unwrap_or_default();
     ack.reason_code = reason;
@@ -54,6 +61,9 @@ pub(super) enum Refusal {
     Connack(ConnectAckReason, &'static str),
     /// A protocol violation: close without a CONNACK.
     Close(&'static str),
+    /// A refusing CONNACK with this reason, then close; the refusal was
+    /// logged where it was decided (a failed login: one line, not two).
+    Logged(ConnectAckReason),
 }
 
 /// Handles CONNECT in four steps: check it, find out who the client is
@@ -101,10 +111,15 @@ pub(crate) async fn accept(
         match outcome {
             Ok(accepted) => accepted,
             Err(Refusal::Connack(reason, why)) => {
-                tracing::info!(client_id = %connect.client_id, peer = %io.peer, reason = ?reason, "connection refused: {why}");
-                send_connack(&mut io, reason, false, None);
-                io.flush_final().await;
-                io.linger().await;
+                // A client that sent no id has none to log yet.
+                let client_id = Some(&*connect.client_id).filter(|id| !id.is_empty());
+                let code = u8::from(reason);
+                tracing::info!(client_id, peer = %io.peer, reason = %format_args!("{code:#04x}"), "connection refused: {why}");
+                refuse(&mut io, reason).await;
+                return None;
+            }
+            Err(Refusal::Logged(reason)) => {
+                refuse(&mut io, reason).await;
                 return None;
             }
             Err(Refusal::Close(why)) => {
@@ -125,7 +140,7 @@ pub(crate) async fn accept(
         username = principal.username.as_deref().unwrap_or(""),
         peer = %io.peer,
         listener = crate::metrics::LISTENERS[io.listener],
-        ?version,
+        version = %if version.is_v5() { "5.0" } else { "3.1.1" },
         session_present = claimed.present,
         "client connected"
     );
@@ -146,6 +161,7 @@ pub(crate) async fn accept(
         send_window: terms.send_window,
         inbound_aliases: HashMap::new(),
         inbound_alias_bytes: 0,
+        told_refused_post: false,
         outbound_aliases: HashMap::new(),
         client_alias_max: connect.topic_alias_max,
         connect_expiry: connect.session_expiry_interval_secs,

@@ -107,6 +107,9 @@ pub(crate) struct Connection {
     /// subscription, or it subscribed to or posted in one): only then is
     /// its identity shown in `$presence/`.
     pub room_user: bool,
+    /// Whether a refused room post of this 3.1.1 client was logged: its
+    /// PUBACK cannot say why, so the log does, once per connection.
+    pub told_refused_post: bool,
     /// When the token the client logged in with expires.
     pub auth_deadline: Option<Instant>,
     /// `max_publish_rate` / `max_publish_bytes_rate`.

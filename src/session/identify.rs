@@ -37,7 +37,7 @@ pub(super) async fn identify(
         }
         CertName::NotUsed => authenticate(peer, shared, client_id, connect)
             .await
-            .map_err(|reason| Refusal::Connack(reason, "login failed"))?,
+            .map_err(Refusal::Logged)?,
     };
     let principal = principal_of(shared, &grant, connect, client_id, peer)?;
     if let Some(will) = &connect.last_will {
@@ -90,6 +90,7 @@ async fn authenticate(
         };
         let Some(_hashing) = shared.logins.hashing_slot(&queued).await else {
             shared.login_backoff.attempt_not_checked(ip, backoff_key);
+            tracing::info!(%client_id, %peer, "login not checked: the login queue is closed");
             return Err(ConnectAckReason::ServerUnavailable);
         };
         let (auth, id) = (shared.auth.clone(), client_id.to_string());

@@ -162,10 +162,22 @@ impl Connection {
         let message = self.to_message(publish);
         self.shared.metrics.messages_received[usize::from(qos.value())].inc();
         let room_post = message.topic.starts_with("rooms/");
+        let bytes = message.payload.len();
         let only_reads = qos == QoS::AtLeastOnce && crate::chat::only_reads(&message.topic);
         let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
         if room_post && u8::from(reason) < 0x80 {
             self.joined_a_room();
+        } else if room_post && !self.version.is_v5() && !self.told_refused_post {
+            // 3.1.1 has no reason code: without this line a user sees the
+            // post vanish (an oversize one: `max_room_message_bytes`).
+            self.told_refused_post = true;
+            tracing::info!(
+                client_id = %self.session.client_id,
+                reason = %format_args!("{:#04x}", u8::from(reason)),
+                bytes,
+                max_room_message_bytes = self.shared.config.max_room_message_bytes,
+                "room post refused; a 3.1.1 client is not told why (logged once per connection; the 5.0 reason code says it)"
+            );
         }
         match publish_ack(packet_id, qos, reason) {
             Some(ack) if only_reads => self.send_unstored_ack(ack),

@@ -27,18 +27,19 @@ use super::StoreError;
 
 /// Opens sled, waiting up to 2 s for a lock that a just-closed store (in
 /// this process: sled releases it from a background thread) still holds.
-pub(super) fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
-    let mut tries = 0;
-    loop {
+pub(super) fn open_db(dir: &Path) -> Result<sled::Db, String> {
+    for _ in 0..40 {
         match sled::Config::new().path(dir).open() {
             // sled reports a held lock as ErrorKind::Other with this text.
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 40 => {
-                tries += 1;
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            other => return other,
+            other => return other.map_err(|e| e.to_string()),
         }
     }
+    // Held longer than a just-closed store in this process holds it: it
+    // is another roomq's (not sled's `WouldBlock`).
+    Err("another roomq is using this data_dir (sled holds a lock on it); stop it, or give this one another `data_dir` (`--data-dir`), or `--memory`".into())
 }
 
 /// Whether the `Db` returned an I/O error on a write: then it is not

@@ -88,7 +88,7 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = open_db(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = open_db(dir).map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let store = Trees {
