@@ -337,7 +337,13 @@ async fn claim_session(
     }
     let claimed = shared
         .registry
-        .claim(shared, client_id, connect.clean_start, principal)
+        .claim(
+            shared,
+            client_id,
+            connect.clean_start,
+            connect.session_expiry_interval_secs > 0,
+            principal,
+        )
         .await;
     if let (Ok(_), Some(cluster)) = (&claimed, &shared.cluster) {
         cluster.sessions.hold_now(client_id).await;
@@ -360,6 +366,10 @@ async fn claim_session(
             ClaimRefused::OverBudget => Refusal::Connack(
                 ConnectAckReason::QuotaExceeded,
                 "the identity holds max_sessions_per_user sessions",
+            ),
+            ClaimRefused::Full => Refusal::Connack(
+                ConnectAckReason::QuotaExceeded,
+                "the broker holds max_sessions sessions",
             ),
         }
     })

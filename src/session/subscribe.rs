@@ -4,11 +4,24 @@
 use super::connection::{Close, Connection};
 use super::SessionSubscription;
 use crate::auth::acl::Subject;
+use crate::budget::Held;
 use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
 use crate::protocol::{
     DisconnectReasonCode, Packet, QoS, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
     UnsubscribeAck, UnsubscribeAckReason,
 };
+
+/// What one subscription keeps besides its filter's bytes: its node and
+/// subscriber entry in the router's trie, the session's map entry, and its
+/// part of the stored session record. An estimate from above of the
+/// structures' sizes, not a measurement of the allocator.
+const SUBSCRIPTION_OVERHEAD: u64 = 256;
+
+/// What a subscription to `filter` costs its owner
+/// (`Held::SubscriptionBytes`, `max_subscription_bytes_per_user`).
+pub(crate) fn subscription_cost(filter: &str) -> u64 {
+    filter.len() as u64 + SUBSCRIPTION_OVERHEAD
+}
 
 impl Connection {
     pub(super) fn on_subscribe(&mut self, subscribe: Subscribe) -> Option<Close> {
@@ -42,6 +55,10 @@ impl Connection {
             let plain_filter = shared.as_ref().map_or(&**filter, |s| s.filter);
             if let Some(reason) = self.subscribe_refusal(filter, plain_filter) {
                 status.push(reason);
+                continue;
+            }
+            if !self.charge_subscription(filter) {
+                status.push(SubscribeAckReason::QuotaExceeded);
                 continue;
             }
             if crate::chat::room_of(plain_filter).is_some() {
@@ -120,6 +137,31 @@ impl Connection {
         Some(SubscribeAckReason::NotAuthorized)
     }
 
+    /// Charges a new subscription to `filter` to the session's owner
+    /// (`max_subscription_bytes_per_user`, over all its sessions); false
+    /// when that would go over. Replacing a subscription the session has
+    /// costs nothing more.
+    fn charge_subscription(&self, filter: &str) -> bool {
+        let mut st = self.session.state.lock();
+        if st.subscriptions.contains_key(filter) {
+            return true;
+        }
+        let Some(account) = st.charged_to.clone() else {
+            return true;
+        };
+        let cost = subscription_cost(filter);
+        match self.shared.budgets.charge(&account, Held::SubscriptionBytes, cost) {
+            Ok(()) => {
+                st.subscription_bytes += cost;
+                true
+            }
+            Err(over) => {
+                tracing::info!(%filter, %account, "{over}: subscription refused");
+                false
+            }
+        }
+    }
+
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<Close> {
         let mut status = Vec::with_capacity(unsubscribe.topic_filters.len());
         for filter in &unsubscribe.topic_filters {
@@ -135,6 +177,14 @@ impl Connection {
                 self.shared
                     .router
                     .unsubscribe(&self.session.subscriber(), filter, shared.as_ref());
+                let mut st = self.session.state.lock();
+                if let Some(account) = st.charged_to.clone() {
+                    let cost = subscription_cost(filter).min(st.subscription_bytes);
+                    st.subscription_bytes -= cost;
+                    self.shared
+                        .budgets
+                        .release(&account, Held::SubscriptionBytes, cost);
+                }
             }
             status.push(if existed {
                 UnsubscribeAckReason::Success
