@@ -46,8 +46,14 @@ async fn subscription_bytes_are_bounded_per_identity_across_sessions() {
     let second = long_filter(2, 1000);
     let third = long_filter(3, 1000);
     assert_eq!(
-        a.subscribe5(1, &[(&first, opts(QoS::AtLeastOnce)), (&second, opts(QoS::AtLeastOnce))])
-            .await,
+        a.subscribe5(
+            1,
+            &[
+                (&first, opts(QoS::AtLeastOnce)),
+                (&second, opts(QoS::AtLeastOnce))
+            ]
+        )
+        .await,
         vec![SubscribeAckReason::GrantedQos1, SubscribeAckReason::GrantedQos1]
     );
     // Subscribing again to a filter it has replaces it: no new charge.
@@ -112,8 +118,14 @@ async fn subscriptions_restored_after_a_restart_are_charged_again() {
     let broker = start_with(config.clone()).await;
     let (mut a, _) = Raw::connect5(broker.local_addr(), persistent_as("mal-a", "mal")).await;
     let filters = [long_filter(1, 1000), long_filter(2, 1000)];
-    a.subscribe5(1, &[(&filters[0], opts(QoS::AtLeastOnce)), (&filters[1], opts(QoS::AtLeastOnce))])
-        .await;
+    a.subscribe5(
+        1,
+        &[
+            (&filters[0], opts(QoS::AtLeastOnce)),
+            (&filters[1], opts(QoS::AtLeastOnce)),
+        ],
+    )
+    .await;
     leave(a).await;
     broker.shutdown().await;
 
@@ -247,7 +259,10 @@ async fn queued_bytes_are_bounded_per_identity_across_sessions() {
         ack_publish5(&mut ann, &p).await;
         got += 1;
     }
-    assert_eq!(got, 3, "another identity's session lost messages (mal got {received})");
+    assert_eq!(
+        got, 3,
+        "another identity's session lost messages (mal got {received})"
+    );
     broker.shutdown().await;
 }
 

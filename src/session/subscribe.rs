@@ -150,7 +150,11 @@ impl Connection {
             return true;
         };
         let cost = subscription_cost(filter);
-        match self.shared.budgets.charge(&account, Held::SubscriptionBytes, cost) {
+        match self
+            .shared
+            .budgets
+            .charge(&account, Held::SubscriptionBytes, cost)
+        {
             Ok(()) => {
                 st.subscription_bytes += cost;
                 true
