@@ -33,10 +33,10 @@ fn long_filter(n: u32, len: usize) -> String {
 
 #[tokio::test]
 async fn subscription_bytes_are_bounded_per_identity_across_sessions() {
-    // Two 1000-byte filters (with their fixed overhead, well under 500
-    // bytes each) fit in 3000 bytes; a third does not.
+    // A 1000-byte filter costs about 4 KiB (its copies and overhead): two
+    // fit in 10000 bytes, a third does not.
     let broker = start_with(Config {
-        max_subscription_bytes_per_user: 3000,
+        max_subscription_bytes_per_user: 10_000,
         ..test_config()
     })
     .await;
@@ -112,7 +112,7 @@ async fn subscription_bytes_are_bounded_per_identity_across_sessions() {
 async fn subscriptions_restored_after_a_restart_are_charged_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
-        max_subscription_bytes_per_user: 3000,
+        max_subscription_bytes_per_user: 10_000,
         ..sled_config(dir.path())
     };
     let broker = start_with(config.clone()).await;

@@ -71,7 +71,7 @@ impl Default for Config {
             cluster: None,
             max_connections_per_user: 1000,
             max_sessions_per_user: 1000,
-            max_subscription_bytes_per_user: 1024 * 1024,
+            max_subscription_bytes_per_user: 4 * 1024 * 1024,
             max_queued_bytes_per_user: 64 * 1024 * 1024,
             max_sessions: 100_000,
             max_room_cursors_per_user: 100_000,

@@ -254,7 +254,8 @@ pub struct Config {
     /// code 3.
     pub max_sessions_per_user: usize,
     /// Bytes of subscriptions one identity may hold over all its sessions
-    /// (each filter's bytes plus `SUBSCRIPTION_OVERHEAD`); beyond it that
+    /// (each filter's bytes three times plus 1024, what it costs in
+    /// memory); beyond it that
     /// filter gets 5.0 SUBACK 0x97 / 3.1.1 0x80.
     pub max_subscription_bytes_per_user: usize,
     /// Bytes queued and in flight over all one identity's sessions (the
