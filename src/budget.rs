@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,17 +48,31 @@ pub enum Held {
     /// Bytes of those retained messages: topic, payload, properties
     /// (`max_retained_bytes_per_user`).
     RetainedBytes,
+    /// Bytes of subscriptions over all this identity's sessions: each
+    /// filter plus a fixed overhead (`max_subscription_bytes_per_user`).
+    SubscriptionBytes,
+    /// Bytes queued and in flight over all this identity's sessions
+    /// (`max_queued_bytes_per_user`): its subscriptions made the broker
+    /// keep them.
+    QueuedBytes,
+    /// Room cursors of this identity's persistent sessions, one per
+    /// (session, room) (`max_room_cursors_per_user`; `max_room_cursors`
+    /// is the ceiling over all identities).
+    RoomCursors,
 }
 
 impl Held {
     /// Every variant, for the documentation check and the metrics.
-    pub const ALL: [Held; 6] = [
+    pub const ALL: [Held; 9] = [
         Held::Connections,
         Held::Sessions,
         Held::Rooms,
         Held::Receipts,
         Held::RetainedMessages,
         Held::RetainedBytes,
+        Held::SubscriptionBytes,
+        Held::QueuedBytes,
+        Held::RoomCursors,
     ];
 
     /// The configuration key of its per-identity bound.
@@ -69,6 +84,9 @@ impl Held {
             Held::Receipts => "max_receipts_per_user",
             Held::RetainedMessages => "max_retained_messages_per_user",
             Held::RetainedBytes => "max_retained_bytes_per_user",
+            Held::SubscriptionBytes => "max_subscription_bytes_per_user",
+            Held::QueuedBytes => "max_queued_bytes_per_user",
+            Held::RoomCursors => "max_room_cursors_per_user",
         }
     }
 
@@ -115,6 +133,9 @@ const RATE_KINDS: usize = Rate::ALL.len();
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     pub held: [u64; HELD_KINDS],
+    /// Per held kind: the most all accounts together may hold, where the
+    /// kind has such a ceiling kept here (0: none here).
+    pub ceiling: [u64; HELD_KINDS],
     /// Per rate: how much per `period`.
     pub rate: [(u64, Duration); RATE_KINDS],
 }
@@ -122,6 +143,11 @@ pub struct Limits {
 impl Limits {
     pub fn with_held(mut self, what: Held, bound: u64) -> Self {
         self.held[what.index()] = bound;
+        self
+    }
+
+    pub fn with_ceiling(mut self, what: Held, ceiling: u64) -> Self {
+        self.ceiling[what.index()] = ceiling;
         self
     }
 
@@ -140,6 +166,10 @@ impl Limits {
             .with_held(Held::Receipts, b.max_receipts_per_user as u64)
             .with_held(Held::RetainedMessages, b.max_retained_messages_per_user as u64)
             .with_held(Held::RetainedBytes, b.max_retained_bytes_per_user as u64)
+            .with_held(Held::SubscriptionBytes, b.max_subscription_bytes_per_user as u64)
+            .with_held(Held::QueuedBytes, b.max_queued_bytes_per_user as u64)
+            .with_held(Held::RoomCursors, b.max_room_cursors_per_user as u64)
+            .with_ceiling(Held::RoomCursors, b.max_room_cursors as u64)
             .with_rate(
                 Rate::HistoryRequests,
                 b.history_requests_per_minute as u64,
@@ -228,6 +258,9 @@ fn refilled(bucket: &Bucket, (amount, period): (u64, Duration), now: Instant) ->
 pub struct Budgets {
     limits: Limits,
     accounts: Mutex<HashMap<Arc<str>, Account>>,
+    /// What all accounts hold together, per kind, for the ceilings
+    /// (`Limits::ceiling`); changed only under the `accounts` lock.
+    totals: [AtomicU64; HELD_KINDS],
     /// Refusals per bound, for `roomq_budget_refused_total{bound}`: a
     /// limit that refuses counts it (nothing is dropped silently).
     refused_held: [Counter; HELD_KINDS],
@@ -239,6 +272,7 @@ impl Budgets {
         Budgets {
             limits,
             accounts: Mutex::new(HashMap::new()),
+            totals: Default::default(),
             refused_held: Default::default(),
             refused_rate: Default::default(),
         }
@@ -269,6 +303,16 @@ impl Budgets {
                 bound,
             });
         }
+        let ceiling = self.limits.ceiling[what.index()];
+        let total = &self.totals[what.index()];
+        if ceiling != 0 && total.load(Ordering::Relaxed).saturating_add(amount) > ceiling {
+            self.refused_held[what.index()].inc();
+            return Err(OverBudget {
+                key: what.key(),
+                bound: ceiling,
+            });
+        }
+        total.fetch_add(amount, Ordering::Relaxed);
         let entry = accounts.entry(Arc::from(account)).or_default();
         entry.held[what.index()] = held.saturating_add(amount);
         Ok(())
@@ -279,6 +323,7 @@ impl Budgets {
     /// was lowered since.
     pub fn charge_unchecked(&self, account: &str, what: Held, amount: u64) {
         let mut accounts = self.accounts.lock();
+        self.totals[what.index()].fetch_add(amount, Ordering::Relaxed);
         let entry = accounts.entry(Arc::from(account)).or_default();
         entry.held[what.index()] = entry.held[what.index()].saturating_add(amount);
     }
@@ -289,7 +334,9 @@ impl Budgets {
         let mut accounts = self.accounts.lock();
         if let Some(entry) = accounts.get_mut(account) {
             let held = &mut entry.held[what.index()];
-            *held = held.saturating_sub(amount);
+            let released = amount.min(*held);
+            *held -= released;
+            self.totals[what.index()].fetch_sub(released, Ordering::Relaxed);
             if entry.is_idle(&self.limits, now) {
                 accounts.remove(account);
             }
@@ -323,6 +370,11 @@ impl Budgets {
         bucket.tokens = tokens - amount as f64;
         bucket.refilled = now;
         Ok(())
+    }
+
+    /// What all accounts hold of `what` now.
+    pub fn total(&self, what: Held) -> u64 {
+        self.totals[what.index()].load(Ordering::Relaxed)
     }
 
     /// What `account` holds of `what` now.
@@ -413,6 +465,23 @@ mod tests {
         assert!(budgets.charge("user:b", Held::Rooms, 2).is_ok());
         budgets.release("user:a", Held::Rooms, 1);
         assert!(budgets.charge("user:a", Held::Rooms, 1).is_ok());
+    }
+
+    #[test]
+    fn a_ceiling_bounds_all_accounts_together() {
+        let budgets = Budgets::new(
+            Limits::default()
+                .with_held(Held::RoomCursors, 2)
+                .with_ceiling(Held::RoomCursors, 3),
+        );
+        budgets.charge("user:a", Held::RoomCursors, 2).unwrap();
+        budgets.charge("user:b", Held::RoomCursors, 1).unwrap();
+        let refused = budgets.charge("user:b", Held::RoomCursors, 1).unwrap_err();
+        assert_eq!(refused.bound, 3);
+        assert_eq!(budgets.total(Held::RoomCursors), 3);
+        budgets.release("user:a", Held::RoomCursors, 5);
+        assert_eq!(budgets.total(Held::RoomCursors), 1);
+        budgets.charge("user:b", Held::RoomCursors, 1).unwrap();
     }
 
     #[test]

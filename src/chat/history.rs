@@ -273,7 +273,11 @@ pub(super) fn reply_topic(
 }
 
 /// Publishes an answer to `request` on `topic`: the request's QoS (at most
-/// 1), its Correlation Data, no retain.
+/// 1), its Correlation Data, no retain. Delivered only to sessions
+/// connected now (`ephemeral`, as typing events): an answer is for the
+/// requester who waits for it, and queued for offline sessions (any
+/// subscriber of a Response Topic) it would let a few small requests fill
+/// other queues and the disk. A requester that went away asks again.
 pub(super) fn send_reply(router: &Router, request: &Message, topic: String, payload: Vec<u8>) {
     router.publish(reply_message(request, topic, payload));
 }
@@ -286,6 +290,7 @@ pub(super) fn reply_message(request: &Message, topic: String, payload: Vec<u8>) 
         QoS::AtLeastOnce
     };
     let mut response = Message::new(topic, payload, qos, false);
+    response.ephemeral = true;
     if let Some(correlation) = request
         .properties
         .as_ref()

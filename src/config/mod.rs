@@ -260,6 +260,26 @@ pub struct Config {
     /// a CONNECT that would create another gets 5.0 CONNACK 0x97 / 3.1.1
     /// code 3.
     pub max_sessions_per_user: usize,
+    /// Bytes of subscriptions one identity may hold over all its sessions
+    /// (each filter's bytes three times plus 1024, what it costs in
+    /// memory); beyond it that
+    /// filter gets 5.0 SUBACK 0x97 / 3.1.1 0x80.
+    pub max_subscription_bytes_per_user: usize,
+    /// Bytes queued and in flight over all one identity's sessions (the
+    /// subscriber's identity); beyond it a message is dropped for that
+    /// session, counted and logged as for a full session queue.
+    pub max_queued_bytes_per_user: usize,
+    /// Sessions the broker keeps (online and offline): the ceiling behind
+    /// `max_sessions_per_user`; a CONNECT that would create a new
+    /// persistent session beyond it gets 5.0 CONNACK 0x97 / 3.1.1 code 3.
+    pub max_sessions: usize,
+    /// Room cursors (one per persistent session and room it follows) one
+    /// identity's sessions may keep; beyond it a new room gets no cursor
+    /// for them: not replayed after a reconnect (its `prev` shows the gap).
+    pub max_room_cursors_per_user: usize,
+    /// Room cursors kept in all: the ceiling behind
+    /// `max_room_cursors_per_user`.
+    pub max_room_cursors: usize,
     /// Rooms one identity may open (with its first post); beyond it a post
     /// that would open another gets 0x97. `max_rooms` is the ceiling.
     pub max_rooms_per_user: usize,

@@ -395,6 +395,10 @@ async fn claim_session(
                 ConnectAckReason::QuotaExceeded,
                 "the identity holds max_sessions_per_user sessions",
             ),
+            ClaimRefused::Full => Refusal::Connack(
+                ConnectAckReason::QuotaExceeded,
+                "the broker holds max_sessions sessions",
+            ),
         }
     })
 }

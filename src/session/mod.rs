@@ -149,15 +149,67 @@ pub(crate) struct SessionState {
     /// receiving at once). `None` only for a session stored by an older
     /// version, until its client reconnects.
     pub owner: Option<Principal>,
-    /// The account this session is charged to (`Held::Sessions`), given
-    /// back when the session ends; `None` for an anonymous owner.
+    /// The account this session is charged to (`Held::Sessions`, and the
+    /// subscriptions' and queues' bytes), given back when the session
+    /// ends; `None` for an anonymous owner.
     pub charged_to: Option<Arc<str>>,
+    /// What the subscriptions cost `charged_to` (`Held::SubscriptionBytes`,
+    /// `subscribe::subscription_cost` each).
+    pub subscription_bytes: u64,
+    /// Room cursors charged to `charged_to` (`Held::RoomCursors`); at
+    /// most `room_cursors.len()` (a cursor refused is not made).
+    pub cursors_charged: u64,
+    /// The accounts `charged_to` lives in; set with it.
+    budgets: Option<Arc<crate::budget::Budgets>>,
     /// Packet id to a hash of (topic, payload) of this session's recent QoS
     /// 1 publishes, to recognise a DUP resend of one already stored.
     pub recent_publishes: VecDeque<(u16, u64)>,
 }
 
 impl SessionState {
+    /// Charges this session to `account`: the queues' bytes from now on
+    /// (`Held::QueuedBytes`; the caller charges `Held::Sessions`).
+    pub fn charge_to(&mut self, budgets: &Arc<crate::budget::Budgets>, account: Arc<str>) {
+        self.queue.pay_from(budgets, account.clone());
+        self.inflight.pay_from(budgets, account.clone());
+        self.charged_to = Some(account);
+        self.budgets = Some(budgets.clone());
+    }
+
+    /// Charges one new room cursor to the owner (`max_room_cursors_per_user`,
+    /// and the `max_room_cursors` ceiling); false, charging nothing, when
+    /// that would go over: the caller then makes no cursor. Without
+    /// `checked`, for a cursor of a room a filter names (bounded by the
+    /// subscriptions' own budget), it is charged and always made.
+    pub fn charge_cursor(&mut self, checked: bool) -> bool {
+        let (Some(budgets), Some(account)) = (&self.budgets, &self.charged_to) else {
+            return true;
+        };
+        if checked {
+            if let Err(over) = budgets.charge(account, crate::budget::Held::RoomCursors, 1) {
+                tracing::debug!(%account, "{over}: no room cursor");
+                return false;
+            }
+        } else {
+            budgets.charge_unchecked(account, crate::budget::Held::RoomCursors, 1);
+        }
+        self.cursors_charged += 1;
+        true
+    }
+
+    /// Gives every charge of this session back (it ends): the subscriptions
+    /// and cursors; the caller gives `Held::Sessions` back.
+    pub fn release_charges(&mut self) -> Option<Arc<str>> {
+        let account = self.charged_to.take()?;
+        if let Some(budgets) = &self.budgets {
+            let subscriptions = std::mem::take(&mut self.subscription_bytes);
+            budgets.release(&account, crate::budget::Held::SubscriptionBytes, subscriptions);
+            let cursors = std::mem::take(&mut self.cursors_charged);
+            budgets.release(&account, crate::budget::Held::RoomCursors, cursors);
+        }
+        Some(account)
+    }
+
     /// The next packet id not used by a message in flight.
     pub fn allocate_packet_id(&mut self) -> NonZeroU16 {
         loop {
@@ -282,28 +334,42 @@ impl Session {
         let held_bytes = st.queue.bytes() + st.inflight.bytes();
         let over_bytes = held > 0 && held_bytes + delivery.bytes() > self.max_queued_bytes;
         if held >= self.max_queued || over_bytes {
-            st.dropped += 1;
-            self.metrics.messages_dropped_queue_full.inc();
-            if st.dropped == 1 || st.dropped % 1000 == 0 {
-                tracing::warn!(
-                    client_id = %self.client_id,
-                    dropped = st.dropped,
-                    max_queued_messages = self.max_queued,
-                    max_queued_bytes = self.max_queued_bytes,
-                    queued_bytes = held_bytes,
-                    "session queue full, message dropped"
-                );
-            }
+            self.dropped_full(&mut st, held_bytes);
+            return false;
+        }
+        // The owner's account pays for every session's queue together
+        // (`max_queued_bytes_per_user`); charged before the message is
+        // stored, so a refused one leaves nothing behind.
+        if !st.queue.reserve(delivery.bytes()) {
+            self.dropped_full(&mut st, held_bytes);
             return false;
         }
         if delivery.message.room.is_none() {
             // Room messages are in the room log already.
             self.record_delivery(&mut st, &mut delivery);
         }
-        st.queue.push_back(delivery);
+        st.queue.push_back_reserved(delivery);
         drop(st);
         self.wake.notify_one();
         true
+    }
+
+    /// Counts and logs (rate-limited) a message dropped for a full queue:
+    /// the session's, or its owner's over all its sessions.
+    fn dropped_full(&self, st: &mut SessionState, held_bytes: usize) {
+        st.dropped += 1;
+        self.metrics.messages_dropped_queue_full.inc();
+        if st.dropped == 1 || st.dropped % 1000 == 0 {
+            tracing::warn!(
+                client_id = %self.client_id,
+                dropped = st.dropped,
+                max_queued_messages = self.max_queued,
+                max_queued_bytes = self.max_queued_bytes,
+                queued_bytes = held_bytes,
+                account = st.charged_to.as_deref(),
+                "session queue full (or its owner's, max_queued_bytes_per_user), message dropped"
+            );
+        }
     }
 
     /// Whether this session's client may read `topic`: room topics

@@ -4,10 +4,18 @@
 //! bounds their length: a reader that never acknowledges would otherwise
 //! make the broker hold up to `max_inflight_messages` messages of any size
 //! for it, outside every byte limit. Every change goes through here.
+//!
+//! The bytes are also charged to the session owner's account
+//! (`Held::QueuedBytes`, `max_queued_bytes_per_user`): an identity with
+//! many sessions cannot make the broker hold `max_queued_bytes` for each.
+//! Every change of the byte count charges or releases the same amount, and
+//! a queue dropped with its session gives back what it still held.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::Inflight;
+use crate::budget::{Budgets, Held};
 use crate::router::Delivery;
 
 /// What an entry counts for in bytes.
@@ -30,9 +38,18 @@ impl Counted for Inflight {
     }
 }
 
+/// The account a queue's bytes are charged to.
+struct Payer {
+    budgets: Arc<Budgets>,
+    account: Arc<str>,
+}
+
 pub(crate) struct Queue<T> {
     items: VecDeque<T>,
     bytes: usize,
+    /// `None` until the session's owner is known, and for an anonymous
+    /// owner (bounded per session and by its address's connections).
+    payer: Option<Payer>,
 }
 
 impl<T> Default for Queue<T> {
@@ -40,7 +57,43 @@ impl<T> Default for Queue<T> {
         Queue {
             items: VecDeque::new(),
             bytes: 0,
+            payer: None,
         }
+    }
+}
+
+impl<T> Queue<T> {
+    /// Charges what this queue holds, and whatever it takes from now on,
+    /// to `account` (what it held was charged to nobody before: a queue
+    /// gets its payer once, when its session's owner is known).
+    pub fn pay_from(&mut self, budgets: &Arc<Budgets>, account: Arc<str>) {
+        self.release(self.bytes);
+        budgets.charge_unchecked(&account, Held::QueuedBytes, self.bytes as u64);
+        self.payer = Some(Payer {
+            budgets: budgets.clone(),
+            account,
+        });
+    }
+
+    fn release(&self, bytes: usize) {
+        if let Some(p) = &self.payer {
+            p.budgets.release(&p.account, Held::QueuedBytes, bytes as u64);
+        }
+    }
+
+    fn charge_unchecked(&self, bytes: usize) {
+        if let Some(p) = &self.payer {
+            p.budgets
+                .charge_unchecked(&p.account, Held::QueuedBytes, bytes as u64);
+        }
+    }
+}
+
+impl<T> Drop for Queue<T> {
+    /// A session dropped without being ended (a restore that failed, a
+    /// broker shutting down) gives its queue's charge back too.
+    fn drop(&mut self) {
+        self.release(self.bytes);
     }
 }
 
@@ -72,19 +125,42 @@ impl<T: Counted> Queue<T> {
         self.items.get_mut(index)
     }
 
+    /// Appends `item`, charged to the payer without a bound check: for
+    /// what the session holds already (a message moving into flight, a
+    /// restored queue, a replayed room backlog bounded per session).
     pub fn push_back(&mut self, item: T) {
+        self.charge_unchecked(item.bytes());
+        self.bytes += item.bytes();
+        self.items.push_back(item);
+    }
+
+    /// Charges `bytes` to the payer's account if it has room for them
+    /// (`max_queued_bytes_per_user`); false, charging nothing, if not. The
+    /// caller then appends with [`Queue::push_back_reserved`].
+    pub fn reserve(&self, bytes: usize) -> bool {
+        self.payer.as_ref().is_none_or(|p| {
+            p.budgets
+                .charge(&p.account, Held::QueuedBytes, bytes as u64)
+                .is_ok()
+        })
+    }
+
+    /// Appends `item`, whose bytes [`Queue::reserve`] charged.
+    pub fn push_back_reserved(&mut self, item: T) {
         self.bytes += item.bytes();
         self.items.push_back(item);
     }
 
     pub fn pop_front(&mut self) -> Option<T> {
         let item = self.items.pop_front()?;
+        self.release(item.bytes());
         self.bytes = self.bytes.saturating_sub(item.bytes());
         Some(item)
     }
 
     pub fn remove(&mut self, index: usize) -> Option<T> {
         let item = self.items.remove(index)?;
+        self.release(item.bytes());
         self.bytes = self.bytes.saturating_sub(item.bytes());
         Some(item)
     }
@@ -104,11 +180,13 @@ impl<T: Counted> Queue<T> {
             }
             kept
         });
+        self.release(removed);
         self.bytes = self.bytes.saturating_sub(removed);
     }
 
     pub fn clear(&mut self) {
         self.items.clear();
+        self.release(self.bytes);
         self.bytes = 0;
     }
 }

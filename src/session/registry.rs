@@ -36,6 +36,9 @@ pub(crate) enum ClaimRefused {
     /// The owner holds `max_sessions_per_user` sessions already: 5.0
     /// CONNACK 0x97 Quota exceeded, 3.1.1 return code 3.
     OverBudget,
+    /// The broker keeps `max_sessions` sessions already and this one
+    /// would be a new persistent one: 5.0 CONNACK 0x97, 3.1.1 code 3.
+    Full,
 }
 
 /// A session claimed by a connection.
@@ -77,7 +80,8 @@ impl Registry {
     /// an existing connection is kicked off (takeover) and waited for; with
     /// `clean_start` an existing session is ended and a new one made. A
     /// session that belongs to another identity is left untouched, with its
-    /// connection, and the claim refused.
+    /// connection, and the claim refused. A new `persistent` session (one
+    /// that outlives its connection) is refused beyond `max_sessions`.
     pub(crate) async fn claim(
         &self,
         shared: &Arc<Shared>,
@@ -91,6 +95,15 @@ impl Registry {
             None => {
                 let fresh = self.new_session(shared, client_id);
                 let mut map = self.sessions.lock();
+                // The ceiling behind `max_sessions_per_user`. A clean
+                // session lasts as long as its connection, which
+                // `max_connections` bounds: it is not refused here.
+                let max = shared.config.max_sessions;
+                if persistent && max > 0 && map.len() >= max {
+                    drop(map);
+                    tracing::info!(%client_id, max_sessions = max, "new persistent session refused: max_sessions");
+                    return Err(ClaimRefused::Full);
+                }
                 let entry = map
                     .entry(fresh.client_id.clone())
                     .or_insert_with(|| fresh.clone());
@@ -232,7 +245,8 @@ impl Registry {
                 map.remove(&session.client_id);
             }
         }
-        if let Some(account) = session.state.lock().charged_to.take() {
+        let account = session.state.lock().release_charges();
+        if let Some(account) = account {
             shared.budgets.release(&account, Held::Sessions, 1);
         }
     }
@@ -258,7 +272,7 @@ fn charge_session(shared: &Shared, session: &Session, owner: &Principal) -> bool
     };
     match shared.budgets.charge(&account, Held::Sessions, 1) {
         Ok(()) => {
-            session.state.lock().charged_to = Some(account);
+            session.state.lock().charge_to(&shared.budgets, account);
             true
         }
         Err(over) => {
@@ -269,7 +283,9 @@ fn charge_session(shared: &Shared, session: &Session, owner: &Principal) -> bool
 }
 
 /// Charges a session restored from the store (or handed over by another
-/// node) to its owner, without a bound check: it is kept already.
+/// node) to its owner, without a bound check: it is kept already. Its
+/// subscriptions and queues are charged too, so the owner's bounds count
+/// them after a restart as before.
 pub(crate) fn charge_restored(shared: &Shared, session: &Session) {
     let mut st = session.state.lock();
     if st.charged_to.is_some() {
@@ -277,7 +293,21 @@ pub(crate) fn charge_restored(shared: &Shared, session: &Session) {
     }
     if let Some(account) = st.owner.as_ref().and_then(session_account) {
         shared.budgets.charge_unchecked(&account, Held::Sessions, 1);
-        st.charged_to = Some(account);
+        let subscriptions: u64 = st
+            .subscriptions
+            .keys()
+            .map(|f| super::subscribe::subscription_cost(f))
+            .sum();
+        shared
+            .budgets
+            .charge_unchecked(&account, Held::SubscriptionBytes, subscriptions);
+        st.subscription_bytes = subscriptions;
+        let cursors = st.room_cursors.len() as u64;
+        shared
+            .budgets
+            .charge_unchecked(&account, Held::RoomCursors, cursors);
+        st.cursors_charged = cursors;
+        st.charge_to(&shared.budgets, account);
     }
 }
 

@@ -58,10 +58,15 @@ impl Session {
             // After a restart the first replay plan finds such rooms (and
             // earlier messages of theirs a crash may have lost the cursor
             // of); until then no cursor is started here.
-            if st.rescan_rooms_since.is_none() && !st.room_cursors.contains_key(&tag.room) {
+            if st.rescan_rooms_since.is_none()
+                && !st.room_cursors.contains_key(&tag.room)
+                && st.charge_cursor(true)
+            {
                 // The room's first message since the subscription (see the
                 // module doc): the replay starts just before it. Saved
-                // with the next save of the record.
+                // with the next save of the record. Over the owner's
+                // `max_room_cursors_per_user` no cursor is made: the room
+                // is not replayed, the client sees the gap by `prev`.
                 let before = tag.seq.saturating_sub(1);
                 let cursor = RoomCursor {
                     delivered: before,
@@ -70,6 +75,10 @@ impl Session {
                 st.room_cursors.insert(tag.room.clone(), cursor);
             }
             return false;
+        }
+        if !st.room_cursors.contains_key(&tag.room) && !st.charge_cursor(true) {
+            // Over the owner's cursor budget: delivered live, untracked.
+            return true;
         }
         let cursor = st.room_cursors.entry(tag.room.clone()).or_default();
         if tag.seq <= cursor.delivered {
@@ -85,6 +94,9 @@ impl Session {
         let Some(tag) = &delivery.message.room else {
             return;
         };
+        if !st.room_cursors.contains_key(&tag.room) && !st.charge_cursor(true) {
+            return;
+        }
         let cursor = st.room_cursors.entry(tag.room.clone()).or_default();
         cursor.done = cursor.done.max(tag.seq);
         st.room_acks_unsaved += 1;
@@ -109,7 +121,9 @@ impl Session {
         chat.counters.rooms_scanned.inc();
         let head = chat.log.head(&room);
         let mut st = self.state.lock();
-        if head > 0 && !st.room_cursors.contains_key(room.as_str()) {
+        // Charged without a check: a room a filter names is paid for by
+        // the subscription's own budget.
+        if head > 0 && !st.room_cursors.contains_key(room.as_str()) && st.charge_cursor(false) {
             let cursor = RoomCursor {
                 delivered: head,
                 done: head,
@@ -158,6 +172,10 @@ impl Session {
                 };
                 let mut st = self.state.lock();
                 let head = chat.log.head(&room);
+                if !st.room_cursors.contains_key(&room) {
+                    // A room a filter names (the others have a cursor).
+                    st.charge_cursor(false);
+                }
                 let cursor = st.room_cursors.entry(room.clone()).or_default();
                 let mut last = cursor.delivered;
                 if page.is_empty() {
@@ -217,7 +235,9 @@ fn replay_plan(st: &mut SessionState, chat: &Chat) -> Vec<(Arc<str>, u64)> {
         if let Some(since) = rescan_since {
             for room in chat.log.changed_since(since) {
                 chat.counters.rooms_scanned.inc();
-                st.room_cursors.entry(room).or_default();
+                if !st.room_cursors.contains_key(&room) && st.charge_cursor(true) {
+                    st.room_cursors.insert(room, Default::default());
+                }
             }
         }
         rooms.extend(st.room_cursors.keys().cloned());

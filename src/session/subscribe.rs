@@ -4,11 +4,28 @@
 use super::connection::{Close, Connection};
 use super::SessionSubscription;
 use crate::auth::acl::Subject;
+use crate::budget::Held;
 use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
 use crate::protocol::{
     DisconnectReasonCode, Packet, QoS, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
     UnsubscribeAck, UnsubscribeAckReason,
 };
+
+/// What one subscription keeps besides its filter's copies: its trie
+/// node and subscriber entry, the session's map entry, allocator slack.
+/// Measured (debug build, memory store, 5,000 subscriptions): about 900
+/// bytes for a short filter, about 3.6 KiB for a 1000-byte one.
+const SUBSCRIPTION_OVERHEAD: u64 = 1024;
+
+/// How many times a filter's bytes are kept: the trie's levels, the
+/// session's map key, the router's subscriber entry.
+const FILTER_COPIES: u64 = 3;
+
+/// What a subscription to `filter` costs its owner
+/// (`Held::SubscriptionBytes`, `max_subscription_bytes_per_user`).
+pub(crate) fn subscription_cost(filter: &str) -> u64 {
+    filter.len() as u64 * FILTER_COPIES + SUBSCRIPTION_OVERHEAD
+}
 
 impl Connection {
     pub(super) fn on_subscribe(&mut self, subscribe: Subscribe) -> Option<Close> {
@@ -42,6 +59,10 @@ impl Connection {
             let plain_filter = shared.as_ref().map_or(&**filter, |s| s.filter);
             if let Some(reason) = self.subscribe_refusal(filter, plain_filter) {
                 status.push(reason);
+                continue;
+            }
+            if !self.charge_subscription(filter) {
+                status.push(SubscribeAckReason::QuotaExceeded);
                 continue;
             }
             if crate::chat::uses_rooms(plain_filter) {
@@ -125,6 +146,35 @@ impl Connection {
         Some(SubscribeAckReason::NotAuthorized)
     }
 
+    /// Charges a new subscription to `filter` to the session's owner
+    /// (`max_subscription_bytes_per_user`, over all its sessions); false
+    /// when that would go over. Replacing a subscription the session has
+    /// costs nothing more.
+    fn charge_subscription(&self, filter: &str) -> bool {
+        let mut st = self.session.state.lock();
+        if st.subscriptions.contains_key(filter) {
+            return true;
+        }
+        let Some(account) = st.charged_to.clone() else {
+            return true;
+        };
+        let cost = subscription_cost(filter);
+        match self
+            .shared
+            .budgets
+            .charge(&account, Held::SubscriptionBytes, cost)
+        {
+            Ok(()) => {
+                st.subscription_bytes += cost;
+                true
+            }
+            Err(over) => {
+                tracing::info!(%filter, %account, "{over}: subscription refused");
+                false
+            }
+        }
+    }
+
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<Close> {
         let mut status = Vec::with_capacity(unsubscribe.topic_filters.len());
         for filter in &unsubscribe.topic_filters {
@@ -143,6 +193,14 @@ impl Connection {
                 self.shared
                     .chat
                     .unsubscribed(self.principal.identity.as_deref(), filter);
+                let mut st = self.session.state.lock();
+                if let Some(account) = st.charged_to.clone() {
+                    let cost = subscription_cost(filter).min(st.subscription_bytes);
+                    st.subscription_bytes -= cost;
+                    self.shared
+                        .budgets
+                        .release(&account, Held::SubscriptionBytes, cost);
+                }
             }
             status.push(if existed {
                 UnsubscribeAckReason::Success
