@@ -378,6 +378,13 @@ mod scenarios {
             let mut c = common::connect5(&format!("victim-{i}"));
             c.keep_alive = keep_alive;
             let (mut raw, _) = common::Raw::connect5(proxy.addr, c).await;
+            // Presence is kept for identities that use rooms: the victims
+            // are chat members.
+            raw.subscribe5(
+                1,
+                &[("rooms/nat/msg/+", common::opts(rmqtt_codec::types::QoS::AtMostOnce))],
+            )
+            .await;
             victims.push(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;

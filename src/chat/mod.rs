@@ -367,6 +367,7 @@ impl Chat {
                 return;
             }
         }
+        self.sanction_from_event(room, &record);
         if let Some(key) = key {
             self.dedup.insert(key, seq);
         }

@@ -35,6 +35,33 @@ impl Chat {
         tracing::debug!(room = %change.room, user = %change.user, kind = ?change.kind, until = ?change.until, "ban or mute from the cluster applied");
     }
 
+    /// Cluster mode: a ban or mute event read from the room's stream may
+    /// come before the change itself reaches this node (its copy in the
+    /// room, and `ROOMQ_SANCTIONS`, follow the moderator's answer): it is
+    /// taken in before the event is delivered, so the banned user does not
+    /// get it, nor anything after it. Only what makes the room stricter is
+    /// taken early; a lift waits for the change itself.
+    pub(crate) fn sanction_from_event(&self, room: &str, record: &crate::store::RoomRecord) {
+        let Some(event) = record.event() else {
+            return;
+        };
+        let kind = match event.kind {
+            crate::store::EventKind::Ban => Kind::Ban,
+            crate::store::EventKind::Mute => Kind::Mute,
+            _ => return,
+        };
+        let Some(user) = event.user.as_deref() else {
+            return;
+        };
+        let sanctions = &self.membership.sanctions;
+        if sanctions.current(kind, room, user).is_none() {
+            let until = event
+                .secs
+                .map(|secs| record.ts_unix_ms.saturating_add(secs.saturating_mul(1000)));
+            sanctions.replace(kind, room, user, Some(until));
+        }
+    }
+
     /// Cluster mode: `seq` of `room` held no message (a sanction's record
     /// in the room's stream); the room's follower goes on after it.
     pub(crate) fn skip_replicated(&self, room: &str, seq: u64) {
