@@ -50,6 +50,19 @@ impl From<DecodeError> for Close {
     }
 }
 
+/// The topic aliases of a 5.0 connection.
+#[derive(Default)]
+pub(crate) struct Aliases {
+    /// Topic aliases the client set up (alias to topic).
+    pub inbound: HashMap<u16, ByteString>,
+    /// Bytes of the topics in `inbound`, bounded by
+    /// `max_topic_alias_bytes`: the alias count alone let each connection
+    /// hold `topic_alias_maximum` topics of up to `max_topic_length` each.
+    pub inbound_bytes: usize,
+    /// Topic aliases the broker set up towards the client.
+    pub outbound: HashMap<ByteString, u16>,
+}
+
 /// A connection that has completed CONNECT/CONNACK.
 pub(crate) struct Connection {
     pub io: Io,
@@ -82,14 +95,10 @@ pub(crate) struct Connection {
     pub replies_when_durable: Vec<Packet>,
     /// Most QoS 1/2 messages in flight to the client.
     pub send_window: usize,
-    /// Topic aliases the client set up (alias to topic).
-    pub inbound_aliases: HashMap<u16, ByteString>,
-    /// Bytes of the topics in `inbound_aliases`, bounded by
-    /// `max_topic_alias_bytes`: the alias count alone let each connection
-    /// hold `topic_alias_maximum` topics of up to `max_topic_length` each.
-    pub inbound_alias_bytes: usize,
-    /// Topic aliases the broker set up towards the client.
-    pub outbound_aliases: HashMap<ByteString, u16>,
+    /// Topic aliases, both ways; made when the first one is (most
+    /// connections never use one, and every idle connection would carry
+    /// two empty maps).
+    pub aliases: Option<Box<Aliases>>,
     /// Topic Alias Maximum of the client (0 = none).
     pub client_alias_max: u16,
     /// The client's Session Expiry Interval at CONNECT, for the DISCONNECT
@@ -113,63 +122,74 @@ pub(crate) struct Connection {
 
 /// Serves one accepted connection until it closes. `over_limit` is set
 /// when the broker already has `max_connections`: the client is then told
-/// the server is busy.
-pub async fn serve(
+/// the server is busy. Not an `async fn`: its arguments would be kept
+/// in the task a second time, beside the block's own copies.
+pub fn serve(
     stream: Box<dyn Stream>,
     peer: super::io::Peer,
     shared: Arc<Shared>,
     over_limit: bool,
     connect_deadline: Instant,
-) {
+) -> impl std::future::Future<Output = ()> {
     let span = tracing::info_span!("conn", peer = %peer.addr, client_id = tracing::field::Empty);
     async move {
-        let cert_name = peer.cert_name.clone();
-        // Until the client is known, a CONNECT-sized limit: what a pending
-        // login holds stays small.
-        let config = &shared.config;
-        let mut io = Io::new(
-            stream,
-            &peer,
-            config.max_packet_size.min(config.max_connect_packet_size),
-            shared.metrics.clone(),
-        );
-        // A shutdown does not wait for a client that has not logged in.
-        let reading = tokio::time::timeout_at(connect_deadline, io.read_packet());
-        let Some(first) = shared.unless_shutdown(reading).await else {
-            tracing::debug!("shutdown before CONNECT, closing");
-            return;
-        };
-        let first = match first {
-            Err(_) => {
-                tracing::debug!("no CONNECT within connect_timeout_secs, closing");
-                return;
-            }
-            Ok(Err(close)) => {
-                super::connect::refuse_undecodable(&mut io, &shared, close).await;
-                io.flush_final().await;
-                io.linger().await;
-                return;
-            }
-            Ok(Ok(packet)) => packet,
-        };
-        let Packet::Connect(connect) = first else {
-            tracing::debug!("first packet was not CONNECT, closing");
-            return;
-        };
-        // Boxed: the CONNECT handshake's state (the login, the CONNACK
-        // being built) lives on the heap while it runs and is freed after,
-        // instead of sizing the task that every idle connection keeps.
-        let accepting = Box::pin(super::connect::accept(
-            io, &shared, *connect, over_limit, cert_name,
-        ));
-        let Some(conn) = accepting.await else {
+        // Boxed: reading the CONNECT, the handshake's state (the login, the
+        // CONNACK being built) and a refusal's lingering close live on the
+        // heap while they run and are freed after, instead of sizing the
+        // task that every idle connection keeps.
+        let opening = Box::pin(open(stream, peer, &shared, over_limit, connect_deadline));
+        let Some(conn) = opening.await else {
             return;
         };
         tracing::Span::current().record("client_id", &*conn.session.client_id);
         conn.run().await;
     }
     .instrument(span)
-    .await
+}
+
+/// Reads the CONNECT and accepts or refuses it: the connection, or `None`
+/// when it ended before CONNACK.
+async fn open(
+    stream: Box<dyn Stream>,
+    peer: super::io::Peer,
+    shared: &Arc<Shared>,
+    over_limit: bool,
+    connect_deadline: Instant,
+) -> Option<Connection> {
+    let cert_name = peer.cert_name.clone();
+    // Until the client is known, a CONNECT-sized limit: what a pending
+    // login holds stays small.
+    let config = &shared.config;
+    let mut io = Io::new(
+        stream,
+        &peer,
+        config.max_packet_size.min(config.max_connect_packet_size),
+        shared.metrics.clone(),
+    );
+    // A shutdown does not wait for a client that has not logged in.
+    let reading = tokio::time::timeout_at(connect_deadline, io.read_packet());
+    let Some(first) = shared.unless_shutdown(reading).await else {
+        tracing::debug!("shutdown before CONNECT, closing");
+        return None;
+    };
+    let first = match first {
+        Err(_) => {
+            tracing::debug!("no CONNECT within connect_timeout_secs, closing");
+            return None;
+        }
+        Ok(Err(close)) => {
+            super::connect::refuse_undecodable(&mut io, shared, close).await;
+            io.flush_final().await;
+            io.linger().await;
+            return None;
+        }
+        Ok(Ok(packet)) => packet,
+    };
+    let Packet::Connect(connect) = first else {
+        tracing::debug!("first packet was not CONNECT, closing");
+        return None;
+    };
+    super::connect::accept(io, shared, *connect, over_limit, cert_name).await
 }
 
 impl Connection {
@@ -179,7 +199,10 @@ impl Connection {
             Close::Lost(why) => tracing::debug!(%why, "connection lost"),
             other => tracing::debug!(reason = ?other, "connection closing"),
         }
-        self.finish(close).await;
+        // Boxed: closing (the final write, the lingering close with its
+        // read buffer) happens once; inline, its state would size the task
+        // of every idle connection.
+        Box::pin(self.finish(close)).await;
     }
 
     async fn event_loop(&mut self) -> Close {
@@ -237,12 +260,17 @@ impl Connection {
                 match self.io.next_packet() {
                     Ok(Some(packet)) => {
                         deadline = self.keep_alive_window.map(|w| Instant::now() + w);
-                        super::rooms_ready_for(&self.shared, &packet).await;
+                        if self.shared.cluster.is_some() {
+                            // Boxed: cluster mode only, and rare.
+                            Box::pin(super::rooms_ready_for(&self.shared, &packet)).await;
+                        }
                         if let Some(close) = self.handle(packet) {
                             return close;
                         }
                         if !self.replies_when_durable.is_empty() {
-                            self.send_replies_when_durable().await;
+                            // Boxed: only after a persistent session's
+                            // SUBSCRIBE, so its state stays out of the task.
+                            Box::pin(self.send_replies_when_durable()).await;
                         }
                     }
                     Ok(None) => break,
@@ -452,5 +480,57 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size2<A, B, F: std::future::Future>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size1<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn print_sizes() {
+        println!("serve future: {}", future_size(serve));
+        println!("run future: {}", future_size1(Connection::run));
+        println!("event_loop future: {}", future_size1(Connection::event_loop));
+        println!("Connection: {}", std::mem::size_of::<Connection>());
+        println!("Io: {}", std::mem::size_of::<Io>());
+        println!("Codec: {}", std::mem::size_of::<crate::protocol::Codec>());
+        println!("Session: {}", std::mem::size_of::<Session>());
+        println!(
+            "SessionState: {}",
+            std::mem::size_of::<super::super::SessionState>()
+        );
+        println!("Principal: {}", std::mem::size_of::<Principal>());
+        println!(
+            "LocalHistogram: {}",
+            std::mem::size_of::<crate::metrics::LocalHistogram>()
+        );
+        println!(
+            "PublishBudget: {}",
+            std::mem::size_of::<super::super::rate::PublishBudget>()
+        );
+        println!("Will: {}", std::mem::size_of::<super::super::Will>());
+        println!("open future: {}", future_size(open));
+        println!("finish future: {}", future_size2(Connection::finish));
+        println!("Notify: {}", std::mem::size_of::<Notify>());
+        println!("Sleep: {}", std::mem::size_of::<tokio::time::Sleep>());
+        println!("TcpStream: {}", std::mem::size_of::<tokio::net::TcpStream>());
+        println!(
+            "Notified: {}",
+            std::mem::size_of::<tokio::sync::futures::Notified<'static>>()
+        );
     }
 }
