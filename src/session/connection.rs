@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use tokio::sync::{watch, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -132,19 +134,22 @@ pub fn serve(
     connect_deadline: Instant,
 ) -> impl std::future::Future<Output = ()> {
     let span = tracing::info_span!("conn", peer = %peer.addr, client_id = tracing::field::Empty);
-    async move {
-        // Boxed: reading the CONNECT, the handshake's state (the login, the
-        // CONNACK being built) and a refusal's lingering close live on the
-        // heap while they run and are freed after, instead of sizing the
-        // task that every idle connection keeps.
-        let opening = Box::pin(open(stream, peer, &shared, over_limit, connect_deadline));
-        let Some(conn) = opening.await else {
-            return;
-        };
-        tracing::Span::current().record("client_id", &*conn.session.client_id);
-        conn.run().await;
-    }
-    .instrument(span)
+    // Boxed, and made here rather than in the task: reading the CONNECT,
+    // a refusal's lingering close and what `open` is given live on the
+    // heap while they are needed and are freed after, instead of sizing
+    // the task that every idle connection keeps.
+    let opening = Box::pin(open(stream, peer, shared, over_limit, connect_deadline));
+    // Combinators, not an async block: one keeps the connection twice
+    // (the local, and the `run` future it moved into).
+    opening
+        .then(|opened| match opened {
+            Some(conn) => {
+                tracing::Span::current().record("client_id", &*conn.session.client_id);
+                Either::Left(conn.run())
+            }
+            None => Either::Right(std::future::ready(())),
+        })
+        .instrument(span)
 }
 
 /// Reads the CONNECT and accepts or refuses it: the connection, or `None`
@@ -152,7 +157,7 @@ pub fn serve(
 async fn open(
     stream: Box<dyn Stream>,
     peer: super::io::Peer,
-    shared: &Arc<Shared>,
+    shared: Arc<Shared>,
     over_limit: bool,
     connect_deadline: Instant,
 ) -> Option<Connection> {
@@ -178,7 +183,7 @@ async fn open(
             return None;
         }
         Ok(Err(close)) => {
-            super::connect::refuse_undecodable(&mut io, shared, close).await;
+            super::connect::refuse_undecodable(&mut io, &shared, close).await;
             io.flush_final().await;
             io.linger().await;
             return None;
@@ -189,20 +194,29 @@ async fn open(
         tracing::debug!("first packet was not CONNECT, closing");
         return None;
     };
-    super::connect::accept(io, shared, *connect, over_limit, cert_name).await
+    // Boxed: the handshake's state (the login, the CONNACK being built)
+    // is large; a client that never sends CONNECT does not hold it.
+    Box::pin(super::connect::accept(
+        io, &shared, *connect, over_limit, cert_name,
+    ))
+    .await
 }
 
 impl Connection {
-    async fn run(mut self) {
-        let close = self.event_loop().await;
-        match &close {
-            Close::Lost(why) => tracing::debug!(%why, "connection lost"),
-            other => tracing::debug!(reason = ?other, "connection closing"),
+    /// Not an `async fn`: one taking `mut self` keeps the connection in
+    /// its task twice (the argument and its mutable binding).
+    fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let close = self.event_loop().await;
+            match &close {
+                Close::Lost(why) => tracing::debug!(%why, "connection lost"),
+                other => tracing::debug!(reason = ?other, "connection closing"),
+            }
+            // Boxed: closing (the final write, the lingering close with its
+            // read buffer) happens once; inline, its state would size the
+            // task of every idle connection.
+            Box::pin(self.finish(close)).await;
         }
-        // Boxed: closing (the final write, the lingering close with its
-        // read buffer) happens once; inline, its state would size the task
-        // of every idle connection.
-        Box::pin(self.finish(close)).await;
     }
 
     async fn event_loop(&mut self) -> Close {
@@ -257,24 +271,27 @@ impl Connection {
                 Err(e) => return Close::Lost(e.to_string()),
             }
             loop {
-                match self.io.next_packet() {
-                    Ok(Some(packet)) => {
-                        deadline = self.keep_alive_window.map(|w| Instant::now() + w);
-                        if self.shared.cluster.is_some() {
-                            // Boxed: cluster mode only, and rare.
-                            Box::pin(super::rooms_ready_for(&self.shared, &packet)).await;
-                        }
-                        if let Some(close) = self.handle(packet) {
-                            return close;
-                        }
-                        if !self.replies_when_durable.is_empty() {
-                            // Boxed: only after a persistent session's
-                            // SUBSCRIBE, so its state stays out of the task.
-                            Box::pin(self.send_replies_when_durable()).await;
-                        }
-                    }
+                // No packet is held across an `.await` of this loop: what
+                // is held there is part of every idle connection's task.
+                let packet = match self.io.next_packet() {
+                    Ok(Some(packet)) => packet,
                     Ok(None) => break,
                     Err(e) => return e.into(),
+                };
+                deadline = self.keep_alive_window.map(|w| Instant::now() + w);
+                let close = if self.shared.cluster.is_some() {
+                    // Boxed: cluster mode only.
+                    Box::pin(self.handle_when_rooms_ready(packet)).await
+                } else {
+                    self.handle(packet)
+                };
+                if let Some(close) = close {
+                    return close;
+                }
+                if !self.replies_when_durable.is_empty() {
+                    // Boxed: only after a persistent session's SUBSCRIBE,
+                    // so its state stays out of the task.
+                    Box::pin(self.send_replies_when_durable()).await;
                 }
             }
             self.queue_acks();
@@ -301,6 +318,13 @@ impl Connection {
                 "session taken over".into(),
             ),
         }
+    }
+
+    /// Cluster mode: `handle` once this node follows the rooms the packet
+    /// reads.
+    async fn handle_when_rooms_ready(&mut self, packet: Packet) -> Option<Close> {
+        super::rooms_ready_for(&self.shared, &packet).await;
+        self.handle(packet)
     }
 
     /// Dispatches one packet; returns `Some` when the connection must close.
