@@ -182,5 +182,7 @@ fn an_idle_connection_holds_little_heap() {
     }
     drop(sockets);
     runtime.block_on(broker.shutdown());
-    assert!(per_conn < 100_000.0, "{per_conn:.0} bytes per idle connection");
+    // 9,977 before the connection task was trimmed, 4,586 after (this
+    // unoptimised build); the bound leaves room for small changes.
+    assert!(per_conn < 5_500.0, "{per_conn:.0} heap bytes per idle connection");
 }
