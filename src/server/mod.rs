@@ -14,6 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
@@ -157,37 +159,69 @@ pub(crate) async fn accept_loop(
         }
         let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let over_limit = open > shared.config.max_connections;
-        let (shared, listener, ip_limits) = (shared.clone(), listener.clone(), ip_limits.clone());
-        let libraries = libraries.clone();
-        tracker.spawn(async move {
-            // One deadline for the handshakes and the CONNECT together.
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_secs(shared.config.connect_timeout_secs);
-            // Boxed: the TLS and WebSocket handshake state is large, and inline
-            // it would stay in every idle connection's task (measured: 15 KB
-            // instead of 6 KB per idle connection).
-            let handshake = Box::pin(upgrade(&listener, socket, addr, &shared, &libraries));
-            // A shutdown does not wait for a handshake under way.
-            let finished = shared
-                .unless_shutdown(tokio::time::timeout_at(deadline, handshake))
-                .await;
-            match finished {
-                None => tracing::debug!(%addr, "handshake cut short by shutdown"),
-                Some(Ok(Ok(Some((stream, peer))))) => {
-                    session::serve(stream, peer, shared.clone(), over_limit, deadline).await
-                }
-                // A browser chat page or script, already answered.
-                Some(Ok(Ok(None))) => {}
-                Some(Ok(Err(why))) => {
-                    shared.metrics.protocol_errors.inc();
-                    tracing::debug!(%addr, kind = %listener.config.kind, %why, "handshake failed");
-                }
-                Some(Err(_)) => tracing::debug!(%addr, kind = %listener.config.kind, "handshake timed out"),
-            }
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            ip_limits.release(addr.ip());
-        });
+        // One deadline for the handshakes and the CONNECT together.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(shared.config.connect_timeout_secs);
+        // Boxed, and made before the task: the TLS and WebSocket handshake
+        // state is large, and inline it would stay in every idle
+        // connection's task (measured: 15 KB instead of 6 KB per idle
+        // connection); what it is given is freed with it.
+        let handshake = Box::pin(handshake(
+            listener.clone(),
+            socket,
+            addr,
+            shared.clone(),
+            libraries.clone(),
+            deadline,
+        ));
+        let (shared, ip_limits, ip) = (shared.clone(), ip_limits.clone(), addr.ip());
+        let serve_shared = shared.clone();
+        // Combinators, not an async block: one keeps a value it moves into
+        // a future it awaits twice, and the task is what every idle
+        // connection holds. `then` frees the handshake's box once done.
+        tracker.spawn(
+            handshake
+                .then(move |opened| match opened {
+                    Some((stream, peer)) => {
+                        Either::Left(session::serve(stream, peer, serve_shared, over_limit, deadline))
+                    }
+                    None => Either::Right(std::future::ready(())),
+                })
+                .map(move |()| {
+                    shared.connections.fetch_sub(1, Ordering::AcqRel);
+                    ip_limits.release(ip);
+                }),
+        );
     }
+}
+
+/// The handshakes of one accepted connection under `deadline` and
+/// shutdown: the stream to serve MQTT on, or `None` (failed, timed out,
+/// cut short, or a browser chat file was served).
+async fn handshake(
+    listener: Arc<BoundListener>,
+    socket: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    libraries: Arc<web::Libraries>,
+    deadline: tokio::time::Instant,
+) -> Option<(Box<dyn Stream>, Peer)> {
+    let upgrading = upgrade(&listener, socket, addr, &shared, &libraries);
+    // A shutdown does not wait for a handshake under way.
+    let finished = shared
+        .unless_shutdown(tokio::time::timeout_at(deadline, upgrading))
+        .await;
+    match finished {
+        None => tracing::debug!(%addr, "handshake cut short by shutdown"),
+        Some(Ok(Ok(Some(opened)))) => return Some(opened),
+        // A browser chat page or script, already answered.
+        Some(Ok(Ok(None))) => {}
+        Some(Ok(Err(why))) => {
+            shared.metrics.protocol_errors.inc();
+            tracing::debug!(%addr, kind = %listener.config.kind, %why, "handshake failed");
+        }
+        Some(Err(_)) => tracing::debug!(%addr, kind = %listener.config.kind, "handshake timed out"),
+    }
+    None
 }
 
 /// Runs the TLS and WebSocket handshakes the listener asks for; `None`

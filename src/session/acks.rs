@@ -242,7 +242,9 @@ pub(crate) async fn wait_until_durable(shared: &Shared) -> bool {
 /// Resolves when `ticket` is durable; never when there is nothing to wait for.
 pub(super) async fn wait_durable(commit: Option<std::sync::Arc<GroupCommit>>, ticket: Option<u64>) {
     match (commit, ticket) {
-        (Some(commit), Some(ticket)) => commit.wait(ticket).await,
+        // Boxed: allocated only while acknowledgements wait, instead of
+        // sizing every idle connection's task.
+        (Some(commit), Some(ticket)) => Box::pin(commit.wait(ticket)).await,
         _ => std::future::pending().await,
     }
 }

@@ -159,10 +159,8 @@ pub(crate) async fn accept(
         qos1_acks_waiting: 0,
         replies_when_durable: Vec::new(),
         send_window: terms.send_window,
-        inbound_aliases: HashMap::new(),
-        inbound_alias_bytes: 0,
+        aliases: None,
         told_refused_post: false,
-        outbound_aliases: HashMap::new(),
         client_alias_max: connect.topic_alias_max,
         connect_expiry: connect.session_expiry_interval_secs,
         shutdown: shared.shutdown.subscribe(),
@@ -475,7 +473,7 @@ async fn negotiate(
         st.replaying = true;
         st.will = connect.last_will.clone().map(|will| Will {
             delay_secs: will.will_delay_interval_sec.unwrap_or(0),
-            will,
+            will: Box::new(will),
         });
         // Stored now (offline_since = None), so that after a crash the will
         // fires and the expiry restarts from the restart.

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use tokio::sync::{watch, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -50,6 +52,19 @@ impl From<DecodeError> for Close {
     }
 }
 
+/// The topic aliases of a 5.0 connection.
+#[derive(Default)]
+pub(crate) struct Aliases {
+    /// Topic aliases the client set up (alias to topic).
+    pub inbound: HashMap<u16, ByteString>,
+    /// Bytes of the topics in `inbound`, bounded by
+    /// `max_topic_alias_bytes`: the alias count alone let each connection
+    /// hold `topic_alias_maximum` topics of up to `max_topic_length` each.
+    pub inbound_bytes: usize,
+    /// Topic aliases the broker set up towards the client.
+    pub outbound: HashMap<ByteString, u16>,
+}
+
 /// A connection that has completed CONNECT/CONNACK.
 pub(crate) struct Connection {
     pub io: Io,
@@ -82,14 +97,10 @@ pub(crate) struct Connection {
     pub replies_when_durable: Vec<Packet>,
     /// Most QoS 1/2 messages in flight to the client.
     pub send_window: usize,
-    /// Topic aliases the client set up (alias to topic).
-    pub inbound_aliases: HashMap<u16, ByteString>,
-    /// Bytes of the topics in `inbound_aliases`, bounded by
-    /// `max_topic_alias_bytes`: the alias count alone let each connection
-    /// hold `topic_alias_maximum` topics of up to `max_topic_length` each.
-    pub inbound_alias_bytes: usize,
-    /// Topic aliases the broker set up towards the client.
-    pub outbound_aliases: HashMap<ByteString, u16>,
+    /// Topic aliases, both ways; made when the first one is (most
+    /// connections never use one, and every idle connection would carry
+    /// two empty maps).
+    pub aliases: Option<Box<Aliases>>,
     /// Topic Alias Maximum of the client (0 = none).
     pub client_alias_max: u16,
     /// The client's Session Expiry Interval at CONNECT, for the DISCONNECT
@@ -120,73 +131,100 @@ pub(crate) struct Connection {
 
 /// Serves one accepted connection until it closes. `over_limit` is set
 /// when the broker already has `max_connections`: the client is then told
-/// the server is busy.
-pub async fn serve(
+/// the server is busy. Not an `async fn`: its arguments would be kept
+/// in the task a second time, beside the block's own copies.
+pub fn serve(
     stream: Box<dyn Stream>,
     peer: super::io::Peer,
     shared: Arc<Shared>,
     over_limit: bool,
     connect_deadline: Instant,
-) {
+) -> impl std::future::Future<Output = ()> {
     let span = tracing::info_span!("conn", peer = %peer.addr, client_id = tracing::field::Empty);
-    async move {
-        let cert_name = peer.cert_name.clone();
-        // Until the client is known, a CONNECT-sized limit: what a pending
-        // login holds stays small.
-        let config = &shared.config;
-        let mut io = Io::new(
-            stream,
-            &peer,
-            config.max_packet_size.min(config.max_connect_packet_size),
-            shared.metrics.clone(),
-        );
-        // A shutdown does not wait for a client that has not logged in.
-        let reading = tokio::time::timeout_at(connect_deadline, io.read_packet());
-        let Some(first) = shared.unless_shutdown(reading).await else {
-            tracing::debug!("shutdown before CONNECT, closing");
-            return;
-        };
-        let first = match first {
-            Err(_) => {
-                tracing::debug!("no CONNECT within connect_timeout_secs, closing");
-                return;
+    // Boxed, and made here rather than in the task: reading the CONNECT,
+    // a refusal's lingering close and what `open` is given live on the
+    // heap while they are needed and are freed after, instead of sizing
+    // the task that every idle connection keeps.
+    let opening = Box::pin(open(stream, peer, shared, over_limit, connect_deadline));
+    // Combinators, not an async block: one keeps the connection twice
+    // (the local, and the `run` future it moved into).
+    opening
+        .then(|opened| match opened {
+            Some(conn) => {
+                tracing::Span::current().record("client_id", &*conn.session.client_id);
+                Either::Left(conn.run())
             }
-            Ok(Err(close)) => {
-                super::connect::refuse_undecodable(&mut io, &shared, close).await;
-                io.flush_final().await;
-                io.linger().await;
-                return;
-            }
-            Ok(Ok(packet)) => packet,
-        };
-        let Packet::Connect(connect) = first else {
-            tracing::debug!("first packet was not CONNECT, closing");
-            return;
-        };
-        // Boxed: the CONNECT handshake's state (the login, the CONNACK
-        // being built) lives on the heap while it runs and is freed after,
-        // instead of sizing the task that every idle connection keeps.
-        let accepting = Box::pin(super::connect::accept(
-            io, &shared, *connect, over_limit, cert_name,
-        ));
-        let Some(conn) = accepting.await else {
-            return;
-        };
-        tracing::Span::current().record("client_id", &*conn.session.client_id);
-        conn.run().await;
-    }
-    .instrument(span)
+            None => Either::Right(std::future::ready(())),
+        })
+        .instrument(span)
+}
+
+/// Reads the CONNECT and accepts or refuses it: the connection, or `None`
+/// when it ended before CONNACK.
+async fn open(
+    stream: Box<dyn Stream>,
+    peer: super::io::Peer,
+    shared: Arc<Shared>,
+    over_limit: bool,
+    connect_deadline: Instant,
+) -> Option<Connection> {
+    let cert_name = peer.cert_name.clone();
+    // Until the client is known, a CONNECT-sized limit: what a pending
+    // login holds stays small.
+    let config = &shared.config;
+    let mut io = Io::new(
+        stream,
+        &peer,
+        config.max_packet_size.min(config.max_connect_packet_size),
+        shared.metrics.clone(),
+    );
+    // A shutdown does not wait for a client that has not logged in.
+    let reading = tokio::time::timeout_at(connect_deadline, io.read_packet());
+    let Some(first) = shared.unless_shutdown(reading).await else {
+        tracing::debug!("shutdown before CONNECT, closing");
+        return None;
+    };
+    let first = match first {
+        Err(_) => {
+            tracing::debug!("no CONNECT within connect_timeout_secs, closing");
+            return None;
+        }
+        Ok(Err(close)) => {
+            super::connect::refuse_undecodable(&mut io, &shared, close).await;
+            io.flush_final().await;
+            io.linger().await;
+            return None;
+        }
+        Ok(Ok(packet)) => packet,
+    };
+    let Packet::Connect(connect) = first else {
+        tracing::debug!("first packet was not CONNECT, closing");
+        return None;
+    };
+    // Boxed: the handshake's state (the login, the CONNACK being built)
+    // is large; a client that never sends CONNECT does not hold it.
+    Box::pin(super::connect::accept(
+        io, &shared, *connect, over_limit, cert_name,
+    ))
     .await
 }
 
 impl Connection {
-    async fn run(mut self) {
-        let close = self.event_loop().await;
-        match &close {
-            Close::Lost(why) => tracing::debug!(%why, "connection lost"),
-            other => tracing::debug!(reason = ?other, "connection closing"),
+    /// Not an `async fn`: one taking `mut self` keeps the connection in
+    /// its task twice (the argument and its mutable binding).
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let close = self.event_loop().await;
+            match &close {
+                Close::Lost(why) => tracing::debug!(%why, "connection lost"),
+                other => tracing::debug!(reason = ?other, "connection closing"),
+            }
+            // Boxed: closing (the final write, the lingering close with its
+            // read buffer) happens once; inline, its state would size the
+            // task of every idle connection.
+            Box::pin(self.finish(close)).await;
         }
-        self.finish(close).await;
     }
 
     async fn event_loop(&mut self) -> Close {
@@ -241,19 +279,27 @@ impl Connection {
                 Err(e) => return Close::Lost(e.to_string()),
             }
             loop {
-                match self.io.next_packet() {
-                    Ok(Some(packet)) => {
-                        deadline = self.keep_alive_window.map(|w| Instant::now() + w);
-                        super::rooms_ready_for(&self.shared, &packet).await;
-                        if let Some(close) = self.handle(packet) {
-                            return close;
-                        }
-                        if !self.replies_when_durable.is_empty() {
-                            self.send_replies_when_durable().await;
-                        }
-                    }
+                // No packet is held across an `.await` of this loop: what
+                // is held there is part of every idle connection's task.
+                let packet = match self.io.next_packet() {
+                    Ok(Some(packet)) => packet,
                     Ok(None) => break,
                     Err(e) => return e.into(),
+                };
+                deadline = self.keep_alive_window.map(|w| Instant::now() + w);
+                let close = if self.shared.cluster.is_some() {
+                    // Boxed: cluster mode only.
+                    Box::pin(self.handle_when_rooms_ready(packet)).await
+                } else {
+                    self.handle(packet)
+                };
+                if let Some(close) = close {
+                    return close;
+                }
+                if !self.replies_when_durable.is_empty() {
+                    // Boxed: only after a persistent session's SUBSCRIBE,
+                    // so its state stays out of the task.
+                    Box::pin(self.send_replies_when_durable()).await;
                 }
             }
             self.queue_acks();
@@ -284,6 +330,13 @@ impl Connection {
                 "session taken over".into(),
             ),
         }
+    }
+
+    /// Cluster mode: `handle` once this node follows the rooms the packet
+    /// reads.
+    async fn handle_when_rooms_ready(&mut self, packet: Packet) -> Option<Close> {
+        super::rooms_ready_for(&self.shared, &packet).await;
+        self.handle(packet)
     }
 
     /// Dispatches one packet; returns `Some` when the connection must close.
@@ -463,5 +516,29 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection keeps its task's future and its session:
+    /// what is held across an `.await` of the connection task, or sits in
+    /// `Session`, costs that much per connection. The bounds are those of
+    /// the test (unoptimised) build, with some room; the task's future was
+    /// 5,696 bytes here before it was trimmed (release: `loadgen conns`).
+    #[test]
+    fn an_idle_connection_task_and_session_stay_small() {
+        let task = future_size(serve);
+        let session = std::mem::size_of::<Session>();
+        println!("connection task future: {task} bytes, Session: {session} bytes");
+        assert!(task <= 1_536, "the connection task's future is {task} bytes");
+        assert!(session <= 640, "a Session is {session} bytes");
     }
 }

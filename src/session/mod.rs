@@ -72,7 +72,9 @@ pub(crate) struct Inflight {
 /// The Will Message of the current connection, with its 5.0 delay.
 #[derive(Clone, Debug)]
 pub(crate) struct Will {
-    pub will: LastWill,
+    /// Boxed: most connections have no will, and `Option<Will>` sits
+    /// twice in every session (`will`, `pending_will`).
+    pub will: Box<LastWill>,
     pub delay_secs: u32,
 }
 

@@ -151,8 +151,8 @@ impl Connection {
                 true
             }
             Err(EncodeError::TooLarge) => {
-                if let Some(topic) = new_alias {
-                    self.outbound_aliases.remove(&topic);
+                if let (Some(topic), Some(aliases)) = (new_alias, &mut self.aliases) {
+                    aliases.outbound.remove(&topic);
                 }
                 self.shared.metrics.messages_dropped_too_large.inc();
                 tracing::debug!(topic = %d.message.topic, "message over the client's Maximum Packet Size, not sent");
@@ -177,12 +177,13 @@ impl Connection {
         if self.client_alias_max == 0 {
             return;
         }
-        if let Some(&alias) = self.outbound_aliases.get(topic) {
+        let aliases = self.aliases.get_or_insert_with(Default::default);
+        if let Some(&alias) = aliases.outbound.get(topic) {
             p.topic_alias = NonZeroU16::new(alias);
             *topic = bytestring::ByteString::new();
-        } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
-            let alias = self.outbound_aliases.len() as u16 + 1;
-            self.outbound_aliases.insert(topic.clone(), alias);
+        } else if aliases.outbound.len() < usize::from(self.client_alias_max) {
+            let alias = aliases.outbound.len() as u16 + 1;
+            aliases.outbound.insert(topic.clone(), alias);
             p.topic_alias = NonZeroU16::new(alias);
             *new_alias = Some(topic.clone());
         }

@@ -227,7 +227,7 @@ const SAVED_AT: &str = "";
 /// The record of a persistent session as stored (and handed over).
 fn session_record(st: &SessionState, offline_since: Option<u64>) -> SessionRecord {
     let will = st.will.as_ref().or(st.pending_will.as_ref()).map(|w| WillRecord {
-        will: w.will.clone(),
+        will: (*w.will).clone(),
         delay_secs: w.delay_secs,
     });
     SessionRecord {
@@ -399,7 +399,7 @@ pub(crate) fn restore_sessions(
             );
         }
         let will = entry.record.will.map(|w| Will {
-            will: w.will,
+            will: Box::new(w.will),
             delay_secs: w.delay_secs,
         });
         let expiry_left = if entry.record.expiry_secs == u32::MAX {

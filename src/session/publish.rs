@@ -315,7 +315,7 @@ impl Connection {
                     ));
                 }
                 if publish.topic.is_empty() {
-                    match self.inbound_aliases.get(&alias) {
+                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(topic) => publish.topic = topic.clone(),
                         None => {
                             return Err(Close::ByServer(
@@ -347,17 +347,18 @@ impl Connection {
     /// connection with 0x94 Topic Alias invalid, the code 5.0 gives to an
     /// alias the server will not take.
     fn register_alias(&mut self, alias: u16, topic: &ByteString) -> Result<(), Close> {
-        let replaced = self.inbound_aliases.get(&alias).map_or(0, |t| t.len());
-        let bytes = self.inbound_alias_bytes - replaced + topic.len();
         let bound = self.shared.config.max_topic_alias_bytes;
+        let aliases = self.aliases.get_or_insert_with(Default::default);
+        let replaced = aliases.inbound.get(&alias).map_or(0, |t| t.len());
+        let bytes = aliases.inbound_bytes - replaced + topic.len();
         if bytes > bound {
             return Err(Close::ByServer(
                 DisconnectReasonCode::TopicAliasInvalid,
                 format!("topic alias {alias}: aliased topics over max_topic_alias_bytes ({bound})"),
             ));
         }
-        self.inbound_alias_bytes = bytes;
-        self.inbound_aliases.insert(alias, topic.clone());
+        aliases.inbound_bytes = bytes;
+        aliases.inbound.insert(alias, topic.clone());
         Ok(())
     }
 

@@ -5,9 +5,11 @@
 
 use tokio::time::Instant;
 
+/// The buckets are boxed: off by default, and every connection's task
+/// holds a `PublishBudget`.
 pub(crate) struct PublishBudget {
-    messages: Option<Bucket>,
-    bytes: Option<Bucket>,
+    messages: Option<Box<Bucket>>,
+    bytes: Option<Box<Bucket>>,
 }
 
 struct Bucket {
@@ -42,8 +44,9 @@ impl PublishBudget {
     /// 0 turns a limit off.
     pub fn new(messages_per_second: u32, bytes_per_second: u64) -> Self {
         PublishBudget {
-            messages: (messages_per_second > 0).then(|| Bucket::new(f64::from(messages_per_second))),
-            bytes: (bytes_per_second > 0).then(|| Bucket::new(bytes_per_second as f64)),
+            messages: (messages_per_second > 0)
+                .then(|| Box::new(Bucket::new(f64::from(messages_per_second)))),
+            bytes: (bytes_per_second > 0).then(|| Box::new(Bucket::new(bytes_per_second as f64))),
         }
     }
 
