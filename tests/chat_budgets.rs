@@ -336,16 +336,31 @@ async fn room_post_bytes_are_bounded_per_identity_and_a_repeat_is_free() {
     let addr = broker.local_addr();
     let mut dev = Raw::client5(addr, "dev").await;
     let body = |n: usize| vec![b'x'; n];
-    let once = publish_with("rooms/plant/msg/dev", &body(40_000), Some(1), &[("msg-id", "once")]);
+    let once = publish_with(
+        "rooms/plant/msg/dev",
+        &body(40_000),
+        Some(1),
+        &[("msg-id", "once")],
+    );
     for _ in 0..2 {
         let ack = common::chat::send_and_ack(&mut dev, once.clone()).await;
         assert_eq!(ack.reason_code, PublishAckReason::Success);
     }
     // 40,000 + 50,000 fit; had the repeat been charged, they would not.
-    let more = publish_with("rooms/plant/msg/dev", &body(50_000), Some(2), &[("msg-id", "more")]);
+    let more = publish_with(
+        "rooms/plant/msg/dev",
+        &body(50_000),
+        Some(2),
+        &[("msg-id", "more")],
+    );
     let ack = common::chat::send_and_ack(&mut dev, more).await;
     assert_eq!(ack.reason_code, PublishAckReason::Success, "a repeat was charged");
-    let over = publish_with("rooms/plant/msg/dev", &body(20_000), Some(3), &[("msg-id", "over")]);
+    let over = publish_with(
+        "rooms/plant/msg/dev",
+        &body(20_000),
+        Some(3),
+        &[("msg-id", "over")],
+    );
     let ack = common::chat::send_and_ack(&mut dev, over).await;
     assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
     // Another identity has its own budget.

@@ -175,5 +175,8 @@ async fn the_shell_examples_of_the_readme_and_topics_md_work_as_written() {
             ran += 1;
         }
     }
-    assert_eq!(ran, 7, "the README, topics.md and docs/ have seven client examples");
+    assert_eq!(
+        ran, 7,
+        "the README, topics.md and docs/ have seven client examples"
+    );
 }

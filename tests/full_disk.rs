@@ -361,9 +361,16 @@ async fn after_the_disk_was_full_posts_are_stored_again_without_a_restart() {
     let ack = writer.publish1_5(4, "rooms/ops/msg/writer", b"after").await;
     assert_eq!(ack.reason_code, PublishAckReason::Success);
     let answer = common::chat::history(addr, "ops").await;
-    let bodies: Vec<usize> = answer.messages.iter().map(|m| m.body.as_ref().map_or(0, Vec::len)).collect();
+    let bodies: Vec<usize> = answer
+        .messages
+        .iter()
+        .map(|m| m.body.as_ref().map_or(0, Vec::len))
+        .collect();
     assert_eq!(bodies, [6, body.len(), 5]);
-    assert_eq!(answer.messages.last().and_then(|m| m.body.as_deref()), Some(&b"after"[..]));
+    assert_eq!(
+        answer.messages.last().and_then(|m| m.body.as_deref()),
+        Some(&b"after"[..])
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !reserve.exists() {
         assert!(
@@ -487,7 +494,11 @@ async fn a_post_refused_on_a_full_disk_and_sent_again_is_stored_and_delivered_on
     }
     assert_eq!(got, [&b"one"[..], b"two"], "delivered");
     let answer = common::chat::history(addr, "ops").await;
-    let bodies: Vec<&[u8]> = answer.messages.iter().map(|m| m.body.as_deref().unwrap_or_default()).collect();
+    let bodies: Vec<&[u8]> = answer
+        .messages
+        .iter()
+        .map(|m| m.body.as_deref().unwrap_or_default())
+        .collect();
     assert_eq!(bodies, [&b"one"[..], b"two"], "in the history");
     broker.shutdown().await;
 }

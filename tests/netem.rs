@@ -382,7 +382,10 @@ mod scenarios {
             // are chat members.
             raw.subscribe5(
                 1,
-                &[("rooms/nat/msg/+", common::opts(rmqtt_codec::types::QoS::AtMostOnce))],
+                &[(
+                    "rooms/nat/msg/+",
+                    common::opts(rmqtt_codec::types::QoS::AtMostOnce),
+                )],
             )
             .await;
             victims.push(tokio::spawn(async move {

@@ -166,6 +166,39 @@ async fn a_declared_room_lists_its_members_and_moderators_sorted() {
     until_listed5(&mut reader, &["amy", "mod", "zed"]).await;
 }
 
+/// A closed room's list is the room's: a non-member who subscribes to it
+/// (directly, or through `$rooms/+/members`) gets nothing, while a
+/// member who subscribed the same way gets it.
+#[tokio::test]
+async fn a_closed_rooms_list_reaches_its_members_only() {
+    let broker = start().await;
+    broker.set_room(roomq::config::RoomConfig {
+        name: "lobby".into(),
+        members: vec!["amy".into()],
+        open: false,
+        moderators: vec![],
+    });
+    let addr = broker.local_addr();
+    let mut outsider = user5(addr, "mal-1", "mal").await;
+    outsider
+        .subscribe5(
+            1,
+            &[
+                ("$rooms/+/members", opts(QoS::AtMostOnce)),
+                (LOBBY, opts(QoS::AtMostOnce)),
+            ],
+        )
+        .await;
+    let mut member = user5(addr, "amy-1", "amy").await;
+    member
+        .subscribe5(1, &[("$rooms/+/members", opts(QoS::AtMostOnce))])
+        .await;
+    until_listed5(&mut member, &["amy"]).await;
+    if let Got::Packet(p) = outsider.recv5_within(std::time::Duration::from_millis(500)).await {
+        panic!("a non-member got {p:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_plain_client_never_shows_presence_a_room_user_does() {
     let broker = start().await;

@@ -60,7 +60,7 @@ pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
 pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{
-    answer_owner, classify, message_topic, only_reads, room_of, rooms_covered, ChatTopic,
+    answer_owner, classify, message_topic, only_reads, room_of, room_read_by, rooms_covered, ChatTopic,
 };
 
 use crate::budget::{Budgets, Held};

@@ -105,6 +105,17 @@ pub(crate) fn room_of(topic: &str) -> Option<&str> {
         .and_then(|rest| rest.split('/').next())
 }
 
+/// The room whose members alone may read `topic`: a room topic
+/// (`rooms/{room}/...`) or the broker's data about a room
+/// (`$rooms/{room}/members`); `None` for any other topic.
+pub(crate) fn room_read_by(topic: &str) -> Option<&str> {
+    room_of(topic).or_else(|| {
+        topic
+            .strip_prefix("$rooms/")
+            .and_then(|rest| rest.split('/').next())
+    })
+}
+
 /// Whose a broker answer topic is: `users/{user}/history/...` and
 /// `users/{user}/mod/...` carry history and moderation answers for
 /// `{user}` alone (they hold a room's messages), so only sessions of that

@@ -385,7 +385,7 @@ impl Session {
         if let Some(user) = crate::chat::answer_owner(topic) {
             return st.owner.as_ref().and_then(|o| o.identity.as_deref()) == Some(user);
         }
-        let Some(room) = crate::chat::room_of(topic) else {
+        let Some(room) = crate::chat::room_read_by(topic) else {
             return true;
         };
         match &st.owner {
@@ -398,7 +398,7 @@ impl Session {
     /// `may_read` for one topic, taking the lock only for room topics:
     /// shared-subscription round robin skips members that may not read.
     pub fn may_read_topic(&self, topic: &str) -> bool {
-        let plain = crate::chat::room_of(topic).is_none() && crate::chat::answer_owner(topic).is_none();
+        let plain = crate::chat::room_read_by(topic).is_none() && crate::chat::answer_owner(topic).is_none();
         plain || self.may_read(&self.state.lock(), topic)
     }
 

@@ -6,8 +6,8 @@
 pub mod chat;
 pub mod cluster;
 pub mod e2ee;
-pub mod fillable;
 pub mod events;
+pub mod fillable;
 pub mod grafana;
 pub mod http;
 pub mod nats;
