@@ -358,3 +358,38 @@ async fn an_offline_member_gets_the_events_it_missed_in_seq_order() {
     quiet(&mut carol).await;
     broker.shutdown().await;
 }
+
+/// Events count for `history_max_bytes`: a room whose newest entries are
+/// a long run of reactions answers `events: true` with what fits and
+/// `more`, not with every event (an attacker's 8 MB answer).
+#[tokio::test]
+async fn an_answer_with_events_stays_within_history_max_bytes() {
+    let config = Config {
+        history_max_bytes: 4096,
+        ..test_config()
+    };
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"target", 1).await,
+        PublishAckReason::Success
+    );
+    for i in 0..200u16 {
+        let remove = i % 2 == 1;
+        let reason = send(&mut alice, "rooms/ops/react/alice", &react(1, "x", remove), i + 2).await;
+        assert_eq!(reason, PublishAckReason::Success);
+    }
+    alice
+        .subscribe5(1, &[("replies/alice", opts(QoS::AtLeastOnce))])
+        .await;
+    let answer = history_as(&mut alice, "replies/alice", "ops", true, 900).await;
+    let events = answer.events.expect("events");
+    assert!(answer.more, "200 events of ~100 bytes do not fit in 4096 bytes");
+    assert!(
+        !events.is_empty() && events.len() < 100,
+        "{} events in a 4096-byte answer",
+        events.len()
+    );
+    broker.shutdown().await;
+}

@@ -212,7 +212,16 @@ impl Chat {
             for (seq, record) in ordered {
                 if record.event().is_some() {
                     if scan.events {
-                        pending_bytes += entry_bytes(&record);
+                        let size = entry_bytes(&record);
+                        // Events count for the byte cap as messages do: an
+                        // answer of events only (a run of reactions) stops
+                        // at the cap too, with what fits, and says `more`.
+                        if bytes + pending_bytes + size > scan.cap && (messages > 0 || !pending.is_empty()) {
+                            more = true;
+                            kept.append(&mut pending);
+                            break 'scan;
+                        }
+                        pending_bytes += size;
                         pending.push((seq, record));
                     }
                     continue;
@@ -236,7 +245,7 @@ impl Chat {
         // Events after the last message, up to the range's end: listed when
         // they fit, else left for the next page.
         if !pending.is_empty() {
-            if messages == 0 || bytes + pending_bytes <= scan.cap {
+            if bytes + pending_bytes <= scan.cap || (messages == 0 && pending.len() == 1) {
                 kept.append(&mut pending);
             } else {
                 more = true;
