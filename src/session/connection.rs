@@ -539,6 +539,8 @@ mod tests {
         let session = std::mem::size_of::<Session>();
         println!("connection task future: {task} bytes, Session: {session} bytes");
         assert!(task <= 1_536, "the connection task's future is {task} bytes");
-        assert!(session <= 640, "a Session is {session} bytes");
+        // 608 when the guard was written; the per-identity queue account
+        // (`max_queued_bytes_per_user`) added 64.
+        assert!(session <= 672, "a Session is {session} bytes");
     }
 }
