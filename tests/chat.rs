@@ -161,8 +161,9 @@ async fn closed_rooms_refuse_non_members() {
     )
     .await;
     assert_eq!(undeclared.reason_code, PublishAckReason::NotAuthorized);
-    // The member list is retained under $rooms/, out of reach of `#`.
-    let mut lister = Raw::client5(addr, "lister").await;
+    // The member list is retained under $rooms/, out of reach of `#`,
+    // and readable by the room's members (alice, on another device).
+    let mut lister = common::chat::user5(addr, "alice-lister", "alice").await;
     lister
         .subscribe5(1, &[("$rooms/ops/members", opts(QoS::AtLeastOnce))])
         .await;
