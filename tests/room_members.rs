@@ -14,13 +14,17 @@ use roomq::chat::payloads;
 
 const LOBBY: &str = "$rooms/lobby/members";
 
-/// Reads `$rooms/lobby/members` publications (QoS 0) until one lists
-/// exactly `want`; panics after `WAIT`.
-async fn until_listed5(reader: &mut Raw, want: &[&str]) {
+/// Reads `$rooms/lobby/members` publications (QoS 0, over 5.0 or 3.1.1)
+/// until one lists exactly `want`; panics after `WAIT`.
+async fn until_listed(reader: &mut Raw, v5: bool, want: &[&str]) {
     let mut seen = Vec::new();
     let found = tokio::time::timeout(WAIT, async {
         loop {
-            let p = reader.publish5().await;
+            let p = if v5 {
+                reader.publish5().await
+            } else {
+                reader.publish3().await
+            };
             assert_eq!(p.topic, LOBBY);
             let list: Vec<String> = payloads::from_cbor(&p.payload).expect("CBOR list of names");
             if list == want {
@@ -33,21 +37,12 @@ async fn until_listed5(reader: &mut Raw, want: &[&str]) {
     assert!(found.is_ok(), "never listed {want:?}; saw {seen:?}");
 }
 
+async fn until_listed5(reader: &mut Raw, want: &[&str]) {
+    until_listed(reader, true, want).await
+}
+
 async fn until_listed3(reader: &mut Raw, want: &[&str]) {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(WAIT, async {
-        loop {
-            let p = reader.publish3().await;
-            assert_eq!(p.topic, LOBBY);
-            let list: Vec<String> = payloads::from_cbor(&p.payload).expect("CBOR list of names");
-            if list == want {
-                return;
-            }
-            seen.push(list);
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "never listed {want:?}; saw {seen:?}");
+    until_listed(reader, false, want).await
 }
 
 async fn reader5(addr: std::net::SocketAddr, id: &str) -> Raw {
