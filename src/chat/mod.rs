@@ -19,7 +19,7 @@
 //!   CBOR schemas.
 //!
 //! What a client makes the chat layer keep is charged to its account
-//! (`budget.rs`): the rooms its posts open, their bytes, its receipts.
+//! (`budget/`): the rooms its posts open, their bytes, its receipts.
 //! Upkeep forgets a room with no message left (not a declared one), which
 //! releases its opener's charge, its slot in `max_rooms` and its receipts.
 //!

@@ -251,7 +251,7 @@ pub struct Config {
     pub history_max_limit: usize,
     /// Cluster mode on NATS JetStream (`[cluster]`); unset, one node.
     pub cluster: Option<ClusterConfig>,
-    // Per-identity bounds (`budget.rs`, `docs/limits.md`): what one
+    // Per-identity bounds (`budget/`, `docs/limits.md`): what one
     // identity may take of the shared limits above. 0 = no bound.
     /// Connections open at once under one identity (username, or client
     /// id where names are claims); more get 5.0 CONNACK 0x97 / 3.1.1 code 3.

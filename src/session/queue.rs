@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::Inflight;
-use crate::budget::{Budgets, Held};
+use crate::budget::{Budgets, Held, HeldHandle};
 use crate::router::Delivery;
 
 /// What an entry counts for in bytes.
@@ -38,11 +38,9 @@ impl Counted for Inflight {
     }
 }
 
-/// The account a queue's bytes are charged to.
-struct Payer {
-    budgets: Arc<Budgets>,
-    account: Arc<str>,
-}
+/// The account a queue's bytes are charged to: a handle, so that the
+/// charge per message takes no lock.
+type Payer = HeldHandle;
 
 pub(crate) struct Queue<T> {
     items: VecDeque<T>,
@@ -68,23 +66,20 @@ impl<T> Queue<T> {
     /// gets its payer once, when its session's owner is known).
     pub fn pay_from(&mut self, budgets: &Arc<Budgets>, account: Arc<str>) {
         self.release(self.bytes);
-        budgets.charge_unchecked(&account, Held::QueuedBytes, self.bytes as u64);
-        self.payer = Some(Payer {
-            budgets: budgets.clone(),
-            account,
-        });
+        let payer = budgets.handle(&account, Held::QueuedBytes);
+        payer.charge_unchecked(self.bytes as u64);
+        self.payer = Some(payer);
     }
 
     fn release(&self, bytes: usize) {
         if let Some(p) = &self.payer {
-            p.budgets.release(&p.account, Held::QueuedBytes, bytes as u64);
+            p.release(bytes as u64);
         }
     }
 
     fn charge_unchecked(&self, bytes: usize) {
         if let Some(p) = &self.payer {
-            p.budgets
-                .charge_unchecked(&p.account, Held::QueuedBytes, bytes as u64);
+            p.charge_unchecked(bytes as u64);
         }
     }
 }
@@ -138,11 +133,7 @@ impl<T: Counted> Queue<T> {
     /// (`max_queued_bytes_per_user`); false, charging nothing, if not. The
     /// caller then appends with [`Queue::push_back_reserved`].
     pub fn reserve(&self, bytes: usize) -> bool {
-        self.payer.as_ref().is_none_or(|p| {
-            p.budgets
-                .charge(&p.account, Held::QueuedBytes, bytes as u64)
-                .is_ok()
-        })
+        self.payer.as_ref().is_none_or(|p| p.charge(bytes as u64).is_ok())
     }
 
     /// Appends `item`, whose bytes [`Queue::reserve`] charged.

@@ -47,7 +47,7 @@ pub(crate) struct Shared {
     pub login_backoff: LoginBackoff,
     /// Bounds the password checks running and waiting.
     pub logins: LoginPool,
-    /// Per-identity accounts (`budget.rs`): what each identity holds of
+    /// Per-identity accounts (`budget/`): what each identity holds of
     /// the shared limits. An `Arc` because the router and chat charge it
     /// too.
     pub budgets: Arc<Budgets>,

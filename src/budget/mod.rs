@@ -30,6 +30,11 @@ use parking_lot::Mutex;
 
 use crate::metrics::Counter;
 
+mod counters;
+
+use counters::HeldCounters;
+pub use counters::HeldHandle;
+
 /// Something that stays held by an identity until it is released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Held {
@@ -229,15 +234,17 @@ struct Bucket {
 
 #[derive(Debug, Default)]
 struct Account {
-    held: [u64; HELD_KINDS],
+    held: Arc<HeldCounters>,
     buckets: [Option<Bucket>; RATE_KINDS],
 }
 
 impl Account {
     /// Whether the account keeps nothing worth remembering: nothing held,
-    /// and every bucket would be full again by now.
+    /// no handle on its counters, and every bucket would be full again by
+    /// now.
     fn is_idle(&self, limits: &Limits, now: Instant) -> bool {
-        self.held.iter().all(|&h| h == 0)
+        Arc::strong_count(&self.held) == 1
+            && self.held.0.iter().all(|h| h.load(Ordering::Relaxed) == 0)
             && self.buckets.iter().enumerate().all(|(i, bucket)| match bucket {
                 None => true,
                 Some(b) => refilled(b, limits.rate[i], now) >= limits.rate[i].0 as f64,
@@ -293,10 +300,25 @@ impl Budgets {
     /// Charges `amount` of `what` to `account`, or refuses it (charging
     /// nothing) when the account would hold more than its bound.
     pub fn charge(&self, account: &str, what: Held, amount: u64) -> Result<(), OverBudget> {
-        let bound = self.limits.held[what.index()];
         let mut accounts = self.accounts.lock();
-        let held = accounts.get(account).map_or(0, |a| a.held[what.index()]);
-        if bound != 0 && held.saturating_add(amount) > bound {
+        if let Some(entry) = accounts.get(account) {
+            return self.charge_counters(&entry.held, what, amount);
+        }
+        let entry = Account::default();
+        self.charge_counters(&entry.held, what, amount)?;
+        accounts.insert(Arc::from(account), entry);
+        Ok(())
+    }
+
+    /// The bound, then the ceiling; on a refusal nothing stays charged.
+    fn charge_counters(
+        &self,
+        held: &HeldCounters,
+        what: Held,
+        amount: u64,
+    ) -> Result<(), OverBudget> {
+        let bound = self.limits.held[what.index()];
+        if !held.try_add(what, amount, bound) {
             self.refused_held[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
@@ -305,16 +327,16 @@ impl Budgets {
         }
         let ceiling = self.limits.ceiling[what.index()];
         let total = &self.totals[what.index()];
-        if ceiling != 0 && total.load(Ordering::Relaxed).saturating_add(amount) > ceiling {
+        let before = total.fetch_add(amount, Ordering::Relaxed);
+        if ceiling != 0 && before.saturating_add(amount) > ceiling {
+            total.fetch_sub(amount, Ordering::Relaxed);
+            held.sub(what, amount);
             self.refused_held[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
                 bound: ceiling,
             });
         }
-        total.fetch_add(amount, Ordering::Relaxed);
-        let entry = accounts.entry(Arc::from(account)).or_default();
-        entry.held[what.index()] = held.saturating_add(amount);
         Ok(())
     }
 
@@ -325,7 +347,7 @@ impl Budgets {
         let mut accounts = self.accounts.lock();
         self.totals[what.index()].fetch_add(amount, Ordering::Relaxed);
         let entry = accounts.entry(Arc::from(account)).or_default();
-        entry.held[what.index()] = entry.held[what.index()].saturating_add(amount);
+        entry.held.try_add(what, amount, 0);
     }
 
     /// Gives back what [`Budgets::charge`] took.
@@ -333,9 +355,7 @@ impl Budgets {
         let now = Instant::now();
         let mut accounts = self.accounts.lock();
         if let Some(entry) = accounts.get_mut(account) {
-            let held = &mut entry.held[what.index()];
-            let released = amount.min(*held);
-            *held -= released;
+            let released = entry.held.sub(what, amount);
             self.totals[what.index()].fetch_sub(released, Ordering::Relaxed);
             if entry.is_idle(&self.limits, now) {
                 accounts.remove(account);
@@ -379,10 +399,28 @@ impl Budgets {
 
     /// What `account` holds of `what` now.
     pub fn held(&self, account: &str, what: Held) -> u64 {
-        self.accounts
-            .lock()
-            .get(account)
-            .map_or(0, |a| a.held[what.index()])
+        self.accounts.lock().get(account).map_or(0, |a| a.held.get(what))
+    }
+
+    /// A handle on `account`'s counter of `what`, for a path that charges
+    /// and releases per message: no lock and no lookup per charge. The
+    /// account is remembered while a handle on it lives.
+    pub fn handle(self: &Arc<Self>, account: &str, what: Held) -> HeldHandle {
+        let mut accounts = self.accounts.lock();
+        let held = match accounts.get(account) {
+            Some(entry) => entry.held.clone(),
+            None => {
+                let entry = Account::default();
+                let held = entry.held.clone();
+                accounts.insert(Arc::from(account), entry);
+                held
+            }
+        };
+        HeldHandle {
+            budgets: self.clone(),
+            held,
+            what,
+        }
     }
 
     /// Accounts remembered now (each holds something or has a bucket that
@@ -490,6 +528,27 @@ mod tests {
         budgets.charge("user:a", Held::RetainedBytes, 40).unwrap();
         assert_eq!(budgets.accounts(), 1);
         budgets.release("user:a", Held::RetainedBytes, 40);
+        assert_eq!(budgets.accounts(), 0);
+    }
+
+    #[test]
+    fn a_handle_shares_the_accounts_counter_and_bound() {
+        let budgets = Arc::new(Budgets::new(Limits::default().with_held(Held::QueuedBytes, 100)));
+        let handle = budgets.handle("user:a", Held::QueuedBytes);
+        handle.charge(60).unwrap();
+        assert!(budgets.charge("user:a", Held::QueuedBytes, 50).is_err());
+        assert!(handle.charge(41).is_err());
+        budgets.charge("user:a", Held::QueuedBytes, 40).unwrap();
+        assert_eq!(budgets.held("user:a", Held::QueuedBytes), 100);
+        assert_eq!(budgets.total(Held::QueuedBytes), 100);
+        handle.release(100);
+        budgets.release("user:a", Held::QueuedBytes, 100);
+        assert_eq!(budgets.total(Held::QueuedBytes), 0);
+        // Remembered while the handle lives, forgotten after.
+        budgets.forget_idle();
+        assert_eq!(budgets.accounts(), 1);
+        drop(handle);
+        budgets.forget_idle();
         assert_eq!(budgets.accounts(), 0);
     }
 
