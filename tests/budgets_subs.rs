@@ -294,3 +294,100 @@ async fn room_cursors_are_bounded_per_identity() {
     assert!(p.topic.starts_with("rooms/r4/"));
     broker.shutdown().await;
 }
+
+/// A clean 5.0 CONNECT of `user` (the session ends with its connection).
+fn clean_as(id: &str, user: &str) -> v5::Connect {
+    let mut connect = connect5(id);
+    connect.username = Some(user.into());
+    connect
+}
+
+/// A session that ends with its connection holds its subscriptions as
+/// long as that connection: they are charged like a persistent session's
+/// (the third attack pass opened 100 clean connections of one name with
+/// 1,000 filters each, all granted).
+#[tokio::test]
+async fn clean_sessions_pay_for_their_subscriptions_too() {
+    let broker = start_with(Config {
+        max_subscription_bytes_per_user: 10_000,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let (mut a, _) = Raw::connect5(addr, clean_as("mal-a", "mal")).await;
+    let filters = [long_filter(1, 1000), long_filter(2, 1000), long_filter(3, 1000)];
+    assert_eq!(
+        a.subscribe5(
+            1,
+            &[
+                (&filters[0], opts(QoS::AtLeastOnce)),
+                (&filters[1], opts(QoS::AtLeastOnce))
+            ]
+        )
+        .await,
+        vec![SubscribeAckReason::GrantedQos1, SubscribeAckReason::GrantedQos1]
+    );
+    // A second clean connection of the same identity: same account.
+    let (mut b, _) = Raw::connect5(addr, clean_as("mal-b", "mal")).await;
+    assert_eq!(
+        b.subscribe5(1, &[(&filters[2], opts(QoS::AtLeastOnce))]).await,
+        vec![SubscribeAckReason::QuotaExceeded]
+    );
+    // 3.1.1, clean session: 0x80.
+    let mut c3 = connect3("mal-c", true);
+    c3.username = Some("mal".into());
+    let (mut c, _) = Raw::connect3(addr, c3).await;
+    assert_eq!(
+        c.subscribe3(1, &[(&filters[2], QoS::AtLeastOnce)]).await,
+        vec![rmqtt_codec::v3::SubscribeReturnCode::Failure]
+    );
+    // The first connection's end gives its share back.
+    leave(a).await;
+    assert_eq!(
+        b.subscribe5(2, &[(&filters[2], opts(QoS::AtLeastOnce))]).await,
+        vec![SubscribeAckReason::GrantedQos1]
+    );
+    broker.shutdown().await;
+}
+
+/// What waits for a connected clean session that does not read counts
+/// for its identity's `max_queued_bytes_per_user` too (the attack: ten
+/// clean connections of one identity that never read held 16 MiB each).
+#[tokio::test]
+async fn clean_sessions_queued_bytes_count_for_the_identity() {
+    let broker = start_with(Config {
+        max_queued_bytes_per_user: 3500,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut readers = Vec::new();
+    for id in ["mal-1", "mal-2"] {
+        let mut connect = clean_as(id, "mal");
+        // One message in flight; the rest waits in the broker.
+        connect.receive_max = std::num::NonZeroU16::new(1);
+        let (mut c, _) = Raw::connect5(addr, connect).await;
+        c.subscribe5(1, &[("t/#", opts(QoS::AtLeastOnce))]).await;
+        readers.push(c);
+    }
+    let mut publisher = Raw::client5(addr, "pub").await;
+    for i in 0..3u16 {
+        let mut p = publish("t/x", b"", QoS::AtLeastOnce, Some(i + 1));
+        p.payload = bytes::Bytes::from(vec![b'p'; 1000]);
+        publisher.send5(Packet::Publish(Box::new(p))).await;
+        assert!(matches!(publisher.recv5().await.packet(), Packet::PublishAck(_)));
+    }
+    let mut received = 0;
+    for c in &mut readers {
+        while let Got::Packet(Packet::Publish(p)) = c.recv5_within(QUIET).await {
+            ack_publish5(c, &p).await;
+            received += 1;
+        }
+    }
+    assert!(
+        received <= 3,
+        "one identity's clean sessions held {received} messages of 1000 bytes within 3500 bytes"
+    );
+    assert!(received >= 2, "each session gets what fits ({received})");
+    broker.shutdown().await;
+}

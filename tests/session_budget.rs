@@ -160,3 +160,52 @@ async fn where_names_are_claims_the_address_pays() {
     );
     broker.shutdown().await;
 }
+
+/// Where names are claims, connections are the address's too: inventing
+/// names buys no connections (the attack: 2,000 invented names from one
+/// address took every connection of `max_connections`).
+#[tokio::test]
+async fn where_names_are_claims_the_address_pays_for_connections() {
+    let broker = start_with(roomq::Config {
+        max_connections_per_user: 2,
+        claimed_names_budget_on_loopback: false,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut held = Vec::new();
+    for (id, name) in [("n-1", "n1"), ("n-2", "n2")] {
+        let (raw, ack) = Raw::connect5(addr, {
+            let mut c = connect5(id);
+            c.username = Some(name.into());
+            c
+        })
+        .await;
+        assert_eq!(ack.reason_code, v5::ConnectAckReason::Success);
+        held.push(raw);
+    }
+    let mut third = connect5("n-3");
+    third.username = Some("n3".into());
+    assert_eq!(connack(addr, third).await, v5::ConnectAckReason::QuotaExceeded);
+    // Another address is not affected.
+    let mut carol = connect5("carol");
+    carol.username = Some("carol".into());
+    assert_eq!(
+        connack_from(addr, [127, 0, 0, 7], carol).await,
+        v5::ConnectAckReason::Success
+    );
+    // A connection's end gives its place back.
+    drop(held.pop());
+    let mut again = connect5("n-4");
+    again.username = Some("n4".into());
+    let mut accepted = false;
+    for _ in 0..50 {
+        if connack(addr, again.clone()).await == v5::ConnectAckReason::Success {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(accepted, "the place of a closed connection was not given back");
+    broker.shutdown().await;
+}

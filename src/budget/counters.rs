@@ -59,7 +59,7 @@ impl HeldHandle {
 
     /// [`Budgets::charge_unchecked`] on this handle's account and kind.
     pub fn charge_unchecked(&self, amount: u64) {
-        self.budgets.totals[self.what.index()].fetch_add(amount, Ordering::Relaxed);
+        self.budgets.add_total(self.what, amount);
         self.held.try_add(self.what, amount, 0);
     }
 
@@ -67,6 +67,6 @@ impl HeldHandle {
     /// is forgotten by the upkeep once idle and without handles).
     pub fn release(&self, amount: u64) {
         let released = self.held.sub(self.what, amount);
-        self.budgets.totals[self.what.index()].fetch_sub(released, Ordering::Relaxed);
+        self.budgets.sub_total(self.what, released);
     }
 }

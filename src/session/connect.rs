@@ -97,7 +97,7 @@ pub(crate) async fn accept(
         let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
         let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
         connect.username = principal.username.as_deref().map(Into::into);
-        let charge = charge_connection(shared, &principal, &client_id, io.peer)?;
+        let charge = charge_connection(shared, &principal, &client_id)?;
         // A username alone makes a transient record (`presence_transient_secs`):
         // names are claims on the no-auth default.
         let presence_lasting = connect.session_expiry_interval_secs > 0;
@@ -260,22 +260,20 @@ fn check_connect(
     Ok(())
 }
 
-/// Charges the connection to its identity's `max_connections_per_user`
-/// (a client without an identity is bounded per address instead); the
-/// charge is given back when the returned guard drops, however the
-/// connection ends or is refused later. A connection that takes over
-/// its client id's connected session replaces one, so it is never refused:
-/// the old one gives its place back as it closes.
+/// Charges the connection to its account's `max_connections_per_user`:
+/// a verified identity's, or, where names are only claimed or there is
+/// none, its address's (`Principal::account`), so that inventing names
+/// buys no connections. The charge is given back when the returned guard
+/// drops, however the connection ends or is refused later. A connection
+/// that takes over its client id's connected session replaces one, so it
+/// is never refused: the old one gives its place back as it closes.
 fn charge_connection(
     shared: &Shared,
     principal: &Principal,
     client_id: &str,
-    peer: std::net::SocketAddr,
 ) -> Result<Option<crate::budget::Charged>, Refusal> {
-    let Some(identity) = principal.identity.as_deref() else {
-        return Ok(None);
-    };
-    let account = crate::budget::account_of(Some(identity), Some(peer.ip()));
+    let account = principal.account.clone();
+    let identity = principal.identity.as_deref().unwrap_or("");
     let budgets = &shared.budgets;
     match budgets.charge_held(account.clone(), crate::budget::Held::Connections, 1) {
         Ok(charge) => Ok(Some(charge)),
@@ -283,7 +281,7 @@ fn charge_connection(
             budgets.charge_held_unchecked(account, crate::budget::Held::Connections, 1),
         )),
         Err(over) => {
-            tracing::info!(%client_id, identity, bound = over.bound, "connection refused: {}", over.key);
+            tracing::info!(%client_id, identity, %account, bound = over.bound, "connection refused: {}", over.key);
             Err(Refusal::Connack(
                 ConnectAckReason::QuotaExceeded,
                 "max_connections_per_user reached",

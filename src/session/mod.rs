@@ -155,6 +155,9 @@ pub(crate) struct SessionState {
     /// subscriptions' and queues' bytes), given back when the session
     /// ends; `None` for an anonymous owner.
     pub charged_to: Option<Arc<str>>,
+    /// Whether this session counts for its owner's `max_sessions_per_user`
+    /// (it outlives its connection); given back with it.
+    pub counted_as_session: bool,
     /// What the subscriptions cost `charged_to` (`Held::SubscriptionBytes`,
     /// `subscribe::subscription_cost` each).
     pub subscription_bytes: u64,

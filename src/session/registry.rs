@@ -111,7 +111,7 @@ impl Registry {
                 (entry.clone(), created)
             }
         };
-        if persistent && !charge_session(shared, &session, owner) {
+        if !charge_session(shared, &session, owner, persistent) {
             if created {
                 self.remove(shared, &session);
             }
@@ -147,7 +147,7 @@ impl Registry {
                 super::lifecycle::end_session(shared, &session);
             }
             let fresh = self.new_session(shared, client_id);
-            if persistent && !charge_session(shared, &fresh, owner) {
+            if !charge_session(shared, &fresh, owner, persistent) {
                 return Err(ClaimRefused::OverBudget);
             }
             fresh.state.lock().owner = Some(owner.clone());
@@ -245,8 +245,11 @@ impl Registry {
                 map.remove(&session.client_id);
             }
         }
-        let account = session.state.lock().release_charges();
-        if let Some(account) = account {
+        let mut st = session.state.lock();
+        let counted = std::mem::take(&mut st.counted_as_session);
+        let account = st.release_charges();
+        drop(st);
+        if let (Some(account), true) = (account, counted) {
             shared.budgets.release(&account, Held::Sessions, 1);
         }
     }
@@ -258,21 +261,28 @@ fn session_account(owner: &Principal) -> Option<Arc<str>> {
     Some(owner.account.clone())
 }
 
-/// Charges a persistent `session` to `owner` (`max_sessions_per_user`),
-/// unless it is charged already; false when the owner holds its share.
-/// Only sessions that outlive their connection are charged: one that
-/// ends with it is bounded by the connections (`max_connections_per_user`,
-/// `max_connections`).
-fn charge_session(shared: &Shared, session: &Session, owner: &Principal) -> bool {
-    if session.state.lock().charged_to.is_some() {
-        return true;
-    }
+/// Charges `session` to `owner`: its subscriptions' and queues' bytes
+/// whatever its kind (`max_subscription_bytes_per_user`,
+/// `max_queued_bytes_per_user`: a clean session holds them as long as its
+/// connection), and, when `persistent`, one of `max_sessions_per_user`
+/// (a session that ends with its connection is bounded by the
+/// connections instead). False when the owner holds its share of
+/// sessions.
+fn charge_session(shared: &Shared, session: &Session, owner: &Principal, persistent: bool) -> bool {
     let Some(account) = session_account(owner) else {
         return true;
     };
+    let mut st = session.state.lock();
+    if st.charged_to.is_none() {
+        st.charge_to(&shared.budgets, account.clone());
+    }
+    if !persistent || st.counted_as_session {
+        return true;
+    }
+    let account = st.charged_to.clone().unwrap_or(account);
     match shared.budgets.charge(&account, Held::Sessions, 1) {
         Ok(()) => {
-            session.state.lock().charge_to(&shared.budgets, account);
+            st.counted_as_session = true;
             true
         }
         Err(over) => {
@@ -293,6 +303,7 @@ pub(crate) fn charge_restored(shared: &Shared, session: &Session) {
     }
     if let Some(account) = st.owner.as_ref().and_then(session_account) {
         shared.budgets.charge_unchecked(&account, Held::Sessions, 1);
+        st.counted_as_session = true;
         let subscriptions: u64 = st
             .subscriptions
             .keys()
