@@ -125,6 +125,9 @@ pub struct RoomLog {
     /// opened (again) starts above it, so a `seq` is never given to two
     /// messages of a room.
     seq_floor: AtomicU64,
+    /// Whether any room had an edit or delete since this process started:
+    /// until then `last_change` answers without a lookup.
+    any_change: AtomicBool,
 }
 
 /// Why a post may not open a room.
@@ -183,6 +186,7 @@ impl RoomLog {
         }
         Ok(RoomLog {
             seq_floor: AtomicU64::new(seq_floor),
+            any_change: AtomicBool::new(false),
             store,
             rooms: RwLock::new(rooms),
             max_messages,
@@ -307,6 +311,9 @@ impl RoomLog {
     /// The `seq` of the last edit or delete of a message of `name` since
     /// this process started (0: none).
     pub fn last_change(&self, name: &str) -> u64 {
+        if !self.any_change.load(Ordering::Acquire) {
+            return 0;
+        }
         self.rooms
             .read()
             .get(name)
@@ -318,6 +325,7 @@ impl RoomLog {
     pub(crate) fn changed(&self, name: &str, seq: u64) {
         if let Some(room) = self.rooms.read().get(name) {
             room.last_change.fetch_max(seq, Ordering::AcqRel);
+            self.any_change.store(true, Ordering::Release);
         }
     }
 
