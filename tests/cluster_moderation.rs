@@ -299,3 +299,50 @@ async fn an_answered_ban_outlives_its_node_killed() {
     refused_everything(y.local_addr(), "mallory-phone").await;
     y.shutdown().await;
 }
+
+/// A ban set on `a` takes the same drop path on `b` (`topics.md`,
+/// *Moderation*): mallory's message of the room in flight on `b` (sent,
+/// never acknowledged) when she is banned is not resent when her
+/// persistent session reconnects there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_from_another_node_drops_what_is_in_flight_to_her() {
+    let nats = NatsCluster::start(1);
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut moderator = user5(a.local_addr(), "mod-1", "mod").await;
+    moderator
+        .subscribe5(1, &[("replies/mod-1", opts(QoS::AtMostOnce))])
+        .await;
+    let mut alice = user5(a.local_addr(), "alice-1", "alice").await;
+    let mut bob = subscriber5(b.local_addr(), "bob-1", "bob", "rooms/ops/msg/+").await;
+    let mut connect = persistent5("mallory-phone");
+    connect.username = Some("mallory".into());
+    connect.receive_max = std::num::NonZeroU16::new(1);
+    let (mut phone, _) = Raw::connect5(b.local_addr(), connect.clone()).await;
+    phone
+        .subscribe5(1, &[("rooms/ops/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+
+    assert_eq!(
+        post(&mut alice, "alice", b"in flight", 1).await,
+        PublishAckReason::Success
+    );
+    receives5(&mut bob, b"in flight").await;
+    // Received, not acknowledged.
+    assert_eq!(phone.publish5().await.payload.as_ref(), b"in flight");
+    ban(&mut moderator, "ban", None, 1).await;
+    // Once bob has this, `b` has applied the ban (module doc).
+    assert_eq!(
+        post(&mut alice, "alice", b"after", 2).await,
+        PublishAckReason::Success
+    );
+    receives5(&mut bob, b"after").await;
+    phone
+        .send5(v5::Packet::Disconnect(v5::Disconnect::default()))
+        .await;
+    drop(phone);
+
+    let (mut phone, ack) = Raw::connect5(b.local_addr(), connect).await;
+    assert!(ack.session_present);
+    quiet5(&mut phone, "a banned user's in-flight message was resent").await;
+}

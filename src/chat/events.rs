@@ -102,3 +102,35 @@ pub(crate) fn room_message(
     });
     message
 }
+
+impl super::Chat {
+    /// A room message or event as it is now, when the copy `queued` (made
+    /// when it was posted or replayed) may be out of date: an edit or a
+    /// delete of its room came after it (`RoomLog::last_change`). `None`
+    /// when the copy is current (the common case: no store read) or the
+    /// log no longer holds the entry (trimmed by retention: sent as it
+    /// was). Sessions call it for every room message they are about to
+    /// send or resend, so that what reaches a member is the entry's
+    /// current state, as a replay from the log would give it: an edited
+    /// message with its latest body, a deleted one as a tombstone, an
+    /// edit event of a deleted message without its body.
+    pub(crate) fn current(&self, queued: &Message) -> Option<Message> {
+        let tag = queued.room.as_ref()?;
+        if tag.seq >= self.log.last_change(&tag.room) {
+            return None;
+        }
+        let record = match self.log.stored(&tag.room, tag.seq) {
+            Ok(record) => record?,
+            Err(e) => {
+                // Rare (the store failing); the copy goes as it was, as
+                // it would have gone a moment earlier.
+                tracing::warn!(room = %tag.room, seq = tag.seq, error = %e, "cannot read a queued room message again; sent as queued");
+                return None;
+            }
+        };
+        let mut message = room_message(&tag.room, tag.seq, record, queued.publisher.clone());
+        message.received_at = queued.received_at;
+        message.expires_at = queued.expires_at;
+        Some(message)
+    }
+}

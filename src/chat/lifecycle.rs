@@ -405,7 +405,13 @@ impl Chat {
             _ => return Ok(()),
         }
         message.entry = Some(Box::new(RoomEntry::Message(state)));
-        self.log.rewrite(room, target, &message)
+        self.log.rewrite(room, target, &message)?;
+        if matches!(event.kind, EventKind::Edit | EventKind::Delete) {
+            // After the rewrite: copies waiting in sessions' queues are
+            // read again before they are sent (`Chat::current`).
+            self.log.changed(room, seq);
+        }
+        Ok(())
     }
 }
 

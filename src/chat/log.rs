@@ -50,6 +50,13 @@ pub struct RoomState {
     /// rooms got messages after a session's record was last saved
     /// (`session/replay.rs`).
     last_ts_ms: AtomicU64,
+    /// The `seq` of the last edit or delete applied to a message of the
+    /// room (in memory only: what waits in memory is gone after a
+    /// restart too). A copy of a message or event older than it that
+    /// waits in a session may hold a body changed since: it is read
+    /// again before it is sent (`Chat::current`); younger ones are sent
+    /// as they are, without a store read.
+    last_change: AtomicU64,
     /// Held while a message gets its `seq`, is appended and is queued for
     /// delivery, so every subscriber sees the room's messages in `seq`
     /// order.
@@ -83,6 +90,7 @@ impl RoomState {
             reserved: AtomicU64::new(assigned),
             appended: AtomicU64::new(0),
             last_ts_ms: AtomicU64::new(last_ts_ms),
+            last_change: AtomicU64::new(0),
             order: Mutex::new(()),
             opener,
             forgotten: AtomicBool::new(false),
@@ -117,6 +125,9 @@ pub struct RoomLog {
     /// opened (again) starts above it, so a `seq` is never given to two
     /// messages of a room.
     seq_floor: AtomicU64,
+    /// Whether any room had an edit or delete since this process started:
+    /// until then `last_change` answers without a lookup.
+    any_change: AtomicBool,
 }
 
 /// Why a post may not open a room.
@@ -175,6 +186,7 @@ impl RoomLog {
         }
         Ok(RoomLog {
             seq_floor: AtomicU64::new(seq_floor),
+            any_change: AtomicBool::new(false),
             store,
             rooms: RwLock::new(rooms),
             max_messages,
@@ -294,6 +306,27 @@ impl RoomLog {
     /// The last `seq` of a room members may see (0 when it has none).
     pub fn head(&self, name: &str) -> u64 {
         self.rooms.read().get(name).map_or(0, |r| r.head())
+    }
+
+    /// The `seq` of the last edit or delete of a message of `name` since
+    /// this process started (0: none).
+    pub fn last_change(&self, name: &str) -> u64 {
+        if !self.any_change.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.rooms
+            .read()
+            .get(name)
+            .map_or(0, |r| r.last_change.load(Ordering::Acquire))
+    }
+
+    /// The edit or delete `seq` was applied to a message of `name` (its
+    /// record is rewritten already).
+    pub(crate) fn changed(&self, name: &str, seq: u64) {
+        if let Some(room) = self.rooms.read().get(name) {
+            room.last_change.fetch_max(seq, Ordering::AcqRel);
+            self.any_change.store(true, Ordering::Release);
+        }
     }
 
     /// Every room with at least one message, and its head.

@@ -4,6 +4,7 @@
 //! client's acknowledgements.
 
 use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
@@ -35,7 +36,7 @@ impl Connection {
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
                 break;
             }
-            let Some(delivery) = st.queue.pop_front() else {
+            let Some(mut delivery) = st.queue.pop_front() else {
                 break;
             };
             if delivery.message.is_expired(now) {
@@ -50,6 +51,11 @@ impl Connection {
                 session.forget_delivery(&delivery);
                 session.room_message_done(&mut st, &delivery);
                 continue;
+            }
+            // A room message edited or deleted while it waited goes in
+            // its current state (a tombstone once deleted).
+            if let Some(current) = self.shared.chat.current(&delivery.message) {
+                delivery.message = Arc::new(current);
             }
             if delivery.qos == QoS::AtMostOnce {
                 self.write_publish(&delivery, None, false, now);
@@ -81,21 +87,44 @@ impl Connection {
 
     /// After a reconnect, resends every unacknowledged message with DUP set,
     /// and PUBREL for those past PUBREC, in the original order
-    /// ([MQTT-4.4.0-1]).
+    /// ([MQTT-4.4.0-1]). Two departures, both for the room promises
+    /// (`topics.md`, *Moderation*; `docs/mqtt-support.md`): a message the
+    /// client may no longer read (banned from its room, removed from its
+    /// members) is dropped, not resent, and its packet id is free again
+    /// (the client had the PUBLISH once; a PUBREL, which carries no
+    /// content, is still sent); a room message edited or deleted since it
+    /// was sent is resent in its current state (a tombstone once deleted).
     pub(super) fn resend_inflight(&mut self) {
         let session = self.session.clone();
-        let st = session.state.lock();
+        let mut st = session.state.lock();
         let now = Instant::now();
-        for f in st.inflight.iter() {
-            match f.stage {
-                Stage::Pubcomp => self.io.send(Packet::PublishRelease(PublishAck2 {
-                    packet_id: f.packet_id,
+        let mut index = 0;
+        while let Some(f) = st.inflight.get(index) {
+            let packet_id = f.packet_id;
+            if f.stage == Stage::Pubcomp {
+                self.io.send(Packet::PublishRelease(PublishAck2 {
+                    packet_id,
                     ..Default::default()
-                })),
-                _ => {
-                    self.write_publish(&f.delivery, Some(f.packet_id), true, now);
-                }
+                }));
+                index += 1;
+                continue;
             }
+            if !session.may_read(&st, &f.delivery.message.topic) {
+                if let Some(f) = st.inflight.remove(index) {
+                    tracing::debug!(client_id = %session.client_id, topic = %f.delivery.message.topic, "in-flight message no longer readable: dropped, not resent");
+                    session.forget_delivery(&f.delivery);
+                    session.room_message_done(&mut st, &f.delivery);
+                }
+                continue;
+            }
+            if let Some(current) = self.shared.chat.current(&f.delivery.message) {
+                let current = Arc::new(current);
+                st.inflight.update(index, |f| f.delivery.message = current);
+            }
+            if let Some(f) = st.inflight.get(index) {
+                self.write_publish(&f.delivery, Some(packet_id), true, now);
+            }
+            index += 1;
         }
     }
 

@@ -142,6 +142,20 @@ impl<T: Counted> Queue<T> {
         self.items.push_back(item);
     }
 
+    /// Changes the entry at `index` with `change` and counts its bytes
+    /// again (a room message in flight replaced by its current state).
+    pub fn update(&mut self, index: usize, change: impl FnOnce(&mut T)) {
+        let Some(item) = self.items.get_mut(index) else {
+            return;
+        };
+        let before = item.bytes();
+        change(item);
+        let after = item.bytes();
+        self.release(before);
+        self.charge_unchecked(after);
+        self.bytes = self.bytes.saturating_sub(before) + after;
+    }
+
     pub fn pop_front(&mut self) -> Option<T> {
         let item = self.items.pop_front()?;
         self.release(item.bytes());
