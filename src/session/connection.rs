@@ -80,21 +80,10 @@ pub(crate) struct Connection {
     pub identity_charge: Option<crate::budget::Charged>,
     /// 1.5 x the keep-alive in force; `None` when keep-alive is off.
     pub keep_alive_window: Option<Duration>,
-    /// PUBACK/PUBREC/PUBREL/PUBCOMP packets waiting for the group commit that
-    /// makes what they promise durable; sent in arrival order ([MQTT-4.6.0-2]).
-    pub pending_acks: Vec<Packet>,
-    /// Acknowledgements of earlier batches, each with the group-commit
-    /// ticket that makes its messages durable, oldest first. The
-    /// connection keeps reading while they wait, so its next messages join
-    /// the next flush instead of waiting for this one to finish.
-    pub awaiting_acks: std::collections::VecDeque<super::acks::AwaitingAcks>,
-    /// PUBACKs queued behind a group commit: QoS 1 messages still in
-    /// flight towards the broker, which count against Receive Maximum.
-    pub qos1_acks_waiting: usize,
-    /// SUBACK/UNSUBACK of a persistent session, sent once the session
-    /// record they promise is on disk (and before the retained messages the
-    /// subscription delivers).
-    pub replies_when_durable: Vec<Packet>,
+    /// PUBACK/PUBREC/PUBREL/PUBCOMP (and a persistent session's
+    /// SUBACK/UNSUBACK) waiting for the group commit that makes what they
+    /// promise durable; sent in arrival order ([MQTT-4.6.0-2]).
+    pub acks: super::ack_queue::AckQueue,
     /// Most QoS 1/2 messages in flight to the client.
     pub send_window: usize,
     /// Topic aliases, both ways; made when the first one is (most
@@ -247,7 +236,7 @@ impl Connection {
                 }
             }
             let commit = self.shared.commit.clone();
-            let oldest_ticket = self.awaiting_acks.front().map(|a| a.ticket);
+            let oldest_ticket = self.acks.oldest_ticket();
             let stall_deadline = self.ack_stall_deadline();
             let read = tokio::select! {
                 biased;
@@ -296,7 +285,7 @@ impl Connection {
                 if let Some(close) = close {
                     return close;
                 }
-                if !self.replies_when_durable.is_empty() {
+                if self.acks.has_replies() {
                     // Boxed: only after a persistent session's SUBSCRIBE,
                     // so its state stays out of the task.
                     Box::pin(self.send_replies_when_durable()).await;

@@ -8,11 +8,13 @@
 //! them. Both sides take the session's `std::sync::Mutex` briefly and never
 //! across an `.await`.
 
+mod ack_queue;
 mod acks;
 mod cluster;
 mod connect;
 mod connection;
 mod identify;
+mod inflight;
 mod io;
 mod lifecycle;
 mod outbox;
@@ -210,18 +212,6 @@ impl SessionState {
             budgets.release(&account, crate::budget::Held::RoomCursors, cursors);
         }
         Some(account)
-    }
-
-    /// The next packet id not used by a message in flight.
-    pub fn allocate_packet_id(&mut self) -> NonZeroU16 {
-        loop {
-            self.next_packet_id = self.next_packet_id.wrapping_add(1);
-            if let Some(id) = NonZeroU16::new(self.next_packet_id) {
-                if !self.inflight.iter().any(|f| f.packet_id == id) {
-                    return id;
-                }
-            }
-        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
+use super::inflight::Resend;
 use super::{Inflight, Stage};
 use crate::protocol::{EncodeError, Packet, Publish, PublishAck, PublishAck2, PublishProperties, QoS};
 use crate::router::Delivery;
@@ -32,7 +33,7 @@ impl Connection {
             if self.io.out.len() >= budget {
                 return true;
             }
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
+            if front.qos != QoS::AtMostOnce && st.window_full(self.send_window) {
                 break;
             }
             let Some(delivery) = st.queue.pop_front() else {
@@ -86,14 +87,14 @@ impl Connection {
         let session = self.session.clone();
         let st = session.state.lock();
         let now = Instant::now();
-        for f in st.inflight.iter() {
-            match f.stage {
-                Stage::Pubcomp => self.io.send(Packet::PublishRelease(PublishAck2 {
-                    packet_id: f.packet_id,
+        for resend in st.resend() {
+            match resend {
+                Resend::Release(packet_id) => self.io.send(Packet::PublishRelease(PublishAck2 {
+                    packet_id,
                     ..Default::default()
                 })),
-                _ => {
-                    self.write_publish(&f.delivery, Some(f.packet_id), true, now);
+                Resend::Publish(packet_id, delivery) => {
+                    self.write_publish(delivery, Some(packet_id), true, now);
                 }
             }
         }
@@ -198,11 +199,18 @@ impl Connection {
         let id = ack.packet_id;
         let failed = u8::from(ack.reason_code) >= 0x80;
         let mut st = self.session.state.lock();
-        let Some(pos) = st
-            .inflight
-            .iter()
-            .position(|f| f.packet_id == id && f.stage == Stage::Pubrec)
-        else {
+        let released = if failed {
+            // A PUBREC with an error code ends the flow ([MQTT-4.3.3-4]).
+            if let Some(f) = st.acknowledged(id, Stage::Pubrec) {
+                self.session.forget_delivery(&f.delivery);
+                self.session.room_message_done(&mut st, &f.delivery);
+                return None;
+            }
+            None
+        } else {
+            st.received(id)
+        };
+        let Some(pos) = released else {
             drop(st);
             // Unknown id: answer so the client can finish its own state.
             self.io.send(Packet::PublishRelease(PublishAck2 {
@@ -212,17 +220,6 @@ impl Connection {
             }));
             return None;
         };
-        if failed {
-            // A PUBREC with an error code ends the flow ([MQTT-4.3.3-4]).
-            if let Some(f) = st.inflight.remove(pos) {
-                self.session.forget_delivery(&f.delivery);
-                self.session.room_message_done(&mut st, &f.delivery);
-            }
-            return None;
-        }
-        if let Some(f) = st.inflight.get_mut(pos) {
-            f.stage = Stage::Pubcomp;
-        }
         let stage_written = st
             .inflight
             .get(pos)
@@ -246,15 +243,9 @@ impl Connection {
 
     fn complete(&mut self, id: NonZeroU16, stage: Stage) {
         let mut st = self.session.state.lock();
-        let found = st
-            .inflight
-            .iter()
-            .position(|f| f.packet_id == id && f.stage == stage);
-        if let Some(pos) = found {
-            if let Some(f) = st.inflight.remove(pos) {
-                self.session.forget_delivery(&f.delivery);
-                self.session.room_message_done(&mut st, &f.delivery);
-            }
+        if let Some(f) = st.acknowledged(id, stage) {
+            self.session.forget_delivery(&f.delivery);
+            self.session.room_message_done(&mut st, &f.delivery);
         }
     }
 }

@@ -105,7 +105,7 @@ impl Connection {
             // Receive Maximum counts QoS 1 and 2 ([MQTT-3.3.4-9]): a QoS 1
             // message is in flight until its PUBACK, which may wait for the
             // group commit.
-            let in_flight = self.session.state.lock().incoming_qos2.len() + self.qos1_acks_waiting;
+            let in_flight = self.session.state.lock().incoming_qos2.len() + self.acks.qos1_waiting();
             if in_flight >= usize::from(config.receive_maximum) {
                 return Some(Close::ByServer(
                     DisconnectReasonCode::ReceiveMaximumExceeded,
@@ -131,7 +131,7 @@ impl Connection {
                 }));
                 return None;
             }
-            if st.incoming_qos2.len() + self.qos1_acks_waiting >= usize::from(config.receive_maximum) {
+            if st.incoming_qos2.len() + self.acks.qos1_waiting() >= usize::from(config.receive_maximum) {
                 if !self.version.is_v5() {
                     // 3.1.1 has no Receive Maximum to announce and no
                     // DISCONNECT to explain it: say it here.
