@@ -8,22 +8,84 @@ use tokio::time::Instant;
 
 pub use histogram::{Histogram, LocalHistogram, BATCH_BUCKETS, LATENCY_BUCKETS};
 
-/// The listener kinds, as `roomq_connections{listener}` names them; a
-/// connection's kind is its index here.
-pub const LISTENERS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+/// The kind of listener a client came through: the `listener` label of
+/// `roomq_connections`, and the index of its counter in
+/// `Metrics::connections` (the enum and its counters cannot drift apart:
+/// the array is sized by `ALL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Tcp = 0,
+    Tls = 1,
+    Ws = 2,
+    Wss = 3,
+}
 
-/// Why connections closed, as `roomq_connections_closed{reason}` names
-/// them; `ConnectionsClosed::count` takes the index.
-pub const CLOSE_REASONS: [&str; 8] = [
-    "normal",
-    "lost",
-    "keepalive",
-    "taken_over",
-    "protocol_error",
-    "server",
-    "revoked",
-    "shutdown",
-];
+impl Listener {
+    /// Every kind, in label order (each at its own index).
+    pub const ALL: [Listener; 4] = [Listener::Tcp, Listener::Tls, Listener::Ws, Listener::Wss];
+
+    /// The metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Tcp => "tcp",
+            Listener::Tls => "tls",
+            Listener::Ws => "ws",
+            Listener::Wss => "wss",
+        }
+    }
+}
+
+/// Why an accepted connection closed: the `reason` label of
+/// `roomq_connections_closed`, and the index of its counter in
+/// `Metrics::connections_closed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// DISCONNECT 0x00 from the client.
+    Normal = 0,
+    /// The client went away (socket closed, I/O error, DISCONNECT 0x04).
+    Lost = 1,
+    /// No packet within 1.5 x the keep-alive.
+    Keepalive = 2,
+    /// Another connection took the session.
+    TakenOver = 3,
+    /// The client broke the protocol (malformed packet, bad topic, too
+    /// large, Receive Maximum exceeded).
+    ProtocolError = 4,
+    /// The broker closed it for another reason (a limit, a login expired).
+    Server = 5,
+    /// Its login was revoked.
+    Revoked = 6,
+    /// The broker shut down.
+    Shutdown = 7,
+}
+
+impl CloseReason {
+    /// Every reason, in label order (each at its own index).
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::Normal,
+        CloseReason::Lost,
+        CloseReason::Keepalive,
+        CloseReason::TakenOver,
+        CloseReason::ProtocolError,
+        CloseReason::Server,
+        CloseReason::Revoked,
+        CloseReason::Shutdown,
+    ];
+
+    /// The metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::Lost => "lost",
+            CloseReason::Keepalive => "keepalive",
+            CloseReason::TakenOver => "taken_over",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::Server => "server",
+            CloseReason::Revoked => "revoked",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
 
 /// A monotonically increasing (or, for gauges, up-and-down) counter.
 #[derive(Default, Debug)]
@@ -48,12 +110,14 @@ impl Counter {
 #[derive(Debug)]
 pub struct Metrics {
     pub started: Instant,
-    /// Clients connected now, per listener kind (`LISTENERS`).
-    pub connections: [Counter; 4],
+    /// Clients connected now, per listener kind (`Listener as usize`;
+    /// read with `connected`).
+    pub connections: [Counter; Listener::ALL.len()],
     /// MQTT connections accepted (CONNACK 0) since start.
     pub connections_opened: Counter,
-    /// Accepted connections closed, per reason (`CLOSE_REASONS`).
-    pub connections_closed: [Counter; 8],
+    /// Accepted connections closed, per reason (`CloseReason as usize`;
+    /// read with `closed`).
+    pub connections_closed: [Counter; CloseReason::ALL.len()],
     /// PUBLISH packets received from clients or the in-process API, per QoS.
     pub messages_received: [Counter; 3],
     /// PUBLISH packets sent to clients, per QoS.
@@ -132,6 +196,16 @@ pub fn total(counters: &[Counter]) -> u64 {
 }
 
 impl Metrics {
+    /// The gauge of clients connected through `listener`.
+    pub fn connected(&self, listener: Listener) -> &Counter {
+        &self.connections[listener as usize]
+    }
+
+    /// The counter of connections closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) -> &Counter {
+        &self.connections_closed[reason as usize]
+    }
+
     /// The `$SYS/broker/...` topics and their current values.
     pub fn sys_topics(&self, version: &str) -> Vec<(&'static str, String)> {
         vec![
@@ -157,5 +231,34 @@ impl Metrics {
                 self.messages_dropped_queue_full.get().to_string(),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels `/metrics` shows, as they were when they were index
+    /// constants: dashboards and alerts name them.
+    #[test]
+    fn labels_are_unchanged_and_each_enum_value_counts_at_its_own_index() {
+        let listeners: Vec<_> = Listener::ALL.iter().map(|l| l.as_str()).collect();
+        assert_eq!(listeners, ["tcp", "tls", "ws", "wss"]);
+        let reasons: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["normal", "lost", "keepalive", "taken_over", "protocol_error", "server", "revoked", "shutdown"]
+        );
+        for (i, l) in Listener::ALL.into_iter().enumerate() {
+            assert_eq!(l as usize, i, "{l:?}");
+        }
+        for (i, r) in CloseReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
+        }
+        let m = Metrics::default();
+        m.connected(Listener::Wss).inc();
+        m.closed(CloseReason::Revoked).inc();
+        assert_eq!(m.connections[3].get(), 1);
+        assert_eq!(m.connections_closed[6].get(), 1);
     }
 }

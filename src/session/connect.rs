@@ -133,13 +133,13 @@ pub(crate) async fn accept(
     let config = &shared.config;
     io.codec.set_max_inbound(config.max_packet_size);
     send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
-    shared.metrics.connections[io.listener].inc();
+    shared.metrics.connected(io.listener).inc();
     shared.metrics.connections_opened.inc();
     tracing::info!(
         %client_id,
         username = principal.username.as_deref().unwrap_or(""),
         peer = %io.peer,
-        listener = crate::metrics::LISTENERS[io.listener],
+        listener = io.listener.as_str(),
         version = %if version.is_v5() { "5.0" } else { "3.1.1" },
         session_present = claimed.present,
         "client connected"

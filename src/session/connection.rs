@@ -26,6 +26,7 @@ use super::io::WRITE_BATCH;
 use super::Shared;
 use super::{lifecycle, Kick, Session};
 use crate::auth::gate::Principal;
+use crate::metrics::CloseReason;
 use crate::protocol::{DecodeError, Disconnect, DisconnectReasonCode, Packet, Version};
 
 /// Why a connection ends, which decides the DISCONNECT sent and the will.
@@ -453,14 +454,14 @@ impl Connection {
                 .presence()
                 .disconnected(&self.shared.router, identity);
         }
-        self.shared.metrics.connections[self.io.listener].dec();
+        self.shared.metrics.connected(self.io.listener).dec();
         let reason = close_reason(&close);
-        self.shared.metrics.connections_closed[reason].inc();
+        self.shared.metrics.closed(reason).inc();
         tracing::info!(
             client_id = %self.session.client_id,
             username = self.principal.username.as_deref().unwrap_or(""),
             peer = %self.io.peer,
-            reason = crate::metrics::CLOSE_REASONS[reason],
+            reason = reason.as_str(),
             "client disconnected"
         );
         drop(self.identity_charge.take());
@@ -471,13 +472,13 @@ impl Connection {
     }
 }
 
-/// Where a close counts in `metrics::CLOSE_REASONS`.
-fn close_reason(close: &Close) -> usize {
+/// Where a close counts in `roomq_connections_closed{reason}`.
+fn close_reason(close: &Close) -> CloseReason {
     match close {
-        Close::Normal => 0,
-        Close::Lost(_) => 1,
-        Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, _) => 2,
-        Close::ByServer(DisconnectReasonCode::SessionTakenOver, _) => 3,
+        Close::Normal => CloseReason::Normal,
+        Close::Lost(_) => CloseReason::Lost,
+        Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, _) => CloseReason::Keepalive,
+        Close::ByServer(DisconnectReasonCode::SessionTakenOver, _) => CloseReason::TakenOver,
         Close::ByServer(
             DisconnectReasonCode::MalformedPacket
             | DisconnectReasonCode::ProtocolError
@@ -487,10 +488,10 @@ fn close_reason(close: &Close) -> usize {
             | DisconnectReasonCode::TopicAliasInvalid
             | DisconnectReasonCode::ReceiveMaximumExceeded,
             _,
-        ) => 4,
-        Close::ByServer(..) => 5,
-        Close::Revoked => 6,
-        Close::Shutdown => 7,
+        ) => CloseReason::ProtocolError,
+        Close::ByServer(..) => CloseReason::Server,
+        Close::Revoked => CloseReason::Revoked,
+        Close::Shutdown => CloseReason::Shutdown,
     }
 }
 
