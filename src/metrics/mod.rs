@@ -158,6 +158,10 @@ pub struct Metrics {
     /// made durable.
     pub store_flush_duration: Histogram,
     pub store_flush_batch: Histogram,
+    /// The `$SYS` values last published, so that a new subscriber's
+    /// refresh (`refresh_sys`) publishes only what changed. A `parking_lot`
+    /// lock: held only while the few values are compared and published.
+    sys_published: parking_lot::Mutex<Vec<(&'static str, String)>>,
 }
 
 impl Default for Metrics {
@@ -186,6 +190,7 @@ impl Default for Metrics {
             publish_to_delivery: Histogram::seconds(),
             store_flush_duration: Histogram::seconds(),
             store_flush_batch: Histogram::new(BATCH_BUCKETS, 1.0),
+            sys_published: Default::default(),
         }
     }
 }
@@ -204,6 +209,28 @@ impl Metrics {
     /// The counter of connections closed for `reason`.
     pub fn closed(&self, reason: CloseReason) -> &Counter {
         &self.connections_closed[reason as usize]
+    }
+
+    /// Hands `publish` the `$SYS/broker/...` topics with their current
+    /// values: all of them (`all`: the periodic refresh), or only those
+    /// that changed since they were last handed out (a new `$SYS`
+    /// subscriber, which then reads the values of now; a client that
+    /// subscribes again and again makes nothing new published while
+    /// nothing changed). Published under the lock, so that two refreshes
+    /// at once cannot leave an older value retained last.
+    pub fn refresh_sys(&self, version: &str, all: bool, mut publish: impl FnMut(&'static str, &str)) {
+        let mut published = self.sys_published.lock();
+        for (topic, value) in self.sys_topics(version) {
+            let slot = published.iter_mut().find(|(t, _)| *t == topic);
+            if !all && slot.as_ref().is_some_and(|(_, v)| *v == value) {
+                continue;
+            }
+            publish(topic, &value);
+            match slot {
+                Some((_, v)) => *v = value,
+                None => published.push((topic, value)),
+            }
+        }
     }
 
     /// The `$SYS/broker/...` topics and their current values.
@@ -260,5 +287,25 @@ mod tests {
         m.closed(CloseReason::Revoked).inc();
         assert_eq!(m.connections[3].get(), 1);
         assert_eq!(m.connections_closed[6].get(), 1);
+    }
+
+    /// A new `$SYS` subscriber's refresh publishes what changed only; the
+    /// periodic one publishes everything.
+    #[test]
+    fn a_refresh_publishes_what_changed() {
+        let m = Metrics::default();
+        let refresh = |all| {
+            let mut topics = Vec::new();
+            m.refresh_sys("1", all, |topic, value| topics.push((topic, value.to_string())));
+            topics
+        };
+        assert!(refresh(false).len() >= 5, "the first refresh publishes every topic");
+        assert!(refresh(false).iter().all(|(t, _)| *t == "$SYS/broker/uptime"));
+        m.connected(Listener::Tcp).inc();
+        let changed = refresh(false);
+        let connected = changed.iter().find(|(t, _)| *t == "$SYS/broker/clients/connected");
+        assert_eq!(connected.map(|(_, v)| v.as_str()), Some("1"));
+        assert!(!changed.iter().any(|(t, _)| *t == "$SYS/broker/version"));
+        assert_eq!(refresh(true).len(), m.sys_topics("1").len());
     }
 }
