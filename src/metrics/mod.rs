@@ -274,7 +274,16 @@ mod tests {
         let reasons: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             reasons,
-            ["normal", "lost", "keepalive", "taken_over", "protocol_error", "server", "revoked", "shutdown"]
+            [
+                "normal",
+                "lost",
+                "keepalive",
+                "taken_over",
+                "protocol_error",
+                "server",
+                "revoked",
+                "shutdown"
+            ]
         );
         for (i, l) in Listener::ALL.into_iter().enumerate() {
             assert_eq!(l as usize, i, "{l:?}");
@@ -299,11 +308,16 @@ mod tests {
             m.refresh_sys("1", all, |topic, value| topics.push((topic, value.to_string())));
             topics
         };
-        assert!(refresh(false).len() >= 5, "the first refresh publishes every topic");
+        assert!(
+            refresh(false).len() >= 5,
+            "the first refresh publishes every topic"
+        );
         assert!(refresh(false).iter().all(|(t, _)| *t == "$SYS/broker/uptime"));
         m.connected(Listener::Tcp).inc();
         let changed = refresh(false);
-        let connected = changed.iter().find(|(t, _)| *t == "$SYS/broker/clients/connected");
+        let connected = changed
+            .iter()
+            .find(|(t, _)| *t == "$SYS/broker/clients/connected");
         assert_eq!(connected.map(|(_, v)| v.as_str()), Some("1"));
         assert!(!changed.iter().any(|(t, _)| *t == "$SYS/broker/version"));
         assert_eq!(refresh(true).len(), m.sys_topics("1").len());

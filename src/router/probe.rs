@@ -36,7 +36,11 @@ impl Probe {
 
     /// The topics handed over so far, in order.
     pub fn topics(&self) -> Vec<String> {
-        self.got.lock().iter().map(|d| d.message.topic.to_string()).collect()
+        self.got
+            .lock()
+            .iter()
+            .map(|d| d.message.topic.to_string())
+            .collect()
     }
 }
 

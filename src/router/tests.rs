@@ -16,7 +16,14 @@ fn options(qos: QoS) -> SubscriptionOptions {
 }
 
 fn subscribe(router: &Router, probe: &Arc<Probe>, filter: &str, qos: QoS, id: u32) -> bool {
-    router.subscribe(&handle(probe), filter, None, options(qos), NonZeroU32::new(id), false)
+    router.subscribe(
+        &handle(probe),
+        filter,
+        None,
+        options(qos),
+        NonZeroU32::new(id),
+        false,
+    )
 }
 
 fn message(topic: &str, qos: QoS, retain: bool) -> Message {
@@ -108,7 +115,14 @@ fn shared_subscriptions_get_no_retained_messages_and_one_copy() {
         filter: "s/+",
     };
     for p in [&a, &b] {
-        r.subscribe(&handle(p), "$share/g/s/+", Some(&group), options(QoS::AtMostOnce), None, false);
+        r.subscribe(
+            &handle(p),
+            "$share/g/s/+",
+            Some(&group),
+            options(QoS::AtMostOnce),
+            None,
+            false,
+        );
     }
     assert!(a.topics().is_empty() && b.topics().is_empty());
     let outcome = r.publish(message("s/1", QoS::AtMostOnce, false));

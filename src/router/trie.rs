@@ -379,7 +379,11 @@ mod tests {
     #[test]
     fn a_shared_group_prefers_online_members_that_may_read() {
         let trie = Trie::default();
-        let (off, denied, on) = (Probe::new("off"), Probe::denying("denied", &["t/1"]), Probe::new("on"));
+        let (off, denied, on) = (
+            Probe::new("off"),
+            Probe::denying("denied", &["t/1"]),
+            Probe::new("on"),
+        );
         off.set_online(false);
         for p in [&off, &denied, &on] {
             trie.insert("t/1", Some("g"), entry(p));

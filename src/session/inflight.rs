@@ -104,7 +104,11 @@ mod tests {
     /// of its QoS.
     fn send(st: &mut SessionState, topic: &str, qos: QoS) -> u16 {
         let packet_id = st.allocate_packet_id();
-        let stage = if qos == QoS::ExactlyOnce { Stage::Pubrec } else { Stage::Puback };
+        let stage = if qos == QoS::ExactlyOnce {
+            Stage::Pubrec
+        } else {
+            Stage::Puback
+        };
         st.inflight.push_back(Inflight {
             packet_id,
             delivery: delivery(topic, qos),
@@ -132,8 +136,10 @@ mod tests {
 
     #[test]
     fn ids_wrap_past_65535_to_1_never_0() {
-        let mut st = SessionState::default();
-        st.next_packet_id = u16::MAX - 1;
+        let mut st = SessionState {
+            next_packet_id: u16::MAX - 1,
+            ..Default::default()
+        };
         assert_eq!(send(&mut st, "a", QoS::AtLeastOnce), u16::MAX);
         assert_eq!(send(&mut st, "b", QoS::AtLeastOnce), 1);
     }

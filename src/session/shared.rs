@@ -63,10 +63,16 @@ impl Shared {
         if self.config.sys_interval_secs == 0 {
             return;
         }
-        self.metrics.refresh_sys(env!("CARGO_PKG_VERSION"), all, |topic, value| {
-            let message = crate::message::Message::new(topic, value.to_string(), crate::protocol::QoS::AtMostOnce, true);
-            self.router.publish(message);
-        });
+        self.metrics
+            .refresh_sys(env!("CARGO_PKG_VERSION"), all, |topic, value| {
+                let message = crate::message::Message::new(
+                    topic,
+                    value.to_string(),
+                    crate::protocol::QoS::AtMostOnce,
+                    true,
+                );
+                self.router.publish(message);
+            });
     }
 
     /// Runs `work` unless the broker shuts down first (`None`): for the
