@@ -140,7 +140,7 @@ impl Connection {
     /// Answers the batches that began waiting before `waited_since` (all
     /// with `None`) with refusals: the store could not make them durable.
     fn refuse_acks(&mut self, waited_since: Option<Instant>) {
-        let is_v5 = self.version.is_v5();
+        let is_v5 = self.agreed.version.is_v5();
         for ack in self.acks.take_stalled(waited_since) {
             match ack {
                 Packet::PublishAck(mut ack) => {

@@ -18,6 +18,7 @@ mod inflight;
 mod io;
 mod lifecycle;
 mod outbox;
+mod parts;
 mod persist;
 mod publish;
 mod queue;

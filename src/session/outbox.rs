@@ -33,7 +33,7 @@ impl Connection {
             if self.io.out.len() >= budget {
                 return true;
             }
-            if front.qos != QoS::AtMostOnce && st.window_full(self.send_window) {
+            if front.qos != QoS::AtMostOnce && st.window_full(self.agreed.send_window) {
                 break;
             }
             let Some(delivery) = st.queue.pop_front() else {
@@ -112,7 +112,7 @@ impl Connection {
     ) -> bool {
         let mut topic = d.message.topic.clone();
         let mut new_alias = None;
-        let properties = if self.version.is_v5() {
+        let properties = if self.agreed.version.is_v5() {
             let mut p = d.message.properties.clone().unwrap_or_default();
             p.message_expiry_interval = d.message.remaining_expiry_secs(now).and_then(NonZeroU32::new);
             p.subscription_ids = d.subscription_ids.clone();
@@ -175,14 +175,14 @@ impl Connection {
         p: &mut PublishProperties,
         new_alias: &mut Option<bytestring::ByteString>,
     ) {
-        if self.client_alias_max == 0 {
+        if self.agreed.client_alias_max == 0 {
             return;
         }
         let aliases = self.aliases.get_or_insert_with(Default::default);
         if let Some(&alias) = aliases.outbound.get(topic) {
             p.topic_alias = NonZeroU16::new(alias);
             *topic = bytestring::ByteString::new();
-        } else if aliases.outbound.len() < usize::from(self.client_alias_max) {
+        } else if aliases.outbound.len() < usize::from(self.agreed.client_alias_max) {
             let alias = aliases.outbound.len() as u16 + 1;
             aliases.outbound.insert(topic.clone(), alias);
             p.topic_alias = NonZeroU16::new(alias);

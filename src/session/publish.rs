@@ -97,13 +97,13 @@ impl Connection {
             // Not accepted, so nothing is promised: 5.0 learns why, 3.1.1
             // gets no acknowledgement and sends it again after reconnecting.
             self.shared.metrics.publishes_refused_store.inc();
-            if self.version.is_v5() {
+            if self.agreed.version.is_v5() {
                 self.acknowledge(packet_id, qos, PublishAckReason::QuotaExceeded);
             }
             return None;
         }
 
-        if qos == QoS::AtLeastOnce && self.version.is_v5() {
+        if qos == QoS::AtLeastOnce && self.agreed.version.is_v5() {
             // Receive Maximum counts QoS 1 and 2 ([MQTT-3.3.4-9]): a QoS 1
             // message is in flight until its PUBACK, which may wait for the
             // group commit.
@@ -134,7 +134,7 @@ impl Connection {
                 return None;
             }
             if st.incoming_qos2.len() + self.acks.qos1_waiting() >= usize::from(config.receive_maximum) {
-                if !self.version.is_v5() {
+                if !self.agreed.version.is_v5() {
                     // 3.1.1 has no Receive Maximum to announce and no
                     // DISCONNECT to explain it: say it here.
                     tracing::warn!(
@@ -169,10 +169,10 @@ impl Connection {
         let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
         if room_post && u8::from(reason) < 0x80 {
             self.joined_a_room();
-        } else if room_post && !self.version.is_v5() && !self.told_refused_post {
+        } else if room_post && !self.agreed.version.is_v5() && !self.rooms.told_refused_post {
             // 3.1.1 has no reason code: without this line a user sees the
             // post vanish (an oversize one: `max_room_message_bytes`).
-            self.told_refused_post = true;
+            self.rooms.told_refused_post = true;
             tracing::info!(
                 client_id = %self.session.client_id,
                 reason = %format_args!("{:#04x}", u8::from(reason)),
@@ -448,7 +448,9 @@ mod tests {
     fn qos_decides_the_acknowledgement() {
         assert!(publish_ack(None, QoS::AtMostOnce, PublishAckReason::Success).is_none());
         let puback = publish_ack(Some(id(3)), QoS::AtLeastOnce, PublishAckReason::NotAuthorized);
-        assert!(matches!(puback, Some(Packet::PublishAck(a)) if a.packet_id == id(3) && a.reason_code == PublishAckReason::NotAuthorized));
+        assert!(
+            matches!(puback, Some(Packet::PublishAck(a)) if a.packet_id == id(3) && a.reason_code == PublishAckReason::NotAuthorized)
+        );
         let pubrec = publish_ack(Some(id(4)), QoS::ExactlyOnce, PublishAckReason::Success);
         assert!(matches!(pubrec, Some(Packet::PublishReceived(a)) if a.packet_id == id(4)));
     }
@@ -458,7 +460,10 @@ mod tests {
         let mut recent = VecDeque::new();
         let (a, b) = (fnv1a(b"a", FNV_OFFSET), fnv1a(b"b", FNV_OFFSET));
         assert!(!remember_publish(&mut recent, 1, a, false));
-        assert!(remember_publish(&mut recent, 1, a, true), "DUP, same id and content");
+        assert!(
+            remember_publish(&mut recent, 1, a, true),
+            "DUP, same id and content"
+        );
         // Without DUP it is a new message that reuses the id.
         assert!(!remember_publish(&mut recent, 1, a, false));
         // The id reused for other content: the newest entry decides.
@@ -474,7 +479,10 @@ mod tests {
             remember_publish(&mut recent, n, 7, false);
         }
         assert_eq!(recent.len(), RECENT_PUBLISHES);
-        assert!(!remember_publish(&mut recent, 0, 7, true), "the oldest was forgotten");
+        assert!(
+            !remember_publish(&mut recent, 0, 7, true),
+            "the oldest was forgotten"
+        );
         assert!(remember_publish(&mut recent, RECENT_PUBLISHES as u16, 7, true));
     }
 

@@ -39,7 +39,7 @@ impl Connection {
                     Err(_) => false,
                 };
             if !valid {
-                if !self.version.is_v5() {
+                if !self.agreed.version.is_v5() {
                     // 3.1.1 has no per-filter error for a malformed filter:
                     // it is a protocol violation ([MQTT-4.7.1-1]).
                     return Some(Close::ByServer(
