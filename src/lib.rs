@@ -52,7 +52,9 @@
 //!    `session/persist.rs` for a persistent session) and wakes the
 //!    subscriber's connection, whose `session/outbox.rs` writes it.
 //! 7. The publisher's PUBACK waits for the group commit
-//!    (`store/group_commit.rs`) in `session/acks.rs`.
+//!    (`store/group_commit.rs`) in `session/acks.rs` (its rules, without
+//!    I/O, in `session/ack_queue.rs`; those of the messages in flight to
+//!    a subscriber in `session/inflight.rs`).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{Counter, Histogram, CLOSE_REASONS, LISTENERS};
+use crate::metrics::{CloseReason, Counter, Histogram, Listener};
 use crate::session::Shared;
 
 /// A registry with one collector reading `shared` at each scrape.
@@ -51,8 +51,9 @@ impl Collector for Families {
             None,
             MetricType::Gauge,
         )?;
-        for (name, counter) in LISTENERS.iter().zip(&m.connections) {
-            ConstGauge::new(counter.get() as i64).encode(listeners.encode_family(&[("listener", *name)])?)?;
+        for listener in Listener::ALL {
+            let count = m.connected(listener).get() as i64;
+            ConstGauge::new(count).encode(listeners.encode_family(&[("listener", listener.as_str())])?)?;
         }
         gauge(
             &mut out,
@@ -159,7 +160,7 @@ impl Collector for Families {
             "roomq_connections_closed",
             "Accepted connections closed, by reason",
             "reason",
-            &CLOSE_REASONS,
+            &CloseReason::ALL.map(CloseReason::as_str),
             &m.connections_closed,
         )?;
         counter(

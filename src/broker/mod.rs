@@ -396,7 +396,7 @@ impl BrokerHandle {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             cert_name: crate::server::CertName::NotUsed,
             // In-process connections count as plain MQTT.
-            listener: 0,
+            listener: crate::metrics::Listener::Tcp,
         };
         self.tracker.spawn(async move {
             shared

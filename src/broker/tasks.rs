@@ -104,7 +104,8 @@ pub(super) async fn publish_sys(shared: Arc<Shared>) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let mut topics = shared.metrics.sys_topics(env!("CARGO_PKG_VERSION"));
+        shared.publish_sys(true);
+        let mut topics = Vec::new();
         if let Some(cluster) = &shared.cluster {
             // What following only the rooms with interest here saves.
             topics.push((

@@ -33,13 +33,13 @@ impl std::fmt::Display for ListenerKind {
 }
 
 impl ListenerKind {
-    /// Its position in `metrics::LISTENERS` (`roomq_connections{listener}`).
-    pub fn metrics_index(self) -> usize {
+    /// Its label in `roomq_connections{listener}`.
+    pub fn metrics_listener(self) -> crate::metrics::Listener {
         match self {
-            ListenerKind::Tcp => 0,
-            ListenerKind::Tls => 1,
-            ListenerKind::Ws => 2,
-            ListenerKind::Wss => 3,
+            ListenerKind::Tcp => crate::metrics::Listener::Tcp,
+            ListenerKind::Tls => crate::metrics::Listener::Tls,
+            ListenerKind::Ws => crate::metrics::Listener::Ws,
+            ListenerKind::Wss => crate::metrics::Listener::Wss,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! Nothing here waits on a subscriber, so a slow consumer never slows the
 //! publisher or anyone else.
 
+#[cfg(test)]
+mod probe;
 mod retained;
 mod trie;
 
@@ -465,3 +467,6 @@ fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc
 
 /// The highest QoS a broker grants.
 pub const MAX_QOS: QoS = QoS::ExactlyOnce;
+
+#[cfg(test)]
+mod tests;

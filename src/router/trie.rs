@@ -283,3 +283,148 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Ar
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::probe::{handle, Probe};
+    use super::*;
+
+    fn entry(probe: &Arc<Probe>) -> SubEntry {
+        SubEntry {
+            subscriber: handle(probe),
+            options: SubscriptionOptions::default(),
+            id: None,
+            check_read: false,
+        }
+    }
+
+    /// The client ids `topic` reaches, sorted.
+    fn reached(trie: &Trie, topic: &str) -> Vec<String> {
+        let mut ids: Vec<String> = trie
+            .matches(topic)
+            .iter()
+            .map(|m| m.entry.subscriber.client_id().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn plus_matches_one_level_and_hash_the_rest() {
+        let trie = Trie::default();
+        for (id, filter) in [
+            ("exact", "a/b/c"),
+            ("plus", "a/+/c"),
+            ("hash", "a/#"),
+            ("lead", "+/b/#"),
+            ("all", "#"),
+        ] {
+            trie.insert(filter, None, entry(&Probe::new(id)));
+        }
+        assert_eq!(reached(&trie, "a/b/c"), ["all", "exact", "hash", "lead", "plus"]);
+        assert_eq!(reached(&trie, "a/x/c"), ["all", "hash", "plus"]);
+        assert_eq!(reached(&trie, "a/b/c/d"), ["all", "hash", "lead"]);
+        // "a/#" matches its parent "a" too ([MQTT-4.7.1-2]); "+" needs a level.
+        assert_eq!(reached(&trie, "a"), ["all", "hash"]);
+        assert_eq!(reached(&trie, "b"), ["all"]);
+        // An empty level is a level.
+        assert_eq!(reached(&trie, "a//c"), ["all", "hash", "plus"]);
+    }
+
+    #[test]
+    fn wildcards_at_the_start_do_not_match_dollar_topics() {
+        let trie = Trie::default();
+        trie.insert("#", None, entry(&Probe::new("all")));
+        trie.insert("+/broker/#", None, entry(&Probe::new("plus")));
+        trie.insert("$SYS/#", None, entry(&Probe::new("sys")));
+        trie.insert("$SYS/+/x", None, entry(&Probe::new("sys-plus")));
+        assert_eq!(reached(&trie, "$SYS/broker/x"), ["sys", "sys-plus"]);
+        assert_eq!(reached(&trie, "SYS/broker/x"), ["all", "plus"]);
+    }
+
+    #[test]
+    fn a_second_subscription_to_one_filter_replaces_the_first() {
+        let trie = Trie::default();
+        let p = Probe::new("p");
+        assert!(!trie.insert("a/+", None, entry(&p)));
+        let mut again = entry(&p);
+        again.id = NonZeroU32::new(7);
+        assert!(trie.insert("a/+", None, again));
+        let matched = trie.matches("a/b");
+        assert_eq!(matched.len(), 1);
+        assert_eq!(matched[0].entry.id, NonZeroU32::new(7));
+    }
+
+    #[test]
+    fn a_shared_group_hands_each_message_to_one_member_in_turn() {
+        let trie = Trie::default();
+        let (a, b) = (Probe::new("a"), Probe::new("b"));
+        trie.insert("t/+", Some("g"), entry(&a));
+        trie.insert("t/+", Some("g"), entry(&b));
+        trie.insert("t/+", Some("h"), entry(&Probe::new("c")));
+        let mut firsts = Vec::new();
+        for _ in 0..4 {
+            let matched = trie.matches("t/1");
+            // One member of each group.
+            assert_eq!(matched.len(), 2);
+            let g = matched
+                .iter()
+                .find(|m| m.shared.as_ref().is_some_and(|k| &*k.group == "g"))
+                .map(|m| m.entry.subscriber.client_id().to_string());
+            firsts.extend(g);
+        }
+        assert_eq!(firsts, ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn a_shared_group_prefers_online_members_that_may_read() {
+        let trie = Trie::default();
+        let (off, denied, on) = (
+            Probe::new("off"),
+            Probe::denying("denied", &["t/1"]),
+            Probe::new("on"),
+        );
+        off.set_online(false);
+        for p in [&off, &denied, &on] {
+            trie.insert("t/1", Some("g"), entry(p));
+        }
+        for _ in 0..3 {
+            assert_eq!(reached(&trie, "t/1"), ["on"]);
+        }
+        on.set_online(false);
+        // No reader online: queued for an offline one that may read.
+        assert_eq!(reached(&trie, "t/1"), ["off"]);
+        let others = trie.shared_members(&trie.matches("t/1")[0].shared.clone().unwrap(), &handle(&off));
+        assert_eq!(others.len(), 2);
+    }
+
+    #[test]
+    fn unsubscribe_leaves_no_empty_nodes() {
+        let trie = Trie::default();
+        let (p, q) = (Probe::new("p"), Probe::new("q"));
+        trie.insert("a/b/c", None, entry(&p));
+        trie.insert("a/b", None, entry(&q));
+        trie.insert("+/x", Some("g"), entry(&p));
+        trie.insert("#", None, entry(&q));
+        assert!(!trie.remove("a/b/c", None, &handle(&q)), "not q's");
+        assert!(trie.remove("a/b/c", None, &handle(&p)));
+        assert!(!trie.remove("a/b/c", None, &handle(&p)), "already gone");
+        assert!(trie.remove("a/b", None, &handle(&q)));
+        assert!(trie.remove("+/x", Some("g"), &handle(&p)));
+        assert!(trie.remove("#", None, &handle(&q)));
+        assert!(trie.wildcard.read().is_empty());
+        assert!(trie.literal.iter().all(|shard| shard.read().is_empty()));
+    }
+
+    #[test]
+    fn removing_one_subscriber_keeps_the_others_and_their_path() {
+        let trie = Trie::default();
+        let (p, q) = (Probe::new("p"), Probe::new("q"));
+        trie.insert("a/b/c", None, entry(&p));
+        trie.insert("a/b/c", None, entry(&q));
+        trie.insert("a/b/c/d", None, entry(&p));
+        assert!(trie.remove("a/b/c", None, &handle(&p)));
+        assert_eq!(reached(&trie, "a/b/c"), ["q"]);
+        assert_eq!(reached(&trie, "a/b/c/d"), ["p"]);
+    }
+}

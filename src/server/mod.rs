@@ -236,7 +236,7 @@ async fn upgrade(
     let mut peer = Peer {
         addr,
         cert_name: CertName::NotUsed,
-        listener: listener.config.kind.metrics_index(),
+        listener: listener.config.kind.metrics_listener(),
     };
     let kind = listener.config.kind;
     let stream: Option<Box<dyn Stream>> = match &listener.tls {

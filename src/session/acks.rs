@@ -19,29 +19,20 @@ use super::Shared;
 use crate::protocol::{Packet, PublishAckReason};
 use crate::store::GroupCommit;
 
-/// One batch of acknowledgements waiting for its group commit.
-pub(crate) struct AwaitingAcks {
-    pub ticket: u64,
-    /// When the batch began to wait.
-    pub since: Instant,
-    pub acks: Vec<Packet>,
-}
-
 impl Connection {
     /// Puts this batch's acknowledgements behind a group-commit ticket: one
     /// flush covers every PUBLISH read in the batch.
     pub(super) fn queue_acks(&mut self) {
-        if self.pending_acks.is_empty() {
+        if !self.acks.has_pending() {
             return;
         }
-        let acks = std::mem::take(&mut self.pending_acks);
         match self.shared.commit.as_ref() {
-            Some(commit) => self.awaiting_acks.push_back(AwaitingAcks {
-                ticket: commit.ticket(),
-                since: Instant::now(),
-                acks,
-            }),
-            None => acks.into_iter().for_each(|ack| self.io.send(ack)),
+            Some(commit) => self.acks.seal(commit.ticket(), Instant::now()),
+            None => {
+                for ack in self.acks.take_pending() {
+                    self.io.send(ack);
+                }
+            }
         }
     }
 
@@ -50,19 +41,12 @@ impl Connection {
         let Some(durable) = self.shared.commit.as_ref().map(|c| c.durable()) else {
             return;
         };
-        if self.awaiting_acks.front().is_some_and(|a| a.ticket <= durable) {
+        if self.acks.has_durable(durable) {
             // A room message goes out before the PUBACK that confirms it.
             self.shared.chat.deliver_committed(&self.shared.router);
         }
-        while self.awaiting_acks.front().is_some_and(|a| a.ticket <= durable) {
-            if let Some(batch) = self.awaiting_acks.pop_front() {
-                for ack in batch.acks {
-                    if matches!(ack, Packet::PublishAck(_)) {
-                        self.qos1_acks_waiting = self.qos1_acks_waiting.saturating_sub(1);
-                    }
-                    self.io.send(ack);
-                }
-            }
+        for ack in self.acks.take_durable(durable) {
+            self.io.send(ack);
         }
     }
 
@@ -70,8 +54,8 @@ impl Connection {
     /// (refused instead, if the store cannot write).
     pub(super) async fn release_acks(&mut self) {
         self.queue_acks();
-        if let (Some(commit), Some(last)) = (self.shared.commit.clone(), self.awaiting_acks.back()) {
-            if !wait_for_ticket(&self.shared, &commit, last.ticket).await {
+        if let (Some(commit), Some(last)) = (self.shared.commit.clone(), self.acks.newest_ticket()) {
+            if !wait_for_ticket(&self.shared, &commit, last).await {
                 self.refuse_acks(None);
             }
         }
@@ -82,7 +66,7 @@ impl Connection {
     /// `session_written` (the session record it promises was just written).
     pub(super) fn reply_when_durable(&mut self, reply: Packet, session_written: bool) {
         if session_written && self.shared.commit.is_some() {
-            self.replies_when_durable.push(reply);
+            self.acks.reply_when_durable(reply);
         } else {
             self.io.send(reply);
         }
@@ -99,7 +83,7 @@ impl Connection {
         // on disk yet.
         wait_until_durable(&self.shared).await;
         self.send_durable_acks();
-        for reply in std::mem::take(&mut self.replies_when_durable) {
+        for reply in self.acks.take_replies() {
             self.io.send(reply);
         }
     }
@@ -120,10 +104,7 @@ impl Connection {
     /// commit.
     pub(super) fn send_ack(&mut self, ack: Packet) {
         if self.shared.commit.is_some() {
-            if matches!(ack, Packet::PublishAck(_)) {
-                self.qos1_acks_waiting += 1;
-            }
-            self.pending_acks.push(ack);
+            self.acks.push(ack);
         } else {
             self.io.send(ack);
         }
@@ -134,7 +115,7 @@ impl Connection {
     /// the group commit, which it may not overtake ([MQTT-4.6.0-2]).
     /// While the store cannot write, a request read first is answered.
     pub(super) fn send_unstored_ack(&mut self, ack: Packet) {
-        if self.pending_acks.is_empty() && self.awaiting_acks.is_empty() {
+        if self.acks.is_empty() {
             self.io.send(ack);
         } else {
             self.send_ack(ack);
@@ -143,8 +124,7 @@ impl Connection {
 
     /// When the oldest waiting batch has waited `store_stall_timeout_ms`.
     pub(super) fn ack_stall_deadline(&self) -> Option<Instant> {
-        let oldest = self.awaiting_acks.front()?;
-        Some(oldest.since + stall_timeout(&self.shared))
+        self.acks.stall_deadline(stall_timeout(&self.shared))
     }
 
     /// The oldest batch waited `store_stall_timeout_ms`: refuse what waited
@@ -152,47 +132,37 @@ impl Connection {
     pub(super) fn on_ack_stall(&mut self) {
         if self.shared.store_health.is_failing() {
             self.refuse_acks(Some(Instant::now() - stall_timeout(&self.shared)));
-        } else if let Some(oldest) = self.awaiting_acks.front_mut() {
-            oldest.since = Instant::now();
+        } else {
+            self.acks.restart_stall_clock(Instant::now());
         }
     }
 
     /// Answers the batches that began waiting before `waited_since` (all
     /// with `None`) with refusals: the store could not make them durable.
     fn refuse_acks(&mut self, waited_since: Option<Instant>) {
-        let is_v5 = self.version.is_v5();
-        while self
-            .awaiting_acks
-            .front()
-            .is_some_and(|a| waited_since.is_none_or(|t| a.since <= t))
-        {
-            let Some(batch) = self.awaiting_acks.pop_front() else {
-                break;
-            };
-            for ack in batch.acks {
-                match ack {
-                    Packet::PublishAck(mut ack) => {
-                        self.qos1_acks_waiting = self.qos1_acks_waiting.saturating_sub(1);
-                        self.shared.metrics.publishes_refused_store.inc();
-                        if is_v5 {
-                            ack.reason_code = refusal(ack.reason_code);
-                            self.io.send(Packet::PublishAck(ack));
-                        }
+        let is_v5 = self.agreed.version.is_v5();
+        for ack in self.acks.take_stalled(waited_since) {
+            match ack {
+                Packet::PublishAck(mut ack) => {
+                    self.shared.metrics.publishes_refused_store.inc();
+                    if is_v5 {
+                        ack.reason_code = refusal(ack.reason_code);
+                        self.io.send(Packet::PublishAck(ack));
                     }
-                    Packet::PublishReceived(mut ack) => {
-                        // The exchange ends here: a resend with this id is a
-                        // new message.
-                        self.session.state.lock().incoming_qos2.remove(&ack.packet_id);
-                        self.shared.metrics.publishes_refused_store.inc();
-                        if is_v5 {
-                            ack.reason_code = refusal(ack.reason_code);
-                            self.io.send(Packet::PublishReceived(ack));
-                        }
-                    }
-                    // PUBREL/PUBCOMP: the session's progress is right in
-                    // memory, only not on disk yet.
-                    other => self.io.send(other),
                 }
+                Packet::PublishReceived(mut ack) => {
+                    // The exchange ends here: a resend with this id is a
+                    // new message.
+                    self.session.state.lock().incoming_qos2.remove(&ack.packet_id);
+                    self.shared.metrics.publishes_refused_store.inc();
+                    if is_v5 {
+                        ack.reason_code = refusal(ack.reason_code);
+                        self.io.send(Packet::PublishReceived(ack));
+                    }
+                }
+                // PUBREL/PUBCOMP: the session's progress is right in
+                // memory, only not on disk yet.
+                other => self.io.send(other),
             }
         }
     }

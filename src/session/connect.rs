@@ -133,13 +133,13 @@ pub(crate) async fn accept(
     let config = &shared.config;
     io.codec.set_max_inbound(config.max_packet_size);
     send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
-    shared.metrics.connections[io.listener].inc();
+    shared.metrics.connected(io.listener).inc();
     shared.metrics.connections_opened.inc();
     tracing::info!(
         %client_id,
         username = principal.username.as_deref().unwrap_or(""),
         peer = %io.peer,
-        listener = crate::metrics::LISTENERS[io.listener],
+        listener = io.listener.as_str(),
         version = %if version.is_v5() { "5.0" } else { "3.1.1" },
         session_present = claimed.present,
         "client connected"
@@ -148,26 +148,29 @@ pub(crate) async fn accept(
     Some(Connection {
         io,
         shared: shared.clone(),
-        version,
         session: claimed.session,
-        kick: terms.kick,
-        guard: Some(claimed.guard),
-        identity_charge,
-        keep_alive_window: terms.keep_alive_window,
-        pending_acks: Vec::new(),
-        awaiting_acks: std::collections::VecDeque::new(),
-        qos1_acks_waiting: 0,
-        replies_when_durable: Vec::new(),
-        send_window: terms.send_window,
-        aliases: None,
-        told_refused_post: false,
-        client_alias_max: connect.topic_alias_max,
-        connect_expiry: connect.session_expiry_interval_secs,
-        shutdown: shared.shutdown.subscribe(),
         principal,
-        presence_lasting,
-        room_user,
-        auth_deadline: terms.auth_deadline,
+        agreed: super::connection::Agreed {
+            version,
+            keep_alive_window: terms.keep_alive_window,
+            send_window: terms.send_window,
+            client_alias_max: connect.topic_alias_max,
+            connect_expiry: connect.session_expiry_interval_secs,
+            auth_deadline: terms.auth_deadline,
+        },
+        tenure: super::connection::Tenure {
+            kick: terms.kick,
+            identity_charge,
+            guard: Some(claimed.guard),
+        },
+        acks: Default::default(),
+        aliases: None,
+        rooms: super::connection::RoomUse {
+            presence_lasting,
+            room_user,
+            told_refused_post: false,
+        },
+        shutdown: shared.shutdown.subscribe(),
         publish_budget: super::rate::PublishBudget::new(
             config.max_publish_rate,
             config.max_publish_bytes_rate,

@@ -10,12 +10,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytestring::ByteString;
 use futures_util::future::Either;
 use futures_util::FutureExt;
-use tokio::sync::{watch, Notify, OwnedMutexGuard};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -23,10 +22,12 @@ use super::acks::wait_durable;
 pub(crate) use super::io::Io;
 pub use super::io::Stream;
 use super::io::WRITE_BATCH;
+pub(crate) use super::parts::{Agreed, RoomUse, Tenure};
 use super::Shared;
 use super::{lifecycle, Kick, Session};
 use crate::auth::gate::Principal;
-use crate::protocol::{DecodeError, Disconnect, DisconnectReasonCode, Packet, Version};
+use crate::metrics::CloseReason;
+use crate::protocol::{DecodeError, Disconnect, DisconnectReasonCode, Packet};
 
 /// Why a connection ends, which decides the DISCONNECT sent and the will.
 #[derive(Debug)]
@@ -69,60 +70,26 @@ pub(crate) struct Aliases {
 pub(crate) struct Connection {
     pub io: Io,
     pub shared: Arc<Shared>,
-    pub version: Version,
     pub session: Arc<Session>,
-    pub kick: Arc<Notify>,
-    /// Held while this connection serves the session.
-    pub guard: Option<OwnedMutexGuard<()>>,
-    /// This connection's place in its identity's `max_connections_per_user`
-    /// (`None` for a client without an identity); given back when the
-    /// connection ends, before `guard`, so a takeover finds it given back.
-    pub identity_charge: Option<crate::budget::Charged>,
-    /// 1.5 x the keep-alive in force; `None` when keep-alive is off.
-    pub keep_alive_window: Option<Duration>,
-    /// PUBACK/PUBREC/PUBREL/PUBCOMP packets waiting for the group commit that
-    /// makes what they promise durable; sent in arrival order ([MQTT-4.6.0-2]).
-    pub pending_acks: Vec<Packet>,
-    /// Acknowledgements of earlier batches, each with the group-commit
-    /// ticket that makes its messages durable, oldest first. The
-    /// connection keeps reading while they wait, so its next messages join
-    /// the next flush instead of waiting for this one to finish.
-    pub awaiting_acks: std::collections::VecDeque<super::acks::AwaitingAcks>,
-    /// PUBACKs queued behind a group commit: QoS 1 messages still in
-    /// flight towards the broker, which count against Receive Maximum.
-    pub qos1_acks_waiting: usize,
-    /// SUBACK/UNSUBACK of a persistent session, sent once the session
-    /// record they promise is on disk (and before the retained messages the
-    /// subscription delivers).
-    pub replies_when_durable: Vec<Packet>,
-    /// Most QoS 1/2 messages in flight to the client.
-    pub send_window: usize,
-    /// Topic aliases, both ways; made when the first one is (most
-    /// connections never use one, and every idle connection would carry
-    /// two empty maps).
-    pub aliases: Option<Box<Aliases>>,
-    /// Topic Alias Maximum of the client (0 = none).
-    pub client_alias_max: u16,
-    /// The client's Session Expiry Interval at CONNECT, for the DISCONNECT
-    /// rule [MQTT-3.14.2-2].
-    pub connect_expiry: u32,
-    pub shutdown: watch::Receiver<bool>,
     /// Who the client is (`auth/gate.rs`): the username for `%u`, the
     /// identity that is `{sender}`/`{user}` in chat topics and counts in
     /// presence, and a token's room list.
     pub principal: Principal,
-    /// Whether this client's presence outlives it (see
-    /// `chat::presence`); set once it joins a room.
-    pub presence_lasting: bool,
-    /// Whether this client used a room (its session holds a room
-    /// subscription, or it subscribed to or posted in one): only then is
-    /// its identity shown in `$presence/`.
-    pub room_user: bool,
-    /// Whether a refused room post of this 3.1.1 client was logged: its
-    /// PUBACK cannot say why, so the log does, once per connection.
-    pub told_refused_post: bool,
-    /// When the token the client logged in with expires.
-    pub auth_deadline: Option<Instant>,
+    /// Version, keep-alive, windows and deadlines agreed at CONNECT.
+    pub agreed: Agreed,
+    /// The kick, the session's lock and the connection's charge.
+    pub tenure: Tenure,
+    /// PUBACK/PUBREC/PUBREL/PUBCOMP (and a persistent session's
+    /// SUBACK/UNSUBACK) waiting for the group commit that makes what they
+    /// promise durable; sent in arrival order ([MQTT-4.6.0-2]).
+    pub acks: super::ack_queue::AckQueue,
+    /// Topic aliases, both ways; made when the first one is (most
+    /// connections never use one, and every idle connection would carry
+    /// two empty maps).
+    pub aliases: Option<Box<Aliases>>,
+    /// Presence and what was logged about this client's room posts.
+    pub rooms: RoomUse,
+    pub shutdown: watch::Receiver<bool>,
     /// `max_publish_rate` / `max_publish_bytes_rate`.
     pub publish_budget: super::rate::PublishBudget,
     /// Delivery latencies of the current write batch (`outbox.rs`).
@@ -232,9 +199,9 @@ impl Connection {
             return Close::Shutdown;
         }
         self.resend_inflight();
-        let mut deadline = self.keep_alive_window.map(|w| Instant::now() + w);
+        let mut deadline = self.agreed.keep_alive_window.map(|w| Instant::now() + w);
         loop {
-            if self.session.wants_replay(self.send_window * 2) {
+            if self.session.wants_replay(self.agreed.send_window * 2) {
                 self.session.replay_rooms(&self.shared.chat);
             }
             loop {
@@ -247,7 +214,7 @@ impl Connection {
                 }
             }
             let commit = self.shared.commit.clone();
-            let oldest_ticket = self.awaiting_acks.front().map(|a| a.ticket);
+            let oldest_ticket = self.acks.oldest_ticket();
             let stall_deadline = self.ack_stall_deadline();
             let read = tokio::select! {
                 biased;
@@ -256,14 +223,14 @@ impl Connection {
                     self.send_durable_acks();
                     continue;
                 }
-                _ = self.kick.notified() => return self.kicked(),
+                _ = self.tenure.kick.notified() => return self.kicked(),
                 r = self.io.read_more() => r,
                 _ = self.session.wake.notified() => continue,
                 // One timer for every deadline: each timer is part of every
                 // idle connection's task.
-                _ = sleep_until_opt(earliest(earliest(deadline, self.auth_deadline), stall_deadline)) => {
+                _ = sleep_until_opt(earliest(earliest(deadline, self.agreed.auth_deadline), stall_deadline)) => {
                     let now = Instant::now();
-                    if self.auth_deadline.is_some_and(|d| d <= now) {
+                    if self.agreed.auth_deadline.is_some_and(|d| d <= now) {
                         return Close::ByServer(DisconnectReasonCode::MaximumConnectTime, "the login token expired".into());
                     }
                     if deadline.is_some_and(|d| d <= now) {
@@ -286,7 +253,7 @@ impl Connection {
                     Ok(None) => break,
                     Err(e) => return e.into(),
                 };
-                deadline = self.keep_alive_window.map(|w| Instant::now() + w);
+                deadline = self.agreed.keep_alive_window.map(|w| Instant::now() + w);
                 let close = if self.shared.cluster.is_some() {
                     // Boxed: cluster mode only.
                     Box::pin(self.handle_when_rooms_ready(packet)).await
@@ -296,7 +263,7 @@ impl Connection {
                 if let Some(close) = close {
                     return close;
                 }
-                if !self.replies_when_durable.is_empty() {
+                if self.acks.has_replies() {
                     // Boxed: only after a persistent session's SUBSCRIBE,
                     // so its state stays out of the task.
                     Box::pin(self.send_replies_when_durable()).await;
@@ -309,9 +276,9 @@ impl Connection {
     /// Shows the client's presence, and makes it last, the first time it
     /// uses a room (subscribes to one, or posts in one).
     pub(super) fn joined_a_room(&mut self) {
-        if !self.room_user {
-            self.room_user = true;
-            self.presence_lasting = true;
+        if !self.rooms.room_user {
+            self.rooms.room_user = true;
+            self.rooms.presence_lasting = true;
             if let Some(identity) = &self.principal.identity {
                 self.shared
                     .chat
@@ -374,7 +341,7 @@ impl Connection {
 
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
         if let Some(expiry) = d.session_expiry_interval_secs {
-            if self.connect_expiry == 0 && expiry != 0 {
+            if self.agreed.connect_expiry == 0 && expiry != 0 {
                 return Close::ByServer(
                     DisconnectReasonCode::ProtocolError,
                     "session expiry set on DISCONNECT after 0 at CONNECT".into(),
@@ -427,7 +394,7 @@ impl Connection {
             );
             publish_will = !(continues && st.expiry_secs > 0);
         }
-        if let (Some(code), true) = (reason, self.version.is_v5()) {
+        if let (Some(code), true) = (reason, self.agreed.version.is_v5()) {
             let mut d = Disconnect::new(code);
             if let Close::ByServer(_, text) = &close {
                 d.reason_string = Some(text.as_str().into());
@@ -464,31 +431,31 @@ impl Connection {
                 .presence()
                 .disconnected(&self.shared.router, identity);
         }
-        self.shared.metrics.connections[self.io.listener].dec();
+        self.shared.metrics.connected(self.io.listener).dec();
         let reason = close_reason(&close);
-        self.shared.metrics.connections_closed[reason].inc();
+        self.shared.metrics.closed(reason).inc();
         tracing::info!(
             client_id = %self.session.client_id,
             username = self.principal.username.as_deref().unwrap_or(""),
             peer = %self.io.peer,
-            reason = crate::metrics::CLOSE_REASONS[reason],
+            reason = reason.as_str(),
             "client disconnected"
         );
-        drop(self.identity_charge.take());
-        drop(self.guard.take());
+        drop(self.tenure.identity_charge.take());
+        drop(self.tenure.guard.take());
         if matches!(close, Close::ByServer(..) | Close::Revoked) {
             self.io.linger().await;
         }
     }
 }
 
-/// Where a close counts in `metrics::CLOSE_REASONS`.
-fn close_reason(close: &Close) -> usize {
+/// Where a close counts in `roomq_connections_closed{reason}`.
+fn close_reason(close: &Close) -> CloseReason {
     match close {
-        Close::Normal => 0,
-        Close::Lost(_) => 1,
-        Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, _) => 2,
-        Close::ByServer(DisconnectReasonCode::SessionTakenOver, _) => 3,
+        Close::Normal => CloseReason::Normal,
+        Close::Lost(_) => CloseReason::Lost,
+        Close::ByServer(DisconnectReasonCode::KeepAliveTimeout, _) => CloseReason::Keepalive,
+        Close::ByServer(DisconnectReasonCode::SessionTakenOver, _) => CloseReason::TakenOver,
         Close::ByServer(
             DisconnectReasonCode::MalformedPacket
             | DisconnectReasonCode::ProtocolError
@@ -498,10 +465,10 @@ fn close_reason(close: &Close) -> usize {
             | DisconnectReasonCode::TopicAliasInvalid
             | DisconnectReasonCode::ReceiveMaximumExceeded,
             _,
-        ) => 4,
-        Close::ByServer(..) => 5,
-        Close::Revoked => 6,
-        Close::Shutdown => 7,
+        ) => CloseReason::ProtocolError,
+        Close::ByServer(..) => CloseReason::Server,
+        Close::Revoked => CloseReason::Revoked,
+        Close::Shutdown => CloseReason::Shutdown,
     }
 }
 

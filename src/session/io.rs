@@ -41,8 +41,8 @@ pub(crate) struct Io {
     /// read in big chunks until it goes quiet.
     busy: bool,
     pub out: BytesMut,
-    /// Which kind of listener the client came through (`metrics::LISTENERS`).
-    pub listener: usize,
+    /// Which kind of listener the client came through.
+    pub listener: crate::metrics::Listener,
     /// Bytes in and out are counted here.
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -168,8 +168,8 @@ pub struct Peer {
     /// The name the client certificate gives, on an mTLS listener with
     /// `use_identity_as_username`.
     pub cert_name: CertName,
-    /// The kind of listener it came through (`metrics::LISTENERS` index).
-    pub listener: usize,
+    /// The kind of listener it came through.
+    pub listener: crate::metrics::Listener,
 }
 
 /// The username a client certificate gives.

@@ -8,14 +8,17 @@
 //! them. Both sides take the session's `std::sync::Mutex` briefly and never
 //! across an `.await`.
 
+mod ack_queue;
 mod acks;
 mod cluster;
 mod connect;
 mod connection;
 mod identify;
+mod inflight;
 mod io;
 mod lifecycle;
 mod outbox;
+mod parts;
 mod persist;
 mod publish;
 mod queue;
@@ -213,18 +216,6 @@ impl SessionState {
             budgets.release(&account, crate::budget::Held::RoomCursors, cursors);
         }
         Some(account)
-    }
-
-    /// The next packet id not used by a message in flight.
-    pub fn allocate_packet_id(&mut self) -> NonZeroU16 {
-        loop {
-            self.next_packet_id = self.next_packet_id.wrapping_add(1);
-            if let Some(id) = NonZeroU16::new(self.next_packet_id) {
-                if !self.inflight.iter().any(|f| f.packet_id == id) {
-                    return id;
-                }
-            }
-        }
     }
 }
 

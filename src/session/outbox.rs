@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
+use super::inflight::Resend;
 use super::{Inflight, Stage};
 use crate::protocol::{EncodeError, Packet, Publish, PublishAck, PublishAck2, PublishProperties, QoS};
 use crate::router::Delivery;
@@ -33,7 +34,7 @@ impl Connection {
             if self.io.out.len() >= budget {
                 return true;
             }
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
+            if front.qos != QoS::AtMostOnce && st.window_full(self.agreed.send_window) {
                 break;
             }
             let Some(mut delivery) = st.queue.pop_front() else {
@@ -99,27 +100,31 @@ impl Connection {
         let mut st = session.state.lock();
         let now = Instant::now();
         let mut index = 0;
-        while let Some(f) = st.inflight.get(index) {
-            let packet_id = f.packet_id;
-            if f.stage == Stage::Pubcomp {
-                self.io.send(Packet::PublishRelease(PublishAck2 {
-                    packet_id,
-                    ..Default::default()
-                }));
-                index += 1;
-                continue;
-            }
-            if !session.may_read(&st, &f.delivery.message.topic) {
+        while let Some(resend) = st.resend_at(index) {
+            let (packet_id, topic) = match resend {
+                Resend::Release(packet_id) => {
+                    self.io.send(Packet::PublishRelease(PublishAck2 {
+                        packet_id,
+                        ..Default::default()
+                    }));
+                    index += 1;
+                    continue;
+                }
+                Resend::Publish(packet_id, delivery) => (packet_id, delivery.message.topic.clone()),
+            };
+            if !session.may_read(&st, &topic) {
                 if let Some(f) = st.inflight.remove(index) {
-                    tracing::debug!(client_id = %session.client_id, topic = %f.delivery.message.topic, "in-flight message no longer readable: dropped, not resent");
+                    tracing::debug!(client_id = %session.client_id, %topic, "in-flight message no longer readable: dropped, not resent");
                     session.forget_delivery(&f.delivery);
                     session.room_message_done(&mut st, &f.delivery);
                 }
                 continue;
             }
-            if let Some(current) = self.shared.chat.current(&f.delivery.message) {
-                let current = Arc::new(current);
-                st.inflight.update(index, |f| f.delivery.message = current);
+            if let Some(f) = st.inflight.get(index) {
+                if let Some(current) = self.shared.chat.current(&f.delivery.message) {
+                    let current = Arc::new(current);
+                    st.inflight.update(index, |f| f.delivery.message = current);
+                }
             }
             if let Some(f) = st.inflight.get(index) {
                 self.write_publish(&f.delivery, Some(packet_id), true, now);
@@ -140,7 +145,7 @@ impl Connection {
     ) -> bool {
         let mut topic = d.message.topic.clone();
         let mut new_alias = None;
-        let properties = if self.version.is_v5() {
+        let properties = if self.agreed.version.is_v5() {
             let mut p = d.message.properties.clone().unwrap_or_default();
             p.message_expiry_interval = d.message.remaining_expiry_secs(now).and_then(NonZeroU32::new);
             p.subscription_ids = d.subscription_ids.clone();
@@ -203,14 +208,14 @@ impl Connection {
         p: &mut PublishProperties,
         new_alias: &mut Option<bytestring::ByteString>,
     ) {
-        if self.client_alias_max == 0 {
+        if self.agreed.client_alias_max == 0 {
             return;
         }
         let aliases = self.aliases.get_or_insert_with(Default::default);
         if let Some(&alias) = aliases.outbound.get(topic) {
             p.topic_alias = NonZeroU16::new(alias);
             *topic = bytestring::ByteString::new();
-        } else if aliases.outbound.len() < usize::from(self.client_alias_max) {
+        } else if aliases.outbound.len() < usize::from(self.agreed.client_alias_max) {
             let alias = aliases.outbound.len() as u16 + 1;
             aliases.outbound.insert(topic.clone(), alias);
             p.topic_alias = NonZeroU16::new(alias);
@@ -227,11 +232,18 @@ impl Connection {
         let id = ack.packet_id;
         let failed = u8::from(ack.reason_code) >= 0x80;
         let mut st = self.session.state.lock();
-        let Some(pos) = st
-            .inflight
-            .iter()
-            .position(|f| f.packet_id == id && f.stage == Stage::Pubrec)
-        else {
+        let released = if failed {
+            // A PUBREC with an error code ends the flow ([MQTT-4.3.3-4]).
+            if let Some(f) = st.acknowledged(id, Stage::Pubrec) {
+                self.session.forget_delivery(&f.delivery);
+                self.session.room_message_done(&mut st, &f.delivery);
+                return None;
+            }
+            None
+        } else {
+            st.received(id)
+        };
+        let Some(pos) = released else {
             drop(st);
             // Unknown id: answer so the client can finish its own state.
             self.io.send(Packet::PublishRelease(PublishAck2 {
@@ -241,17 +253,6 @@ impl Connection {
             }));
             return None;
         };
-        if failed {
-            // A PUBREC with an error code ends the flow ([MQTT-4.3.3-4]).
-            if let Some(f) = st.inflight.remove(pos) {
-                self.session.forget_delivery(&f.delivery);
-                self.session.room_message_done(&mut st, &f.delivery);
-            }
-            return None;
-        }
-        if let Some(f) = st.inflight.get_mut(pos) {
-            f.stage = Stage::Pubcomp;
-        }
         let stage_written = st
             .inflight
             .get(pos)
@@ -275,15 +276,9 @@ impl Connection {
 
     fn complete(&mut self, id: NonZeroU16, stage: Stage) {
         let mut st = self.session.state.lock();
-        let found = st
-            .inflight
-            .iter()
-            .position(|f| f.packet_id == id && f.stage == stage);
-        if let Some(pos) = found {
-            if let Some(f) = st.inflight.remove(pos) {
-                self.session.forget_delivery(&f.delivery);
-                self.session.room_message_done(&mut st, &f.delivery);
-            }
+        if let Some(f) = st.acknowledged(id, stage) {
+            self.session.forget_delivery(&f.delivery);
+            self.session.room_message_done(&mut st, &f.delivery);
         }
     }
 }

@@ -5,7 +5,9 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::connection::{Close, Connection};
+use std::collections::VecDeque;
+
+use super::connection::{Aliases, Close, Connection};
 use super::route::{gate_check, route_as};
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{
@@ -95,17 +97,17 @@ impl Connection {
             // Not accepted, so nothing is promised: 5.0 learns why, 3.1.1
             // gets no acknowledgement and sends it again after reconnecting.
             self.shared.metrics.publishes_refused_store.inc();
-            if self.version.is_v5() {
+            if self.agreed.version.is_v5() {
                 self.acknowledge(packet_id, qos, PublishAckReason::QuotaExceeded);
             }
             return None;
         }
 
-        if qos == QoS::AtLeastOnce && self.version.is_v5() {
+        if qos == QoS::AtLeastOnce && self.agreed.version.is_v5() {
             // Receive Maximum counts QoS 1 and 2 ([MQTT-3.3.4-9]): a QoS 1
             // message is in flight until its PUBACK, which may wait for the
             // group commit.
-            let in_flight = self.session.state.lock().incoming_qos2.len() + self.qos1_acks_waiting;
+            let in_flight = self.session.state.lock().incoming_qos2.len() + self.acks.qos1_waiting();
             if in_flight >= usize::from(config.receive_maximum) {
                 return Some(Close::ByServer(
                     DisconnectReasonCode::ReceiveMaximumExceeded,
@@ -131,8 +133,8 @@ impl Connection {
                 }));
                 return None;
             }
-            if st.incoming_qos2.len() + self.qos1_acks_waiting >= usize::from(config.receive_maximum) {
-                if !self.version.is_v5() {
+            if st.incoming_qos2.len() + self.acks.qos1_waiting() >= usize::from(config.receive_maximum) {
+                if !self.agreed.version.is_v5() {
                     // 3.1.1 has no Receive Maximum to announce and no
                     // DISCONNECT to explain it: say it here.
                     tracing::warn!(
@@ -167,10 +169,10 @@ impl Connection {
         let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
         if room_post && u8::from(reason) < 0x80 {
             self.joined_a_room();
-        } else if room_post && !self.version.is_v5() && !self.told_refused_post {
+        } else if room_post && !self.agreed.version.is_v5() && !self.rooms.told_refused_post {
             // 3.1.1 has no reason code: without this line a user sees the
             // post vanish (an oversize one: `max_room_message_bytes`).
-            self.told_refused_post = true;
+            self.rooms.told_refused_post = true;
             tracing::info!(
                 client_id = %self.session.client_id,
                 reason = %format_args!("{:#04x}", u8::from(reason)),
@@ -288,18 +290,7 @@ impl Connection {
             fnv1a(publish.topic.as_bytes(), FNV_OFFSET),
         );
         let mut st = self.session.state.lock();
-        if publish.dup {
-            // The newest entry for this id: the client may have reused it.
-            let known = st.recent_publishes.iter().rev().find(|(id, _)| *id == packet_id);
-            if known.is_some_and(|(_, f)| *f == fingerprint) {
-                return true;
-            }
-        }
-        if st.recent_publishes.len() >= RECENT_PUBLISHES {
-            st.recent_publishes.pop_front();
-        }
-        st.recent_publishes.push_back((packet_id, fingerprint));
-        false
+        remember_publish(&mut st.recent_publishes, packet_id, fingerprint, publish.dup)
     }
 
     /// Applies and records a 5.0 Topic Alias ([MQTT-3.3.2-7] to -12).
@@ -349,16 +340,12 @@ impl Connection {
     fn register_alias(&mut self, alias: u16, topic: &ByteString) -> Result<(), Close> {
         let bound = self.shared.config.max_topic_alias_bytes;
         let aliases = self.aliases.get_or_insert_with(Default::default);
-        let replaced = aliases.inbound.get(&alias).map_or(0, |t| t.len());
-        let bytes = aliases.inbound_bytes - replaced + topic.len();
-        if bytes > bound {
+        if !aliases.register(alias, topic, bound) {
             return Err(Close::ByServer(
                 DisconnectReasonCode::TopicAliasInvalid,
                 format!("topic alias {alias}: aliased topics over max_topic_alias_bytes ({bound})"),
             ));
         }
-        aliases.inbound_bytes = bytes;
-        aliases.inbound.insert(alias, topic.clone());
         Ok(())
     }
 
@@ -400,6 +387,40 @@ impl Connection {
     }
 }
 
+/// Remembers a QoS 1 PUBLISH (packet id, fingerprint of topic and
+/// payload) in `recent`, the last `RECENT_PUBLISHES`; returns whether it is
+/// a DUP resend of one remembered: the newest entry for its id (the client
+/// may have reused the id for another message) has the same fingerprint.
+fn remember_publish(recent: &mut VecDeque<(u16, u64)>, packet_id: u16, fingerprint: u64, dup: bool) -> bool {
+    if dup {
+        let known = recent.iter().rev().find(|(id, _)| *id == packet_id);
+        if known.is_some_and(|(_, f)| *f == fingerprint) {
+            return true;
+        }
+    }
+    if recent.len() >= RECENT_PUBLISHES {
+        recent.pop_front();
+    }
+    recent.push_back((packet_id, fingerprint));
+    false
+}
+
+impl Aliases {
+    /// Records (or replaces) the client's alias for `topic`, unless the
+    /// aliased topics would then hold more than `bound` bytes: false, and
+    /// nothing changed.
+    fn register(&mut self, alias: u16, topic: &ByteString, bound: usize) -> bool {
+        let replaced = self.inbound.get(&alias).map_or(0, |t| t.len());
+        let bytes = self.inbound_bytes - replaced + topic.len();
+        if bytes > bound {
+            return false;
+        }
+        self.inbound_bytes = bytes;
+        self.inbound.insert(alias, topic.clone());
+        true
+    }
+}
+
 /// About how many bytes storing `publish` writes: every byte a client
 /// sends counts (topic, payload, properties), plus a record's overhead.
 fn stored_size(publish: &Publish) -> u64 {
@@ -413,4 +434,90 @@ fn stored_size(publish: &Publish) -> u64 {
             + p.content_type.as_ref().map_or(0, |t| t.len())
     });
     (publish.topic.len() + publish.payload.len() + properties + 64) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).unwrap()
+    }
+
+    #[test]
+    fn qos_decides_the_acknowledgement() {
+        assert!(publish_ack(None, QoS::AtMostOnce, PublishAckReason::Success).is_none());
+        let puback = publish_ack(Some(id(3)), QoS::AtLeastOnce, PublishAckReason::NotAuthorized);
+        assert!(
+            matches!(puback, Some(Packet::PublishAck(a)) if a.packet_id == id(3) && a.reason_code == PublishAckReason::NotAuthorized)
+        );
+        let pubrec = publish_ack(Some(id(4)), QoS::ExactlyOnce, PublishAckReason::Success);
+        assert!(matches!(pubrec, Some(Packet::PublishReceived(a)) if a.packet_id == id(4)));
+    }
+
+    #[test]
+    fn a_dup_resend_of_a_remembered_publish_is_recognised() {
+        let mut recent = VecDeque::new();
+        let (a, b) = (fnv1a(b"a", FNV_OFFSET), fnv1a(b"b", FNV_OFFSET));
+        assert!(!remember_publish(&mut recent, 1, a, false));
+        assert!(
+            remember_publish(&mut recent, 1, a, true),
+            "DUP, same id and content"
+        );
+        // Without DUP it is a new message that reuses the id.
+        assert!(!remember_publish(&mut recent, 1, a, false));
+        // The id reused for other content: the newest entry decides.
+        assert!(!remember_publish(&mut recent, 1, b, false));
+        assert!(!remember_publish(&mut recent, 1, a, true));
+        assert!(!remember_publish(&mut recent, 2, a, true), "an id never seen");
+    }
+
+    #[test]
+    fn only_the_last_publishes_are_remembered() {
+        let mut recent = VecDeque::new();
+        for n in 0..=RECENT_PUBLISHES as u16 {
+            remember_publish(&mut recent, n, 7, false);
+        }
+        assert_eq!(recent.len(), RECENT_PUBLISHES);
+        assert!(
+            !remember_publish(&mut recent, 0, 7, true),
+            "the oldest was forgotten"
+        );
+        assert!(remember_publish(&mut recent, RECENT_PUBLISHES as u16, 7, true));
+    }
+
+    #[test]
+    fn aliases_are_bounded_in_bytes_and_a_replacement_counts_its_difference() {
+        let mut aliases = Aliases::default();
+        assert!(aliases.register(1, &ByteString::from("aaaa"), 10));
+        assert!(aliases.register(2, &ByteString::from("bbbbbb"), 10));
+        assert_eq!(aliases.inbound_bytes, 10);
+        assert!(!aliases.register(3, &ByteString::from("c"), 10));
+        assert_eq!(aliases.inbound.len(), 2, "a refused alias changes nothing");
+        // Replacing alias 1 frees its 4 bytes first.
+        assert!(aliases.register(1, &ByteString::from("dd"), 10));
+        assert_eq!(aliases.inbound_bytes, 8);
+        assert_eq!(aliases.inbound.get(&1).map(|t| &**t), Some("dd"));
+    }
+
+    #[test]
+    fn a_stored_size_counts_every_byte_a_client_sends() {
+        let mut publish = Publish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtLeastOnce,
+            topic: ByteString::from("t/1"),
+            packet_id: Some(id(1)),
+            payload: bytes::Bytes::from_static(b"12345"),
+            properties: None,
+        };
+        assert_eq!(stored_size(&publish), 3 + 5 + 64);
+        publish.properties = Some(crate::protocol::PublishProperties {
+            correlation_data: Some(bytes::Bytes::from_static(b"cd")),
+            response_topic: Some(ByteString::from("r")),
+            user_properties: vec![(ByteString::from("k"), ByteString::from("vv"))],
+            ..Default::default()
+        });
+        assert_eq!(stored_size(&publish), 3 + 5 + 64 + 2 + 1 + (1 + 2 + 4));
+    }
 }

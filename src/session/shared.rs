@@ -54,6 +54,27 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Publishes the `$SYS/broker/...` topics (retained), unless `$SYS` is
+    /// off (`sys_interval_secs = 0`): all of them every `sys_interval_secs`
+    /// (`broker/tasks.rs`), and what changed when a client subscribes to
+    /// `$SYS` (`subscribe.rs`), so that it does not read the values of the
+    /// last interval (zeros, right after start-up).
+    pub fn publish_sys(&self, all: bool) {
+        if self.config.sys_interval_secs == 0 {
+            return;
+        }
+        self.metrics
+            .refresh_sys(env!("CARGO_PKG_VERSION"), all, |topic, value| {
+                let message = crate::message::Message::new(
+                    topic,
+                    value.to_string(),
+                    crate::protocol::QoS::AtMostOnce,
+                    true,
+                );
+                self.router.publish(message);
+            });
+    }
+
     /// Runs `work` unless the broker shuts down first (`None`): for the
     /// waits a shutdown must not sit out, a handshake or a CONNECT still to
     /// come. A shutdown already under way counts, too.

@@ -39,7 +39,7 @@ impl Connection {
                     Err(_) => false,
                 };
             if !valid {
-                if !self.version.is_v5() {
+                if !self.agreed.version.is_v5() {
                     // 3.1.1 has no per-filter error for a malformed filter:
                     // it is a protocol violation ([MQTT-4.7.1-1]).
                     return Some(Close::ByServer(
@@ -69,6 +69,10 @@ impl Connection {
                 self.joined_a_room();
             }
             self.session.start_room_cursors(&self.shared.chat, filter);
+            if plain_filter.starts_with("$SYS") {
+                // Before the retained messages go out: the values of now.
+                self.shared.publish_sys(false);
+            }
             let check_read = self
                 .session
                 .needs_read_check(&self.session.state.lock(), plain_filter);
