@@ -209,6 +209,7 @@ impl Chat {
             members: members::RoomMembers::new(
                 config.room_members_listed,
                 std::time::Duration::from_millis(config.room_members_interval_ms),
+                config.room_members_bytes_per_sec,
             ),
             cluster,
             sanction_replication: std::sync::OnceLock::new(),

@@ -94,6 +94,7 @@ impl Default for Config {
             max_presence_records: 1_000_000,
             room_members_listed: 1000,
             room_members_interval_ms: 250,
+            room_members_bytes_per_sec: 16_384,
             max_bans_per_room: 10_000,
             max_reaction_emoji: 32,
             max_reactions_per_message: 4096,

@@ -343,6 +343,11 @@ pub struct Config {
     /// milliseconds: a flood of SUBSCRIBE and UNSUBSCRIBE costs one
     /// publication per room per interval, not one per packet.
     pub room_members_interval_ms: u64,
+    /// Most bytes of one room's member list published per second: after a
+    /// list of N bytes the room's next list waits at least N / this many
+    /// seconds (and `room_members_interval_ms`), so what the list costs
+    /// each reader is bounded whatever one identity does. 0: no bound.
+    pub room_members_bytes_per_sec: u64,
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,
