@@ -92,6 +92,7 @@ impl Default for Config {
             admin_timeout_secs: 10,
             presence_transient_secs: 300,
             max_presence_records: 1_000_000,
+            max_presence_records_per_user: 100,
             room_members_listed: 1000,
             room_members_interval_ms: 250,
             room_members_bytes_per_sec: 16_384,

@@ -335,6 +335,10 @@ pub struct Config {
     /// Most presence records (identities with a retained `$presence`)
     /// kept; beyond it the longest-offline transient ones go first.
     pub max_presence_records: usize,
+    /// Most presence records one account pays for (`Held::PresenceRecords`):
+    /// an identity's record is charged to the account its connection pays
+    /// from, so an address that invents names pays for all of them.
+    pub max_presence_records_per_user: usize,
     /// Most identities an open room's `$rooms/{room}/members` lists (the
     /// first ones in sorted order; the list is cut beyond it). 0: open
     /// rooms publish no list.

@@ -313,10 +313,11 @@ impl Connection {
             self.room_user = true;
             self.presence_lasting = true;
             if let Some(identity) = &self.principal.identity {
-                self.shared
-                    .chat
-                    .presence()
-                    .used_rooms(&self.shared.router, identity);
+                self.shared.chat.presence().used_rooms(
+                    &self.shared.router,
+                    identity,
+                    &self.principal.account,
+                );
             }
         }
     }
