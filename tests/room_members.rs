@@ -271,3 +271,50 @@ async fn a_flood_of_subscribes_is_published_once_per_interval() {
         "no publication per SUBSCRIBE within room_members_interval_ms"
     );
 }
+
+/// A long list is published less often (`room_members_bytes_per_sec`):
+/// one identity toggling its subscription makes the broker publish at
+/// most that many bytes of the list per second to each reader, however
+/// short `room_members_interval_ms` is.
+#[tokio::test]
+async fn a_flapping_subscriber_costs_readers_a_bounded_number_of_bytes() {
+    let broker = start_with(roomq::Config {
+        room_members_interval_ms: 1,
+        // A list of ~30 bytes waits ~30 s before the next one.
+        room_members_bytes_per_sec: 1,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut reader = reader5(addr, "reader").await;
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    alice
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    until_listed5(&mut reader, &["alice"]).await;
+    let mut mallory = user5(addr, "mallory-1", "mallory").await;
+    for n in 0..20u16 {
+        mallory
+            .subscribe5(2 * n + 1, &[("rooms/lobby/msg/+", opts(QoS::AtMostOnce))])
+            .await;
+        mallory
+            .send5(v5::Packet::Unsubscribe(v5::Unsubscribe {
+                packet_id: pid(2 * n + 2),
+                user_properties: Vec::new(),
+                topic_filters: vec!["rooms/lobby/msg/+".into()],
+            }))
+            .await;
+        assert!(matches!(
+            mallory.recv5().await.packet(),
+            v5::Packet::UnsubscribeAck(_)
+        ));
+    }
+    let mut lists = 0;
+    while let Got::Packet(v5::Packet::Publish(_)) = reader.recv5_within(QUIET).await {
+        lists += 1;
+    }
+    assert_eq!(
+        lists, 0,
+        "40 changes within the byte budget of one list published {lists} lists"
+    );
+}

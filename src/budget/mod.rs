@@ -64,11 +64,16 @@ pub enum Held {
     /// (session, room) (`max_room_cursors_per_user`; `max_room_cursors`
     /// is the ceiling over all identities).
     RoomCursors,
+    /// Presence records (`$presence/{user}`, online or offline) shown for
+    /// the identities this account's connections brought in
+    /// (`max_presence_records_per_user`; `max_presence_records` is the
+    /// ceiling over all).
+    PresenceRecords,
 }
 
 impl Held {
     /// Every variant, for the documentation check and the metrics.
-    pub const ALL: [Held; 9] = [
+    pub const ALL: [Held; 10] = [
         Held::Connections,
         Held::Sessions,
         Held::Rooms,
@@ -78,6 +83,7 @@ impl Held {
         Held::SubscriptionBytes,
         Held::QueuedBytes,
         Held::RoomCursors,
+        Held::PresenceRecords,
     ];
 
     /// The configuration key of its per-identity bound.
@@ -92,6 +98,7 @@ impl Held {
             Held::SubscriptionBytes => "max_subscription_bytes_per_user",
             Held::QueuedBytes => "max_queued_bytes_per_user",
             Held::RoomCursors => "max_room_cursors_per_user",
+            Held::PresenceRecords => "max_presence_records_per_user",
         }
     }
 
@@ -175,6 +182,7 @@ impl Limits {
             .with_held(Held::QueuedBytes, b.max_queued_bytes_per_user as u64)
             .with_held(Held::RoomCursors, b.max_room_cursors_per_user as u64)
             .with_ceiling(Held::RoomCursors, b.max_room_cursors as u64)
+            .with_held(Held::PresenceRecords, b.max_presence_records_per_user as u64)
             .with_rate(
                 Rate::HistoryRequests,
                 b.history_requests_per_minute as u64,

@@ -17,7 +17,10 @@
 //! A change marks its room; `run_members` publishes the marked rooms at
 //! once, then waits `room_members_interval_ms` before it publishes again,
 //! so a flood of SUBSCRIBE and UNSUBSCRIBE costs at most one publication
-//! per room per interval, not one per packet. An open room's list is kept
+//! per room per interval, not one per packet; after a list of N bytes its
+//! room also waits N / `room_members_bytes_per_sec` seconds, so the bytes
+//! one room's list costs each reader are bounded whatever one identity
+//! does (a list is up to `room_members_listed` × ~130 bytes). An open room's list is kept
 //! in memory only (it is rebuilt from the restored sessions at start-up);
 //! when its last subscriber goes, watchers get an empty list and nothing
 //! is kept. In a cluster each node lists the subscribers it serves or
@@ -51,6 +54,8 @@ pub(crate) struct RoomMembers {
     listed: usize,
     /// `room_members_interval_ms`.
     interval: Duration,
+    /// `room_members_bytes_per_sec`.
+    bytes_per_sec: u64,
 }
 
 /// The room a subscription filter names by name: `rooms/{room}/...`,
@@ -75,13 +80,14 @@ pub(crate) fn uses_rooms(filter: &str) -> bool {
 }
 
 impl RoomMembers {
-    pub(crate) fn new(listed: usize, interval: Duration) -> RoomMembers {
+    pub(crate) fn new(listed: usize, interval: Duration, bytes_per_sec: u64) -> RoomMembers {
         RoomMembers {
             rooms: Mutex::default(),
             changed: Mutex::default(),
             wake: Notify::new(),
             listed,
             interval,
+            bytes_per_sec,
         }
     }
 
@@ -185,26 +191,25 @@ impl Chat {
         self.members.mark(room);
     }
 
-    /// Publishes `$rooms/{room}/members` as it is now.
-    pub fn publish_members(&self, router: &Router, room: &str) {
+    /// Publishes `$rooms/{room}/members` as it is now; returns the bytes
+    /// each reader gets of it (0 when nothing was published).
+    pub fn publish_members(&self, router: &Router, room: &str) -> usize {
         let topic = format!("$rooms/{room}/members");
         if let Some(members) = self.membership.declared_members(room) {
-            router.publish(Message::new(
-                topic,
-                payloads::to_cbor(&members),
-                QoS::AtLeastOnce,
-                true,
-            ));
-            return;
+            let message = Message::new(topic, payloads::to_cbor(&members), QoS::AtLeastOnce, true);
+            let bytes = message.footprint();
+            router.publish(message);
+            return bytes;
         }
         if self.members.listed == 0 {
-            return;
+            return 0;
         }
         let sanctions = &self.membership.sanctions;
         let members = self.members.subscribers(room, |user| {
             !sanctions.applies(super::sanctions::Kind::Ban, room, user)
         });
         let mut message = Message::new(topic, payloads::to_cbor(&members), QoS::AtLeastOnce, true);
+        let bytes = message.footprint();
         // Rebuilt from the restored sessions at start-up: never stored.
         message.retain_in_memory = true;
         if members.is_empty() {
@@ -216,26 +221,105 @@ impl Chat {
             // Each node lists its own subscribers, to its own clients: a
             // list sent on would replace the other nodes' lists.
             router.publish_remote(message, RemoteScope::Plain);
-            return;
+            return bytes;
         }
         router.publish(message);
+        bytes
     }
 
-    /// Publishes the member lists that changed, at once and then at most
-    /// once per `room_members_interval_ms`, until `stop`.
+    /// Publishes the member lists that changed, until `stop`: a room's
+    /// change at once, unless its last list is too recent. After a list
+    /// of N bytes the room waits `room_members_interval_ms` and at least
+    /// N / `room_members_bytes_per_sec` seconds, so a long list is
+    /// published less often and the bytes one room's list costs each
+    /// reader per second are bounded whatever its subscribers do; the
+    /// changes made meanwhile are published together when it is due.
     pub(crate) async fn run_members(&self, router: &Router, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut pacing = Pacing::new(self.members.interval, self.members.bytes_per_sec);
         loop {
+            let next = pacing.next_due();
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = self.members.wake.notified() => {}
+                _ = sleep_until(next) => {}
             }
-            for room in self.members.take_changed() {
-                self.publish_members(router, &room);
+            pacing.waiting.extend(self.members.take_changed());
+            let now = tokio::time::Instant::now();
+            for room in pacing.due(now) {
+                let bytes = self.publish_members(router, &room);
+                pacing.published(room, bytes, now);
             }
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(self.members.interval) => {}
-            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When each room's list may be published next (`run_members`). Memory:
+/// an entry per room published within the last wait (at most
+/// `room_members_listed` × ~130 B / `room_members_bytes_per_sec` seconds)
+/// and per room changed since, both bounded by the rooms that have
+/// subscribers or a declared list.
+struct Pacing {
+    interval: Duration,
+    /// `room_members_bytes_per_sec` (0: no bound).
+    bytes_per_sec: u64,
+    /// Rooms whose last list is too recent: when the next one is due.
+    not_before: HashMap<Arc<str>, tokio::time::Instant>,
+    /// Rooms changed and not yet published.
+    waiting: HashSet<Arc<str>>,
+}
+
+impl Pacing {
+    fn new(interval: Duration, bytes_per_sec: u64) -> Pacing {
+        Pacing {
+            interval,
+            bytes_per_sec,
+            not_before: HashMap::new(),
+            waiting: HashSet::new(),
+        }
+    }
+
+    /// The earliest time a waiting room is due.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.waiting
+            .iter()
+            .filter_map(|room| self.not_before.get(room).copied())
+            .min()
+    }
+
+    /// The waiting rooms due at `now`, taken out; forgets the waits that
+    /// are over.
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<Arc<str>> {
+        self.not_before.retain(|_, at| *at > now);
+        let not_before = &self.not_before;
+        let due: Vec<Arc<str>> = self
+            .waiting
+            .iter()
+            .filter(|room| !not_before.contains_key(*room))
+            .cloned()
+            .collect();
+        for room in &due {
+            self.waiting.remove(room);
+        }
+        due
+    }
+
+    /// `room`'s list of `bytes` went out at `now`: the next one waits.
+    fn published(&mut self, room: Arc<str>, bytes: usize, now: tokio::time::Instant) {
+        let by_bytes = match self.bytes_per_sec {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs_f64(bytes as f64 / rate as f64),
+        };
+        let wait = self.interval.max(by_bytes);
+        if !wait.is_zero() {
+            self.not_before.insert(room, now + wait);
         }
     }
 }
@@ -246,7 +330,7 @@ mod tests {
 
     #[test]
     fn counts_subscriptions_per_identity() {
-        let members = RoomMembers::new(2, Duration::ZERO);
+        let members = RoomMembers::new(2, Duration::ZERO, 0);
         assert!(members.add("lobby", "bob"));
         assert!(!members.add("lobby", "bob"), "bob was listed");
         assert!(members.add("lobby", "alice"));
@@ -267,6 +351,29 @@ mod tests {
         members.mark("lobby");
         assert_eq!(members.take_changed().len(), 1, "a room is marked once");
         assert!(members.take_changed().is_empty());
+    }
+
+    #[test]
+    fn a_long_list_waits_longer_before_the_next() {
+        let mut pacing = Pacing::new(Duration::from_millis(250), 1000);
+        let now = tokio::time::Instant::now();
+        pacing.waiting.extend(["short".into(), "long".into()]);
+        assert_eq!(pacing.due(now).len(), 2, "a first change goes at once");
+        pacing.published("short".into(), 10, now);
+        pacing.published("long".into(), 5000, now);
+        pacing.waiting.extend(["short".into(), "long".into()]);
+        assert!(pacing.due(now).is_empty());
+        assert_eq!(pacing.next_due(), Some(now + Duration::from_millis(250)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(pacing.due(later), [Arc::<str>::from("short")], "the interval");
+        assert!(
+            pacing.due(now + Duration::from_millis(4999)).is_empty(),
+            "5000 B at 1000 B/s"
+        );
+        assert_eq!(
+            pacing.due(now + Duration::from_secs(5)),
+            [Arc::<str>::from("long")]
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ mod members;
 mod moderation;
 pub mod payloads;
 mod presence;
+mod presence_charges;
+mod presence_index;
 mod publish;
 mod receipts;
 mod replication;
@@ -205,10 +207,12 @@ impl Chat {
                 cluster.as_ref().map(|c| c.presence.clone()),
                 config.max_presence_records,
                 std::time::Duration::from_secs(config.presence_transient_secs),
+                Some(budgets.clone()),
             ),
             members: members::RoomMembers::new(
                 config.room_members_listed,
                 std::time::Duration::from_millis(config.room_members_interval_ms),
+                config.room_members_bytes_per_sec,
             ),
             cluster,
             sanction_replication: std::sync::OnceLock::new(),
@@ -513,6 +517,9 @@ impl Chat {
                 .is_some_and(|p| p.status == "offline" && p.last_seen.unwrap_or(p.since) < cutoff);
             if stale {
                 router.clear_retained(&message.topic);
+                if let Some(user) = message.topic.strip_prefix("$presence/") {
+                    self.presence.record_gone(user);
+                }
                 expired += 1;
             }
         }

@@ -27,13 +27,15 @@
 //! died. A node tells the others only about users it shows; a user shown
 //! on another node is shown here too.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::payloads::{to_cbor, Presence as PresencePayload};
+use super::presence_charges::RecordCharges;
+use super::presence_index::OfflineIndex;
 use crate::cluster::{DeviceCount, PresenceLink};
 use crate::protocol::QoS;
 use crate::router::{Message, Router};
@@ -57,48 +59,8 @@ pub struct Presence {
     transient: Duration,
     /// Offline records dropped by `max_presence_records`.
     pub evicted: crate::metrics::Counter,
-}
-
-/// The retained "offline" records, by user and by age: a transient one
-/// (no persistent session, no room used) goes before a lasting one.
-#[derive(Default)]
-struct OfflineIndex {
-    /// User to (`last_seen`, transient).
-    users: HashMap<Arc<str>, (u64, bool)>,
-    /// (`last_seen`, user), oldest first: transient ones, then the others.
-    by_age: [BTreeSet<(u64, Arc<str>)>; 2],
-}
-
-impl OfflineIndex {
-    fn insert(&mut self, user: &str, last_seen: u64, transient: bool) {
-        self.remove(user);
-        let user: Arc<str> = user.into();
-        self.by_age[usize::from(!transient)].insert((last_seen, user.clone()));
-        self.users.insert(user, (last_seen, transient));
-    }
-
-    fn remove(&mut self, user: &str) {
-        if let Some((user, (last_seen, transient))) = self.users.remove_entry(user) {
-            self.by_age[usize::from(!transient)].remove(&(last_seen, user));
-        }
-    }
-
-    /// The longest-offline record of a kind (transient or not) offline
-    /// since before `cutoff`, taken out.
-    fn pop_older(&mut self, transient: bool, cutoff: u64) -> Option<Arc<str>> {
-        let set = &mut self.by_age[usize::from(!transient)];
-        let (last_seen, user) = set.first()?.clone();
-        if last_seen >= cutoff {
-            return None;
-        }
-        set.pop_first();
-        self.users.remove(&user);
-        Some(user)
-    }
-
-    fn len(&self) -> usize {
-        self.users.len()
-    }
+    /// Who pays for each record (`max_presence_records_per_user`).
+    charges: RecordCharges,
 }
 
 struct UserPresence {
@@ -144,12 +106,19 @@ pub fn presence_message(user: &str, payload: &PresencePayload) -> Message {
 
 impl Presence {
     /// Presence that, with `link`, counts the devices of every node; at
-    /// most `max_records` records, transient ones kept for `transient`.
-    pub(crate) fn new(link: Option<Arc<PresenceLink>>, max_records: usize, transient: Duration) -> Presence {
+    /// most `max_records` records, transient ones kept for `transient`,
+    /// each charged to an account of `budgets`.
+    pub(crate) fn new(
+        link: Option<Arc<PresenceLink>>,
+        max_records: usize,
+        transient: Duration,
+        budgets: Option<Arc<crate::budget::Budgets>>,
+    ) -> Presence {
         Presence {
             link,
             max_records,
             transient,
+            charges: RecordCharges::new(budgets),
             ..Presence::default()
         }
     }
@@ -209,10 +178,12 @@ impl Presence {
         total.filter(|t| t.devices > 0)
     }
 
-    /// A connection of `user` opened; `lasting` when the user matters
-    /// (see `UserPresence::lasting`), `named` when it gave a username,
-    /// `room_user` when its session holds a room subscription.
-    pub fn connected(&self, router: &Router, user: &str, lasting: bool, named: bool, room_user: bool) {
+    /// A connection of `user` opened, paying from `account`; `lasting`
+    /// when the user matters (see `UserPresence::lasting`), `named` when
+    /// it gave a username, `room_user` when its session holds a room
+    /// subscription.
+    pub fn connected(&self, router: &Router, user: &str, account: &str, flags: (bool, bool, bool)) {
+        let (lasting, named, room_user) = flags;
         let payload = {
             let mut users = self.users.lock();
             let entry = users.entry(user.to_string()).or_insert_with(|| UserPresence {
@@ -239,7 +210,11 @@ impl Presence {
                 .lock()
                 .get(user)
                 .is_some_and(|nodes| nodes.values().any(|c| c.devices > 0));
-            entry.shown |= room_user || had_record || shown_elsewhere;
+            // A new record is charged to the account (one it had is paid
+            // for); over its bound the user is not shown.
+            if !entry.shown && (room_user || had_record || shown_elsewhere) {
+                entry.shown = self.charges.charge(user, account);
+            }
             entry.devices += 1;
             if entry.devices == 1 {
                 entry.status = "online".into();
@@ -257,14 +232,18 @@ impl Presence {
     }
 
     /// The user used a room (subscribed to one, posted in one): it is
-    /// shown from now on, and its presence lasts.
-    pub fn used_rooms(&self, router: &Router, user: &str) {
+    /// shown from now on (its record charged to `account`, unless that is
+    /// over its bound), and its presence lasts.
+    pub fn used_rooms(&self, router: &Router, user: &str, account: &str) {
         let payload = {
             let mut users = self.users.lock();
             let Some(entry) = users.get_mut(user) else {
                 return;
             };
             if entry.lasting && entry.shown {
+                return;
+            }
+            if !entry.shown && !self.charges.charge(user, account) {
                 return;
             }
             let newly_shown = !entry.shown;
@@ -314,7 +293,11 @@ impl Presence {
                 users.remove(user);
                 self.tell_others(user, None);
                 match self.total(user, None) {
-                    Some(elsewhere) => (elsewhere, Keep::Lasting),
+                    Some(elsewhere) => {
+                        // Shown by another node now: its record, not ours.
+                        self.charges.release(user);
+                        (elsewhere, Keep::Lasting)
+                    }
                     None => (offline_now(), keep),
                 }
             }
@@ -353,6 +336,7 @@ impl Presence {
                 // Watchers see it go offline; nothing of it is kept.
                 message.retain = false;
                 self.offline.lock().remove(user);
+                self.charges.release(user);
                 router.clear_retained(&message.topic);
                 router.publish(message);
             }
@@ -363,6 +347,13 @@ impl Presence {
     /// carries its Message Expiry): indexed and counted.
     pub(crate) fn restored_offline(&self, user: &str, last_seen: u64, transient: bool) {
         self.offline.lock().insert(user, last_seen, transient);
+        self.charges.restored(user);
+    }
+
+    /// A record this node did not index went (cluster upkeep): whatever
+    /// was charged for it is given back.
+    pub(crate) fn record_gone(&self, user: &str) {
+        self.charges.release(user);
     }
 
     /// Drops the longest-offline records while more than
@@ -389,6 +380,7 @@ impl Presence {
                 }
             };
             router.clear_retained(&presence_topic(&user));
+            self.charges.release(&user);
             evicted += 1;
         }
         if evicted > 0 {
@@ -429,17 +421,25 @@ impl Presence {
         }
         for user in &expired {
             router.clear_retained(&presence_topic(user));
+            self.charges.release(user);
         }
         expired.len()
     }
 
-    /// The user set a status; false when the user has no connection.
-    pub fn set_status(&self, router: &Router, user: &str, status: &str) -> bool {
+    /// The user set a status, paying from `account`; false when it is not
+    /// shown because its record would be over the account's bound
+    /// (`max_presence_records_per_user`).
+    pub fn set_status(&self, router: &Router, user: &str, account: &str, status: &str) -> bool {
         let payload = {
             let mut users = self.users.lock();
             let Some(entry) = users.get_mut(user) else {
-                return false;
+                // No connection (the gate lets only the user's own
+                // connections set it): nothing to show.
+                return true;
             };
+            if !entry.shown && !self.charges.charge(user, account) {
+                return false;
+            }
             if entry.status != status {
                 entry.status = status.to_string();
                 entry.since = unix_ms_now();

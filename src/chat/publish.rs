@@ -102,7 +102,7 @@ impl Chat {
             }
             ChatTopic::Typing { room, sender } => self.on_typing(router, config, who, room, sender, &message),
             ChatTopic::Receipt { room, sender } => self.on_receipt(router, who, room, sender, &message),
-            ChatTopic::Presence { user } => self.on_presence(router, user, &message),
+            ChatTopic::Presence { user } => self.on_presence(router, who, user, &message),
             ChatTopic::HistoryRequest { room } => {
                 self.on_history_request(router, config, who, room, &message)
             }
@@ -390,14 +390,26 @@ impl Chat {
         PublishAckReason::Success
     }
 
-    fn on_presence(&self, router: &Router, user: &str, message: &Message) -> PublishAckReason {
+    fn on_presence(
+        &self,
+        router: &Router,
+        who: &Publisher,
+        user: &str,
+        message: &Message,
+    ) -> PublishAckReason {
         let Some(update) = from_client_cbor::<PresenceUpdate>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
         if !USER_STATUSES.contains(&update.status.as_str()) {
             return PublishAckReason::PayloadFormatInvalid;
         }
-        self.presence().set_status(router, user, &update.status);
+        if !self
+            .presence()
+            .set_status(router, user, &who.account, &update.status)
+        {
+            // Over `max_presence_records_per_user`: not shown.
+            return PublishAckReason::QuotaExceeded;
+        }
         PublishAckReason::Success
     }
 }

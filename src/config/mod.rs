@@ -335,6 +335,10 @@ pub struct Config {
     /// Most presence records (identities with a retained `$presence`)
     /// kept; beyond it the longest-offline transient ones go first.
     pub max_presence_records: usize,
+    /// Most presence records one account pays for (`Held::PresenceRecords`):
+    /// an identity's record is charged to the account its connection pays
+    /// from, so an address that invents names pays for all of them.
+    pub max_presence_records_per_user: usize,
     /// Most identities an open room's `$rooms/{room}/members` lists (the
     /// first ones in sorted order; the list is cut beyond it). 0: open
     /// rooms publish no list.
@@ -343,6 +347,11 @@ pub struct Config {
     /// milliseconds: a flood of SUBSCRIBE and UNSUBSCRIBE costs one
     /// publication per room per interval, not one per packet.
     pub room_members_interval_ms: u64,
+    /// Most bytes of one room's member list published per second: after a
+    /// list of N bytes the room's next list waits at least N / this many
+    /// seconds (and `room_members_interval_ms`), so what the list costs
+    /// each reader is bounded whatever one identity does. 0: no bound.
+    pub room_members_bytes_per_sec: u64,
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,

@@ -325,9 +325,8 @@ async fn claim_session(
         shared.chat.presence().connected(
             &shared.router,
             identity,
-            presence_lasting,
-            principal.username.is_some(),
-            room_user,
+            &principal.account,
+            (presence_lasting, principal.username.is_some(), room_user),
         );
     }
     // Another node serving this client id closes its connection (a

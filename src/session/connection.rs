@@ -280,10 +280,11 @@ impl Connection {
             self.rooms.room_user = true;
             self.rooms.presence_lasting = true;
             if let Some(identity) = &self.principal.identity {
-                self.shared
-                    .chat
-                    .presence()
-                    .used_rooms(&self.shared.router, identity);
+                self.shared.chat.presence().used_rooms(
+                    &self.shared.router,
+                    identity,
+                    &self.principal.account,
+                );
             }
         }
     }
