@@ -54,7 +54,17 @@ impl Connection {
             // A room message goes out before the PUBACK that confirms it.
             self.shared.chat.deliver_committed(&self.shared.router);
         }
-        while self.awaiting_acks.front().is_some_and(|a| a.ticket <= durable) {
+        while let Some(ticket) = self
+            .awaiting_acks
+            .front()
+            .map(|a| a.ticket)
+            .filter(|t| *t <= durable)
+        {
+            if self.shared.commit.as_ref().is_some_and(|c| c.is_lost(ticket)) {
+                // Its writes were lost with a reopen of the store.
+                self.refuse_front();
+                continue;
+            }
             if let Some(batch) = self.awaiting_acks.pop_front() {
                 for ack in batch.acks {
                     if matches!(ack, Packet::PublishAck(_)) {
@@ -160,15 +170,19 @@ impl Connection {
     /// Answers the batches that began waiting before `waited_since` (all
     /// with `None`) with refusals: the store could not make them durable.
     fn refuse_acks(&mut self, waited_since: Option<Instant>) {
-        let is_v5 = self.version.is_v5();
         while self
             .awaiting_acks
             .front()
             .is_some_and(|a| waited_since.is_none_or(|t| a.since <= t))
         {
-            let Some(batch) = self.awaiting_acks.pop_front() else {
-                break;
-            };
+            self.refuse_front();
+        }
+    }
+
+    /// Answers the oldest waiting batch with refusals.
+    fn refuse_front(&mut self) {
+        let is_v5 = self.version.is_v5();
+        if let Some(batch) = self.awaiting_acks.pop_front() {
             for ack in batch.acks {
                 match ack {
                     Packet::PublishAck(mut ack) => {
@@ -220,7 +234,7 @@ async fn wait_for_ticket(shared: &Shared, commit: &GroupCommit, ticket: u64) -> 
             .await
             .is_ok()
         {
-            return true;
+            return !commit.is_lost(ticket);
         }
         if shared.store_health.is_failing() {
             return false;
