@@ -17,15 +17,48 @@ use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{Packet, PublishAckReason};
 use roomq::store::Store;
 
-/// Post `n` (255 KiB: over sled's blob threshold, so sled writes it to a
-/// file of its own) with `msg-id` `m-{n}` and packet id `id`.
-fn big_post(n: u32, id: u16) -> Packet {
+/// Post `n` of `size` bytes (`BIG`: the writer's, else the chatter's) with `msg-id` `m-{n}` and packet id `id`.
+fn post(n: u32, id: u16, size: usize) -> Packet {
+    // Small posts are the chatter's (a user posts as itself).
+    let topic = if size == BIG {
+        "rooms/ops/msg/writer"
+    } else {
+        "rooms/ops/msg/chatter"
+    };
     let mut body = format!("post-{n:04}|").into_bytes();
-    body.resize(255 * 1024, b'x');
-    let topic = "rooms/ops/msg/writer";
+    body.resize(size, b'x');
     let msg_id = format!("m-{n}");
     let p = common::chat::publish_with(topic, &body, Some(id), &[("msg-id", &msg_id)]);
     Packet::Publish(Box::new(p))
+}
+
+/// 255 KiB: over sled's blob threshold, so sled writes it to a file of
+/// its own at once.
+const BIG: usize = 255 * 1024;
+/// Small posts go into sled's log buffer, written in the background: a
+/// failure there loses posts sled had taken.
+const SMALL: usize = 2 * 1024;
+
+/// Sends `posts` (number, size) from `client` at once, then reads their
+/// acknowledgements: returns the numbers stored and those refused.
+async fn send_all(client: &mut Raw, posts: &[(u32, usize)], id: &mut u16) -> (Vec<u32>, Vec<u32>) {
+    let mut numbers = std::collections::HashMap::new();
+    for &(n, size) in posts {
+        *id = id.wrapping_add(1).max(1);
+        numbers.insert(*id, n);
+        client.send5(post(n, *id, size)).await;
+    }
+    let (mut stored, mut refused) = (Vec::new(), Vec::new());
+    for _ in posts {
+        let ack = next_puback(client).await;
+        let n = numbers[&ack.packet_id.get()];
+        match ack.reason_code {
+            PublishAckReason::Success => stored.push(n),
+            PublishAckReason::QuotaExceeded => refused.push(n),
+            other => panic!("post {n} got {other:?}, not Success or 0x97"),
+        }
+    }
+    (stored, refused)
 }
 
 /// The post number a stored body starts with (`None`: not a big post).
@@ -59,52 +92,68 @@ async fn after_sled_hit_a_full_disk_the_store_reopens_and_loses_nothing_acknowle
     let ack = writer.publish1_5(1, "rooms/ops/msg/writer", b"before").await;
     assert_eq!(ack.reason_code, PublishAckReason::Success);
 
-    // Posts fill the last 3 MiB until sled's own write fails.
-    let filler = fs.fill_leaving(3 << 20);
-    let (mut acked, mut refused) = (Vec::new(), Vec::new());
-    let mut id = 1u16;
-    let mut n = 0u32;
-    while refused.is_empty() || store.sled_errors.load(Ordering::Relaxed) == 0 {
-        n += 1;
-        id += 1;
-        assert!(n < 40, "sled did not hit the full disk");
-        writer.send5(big_post(n, id)).await;
-        match next_puback(&mut writer).await.reason_code {
-            PublishAckReason::Success => acked.push(n),
-            PublishAckReason::QuotaExceeded => refused.push(n),
-            other => panic!("post {n} got {other:?}, not Success or 0x97"),
-        }
-    }
-    status_becomes(&mut watcher, "failing since ").await;
-
-    // Space returns: the refused posts, sent again with their msg-ids, are
-    // stored (not acknowledged as duplicates), without a restart.
-    std::fs::remove_file(filler).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut retry = refused.clone();
-    retry.extend([n + 1, n + 2, n + 3]);
-    for n in retry {
-        loop {
-            id += 1;
-            writer.send5(big_post(n, id)).await;
-            match next_puback(&mut writer).await.reason_code {
-                PublishAckReason::Success => break,
-                PublishAckReason::QuotaExceeded => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "posts are still refused 60 s after space returned"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                other => panic!("post {n} got {other:?}, not Success or 0x97"),
+    // Twice: posts fill the disk until sled's own write fails, then space
+    // returns. First a big post (a blob file: its write fails at once) and
+    // three small ones of another client at a time; then only small ones,
+    // 16 at a time (they go into sled's log buffer: its write fails in the
+    // background, after sled took them).
+    let mut chatter = Raw::client5(addr, "chatter").await;
+    let mut acked = Vec::new();
+    let (mut writer_id, mut chatter_id) = (1u16, 0u16);
+    let (mut n, mut small_n) = (0u32, 1000u32);
+    for round in 1..=2u64 {
+        let filler = fs.fill_leaving(if round == 1 { 3 << 20 } else { 1 << 20 });
+        let errors = store.sled_errors.load(Ordering::Relaxed);
+        let mut refused = Vec::new();
+        while refused.is_empty() || store.sled_errors.load(Ordering::Relaxed) == errors {
+            let mut small = Vec::new();
+            for _ in 0..if round == 1 { 3 } else { 16 } {
+                small_n += 1;
+                small.push((small_n, SMALL));
+            }
+            n += 1;
+            assert!(n < 400, "sled did not hit the full disk");
+            let big: &[(u32, usize)] = if round == 1 { &[(n, BIG)] } else { &[] };
+            let (big, chat) = tokio::join!(
+                send_all(&mut writer, big, &mut writer_id),
+                send_all(&mut chatter, &small, &mut chatter_id),
+            );
+            for (stored, not) in [big, chat] {
+                acked.extend(stored);
+                refused.extend(not);
             }
         }
-        acked.push(n);
+        status_becomes(&mut watcher, "failing since ").await;
+
+        // Space returns: the refused posts, sent again with their msg-ids,
+        // are stored (not acknowledged as duplicates), without a restart.
+        std::fs::remove_file(filler).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut retry: Vec<(u32, usize)> = refused
+            .iter()
+            .map(|n| (*n, if *n < 1000 { BIG } else { SMALL }))
+            .collect();
+        retry.extend([(n + 1, BIG), (small_n + 1, SMALL)]);
+        (n, small_n) = (n + 1, small_n + 1);
+        for post in retry {
+            let (client, id) = match post.1 {
+                BIG => (&mut writer, &mut writer_id),
+                _ => (&mut chatter, &mut chatter_id),
+            };
+            while send_all(client, &[post], id).await.0.is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "posts are still refused 60 s after space returned"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            acked.push(post.0);
+        }
+        assert!(store.reopens() >= round, "the store was not reopened");
+        tokio::time::timeout(Duration::from_secs(30), status_becomes(&mut watcher, "ok"))
+            .await
+            .expect("the store status says ok again");
     }
-    assert!(store.reopens() > 0, "the store was not reopened");
-    tokio::time::timeout(Duration::from_secs(30), status_becomes(&mut watcher, "ok"))
-        .await
-        .expect("the store status says ok again");
     let (mut away, ack) = Raw::connect5(addr, persistent5("away")).await;
     assert!(ack.session_present);
     assert_eq!(&away.publish5().await.payload[..], b"before");
@@ -120,27 +169,24 @@ async fn after_sled_hit_a_full_disk_the_store_reopens_and_loses_nothing_acknowle
     let entries = log.room_range("ops", 0, u64::MAX, 10_000, false).unwrap();
     let seqs: Vec<u64> = entries.iter().map(|(seq, _)| *seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs {seqs:?}");
-    // Each message's `prev` names the message before it in the log: none
-    // names one the reopen lost.
-    let prevs: Vec<Option<u64>> = entries.iter().skip(1).map(|(_, r)| r.prev).collect();
-    let before: Vec<Option<u64>> = seqs.iter().map(|s| Some(*s)).collect();
-    assert_eq!(
-        prevs,
-        before[..before.len() - 1],
-        "prev of each message, seqs {seqs:?}"
-    );
-    println!("acked {acked:?}, refused first {refused:?}, seqs {seqs:?}");
+    println!("acked {acked:?}, seqs {seqs:?}");
     assert_eq!(entries.first().map(|(_, r)| &r.payload[..]), Some(&b"before"[..]));
     let mut stored: BTreeMap<u32, usize> = BTreeMap::new();
     for (seq, record) in &entries[1..] {
         let n = post_number(&record.payload).unwrap_or_else(|| panic!("seq {seq}: not a post"));
         *stored.entry(n).or_default() += 1;
     }
-    acked.sort_unstable();
-    let once: BTreeMap<u32, usize> = acked.iter().map(|n| (*n, 1)).collect();
-    assert_eq!(
-        stored, once,
-        "posts stored (number: times), acknowledged were {acked:?}"
-    );
+    let missing: Vec<&u32> = acked.iter().filter(|n| !stored.contains_key(n)).collect();
+    assert!(missing.is_empty(), "acknowledged, not stored: {missing:?}");
+    let extra: Vec<(&u32, &usize)> = stored
+        .iter()
+        .filter(|(n, times)| **times > 1 || !acked.contains(n))
+        .collect();
+    assert!(extra.is_empty(), "stored twice, or not acknowledged: {extra:?}");
+    // Each message's `prev` names the message before it in the log: none
+    // names one the reopen lost.
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].1.prev, Some(pair[0].0), "prev of seq {}", pair[1].0);
+    }
     log.close();
 }

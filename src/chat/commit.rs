@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::log::RoomState;
 use crate::router::{Message, Router};
-use crate::store::GroupCommit;
+use crate::store::{GroupCommit, Store};
 
 /// How long a shutdown waits for the commit of the last room messages.
 const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(5);
@@ -55,15 +55,19 @@ pub(crate) struct CommitQueue {
     delivering: Mutex<()>,
     /// `GroupCommit::lost_mark` when lost messages were last dropped.
     lost_checked: AtomicU64,
+    /// Where a message whose commit was lost is looked for: some of what
+    /// sled wrote before it failed may be on disk after the reopen.
+    store: Arc<dyn Store>,
 }
 
 impl CommitQueue {
-    pub fn new(commit: Arc<GroupCommit>) -> CommitQueue {
+    pub fn new(commit: Arc<GroupCommit>, store: Arc<dyn Store>) -> CommitQueue {
         CommitQueue {
             commit,
             waiting: Mutex::default(),
             delivering: Mutex::default(),
             lost_checked: AtomicU64::new(0),
+            store,
         }
     }
 
@@ -84,15 +88,19 @@ impl CommitQueue {
     }
 
     /// Drops the messages whose writes were lost with a reopen of the
-    /// store (never delivered: their publishers are refused), newest first,
-    /// unlinking each from its room (the next message's `prev` points at
-    /// the last one really stored). Returns their de-dup keys, to forget.
-    /// One atomic load when nothing was lost since the last call.
-    pub fn drop_lost(&self) -> Vec<String> {
+    /// store (their publishers are refused): newest first, each unlinked
+    /// from its room (the next message's `prev` points at the last one
+    /// really stored). Returns their de-dup keys, to forget. A message the
+    /// reopened store has after all (sled wrote part of what it was given
+    /// before it failed; recovery keeps a prefix of its log) is delivered
+    /// now, in order: it is on disk, and a retry is its duplicate. One
+    /// atomic load when nothing was lost since the last call.
+    pub fn drop_lost(&self, router: &Router) -> Vec<String> {
         let mark = self.commit.lost_mark();
         if self.lost_checked.swap(mark, Ordering::AcqRel) == mark {
             return Vec::new();
         }
+        let _in_order = self.delivering.lock();
         let lost = {
             let mut waiting = self.waiting.lock();
             let (lost, kept): (VecDeque<Uncommitted>, VecDeque<Uncommitted>) = std::mem::take(&mut *waiting)
@@ -101,8 +109,18 @@ impl CommitQueue {
             *waiting = kept;
             lost
         };
+        let (kept, gone): (Vec<Uncommitted>, Vec<Uncommitted>) = lost.into_iter().partition(|u| {
+            let stored = self
+                .store
+                .room_range(&u.room.name, u.seq - 1, u.seq + 1, 1, false);
+            stored.is_ok_and(|found| !found.is_empty())
+        });
+        for u in kept {
+            u.room.reveal(u.seq);
+            router.publish(u.message);
+        }
         let mut keys = Vec::new();
-        for u in lost.into_iter().rev() {
+        for u in gone.into_iter().rev() {
             // Not under the room's `order` (the caller may hold it): a post
             // into that room at this very moment may still name the lost
             // `seq` as its `prev`, a gap clients handle as any other.
@@ -120,7 +138,7 @@ impl CommitQueue {
     /// PUBACK finds it). The router is called outside the queue's lock, but
     /// under `delivering`, so the order holds whoever delivers.
     pub fn deliver_durable(&self, router: &Router) -> Vec<String> {
-        let lost = self.drop_lost();
+        let lost = self.drop_lost(router);
         let _in_order = self.delivering.lock();
         let durable = self.commit.durable();
         let ready: Vec<Uncommitted> = {

@@ -186,7 +186,7 @@ impl Chat {
             reserve_ahead,
         )?;
         let dedup = DedupIndex::load(
-            store,
+            store.clone(),
             config.dedup_window_secs.saturating_mul(1000),
             config.dedup_max_entries,
             config.dedup_max_bytes,
@@ -199,7 +199,7 @@ impl Chat {
         Ok(Chat {
             membership: Arc::new(Membership::with_sanctions(config, sanctions)),
             log,
-            uncommitted: commit.map(CommitQueue::new),
+            uncommitted: commit.map(|commit| CommitQueue::new(commit, store.clone())),
             dedup,
             presence: Presence::new(
                 cluster.as_ref().map(|c| c.presence.clone()),
@@ -263,7 +263,7 @@ impl Chat {
             return self.post(router, post);
         }
         // A msg-id whose message a reopen of the store lost is new again.
-        self.forget_lost();
+        self.forget_lost(router);
         let key = match self.dedup_key_unless_seen(&post) {
             Ok(key) => key,
             Err(seq) => return Ok((seq, false)),
@@ -410,9 +410,9 @@ impl Chat {
     /// Drops the queued room messages a reopen of the store lost
     /// (`CommitQueue::drop_lost`) and forgets their msg-ids, so a retry
     /// is stored, not acknowledged as a duplicate of nothing.
-    fn forget_lost(&self) {
+    fn forget_lost(&self, router: &Router) {
         if let Some(queue) = &self.uncommitted {
-            self.forget_dedup(queue.drop_lost());
+            self.forget_dedup(queue.drop_lost(router));
         }
     }
 
