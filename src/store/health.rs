@@ -5,10 +5,12 @@
 //! - a write that would take the free space on the data directory's file
 //!   system below `min_free_disk_bytes`: measured every second and, between
 //!   measurements, estimated from the bytes the store wrote (`space.rs`),
-//!   so no write rate goes through the margin: sled cannot recover from a
-//!   write that hit a full disk (its flush never returns again). The
+//!   so no write rate goes through the margin: after a write that hit a
+//!   full disk sled's database must be reopened (`sled_db.rs`). The
 //!   condition ends when the write that was refused fits again;
-//! - a write or flush that failed (`monitored.rs`), until a flush works.
+//! - a write or flush that failed (`monitored.rs`), until a flush works
+//!   (after sled itself failed: once the store was reopened,
+//!   `room_to_reopen`, `reopened`).
 //!
 //! The moment either begins, the reserve file (`disk_reserve_bytes`,
 //! `reserve.rs`) is given back, so that what sled still writes finds room;

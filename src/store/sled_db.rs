@@ -18,13 +18,20 @@
 //! every tree handle are dropped (on a thread of their own: a broken
 //! `Db` may take its time) and the directory is opened anew, in place,
 //! behind the same `SledStore` (its users keep their `Arc<dyn Store>`).
-//! What was written since the last flush that worked is lost; none of it
-//! was acknowledged (PUBACK after the flush) or delivered (room messages
-//! after their commit). The group commit learns of the reopen
-//! (`Store::reopens`) and never reports those writes durable
-//! (`group_commit.rs`); the chat forgets their `seq` links and msg-ids
-//! (`chat/commit.rs`), and the sessions write their records again
-//! (`broker/tasks.rs`).
+//! What was written since the last flush that worked is lost (sled's
+//! recovery may keep a part of it); none of it was acknowledged (PUBACK
+//! after the flush) or delivered (room messages after their commit). The
+//! group commit learns of the reopen (`Store::reopens`) and never reports
+//! those writes durable (`group_commit.rs`: their acknowledgements are
+//! refused); the chat drops their room messages, undoes their `prev`
+//! links and forgets their msg-ids, or delivers one the new `Db` has after
+//! all (`chat/commit.rs`); a room's `seq` goes on above them; the
+//! journal of persistent sessions goes on from its memory (no body id is
+//! reused, `journal.rs`), and connected sessions write their records
+//! again (`broker/tasks.rs`). Not undone: other writes of that window
+//! (a retained message, a room event's effect, an offline session's
+//! record) stay as they are in memory until the next restart reads the
+//! disk; none of them was acknowledged either.
 
 use std::path::Path;
 

@@ -48,8 +48,10 @@ pub struct SledStore {
     /// How many times the `Db` was reopened after an I/O error.
     reopens: AtomicU64,
     /// The old journal's memory while a reopen has not opened the new
-    /// `Db` yet.
+    /// `Db` yet; held for the whole reopen.
     carried: parking_lot::Mutex<Option<super::journal::JournalMemory>>,
+    /// Set by `close`: a reopen in progress does not open it again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The key in `meta` of `room_seq_floor`.
@@ -84,6 +86,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             reopens: AtomicU64::new(0),
             carried: parking_lot::Mutex::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -524,7 +527,11 @@ impl Store for SledStore {
 
     fn close(&self) {
         let _ = self.flush();
-        let trees = self.open.write().take();
+        let trees = {
+            let mut open = self.open.write();
+            self.closed.store(true, Ordering::Release);
+            open.take()
+        };
         self.broken.drop_trees(trees);
     }
 
@@ -533,23 +540,34 @@ impl Store for SledStore {
     }
 
     fn reopen(&self) -> Result<bool, StoreError> {
+        // One reopen at a time (the flusher, or a flush of `durability =
+        // "buffered"`); it holds the old journal's memory meanwhile.
+        let Some(mut carried) = self.carried.try_lock() else {
+            return Ok(false);
+        };
         if !self.broken.is_broken() {
             return Ok(false);
         }
         super::sled_db::room_to_reopen(&self.dir)?;
-        // Waits for the calls in progress (each fails at once on the
-        // broken `Db`); no flush holds it.
-        let mut open = self.open.write();
-        if let Some(old) = open.take() {
-            *self.carried.lock() = Some(old.journal.take_memory());
+        // Calls made meanwhile fail with `Closed` (publishes are refused
+        // anyway); none waits for the opening.
+        if let Some(old) = self.open.write().take() {
+            *carried = Some(old.journal.take_memory());
             // Every handle of the old `Db` goes before the directory is
             // opened again: sled releases its lock when the last one does.
             self.broken.drop_trees(old);
         }
         // `open_db` waits for the lock the old `Db` releases.
         let trees = open_trees(&self.dir)?;
-        if let Some(memory) = self.carried.lock().take() {
+        if let Some(memory) = carried.take() {
             trees.journal.restore(memory);
+        }
+        let mut open = self.open.write();
+        if self.closed.load(Ordering::Acquire) {
+            // Closed meanwhile (a shutdown): the new `Db` goes too.
+            drop(open);
+            drop(trees);
+            return Err(StoreError::Closed);
         }
         *open = Some(trees);
         self.broken.clear();
