@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::fillable::*;
+use common::small_fs::*;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{Packet, PublishAckReason};
@@ -164,78 +165,6 @@ async fn history_stays_readable_while_the_disk_is_full() {
     broker.shutdown().await;
 }
 
-/// A small file system (a tmpfs of a few MiB), unmounted when dropped: a
-/// disk that really fills.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    /// Mounts a tmpfs of `bytes`; `None` (with the reason printed) where
-    /// this machine cannot (mounting needs root), except under CI, where
-    /// a skip would hide a broken set-up.
-    fn mount(bytes: u64) -> Option<SmallFs> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "roomq-test"])
-            .arg(dir.path())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !mounted {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot mount a tmpfs under CI (needs root)"
-            );
-            println!("full_disk: skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        Some(SmallFs { dir })
-    }
-
-    /// The data directory inside it.
-    fn data_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// Fills what is left with a file (until ENOSPC); returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-        path
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
-/// A QoS 1 room post of `body` with packet id `id`.
-fn room_post(id: u16, body: &bytes::Bytes) -> Packet {
-    let mut p = publish("rooms/ops/msg/writer", b"", QoS::AtLeastOnce, Some(id));
-    p.payload = body.clone();
-    Packet::Publish(Box::new(p))
-}
-
-/// Reads the next PUBACK, skipping other packets.
-async fn next_puback(client: &mut Raw) -> rmqtt_codec::v5::PublishAck {
-    loop {
-        match client.recv5().await {
-            Got::Packet(Packet::PublishAck(ack)) => return ack,
-            Got::Packet(_) => {}
-            other => panic!("expected a PUBACK, got {other:?}"),
-        }
-    }
-}
-
 /// One client posting 200 KiB QoS 1 room messages, 32 in flight, on a
 /// 8 MiB file system with a 3 MiB margin: posts beyond the margin are
 /// refused with 0x97 (never 0x80), and sled never hits the full disk
@@ -283,21 +212,6 @@ async fn a_fast_writer_never_takes_the_disk_below_the_margin() {
         .await
         .expect("the shutdown ends");
     println!("shutdown took {:?}", started.elapsed());
-}
-
-/// Posts `body` until one is refused with 0x97 (every answer before it
-/// a success); returns the next packet id.
-async fn post_until_refused(writer: &mut Raw, body: &bytes::Bytes, mut id: u16) -> u16 {
-    loop {
-        id += 1;
-        assert!(id < 100, "posts on a full disk were still stored");
-        writer.send5(room_post(id, body)).await;
-        match next_puback(writer).await.reason_code {
-            PublishAckReason::Success => {}
-            PublishAckReason::QuotaExceeded => return id,
-            other => panic!("post {id} got {other:?}, not Success or 0x97"),
-        }
-    }
 }
 
 /// Another program fills the disk (only the reserve file is left): the
@@ -382,56 +296,6 @@ async fn after_the_disk_was_full_posts_are_stored_again_without_a_restart() {
     tokio::time::timeout(Duration::from_secs(60), broker.shutdown())
         .await
         .expect("the shutdown ends");
-}
-
-/// A known limitation, pinned: with the margin and the reserve off, sled
-/// really hits the full disk and cannot write again in this process
-/// (`store/sled_db.rs` says why). The store then refuses what needs it
-/// (0x97), also after space returned, and says so, with what to do; a
-/// shutdown ends. Before: a shutdown waited for sled's flush.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_sled_hit_a_full_disk_posts_are_refused_until_a_restart_and_shutdown_ends() {
-    let Some(fs) = SmallFs::mount(8 << 20) else {
-        return;
-    };
-    let (broker, store) = start_fillable_with(roomq::Config {
-        min_free_disk_bytes: 0,
-        disk_reserve_bytes: 0,
-        ..fillable_config(&fs.data_dir())
-    })
-    .await;
-    let addr = broker.local_addr();
-    let mut watcher = store_status_watcher(addr).await;
-    let mut writer = Raw::client5(addr, "writer").await;
-    let ack = writer.publish1_5(1, "rooms/ops/msg/writer", b"before").await;
-    assert_eq!(ack.reason_code, PublishAckReason::Success);
-
-    let filler = fs.fill();
-    let body = bytes::Bytes::from(vec![b'x'; 200 * 1024]);
-    let id = post_until_refused(&mut writer, &body, 1).await;
-    assert!(
-        store.sled_errors.load(Ordering::Relaxed) > 0,
-        "sled did not hit the full disk"
-    );
-    std::fs::remove_file(filler).unwrap();
-    let ack = writer.publish1_5(id + 1, "rooms/ops/msg/writer", b"after").await;
-    assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
-    // The status names what to do (the first failure it shows may be the
-    // write's own error, the flush's follows).
-    let says_restart = async {
-        while !status_becomes(&mut watcher, "failing since ")
-            .await
-            .contains("restart the broker")
-        {}
-    };
-    tokio::time::timeout(Duration::from_secs(30), says_restart)
-        .await
-        .expect("the store status says to restart the broker");
-    let started = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(60), broker.shutdown())
-        .await
-        .expect("the shutdown ends");
-    println!("shutdown took {:?}", started.elapsed());
 }
 
 /// A room post with a `msg-id`, refused (0x97) because the store could not

@@ -70,6 +70,8 @@ pub(super) async fn watch_store(shared: Arc<Shared>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut published: Option<String> = None;
+    let reopens = || shared.store.as_ref().map_or(0, |s| s.reopens());
+    let mut reopened = reopens();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -77,6 +79,16 @@ pub(super) async fn watch_store(shared: Arc<Shared>) {
         }
         // Sets the estimate writes are admitted against (`store/space.rs`).
         shared.store_health.measure_disk();
+        if reopens() != reopened {
+            reopened = reopens();
+            // The store was reopened (`store/sled_db.rs`): session records
+            // written since the last flush that worked are lost.
+            let saved = shared.registry.resave_online();
+            tracing::warn!(
+                sessions = saved,
+                "store reopened: the records of connected sessions were written again"
+            );
+        }
         let status = match shared.store_health.failure() {
             None => "ok".to_string(),
             Some(failure) => format!("failing since {}: {}", failure.since_unix_ms, failure.error),

@@ -19,6 +19,8 @@
 
 use std::sync::Arc;
 
+use super::commit::Undo;
+
 use bytes::Bytes;
 
 use super::payloads::{DeleteRequest, EditRequest, ReactRequest};
@@ -287,6 +289,7 @@ impl Chat {
             return Ok(());
         }
         let mut record = change.into_record(sender, qos);
+        let links = room.links();
         let stored = self
             .log
             .append(&room, &mut record, |_| {})
@@ -298,7 +301,15 @@ impl Chat {
         tracing::debug!(room = room_name, seq, sender, "room event stored");
         let message = super::room_message(&room.name, seq, record, publisher);
         match &self.uncommitted {
-            Some(queue) => queue.push(room.clone(), seq, message),
+            Some(queue) => queue.push(
+                room.clone(),
+                seq,
+                message,
+                Undo {
+                    links,
+                    dedup_key: None,
+                },
+            ),
             None => {
                 room.reveal(seq);
                 router.publish(message);

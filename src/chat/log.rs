@@ -107,6 +107,28 @@ impl RoomState {
         self.head.load(Ordering::Acquire)
     }
 
+    /// The `seq` of the last entry and of the last message appended: the
+    /// next entry's `prev` (taken before an append, to `unlink` it).
+    pub(crate) fn links(&self) -> (u64, u64) {
+        (
+            self.last.load(Ordering::Acquire),
+            self.last_message.load(Ordering::Acquire),
+        )
+    }
+
+    /// Entry `seq` was lost with a reopen of the store (never delivered):
+    /// the next entry's `prev` points at what was before it, `links` (as
+    /// taken before it was appended), if nothing came after it. Its `seq`
+    /// is not handed out again. Called newest first, under `order`.
+    pub(crate) fn unlink(&self, seq: u64, links: (u64, u64)) {
+        let _ = self
+            .last
+            .compare_exchange(seq, links.0, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .last_message
+            .compare_exchange(seq, links.1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// `seq` is being delivered: replays and history may read it now.
     pub(crate) fn reveal(&self, seq: u64) {
         self.head.fetch_max(seq, Ordering::AcqRel);

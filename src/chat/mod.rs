@@ -71,7 +71,7 @@ use crate::config::Config;
 use crate::protocol::QoS;
 use crate::router::{Message, Router};
 use crate::store::{unix_ms_now, GroupCommit, MemoryStore, RoomRecord, Store, StoreError};
-use commit::CommitQueue;
+use commit::{CommitQueue, Undo};
 use dedup::{dedup_key, DedupIndex};
 use presence::Presence;
 use receipts::Receipts;
@@ -188,7 +188,7 @@ impl Chat {
             reserve_ahead,
         )?;
         let dedup = DedupIndex::load(
-            store,
+            store.clone(),
             config.dedup_window_secs.saturating_mul(1000),
             config.dedup_max_entries,
             config.dedup_max_bytes,
@@ -201,7 +201,7 @@ impl Chat {
         Ok(Chat {
             membership: Arc::new(Membership::with_sanctions(config, sanctions)),
             log,
-            uncommitted: commit.map(CommitQueue::new),
+            uncommitted: commit.map(|commit| CommitQueue::new(commit, store.clone())),
             dedup,
             presence: Presence::new(
                 cluster.as_ref().map(|c| c.presence.clone()),
@@ -266,12 +266,15 @@ impl Chat {
             drop(in_order);
             return self.post(router, post);
         }
+        // A msg-id whose message a reopen of the store lost is new again.
+        self.forget_lost(router);
         let key = match self.dedup_key_unless_seen(&post) {
             Ok(key) => key,
             Err(seq) => return Ok((seq, false)),
         };
         let (publisher, received_at) = (post.publisher.clone(), post.received_at);
         let mut record = post.into_record();
+        let links = room.links();
         // The de-dup entry is written before the message: a crash between
         // the two leaves an entry without its message, which loading drops
         // (`DedupIndex::load`); the other way round a stored message could
@@ -295,7 +298,15 @@ impl Chat {
         let mut message = room_message(&room.name, seq, record, publisher);
         message.received_at = received_at;
         match &self.uncommitted {
-            Some(queue) => queue.push(room.clone(), seq, message),
+            Some(queue) => queue.push(
+                room.clone(),
+                seq,
+                message,
+                Undo {
+                    links,
+                    dedup_key: key,
+                },
+            ),
             None => {
                 room.reveal(seq);
                 router.publish(message);
@@ -396,7 +407,22 @@ impl Chat {
     /// `CommitQueue::deliver_durable`).
     pub(crate) fn deliver_committed(&self, router: &Router) {
         if let Some(queue) = &self.uncommitted {
-            queue.deliver_durable(router);
+            self.forget_dedup(queue.deliver_durable(router));
+        }
+    }
+
+    /// Drops the queued room messages a reopen of the store lost
+    /// (`CommitQueue::drop_lost`) and forgets their msg-ids, so a retry
+    /// is stored, not acknowledged as a duplicate of nothing.
+    fn forget_lost(&self, router: &Router) {
+        if let Some(queue) = &self.uncommitted {
+            self.forget_dedup(queue.drop_lost(router));
+        }
+    }
+
+    fn forget_dedup(&self, keys: Vec<String>) {
+        for key in keys {
+            self.dedup.forget(&key);
         }
     }
 
@@ -405,7 +431,7 @@ impl Chat {
     /// waiting for a commit).
     pub(crate) async fn run_delivery(&self, router: &Router, stop: tokio::sync::watch::Receiver<bool>) {
         if let Some(queue) = &self.uncommitted {
-            queue.run(router, stop).await;
+            queue.run(router, stop, |keys| self.forget_dedup(keys)).await;
         }
     }
 

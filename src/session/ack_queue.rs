@@ -110,8 +110,23 @@ impl AckQueue {
 
     /// Takes, in order, the acknowledgements of every batch durable once
     /// `durable` is.
+    #[cfg(test)]
     pub fn take_durable(&mut self, durable: u64) -> Vec<Packet> {
-        self.take_front(|b| b.ticket <= durable)
+        let mut out = Vec::new();
+        while let Some((_, acks)) = self.take_one_durable(durable) {
+            out.extend(acks);
+        }
+        out
+    }
+
+    /// Takes the oldest batch if its ticket is covered by `durable`: its
+    /// ticket and acknowledgements (the caller refuses them instead if
+    /// the ticket's writes were lost with a reopen of the store).
+    pub fn take_one_durable(&mut self, durable: u64) -> Option<(u64, Vec<Packet>)> {
+        let ticket = self.awaiting.front().filter(|b| b.ticket <= durable)?.ticket;
+        let batch = self.awaiting.pop_front()?;
+        self.forget_qos1(&batch.acks);
+        Some((ticket, batch.acks))
     }
 
     /// When the oldest waiting batch has waited `timeout`.

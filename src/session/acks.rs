@@ -45,8 +45,15 @@ impl Connection {
             // A room message goes out before the PUBACK that confirms it.
             self.shared.chat.deliver_committed(&self.shared.router);
         }
-        for ack in self.acks.take_durable(durable) {
-            self.io.send(ack);
+        while let Some((ticket, acks)) = self.acks.take_one_durable(durable) {
+            if self.shared.commit.as_ref().is_some_and(|c| c.is_lost(ticket)) {
+                // Its writes were lost with a reopen of the store.
+                self.refuse(acks);
+                continue;
+            }
+            for ack in acks {
+                self.io.send(ack);
+            }
         }
     }
 
@@ -140,8 +147,14 @@ impl Connection {
     /// Answers the batches that began waiting before `waited_since` (all
     /// with `None`) with refusals: the store could not make them durable.
     fn refuse_acks(&mut self, waited_since: Option<Instant>) {
+        let stalled = self.acks.take_stalled(waited_since);
+        self.refuse(stalled);
+    }
+
+    /// Answers `acks` with refusals: their writes are not durable.
+    fn refuse(&mut self, acks: Vec<Packet>) {
         let is_v5 = self.agreed.version.is_v5();
-        for ack in self.acks.take_stalled(waited_since) {
+        for ack in acks {
             match ack {
                 Packet::PublishAck(mut ack) => {
                     self.shared.metrics.publishes_refused_store.inc();
@@ -190,7 +203,7 @@ async fn wait_for_ticket(shared: &Shared, commit: &GroupCommit, ticket: u64) -> 
             .await
             .is_ok()
         {
-            return true;
+            return !commit.is_lost(ticket);
         }
         if shared.store_health.is_failing() {
             return false;

@@ -62,6 +62,18 @@ impl Registry {
         sessions.iter().map(|s| s.pending_count()).sum()
     }
 
+    /// Writes the record of every connected persistent session again
+    /// (after a reopen of the store lost the latest ones); returns how
+    /// many were written.
+    pub(crate) fn resave_online(&self) -> usize {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|s| s.is_online())
+            .filter(|s| s.save(&s.state.lock(), None))
+            .count()
+    }
+
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.sessions.lock().get(client_id).cloned()
     }

@@ -47,6 +47,12 @@ pub(super) enum Released {
     Unreferenced,
 }
 
+/// What `Bodies` keeps in memory, carried across a reopen.
+pub(super) struct BodiesMemory {
+    table: HashMap<u64, Body>,
+    next: u64,
+}
+
 pub(super) struct Bodies {
     tree: sled::Tree,
     /// The next id to hand out; starts above every id on disk.
@@ -68,6 +74,20 @@ impl Bodies {
             next: AtomicU64::new(last + 1),
             table: Mutex::default(),
         })
+    }
+
+    /// Its counts and next id, to carry across a reopen (`Journal::take_memory`).
+    pub(super) fn take_memory(&self) -> BodiesMemory {
+        BodiesMemory {
+            table: std::mem::take(&mut *self.table.lock()),
+            next: self.next.load(Ordering::Acquire),
+        }
+    }
+
+    /// Goes on from `memory` (a reopen): no id is handed out twice.
+    pub(super) fn restore(&self, memory: BodiesMemory) {
+        *self.table.lock() = memory.table;
+        self.next.fetch_max(memory.next, Ordering::AcqRel);
     }
 
     pub(super) fn tree(&self) -> &sled::Tree {

@@ -37,6 +37,9 @@ pub trait CommitBarrier: Send + Sync {
     fn settle(&self) -> Result<(), StoreError>;
 }
 
+/// Lost ranges kept (a reopen each: far more than ever wait at once).
+const LOST_RANGES: usize = 16;
+
 /// How long the flusher waits before it tries a failed flush again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
 
@@ -55,6 +58,14 @@ pub struct GroupCommit {
     wake: (Mutex<bool>, Condvar),
     /// How long a flush waits for more tickets under concurrent load.
     delay: Duration,
+    /// Tickets whose writes a reopen of the store lost (`sled_db.rs`):
+    /// (after, up_to], newest last, at most `LOST_RANGES` (older ones were
+    /// refused long before). Never durable, though `durable` passes them.
+    lost: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// The highest lost ticket: the common check is one atomic load.
+    lost_mark: AtomicU64,
+    /// `Store::reopens` when last looked at.
+    reopens: AtomicU64,
     /// Flushes done, for the benchmark and tests.
     pub flushes: AtomicU64,
     /// Where each flush's duration and size are observed (`/metrics`).
@@ -83,6 +94,9 @@ impl GroupCommit {
             failing,
             wake: (Mutex::new(false), Condvar::new()),
             delay,
+            lost: Mutex::default(),
+            lost_mark: AtomicU64::new(0),
+            reopens: AtomicU64::new(store.reopens()),
             flushes: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
         });
@@ -129,7 +143,30 @@ impl GroupCommit {
         self.durable.subscribe()
     }
 
-    /// Waits until the writes covered by `ticket` are durable.
+    /// Whether the writes covered by `ticket` were lost with a reopen of
+    /// the store: never durable.
+    pub fn is_lost(&self, ticket: u64) -> bool {
+        if ticket > self.lost_mark.load(Ordering::Acquire) {
+            return false;
+        }
+        self.lost
+            .lock()
+            .iter()
+            .any(|(after, up_to)| ticket > *after && ticket <= *up_to)
+    }
+
+    /// The highest lost ticket (0: none), to notice a new loss cheaply.
+    pub fn lost_mark(&self) -> u64 {
+        self.lost_mark.load(Ordering::Acquire)
+    }
+
+    /// Whether the writes covered by `ticket` are durable.
+    pub fn is_durable(&self, ticket: u64) -> bool {
+        ticket <= self.durable() && !self.is_lost(ticket)
+    }
+
+    /// Waits until the writes covered by `ticket` are durable, or known
+    /// lost (`is_lost`) and later ones durable.
     pub async fn wait(&self, ticket: u64) {
         let mut rx = self.durable.subscribe();
         let _ = rx.wait_for(|d| *d >= ticket).await;
@@ -141,8 +178,8 @@ impl GroupCommit {
         let mut durable = self.durable.subscribe();
         let mut failing = self.failing.subscribe();
         tokio::select! {
-            done = durable.wait_for(|d| *d >= ticket) => done.is_ok(),
-            _ = failing.wait_for(|f| *f) => self.durable() >= ticket,
+            done = durable.wait_for(|d| *d >= ticket) => done.is_ok() && !self.is_lost(ticket),
+            _ = failing.wait_for(|f| *f) => self.is_durable(ticket),
         }
     }
 
@@ -184,6 +221,7 @@ impl GroupCommit {
                 target - durable > 1
             }
             Err(_) => {
+                self.note_reopen(store, durable);
                 self.failing.send_if_modified(|f| !std::mem::replace(f, true));
                 // Acknowledgements wait for a flush that works (and are
                 // refused after `store_stall_timeout_ms`); retried until
@@ -194,6 +232,29 @@ impl GroupCommit {
                 concurrent
             }
         }
+    }
+}
+
+impl GroupCommit {
+    /// After a failed flush: if the store was reopened (`sled_db.rs`), every
+    /// ticket after `durable` handed out so far covers writes that are lost
+    /// (the store took no writes from the failure to the reopen).
+    fn note_reopen(&self, store: &dyn Store, durable: u64) {
+        let reopens = store.reopens();
+        if self.reopens.swap(reopens, Ordering::AcqRel) == reopens {
+            return;
+        }
+        let up_to = self.requested.load(Ordering::Acquire);
+        let mut lost = self.lost.lock();
+        if lost.len() == LOST_RANGES {
+            lost.pop_front();
+        }
+        lost.push_back((durable, up_to));
+        self.lost_mark.fetch_max(up_to, Ordering::AcqRel);
+        tracing::warn!(
+            tickets = up_to.saturating_sub(durable),
+            "the writes of these commits were lost with the store's reopen: their acknowledgements are refused, their room messages never delivered"
+        );
     }
 }
 

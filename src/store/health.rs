@@ -5,10 +5,12 @@
 //! - a write that would take the free space on the data directory's file
 //!   system below `min_free_disk_bytes`: measured every second and, between
 //!   measurements, estimated from the bytes the store wrote (`space.rs`),
-//!   so no write rate goes through the margin: sled cannot recover from a
-//!   write that hit a full disk (its flush never returns again). The
+//!   so no write rate goes through the margin: after a write that hit a
+//!   full disk sled's database must be reopened (`sled_db.rs`). The
 //!   condition ends when the write that was refused fits again;
-//! - a write or flush that failed (`monitored.rs`), until a flush works.
+//! - a write or flush that failed (`monitored.rs`), until a flush works
+//!   (after sled itself failed: once the store was reopened,
+//!   `room_to_reopen`, `reopened`).
 //!
 //! The moment either begins, the reserve file (`disk_reserve_bytes`,
 //! `reserve.rs`) is given back, so that what sled still writes finds room;
@@ -141,6 +143,39 @@ impl StoreHealth {
                 "store writes again; acknowledgements resume"
             );
         }
+    }
+
+    /// Whether the disk has room to reopen the store (`sled_db.rs`): the
+    /// free space is above the margin with the reserve in place (made
+    /// again here). Always, when the disk is not watched.
+    pub fn room_to_reopen(&self) -> bool {
+        let Some(min_free) = self.space.min_free() else {
+            return true;
+        };
+        let free = self.space.measure(Duration::ZERO);
+        let room =
+            free.is_some_and(|free| free >= min_free) && self.space.reserve().is_none_or(|r| r.restore());
+        if !room {
+            let mut state = self.state.lock();
+            let log = state.failure.holds(format!(
+                "sled cannot write again after an I/O error; the store is reopened once {min_free} bytes (min_free_disk_bytes) are free and the disk reserve is in place"
+            ));
+            if log.is_some() {
+                tracing::warn!("the store waits for disk space to reopen");
+            }
+        }
+        room
+    }
+
+    /// The store was reopened: it takes writes again once a flush works.
+    pub fn reopened(&self) {
+        let mut state = self.state.lock();
+        state
+            .failure
+            .holds("the store was reopened after an I/O error; waiting for a flush that works".into());
+        tracing::warn!(
+            "the store was reopened after an I/O error (the disk has room again); what was written since the last flush that worked is lost, none of it was acknowledged"
+        );
     }
 
     /// Keeps `min_free` bytes free on `dir`'s file system from now on

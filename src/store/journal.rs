@@ -110,6 +110,14 @@ impl Block {
     }
 }
 
+/// What a journal keeps in memory, carried across a reopen.
+pub(super) struct JournalMemory {
+    ids: HashMap<String, BTreeMap<u64, u16>>,
+    pending: Pending,
+    index: HashMap<String, BTreeMap<u64, Block>>,
+    bodies: super::bodies::BodiesMemory,
+}
+
 pub(super) struct Journal {
     pub(super) bodies: Bodies,
     blocks: sled::Tree,
@@ -146,6 +154,29 @@ impl Journal {
 
     pub(super) fn is_empty(&self) -> bool {
         self.blocks.is_empty()
+    }
+
+    /// Before a reopen (`sled_db.rs`): what the journal keeps in memory
+    /// (block index, packet ids, body counts, the next body id, writes not
+    /// made yet), for the new `Db`'s journal to go on from (`restore`).
+    pub(super) fn take_memory(&self) -> JournalMemory {
+        JournalMemory {
+            ids: std::mem::take(&mut *self.ids.lock()),
+            pending: std::mem::take(&mut *self.pending.lock()),
+            index: std::mem::take(&mut *self.index.lock()),
+            bodies: self.bodies.take_memory(),
+        }
+    }
+
+    /// After a reopen: goes on from `memory`, so the sessions' records go
+    /// on where they were and no body id is handed out twice. What the old
+    /// `Db` got since the last flush that worked is not on disk: no
+    /// publisher was acknowledged for it.
+    pub(super) fn restore(&self, memory: JournalMemory) {
+        *self.ids.lock() = memory.ids;
+        *self.pending.lock() = memory.pending;
+        *self.index.lock() = memory.index;
+        self.bodies.restore(memory.bodies);
     }
 
     /// A new record naming body `record.body`; `message` is that body,

@@ -209,6 +209,21 @@ pub trait Store: Send + Sync {
 
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Whether the store cannot write again until it is reopened (sled
+    /// after an I/O error: `sled_db.rs`).
+    fn needs_reopen(&self) -> bool {
+        false
+    }
+    /// Reopens the store if it `needs_reopen` and the disk has room;
+    /// returns whether it did. What was written since the last flush that
+    /// worked is lost (none of it was acknowledged).
+    fn reopen(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// How many times the store was reopened so far.
+    fn reopens(&self) -> u64 {
+        0
+    }
     /// Bytes the store takes on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
     /// Releases the files (after a final flush); later calls fail with

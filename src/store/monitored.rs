@@ -175,15 +175,36 @@ impl Store for Monitored {
         self.inner.writes()
     }
 
-    /// A flush that works clears a failure; one that fails records it.
+    /// A flush that works clears a failure; one that fails records it,
+    /// and reopens a store that cannot go on once the disk has room
+    /// (`sled_db.rs`). The flush still fails then: what it was to make
+    /// durable is lost; the next one works.
     fn flush(&self) -> Result<(), StoreError> {
         let mark = self.inner.bytes_written();
         let result = self.watch(self.inner.flush());
         if result.is_ok() {
             self.health.flushed(mark);
             self.health.worked();
+        } else if self.inner.needs_reopen() && self.health.room_to_reopen() {
+            match self.inner.reopen() {
+                Ok(true) => self.health.reopened(),
+                Ok(false) => {}
+                Err(error) => self.health.failed(&error),
+            }
         }
         result
+    }
+
+    fn needs_reopen(&self) -> bool {
+        self.inner.needs_reopen()
+    }
+
+    fn reopen(&self) -> Result<bool, StoreError> {
+        self.inner.reopen()
+    }
+
+    fn reopens(&self) -> u64 {
+        self.inner.reopens()
     }
 
     fn bytes_written(&self) -> u64 {

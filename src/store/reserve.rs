@@ -5,8 +5,9 @@
 //! returns.
 //!
 //! Why: sled 0.34 cannot go on after one of its writes hit a full disk (it
-//! keeps the error, or, for a value over its blob threshold of about
-//! 128 KiB, its flush never returns again), so the margin must hold. The
+//! keeps the error): the store is then reopened once the disk has room,
+//! losing what was not flushed yet (`sled_db.rs`), so the margin should
+//! hold. The
 //! margin is kept by an estimate (`space.rs`); what sled writes that the
 //! estimate did not foresee (segment cleaning, writes admitted just before
 //! another program filled the disk) lands in the space the reserve gave

@@ -20,15 +20,15 @@
 //! per message, not one per session.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::journal::{seq_key, seq_of, session_prefix, Journal};
+use super::journal::{seq_key, seq_of, session_prefix};
 use super::records::{decode, decode_room, encode, encode_sized};
-use super::sled_db::{open_db, Broken};
+use super::sled_db::{open_trees, Broken, Trees};
 use super::sled_keys::{reservation_key, room_head, u64_of};
 use super::{
     DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord,
-    SessionRecord, Store, StoreError, FORMAT_VERSION,
+    SessionRecord, Store, StoreError,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,23 +40,18 @@ pub struct SledStore {
     writes: AtomicU64,
     /// Bytes of keys and values written so far (`Store::bytes_written`).
     bytes: AtomicU64,
-    /// Set by the first I/O error of a write: not flushed again (`sled_db.rs`).
+    /// Set by the first I/O error of a write: not flushed again until the
+    /// store is reopened (`sled_db.rs`).
     broken: Broken,
-}
-
-struct Trees {
-    journal: Journal,
-    db: sled::Db,
-    retained: sled::Tree,
-    sessions: sled::Tree,
-    qos2_in: sled::Tree,
-    room_log: sled::Tree,
-    room_heads: sled::Tree,
-    room_openers: sled::Tree,
-    dedup: sled::Tree,
-    sanctions: sled::Tree,
-    alert_counters: sled::Tree,
-    meta: sled::Tree,
+    /// The data directory, to reopen it.
+    dir: PathBuf,
+    /// How many times the `Db` was reopened after an I/O error.
+    reopens: AtomicU64,
+    /// The old journal's memory while a reopen has not opened the new
+    /// `Db` yet; held for the whole reopen.
+    carried: parking_lot::Mutex<Option<super::journal::JournalMemory>>,
+    /// Set by `close`: a reopen in progress does not open it again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The key in `meta` of `room_seq_floor`.
@@ -82,62 +77,16 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`. Refuses a directory that holds
     /// another format, or data without a format mark, without changing it.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let path = dir.display().to_string();
-        let open_err = |reason: String| StoreError::Open {
-            path: path.clone(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = open_db(dir).map_err(open_err)?;
-        let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
-        let store = Trees {
-            journal: Journal::open(&db).map_err(|e| open_err(e.to_string()))?,
-            retained: tree("retained")?,
-            sessions: tree("sessions")?,
-            qos2_in: tree("qos2_in")?,
-            room_log: tree("room_log")?,
-            room_heads: tree("room_heads")?,
-            room_openers: tree("room_openers")?,
-            dedup: tree("dedup")?,
-            sanctions: tree("sanctions")?,
-            meta: meta.clone(),
-            alert_counters: tree("alert_counters")?,
-            db,
-        };
-        match meta.get("format").map_err(|e| open_err(e.to_string()))? {
-            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {
-                super::migrate::drop_old_trees(&store.db).map_err(|e| open_err(e.to_string()))?;
-            }
-            Some(found) if found.as_ref() == super::migrate::PREVIOUS_FORMAT.as_bytes() => {
-                super::migrate::from_store_3(&store.db, &meta, &store.journal.bodies)
-                    .map_err(|e| open_err(e.to_string()))?;
-            }
-            Some(found) => {
-                return Err(StoreError::WrongFormat {
-                    path,
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                })
-            }
-            None => {
-                let empty =
-                    store.retained.is_empty() && store.sessions.is_empty() && store.journal.is_empty();
-                if !empty {
-                    return Err(StoreError::WrongFormat {
-                        path,
-                        found: "no format mark".into(),
-                    });
-                }
-                meta.insert("format", FORMAT_VERSION.as_bytes())
-                    .map_err(|e| open_err(e.to_string()))?;
-                store.db.flush().map_err(|e| open_err(e.to_string()))?;
-            }
-        }
+        let store = open_trees(dir)?;
         Ok(SledStore {
             open: parking_lot::RwLock::new(Some(store)),
             writes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             broken: Broken::default(),
+            dir: dir.to_path_buf(),
+            reopens: AtomicU64::new(0),
+            carried: parking_lot::Mutex::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -158,7 +107,9 @@ impl SledStore {
     }
 
     /// `with` for a write: an I/O error breaks the `Db` (`sled_db.rs`).
+    /// A broken `Db` takes no more writes: they would be lost with it.
     fn write<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.broken.check()?;
         self.broken.note(self.with(f))
     }
 }
@@ -576,7 +527,55 @@ impl Store for SledStore {
 
     fn close(&self) {
         let _ = self.flush();
-        let trees = self.open.write().take();
-        self.broken.drop_unless_broken(trees);
+        let trees = {
+            let mut open = self.open.write();
+            self.closed.store(true, Ordering::Release);
+            open.take()
+        };
+        self.broken.drop_trees(trees);
+    }
+
+    fn needs_reopen(&self) -> bool {
+        self.broken.is_broken()
+    }
+
+    fn reopen(&self) -> Result<bool, StoreError> {
+        // One reopen at a time (the flusher, or a flush of `durability =
+        // "buffered"`); it holds the old journal's memory meanwhile.
+        let Some(mut carried) = self.carried.try_lock() else {
+            return Ok(false);
+        };
+        if !self.broken.is_broken() {
+            return Ok(false);
+        }
+        super::sled_db::room_to_reopen(&self.dir)?;
+        // Calls made meanwhile fail with `Closed` (publishes are refused
+        // anyway); none waits for the opening.
+        if let Some(old) = self.open.write().take() {
+            *carried = Some(old.journal.take_memory());
+            // Every handle of the old `Db` goes before the directory is
+            // opened again: sled releases its lock when the last one does.
+            self.broken.drop_trees(old);
+        }
+        // `open_db` waits for the lock the old `Db` releases.
+        let trees = open_trees(&self.dir)?;
+        if let Some(memory) = carried.take() {
+            trees.journal.restore(memory);
+        }
+        let mut open = self.open.write();
+        if self.closed.load(Ordering::Acquire) {
+            // Closed meanwhile (a shutdown): the new `Db` goes too.
+            drop(open);
+            drop(trees);
+            return Err(StoreError::Closed);
+        }
+        *open = Some(trees);
+        self.broken.clear();
+        self.reopens.fetch_add(1, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Acquire)
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Measuring once a second is not enough: a client posting 255 KiB QoS 1
 //! messages 32 at a time wrote through a 64 MiB margin between two
-//! measurements, and sled cannot go on after a write hit a full disk. So
+//! measurements, and after a write hit a full disk sled's database must be
+//! reopened, losing what was not flushed yet (`sled_db.rs`). So
 //! every publish that needs the store is admitted against a running
 //! estimate: the free space last measured, minus `WRITE_AMPLIFICATION`
 //! times the bytes the store wrote since (counted from the last flush that
@@ -12,9 +13,8 @@
 //! measured again (at most every `REMEASURE_AFTER`, a `statvfs` call) and
 //! the write is refused if it still does not fit. A write of
 //! `MEASURE_BEFORE_WRITES_OF` bytes or more is measured before, always:
-//! sled writes such a value to a file of its own at once, and if that write
-//! hits a full disk its flush never returns again; another program may have
-//! filled the disk since the last measurement.
+//! sled writes such a value to a file of its own at once, and another
+//! program may have filled the disk since the last measurement.
 //!
 //! The reserve file (`reserve.rs`) counts as used while it is not in place.
 

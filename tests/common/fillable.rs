@@ -144,6 +144,15 @@ impl Store for FillableStore {
         }
         self.seen(self.inner.flush())
     }
+    fn needs_reopen(&self) -> bool {
+        self.inner.needs_reopen()
+    }
+    fn reopen(&self) -> Result<bool, StoreError> {
+        self.inner.reopen()
+    }
+    fn reopens(&self) -> u64 {
+        self.inner.reopens()
+    }
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk()
     }

@@ -12,6 +12,7 @@ pub mod grafana;
 pub mod http;
 pub mod nats;
 mod raw;
+pub mod small_fs;
 
 pub use raw::{Got, Raw};
 
