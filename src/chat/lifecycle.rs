@@ -214,7 +214,7 @@ impl Chat {
             }
             Action::React => {
                 let react: ReactRequest = super::payloads::from_client_cbor(payload).ok_or(invalid)?;
-                if react.emoji.is_empty() || react.emoji.len() > config.max_emoji_bytes {
+                if !super::reactions::valid_emoji(&react.emoji, config.max_emoji_bytes) {
                     return Err(invalid);
                 }
                 Ok(Change::React {

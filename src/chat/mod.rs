@@ -38,6 +38,7 @@ mod moderation;
 pub mod payloads;
 mod presence;
 mod publish;
+mod reactions;
 mod receipts;
 mod replication;
 mod rooms;
