@@ -377,7 +377,13 @@ async fn an_answer_with_events_stays_within_history_max_bytes() {
     );
     for i in 0..200u16 {
         let body = format!("v{i}");
-        let reason = send(&mut alice, "rooms/ops/edit/alice", &edit(1, body.as_bytes()), i + 2).await;
+        let reason = send(
+            &mut alice,
+            "rooms/ops/edit/alice",
+            &edit(1, body.as_bytes()),
+            i + 2,
+        )
+        .await;
         assert_eq!(reason, PublishAckReason::Success);
     }
     alice

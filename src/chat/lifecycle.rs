@@ -172,7 +172,6 @@ impl Chat {
         let own_only = !matches!(action, Action::React);
         match self.change(
             router,
-            config,
             room,
             sender,
             change,
@@ -235,7 +234,6 @@ impl Chat {
     pub(super) fn change(
         &self,
         router: &Router,
-        config: &Config,
         room_name: &str,
         sender: &str,
         change: Change,
@@ -279,9 +277,7 @@ impl Chat {
         let in_order = room.order.lock();
         if room.is_forgotten() {
             drop(in_order);
-            return self.change(
-                router, config, room_name, sender, change, own_only, qos, publisher,
-            );
+            return self.change(router, room_name, sender, change, own_only, qos, publisher);
         }
         if !self.check(room_name, sender, &change, own_only)? {
             return Ok(());
