@@ -375,11 +375,12 @@ impl RoomLog {
         Ok(seq)
     }
 
-    /// Removes the oldest entries once the log holds `TRIM_EVERY` more
-    /// than `room_max_messages` (one trim per `TRIM_EVERY` appends).
+    /// Counts an appended entry; every `TRIM_EVERY` entries held, removes
+    /// the oldest beyond `room_max_messages` (so a log holds fewer than
+    /// `TRIM_EVERY` more).
     fn trim_by_count(&self, room: &RoomState) -> Result<(), StoreError> {
         let held = room.held.fetch_add(1, Ordering::AcqRel) + 1;
-        if held < self.max_messages.saturating_add(TRIM_EVERY) {
+        if held <= self.max_messages || held % TRIM_EVERY != 0 {
             return Ok(());
         }
         let excess = usize::try_from(held - self.max_messages).unwrap_or(usize::MAX);
