@@ -161,6 +161,34 @@ async fn a_declared_room_lists_its_members_and_moderators_sorted() {
     until_listed5(&mut reader, &["amy", "mod", "zed"]).await;
 }
 
+/// A declared open room (declared for its moderators, say) lists its
+/// subscribers as an undeclared open room does, and its declared names.
+#[tokio::test]
+async fn a_declared_open_room_lists_its_subscribers_and_moderators() {
+    let broker = start().await;
+    broker.set_room(roomq::config::RoomConfig {
+        name: "lobby".into(),
+        members: vec![],
+        open: true,
+        moderators: vec!["mod".into()],
+    });
+    let addr = broker.local_addr();
+    let mut reader = reader5(addr, "reader5").await;
+    until_listed5(&mut reader, &["mod"]).await;
+    let mut alice = user5(addr, "alice-phone", "alice").await;
+    alice
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    let mut bob = user5(addr, "bob-laptop", "bob").await;
+    bob.subscribe5(1, &[("rooms/lobby/#", opts(QoS::AtLeastOnce))])
+        .await;
+    until_listed5(&mut reader, &["alice", "bob", "mod"]).await;
+    // Her session ends with her connection: she is no longer listed.
+    drop(alice);
+    until_listed5(&mut reader, &["bob", "mod"]).await;
+    broker.shutdown().await;
+}
+
 /// A closed room's list is the room's: a non-member who subscribes to it
 /// (directly, or through `$rooms/+/members`) gets nothing, while a
 /// member who subscribed the same way gets it.

@@ -454,6 +454,12 @@ impl BrokerHandle {
         self.shared.store.as_ref().map_or(0, |s| s.writes())
     }
 
+    /// Bytes of keys and values written to the durable store so far (0
+    /// without one): what one operation costs the disk.
+    pub fn store_bytes_written(&self) -> u64 {
+        self.shared.store.as_ref().map_or(0, |s| s.bytes_written())
+    }
+
     pub fn session_count(&self) -> usize {
         self.shared.registry.len()
     }

@@ -13,7 +13,7 @@ use super::Chat;
 use crate::config::Config;
 use crate::protocol::{PublishAckReason, PublishProperties, QoS};
 use crate::router::{Message, Router};
-use crate::store::{RoomRecord, StoreError};
+use crate::store::{Reactions, RoomRecord, StoreError};
 
 /// Bytes of a history answer besides its messages: the CBOR map, the
 /// PUBLISH's fixed header, topic length, packet id and properties length.
@@ -33,13 +33,12 @@ fn history_byte_cap(config: &Config) -> usize {
 /// What one entry adds to an answer, counted from above: a message with
 /// its reactions (each emoji and count, and in `mine`), an event with its
 /// emoji or user.
-fn entry_bytes(r: &RoomRecord) -> usize {
-    let reactions = r.state().map_or(0, |s| {
-        s.reactions
-            .iter()
-            .map(|(emoji, _)| 2 * (emoji.len() + 9) + 16)
-            .sum::<usize>()
-    });
+fn entry_bytes(r: &RoomRecord, on: &Reactions) -> usize {
+    let reactions = on
+        .counts
+        .iter()
+        .map(|(emoji, _)| 2 * (emoji.len() + 9) + 16)
+        .sum::<usize>();
     let event = r.event().map_or(0, |e| {
         e.emoji.as_ref().map_or(0, String::len) + e.user.as_ref().map_or(0, String::len) + 48
     });
@@ -52,7 +51,9 @@ fn entry_bytes(r: &RoomRecord) -> usize {
 }
 
 /// What a history request reads.
-struct Scan {
+struct Scan<'a> {
+    /// Whose reactions are `mine`.
+    requester: Option<&'a str>,
     after: u64,
     before: u64,
     /// Messages at most.
@@ -67,24 +68,19 @@ struct Scan {
     most_entries: usize,
 }
 
+/// An entry of an answer: its `seq`, its record, a message's reactions.
+type Entry = (u64, RoomRecord, Reactions);
+
 /// Entries read from the log per step of a history scan.
 const SCAN_PAGE: usize = 256;
 
 /// A message of the log as history shows it: its current state, with the
-/// reactions counted and the requester's own.
-fn history_message(seq: u64, r: RoomRecord, requester: Option<&str>) -> HistoryMessage {
+/// reactions counted and the requester's own (`on`, read for it).
+fn history_message(seq: u64, r: RoomRecord, on: Reactions) -> HistoryMessage {
     let state = r.state();
     let deleted = state.is_some_and(|s| s.deleted);
-    let reactions = state.map_or(&[][..], |s| &s.reactions[..]);
-    let counts: BTreeMap<String, u64> = reactions
-        .iter()
-        .map(|(emoji, who)| (emoji.clone(), who.len() as u64))
-        .collect();
-    let mine: Vec<String> = reactions
-        .iter()
-        .filter(|(_, who)| requester.is_some_and(|me| who.iter().any(|w| w == me)))
-        .map(|(emoji, _)| emoji.clone())
-        .collect();
+    let counts: BTreeMap<String, u64> = on.counts.into_iter().collect();
+    let mine = on.mine;
     HistoryMessage {
         seq,
         prev: r.prev.unwrap_or(seq.saturating_sub(1)),
@@ -138,6 +134,7 @@ impl Chat {
                 .map_or(0, |c| c.len());
         let cap = history_byte_cap(config).saturating_sub(reply_overhead);
         let scan = Scan {
+            requester: who.identity,
             after,
             before,
             limit,
@@ -157,10 +154,10 @@ impl Chat {
         };
         let mut messages = Vec::new();
         let mut events = Vec::new();
-        for (seq, record) in entries {
+        for (seq, record, on) in entries {
             match record.event() {
                 Some(event) => events.push(room_event(seq, &record, event)),
-                None => messages.push(history_message(seq, record, who.identity)),
+                None => messages.push(history_message(seq, record, on)),
             }
         }
         let answer = HistoryResponse {
@@ -186,10 +183,10 @@ impl Chat {
     /// left): the events it lists are those of that range, so the next
     /// page (`before` its lowest message, `after` its highest) lists the
     /// rest.
-    fn scan_history(&self, room: &str, scan: &Scan) -> Result<(Vec<(u64, RoomRecord)>, bool), StoreError> {
+    fn scan_history(&self, room: &str, scan: &Scan) -> Result<(Vec<Entry>, bool), StoreError> {
         let (mut after, mut before) = (scan.after, scan.before);
-        let mut kept: Vec<(u64, RoomRecord)> = Vec::new();
-        let mut pending: Vec<(u64, RoomRecord)> = Vec::new();
+        let mut kept: Vec<Entry> = Vec::new();
+        let mut pending: Vec<Entry> = Vec::new();
         let (mut bytes, mut pending_bytes, mut messages, mut read) = (0usize, 0usize, 0usize, 0usize);
         let mut more = false;
         'scan: while read < scan.most_entries {
@@ -212,7 +209,7 @@ impl Chat {
             for (seq, record) in ordered {
                 if record.event().is_some() {
                     if scan.events {
-                        let size = entry_bytes(&record);
+                        let size = entry_bytes(&record, &Reactions::default());
                         // Events count for the byte cap as messages do: an
                         // answer of events only (a run of reactions) stops
                         // at the cap too, with what fits, and says `more`.
@@ -222,11 +219,14 @@ impl Chat {
                             break 'scan;
                         }
                         pending_bytes += size;
-                        pending.push((seq, record));
+                        pending.push((seq, record, Reactions::default()));
                     }
                     continue;
                 }
-                let size = entry_bytes(&record);
+                // At most `max_reaction_emoji` counts and the requester's
+                // own: bounded, however many reactions the message holds.
+                let on = self.log.reactions(room, seq, scan.requester)?;
+                let size = entry_bytes(&record, &on);
                 if messages == scan.limit || (messages > 0 && bytes + pending_bytes + size > scan.cap) {
                     more = true;
                     pending.clear();
@@ -235,7 +235,7 @@ impl Chat {
                 bytes += pending_bytes + size;
                 pending_bytes = 0;
                 kept.append(&mut pending);
-                kept.push((seq, record));
+                kept.push((seq, record, on));
                 messages += 1;
             }
             if exhausted {

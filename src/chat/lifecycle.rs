@@ -31,7 +31,7 @@ use crate::budget::Rate;
 use crate::config::Config;
 use crate::protocol::{PublishAckReason, QoS};
 use crate::router::{Message, Router};
-use crate::store::{unix_ms_now, EventKind, EventRecord, MessageState, RoomEntry, RoomRecord, StoreError};
+use crate::store::{unix_ms_now, EventKind, EventRecord, RoomEntry, RoomRecord, StoreError};
 
 /// Bytes of CBOR around an edit's body (map, keys, `seq`).
 const EDIT_OVERHEAD: usize = 32;
@@ -174,7 +174,6 @@ impl Chat {
         let own_only = !matches!(action, Action::React);
         match self.change(
             router,
-            config,
             room,
             sender,
             change,
@@ -216,7 +215,7 @@ impl Chat {
             }
             Action::React => {
                 let react: ReactRequest = super::payloads::from_client_cbor(payload).ok_or(invalid)?;
-                if react.emoji.is_empty() || react.emoji.len() > config.max_emoji_bytes {
+                if !super::reactions::valid_emoji(&react.emoji, config.max_emoji_bytes) {
                     return Err(invalid);
                 }
                 Ok(Change::React {
@@ -237,7 +236,6 @@ impl Chat {
     pub(super) fn change(
         &self,
         router: &Router,
-        config: &Config,
         room_name: &str,
         sender: &str,
         change: Change,
@@ -248,7 +246,7 @@ impl Chat {
         if let Some(cluster) = &self.cluster {
             // Checked against this node's copy of the log; every node
             // applies the event in the stream's order (`apply_effect`).
-            if !self.check(config, room_name, sender, &change, own_only)? {
+            if !self.check(room_name, sender, &change, own_only)? {
                 return Ok(());
             }
             // A delete takes the body out of the stream too: the message
@@ -281,19 +279,23 @@ impl Chat {
         let in_order = room.order.lock();
         if room.is_forgotten() {
             drop(in_order);
-            return self.change(
-                router, config, room_name, sender, change, own_only, qos, publisher,
-            );
+            return self.change(router, room_name, sender, change, own_only, qos, publisher);
         }
-        if !self.check(config, room_name, sender, &change, own_only)? {
+        if !self.check(room_name, sender, &change, own_only)? {
             return Ok(());
         }
+        let kept = !matches!(change, Change::React { .. });
         let mut record = change.into_record(sender, qos);
         let links = room.links();
-        let stored = self
-            .log
-            .append(&room, &mut record, |_| {})
-            .and_then(|seq| self.apply_effect(room_name, seq, &record).map(|()| seq));
+        // A reaction is state on its message, not history: it takes a
+        // `seq` (live subscribers get it in order) and no log entry, so
+        // reactions never push messages out of the log.
+        let stored = if kept {
+            self.log.append(&room, &mut record, |_| {})
+        } else {
+            self.log.pass(&room, &mut record)
+        }
+        .and_then(|seq| self.apply_effect(room_name, seq, &record).map(|()| seq));
         let seq = stored.map_err(|e| {
             tracing::warn!(room = room_name, error = %e, "could not store a room event");
             Refused::Store
@@ -319,14 +321,7 @@ impl Chat {
     }
 
     /// Whether `change` may be made now, and whether it changes anything.
-    fn check(
-        &self,
-        config: &Config,
-        room: &str,
-        sender: &str,
-        change: &Change,
-        own_only: bool,
-    ) -> Result<bool, Refused> {
+    fn check(&self, room: &str, sender: &str, change: &Change, own_only: bool) -> Result<bool, Refused> {
         let Some(target) = change.target() else {
             return Ok(true);
         };
@@ -337,19 +332,15 @@ impl Chat {
         let Change::React { emoji, remove, .. } = change else {
             return Ok(true);
         };
-        let reactions = record.state().map_or(&[][..], |s| &s.reactions[..]);
-        let mine = reactions.iter().find(|(e, _)| e == emoji);
-        let reacted = mine.is_some_and(|(_, who)| who.iter().any(|w| w == sender));
-        if *remove || reacted {
-            return Ok(*remove == reacted);
+        let reactions = self.log.reactions(room, target, Some(sender)).map_err(|e| {
+            tracing::warn!(%room, seq = target, error = %e, "could not read reactions");
+            Refused::Store
+        })?;
+        match super::reactions::decide(&reactions, emoji, *remove, &self.reaction_bounds) {
+            super::reactions::Decision::Change => Ok(true),
+            super::reactions::Decision::Nothing => Ok(false),
+            super::reactions::Decision::Full => Err(Refused::Full),
         }
-        let total: usize = reactions.iter().map(|(_, who)| who.len()).sum();
-        if total >= config.max_reactions_per_message
-            || (mine.is_none() && reactions.len() >= config.max_reaction_emoji)
-        {
-            return Err(Refused::Full);
-        }
-        Ok(true)
     }
 
     /// Message `seq` of `room` as it is now: a message the log holds, not
@@ -391,6 +382,7 @@ impl Chat {
                 message.payload = Bytes::new();
                 state.deleted = true;
                 state.reactions.clear();
+                self.log.clear_reactions(room, target)?;
                 // The bodies of its edits go too.
                 for edit in std::mem::take(&mut state.edits) {
                     if let Some(mut entry) = self.log.stored(room, edit)? {
@@ -400,18 +392,19 @@ impl Chat {
                 }
             }
             EventKind::React => {
+                // Kept apart from the message (`Store::set_reaction`): the
+                // message's record is not rewritten.
                 let Some(emoji) = event.emoji.as_deref() else {
                     return Ok(());
                 };
-                if !react(
-                    &mut state,
-                    emoji,
-                    &record.sender,
-                    event.remove,
-                    &self.reaction_bounds,
-                ) {
-                    return Ok(());
+                let reactions = self.log.reactions(room, target, Some(&record.sender))?;
+                let decision =
+                    super::reactions::decide(&reactions, emoji, event.remove, &self.reaction_bounds);
+                if decision == super::reactions::Decision::Change {
+                    self.log
+                        .set_reaction(room, target, emoji, &record.sender, !event.remove)?;
                 }
+                return Ok(());
             }
             _ => return Ok(()),
         }
@@ -424,46 +417,4 @@ impl Chat {
         }
         Ok(())
     }
-}
-
-/// `max_reaction_emoji` and `max_reactions_per_message`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ReactionBounds {
-    pub emoji: usize,
-    pub total: usize,
-}
-
-/// Adds (or with `remove` takes back) `who`'s reaction `emoji`; whether
-/// anything changed. An emoji nobody reacts with any more is dropped.
-fn react(state: &mut MessageState, emoji: &str, who: &str, remove: bool, bounds: &ReactionBounds) -> bool {
-    let index = state.reactions.iter().position(|(e, _)| e == emoji);
-    if remove {
-        let Some(index) = index else {
-            return false;
-        };
-        let reactors = &mut state.reactions[index].1;
-        let before = reactors.len();
-        reactors.retain(|w| w != who);
-        let changed = reactors.len() != before;
-        if reactors.is_empty() {
-            state.reactions.remove(index);
-        }
-        return changed;
-    }
-    let total: usize = state.reactions.iter().map(|(_, w)| w.len()).sum();
-    if total >= bounds.total {
-        return false;
-    }
-    match index {
-        Some(index) => {
-            let reactors = &mut state.reactions[index].1;
-            if reactors.iter().any(|w| w == who) {
-                return false;
-            }
-            reactors.push(who.to_string());
-        }
-        None if state.reactions.len() >= bounds.emoji => return false,
-        None => state.reactions.push((emoji.to_string(), vec![who.to_string()])),
-    }
-    true
 }

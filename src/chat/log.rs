@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::store::{unix_ms_now, RoomRecord, Store, StoreError};
+use crate::store::{unix_ms_now, EventKind, Reactions, RoomRecord, Store, StoreError};
 
 /// Trim by count every this many appends, not on every one.
 const TRIM_EVERY: u64 = 64;
@@ -43,9 +43,12 @@ pub struct RoomState {
     head: AtomicU64,
     /// `seq` values up to this are reserved on disk (buffered mode).
     reserved: AtomicU64,
-    /// Messages appended since this process started (cluster mode trims
-    /// by it: `seq` values there have gaps).
-    appended: AtomicU64,
+    /// Entries the log holds (counted at start-up, then kept): the log
+    /// is trimmed by this count, not by `seq`, whose values have gaps
+    /// (reaction events take a `seq` and no entry; cluster mode's are
+    /// stream sequences). So `room_max_messages` counts entries and a
+    /// reaction never pushes a message out.
+    held: AtomicU64,
     /// Server time (unix ms) of the newest message: after a restart, which
     /// rooms got messages after a session's record was last saved
     /// (`session/replay.rs`).
@@ -78,6 +81,7 @@ impl RoomState {
         reserved: u64,
         last_ts_ms: u64,
         opener: Option<Arc<str>>,
+        held: u64,
     ) -> RoomState {
         let (last, last_message) = last;
         let assigned = last.max(reserved);
@@ -88,7 +92,7 @@ impl RoomState {
             last_message: AtomicU64::new(last_message),
             head: AtomicU64::new(last),
             reserved: AtomicU64::new(assigned),
-            appended: AtomicU64::new(0),
+            held: AtomicU64::new(held),
             last_ts_ms: AtomicU64::new(last_ts_ms),
             last_change: AtomicU64::new(0),
             order: Mutex::new(()),
@@ -195,6 +199,8 @@ impl RoomLog {
             } else {
                 head.reserved
             };
+            // Read once per room: the log is trimmed by its count.
+            let held = store.room_len(&name)?;
             rooms.insert(
                 name.clone(),
                 Arc::new(RoomState::new(
@@ -203,6 +209,7 @@ impl RoomLog {
                     reserved,
                     last_ts,
                     opener,
+                    held,
                 )),
             );
         }
@@ -230,7 +237,7 @@ impl RoomLog {
     /// A new room's state: its `seq` values start above the floor.
     fn fresh(&self, name: &str, opener: Option<Arc<str>>) -> Arc<RoomState> {
         let floor = self.seq_floor.load(Ordering::Acquire);
-        Arc::new(RoomState::new(name.into(), (0, 0), floor, 0, opener))
+        Arc::new(RoomState::new(name.into(), (0, 0), floor, 0, opener, 0))
     }
 
     /// Opens `name` for a post by `opener`, unless it is open already:
@@ -396,12 +403,48 @@ impl RoomLog {
         room.assigned.store(seq, Ordering::Release);
         moved(room, seq, record);
         room.last_ts_ms.fetch_max(record.ts_unix_ms, Ordering::AcqRel);
-        if seq > self.max_messages && seq % TRIM_EVERY == 0 {
-            if let Err(e) = self.store.trim_room(&room.name, seq + 1 - self.max_messages) {
-                tracing::warn!(room = %room.name, error = %e, "could not trim the room log");
-            }
+        if let Err(e) = self.trim_by_count(room) {
+            tracing::warn!(room = %room.name, error = %e, "could not trim the room log");
         }
         Ok(seq)
+    }
+
+    /// Hands out the next `seq` of `room` to an entry the log does not
+    /// keep (a reaction event: state on its message, not history) and
+    /// sets its `prev` (the last kept entry: the entry after it has the
+    /// same one). The `seq` is recorded durably, so it never comes back;
+    /// the caller holds `room.order` and calls `reveal` when it is
+    /// delivered.
+    pub fn pass(&self, room: &RoomState, record: &mut RoomRecord) -> Result<u64, StoreError> {
+        let seq = room.assigned.load(Ordering::Acquire) + 1;
+        if !self.reserve_ahead {
+            self.store.reserve_room_seqs(&room.name, seq)?;
+        } else if seq > room.reserved.load(Ordering::Acquire) {
+            let up_to = seq + SEQ_BLOCK - 1;
+            self.store.reserve_room_seqs(&room.name, up_to)?;
+            self.store.flush()?;
+            room.reserved.store(up_to, Ordering::Release);
+        }
+        link(room, seq, record);
+        room.assigned.store(seq, Ordering::Release);
+        Ok(seq)
+    }
+
+    /// Counts an appended entry; every `TRIM_EVERY` entries held, removes
+    /// the oldest beyond `room_max_messages` (so a log holds fewer than
+    /// `TRIM_EVERY` more).
+    fn trim_by_count(&self, room: &RoomState) -> Result<(), StoreError> {
+        let held = room.held.fetch_add(1, Ordering::AcqRel) + 1;
+        if held <= self.max_messages || held % TRIM_EVERY != 0 {
+            return Ok(());
+        }
+        let excess = usize::try_from(held - self.max_messages).unwrap_or(usize::MAX);
+        let oldest = self.store.room_range(&room.name, 0, u64::MAX, excess, false)?;
+        if let Some((last_removed, _)) = oldest.last() {
+            let removed = self.store.trim_room(&room.name, last_removed + 1)?;
+            room.held.fetch_sub(removed.min(held), Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Cluster mode: the highest stream sequence this node's copy of
@@ -428,20 +471,19 @@ impl RoomLog {
         if seq <= room.assigned.load(Ordering::Acquire) {
             return Ok(false);
         }
+        if record.event().is_some_and(|e| e.kind == EventKind::React) {
+            // Not kept, as on one node (`pass`): its `seq` is recorded.
+            link(room, seq, record);
+            self.store.reserve_room_seqs(&room.name, seq)?;
+            room.assigned.fetch_max(seq, Ordering::AcqRel);
+            return Ok(true);
+        }
         link(room, seq, record);
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.fetch_max(seq, Ordering::AcqRel);
         moved(room, seq, record);
         room.last_ts_ms.fetch_max(record.ts_unix_ms, Ordering::AcqRel);
-        let held = room.appended.fetch_add(1, Ordering::AcqRel) + 1;
-        if held >= self.max_messages + TRIM_EVERY {
-            let excess = usize::try_from(held - self.max_messages).unwrap_or(usize::MAX);
-            let oldest = self.store.room_range(&room.name, 0, u64::MAX, excess, false)?;
-            if let Some((last_removed, _)) = oldest.last() {
-                self.store.trim_room(&room.name, last_removed + 1)?;
-                room.appended.fetch_sub(oldest.len() as u64, Ordering::AcqRel);
-            }
-        }
+        self.trim_by_count(room)?;
         Ok(true)
     }
 
@@ -465,6 +507,29 @@ impl RoomLog {
             .store
             .room_range(room, seq - 1, seq.saturating_add(1), 1, false)?;
         Ok(found.into_iter().next().map(|(_, record)| record))
+    }
+
+    /// The reactions on message `seq` of `room`, with `reactor`'s own.
+    pub fn reactions(&self, room: &str, seq: u64, reactor: Option<&str>) -> Result<Reactions, StoreError> {
+        self.store.reactions(room, seq, reactor)
+    }
+
+    /// See `Store::set_reaction`; the caller holds the room's `order`.
+    pub fn set_reaction(
+        &self,
+        room: &str,
+        seq: u64,
+        emoji: &str,
+        reactor: &str,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        self.store.set_reaction(room, seq, emoji, reactor, on)
+    }
+
+    /// Removes the reactions on a deleted message; the caller holds the
+    /// room's `order`.
+    pub fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        self.store.clear_reactions(room, seq)
     }
 
     /// Replaces an entry the log holds (see `Store::rewrite_room`); the
@@ -512,8 +577,14 @@ impl RoomLog {
             }
             let below = first_kept.unwrap_or(head + 1);
             if after > 0 {
-                if let Err(e) = self.store.trim_room(&room, below) {
-                    tracing::warn!(%room, error = %e, "could not trim the room log");
+                match self.store.trim_room(&room, below) {
+                    Ok(removed) => {
+                        if let Some(state) = self.rooms.read().get(&room) {
+                            let held = state.held.load(Ordering::Acquire);
+                            state.held.fetch_sub(removed.min(held), Ordering::AcqRel);
+                        }
+                    }
+                    Err(e) => tracing::warn!(%room, error = %e, "could not trim the room log"),
                 }
             }
         }

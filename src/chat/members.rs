@@ -169,8 +169,9 @@ impl Chat {
     /// that session, or one restored from the store).
     pub(crate) fn subscribed(&self, identity: Option<&str>, filter: &str) {
         if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
-            // A declared room's list does not follow its subscribers.
-            if self.members.add(room, identity) && !self.membership.is_declared(room) {
+            // A declared closed room's list does not follow its
+            // subscribers.
+            if self.members.add(room, identity) && self.membership.lists_subscribers(room) {
                 self.members.mark(room);
             }
         }
@@ -180,7 +181,7 @@ impl Chat {
     /// `filter` (UNSUBSCRIBE, or the session ended).
     pub(crate) fn unsubscribed(&self, identity: Option<&str>, filter: &str) {
         if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
-            if self.members.remove(room, identity) && !self.membership.is_declared(room) {
+            if self.members.remove(room, identity) && self.membership.lists_subscribers(room) {
                 self.members.mark(room);
             }
         }
@@ -195,19 +196,28 @@ impl Chat {
     /// each reader gets of it (0 when nothing was published).
     pub fn publish_members(&self, router: &Router, room: &str) -> usize {
         let topic = format!("$rooms/{room}/members");
-        if let Some(members) = self.membership.declared_members(room) {
-            let message = Message::new(topic, payloads::to_cbor(&members), QoS::AtLeastOnce, true);
-            let bytes = message.footprint();
-            router.publish(message);
-            return bytes;
+        let declared = self.membership.declared_members(room);
+        if let Some(members) = declared.as_ref() {
+            if !self.membership.lists_subscribers(room) || self.members.listed == 0 {
+                let message = Message::new(topic, payloads::to_cbor(members), QoS::AtLeastOnce, true);
+                let bytes = message.footprint();
+                router.publish(message);
+                return bytes;
+            }
         }
         if self.members.listed == 0 {
             return 0;
         }
         let sanctions = &self.membership.sanctions;
-        let members = self.members.subscribers(room, |user| {
+        let mut members = self.members.subscribers(room, |user| {
             !sanctions.applies(super::sanctions::Kind::Ban, room, user)
         });
+        if let Some(names) = declared {
+            // A declared open room: its subscribers and its declared
+            // names (moderators, say), sorted, within the same cut.
+            let all: std::collections::BTreeSet<String> = members.into_iter().chain(names).collect();
+            members = all.into_iter().take(self.members.listed).collect();
+        }
         let mut message = Message::new(topic, payloads::to_cbor(&members), QoS::AtLeastOnce, true);
         let bytes = message.footprint();
         // Rebuilt from the restored sessions at start-up: never stored.

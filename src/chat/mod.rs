@@ -40,6 +40,7 @@ mod presence;
 mod presence_charges;
 mod presence_index;
 mod publish;
+mod reactions;
 mod receipts;
 mod replication;
 mod rooms;
@@ -103,7 +104,7 @@ pub struct Chat {
     /// Keys of the signed `[[alerts]]` rules and the devices' counters.
     signed: signed::SignedAlerts,
     /// How many reactions a message holds (`lifecycle.rs`).
-    reaction_bounds: lifecycle::ReactionBounds,
+    reaction_bounds: reactions::ReactionBounds,
     pub counters: ChatCounters,
 }
 
@@ -220,7 +221,7 @@ impl Chat {
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
             budgets,
             signed: signed::SignedAlerts::none(),
-            reaction_bounds: lifecycle::ReactionBounds {
+            reaction_bounds: reactions::ReactionBounds {
                 emoji: config.max_reaction_emoji,
                 total: config.max_reactions_per_message,
             },

@@ -130,7 +130,6 @@ impl Chat {
                 let change = Change::Delete { target };
                 self.change(
                     router,
-                    config,
                     room,
                     by,
                     change,
@@ -189,7 +188,6 @@ impl Chat {
                     // is logged, the sanction stays.
                     let recorded = self.change(
                         router,
-                        config,
                         room,
                         by,
                         change,

@@ -120,6 +120,12 @@ impl Membership {
         )
     }
 
+    /// Whether `$rooms/{room}/members` lists the room's subscribers: an
+    /// open room, declared (with `open = true`) or not.
+    pub fn lists_subscribers(&self, room: &str) -> bool {
+        self.rooms.read().get(room).is_none_or(|r| r.open)
+    }
+
     /// Whether `room` is declared in the configuration.
     pub fn is_declared(&self, room: &str) -> bool {
         self.rooms.read().contains_key(room)

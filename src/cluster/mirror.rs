@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::queues::Queues;
 use crate::store::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SanctionRecord,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, Reactions, RoomHead, RoomRecord, SanctionRecord,
     SessionRecord, Store, StoreError,
 };
 
@@ -128,8 +128,31 @@ impl Store for Mirrored {
         self.inner.room_heads()
     }
 
-    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+    fn trim_room(&self, room: &str, below: u64) -> Result<u64, StoreError> {
         self.inner.trim_room(room, below)
+    }
+
+    fn room_len(&self, room: &str) -> Result<u64, StoreError> {
+        self.inner.room_len(room)
+    }
+
+    fn reactions(&self, room: &str, seq: u64, reactor: Option<&str>) -> Result<Reactions, StoreError> {
+        self.inner.reactions(room, seq, reactor)
+    }
+
+    fn set_reaction(
+        &self,
+        room: &str,
+        seq: u64,
+        emoji: &str,
+        reactor: &str,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        self.inner.set_reaction(room, seq, emoji, reactor, on)
+    }
+
+    fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        self.inner.clear_reactions(room, seq)
     }
 
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {

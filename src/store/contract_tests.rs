@@ -186,10 +186,77 @@ fn room_contract(store: &dyn Store) {
     );
 }
 
+/// Reactions: set, taken back, counted per emoji with the reactor's own,
+/// and gone with their message (deleted, trimmed, room forgotten).
+fn reactions_contract(store: &dyn Store) {
+    let record = RoomRecord {
+        ts_unix_ms: 1,
+        sender: "ann".into(),
+        msg_id: None,
+        qos: 1,
+        payload: Bytes::from_static(b"x"),
+        user_properties: Vec::new(),
+        prev: None,
+        entry: None,
+    };
+    for seq in [1, 2, 3] {
+        store.append_room("room", seq, &record).unwrap();
+    }
+    store.append_room("room2", 1, &record).unwrap();
+    for (seq, emoji, who) in [
+        (2, "👍", "ann"),
+        (2, "👍", "bob"),
+        (2, "🎉", "bob"),
+        (3, "x", "ann"),
+    ] {
+        store.set_reaction("room", seq, emoji, who, true).unwrap();
+    }
+    store.set_reaction("room", 2, "👍", "bob", true).unwrap();
+    store.set_reaction("room", 2, "🎉", "ann", false).unwrap();
+    store.set_reaction("room2", 1, "👍", "bob", true).unwrap();
+    let bob = store.reactions("room", 2, Some("bob")).unwrap();
+    let mut counts = bob.counts.clone();
+    counts.sort();
+    assert_eq!(counts, vec![("🎉".to_string(), 1), ("👍".to_string(), 2)]);
+    let mut mine = bob.mine.clone();
+    mine.sort();
+    assert_eq!(mine, vec!["🎉".to_string(), "👍".to_string()]);
+    assert_eq!(bob.total(), 3);
+    store.set_reaction("room", 2, "🎉", "bob", false).unwrap();
+    let ann = store.reactions("room", 2, Some("ann")).unwrap();
+    assert_eq!(
+        (ann.counts, ann.mine),
+        (vec![("👍".to_string(), 2)], vec!["👍".to_string()])
+    );
+    store.clear_reactions("room", 2).unwrap();
+    assert_eq!(
+        store.reactions("room", 2, Some("ann")).unwrap(),
+        Reactions::default()
+    );
+    assert_eq!(store.room_len("room").unwrap(), 3);
+    assert_eq!(store.trim_room("room", 4).unwrap(), 3);
+    assert_eq!(store.reactions("room", 3, None).unwrap(), Reactions::default());
+    assert_eq!(store.room_len("room").unwrap(), 0);
+    assert_eq!(
+        store.reactions("room2", 1, None).unwrap().total(),
+        1,
+        "another room's"
+    );
+    store.forget_room("room2", 1).unwrap();
+    assert_eq!(store.reactions("room2", 1, None).unwrap(), Reactions::default());
+}
+
 #[test]
 fn memory_store_contract() {
     contract(&MemoryStore::default());
     room_contract(&MemoryStore::default());
+    reactions_contract(&MemoryStore::default());
+}
+
+#[test]
+fn sled_store_reactions() {
+    let dir = tempfile::tempdir().unwrap();
+    reactions_contract(&SledStore::open(dir.path()).unwrap());
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord,
-    SessionRecord, Store, StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead, RoomRecord,
+    SanctionRecord, SessionRecord, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -45,6 +45,8 @@ struct Room {
     reserved: u64,
     opener: Option<String>,
     log: BTreeMap<u64, RoomRecord>,
+    /// Per message: per emoji, who reacted with it.
+    reactions: BTreeMap<u64, BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// Keeps every record in memory.
@@ -243,9 +245,73 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+    fn trim_room(&self, room: &str, below: u64) -> Result<u64, StoreError> {
+        let Some(room) = self.inner.lock().rooms.get_mut(room).map(|r| {
+            let before = r.log.len();
+            r.log = r.log.split_off(&below);
+            r.reactions = r.reactions.split_off(&below);
+            (before - r.log.len()) as u64
+        }) else {
+            return Ok(0);
+        };
+        Ok(room)
+    }
+
+    fn room_len(&self, room: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .rooms
+            .get(room)
+            .map_or(0, |r| r.log.len() as u64))
+    }
+
+    fn reactions(&self, room: &str, seq: u64, reactor: Option<&str>) -> Result<Reactions, StoreError> {
+        let inner = self.inner.lock();
+        let Some(on) = inner.rooms.get(room).and_then(|r| r.reactions.get(&seq)) else {
+            return Ok(Reactions::default());
+        };
+        Ok(Reactions {
+            counts: on.iter().map(|(e, who)| (e.clone(), who.len() as u64)).collect(),
+            mine: on
+                .iter()
+                .filter(|(_, who)| reactor.is_some_and(|r| who.contains(r)))
+                .map(|(e, _)| e.clone())
+                .collect(),
+        })
+    }
+
+    fn set_reaction(
+        &self,
+        room: &str,
+        seq: u64,
+        emoji: &str,
+        reactor: &str,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let room = inner.rooms.entry(room.to_string()).or_default();
+        let message = room.reactions.entry(seq).or_default();
+        if on {
+            message
+                .entry(emoji.to_string())
+                .or_default()
+                .insert(reactor.to_string());
+        } else if let Some(who) = message.get_mut(emoji) {
+            who.remove(reactor);
+            if who.is_empty() {
+                message.remove(emoji);
+            }
+        }
+        if message.is_empty() {
+            room.reactions.remove(&seq);
+        }
+        Ok(())
+    }
+
+    fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError> {
         if let Some(room) = self.inner.lock().rooms.get_mut(room) {
-            room.log = room.log.split_off(&below);
+            room.reactions.remove(&seq);
         }
         Ok(())
     }

@@ -24,6 +24,8 @@ mod replication;
 mod reserve;
 mod sled_db;
 mod sled_keys;
+mod sled_reactions;
+mod sled_rooms;
 mod sled_store;
 mod space;
 
@@ -73,6 +75,21 @@ pub struct RoomHead {
     /// The account whose post opened the room (`set_room_opener`); `None`
     /// for a declared room or one opened before openers were stored.
     pub opener: Option<String>,
+}
+
+/// The reactions on one message: how many reactors each emoji has (at
+/// most `max_reaction_emoji` of them), and the emoji one reactor used.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reactions {
+    pub counts: Vec<(String, u64)>,
+    pub mine: Vec<String>,
+}
+
+impl Reactions {
+    /// Reactions in all.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// A persistent session as loaded at start-up.
@@ -169,8 +186,29 @@ pub trait Store: Send + Sync {
     /// Every room's last stored `seq` and its reservation: the room's next
     /// `seq` is above both.
     fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError>;
-    /// Removes a room's messages with `seq < below`.
-    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError>;
+    /// Removes a room's entries with `seq < below` (and their
+    /// reactions); returns how many entries it removed.
+    fn trim_room(&self, room: &str, below: u64) -> Result<u64, StoreError>;
+    /// How many entries a room's log holds (read once per room at
+    /// start-up: the log is trimmed by this count).
+    fn room_len(&self, room: &str) -> Result<u64, StoreError>;
+    /// The reactions on message `seq` of `room`, with `reactor`'s own.
+    fn reactions(&self, room: &str, seq: u64, reactor: Option<&str>) -> Result<Reactions, StoreError>;
+    /// Adds (`on`) or takes back `reactor`'s reaction `emoji` on message
+    /// `seq`. Kept apart from the message: it writes the reaction and its
+    /// emoji's count, whatever the message holds already, so one reaction
+    /// costs the same on a message with thousands. The caller orders the
+    /// changes of one room.
+    fn set_reaction(
+        &self,
+        room: &str,
+        seq: u64,
+        emoji: &str,
+        reactor: &str,
+        on: bool,
+    ) -> Result<(), StoreError>;
+    /// Removes every reaction on message `seq` (it was deleted).
+    fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError>;
     /// Records the account whose post opened `room`, so that the room is
     /// charged to it again after a restart (`max_rooms_per_user`).
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError>;

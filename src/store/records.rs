@@ -241,8 +241,9 @@ pub struct MessageState {
     pub edited: Option<u64>,
     /// A tombstone: the body is gone.
     pub deleted: bool,
-    /// Emoji and who reacted with it, in the order first used (bounded:
-    /// `max_reaction_emoji` emoji, `max_reactions_per_message` in all).
+    /// No longer written (empty): reactions are kept apart from the
+    /// message (`Store::set_reaction`), so one does not rewrite it. Kept
+    /// so records written before still decode.
     pub reactions: Vec<(String, Vec<String>)>,
     /// The `seq` of the edit events that carry a body of this message: a
     /// delete empties them too (no copy of a deleted body stays).

@@ -153,6 +153,8 @@ pub(super) struct Trees {
     pub(super) room_log: sled::Tree,
     pub(super) room_heads: sled::Tree,
     pub(super) room_openers: sled::Tree,
+    /// Reactions apart from their messages (`sled_reactions.rs`).
+    pub(super) reactions: sled::Tree,
     pub(super) dedup: sled::Tree,
     pub(super) sanctions: sled::Tree,
     pub(super) alert_counters: sled::Tree,
@@ -179,6 +181,7 @@ pub(super) fn open_trees(dir: &Path) -> Result<Trees, StoreError> {
         room_log: tree("room_log")?,
         room_heads: tree("room_heads")?,
         room_openers: tree("room_openers")?,
+        reactions: tree("reactions")?,
         dedup: tree("dedup")?,
         sanctions: tree("sanctions")?,
         meta: meta.clone(),

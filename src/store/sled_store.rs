@@ -4,9 +4,10 @@
 //! `sessions` (client id → session), the journal's trees (see `journal.rs`)
 //! and `bodies` (the messages its records name, each once: `bodies.rs`),
 //! `qos2_in` (client id + packet id), `room_log` (room + seq → message),
-//! `room_heads` (room → last seq; room + NUL → `seq` reserved with
-//! `durability = "buffered"`), `room_openers` (room → the account whose
-//! post opened it), `dedup` (room, sender, msg-id → seq), and in `meta`
+//! `room_heads` (room → last seq; room + NUL → the last `seq` handed
+//! out without an entry, or reserved with `durability = "buffered"`),
+//! `room_openers` (room → the account whose post opened it), `reactions`
+//! (`sled_reactions.rs`), `dedup` (room, sender, msg-id → seq), and in `meta`
 //! the `seq` floor of rooms opened after others were forgotten, and
 //! `sanctions` (kind, room, user → a ban or mute). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
@@ -19,16 +20,16 @@
 //! one sled write per session per flush, not one per message, and one body
 //! per message, not one per session.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::journal::{seq_key, seq_of, session_prefix};
-use super::records::{decode, decode_room, encode, encode_sized};
+use super::journal::{seq_key, session_prefix};
+use super::records::{decode, encode, encode_sized};
 use super::sled_db::{open_trees, Broken, Trees};
-use super::sled_keys::{reservation_key, room_head, u64_of};
+use super::sled_keys::{reservation_key, u64_of};
+use super::sled_rooms::ROOM_SEQ_FLOOR;
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, RoomHead, RoomRecord, SanctionRecord,
-    SessionRecord, Store, StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead, RoomRecord,
+    SanctionRecord, SessionRecord, Store, StoreError,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,9 +54,6 @@ pub struct SledStore {
     /// Set by `close`: a reopen in progress does not open it again.
     closed: std::sync::atomic::AtomicBool,
 }
-
-/// The key in `meta` of `room_seq_floor`.
-const ROOM_SEQ_FLOOR: &str = "room_seq_floor";
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
@@ -303,31 +301,7 @@ impl Store for SledStore {
         limit: usize,
         newest: bool,
     ) -> Result<Vec<(u64, RoomRecord)>, StoreError> {
-        if after.saturating_add(1) >= before {
-            return Ok(Vec::new());
-        }
-        self.with(|t| {
-            let range = t.room_log.range(seq_key(room, after + 1)..seq_key(room, before));
-            let decode_entry = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
-                let (key, value) = entry.map_err(io)?;
-                let seq = seq_of(&key).ok_or_else(|| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    reason: "room log key without seq".into(),
-                })?;
-                Ok((seq, decode_room(&key, &value)?))
-            };
-            if newest {
-                let mut out = range
-                    .rev()
-                    .take(limit)
-                    .map(decode_entry)
-                    .collect::<Result<Vec<_>, _>>()?;
-                out.reverse();
-                Ok(out)
-            } else {
-                range.take(limit).map(decode_entry).collect()
-            }
-        })
+        self.with(|t| t.room_range(room, after, before, limit, newest))
     }
 
     fn reserve_room_seqs(&self, room: &str, up_to: u64) -> Result<(), StoreError> {
@@ -341,43 +315,41 @@ impl Store for SledStore {
     }
 
     fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError> {
-        self.with(|t| {
-            let mut heads: BTreeMap<String, RoomHead> = BTreeMap::new();
-            for entry in t.room_heads.iter() {
-                let (key, value) = entry.map_err(io)?;
-                let seq = u64_of(&key, &value)?;
-                // `room` holds the last appended seq, `room\0` the
-                // reservation.
-                let (room, reservation) = match key.strip_suffix(b"\0") {
-                    Some(room) => (room, true),
-                    None => (&key[..], false),
-                };
-                let head = room_head(&mut heads, room);
-                if reservation {
-                    head.reserved = seq;
-                } else {
-                    head.last = seq;
-                }
-            }
-            // A room opened by a post that was not stored has an opener and
-            // no head: it is loaded too, so upkeep forgets it.
-            for entry in t.room_openers.iter() {
-                let (key, value) = entry.map_err(io)?;
-                room_head(&mut heads, &key).opener = Some(String::from_utf8_lossy(&value).into_owned());
-            }
-            Ok(heads.into_values().collect())
+        self.with(|t| t.room_heads())
+    }
+
+    fn trim_room(&self, room: &str, below: u64) -> Result<u64, StoreError> {
+        self.count_write();
+        self.write(|t| t.trim_room(room, below))
+    }
+
+    fn room_len(&self, room: &str) -> Result<u64, StoreError> {
+        self.with(|t| t.room_len(room))
+    }
+
+    fn reactions(&self, room: &str, seq: u64, reactor: Option<&str>) -> Result<Reactions, StoreError> {
+        self.with(|t| super::sled_reactions::read(&t.reactions, room, seq, reactor))
+    }
+
+    fn set_reaction(
+        &self,
+        room: &str,
+        seq: u64,
+        emoji: &str,
+        reactor: &str,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        self.count_write();
+        self.write(|t| {
+            let bytes = super::sled_reactions::set(&t.reactions, room, seq, emoji, reactor, on)?;
+            self.count_bytes(bytes);
+            Ok(())
         })
     }
 
-    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+    fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError> {
         self.count_write();
-        self.write(|t| {
-            let mut batch = sled::Batch::default();
-            for key in t.room_log.range(seq_key(room, 0)..seq_key(room, below)).keys() {
-                batch.remove(key.map_err(io)?);
-            }
-            t.room_log.apply_batch(batch).map_err(io)
-        })
+        self.write(|t| super::sled_reactions::clear(&t.reactions, room, seq))
     }
 
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
@@ -392,31 +364,7 @@ impl Store for SledStore {
 
     fn forget_room(&self, room: &str, seq_floor: u64) -> Result<(), StoreError> {
         self.count_write();
-        self.write(|t| {
-            // The floor first: a crash after it and before the removal
-            // keeps the room, never loses the floor.
-            let floor = match t.meta.get(ROOM_SEQ_FLOOR).map_err(io)? {
-                Some(v) => u64_of(ROOM_SEQ_FLOOR.as_bytes(), &v)?,
-                None => 0,
-            };
-            if seq_floor > floor {
-                t.meta
-                    .insert(ROOM_SEQ_FLOOR, &seq_floor.to_be_bytes())
-                    .map_err(io)?;
-            }
-            let mut batch = sled::Batch::default();
-            for key in t
-                .room_log
-                .range(seq_key(room, 0)..=seq_key(room, u64::MAX))
-                .keys()
-            {
-                batch.remove(key.map_err(io)?);
-            }
-            t.room_log.apply_batch(batch).map_err(io)?;
-            t.room_heads.remove(room.as_bytes()).map_err(io)?;
-            t.room_heads.remove(reservation_key(room)).map_err(io)?;
-            t.room_openers.remove(room.as_bytes()).map(drop).map_err(io)
-        })
+        self.write(|t| t.forget_room(room, seq_floor))
     }
 
     fn room_seq_floor(&self) -> Result<u64, StoreError> {

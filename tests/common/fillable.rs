@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use rmqtt_codec::types::QoS;
 use roomq::store::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, RoomHead, RoomRecord, SessionRecord, SledStore,
-    Store, StoreError,
+    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, Reactions, RoomHead, RoomRecord, SessionRecord,
+    SledStore, Store, StoreError,
 };
 
 use super::{opts, sled_config, Raw};
@@ -104,8 +104,27 @@ impl Store for FillableStore {
     fn room_heads(&self) -> Result<Vec<RoomHead>, StoreError> {
         self.inner.room_heads()
     }
-    fn trim_room(&self, room: &str, below: u64) -> Result<(), StoreError> {
+    fn trim_room(&self, room: &str, below: u64) -> Result<u64, StoreError> {
         self.seen(self.inner.trim_room(room, below))
+    }
+    fn room_len(&self, room: &str) -> Result<u64, StoreError> {
+        self.inner.room_len(room)
+    }
+    fn reactions(&self, room: &str, seq: u64, reactor: Option<&str>) -> Result<Reactions, StoreError> {
+        self.inner.reactions(room, seq, reactor)
+    }
+    fn set_reaction(
+        &self,
+        room: &str,
+        seq: u64,
+        emoji: &str,
+        reactor: &str,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        self.seen(self.inner.set_reaction(room, seq, emoji, reactor, on))
+    }
+    fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        self.seen(self.inner.clear_reactions(room, seq))
     }
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.inner.set_room_opener(room, account)
