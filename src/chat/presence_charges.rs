@@ -112,7 +112,9 @@ mod tests {
         for user in ["r1", "r2", "r3"] {
             charges.restored(user);
         }
-        assert_eq!(budgets.total(Held::PresenceRecords), 5);
+        for user in ["r1", "r2", "r3"] {
+            assert_eq!(budgets.held(&format!("user:{user}"), Held::PresenceRecords), 1);
+        }
         charges.release("r1");
         assert_eq!(budgets.held("user:r1", Held::PresenceRecords), 0);
     }
