@@ -69,6 +69,7 @@ pub mod auth;
 pub mod broker;
 pub mod budget;
 pub mod chat;
+#[cfg(feature = "cluster")]
 mod cluster;
 pub mod config;
 mod local;
@@ -81,6 +82,7 @@ mod session;
 pub mod store;
 
 pub use broker::{Broker, BrokerHandle, StartError};
+#[cfg(feature = "cluster")]
 pub use cluster::ClusterError;
 pub use config::{Config, ConfigError, StorageKind};
 pub use local::{LocalSubscription, SubscribeError};

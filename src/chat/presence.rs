@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::other_nodes::{DeviceCount, PresenceReplication};
 use super::payloads::{to_cbor, Presence as PresencePayload};
-use crate::cluster::{DeviceCount, PresenceLink};
 use crate::protocol::QoS;
 use crate::router::{Message, Router};
 use crate::store::unix_ms_now;
@@ -47,7 +47,7 @@ pub struct Presence {
     users: Mutex<HashMap<String, UserPresence>>,
     /// Cluster mode: the other nodes' devices, by user then node.
     remote: Mutex<HashMap<String, HashMap<String, DeviceCount>>>,
-    link: Option<Arc<PresenceLink>>,
+    link: Option<Arc<dyn PresenceReplication>>,
     /// The retained "offline" records this node published (lock order:
     /// after `users`).
     offline: Mutex<OfflineIndex>,
@@ -145,7 +145,11 @@ pub fn presence_message(user: &str, payload: &PresencePayload) -> Message {
 impl Presence {
     /// Presence that, with `link`, counts the devices of every node; at
     /// most `max_records` records, transient ones kept for `transient`.
-    pub(crate) fn new(link: Option<Arc<PresenceLink>>, max_records: usize, transient: Duration) -> Presence {
+    pub(crate) fn new(
+        link: Option<Arc<dyn PresenceReplication>>,
+        max_records: usize,
+        transient: Duration,
+    ) -> Presence {
         Presence {
             link,
             max_records,
@@ -177,7 +181,7 @@ impl Presence {
             return;
         };
         link.send(DeviceCount {
-            node: link.node.to_string(),
+            node: link.node().to_string(),
             user: user.to_string(),
             devices: entry.map_or(0, |e| e.devices),
             status: entry.map_or_else(|| "offline".into(), |e| e.status.clone()),

@@ -215,9 +215,6 @@ impl Registry {
             shared.store.clone(),
             Some(shared.chat.membership.clone()),
         ));
-        if let Some(cluster) = &shared.cluster {
-            let _ = session.cluster.set(cluster.clone());
-        }
         if !shared.gate.acl.is_empty() {
             let _ = session.acl.set(shared.gate.acl.clone());
         }
@@ -320,7 +317,7 @@ pub(crate) async fn give_up_to_other_node(
     shared: &Arc<Shared>,
     client_id: &str,
     continues: bool,
-) -> Option<crate::cluster::HandedOver> {
+) -> Option<super::HandedOver> {
     let session = shared.registry.get(client_id)?;
     session.state.lock().kick_reason = Some(Kick::TakenOver {
         session_continues: continues,
