@@ -56,6 +56,9 @@ use tokio::time::Instant;
 pub(crate) use events::room_message;
 pub(crate) use log::RoomLog;
 pub(crate) use members::uses_rooms;
+// The seams cluster mode implements (unused by the rest of a build
+// without the `cluster` feature).
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use other_nodes::{DeviceCount, Pending, PresenceReplication, Replication, RoomReplication};
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};

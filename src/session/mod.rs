@@ -42,6 +42,8 @@ pub(crate) use directory::{HandedOver, OneNode, SessionDirectory};
 pub(crate) use io::{CertName, Peer};
 pub(crate) use lifecycle::end_revoked;
 pub(crate) use persist::{restore_from_store, restore_sessions};
+// For cluster mode (`cluster/join.rs`).
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use registry::give_up_to_other_node;
 pub use registry::Registry;
 use rooms_ready::{rooms_ready_for, rooms_ready_for_session};

@@ -313,6 +313,7 @@ pub(crate) fn charge_restored(shared: &Shared, session: &Session) {
 /// the session is forgotten here. With `continues` (the new CONNECT has
 /// Clean Start 0) it goes on there: returned to be sent over, and no will
 /// is sent; otherwise it ends here as on a local takeover.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) async fn give_up_to_other_node(
     shared: &Arc<Shared>,
     client_id: &str,
