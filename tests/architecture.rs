@@ -1,14 +1,15 @@
 //! The module structure `src/lib.rs` describes, checked: the top-level
 //! modules form layers, and each imports only modules below it, so there is
-//! no import cycle (the PUBLISH path reads forward). Also: no source, test
-//! or example file over 600 lines.
+//! no import cycle (the PUBLISH path reads forward). Cluster mode sits
+//! above the core: only `broker` wires it. Also: no source, test or example
+//! file over 600 lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Top to bottom; a module may use only the ones after it.
 const LAYERS: &[&str] = &[
-    "broker", "admin", "server", "local", "session", "auth", "chat", "cluster", "router", "store", "message",
+    "broker", "cluster", "admin", "server", "local", "session", "auth", "chat", "router", "store", "message",
     "budget", "config", "protocol", "metrics",
 ];
 
@@ -88,6 +89,44 @@ fn each_module_imports_only_the_layers_below_it() {
     assert!(
         upward.is_empty(),
         "imports that go up or sideways (a cycle waiting to happen): {upward:?}"
+    );
+}
+
+/// Cluster mode is a layer above the core: the core defines what it needs
+/// as traits (`chat::RoomReplication`, `session::SessionDirectory`, ...),
+/// `src/cluster/` implements them and `src/broker/` wires them, so the
+/// `cluster` feature can compile NATS out. No other file names it.
+#[test]
+fn only_the_broker_wires_the_cluster() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = ["cluster", "config", "broker"];
+    let naming: Vec<String> = files
+        .iter()
+        .filter(|file| {
+            let relative = file.strip_prefix(&src).unwrap();
+            let top = relative
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy();
+            !allowed.contains(&top.trim_end_matches(".rs"))
+        })
+        .filter(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            let code: Vec<&str> = text
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or_default())
+                .collect();
+            code.join("\n").contains("crate::cluster")
+        })
+        .map(|file| file.strip_prefix(&src).unwrap().display().to_string())
+        .collect();
+    assert!(
+        naming.is_empty(),
+        "these files name `crate::cluster` (define a trait in the core instead, and wire it in src/broker/): {naming:?}"
     );
 }
 

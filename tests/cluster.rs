@@ -1,6 +1,7 @@
 //! Cluster mode: three roomq nodes on a three-server NATS JetStream
 //! cluster (`tests/common/nats.rs`) behave as one broker, with real
 //! clients on different nodes.
+#![cfg(feature = "cluster")]
 
 mod common;
 

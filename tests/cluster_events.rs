@@ -3,6 +3,7 @@
 //! `seq` order with the messages, every node's history shows the change,
 //! and a delete takes the message's body (and its edits) out of the room
 //! stream.
+#![cfg(feature = "cluster")]
 
 mod common;
 

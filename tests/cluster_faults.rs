@@ -3,6 +3,7 @@
 //! promise checked: a PUBACK means the message is stored; every
 //! acknowledged message is in the history exactly once after publishers
 //! re-send what was not acknowledged (through another node if theirs died).
+#![cfg(feature = "cluster")]
 
 mod common;
 

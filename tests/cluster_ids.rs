@@ -3,6 +3,7 @@
 //! free: the node it left answers the new node's claim even in the moment
 //! it lets go of the id, so no CONNECT waits for an answer that never
 //! comes (`$SYS/broker/cluster/takeovers/unanswered` counts those).
+#![cfg(feature = "cluster")]
 
 mod common;
 

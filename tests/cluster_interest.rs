@@ -1,6 +1,7 @@
 //! Cluster mode: a node reads a room only while it has interest in it
 //! (members subscribed there, a post, a history request), and then has
 //! all of it.
+#![cfg(feature = "cluster")]
 
 mod common;
 

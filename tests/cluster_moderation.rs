@@ -10,6 +10,7 @@
 //! refuses her post, her SUBSCRIBE and her history request. Node `c`,
 //! which does not follow the room, refuses them right after the answer
 //! (it reads the room, the ban's copy included, before it handles them).
+#![cfg(feature = "cluster")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Presence in cluster mode: a user's devices are counted over every node,
 //! and the users of a node that dies go offline.
+#![cfg(feature = "cluster")]
 
 mod common;
 

@@ -158,10 +158,7 @@ fn not_ready(shared: &Shared) -> Option<String> {
     if let Some(failure) = shared.store_health.failure() {
         return Some(format!("the store is failing: {}", failure.error));
     }
-    match &shared.cluster {
-        Some(cluster) if !cluster.nats_connected() => Some("NATS is unreachable".into()),
-        _ => None,
-    }
+    shared.directory.unready()
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

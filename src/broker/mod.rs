@@ -16,7 +16,6 @@ use crate::auth::acl::Acl;
 use crate::auth::gate::Gate;
 use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff, LoginPool};
 use crate::budget::{Budgets, Limits as BudgetLimits};
-use crate::cluster::Cluster;
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
 use crate::local::{LocalSubscription, SubscribeError};
 use crate::metrics::Metrics;
@@ -25,7 +24,9 @@ use crate::router::{Message, RetainedStore, Router};
 use crate::session::{Registry, Shared};
 use crate::store::{GroupCommit, MemoryStore, Monitored, SledStore, Store, StoreHealth};
 
+mod nodes;
 mod tasks;
+use nodes::Nodes;
 use tasks::{chat_upkeep, flush_periodically, publish_sys, run_upkeep, watch_store};
 
 /// Errors that stop the broker from starting.
@@ -43,6 +44,7 @@ pub enum StartError {
     Config(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[cfg(feature = "cluster")]
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
@@ -140,24 +142,18 @@ impl Broker {
             tracing::warn!(%kind, %addr, "anonymous clients are allowed on a non-loopback listener (auth.allow_anonymous)");
         }
         let (shutdown, _) = watch::channel(false);
-        let cluster = match &self.config.cluster {
-            Some(_) => Some(Cluster::connect(&self.config, store_health.clone()).await?),
-            None => None,
-        };
-        // In a cluster, persistent sessions' queues are also in JetStream
-        // (kept in memory here with `storage = "memory"`).
-        let store = match (store, &cluster) {
-            (Some(store), Some(cluster)) => Some(cluster.mirrored(store)),
-            (None, Some(cluster)) => Some(cluster.mirrored(Arc::new(MemoryStore::default()))),
-            (store, None) => store,
-        };
+        let nodes = Arc::new(Nodes::connect(&self.config, &store_health).await?);
+        let clustered = nodes.clustered();
+        // In a cluster, persistent sessions are also in JetStream (kept in
+        // memory here with `storage = "memory"`).
+        let store = nodes.store(store);
         let commit_delay = Duration::from_micros(self.config.commit_delay_us);
-        let commit = match (&store, self.config.durability, &cluster) {
+        let commit = match (&store, self.config.durability, nodes.barrier()) {
             // In a cluster an acknowledgement also waits for JetStream's.
-            (_, _, Some(cluster)) => Some(GroupCommit::start_with_barrier(
+            (_, _, Some(barrier)) => Some(GroupCommit::start_with_barrier(
                 store.clone().unwrap_or_else(|| Arc::new(MemoryStore::default())),
                 commit_delay,
-                Some(cluster.barrier()),
+                Some(barrier),
             )),
             (Some(store), Durability::Flush, None) => Some(GroupCommit::start(store.clone(), commit_delay)),
             _ => None,
@@ -167,20 +163,24 @@ impl Broker {
         }
         // In a cluster the room logs live in JetStream; this node keeps a
         // copy in memory, loaded from the stream at start.
-        let mut chat = match &cluster {
-            Some(cluster) => {
-                crate::chat::Chat::open(&self.config, None, None, Some(cluster.clone()), budgets.clone())?
-            }
-            None => {
-                crate::chat::Chat::open(&self.config, store.clone(), commit.clone(), None, budgets.clone())?
-            }
+        let replication = nodes.chat();
+        let (chat_store, chat_commit) = match replication.rooms {
+            Some(_) => (None, None),
+            None => (store.clone(), commit.clone()),
         };
+        let mut chat = crate::chat::Chat::open(
+            &self.config,
+            chat_store,
+            chat_commit,
+            replication,
+            budgets.clone(),
+        )?;
         chat.load_signed_alerts(&self.config, store.clone())
             .map_err(StartError::Config)?;
         let shared = Arc::new(Shared {
             router: Router::new(
                 self.config.retain_available,
-                store.clone().filter(|_| cluster.is_none()),
+                store.clone().filter(|_| !clustered),
                 RetainedStore::new(self.config.max_retained_messages, self.config.max_retained_bytes)
                     .with_budgets(budgets.clone()),
             ),
@@ -197,7 +197,7 @@ impl Broker {
                 max_name_length: self.config.max_chat_name_length,
             },
             chat,
-            cluster: cluster.clone(),
+            directory: nodes.directory(),
             login_backoff: LoginBackoff::new(Duration::from_millis(self.config.auth.login_backoff_max_ms)),
             logins: LoginPool::new(
                 self.config.max_concurrent_logins,
@@ -208,12 +208,10 @@ impl Broker {
             store,
             config: self.config,
         });
-        if let Some(cluster) = &cluster {
-            crate::session::join_cluster(&shared, cluster).await;
-        }
+        nodes.join(&shared).await;
         if let Some(store) = &shared.store {
             // In a cluster, retained messages come from JetStream.
-            if cluster.is_none() {
+            if !clustered {
                 for record in store.load_retained()? {
                     let mut message = record.into_message();
                     if shared.chat.restore_retained(&mut message) {
@@ -226,9 +224,7 @@ impl Broker {
             crate::session::restore_from_store(&shared, store)?;
         }
         // In a cluster, users online on other nodes stay online.
-        shared
-            .chat
-            .publish_startup_state(&shared.router, cluster.is_none());
+        shared.chat.publish_startup_state(&shared.router, !clustered);
         let tracker = TaskTracker::new();
         let ip_limits = Arc::new(crate::server::IpLimits::default());
         for listener in listeners {
@@ -271,7 +267,7 @@ impl Broker {
             members.chat.run_members(&members.router, stop).await;
         });
         if shared.config.sys_interval_secs > 0 {
-            tracker.spawn(publish_sys(shared.clone()));
+            tracker.spawn(publish_sys(shared.clone(), nodes.clone()));
         }
         if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.durability) {
             tracker.spawn(flush_periodically(store.clone(), shared.clone()));
@@ -301,6 +297,7 @@ impl Broker {
             admin_addr,
             tls,
             tracker,
+            nodes,
         })
     }
 }
@@ -315,6 +312,8 @@ pub struct BrokerHandle {
     /// Certificates of the TLS listeners, for `reload`.
     tls: Vec<Arc<crate::server::ReloadableTls>>,
     tracker: TaskTracker,
+    /// The other nodes of a cluster, left at shutdown.
+    nodes: Arc<Nodes>,
 }
 
 impl BrokerHandle {
@@ -498,10 +497,8 @@ impl BrokerHandle {
         {
             tracing::warn!("some connections did not close within 10 s of shutdown");
         }
-        if let Some(cluster) = &self.shared.cluster {
-            let bound = Duration::from_millis(self.shared.config.store_stall_timeout_ms.max(1000));
-            cluster.shutdown(bound).await;
-        }
+        let bound = Duration::from_millis(self.shared.config.store_stall_timeout_ms.max(1000));
+        self.nodes.leave(bound).await;
         if let Some(store) = self.shared.store.clone() {
             // On its own thread and bounded: sled's flush does not return
             // after a write hit a full disk, and a shutdown must end. What

@@ -108,7 +108,7 @@ pub(super) async fn watch_store(shared: Arc<Shared>) {
 
 /// Publishes the `$SYS/broker/...` topics as retained messages every
 /// `sys_interval_secs`.
-pub(super) async fn publish_sys(shared: Arc<Shared>) {
+pub(super) async fn publish_sys(shared: Arc<Shared>, nodes: Arc<super::nodes::Nodes>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
     loop {
@@ -117,19 +117,7 @@ pub(super) async fn publish_sys(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         shared.publish_sys(true);
-        let mut topics = Vec::new();
-        if let Some(cluster) = &shared.cluster {
-            // What following only the rooms with interest here saves.
-            topics.push((
-                "$SYS/broker/cluster/room-messages/received",
-                cluster.rooms.received().to_string(),
-            ));
-            // CONNECTs that waited the whole handover time for a holder.
-            topics.push((
-                "$SYS/broker/cluster/takeovers/unanswered",
-                cluster.sessions.unanswered_claims().to_string(),
-            ));
-        }
+        let topics = nodes.sys_topics();
         for (topic, value) in topics {
             shared
                 .router

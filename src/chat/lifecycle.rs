@@ -243,7 +243,7 @@ impl Chat {
         qos: QoS,
         publisher: Option<Arc<str>>,
     ) -> Result<(), Refused> {
-        if let Some(cluster) = &self.cluster {
+        if let Some(replication) = &self.replication {
             // Checked against this node's copy of the log; every node
             // applies the event in the stream's order (`apply_effect`).
             if !self.check(room_name, sender, &change, own_only)? {
@@ -262,14 +262,13 @@ impl Chat {
                 _ => Vec::new(),
             };
             let record = change.into_record(sender, qos);
-            cluster
-                .rooms
+            replication
                 .post(room_name, record, None, publisher.as_deref())
                 .map_err(|e| {
                     tracing::warn!(room = room_name, error = %e, "could not post a room event");
                     Refused::Store
                 })?;
-            cluster.rooms.delete_from_stream(&from_stream);
+            replication.delete_posted(&from_stream);
             return Ok(());
         }
         if change.target().is_some() && self.log.head(room_name) == 0 {

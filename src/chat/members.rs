@@ -227,7 +227,7 @@ impl Chat {
             message.retain = false;
             router.clear_retained(&message.topic);
         }
-        if self.cluster.is_some() {
+        if self.replication.is_some() {
             // Each node lists its own subscribers, to its own clients: a
             // list sent on would replace the other nodes' lists.
             router.publish_remote(message, RemoteScope::Plain);

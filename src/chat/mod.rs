@@ -35,6 +35,7 @@ mod lifecycle;
 mod log;
 mod members;
 mod moderation;
+mod other_nodes;
 pub mod payloads;
 mod presence;
 mod presence_charges;
@@ -58,16 +59,20 @@ use tokio::time::Instant;
 pub(crate) use events::room_message;
 pub(crate) use log::RoomLog;
 pub(crate) use members::uses_rooms;
+// The seams cluster mode implements (unused by the rest of a build
+// without the `cluster` feature).
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use other_nodes::{DeviceCount, Pending, PresenceReplication, Replication, RoomReplication};
 pub use presence::presence_topic;
 pub(crate) use publish::{Handled, Publisher, WriteGate};
 pub use rooms::Membership;
 pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{
     answer_owner, classify, message_topic, only_reads, room_of, room_read_by, rooms_covered, ChatTopic,
+    RoomInterest,
 };
 
 use crate::budget::{Budgets, Held};
-use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::protocol::QoS;
 use crate::router::{Message, Router};
@@ -87,9 +92,9 @@ pub struct Chat {
     /// "flush"`); `None` delivers at once.
     uncommitted: Option<CommitQueue>,
     dedup: DedupIndex,
-    /// Cluster mode: room messages are written to JetStream and come back
-    /// through `apply_replicated`.
-    cluster: Option<Arc<Cluster>>,
+    /// Cluster mode: room messages are written to the shared log and come
+    /// back through `apply_replicated` (`other_nodes.rs`).
+    replication: Option<Arc<dyn RoomReplication>>,
     /// Cluster mode: where moderators' changes go (`replication.rs`).
     sanction_replication: std::sync::OnceLock<Arc<dyn crate::store::SanctionReplication>>,
     presence: Presence,
@@ -175,7 +180,10 @@ impl Chat {
         config: &Config,
         store: Option<Arc<dyn Store>>,
         commit: Option<Arc<GroupCommit>>,
-        cluster: Option<Arc<Cluster>>,
+        Replication {
+            rooms: replication,
+            presence,
+        }: Replication,
         budgets: Arc<Budgets>,
     ) -> Result<Chat, StoreError> {
         // Delivered before it is durable: reserve `seq` values on disk.
@@ -205,7 +213,7 @@ impl Chat {
             uncommitted: commit.map(|commit| CommitQueue::new(commit, store.clone())),
             dedup,
             presence: Presence::new(
-                cluster.as_ref().map(|c| c.presence.clone()),
+                presence,
                 config.max_presence_records,
                 std::time::Duration::from_secs(config.presence_transient_secs),
                 Some(budgets.clone()),
@@ -215,7 +223,7 @@ impl Chat {
                 std::time::Duration::from_millis(config.room_members_interval_ms),
                 config.room_members_bytes_per_sec,
             ),
-            cluster,
+            replication,
             sanction_replication: std::sync::OnceLock::new(),
             typing: Mutex::default(),
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
@@ -256,8 +264,8 @@ impl Chat {
             msg_id = post.msg_id.unwrap_or(""),
             "room message received"
         );
-        if let Some(cluster) = &self.cluster {
-            return self.post_to_cluster(cluster, post);
+        if let Some(replication) = &self.replication {
+            return self.post_to_cluster(replication.as_ref(), post);
         }
         let room = self.log.room(post.room);
         let in_order = room.order.lock();
@@ -330,15 +338,17 @@ impl Chat {
     /// Cluster mode: writes the message to the room stream (the `seq` is
     /// JetStream's, known when it comes back); returns `seq` 0 for a new
     /// message.
-    fn post_to_cluster(&self, cluster: &Cluster, post: Post<'_>) -> Result<(u64, bool), StoreError> {
+    fn post_to_cluster(
+        &self,
+        replication: &dyn RoomReplication,
+        post: Post<'_>,
+    ) -> Result<(u64, bool), StoreError> {
         let key = match self.dedup_key_unless_seen(&post) {
             Ok(key) => key,
             Err(seq) => return Ok((seq, false)),
         };
         let (room, publisher) = (post.room, post.publisher.clone());
-        cluster
-            .rooms
-            .post(room, post.into_record(), key.as_deref(), publisher.as_deref())?;
+        replication.post(room, post.into_record(), key.as_deref(), publisher.as_deref())?;
         Ok((0, true))
     }
 
@@ -459,7 +469,7 @@ impl Chat {
     /// receipts. In a cluster the room logs are JetStream's: nothing is
     /// forgotten here.
     fn forget_empty_rooms(&self, router: &Router) -> usize {
-        if self.cluster.is_some() {
+        if self.replication.is_some() {
             return 0;
         }
         let declared: std::collections::HashSet<String> = self
@@ -532,7 +542,7 @@ impl Chat {
     /// `presence_transient_secs`. Returns how many.
     pub fn expire_presence(&self, router: &Router, retention: std::time::Duration) -> usize {
         let expired = self.presence.expire(router, retention);
-        if self.cluster.is_none() || retention.is_zero() {
+        if self.replication.is_none() || retention.is_zero() {
             return expired;
         }
         // In a cluster, records published by other nodes are not in this

@@ -33,10 +33,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::other_nodes::{DeviceCount, PresenceReplication};
 use super::payloads::{to_cbor, Presence as PresencePayload};
 use super::presence_charges::RecordCharges;
 use super::presence_index::OfflineIndex;
-use crate::cluster::{DeviceCount, PresenceLink};
 use crate::protocol::QoS;
 use crate::router::{Message, Router};
 use crate::store::unix_ms_now;
@@ -49,7 +49,7 @@ pub struct Presence {
     users: Mutex<HashMap<String, UserPresence>>,
     /// Cluster mode: the other nodes' devices, by user then node.
     remote: Mutex<HashMap<String, HashMap<String, DeviceCount>>>,
-    link: Option<Arc<PresenceLink>>,
+    link: Option<Arc<dyn PresenceReplication>>,
     /// The retained "offline" records this node published (lock order:
     /// after `users`).
     offline: Mutex<OfflineIndex>,
@@ -109,7 +109,7 @@ impl Presence {
     /// most `max_records` records, transient ones kept for `transient`,
     /// each charged to an account of `budgets`.
     pub(crate) fn new(
-        link: Option<Arc<PresenceLink>>,
+        link: Option<Arc<dyn PresenceReplication>>,
         max_records: usize,
         transient: Duration,
         budgets: Option<Arc<crate::budget::Budgets>>,
@@ -146,7 +146,7 @@ impl Presence {
             return;
         };
         link.send(DeviceCount {
-            node: link.node.to_string(),
+            node: link.node().to_string(),
             user: user.to_string(),
             devices: entry.map_or(0, |e| e.devices),
             status: entry.map_or_else(|| "offline".into(), |e| e.status.clone()),

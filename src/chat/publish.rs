@@ -376,7 +376,7 @@ impl Chat {
             sender,
             &who.account,
             receipt.seq,
-            self.cluster.is_some(),
+            self.replication.is_some(),
             retained,
         ) {
             Ok(true) => {}

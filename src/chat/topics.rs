@@ -164,10 +164,17 @@ pub(crate) fn filter_covers_room(filter: &str, room: &str) -> bool {
     }
 }
 
+/// Which rooms a subscription names (or a packet reads): a node of a
+/// cluster follows their logs (`chat/room_replication.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RoomInterest {
+    One(String),
+    Every,
+}
+
 /// The rooms whose messages a subscription filter (without `$share/`)
 /// can match: one named room, every room, or none.
-pub(crate) fn rooms_covered(filter: &str) -> Option<crate::cluster::RoomInterest> {
-    use crate::cluster::RoomInterest;
+pub(crate) fn rooms_covered(filter: &str) -> Option<RoomInterest> {
     let mut levels = filter.split('/');
     match levels.next()? {
         "#" => return Some(RoomInterest::Every),
@@ -244,7 +251,7 @@ mod tests {
 
     #[test]
     fn rooms_a_filter_covers() {
-        use crate::cluster::RoomInterest::{Every, One};
+        use super::RoomInterest::{Every, One};
         assert_eq!(rooms_covered("rooms/ops/msg/+"), Some(One("ops".into())));
         assert_eq!(rooms_covered("rooms/ops/#"), Some(One("ops".into())));
         assert_eq!(rooms_covered("+/ops/msg/#"), Some(One("ops".into())));

@@ -1,24 +1,32 @@
 //! Cluster mode's store: the node's own store, with every write to a
-//! persistent session's queue of plain messages passed on to JetStream
-//! (`queues.rs`), so the queue outlives the node.
+//! persistent session's record (`sessions.rs`) and to its queue of plain
+//! messages (`queues.rs`) passed on to JetStream, so the session outlives
+//! the node.
 
 use std::sync::Arc;
 
 use super::queues::Queues;
+use super::sessions::Sessions;
 use crate::store::{
     DedupRecord, LoadedSession, MessageRecord, QueuedRecord, Reactions, RoomHead, RoomRecord, SanctionRecord,
     SessionRecord, Store, StoreError,
 };
 
-/// A store whose session-queue writes are also made in the cluster.
+/// A store whose session writes (records and queues) are also made in
+/// the cluster.
 pub(crate) struct Mirrored {
     inner: Arc<dyn Store>,
+    sessions: Arc<Sessions>,
     queues: Arc<Queues>,
 }
 
 impl Mirrored {
-    pub fn new(inner: Arc<dyn Store>, queues: Arc<Queues>) -> Mirrored {
-        Mirrored { inner, queues }
+    pub fn new(inner: Arc<dyn Store>, sessions: Arc<Sessions>, queues: Arc<Queues>) -> Mirrored {
+        Mirrored {
+            inner,
+            sessions,
+            queues,
+        }
     }
 }
 
@@ -72,7 +80,24 @@ impl Store for Mirrored {
 
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
         self.queues.remove_session(client_id);
+        let removed = self.inner.remove_session(client_id);
+        self.sessions.forget(client_id);
+        removed
+    }
+
+    // The node that took the session over keeps its record in the
+    // cluster: only this node's copy goes.
+    fn remove_session_moved_away(&self, client_id: &str) -> Result<(), StoreError> {
+        self.queues.remove_session(client_id);
         self.inner.remove_session(client_id)
+    }
+
+    // The acknowledgement that promises the record waits for JetStream's
+    // too (the group commit's barrier).
+    fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
+        let stored = self.inner.put_session(client_id, session);
+        self.sessions.save(client_id, session);
+        stored
     }
 
     // Everything else is the node's own.
@@ -83,10 +108,6 @@ impl Store for Mirrored {
 
     fn load_retained(&self) -> Result<Vec<MessageRecord>, StoreError> {
         self.inner.load_retained()
-    }
-
-    fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError> {
-        self.inner.put_session(client_id, session)
     }
 
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError> {

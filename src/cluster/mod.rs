@@ -17,10 +17,14 @@
 //! - `queues.rs`, `mirror.rs`: persistent sessions' plain QoS 1/2
 //!   messages, also in JetStream, so they outlive their node.
 //! - `names.rs`: subjects and stream names.
+//! - `join.rs`: the core's seams (room replication, the session
+//!   directory, the router's outbound) implemented on this, and the sinks
+//!   that feed the core what comes from the other nodes.
 //!
 //! `docs/cluster.md` says what each failure does.
 
 mod holding;
+mod join;
 mod mirror;
 mod names;
 mod plain;
@@ -38,13 +42,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use tokio::sync::watch;
 
+pub(crate) use join::join;
 pub(crate) use names::Names;
 pub(crate) use plain::Plain;
-pub(crate) use presence::{DeviceCount, PresenceLink, PresenceSink};
+pub(crate) use presence::{PresenceLink, PresenceSink};
 pub(crate) use retained::ApplyRetained;
-pub(crate) use rooms::{RoomInterest, RoomSink, Rooms};
+pub(crate) use rooms::{RoomSink, Rooms};
 pub(crate) use sanctions::{ApplySanction, PublishAnswer, Sanctions};
-pub(crate) use sessions::{HandedOver, Sessions};
+pub(crate) use sessions::Sessions;
 use writer::Writer;
 
 use crate::config::{ClusterConfig, Config};
@@ -73,7 +78,7 @@ pub(crate) struct Cluster {
     writer: Arc<Writer>,
     pub plain: Arc<Plain>,
     pub rooms: Rooms,
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     /// Bans and mutes, on every node.
     pub sanctions: Arc<Sanctions>,
     /// Persistent sessions' plain messages in JetStream.
@@ -131,13 +136,13 @@ impl Cluster {
             js.clone(),
             writer.clone(),
         ));
-        let sessions = Sessions::new(
+        let sessions = Arc::new(Sessions::new(
             names.clone(),
             node.clone(),
             js.clone(),
             writer.clone(),
             queues.clone(),
-        );
+        ));
         let (presence, presence_outgoing) = presence::link(node.clone());
         let liveness = presence::Liveness {
             heartbeat: Duration::from_millis(cc.heartbeat_ms),
@@ -172,9 +177,14 @@ impl Cluster {
         self.writer.clone()
     }
 
-    /// `store` with its session-queue writes also made in the cluster.
+    /// `store` with its session writes (records, queues) also made in the
+    /// cluster.
     pub fn mirrored(&self, store: Arc<dyn crate::store::Store>) -> Arc<dyn crate::store::Store> {
-        Arc::new(mirror::Mirrored::new(store, self.queues.clone()))
+        Arc::new(mirror::Mirrored::new(
+            store,
+            self.sessions.clone(),
+            self.queues.clone(),
+        ))
     }
 
     /// A session taken over from another node gets written to this

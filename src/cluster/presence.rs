@@ -20,19 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::names::Names;
-
-/// One node's devices for one user.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct DeviceCount {
-    pub node: String,
-    pub user: String,
-    pub devices: u64,
-    /// The status the user set on that node, and since when.
-    pub status: String,
-    pub since: u64,
-    /// Whether the user leaves a lasting "offline" record.
-    pub lasting: bool,
-}
+use crate::chat::{DeviceCount, PresenceReplication};
 
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Wire {
@@ -75,9 +63,13 @@ pub(crate) struct PresenceLink {
     pub node: Arc<str>,
 }
 
-impl PresenceLink {
-    pub fn send(&self, count: DeviceCount) {
+impl PresenceReplication for PresenceLink {
+    fn send(&self, count: DeviceCount) {
         let _ = self.outgoing.send(Wire::Count(count));
+    }
+
+    fn node(&self) -> &str {
+        &self.node
     }
 }
 

@@ -27,14 +27,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::holding::{Claim, HeldIds, Holding, RELEASED_HEADER};
 use super::names::Names;
 use super::queues::Queues;
 use super::writer::{Write, Writer};
-use crate::store::{unix_ms_now, LoadedSession, QueuedRecord, QueuedRef, SessionRecord};
+use crate::session::HandedOver;
+use crate::store::{unix_ms_now, SessionRecord};
 
 /// How long a CONNECT waits for the node holding its session.
 pub(crate) const HANDOVER_WAIT: Duration = Duration::from_secs(5);
@@ -44,40 +44,6 @@ const CLAIM_RESEND: Duration = Duration::from_millis(250);
 const MAX_CLAIMS: usize = 32;
 /// Longest a CONNACK waits for NATS to have this node's hold on the id.
 const HOLD_WAIT: Duration = Duration::from_secs(2);
-
-/// A session as it travels from the node that held it to the new one.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct HandedOver {
-    pub record: SessionRecord,
-    pub messages: Vec<(u64, QueuedRecord)>,
-    pub incoming_qos2: Vec<u16>,
-}
-
-impl HandedOver {
-    /// The session to restore, its messages named by the body ids
-    /// `new_body` gives; and the messages with their seqs and body ids.
-    pub fn into_loaded(
-        self,
-        client_id: &str,
-        new_body: &mut dyn FnMut() -> u64,
-    ) -> (LoadedSession, Vec<(u64, u64, QueuedRecord)>) {
-        let records: Vec<_> = self
-            .messages
-            .into_iter()
-            .map(|(seq, record)| (seq, new_body(), record))
-            .collect();
-        let loaded = LoadedSession {
-            client_id: client_id.to_string(),
-            record: self.record,
-            messages: records
-                .iter()
-                .map(|(seq, body, record)| (*seq, QueuedRef::of(record, *body)))
-                .collect(),
-            incoming_qos2: self.incoming_qos2,
-        };
-        (loaded, records)
-    }
-}
 
 /// Gives up the client id here for another node: closes the connection,
 /// and with `continues` returns the session to send over.

@@ -127,6 +127,12 @@ impl Router {
         }
     }
 
+    /// Whether messages also go to other nodes (cluster mode), whose
+    /// subscribers this router does not know.
+    pub fn reaches_other_nodes(&self) -> bool {
+        self.outbound.get().is_some()
+    }
+
     pub fn retained(&self) -> &RetainedStore {
         &self.retained
     }

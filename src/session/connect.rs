@@ -331,12 +331,12 @@ async fn claim_session(
     }
     // Another node serving this client id closes its connection (a
     // takeover, as on one node) and hands its session over.
-    if let Some(cluster) = &shared.cluster {
-        let handed = cluster.sessions.claim(client_id, connect.clean_start).await;
+    {
+        let handed = shared.directory.claim(client_id, connect.clean_start).await;
         if let (Some(handed), None) = (handed, shared.registry.get(client_id)) {
             // Its plain messages are this node's to keep now (and the
             // cluster's copy is made again under this node's name).
-            cluster.adopting_queue_of(client_id);
+            shared.directory.adopting(client_id);
             // Each message gets a body id of this node's store.
             let mut counted = 0;
             let mut new_body = || match &shared.store {
@@ -371,8 +371,8 @@ async fn claim_session(
             principal,
         )
         .await;
-    if let (Ok(_), Some(cluster)) = (&claimed, &shared.cluster) {
-        cluster.sessions.hold_now(client_id).await;
+    if claimed.is_ok() {
+        shared.directory.hold_now(client_id).await;
     }
     claimed.map_err(|refusal| {
         if let Some(identity) = &principal.identity {

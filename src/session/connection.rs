@@ -254,7 +254,7 @@ impl Connection {
                     Err(e) => return e.into(),
                 };
                 deadline = self.agreed.keep_alive_window.map(|w| Instant::now() + w);
-                let close = if self.shared.cluster.is_some() {
+                let close = if self.shared.chat.replicated() {
                     // Boxed: cluster mode only.
                     Box::pin(self.handle_when_rooms_ready(packet)).await
                 } else {

@@ -113,10 +113,8 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
         shared.chat.unsubscribed(identity.as_deref(), filter);
     }
     shared.registry.remove(shared, session);
-    if let Some(cluster) = shared.cluster.as_ref() {
-        if shared.registry.get(&session.client_id).is_none() {
-            cluster.sessions.release(&session.client_id);
-        }
+    if shared.registry.get(&session.client_id).is_none() {
+        shared.directory.release(&session.client_id);
     }
     if let Some(will) = pending_will {
         publish_will(shared, session, &will);

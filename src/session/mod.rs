@@ -10,9 +10,9 @@
 
 mod ack_queue;
 mod acks;
-mod cluster;
 mod connect;
 mod connection;
+mod directory;
 mod identify;
 mod inflight;
 mod io;
@@ -25,6 +25,7 @@ mod queue;
 mod rate;
 mod registry;
 mod replay;
+mod rooms_ready;
 mod route;
 mod shared;
 mod subscribe;
@@ -39,13 +40,16 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-pub(crate) use cluster::join as join_cluster;
-use cluster::{rooms_ready_for, rooms_ready_for_session};
 pub use connection::{serve, Stream};
+pub(crate) use directory::{HandedOver, OneNode, SessionDirectory};
 pub(crate) use io::{CertName, Peer};
 pub(crate) use lifecycle::end_revoked;
 pub(crate) use persist::{restore_from_store, restore_sessions};
+// For cluster mode (`cluster/join.rs`).
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use registry::give_up_to_other_node;
 pub use registry::Registry;
+use rooms_ready::{rooms_ready_for, rooms_ready_for_session};
 pub(crate) use shared::Shared;
 
 use crate::auth::gate::Principal;
@@ -242,8 +246,6 @@ pub struct Session {
     /// Whether anything of this session may be in the store, so that a
     /// clean session (the common case) never touches the store at all.
     stored: AtomicBool,
-    /// Cluster mode: the session's record is also kept in JetStream.
-    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Cluster mode: the session went to another node, which now keeps
     /// its record; ending it here must not remove that.
     pub(crate) moved_away: AtomicBool,
@@ -278,7 +280,6 @@ impl Session {
             metrics,
             store,
             stored: AtomicBool::new(false),
-            cluster: std::sync::OnceLock::new(),
             moved_away: AtomicBool::new(false),
             membership,
             acl: std::sync::OnceLock::new(),

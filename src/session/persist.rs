@@ -14,9 +14,8 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 
 use super::Shared;
-use super::{Inflight, Session, SessionState, SessionSubscription, Stage, Will};
+use super::{HandedOver, Inflight, Session, SessionState, SessionSubscription, Stage, Will};
 use crate::auth::gate::Principal;
-use crate::cluster::HandedOver;
 use crate::message::Message;
 use crate::protocol::{qos_from, QoS};
 use crate::router::Delivery;
@@ -144,8 +143,10 @@ impl Session {
     /// was written to (the record, or its removal), so that a reply which
     /// promises it (CONNACK, SUBACK, UNSUBACK) can wait for the flush.
     pub(crate) fn save(&self, st: &SessionState, offline_since: Option<u64>) -> bool {
-        let cluster = self.cluster.get();
-        if (self.store.is_none() && cluster.is_none()) || st.ended {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        if st.ended {
             return false;
         }
         if st.expiry_secs == 0 {
@@ -159,28 +160,24 @@ impl Session {
         }
         self.stored.store(true, std::sync::atomic::Ordering::Release);
         let record = session_record(st, offline_since);
-        if let Some(store) = &self.store {
-            if let Err(e) = store.put_session(&self.client_id, &record) {
-                log_store_error(&self.client_id, "session", e);
-            }
-        }
-        if let Some(cluster) = cluster {
-            cluster.sessions.save(&self.client_id, &record);
+        // In a cluster the store also writes it where other nodes read it.
+        if let Err(e) = store.put_session(&self.client_id, &record) {
+            log_store_error(&self.client_id, "session", e);
         }
         true
     }
 
     /// Removes the session's record, here and (in a cluster, unless it
-    /// moved to another node) in JetStream.
+    /// moved to another node, which keeps it now) where other nodes read it.
     fn remove_record(&self) {
         if let Some(store) = &self.store {
-            if let Err(e) = store.remove_session(&self.client_id) {
+            let removed = if self.moved_away.load(std::sync::atomic::Ordering::Acquire) {
+                store.remove_session_moved_away(&self.client_id)
+            } else {
+                store.remove_session(&self.client_id)
+            };
+            if let Err(e) = removed {
                 log_store_error(&self.client_id, "remove session", e);
-            }
-        }
-        if let Some(cluster) = self.cluster.get() {
-            if !self.moved_away.load(std::sync::atomic::Ordering::Acquire) {
-                cluster.sessions.forget(&self.client_id);
             }
         }
     }
@@ -290,9 +287,7 @@ pub(crate) fn restore_sessions(
     let count = loaded.len();
     for entry in loaded {
         let session = shared.registry.restore(shared, &entry.client_id);
-        if let Some(cluster) = &shared.cluster {
-            cluster.sessions.hold(&entry.client_id);
-        }
+        shared.directory.hold(&entry.client_id);
         session.stored.store(true, std::sync::atomic::Ordering::Release);
         let elapsed_secs = entry
             .record

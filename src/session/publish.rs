@@ -194,7 +194,7 @@ impl Connection {
     /// refuses writes (a full disk; in a cluster, JetStream without
     /// quorum), or would take the disk below `min_free_disk_bytes`.
     fn store_refuses(&self, publish: &Publish) -> bool {
-        if self.shared.store.is_none() && self.shared.cluster.is_none() {
+        if self.shared.store.is_none() {
             return false;
         }
         // Topics are classified only where the answer depends on it (a

@@ -227,9 +227,6 @@ impl Registry {
             shared.store.clone(),
             Some(shared.chat.membership.clone()),
         ));
-        if let Some(cluster) = &shared.cluster {
-            let _ = session.cluster.set(cluster.clone());
-        }
         if !shared.gate.acl.is_empty() {
             let _ = session.acl.set(shared.gate.acl.clone());
         }
@@ -339,11 +336,12 @@ pub(crate) fn charge_restored(shared: &Shared, session: &Session) {
 /// the session is forgotten here. With `continues` (the new CONNECT has
 /// Clean Start 0) it goes on there: returned to be sent over, and no will
 /// is sent; otherwise it ends here as on a local takeover.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) async fn give_up_to_other_node(
     shared: &Arc<Shared>,
     client_id: &str,
     continues: bool,
-) -> Option<crate::cluster::HandedOver> {
+) -> Option<super::HandedOver> {
     let session = shared.registry.get(client_id)?;
     session.state.lock().kick_reason = Some(Kick::TakenOver {
         session_continues: continues,

@@ -29,8 +29,8 @@
 use std::sync::Arc;
 
 use super::{Session, SessionState, SessionSubscription};
+use crate::chat::RoomInterest;
 use crate::chat::{room_message, rooms_covered, Chat};
-use crate::cluster::RoomInterest;
 use crate::protocol::validate::{parse_shared, topic_matches};
 use crate::protocol::QoS;
 use crate::router::{Delivery, RoomTag};

@@ -94,7 +94,7 @@ pub(crate) fn route_as(
             let outcome = shared.router.publish(*message);
             if outcome.retain_refused {
                 PublishAckReason::QuotaExceeded
-            } else if outcome.matched == 0 && shared.cluster.is_none() {
+            } else if outcome.matched == 0 && !shared.router.reaches_other_nodes() {
                 // In a cluster, subscribers on other nodes are not known
                 // here: plain Success.
                 PublishAckReason::NoMatchingSubscribers

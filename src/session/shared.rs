@@ -36,8 +36,9 @@ pub(crate) struct Shared {
     pub commit: Option<Arc<GroupCommit>>,
     /// Whether the store can write (a full disk cannot).
     pub store_health: Arc<StoreHealth>,
-    /// The other nodes, in cluster mode.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Which client ids this node serves among a cluster's nodes
+    /// (`directory.rs`; `OneNode` without a cluster).
+    pub directory: Arc<dyn super::SessionDirectory>,
     /// Rooms, presence, history (see `topics.md`).
     pub chat: crate::chat::Chat,
     /// The one access decision (topic rules and room membership) for

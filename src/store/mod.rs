@@ -112,6 +112,12 @@ pub trait Store: Send + Sync {
     fn put_session(&self, client_id: &str, session: &SessionRecord) -> Result<(), StoreError>;
     /// Removes a session with its messages and QoS 2 ids.
     fn remove_session(&self, client_id: &str) -> Result<(), StoreError>;
+    /// Removes a session that another node of a cluster took over: only
+    /// this node's copy (the other node keeps the record where every node
+    /// reads it). Without a cluster, `remove_session`.
+    fn remove_session_moved_away(&self, client_id: &str) -> Result<(), StoreError> {
+        self.remove_session(client_id)
+    }
     fn load_sessions(&self) -> Result<Vec<LoadedSession>, StoreError>;
 
     /// A new id for a message body, never used by a body the store holds.

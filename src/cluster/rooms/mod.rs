@@ -61,6 +61,7 @@ use follow::{follow_everything, follow_room};
 use super::names::{hash_hex, Names};
 use super::sanctions::Sanctions;
 use super::writer::{RoomAcknowledged, Write, Writer};
+use crate::chat::RoomInterest;
 use crate::store::{RoomRecord, StoreError};
 
 /// Pause before a follower tries again after an error.
@@ -96,13 +97,6 @@ pub(crate) trait RoomSink: Send + Sync {
     /// `seq` of `room` is not a message (a sanction's copy): this node's
     /// copy of the room goes on after it.
     fn skip(&self, room: &str, seq: u64);
-}
-
-/// Which rooms a subscription names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RoomInterest {
-    One(String),
-    Every,
 }
 
 /// What a room's follower is told besides its live messages.

@@ -1,21 +1,20 @@
 //! Joining a cluster (`[cluster]`): connects the router and the chat layer
-//! of this broker to the other nodes (`cluster/`), and hands client ids
-//! that connected on another node over to it.
+//! of this broker to the other nodes, and hands client ids that connected
+//! on another node over to it. The core's seams, implemented here:
+//! `chat::RoomReplication` (posts, catching up with a room),
+//! `chat::PresenceReplication` (`presence.rs`), `session::SessionDirectory`
+//! (claims and holds of client ids; records and queues go through the
+//! store, `mirror.rs`) and `router::Outbound`.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::registry::give_up_to_other_node;
-use super::Shared;
-use crate::chat::{classify, rooms_covered, ChatTopic};
-use crate::cluster::{
-    ApplySanction, Cluster, DeviceCount, PresenceSink, PublishAnswer, RoomInterest, RoomSink,
-};
+use super::{ApplySanction, Cluster, PresenceSink, PublishAnswer, RoomSink};
+use crate::chat::{rooms_covered, DeviceCount, Pending, RoomInterest, RoomReplication};
 use crate::message::Message;
-use crate::protocol::validate::parse_shared;
-use crate::protocol::Packet;
 use crate::router::{Outbound, RemoteScope};
-use crate::store::{RoomRecord, SanctionChange};
+use crate::session::{give_up_to_other_node, HandedOver, SessionDirectory, Shared};
+use crate::store::{RoomRecord, SanctionChange, StoreError};
 
 /// Longest a packet that reads a room log waits for this node to catch up
 /// with a room it did not follow (then it goes on with what it has).
@@ -41,76 +40,6 @@ impl Outbound for ClusterOutbound {
         self.cluster.plain.interest(filter, group, added);
         if let Some(rooms) = rooms_covered(filter) {
             self.cluster.rooms.interest(&rooms, added);
-        }
-    }
-}
-
-/// The rooms a packet reads the log of on this node: a SUBSCRIBE (a new
-/// subscription starts at the room's head), a history request, a read
-/// receipt (checked against the head); and a post or typing event, whose
-/// sender a ban in the room's stream may refuse (`cluster/sanctions.rs`;
-/// a post waits for this catch-up anyway: its PUBACK waits until this
-/// node applied it).
-fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
-    match packet {
-        Packet::Subscribe(subscribe) => subscribe
-            .topic_filters
-            .iter()
-            .filter_map(|(filter, _)| {
-                let plain = match parse_shared(filter) {
-                    Ok(Some(shared)) => shared.filter,
-                    _ => filter,
-                };
-                rooms_covered(plain)
-            })
-            .collect(),
-        Packet::Publish(publish) => match classify(&publish.topic) {
-            // A post, typing, a change to a message, or a moderator's
-            // request is checked against this node's copy of the room log.
-            Some(
-                ChatTopic::HistoryRequest { room }
-                | ChatTopic::Receipt { room, .. }
-                | ChatTopic::Message { room, .. }
-                | ChatTopic::Typing { room, .. }
-                | ChatTopic::Lifecycle { room, .. }
-                | ChatTopic::ModRequest { room },
-            ) => {
-                vec![RoomInterest::One(room.to_string())]
-            }
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    }
-}
-
-/// Cluster mode: before `packet` is handled, this node follows the rooms
-/// it reads and has caught up with them (a room without interest here
-/// was not read).
-pub(crate) async fn rooms_ready_for(shared: &Shared, packet: &Packet) {
-    if let Some(cluster) = &shared.cluster {
-        for rooms in rooms_read_by(packet) {
-            cluster.rooms.ready(&rooms, ROOMS_READY_WAIT).await;
-        }
-    }
-}
-
-/// Cluster mode: before a session's backlog is replayed, this node has
-/// caught up with the rooms its subscriptions name (a session taken over
-/// from another node brings rooms this node may not follow).
-pub(crate) async fn rooms_ready_for_session(shared: &Shared, filters: Vec<String>) {
-    if let Some(cluster) = &shared.cluster {
-        let mut wanted: Vec<RoomInterest> = Vec::new();
-        for filter in &filters {
-            let plain = match parse_shared(filter) {
-                Ok(Some(_)) => continue,
-                _ => filter.as_str(),
-            };
-            if let Some(rooms) = rooms_covered(plain).filter(|r| !wanted.contains(r)) {
-                wanted.push(rooms);
-            }
-        }
-        for rooms in wanted {
-            cluster.rooms.ready(&rooms, ROOMS_READY_WAIT).await;
         }
     }
 }
@@ -228,4 +157,50 @@ pub(crate) async fn join(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
         node: cluster.presence.node.clone(),
     });
     cluster.follow(sink, retained, presence).await;
+}
+
+impl RoomReplication for Cluster {
+    fn post(
+        &self,
+        room: &str,
+        record: RoomRecord,
+        dedup_key: Option<&str>,
+        publisher: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.rooms.post(room, record, dedup_key, publisher)
+    }
+
+    fn delete_posted(&self, seqs: &[u64]) {
+        self.rooms.delete_from_stream(seqs);
+    }
+
+    fn ready<'a>(&'a self, rooms: &'a RoomInterest) -> Pending<'a, ()> {
+        Box::pin(self.rooms.ready(rooms, ROOMS_READY_WAIT))
+    }
+}
+
+impl SessionDirectory for Cluster {
+    fn claim<'a>(&'a self, client_id: &'a str, clean_start: bool) -> Pending<'a, Option<HandedOver>> {
+        Box::pin(self.sessions.claim(client_id, clean_start))
+    }
+
+    fn adopting(&self, client_id: &str) {
+        self.adopting_queue_of(client_id);
+    }
+
+    fn hold_now<'a>(&'a self, client_id: &'a str) -> Pending<'a, ()> {
+        Box::pin(self.sessions.hold_now(client_id))
+    }
+
+    fn hold(&self, client_id: &str) {
+        self.sessions.hold(client_id);
+    }
+
+    fn release(&self, client_id: &str) {
+        self.sessions.release(client_id);
+    }
+
+    fn unready(&self) -> Option<String> {
+        (!self.nats_connected()).then(|| "NATS is unreachable".into())
+    }
 }
