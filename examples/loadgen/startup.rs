@@ -132,11 +132,13 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
     }
     child.start_kill()?;
     child.wait().await?;
+    // A reused store holds what an earlier run put there, not this shape.
+    let shown = |n: String| if reused { "-".to_string() } else { n };
     println!(
         "startup: messages={} acked={acked} sessions={} rooms={} reused={reused} fill={fill_secs:.1}s store={:.1}MB restarts={} {} {}",
-        shape.messages,
-        shape.sessions,
-        shape.rooms,
+        shown(shape.messages.to_string()),
+        shown(shape.sessions.to_string()),
+        shown(shape.rooms.to_string()),
         dir_bytes(&shape.data_dir) as f64 / 1e6,
         shape.restarts.max(1),
         summary("first-connack", &mut first),
