@@ -116,21 +116,34 @@ pub async fn publish_acked(conn: &mut Conn, fill: &Fill<'_>) -> std::io::Result<
     Ok(acked)
 }
 
-/// Splits `count` messages over `publishers` pipelined publishers, each
-/// connected as `name(p)` (its client id and, where names are claims, its
-/// identity); `topic(p, i)` names message `i` (of `0..count`, each sent
-/// once) from publisher `p`.
-/// Returns the number acknowledged.
+/// How many messages a fill sends, and how.
+pub struct Load {
+    pub publishers: usize,
+    pub count: u64,
+    /// Messages in flight per publisher.
+    pub window: u64,
+    pub retain: bool,
+    pub payload: usize,
+}
+
+/// Splits `load.count` messages over `load.publishers` pipelined
+/// publishers, each connected as `name(p)` (its client id and, where names
+/// are claims, its identity); `topic(p, i)` names message `i` (of
+/// `0..count`, each sent once) from publisher `p`. Returns the number
+/// acknowledged.
 pub async fn fill(
     addr: std::net::SocketAddr,
-    publishers: usize,
-    count: u64,
-    window: u64,
-    retain: bool,
-    payload: usize,
+    load: Load,
     name: impl Fn(usize) -> String,
     topic: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
 ) -> std::io::Result<u64> {
+    let Load {
+        publishers,
+        count,
+        window,
+        retain,
+        payload,
+    } = load;
     let publishers = publishers.max(1);
     let mut tasks = Vec::new();
     let mut start = 0u64;

@@ -13,7 +13,7 @@ use rand::Rng;
 use rmqtt_codec::types::QoS;
 
 use crate::conn::{publish_packet, Conn};
-use crate::curve::{fill, next_publish, summary};
+use crate::curve::{fill, next_publish, summary, Load};
 use crate::Args;
 
 /// Requests one requester sends, below the default per-minute budget.
@@ -99,11 +99,13 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
     let topic = Arc::new(move |p: usize, _i: u64| format!("rooms/{topic_room}/msg/{}p{p}", topic_room));
     let acked = fill(
         addr,
-        shape.publishers,
-        shape.log,
-        shape.window,
-        false,
-        args.payload,
+        Load {
+            publishers: shape.publishers,
+            count: shape.log,
+            window: shape.window,
+            retain: false,
+            payload: args.payload,
+        },
         |p| format!("{tag}p{p}"),
         topic,
     )

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::conn::Conn;
-use crate::curve::{await_suback, fill, next_publish, send_subscribe, summary};
+use crate::curve::{await_suback, fill, next_publish, send_subscribe, summary, Load};
 use crate::Args;
 
 /// Retained messages one publisher sets: roomq's default
@@ -47,11 +47,13 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
     let p2 = prefix.clone();
     let acked = fill(
         addr,
-        publishers,
-        shape.count,
-        shape.window,
-        true,
-        args.payload,
+        Load {
+            publishers,
+            count: shape.count,
+            window: shape.window,
+            retain: true,
+            payload: args.payload,
+        },
         |p| format!("{tag}p{p}"),
         Arc::new(move |_p: usize, i: u64| topic(&p2, i)),
     )

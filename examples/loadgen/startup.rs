@@ -16,7 +16,7 @@ use rmqtt_codec::v3::Packet;
 use tokio::process::{Child, Command};
 
 use crate::conn::Conn;
-use crate::curve::{fill, open_many, summary};
+use crate::curve::{fill, open_many, summary, Load};
 use crate::Args;
 
 /// How long a start may take before the run fails.
@@ -107,11 +107,13 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
         let rooms = shape.rooms.max(1) as u64;
         acked = fill(
             addr,
-            shape.publishers,
-            shape.messages,
-            shape.window,
-            false,
-            args.payload,
+            Load {
+                publishers: shape.publishers,
+                count: shape.messages,
+                window: shape.window,
+                retain: false,
+                payload: args.payload,
+            },
             |p| format!("{TAG}p{p}"),
             Arc::new(move |p: usize, i: u64| format!("rooms/{TAG}{}/msg/{TAG}p{p}", i % rooms)),
         )

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rmqtt_codec::v3::Packet;
 
 use crate::conn::Conn;
-use crate::curve::{await_suback, fill, open_many, send_subscribe, summary};
+use crate::curve::{await_suback, fill, open_many, send_subscribe, summary, Load};
 use crate::Args;
 
 /// Rooms one identity opens: roomq's default `max_rooms_per_user` is 1,000.
@@ -50,11 +50,13 @@ pub async fn run(args: Arc<Args>, addr: SocketAddr, shape: Shape) -> std::io::Re
         let t = tag.clone();
         fill(
             addr,
-            openers,
-            shape.rooms as u64,
-            shape.window,
-            false,
-            args.payload,
+            Load {
+                publishers: openers,
+                count: shape.rooms as u64,
+                window: shape.window,
+                retain: false,
+                payload: args.payload,
+            },
             |p| format!("{tag}o{p}"),
             Arc::new(move |p: usize, i: u64| format!("rooms/{t}x{i}/msg/{t}o{p}")),
         )
