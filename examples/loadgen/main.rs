@@ -8,6 +8,17 @@
 //! - `conns`: C idle connections; with `--pid` prints the broker's RSS
 //!   before and after, per connection.
 //!
+//! Scale curves (how a cost grows with the work; `scripts/bench-curves`):
+//! - `room-size`: one message at a time to a room of N members, p50/p99
+//!   of delivery to all (`--chat`: a roomq room; else a plain topic).
+//! - `history` (roomq): a room log of N messages, K history requests.
+//! - `retained`: N retained messages, then SUBSCRIBE `bench/{run}/#` until
+//!   all arrived, and SUBSCRIBEs to exact topics.
+//! - `subscribe-rooms`: N rooms, a SUBSCRIBE of 1,000 filters by a
+//!   persistent session and its reconnect.
+//! - `startup` (roomq): a store of M room messages and S sessions, killed,
+//!   restarted until the first CONNACK.
+//!
 //! `fanin` and `fanout` send as fast as the broker delivers: the publishers
 //! never run more than `--window` messages ahead of the slowest subscriber,
 //! so the figure is the highest rate with nothing dropped. Latency is
@@ -24,8 +35,14 @@
 //! ```
 
 mod conn;
+mod curve;
+mod history;
 mod measure;
+mod retained;
+mod room_size;
 mod rooms;
+mod startup;
+mod subscribe_rooms;
 mod throughput;
 
 use std::net::SocketAddr;
@@ -140,6 +157,85 @@ enum Scenario {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// One message at a time to a room of N members.
+    RoomSize {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Messages timed (one more opens the room first).
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// A roomq room (`rooms/{room}/msg/{sender}`) instead of a plain topic.
+        #[arg(long)]
+        chat: bool,
+    },
+    /// History requests against a room log of N messages (roomq only).
+    History {
+        #[arg(long, default_value_t = 1000)]
+        log: u64,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// `limit` of each request.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Publishers filling the log, each with `--fill-window` in flight.
+        #[arg(long, default_value_t = 16)]
+        publishers: usize,
+        #[arg(long, default_value_t = 64)]
+        fill_window: u64,
+    },
+    /// N retained messages, then wildcard and exact SUBSCRIBEs.
+    Retained {
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Publishers setting them (at least one per 10,000).
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        #[arg(long, default_value_t = 64)]
+        fill_window: u64,
+        /// Wildcard SUBSCRIBEs timed, each on a fresh connection.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Exact-filter SUBSCRIBEs timed.
+        #[arg(long, default_value_t = 100)]
+        exact: usize,
+    },
+    /// A SUBSCRIBE of many filters, and a reconnect, with N rooms open.
+    SubscribeRooms {
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+        #[arg(long, default_value_t = 1000)]
+        filters: usize,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// roomq rooms (opened by a first message) instead of plain topics.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        fill_window: u64,
+    },
+    /// Restart time of roomq with a filled store (starts the broker itself).
+    Startup {
+        /// The roomq binary.
+        #[arg(long)]
+        binary: std::path::PathBuf,
+        /// Its data directory; one that is not empty is reused, unfilled.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Rooms the messages go to (roomq keeps `room_max_messages`,
+        /// 100,000, per room).
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 16)]
+        publishers: usize,
+        #[arg(long, default_value_t = 64)]
+        fill_window: u64,
+        #[arg(long, default_value_t = 3)]
+        restarts: usize,
+    },
 }
 
 async fn conns(addr: SocketAddr, count: usize, pid: Option<u32>) -> std::io::Result<()> {
@@ -217,5 +313,80 @@ async fn main() -> std::io::Result<()> {
             rooms::run(args.clone(), &addrs, shape).await
         }
         Scenario::Conns { count, pid } => conns(addr, count, pid).await,
+        Scenario::RoomSize {
+            members,
+            messages,
+            chat,
+        } => room_size::run(args.clone(), addr, members, messages, chat).await,
+        Scenario::History {
+            log,
+            requests,
+            limit,
+            publishers,
+            fill_window,
+        } => {
+            let shape = history::Shape {
+                log,
+                requests,
+                limit,
+                publishers,
+                window: fill_window,
+            };
+            history::run(args.clone(), addr, shape).await
+        }
+        Scenario::Retained {
+            count,
+            publishers,
+            fill_window,
+            repeat,
+            exact,
+        } => {
+            let shape = retained::Shape {
+                count,
+                publishers,
+                window: fill_window,
+                repeat,
+                exact,
+            };
+            retained::run(args.clone(), addr, shape).await
+        }
+        Scenario::SubscribeRooms {
+            rooms: n,
+            filters,
+            repeat,
+            chat,
+            fill_window,
+        } => {
+            let shape = subscribe_rooms::Shape {
+                rooms: n,
+                filters,
+                repeat,
+                chat,
+                window: fill_window,
+            };
+            subscribe_rooms::run(args.clone(), addr, shape).await
+        }
+        Scenario::Startup {
+            ref binary,
+            ref data_dir,
+            messages,
+            sessions,
+            rooms: n,
+            publishers,
+            fill_window,
+            restarts,
+        } => {
+            let shape = startup::Shape {
+                binary: binary.clone(),
+                data_dir: data_dir.clone(),
+                messages,
+                sessions,
+                rooms: n,
+                publishers,
+                window: fill_window,
+                restarts,
+            };
+            startup::run(args.clone(), addr, shape).await
+        }
     }
 }
