@@ -230,7 +230,9 @@ struct Bucket {
 #[derive(Debug, Default)]
 struct Account {
     held: [u64; HELD_KINDS],
-    buckets: [Option<Bucket>; RATE_KINDS],
+    /// Made by the first `spend`: most accounts (one per connected
+    /// identity) never spend, and each would carry them empty.
+    buckets: Option<Box<[Option<Bucket>; RATE_KINDS]>>,
 }
 
 impl Account {
@@ -238,9 +240,11 @@ impl Account {
     /// and every bucket would be full again by now.
     fn is_idle(&self, limits: &Limits, now: Instant) -> bool {
         self.held.iter().all(|&h| h == 0)
-            && self.buckets.iter().enumerate().all(|(i, bucket)| match bucket {
-                None => true,
-                Some(b) => refilled(b, limits.rate[i], now) >= limits.rate[i].0 as f64,
+            && self.buckets.as_deref().is_none_or(|buckets| {
+                buckets.iter().enumerate().all(|(i, bucket)| match bucket {
+                    None => true,
+                    Some(b) => refilled(b, limits.rate[i], now) >= limits.rate[i].0 as f64,
+                })
             })
     }
 }
@@ -249,6 +253,20 @@ fn refilled(bucket: &Bucket, (amount, period): (u64, Duration), now: Instant) ->
     let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
     let per_sec = amount as f64 / period.as_secs_f64().max(f64::MIN_POSITIVE);
     (bucket.tokens + elapsed * per_sec).min(amount as f64)
+}
+
+/// `account`'s entry, made when missing, with `owned` as its key when
+/// given (a caller that holds the name as an `Arc` saves a copy of it).
+fn entry<'a>(
+    accounts: &'a mut HashMap<Arc<str>, Account>,
+    account: &str,
+    owned: Option<&Arc<str>>,
+) -> &'a mut Account {
+    let key = match accounts.get_key_value(account) {
+        Some((key, _)) => key.clone(),
+        None => owned.cloned().unwrap_or_else(|| Arc::from(account)),
+    };
+    accounts.entry(key).or_default()
 }
 
 /// Every identity's account; one per broker, shared by every path that
@@ -293,6 +311,16 @@ impl Budgets {
     /// Charges `amount` of `what` to `account`, or refuses it (charging
     /// nothing) when the account would hold more than its bound.
     pub fn charge(&self, account: &str, what: Held, amount: u64) -> Result<(), OverBudget> {
+        self.charge_keyed(account, None, what, amount)
+    }
+
+    fn charge_keyed(
+        &self,
+        account: &str,
+        owned: Option<&Arc<str>>,
+        what: Held,
+        amount: u64,
+    ) -> Result<(), OverBudget> {
         let bound = self.limits.held[what.index()];
         let mut accounts = self.accounts.lock();
         let held = accounts.get(account).map_or(0, |a| a.held[what.index()]);
@@ -313,7 +341,7 @@ impl Budgets {
             });
         }
         total.fetch_add(amount, Ordering::Relaxed);
-        let entry = accounts.entry(Arc::from(account)).or_default();
+        let entry = entry(&mut accounts, account, owned);
         entry.held[what.index()] = held.saturating_add(amount);
         Ok(())
     }
@@ -322,9 +350,13 @@ impl Budgets {
     /// back at start-up), so that the account counts it even when a bound
     /// was lowered since.
     pub fn charge_unchecked(&self, account: &str, what: Held, amount: u64) {
+        self.charge_unchecked_keyed(account, None, what, amount);
+    }
+
+    fn charge_unchecked_keyed(&self, account: &str, owned: Option<&Arc<str>>, what: Held, amount: u64) {
         let mut accounts = self.accounts.lock();
         self.totals[what.index()].fetch_add(amount, Ordering::Relaxed);
-        let entry = accounts.entry(Arc::from(account)).or_default();
+        let entry = entry(&mut accounts, account, owned);
         entry.held[what.index()] = entry.held[what.index()].saturating_add(amount);
     }
 
@@ -352,8 +384,9 @@ impl Budgets {
         }
         let now = Instant::now();
         let mut accounts = self.accounts.lock();
-        let entry = accounts.entry(Arc::from(account)).or_default();
-        let bucket = entry.buckets[what.index()].get_or_insert(Bucket {
+        let entry = entry(&mut accounts, account, None);
+        let buckets = entry.buckets.get_or_insert_with(Default::default);
+        let bucket = buckets[what.index()].get_or_insert(Bucket {
             tokens: bound as f64,
             refilled: now,
         });
@@ -412,7 +445,7 @@ impl Budgets {
         what: Held,
         amount: u64,
     ) -> Result<Charged, OverBudget> {
-        self.charge(&account, what, amount)?;
+        self.charge_keyed(&account, Some(&account), what, amount)?;
         Ok(self.charged(account, what, amount))
     }
 
@@ -420,7 +453,7 @@ impl Budgets {
     /// something the account is about to give back (a session taken over
     /// by a new connection of the same identity).
     pub fn charge_held_unchecked(self: &Arc<Self>, account: Arc<str>, what: Held, amount: u64) -> Charged {
-        self.charge_unchecked(&account, what, amount);
+        self.charge_unchecked_keyed(&account, Some(&account), what, amount);
         self.charged(account, what, amount)
     }
 

@@ -275,7 +275,13 @@ fn charge_connection(
     let Some(identity) = principal.identity.as_deref() else {
         return Ok(None);
     };
-    let account = crate::budget::account_of(Some(identity), Some(peer.ip()));
+    // The identity's own account, which is the one the client pays into
+    // when its name pays (shared, not made again: one per connection).
+    let account = if principal.account.strip_prefix("user:") == Some(identity) {
+        principal.account.clone()
+    } else {
+        crate::budget::account_of(Some(identity), Some(peer.ip()))
+    };
     let budgets = &shared.budgets;
     match budgets.charge_held(account.clone(), crate::budget::Held::Connections, 1) {
         Ok(charge) => Ok(Some(charge)),
