@@ -174,8 +174,22 @@ fn an_idle_connection_holds_little_heap() {
         for (_, size, bt) in TRACED.lock().unwrap().iter() {
             let frames: Vec<&str> = bt
                 .lines()
-                .filter(|l| l.contains("roomq::") || l.contains("tokio::"))
-                .take(6)
+                .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+                .filter(|l| {
+                    ![
+                        "backtrace",
+                        " std::",
+                        " core::",
+                        " alloc::",
+                        "idle_memory::",
+                        "<alloc::",
+                        "<core::",
+                        "__rust",
+                    ]
+                    .iter()
+                    .any(|s| l.contains(s))
+                })
+                .take(8)
                 .collect();
             println!("--- {size} bytes\n{}", frames.join("\n"));
         }
