@@ -243,7 +243,9 @@ struct Bucket {
 #[derive(Debug, Default)]
 struct Account {
     held: Arc<HeldCounters>,
-    buckets: [Option<Bucket>; RATE_KINDS],
+    /// Made by the first `spend`: most accounts (one per connected
+    /// identity) never spend, and each would carry them empty.
+    buckets: Option<Box<[Option<Bucket>; RATE_KINDS]>>,
 }
 
 impl Account {
@@ -253,9 +255,11 @@ impl Account {
     fn is_idle(&self, limits: &Limits, now: Instant) -> bool {
         Arc::strong_count(&self.held) == 1
             && self.held.0.iter().all(|h| h.load(Ordering::Relaxed) == 0)
-            && self.buckets.iter().enumerate().all(|(i, bucket)| match bucket {
-                None => true,
-                Some(b) => refilled(b, limits.rate[i], now) >= limits.rate[i].0 as f64,
+            && self.buckets.as_deref().is_none_or(|buckets| {
+                buckets.iter().enumerate().all(|(i, bucket)| match bucket {
+                    None => true,
+                    Some(b) => refilled(b, limits.rate[i], now) >= limits.rate[i].0 as f64,
+                })
             })
     }
 }
@@ -264,6 +268,20 @@ fn refilled(bucket: &Bucket, (amount, period): (u64, Duration), now: Instant) ->
     let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
     let per_sec = amount as f64 / period.as_secs_f64().max(f64::MIN_POSITIVE);
     (bucket.tokens + elapsed * per_sec).min(amount as f64)
+}
+
+/// `account`'s entry, made when missing, with `owned` as its key when
+/// given (no second copy of a name the caller holds as an `Arc`).
+fn entry<'a>(
+    accounts: &'a mut HashMap<Arc<str>, Account>,
+    account: &str,
+    owned: Option<&Arc<str>>,
+) -> &'a mut Account {
+    let key = match accounts.get_key_value(account) {
+        Some((key, _)) => key.clone(),
+        None => owned.cloned().unwrap_or_else(|| Arc::from(account)),
+    };
+    accounts.entry(key).or_default()
 }
 
 /// Every identity's account; one per broker, shared by every path that
@@ -308,13 +326,24 @@ impl Budgets {
     /// Charges `amount` of `what` to `account`, or refuses it (charging
     /// nothing) when the account would hold more than its bound.
     pub fn charge(&self, account: &str, what: Held, amount: u64) -> Result<(), OverBudget> {
+        self.charge_keyed(account, None, what, amount)
+    }
+
+    fn charge_keyed(
+        &self,
+        account: &str,
+        owned: Option<&Arc<str>>,
+        what: Held,
+        amount: u64,
+    ) -> Result<(), OverBudget> {
         let mut accounts = self.accounts.lock();
         if let Some(entry) = accounts.get(account) {
             return self.charge_counters(&entry.held, what, amount);
         }
         let entry = Account::default();
         self.charge_counters(&entry.held, what, amount)?;
-        accounts.insert(Arc::from(account), entry);
+        let key = owned.cloned().unwrap_or_else(|| Arc::from(account));
+        accounts.insert(key, entry);
         Ok(())
     }
 
@@ -350,10 +379,13 @@ impl Budgets {
     /// back at start-up), so that the account counts it even when a bound
     /// was lowered since.
     pub fn charge_unchecked(&self, account: &str, what: Held, amount: u64) {
+        self.charge_unchecked_keyed(account, None, what, amount);
+    }
+
+    fn charge_unchecked_keyed(&self, account: &str, owned: Option<&Arc<str>>, what: Held, amount: u64) {
         let mut accounts = self.accounts.lock();
         self.add_total(what, amount);
-        let entry = accounts.entry(Arc::from(account)).or_default();
-        entry.held.try_add(what, amount, 0);
+        entry(&mut accounts, account, owned).held.try_add(what, amount, 0);
     }
 
     /// Gives back what [`Budgets::charge`] took.
@@ -378,8 +410,9 @@ impl Budgets {
         }
         let now = Instant::now();
         let mut accounts = self.accounts.lock();
-        let entry = accounts.entry(Arc::from(account)).or_default();
-        let bucket = entry.buckets[what.index()].get_or_insert(Bucket {
+        let entry = entry(&mut accounts, account, None);
+        let buckets = entry.buckets.get_or_insert_with(Default::default);
+        let bucket = buckets[what.index()].get_or_insert(Bucket {
             tokens: bound as f64,
             refilled: now,
         });
@@ -427,17 +460,9 @@ impl Budgets {
     /// A handle on `account`'s counter of `what`, for a path that charges
     /// and releases per message: no lock and no lookup per charge. The
     /// account is remembered while a handle on it lives.
-    pub fn handle(self: &Arc<Self>, account: &str, what: Held) -> HeldHandle {
+    pub fn handle(self: &Arc<Self>, account: &Arc<str>, what: Held) -> HeldHandle {
         let mut accounts = self.accounts.lock();
-        let held = match accounts.get(account) {
-            Some(entry) => entry.held.clone(),
-            None => {
-                let entry = Account::default();
-                let held = entry.held.clone();
-                accounts.insert(Arc::from(account), entry);
-                held
-            }
-        };
+        let held = entry(&mut accounts, account, Some(account)).held.clone();
         HeldHandle {
             budgets: self.clone(),
             held,
@@ -472,7 +497,7 @@ impl Budgets {
         what: Held,
         amount: u64,
     ) -> Result<Charged, OverBudget> {
-        self.charge(&account, what, amount)?;
+        self.charge_keyed(&account, Some(&account), what, amount)?;
         Ok(self.charged(account, what, amount))
     }
 
@@ -480,7 +505,7 @@ impl Budgets {
     /// something the account is about to give back (a session taken over
     /// by a new connection of the same identity).
     pub fn charge_held_unchecked(self: &Arc<Self>, account: Arc<str>, what: Held, amount: u64) -> Charged {
-        self.charge_unchecked(&account, what, amount);
+        self.charge_unchecked_keyed(&account, Some(&account), what, amount);
         self.charged(account, what, amount)
     }
 
@@ -560,7 +585,7 @@ mod tests {
                 .with_held(Held::QueuedBytes, 100)
                 .with_ceiling(Held::QueuedBytes, 1000),
         ));
-        let handle = budgets.handle("user:a", Held::QueuedBytes);
+        let handle = budgets.handle(&Arc::from("user:a"), Held::QueuedBytes);
         handle.charge(60).unwrap();
         assert!(budgets.charge("user:a", Held::QueuedBytes, 50).is_err());
         assert!(handle.charge(41).is_err());

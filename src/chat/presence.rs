@@ -46,7 +46,9 @@ pub const USER_STATUSES: [&str; 3] = ["online", "away", "busy"];
 
 #[derive(Default)]
 pub struct Presence {
-    users: Mutex<HashMap<String, UserPresence>>,
+    /// Online users here. Keyed by the connection's own identity `Arc`
+    /// (no copy of the name per user).
+    users: Mutex<HashMap<Arc<str>, UserPresence>>,
     /// Cluster mode: the other nodes' devices, by user then node.
     remote: Mutex<HashMap<String, HashMap<String, DeviceCount>>>,
     link: Option<Arc<dyn PresenceReplication>>,
@@ -65,7 +67,9 @@ pub struct Presence {
 
 struct UserPresence {
     devices: u64,
-    status: String,
+    /// One of `USER_STATUSES`: a `&'static str`, so that no user's record
+    /// holds a string of its own.
+    status: &'static str,
     since: u64,
     /// Whether the user leaves a lasting "offline" record: a user that
     /// matters (a username, a persistent session, or room activity). An
@@ -149,7 +153,7 @@ impl Presence {
             node: link.node().to_string(),
             user: user.to_string(),
             devices: entry.map_or(0, |e| e.devices),
-            status: entry.map_or_else(|| "offline".into(), |e| e.status.clone()),
+            status: entry.map_or_else(|| "offline".into(), |e| e.status.into()),
             since: entry.map_or_else(unix_ms_now, |e| e.since),
             lasting: entry.is_some_and(|e| e.lasting),
         });
@@ -178,17 +182,18 @@ impl Presence {
         total.filter(|t| t.devices > 0)
     }
 
-    /// A connection of `user` opened, paying from `account`; `lasting`
-    /// when the user matters (see `UserPresence::lasting`), `named` when
-    /// it gave a username, `room_user` when its session holds a room
-    /// subscription.
-    pub fn connected(&self, router: &Router, user: &str, account: &str, flags: (bool, bool, bool)) {
+    /// A connection of `identity` opened, paying from `account`;
+    /// `lasting` when the user matters (see `UserPresence::lasting`),
+    /// `named` when it gave a username, `room_user` when its session holds
+    /// a room subscription.
+    pub fn connected(&self, router: &Router, identity: &Arc<str>, account: &str, flags: (bool, bool, bool)) {
         let (lasting, named, room_user) = flags;
+        let user: &str = identity;
         let payload = {
             let mut users = self.users.lock();
-            let entry = users.entry(user.to_string()).or_insert_with(|| UserPresence {
+            let entry = users.entry(identity.clone()).or_insert_with(|| UserPresence {
                 devices: 0,
-                status: "online".into(),
+                status: "online",
                 since: unix_ms_now(),
                 lasting: false,
                 named: false,
@@ -217,7 +222,7 @@ impl Presence {
             }
             entry.devices += 1;
             if entry.devices == 1 {
-                entry.status = "online".into();
+                entry.status = "online";
                 entry.since = unix_ms_now();
             }
             if entry.shown {
@@ -437,11 +442,15 @@ impl Presence {
                 // connections set it): nothing to show.
                 return true;
             };
+            let Some(status) = USER_STATUSES.into_iter().find(|s| *s == status) else {
+                // Not a status a user may set (the caller checks first).
+                return false;
+            };
             if !entry.shown && !self.charges.charge(user, account) {
                 return false;
             }
             if entry.status != status {
-                entry.status = status.to_string();
+                entry.status = status;
                 entry.since = unix_ms_now();
             }
             // Setting one's presence is using it: shown from now on.
@@ -478,12 +487,15 @@ impl Presence {
         let (total, newly_shown) = {
             let mut users = self.users.lock();
             let mut newly_shown = false;
-            if let Some(entry) = users.get_mut(&user).filter(|e| shown_remotely && !e.shown) {
+            if let Some(entry) = users
+                .get_mut(user.as_str())
+                .filter(|e| shown_remotely && !e.shown)
+            {
                 entry.shown = true;
                 newly_shown = true;
                 self.tell_others(&user, Some(entry));
             }
-            (self.total(&user, users.get(&user)), newly_shown)
+            (self.total(&user, users.get(user.as_str())), newly_shown)
         };
         match total {
             Some(payload) if newly_shown => {
@@ -516,7 +528,7 @@ impl Presence {
         for (user, lasting) in affected {
             let total = {
                 let users = self.users.lock();
-                self.total(&user, users.get(&user))
+                self.total(&user, users.get(user.as_str()))
             };
             match total {
                 Some(payload) => {
@@ -540,9 +552,9 @@ impl Presence {
             .filter(|(_, e)| e.shown)
             .map(|(user, e)| DeviceCount {
                 node: node.to_string(),
-                user: user.clone(),
+                user: user.to_string(),
                 devices: e.devices,
-                status: e.status.clone(),
+                status: e.status.into(),
                 since: e.since,
                 lasting: e.lasting,
             })
@@ -563,7 +575,7 @@ fn offline_now() -> PresencePayload {
 
 fn payload_of(entry: &UserPresence, last_seen: Option<u64>) -> PresencePayload {
     PresencePayload {
-        status: entry.status.clone(),
+        status: entry.status.into(),
         devices: entry.devices,
         since: entry.since,
         last_seen,

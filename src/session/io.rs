@@ -16,10 +16,16 @@ use crate::protocol::{Codec, DecodeError, Packet};
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Read buffer for an idle connection: small, so that thousands of idle
-/// clients cost little. It grows while a client sends a lot.
-const IDLE_READ_BUFFER: usize = 256;
+/// An idle connection has no read buffer: it waits with this many bytes
+/// of the task's own memory to read into (a ping, an acknowledgement, a
+/// small publish fit), so thousands of idle clients hold no heap for
+/// reading. A read that fills it marks the client busy.
+const IDLE_READ: usize = 64;
+/// The read buffer while a client sends a lot, or a packet is incomplete.
 const BUSY_READ_BUFFER: usize = 16 * 1024;
+/// A write buffer at most this large is given back after each write: an
+/// idle connection keeps none.
+const IDLE_WRITE_BUFFER: usize = 1024;
 /// Stop filling the write buffer at this size and write it out first.
 pub(super) const WRITE_BATCH: usize = 64 * 1024;
 /// How long a closing connection waits to write its final DISCONNECT.
@@ -58,7 +64,7 @@ impl Io {
             stream,
             peer: peer.addr,
             codec: Codec::new(max_packet_size),
-            rbuf: BytesMut::with_capacity(IDLE_READ_BUFFER),
+            rbuf: BytesMut::new(),
             busy: false,
             out: BytesMut::new(),
             listener: peer.listener,
@@ -68,7 +74,17 @@ impl Io {
 
     /// Reads more bytes; `Ok(0)` means the peer closed.
     pub(super) async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.busy || self.rbuf.capacity() - self.rbuf.len() < IDLE_READ_BUFFER / 2 {
+        if self.rbuf.is_empty() && !self.busy {
+            // Idle: nothing half-read. The bytes are copied once into a
+            // buffer just big enough, made only when they have come.
+            let mut small = [0u8; IDLE_READ];
+            let n = self.stream.read(&mut small).await?;
+            self.rbuf.extend_from_slice(&small[..n]);
+            self.metrics.bytes_received.add(n as u64);
+            self.busy = n == IDLE_READ;
+            return Ok(n);
+        }
+        if self.busy || self.rbuf.capacity() - self.rbuf.len() < IDLE_READ {
             self.rbuf.reserve(BUSY_READ_BUFFER);
         }
         let spare = self.rbuf.capacity() - self.rbuf.len();
@@ -81,9 +97,11 @@ impl Io {
     /// The next complete packet in the read buffer, if any.
     pub(super) fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
         let packet = self.codec.decode(&mut self.rbuf)?;
-        if !self.busy && self.rbuf.is_empty() && self.rbuf.capacity() > BUSY_READ_BUFFER {
-            // A burst is over: give the big buffer back.
-            self.rbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        if !self.busy && self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            // Everything read is decoded: give the buffer back (the
+            // packets keep what they use of it); `read_more` waits
+            // without one.
+            self.rbuf = BytesMut::new();
         }
         Ok(packet)
     }
@@ -106,7 +124,9 @@ impl Io {
         self.stream.flush().await?;
         self.metrics.bytes_sent.add(self.out.len() as u64);
         self.out.clear();
-        if self.out.capacity() > 4 * WRITE_BATCH {
+        if self.out.capacity() > 4 * WRITE_BATCH || self.out.capacity() <= IDLE_WRITE_BUFFER {
+            // A big one after a burst, and a small one, which costs
+            // little to make again, so that an idle connection keeps none.
             self.out = BytesMut::new();
         }
         Ok(())

@@ -30,7 +30,7 @@ mod route;
 mod shared;
 mod subscribe;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use queue::Counted;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -125,10 +125,13 @@ pub(crate) struct SessionState {
     pub inflight: queue::Queue<Inflight>,
     next_packet_id: u16,
     /// Packet ids of incoming QoS 2 messages for which PUBREC was sent and
-    /// PUBREL has not arrived ([MQTT-4.3.3-9]).
-    pub incoming_qos2: HashSet<NonZeroU16>,
+    /// PUBREL has not arrived ([MQTT-4.3.3-9]). This and the other maps
+    /// of the state are B-trees: an empty one is 24 bytes, against 48 for
+    /// a `HashMap` (its table and hasher keys), and every idle session
+    /// carries them empty.
+    pub incoming_qos2: BTreeSet<NonZeroU16>,
     /// Filter (as the client sent it) to subscription.
-    pub subscriptions: HashMap<String, SessionSubscription>,
+    pub subscriptions: BTreeMap<String, SessionSubscription>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry_secs: u32,
     /// The will of the connection serving the session now.
@@ -142,7 +145,7 @@ pub(crate) struct SessionState {
     /// Messages dropped for a full queue, for rate-limited logging.
     pub dropped: u64,
     /// Per room: what was queued and what is done (see `replay.rs`).
-    pub room_cursors: HashMap<Arc<str>, replay::RoomCursor>,
+    pub room_cursors: BTreeMap<Arc<str>, replay::RoomCursor>,
     /// Set on connect until the room backlog has been queued.
     pub replaying: bool,
     /// Restored from the store: cursors started after the record's save

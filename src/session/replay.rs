@@ -258,7 +258,7 @@ fn replay_plan(st: &mut SessionState, chat: &Chat) -> Vec<(Arc<str>, u64)> {
 /// The highest QoS and the identifiers of the (non-shared) subscriptions
 /// matching `topic`.
 fn best_match(
-    subscriptions: &std::collections::HashMap<String, SessionSubscription>,
+    subscriptions: &std::collections::BTreeMap<String, SessionSubscription>,
     topic: &str,
 ) -> Option<(QoS, Vec<std::num::NonZeroU32>)> {
     let mut best: Option<QoS> = None;
