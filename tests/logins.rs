@@ -84,7 +84,9 @@ async fn connack(raw: &mut Raw) -> ConnectAckReason {
 async fn one_address_takes_only_its_share_of_the_login_queue() {
     let config = Config {
         max_concurrent_logins: 1,
-        max_pending_logins: 3,
+        // Half of the queue is kept for addresses with a recent successful
+        // login: three places for new ones.
+        max_pending_logins: 6,
         max_pending_logins_per_ip: 2,
         ..test_config()
     };
@@ -105,7 +107,7 @@ async fn one_address_takes_only_its_share_of_the_login_queue() {
         reason = connack(&mut third) => reason,
     };
     assert_eq!(refused, ConnectAckReason::ServerBusy);
-    // The third place of the queue is another address's.
+    // The next place is another address's.
     let mut alice = send_login(addr, "127.0.0.2", "alice-phone", "alice").await;
     release();
     assert_eq!(connack(&mut alice).await, ConnectAckReason::Success);

@@ -105,9 +105,11 @@ async fn authenticate(
         })
         .await
         .unwrap_or(AuthDecision::NotAuthorized);
-        shared
-            .login_backoff
-            .attempt_done(ip, backoff_key, matches!(decision, AuthDecision::Allow(_)));
+        let succeeded = matches!(decision, AuthDecision::Allow(_));
+        shared.login_backoff.attempt_done(ip, backoff_key, succeeded);
+        if succeeded {
+            shared.logins.succeeded(ip);
+        }
         decision
     } else {
         shared.auth.authenticate(&AuthRequest {
