@@ -199,7 +199,9 @@ fn an_idle_connection_holds_little_heap() {
     // 9,977 before the connection task was trimmed, 4,586 after (this
     // unoptimised build); 4,010, then 2,987 in 9 blocks once an idle
     // connection held no read or write buffer, no span, no per-account
-    // rate buckets, no presence strings and no empty hash maps. The bound
-    // leaves room for small changes.
-    assert!(per_conn < 3_200.0, "{per_conn:.0} heap bytes per idle connection");
+    // rate buckets, no presence strings and no empty hash maps; 3,434 in
+    // 13 blocks with the connection's tracing span held again (a span made
+    // per read batch cost 10 % of small-window fan-out throughput for its
+    // ~310 bytes). The bound leaves room for small changes.
+    assert!(per_conn < 3_600.0, "{per_conn:.0} heap bytes per idle connection");
 }

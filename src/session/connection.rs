@@ -107,22 +107,23 @@ pub fn serve(
     over_limit: bool,
     connect_deadline: Instant,
 ) -> impl std::future::Future<Output = ()> {
-    let span = tracing::info_span!("conn", peer = %peer.addr);
+    let span = tracing::info_span!("conn", peer = %peer.addr, client_id = tracing::field::Empty);
     // Boxed, and made here rather than in the task: reading the CONNECT,
     // a refusal's lingering close and what `open` is given live on the
     // heap while they are needed and are freed after, instead of sizing
-    // the task that every idle connection keeps. The handshake's span
-    // goes with it: a span lives in the subscriber's registry (its fields
-    // formatted, a map of extensions: about 400 bytes), so an idle
-    // connection holds none, and `Connection::span` makes one for each
-    // turn that has work.
-    let opening = Box::pin(open(stream, peer, shared, over_limit, connect_deadline).instrument(span));
+    // the task that every idle connection keeps.
+    let opening = Box::pin(open(stream, peer, shared, over_limit, connect_deadline));
     // Combinators, not an async block: one keeps the connection twice
     // (the local, and the `run` future it moved into).
-    opening.then(|opened| match opened {
-        Some(conn) => Either::Left(conn.run()),
-        None => Either::Right(std::future::ready(())),
-    })
+    opening
+        .then(|opened| match opened {
+            Some(conn) => {
+                tracing::Span::current().record("client_id", &*conn.session.client_id);
+                Either::Left(conn.run())
+            }
+            None => Either::Right(std::future::ready(())),
+        })
+        .instrument(span)
 }
 
 /// Reads the CONNECT and accepts or refuses it: the connection, or `None`
@@ -182,23 +183,15 @@ impl Connection {
     fn run(mut self) -> impl std::future::Future<Output = ()> {
         async move {
             let close = self.event_loop().await;
-            let span = self.span();
-            span.in_scope(|| match &close {
+            match &close {
                 Close::Lost(why) => tracing::debug!(%why, "connection lost"),
                 other => tracing::debug!(reason = ?other, "connection closing"),
-            });
+            }
             // Boxed: closing (the final write, the lingering close with its
             // read buffer) happens once; inline, its state would size the
             // task of every idle connection.
-            Box::pin(self.finish(close).instrument(span)).await;
+            Box::pin(self.finish(close)).await;
         }
-    }
-
-    /// The connection's span, made for a turn that handles the client's
-    /// packets and for the close, not kept while the connection waits
-    /// (see `serve`).
-    fn span(&self) -> tracing::Span {
-        tracing::info_span!("conn", peer = %self.io.peer, client_id = %self.session.client_id)
     }
 
     async fn event_loop(&mut self) -> Close {
@@ -252,7 +245,6 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => return Close::Lost(e.to_string()),
             }
-            let span = self.span();
             loop {
                 // No packet is held across an `.await` of this loop: what
                 // is held there is part of every idle connection's task.
@@ -264,9 +256,9 @@ impl Connection {
                 deadline = self.agreed.keep_alive_window.map(|w| Instant::now() + w);
                 let close = if self.shared.chat.replicated() {
                     // Boxed: cluster mode only.
-                    Box::pin(self.handle_when_rooms_ready(packet).instrument(span.clone())).await
+                    Box::pin(self.handle_when_rooms_ready(packet)).await
                 } else {
-                    span.in_scope(|| self.handle(packet))
+                    self.handle(packet)
                 };
                 if let Some(close) = close {
                     return close;
@@ -274,7 +266,7 @@ impl Connection {
                 if self.acks.has_replies() {
                     // Boxed: only after a persistent session's SUBSCRIBE,
                     // so its state stays out of the task.
-                    Box::pin(self.send_replies_when_durable().instrument(span.clone())).await;
+                    Box::pin(self.send_replies_when_durable()).await;
                 }
             }
             self.queue_acks();

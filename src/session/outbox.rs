@@ -193,7 +193,7 @@ impl Connection {
                 false
             }
             Err(e) => {
-                tracing::warn!(client_id = %self.session.client_id, error = %e, "could not encode PUBLISH");
+                tracing::warn!(error = %e, "could not encode PUBLISH");
                 false
             }
         }
