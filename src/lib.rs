@@ -11,8 +11,10 @@
 //!   listeners.
 //! - `local`: the in-process client.
 //! - `session`: one client's protocol state and the task serving its
-//!   connection (one file per packet kind), and `session/shared.rs`, the
-//!   state every task shares.
+//!   connection (one file per packet kind), and the session registry.
+//! - `context`: `Shared`, the state every task shares (configuration,
+//!   router, chat, gate, store, budgets; the registry as a type
+//!   parameter), and the session directory cluster mode implements.
 //! - [`auth`]: authentication (password file, JWT), login back-off, and the
 //!   one access decision (`auth/gate.rs`: topic ACL and room membership).
 //! - [`chat`]: rooms, room logs with `seq`, commit before delivery,
@@ -79,6 +81,7 @@ pub mod chat;
 #[cfg(feature = "cluster")]
 mod cluster;
 pub mod config;
+mod context;
 mod local;
 pub mod message;
 pub mod metrics;

@@ -5,11 +5,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::context::Shared;
 use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
 use crate::protocol::{QoS, SubscriptionOptions};
 use crate::router::Message;
+use crate::session::Registry;
 use crate::session::Session;
-use crate::session::Shared;
 
 /// Why [`crate::BrokerHandle::subscribe`] refused a filter.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +30,12 @@ static NEXT_LOCAL_ID: AtomicU64 = AtomicU64::new(1);
 /// it unsubscribes.
 pub struct LocalSubscription {
     session: Arc<Session>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Registry>>,
     filter: String,
 }
 
 impl LocalSubscription {
-    pub(crate) fn new(shared: Arc<Shared>, filter: &str, qos: QoS) -> Result<Self, SubscribeError> {
+    pub(crate) fn new(shared: Arc<Shared<Registry>>, filter: &str, qos: QoS) -> Result<Self, SubscribeError> {
         let parsed = parse_shared(filter).map_err(|_| SubscribeError::InvalidShared(filter.into()))?;
         if parsed.is_none() && !is_valid_topic_filter(filter) {
             return Err(SubscribeError::InvalidFilter(filter.into()));

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom; a module may use only the ones after it.
 const LAYERS: &[&str] = &[
-    "broker", "cluster", "admin", "server", "local", "session", "auth", "chat", "router", "store", "message",
-    "budget", "config", "protocol", "metrics",
+    "broker", "cluster", "admin", "server", "local", "session", "context", "auth", "chat", "router", "store",
+    "message", "budget", "config", "protocol", "metrics",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

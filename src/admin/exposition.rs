@@ -13,11 +13,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::context::Shared;
 use crate::metrics::{CloseReason, Counter, Histogram, Listener};
-use crate::session::Shared;
+use crate::session::Registry as Sessions;
 
 /// A registry with one collector reading `shared` at each scrape.
-pub(super) fn registry(shared: &Arc<Shared>) -> Registry {
+pub(super) fn registry(shared: &Arc<Shared<Sessions>>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Families {
         shared: Arc::downgrade(shared),
@@ -26,7 +27,7 @@ pub(super) fn registry(shared: &Arc<Shared>) -> Registry {
 }
 
 struct Families {
-    shared: Weak<Shared>,
+    shared: Weak<Shared<Sessions>>,
 }
 
 impl std::fmt::Debug for Families {

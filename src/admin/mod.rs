@@ -20,7 +20,8 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::session::Shared;
+use crate::context::Shared;
+use crate::session::Registry;
 
 /// Most bytes hyper buffers of a request (its head: the admin paths take
 /// no body); hyper's smallest allowed value, and far above what Prometheus
@@ -44,7 +45,7 @@ pub(crate) struct Admin {
 impl Admin {
     /// Binds `addr` (before the broker reports itself started, so a taken
     /// port stops start-up with an error naming it).
-    pub async fn bind(addr: SocketAddr, shared: &Arc<Shared>) -> Result<Admin, AdminError> {
+    pub async fn bind(addr: SocketAddr, shared: &Arc<Shared<Registry>>) -> Result<Admin, AdminError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError { addr, source })?;
@@ -67,7 +68,7 @@ impl Admin {
     /// request head and as long idle before the next, and its head is
     /// read into at most `MAX_HEAD_BUFFER` bytes: so idle or slow sockets
     /// cannot take the process's file descriptors or memory.
-    pub async fn serve(self, shared: Arc<Shared>) {
+    pub async fn serve(self, shared: Arc<Shared<Registry>>) {
         let mut stop = shared.shutdown.subscribe();
         let places = Arc::new(Semaphore::new(shared.config.admin_max_connections));
         let timeout = Duration::from_secs(shared.config.admin_timeout_secs);
@@ -118,7 +119,7 @@ impl Admin {
 
 fn respond<B>(
     request: &Request<B>,
-    shared: &Shared,
+    shared: &Shared<Registry>,
     registry: &prometheus_client::registry::Registry,
 ) -> Response<Full<Bytes>> {
     match request.uri().path() {
@@ -151,7 +152,7 @@ fn respond<B>(
 }
 
 /// Why the broker should not get clients now, if it should not.
-fn not_ready(shared: &Shared) -> Option<String> {
+fn not_ready(shared: &Shared<Registry>) -> Option<String> {
     if *shared.shutdown.borrow() {
         return Some("shutting down".into());
     }

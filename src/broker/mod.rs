@@ -17,11 +17,12 @@ use crate::auth::gate::Gate;
 use crate::auth::{Authenticator, ConfiguredAuth, LoginBackoff, LoginPool};
 use crate::budget::{Budgets, Limits as BudgetLimits};
 use crate::config::{Config, Durability, ListenerKind, StorageKind};
+use crate::context::Shared;
 use crate::local::{LocalSubscription, SubscribeError};
 use crate::metrics::Metrics;
 use crate::protocol::QoS;
 use crate::router::{Message, RetainedStore, Router};
-use crate::session::{Registry, Shared};
+use crate::session::Registry;
 use crate::store::{GroupCommit, MemoryStore, Monitored, SledStore, Store, StoreHealth};
 
 mod nodes;
@@ -304,7 +305,7 @@ impl Broker {
 
 /// A running broker.
 pub struct BrokerHandle {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Registry>>,
     local_addr: SocketAddr,
     local_addrs: Vec<(ListenerKind, SocketAddr)>,
     /// Where the admin listener is bound (`admin_listen`).

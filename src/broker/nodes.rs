@@ -11,7 +11,9 @@ use std::time::Duration;
 use super::StartError;
 use crate::chat::Replication;
 use crate::config::Config;
-use crate::session::{OneNode, SessionDirectory, Shared};
+use crate::context::Shared;
+use crate::context::{OneNode, SessionDirectory};
+use crate::session::Registry;
 use crate::store::{CommitBarrier, Store, StoreHealth};
 
 /// This node's link to the others: none without a cluster.
@@ -99,7 +101,7 @@ impl Nodes {
     /// Connects `shared` to the other nodes; returns once this node has
     /// loaded what the cluster holds. Before sessions are restored and
     /// clients connect.
-    pub async fn join(&self, shared: &Arc<Shared>) {
+    pub async fn join(&self, shared: &Arc<Shared<Registry>>) {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
             crate::cluster::join(shared, cluster).await;

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::context::Shared;
 use crate::protocol::QoS;
 use crate::router::Message;
-use crate::session::Shared;
+use crate::session::Registry;
 use crate::store::Store;
 
 /// Every minute: `run_upkeep`.
-pub(super) async fn chat_upkeep(shared: Arc<Shared>) {
+pub(super) async fn chat_upkeep(shared: Arc<Shared<Registry>>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -27,7 +28,7 @@ pub(super) async fn chat_upkeep(shared: Arc<Shared>) {
 }
 
 /// One round of upkeep (see `BrokerHandle::run_upkeep`).
-pub(super) fn run_upkeep(shared: &Shared) -> usize {
+pub(super) fn run_upkeep(shared: &Shared<Registry>) -> usize {
     shared.budgets.forget_idle();
     shared.chat.upkeep(
         &shared.router,
@@ -48,7 +49,7 @@ pub(super) fn run_upkeep(shared: &Shared) -> usize {
 }
 
 /// With `durability = "buffered"`: flushes every `flush_interval_ms`.
-pub(super) async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared>) {
+pub(super) async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(shared.config.flush_interval_ms.max(1)));
     loop {
@@ -66,7 +67,7 @@ pub(super) async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared
 /// publishes `$SYS/broker/store/status` (retained) when it changes: "ok",
 /// or "failing since {unix ms}: {why}" while the store refuses writes
 /// (unless `$SYS` is off: `sys_interval_secs = 0`).
-pub(super) async fn watch_store(shared: Arc<Shared>) {
+pub(super) async fn watch_store(shared: Arc<Shared<Registry>>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut published: Option<String> = None;
@@ -108,7 +109,7 @@ pub(super) async fn watch_store(shared: Arc<Shared>) {
 
 /// Publishes the `$SYS/broker/...` topics as retained messages every
 /// `sys_interval_secs`.
-pub(super) async fn publish_sys(shared: Arc<Shared>, nodes: Arc<super::nodes::Nodes>) {
+pub(super) async fn publish_sys(shared: Arc<Shared<Registry>>, nodes: Arc<super::nodes::Nodes>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
     loop {

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use super::{ApplySanction, Cluster, PresenceSink, PublishAnswer, RoomSink};
 use crate::chat::{rooms_covered, DeviceCount, Pending, RoomInterest, RoomReplication};
+use crate::context::Shared;
+use crate::context::{HandedOver, SessionDirectory};
 use crate::message::Message;
 use crate::router::{Outbound, RemoteScope};
-use crate::session::{give_up_to_other_node, HandedOver, SessionDirectory, Shared};
+use crate::session::{give_up_to_other_node, Registry};
 use crate::store::{RoomRecord, SanctionChange, StoreError};
 
 /// Longest a packet that reads a room log waits for this node to catch up
@@ -46,7 +48,7 @@ impl Outbound for ClusterOutbound {
 
 /// The chat layer of this broker, fed by the room stream.
 struct ChatSink {
-    shared: Weak<Shared>,
+    shared: Weak<Shared<Registry>>,
 }
 
 impl RoomSink for ChatSink {
@@ -71,7 +73,7 @@ impl RoomSink for ChatSink {
 
 /// This broker's presence, fed by the other nodes' counts.
 struct PresenceOfChat {
-    shared: Weak<Shared>,
+    shared: Weak<Shared<Registry>>,
     node: Arc<str>,
 }
 
@@ -99,7 +101,7 @@ impl PresenceSink for PresenceOfChat {
 /// Connects `shared` to `cluster`; returns once this node has loaded the
 /// room logs and retained messages the cluster holds. Call before
 /// sessions are restored and before clients connect.
-pub(crate) async fn join(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
+pub(crate) async fn join(shared: &Arc<Shared<Registry>>, cluster: &Arc<Cluster>) {
     let weak = Arc::downgrade(shared);
     cluster
         .plain

@@ -33,7 +33,7 @@ use super::holding::{Claim, HeldIds, Holding, RELEASED_HEADER};
 use super::names::Names;
 use super::queues::Queues;
 use super::writer::{Write, Writer};
-use crate::session::HandedOver;
+use crate::context::HandedOver;
 use crate::store::{unix_ms_now, SessionRecord};
 
 /// How long a CONNECT waits for the node holding its session.

@@ -20,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, ListenerKind};
-use crate::session::Shared;
+use crate::context::Shared;
+use crate::session::Registry;
 use crate::session::{self, Stream};
 pub(crate) use crate::session::{CertName, Peer};
 pub use tls::{ReloadableTls, TlsFiles};
@@ -119,7 +120,7 @@ pub(crate) async fn bind(config: ListenerConfig) -> Result<BoundListener, Listen
 /// listener, so the per-IP limits count all of them.
 pub(crate) async fn accept_loop(
     listener: BoundListener,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Registry>>,
     ip_limits: Arc<IpLimits>,
     tracker: TaskTracker,
 ) {
@@ -201,7 +202,7 @@ async fn handshake(
     listener: Arc<BoundListener>,
     socket: TcpStream,
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Registry>>,
     libraries: Arc<web::Libraries>,
     deadline: tokio::time::Instant,
 ) -> Option<(Box<dyn Stream>, Peer)> {
@@ -230,7 +231,7 @@ async fn upgrade(
     listener: &BoundListener,
     socket: TcpStream,
     addr: SocketAddr,
-    shared: &Shared,
+    shared: &Shared<Registry>,
     libraries: &web::Libraries,
 ) -> Result<Option<(Box<dyn Stream>, Peer)>, String> {
     let mut peer = Peer {
@@ -270,7 +271,7 @@ async fn upgrade(
 async fn websocket_or_page<S>(
     stream: S,
     listener: &BoundListener,
-    shared: &Shared,
+    shared: &Shared<Registry>,
     libraries: &web::Libraries,
 ) -> Result<Option<Box<dyn Stream>>, String>
 where
@@ -291,7 +292,7 @@ where
 async fn websocket_accept<S>(
     stream: S,
     listener: &BoundListener,
-    shared: &Shared,
+    shared: &Shared<Registry>,
 ) -> Result<Box<dyn Stream>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

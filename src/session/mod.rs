@@ -12,7 +12,6 @@ mod ack_queue;
 mod acks;
 mod connect;
 mod connection;
-mod directory;
 mod identify;
 mod inflight;
 mod io;
@@ -27,7 +26,6 @@ mod registry;
 mod replay;
 mod rooms_ready;
 mod route;
-mod shared;
 mod subscribe;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -41,7 +39,6 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use connection::{serve, Stream};
-pub(crate) use directory::{HandedOver, OneNode, SessionDirectory};
 pub(crate) use io::{CertName, Peer};
 pub(crate) use lifecycle::end_revoked;
 pub(crate) use persist::{restore_from_store, restore_sessions};
@@ -50,7 +47,8 @@ pub(crate) use persist::{restore_from_store, restore_sessions};
 pub(crate) use registry::give_up_to_other_node;
 pub use registry::Registry;
 use rooms_ready::{rooms_ready_for, rooms_ready_for_session};
-pub(crate) use shared::Shared;
+/// The broker's shared state (`context/`), with this layer's registry.
+pub(crate) type Shared = crate::context::Shared<Registry>;
 
 use crate::auth::gate::Principal;
 use crate::metrics::Metrics;

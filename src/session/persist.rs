@@ -14,8 +14,9 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 
 use super::Shared;
-use super::{HandedOver, Inflight, Session, SessionState, SessionSubscription, Stage, Will};
+use super::{Inflight, Session, SessionState, SessionSubscription, Stage, Will};
 use crate::auth::gate::Principal;
+use crate::context::HandedOver;
 use crate::message::Message;
 use crate::protocol::{qos_from, QoS};
 use crate::router::Delivery;

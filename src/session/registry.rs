@@ -341,7 +341,7 @@ pub(crate) async fn give_up_to_other_node(
     shared: &Arc<Shared>,
     client_id: &str,
     continues: bool,
-) -> Option<super::HandedOver> {
+) -> Option<crate::context::HandedOver> {
     let session = shared.registry.get(client_id)?;
     session.state.lock().kick_reason = Some(Kick::TakenOver {
         session_continues: continues,

@@ -1,7 +1,15 @@
 //! The state every task of one broker shares: configuration, router,
 //! sessions, chat, access decision, store. Built once by `Broker::start`
-//! (`broker.rs`, the public facade) and handed to every connection task as
+//! (`broker/`, the public facade) and handed to every connection task as
 //! an `Arc`.
+//!
+//! It sits below `session` (which reads it on every packet) and above
+//! `auth`, `chat` and the rest it holds, so it names nothing of the layers
+//! that use it: the session registry is a type parameter (`session` uses
+//! `Shared<Registry>` and calls it `Shared`), and the session directory,
+//! the seam cluster mode implements, is defined here (`directory.rs`).
+
+mod directory;
 
 use std::future::Future;
 use std::sync::atomic::AtomicUsize;
@@ -9,7 +17,6 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::Registry;
 use crate::auth::gate::Gate;
 use crate::auth::{Authenticator, LoginBackoff, LoginPool};
 use crate::budget::Budgets;
@@ -18,11 +25,15 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::store::{GroupCommit, Store, StoreHealth};
 
+pub(crate) use directory::{HandedOver, OneNode, SessionDirectory};
+
 /// State shared by every task of one broker; cheap to clone as `Arc`.
-pub(crate) struct Shared {
+/// `R` is the session registry (`session::Registry`): a parameter, not a
+/// name, so that this module stays below `session`.
+pub(crate) struct Shared<R> {
     pub config: Config,
     pub router: Router,
-    pub registry: Registry,
+    pub registry: R,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<dyn Authenticator>,
     /// Set to true once to ask every task to stop.
@@ -38,7 +49,7 @@ pub(crate) struct Shared {
     pub store_health: Arc<StoreHealth>,
     /// Which client ids this node serves among a cluster's nodes
     /// (`directory.rs`; `OneNode` without a cluster).
-    pub directory: Arc<dyn super::SessionDirectory>,
+    pub directory: Arc<dyn SessionDirectory>,
     /// Rooms, presence, history (see `topics.md`).
     pub chat: crate::chat::Chat,
     /// The one access decision (topic rules and room membership) for
@@ -54,7 +65,7 @@ pub(crate) struct Shared {
     pub budgets: Arc<Budgets>,
 }
 
-impl Shared {
+impl<R> Shared<R> {
     /// Publishes the `$SYS/broker/...` topics (retained), unless `$SYS` is
     /// off (`sys_interval_secs = 0`): all of them every `sys_interval_secs`
     /// (`broker/tasks.rs`), and what changed when a client subscribes to
