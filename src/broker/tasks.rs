@@ -1,19 +1,49 @@
-//! The broker's own periodic tasks, started by `Broker::start`: chat and
-//! budget upkeep, buffered flushes, the store watch and `$SYS`.
+//! The broker's own tasks, started by `Broker::start` (`spawn_all`): chat
+//! delivery after the group commit, room member lists, chat and budget
+//! upkeep, buffered flushes, the store watch and `$SYS`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio_util::task::TaskTracker;
 
+use super::nodes::Nodes;
+use crate::config::Durability;
 use crate::context::Shared;
 use crate::protocol::QoS;
 use crate::router::Message;
 use crate::session::Registry;
 use crate::store::Store;
 
+/// Starts every task the configuration asks for; each ends at shutdown.
+pub(super) fn spawn_all(shared: &Arc<Shared<Registry>>, nodes: &Arc<Nodes>, tracker: &TaskTracker) {
+    tracker.spawn(chat_upkeep(shared.clone()));
+    if shared.commit.is_some() {
+        let delivery = shared.clone();
+        tracker.spawn(async move {
+            let stop = delivery.shutdown.subscribe();
+            delivery.chat.run_delivery(&delivery.router, stop).await;
+        });
+    }
+    let members = shared.clone();
+    tracker.spawn(async move {
+        let stop = members.shutdown.subscribe();
+        members.chat.run_members(&members.router, stop).await;
+    });
+    if shared.config.sys_interval_secs > 0 {
+        tracker.spawn(publish_sys(shared.clone(), nodes.clone()));
+    }
+    if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.durability) {
+        tracker.spawn(flush_periodically(store.clone(), shared.clone()));
+    }
+    if shared.store.is_some() {
+        tracker.spawn(watch_store(shared.clone()));
+    }
+}
+
 /// Every minute: `run_upkeep`.
-pub(super) async fn chat_upkeep(shared: Arc<Shared<Registry>>) {
+async fn chat_upkeep(shared: Arc<Shared<Registry>>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -49,7 +79,7 @@ pub(super) fn run_upkeep(shared: &Shared<Registry>) -> usize {
 }
 
 /// With `durability = "buffered"`: flushes every `flush_interval_ms`.
-pub(super) async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
+async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(shared.config.flush_interval_ms.max(1)));
     loop {
@@ -67,7 +97,7 @@ pub(super) async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared
 /// publishes `$SYS/broker/store/status` (retained) when it changes: "ok",
 /// or "failing since {unix ms}: {why}" while the store refuses writes
 /// (unless `$SYS` is off: `sys_interval_secs = 0`).
-pub(super) async fn watch_store(shared: Arc<Shared<Registry>>) {
+async fn watch_store(shared: Arc<Shared<Registry>>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut published: Option<String> = None;
@@ -109,7 +139,7 @@ pub(super) async fn watch_store(shared: Arc<Shared<Registry>>) {
 
 /// Publishes the `$SYS/broker/...` topics as retained messages every
 /// `sys_interval_secs`.
-pub(super) async fn publish_sys(shared: Arc<Shared<Registry>>, nodes: Arc<super::nodes::Nodes>) {
+async fn publish_sys(shared: Arc<Shared<Registry>>, nodes: Arc<Nodes>) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(shared.config.sys_interval_secs));
     loop {
