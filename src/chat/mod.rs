@@ -48,6 +48,8 @@ mod room_state;
 mod rooms;
 mod sanctions;
 mod signed;
+#[cfg(test)]
+mod tests;
 mod topics;
 mod upkeep;
 

@@ -1,0 +1,146 @@
+//! The chat layer's decisions without a socket: one `seq` per room, de-dup
+//! by (room, sender, msg-id), and room messages from other nodes taken in
+//! once and in order. Delivery without a group commit is immediate here
+//! (`Chat::open` with no commit), so the member sees each decision at once.
+
+use parking_lot::Mutex;
+
+use super::*;
+use crate::protocol::SubscriptionOptions;
+use crate::router::{Delivery, RetainedStore, Subscriber};
+
+/// A member subscribed to every room: records the room and `seq` of each
+/// delivery.
+#[derive(Default)]
+struct Member {
+    got: Mutex<Vec<(String, u64)>>,
+}
+
+impl Subscriber for Member {
+    fn client_id(&self) -> &str {
+        "member"
+    }
+
+    fn deliver(&self, delivery: Delivery) -> bool {
+        let tag = delivery
+            .message
+            .room
+            .as_ref()
+            .map(|t| (t.room.to_string(), t.seq));
+        self.got.lock().push(tag.unwrap_or_default());
+        true
+    }
+
+    fn may_read_topic(&self, _: &str) -> bool {
+        true
+    }
+
+    fn may_read_acl(&self, _: &str) -> bool {
+        true
+    }
+
+    fn is_online(&self) -> bool {
+        true
+    }
+}
+
+/// A one-node chat in memory, its router, and a member of every room.
+fn chat() -> (Chat, Router, Arc<Member>) {
+    let config = Config::default();
+    let budgets = Arc::new(Budgets::new(crate::budget::Limits::from_config(&config)));
+    let chat = Chat::open(&config, None, None, Replication::default(), budgets).unwrap();
+    let router = Router::new(true, None, RetainedStore::default());
+    let member = Arc::new(Member::default());
+    let handle: Arc<dyn Subscriber> = member.clone();
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    router.subscribe(&handle, "rooms/+/msg/+", None, options, None, false);
+    (chat, router, member)
+}
+
+fn post<'a>(room: &'a str, sender: &'a str, msg_id: Option<&'a str>) -> Post<'a> {
+    Post {
+        room,
+        sender,
+        msg_id,
+        payload: Bytes::from_static(b"hello"),
+        qos: QoS::AtLeastOnce,
+        user_properties: Vec::new(),
+        publisher: None,
+        received_at: None,
+    }
+}
+
+fn got(member: &Member) -> Vec<(String, u64)> {
+    member.got.lock().clone()
+}
+
+fn at(room: &str, seq: u64) -> (String, u64) {
+    (room.to_string(), seq)
+}
+
+#[test]
+fn each_room_counts_its_own_seq() {
+    let (chat, router, member) = chat();
+    assert_eq!(chat.post(&router, post("a", "alice", None)).unwrap(), (1, true));
+    assert_eq!(chat.post(&router, post("a", "bob", None)).unwrap(), (2, true));
+    assert_eq!(chat.post(&router, post("b", "alice", None)).unwrap(), (1, true));
+    assert_eq!(got(&member), vec![at("a", 1), at("a", 2), at("b", 1)]);
+    assert_eq!(chat.rooms(), 2);
+    assert_eq!(chat.counters.messages.get(), 3);
+}
+
+/// A retry with a known msg-id is acknowledged with the first `seq` and
+/// neither stored nor delivered again; the same msg-id from another
+/// sender, or in another room, is another message.
+#[test]
+fn a_known_msg_id_gets_its_first_seq_and_no_second_delivery() {
+    let (chat, router, member) = chat();
+    assert_eq!(
+        chat.post(&router, post("a", "alice", Some("m1"))).unwrap(),
+        (1, true)
+    );
+    assert_eq!(
+        chat.post(&router, post("a", "alice", Some("m1"))).unwrap(),
+        (1, false)
+    );
+    assert_eq!(
+        chat.post(&router, post("a", "bob", Some("m1"))).unwrap(),
+        (2, true)
+    );
+    assert_eq!(
+        chat.post(&router, post("b", "alice", Some("m1"))).unwrap(),
+        (1, true)
+    );
+    assert_eq!(got(&member), vec![at("a", 1), at("a", 2), at("b", 1)]);
+    assert_eq!(chat.counters.duplicates.get(), 1);
+    assert_eq!(chat.counters.messages.get(), 3);
+}
+
+#[test]
+fn without_a_msg_id_every_post_is_new() {
+    let (chat, router, member) = chat();
+    assert_eq!(chat.post(&router, post("a", "alice", None)).unwrap(), (1, true));
+    assert_eq!(chat.post(&router, post("a", "alice", None)).unwrap(), (2, true));
+    assert_eq!(got(&member).len(), 2);
+    assert_eq!(chat.counters.duplicates.get(), 0);
+}
+
+/// Cluster mode's inbound side: a `seq` already taken in is ignored, and
+/// a msg-id stored twice by two nodes is kept and shown once (every node
+/// makes the same choice, reading the room in the same order).
+#[test]
+fn a_replicated_message_is_taken_in_once() {
+    let (chat, router, member) = chat();
+    let record = |msg_id| post("a", "alice", Some(msg_id)).into_record();
+    chat.apply_replicated(&router, "a", 5, record("m1"), None);
+    chat.apply_replicated(&router, "a", 5, record("m1"), None);
+    assert_eq!(chat.applied_seq("a"), 5);
+    chat.apply_replicated(&router, "a", 6, record("m1"), None);
+    assert_eq!(chat.counters.duplicates.get(), 1);
+    chat.apply_replicated(&router, "a", 7, record("m2"), None);
+    assert_eq!(got(&member), vec![at("a", 5), at("a", 7)]);
+    assert_eq!(chat.applied_seq("a"), 7);
+}
