@@ -112,6 +112,8 @@ pub struct Chat {
     signed: signed::SignedAlerts,
     /// How many reactions a message holds (`lifecycle.rs`).
     reaction_bounds: reactions::ReactionBounds,
+    /// `room_max_edits_per_message` (`lifecycle.rs`).
+    max_edits: usize,
     pub counters: ChatCounters,
 }
 
@@ -238,6 +240,7 @@ impl Chat {
             counters: ChatCounters::default(),
         })
     }
+            max_edits: config.room_max_edits_per_message,
 
     /// Reads the signed alert rules' key files and the devices' counters
     /// from `store`; an error names the file and the key.

@@ -366,6 +366,10 @@ pub struct Config {
     /// Room messages one identity may post per minute in one room (a burst
     /// of this many, refilled evenly; 0 = no bound, the default: a "slow
     /// mode" is a room's policy, and a gateway posting alerts for many
+    /// Edits one room message may take; one beyond it gets 0x97. Each
+    /// edit is a log entry the message's record lists, and a delete
+    /// empties every one of them, so this bounds what one delete does.
+    pub room_max_edits_per_message: usize,
     /// devices would hit any fixed number). Beyond it 5.0 PUBACK 0x97 (5.0
     /// has no 0x96 in a PUBACK), 3.1.1 no PUBACK; counted.
     pub room_max_messages_per_minute: u32,
