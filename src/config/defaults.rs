@@ -96,11 +96,12 @@ impl Default for Config {
             room_members_listed: 1000,
             room_members_interval_ms: 250,
             room_members_bytes_per_sec: 16_384,
+            room_member_changes_per_minute: 120,
             max_bans_per_room: 10_000,
             max_reaction_emoji: 32,
             max_reactions_per_message: 4096,
-            max_emoji_bytes: 32,
             room_max_edits_per_message: 100,
+            max_emoji_bytes: 32,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,
         }
