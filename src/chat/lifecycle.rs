@@ -381,10 +381,11 @@ impl Chat {
         };
         let mut state = message.state().cloned().unwrap_or_default();
         match event.kind {
-            // In a cluster two nodes may each let an edit through that
-            // fills the message: every node drops the later one alike
-            // (stream order), so the bound holds there too.
-            EventKind::Edit if self.edits_full(&message) => return Ok(()),
+            // Not checked against `room_max_edits_per_message` here: in a
+            // cluster two nodes may each let through an edit that fills
+            // the message, and both are applied (the bound is exceeded by
+            // at most one per node), so that every edit's body is listed
+            // and a delete empties it too.
             EventKind::Edit => {
                 message.payload = record.payload.clone();
                 state.edited = Some(record.ts_unix_ms);
