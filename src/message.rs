@@ -45,6 +45,12 @@ pub struct Message {
     /// receipts): bounded by its own per-identity limits, so it does not
     /// count against the clients' retained limits (`max_retained_*`).
     pub broker_owned: bool,
+    /// State of which only the newest copy is of use (a room's member
+    /// list, a user's presence): a session's queue keeps one copy per
+    /// topic, a newer one replacing the copy still waiting there, so a
+    /// reader that does not read holds one list per room, not one per
+    /// change.
+    pub last_value: bool,
     /// When its PUBLISH was read (for `roomq_publish_to_delivery_seconds`);
     /// `None` for messages the broker makes itself.
     pub received_at: Option<Instant>,
@@ -79,6 +85,7 @@ impl Message {
             ephemeral: false,
             retain_in_memory: false,
             broker_owned: false,
+            last_value: false,
             received_at: None,
             stored_body: std::sync::OnceLock::new(),
         }

@@ -366,6 +366,7 @@ async fn an_offline_member_gets_the_events_it_missed_in_seq_order() {
 async fn an_answer_with_events_stays_within_history_max_bytes() {
     let config = Config {
         history_max_bytes: 4096,
+        room_max_edits_per_message: 200,
         ..test_config()
     };
     let broker = start_with(config).await;

@@ -325,3 +325,72 @@ async fn a_delete_right_after_an_edit_removes_the_edit_body_too() {
         "an edit's body is still stored"
     );
 }
+
+/// A message takes `room_max_edits_per_message` (100) edits; the next is
+/// refused with 0x97 and changes nothing. A delete of a message with the
+/// most edits empties every edit's body in the store, and another
+/// member's post sent meanwhile is delivered as well.
+#[tokio::test]
+async fn edits_per_message_are_bounded_and_a_delete_empties_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    let mut carol = user5(addr, "carol-1", "carol").await;
+    let mut eve = user5(addr, "eve-1", "eve").await;
+    eve.subscribe5(
+        1,
+        &[
+            ("rooms/ops/event/+", opts(QoS::AtLeastOnce)),
+            ("rooms/lobby/msg/+", opts(QoS::AtLeastOnce)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"bounded-original", 1).await,
+        PublishAckReason::Success
+    );
+    for i in 0..100u16 {
+        let body = format!("bounded-edit-{i}");
+        let reason = send(&mut alice, "rooms/ops/edit/alice", &edit(1, body.as_bytes()), 2).await;
+        assert_eq!(reason, PublishAckReason::Success, "edit {i}");
+        assert_eq!(event_of(&next_publish(&mut eve).await).kind, "edit");
+    }
+    assert_eq!(
+        send(
+            &mut alice,
+            "rooms/ops/edit/alice",
+            &edit(1, b"bounded-edit-over"),
+            3
+        )
+        .await,
+        PublishAckReason::QuotaExceeded,
+        "the 101st edit of one message"
+    );
+    // The delete and another member's post, back to back: both arrive.
+    let delete = publish_with("rooms/ops/delete/alice", &delete(1), Some(4), &[]);
+    alice.send5(v5::Packet::Publish(Box::new(delete))).await;
+    let post = publish_with("rooms/lobby/msg/carol", b"meanwhile", Some(1), &[]);
+    carol.send5(v5::Packet::Publish(Box::new(post))).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = next_publish(&mut eve).await;
+        got.push(if p.topic.starts_with("rooms/ops/event/") {
+            event_of(&p).kind
+        } else {
+            String::from_utf8_lossy(&p.payload).into_owned()
+        });
+    }
+    got.sort();
+    assert_eq!(got, ["delete", "meanwhile"]);
+    drop((alice, carol, eve));
+    broker.shutdown().await;
+    assert!(
+        !sled_holds(dir.path(), b"bounded-edit-"),
+        "an edit's body is still stored"
+    );
+    assert!(
+        !sled_holds(dir.path(), b"bounded-original"),
+        "the body is still stored"
+    );
+}

@@ -47,11 +47,14 @@ async fn stuck_broker(config: Config) -> (BrokerHandle, mpsc::UnboundedReceiver<
         .start()
         .await
         .expect("broker starts");
-    let release = move || {
-        *open.0.lock().unwrap() = true;
-        open.1.notify_all();
-    };
+    let release = move || switch(&open, true);
     (broker, entered_rx, release)
+}
+
+/// Opens (every check goes through) or closes the `Stuck` check.
+fn switch(open: &(Mutex<bool>, Condvar), to: bool) {
+    *open.0.lock().unwrap() = to;
+    open.1.notify_all();
 }
 
 fn login(id: &str, user: &str) -> v5::Connect {
@@ -110,6 +113,70 @@ async fn one_address_takes_only_its_share_of_the_login_queue() {
     // The next place is another address's.
     let mut alice = send_login(addr, "127.0.0.2", "alice-phone", "alice").await;
     release();
+    assert_eq!(connack(&mut alice).await, ConnectAckReason::Success);
+    assert_eq!(connack(&mut first).await, ConnectAckReason::Success);
+    assert_eq!(connack(&mut second).await, ConnectAckReason::Success);
+    broker.shutdown().await;
+}
+
+/// Half of `max_pending_logins` is kept for addresses with a successful
+/// login in the last day: guessers fill the rest (a new address then gets
+/// 0x89 at once), and alice, who logged in from 127.0.0.2 before, still
+/// gets a place and in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_address_keeps_its_place_while_guessers_fill_the_queue() {
+    let config = Config {
+        max_concurrent_logins: 1,
+        // Two places for addresses that never logged in, two kept.
+        max_pending_logins: 4,
+        // No share per address: one address may fill the untrusted half.
+        max_pending_logins_per_ip: 0,
+        ..test_config()
+    };
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let open = Arc::new((Mutex::new(true), Condvar::new()));
+    let auth = Stuck {
+        entered: entered_tx,
+        open: open.clone(),
+    };
+    let broker = Broker::new(config)
+        .with_authenticator(Arc::new(auth))
+        .start()
+        .await
+        .expect("broker starts");
+    let addr = broker.local_addr();
+    // Yesterday, say: alice logs in from 127.0.0.2.
+    let mut before = send_login(addr, "127.0.0.2", "alice-phone", "alice").await;
+    assert_eq!(connack(&mut before).await, ConnectAckReason::Success);
+    assert_eq!(entered.recv().await.as_deref(), Some("alice"));
+    drop(before);
+    // Now the checks are slow: a guess is in the check and stays there.
+    switch(&open, false);
+    let mut first = send_login(addr, "127.0.0.1", "g0", "random0").await;
+    let who = tokio::time::timeout(WAIT, entered.recv())
+        .await
+        .expect("in the check");
+    assert_eq!(who.as_deref(), Some("random0"));
+    // Two more guesses: one takes the last untrusted place, the other is
+    // refused at once (which one depends on arrival).
+    let mut second = send_login(addr, "127.0.0.1", "g1", "random1").await;
+    let mut third = send_login(addr, "127.0.0.1", "g2", "random2").await;
+    let refused = tokio::select! {
+        reason = connack(&mut second) => { second = third; reason }
+        reason = connack(&mut third) => reason,
+    };
+    assert_eq!(refused, ConnectAckReason::ServerBusy);
+    // The untrusted half is full: a newcomer gets 0x89 at once...
+    let mut newcomer = send_login(addr, "127.0.0.3", "carol-phone", "carol").await;
+    assert_eq!(connack(&mut newcomer).await, ConnectAckReason::ServerBusy);
+    // ...and alice, back at her address, still gets a place.
+    let mut alice = send_login(addr, "127.0.0.2", "alice-laptop", "alice").await;
+    // A refusal would come at once; she waits for the check instead.
+    assert!(
+        matches!(alice.recv5_within(QUIET).await, Got::Nothing),
+        "alice's login was answered before any check ran"
+    );
+    switch(&open, true);
     assert_eq!(connack(&mut alice).await, ConnectAckReason::Success);
     assert_eq!(connack(&mut first).await, ConnectAckReason::Success);
     assert_eq!(connack(&mut second).await, ConnectAckReason::Success);

@@ -261,6 +261,12 @@ impl Collector for Families {
         )?;
         counter(
             &mut out,
+            "roomq_member_changes_deferred",
+            "Room member list changes not published before the next minute, over room_member_changes_per_minute",
+            &chat.counters.member_changes_deferred,
+        )?;
+        counter(
+            &mut out,
             "roomq_alerts_refused_signature",
             "Alerts refused by a signed rule: malformed, bad signature or a counter that did not grow",
             &chat.counters.alerts_refused,

@@ -119,10 +119,22 @@ pub enum Rate {
     /// charged to the account [`room_account`] names: one identity cannot
     /// drown a room's conversation.
     RoomMessages,
+    /// Changes of one's own place in room member lists per minute
+    /// (`room_member_changes_per_minute`): a SUBSCRIBE, UNSUBSCRIBE or
+    /// session end that adds or removes the identity from a room's
+    /// `$rooms/{room}/members`. Beyond it the change is made but its list
+    /// waits for the next minute: one identity flapping a subscription
+    /// cannot make every reader of the list get a new one each time.
+    RoomMemberChanges,
 }
 
 impl Rate {
-    pub const ALL: [Rate; 3] = [Rate::HistoryRequests, Rate::RoomPostBytes, Rate::RoomMessages];
+    pub const ALL: [Rate; 4] = [
+        Rate::HistoryRequests,
+        Rate::RoomPostBytes,
+        Rate::RoomMessages,
+        Rate::RoomMemberChanges,
+    ];
 
     /// The configuration key of its per-identity bound.
     pub fn key(self) -> &'static str {
@@ -130,6 +142,7 @@ impl Rate {
             Rate::HistoryRequests => "history_requests_per_minute",
             Rate::RoomPostBytes => "room_post_bytes_per_hour",
             Rate::RoomMessages => "room_max_messages_per_minute",
+            Rate::RoomMemberChanges => "room_member_changes_per_minute",
         }
     }
 
@@ -196,6 +209,11 @@ impl Limits {
             .with_rate(
                 Rate::RoomMessages,
                 b.room_max_messages_per_minute as u64,
+                Duration::from_secs(60),
+            )
+            .with_rate(
+                Rate::RoomMemberChanges,
+                b.room_member_changes_per_minute as u64,
                 Duration::from_secs(60),
             )
     }

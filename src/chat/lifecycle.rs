@@ -68,7 +68,8 @@ pub(crate) enum Refused {
     /// Another's message: 0x87.
     NotYours,
     /// The message holds `max_reaction_emoji` emoji or
-    /// `max_reactions_per_message` reactions: 0x97.
+    /// `max_reactions_per_message` reactions, or took
+    /// `room_max_edits_per_message` edits: 0x97.
     Full,
     /// The store could not write: 0x97 (retry later), as for a post.
     Store,
@@ -328,6 +329,9 @@ impl Chat {
         if own_only && record.sender != sender {
             return Err(Refused::NotYours);
         }
+        if matches!(change, Change::Edit { .. }) && self.edits_full(&record) {
+            return Err(Refused::Full);
+        }
         let Change::React { emoji, remove, .. } = change else {
             return Ok(true);
         };
@@ -340,6 +344,11 @@ impl Chat {
             super::reactions::Decision::Nothing => Ok(false),
             super::reactions::Decision::Full => Err(Refused::Full),
         }
+    }
+
+    /// Whether `message` took `room_max_edits_per_message` edits.
+    fn edits_full(&self, message: &RoomRecord) -> bool {
+        message.state().map_or(0, |s| s.edits.len()) >= self.max_edits
     }
 
     /// Message `seq` of `room` as it is now: a message the log holds, not
@@ -372,6 +381,11 @@ impl Chat {
         };
         let mut state = message.state().cloned().unwrap_or_default();
         match event.kind {
+            // Not checked against `room_max_edits_per_message` here: in a
+            // cluster two nodes may each let through an edit that fills
+            // the message, and both are applied (the bound is exceeded by
+            // at most one per node), so that every edit's body is listed
+            // and a delete empties it too.
             EventKind::Edit => {
                 message.payload = record.payload.clone();
                 state.edited = Some(record.ts_unix_ms);
@@ -382,7 +396,8 @@ impl Chat {
                 state.deleted = true;
                 state.reactions.clear();
                 self.log.clear_reactions(room, target)?;
-                // The bodies of its edits go too.
+                // The bodies of its edits go too: at most
+                // `room_max_edits_per_message` reads and rewrites.
                 for edit in std::mem::take(&mut state.edits) {
                     if let Some(mut entry) = self.log.stored(room, edit)? {
                         entry.payload = Bytes::new();

@@ -34,9 +34,14 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{payloads, room_of, Chat};
+use crate::budget::Rate;
 use crate::protocol::validate::parse_shared;
 use crate::protocol::QoS;
 use crate::router::{Message, RemoteScope, Router};
+
+/// How often the lists set aside for identities over
+/// `room_member_changes_per_minute` are published: the rate's period.
+const DEFERRED_EVERY: Duration = Duration::from_secs(60);
 
 /// One room's subscribers: identity to how many of its subscriptions name
 /// the room; sorted, as the list shows them.
@@ -48,6 +53,11 @@ pub(crate) struct RoomMembers {
     /// Rooms whose list changed since it was last published (lock order:
     /// after `rooms`).
     changed: Mutex<HashSet<Arc<str>>>,
+    /// Rooms whose change came beyond its identity's
+    /// `room_member_changes_per_minute`: published at the next minute
+    /// (`DEFERRED_EVERY`), not now. Bounded by the rooms with subscribers
+    /// or a declared list, and emptied each minute.
+    deferred: Mutex<HashSet<Arc<str>>>,
     /// Wakes `run_members` when a room is marked.
     wake: Notify,
     /// `room_members_listed`.
@@ -84,6 +94,7 @@ impl RoomMembers {
         RoomMembers {
             rooms: Mutex::default(),
             changed: Mutex::default(),
+            deferred: Mutex::default(),
             wake: Notify::new(),
             listed,
             interval,
@@ -139,6 +150,16 @@ impl RoomMembers {
         }
     }
 
+    /// Sets a room's list aside for the next minute's publication.
+    fn defer(&self, room: &str) {
+        self.deferred.lock().insert(Arc::from(room));
+    }
+
+    /// The rooms set aside since the last call.
+    fn take_deferred(&self) -> Vec<Arc<str>> {
+        self.deferred.lock().drain().collect()
+    }
+
     /// The rooms marked since the last call.
     fn take_changed(&self) -> Vec<Arc<str>> {
         self.changed.lock().drain().collect()
@@ -166,25 +187,43 @@ impl RoomMembers {
 
 impl Chat {
     /// A session of `identity` subscribed to `filter` (a new filter for
-    /// that session, or one restored from the store).
-    pub(crate) fn subscribed(&self, identity: Option<&str>, filter: &str) {
+    /// that session, or one restored from the store). `payer`: the
+    /// account a client's own change is charged to; `None` for what the
+    /// broker restores.
+    pub(crate) fn subscribed(&self, identity: Option<&str>, filter: &str, payer: Option<&str>) {
         if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
             // A declared closed room's list does not follow its
             // subscribers.
             if self.members.add(room, identity) && self.membership.lists_subscribers(room) {
-                self.members.mark(room);
+                self.list_changed(room, payer);
             }
         }
     }
 
     /// A session of `identity` no longer holds its subscription to
-    /// `filter` (UNSUBSCRIBE, or the session ended).
-    pub(crate) fn unsubscribed(&self, identity: Option<&str>, filter: &str) {
+    /// `filter` (UNSUBSCRIBE, or the session ended); `payer` as for
+    /// [`Chat::subscribed`].
+    pub(crate) fn unsubscribed(&self, identity: Option<&str>, filter: &str, payer: Option<&str>) {
         if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
             if self.members.remove(room, identity) && self.membership.lists_subscribers(room) {
-                self.members.mark(room);
+                self.list_changed(room, payer);
             }
         }
+    }
+
+    /// Marks `room`'s list for publication, charged to `payer`'s
+    /// `room_member_changes_per_minute`; beyond it the change stands but
+    /// its list waits for the next minute (a SUBSCRIBE is never refused
+    /// for it: what it grants is standard MQTT, the list is the broker's).
+    fn list_changed(&self, room: &str, payer: Option<&str>) {
+        let spent = payer.map(|account| self.budgets.spend(account, Rate::RoomMemberChanges, 1));
+        if let Some(Err(over)) = spent {
+            self.counters.member_changes_deferred.inc();
+            tracing::debug!(%room, account = payer, %over, "member list change deferred");
+            self.members.defer(room);
+            return;
+        }
+        self.members.mark(room);
     }
 
     /// Marks a room's list for publication (a ban or its end changes it).
@@ -199,7 +238,8 @@ impl Chat {
         let declared = self.membership.declared_members(room);
         if let Some(members) = declared.as_ref() {
             if !self.membership.lists_subscribers(room) || self.members.listed == 0 {
-                let message = Message::new(topic, payloads::to_cbor(members), QoS::AtLeastOnce, true);
+                let mut message = Message::new(topic, payloads::to_cbor(members), QoS::AtLeastOnce, true);
+                message.last_value = true;
                 let bytes = message.footprint();
                 router.publish(message);
                 return bytes;
@@ -219,6 +259,7 @@ impl Chat {
             members = all.into_iter().take(self.members.listed).collect();
         }
         let mut message = Message::new(topic, payloads::to_cbor(&members), QoS::AtLeastOnce, true);
+        message.last_value = true;
         let bytes = message.footprint();
         // Rebuilt from the restored sessions at start-up: never stored.
         message.retain_in_memory = true;
@@ -246,12 +287,17 @@ impl Chat {
     /// changes made meanwhile are published together when it is due.
     pub(crate) async fn run_members(&self, router: &Router, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut pacing = Pacing::new(self.members.interval, self.members.bytes_per_sec);
+        let mut deferred_at = tokio::time::Instant::now() + DEFERRED_EVERY;
         loop {
             let next = pacing.next_due();
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = self.members.wake.notified() => {}
                 _ = sleep_until(next) => {}
+                _ = tokio::time::sleep_until(deferred_at) => {
+                    pacing.waiting.extend(self.members.take_deferred());
+                    deferred_at = tokio::time::Instant::now() + DEFERRED_EVERY;
+                }
             }
             pacing.waiting.extend(self.members.take_changed());
             let now = tokio::time::Instant::now();

@@ -114,6 +114,8 @@ pub struct Chat {
     signed: signed::SignedAlerts,
     /// How many reactions a message holds (`lifecycle.rs`).
     reaction_bounds: reactions::ReactionBounds,
+    /// `room_max_edits_per_message` (`lifecycle.rs`).
+    max_edits: usize,
     pub counters: ChatCounters,
 }
 
@@ -142,6 +144,9 @@ pub struct ChatCounters {
     /// Room posts refused, over the identity's
     /// `room_max_messages_per_minute` in that room.
     pub room_rate_refused: crate::metrics::Counter,
+    /// Member list changes whose list waits for the next minute: over the
+    /// identity's `room_member_changes_per_minute`.
+    pub member_changes_deferred: crate::metrics::Counter,
     /// Alerts refused by a signed rule: malformed, bad signature, replayed
     /// counter (3.1.1 publishers only see them dropped).
     pub alerts_refused: crate::metrics::Counter,
@@ -237,6 +242,7 @@ impl Chat {
                 emoji: config.max_reaction_emoji,
                 total: config.max_reactions_per_message,
             },
+            max_edits: config.room_max_edits_per_message,
             counters: ChatCounters::default(),
         })
     }

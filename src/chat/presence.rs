@@ -105,6 +105,7 @@ pub fn presence_message(user: &str, payload: &PresencePayload) -> Message {
     let mut message = Message::new(presence_topic(user), to_cbor(payload), QoS::AtLeastOnce, true);
     // Only "offline" (with last_seen) needs to survive a restart.
     message.retain_in_memory = payload.status != "offline";
+    message.last_value = true;
     message
 }
 

@@ -352,6 +352,11 @@ pub struct Config {
     /// seconds (and `room_members_interval_ms`), so what the list costs
     /// each reader is bounded whatever one identity does. 0: no bound.
     pub room_members_bytes_per_sec: u64,
+    /// Changes one identity may make per minute to its place in room
+    /// member lists (a SUBSCRIBE, UNSUBSCRIBE or session end that adds or
+    /// removes it); beyond it the change is made, but no list is
+    /// published for it before the next minute. 0: no bound.
+    pub room_member_changes_per_minute: u32,
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,
@@ -361,6 +366,10 @@ pub struct Config {
     /// Reactions one room message may hold in all (each a reactor's name
     /// in its record); one beyond it gets 0x97.
     pub max_reactions_per_message: usize,
+    /// Edits one room message may take; one beyond it gets 0x97. Each
+    /// edit is a log entry the message's record lists, and a delete
+    /// empties every one of them, so this bounds what one delete does.
+    pub room_max_edits_per_message: usize,
     /// Longest reaction emoji, in bytes of UTF-8; longer (or empty) 0x99.
     pub max_emoji_bytes: usize,
     /// Room messages one identity may post per minute in one room (a burst

@@ -89,7 +89,7 @@ pub(crate) fn go_offline(
 /// waiting out its delay is sent, and the registry forgets it.
 pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
     hand_over_shared(shared, session);
-    let (subscriptions, pending_will, identity) = {
+    let (subscriptions, pending_will, identity, payer) = {
         let mut st = session.state.lock();
         if st.ended {
             return;
@@ -103,6 +103,7 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
             std::mem::take(&mut st.subscriptions),
             st.pending_will.take(),
             identity,
+            st.charged_to.clone(),
         )
     };
     for filter in subscriptions.keys() {
@@ -110,7 +111,11 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
         shared
             .router
             .unsubscribe(&session.subscriber(), filter, parsed.as_ref());
-        shared.chat.unsubscribed(identity.as_deref(), filter);
+        // Its end leaves the lists, charged as an UNSUBSCRIBE would be:
+        // connecting and leaving is a flap too.
+        shared
+            .chat
+            .unsubscribed(identity.as_deref(), filter, payer.as_deref());
     }
     shared.registry.remove(shared, session);
     if shared.registry.get(&session.client_id).is_none() {
@@ -221,6 +226,7 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
         retain_in_memory: false,
         broker_owned: false,
         received_at: None,
+        last_value: false,
         stored_body: std::sync::OnceLock::new(),
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");

@@ -303,7 +303,7 @@ impl Session {
     /// Queues one delivery and wakes the connection. Returns false when the
     /// message was dropped (queue full, or QoS 0 for an offline session);
     /// every drop is counted.
-    pub fn deliver(&self, mut delivery: Delivery) -> bool {
+    pub fn deliver(&self, delivery: Delivery) -> bool {
         let mut st = self.state.lock();
         if st.ended {
             return false;
@@ -323,6 +323,14 @@ impl Session {
             self.metrics.messages_dropped_offline_qos0.inc();
             return false;
         }
+        let mut delivery = match self.replace_waiting_copy(&mut st, delivery) {
+            Ok(()) => {
+                drop(st);
+                self.wake.notify_one();
+                return true;
+            }
+            Err(delivery) => delivery,
+        };
         // A message alone is always taken (it is within max_packet_size);
         // beyond that what waits and what is in flight (sent, not yet
         // acknowledged) are bounded together, in count and in bytes: a
@@ -350,6 +358,34 @@ impl Session {
         drop(st);
         self.wake.notify_one();
         true
+    }
+
+    /// Puts `delivery` of a last-value topic (`Message::last_value`: a
+    /// member list, a presence) in the place of its topic's copy still
+    /// waiting in the queue, which is of no more use; `Err` gives it back
+    /// when there is none. The scan is bounded by `max_queued_messages`
+    /// and runs only for such topics.
+    fn replace_waiting_copy(&self, st: &mut SessionState, mut delivery: Delivery) -> Result<(), Delivery> {
+        if !delivery.message.last_value {
+            return Err(delivery);
+        }
+        let topic = &delivery.message.topic;
+        let Some(index) = st
+            .queue
+            .iter()
+            .rposition(|d| d.message.last_value && d.message.topic == *topic)
+        else {
+            return Err(delivery);
+        };
+        self.record_delivery(st, &mut delivery);
+        let mut older = None;
+        st.queue.update(index, |waiting| {
+            older = Some(std::mem::replace(waiting, delivery))
+        });
+        if let Some(older) = older {
+            self.forget_delivery(&older);
+        }
+        Ok(())
     }
 
     /// Counts and logs (rate-limited) a message dropped for a full queue:

@@ -380,7 +380,7 @@ pub(crate) fn restore_sessions(
         };
         for (filter, sub) in subscriptions {
             // Its owner is listed in the rooms it names, also offline.
-            shared.chat.subscribed(identity.as_deref(), &filter);
+            shared.chat.subscribed(identity.as_deref(), &filter, None);
             let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();
             // Judged by today's rules: they may have changed since.
             let plain_filter = shared_filter.as_ref().map_or(&*filter, |s| s.filter);

@@ -382,6 +382,7 @@ impl Connection {
             retain_in_memory: false,
             broker_owned: false,
             received_at: Some(tokio::time::Instant::now()),
+            last_value: false,
             stored_body: std::sync::OnceLock::new(),
         }
     }

@@ -102,7 +102,7 @@ impl<T: Counted> Queue<T> {
         self.bytes
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
+    pub fn iter(&self) -> std::collections::vec_deque::Iter<'_, T> {
         self.items.iter()
     }
 

@@ -92,9 +92,11 @@ impl Connection {
                 },
             );
             if replaced.is_none() {
-                self.shared
-                    .chat
-                    .subscribed(self.principal.identity.as_deref(), filter);
+                self.shared.chat.subscribed(
+                    self.principal.identity.as_deref(),
+                    filter,
+                    Some(&self.principal.account),
+                );
             }
             status.push(match options.qos {
                 QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
@@ -194,9 +196,11 @@ impl Connection {
                 self.shared
                     .router
                     .unsubscribe(&self.session.subscriber(), filter, shared.as_ref());
-                self.shared
-                    .chat
-                    .unsubscribed(self.principal.identity.as_deref(), filter);
+                self.shared.chat.unsubscribed(
+                    self.principal.identity.as_deref(),
+                    filter,
+                    Some(&self.principal.account),
+                );
                 let mut st = self.session.state.lock();
                 if let Some(account) = st.charged_to.clone() {
                     let cost = subscription_cost(filter).min(st.subscription_bytes);

@@ -52,6 +52,7 @@ impl MessageRecord {
             retain_in_memory: false,
             broker_owned: false,
             received_at: None,
+            last_value: false,
             stored_body: std::sync::OnceLock::new(),
         }
     }
