@@ -112,6 +112,7 @@ impl Chat {
             error: Some("cluster".into()),
         };
         send_reply(router, request, topic, to_cbor(&refusal));
-        PublishAckReason::UnspecifiedError
+        // As a post the cluster could not take: retry later (`topics.md`).
+        PublishAckReason::QuotaExceeded
     }
 }
