@@ -79,10 +79,28 @@ fn script_for(block: &str, port: u16) -> String {
     script
 }
 
+/// The rooms of the configuration a block's text says to start the
+/// broker with: the README's moderation block runs with
+/// `contrib/moderated-lobby.toml` (its rooms; the listener stays the
+/// harness's, checked to be loopback as the file promises).
+fn rooms_for(block: &str) -> Vec<roomq::config::RoomConfig> {
+    if !block.contains("$rooms/lobby/mod") {
+        return Vec::new();
+    }
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/moderated-lobby.toml");
+    let config = roomq::Config::load(Some(&file), &[]).expect("contrib/moderated-lobby.toml loads");
+    assert!(
+        config.listeners.iter().all(|l| l.bind.ip().is_loopback()),
+        "names are claims there: loopback only"
+    );
+    config.rooms
+}
+
 async fn run_example(file: &str, start: usize, block: &str) -> String {
     let broker = start_with(roomq::Config {
         // The README's demo reads `$SYS` counters.
         sys_interval_secs: 1,
+        rooms: rooms_for(block),
         ..test_config()
     })
     .await;
@@ -111,6 +129,11 @@ fn expected(file: &str, block: &str) -> Vec<&'static str> {
         "README.md" if block.contains("demo/#") => {
             vec!["demo/hello hi there", "demo/status online", "$SYS/broker/"]
         }
+        // The ban: bob read what came before it, alice got `{ok: true}`.
+        "README.md" if block.contains("$rooms/lobby/mod") => vec![
+            "rooms/lobby/msg/alice before the ban",
+            "users/alice/mod/lobby a1626f6bf5",
+        ],
         "README.md" if block.contains("rooms/lobby") => vec![
             "rooms/lobby/msg/alice",
             "hello lobby",
@@ -166,7 +189,12 @@ async fn the_shell_examples_of_the_readme_and_topics_md_work_as_written() {
                     "{file} line {start}: the output lacks {want:?}:\n{out}"
                 );
             }
-            if block.contains("rooms/lobby") {
+            if block.contains("$rooms/lobby/mod") {
+                // Nothing of the room reaches bob after the ban; his
+                // post is refused.
+                assert!(!out.contains("after the ban"), "{out}");
+                assert!(!out.contains("let me in"), "{out}");
+            } else if block.contains("rooms/lobby") {
                 // Sent twice with one msg-id, stored and delivered once;
                 // the forged post is not delivered.
                 assert_eq!(out.matches("pressure high").count(), 1, "{out}");
@@ -176,7 +204,7 @@ async fn the_shell_examples_of_the_readme_and_topics_md_work_as_written() {
         }
     }
     assert_eq!(
-        ran, 7,
-        "the README, topics.md and docs/ have seven client examples"
+        ran, 8,
+        "the README, topics.md and docs/ have eight client examples"
     );
 }

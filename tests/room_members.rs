@@ -346,3 +346,37 @@ async fn a_flapping_subscriber_costs_readers_a_bounded_number_of_bytes() {
         "40 changes within the byte budget of one list published {lists} lists"
     );
 }
+
+/// A timed ban ends on time for the member list too: banned for one
+/// second, alice leaves the list, and comes back into it when the ban
+/// ends (she reads the room again then), without waiting for the
+/// periodic upkeep.
+#[tokio::test]
+async fn a_timed_ban_ends_in_the_list_when_it_ends() {
+    let broker = start().await;
+    broker.set_room(roomq::config::RoomConfig {
+        name: "lobby".into(),
+        members: vec![],
+        open: true,
+        moderators: vec!["mod".into()],
+    });
+    let addr = broker.local_addr();
+    let mut reader = reader5(addr, "reader5").await;
+    let mut alice = user5(addr, "alice-phone", "alice").await;
+    alice
+        .subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+        .await;
+    until_listed5(&mut reader, &["alice", "mod"]).await;
+    let mut moderator = user5(addr, "mod-1", "mod").await;
+    let request: std::collections::BTreeMap<&str, ciborium::Value> =
+        [("op", "ban".into()), ("user", "alice".into()), ("secs", 1.into())].into();
+    let ack = send_and_ack(
+        &mut moderator,
+        publish_with("$rooms/lobby/mod", &payloads::to_cbor(&request), Some(1), &[]),
+    )
+    .await;
+    assert_eq!(ack.reason_code, v5::PublishAckReason::Success);
+    until_listed5(&mut reader, &["mod"]).await;
+    until_listed5(&mut reader, &["alice", "mod"]).await;
+    broker.shutdown().await;
+}

@@ -134,3 +134,41 @@ impl super::Chat {
         Some(message)
     }
 }
+
+impl super::Chat {
+    /// A room message as a session's stored queue names it: a shared
+    /// group's copy (`session/persist.rs`), stored with its topic and
+    /// properties but no body, since the room log holds the body and a
+    /// moderator's delete must remove its last copy. Rebuilt from the log
+    /// in its current state, with its room tag. `None`: `stored` is not a
+    /// room message; `Some(None)`: the log no longer has it (trimmed, or
+    /// the store failing).
+    pub(crate) fn queued_reference(&self, stored: &Message) -> Option<Option<Message>> {
+        let room = match stored.topic.split('/').collect::<Vec<_>>().as_slice() {
+            ["rooms", room, "msg" | "event", _] => Arc::<str>::from(*room),
+            _ => return None,
+        };
+        let seq = stored
+            .properties
+            .as_ref()?
+            .user_properties
+            .iter()
+            .find(|(k, _)| k == "seq")
+            .and_then(|(_, v)| v.parse::<u64>().ok())?;
+        let record = match self.log.stored(&room, seq) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(%room, seq, error = %e, "cannot read a queued room message from the log; dropped");
+                None
+            }
+        };
+        Some(record.map(|record| {
+            let mut message = room_message(&room, seq, record, stored.publisher.clone());
+            message.expires_at = stored.expires_at;
+            if let Some(body) = stored.stored_body.get() {
+                let _ = message.stored_body.set(*body);
+            }
+            message
+        }))
+    }
+}

@@ -134,14 +134,6 @@ impl Change {
     }
 }
 
-/// Decodes a request payload that may be larger than a control payload (an
-/// edit's body): exactly one CBOR value, no bytes after it, no unknown keys.
-fn from_cbor_exact<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
-    let mut rest = bytes;
-    let value = ciborium::from_reader(&mut rest).ok()?;
-    rest.is_empty().then_some(value)
-}
-
 impl Chat {
     /// `rooms/{room}/edit|delete|react/{sender}`. The gate let it through:
     /// `sender` is the publisher, a member who may post in `room`.
@@ -201,7 +193,7 @@ impl Chat {
                 if payload.len() > config.max_room_message_bytes.saturating_add(EDIT_OVERHEAD) {
                     return Err(PublishAckReason::QuotaExceeded);
                 }
-                let edit: EditRequest = from_cbor_exact(payload).ok_or(invalid)?;
+                let edit: EditRequest = super::payloads::from_request_cbor(payload).ok_or(invalid)?;
                 if edit.body.len() > config.max_room_message_bytes {
                     return Err(PublishAckReason::QuotaExceeded);
                 }

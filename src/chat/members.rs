@@ -288,8 +288,16 @@ impl Chat {
     pub(crate) async fn run_members(&self, router: &Router, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut pacing = Pacing::new(self.members.interval, self.members.bytes_per_sec);
         let mut deferred_at = tokio::time::Instant::now() + DEFERRED_EVERY;
+        let sanctions = &self.membership.sanctions;
         loop {
             let next = pacing.next_due();
+            // A ban's end changes its room's list: a timer, so that the
+            // user is listed again when she reads the room again (a
+            // new ban wakes this loop through `members_changed`).
+            let ban_end = sanctions.next_ban_end().map(|until| {
+                let wait = until.saturating_sub(crate::store::unix_ms_now());
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = self.members.wake.notified() => {}
@@ -298,8 +306,11 @@ impl Chat {
                     pacing.waiting.extend(self.members.take_deferred());
                     deferred_at = tokio::time::Instant::now() + DEFERRED_EVERY;
                 }
+                _ = sleep_until(ban_end) => {}
             }
             pacing.waiting.extend(self.members.take_changed());
+            let ended = sanctions.take_ended_bans(crate::store::unix_ms_now());
+            pacing.waiting.extend(ended.into_iter().map(Arc::from));
             let now = tokio::time::Instant::now();
             for room in pacing.due(now) {
                 let bytes = self.publish_members(router, &room);

@@ -162,13 +162,13 @@ impl Chat {
                         }
                         SetError::Store(e) => {
                             tracing::error!(%room, error = %e, "could not store a ban or mute");
-                            ("store", PublishAckReason::UnspecifiedError)
+                            ("store", PublishAckReason::QuotaExceeded)
                         }
                     })
             }
             Op::Lift(kind) => sanctions.lift(kind, room, user).map_err(|e| {
                 tracing::error!(%room, error = %e, "could not store the end of a ban or mute");
-                ("store", PublishAckReason::UnspecifiedError)
+                ("store", PublishAckReason::QuotaExceeded)
             }),
         };
         match done {

@@ -225,14 +225,72 @@ pub fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
 pub const MAX_CONTROL_PAYLOAD: usize = 256;
 
 /// Decodes a client's chat control payload strictly: at most
-/// `MAX_CONTROL_PAYLOAD` bytes, exactly one CBOR value with no bytes after
-/// it, and (by the types' `deny_unknown_fields`) no keys the schema lacks.
-/// `None` is answered with 0x99 Payload format invalid.
+/// `MAX_CONTROL_PAYLOAD` bytes, and as [`from_request_cbor`]. `None` is
+/// answered with 0x99 Payload format invalid.
 pub fn from_client_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
     if bytes.len() > MAX_CONTROL_PAYLOAD {
         return None;
     }
-    let mut rest = bytes;
-    let value = ciborium::from_reader(&mut rest).ok()?;
-    rest.is_empty().then_some(value)
+    from_request_cbor(bytes)
+}
+
+/// Decodes a client's request (every chat request comes through here,
+/// also one larger than a control payload, an edit's body): exactly one
+/// CBOR value with no bytes after it, in the plain form `topics.md`'s CDDL
+/// describes ([`plain_cbor`]), and (by the types' `deny_unknown_fields`)
+/// no keys the schema lacks.
+pub fn from_request_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    if !plain_cbor(bytes) {
+        return None;
+    }
+    ciborium::from_reader(bytes).ok()
+}
+
+/// Whether `bytes` are exactly one CBOR data item with no tag and no
+/// indefinite length anywhere in it. The CDDL of `topics.md` has no tags:
+/// a decoder that skips them would take `24(h'...')` (embedded CBOR) or a
+/// tagged field as if they were the plain value, which the schema does
+/// not allow; definite lengths are what RFC 8949's preferred encoding
+/// uses, and what every client library writes. Walks the item heads
+/// only: at most one step per byte.
+fn plain_cbor(bytes: &[u8]) -> bool {
+    let mut pos = 0usize;
+    // Data items still to read (a map's entries count twice).
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        let Some(&head) = bytes.get(pos) else {
+            return false;
+        };
+        pos += 1;
+        pending -= 1;
+        let (major, info) = (head >> 5, head & 0x1f);
+        let argument = match info {
+            0..=23 => u64::from(info),
+            24..=27 => {
+                let size = 1usize << (info - 24);
+                let Some(field) = bytes.get(pos..pos + size) else {
+                    return false;
+                };
+                pos += size;
+                field.iter().fold(0u64, |a, &b| (a << 8) | u64::from(b))
+            }
+            // 28-30 are reserved; 31 is an indefinite length (or a
+            // "break" out of place).
+            _ => return false,
+        };
+        match major {
+            // Integers; simple values and floats (their bytes were the
+            // argument).
+            0 | 1 | 7 => {}
+            2 | 3 => match usize::try_from(argument).ok().and_then(|n| pos.checked_add(n)) {
+                Some(end) if end <= bytes.len() => pos = end,
+                _ => return false,
+            },
+            4 => pending = pending.saturating_add(argument),
+            5 => pending = pending.saturating_add(argument.saturating_mul(2)),
+            // A tag.
+            _ => return false,
+        }
+    }
+    pos == bytes.len()
 }

@@ -32,6 +32,11 @@ impl Chat {
         self.membership
             .sanctions
             .replace(change.kind, &change.room, &change.user, change.until);
+        if change.kind == Kind::Ban {
+            // The room's member list changes, and the list's task learns
+            // of a new ban end.
+            self.members_changed(&change.room);
+        }
         tracing::debug!(room = %change.room, user = %change.user, kind = ?change.kind, until = ?change.until, "ban or mute from the cluster applied");
     }
 
@@ -107,6 +112,7 @@ impl Chat {
             error: Some("cluster".into()),
         };
         send_reply(router, request, topic, to_cbor(&refusal));
-        PublishAckReason::UnspecifiedError
+        // As a post the cluster could not take: retry later (`topics.md`).
+        PublishAckReason::QuotaExceeded
     }
 }

@@ -6,9 +6,12 @@
 //! Kept in memory (user names only, a count per room bounded by
 //! `max_bans_per_room`) and in the store (`sanctions` tree, with who set it
 //! and why), loaded at start. Expiry is checked when read, so a ban ends
-//! exactly on time without a timer; `prune` forgets expired ones.
+//! exactly on time without a timer; `prune` forgets expired ones. What
+//! does need a timer is the member list, which a ban's end changes:
+//! timed bans are also kept by end time (`ban_ends`), and the list's task
+//! (`members.rs`) sleeps until the first.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -65,6 +68,9 @@ pub(crate) struct Sanctions {
     /// Where they are kept across restarts; `None` for a membership made
     /// without a broker (unit tests).
     store: Option<Arc<dyn Store>>,
+    /// Timed bans by end (unix ms, room, user): one entry per timed ban
+    /// held, so bounded as the bans are.
+    ban_ends: parking_lot::Mutex<BTreeSet<(u64, String, String)>>,
 }
 
 impl Default for Sanctions {
@@ -73,6 +79,7 @@ impl Default for Sanctions {
             rooms: RwLock::default(),
             count: AtomicUsize::new(0),
             store: None,
+            ban_ends: Default::default(),
         }
     }
 }
@@ -84,6 +91,7 @@ impl Sanctions {
         let now = unix_ms_now();
         let mut rooms: HashMap<String, RoomSanctions> = HashMap::new();
         let mut count = 0;
+        let mut ban_ends = BTreeSet::new();
         for (stored_key, record) in store.load_sanctions()? {
             match parse_key(&stored_key) {
                 Some((kind, room, user)) if record.until_unix_ms.is_none_or(|t| t > now) => {
@@ -92,6 +100,9 @@ impl Sanctions {
                         .or_default()
                         .insert((kind, user.to_string()), record.until_unix_ms);
                     count += 1;
+                    if let (Kind::Ban, Some(until)) = (kind, record.until_unix_ms) {
+                        ban_ends.insert((until, room.to_string(), user.to_string()));
+                    }
                 }
                 _ => store.put_sanction(&stored_key, None)?,
             }
@@ -100,6 +111,7 @@ impl Sanctions {
             rooms: RwLock::new(rooms),
             count: AtomicUsize::new(count),
             store: Some(store),
+            ban_ends: parking_lot::Mutex::new(ban_ends),
         })
     }
 
@@ -150,9 +162,11 @@ impl Sanctions {
                 .and_then(|()| store.flush())
                 .map_err(SetError::Store)?;
         }
-        if entries.insert(entry, record.until_unix_ms).is_none() {
+        let old = entries.insert(entry, record.until_unix_ms);
+        if old.is_none() {
             self.count.fetch_add(1, Ordering::AcqRel);
         }
+        self.reschedule(kind, room, user, old, Some(record.until_unix_ms));
         Ok(())
     }
 
@@ -165,9 +179,11 @@ impl Sanctions {
                 .and_then(|()| store.flush())?;
         }
         if let Some(entries) = rooms.get_mut(room) {
-            if entries.remove(&(kind, user.to_string())).is_some() {
+            let old = entries.remove(&(kind, user.to_string()));
+            if old.is_some() {
                 self.count.fetch_sub(1, Ordering::AcqRel);
             }
+            self.reschedule(kind, room, user, old, None);
             if entries.is_empty() {
                 rooms.remove(room);
             }
@@ -194,20 +210,19 @@ impl Sanctions {
         let entry = (kind, user.to_string());
         match until {
             Some(until) => {
-                if rooms
-                    .entry(room.to_string())
-                    .or_default()
-                    .insert(entry, until)
-                    .is_none()
-                {
+                let old = rooms.entry(room.to_string()).or_default().insert(entry, until);
+                if old.is_none() {
                     self.count.fetch_add(1, Ordering::AcqRel);
                 }
+                self.reschedule(kind, room, user, old, Some(until));
             }
             None => {
                 if let Some(entries) = rooms.get_mut(room) {
-                    if entries.remove(&entry).is_some() {
+                    let old = entries.remove(&entry);
+                    if old.is_some() {
                         self.count.fetch_sub(1, Ordering::AcqRel);
                     }
+                    self.reschedule(kind, room, user, old, None);
                     if entries.is_empty() {
                         rooms.remove(room);
                     }
@@ -230,6 +245,7 @@ impl Sanctions {
             entries.retain(|(kind, user), until| {
                 let live = until.is_none_or(|t| t > now);
                 if !live {
+                    self.reschedule(*kind, room, user, Some(*until), None);
                     if *kind == Kind::Ban && bans_ended.last() != Some(room) {
                         bans_ended.push(room.clone());
                     }
@@ -245,6 +261,48 @@ impl Sanctions {
         }
         rooms.retain(|_, entries| !entries.is_empty());
         bans_ended
+    }
+
+    /// Keeps `ban_ends` in step with a ban that was `old` and is `new`
+    /// (`None`: none; `Some(None)`: until lifted).
+    fn reschedule(
+        &self,
+        kind: Kind,
+        room: &str,
+        user: &str,
+        old: Option<Option<u64>>,
+        new: Option<Option<u64>>,
+    ) {
+        if kind != Kind::Ban {
+            return;
+        }
+        let mut ends = self.ban_ends.lock();
+        if let Some(Some(until)) = old {
+            ends.remove(&(until, room.to_string(), user.to_string()));
+        }
+        if let Some(Some(until)) = new {
+            ends.insert((until, room.to_string(), user.to_string()));
+        }
+    }
+
+    /// When the first timed ban ends (unix ms), if one is held.
+    pub(crate) fn next_ban_end(&self) -> Option<u64> {
+        self.ban_ends.lock().first().map(|(until, _, _)| *until)
+    }
+
+    /// Takes the bans that have ended by `now` (unix ms) off the schedule
+    /// and returns their rooms, whose member lists change. The bans
+    /// themselves are already over (expiry is checked when read); `prune`
+    /// forgets them.
+    pub(crate) fn take_ended_bans(&self, now: u64) -> Vec<String> {
+        let mut ends = self.ban_ends.lock();
+        let mut rooms = Vec::new();
+        while ends.first().is_some_and(|(until, _, _)| *until <= now) {
+            if let Some((_, room, _)) = ends.pop_first() {
+                rooms.push(room);
+            }
+        }
+        rooms
     }
 }
 

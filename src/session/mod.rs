@@ -311,7 +311,11 @@ impl Session {
         if !self.may_read(&st, &delivery.message.topic) {
             return true;
         }
-        if let Some(tag) = &delivery.message.room {
+        // A shared group has no room cursor: its copy is queued for the
+        // member the router picked, online or not, like any shared
+        // message ([MQTT-4.8.2]; `replay.rs`).
+        let by_cursor = replay::by_cursor(&delivery);
+        if let Some(tag) = delivery.message.room.as_ref().filter(|_| by_cursor) {
             if !self.take_live_room_message(&mut st, tag) {
                 // The room log has it; the replay will queue it.
                 return true;
@@ -350,8 +354,9 @@ impl Session {
             self.dropped_full(&mut st, held_bytes);
             return false;
         }
-        if delivery.message.room.is_none() {
-            // Room messages are in the room log already.
+        if !by_cursor {
+            // Room messages are in the room log already (a shared copy
+            // keeps a reference to it: `persist.rs`).
             self.record_delivery(&mut st, &mut delivery);
         }
         st.queue.push_back_reserved(delivery);

@@ -77,7 +77,14 @@ impl Session {
                 *d.message.stored_body.get_or_init(|| id)
             }
         };
-        let record = QueuedRecord::from_delivery(d, None, false);
+        let mut record = QueuedRecord::from_delivery(d, None, false);
+        if d.message.room.is_some() {
+            // A shared group's copy of a room message: the room log keeps
+            // the body, and a moderator's delete must remove its only
+            // copy; the restore reads it from the log again
+            // (`Chat::queued_reference`).
+            record.message.payload = bytes::Bytes::new();
+        }
         match store.put_message(&self.client_id, seq, body, record) {
             Ok(()) => d.store_seq = Some(seq),
             Err(e) => log_store_error(&self.client_id, "queued message", e),
@@ -186,7 +193,8 @@ impl Session {
     /// The session as another node of a cluster takes it over: its record,
     /// its unacknowledged plain messages (in flight first, with their
     /// packet ids, then queued) and its QoS 2 ids. Room messages are left
-    /// out: the new node replays them from the room cursors.
+    /// out, but for a shared group's copies: the new node replays them
+    /// from the room cursors.
     pub(crate) fn hand_over(&self, st: &SessionState) -> HandedOver {
         let inflight = st.inflight.iter().map(|f| {
             let released = f.stage == Stage::Pubcomp;
@@ -195,7 +203,7 @@ impl Session {
         let queued = st.queue.iter().map(|d| (d, None, false));
         let messages = inflight
             .chain(queued)
-            .filter(|(d, _, _)| d.message.room.is_none() && d.qos != QoS::AtMostOnce)
+            .filter(|(d, _, _)| !super::replay::by_cursor(d) && d.qos != QoS::AtMostOnce)
             .enumerate()
             .map(|(i, (d, packet_id, released))| {
                 (i as u64 + 1, QueuedRecord::from_delivery(d, packet_id, released))
@@ -342,6 +350,19 @@ pub(crate) fn restore_sessions(
                         let _ = store.remove_message(&entry.client_id, seq);
                     }
                     continue;
+                };
+                // A room message (a shared group's copy) is stored without
+                // its body: read again from the room log.
+                let message = match shared.chat.queued_reference(&message) {
+                    None => message,
+                    Some(Some(current)) => Arc::new(current),
+                    Some(None) => {
+                        tracing::info!(client_id = %entry.client_id, seq, "a queued room message is no longer in its room log; dropped");
+                        if let Some(store) = &shared.store {
+                            let _ = store.remove_message(&entry.client_id, seq);
+                        }
+                        continue;
+                    }
                 };
                 let delivery = Delivery {
                     message,

@@ -91,7 +91,7 @@ impl Session {
     /// A room message left the session (acknowledged, sent at QoS 0,
     /// expired or too large): move the room's stored cursor.
     pub(crate) fn room_message_done(&self, st: &mut SessionState, delivery: &Delivery) {
-        let Some(tag) = &delivery.message.room else {
+        let Some(tag) = delivery.message.room.as_ref().filter(|_| by_cursor(delivery)) else {
             return;
         };
         if !st.room_cursors.contains_key(&tag.room) && !st.charge_cursor(true) {
@@ -215,6 +215,15 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether a room message reaches this session through its room cursor:
+/// not a shared group's copy, which is queued like any shared message
+/// (MQTT 5.0 §4.8.2, also for an offline member) and stored with the
+/// session's queue (`store_seq`, also once restored, when the group is
+/// no longer known).
+pub(crate) fn by_cursor(delivery: &Delivery) -> bool {
+    delivery.message.room.is_some() && delivery.shared.is_none() && delivery.store_seq.is_none()
 }
 
 /// Rooms with messages after the session's cursor, and where to start:
