@@ -92,6 +92,8 @@ async fn a_reader_that_does_not_read_holds_only_the_newest_list() {
         after.push(list_of(&p));
     }
     assert_eq!(after, [want], "the queued copies of the list");
+    // Each copy replaced is counted (`roomq_messages_dropped_total`).
+    assert_eq!(broker.metrics().messages_superseded.get(), 4);
     broker.shutdown().await;
 }
 
