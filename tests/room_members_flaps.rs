@@ -92,6 +92,8 @@ async fn a_reader_that_does_not_read_holds_only_the_newest_list() {
         after.push(list_of(&p));
     }
     assert_eq!(after, [want], "the queued copies of the list");
+    // Each copy replaced is counted (`roomq_messages_dropped_total`).
+    assert_eq!(broker.metrics().messages_superseded.get(), 4);
     broker.shutdown().await;
 }
 
@@ -140,5 +142,58 @@ async fn changes_beyond_the_identity_budget_publish_no_list() {
     .await
     .expect("bob's join is published");
     assert_eq!(list, ["bob", "mallory"]);
+    broker.shutdown().await;
+}
+
+/// The newest list also replaces a copy queued before a restart (the
+/// store does not keep `Message::last_value`): a persistent session that
+/// held one list in flight and one queued gets, after the restart and a
+/// new change, the one in flight again and the newest, not the old one.
+#[tokio::test]
+async fn a_list_queued_before_a_restart_is_replaced_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || roomq::Config {
+        room_members_interval_ms: 1,
+        room_members_bytes_per_sec: 0,
+        ..sled_config(dir.path())
+    };
+    let broker = start_with(config()).await;
+    let addr = broker.local_addr();
+    let mut persistent = connect5("slow");
+    persistent.clean_start = false;
+    persistent.session_expiry_interval_secs = 3600;
+    persistent.receive_max = std::num::NonZeroU16::new(1);
+    let (mut slow, _) = Raw::connect5(addr, persistent.clone()).await;
+    slow.subscribe5(1, &[(LOBBY, opts(QoS::AtLeastOnce))]).await;
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher.subscribe5(1, &[(LOBBY, opts(QoS::AtMostOnce))]).await;
+    let mut mallory = user5(addr, "mallory-1", "mallory").await;
+    join(&mut mallory, 1).await;
+    assert_eq!(list_of(&watcher.publish5().await), ["mallory"]);
+    leave(&mut mallory, 2).await;
+    assert!(list_of(&watcher.publish5().await).is_empty());
+    // One list in flight, one queued, both stored.
+    assert_eq!(list_of(&slow.publish5().await), ["mallory"]);
+    drop((slow, watcher, mallory));
+    broker.shutdown().await;
+
+    let broker = start_with(config()).await;
+    let addr = broker.local_addr();
+    let mut bob = user5(addr, "bob-1", "bob").await;
+    let mut watcher = Raw::client5(addr, "watcher").await;
+    watcher.subscribe5(1, &[(LOBBY, opts(QoS::AtMostOnce))]).await;
+    join(&mut bob, 1).await;
+    let published = tokio::time::timeout(WAIT, async {
+        while list_of(&watcher.publish5().await) != ["bob"] {}
+    })
+    .await;
+    assert!(published.is_ok(), "bob's join was never published");
+    let (mut slow, _) = Raw::connect5(addr, persistent).await;
+    let mut got = Vec::new();
+    while let Got::Packet(v5::Packet::Publish(p)) = slow.recv5_within(QUIET).await {
+        ack_publish5(&mut slow, &p).await;
+        got.push(list_of(&p));
+    }
+    assert_eq!(got, [vec!["mallory".to_string()], vec!["bob".to_string()]]);
     broker.shutdown().await;
 }

@@ -127,6 +127,7 @@ impl Collector for Families {
             ("queue_full", &m.messages_dropped_queue_full),
             ("offline_qos0", &m.messages_dropped_offline_qos0),
             ("expired", &m.messages_expired),
+            ("superseded", &m.messages_superseded),
             ("too_large", &m.messages_dropped_too_large),
         ];
         let mut family = out.encode_descriptor(

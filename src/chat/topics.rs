@@ -97,6 +97,21 @@ pub(crate) fn only_reads(topic: &str) -> bool {
     topic.starts_with("$history/")
 }
 
+/// Whether `topic` is broker state of which only the newest copy is of
+/// use (`Message::last_value`): `$rooms/{room}/members` or
+/// `$presence/{user}`. For messages read back from the store, which
+/// does not keep the flag.
+pub(crate) fn is_last_value(topic: &str) -> bool {
+    if matches!(classify(topic), Some(ChatTopic::Presence { .. })) {
+        return true;
+    }
+    let mut parts = topic.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some("$rooms"), Some(room), Some("members"), None) if !room.is_empty()
+    )
+}
+
 /// The room a `rooms/{room}/...` topic or filter names (possibly `+` or
 /// `#` in a filter); `None` for any other topic.
 pub(crate) fn room_of(topic: &str) -> Option<&str> {
@@ -222,6 +237,21 @@ mod tests {
         );
         assert_eq!(classify("$rooms/ops/members"), Some(ChatTopic::Reserved));
         assert_eq!(classify("sensors/1"), None);
+    }
+
+    #[test]
+    fn last_value_topics() {
+        for yes in ["$rooms/ops/members", "$presence/bob"] {
+            assert!(is_last_value(yes), "{yes}");
+        }
+        for no in [
+            "$rooms/ops/mod",
+            "$rooms//members",
+            "$rooms/ops/members/x",
+            "rooms/ops/msg/a",
+        ] {
+            assert!(!is_last_value(no), "{no}");
+        }
     }
 
     #[test]

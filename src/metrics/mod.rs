@@ -132,6 +132,9 @@ pub struct Metrics {
     pub messages_dropped_offline_qos0: Counter,
     /// Messages dropped because their Message Expiry Interval ran out.
     pub messages_expired: Counter,
+    /// Queued copies of a member list or presence replaced by a newer one
+    /// before they were sent (`Message::last_value`).
+    pub messages_superseded: Counter,
     /// Messages not sent because they exceed the client's Maximum Packet Size.
     pub messages_dropped_too_large: Counter,
     /// Connections refused or closed for a protocol violation.
@@ -178,6 +181,7 @@ impl Default for Metrics {
             messages_dropped_queue_full: Counter::default(),
             messages_dropped_offline_qos0: Counter::default(),
             messages_expired: Counter::default(),
+            messages_superseded: Counter::default(),
             messages_dropped_too_large: Counter::default(),
             protocol_errors: Counter::default(),
             auth_failures: Counter::default(),

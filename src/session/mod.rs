@@ -388,6 +388,8 @@ impl Session {
             older = Some(std::mem::replace(waiting, delivery))
         });
         if let Some(older) = older {
+            // Counted like every message a subscriber does not get.
+            self.metrics.messages_superseded.inc();
             self.forget_delivery(&older);
         }
         Ok(())

@@ -266,7 +266,11 @@ pub(crate) fn restore_from_store(shared: &Arc<Shared>, store: &Arc<dyn Store>) -
         read.entry(id)
             .or_insert_with(|| match store.load_body(id) {
                 Ok(Some(record)) => {
-                    let message = record.into_message();
+                    let mut message = record.into_message();
+                    // The store does not keep the flag: a member list
+                    // queued before the restart is still replaced by a
+                    // newer one.
+                    message.last_value = crate::chat::is_last_value(&message.topic);
                     let _ = message.stored_body.set(id);
                     Some(Arc::new(message))
                 }
