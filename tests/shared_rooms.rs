@@ -108,3 +108,39 @@ async fn a_shared_room_message_waits_for_the_offline_member_3() {
     }
     broker.shutdown().await;
 }
+
+/// The queued copy names the room log, it holds no body of its own: a
+/// message deleted while it waited arrives as a tombstone after a
+/// restart (`deleted`, no body), as a replay from the log gives it.
+#[tokio::test]
+async fn a_shared_copy_deleted_while_it_waited_arrives_as_a_tombstone_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with(sled_config(dir.path())).await;
+    let addr = broker.local_addr();
+    bob_joins_and_leaves(addr).await;
+    let seq = alice_posts(addr, b"oops").await;
+    let mut alice = user5(addr, "alice-2", "alice").await;
+    assert_eq!(
+        send(
+            &mut alice,
+            "rooms/lobby/delete/alice",
+            &common::events::delete(seq),
+            1
+        )
+        .await,
+        PublishAckReason::Success
+    );
+    broker.shutdown().await;
+    let broker = start_with(sled_config(dir.path())).await;
+    let mut connect = persistent5("bob-1");
+    connect.username = Some("bob".into());
+    let (mut bob, _) = Raw::connect5(broker.local_addr(), connect).await;
+    let p = bob.publish5().await;
+    assert_eq!(seq_of(&p), seq);
+    assert!(p.payload.is_empty(), "no body: {:?}", p.payload);
+    assert_eq!(
+        common::chat::user_props(&p).get("deleted").map(String::as_str),
+        Some("true")
+    );
+    broker.shutdown().await;
+}
