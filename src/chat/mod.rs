@@ -2,6 +2,9 @@
 //! for client authors.
 //!
 //! - `topics.rs` recognises the chat topics; everything else is plain MQTT.
+//!   `classified.rs` is that answer as a value: found once where a message
+//!   enters, it travels with the message through the gate, the route and
+//!   `publish.rs`.
 //! - `rooms.rs` is the membership model ([`Membership::may_join`]).
 //! - `log.rs` keeps each room's messages once, under one increasing `seq`.
 //! - `commit.rs` delivers a room message once it is on disk
@@ -27,6 +30,7 @@
 //! cursor per room and replays its backlog from the log on reconnect
 //! (`session/replay.rs`).
 
+mod classified;
 mod commit;
 mod dedup;
 mod events;
@@ -58,6 +62,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+pub(crate) use classified::Classified;
 pub(crate) use events::room_message;
 pub(crate) use log::RoomLog;
 pub(crate) use members::uses_rooms;
@@ -66,7 +71,7 @@ pub(crate) use members::uses_rooms;
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use other_nodes::{DeviceCount, Pending, PresenceReplication, Replication, RoomReplication};
 pub use presence::presence_topic;
-pub(crate) use publish::{Handled, Publisher, WriteGate};
+pub(crate) use publish::{AlertTarget, Handled, Publisher};
 pub use rooms::Membership;
 pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{

@@ -190,7 +190,9 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
         tracing::info!(%client_id, topic = %w.topic, "will not published: the login was revoked");
         return;
     }
-    if gate_check(shared, &principal, client_id, &w.topic).is_err() {
+    // A will's topic enters here when it fires: classified once.
+    let kind = crate::chat::Classified::of(&w.topic);
+    if gate_check(shared, &principal, client_id, &w.topic, kind).is_err() {
         tracing::info!(%client_id, topic = %w.topic, "will not published: refused by the access rules");
         return;
     }
@@ -225,5 +227,5 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");
     shared.metrics.messages_received[usize::from(message.qos.value())].inc();
-    route_as(shared, &principal, client_id, message);
+    route_as(shared, &principal, client_id, message, kind);
 }
