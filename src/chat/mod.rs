@@ -4,7 +4,8 @@
 //! - `topics.rs` recognises the chat topics; everything else is plain MQTT.
 //!   `classified.rs` is that answer as a value: found once where a message
 //!   enters, it travels with the message through the gate, the route and
-//!   `publish.rs`.
+//!   `publish.rs`. `filter.rs` does the same for a subscription filter
+//!   (`$share/{group}/`, the room it names).
 //! - `rooms.rs` is the membership model ([`Membership::may_join`]).
 //! - `log.rs` keeps each room's messages once, under one increasing `seq`.
 //! - `commit.rs` delivers a room message once it is on disk
@@ -34,6 +35,7 @@ mod classified;
 mod commit;
 mod dedup;
 mod events;
+mod filter;
 mod history;
 mod lifecycle;
 mod log;
@@ -64,8 +66,8 @@ use tokio::time::Instant;
 
 pub(crate) use classified::Classified;
 pub(crate) use events::room_message;
+pub(crate) use filter::Filter;
 pub(crate) use log::RoomLog;
-pub(crate) use members::uses_rooms;
 // The seams cluster mode implements (unused by the rest of a build
 // without the `cluster` feature).
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
@@ -75,8 +77,7 @@ pub(crate) use publish::{AlertTarget, Handled, Publisher};
 pub use rooms::Membership;
 pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{
-    answer_owner, classify, message_topic, only_reads, room_of, room_read_by, rooms_covered, ChatTopic,
-    RoomInterest,
+    answer_owner, classify, message_topic, only_reads, room_read_by, rooms_covered, ChatTopic, RoomInterest,
 };
 
 use crate::budget::{Budgets, Held};

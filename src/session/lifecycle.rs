@@ -105,12 +105,12 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
             identity,
         )
     };
-    for filter in subscriptions.keys() {
-        let parsed = crate::protocol::validate::parse_shared(filter).ok().flatten();
+    for text in subscriptions.keys() {
+        let filter = crate::chat::Filter::read(text);
         shared
             .router
-            .unsubscribe(&session.subscriber(), filter, parsed.as_ref());
-        shared.chat.unsubscribed(identity.as_deref(), filter);
+            .unsubscribe(&session.subscriber(), text, filter.shared.as_ref());
+        shared.chat.unsubscribed(identity.as_deref(), &filter);
     }
     shared.registry.remove(shared, session);
     if shared.registry.get(&session.client_id).is_none() {
