@@ -37,19 +37,29 @@
 //! - [`metrics`]: counters and histograms, read by `$SYS` topics and
 //!   `/metrics`.
 //!
-//! The path of a PUBLISH, forward only:
-//! 1. `session/io.rs` reads bytes; `protocol/frame.rs` decodes a packet.
+//! The path of a PUBLISH, forward only (each step hands the next what it
+//! found; none asks a module above it):
+//! 1. `session/io.rs` reads bytes from the socket; `protocol/frame.rs`
+//!    decodes a packet.
 //! 2. `session/connection.rs` (`handle`) dispatches it to
-//!    `session/publish.rs`: topic alias, limits, Receive Maximum, QoS 2
-//!    state, de-duplication by packet id.
-//! 3. `auth/gate.rs` decides whether this client may write the topic (the
-//!    same decision serves wills, history replies and alert copies).
-//! 4. `session/route.rs` sends it on: a chat topic to `chat/publish.rs`
-//!    (checks, `seq`, room log in `chat/log.rs`, then `chat/commit.rs`
-//!    delivers after the group commit), anything else, and alert copies,
-//!    to the router.
+//!    `session/publish.rs`: topic alias, size and rate limits. There the
+//!    topic is classified, once, into a `chat::Classified`
+//!    (`chat/classified.rs`: a chat topic with its room, sender and
+//!    msg-id, or a plain one); that value travels with the message.
+//! 3. `auth/gate.rs` decides, from that value, whether this client may
+//!    write the topic (the same decision serves wills, history replies
+//!    and alert copies, each classified where it enters). Then
+//!    `session/publish.rs` checks the store's health, Receive Maximum,
+//!    QoS 2 state and de-duplication by packet id.
+//! 4. `session/route.rs` sends it on. It first puts to the gate what the
+//!    chat layer would write besides the message (a reply to a Response
+//!    Topic, an alert rule's room copies), and hands the answers down:
+//!    a chat topic goes to `chat/publish.rs` (checks, `seq`, room log in
+//!    `chat/log.rs`, then `chat/commit.rs` delivers after the group
+//!    commit); anything else, and alert copies, to the router.
 //! 5. `router/mod.rs` matches subscriptions (`router/trie.rs`, retained in
-//!    `router/retained.rs`) and hands a `Delivery` to each subscriber.
+//!    `router/retained.rs`) and hands a `Delivery` to each subscriber
+//!    through `router::Subscriber`, which sessions implement.
 //! 6. `session/mod.rs` (`deliver`) queues it (`session/queue.rs`, stored by
 //!    `session/persist.rs` for a persistent session) and wakes the
 //!    subscriber's connection, whose `session/outbox.rs` writes it.
@@ -57,6 +67,11 @@
 //!    (`store/group_commit.rs`) in `session/acks.rs` (its rules, without
 //!    I/O, in `session/ack_queue.rs`; those of the messages in flight to
 //!    a subscriber in `session/inflight.rs`).
+//!
+//! A SUBSCRIBE's filters are parsed the same way, once, in
+//! `session/subscribe.rs`, into a `chat::Filter` (`chat/filter.rs`: the
+//! `$share/{group}/` prefix and the room it names) that the ACL, the
+//! router and the chat layer's room lists read.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,8 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::chat::Filter;
 use crate::context::Shared;
-use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
+use crate::protocol::validate::is_valid_topic_filter;
 use crate::protocol::{QoS, SubscriptionOptions};
 use crate::router::Message;
 use crate::session::Registry;
@@ -36,8 +37,8 @@ pub struct LocalSubscription {
 
 impl LocalSubscription {
     pub(crate) fn new(shared: Arc<Shared<Registry>>, filter: &str, qos: QoS) -> Result<Self, SubscribeError> {
-        let parsed = parse_shared(filter).map_err(|_| SubscribeError::InvalidShared(filter.into()))?;
-        if parsed.is_none() && !is_valid_topic_filter(filter) {
+        let parsed = Filter::parse(filter).map_err(|_| SubscribeError::InvalidShared(filter.into()))?;
+        if parsed.shared.is_none() && !is_valid_topic_filter(filter) {
             return Err(SubscribeError::InvalidFilter(filter.into()));
         }
         let id = NEXT_LOCAL_ID.fetch_add(1, Ordering::Relaxed);
@@ -61,7 +62,7 @@ impl LocalSubscription {
             .subscribe(
                 &session.subscriber(),
                 filter,
-                parsed.as_ref(),
+                parsed.shared.as_ref(),
                 options,
                 None,
                 false,
@@ -91,9 +92,9 @@ impl LocalSubscription {
 
 impl Drop for LocalSubscription {
     fn drop(&mut self) {
-        let parsed = parse_shared(&self.filter).ok().flatten();
+        let parsed = Filter::read(&self.filter);
         self.shared
             .router
-            .unsubscribe(&self.session.subscriber(), &self.filter, parsed.as_ref());
+            .unsubscribe(&self.session.subscriber(), &self.filter, parsed.shared.as_ref());
     }
 }

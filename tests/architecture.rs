@@ -148,3 +148,59 @@ fn no_file_is_over_600_lines() {
         .collect();
     assert!(long.is_empty(), "split these by concern: {long:?}");
 }
+
+/// Which files under `src/` call `name` in their code (comments and unit
+/// tests left out).
+fn files_calling(name: &str) -> BTreeSet<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .iter()
+        .filter(|file| {
+            let code = code_of(&std::fs::read_to_string(file).unwrap());
+            code.match_indices(name).any(|(i, _)| {
+                // A call, not a longer name that ends with it.
+                !code[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
+        .map(|file| file.strip_prefix(&src).unwrap().display().to_string())
+        .collect()
+}
+
+/// A topic is classified once, where its message enters, and the value
+/// (`chat::Classified`) travels on; a filter is parsed once into a
+/// `chat::Filter`. The gate, the route and the chat layer's PUBLISH
+/// handling take those values and never parse again. Only these files
+/// parse: the two values themselves, and entries that look at a topic
+/// once (a retained message read back or taken from another node, a
+/// packet a cluster node must catch up for before it is handled).
+#[test]
+fn topics_and_filters_are_parsed_where_they_enter() {
+    let classifying = files_calling("classify(");
+    let allowed = [
+        "chat/topics.rs",
+        "chat/classified.rs",
+        "chat/upkeep.rs",
+        "session/rooms_ready.rs",
+        "cluster/join.rs",
+    ];
+    let extra: Vec<&String> = classifying
+        .iter()
+        .filter(|f| !allowed.contains(&f.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "these files classify a topic again (take the `chat::Classified` of its entry instead): {extra:?}"
+    );
+    let parsing = files_calling("parse_shared(");
+    let allowed = ["protocol/validate.rs", "chat/filter.rs"];
+    let extra: Vec<&String> = parsing
+        .iter()
+        .filter(|f| !allowed.contains(&f.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "these files parse `$share/` themselves (take a `chat::Filter` instead): {extra:?}"
+    );
+}

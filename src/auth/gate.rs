@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::auth::acl::{Acl, Subject};
-use crate::chat::{classify, is_valid_room_name, room_of, ChatTopic, Membership};
+use crate::chat::{is_valid_room_name, ChatTopic, Classified, Membership};
 use crate::protocol::PublishAckReason;
 
 /// Who a client is, as far as access goes. Derived once at CONNECT (see
@@ -62,8 +62,7 @@ impl Principal {
     /// configuration): she may ban and mute there, and no ban or mute
     /// binds her.
     pub fn moderates(&self, membership: &Membership, room: &str) -> bool {
-        self.mod_grant.as_ref().is_some_and(|rooms| rooms.contains(room))
-            || membership.is_moderator(self.identity.as_deref(), room)
+        membership.moderates(self.identity.as_deref(), self.mod_grant.as_deref(), room)
     }
 
     /// Whether this principal may post in `room` (publish, type): a
@@ -93,16 +92,22 @@ pub struct Gate {
 
 impl Gate {
     /// Whether `who` (with `client_id`, for `%c`) may make the broker write
-    /// a message on `topic`; the refusal carries the reason code a 5.0
-    /// PUBACK gives.
-    pub fn may_write(&self, who: &Principal, client_id: &str, topic: &str) -> Result<(), PublishAckReason> {
+    /// a message on `topic`, which its entry classified as `kind`; the
+    /// refusal carries the reason code a 5.0 PUBACK gives.
+    pub(crate) fn may_write(
+        &self,
+        who: &Principal,
+        client_id: &str,
+        topic: &str,
+        kind: Classified,
+    ) -> Result<(), PublishAckReason> {
         const DENIED: Result<(), PublishAckReason> = Err(PublishAckReason::NotAuthorized);
         if is_sys_topic(topic) {
             return DENIED;
         }
         let own_name = |name: &str| who.identity.as_deref() == Some(name);
         let too_long = |name: &str| name.len() > self.max_name_length;
-        match classify(topic) {
+        match kind.chat(topic) {
             Some(ChatTopic::Message { room, sender, .. })
             | Some(ChatTopic::Typing { room, sender })
             | Some(ChatTopic::Receipt { room, sender })
@@ -143,7 +148,7 @@ impl Gate {
             Some(ChatTopic::ModRequest { room }) if is_valid_room_name(room) => Ok(()),
             Some(ChatTopic::ModRequest { .. }) => DENIED,
             Some(ChatTopic::Reserved) => Err(PublishAckReason::TopicNameInvalid),
-            None => match room_of(topic) {
+            None => match kind.room_level(topic) {
                 // Any other topic under a room (`rooms/ops/pinned`,
                 // `rooms/ops`): members only, like the chat topics.
                 Some(room) if is_valid_room_name(room) && who.may_post(&self.membership, room) => Ok(()),
@@ -170,7 +175,11 @@ impl Gate {
     /// would carry content the requester chose under a name or a meaning it
     /// does not own.
     pub fn may_reply_to(&self, who: &Principal, client_id: &str, topic: &str) -> bool {
-        !topic.starts_with('$') && room_of(topic).is_none() && self.may_write(who, client_id, topic).is_ok()
+        // A reply's topic enters here: classified once.
+        let kind = Classified::of(topic);
+        !topic.starts_with('$')
+            && !kind.is_under_rooms()
+            && self.may_write(who, client_id, topic, kind).is_ok()
     }
 }
 
@@ -197,6 +206,11 @@ mod tests {
         }
     }
 
+    /// The decision for `topic`, classified as its entry would.
+    fn may_write(gate: &Gate, who: &Principal, client_id: &str, topic: &str) -> Result<(), PublishAckReason> {
+        gate.may_write(who, client_id, topic, Classified::of(topic))
+    }
+
     fn named(name: &str) -> Principal {
         Principal {
             username: Some(name.into()),
@@ -217,7 +231,7 @@ mod tests {
             "rooms/ops",
             "rooms/ops/a/b",
         ] {
-            assert!(gate.may_write(&alice, "a", topic).is_ok(), "{topic}");
+            assert!(may_write(&gate, &alice, "a", topic).is_ok(), "{topic}");
         }
         for topic in [
             "rooms/ops/msg/mallory",
@@ -227,15 +241,15 @@ mod tests {
             "rooms//x",
             "$history/rooms/ops",
         ] {
-            assert!(gate.may_write(&mallory, "m", topic).is_err(), "{topic}");
+            assert!(may_write(&gate, &mallory, "m", topic).is_err(), "{topic}");
         }
-        assert!(gate.may_write(&mallory, "m", "rooms/lobby/msg/mallory").is_ok());
+        assert!(may_write(&gate, &mallory, "m", "rooms/lobby/msg/mallory").is_ok());
         let long_room = format!("rooms/{}/msg/mallory", "r".repeat(129));
         assert_eq!(
-            gate.may_write(&mallory, "m", &long_room),
+            may_write(&gate, &mallory, "m", &long_room),
             Err(PublishAckReason::TopicNameInvalid)
         );
-        assert!(gate.may_write(&mallory, "m", "rooms/lobby/msg/alice").is_err());
+        assert!(may_write(&gate, &mallory, "m", "rooms/lobby/msg/alice").is_err());
     }
 
     #[test]
@@ -243,19 +257,17 @@ mod tests {
         let gate = gate();
         let alice = named("alice");
         let anonymous = Principal::default();
-        assert!(gate.may_write(&alice, "a", "$presence/alice").is_ok());
-        assert!(gate.may_write(&alice, "a", "$presence/bob").is_err());
-        assert!(gate.may_write(&anonymous, "alice", "$presence/alice").is_err());
-        assert!(gate
-            .may_write(&anonymous, "alice", "rooms/lobby/msg/alice")
-            .is_err());
-        assert!(gate.may_write(&alice, "a", "$SYS/broker/version").is_err());
-        assert!(gate.may_write(&alice, "a", "$SYS").is_err());
+        assert!(may_write(&gate, &alice, "a", "$presence/alice").is_ok());
+        assert!(may_write(&gate, &alice, "a", "$presence/bob").is_err());
+        assert!(may_write(&gate, &anonymous, "alice", "$presence/alice").is_err());
+        assert!(may_write(&gate, &anonymous, "alice", "rooms/lobby/msg/alice").is_err());
+        assert!(may_write(&gate, &alice, "a", "$SYS/broker/version").is_err());
+        assert!(may_write(&gate, &alice, "a", "$SYS").is_err());
         assert_eq!(
-            gate.may_write(&alice, "a", "$rooms/ops/members"),
+            may_write(&gate, &alice, "a", "$rooms/ops/members"),
             Err(PublishAckReason::TopicNameInvalid)
         );
-        assert!(gate.may_write(&anonymous, "x", "sensors/1").is_ok());
+        assert!(may_write(&gate, &anonymous, "x", "sensors/1").is_ok());
     }
 
     #[test]

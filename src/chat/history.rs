@@ -260,7 +260,8 @@ impl Chat {
 
 /// Where the answer to `request` (a `kind` request: `history`, `mod`)
 /// goes. The requester chooses a Response Topic, so the reply is a write
-/// on its behalf: only where it may write itself. Without one, the
+/// on its behalf: only where it may write itself (the session asked the
+/// gate before the chat layer: `Publisher::may_reply`). Without one, the
 /// broker's own per-identity topic `users/{identity}/{kind}/{room}`.
 pub(super) fn reply_topic(
     who: &Publisher<'_>,
@@ -270,7 +271,7 @@ pub(super) fn reply_topic(
 ) -> Result<String, PublishAckReason> {
     let properties = request.properties.as_ref();
     match (properties.and_then(|p| p.response_topic.as_ref()), who.identity) {
-        (Some(reply_to), _) if who.gate.may_reply_to(reply_to) => Ok(reply_to.to_string()),
+        (Some(reply_to), _) if who.may_reply => Ok(reply_to.to_string()),
         (Some(reply_to), _) => {
             tracing::info!(%room, %reply_to, kind, "reply refused: not a topic the requester may write");
             Err(PublishAckReason::NotAuthorized)

@@ -33,9 +33,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{payloads, room_of, Chat};
+use super::{payloads, Chat, Filter};
 use crate::budget::Rate;
-use crate::protocol::validate::parse_shared;
 use crate::protocol::QoS;
 use crate::router::{Message, RemoteScope, Router};
 
@@ -66,27 +65,6 @@ pub(crate) struct RoomMembers {
     interval: Duration,
     /// `room_members_bytes_per_sec`.
     bytes_per_sec: u64,
-}
-
-/// The room a subscription filter names by name: `rooms/{room}/...`,
-/// possibly under `$share/{group}/`; not `+` or `#`.
-pub(crate) fn room_named(filter: &str) -> Option<&str> {
-    let plain = match parse_shared(filter) {
-        Ok(Some(shared)) => shared.filter,
-        Ok(None) => filter,
-        Err(_) => return None,
-    };
-    room_of(plain).filter(|room| !room.is_empty() && *room != "+" && *room != "#")
-}
-
-/// Whether a subscription to `filter` uses rooms (for presence): any
-/// `rooms/...` filter, one room or all of them, also under `$share/`.
-pub(crate) fn uses_rooms(filter: &str) -> bool {
-    let plain = match parse_shared(filter) {
-        Ok(Some(shared)) => shared.filter,
-        _ => filter,
-    };
-    room_of(plain).is_some()
 }
 
 impl RoomMembers {
@@ -190,8 +168,8 @@ impl Chat {
     /// that session, or one restored from the store). `payer`: the
     /// account a client's own change is charged to; `None` for what the
     /// broker restores.
-    pub(crate) fn subscribed(&self, identity: Option<&str>, filter: &str, payer: Option<&str>) {
-        if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
+    pub(crate) fn subscribed(&self, identity: Option<&str>, filter: &Filter<'_>, payer: Option<&str>) {
+        if let (Some(identity), Some(room)) = (identity, filter.named_room()) {
             // A declared closed room's list does not follow its
             // subscribers.
             if self.members.add(room, identity) && self.membership.lists_subscribers(room) {
@@ -203,8 +181,8 @@ impl Chat {
     /// A session of `identity` no longer holds its subscription to
     /// `filter` (UNSUBSCRIBE, or the session ended); `payer` as for
     /// [`Chat::subscribed`].
-    pub(crate) fn unsubscribed(&self, identity: Option<&str>, filter: &str, payer: Option<&str>) {
-        if let (Some(identity), Some(room)) = (identity, room_named(filter)) {
+    pub(crate) fn unsubscribed(&self, identity: Option<&str>, filter: &Filter<'_>, payer: Option<&str>) {
+        if let (Some(identity), Some(room)) = (identity, filter.named_room()) {
             if self.members.remove(room, identity) && self.membership.lists_subscribers(room) {
                 self.list_changed(room, payer);
             }
@@ -445,10 +423,18 @@ mod tests {
 
     #[test]
     fn filters_that_name_a_room() {
+        let room_named = |filter| Filter::read(filter).named_room();
         assert_eq!(room_named("rooms/lobby/msg/+"), Some("lobby"));
         assert_eq!(room_named("rooms/lobby/#"), Some("lobby"));
         assert_eq!(room_named("$share/g/rooms/lobby/typing/+"), Some("lobby"));
-        for none in ["rooms/+/msg/+", "rooms/#", "#", "demo/x", "$rooms/lobby/members"] {
+        for none in [
+            "rooms/+/msg/+",
+            "rooms/#",
+            "#",
+            "demo/x",
+            "$rooms/lobby/members",
+            "$share/g",
+        ] {
             assert_eq!(room_named(none), None, "{none}");
         }
     }

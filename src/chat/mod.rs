@@ -2,6 +2,10 @@
 //! for client authors.
 //!
 //! - `topics.rs` recognises the chat topics; everything else is plain MQTT.
+//!   `classified.rs` is that answer as a value: found once where a message
+//!   enters, it travels with the message through the gate, the route and
+//!   `publish.rs`. `filter.rs` does the same for a subscription filter
+//!   (`$share/{group}/`, the room it names).
 //! - `rooms.rs` is the membership model ([`Membership::may_join`]).
 //! - `log.rs` keeps each room's messages once, under one increasing `seq`.
 //! - `commit.rs` delivers a room message once it is on disk
@@ -27,9 +31,11 @@
 //! cursor per room and replays its backlog from the log on reconnect
 //! (`session/replay.rs`).
 
+mod classified;
 mod commit;
 mod dedup;
 mod events;
+mod filter;
 mod history;
 mod lifecycle;
 mod log;
@@ -60,20 +66,21 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+pub(crate) use classified::Classified;
 pub(crate) use events::room_message;
+pub(crate) use filter::Filter;
 pub(crate) use log::RoomLog;
-pub(crate) use members::uses_rooms;
 // The seams cluster mode implements (unused by the rest of a build
 // without the `cluster` feature).
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use other_nodes::{DeviceCount, Pending, PresenceReplication, Replication, RoomReplication};
 pub use presence::presence_topic;
-pub(crate) use publish::{Handled, Publisher, WriteGate};
+pub(crate) use publish::{AlertTarget, Handled, Publisher};
 pub use rooms::Membership;
 pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{
-    answer_owner, classify, is_last_value, message_topic, only_reads, room_of, room_read_by, rooms_covered,
-    ChatTopic, RoomInterest,
+    answer_owner, classify, is_last_value, message_topic, only_reads, room_read_by, rooms_covered, ChatTopic,
+    RoomInterest,
 };
 
 use crate::budget::{Budgets, Held};

@@ -116,7 +116,7 @@ impl Chat {
     ) -> (ModResponse, PublishAckReason) {
         let user = query.user.as_deref().unwrap_or_default();
         let by = who.identity.unwrap_or_default();
-        if !who.gate.moderates(room) {
+        if !self.membership.moderates(who.identity, who.mod_grant, room) {
             tracing::info!(%room, identity = who.identity, op = %query.op, %user, "moderation refused: not a moderator");
             return (refusal("not a moderator"), PublishAckReason::NotAuthorized);
         }

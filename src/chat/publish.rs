@@ -2,17 +2,19 @@
 //! and what the broker does with it, per `topics.md`. Also the alert rules
 //! that turn plain device topics into room messages.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::classified::Classified;
 use super::dedup::dedup_key;
 use super::log::NotOpened;
 use super::payloads::{from_cbor, from_client_cbor, to_cbor, PresenceUpdate, Receipt, Typing};
 use super::presence::USER_STATUSES;
-use super::topics::{classify, ChatTopic};
+use super::topics::ChatTopic;
 use super::{is_valid_room_name, message_topic, Chat, Post};
 use crate::budget::{room_account, Held, Rate};
 use crate::config::Config;
@@ -24,31 +26,55 @@ use crate::store::StoreError;
 /// Typing events expire after this long (Message Expiry Interval, 5.0).
 const TYPING_EXPIRY: Duration = Duration::from_secs(5);
 
-/// The security layer's access decision, as the chat layer asks it for
-/// what a publish makes the broker write besides the publish itself (the
-/// chat layer sits below `auth`, so it gets the decision as a handle).
-pub(crate) trait WriteGate {
-    /// Whether the publisher may make the broker write on `topic`, as a
-    /// direct PUBLISH of its own.
-    fn may_write(&self, topic: &str) -> bool;
-    /// Whether a reply to the publisher's request may go to `topic`.
-    fn may_reply_to(&self, topic: &str) -> bool;
-    /// Whether the publisher moderates `room` (its token or the
-    /// configuration).
-    fn moderates(&self, room: &str) -> bool;
-}
-
 /// Who published. The publish itself has passed the gate (`auth/gate.rs`)
-/// before the chat layer sees it.
+/// before the chat layer sees it, and so has anything else the chat layer
+/// would write on its behalf: the session decided it and hands down the
+/// answer, so the chat layer never asks back up.
 pub(crate) struct Publisher<'a> {
     /// Username when authenticated (else, without an authenticator, the
     /// client id); `None` for an anonymous client where names are verified.
     pub identity: Option<&'a str>,
     pub client_id: &'a Arc<str>,
-    pub gate: &'a dyn WriteGate,
+    /// The rooms the publisher's login token names it a moderator of
+    /// (`Principal::mod_grant`); the configuration's moderators are read
+    /// here, in `Membership`.
+    pub mod_grant: Option<&'a HashSet<String>>,
+    /// Whether the gate lets an answer go to this publish's Response
+    /// Topic (`Gate::may_reply_to`): asked by the session for a history or
+    /// moderation request that names one, false otherwise.
+    pub may_reply: bool,
     /// The account charged for what the publish makes the broker keep
     /// (`budget::account_of`).
     pub account: Arc<str>,
+}
+
+/// A room an alert rule would copy a plain message into, and as whom:
+/// the session checks `topic()` against the gate before the copy is made.
+pub(crate) struct AlertTarget<'m> {
+    rule: usize,
+    room: &'m str,
+    sender: &'m str,
+    /// Whose name the copy is written under as far as access goes: a
+    /// listed publisher posts for others, but only into a room it may use
+    /// itself; anyone else posts only as itself.
+    posting_as: &'m str,
+}
+
+impl AlertTarget<'_> {
+    /// The room topic the copy is a write on, for the gate.
+    pub(crate) fn topic(&self) -> String {
+        message_topic(self.room, self.posting_as)
+    }
+
+    /// The room, for a log line.
+    pub(crate) fn room(&self) -> &str {
+        self.room
+    }
+
+    /// The sender the copy is posted as, for a log line.
+    pub(crate) fn sender(&self) -> &str {
+        self.sender
+    }
 }
 
 /// A room copy an alert rule makes of a plain message.
@@ -72,16 +98,17 @@ pub(crate) enum Handled {
 }
 
 impl Chat {
-    /// Handles a PUBLISH on a chat topic; gives back any other message as
-    /// `Plain`.
+    /// Handles a PUBLISH on a chat topic (`kind`, as its entry classified
+    /// it); gives back any other message as `Plain`.
     pub(crate) fn on_publish(
         &self,
         router: &Router,
         config: &Config,
         who: &Publisher<'_>,
         message: Message,
+        kind: Classified,
     ) -> Handled {
-        let Some(topic) = classify(&message.topic) else {
+        let Some(topic) = kind.chat(&message.topic) else {
             return Handled::Plain(Box::new(message));
         };
         let reason = match topic {
@@ -116,19 +143,19 @@ impl Chat {
         Handled::Done(reason)
     }
 
-    /// The room copies the alert rules make of a plain message, or the
-    /// refusal of the whole publish when one of them would post as someone
-    /// else or into a room the publisher may not use, or a signed rule
-    /// finds no valid signature or a counter that did not grow.
-    pub(crate) fn alert_copies<'m>(
+    /// The rooms the alert rules would copy a plain message into, or the
+    /// refusal of the whole publish when the publisher is anonymous (no
+    /// name to post under) or a rule would post under a name that is not
+    /// a valid one. The session then asks the gate about each target, as
+    /// for a direct PUBLISH, before `alert_copies` makes them.
+    pub(crate) fn alert_targets<'m>(
         &self,
         config: &'m Config,
-        who: &Publisher<'_>,
+        who: &Publisher<'m>,
         message: &'m Message,
-    ) -> Result<Vec<AlertCopy<'m>>, PublishAckReason> {
-        let mut copies = Vec::new();
-        let mut counters = Vec::new();
-        for (index, rule) in config
+    ) -> Result<Vec<AlertTarget<'m>>, PublishAckReason> {
+        let mut targets = Vec::new();
+        for (rule_index, rule) in config
             .alerts
             .iter()
             .enumerate()
@@ -144,20 +171,47 @@ impl Chat {
                 .zip(message.topic.split('/'))
                 .find(|(f, _)| *f == "+")
                 .map_or(identity, |(_, level)| level);
-            self.check_room_message(config, who, &rule.room, sender, msg_id_property(message), message)?;
-            let trusted = rule.publishers.iter().any(|p| p == identity);
-            // A listed publisher posts for others, but only into a room it
-            // may use itself; anyone else posts only as itself.
-            let posting_as = if trusted { identity } else { sender };
-            if !who.gate.may_write(&message_topic(&rule.room, posting_as)) || !is_valid_room_name(sender) {
-                tracing::info!(topic = %message.topic, room = %rule.room, %sender, identity, "alert refused: not the publisher's own name, or not a member");
+            if !is_valid_room_name(sender) {
+                tracing::info!(topic = %message.topic, room = %rule.room, %sender, identity, "alert refused: not a valid sender name");
                 return Err(PublishAckReason::NotAuthorized);
             }
+            let trusted = rule.publishers.iter().any(|p| p == identity);
+            targets.push(AlertTarget {
+                rule: rule_index,
+                room: rule.room.as_str(),
+                sender,
+                posting_as: if trusted { identity } else { sender },
+            });
+        }
+        Ok(targets)
+    }
+
+    /// The room copies the alert rules make of a plain message, for the
+    /// `targets` the gate allowed, or the refusal of the whole publish
+    /// when one of them breaks a room limit, or a signed rule finds no
+    /// valid signature or a counter that did not grow.
+    pub(crate) fn alert_copies<'m>(
+        &self,
+        config: &'m Config,
+        who: &Publisher<'_>,
+        message: &'m Message,
+        targets: Vec<AlertTarget<'m>>,
+    ) -> Result<Vec<AlertCopy<'m>>, PublishAckReason> {
+        let mut copies = Vec::new();
+        let mut counters = Vec::new();
+        for AlertTarget {
+            rule: index,
+            room,
+            sender,
+            ..
+        } in targets
+        {
+            self.check_room_message(config, who, room, sender, msg_id_property(message), message)?;
             let signed = self.signed.is_signed(index);
             let payload = if signed {
                 let verified = self.signed.verify(index, message).map_err(|refusal| {
                     self.counters.alerts_refused.inc();
-                    tracing::info!(topic = %message.topic, room = %rule.room, %sender, ?refusal, "signed alert refused");
+                    tracing::info!(topic = %message.topic, %room, %sender, ?refusal, "signed alert refused");
                     refusal.reason()
                 })?;
                 counters.push((sender, verified.counter));
@@ -165,11 +219,11 @@ impl Chat {
             } else {
                 message.payload.clone()
             };
-            if !self.is_repeat(&rule.room, sender, msg_id_property(message)) {
-                self.spend_room_rate(who, &rule.room)?;
+            if !self.is_repeat(room, sender, msg_id_property(message)) {
+                self.spend_room_rate(who, room)?;
             }
             copies.push(AlertCopy {
-                room: rule.room.as_str(),
+                room,
                 sender: sender.to_string(),
                 payload,
                 signed,

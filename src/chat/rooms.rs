@@ -89,6 +89,14 @@ impl Membership {
         member && !identity.is_some_and(|user| self.sanctions.applies(Kind::Ban, room, user))
     }
 
+    /// Whether `identity` moderates `room`: its login token's `mod_grant`
+    /// names the room, or the configuration does. The one definition, read
+    /// by the gate (`Principal::moderates`) and by the chat layer, which is
+    /// handed the grant rather than asking back up.
+    pub fn moderates(&self, identity: Option<&str>, mod_grant: Option<&HashSet<String>>, room: &str) -> bool {
+        mod_grant.is_some_and(|rooms| rooms.contains(room)) || self.is_moderator(identity, room)
+    }
+
     /// Whether the configuration names `identity` a moderator of `room`.
     pub fn is_moderator(&self, identity: Option<&str>, room: &str) -> bool {
         let Some(identity) = identity else {

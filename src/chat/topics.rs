@@ -41,15 +41,25 @@ pub(crate) enum Action {
     React,
 }
 
-/// The chat meaning of a topic name, if it has one.
+/// The chat meaning of a topic name, if it has one. A message entering
+/// the broker is classified once, by [`Classified::of`], and that value
+/// travels with it; this is for a topic that is looked at once (a
+/// retained message read back, one from another node).
 pub(crate) fn classify(topic: &str) -> Option<ChatTopic<'_>> {
     // The common case, a plain topic, costs one comparison.
     if !topic.starts_with("rooms/") && !topic.starts_with('$') {
         return None;
     }
-    let levels: Vec<&str> = topic.split('/').collect();
+    // The first six levels, without an allocation: no chat shape has more
+    // than five, so a sixth only tells "more than five".
+    let mut levels = [""; 6];
+    let mut count = 0;
+    for level in topic.split('/').take(levels.len()) {
+        levels[count] = level;
+        count += 1;
+    }
     let nonempty = |s: &&str| !s.is_empty();
-    match levels.as_slice() {
+    match &levels[..count] {
         ["rooms", room, "msg", sender] if nonempty(room) && nonempty(sender) => Some(ChatTopic::Message {
             room,
             sender,

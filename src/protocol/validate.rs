@@ -112,7 +112,7 @@ pub fn is_valid_topic_filter(filter: &str) -> bool {
 }
 
 /// A `$share/{group}/{filter}` subscription, split into its parts.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedFilter<'a> {
     pub group: &'a str,
     pub filter: &'a str,

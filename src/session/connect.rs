@@ -303,7 +303,7 @@ fn resumes_rooms(shared: &Shared, client_id: &str, connect: &Connect) -> bool {
                 .lock()
                 .subscriptions
                 .keys()
-                .any(|filter| crate::chat::uses_rooms(filter))
+                .any(|filter| crate::chat::Filter::read(filter).uses_rooms())
         })
 }
 

@@ -41,7 +41,8 @@ pub(super) async fn identify(
     };
     let principal = principal_of(shared, &grant, connect, client_id, peer)?;
     if let Some(will) = &connect.last_will {
-        if let Err(reason) = shared.gate.may_write(&principal, client_id, &will.topic) {
+        let kind = crate::chat::Classified::of(&will.topic);
+        if let Err(reason) = shared.gate.may_write(&principal, client_id, &will.topic, kind) {
             shared.metrics.acl_denied.inc();
             tracing::info!(%client_id, topic = %will.topic, ?reason, "will refused by the access rules");
             return Err(Refusal::Connack(

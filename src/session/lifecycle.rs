@@ -106,16 +106,16 @@ pub(crate) fn end_session(shared: &Arc<Shared>, session: &Arc<Session>) {
             st.charged_to.clone(),
         )
     };
-    for filter in subscriptions.keys() {
-        let parsed = crate::protocol::validate::parse_shared(filter).ok().flatten();
+    for text in subscriptions.keys() {
+        let filter = crate::chat::Filter::read(text);
         shared
             .router
-            .unsubscribe(&session.subscriber(), filter, parsed.as_ref());
+            .unsubscribe(&session.subscriber(), text, filter.shared.as_ref());
         // Its end leaves the lists, charged as an UNSUBSCRIBE would be:
         // connecting and leaving is a flap too.
         shared
             .chat
-            .unsubscribed(identity.as_deref(), filter, payer.as_deref());
+            .unsubscribed(identity.as_deref(), &filter, payer.as_deref());
     }
     shared.registry.remove(shared, session);
     if shared.registry.get(&session.client_id).is_none() {
@@ -195,7 +195,9 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
         tracing::info!(%client_id, topic = %w.topic, "will not published: the login was revoked");
         return;
     }
-    if gate_check(shared, &principal, client_id, &w.topic).is_err() {
+    // A will's topic enters here when it fires: classified once.
+    let kind = crate::chat::Classified::of(&w.topic);
+    if gate_check(shared, &principal, client_id, &w.topic, kind).is_err() {
         tracing::info!(%client_id, topic = %w.topic, "will not published: refused by the access rules");
         return;
     }
@@ -231,5 +233,5 @@ pub(crate) fn publish_will(shared: &Shared, session: &Session, will: &Will) {
     };
     tracing::debug!(%client_id, topic = %w.topic, "publishing will");
     shared.metrics.messages_received[usize::from(message.qos.value())].inc();
-    route_as(shared, &principal, client_id, message);
+    route_as(shared, &principal, client_id, message, kind);
 }

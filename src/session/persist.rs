@@ -403,17 +403,16 @@ pub(crate) fn restore_sessions(
             let identity = st.owner.as_ref().and_then(|o| o.identity.clone());
             (st.subscriptions.clone(), identity)
         };
-        for (filter, sub) in subscriptions {
+        for (text, sub) in subscriptions {
+            let filter = crate::chat::Filter::read(&text);
             // Its owner is listed in the rooms it names, also offline.
             shared.chat.subscribed(identity.as_deref(), &filter, None);
-            let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();
             // Judged by today's rules: they may have changed since.
-            let plain_filter = shared_filter.as_ref().map_or(&*filter, |s| s.filter);
-            let check_read = session.needs_read_check(&session.state.lock(), plain_filter);
+            let check_read = session.needs_read_check(&session.state.lock(), filter.plain);
             shared.router.restore_subscription(
                 &session.subscriber(),
-                &filter,
-                shared_filter.as_ref(),
+                &text,
+                filter.shared.as_ref(),
                 sub.options,
                 sub.id,
                 check_read,

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use super::connection::{Aliases, Close, Connection};
 use super::route::{gate_check, route_as};
+use crate::chat::Classified;
 use crate::protocol::validate::is_valid_topic_name;
 use crate::protocol::{
     DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason, PublishAckReason, QoS,
@@ -71,6 +72,9 @@ impl Connection {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
+        // The topic is classified here, once: the gate, the store check,
+        // the route and the chat layer all read this value.
+        let kind = Classified::of(&publish.topic);
         if !self.publish_budget.allow(publish.payload.len()) {
             self.shared.metrics.rate_limited.inc();
             return Some(Close::ByServer(
@@ -78,7 +82,13 @@ impl Connection {
                 "over max_publish_rate or max_publish_bytes_rate".into(),
             ));
         }
-        if let Err(reason) = gate_check(&shared, &self.principal, &self.session.client_id, &publish.topic) {
+        if let Err(reason) = gate_check(
+            &shared,
+            &self.principal,
+            &self.session.client_id,
+            &publish.topic,
+            kind,
+        ) {
             // 5.0 learns why; 3.1.1 gets a plain acknowledgement and the
             // message is dropped, as that version allows.
             self.acknowledge(packet_id, qos, reason);
@@ -93,7 +103,7 @@ impl Connection {
             return None;
         }
 
-        if self.store_refuses(&publish) {
+        if self.store_refuses(&publish, kind) {
             // Not accepted, so nothing is promised: 5.0 learns why, 3.1.1
             // gets no acknowledgement and sends it again after reconnecting.
             self.shared.metrics.publishes_refused_store.inc();
@@ -163,10 +173,10 @@ impl Connection {
 
         let message = self.to_message(publish);
         self.shared.metrics.messages_received[usize::from(qos.value())].inc();
-        let room_post = message.topic.starts_with("rooms/");
+        let room_post = kind.is_under_rooms();
         let bytes = message.payload.len();
         let only_reads = qos == QoS::AtLeastOnce && crate::chat::only_reads(&message.topic);
-        let reason = route_as(&shared, &self.principal, &self.session.client_id, message);
+        let reason = route_as(&shared, &self.principal, &self.session.client_id, message, kind);
         if room_post && u8::from(reason) < 0x80 {
             self.joined_a_room();
         } else if room_post && !self.agreed.version.is_v5() && !self.rooms.told_refused_post {
@@ -193,33 +203,18 @@ impl Connection {
     /// message; not a history request, which only reads) while the store
     /// refuses writes (a full disk; in a cluster, JetStream without
     /// quorum), or would take the disk below `min_free_disk_bytes`.
-    fn store_refuses(&self, publish: &Publish) -> bool {
+    fn store_refuses(&self, publish: &Publish, kind: Classified) -> bool {
         if self.shared.store.is_none() {
             return false;
         }
-        // Topics are classified only where the answer depends on it (a
-        // QoS 0 room message, a history request): this runs on every
-        // publish of a store-backed broker.
         let needs_store = publish.retain
             || match publish.qos {
-                QoS::AtMostOnce => {
-                    crate::chat::room_of(&publish.topic).is_some()
-                        && matches!(
-                            crate::chat::classify(&publish.topic),
-                            Some(
-                                crate::chat::ChatTopic::Message { .. }
-                                    | crate::chat::ChatTopic::Lifecycle { .. }
-                            )
-                        )
-                }
+                // A QoS 0 post still goes into the room log.
+                QoS::AtMostOnce => kind.is_logged(),
                 // A read: history stays readable while the store cannot
                 // write (at QoS 2 its packet id is session state to store).
                 qos if crate::chat::only_reads(&publish.topic) => {
-                    qos == QoS::ExactlyOnce
-                        || !matches!(
-                            crate::chat::classify(&publish.topic),
-                            Some(crate::chat::ChatTopic::HistoryRequest { .. })
-                        )
+                    qos == QoS::ExactlyOnce || !kind.is_history_request()
                 }
                 _ => true,
             };

@@ -140,7 +140,8 @@ impl Registry {
                 // the rooms its filters name from now on.
                 None if !st.ended => {
                     for filter in st.subscriptions.keys() {
-                        shared.chat.subscribed(owner.identity.as_deref(), filter, None);
+                        let filter = crate::chat::Filter::read(filter);
+                        shared.chat.subscribed(owner.identity.as_deref(), &filter, None);
                     }
                     st.owner = Some(owner.clone());
                 }

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use super::{Session, SessionState, SessionSubscription};
 use crate::chat::RoomInterest;
-use crate::chat::{room_message, rooms_covered, Chat};
-use crate::protocol::validate::{parse_shared, topic_matches};
+use crate::chat::{room_message, rooms_covered, Chat, Filter};
+use crate::protocol::validate::topic_matches;
 use crate::protocol::QoS;
 use crate::router::{Delivery, RoomTag};
 
@@ -111,11 +111,11 @@ impl Session {
     /// history requests are for). A filter covering every room starts
     /// each room's cursor with its next message instead (module doc); one
     /// matching no room costs nothing.
-    pub(crate) fn start_room_cursors(&self, chat: &Chat, filter: &str) {
-        if parse_shared(filter).ok().flatten().is_some() {
+    pub(crate) fn start_room_cursors(&self, chat: &Chat, filter: &Filter<'_>) {
+        if filter.shared.is_some() {
             return;
         }
-        let Some(RoomInterest::One(room)) = rooms_covered(filter) else {
+        let Some(RoomInterest::One(room)) = filter.rooms_covered() else {
             return;
         };
         chat.counters.rooms_scanned.inc();

@@ -3,8 +3,7 @@
 //! at once on one node, which holds every room).
 
 use super::Shared;
-use crate::chat::{classify, rooms_covered, ChatTopic, RoomInterest};
-use crate::protocol::validate::parse_shared;
+use crate::chat::{classify, ChatTopic, Filter, RoomInterest};
 use crate::protocol::Packet;
 
 /// The rooms a packet reads the log of on this node: a SUBSCRIBE (a new
@@ -18,13 +17,7 @@ fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
         Packet::Subscribe(subscribe) => subscribe
             .topic_filters
             .iter()
-            .filter_map(|(filter, _)| {
-                let plain = match parse_shared(filter) {
-                    Ok(Some(shared)) => shared.filter,
-                    _ => filter,
-                };
-                rooms_covered(plain)
-            })
+            .filter_map(|(filter, _)| Filter::read(filter).rooms_covered())
             .collect(),
         Packet::Publish(publish) => match classify(&publish.topic) {
             // A post, typing, a change to a message, or a moderator's
@@ -61,12 +54,11 @@ pub(crate) async fn rooms_ready_for(shared: &Shared, packet: &Packet) {
 pub(crate) async fn rooms_ready_for_session(shared: &Shared, filters: Vec<String>) {
     if shared.chat.replicated() {
         let mut wanted: Vec<RoomInterest> = Vec::new();
-        for filter in &filters {
-            let plain = match parse_shared(filter) {
-                Ok(Some(_)) => continue,
-                _ => filter.as_str(),
-            };
-            if let Some(rooms) = rooms_covered(plain).filter(|r| !wanted.contains(r)) {
+        for filter in filters.iter().map(|filter| Filter::read(filter)) {
+            if filter.shared.is_some() {
+                continue;
+            }
+            if let Some(rooms) = filter.rooms_covered().filter(|r| !wanted.contains(r)) {
                 wanted.push(rooms);
             }
         }

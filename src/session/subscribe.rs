@@ -5,7 +5,8 @@ use super::connection::{Close, Connection};
 use super::SessionSubscription;
 use crate::auth::acl::Subject;
 use crate::budget::Held;
-use crate::protocol::validate::{is_valid_topic_filter, parse_shared};
+use crate::chat::Filter;
+use crate::protocol::validate::is_valid_topic_filter;
 use crate::protocol::{
     DisconnectReasonCode, Packet, QoS, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
     UnsubscribeAck, UnsubscribeAckReason,
@@ -30,15 +31,12 @@ pub(crate) fn subscription_cost(filter: &str) -> u64 {
 impl Connection {
     pub(super) fn on_subscribe(&mut self, subscribe: Subscribe) -> Option<Close> {
         let mut status = Vec::with_capacity(subscribe.topic_filters.len());
-        for (filter, options) in &subscribe.topic_filters {
-            let shared = parse_shared(filter).unwrap_or_default();
-            let valid = self.filter_within_limits(filter)
-                && match parse_shared(filter) {
-                    Ok(Some(_)) => true,
-                    Ok(None) => is_valid_topic_filter(filter),
-                    Err(_) => false,
-                };
-            if !valid {
+        for (text, options) in &subscribe.topic_filters {
+            // Parsed here, once: what follows reads this value.
+            let valid = |filter: &Filter<'_>| {
+                self.filter_within_limits(text) && (filter.shared.is_some() || is_valid_topic_filter(text))
+            };
+            let Some(filter) = Filter::parse(text).ok().filter(valid) else {
                 if !self.agreed.version.is_v5() {
                     // 3.1.1 has no per-filter error for a malformed filter:
                     // it is a protocol violation ([MQTT-4.7.1-1]).
@@ -49,43 +47,42 @@ impl Connection {
                 }
                 status.push(SubscribeAckReason::TopicFilterInvalid);
                 continue;
-            }
-            if shared.is_some() && options.no_local {
+            };
+            if filter.shared.is_some() && options.no_local {
                 return Some(Close::ByServer(
                     DisconnectReasonCode::ProtocolError,
                     "No Local on a shared subscription".into(),
                 ));
             }
-            let plain_filter = shared.as_ref().map_or(&**filter, |s| s.filter);
-            if let Some(reason) = self.subscribe_refusal(filter, plain_filter) {
+            if let Some(reason) = self.subscribe_refusal(&filter) {
                 status.push(reason);
                 continue;
             }
-            if !self.charge_subscription(filter) {
+            if !self.charge_subscription(text) {
                 status.push(SubscribeAckReason::QuotaExceeded);
                 continue;
             }
-            if crate::chat::uses_rooms(plain_filter) {
+            if filter.uses_rooms() {
                 self.joined_a_room();
             }
-            self.session.start_room_cursors(&self.shared.chat, filter);
-            if plain_filter.starts_with("$SYS") {
+            self.session.start_room_cursors(&self.shared.chat, &filter);
+            if filter.plain.starts_with("$SYS") {
                 // Before the retained messages go out: the values of now.
                 self.shared.publish_sys(false);
             }
             let check_read = self
                 .session
-                .needs_read_check(&self.session.state.lock(), plain_filter);
+                .needs_read_check(&self.session.state.lock(), filter.plain);
             self.shared.router.subscribe(
                 &self.session.subscriber(),
-                filter,
-                shared.as_ref(),
+                text,
+                filter.shared.as_ref(),
                 *options,
                 subscribe.id,
                 check_read,
             );
             let replaced = self.session.state.lock().subscriptions.insert(
-                filter.to_string(),
+                text.to_string(),
                 SessionSubscription {
                     options: *options,
                     id: subscribe.id,
@@ -94,7 +91,7 @@ impl Connection {
             if replaced.is_none() {
                 self.shared.chat.subscribed(
                     self.principal.identity.as_deref(),
-                    filter,
+                    &filter,
                     Some(&self.principal.account),
                 );
             }
@@ -119,7 +116,8 @@ impl Connection {
     /// (`max_filter_length`, 5.0 0x8F), the session's subscription quota,
     /// room membership (a filter naming a room), or the ACL. Counted and
     /// logged.
-    fn subscribe_refusal(&self, filter: &str, plain_filter: &str) -> Option<SubscribeAckReason> {
+    fn subscribe_refusal(&self, parsed: &Filter<'_>) -> Option<SubscribeAckReason> {
+        let filter = parsed.text;
         let max_length = self.shared.config.max_filter_length;
         if filter.len() > max_length {
             tracing::info!(
@@ -137,14 +135,14 @@ impl Connection {
                 return Some(SubscribeAckReason::QuotaExceeded);
             }
         }
-        let named_room = crate::chat::room_of(plain_filter).filter(|room| *room != "+" && *room != "#");
+        let named_room = parsed.room_level().filter(|room| *room != "+" && *room != "#");
         let room_ok =
             named_room.is_none_or(|room| self.principal.may_join(&self.shared.chat.membership, room));
         let subject = Subject {
             username: self.principal.username.as_deref(),
             client_id: &self.session.client_id,
         };
-        if room_ok && self.shared.gate.acl.may_subscribe(&subject, plain_filter) {
+        if room_ok && self.shared.gate.acl.may_subscribe(&subject, parsed.plain) {
             return None;
         }
         self.shared.metrics.acl_denied.inc();
@@ -183,27 +181,21 @@ impl Connection {
 
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<Close> {
         let mut status = Vec::with_capacity(unsubscribe.topic_filters.len());
-        for filter in &unsubscribe.topic_filters {
-            let shared = parse_shared(filter).ok().flatten();
-            let existed = self
-                .session
-                .state
-                .lock()
-                .subscriptions
-                .remove(&**filter)
-                .is_some();
+        for text in &unsubscribe.topic_filters {
+            let filter = Filter::read(text);
+            let existed = self.session.state.lock().subscriptions.remove(&**text).is_some();
             if existed {
                 self.shared
                     .router
-                    .unsubscribe(&self.session.subscriber(), filter, shared.as_ref());
+                    .unsubscribe(&self.session.subscriber(), text, filter.shared.as_ref());
                 self.shared.chat.unsubscribed(
                     self.principal.identity.as_deref(),
-                    filter,
+                    &filter,
                     Some(&self.principal.account),
                 );
                 let mut st = self.session.state.lock();
                 if let Some(account) = st.charged_to.clone() {
-                    let cost = subscription_cost(filter).min(st.subscription_bytes);
+                    let cost = subscription_cost(text).min(st.subscription_bytes);
                     st.subscription_bytes -= cost;
                     self.shared
                         .budgets
