@@ -79,12 +79,12 @@ pub(crate) fn route_as(
         account: principal.account.clone(),
     };
     let config = &shared.config;
-    match shared.chat.on_publish(&shared.router, config, &who, message) {
+    match shared.chat.on_publish(&who, message) {
         Handled::Done(reason) => reason,
         Handled::Plain(message) => {
             if !config.alerts.is_empty() {
                 match shared.chat.alert_copies(config, &who, &message) {
-                    Ok(copies) => shared.chat.post_alerts(&shared.router, &who, &message, copies),
+                    Ok(copies) => shared.chat.post_alerts(&who, &message, copies),
                     Err(reason) => {
                         shared.metrics.acl_denied.inc();
                         return reason;
