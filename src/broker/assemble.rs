@@ -84,14 +84,15 @@ pub(super) fn shared(
     // memory here with `storage = "memory"`).
     let store = nodes.store(store);
     let commit = group_commit(&config, &store, nodes, &metrics);
-    let chat = open_chat(&config, &store, &commit, nodes, &budgets)?;
+    let router = Arc::new(Router::new(
+        config.retain_available,
+        store.clone().filter(|_| !nodes.clustered()),
+        RetainedStore::new(config.max_retained_messages, config.max_retained_bytes)
+            .with_budgets(budgets.clone()),
+    ));
+    let chat = open_chat(&config, &router, &store, &commit, nodes, &budgets)?;
     Ok(Shared {
-        router: Router::new(
-            config.retain_available,
-            store.clone().filter(|_| !nodes.clustered()),
-            RetainedStore::new(config.max_retained_messages, config.max_retained_bytes)
-                .with_budgets(budgets.clone()),
-        ),
+        router,
         registry: Registry::default(),
         metrics,
         auth,
@@ -148,6 +149,7 @@ fn group_commit(
 /// at start).
 fn open_chat(
     config: &Config,
+    router: &Arc<Router>,
     store: &Option<Arc<dyn Store>>,
     commit: &Option<Arc<GroupCommit>>,
     nodes: &Nodes,
@@ -158,7 +160,14 @@ fn open_chat(
         Some(_) => (None, None),
         None => (store.clone(), commit.clone()),
     };
-    let mut chat = Chat::open(config, chat_store, chat_commit, replication, budgets.clone())?;
+    let mut chat = Chat::open(
+        config,
+        router.clone(),
+        chat_store,
+        chat_commit,
+        replication,
+        budgets.clone(),
+    )?;
     chat.load_signed_alerts(config, store.clone())
         .map_err(StartError::Config)?;
     Ok(chat)
@@ -182,6 +191,6 @@ pub(super) fn restore(shared: &Arc<Shared<Registry>>, clustered: bool) -> Result
         }
         crate::session::restore_from_store(shared, store)?;
     }
-    shared.chat.publish_startup_state(&shared.router, !clustered);
+    shared.chat.publish_startup_state(!clustered);
     Ok(())
 }

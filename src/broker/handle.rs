@@ -138,7 +138,7 @@ impl BrokerHandle {
     /// member stops receiving), and republishes `$rooms/{room}/members`.
     pub fn set_room(&self, room: crate::config::RoomConfig) {
         self.shared.chat.membership.set_room(&room);
-        self.shared.chat.publish_members(&self.shared.router, &room.name);
+        self.shared.chat.publish_members(&room.name);
     }
 
     /// Replaces the room configuration (the binary does it on SIGHUP with
@@ -152,7 +152,7 @@ impl BrokerHandle {
             .map(|(name, _)| name)
             .chain(rooms.iter().map(|r| &r.name));
         for name in names.collect::<std::collections::BTreeSet<_>>() {
-            self.shared.chat.publish_members(&self.shared.router, name);
+            self.shared.chat.publish_members(name);
         }
     }
 

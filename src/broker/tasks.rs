@@ -23,13 +23,13 @@ pub(super) fn spawn_all(shared: &Arc<Shared<Registry>>, nodes: &Arc<Nodes>, trac
         let delivery = shared.clone();
         tracker.spawn(async move {
             let stop = delivery.shutdown.subscribe();
-            delivery.chat.run_delivery(&delivery.router, stop).await;
+            delivery.chat.run_delivery(stop).await;
         });
     }
     let members = shared.clone();
     tracker.spawn(async move {
         let stop = members.shutdown.subscribe();
-        members.chat.run_members(&members.router, stop).await;
+        members.chat.run_members(stop).await;
     });
     if shared.config.sys_interval_secs > 0 {
         tracker.spawn(publish_sys(shared.clone(), nodes.clone()));
@@ -60,15 +60,14 @@ async fn chat_upkeep(shared: Arc<Shared<Registry>>) {
 /// One round of upkeep (see `BrokerHandle::run_upkeep`).
 pub(super) fn run_upkeep(shared: &Shared<Registry>) -> usize {
     shared.budgets.forget_idle();
-    shared.chat.upkeep(
-        &shared.router,
-        Duration::from_millis(shared.config.typing_min_interval_ms),
-    );
+    shared
+        .chat
+        .upkeep(Duration::from_millis(shared.config.typing_min_interval_ms));
     let retention = Duration::from_secs(shared.config.presence_retention_secs);
     if retention.is_zero() {
         return 0;
     }
-    let expired = shared.chat.expire_presence(&shared.router, retention);
+    let expired = shared.chat.expire_presence(retention);
     if expired > 0 {
         tracing::info!(
             expired,

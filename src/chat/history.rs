@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use super::events::room_event;
+use super::limits::ChatLimits;
 use super::payloads::{from_client_cbor, to_cbor, HistoryMessage, HistoryRequest, HistoryResponse};
 use super::publish::Publisher;
 use super::Chat;
-use crate::config::Config;
 use crate::protocol::{PublishAckReason, PublishProperties, QoS};
 use crate::router::{Message, Router};
 use crate::store::{Reactions, RoomRecord, StoreError};
@@ -25,9 +25,9 @@ const ENTRY_OVERHEAD: usize = 80;
 
 /// The most bytes one answer may take: `history_max_bytes`, and never more
 /// than a packet the broker allows (`max_packet_size`).
-fn history_byte_cap(config: &Config) -> usize {
-    let packet = usize::try_from(config.max_packet_size).unwrap_or(usize::MAX);
-    config.history_max_bytes.min(packet)
+fn history_byte_cap(limits: &ChatLimits) -> usize {
+    let packet = usize::try_from(limits.max_packet_size).unwrap_or(usize::MAX);
+    limits.history_max_bytes.min(packet)
 }
 
 /// What one entry adds to an answer, counted from above: a message with
@@ -98,8 +98,6 @@ fn history_message(seq: u64, r: RoomRecord, on: Reactions) -> HistoryMessage {
 impl Chat {
     pub(super) fn on_history_request(
         &self,
-        router: &Router,
-        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         request: &Message,
@@ -115,10 +113,10 @@ impl Chat {
         };
         let limit = query
             .limit
-            .map_or(config.history_default_limit, |l| {
+            .map_or(self.limits.history_default_limit, |l| {
                 usize::try_from(l).unwrap_or(usize::MAX)
             })
-            .min(config.history_max_limit);
+            .min(self.limits.history_max_limit);
         let after = query.after.unwrap_or(0);
         let before = query.before.unwrap_or(u64::MAX);
         // With `after` only: page forward from it. Otherwise the newest
@@ -132,7 +130,7 @@ impl Chat {
             + properties
                 .and_then(|p| p.correlation_data.as_ref())
                 .map_or(0, |c| c.len());
-        let cap = history_byte_cap(config).saturating_sub(reply_overhead);
+        let cap = history_byte_cap(&self.limits).saturating_sub(reply_overhead);
         let scan = Scan {
             requester: who.identity,
             after,
@@ -141,7 +139,7 @@ impl Chat {
             newest,
             events: query.events,
             cap,
-            most_entries: usize::try_from(config.room_max_messages)
+            most_entries: usize::try_from(self.limits.room_max_messages)
                 .unwrap_or(usize::MAX)
                 .max(SCAN_PAGE),
         };
@@ -167,7 +165,7 @@ impl Chat {
         };
         match reply_topic(who, request, "history", room) {
             Ok(topic) => {
-                send_reply(router, request, topic, to_cbor(&answer));
+                send_reply(&self.router, request, topic, to_cbor(&answer));
                 PublishAckReason::Success
             }
             Err(reason) => reason,

@@ -28,9 +28,8 @@ use super::publish::Publisher;
 use super::topics::Action;
 use super::Chat;
 use crate::budget::Rate;
-use crate::config::Config;
 use crate::protocol::{PublishAckReason, QoS};
-use crate::router::{Message, Router};
+use crate::router::Message;
 use crate::store::{unix_ms_now, EventKind, EventRecord, RoomEntry, RoomRecord, StoreError};
 
 /// Bytes of CBOR around an edit's body (map, keys, `seq`).
@@ -140,15 +139,13 @@ impl Chat {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_lifecycle(
         &self,
-        router: &Router,
-        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         sender: &str,
         action: Action,
         message: &Message,
     ) -> PublishAckReason {
-        let change = match self.parse_change(config, action, &message.payload) {
+        let change = match self.parse_change(action, &message.payload) {
             Ok(change) => change,
             Err(reason) => return reason,
         };
@@ -166,7 +163,6 @@ impl Chat {
         }
         let own_only = !matches!(action, Action::React);
         match self.change(
-            router,
             room,
             sender,
             change,
@@ -181,20 +177,15 @@ impl Chat {
 
     /// The change a request asks for; a payload that does not match its
     /// schema 0x99, an edit's body beyond `max_room_message_bytes` 0x97.
-    fn parse_change(
-        &self,
-        config: &Config,
-        action: Action,
-        payload: &[u8],
-    ) -> Result<Change, PublishAckReason> {
+    fn parse_change(&self, action: Action, payload: &[u8]) -> Result<Change, PublishAckReason> {
         let invalid = PublishAckReason::PayloadFormatInvalid;
         match action {
             Action::Edit => {
-                if payload.len() > config.max_room_message_bytes.saturating_add(EDIT_OVERHEAD) {
+                if payload.len() > self.limits.max_room_message_bytes.saturating_add(EDIT_OVERHEAD) {
                     return Err(PublishAckReason::QuotaExceeded);
                 }
                 let edit: EditRequest = super::payloads::from_request_cbor(payload).ok_or(invalid)?;
-                if edit.body.len() > config.max_room_message_bytes {
+                if edit.body.len() > self.limits.max_room_message_bytes {
                     return Err(PublishAckReason::QuotaExceeded);
                 }
                 Ok(Change::Edit {
@@ -208,7 +199,7 @@ impl Chat {
             }
             Action::React => {
                 let react: ReactRequest = super::payloads::from_client_cbor(payload).ok_or(invalid)?;
-                if !super::reactions::valid_emoji(&react.emoji, config.max_emoji_bytes) {
+                if !super::reactions::valid_emoji(&react.emoji, self.limits.max_emoji_bytes) {
                     return Err(invalid);
                 }
                 Ok(Change::React {
@@ -228,7 +219,6 @@ impl Chat {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn change(
         &self,
-        router: &Router,
         room_name: &str,
         sender: &str,
         change: Change,
@@ -271,7 +261,7 @@ impl Chat {
         let in_order = room.order.lock();
         if room.is_forgotten() {
             drop(in_order);
-            return self.change(router, room_name, sender, change, own_only, qos, publisher);
+            return self.change(room_name, sender, change, own_only, qos, publisher);
         }
         if !self.check(room_name, sender, &change, own_only)? {
             return Ok(());
@@ -306,7 +296,7 @@ impl Chat {
             ),
             None => {
                 room.reveal(seq);
-                router.publish(message);
+                self.router.publish(message);
             }
         }
         Ok(())

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use super::{payloads, Chat, Filter};
 use crate::budget::Rate;
 use crate::protocol::QoS;
-use crate::router::{Message, RemoteScope, Router};
+use crate::router::{Message, RemoteScope};
 
 /// How often the lists set aside for identities over
 /// `room_member_changes_per_minute` are published: the rate's period.
@@ -211,7 +211,7 @@ impl Chat {
 
     /// Publishes `$rooms/{room}/members` as it is now; returns the bytes
     /// each reader gets of it (0 when nothing was published).
-    pub fn publish_members(&self, router: &Router, room: &str) -> usize {
+    pub fn publish_members(&self, room: &str) -> usize {
         let topic = format!("$rooms/{room}/members");
         let declared = self.membership.declared_members(room);
         if let Some(members) = declared.as_ref() {
@@ -219,7 +219,7 @@ impl Chat {
                 let mut message = Message::new(topic, payloads::to_cbor(members), QoS::AtLeastOnce, true);
                 message.last_value = true;
                 let bytes = message.footprint();
-                router.publish(message);
+                self.router.publish(message);
                 return bytes;
             }
         }
@@ -244,15 +244,15 @@ impl Chat {
         if members.is_empty() {
             // Watchers see the room empty; nothing of it is kept.
             message.retain = false;
-            router.clear_retained(&message.topic);
+            self.router.clear_retained(&message.topic);
         }
         if self.replication.is_some() {
             // Each node lists its own subscribers, to its own clients: a
             // list sent on would replace the other nodes' lists.
-            router.publish_remote(message, RemoteScope::Plain);
+            self.router.publish_remote(message, RemoteScope::Plain);
             return bytes;
         }
-        router.publish(message);
+        self.router.publish(message);
         bytes
     }
 
@@ -263,7 +263,7 @@ impl Chat {
     /// published less often and the bytes one room's list costs each
     /// reader per second are bounded whatever its subscribers do; the
     /// changes made meanwhile are published together when it is due.
-    pub(crate) async fn run_members(&self, router: &Router, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn run_members(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut pacing = Pacing::new(self.members.interval, self.members.bytes_per_sec);
         let mut deferred_at = tokio::time::Instant::now() + DEFERRED_EVERY;
         let sanctions = &self.membership.sanctions;
@@ -291,7 +291,7 @@ impl Chat {
             pacing.waiting.extend(ended.into_iter().map(Arc::from));
             let now = tokio::time::Instant::now();
             for room in pacing.due(now) {
-                let bytes = self.publish_members(router, &room);
+                let bytes = self.publish_members(&room);
                 pacing.published(room, bytes, now);
             }
         }

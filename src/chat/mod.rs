@@ -38,6 +38,7 @@ mod events;
 mod filter;
 mod history;
 mod lifecycle;
+mod limits;
 mod log;
 mod members;
 mod moderation;
@@ -90,6 +91,7 @@ use crate::router::Router;
 use crate::store::{unix_ms_now, GroupCommit, MemoryStore, RoomRecord, Store, StoreError};
 use commit::{CommitQueue, Undo};
 use dedup::{dedup_key, DedupIndex};
+use limits::ChatLimits;
 use presence::Presence;
 use receipts::Receipts;
 
@@ -97,6 +99,11 @@ pub use crate::protocol::validate::is_valid_room_name;
 
 /// The chat state of one broker.
 pub struct Chat {
+    /// Where room messages, presence and answers are published; the same
+    /// router the sessions use (an `Arc`: `context::Shared` holds it too).
+    router: Arc<Router>,
+    /// The chat settings read per request.
+    limits: ChatLimits,
     pub membership: Arc<Membership>,
     pub(crate) log: RoomLog,
     /// Room messages waiting for their group commit (`durability =
@@ -192,8 +199,10 @@ impl Chat {
     /// Loads room heads and de-duplication entries from `store`, or keeps
     /// them in memory without one. With `commit`, room messages are
     /// delivered after the group commit that stores them (`run_delivery`).
+    /// Everything the chat layer publishes goes to `router`.
     pub(crate) fn open(
         config: &Config,
+        router: Arc<Router>,
         store: Option<Arc<dyn Store>>,
         commit: Option<Arc<GroupCommit>>,
         Replication {
@@ -224,6 +233,8 @@ impl Chat {
             budgets.charge_unchecked(&opener, Held::Rooms, 1);
         }
         Ok(Chat {
+            router,
+            limits: ChatLimits::from_config(config),
             membership: Arc::new(Membership::with_sanctions(config, sanctions)),
             log,
             uncommitted: commit.map(|commit| CommitQueue::new(commit, store.clone())),
@@ -274,7 +285,7 @@ impl Chat {
     /// (after its group commit with `durability = "flush"`), unless its
     /// msg-id was seen within the window. Returns the `seq` and whether it
     /// was new.
-    pub(crate) fn post(&self, router: &Router, post: Post<'_>) -> Result<(u64, bool), StoreError> {
+    pub(crate) fn post(&self, post: Post<'_>) -> Result<(u64, bool), StoreError> {
         tracing::debug!(
             room = post.room,
             sender = post.sender,
@@ -290,10 +301,10 @@ impl Chat {
             // Upkeep forgot the room between the lookup and the lock: the
             // post goes into the room as it is now.
             drop(in_order);
-            return self.post(router, post);
+            return self.post(post);
         }
         // A msg-id whose message a reopen of the store lost is new again.
-        self.forget_lost(router);
+        self.forget_lost();
         let key = match self.dedup_key_unless_seen(&post) {
             Ok(key) => key,
             Err(seq) => return Ok((seq, false)),
@@ -335,7 +346,7 @@ impl Chat {
             ),
             None => {
                 room.reveal(seq);
-                router.publish(message);
+                self.router.publish(message);
             }
         }
         Ok((seq, true))
@@ -374,7 +385,6 @@ impl Chat {
     /// remembered for de-duplication, and delivered to the members here.
     pub(crate) fn apply_replicated(
         &self,
-        router: &Router,
         room: &str,
         seq: u64,
         mut record: RoomRecord,
@@ -422,7 +432,8 @@ impl Chat {
             "room message from the cluster applied"
         );
         state.reveal(seq);
-        router.publish(room_message(&state.name, seq, record, publisher));
+        self.router
+            .publish(room_message(&state.name, seq, record, publisher));
     }
 
     /// Cluster mode: the highest `seq` of `room` this node took in (where
@@ -433,18 +444,18 @@ impl Chat {
 
     /// Delivers the room messages that are durable now (see
     /// `CommitQueue::deliver_durable`).
-    pub(crate) fn deliver_committed(&self, router: &Router) {
+    pub(crate) fn deliver_committed(&self) {
         if let Some(queue) = &self.uncommitted {
-            self.forget_dedup(queue.deliver_durable(router));
+            self.forget_dedup(queue.deliver_durable(&self.router));
         }
     }
 
     /// Drops the queued room messages a reopen of the store lost
     /// (`CommitQueue::drop_lost`) and forgets their msg-ids, so a retry
     /// is stored, not acknowledged as a duplicate of nothing.
-    fn forget_lost(&self, router: &Router) {
+    fn forget_lost(&self) {
         if let Some(queue) = &self.uncommitted {
-            self.forget_dedup(queue.drop_lost(router));
+            self.forget_dedup(queue.drop_lost(&self.router));
         }
     }
 
@@ -457,9 +468,11 @@ impl Chat {
     /// Delivers room messages as their group commits complete, until
     /// `stop` (returns at once when messages are delivered without
     /// waiting for a commit).
-    pub(crate) async fn run_delivery(&self, router: &Router, stop: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn run_delivery(&self, stop: tokio::sync::watch::Receiver<bool>) {
         if let Some(queue) = &self.uncommitted {
-            queue.run(router, stop, |keys| self.forget_dedup(keys)).await;
+            queue
+                .run(&self.router, stop, |keys| self.forget_dedup(keys))
+                .await;
         }
     }
 

@@ -12,10 +12,9 @@ use super::payloads::{from_client_cbor, to_cbor, ModRequest, ModResponse};
 use super::publish::Publisher;
 use super::sanctions::{Kind, SetError};
 use super::{is_valid_room_name, Chat};
-use crate::config::Config;
 use crate::protocol::PublishAckReason;
 use crate::protocol::QoS;
-use crate::router::{Message, Router};
+use crate::router::Message;
 use crate::store::{unix_ms_now, EventKind, SanctionRecord};
 
 /// What a request asks for.
@@ -62,8 +61,6 @@ fn refusal(error: &str) -> ModResponse {
 impl Chat {
     pub(super) fn on_mod_request(
         &self,
-        router: &Router,
-        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         request: &Message,
@@ -78,7 +75,7 @@ impl Chat {
         };
         let user = query.user.as_deref().unwrap_or_default();
         if !matches!(op, Op::Delete(_))
-            && (!is_valid_room_name(user) || user.len() > config.max_chat_name_length)
+            && (!is_valid_room_name(user) || user.len() > self.limits.max_chat_name_length)
         {
             return PublishAckReason::PayloadFormatInvalid;
         }
@@ -92,13 +89,13 @@ impl Chat {
             Op::Set(kind) | Op::Lift(kind) => Some(kind),
             Op::Delete(_) => None,
         };
-        let (answer, reason) = self.apply_mod_request(router, config, who, room, &query, op);
+        let (answer, reason) = self.apply_mod_request(who, room, &query, op);
         match kind {
             // In a cluster the answer to a ban or mute waits until every
             // node has the change (`replication.rs`).
-            Some(kind) => self.answer_applied(router, request, topic, kind, room, user, answer, reason),
+            Some(kind) => self.answer_applied(request, topic, kind, room, user, answer, reason),
             None => {
-                send_reply(router, request, topic, to_cbor(&answer));
+                send_reply(&self.router, request, topic, to_cbor(&answer));
                 reason
             }
         }
@@ -107,8 +104,6 @@ impl Chat {
     /// Applies a well-formed request; the answer and the PUBACK reason.
     fn apply_mod_request(
         &self,
-        router: &Router,
-        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         query: &ModRequest,
@@ -128,19 +123,11 @@ impl Chat {
         let done = match op {
             Op::Delete(target) => {
                 let change = Change::Delete { target };
-                self.change(
-                    router,
-                    room,
-                    by,
-                    change,
-                    false,
-                    request_qos,
-                    Some(who.client_id.clone()),
-                )
-                .map_err(|refused| match refused {
-                    Refused::Store => ("store", refused.reason()),
-                    _ => ("no such message", refused.reason()),
-                })
+                self.change(room, by, change, false, request_qos, Some(who.client_id.clone()))
+                    .map_err(|refused| match refused {
+                        Refused::Store => ("store", refused.reason()),
+                        _ => ("no such message", refused.reason()),
+                    })
             }
             Op::Set(_) if self.membership.is_moderator(Some(user), room) => {
                 return (refusal("moderator"), PublishAckReason::NotAuthorized);
@@ -154,10 +141,10 @@ impl Chat {
                     reason: query.reason.clone(),
                 };
                 sanctions
-                    .set(kind, room, user, record, config.max_bans_per_room)
+                    .set(kind, room, user, record, self.limits.max_bans_per_room)
                     .map_err(|e| match e {
                         SetError::Full => {
-                            tracing::warn!(%room, max_bans_per_room = config.max_bans_per_room, "ban or mute refused: max_bans_per_room");
+                            tracing::warn!(%room, max_bans_per_room = self.limits.max_bans_per_room, "ban or mute refused: max_bans_per_room");
                             ("full", PublishAckReason::QuotaExceeded)
                         }
                         SetError::Store(e) => {
@@ -186,15 +173,8 @@ impl Chat {
                     };
                     // In effect already: a record that could not be stored
                     // is logged, the sanction stays.
-                    let recorded = self.change(
-                        router,
-                        room,
-                        by,
-                        change,
-                        false,
-                        request_qos,
-                        Some(who.client_id.clone()),
-                    );
+                    let recorded =
+                        self.change(room, by, change, false, request_qos, Some(who.client_id.clone()));
                     if let Err(refused) = recorded {
                         tracing::warn!(%room, ?refused, "could not record a moderation action as a room event");
                     }

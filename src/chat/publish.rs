@@ -20,7 +20,7 @@ use crate::budget::{room_account, Held, Rate};
 use crate::config::Config;
 use crate::protocol::validate::topic_matches;
 use crate::protocol::{PublishAckReason, QoS};
-use crate::router::{Message, Router};
+use crate::router::Message;
 use crate::store::StoreError;
 
 /// Typing events expire after this long (Message Expiry Interval, 5.0).
@@ -100,14 +100,7 @@ pub(crate) enum Handled {
 impl Chat {
     /// Handles a PUBLISH on a chat topic (`kind`, as its entry classified
     /// it); gives back any other message as `Plain`.
-    pub(crate) fn on_publish(
-        &self,
-        router: &Router,
-        config: &Config,
-        who: &Publisher<'_>,
-        message: Message,
-        kind: Classified,
-    ) -> Handled {
+    pub(crate) fn on_publish(&self, who: &Publisher<'_>, message: Message, kind: Classified) -> Handled {
         let Some(topic) = kind.chat(&message.topic) else {
             return Handled::Plain(Box::new(message));
         };
@@ -115,25 +108,23 @@ impl Chat {
             ChatTopic::Message { room, sender, msg_id } => {
                 let msg_id = msg_id.or_else(|| msg_id_property(&message));
                 match self
-                    .check_room_message(config, who, room, sender, msg_id, &message)
+                    .check_room_message(who, room, sender, msg_id, &message)
                     .and_then(|()| match self.is_repeat(room, sender, msg_id) {
                         true => Ok(()),
                         false => self.spend_room_rate(who, room),
                     }) {
                     Err(reason) => reason,
-                    Ok(()) => self.on_room_message(router, who, room, sender, msg_id, &message),
+                    Ok(()) => self.on_room_message(who, room, sender, msg_id, &message),
                 }
             }
             ChatTopic::Lifecycle { room, sender, action } => {
-                self.on_lifecycle(router, config, who, room, sender, action, &message)
+                self.on_lifecycle(who, room, sender, action, &message)
             }
-            ChatTopic::Typing { room, sender } => self.on_typing(router, config, who, room, sender, &message),
-            ChatTopic::Receipt { room, sender } => self.on_receipt(router, who, room, sender, &message),
-            ChatTopic::Presence { user } => self.on_presence(router, who, user, &message),
-            ChatTopic::HistoryRequest { room } => {
-                self.on_history_request(router, config, who, room, &message)
-            }
-            ChatTopic::ModRequest { room } => self.on_mod_request(router, config, who, room, &message),
+            ChatTopic::Typing { room, sender } => self.on_typing(who, room, sender, &message),
+            ChatTopic::Receipt { room, sender } => self.on_receipt(who, room, sender, &message),
+            ChatTopic::Presence { user } => self.on_presence(who, user, &message),
+            ChatTopic::HistoryRequest { room } => self.on_history_request(who, room, &message),
+            ChatTopic::ModRequest { room } => self.on_mod_request(who, room, &message),
             ChatTopic::Reserved => PublishAckReason::TopicNameInvalid,
         };
         if u8::from(reason) >= 0x80 {
@@ -192,7 +183,6 @@ impl Chat {
     /// valid signature or a counter that did not grow.
     pub(crate) fn alert_copies<'m>(
         &self,
-        config: &'m Config,
         who: &Publisher<'_>,
         message: &'m Message,
         targets: Vec<AlertTarget<'m>>,
@@ -206,7 +196,7 @@ impl Chat {
             ..
         } in targets
         {
-            self.check_room_message(config, who, room, sender, msg_id_property(message), message)?;
+            self.check_room_message(who, room, sender, msg_id_property(message), message)?;
             let signed = self.signed.is_signed(index);
             let payload = if signed {
                 let verified = self.signed.verify(index, message).map_err(|refusal| {
@@ -243,13 +233,7 @@ impl Chat {
     }
 
     /// Posts the room copies found by `alert_copies`.
-    pub(crate) fn post_alerts(
-        &self,
-        router: &Router,
-        who: &Publisher<'_>,
-        message: &Message,
-        copies: Vec<AlertCopy<'_>>,
-    ) {
+    pub(crate) fn post_alerts(&self, who: &Publisher<'_>, message: &Message, copies: Vec<AlertCopy<'_>>) {
         for copy in copies {
             let mut user_properties = other_user_properties(message);
             if copy.signed {
@@ -265,7 +249,7 @@ impl Chat {
                 publisher: Some(who.client_id.clone()),
                 received_at: message.received_at,
             };
-            if let Err(e) = self.post(router, post) {
+            if let Err(e) = self.post(post) {
                 tracing::error!(room = copy.room, error = %e, "could not store an alert in its room");
             }
         }
@@ -308,7 +292,6 @@ impl Chat {
 
     fn on_room_message(
         &self,
-        router: &Router,
         who: &Publisher<'_>,
         room: &str,
         sender: &str,
@@ -325,7 +308,7 @@ impl Chat {
             publisher: Some(who.client_id.clone()),
             received_at: message.received_at,
         };
-        match self.post(router, post) {
+        match self.post(post) {
             Ok(_) => PublishAckReason::Success,
             // The store could not write it (a full disk): refused like
             // every publish while the store cannot write, with 0x97, so a
@@ -343,8 +326,6 @@ impl Chat {
 
     fn on_typing(
         &self,
-        router: &Router,
-        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         sender: &str,
@@ -357,7 +338,7 @@ impl Chat {
         {
             let mut typing = self.typing.lock();
             let key = (room.to_string(), sender.to_string());
-            let interval = Duration::from_millis(config.typing_min_interval_ms);
+            let interval = Duration::from_millis(self.limits.typing_min_interval_ms);
             if typing
                 .get(&key)
                 .is_some_and(|last| now.duration_since(*last) < interval)
@@ -365,14 +346,14 @@ impl Chat {
                 self.counters.typing_dropped.inc();
                 return PublishAckReason::Success;
             }
-            if typing.len() >= config.typing_max_entries && !typing.contains_key(&key) {
+            if typing.len() >= self.limits.typing_max_entries && !typing.contains_key(&key) {
                 typing.retain(|_, last| now.duration_since(*last) < interval);
-                if typing.len() >= config.typing_max_entries {
+                if typing.len() >= self.limits.typing_max_entries {
                     // Nothing is queued or stored for typing: dropping the
                     // event is all a full table costs.
                     self.counters.typing_dropped.inc();
                     tracing::warn!(
-                        limit = config.typing_max_entries,
+                        limit = self.limits.typing_max_entries,
                         "typing table full (typing_max_entries), event dropped"
                     );
                     return PublishAckReason::Success;
@@ -389,13 +370,12 @@ impl Chat {
         typing.expires_at = Some(now + TYPING_EXPIRY);
         typing.ephemeral = true;
         typing.publisher = Some(who.client_id.clone());
-        router.publish(typing);
+        self.router.publish(typing);
         PublishAckReason::Success
     }
 
     fn on_receipt(
         &self,
-        router: &Router,
         who: &Publisher<'_>,
         room: &str,
         sender: &str,
@@ -418,7 +398,7 @@ impl Chat {
         // After a restart the retained receipt is the highest known; in
         // a cluster it also carries receipts sent through other nodes.
         let retained = || {
-            router
+            self.router
                 .retained()
                 .matching(&message.topic)
                 .first()
@@ -440,17 +420,11 @@ impl Chat {
         let mut stored = Message::new(message.topic.clone(), to_cbor(&receipt), QoS::AtLeastOnce, true);
         stored.publisher = Some(who.client_id.clone());
         stored.broker_owned = true;
-        router.publish(stored);
+        self.router.publish(stored);
         PublishAckReason::Success
     }
 
-    fn on_presence(
-        &self,
-        router: &Router,
-        who: &Publisher,
-        user: &str,
-        message: &Message,
-    ) -> PublishAckReason {
+    fn on_presence(&self, who: &Publisher, user: &str, message: &Message) -> PublishAckReason {
         let Some(update) = from_client_cbor::<PresenceUpdate>(&message.payload) else {
             return PublishAckReason::PayloadFormatInvalid;
         };
@@ -459,7 +433,7 @@ impl Chat {
         }
         if !self
             .presence()
-            .set_status(router, user, &who.account, &update.status)
+            .set_status(&self.router, user, &who.account, &update.status)
         {
             // Over `max_presence_records_per_user`: not shown.
             return PublishAckReason::QuotaExceeded;
@@ -479,14 +453,13 @@ impl Chat {
     /// acknowledged again by the post that follows.
     fn check_room_message(
         &self,
-        config: &Config,
         who: &Publisher<'_>,
         room: &str,
         sender: &str,
         msg_id: Option<&str>,
         message: &Message,
     ) -> Result<(), PublishAckReason> {
-        if msg_id.is_some_and(|id| id.len() > config.max_msg_id_length) {
+        if msg_id.is_some_and(|id| id.len() > self.limits.max_msg_id_length) {
             return Err(PublishAckReason::PayloadFormatInvalid);
         }
         if self.is_repeat(room, sender, msg_id) {
@@ -495,7 +468,7 @@ impl Chat {
         let properties: usize = message.properties.as_ref().map_or(0, |p| {
             p.user_properties.iter().map(|(k, v)| k.len() + v.len()).sum()
         });
-        if message.payload.len() + properties > config.max_room_message_bytes {
+        if message.payload.len() + properties > self.limits.max_room_message_bytes {
             return Err(PublishAckReason::QuotaExceeded);
         }
         let charge = || match self.budgets.charge(&who.account, Held::Rooms, 1) {
@@ -505,10 +478,10 @@ impl Chat {
                 false
             }
         };
-        match self.log.open(room, &who.account, config.max_rooms, charge) {
+        match self.log.open(room, &who.account, self.limits.max_rooms, charge) {
             Ok(()) => {}
             Err(NotOpened::MaxRooms) => {
-                tracing::warn!(%room, max_rooms = config.max_rooms, "room not opened: max_rooms reached");
+                tracing::warn!(%room, max_rooms = self.limits.max_rooms, "room not opened: max_rooms reached");
                 return Err(PublishAckReason::QuotaExceeded);
             }
             Err(NotOpened::OverBudget) => return Err(PublishAckReason::QuotaExceeded),

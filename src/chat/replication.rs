@@ -15,7 +15,7 @@ use super::payloads::{to_cbor, ModResponse};
 use super::sanctions::Kind;
 use super::Chat;
 use crate::protocol::PublishAckReason;
-use crate::router::{Message, Router};
+use crate::router::Message;
 use crate::store::{SanctionChange, SanctionReplication};
 
 impl Chat {
@@ -81,7 +81,6 @@ impl Chat {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn answer_applied(
         &self,
-        router: &Router,
         request: &Message,
         topic: String,
         kind: Kind,
@@ -91,7 +90,7 @@ impl Chat {
         reason: PublishAckReason,
     ) -> PublishAckReason {
         let Some(replication) = self.sanction_replication.get().filter(|_| answer.ok) else {
-            send_reply(router, request, topic, to_cbor(&answer));
+            send_reply(&self.router, request, topic, to_cbor(&answer));
             return reason;
         };
         let change = SanctionChange {
@@ -111,7 +110,7 @@ impl Chat {
             ok: false,
             error: Some("cluster".into()),
         };
-        send_reply(router, request, topic, to_cbor(&refusal));
+        send_reply(&self.router, request, topic, to_cbor(&refusal));
         // As a post the cluster could not take: retry later (`topics.md`).
         PublishAckReason::QuotaExceeded
     }

@@ -45,11 +45,19 @@ impl Subscriber for Member {
 }
 
 /// A one-node chat in memory, its router, and a member of every room.
-fn chat() -> (Chat, Router, Arc<Member>) {
+fn chat() -> (Chat, Arc<Member>) {
     let config = Config::default();
     let budgets = Arc::new(Budgets::new(crate::budget::Limits::from_config(&config)));
-    let chat = Chat::open(&config, None, None, Replication::default(), budgets).unwrap();
-    let router = Router::new(true, None, RetainedStore::default());
+    let router = Arc::new(Router::new(true, None, RetainedStore::default()));
+    let chat = Chat::open(
+        &config,
+        router.clone(),
+        None,
+        None,
+        Replication::default(),
+        budgets,
+    )
+    .unwrap();
     let member = Arc::new(Member::default());
     let handle: Arc<dyn Subscriber> = member.clone();
     let options = SubscriptionOptions {
@@ -57,7 +65,7 @@ fn chat() -> (Chat, Router, Arc<Member>) {
         ..Default::default()
     };
     router.subscribe(&handle, "rooms/+/msg/+", None, options, None, false);
-    (chat, router, member)
+    (chat, member)
 }
 
 fn post<'a>(room: &'a str, sender: &'a str, msg_id: Option<&'a str>) -> Post<'a> {
@@ -83,10 +91,10 @@ fn at(room: &str, seq: u64) -> (String, u64) {
 
 #[test]
 fn each_room_counts_its_own_seq() {
-    let (chat, router, member) = chat();
-    assert_eq!(chat.post(&router, post("a", "alice", None)).unwrap(), (1, true));
-    assert_eq!(chat.post(&router, post("a", "bob", None)).unwrap(), (2, true));
-    assert_eq!(chat.post(&router, post("b", "alice", None)).unwrap(), (1, true));
+    let (chat, member) = chat();
+    assert_eq!(chat.post(post("a", "alice", None)).unwrap(), (1, true));
+    assert_eq!(chat.post(post("a", "bob", None)).unwrap(), (2, true));
+    assert_eq!(chat.post(post("b", "alice", None)).unwrap(), (1, true));
     assert_eq!(got(&member), vec![at("a", 1), at("a", 2), at("b", 1)]);
     assert_eq!(chat.rooms(), 2);
     assert_eq!(chat.counters.messages.get(), 3);
@@ -97,23 +105,11 @@ fn each_room_counts_its_own_seq() {
 /// sender, or in another room, is another message.
 #[test]
 fn a_known_msg_id_gets_its_first_seq_and_no_second_delivery() {
-    let (chat, router, member) = chat();
-    assert_eq!(
-        chat.post(&router, post("a", "alice", Some("m1"))).unwrap(),
-        (1, true)
-    );
-    assert_eq!(
-        chat.post(&router, post("a", "alice", Some("m1"))).unwrap(),
-        (1, false)
-    );
-    assert_eq!(
-        chat.post(&router, post("a", "bob", Some("m1"))).unwrap(),
-        (2, true)
-    );
-    assert_eq!(
-        chat.post(&router, post("b", "alice", Some("m1"))).unwrap(),
-        (1, true)
-    );
+    let (chat, member) = chat();
+    assert_eq!(chat.post(post("a", "alice", Some("m1"))).unwrap(), (1, true));
+    assert_eq!(chat.post(post("a", "alice", Some("m1"))).unwrap(), (1, false));
+    assert_eq!(chat.post(post("a", "bob", Some("m1"))).unwrap(), (2, true));
+    assert_eq!(chat.post(post("b", "alice", Some("m1"))).unwrap(), (1, true));
     assert_eq!(got(&member), vec![at("a", 1), at("a", 2), at("b", 1)]);
     assert_eq!(chat.counters.duplicates.get(), 1);
     assert_eq!(chat.counters.messages.get(), 3);
@@ -121,9 +117,9 @@ fn a_known_msg_id_gets_its_first_seq_and_no_second_delivery() {
 
 #[test]
 fn without_a_msg_id_every_post_is_new() {
-    let (chat, router, member) = chat();
-    assert_eq!(chat.post(&router, post("a", "alice", None)).unwrap(), (1, true));
-    assert_eq!(chat.post(&router, post("a", "alice", None)).unwrap(), (2, true));
+    let (chat, member) = chat();
+    assert_eq!(chat.post(post("a", "alice", None)).unwrap(), (1, true));
+    assert_eq!(chat.post(post("a", "alice", None)).unwrap(), (2, true));
     assert_eq!(got(&member).len(), 2);
     assert_eq!(chat.counters.duplicates.get(), 0);
 }
@@ -133,14 +129,14 @@ fn without_a_msg_id_every_post_is_new() {
 /// makes the same choice, reading the room in the same order).
 #[test]
 fn a_replicated_message_is_taken_in_once() {
-    let (chat, router, member) = chat();
+    let (chat, member) = chat();
     let record = |msg_id| post("a", "alice", Some(msg_id)).into_record();
-    chat.apply_replicated(&router, "a", 5, record("m1"), None);
-    chat.apply_replicated(&router, "a", 5, record("m1"), None);
+    chat.apply_replicated("a", 5, record("m1"), None);
+    chat.apply_replicated("a", 5, record("m1"), None);
     assert_eq!(chat.applied_seq("a"), 5);
-    chat.apply_replicated(&router, "a", 6, record("m1"), None);
+    chat.apply_replicated("a", 6, record("m1"), None);
     assert_eq!(chat.counters.duplicates.get(), 1);
-    chat.apply_replicated(&router, "a", 7, record("m2"), None);
+    chat.apply_replicated("a", 7, record("m2"), None);
     assert_eq!(got(&member), vec![at("a", 5), at("a", 7)]);
     assert_eq!(chat.applied_seq("a"), 7);
 }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{classify, payloads, presence, Chat, ChatTopic};
 use crate::budget::Held;
-use crate::router::{Message, Router};
+use crate::router::Message;
 use crate::store::unix_ms_now;
 
 impl Chat {
@@ -15,9 +15,9 @@ impl Chat {
     /// message left, de-duplication pruning, and forgetting typing events
     /// older than `typing_interval` (nothing of a client's typing outlives
     /// it by more than a minute). Returns how many rooms were forgotten.
-    pub fn upkeep(&self, router: &Router, typing_interval: std::time::Duration) -> usize {
+    pub fn upkeep(&self, typing_interval: std::time::Duration) -> usize {
         self.log.trim_by_age();
-        let forgotten = self.forget_empty_rooms(router);
+        let forgotten = self.forget_empty_rooms();
         self.dedup.prune();
         for room in self.membership.sanctions.prune() {
             self.members_changed(&room);
@@ -33,7 +33,7 @@ impl Chat {
     /// what they held: the opener's charge, the slot in `max_rooms`, the
     /// receipts. In a cluster the room logs are JetStream's: nothing is
     /// forgotten here.
-    fn forget_empty_rooms(&self, router: &Router) -> usize {
+    fn forget_empty_rooms(&self) -> usize {
         if self.replication.is_some() {
             return 0;
         }
@@ -49,7 +49,8 @@ impl Chat {
                 self.budgets.release(opener, Held::Rooms, 1);
             }
             for sender in self.receipts.forget_room(&room.name) {
-                router.clear_retained(&format!("rooms/{}/read/{sender}", room.name));
+                self.router
+                    .clear_retained(&format!("rooms/{}/read/{sender}", room.name));
             }
         }
         if !forgotten.is_empty() {
@@ -80,8 +81,8 @@ impl Chat {
     /// Forgets retained "offline" presence older than `retention` (a user
     /// away that long is gone from `$presence/+`), transient records after
     /// `presence_transient_secs`. Returns how many.
-    pub fn expire_presence(&self, router: &Router, retention: std::time::Duration) -> usize {
-        let expired = self.presence.expire(router, retention);
+    pub fn expire_presence(&self, retention: std::time::Duration) -> usize {
+        let expired = self.presence.expire(&self.router, retention);
         if self.replication.is_none() || retention.is_zero() {
             return expired;
         }
@@ -89,11 +90,11 @@ impl Chat {
         // node's index: a scan finds them.
         let cutoff = unix_ms_now().saturating_sub(retention.as_millis() as u64);
         let mut expired = expired;
-        for message in router.retained().matching("$presence/+") {
+        for message in self.router.retained().matching("$presence/+") {
             let stale = payloads::from_cbor::<payloads::Presence>(&message.payload)
                 .is_some_and(|p| p.status == "offline" && p.last_seen.unwrap_or(p.since) < cutoff);
             if stale {
-                router.clear_retained(&message.topic);
+                self.router.clear_retained(&message.topic);
                 if let Some(user) = message.topic.strip_prefix("$presence/") {
                     self.presence.record_gone(user);
                 }
@@ -108,10 +109,10 @@ impl Chat {
     /// in a cluster, where other nodes serve users), and declared rooms
     /// publish their member lists (`$rooms/{room}/members`; open rooms'
     /// follow from the restored subscriptions, `members.rs`).
-    pub fn publish_startup_state(&self, router: &Router, reset_presence: bool) {
+    pub fn publish_startup_state(&self, reset_presence: bool) {
         let now = unix_ms_now();
         let stale_presence = if reset_presence {
-            router.retained().matching("$presence/+")
+            self.router.retained().matching("$presence/+")
         } else {
             Vec::new()
         };
@@ -136,14 +137,14 @@ impl Chat {
                         since: now,
                         last_seen: Some(now),
                     };
-                    router.publish(presence::presence_message(&user, &offline));
+                    self.router.publish(presence::presence_message(&user, &offline));
                     self.presence.restored_offline(&user, now, false);
                 }
             }
         }
-        self.presence.evict_over_bound(router);
+        self.presence.evict_over_bound(&self.router);
         for (room, _) in self.membership.declared() {
-            self.publish_members(router, &room);
+            self.publish_members(&room);
         }
     }
 }

@@ -58,9 +58,7 @@ impl RoomSink for ChatSink {
 
     fn apply(&self, room: &str, seq: u64, record: RoomRecord, publisher: Option<Arc<str>>) {
         if let Some(shared) = self.shared.upgrade() {
-            shared
-                .chat
-                .apply_replicated(&shared.router, room, seq, record, publisher);
+            shared.chat.apply_replicated(room, seq, record, publisher);
         }
     }
 

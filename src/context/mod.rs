@@ -32,7 +32,8 @@ pub(crate) use directory::{HandedOver, OneNode, SessionDirectory};
 /// name, so that this module stays below `session`.
 pub(crate) struct Shared<R> {
     pub config: Config,
-    pub router: Router,
+    /// An `Arc` because the chat layer holds it too (`Chat::open`).
+    pub router: Arc<Router>,
     pub registry: R,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<dyn Authenticator>,

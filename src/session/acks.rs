@@ -43,7 +43,7 @@ impl Connection {
         };
         if self.acks.has_durable(durable) {
             // A room message goes out before the PUBACK that confirms it.
-            self.shared.chat.deliver_committed(&self.shared.router);
+            self.shared.chat.deliver_committed();
         }
         while let Some((ticket, acks)) = self.acks.take_one_durable(durable) {
             if self.shared.commit.as_ref().is_some_and(|c| c.is_lost(ticket)) {

@@ -63,10 +63,7 @@ pub(crate) fn route_as(
         account: principal.account.clone(),
     };
     let config = &shared.config;
-    match shared
-        .chat
-        .on_publish(&shared.router, config, &who, message, kind)
-    {
+    match shared.chat.on_publish(&who, message, kind) {
         Handled::Done(reason) => reason,
         Handled::Plain(message) => {
             if !config.alerts.is_empty() {
@@ -75,9 +72,9 @@ pub(crate) fn route_as(
                     .chat
                     .alert_targets(config, &who, &message)
                     .and_then(|targets| may_copy(shared, principal, client_id, &message, targets))
-                    .and_then(|targets| shared.chat.alert_copies(config, &who, &message, targets));
+                    .and_then(|targets| shared.chat.alert_copies(&who, &message, targets));
                 match copies {
-                    Ok(copies) => shared.chat.post_alerts(&shared.router, &who, &message, copies),
+                    Ok(copies) => shared.chat.post_alerts(&who, &message, copies),
                     Err(reason) => {
                         shared.metrics.acl_denied.inc();
                         return reason;
