@@ -1,7 +1,7 @@
 //! Raw clients: 3.1.1 and 5.0 packets through the wire codec, so a load
 //! sends exactly what it means and reads exactly what the broker answers.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::Duration;
 
@@ -10,12 +10,20 @@ use rmqtt_codec::types::{Protocol, Publish, QoS};
 use rmqtt_codec::v3::{Codec, Connect, Packet};
 use rmqtt_codec::v5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A packet id from a counter (0 becomes 1).
 pub fn pid(id: u16) -> NonZeroU16 {
     NonZeroU16::new(id.max(1)).unwrap_or(NonZeroU16::MIN)
+}
+
+/// A socket to `addr` from the loopback address `from` (127.0.0.2, ...):
+/// the broker sees another client address, as from another machine.
+pub async fn tcp_from(addr: SocketAddr, from: Ipv4Addr) -> Option<TcpStream> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind((from, 0).into()).ok()?;
+    socket.connect(addr).await.ok()
 }
 
 /// A 3.1.1 client on raw packets.
@@ -39,6 +47,17 @@ impl Client {
         login: Option<(&str, &str)>,
         clean_session: bool,
     ) -> Option<(Client, bool)> {
+        let (c, code) = Client::handshake_code(stream, id, login, clean_session).await?;
+        Some((c, code == rmqtt_codec::v3::ConnectAckReason::ConnectionAccepted))
+    }
+
+    /// `handshake`, with the CONNACK's return code.
+    pub async fn handshake_code(
+        stream: TcpStream,
+        id: &str,
+        login: Option<(&str, &str)>,
+        clean_session: bool,
+    ) -> Option<(Client, rmqtt_codec::v3::ConnectAckReason)> {
         stream.set_nodelay(true).ok()?;
         let mut c = Client {
             stream,
@@ -60,10 +79,7 @@ impl Client {
         })))
         .await;
         match c.recv(Duration::from_secs(30)).await {
-            Some(Packet::ConnectAck(ack)) => {
-                let ok = ack.return_code == rmqtt_codec::v3::ConnectAckReason::ConnectionAccepted;
-                Some((c, ok))
-            }
+            Some(Packet::ConnectAck(ack)) => Some((c, ack.return_code)),
             _ => None,
         }
     }
@@ -83,6 +99,28 @@ impl Client {
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// `recv` for a slow client: reads at most `chunk` bytes at a time and
+    /// then waits as long as `bytes_per_sec` allows for them, so what the
+    /// broker sends faster waits in the broker.
+    pub async fn recv_paced(&mut self, within: Duration, chunk: usize, bytes_per_sec: f64) -> Option<Packet> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(Some((p, _))) = self.codec.decode(&mut self.buf) {
+                return Some(p);
+            }
+            let read = (&mut self.stream).take(chunk as u64);
+            let mut read = std::pin::pin!(read);
+            let mut part = BytesMut::with_capacity(chunk);
+            match tokio::time::timeout_at(deadline, read.read_buf(&mut part)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    self.buf.extend_from_slice(&part);
+                    tokio::time::sleep(Duration::from_secs_f64(n as f64 / bytes_per_sec)).await;
+                }
                 _ => return None,
             }
         }
@@ -158,19 +196,30 @@ pub enum Got {
 impl Client5 {
     pub async fn connect(addr: SocketAddr, id: &str) -> Option<(Client5, v5::ConnectAck)> {
         let stream = TcpStream::connect(addr).await.ok()?;
+        Client5::handshake(stream, Client5::clean(id, None)).await
+    }
+
+    /// A clean-start CONNECT of client id `id`, with `username` if given
+    /// (a claim, with no password).
+    pub fn clean(id: &str, username: Option<&str>) -> v5::Connect {
+        v5::Connect {
+            clean_start: true,
+            client_id: id.into(),
+            keep_alive: 600,
+            username: username.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    /// Sends `connect` on a connected socket; the CONNACK.
+    pub async fn handshake(stream: TcpStream, connect: v5::Connect) -> Option<(Client5, v5::ConnectAck)> {
         stream.set_nodelay(true).ok()?;
         let mut c = Client5 {
             stream,
             codec: v5::Codec::new(0, 0),
             buf: BytesMut::new(),
         };
-        c.send(v5::Packet::Connect(Box::new(v5::Connect {
-            clean_start: true,
-            client_id: id.into(),
-            keep_alive: 600,
-            ..Default::default()
-        })))
-        .await;
+        c.send(v5::Packet::Connect(Box::new(connect))).await;
         match c.recv(Duration::from_secs(30)).await {
             Got::Packet(v5::Packet::ConnectAck(ack)) => Some((c, *ack)),
             _ => None,

@@ -1,16 +1,18 @@
 //! Loads of the issue "Every identity has a budget" on the doors of the
-//! broker: logins (finding 10), the admin listener (11), presence records
-//! of throw-away names (12) and the browser chat's files (15).
+//! broker: logins (finding 10, and the third pass's F5), the admin
+//! listener (11), presence records of throw-away names (12) and the
+//! browser chat's files (15).
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rmqtt_codec::v3::Packet;
+use rmqtt_codec::v3::{ConnectAckReason, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::client::Client;
+use crate::client::{tcp_from, Client};
 use crate::{mib, ms, proc_status, settle, walk_size, Broker, Extra, Probe};
 
 /// Whether the broker closed a socket we never read: open while a read
@@ -28,24 +30,47 @@ fn still_open(stream: &TcpStream) -> bool {
     }
 }
 
-/// One login of alice from 127.0.0.2 (a different address from the
-/// flood's): how it ended, and how long it took.
-async fn alice_login(addr: SocketAddr, n: usize) -> (&'static str, Duration) {
-    let started = Instant::now();
+/// How a 3.1.1 login ended: "accepted", "refused (code)", "closed", or
+/// unanswered.
+async fn login_outcome(
+    addr: SocketAddr,
+    from: Ipv4Addr,
+    id: &str,
+    login: (&str, &str),
+    within: Duration,
+) -> String {
     let attempt = async {
-        let socket = TcpSocket::new_v4().ok()?;
-        socket.bind(([127, 0, 0, 2], 0).into()).ok()?;
-        let stream = socket.connect(addr).await.ok()?;
-        let id = format!("alice-{n}");
-        Client::handshake(stream, &id, Some(("alice", "right")), true).await
+        let stream = tcp_from(addr, from).await?;
+        Client::handshake_code(stream, id, Some(login), true).await
     };
-    let outcome = match tokio::time::timeout(Duration::from_secs(30), attempt).await {
-        Ok(Some((_, true))) => "accepted",
-        Ok(Some((_, false))) => "refused",
-        Ok(None) => "closed",
-        Err(_) => "unanswered in 30 s",
-    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(Some((_, ConnectAckReason::ConnectionAccepted))) => "accepted".into(),
+        Ok(Some((_, code))) => format!("refused ({code:?})"),
+        Ok(None) => "closed".into(),
+        Err(_) => format!("unanswered in {} s", within.as_secs()),
+    }
+}
+
+/// One login of alice from `from` (another address than the flood's):
+/// how it ended, and how long it took.
+async fn alice_login(addr: SocketAddr, from: Ipv4Addr, n: usize) -> (String, Duration) {
+    let started = Instant::now();
+    let login = ("alice", "right");
+    let outcome = login_outcome(addr, from, &format!("alice-{n}"), login, Duration::from_secs(30)).await;
     (outcome, started.elapsed())
+}
+
+/// "3 accepted, 2 refused (...)" and the number accepted.
+fn alice_text(logins: &[(String, Duration)]) -> (usize, String, Histogram<u64>) {
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    let mut outcomes = BTreeMap::<&str, usize>::new();
+    for (outcome, took) in logins {
+        *outcomes.entry(outcome).or_default() += 1;
+        let _ = latency.record(took.as_micros() as u64);
+    }
+    let ok = outcomes.get("accepted").copied().unwrap_or(0);
+    let text: Vec<String> = outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    (ok, text.join(", "), latency)
 }
 
 /// Finding 10 (login-flood): from 127.0.0.1, ~370 CONNECTs a second with
@@ -77,21 +102,18 @@ pub async fn login_flood(broker: &Broker) -> Extra {
             }
             _ = alice_tick.tick() => {
                 let n = logins.len();
-                logins.push(tokio::spawn(alice_login(addr, n)));
+                logins.push(tokio::spawn(alice_login(addr, Ipv4Addr::new(127, 0, 0, 2), n)));
             }
         }
     }
     let sent_in = started.elapsed();
-    let mut latency = Histogram::<u64>::new(3).expect("histogram");
-    let mut alice = std::collections::BTreeMap::<&str, usize>::new();
+    let mut alice = Vec::new();
     for login in &mut logins {
-        if let Ok((outcome, took)) = login.await {
-            *alice.entry(outcome).or_default() += 1;
-            let _ = latency.record(took.as_micros() as u64);
+        if let Ok(l) = login.await {
+            alice.push(l);
         }
     }
-    let ok = alice.get("accepted").copied().unwrap_or(0);
-    let alice: Vec<String> = alice.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let (ok, alice, latency) = alice_text(&alice);
     let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
     for guess in &mut guesses {
         *outcomes.entry(guess.await.unwrap_or("lost")).or_default() += 1;
@@ -103,7 +125,70 @@ pub async fn login_flood(broker: &Broker) -> Extra {
         sent_in.as_secs_f64(),
         outcomes.join(", "),
         logins.len(),
-        alice.join(", "),
+        alice,
+        ms(&latency, 0.5),
+        latency.max() as f64 / 1000.0
+    )
+}
+
+/// Third pass F5 (login-addresses): alice logs in once from 127.0.0.10;
+/// then 8 addresses (127.0.0.2 to .9) run 12 guessers each for 10 s, one
+/// CONNECT after another with a wrong password at a fresh username, while
+/// alice logs in from 127.0.0.10 every 500 ms.
+pub async fn login_addresses(broker: &Broker) -> Extra {
+    let addr = broker.addr;
+    let alice_from = Ipv4Addr::new(127, 0, 0, 10);
+    let (first, _) = alice_login(addr, alice_from, 0).await;
+    let duration = Duration::from_secs_f64((10.0 * broker.scale).max(1.0));
+    let started = Instant::now();
+    let guessers: Vec<_> = (2..=9u8)
+        .flat_map(|a| (0..12).map(move |g| (a, g)))
+        .map(|(a, g)| {
+            tokio::spawn(async move {
+                let from = Ipv4Addr::new(127, 0, 0, a);
+                let mut outcomes = BTreeMap::<String, usize>::new();
+                let mut k = 0;
+                while started.elapsed() < duration {
+                    let user = format!("u{:08x}{a}x{g}x{k}", rand::random::<u32>());
+                    let id = format!("g{a}-{g}-{k}");
+                    let outcome =
+                        login_outcome(addr, from, &id, (&user, "wrong"), Duration::from_secs(10)).await;
+                    *outcomes.entry(outcome).or_default() += 1;
+                    k += 1;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut alice_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut logins = Vec::new();
+    while started.elapsed() < duration {
+        alice_tick.tick().await;
+        let n = logins.len() + 1;
+        logins.push(tokio::spawn(alice_login(addr, alice_from, n)));
+    }
+    let mut guesses = BTreeMap::<String, usize>::new();
+    for g in guessers {
+        for (k, v) in g.await.unwrap_or_default() {
+            *guesses.entry(k).or_default() += v;
+        }
+    }
+    let mut alice = Vec::new();
+    for login in logins {
+        if let Ok(l) = login.await {
+            alice.push(l);
+        }
+    }
+    let (ok, alice_outcomes, latency) = alice_text(&alice);
+    let total: usize = guesses.values().sum();
+    let guesses: Vec<String> = guesses.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    format!(
+        "alice's first login: {first}; {total} wrong logins from 8 addresses × 12 in {:.0} s ({}); \
+         alice from her address meanwhile: {ok} of {} accepted ({alice_outcomes}), p50 {:.0} ms, \
+         max {:.0} ms",
+        duration.as_secs_f64(),
+        guesses.join(", "),
+        alice.len(),
         ms(&latency, 0.5),
         latency.max() as f64 / 1000.0
     )

@@ -16,13 +16,16 @@
 //! The scenarios live by issue: `held.rs` ("Nothing a client sends is held
 //! without bound"), `chat.rs`, `v5.rs` and `hold.rs` ("Every identity has a
 //! budget", one load per finding; each function's comment names its
-//! finding). `--scale` multiplies every count (connections, messages,
+//! finding), `accounts.rs`, `rooms.rs` and `hold.rs` again (that issue's
+//! third attack pass, F1 to F6). `--scale` multiplies every count (connections, messages,
 //! rooms), for a quick check at small size.
 
+mod accounts;
 mod chat;
 mod client;
 mod held;
 mod hold;
+mod rooms;
 mod v5;
 
 use std::net::SocketAddr;
@@ -78,6 +81,12 @@ enum Scenario {
     PresenceNames,
     AliasFlood,
     VendorHold,
+    CleanSessions,
+    MembersFlap,
+    PresenceClaims,
+    ConnectionClaims,
+    LoginAddresses,
+    EditDelete,
 }
 
 impl Scenario {
@@ -85,7 +94,14 @@ impl Scenario {
     fn setup(self) -> Setup {
         let mut s = Setup::default();
         match self {
-            Scenario::WrongLogins | Scenario::LoginFlood => s.passwords = true,
+            Scenario::WrongLogins | Scenario::LoginFlood | Scenario::LoginAddresses => s.passwords = true,
+            // Where names are claims, loopback pays per address as remote
+            // clients do (the attacker's address is 127.0.0.2).
+            Scenario::PresenceClaims => s.roomq = "claimed_names_budget_on_loopback = false\n".into(),
+            Scenario::ConnectionClaims => {
+                s.roomq = "claimed_names_budget_on_loopback = false\nmax_connections = 2000\n".into();
+                s.mosquitto_listener = "max_connections 2000\n".into();
+            }
             // Persistence, so Mosquitto has a data directory to measure
             // and to restart from, like roomq's.
             Scenario::OfflineFanout | Scenario::PresenceNames => s.persistence = true,
@@ -108,6 +124,8 @@ struct Setup {
     persistence: bool,
     /// roomq: top-level TOML lines.
     roomq: String,
+    /// Mosquitto: lines for the MQTT listener.
+    mosquitto_listener: String,
     /// roomq: the admin listener on port + 2.
     admin: bool,
     /// roomq: the WebSocket listener also serves the browser chat.
@@ -229,7 +247,8 @@ fn mosquitto_conf(dir: &Path, setup: &Setup, port: u16, ws_port: u16) -> String 
     // cannot write the persistence file into our temporary directory.
     let mut conf = format!(
         "set_tcp_nodelay true\nuser root\n\
-         listener {port} 127.0.0.1\nlistener {ws_port} 127.0.0.1\nprotocol websockets\n"
+         listener {port} 127.0.0.1\n{}listener {ws_port} 127.0.0.1\nprotocol websockets\n",
+        setup.mosquitto_listener
     );
     if setup.persistence {
         conf += &format!("persistence true\npersistence_location {}/\n", dir.display());
@@ -303,6 +322,13 @@ fn roomq_conf(args: &Args, dir: &Path, setup: &Setup, port: u16, ws_port: u16) -
 fn start(args: &Args, setup: &Setup) -> Broker {
     let dir = tempfile::tempdir().expect("temp dir");
     let (port, ws_port) = (args.port, args.port + 1);
+    // A port someone else listens on would measure their broker, not ours.
+    for p in [port, ws_port, port + 2] {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            eprintln!("abuse: port {p} is in use (ABUSE_PORT= another first port)");
+            std::process::exit(2);
+        }
+    }
     let (program, conf, name) = if args.mosquitto {
         let program = if Path::new("/usr/sbin/mosquitto").exists() {
             PathBuf::from("/usr/sbin/mosquitto")
@@ -383,12 +409,24 @@ const PHASES: usize = 3;
 
 impl Probe {
     async fn start(addr: SocketAddr, login: Option<(&str, &str)>) -> Option<Probe> {
-        let (mut sub, ok) = Client::connect(addr, "probe-sub", login).await?;
-        let (mut publisher, ok2) = Client::connect(addr, "probe-pub", login).await?;
+        Probe::start_on(addr, login, ("probe-sub", "probe"), ("probe-pub", "probe")).await
+    }
+
+    /// A probe whose receiver (client id, filter) reads what its publisher
+    /// (client id, topic) sends.
+    async fn start_on(
+        addr: SocketAddr,
+        login: Option<(&str, &str)>,
+        (sub_id, filter): (&str, &str),
+        (pub_id, topic): (&str, &str),
+    ) -> Option<Probe> {
+        let (mut sub, ok) = Client::connect(addr, sub_id, login).await?;
+        let (mut publisher, ok2) = Client::connect(addr, pub_id, login).await?;
         if !ok || !ok2 {
             return None;
         }
-        sub.subscribe(1, "probe").await;
+        let topic = topic.to_string();
+        sub.subscribe(1, filter).await;
         sub.suback(Duration::from_secs(10)).await;
         let phase = Arc::new(AtomicU8::new(0));
         let now_phase = phase.clone();
@@ -403,7 +441,7 @@ impl Probe {
                 }
                 let sent = Instant::now();
                 publisher
-                    .publish("probe", Bytes::from_static(b"p"), QoS::AtMostOnce, 0, false)
+                    .publish(&topic, Bytes::from_static(b"p"), QoS::AtMostOnce, 0, false)
                     .await;
                 match sub.recv(Duration::from_secs(30)).await {
                     Some(_) => {
@@ -501,6 +539,12 @@ async fn run(scenario: Scenario, broker: &mut Broker, probe: &mut Probe) -> Extr
         Scenario::PresenceNames => hold::presence_names(broker, probe).await,
         Scenario::AliasFlood => v5::alias_flood(broker).await,
         Scenario::VendorHold => hold::vendor_hold(broker).await,
+        Scenario::CleanSessions => accounts::clean_sessions(broker).await,
+        Scenario::MembersFlap => rooms::members_flap(broker).await,
+        Scenario::PresenceClaims => accounts::presence_claims(broker).await,
+        Scenario::ConnectionClaims => accounts::connection_claims(broker).await,
+        Scenario::LoginAddresses => hold::login_addresses(broker).await,
+        Scenario::EditDelete => rooms::edit_delete(broker, probe).await,
     }
 }
 

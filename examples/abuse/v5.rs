@@ -16,15 +16,15 @@ use crate::client::{Client5, Got};
 use crate::{mib, proc_status, settle, walk_size, Broker, Extra, Probe};
 
 /// Reason codes and how often each came.
-type Codes = BTreeMap<String, usize>;
+pub type Codes = BTreeMap<String, usize>;
 
-fn codes_text(codes: &Codes) -> String {
+pub fn codes_text(codes: &Codes) -> String {
     let parts: Vec<String> = codes.iter().map(|(k, v)| format!("{v} {k}")).collect();
     parts.join(", ")
 }
 
 /// Publishes the broker took: 0x00, and 0x10 (taken, nobody subscribed).
-fn accepted(codes: &Codes) -> usize {
+pub fn accepted(codes: &Codes) -> usize {
     ["Success", "NoMatchingSubscribers"]
         .iter()
         .filter_map(|k| codes.get(*k))
@@ -34,7 +34,7 @@ fn accepted(codes: &Codes) -> usize {
 /// Sends `n` QoS 1 publishes made by `make(i, packet id)`, with at most
 /// `window` unacknowledged; the PUBACK reason codes (a missing PUBACK, or a
 /// closed connection, counted as such).
-async fn pipeline(
+pub async fn pipeline(
     c: &mut Client5,
     n: usize,
     window: usize,
@@ -69,7 +69,7 @@ async fn pipeline(
 
 /// The unacknowledged publishes a client may have: the broker's Receive
 /// Maximum, at most 32.
-fn window(ack: &v5::ConnectAck) -> usize {
+pub fn window(ack: &v5::ConnectAck) -> usize {
     usize::from(ack.receive_max.get()).min(32)
 }
 
