@@ -27,7 +27,7 @@ use crate::store::{GroupCommit, MemoryStore, Monitored, SledStore, Store, StoreH
 mod nodes;
 mod tasks;
 use nodes::Nodes;
-use tasks::{chat_upkeep, flush_periodically, publish_sys, run_upkeep, watch_store};
+use tasks::{chat_upkeep, flush_periodically, publish_sys, purge_reactions, run_upkeep, watch_store};
 
 /// Errors that stop the broker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -272,8 +272,9 @@ impl Broker {
         if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.durability) {
             tracker.spawn(flush_periodically(store.clone(), shared.clone()));
         }
-        if shared.store.is_some() {
+        if let Some(store) = &shared.store {
             tracker.spawn(watch_store(shared.clone()));
+            tracker.spawn(purge_reactions(store.clone(), shared.clone()));
         }
         let admin_addr = match shared.config.admin_listen {
             Some(addr) => {
@@ -442,7 +443,8 @@ impl BrokerHandle {
     /// Runs the periodic upkeep now, as the broker does every minute:
     /// room logs trimmed by age, stale de-duplication and typing entries
     /// dropped, offline presence older than `presence_retention_secs`
-    /// forgotten. Returns how many presence records were forgotten.
+    /// forgotten, and every reaction of a removed message removed (the
+    /// broker does that every second too). Returns how many presence records were forgotten.
     pub fn run_upkeep(&self) -> usize {
         run_upkeep(&self.shared)
     }
