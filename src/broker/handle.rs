@@ -159,7 +159,9 @@ impl BrokerHandle {
     /// Runs the periodic upkeep now, as the broker does every minute:
     /// room logs trimmed by age, stale de-duplication and typing entries
     /// dropped, offline presence older than `presence_retention_secs`
-    /// forgotten. Returns how many presence records were forgotten.
+    /// forgotten, and every reaction of a removed message removed (the
+    /// broker does that every second too). Returns how many presence
+    /// records were forgotten.
     pub fn run_upkeep(&self) -> usize {
         run_upkeep(&self.shared)
     }

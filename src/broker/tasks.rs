@@ -37,8 +37,9 @@ pub(super) fn spawn_all(shared: &Arc<Shared<Registry>>, nodes: &Arc<Nodes>, trac
     if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.durability) {
         tracker.spawn(flush_periodically(store.clone(), shared.clone()));
     }
-    if shared.store.is_some() {
+    if let Some(store) = &shared.store {
         tracker.spawn(watch_store(shared.clone()));
+        tracker.spawn(purge_reactions(store.clone(), shared.clone()));
     }
 }
 
@@ -57,12 +58,50 @@ async fn chat_upkeep(shared: Arc<Shared<Registry>>) {
     }
 }
 
+/// Every second: removes the reactions of removed messages, one chunk
+/// (`reaction_purge_chunk` keys) per blocking task, until none is left.
+/// A chunk per task, not the whole queue: other rooms' commits and
+/// flushes go between two chunks.
+async fn purge_reactions(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let chunk = shared.config.reaction_purge_chunk.max(1);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let worker = store.clone();
+            match tokio::task::spawn_blocking(move || worker.purge_reactions(chunk)).await {
+                Ok(Ok(removed)) if removed >= chunk && !*stop.borrow() => {}
+                // Done, or failed: the store's health logs a failure, the
+                // queue stays for the next tick.
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Removes every queued reaction of removed messages, a chunk at a time
+/// (for `run_upkeep`, off the runtime).
+fn purge_all_reactions(shared: &Shared<Registry>) {
+    let Some(store) = &shared.store else { return };
+    let chunk = shared.config.reaction_purge_chunk.max(1);
+    while let Ok(removed) = store.purge_reactions(chunk) {
+        if removed < chunk {
+            break;
+        }
+    }
+}
+
 /// One round of upkeep (see `BrokerHandle::run_upkeep`).
 pub(super) fn run_upkeep(shared: &Shared<Registry>) -> usize {
     shared.budgets.forget_idle();
     shared
         .chat
         .upkeep(Duration::from_millis(shared.config.typing_min_interval_ms));
+    purge_all_reactions(shared);
     let retention = Duration::from_secs(shared.config.presence_retention_secs);
     if retention.is_zero() {
         return 0;

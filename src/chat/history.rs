@@ -223,7 +223,13 @@ impl Chat {
                 }
                 // At most `max_reaction_emoji` counts and the requester's
                 // own: bounded, however many reactions the message holds.
-                let on = self.log.reactions(room, seq, scan.requester)?;
+                // A deleted message's reactions are removed in the
+                // background (`Store::purge_reactions`): none shows meanwhile.
+                let on = if record.state().is_some_and(|s| s.deleted) {
+                    Reactions::default()
+                } else {
+                    self.log.reactions(room, seq, scan.requester)?
+                };
                 let size = entry_bytes(&record, &on);
                 if messages == scan.limit || (messages > 0 && bytes + pending_bytes + size > scan.cap) {
                     more = true;

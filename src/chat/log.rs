@@ -450,10 +450,13 @@ impl RoomLog {
         }
         let cutoff = unix_ms_now().saturating_sub(self.max_age_ms);
         for (room, head) in self.heads() {
-            let mut first_kept = None;
-            let mut after = 0;
-            while first_kept.is_none() {
-                let page = match self.store.room_range(&room, after, u64::MAX, 256, false) {
+            // At most `TRIM_EVERY` entries per store batch, as the trim by
+            // count: one batch never holds a whole room's log.
+            loop {
+                let page = match self
+                    .store
+                    .room_range(&room, 0, u64::MAX, TRIM_EVERY as usize, false)
+                {
                     Ok(page) => page,
                     Err(e) => {
                         tracing::warn!(%room, error = %e, "could not read the room log for trimming");
@@ -463,19 +466,22 @@ impl RoomLog {
                 let Some(last) = page.last().map(|(seq, _)| *seq) else {
                     break;
                 };
-                first_kept = page.iter().find(|(_, r)| r.ts_unix_ms >= cutoff).map(|(s, _)| *s);
-                after = last;
-            }
-            let below = first_kept.unwrap_or(head + 1);
-            if after > 0 {
+                let first_kept = page.iter().find(|(_, r)| r.ts_unix_ms >= cutoff).map(|(s, _)| *s);
+                let below = first_kept.unwrap_or((last + 1).min(head + 1));
                 match self.store.trim_room(&room, below) {
                     Ok(removed) => {
                         if let Some(state) = self.rooms.read().get(&room) {
                             let held = state.held.load(Ordering::Acquire);
                             state.held.fetch_sub(removed.min(held), Ordering::AcqRel);
                         }
+                        if first_kept.is_some() || removed == 0 {
+                            break;
+                        }
                     }
-                    Err(e) => tracing::warn!(%room, error = %e, "could not trim the room log"),
+                    Err(e) => {
+                        tracing::warn!(%room, error = %e, "could not trim the room log");
+                        break;
+                    }
                 }
             }
         }

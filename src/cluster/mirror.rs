@@ -176,6 +176,10 @@ impl Store for Mirrored {
         self.inner.clear_reactions(room, seq)
     }
 
+    fn purge_reactions(&self, max_keys: usize) -> Result<usize, StoreError> {
+        self.inner.purge_reactions(max_keys)
+    }
+
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.inner.set_room_opener(room, account)
     }

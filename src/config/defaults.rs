@@ -101,6 +101,7 @@ impl Default for Config {
             max_reaction_emoji: 32,
             max_reactions_per_message: 4096,
             room_max_edits_per_message: 100,
+            reaction_purge_chunk: 1024,
             max_emoji_bytes: 32,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,

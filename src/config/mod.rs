@@ -370,6 +370,12 @@ pub struct Config {
     /// edit is a log entry the message's record lists, and a delete
     /// empties every one of them, so this bounds what one delete does.
     pub room_max_edits_per_message: usize,
+    /// Reaction keys removed per step when their messages are gone
+    /// (trimmed, aged out, deleted, their room forgotten): the reactions
+    /// are removed in the background, this many keys per store batch, so
+    /// removing many crowded messages never holds other rooms' commits
+    /// (nor memory) for longer than one chunk. At least 1.
+    pub reaction_purge_chunk: usize,
     /// Longest reaction emoji, in bytes of UTF-8; longer (or empty) 0x99.
     pub max_emoji_bytes: usize,
     /// Room messages one identity may post per minute in one room (a burst

@@ -213,8 +213,16 @@ pub trait Store: Send + Sync {
         reactor: &str,
         on: bool,
     ) -> Result<(), StoreError>;
-    /// Removes every reaction on message `seq` (it was deleted).
+    /// Removes every reaction on message `seq` (it was deleted): queued,
+    /// as the reactions of trimmed and forgotten messages are, for
+    /// `purge_reactions`.
     fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError>;
+    /// Removes at most `max_keys` keys of the reactions of removed
+    /// messages; returns how many, fewer than `max_keys` once none is left.
+    /// A message may hold thousands of reactions and a trim removes many
+    /// messages: this bounds the work of one call (and the memory it holds)
+    /// whatever clients reacted, and the queue survives a restart.
+    fn purge_reactions(&self, max_keys: usize) -> Result<usize, StoreError>;
     /// Records the account whose post opened `room`, so that the room is
     /// charged to it again after a restart (`max_rooms_per_user`).
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError>;
@@ -278,3 +286,5 @@ pub trait Store: Send + Sync {
 
 #[cfg(test)]
 mod contract_tests;
+#[cfg(test)]
+mod purge_tests;

@@ -136,6 +136,10 @@ impl Store for Monitored {
         self.watch(self.inner.clear_reactions(room, seq))
     }
 
+    fn purge_reactions(&self, max_keys: usize) -> Result<usize, StoreError> {
+        self.watch(self.inner.purge_reactions(max_keys))
+    }
+
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.watch(self.inner.set_room_opener(room, account))
     }

@@ -155,6 +155,9 @@ pub(super) struct Trees {
     pub(super) room_openers: sled::Tree,
     /// Reactions apart from their messages (`sled_reactions.rs`).
     pub(super) reactions: sled::Tree,
+    /// Ranges of reactions whose messages were removed, to remove in
+    /// chunks (`sled_reactions.rs`).
+    pub(super) reaction_purges: sled::Tree,
     pub(super) dedup: sled::Tree,
     pub(super) sanctions: sled::Tree,
     pub(super) alert_counters: sled::Tree,
@@ -182,6 +185,7 @@ pub(super) fn open_trees(dir: &Path) -> Result<Trees, StoreError> {
         room_heads: tree("room_heads")?,
         room_openers: tree("room_openers")?,
         reactions: tree("reactions")?,
+        reaction_purges: tree("reaction_purges")?,
         dedup: tree("dedup")?,
         sanctions: tree("sanctions")?,
         meta: meta.clone(),

@@ -6,6 +6,18 @@
 //!
 //! Room + seq is the room log's key (`seq_key`), so a range of the log's
 //! keys (trimming, forgetting a room) is the same range here.
+//!
+//! Removing a message does not remove its reactions at once: a message
+//! may hold `max_reactions_per_message` of them, and a trim removes up to
+//! 64 messages, an age-out or a forgotten room more, so one batch would
+//! hold millions of keys (seconds of sled's time, every key in memory,
+//! every other room's commit waiting behind it). Instead the range is
+//! queued in tree `reaction_purges` (room + first seq → the seq after
+//! the last, the key is `seq_key`), in the same order as the removal of
+//! the log entries, and `purge` removes at most `reaction_purge_chunk`
+//! keys per call, from a task of its own (`broker/tasks.rs`). The queue is
+//! on disk, so a crash in the middle leaves no orphan: the next run goes
+//! on with it.
 
 use super::journal::seq_key;
 use super::sled_keys::u64_of;
@@ -100,16 +112,66 @@ pub(super) fn set(
     Ok(key.len() + count_key.len() + 8)
 }
 
-/// Removes every key from `from` up to (not including) `to`.
-pub(super) fn remove_range(tree: &sled::Tree, from: Vec<u8>, to: Vec<u8>) -> Result<(), StoreError> {
-    let mut batch = sled::Batch::default();
-    for key in tree.range(from..to).keys() {
-        batch.remove(key.map_err(io)?);
+/// Queues the removal of the reactions of `room`'s messages with
+/// `from <= seq < to`; a range already queued from `from` grows to the
+/// larger end (trims remove from the start of a room up).
+pub(super) fn queue_purge(purges: &sled::Tree, room: &str, from: u64, to: u64) -> Result<(), StoreError> {
+    if to <= from {
+        return Ok(());
     }
-    tree.apply_batch(batch).map_err(io)
+    purges
+        .fetch_and_update(seq_key(room, from), |old| {
+            let old = old
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some(old.max(to).to_be_bytes().to_vec())
+        })
+        .map(drop)
+        .map_err(io)
 }
 
-/// Removes the reactions of message `seq` (deleted).
-pub(super) fn clear(tree: &sled::Tree, room: &str, seq: u64) -> Result<(), StoreError> {
-    remove_range(tree, seq_key(room, seq), seq_key(room, seq.saturating_add(1)))
+/// Removes at most `max_keys` reaction keys of the queued ranges (oldest
+/// room key first); a range found empty leaves the queue. Returns how
+/// many keys it removed: fewer than `max_keys` when the queue is empty.
+pub(super) fn purge(
+    reactions: &sled::Tree,
+    purges: &sled::Tree,
+    max_keys: usize,
+) -> Result<usize, StoreError> {
+    let max_keys = max_keys.max(1);
+    let mut removed = 0;
+    for entry in purges.iter() {
+        let (start, end) = entry.map_err(io)?;
+        // The key is `seq_key(room, from)`; the range ends at the same
+        // room prefix with the value's seq.
+        let (Some(prefix_len), Ok(to)) = (start.len().checked_sub(8), <[u8; 8]>::try_from(end.as_ref()))
+        else {
+            // Not written by `queue_purge`: nothing to remove by it.
+            purges.remove(&start).map_err(io)?;
+            continue;
+        };
+        let mut stop = start[..prefix_len].to_vec();
+        stop.extend_from_slice(&to);
+        let want = max_keys - removed;
+        // One chunk in memory at a time, never the whole range.
+        let mut batch = sled::Batch::default();
+        let mut found = 0;
+        for key in reactions.range(start.as_ref()..stop.as_slice()).keys().take(want) {
+            batch.remove(key.map_err(io)?);
+            found += 1;
+        }
+        reactions.apply_batch(batch).map_err(io)?;
+        removed += found;
+        if found < want {
+            // The range is empty; a trim that grew it meanwhile changed
+            // the value, and then it stays queued.
+            let _ = purges
+                .compare_and_swap(&start, Some(&end), None::<&[u8]>)
+                .map_err(io)?;
+        }
+        if removed >= max_keys {
+            break;
+        }
+    }
+    Ok(removed)
 }

@@ -8,7 +8,7 @@ use super::journal::{seq_key, seq_of};
 use super::records::decode_room;
 use super::sled_db::Trees;
 use super::sled_keys::{reservation_key, room_head, u64_of};
-use super::sled_reactions::remove_range;
+use super::sled_reactions::queue_purge;
 use super::{RoomHead, RoomRecord, StoreError};
 
 /// The key in `meta` of `room_seq_floor`.
@@ -81,8 +81,8 @@ impl Trees {
         Ok(heads.into_values().collect())
     }
 
-    /// Removes the entries below `below` and their reactions; how many
-    /// entries.
+    /// Removes the entries below `below` and queues their reactions'
+    /// removal; how many entries.
     pub(super) fn trim_room(&self, room: &str, below: u64) -> Result<u64, StoreError> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
@@ -90,8 +90,13 @@ impl Trees {
             batch.remove(key.map_err(io)?);
             removed += 1;
         }
+        if removed == 0 {
+            return Ok(0);
+        }
+        // Queued first: a crash between the two writes purges reactions
+        // of messages being trimmed anyway, never leaves orphans.
+        queue_purge(&self.reaction_purges, room, 0, below)?;
         self.room_log.apply_batch(batch).map_err(io)?;
-        remove_range(&self.reactions, seq_key(room, 0), seq_key(room, below))?;
         Ok(removed)
     }
 
@@ -120,6 +125,10 @@ impl Trees {
                 .insert(ROOM_SEQ_FLOOR, &seq_floor.to_be_bytes())
                 .map_err(io)?;
         }
+        // Every reaction is on a `seq` at most the floor; a room opened
+        // again starts above it, so the queued range never reaches its
+        // reactions.
+        queue_purge(&self.reaction_purges, room, 0, seq_floor.saturating_add(1))?;
         let mut batch = sled::Batch::default();
         for key in self
             .room_log
@@ -129,9 +138,6 @@ impl Trees {
             batch.remove(key.map_err(io)?);
         }
         self.room_log.apply_batch(batch).map_err(io)?;
-        let mut end = seq_key(room, u64::MAX);
-        end.push(u8::MAX);
-        remove_range(&self.reactions, seq_key(room, 0), end)?;
         self.room_heads.remove(room.as_bytes()).map_err(io)?;
         self.room_heads.remove(reservation_key(room)).map_err(io)?;
         self.room_openers.remove(room.as_bytes()).map(drop).map_err(io)

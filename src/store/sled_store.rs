@@ -97,7 +97,7 @@ impl SledStore {
         self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
         match self.open.read().as_ref() {
             Some(trees) => f(trees),
             None => Err(StoreError::Closed),
@@ -349,7 +349,19 @@ impl Store for SledStore {
 
     fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError> {
         self.count_write();
-        self.write(|t| super::sled_reactions::clear(&t.reactions, room, seq))
+        self.write(|t| {
+            super::sled_reactions::queue_purge(&t.reaction_purges, room, seq, seq.saturating_add(1))
+        })
+    }
+
+    fn purge_reactions(&self, max_keys: usize) -> Result<usize, StoreError> {
+        let removed =
+            self.write(|t| super::sled_reactions::purge(&t.reactions, &t.reaction_purges, max_keys))?;
+        // Counted only when it wrote: it is called every second.
+        if removed > 0 {
+            self.count_write();
+        }
+        Ok(removed)
     }
 
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {

@@ -126,6 +126,11 @@ impl Store for FillableStore {
     fn clear_reactions(&self, room: &str, seq: u64) -> Result<(), StoreError> {
         self.seen(self.inner.clear_reactions(room, seq))
     }
+
+    fn purge_reactions(&self, max_keys: usize) -> Result<usize, StoreError> {
+        self.seen(self.inner.purge_reactions(max_keys))
+    }
+
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.inner.set_room_opener(room, account)
     }
