@@ -234,6 +234,7 @@ impl Chat {
             reaction_bounds: reactions::ReactionBounds {
                 emoji: config.max_reaction_emoji,
                 total: config.max_reactions_per_message,
+                per_reactor: config.room_max_reactions_per_user_per_message,
             },
             counters: ChatCounters::default(),
         })

@@ -99,6 +99,7 @@ impl Default for Config {
             max_bans_per_room: 10_000,
             max_reaction_emoji: 32,
             max_reactions_per_message: 4096,
+            room_max_reactions_per_user_per_message: 8,
             max_emoji_bytes: 32,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,

@@ -361,6 +361,10 @@ pub struct Config {
     /// Reactions one room message may hold in all (each a reactor's name
     /// in its record); one beyond it gets 0x97.
     pub max_reactions_per_message: usize,
+    /// Distinct emoji one identity may react with on one message; a new
+    /// one beyond it gets 0x97, so one identity cannot take all
+    /// `max_reaction_emoji` slots from the others.
+    pub room_max_reactions_per_user_per_message: usize,
     /// Longest reaction emoji, in bytes of UTF-8; longer (or empty) 0x99.
     pub max_emoji_bytes: usize,
     /// Room messages one identity may post per minute in one room (a burst
