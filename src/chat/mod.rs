@@ -222,6 +222,7 @@ impl Chat {
             ),
             members: members::RoomMembers::new(
                 config.room_members_listed,
+                config.room_members_listed_per_account,
                 std::time::Duration::from_millis(config.room_members_interval_ms),
                 config.room_members_bytes_per_sec,
             ),

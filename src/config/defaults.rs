@@ -96,6 +96,7 @@ impl Default for Config {
             room_members_listed: 1000,
             room_members_interval_ms: 250,
             room_members_bytes_per_sec: 16_384,
+            room_members_listed_per_account: 4,
             max_bans_per_room: 10_000,
             max_reaction_emoji: 32,
             max_reactions_per_message: 4096,

@@ -352,6 +352,10 @@ pub struct Config {
     /// seconds (and `room_members_interval_ms`), so what the list costs
     /// each reader is bounded whatever one identity does. 0: no bound.
     pub room_members_bytes_per_sec: u64,
+    /// Names of one budget account an open room's member list shows at
+    /// most (where names are claims, one address), so one account cannot
+    /// push the others out of the list. 0: no bound.
+    pub room_members_listed_per_account: usize,
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,

@@ -372,14 +372,16 @@ pub(crate) fn restore_sessions(
             }
         }
         super::registry::charge_restored(shared, &session);
-        let (subscriptions, identity) = {
+        let (subscriptions, identity, account) = {
             let st = session.state.lock();
             let identity = st.owner.as_ref().and_then(|o| o.identity.clone());
-            (st.subscriptions.clone(), identity)
+            let account = st.owner.as_ref().map(|o| o.account.clone());
+            (st.subscriptions.clone(), identity, account)
         };
+        let account = account.unwrap_or_else(|| crate::budget::account_of(None, None));
         for (filter, sub) in subscriptions {
             // Its owner is listed in the rooms it names, also offline.
-            shared.chat.subscribed(identity.as_deref(), &filter);
+            shared.chat.subscribed(identity.as_deref(), &account, &filter);
             let shared_filter = crate::protocol::validate::parse_shared(&filter).ok().flatten();
             // Judged by today's rules: they may have changed since.
             let plain_filter = shared_filter.as_ref().map_or(&*filter, |s| s.filter);

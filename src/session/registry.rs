@@ -140,7 +140,9 @@ impl Registry {
                 // the rooms its filters name from now on.
                 None if !st.ended => {
                     for filter in st.subscriptions.keys() {
-                        shared.chat.subscribed(owner.identity.as_deref(), filter);
+                        shared
+                            .chat
+                            .subscribed(owner.identity.as_deref(), &owner.account, filter);
                     }
                     st.owner = Some(owner.clone());
                 }

@@ -92,9 +92,11 @@ impl Connection {
                 },
             );
             if replaced.is_none() {
-                self.shared
-                    .chat
-                    .subscribed(self.principal.identity.as_deref(), filter);
+                self.shared.chat.subscribed(
+                    self.principal.identity.as_deref(),
+                    &self.principal.account,
+                    filter,
+                );
             }
             status.push(match options.qos {
                 QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
