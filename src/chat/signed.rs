@@ -67,6 +67,10 @@ impl Refusal {
 pub(crate) struct Verified {
     pub body: Bytes,
     pub counter: u64,
+    /// The identity of the key that verified it (`key_id`): counters are
+    /// kept per key and device, so a holder of one rule's key cannot
+    /// spend the counters of another rule's devices.
+    pub key_id: String,
 }
 
 /// The keys of the signed rules and the devices' counters.
@@ -144,26 +148,58 @@ impl SignedAlerts {
         mac.update(&signing_input(&message.topic, &body, counter));
         // `verify_slice` compares in constant time.
         mac.verify_slice(&sig).map_err(|_| Refusal::BadSignature)?;
-        Ok(Verified { body, counter })
+        Ok(Verified {
+            body,
+            counter,
+            key_id: key_id(&key),
+        })
     }
 
     /// Records `counter` as `device`'s last one, or refuses it when it is
     /// not above the last (or `device` would be one too many).
-    pub(crate) fn accept(&self, device: &str, counter: u64) -> Result<(), Refusal> {
+    pub(crate) fn accept(&self, key_id: &str, device: &str, counter: u64) -> Result<(), Refusal> {
         let mut counters = self.counters.lock();
-        match counters.get(device) {
-            Some(&last) if counter <= last => return Err(Refusal::Replayed),
+        let stored = counter_key(key_id, device);
+        // A counter stored by a version that kept one per device (its
+        // key is the bare device name) belongs to every key: an upgrade
+        // loses no replay protection.
+        let last = match (counters.get(&stored), counters.get(device)) {
+            (Some(&a), Some(&b)) => Some(a.max(b)),
+            (a, b) => a.or(b).copied(),
+        };
+        match last {
+            Some(last) if counter <= last => return Err(Refusal::Replayed),
             None if counter == 0 => return Err(Refusal::Replayed),
-            None if counters.len() >= self.max_devices => return Err(Refusal::TooManyDevices),
             _ => {}
         }
-        if let Err(e) = self.store.put_alert_counter(device, counter) {
+        if !counters.contains_key(&stored) && counters.len() >= self.max_devices {
+            return Err(Refusal::TooManyDevices);
+        }
+        if let Err(e) = self.store.put_alert_counter(&stored, counter) {
             tracing::error!(%device, error = %e, "could not store an alert counter");
             return Err(Refusal::Store);
         }
-        counters.insert(device.to_string(), counter);
+        counters.insert(stored, counter);
         Ok(())
     }
+}
+
+/// A key's identity, for its devices' counters: the first 8 bytes of its
+/// SHA-256, in hex (not the key, which the store must not hold).
+fn key_id(key: &[u8]) -> String {
+    use sha2::Digest;
+    Sha256::digest(key)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The name a device's counter is stored under: key identity, U+0000,
+/// device. No topic level holds U+0000, so it cannot be a device name of
+/// the per-device format.
+fn counter_key(key_id: &str, device: &str) -> String {
+    format!("{key_id}\u{0}{device}")
 }
 
 /// What is signed: the topic's bytes, one 0x00 byte, the body, and the
@@ -276,11 +312,26 @@ mod tests {
     #[test]
     fn a_counter_must_grow_per_device() {
         let alerts = SignedAlerts::load(&Config::default(), None).unwrap();
-        assert_eq!(alerts.accept("d", 0), Err(Refusal::Replayed));
-        alerts.accept("d", 5).unwrap();
-        assert_eq!(alerts.accept("d", 5), Err(Refusal::Replayed));
-        assert_eq!(alerts.accept("d", 4), Err(Refusal::Replayed));
-        alerts.accept("e", 1).unwrap();
-        alerts.accept("d", 6).unwrap();
+        assert_eq!(alerts.accept("k", "d", 0), Err(Refusal::Replayed));
+        alerts.accept("k", "d", 5).unwrap();
+        assert_eq!(alerts.accept("k", "d", 5), Err(Refusal::Replayed));
+        assert_eq!(alerts.accept("k", "d", 4), Err(Refusal::Replayed));
+        alerts.accept("k", "e", 1).unwrap();
+        alerts.accept("k", "d", 6).unwrap();
+        // Another key's counters are its own.
+        alerts.accept("other", "d", 1).unwrap();
+    }
+
+    /// A counter stored per device only (before counters were kept per
+    /// key) still refuses older counters under every key after an upgrade.
+    #[test]
+    fn a_counter_of_the_old_format_holds_for_every_key() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        store.put_alert_counter("d", 9).unwrap();
+        let alerts = SignedAlerts::load(&Config::default(), Some(store)).unwrap();
+        for key in ["k", "other"] {
+            assert_eq!(alerts.accept(key, "d", 9), Err(Refusal::Replayed));
+        }
+        alerts.accept("k", "d", 10).unwrap();
     }
 }
