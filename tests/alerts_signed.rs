@@ -271,3 +271,47 @@ async fn one_rules_key_cannot_spend_another_rules_counters() {
     assert_eq!(&ops.publish5().await.payload[..], b"burner fault");
     broker.shutdown().await;
 }
+
+/// One rule's key adds at most `max_alert_devices_per_rule` devices, so
+/// its holder cannot fill `max_alert_devices` for the other rules
+/// (session 4 attack `alerts.py`, 2,100 invented devices).
+#[tokio::test]
+async fn one_rules_key_adds_a_bounded_number_of_devices() {
+    const KEY_B: [u8; 32] = *b"fedcba9876543210fedcba9876543210";
+    let dir = tempfile::tempdir().unwrap();
+    let key_b = dir.path().join("b.key");
+    std::fs::write(&key_b, hex(&KEY_B)).unwrap();
+    let mut config = signed_rule(test_config(), key_file(dir.path()));
+    config.max_alert_devices = 3;
+    config.max_alert_devices_per_rule = 2;
+    config.alerts.push(AlertRule {
+        topic: "alerts/+/fault".into(),
+        room: "ops".into(),
+        publishers: Vec::new(),
+        hmac_key_file: Some(key_b),
+    });
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let post = |key: &'static [u8], device: &'static str, kind: &'static str| async move {
+        let topic = format!("alerts/{device}/{kind}");
+        let sig = hex(&sign(key, &topic, b"x", 1));
+        let mut c = Raw::client5(addr, device).await;
+        send_and_ack(
+            &mut c,
+            publish_with(&topic, b"x", Some(1), &[("sig", &sig), ("ctr", "1")]),
+        )
+        .await
+        .reason_code
+    };
+    for device in ["d1", "d2"] {
+        let code = post(&KEY, device, "critical").await;
+        assert!(u8::from(code) < 0x80, "{device}: {code:?}");
+    }
+    assert_eq!(
+        post(&KEY, "d3", "critical").await,
+        PublishAckReason::QuotaExceeded
+    );
+    let code = post(&KEY_B, "boiler-8", "fault").await;
+    assert!(u8::from(code) < 0x80, "rule B's new device: {code:?}");
+    broker.shutdown().await;
+}

@@ -81,6 +81,11 @@ pub(crate) struct SignedAlerts {
     /// update must be one step (two copies of one alert on two
     /// connections: one passes).
     counters: Mutex<HashMap<String, u64>>,
+    /// Devices with a counter per key id (`max_alert_devices_per_rule`);
+    /// counters of the per-device format count for none. Lock order:
+    /// after `counters`.
+    per_key: Mutex<HashMap<String, usize>>,
+    max_devices_per_key: usize,
     store: Arc<dyn Store>,
     max_devices: usize,
 }
@@ -92,14 +97,22 @@ impl SignedAlerts {
     pub(crate) fn load(config: &Config, store: Option<Arc<dyn Store>>) -> Result<SignedAlerts, String> {
         let keys = read_keys(config)?;
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
-        let counters = store
+        let counters: HashMap<String, u64> = store
             .load_alert_counters()
             .map_err(|e| format!("alert counters: {e}"))?
             .into_iter()
             .collect();
+        let mut per_key: HashMap<String, usize> = HashMap::new();
+        for name in counters.keys() {
+            if let Some((key_id, _)) = name.split_once('\u{0}') {
+                *per_key.entry(key_id.to_string()).or_default() += 1;
+            }
+        }
         Ok(SignedAlerts {
             keys: RwLock::new(keys),
             counters: Mutex::new(counters),
+            per_key: Mutex::new(per_key),
+            max_devices_per_key: config.max_alert_devices_per_rule,
             store,
             max_devices: config.max_alert_devices,
         })
@@ -110,6 +123,8 @@ impl SignedAlerts {
         SignedAlerts {
             keys: RwLock::new(Arc::from(Vec::new())),
             counters: Mutex::default(),
+            per_key: Mutex::default(),
+            max_devices_per_key: 0,
             store: Arc::new(MemoryStore::default()),
             max_devices: 0,
         }
@@ -172,7 +187,10 @@ impl SignedAlerts {
             None if counter == 0 => return Err(Refusal::Replayed),
             _ => {}
         }
-        if !counters.contains_key(&stored) && counters.len() >= self.max_devices {
+        let new = !counters.contains_key(&stored);
+        let mut per_key = self.per_key.lock();
+        let of_key = per_key.get(key_id).copied().unwrap_or(0);
+        if new && (counters.len() >= self.max_devices || of_key >= self.max_devices_per_key) {
             return Err(Refusal::TooManyDevices);
         }
         if let Err(e) = self.store.put_alert_counter(&stored, counter) {
@@ -180,6 +198,9 @@ impl SignedAlerts {
             return Err(Refusal::Store);
         }
         counters.insert(stored, counter);
+        if new {
+            per_key.insert(key_id.to_string(), of_key + 1);
+        }
         Ok(())
     }
 }

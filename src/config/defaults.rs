@@ -104,6 +104,7 @@ impl Default for Config {
             max_emoji_bytes: 32,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,
+            max_alert_devices_per_rule: 10_000,
         }
     }
 }

@@ -381,6 +381,10 @@ pub struct Config {
     /// `hmac_key_file`); a correctly signed alert from a new device beyond
     /// it is refused (0x97). Only holders of a key can add one.
     pub max_alert_devices: usize,
+    /// Devices one signed rule's key may add (a counter each), so one
+    /// key holder cannot fill `max_alert_devices`, the ceiling, for the
+    /// other rules; a new device beyond it gets 0x97.
+    pub max_alert_devices_per_rule: usize,
 }
 
 /// The `[auth]` section.
