@@ -230,3 +230,88 @@ async fn a_missing_key_file_stops_start_up_naming_file_and_key() {
     assert!(error.contains("alerts[0].hmac_key_file"), "{error}");
     assert!(error.contains(&missing.display().to_string()), "{error}");
 }
+
+/// Counters are kept per key and device (session 4 attack `alerts.py`):
+/// a holder of rule A's key who signs as `boiler-7` with the highest
+/// counter does not lock `boiler-7` out of rule B, signed with B's key.
+#[tokio::test]
+async fn one_rules_key_cannot_spend_another_rules_counters() {
+    const KEY_B: [u8; 32] = *b"fedcba9876543210fedcba9876543210";
+    const FAULT: &str = "alerts/boiler-7/fault";
+    let dir = tempfile::tempdir().unwrap();
+    let key_b = dir.path().join("b.key");
+    std::fs::write(&key_b, hex(&KEY_B)).unwrap();
+    let mut config = signed_rule(test_config(), key_file(dir.path()));
+    config.alerts.push(AlertRule {
+        topic: "alerts/+/fault".into(),
+        room: "ops".into(),
+        publishers: Vec::new(),
+        hmac_key_file: Some(key_b),
+    });
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let mut ops = ops_watcher(addr).await;
+    let mut device = Raw::client5(addr, "boiler-7").await;
+
+    // Rule A's key holder, as boiler-7, with the highest counter.
+    let top = sign(&KEY, TOPIC, b"mine now", u64::MAX);
+    let ack = send_and_ack(&mut device, alert5(1, b"mine now", u64::MAX, &top)).await;
+    assert!(u8::from(ack.reason_code) < 0x80, "{:?}", ack.reason_code);
+    assert_eq!(&ops.publish5().await.payload[..], b"mine now");
+    // boiler-7's own alert on rule B, signed with B's key.
+    let sig = sign(&KEY_B, FAULT, b"burner fault", 1);
+    let (sig, ctr) = (hex(&sig), 1.to_string());
+    let alert = publish_with(FAULT, b"burner fault", Some(2), &[("sig", &sig), ("ctr", &ctr)]);
+    let ack = send_and_ack(&mut device, alert).await;
+    assert!(
+        u8::from(ack.reason_code) < 0x80,
+        "rule B refused: {:?}",
+        ack.reason_code
+    );
+    assert_eq!(&ops.publish5().await.payload[..], b"burner fault");
+    broker.shutdown().await;
+}
+
+/// One rule's key adds at most `max_alert_devices_per_rule` devices, so
+/// its holder cannot fill `max_alert_devices` for the other rules
+/// (session 4 attack `alerts.py`, 2,100 invented devices).
+#[tokio::test]
+async fn one_rules_key_adds_a_bounded_number_of_devices() {
+    const KEY_B: [u8; 32] = *b"fedcba9876543210fedcba9876543210";
+    let dir = tempfile::tempdir().unwrap();
+    let key_b = dir.path().join("b.key");
+    std::fs::write(&key_b, hex(&KEY_B)).unwrap();
+    let mut config = signed_rule(test_config(), key_file(dir.path()));
+    config.max_alert_devices = 3;
+    config.max_alert_devices_per_rule = 2;
+    config.alerts.push(AlertRule {
+        topic: "alerts/+/fault".into(),
+        room: "ops".into(),
+        publishers: Vec::new(),
+        hmac_key_file: Some(key_b),
+    });
+    let broker = start_with(config).await;
+    let addr = broker.local_addr();
+    let post = |key: &'static [u8], device: &'static str, kind: &'static str| async move {
+        let topic = format!("alerts/{device}/{kind}");
+        let sig = hex(&sign(key, &topic, b"x", 1));
+        let mut c = Raw::client5(addr, device).await;
+        send_and_ack(
+            &mut c,
+            publish_with(&topic, b"x", Some(1), &[("sig", &sig), ("ctr", "1")]),
+        )
+        .await
+        .reason_code
+    };
+    for device in ["d1", "d2"] {
+        let code = post(&KEY, device, "critical").await;
+        assert!(u8::from(code) < 0x80, "{device}: {code:?}");
+    }
+    assert_eq!(
+        post(&KEY, "d3", "critical").await,
+        PublishAckReason::QuotaExceeded
+    );
+    let code = post(&KEY_B, "boiler-8", "fault").await;
+    assert!(u8::from(code) < 0x80, "rule B's new device: {code:?}");
+    broker.shutdown().await;
+}

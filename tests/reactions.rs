@@ -136,6 +136,7 @@ async fn a_reaction_costs_the_same_on_a_crowded_message_and_survives_a_restart()
     let dir = tempfile::tempdir().expect("tempdir");
     let config = roomq::Config {
         max_reaction_emoji: 600,
+        room_max_reactions_per_user_per_message: 600,
         ..sled_config(dir.path())
     };
     let broker = start_with(config.clone()).await;
@@ -187,5 +188,50 @@ async fn a_reaction_costs_the_same_on_a_crowded_message_and_survives_a_restart()
     assert_eq!(counts.get("e519"), Some(&1));
     assert_eq!(counts.get("e001"), None);
     assert_eq!(message.mine.as_deref(), Some(&["e000".to_string()][..]));
+    broker.shutdown().await;
+}
+
+/// One identity cannot take every distinct-emoji slot of a message
+/// (session 4 attack `emoji_slots.py`): beyond
+/// `room_max_reactions_per_user_per_message` its new emoji get 0x97, and
+/// the others can still react. Taking one back frees one of its own.
+#[tokio::test]
+async fn one_reactor_cannot_take_every_emoji_slot() {
+    let broker = start().await;
+    let addr = broker.local_addr();
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    let mut eve = user5(addr, "eve-1", "eve").await;
+    let mut watcher = user5(addr, "carol-1", "carol").await;
+    watcher
+        .subscribe5(1, &[("rooms/ops/#", opts(QoS::AtLeastOnce))])
+        .await;
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"vote here", 1).await,
+        PublishAckReason::Success
+    );
+    let s1 = seq_of(&next_publish(&mut watcher).await);
+    let mut codes = Vec::new();
+    for i in 0..32u16 {
+        let emoji = char::from_u32(0x1F400 + u32::from(i)).map(String::from);
+        let emoji = emoji.unwrap_or_default();
+        codes.push(send(&mut eve, "rooms/ops/react/eve", &react(s1, &emoji, false), 10 + i).await);
+    }
+    let accepted = codes.iter().filter(|c| **c == PublishAckReason::Success).count();
+    assert_eq!(accepted, 8, "eve's 32 distinct emoji: {codes:?}");
+    assert!(codes[8..].iter().all(|c| *c == PublishAckReason::QuotaExceeded));
+    assert_eq!(
+        send(&mut alice, "rooms/ops/react/alice", &react(s1, "❤", false), 2).await,
+        PublishAckReason::Success
+    );
+    // Taking one back makes room for another of eve's.
+    let first = char::from_u32(0x1F400).map(String::from).unwrap_or_default();
+    assert_eq!(
+        send(&mut eve, "rooms/ops/react/eve", &react(s1, &first, true), 60).await,
+        PublishAckReason::Success
+    );
+    assert_eq!(
+        send(&mut eve, "rooms/ops/react/eve", &react(s1, "🎉", false), 61).await,
+        PublishAckReason::Success
+    );
     broker.shutdown().await;
 }

@@ -380,3 +380,46 @@ async fn a_timed_ban_ends_in_the_list_when_it_ends() {
     until_listed5(&mut reader, &["alice", "mod"]).await;
     broker.shutdown().await;
 }
+
+/// A 5.0 client from source address `from` with claimed name `name`.
+async fn from5(addr: std::net::SocketAddr, from: [u8; 4], mut c: v5::Connect, name: &str) -> Raw {
+    c.username = Some(name.into());
+    let mut raw = Raw::tcp_from(addr, std::net::IpAddr::from(from), true).await;
+    raw.send5(v5::Packet::Connect(Box::new(c))).await;
+    match raw.recv5().await.packet() {
+        v5::Packet::ConnectAck(ack) => assert_eq!(ack.reason_code, v5::ConnectAckReason::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    raw
+}
+
+/// One address cannot fill an open room's list (session 4 attack
+/// `members.py`): where names are only claimed, the names it invents are
+/// one account, listed at most `room_members_listed_per_account` times,
+/// so alice and bob, from other addresses, stay listed.
+#[tokio::test]
+async fn one_account_cannot_push_the_others_out_of_the_list() {
+    let broker = start_with(roomq::Config {
+        room_members_listed: 6,
+        claimed_names_budget_on_loopback: false,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut reader = reader5(addr, "reader").await;
+    let mut alice = from5(addr, [127, 0, 0, 2], connect5("alice-1"), "alice").await;
+    let mut bob = from5(addr, [127, 0, 0, 3], connect5("bob-1"), "bob").await;
+    for c in [&mut alice, &mut bob] {
+        c.subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+            .await;
+    }
+    until_listed5(&mut reader, &["alice", "bob"]).await;
+    for i in 0..6 {
+        let name = format!("!{i}");
+        let mut eve = from5(addr, [127, 0, 0, 4], persistent5(&name), &name).await;
+        eve.subscribe5(1, &[("rooms/lobby/msg/+", opts(QoS::AtLeastOnce))])
+            .await;
+        eve.send5(v5::Packet::Disconnect(Default::default())).await;
+    }
+    until_listed5(&mut reader, &["!0", "!1", "!2", "!3", "alice", "bob"]).await;
+}

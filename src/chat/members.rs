@@ -3,8 +3,12 @@
 //! moderators; any other (open) room the identities holding a
 //! subscription whose filter names it (`rooms/{room}/...`, also under
 //! `$share/`), online or kept by a persistent session, at most
-//! `room_members_listed` of them. A user banned from the room is not
-//! listed.
+//! `room_members_listed` of them, and at most
+//! `room_members_listed_per_account` of one budget account (where names
+//! are only claimed, one address is one account: the names it invents
+//! cannot push the others out). When the list is cut, identities that
+//! pay with their own account come before those paid for by an address;
+//! the list shown is sorted. A user banned from the room is not listed.
 //!
 //! Memory: per room, a count of such subscriptions per identity. An entry
 //! exists only while one of those subscriptions exists, and a room's map
@@ -42,9 +46,16 @@ use crate::router::{Message, RemoteScope};
 /// `room_member_changes_per_minute` are published: the rate's period.
 const DEFERRED_EVERY: Duration = Duration::from_secs(60);
 
-/// One room's subscribers: identity to how many of its subscriptions name
-/// the room; sorted, as the list shows them.
-type Subscribers = BTreeMap<Arc<str>, u32>;
+/// One room's subscribers by identity, sorted, as the list shows them.
+type Subscribers = BTreeMap<Arc<str>, Subscriber>;
+
+/// How many subscriptions of one identity name the room, and the account
+/// that pays for the first of them (`Principal::account`), which the
+/// list's per-account bound counts.
+struct Subscriber {
+    count: u32,
+    account: Arc<str>,
+}
 
 /// The subscribers of each room, by identity.
 pub(crate) struct RoomMembers {
@@ -61,6 +72,8 @@ pub(crate) struct RoomMembers {
     wake: Notify,
     /// `room_members_listed`.
     listed: usize,
+    /// `room_members_listed_per_account` (0: no bound).
+    per_account: usize,
     /// `room_members_interval_ms`.
     interval: Duration,
     /// `room_members_bytes_per_sec`.
@@ -68,8 +81,14 @@ pub(crate) struct RoomMembers {
 }
 
 impl RoomMembers {
-    pub(crate) fn new(listed: usize, interval: Duration, bytes_per_sec: u64) -> RoomMembers {
+    pub(crate) fn new(
+        listed: usize,
+        per_account: usize,
+        interval: Duration,
+        bytes_per_sec: u64,
+    ) -> RoomMembers {
         RoomMembers {
+            per_account,
             rooms: Mutex::default(),
             changed: Mutex::default(),
             deferred: Mutex::default(),
@@ -82,19 +101,23 @@ impl RoomMembers {
 
     /// `identity` holds one more subscription naming `room`; true when
     /// it was not listed before.
-    fn add(&self, room: &str, identity: &str) -> bool {
+    fn add(&self, room: &str, identity: &str, account: &Arc<str>) -> bool {
         let mut rooms = self.rooms.lock();
         let room_entry = match rooms.get_mut(room) {
             Some(entry) => entry,
             None => rooms.entry(Arc::from(room)).or_default(),
         };
         match room_entry.get_mut(identity) {
-            Some(count) => {
-                *count += 1;
+            Some(subscriber) => {
+                subscriber.count += 1;
                 false
             }
             None => {
-                room_entry.insert(Arc::from(identity), 1);
+                let subscriber = Subscriber {
+                    count: 1,
+                    account: account.clone(),
+                };
+                room_entry.insert(Arc::from(identity), subscriber);
                 true
             }
         }
@@ -107,11 +130,11 @@ impl RoomMembers {
         let Some(room_entry) = rooms.get_mut(room) else {
             return false;
         };
-        let Some(count) = room_entry.get_mut(identity) else {
+        let Some(subscriber) = room_entry.get_mut(identity) else {
             return false;
         };
-        *count -= 1;
-        if *count > 0 {
+        subscriber.count -= 1;
+        if subscriber.count > 0 {
             return false;
         }
         room_entry.remove(identity);
@@ -143,17 +166,41 @@ impl RoomMembers {
         self.changed.lock().drain().collect()
     }
 
-    /// The sorted subscribers of `room` that `listed` says to show, at
-    /// most `room_members_listed` of them.
+    /// The sorted subscribers of `room` that `listed` says to show: at
+    /// most `room_members_listed_per_account` per account, then, if more
+    /// than `room_members_listed` are left, those paying with their own
+    /// account first.
     fn subscribers(&self, room: &str, listed: impl Fn(&str) -> bool) -> Vec<String> {
-        self.rooms.lock().get(room).map_or_else(Vec::new, |identities| {
-            identities
-                .keys()
-                .filter(|identity| listed(identity))
-                .take(self.listed)
-                .map(|identity| identity.to_string())
-                .collect()
-        })
+        let rooms = self.rooms.lock();
+        let Some(identities) = rooms.get(room) else {
+            return Vec::new();
+        };
+        let mut per_account: HashMap<&str, usize> = HashMap::new();
+        let mut own = Vec::new();
+        let mut paid_for = Vec::new();
+        for (identity, subscriber) in identities {
+            if own.len() >= self.listed {
+                break;
+            }
+            if !listed(identity) {
+                continue;
+            }
+            let shown = per_account.entry(&subscriber.account).or_default();
+            if self.per_account > 0 && *shown >= self.per_account {
+                continue;
+            }
+            *shown += 1;
+            if *subscriber.account == *crate::budget::account_of(Some(identity), None) {
+                own.push(identity.to_string());
+            } else if paid_for.len() < self.listed {
+                paid_for.push(identity.to_string());
+            }
+        }
+        // Both halves are sorted; the list shown is too.
+        let room_left = self.listed.saturating_sub(own.len());
+        own.extend(paid_for.into_iter().take(room_left));
+        own.sort();
+        own
     }
 
     /// Rooms with at least one subscriber.
@@ -165,14 +212,21 @@ impl RoomMembers {
 
 impl Chat {
     /// A session of `identity` subscribed to `filter` (a new filter for
-    /// that session, or one restored from the store). `payer`: the
-    /// account a client's own change is charged to; `None` for what the
-    /// broker restores.
-    pub(crate) fn subscribed(&self, identity: Option<&str>, filter: &Filter<'_>, payer: Option<&str>) {
+    /// that session, or one restored from the store). `account` pays for
+    /// its place in the list (`Principal::account`); `payer`: the account
+    /// a client's own change is charged to, `None` for what the broker
+    /// restores.
+    pub(crate) fn subscribed(
+        &self,
+        identity: Option<&str>,
+        account: &Arc<str>,
+        filter: &Filter<'_>,
+        payer: Option<&str>,
+    ) {
         if let (Some(identity), Some(room)) = (identity, filter.named_room()) {
             // A declared closed room's list does not follow its
             // subscribers.
-            if self.members.add(room, identity) && self.membership.lists_subscribers(room) {
+            if self.members.add(room, identity, account) && self.membership.lists_subscribers(room) {
                 self.list_changed(room, payer);
             }
         }
@@ -375,11 +429,14 @@ mod tests {
 
     #[test]
     fn counts_subscriptions_per_identity() {
-        let members = RoomMembers::new(2, Duration::ZERO, 0);
-        assert!(members.add("lobby", "bob"));
-        assert!(!members.add("lobby", "bob"), "bob was listed");
-        assert!(members.add("lobby", "alice"));
-        assert!(members.add("lobby", "carol"));
+        let members = RoomMembers::new(2, 0, Duration::ZERO, 0);
+        assert!(members.add("lobby", "bob", &Arc::from("anon:")));
+        assert!(
+            !members.add("lobby", "bob", &Arc::from("anon:")),
+            "bob was listed"
+        );
+        assert!(members.add("lobby", "alice", &Arc::from("anon:")));
+        assert!(members.add("lobby", "carol", &Arc::from("anon:")));
         assert_eq!(
             members.subscribers("lobby", |_| true),
             ["alice", "bob"],
@@ -396,6 +453,19 @@ mod tests {
         members.mark("lobby");
         assert_eq!(members.take_changed().len(), 1, "a room is marked once");
         assert!(members.take_changed().is_empty());
+    }
+
+    #[test]
+    fn one_account_is_listed_a_bounded_number_of_times_and_own_accounts_first() {
+        let members = RoomMembers::new(3, 2, Duration::ZERO, 0);
+        let address: Arc<str> = Arc::from("anon:10.0.0.1");
+        for name in ["!a", "!b", "!c"] {
+            members.add("lobby", name, &address);
+        }
+        for name in ["yan", "zed"] {
+            members.add("lobby", name, &crate::budget::account_of(Some(name), None));
+        }
+        assert_eq!(members.subscribers("lobby", |_| true), ["!a", "yan", "zed"]);
     }
 
     #[test]

@@ -247,6 +247,7 @@ impl Chat {
             ),
             members: members::RoomMembers::new(
                 config.room_members_listed,
+                config.room_members_listed_per_account,
                 std::time::Duration::from_millis(config.room_members_interval_ms),
                 config.room_members_bytes_per_sec,
             ),
@@ -259,6 +260,7 @@ impl Chat {
             reaction_bounds: reactions::ReactionBounds {
                 emoji: config.max_reaction_emoji,
                 total: config.max_reactions_per_message,
+                per_reactor: config.room_max_reactions_per_user_per_message,
             },
             max_edits: config.room_max_edits_per_message,
             counters: ChatCounters::default(),

@@ -204,7 +204,7 @@ impl Chat {
                     tracing::info!(topic = %message.topic, %room, %sender, ?refusal, "signed alert refused");
                     refusal.reason()
                 })?;
-                counters.push((sender, verified.counter));
+                counters.push((verified.key_id, sender, verified.counter));
                 verified.body
             } else {
                 message.payload.clone()
@@ -222,8 +222,8 @@ impl Chat {
         // Last, once every check passed: a refused publish leaves the
         // device's counter as it was.
         counters.dedup();
-        for (device, counter) in counters {
-            self.signed.accept(device, counter).map_err(|refusal| {
+        for (key_id, device, counter) in counters {
+            self.signed.accept(&key_id, device, counter).map_err(|refusal| {
                 self.counters.alerts_refused.inc();
                 tracing::info!(topic = %message.topic, %device, counter, ?refusal, "signed alert refused");
                 refusal.reason()

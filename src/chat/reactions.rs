@@ -6,11 +6,15 @@
 
 use crate::store::Reactions;
 
-/// `max_reaction_emoji` and `max_reactions_per_message`.
+/// `max_reaction_emoji`, `max_reactions_per_message` and
+/// `room_max_reactions_per_user_per_message`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ReactionBounds {
     pub emoji: usize,
     pub total: usize,
+    /// Distinct emoji one reactor may use on one message, so that one
+    /// identity cannot take every one of the message's `emoji` slots.
+    pub per_reactor: usize,
 }
 
 /// What a reaction (or with `remove` its taking back) does.
@@ -19,7 +23,8 @@ pub(crate) enum Decision {
     Change,
     /// Already there, or not there to take back.
     Nothing,
-    /// Beyond `max_reaction_emoji` or `max_reactions_per_message`.
+    /// Beyond `max_reaction_emoji`, `max_reactions_per_message` or
+    /// `room_max_reactions_per_user_per_message`.
     Full,
 }
 
@@ -36,7 +41,10 @@ pub(crate) fn decide(now: &Reactions, emoji: &str, remove: bool, bounds: &Reacti
     }
     let total = usize::try_from(now.total()).unwrap_or(usize::MAX);
     let known = now.counts.iter().any(|(e, _)| e == emoji);
-    if total >= bounds.total || (!known && now.counts.len() >= bounds.emoji) {
+    if total >= bounds.total
+        || now.mine.len() >= bounds.per_reactor
+        || (!known && now.counts.len() >= bounds.emoji)
+    {
         return Decision::Full;
     }
     Decision::Change

@@ -67,6 +67,10 @@ impl Refusal {
 pub(crate) struct Verified {
     pub body: Bytes,
     pub counter: u64,
+    /// The identity of the key that verified it (`key_id`): counters are
+    /// kept per key and device, so a holder of one rule's key cannot
+    /// spend the counters of another rule's devices.
+    pub key_id: String,
 }
 
 /// The keys of the signed rules and the devices' counters.
@@ -77,6 +81,11 @@ pub(crate) struct SignedAlerts {
     /// update must be one step (two copies of one alert on two
     /// connections: one passes).
     counters: Mutex<HashMap<String, u64>>,
+    /// Devices with a counter per key id (`max_alert_devices_per_rule`);
+    /// counters of the per-device format count for none. Lock order:
+    /// after `counters`.
+    per_key: Mutex<HashMap<String, usize>>,
+    max_devices_per_key: usize,
     store: Arc<dyn Store>,
     max_devices: usize,
 }
@@ -88,14 +97,22 @@ impl SignedAlerts {
     pub(crate) fn load(config: &Config, store: Option<Arc<dyn Store>>) -> Result<SignedAlerts, String> {
         let keys = read_keys(config)?;
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
-        let counters = store
+        let counters: HashMap<String, u64> = store
             .load_alert_counters()
             .map_err(|e| format!("alert counters: {e}"))?
             .into_iter()
             .collect();
+        let mut per_key: HashMap<String, usize> = HashMap::new();
+        for name in counters.keys() {
+            if let Some((key_id, _)) = name.split_once('\u{0}') {
+                *per_key.entry(key_id.to_string()).or_default() += 1;
+            }
+        }
         Ok(SignedAlerts {
             keys: RwLock::new(keys),
             counters: Mutex::new(counters),
+            per_key: Mutex::new(per_key),
+            max_devices_per_key: config.max_alert_devices_per_rule,
             store,
             max_devices: config.max_alert_devices,
         })
@@ -106,6 +123,8 @@ impl SignedAlerts {
         SignedAlerts {
             keys: RwLock::new(Arc::from(Vec::new())),
             counters: Mutex::default(),
+            per_key: Mutex::default(),
+            max_devices_per_key: 0,
             store: Arc::new(MemoryStore::default()),
             max_devices: 0,
         }
@@ -144,26 +163,64 @@ impl SignedAlerts {
         mac.update(&signing_input(&message.topic, &body, counter));
         // `verify_slice` compares in constant time.
         mac.verify_slice(&sig).map_err(|_| Refusal::BadSignature)?;
-        Ok(Verified { body, counter })
+        Ok(Verified {
+            body,
+            counter,
+            key_id: key_id(&key),
+        })
     }
 
     /// Records `counter` as `device`'s last one, or refuses it when it is
     /// not above the last (or `device` would be one too many).
-    pub(crate) fn accept(&self, device: &str, counter: u64) -> Result<(), Refusal> {
+    pub(crate) fn accept(&self, key_id: &str, device: &str, counter: u64) -> Result<(), Refusal> {
         let mut counters = self.counters.lock();
-        match counters.get(device) {
-            Some(&last) if counter <= last => return Err(Refusal::Replayed),
+        let stored = counter_key(key_id, device);
+        // A counter stored by a version that kept one per device (its
+        // key is the bare device name) belongs to every key: an upgrade
+        // loses no replay protection.
+        let last = match (counters.get(&stored), counters.get(device)) {
+            (Some(&a), Some(&b)) => Some(a.max(b)),
+            (a, b) => a.or(b).copied(),
+        };
+        match last {
+            Some(last) if counter <= last => return Err(Refusal::Replayed),
             None if counter == 0 => return Err(Refusal::Replayed),
-            None if counters.len() >= self.max_devices => return Err(Refusal::TooManyDevices),
             _ => {}
         }
-        if let Err(e) = self.store.put_alert_counter(device, counter) {
+        let new = !counters.contains_key(&stored);
+        let mut per_key = self.per_key.lock();
+        let of_key = per_key.get(key_id).copied().unwrap_or(0);
+        if new && (counters.len() >= self.max_devices || of_key >= self.max_devices_per_key) {
+            return Err(Refusal::TooManyDevices);
+        }
+        if let Err(e) = self.store.put_alert_counter(&stored, counter) {
             tracing::error!(%device, error = %e, "could not store an alert counter");
             return Err(Refusal::Store);
         }
-        counters.insert(device.to_string(), counter);
+        counters.insert(stored, counter);
+        if new {
+            per_key.insert(key_id.to_string(), of_key + 1);
+        }
         Ok(())
     }
+}
+
+/// A key's identity, for its devices' counters: the first 8 bytes of its
+/// SHA-256, in hex (not the key, which the store must not hold).
+fn key_id(key: &[u8]) -> String {
+    use sha2::Digest;
+    Sha256::digest(key)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The name a device's counter is stored under: key identity, U+0000,
+/// device. No topic level holds U+0000, so it cannot be a device name of
+/// the per-device format.
+fn counter_key(key_id: &str, device: &str) -> String {
+    format!("{key_id}\u{0}{device}")
 }
 
 /// What is signed: the topic's bytes, one 0x00 byte, the body, and the
@@ -276,11 +333,26 @@ mod tests {
     #[test]
     fn a_counter_must_grow_per_device() {
         let alerts = SignedAlerts::load(&Config::default(), None).unwrap();
-        assert_eq!(alerts.accept("d", 0), Err(Refusal::Replayed));
-        alerts.accept("d", 5).unwrap();
-        assert_eq!(alerts.accept("d", 5), Err(Refusal::Replayed));
-        assert_eq!(alerts.accept("d", 4), Err(Refusal::Replayed));
-        alerts.accept("e", 1).unwrap();
-        alerts.accept("d", 6).unwrap();
+        assert_eq!(alerts.accept("k", "d", 0), Err(Refusal::Replayed));
+        alerts.accept("k", "d", 5).unwrap();
+        assert_eq!(alerts.accept("k", "d", 5), Err(Refusal::Replayed));
+        assert_eq!(alerts.accept("k", "d", 4), Err(Refusal::Replayed));
+        alerts.accept("k", "e", 1).unwrap();
+        alerts.accept("k", "d", 6).unwrap();
+        // Another key's counters are its own.
+        alerts.accept("other", "d", 1).unwrap();
+    }
+
+    /// A counter stored per device only (before counters were kept per
+    /// key) still refuses older counters under every key after an upgrade.
+    #[test]
+    fn a_counter_of_the_old_format_holds_for_every_key() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        store.put_alert_counter("d", 9).unwrap();
+        let alerts = SignedAlerts::load(&Config::default(), Some(store)).unwrap();
+        for key in ["k", "other"] {
+            assert_eq!(alerts.accept(key, "d", 9), Err(Refusal::Replayed));
+        }
+        alerts.accept("k", "d", 10).unwrap();
     }
 }

@@ -102,9 +102,12 @@ impl Default for Config {
             max_reactions_per_message: 4096,
             room_max_edits_per_message: 100,
             reaction_purge_chunk: 1024,
+            room_members_listed_per_account: 4,
+            room_max_reactions_per_user_per_message: 8,
             max_emoji_bytes: 32,
             room_max_messages_per_minute: 0,
             max_alert_devices: 100_000,
+            max_alert_devices_per_rule: 10_000,
         }
     }
 }

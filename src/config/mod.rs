@@ -357,6 +357,10 @@ pub struct Config {
     /// removes it); beyond it the change is made, but no list is
     /// published for it before the next minute. 0: no bound.
     pub room_member_changes_per_minute: u32,
+    /// Names of one budget account an open room's member list shows at
+    /// most (where names are claims, one address), so one account cannot
+    /// push the others out of the list. 0: no bound.
+    pub room_members_listed_per_account: usize,
     /// Bans and mutes one room may hold at once (moderators grow it with
     /// `$rooms/{room}/mod`); a request beyond it is answered `ok: false`.
     pub max_bans_per_room: usize,
@@ -376,6 +380,10 @@ pub struct Config {
     /// removing many crowded messages never holds other rooms' commits
     /// (nor memory) for longer than one chunk. At least 1.
     pub reaction_purge_chunk: usize,
+    /// Distinct emoji one identity may react with on one message; a new
+    /// one beyond it gets 0x97, so one identity cannot take all
+    /// `max_reaction_emoji` slots from the others.
+    pub room_max_reactions_per_user_per_message: usize,
     /// Longest reaction emoji, in bytes of UTF-8; longer (or empty) 0x99.
     pub max_emoji_bytes: usize,
     /// Room messages one identity may post per minute in one room (a burst
@@ -388,6 +396,10 @@ pub struct Config {
     /// `hmac_key_file`); a correctly signed alert from a new device beyond
     /// it is refused (0x97). Only holders of a key can add one.
     pub max_alert_devices: usize,
+    /// Devices one signed rule's key may add (a counter each), so one
+    /// key holder cannot fill `max_alert_devices`, the ceiling, for the
+    /// other rules; a new device beyond it gets 0x97.
+    pub max_alert_devices_per_rule: usize,
 }
 
 /// The `[auth]` section.

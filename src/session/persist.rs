@@ -398,15 +398,19 @@ pub(crate) fn restore_sessions(
             }
         }
         super::registry::charge_restored(shared, &session);
-        let (subscriptions, identity) = {
+        let (subscriptions, identity, account) = {
             let st = session.state.lock();
             let identity = st.owner.as_ref().and_then(|o| o.identity.clone());
-            (st.subscriptions.clone(), identity)
+            let account = st.owner.as_ref().map(|o| o.account.clone());
+            (st.subscriptions.clone(), identity, account)
         };
+        let account = account.unwrap_or_else(|| crate::budget::account_of(None, None));
         for (text, sub) in subscriptions {
             let filter = crate::chat::Filter::read(&text);
             // Its owner is listed in the rooms it names, also offline.
-            shared.chat.subscribed(identity.as_deref(), &filter, None);
+            shared
+                .chat
+                .subscribed(identity.as_deref(), &account, &filter, None);
             // Judged by today's rules: they may have changed since.
             let check_read = session.needs_read_check(&session.state.lock(), filter.plain);
             shared.router.restore_subscription(

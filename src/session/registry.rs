@@ -141,7 +141,9 @@ impl Registry {
                 None if !st.ended => {
                     for filter in st.subscriptions.keys() {
                         let filter = crate::chat::Filter::read(filter);
-                        shared.chat.subscribed(owner.identity.as_deref(), &filter, None);
+                        shared
+                            .chat
+                            .subscribed(owner.identity.as_deref(), &owner.account, &filter, None);
                     }
                     st.owner = Some(owner.clone());
                 }

@@ -91,6 +91,7 @@ impl Connection {
             if replaced.is_none() {
                 self.shared.chat.subscribed(
                     self.principal.identity.as_deref(),
+                    &self.principal.account,
                     &filter,
                     Some(&self.principal.account),
                 );
