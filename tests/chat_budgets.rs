@@ -370,3 +370,41 @@ async fn room_post_bytes_are_bounded_per_identity_and_a_repeat_is_free() {
     assert_eq!(ack.reason_code, PublishAckReason::Success);
     broker.shutdown().await;
 }
+
+/// An edit or a reaction is charged what the store writes for it, not
+/// only the bytes of its small request (session 4's attack: 4 MiB of
+/// budget spent on reactions left 40 MiB on disk). With 20,000 bytes an
+/// hour, a few dozen edits fit, not the 100 a message takes.
+#[tokio::test]
+async fn room_events_are_charged_what_they_store() {
+    let broker = start_with(Config {
+        room_post_bytes_per_hour: 20_000,
+        ..test_config()
+    })
+    .await;
+    let addr = broker.local_addr();
+    let mut dev = Raw::client5(addr, "dev").await;
+    let ack =
+        common::chat::send_and_ack(&mut dev, publish_with("rooms/plant/msg/dev", b"v1", Some(1), &[])).await;
+    assert_eq!(ack.reason_code, PublishAckReason::Success);
+    let mut accepted = 0;
+    for id in 2..200u16 {
+        let edit: std::collections::BTreeMap<&str, ciborium::Value> = [
+            ("seq", 1.into()),
+            ("body", ciborium::Value::Bytes(b"v2".to_vec())),
+        ]
+        .into();
+        let request = publish_with("rooms/plant/edit/dev", &payloads::to_cbor(&edit), Some(id), &[]);
+        let ack = common::chat::send_and_ack(&mut dev, request).await;
+        if ack.reason_code != PublishAckReason::Success {
+            assert_eq!(ack.reason_code, PublishAckReason::QuotaExceeded);
+            break;
+        }
+        accepted += 1;
+    }
+    assert!(
+        (10..60).contains(&accepted),
+        "{accepted} edits of ~40 request bytes fit in 20,000 bytes: each should cost what it stores"
+    );
+    broker.shutdown().await;
+}

@@ -22,6 +22,8 @@ async fn reactions_of_trimmed_messages_are_purged_and_other_rooms_go_on() {
     let config = roomq::Config {
         room_max_messages: 4,
         max_reaction_emoji: 64,
+        // One reactor crowds each message here.
+        room_max_reactions_per_user_per_message: 64,
         reaction_purge_chunk: 8,
         ..sled_config(dir.path())
     };

@@ -152,8 +152,8 @@ impl Chat {
         if let Err(reason) = self.spend_room_rate(who, room) {
             return reason;
         }
-        // Every byte the request makes the log keep, as for a post.
-        let bytes = message.topic.len() + message.payload.len();
+        // Every byte the request makes the store keep, as for a post.
+        let bytes = message.topic.len() + message.payload.len() + super::STORED_RECORD_OVERHEAD;
         if let Err(over) = self
             .budgets
             .spend(&who.account, Rate::RoomPostBytes, bytes as u64)

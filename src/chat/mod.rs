@@ -85,6 +85,16 @@ pub(crate) use topics::{
 };
 
 use crate::budget::{Budgets, Held};
+
+/// What the store writes for one room record (a post, an edit, a delete,
+/// a reaction, a moderation action) besides the bytes the client sent:
+/// the log key and its `seq`, the msg-id and reaction index keys, the
+/// message record an edit rewrites, sled's per-entry framing. Charged to
+/// `room_post_bytes_per_hour` with every record, so that the budget in
+/// bytes is close to the disk it costs: measured (session 4's attack,
+/// `run_amp.sh`) at ~500-600 B of disk for a 60-byte reaction or edit
+/// request, which the budget counted as 60.
+pub(crate) const STORED_RECORD_OVERHEAD: usize = 512;
 use crate::config::Config;
 use crate::protocol::QoS;
 use crate::router::Router;

@@ -486,8 +486,13 @@ impl Chat {
             }
             Err(NotOpened::OverBudget) => return Err(PublishAckReason::QuotaExceeded),
         }
-        // Every byte the log keeps of it: topic, payload, properties.
-        let bytes = message.topic.len() + message.payload.len() + properties + msg_id.map_or(0, str::len);
+        // Every byte the log keeps of it: topic, payload, properties, and
+        // what the store writes around them.
+        let bytes = message.topic.len()
+            + message.payload.len()
+            + properties
+            + msg_id.map_or(0, str::len)
+            + super::STORED_RECORD_OVERHEAD;
         if let Err(over) = self
             .budgets
             .spend(&who.account, Rate::RoomPostBytes, bytes as u64)
