@@ -1,7 +1,7 @@
 //! The one access decision for every message the broker writes on a
 //! client's behalf: a PUBLISH, the client's will (at CONNECT and when it
 //! fires), a reply to a history request's Response Topic, and the room
-//! copy an `[[alerts]]` rule makes. Each of these asks [`Gate::may_write`]
+//! copy an `[[alerts]]` rule makes. Each of these asks `Gate::may_write`
 //! with the same [`Principal`], so no path is more permissive than a direct
 //! PUBLISH by that client.
 

@@ -237,7 +237,7 @@ pub fn from_client_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T>
 /// Decodes a client's request (every chat request comes through here,
 /// also one larger than a control payload, an edit's body): exactly one
 /// CBOR value with no bytes after it, in the plain form `topics.md`'s CDDL
-/// describes ([`plain_cbor`]), and (by the types' `deny_unknown_fields`)
+/// describes (`plain_cbor`), and (by the types' `deny_unknown_fields`)
 /// no keys the schema lacks.
 pub fn from_request_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
     if !plain_cbor(bytes) {
