@@ -167,15 +167,8 @@ async fn refusals_change_nothing() {
     let addr = broker.local_addr();
     let mut alice = user5(addr, "alice-1", "alice").await;
     let mut eve = user5(addr, "eve-1", "eve").await;
-    let mut watcher = user5(addr, "carol-1", "carol").await;
-    watcher
-        .subscribe5(1, &[("rooms/ops/#", opts(QoS::AtLeastOnce))])
-        .await;
-    assert_eq!(
-        send(&mut alice, "rooms/ops/msg/alice", b"mine", 1).await,
-        PublishAckReason::Success
-    );
-    let s1 = seq_of(&next_publish(&mut watcher).await);
+    let mut watcher = ops_watcher(addr).await;
+    let s1 = alice_posts(&mut alice, &mut watcher, b"mine").await;
 
     // Someone else's message: 0x87.
     assert_eq!(

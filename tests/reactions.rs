@@ -19,15 +19,8 @@ async fn invisible_and_control_emoji_are_refused() {
     let broker = start().await;
     let addr = broker.local_addr();
     let mut alice = user5(addr, "alice-1", "alice").await;
-    let mut watcher = user5(addr, "carol-1", "carol").await;
-    watcher
-        .subscribe5(1, &[("rooms/ops/#", opts(QoS::AtLeastOnce))])
-        .await;
-    assert_eq!(
-        send(&mut alice, "rooms/ops/msg/alice", b"hi", 1).await,
-        PublishAckReason::Success
-    );
-    let s1 = seq_of(&next_publish(&mut watcher).await);
+    let mut watcher = ops_watcher(addr).await;
+    let s1 = alice_posts(&mut alice, &mut watcher, b"hi").await;
     let refused = [
         "\u{0}",
         "a\u{0}",
@@ -201,15 +194,8 @@ async fn one_reactor_cannot_take_every_emoji_slot() {
     let addr = broker.local_addr();
     let mut alice = user5(addr, "alice-1", "alice").await;
     let mut eve = user5(addr, "eve-1", "eve").await;
-    let mut watcher = user5(addr, "carol-1", "carol").await;
-    watcher
-        .subscribe5(1, &[("rooms/ops/#", opts(QoS::AtLeastOnce))])
-        .await;
-    assert_eq!(
-        send(&mut alice, "rooms/ops/msg/alice", b"vote here", 1).await,
-        PublishAckReason::Success
-    );
-    let s1 = seq_of(&next_publish(&mut watcher).await);
+    let mut watcher = ops_watcher(addr).await;
+    let s1 = alice_posts(&mut alice, &mut watcher, b"vote here").await;
     let mut codes = Vec::new();
     for i in 0..32u16 {
         let emoji = char::from_u32(0x1F400 + u32::from(i)).map(String::from);

@@ -9,8 +9,8 @@ use rmqtt_codec::v5::{self, PublishAckReason};
 use roomq::chat::payloads::{self, HistoryResponse, RoomEvent};
 use serde::Serialize;
 
-use super::chat::{ack_publish5, publish_with, send_and_ack};
-use super::{Got, Raw, QUIET};
+use super::chat::{ack_publish5, publish_with, send_and_ack, seq_of, user5};
+use super::{opts, Got, Raw, QUIET};
 
 /// `{seq, body}` for an edit.
 #[derive(Serialize)]
@@ -111,4 +111,24 @@ pub async fn history_as(
         }
     }
     answer.expect("an answer")
+}
+
+/// carol, watching everything of room `ops`: the witness of the room
+/// event tests.
+pub async fn ops_watcher(addr: std::net::SocketAddr) -> Raw {
+    let mut watcher = user5(addr, "carol-1", "carol").await;
+    watcher
+        .subscribe5(1, &[("rooms/ops/#", opts(rmqtt_codec::types::QoS::AtLeastOnce))])
+        .await;
+    watcher
+}
+
+/// alice posts `body` (packet id 1) to room `ops`; returns its `seq` as
+/// `watcher` (an [`ops_watcher`]) sees it.
+pub async fn alice_posts(alice: &mut Raw, watcher: &mut Raw, body: &[u8]) -> u64 {
+    assert_eq!(
+        send(alice, "rooms/ops/msg/alice", body, 1).await,
+        PublishAckReason::Success
+    );
+    seq_of(&next_publish(watcher).await)
 }
