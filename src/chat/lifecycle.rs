@@ -136,7 +136,6 @@ impl Change {
 impl Chat {
     /// `rooms/{room}/edit|delete|react/{sender}`. The gate let it through:
     /// `sender` is the publisher, a member who may post in `room`.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_lifecycle(
         &self,
         who: &Publisher<'_>,
@@ -216,7 +215,6 @@ impl Chat {
     /// event, applies it to the message and delivers the event after its
     /// commit. A reaction that changes nothing (one already there, or a
     /// removal of one that is not) stores nothing and succeeds.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn change(
         &self,
         room_name: &str,
