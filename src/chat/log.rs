@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::other_nodes::RoomReplication;
 use crate::store::{unix_ms_now, EventKind, Reactions, RoomRecord, Store, StoreError};
 
 pub use super::room_state::RoomState;
@@ -45,6 +46,9 @@ pub struct RoomLog {
     /// Whether any room had an edit or delete since this process started:
     /// until then `last_change` answers without a lookup.
     any_change: AtomicBool,
+    /// Cluster mode: where this node's trims go, so that the shared log
+    /// keeps what the logs keep.
+    shared: Option<Arc<dyn RoomReplication>>,
 }
 
 /// Why a post may not open a room.
@@ -112,7 +116,24 @@ impl RoomLog {
             max_messages,
             max_age_ms: max_age_secs.saturating_mul(1000),
             reserve_ahead,
+            shared: None,
         })
+    }
+
+    /// Cluster mode: every trim of this node's copy of a room is made in
+    /// the shared log too (`RoomReplication::trimmed`).
+    pub fn trims_shared_with(&mut self, shared: Option<Arc<dyn RoomReplication>>) {
+        self.shared = shared;
+    }
+
+    /// Removes `room`'s entries below `below`, here and, in a cluster, in
+    /// the shared log.
+    fn trim(&self, room: &str, below: u64) -> Result<u64, StoreError> {
+        let removed = self.store.trim_room(room, below)?;
+        if let Some(shared) = self.shared.as_ref().filter(|_| removed > 0) {
+            shared.trimmed(room, below);
+        }
+        Ok(removed)
     }
 
     /// The accounts that opened the rooms held now, one per room (to
@@ -332,7 +353,7 @@ impl RoomLog {
         let excess = usize::try_from(held - self.max_messages).unwrap_or(usize::MAX);
         let oldest = self.store.room_range(&room.name, 0, u64::MAX, excess, false)?;
         if let Some((last_removed, _)) = oldest.last() {
-            let removed = self.store.trim_room(&room.name, last_removed + 1)?;
+            let removed = self.trim(&room.name, last_removed + 1)?;
             room.held.fetch_sub(removed.min(held), Ordering::AcqRel);
         }
         Ok(())
@@ -468,7 +489,7 @@ impl RoomLog {
                 };
                 let first_kept = page.iter().find(|(_, r)| r.ts_unix_ms >= cutoff).map(|(s, _)| *s);
                 let below = first_kept.unwrap_or((last + 1).min(head + 1));
-                match self.store.trim_room(&room, below) {
+                match self.trim(&room, below) {
                     Ok(removed) => {
                         if let Some(state) = self.rooms.read().get(&room) {
                             let held = state.held.load(Ordering::Acquire);

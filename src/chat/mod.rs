@@ -225,12 +225,13 @@ impl Chat {
         let reserve_ahead = store.is_some() && commit.is_none();
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
         let sanctions = sanctions::Sanctions::load(store.clone())?;
-        let log = RoomLog::load(
+        let mut log = RoomLog::load(
             store.clone(),
             config.room_max_messages,
             config.room_max_age_secs,
             reserve_ahead,
         )?;
+        log.trims_shared_with(replication.clone());
         let dedup = DedupIndex::load(
             store.clone(),
             config.dedup_window_secs.saturating_mul(1000),

@@ -45,6 +45,12 @@ pub(crate) trait RoomReplication: Send + Sync {
     /// shared log, after the writes queued before them.
     fn delete_posted(&self, seqs: &[u64]);
 
+    /// This node trimmed its copy of `room` below `below`
+    /// (`room_max_messages`, `room_max_age_secs`): the shared log drops
+    /// what it holds of the room below it too. Trims count the entries a
+    /// log keeps, so reactions (not kept) never push messages out.
+    fn trimmed(&self, room: &str, below: u64);
+
     /// Resolves once this node follows `rooms` and has caught up with
     /// their logs (or after a bound: then it goes on with what it has).
     fn ready<'a>(&'a self, rooms: &'a RoomInterest) -> Pending<'a, ()>;

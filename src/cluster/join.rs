@@ -174,6 +174,10 @@ impl RoomReplication for Cluster {
         self.rooms.delete_from_stream(seqs);
     }
 
+    fn trimmed(&self, room: &str, below: u64) {
+        self.rooms.purge_below(room, below);
+    }
+
     fn ready<'a>(&'a self, rooms: &'a RoomInterest) -> Pending<'a, ()> {
         Box::pin(self.rooms.ready(rooms, ROOMS_READY_WAIT))
     }

@@ -408,6 +408,15 @@ async fn connect_nats(
     }
 }
 
+/// Records one room's subject of the room stream may hold: the entries
+/// the nodes' logs keep, and `room_stream_extra_records` more (reactions,
+/// ban copies, what piles up before a trim).
+fn room_stream_limit(config: &Config, cc: &ClusterConfig) -> u64 {
+    config
+        .room_max_messages
+        .saturating_add(cc.room_stream_extra_records)
+}
+
 /// Creates roomq's streams, or checks they exist; several nodes may do
 /// this at once (creating a stream with the same settings is idempotent).
 async fn ensure_streams(
@@ -421,7 +430,10 @@ async fn ensure_streams(
         subjects: vec![names.rooms()],
         storage: stream::StorageType::File,
         num_replicas: cc.replicas,
-        max_messages_per_subject: i64::try_from(config.room_max_messages).unwrap_or(i64::MAX),
+        // The nodes trim each room's subject as they trim their logs
+        // (`Rooms::trim_hook`), by entries kept; this is the backstop that
+        // also counts reactions and ban copies.
+        max_messages_per_subject: i64::try_from(room_stream_limit(config, cc)).unwrap_or(i64::MAX),
         max_age: Duration::from_secs(config.room_max_age_secs),
         // A writer's retry comes within seconds; after that every node's
         // copy of the log knows the msg-id (`chat/dedup.rs`).
@@ -471,6 +483,17 @@ async fn ensure_streams(
                                      back it up and delete it, roomq creates it again"
                                 .into(),
                         });
+                    }
+                    // A stream made by an earlier roomq, or with other
+                    // limits: it takes this node's (2.9 can change them).
+                    let limit = existing.cached_info().config.max_messages_per_subject;
+                    if limit != wanted.max_messages_per_subject {
+                        if let Err(e) = js.update_stream(wanted.clone()).await {
+                            last_error = e.to_string();
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                        tracing::info!(stream = %name, from = limit, to = wanted.max_messages_per_subject, "per-subject limit of the stream changed");
                     }
                     break;
                 }

@@ -76,6 +76,10 @@ pub(crate) enum Action {
     /// (a deleted room message's body), after the publishes queued before
     /// it are acknowledged; one already gone counts as deleted.
     DeleteSeq(Arc<str>, u64),
+    /// Removes what `subject` holds in the named stream below this
+    /// sequence (a room's records older than its kept entries), after the
+    /// publishes queued before it are acknowledged.
+    PurgeBelow(Arc<str>, u64),
 }
 
 impl Write {
@@ -118,6 +122,14 @@ impl Write {
             action: Action::DeleteSeq(stream, seq),
             mark: None,
             then: None,
+        }
+    }
+
+    /// A write that removes what `subject` holds in `stream` below `seq`.
+    pub fn purge_below(stream: Arc<str>, subject: String, seq: u64) -> Write {
+        Write {
+            action: Action::PurgeBelow(stream, seq),
+            ..Write::remove(Arc::from(""), subject, false)
         }
     }
 
@@ -308,23 +320,32 @@ impl Writer {
     /// published with them).
     async fn send_removals(&self, js: &jetstream::Context, removals: Vec<(u64, Write)>) -> Vec<(u64, Write)> {
         let results = futures_util::future::join_all(removals.into_iter().map(|(id, write)| async move {
-            let (stream, seq) = match &write.action {
-                Action::Remove(stream) | Action::RemoveBeforeLater(stream) => (stream.clone(), None),
-                Action::DeleteSeq(stream, seq) => (stream.clone(), Some(*seq)),
+            let stream = match &write.action {
+                Action::Remove(stream)
+                | Action::RemoveBeforeLater(stream)
+                | Action::DeleteSeq(stream, _)
+                | Action::PurgeBelow(stream, _) => stream.clone(),
                 Action::Publish => return (id, write, Ok(())),
             };
-            let result = match (js.get_stream_no_info(&*stream).await, seq) {
-                (Ok(stream), None) => stream
+            let result = match (js.get_stream_no_info(&*stream).await, &write.action) {
+                (Ok(stream), Action::DeleteSeq(_, seq)) => match stream.delete_message(*seq).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if already_gone(&e) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+                (Ok(stream), Action::PurgeBelow(_, seq)) => stream
+                    .purge()
+                    .filter(write.subject.clone())
+                    .sequence(*seq)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                (Ok(stream), _) => stream
                     .purge()
                     .filter(write.subject.clone())
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                (Ok(stream), Some(seq)) => match stream.delete_message(seq).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if already_gone(&e) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                },
                 (Err(e), _) => Err(e.to_string()),
             };
             (id, write, result)

@@ -44,6 +44,13 @@ pub struct ClusterConfig {
     /// nodes; beyond it a message reaches only this node's subscribers
     /// (counted and logged).
     pub forward_buffer_bytes: usize,
+    /// Records a room's subject of the room stream may hold beyond
+    /// `room_max_messages`: reactions (not log entries, so not counted by
+    /// the nodes' trims), ban copies, and the entries a node lets pile up
+    /// before it trims (`docs/cluster.md`, *A room's retention*). The
+    /// stream's per-room limit is their sum; beyond it JetStream removes
+    /// the room's oldest records, messages included.
+    pub room_stream_extra_records: u64,
 }
 
 impl Default for ClusterConfig {
@@ -62,9 +69,16 @@ impl Default for ClusterConfig {
             node_timeout_ms: 5000,
             write_buffer_bytes: 64 * 1024 * 1024,
             forward_buffer_bytes: 64 * 1024 * 1024,
+            room_stream_extra_records: 100_000,
         }
     }
 }
+
+/// The least `room_stream_extra_records`: a node trims a room's log (and
+/// the room's subject) once 64 entries piled up beyond
+/// `room_max_messages` (`chat/log.rs`, `TRIM_EVERY`), so the stream must
+/// hold those without pushing out messages itself.
+const MIN_EXTRA_RECORDS: u64 = 64;
 
 /// Whether `s` can be one NATS subject token and part of a stream name.
 fn is_plain_token(s: &str) -> bool {
@@ -92,6 +106,11 @@ impl ClusterConfig {
         }
         if self.heartbeat_ms == 0 || self.node_timeout_ms <= self.heartbeat_ms {
             return Err("keys `cluster.heartbeat_ms` and `cluster.node_timeout_ms`: the heartbeat must be at least 1 ms and shorter than the timeout".into());
+        }
+        if self.room_stream_extra_records < MIN_EXTRA_RECORDS {
+            return Err(format!(
+                "key `cluster.room_stream_extra_records`: must be at least {MIN_EXTRA_RECORDS} (a node trims a room's log {MIN_EXTRA_RECORDS} entries at a time)"
+            ));
         }
         if self.ack_timeout_ms == 0 {
             return Err("key `cluster.ack_timeout_ms`: must be at least 1".into());

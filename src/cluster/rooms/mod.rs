@@ -33,6 +33,11 @@
 //! The stream also holds copies of bans and mutes, in the room's order
 //! (`sanctions.rs`): a follower applies one before the messages after it.
 //!
+//! The nodes, not JetStream's per-subject limit, decide what a room keeps
+//! (`Rooms::purge_below`): a node that trims its copy of a room purges the
+//! room's subject below the same `seq`, so reactions (events that are not
+//! log entries) never push the room's messages out of the stream.
+//!
 //! A filter over every room (`rooms/+/msg/#`, `#`) makes the node follow
 //! the whole stream with one ordered consumer (`follow_everything`).
 //!
@@ -197,6 +202,33 @@ impl Rooms {
             if let Some(inner) = inner.upgrade() {
                 inner.resync.send_modify(|n| *n += 1);
             }
+        }
+    }
+
+    /// Purges `room`'s subject below `below`: this node trimmed its copy
+    /// of the room there (by `room_max_messages` or `room_max_age_secs`),
+    /// so the stream keeps what the logs keep. The stream's own per-room
+    /// limit is only a backstop (`cluster.room_stream_extra_records`):
+    /// reactions, which are not log entries, do not count against the
+    /// room's messages.
+    ///
+    /// Every node's copy holds the room's newest entries up to what it has
+    /// read, so the point it trims below is never above the one the whole
+    /// room would be trimmed below: a purge never takes one of the room's
+    /// newest `room_max_messages` entries, and nodes purging the same room
+    /// at once only repeat each other.
+    pub fn purge_below(&self, room: &str, below: u64) {
+        let write = Write::purge_below(
+            self.inner.names.rooms_stream.as_str().into(),
+            self.inner.names.room(room),
+            below,
+        );
+        if self.inner.writer.write(write).is_err() {
+            tracing::warn!(
+                %room,
+                below,
+                "the room's trimmed records stay in the stream for now: cluster.write_buffer_bytes full"
+            );
         }
     }
 
