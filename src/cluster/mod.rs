@@ -431,7 +431,7 @@ async fn ensure_streams(
         storage: stream::StorageType::File,
         num_replicas: cc.replicas,
         // The nodes trim each room's subject as they trim their logs
-        // (`Rooms::trim_hook`), by entries kept; this is the backstop that
+        // (`Rooms::purge_below`), by entries kept; this is the backstop that
         // also counts reactions and ban copies.
         max_messages_per_subject: i64::try_from(room_stream_limit(config, cc)).unwrap_or(i64::MAX),
         max_age: Duration::from_secs(config.room_max_age_secs),
