@@ -183,8 +183,11 @@ impl SessionState {
     /// Charges this session to `account`: the queues' bytes from now on
     /// (`Held::QueuedBytes`; the caller charges `Held::Sessions`).
     pub fn charge_to(&mut self, budgets: &Arc<crate::budget::Budgets>, account: Arc<str>) {
-        self.queue.pay_from(budgets, account.clone());
-        self.inflight.pay_from(budgets, account.clone());
+        let payer = Arc::new(crate::budget::ReservedHandle::new(
+            budgets.handle(&account, crate::budget::Held::QueuedBytes),
+        ));
+        self.queue.pay_from(payer.clone());
+        self.inflight.pay_from(payer);
         self.charged_to = Some(account);
         self.budgets = Some(budgets.clone());
     }
