@@ -424,6 +424,9 @@ impl Session {
         let Some(membership) = &self.membership else {
             return true;
         };
+        if !crate::chat::may_be_restricted(topic) {
+            return true;
+        }
         if let Some(user) = crate::chat::answer_owner(topic) {
             return st.owner.as_ref().and_then(|o| o.identity.as_deref()) == Some(user);
         }
