@@ -57,6 +57,12 @@ impl HeldHandle {
         self.budgets.charge_counters(&self.held, self.what, amount)
     }
 
+    /// [`HeldHandle::charge`] without counting a refusal (see
+    /// [`super::ReservedHandle`]).
+    pub(super) fn try_charge(&self, amount: u64) -> Result<(), OverBudget> {
+        self.budgets.try_charge_counters(&self.held, self.what, amount)
+    }
+
     /// [`Budgets::charge_unchecked`] on this handle's account and kind.
     pub fn charge_unchecked(&self, amount: u64) {
         self.budgets.add_total(self.what, amount);

@@ -31,9 +31,11 @@ use parking_lot::Mutex;
 use crate::metrics::Counter;
 
 mod counters;
+mod reserve;
 
 use counters::HeldCounters;
 pub use counters::HeldHandle;
+pub use reserve::ReservedHandle;
 
 /// Something that stays held by an identity until it is released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -367,9 +369,19 @@ impl Budgets {
 
     /// The bound, then the ceiling; on a refusal nothing stays charged.
     fn charge_counters(&self, held: &HeldCounters, what: Held, amount: u64) -> Result<(), OverBudget> {
+        let refused = self.try_charge_counters(held, what, amount);
+        if refused.is_err() {
+            self.refused_held[what.index()].inc();
+        }
+        refused
+    }
+
+    /// [`Budgets::charge_counters`] without counting a refusal: for a
+    /// charge of more than is needed (a handle's reserve), which is tried
+    /// again with only what is needed when refused.
+    fn try_charge_counters(&self, held: &HeldCounters, what: Held, amount: u64) -> Result<(), OverBudget> {
         let bound = self.limits.held[what.index()];
         if !held.try_add(what, amount, bound) {
-            self.refused_held[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
                 bound,
@@ -384,7 +396,6 @@ impl Budgets {
         if before.saturating_add(amount) > ceiling {
             total.fetch_sub(amount, Ordering::Relaxed);
             held.sub(what, amount);
-            self.refused_held[what.index()].inc();
             return Err(OverBudget {
                 key: what.key(),
                 bound: ceiling,

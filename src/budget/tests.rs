@@ -86,3 +86,33 @@ fn anonymous_clients_share_an_account_per_address() {
     assert_eq!(&*account_of(None, Some(ip)), "anon:10.0.0.1");
     assert_eq!(&*account_of(Some("alice"), Some(ip)), "user:alice");
 }
+
+#[test]
+fn a_reserved_handle_charges_ahead_and_gives_everything_back() {
+    use super::reserve::RESERVE_BYTES;
+    let budgets = Arc::new(Budgets::new(
+        Limits::default().with_held(Held::QueuedBytes, 3 * RESERVE_BYTES),
+    ));
+    let handle = ReservedHandle::new(budgets.handle(&Arc::from("user:a"), Held::QueuedBytes));
+    // The first charge takes a reserve; the next ones come out of it.
+    handle.charge(100).unwrap();
+    assert_eq!(budgets.held("user:a", Held::QueuedBytes), 100 + RESERVE_BYTES);
+    handle.release(100);
+    handle.charge(200).unwrap();
+    assert_eq!(handle.used(), 200);
+    assert_eq!(budgets.held("user:a", Held::QueuedBytes), 100 + RESERVE_BYTES);
+    // Near the bound only what is needed is charged, and the bound holds.
+    handle.charge(2 * RESERVE_BYTES).unwrap();
+    assert_eq!(budgets.held("user:a", Held::QueuedBytes), 200 + 2 * RESERVE_BYTES);
+    assert!(handle.charge(RESERVE_BYTES).is_err());
+    assert_eq!(handle.used(), 200 + 2 * RESERVE_BYTES);
+    // Released beyond twice the reserve, the excess goes back.
+    handle.release(2 * RESERVE_BYTES + 200);
+    assert!(budgets.held("user:a", Held::QueuedBytes) <= 2 * RESERVE_BYTES);
+    // Another session of the account can use what is left.
+    budgets
+        .charge("user:a", Held::QueuedBytes, RESERVE_BYTES)
+        .unwrap();
+    drop(handle);
+    assert_eq!(budgets.held("user:a", Held::QueuedBytes), RESERVE_BYTES);
+}

@@ -80,8 +80,8 @@ pub(crate) use publish::{AlertTarget, Handled, Publisher};
 pub use rooms::Membership;
 pub use signed::{decode_hex, sign_alert, signing_input};
 pub(crate) use topics::{
-    answer_owner, classify, is_last_value, message_topic, only_reads, room_read_by, rooms_covered, ChatTopic,
-    RoomInterest,
+    answer_owner, classify, is_last_value, may_be_restricted, message_topic, only_reads, room_read_by,
+    rooms_covered, ChatTopic, RoomInterest,
 };
 
 use crate::budget::{Budgets, Held};

@@ -130,6 +130,13 @@ pub(crate) fn room_of(topic: &str) -> Option<&str> {
         .and_then(|rest| rest.split('/').next())
 }
 
+/// Whether `topic` may be one that [`room_read_by`] or [`answer_owner`]
+/// restricts (under `rooms/`, `$rooms/` or `users/`): one byte answers
+/// for most topics, and this is asked twice per delivered message.
+pub(crate) fn may_be_restricted(topic: &str) -> bool {
+    matches!(topic.as_bytes().first(), Some(b'r' | b'$' | b'u'))
+}
+
 /// The room whose members alone may read `topic`: a room topic
 /// (`rooms/{room}/...`) or the broker's data about a room
 /// (`$rooms/{room}/members`); `None` for any other topic.
@@ -220,6 +227,25 @@ pub(crate) fn rooms_covered(filter: &str) -> Option<RoomInterest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_restricted_topic_passes_the_one_byte_test() {
+        for topic in [
+            "rooms/ops/msg/alice",
+            "rooms/ops/event/alice",
+            "$rooms/ops/members",
+            "users/alice/history/1",
+            "users/alice/mod/ops",
+            "sensors/1",
+            "$SYS/broker/uptime",
+            "",
+        ] {
+            let restricted = room_read_by(topic).is_some() || answer_owner(topic).is_some();
+            assert!(!restricted || may_be_restricted(topic), "{topic}");
+        }
+        assert!(!may_be_restricted("sensors/1"));
+        assert!(!may_be_restricted("alerts/boiler"));
+    }
 
     #[test]
     fn shapes() {

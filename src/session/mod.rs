@@ -183,8 +183,11 @@ impl SessionState {
     /// Charges this session to `account`: the queues' bytes from now on
     /// (`Held::QueuedBytes`; the caller charges `Held::Sessions`).
     pub fn charge_to(&mut self, budgets: &Arc<crate::budget::Budgets>, account: Arc<str>) {
-        self.queue.pay_from(budgets, account.clone());
-        self.inflight.pay_from(budgets, account.clone());
+        let payer = Arc::new(crate::budget::ReservedHandle::new(
+            budgets.handle(&account, crate::budget::Held::QueuedBytes),
+        ));
+        self.queue.pay_from(payer.clone());
+        self.inflight.pay_from(payer);
         self.charged_to = Some(account);
         self.budgets = Some(budgets.clone());
     }
@@ -421,6 +424,9 @@ impl Session {
         let Some(membership) = &self.membership else {
             return true;
         };
+        if !crate::chat::may_be_restricted(topic) {
+            return true;
+        }
         if let Some(user) = crate::chat::answer_owner(topic) {
             return st.owner.as_ref().and_then(|o| o.identity.as_deref()) == Some(user);
         }

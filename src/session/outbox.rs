@@ -163,11 +163,7 @@ impl Connection {
             payload: d.message.payload.clone(),
             properties,
         };
-        match self
-            .io
-            .codec
-            .encode(Packet::Publish(Box::new(publish)), &mut self.io.out)
-        {
+        match self.io.encode(Packet::Publish(Box::new(publish))) {
             Ok(()) => {
                 let metrics = &self.shared.metrics;
                 metrics.messages_sent[usize::from(d.qos.value())].inc();

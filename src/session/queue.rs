@@ -9,13 +9,17 @@
 //! (`Held::QueuedBytes`, `max_queued_bytes_per_user`): an identity with
 //! many sessions cannot make the broker hold `max_queued_bytes` for each.
 //! Every change of the byte count charges or releases the same amount, and
-//! a queue dropped with its session gives back what it still held.
+//! a queue dropped with its session gives back what it still held. The
+//! session's two queues share one payer, which charges the account ahead
+//! in steps (`budget::ReservedHandle`): a message moving from the queue
+//! into flight, or sent and gone, touches no counter that other sessions
+//! write.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::Inflight;
-use crate::budget::{Budgets, Held, HeldHandle};
+use crate::budget::ReservedHandle;
 use crate::router::Delivery;
 
 /// What an entry counts for in bytes.
@@ -39,8 +43,8 @@ impl Counted for Inflight {
 }
 
 /// The account a queue's bytes are charged to: a handle, so that the
-/// charge per message takes no lock.
-type Payer = HeldHandle;
+/// charge per message takes no lock, shared by the session's queues.
+pub(crate) type Payer = Arc<ReservedHandle>;
 
 pub(crate) struct Queue<T> {
     items: VecDeque<T>,
@@ -64,9 +68,8 @@ impl<T> Queue<T> {
     /// Charges what this queue holds, and whatever it takes from now on,
     /// to `account` (what it held was charged to nobody before: a queue
     /// gets its payer once, when its session's owner is known).
-    pub fn pay_from(&mut self, budgets: &Arc<Budgets>, account: Arc<str>) {
+    pub fn pay_from(&mut self, payer: Payer) {
         self.release(self.bytes);
-        let payer = budgets.handle(&account, Held::QueuedBytes);
         payer.charge_unchecked(self.bytes as u64);
         self.payer = Some(payer);
     }
