@@ -45,7 +45,9 @@
 //!    `session/publish.rs`: topic alias, size and rate limits. There the
 //!    topic is classified, once, into a `chat::Classified`
 //!    (`chat/classified.rs`: a chat topic with its room, sender and
-//!    msg-id, or a plain one); that value travels with the message.
+//!    msg-id, or a plain one); that value travels with the message. In
+//!    cluster mode it also names the room this node catches up with
+//!    before the rest of the PUBLISH is handled (`session/rooms_ready.rs`).
 //! 3. `auth/gate.rs` decides, from that value, whether this client may
 //!    write the topic (the same decision serves wills, history replies
 //!    and alert copies, each classified where it enters). Then

@@ -315,3 +315,51 @@ async fn one_rules_key_adds_a_bounded_number_of_devices() {
     assert!(u8::from(code) < 0x80, "rule B's new device: {code:?}");
     broker.shutdown().await;
 }
+
+/// A key file replaced on disk takes effect on reload (SIGHUP in the
+/// binary): the old key no longer signs; a key file that became invalid
+/// leaves the key in use as it was.
+#[tokio::test]
+async fn a_rotated_key_takes_effect_on_reload_and_a_broken_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = key_file(dir.path());
+    let broker = start_with(signed_rule(test_config(), path.clone())).await;
+    let addr = broker.local_addr();
+    let mut device = Raw::client5(addr, "boiler-7").await;
+    let new_key = *b"fedcba9876543210fedcba9876543210";
+
+    std::fs::write(&path, format!("{}\n", hex(&new_key))).unwrap();
+    let sig = sign(&KEY, TOPIC, b"old", 1);
+    let ack = send_and_ack(&mut device, alert5(1, b"old", 1, &sig)).await;
+    assert!(
+        u8::from(ack.reason_code) < 0x80,
+        "before the reload: {:?}",
+        ack.reason_code
+    );
+    broker.reload();
+    let sig = sign(&KEY, TOPIC, b"old", 2);
+    let ack = send_and_ack(&mut device, alert5(2, b"old", 2, &sig)).await;
+    assert_eq!(
+        ack.reason_code,
+        PublishAckReason::NotAuthorized,
+        "the old key after the reload"
+    );
+    let sig = sign(&new_key, TOPIC, b"new", 3);
+    let ack = send_and_ack(&mut device, alert5(3, b"new", 3, &sig)).await;
+    assert!(
+        u8::from(ack.reason_code) < 0x80,
+        "the new key: {:?}",
+        ack.reason_code
+    );
+
+    std::fs::write(&path, "not hex\n").unwrap();
+    broker.reload();
+    let sig = sign(&new_key, TOPIC, b"still", 4);
+    let ack = send_and_ack(&mut device, alert5(4, b"still", 4, &sig)).await;
+    assert!(
+        u8::from(ack.reason_code) < 0x80,
+        "after a failed reload: {:?}",
+        ack.reason_code
+    );
+    broker.shutdown().await;
+}

@@ -182,7 +182,6 @@ fn topics_and_filters_are_parsed_where_they_enter() {
         "chat/topics.rs",
         "chat/classified.rs",
         "chat/upkeep.rs",
-        "session/rooms_ready.rs",
         "cluster/join.rs",
     ];
     let extra: Vec<&String> = classifying

@@ -168,7 +168,7 @@ fn open_chat(
         replication,
         budgets.clone(),
     )?;
-    chat.load_signed_alerts(config, store.clone())
+    chat.load_signed_alerts(store.clone())
         .map_err(StartError::Config)?;
     Ok(chat)
 }

@@ -80,7 +80,7 @@ impl BrokerHandle {
             }
         }
         self.shared.auth.reload();
-        self.shared.chat.reload_alert_keys(&self.shared.config);
+        self.shared.chat.reload_alert_keys();
         let (revoked, offline) = self.shared.registry.kick_revoked(&*self.shared.auth);
         if revoked > 0 {
             tracing::info!(

@@ -21,6 +21,8 @@ pub(crate) struct ChatLimits {
     pub history_default_limit: usize,
     pub history_max_limit: usize,
     pub history_max_bytes: usize,
+    pub max_alert_devices: usize,
+    pub max_alert_devices_per_rule: usize,
 }
 
 impl ChatLimits {
@@ -39,6 +41,8 @@ impl ChatLimits {
             history_default_limit: config.history_default_limit,
             history_max_limit: config.history_max_limit,
             history_max_bytes: config.history_max_bytes,
+            max_alert_devices: config.max_alert_devices,
+            max_alert_devices_per_rule: config.max_alert_devices_per_rule,
         }
     }
 }

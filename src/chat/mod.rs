@@ -95,7 +95,7 @@ use crate::budget::{Budgets, Held};
 /// `run_amp.sh`) at ~500-600 B of disk for a 60-byte reaction or edit
 /// request, which the budget counted as 60.
 pub(crate) const STORED_RECORD_OVERHEAD: usize = 512;
-use crate::config::Config;
+use crate::config::{AlertRule, Config};
 use crate::protocol::QoS;
 use crate::router::Router;
 use crate::store::{unix_ms_now, GroupCommit, MemoryStore, RoomRecord, Store, StoreError};
@@ -134,6 +134,9 @@ pub struct Chat {
     /// Every identity's account (`Shared::budgets`): rooms opened, bytes
     /// posted and receipts are charged to it.
     budgets: Arc<Budgets>,
+    /// The `[[alerts]]` rules, copied at start: a restart changes them
+    /// (SIGHUP re-reads only their key files, into `signed`).
+    alerts: Vec<AlertRule>,
     /// Keys of the signed `[[alerts]]` rules and the devices' counters.
     signed: signed::SignedAlerts,
     /// How many reactions a message holds (`lifecycle.rs`).
@@ -267,6 +270,7 @@ impl Chat {
             typing: Mutex::default(),
             receipts: Receipts::new(config.max_receipts, budgets.clone()),
             budgets,
+            alerts: config.alerts.clone(),
             signed: signed::SignedAlerts::none(),
             reaction_bounds: reactions::ReactionBounds {
                 emoji: config.max_reaction_emoji,
@@ -280,18 +284,14 @@ impl Chat {
 
     /// Reads the signed alert rules' key files and the devices' counters
     /// from `store`; an error names the file and the key.
-    pub(crate) fn load_signed_alerts(
-        &mut self,
-        config: &Config,
-        store: Option<Arc<dyn Store>>,
-    ) -> Result<(), String> {
-        self.signed = signed::SignedAlerts::load(config, store)?;
+    pub(crate) fn load_signed_alerts(&mut self, store: Option<Arc<dyn Store>>) -> Result<(), String> {
+        self.signed = signed::SignedAlerts::load(&self.alerts, &self.limits, store)?;
         Ok(())
     }
 
     /// Reads the signed alert rules' key files again (SIGHUP).
-    pub(crate) fn reload_alert_keys(&self, config: &Config) {
-        self.signed.reload(config);
+    pub(crate) fn reload_alert_keys(&self) {
+        self.signed.reload();
     }
 
     /// Stores a room message under the room's next `seq` and delivers it

@@ -17,7 +17,6 @@ use super::presence::USER_STATUSES;
 use super::topics::ChatTopic;
 use super::{is_valid_room_name, message_topic, Chat, Post};
 use crate::budget::{room_account, Held, Rate};
-use crate::config::Config;
 use crate::protocol::validate::topic_matches;
 use crate::protocol::{PublishAckReason, QoS};
 use crate::router::Message;
@@ -134,19 +133,24 @@ impl Chat {
         Handled::Done(reason)
     }
 
+    /// Whether any `[[alerts]]` rule is configured (else a plain message
+    /// is not looked at for room copies).
+    pub(crate) fn has_alert_rules(&self) -> bool {
+        !self.alerts.is_empty()
+    }
+
     /// The rooms the alert rules would copy a plain message into, or the
     /// refusal of the whole publish when the publisher is anonymous (no
     /// name to post under) or a rule would post under a name that is not
     /// a valid one. The session then asks the gate about each target, as
     /// for a direct PUBLISH, before `alert_copies` makes them.
     pub(crate) fn alert_targets<'m>(
-        &self,
-        config: &'m Config,
+        &'m self,
         who: &Publisher<'m>,
         message: &'m Message,
     ) -> Result<Vec<AlertTarget<'m>>, PublishAckReason> {
         let mut targets = Vec::new();
-        for (rule_index, rule) in config
+        for (rule_index, rule) in self
             .alerts
             .iter()
             .enumerate()

@@ -11,7 +11,7 @@
 //! makes the alert durable (and its PUBACK) carries the counter too.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,8 +19,9 @@ use hmac::{Hmac, Mac};
 use parking_lot::{Mutex, RwLock};
 use sha2::Sha256;
 
+use super::limits::ChatLimits;
 use super::payloads::AlertEnvelope;
-use crate::config::Config;
+use crate::config::AlertRule;
 use crate::protocol::PublishAckReason;
 use crate::router::Message;
 use crate::store::{MemoryStore, Store};
@@ -75,6 +76,8 @@ pub(crate) struct Verified {
 
 /// The keys of the signed rules and the devices' counters.
 pub(crate) struct SignedAlerts {
+    /// Per rule (same index): its `hmac_key_file`, read again on SIGHUP.
+    key_files: Vec<Option<PathBuf>>,
     /// Replaced whole on SIGHUP (a lock held for a clone of the `Arc`).
     keys: RwLock<RuleKeys>,
     /// Last accepted counter per device; a mutex because a check and its
@@ -94,8 +97,13 @@ impl SignedAlerts {
     /// Reads the rules' key files and the counters kept in `store` (in
     /// memory without one). A missing or bad key file is an error that
     /// names the file and the key.
-    pub(crate) fn load(config: &Config, store: Option<Arc<dyn Store>>) -> Result<SignedAlerts, String> {
-        let keys = read_keys(config)?;
+    pub(crate) fn load(
+        rules: &[AlertRule],
+        limits: &ChatLimits,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<SignedAlerts, String> {
+        let key_files: Vec<Option<PathBuf>> = rules.iter().map(|r| r.hmac_key_file.clone()).collect();
+        let keys = read_keys(&key_files)?;
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
         let counters: HashMap<String, u64> = store
             .load_alert_counters()
@@ -109,18 +117,20 @@ impl SignedAlerts {
             }
         }
         Ok(SignedAlerts {
+            key_files,
             keys: RwLock::new(keys),
             counters: Mutex::new(counters),
             per_key: Mutex::new(per_key),
-            max_devices_per_key: config.max_alert_devices_per_rule,
+            max_devices_per_key: limits.max_alert_devices_per_rule,
             store,
-            max_devices: config.max_alert_devices,
+            max_devices: limits.max_alert_devices,
         })
     }
 
     /// No signed rules, counters in memory: until `load` replaces it.
     pub(crate) fn none() -> SignedAlerts {
         SignedAlerts {
+            key_files: Vec::new(),
             keys: RwLock::new(Arc::from(Vec::new())),
             counters: Mutex::default(),
             per_key: Mutex::default(),
@@ -131,8 +141,8 @@ impl SignedAlerts {
     }
 
     /// Reads the key files again (SIGHUP); on an error the old keys stay.
-    pub(crate) fn reload(&self, config: &Config) {
-        match read_keys(config) {
+    pub(crate) fn reload(&self) {
+        match read_keys(&self.key_files) {
             Ok(keys) => {
                 let signed = keys.iter().filter(|k| k.is_some()).count();
                 *self.keys.write() = keys;
@@ -273,13 +283,12 @@ fn signed_parts(message: &Message) -> Result<(Bytes, u64, Vec<u8>), Refusal> {
     Ok((Bytes::from(envelope.body), envelope.ctr, envelope.sig))
 }
 
-/// Every rule's key, read from its `hmac_key_file`.
-fn read_keys(config: &Config) -> Result<RuleKeys, String> {
-    config
-        .alerts
+/// Every rule's key, read from its `hmac_key_file` (`key_files`, per rule).
+fn read_keys(key_files: &[Option<PathBuf>]) -> Result<RuleKeys, String> {
+    key_files
         .iter()
         .enumerate()
-        .map(|(i, rule)| match &rule.hmac_key_file {
+        .map(|(i, file)| match file {
             None => Ok(None),
             Some(path) => read_key(path)
                 .map(|k| Some(Arc::from(k)))
@@ -332,7 +341,12 @@ mod tests {
 
     #[test]
     fn a_counter_must_grow_per_device() {
-        let alerts = SignedAlerts::load(&Config::default(), None).unwrap();
+        let alerts = SignedAlerts::load(
+            &[],
+            &ChatLimits::from_config(&crate::config::Config::default()),
+            None,
+        )
+        .unwrap();
         assert_eq!(alerts.accept("k", "d", 0), Err(Refusal::Replayed));
         alerts.accept("k", "d", 5).unwrap();
         assert_eq!(alerts.accept("k", "d", 5), Err(Refusal::Replayed));
@@ -349,7 +363,12 @@ mod tests {
     fn a_counter_of_the_old_format_holds_for_every_key() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         store.put_alert_counter("d", 9).unwrap();
-        let alerts = SignedAlerts::load(&Config::default(), Some(store)).unwrap();
+        let alerts = SignedAlerts::load(
+            &[],
+            &ChatLimits::from_config(&crate::config::Config::default()),
+            Some(store),
+        )
+        .unwrap();
         for key in ["k", "other"] {
             assert_eq!(alerts.accept(key, "d", 9), Err(Refusal::Replayed));
         }

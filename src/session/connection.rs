@@ -301,10 +301,25 @@ impl Connection {
     }
 
     /// Cluster mode: `handle` once this node follows the rooms the packet
-    /// reads.
+    /// reads. A PUBLISH is classified where it enters, after its topic
+    /// alias is resolved (a topic sent as an alias alone names a room
+    /// too), and that classification decides which room to catch up with.
     async fn handle_when_rooms_ready(&mut self, packet: Packet) -> Option<Close> {
-        super::rooms_ready_for(&self.shared, &packet).await;
-        self.handle(packet)
+        match packet {
+            Packet::Publish(publish) => {
+                let (publish, kind) = match self.enter_publish(*publish) {
+                    Ok(entered) => entered,
+                    Err(close) => return Some(close),
+                };
+                super::rooms_ready_for_publish(&self.shared, &publish.topic, kind).await;
+                self.on_entered_publish(publish, kind)
+            }
+            Packet::Subscribe(subscribe) => {
+                super::rooms_ready_for_subscribe(&self.shared, &subscribe).await;
+                self.handle(Packet::Subscribe(subscribe))
+            }
+            packet => self.handle(packet),
+        }
     }
 
     /// Dispatches one packet; returns `Some` when the connection must close.

@@ -46,7 +46,7 @@ pub(crate) use persist::{restore_from_store, restore_sessions};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use registry::give_up_to_other_node;
 pub use registry::Registry;
-use rooms_ready::{rooms_ready_for, rooms_ready_for_session};
+use rooms_ready::{rooms_ready_for_publish, rooms_ready_for_session, rooms_ready_for_subscribe};
 /// The broker's shared state (`context/`), with this layer's registry.
 pub(crate) type Shared = crate::context::Shared<Registry>;
 

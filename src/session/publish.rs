@@ -50,31 +50,48 @@ fn publish_ack(packet_id: Option<NonZeroU16>, qos: QoS, reason: PublishAckReason
 }
 
 impl Connection {
-    pub(super) fn on_publish(&mut self, mut publish: Publish) -> Option<Close> {
-        if let Err(close) = self.resolve_topic_alias(&mut publish) {
-            return Some(close);
+    /// Handles a PUBLISH (one node: nothing to wait for between its entry
+    /// and the rest).
+    pub(super) fn on_publish(&mut self, publish: Publish) -> Option<Close> {
+        match self.enter_publish(publish) {
+            Ok((publish, kind)) => self.on_entered_publish(publish, kind),
+            Err(close) => Some(close),
         }
-        let shared = self.shared.clone();
-        let config = &shared.config;
+    }
+
+    /// Where a PUBLISH enters: its topic alias is resolved, its topic
+    /// checked against the limits, and then classified, once. Everything
+    /// after (cluster mode's room catch-up, the gate, the store check,
+    /// the route, the chat layer) reads the returned value; a topic sent
+    /// as a Topic Alias alone is classified as the topic it stands for.
+    pub(super) fn enter_publish(&mut self, mut publish: Publish) -> Result<(Publish, Classified), Close> {
+        self.resolve_topic_alias(&mut publish)?;
+        let config = &self.shared.config;
         if publish.topic.len() > config.max_topic_length
             || publish.topic.split('/').count() > config.max_topic_levels
         {
-            return Some(Close::ByServer(
+            return Err(Close::ByServer(
                 DisconnectReasonCode::TopicNameInvalid,
                 "topic over max_topic_length or max_topic_levels".into(),
             ));
         }
         if publish.retain && !config.retain_available {
-            return Some(Close::ByServer(
+            return Err(Close::ByServer(
                 DisconnectReasonCode::RetainNotSupported,
                 "retain is not available".into(),
             ));
         }
+        let kind = Classified::of(&publish.topic);
+        Ok((publish, kind))
+    }
+
+    /// The rest of a PUBLISH, after `enter_publish` (`kind` is its topic's
+    /// classification).
+    pub(super) fn on_entered_publish(&mut self, publish: Publish, kind: Classified) -> Option<Close> {
+        let shared = self.shared.clone();
+        let config = &shared.config;
         let packet_id = publish.packet_id;
         let qos = publish.qos;
-        // The topic is classified here, once: the gate, the store check,
-        // the route and the chat layer all read this value.
-        let kind = Classified::of(&publish.topic);
         if !self.publish_budget.allow(publish.payload.len()) {
             self.shared.metrics.rate_limited.inc();
             return Some(Close::ByServer(

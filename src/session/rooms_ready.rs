@@ -3,48 +3,48 @@
 //! at once on one node, which holds every room).
 
 use super::Shared;
-use crate::chat::{classify, ChatTopic, Filter, RoomInterest};
-use crate::protocol::Packet;
+use crate::chat::{ChatTopic, Classified, Filter, RoomInterest};
+use crate::protocol::Subscribe;
 
-/// The rooms a packet reads the log of on this node: a SUBSCRIBE (a new
-/// subscription starts at the room's head), a history request, a read
-/// receipt (checked against the head); and a post or typing event, whose
-/// sender a ban in the room's stream may refuse (`cluster/sanctions.rs`;
-/// a post waits for this catch-up anyway: its PUBACK waits until this
-/// node applied it).
-fn rooms_read_by(packet: &Packet) -> Vec<RoomInterest> {
-    match packet {
-        Packet::Subscribe(subscribe) => subscribe
+/// Before a SUBSCRIBE is handled, this node follows the rooms its filters
+/// cover and has caught up with them: a new subscription starts at the
+/// room's head.
+pub(crate) async fn rooms_ready_for_subscribe(shared: &Shared, subscribe: &Subscribe) {
+    if shared.chat.replicated() {
+        for rooms in subscribe
             .topic_filters
             .iter()
             .filter_map(|(filter, _)| Filter::read(filter).rooms_covered())
-            .collect(),
-        Packet::Publish(publish) => match classify(&publish.topic) {
-            // A post, typing, a change to a message, or a moderator's
-            // request is checked against this node's copy of the room log.
-            Some(
-                ChatTopic::HistoryRequest { room }
-                | ChatTopic::Receipt { room, .. }
-                | ChatTopic::Message { room, .. }
-                | ChatTopic::Typing { room, .. }
-                | ChatTopic::Lifecycle { room, .. }
-                | ChatTopic::ModRequest { room },
-            ) => {
-                vec![RoomInterest::One(room.to_string())]
-            }
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
+        {
+            shared.chat.rooms_ready(&rooms).await;
+        }
     }
 }
 
-/// Before `packet` is handled, this node follows the rooms it reads and
-/// has caught up with them (a room without interest here was not read).
-pub(crate) async fn rooms_ready_for(shared: &Shared, packet: &Packet) {
-    if shared.chat.replicated() {
-        for rooms in rooms_read_by(packet) {
-            shared.chat.rooms_ready(&rooms).await;
-        }
+/// Before a PUBLISH on `topic` (classified as `kind` where it entered,
+/// after its topic alias was resolved) is handled, this node follows the
+/// room it reads the log of and has caught up with it: a history request,
+/// a read receipt (checked against the head), and a post, typing, a
+/// change to a message or a moderator's request, whose sender a ban in
+/// the room's stream may refuse (`cluster/sanctions.rs`; a post waits for
+/// this catch-up anyway: its PUBACK waits until this node applied it).
+pub(crate) async fn rooms_ready_for_publish(shared: &Shared, topic: &str, kind: Classified) {
+    if !shared.chat.replicated() {
+        return;
+    }
+    if let Some(
+        ChatTopic::HistoryRequest { room }
+        | ChatTopic::Receipt { room, .. }
+        | ChatTopic::Message { room, .. }
+        | ChatTopic::Typing { room, .. }
+        | ChatTopic::Lifecycle { room, .. }
+        | ChatTopic::ModRequest { room },
+    ) = kind.chat(topic)
+    {
+        shared
+            .chat
+            .rooms_ready(&RoomInterest::One(room.to_string()))
+            .await;
     }
 }
 

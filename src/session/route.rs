@@ -62,15 +62,14 @@ pub(crate) fn route_as(
         may_reply,
         account: principal.account.clone(),
     };
-    let config = &shared.config;
     match shared.chat.on_publish(&who, message, kind) {
         Handled::Done(reason) => reason,
         Handled::Plain(message) => {
-            if !config.alerts.is_empty() {
+            if shared.chat.has_alert_rules() {
                 // ... and the room copies of the alert rules.
                 let copies = shared
                     .chat
-                    .alert_targets(config, &who, &message)
+                    .alert_targets(&who, &message)
                     .and_then(|targets| may_copy(shared, principal, client_id, &message, targets))
                     .and_then(|targets| shared.chat.alert_copies(&who, &message, targets));
                 match copies {
