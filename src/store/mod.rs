@@ -33,6 +33,10 @@ pub use group_commit::{CommitBarrier, GroupCommit};
 pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
 pub use monitored::Monitored;
+/// Session records are also read from a cluster's sessions stream, which
+/// the previous version may have written.
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use records::decode_session;
 pub use records::{
     unix_ms_now, DedupRecord, EventKind, EventRecord, MessageRecord, MessageState, OwnerRecord, QueuedRecord,
     QueuedRef, RoomEntry, RoomRecord, SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
