@@ -43,6 +43,7 @@ pub use records::{
 };
 pub use replication::{SanctionChange, SanctionKind, SanctionReplication};
 pub use reserve::RESERVE_FILE;
+pub use sled_db::{DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
 pub use sled_store::SledStore;
 pub use space::WRITE_AMPLIFICATION;
 

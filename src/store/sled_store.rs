@@ -44,8 +44,9 @@ pub struct SledStore {
     /// Set by the first I/O error of a write: not flushed again until the
     /// store is reopened (`sled_db.rs`).
     broken: Broken,
-    /// The data directory, to reopen it.
+    /// The data directory and the page cache size, to reopen it.
     dir: PathBuf,
+    cache_bytes: u64,
     /// How many times the `Db` was reopened after an I/O error.
     reopens: AtomicU64,
     /// The old journal's memory while a reopen has not opened the new
@@ -72,20 +73,36 @@ fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`. Refuses a directory that holds
-    /// another format, or data without a format mark, without changing it.
+    /// Opens (or creates) the store in `dir`, with the default page cache
+    /// (`DEFAULT_CACHE_BYTES`, as `store_cache_bytes`). Refuses a directory
+    /// that holds another format, or data without a format mark, without
+    /// changing it.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let store = open_trees(dir)?;
+        Self::open_with_cache(dir, super::sled_db::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes`
+    /// (`store_cache_bytes`, at least 1 MiB).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let store = open_trees(dir, cache_bytes)?;
         Ok(SledStore {
             open: parking_lot::RwLock::new(Some(store)),
             writes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             broken: Broken::default(),
             dir: dir.to_path_buf(),
+            cache_bytes,
             reopens: AtomicU64::new(0),
             carried: parking_lot::Mutex::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The page cache sled was opened with, as sled itself holds it (its
+    /// running configuration, read through `Db::context`, which sled 0.34
+    /// leaves public but undocumented); `None` while closed.
+    pub fn cache_capacity(&self) -> Option<u64> {
+        self.with(|t| Ok(t.db.context.cache_capacity)).ok()
     }
 
     /// Counts `bytes` written (keys and values).
@@ -518,7 +535,7 @@ impl Store for SledStore {
             self.broken.drop_trees(old);
         }
         // `open_db` waits for the lock the old `Db` releases.
-        let trees = open_trees(&self.dir)?;
+        let trees = open_trees(&self.dir, self.cache_bytes)?;
         if let Some(memory) = carried.take() {
             trees.journal.restore(memory);
         }
