@@ -350,6 +350,19 @@ pub(super) fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, super:
     })
 }
 
+/// The edit events of a deleted message whose bodies are still to be
+/// emptied (`Store::set_edit_purge`): a message may carry more edits than
+/// one step empties (edited before `room_max_edits_per_message`, or
+/// with the bound lowered since).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditPurge {
+    pub room: String,
+    /// The deleted message's `seq`.
+    pub message: u64,
+    /// The `seq` of its edit events still to empty, in order.
+    pub edits: Vec<u64>,
+}
+
 /// A ban or a mute in a room, kept under a key that names its kind, room
 /// and user (`chat/sanctions.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

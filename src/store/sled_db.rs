@@ -178,6 +178,9 @@ pub(super) struct Trees {
     /// Ranges of reactions whose messages were removed, to remove in
     /// chunks (`sled_reactions.rs`).
     pub(super) reaction_purges: sled::Tree,
+    /// Edit bodies of deleted messages still to empty, a step at a time
+    /// (`Store::set_edit_purge`): room + message seq → `EditPurge`.
+    pub(super) edit_purges: sled::Tree,
     pub(super) dedup: sled::Tree,
     pub(super) sanctions: sled::Tree,
     pub(super) alert_counters: sled::Tree,
@@ -207,6 +210,7 @@ pub(super) fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreErr
         room_openers: tree("room_openers")?,
         reactions: tree("reactions")?,
         reaction_purges: tree("reaction_purges")?,
+        edit_purges: tree("edit_purges")?,
         dedup: tree("dedup")?,
         sanctions: tree("sanctions")?,
         meta: meta.clone(),

@@ -7,7 +7,8 @@
 //! `room_heads` (room → last seq; room + NUL → the last `seq` handed
 //! out without an entry, or reserved with `durability = "buffered"`),
 //! `room_openers` (room → the account whose post opened it), `reactions`
-//! (`sled_reactions.rs`), `dedup` (room, sender, msg-id → seq), and in `meta`
+//! (`sled_reactions.rs`), `edit_purges` (room + seq of a deleted message →
+//! its edit bodies still to empty), `dedup` (room, sender, msg-id → seq), and in `meta`
 //! the `seq` floor of rooms opened after others were forgotten, and
 //! `sanctions` (kind, room, user → a ban or mute). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
@@ -28,8 +29,8 @@ use super::sled_db::{open_trees, Broken, Trees};
 use super::sled_keys::{reservation_key, u64_of};
 use super::sled_rooms::ROOM_SEQ_FLOOR;
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead, RoomRecord,
-    SanctionRecord, SessionRecord, Store, StoreError,
+    DedupRecord, EditPurge, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead,
+    RoomRecord, SanctionRecord, SessionRecord, Store, StoreError,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -379,6 +380,37 @@ impl Store for SledStore {
             self.count_write();
         }
         Ok(removed)
+    }
+
+    fn set_edit_purge(&self, room: &str, message: u64, edits: &[u64]) -> Result<(), StoreError> {
+        self.count_write();
+        self.write(|t| {
+            let key = seq_key(room, message);
+            if edits.is_empty() {
+                return t.edit_purges.remove(key).map(drop).map_err(io);
+            }
+            let entry = EditPurge {
+                room: room.to_string(),
+                message,
+                edits: edits.to_vec(),
+            };
+            let value = encode_sized(&entry, room.len() + 9 * edits.len() + 16)?;
+            self.count_bytes(key.len() + value.len());
+            t.edit_purges.insert(key, value).map(drop).map_err(io)
+        })
+    }
+
+    fn edit_purges(&self, max: usize) -> Result<Vec<EditPurge>, StoreError> {
+        self.with(|t| {
+            t.edit_purges
+                .iter()
+                .take(max)
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    decode(&key, &value)
+                })
+                .collect()
+        })
     }
 
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
