@@ -221,6 +221,10 @@ impl Store for Mirrored {
         self.inner.put_alert_counter(device, counter)
     }
 
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.inner.remove_alert_counter(device)
+    }
+
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.inner.load_alert_counters()
     }

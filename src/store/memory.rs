@@ -409,6 +409,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.inner.lock().alert_counters.remove(device);
+        Ok(())
+    }
+
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         Ok(self
             .inner

@@ -258,6 +258,8 @@ pub trait Store: Send + Sync {
     /// Sets the last accepted counter of a device that signs its alerts
     /// (`chat/signed.rs`). Durable after the next `flush`.
     fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError>;
+    /// Forgets a counter `put_alert_counter` set (one no key uses any more).
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError>;
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Write operations so far (for the storage-writes-per-message figure).

@@ -180,6 +180,10 @@ impl Store for Monitored {
         self.watch(self.inner.put_alert_counter(device, counter))
     }
 
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.watch(self.inner.remove_alert_counter(device))
+    }
+
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.inner.load_alert_counters()
     }

@@ -493,6 +493,11 @@ impl Store for SledStore {
         })
     }
 
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.count_write();
+        self.write(|t| t.alert_counters.remove(device.as_bytes()).map(drop).map_err(io))
+    }
+
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.with(|t| {
             t.alert_counters

@@ -167,6 +167,9 @@ impl Store for FillableStore {
     fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
         self.inner.put_alert_counter(device, counter)
     }
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.inner.remove_alert_counter(device)
+    }
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.inner.load_alert_counters()
     }
