@@ -362,4 +362,50 @@ async fn a_rotated_key_takes_effect_on_reload_and_a_broken_file_keeps_the_old_on
         ack.reason_code
     );
     broker.shutdown().await;
+
+/// Rotating a rule's key starts fresh counters, also for a device whose
+/// counter an earlier version stored per device alone: such a counter
+/// holds for the key the rule had when this version started, not for a
+/// key rotated in later (before, it held for every key forever, so a
+/// device whose counter was used up stayed locked out through rotations).
+#[tokio::test]
+async fn rotating_a_rules_key_frees_a_device_from_an_old_format_counter() {
+    use roomq::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let data = dir.path().join("data");
+    {
+        // What an earlier version stored: a counter under the device
+        // name alone, used up.
+        let store = roomq::store::SledStore::open(&data).unwrap();
+        store.put_alert_counter("boiler-7", u64::MAX).unwrap();
+        store.flush().unwrap();
+        store.close();
+    }
+    let broker = start_with(signed_rule(sled_config(&data), key.clone())).await;
+    let mut device = Raw::client5(broker.local_addr(), "boiler-7").await;
+    let sig = sign(&KEY, TOPIC, b"pressure high", 5);
+    let ack = send_and_ack(&mut device, alert5(1, b"pressure high", 5, &sig)).await;
+    assert_eq!(
+        ack.reason_code,
+        PublishAckReason::NotAuthorized,
+        "the key of the upgrade keeps the old counter"
+    );
+    broker.shutdown().await;
+
+    let rotated: [u8; 32] = *b"fedcba9876543210fedcba9876543210";
+    std::fs::write(&key, hex(&rotated)).unwrap();
+    let broker = start_with(signed_rule(sled_config(&data), key)).await;
+    let addr = broker.local_addr();
+    let mut ops = ops_watcher(addr).await;
+    let mut device = Raw::client5(addr, "boiler-7").await;
+    let sig = sign(&rotated, TOPIC, b"pressure high", 1);
+    let ack = send_and_ack(&mut device, alert5(1, b"pressure high", 1, &sig)).await;
+    assert!(
+        u8::from(ack.reason_code) < 0x80,
+        "a rotated key starts fresh: {:?}",
+        ack.reason_code
+    );
+    assert_eq!(&ops.publish5().await.payload[..], b"pressure high");
+    broker.shutdown().await;
 }

@@ -394,3 +394,73 @@ async fn edits_per_message_are_bounded_and_a_delete_empties_them_all() {
         "the body is still stored"
     );
 }
+
+/// A message edited more often than `room_max_edits_per_message` allows
+/// now (edited before the bound was lowered, or before it existed): its
+/// delete is accepted, the first edits are emptied with it and the rest a
+/// step at a time in the background (a delete no longer holds a runtime
+/// thread for one store read and rewrite per edit), until no body of any
+/// edit is left, in history or on disk.
+#[tokio::test]
+async fn a_delete_of_a_message_edited_beyond_the_bound_empties_every_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |edits| Config {
+        room_max_edits_per_message: edits,
+        ..sled_config(dir.path())
+    };
+    let broker = start_with(config(30)).await;
+    let addr = broker.local_addr();
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    assert_eq!(
+        send(&mut alice, "rooms/ops/msg/alice", b"legacy-original", 1).await,
+        PublishAckReason::Success
+    );
+    for i in 0..30u16 {
+        let body = format!("legacy-edit-{i}");
+        let reason = send(&mut alice, "rooms/ops/edit/alice", &edit(1, body.as_bytes()), 2).await;
+        assert_eq!(reason, PublishAckReason::Success, "edit {i}");
+    }
+    drop(alice);
+    broker.shutdown().await;
+
+    let broker = start_with(config(4)).await;
+    let addr = broker.local_addr();
+    let mut alice = user5(addr, "alice-1", "alice").await;
+    alice
+        .subscribe5(1, &[("replies/alice", opts(QoS::AtLeastOnce))])
+        .await;
+    assert_eq!(
+        send(&mut alice, "rooms/ops/delete/alice", &delete(1), 3).await,
+        PublishAckReason::Success
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut id = 10;
+    loop {
+        id += 1;
+        let answer = history_as(&mut alice, "replies/alice", "ops", true, id).await;
+        let events = answer.events.expect("events");
+        assert_eq!(events.iter().filter(|e| e.kind == "edit").count(), 30);
+        let bodies_left = events
+            .iter()
+            .filter(|e| e.body.as_ref().is_some_and(|b| !b.is_empty()))
+            .count();
+        if bodies_left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{bodies_left} edits of the deleted message still carry a body"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(alice);
+    broker.shutdown().await;
+    assert!(
+        !sled_holds(dir.path(), b"legacy-edit-"),
+        "an edit's body is still stored"
+    );
+    assert!(
+        !sled_holds(dir.path(), b"legacy-original"),
+        "the body is still stored"
+    );
+}

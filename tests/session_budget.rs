@@ -209,3 +209,46 @@ async fn where_names_are_claims_the_address_pays_for_connections() {
     assert!(accepted, "the place of a closed connection was not given back");
     broker.shutdown().await;
 }
+
+/// The address still pays after a restart: sessions restored from the
+/// store are charged to the account they were charged to before, not to
+/// the names they claimed (the attack: each invented name counted as an
+/// account of its own after a restart, so one address got a fresh share
+/// per name until its clients came back).
+#[tokio::test]
+async fn where_names_are_claims_the_address_still_pays_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || roomq::Config {
+        max_sessions_per_user: 2,
+        claimed_names_budget_on_loopback: false,
+        ..sled_config(dir.path())
+    };
+    let broker = start_with(config()).await;
+    let addr = broker.local_addr();
+    for (id, name) in [("r-1", "bob"), ("r-2", "carol")] {
+        assert_eq!(
+            connack(addr, persistent_as(id, name)).await,
+            v5::ConnectAckReason::Success
+        );
+    }
+    broker.shutdown().await;
+
+    let broker = start_with(config()).await;
+    let addr = broker.local_addr();
+    // The address holds its two sessions still: a third is refused.
+    assert_eq!(
+        connack(addr, persistent_as("r-3", "dave")).await,
+        v5::ConnectAckReason::QuotaExceeded
+    );
+    // Resuming one of its own is not a new session.
+    assert_eq!(
+        connack(addr, persistent_as("r-1", "bob")).await,
+        v5::ConnectAckReason::Success
+    );
+    // Another address is not affected.
+    assert_eq!(
+        connack_from(addr, [127, 0, 0, 4], persistent_as("erin-1", "erin")).await,
+        v5::ConnectAckReason::Success
+    );
+    broker.shutdown().await;
+}

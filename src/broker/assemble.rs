@@ -32,7 +32,7 @@ pub(super) fn open_store(config: &Config, given: Option<Arc<dyn Store>>) -> Resu
     let store: Option<Arc<dyn Store>> = match (given, config.storage) {
         (Some(store), _) => Some(store),
         (None, StorageKind::Memory) => None,
-        (None, StorageKind::Sled) => Some(Arc::new(SledStore::open(&config.data_dir)?)),
+        (None, StorageKind::Sled) => Some(Arc::new(sled_store(config)?)),
     };
     let store_health = Arc::new(StoreHealth::default());
     let (min_free, reserve) = (config.min_free_disk_bytes, config.disk_reserve_bytes);
@@ -41,6 +41,12 @@ pub(super) fn open_store(config: &Config, given: Option<Arc<dyn Store>>) -> Resu
     }
     let store = store.map(|s| Arc::new(Monitored::new(s, store_health.clone())) as Arc<dyn Store>);
     Ok((store, store_health))
+}
+
+/// The sled store `config` names: in `data_dir`, with a page cache of
+/// `store_cache_bytes`.
+fn sled_store(config: &Config) -> Result<SledStore, crate::store::StoreError> {
+    SledStore::open_with_cache(&config.data_dir, config.store_cache_bytes)
 }
 
 /// The authenticator `given` (an embedder's) or the configured one; warns
@@ -193,4 +199,34 @@ pub(super) fn restore(shared: &Arc<Shared<Registry>>, clustered: bool) -> Result
     }
     shared.chat.publish_startup_state(!clustered);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// `store_cache_bytes` is the page cache sled runs with (its own
+    /// default is 1 GiB); below 1 MiB start-up stops with the key named
+    /// (sled would panic below 256 bytes).
+    #[test]
+    fn store_cache_bytes_reaches_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |bytes| Config {
+            storage: StorageKind::Sled,
+            data_dir: dir.path().to_path_buf(),
+            store_cache_bytes: bytes,
+            ..Config::default()
+        };
+        assert_eq!(
+            Config::default().store_cache_bytes,
+            crate::store::DEFAULT_CACHE_BYTES
+        );
+        let store = sled_store(&config(8 << 20)).unwrap();
+        assert_eq!(store.cache_capacity(), Some(8 << 20));
+        store.close();
+        drop(store);
+        let refused = sled_store(&config(1000)).err().unwrap().to_string();
+        assert!(refused.contains("`store_cache_bytes`"), "{refused}");
+    }
 }

@@ -19,6 +19,8 @@ use crate::store::Store;
 /// Starts every task the configuration asks for; each ends at shutdown.
 pub(super) fn spawn_all(shared: &Arc<Shared<Registry>>, nodes: &Arc<Nodes>, tracker: &TaskTracker) {
     tracker.spawn(chat_upkeep(shared.clone()));
+    // Also without a store on disk: the chat's log is then in memory.
+    tracker.spawn(purge_edits(shared.clone()));
     if shared.commit.is_some() {
         let delivery = shared.clone();
         tracker.spawn(async move {
@@ -77,6 +79,34 @@ async fn purge_reactions(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
                 Ok(Ok(removed)) if removed >= chunk && !*stop.borrow() => {}
                 // Done, or failed: the store's health logs a failure, the
                 // queue stays for the next tick.
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Every second: empties the queued edit bodies of deleted messages
+/// (`chat/edit_purges.rs`), one step (`room_max_edits_per_message`
+/// edits) per blocking task, until none is left: a post to the room
+/// waits for one step at most.
+async fn purge_edits(shared: Arc<Shared<Registry>>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let worker = shared.clone();
+            match tokio::task::spawn_blocking(move || worker.chat.purge_edits()).await {
+                Ok(Ok(true)) if !*stop.borrow() => {}
+                Ok(Err(error)) => {
+                    // The queue stays for the next tick; a failing store
+                    // is logged by its health, not here every second.
+                    tracing::debug!(%error, "could not empty the edits of a deleted message");
+                    break;
+                }
                 _ => break,
             }
         }

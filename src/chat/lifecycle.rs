@@ -377,13 +377,9 @@ impl Chat {
                 state.reactions.clear();
                 self.log.clear_reactions(room, target)?;
                 // The bodies of its edits go too: at most
-                // `room_max_edits_per_message` reads and rewrites.
-                for edit in std::mem::take(&mut state.edits) {
-                    if let Some(mut entry) = self.log.stored(room, edit)? {
-                        entry.payload = Bytes::new();
-                        self.log.rewrite(room, edit, &entry)?;
-                    }
-                }
+                // `room_max_edits_per_message` now, the rest queued
+                // before the tombstone is written (`edit_purges.rs`).
+                self.empty_edits(room, target, std::mem::take(&mut state.edits))?;
             }
             EventKind::React => {
                 // Kept apart from the message (`Store::set_reaction`): the

@@ -444,6 +444,17 @@ impl RoomLog {
         self.store.clear_reactions(room, seq)
     }
 
+    /// The room's state if this broker holds its log (never made here).
+    pub fn existing(&self, name: &str) -> Option<Arc<RoomState>> {
+        self.rooms.read().get(name).cloned()
+    }
+
+    /// The store, for a part of the chat layer that keeps its own records
+    /// there (`edit_purges.rs`).
+    pub(super) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Replaces an entry the log holds (see `Store::rewrite_room`); the
     /// caller holds the room's `order`.
     pub fn rewrite(&self, room: &str, seq: u64, record: &RoomRecord) -> Result<(), StoreError> {

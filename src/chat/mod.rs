@@ -13,7 +13,8 @@
 //! - `dedup.rs` remembers (room, sender, msg-id) for `dedup_window_secs`.
 //! - `lifecycle.rs` takes edits, deletes and reactions (and moderators'
 //!   deletes) as room events in the log; `events.rs` makes what members
-//!   get of a log entry, message or event.
+//!   get of a log entry, message or event; `edit_purges.rs` empties a
+//!   deleted message's edit bodies a bounded number at a time.
 //! - `moderation.rs` answers moderators' bans and mutes on
 //!   `$rooms/{room}/mod`; `sanctions.rs` keeps them (read through
 //!   `Membership`); `replication.rs` is the hook that takes them to every
@@ -34,6 +35,7 @@
 mod classified;
 mod commit;
 mod dedup;
+mod edit_purges;
 mod events;
 mod filter;
 mod history;

@@ -9,8 +9,18 @@
 //! in the store (`alert_counters`), at most `max_alert_devices` of them.
 //! It is written before the alert is posted, so the group commit that
 //! makes the alert durable (and its PUBACK) carries the counter too.
+//!
+//! Counters are kept per rule key and device, so rotating a rule's key
+//! starts its devices' counters afresh. Earlier versions kept one counter
+//! per device for every key; such a counter belongs to the keys the rules
+//! had when this version first started with one (recorded in the same
+//! tree, `LEGACY_KEY`): a key rotated in later starts fresh, and once
+//! none of those keys is configured at a start, the old counters are
+//! forgotten. (Before, they held for every key forever: a device whose
+//! counter a key holder had pushed to 2^64−1 stayed locked out through
+//! any rotation.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -80,14 +90,18 @@ pub(crate) struct SignedAlerts {
     key_files: Vec<Option<PathBuf>>,
     /// Replaced whole on SIGHUP (a lock held for a clone of the `Arc`).
     keys: RwLock<RuleKeys>,
-    /// Last accepted counter per device; a mutex because a check and its
-    /// update must be one step (two copies of one alert on two
-    /// connections: one passes).
+    /// Last accepted counter per key id and device; a mutex because a
+    /// check and its update must be one step (two copies of one alert on
+    /// two connections: one passes).
     counters: Mutex<HashMap<String, u64>>,
-    /// Devices with a counter per key id (`max_alert_devices_per_rule`);
-    /// counters of the per-device format count for none. Lock order:
-    /// after `counters`.
+    /// Devices with a counter per key id (`max_alert_devices_per_rule`).
+    /// Lock order: after `counters`.
     per_key: Mutex<HashMap<String, usize>>,
+    /// Counters of the per-device format (never written now), and the
+    /// key ids they hold for (`None`: every key, while no start with a
+    /// signed rule recorded them).
+    legacy: HashMap<String, u64>,
+    legacy_keys: Option<HashSet<String>>,
     max_devices_per_key: usize,
     store: Arc<dyn Store>,
     max_devices: usize,
@@ -105,11 +119,24 @@ impl SignedAlerts {
         let key_files: Vec<Option<PathBuf>> = rules.iter().map(|r| r.hmac_key_file.clone()).collect();
         let keys = read_keys(&key_files)?;
         let store = store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
-        let counters: HashMap<String, u64> = store
+        let (mut counters, mut legacy, mut recorded) = (HashMap::new(), HashMap::new(), None);
+        for (name, counter) in store
             .load_alert_counters()
             .map_err(|e| format!("alert counters: {e}"))?
-            .into_iter()
-            .collect();
+        {
+            if let Some(key_id) = name.strip_prefix(LEGACY_KEY) {
+                recorded
+                    .get_or_insert_with(HashSet::new)
+                    .insert(key_id.to_string());
+            } else if name.contains('\u{0}') {
+                counters.insert(name, counter);
+            } else {
+                legacy.insert(name, counter);
+            }
+        }
+        let configured: HashSet<String> = keys.iter().flatten().map(|k| key_id(k)).collect();
+        let legacy_keys = retire_legacy(&*store, &mut legacy, recorded, configured)
+            .map_err(|e| format!("alert counters: {e}"))?;
         let mut per_key: HashMap<String, usize> = HashMap::new();
         for name in counters.keys() {
             if let Some((key_id, _)) = name.split_once('\u{0}') {
@@ -121,6 +148,8 @@ impl SignedAlerts {
             keys: RwLock::new(keys),
             counters: Mutex::new(counters),
             per_key: Mutex::new(per_key),
+            legacy,
+            legacy_keys,
             max_devices_per_key: limits.max_alert_devices_per_rule,
             store,
             max_devices: limits.max_alert_devices,
@@ -134,6 +163,8 @@ impl SignedAlerts {
             keys: RwLock::new(Arc::from(Vec::new())),
             counters: Mutex::default(),
             per_key: Mutex::default(),
+            legacy: HashMap::new(),
+            legacy_keys: None,
             max_devices_per_key: 0,
             store: Arc::new(MemoryStore::default()),
             max_devices: 0,
@@ -186,9 +217,15 @@ impl SignedAlerts {
         let mut counters = self.counters.lock();
         let stored = counter_key(key_id, device);
         // A counter stored by a version that kept one per device (its
-        // key is the bare device name) belongs to every key: an upgrade
-        // loses no replay protection.
-        let last = match (counters.get(&stored), counters.get(device)) {
+        // key is the bare device name) holds for the keys of that time:
+        // an upgrade loses no replay protection, a rotation starts fresh.
+        let legacy = self
+            .legacy_keys
+            .as_ref()
+            .is_none_or(|keys| keys.contains(key_id))
+            .then(|| self.legacy.get(device))
+            .flatten();
+        let last = match (counters.get(&stored), legacy) {
             (Some(&a), Some(&b)) => Some(a.max(b)),
             (a, b) => a.or(b).copied(),
         };
@@ -212,6 +249,55 @@ impl SignedAlerts {
             per_key.insert(key_id.to_string(), of_key + 1);
         }
         Ok(())
+    }
+}
+
+/// The name prefix, in the `alert_counters` tree, of the key ids that
+/// counters of the per-device format hold for (no device name or
+/// key-and-device name starts with U+0000).
+const LEGACY_KEY: &str = "\u{0}legacy-key\u{0}";
+
+/// The key ids `legacy` (counters of the per-device format) hold for:
+/// those `recorded` at an earlier start, else the `configured` ones, now
+/// recorded; `None` (every key) while no signed rule has been configured
+/// at a start. Once signed rules are configured with none of the recorded
+/// keys (all rotated out), they and the record are removed; a start
+/// without signed rules keeps them.
+fn retire_legacy(
+    store: &dyn Store,
+    legacy: &mut HashMap<String, u64>,
+    recorded: Option<HashSet<String>>,
+    configured: HashSet<String>,
+) -> Result<Option<HashSet<String>>, crate::store::StoreError> {
+    match recorded {
+        None if legacy.is_empty() || configured.is_empty() => Ok(None),
+        None => {
+            for key_id in &configured {
+                store.put_alert_counter(&format!("{LEGACY_KEY}{key_id}"), 0)?;
+            }
+            Ok(Some(configured))
+        }
+        Some(recorded)
+            if !legacy.is_empty() && (configured.is_empty() || !recorded.is_disjoint(&configured)) =>
+        {
+            Ok(Some(recorded))
+        }
+        Some(recorded) => {
+            for device in legacy.keys() {
+                store.remove_alert_counter(device)?;
+            }
+            for key_id in &recorded {
+                store.remove_alert_counter(&format!("{LEGACY_KEY}{key_id}"))?;
+            }
+            if !legacy.is_empty() {
+                tracing::info!(
+                    devices = legacy.len(),
+                    "alert counters of the per-device format forgotten: every key they held for was rotated out"
+                );
+            }
+            legacy.clear();
+            Ok(None)
+        }
     }
 }
 
@@ -373,5 +459,58 @@ mod tests {
             assert_eq!(alerts.accept(key, "d", 9), Err(Refusal::Replayed));
         }
         alerts.accept("k", "d", 10).unwrap();
+    }
+
+    /// A configuration with one signed rule whose key is `key`.
+    fn signed_rule(dir: &Path, key: &[u8]) -> Config {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let file = dir.join(format!("{}.key", key_id(key)));
+        std::fs::write(&file, hex).unwrap();
+        Config {
+            alerts: vec![crate::config::AlertRule {
+                topic: "alerts/+/critical".into(),
+                room: "ops".into(),
+                publishers: Vec::new(),
+                hmac_key_file: Some(file),
+            }],
+            ..Config::default()
+        }
+    }
+
+    /// Counters of the old per-device format belong to the keys the rules
+    /// had when this version first started: a key rotated in later starts
+    /// fresh, as it does for counters of the per-key format, and once
+    /// every one of those keys is gone the old counters are forgotten.
+    #[test]
+    fn counters_of_the_old_format_end_with_the_keys_they_were_written_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_key, new_key) = ([1u8; 32], [2u8; 32]);
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        store.put_alert_counter("d", u64::MAX).unwrap();
+        let alerts = SignedAlerts::load(&signed_rule(dir.path(), &old_key), Some(store.clone())).unwrap();
+        assert_eq!(
+            alerts.accept(&key_id(&old_key), "d", 9),
+            Err(Refusal::Replayed),
+            "the key in use at the upgrade keeps its devices' counters"
+        );
+        assert_eq!(
+            alerts.accept(&key_id(&new_key), "d", 1),
+            Ok(()),
+            "a key rotated in starts fresh"
+        );
+        // A start without signed rules keeps it for the old key.
+        let alerts = SignedAlerts::load(&Config::default(), Some(store.clone())).unwrap();
+        assert_eq!(alerts.accept(&key_id(&old_key), "d", 10), Err(Refusal::Replayed));
+        // The next start has only the new key: the old counter goes.
+        let alerts = SignedAlerts::load(&signed_rule(dir.path(), &new_key), Some(store.clone())).unwrap();
+        assert_eq!(alerts.accept(&key_id(&new_key), "d", 1), Err(Refusal::Replayed));
+        alerts.accept(&key_id(&new_key), "d", 2).unwrap();
+        let names: Vec<String> = store
+            .load_alert_counters()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, [counter_key(&key_id(&new_key), "d")]);
     }
 }

@@ -140,3 +140,61 @@ fn a_replicated_message_is_taken_in_once() {
     assert_eq!(got(&member), vec![at("a", 5), at("a", 7)]);
     assert_eq!(chat.applied_seq("a"), 7);
 }
+
+/// How many of `edits` (edit events of `room`) still carry a body.
+fn edit_bodies_left(chat: &Chat, room: &str, edits: &[u64]) -> usize {
+    edits
+        .iter()
+        .filter(|&&seq| {
+            chat.log
+                .stored(room, seq)
+                .unwrap()
+                .is_some_and(|entry| !entry.payload.is_empty())
+        })
+        .count()
+}
+
+/// A message edited more often than `room_max_edits_per_message` allows
+/// (stored before the bound, or lowered since): its delete empties at
+/// most that many edit bodies itself, on the thread of the request, and
+/// queues the rest for the background steps, each of at most as many.
+#[test]
+fn a_delete_empties_a_bounded_number_of_edits_per_step() {
+    let (mut chat, _member) = chat();
+    let (seq, _) = chat.post(post("a", "alice", None)).unwrap();
+    for _ in 0..10 {
+        edit_message(&chat, seq);
+    }
+    let edits: Vec<u64> = (seq + 1..=seq + 10).collect();
+    assert_eq!(edit_bodies_left(&chat, "a", &edits), 10);
+    chat.max_edits = 4;
+    let delete = lifecycle::Change::Delete { target: seq };
+    chat.change("a", "alice", delete, true, QoS::AtLeastOnce, None)
+        .unwrap();
+    assert_eq!(
+        edit_bodies_left(&chat, "a", &edits),
+        6,
+        "the delete itself empties `room_max_edits_per_message` edits, no more"
+    );
+    // The background steps: 4, then 2, then the queue is empty.
+    for left in [2, 0] {
+        assert!(chat.purge_edits().unwrap());
+        assert_eq!(edit_bodies_left(&chat, "a", &edits), left);
+    }
+    assert!(!chat.purge_edits().unwrap());
+    // A delete within the bound queues nothing.
+    let (seq, _) = chat.post(post("a", "alice", None)).unwrap();
+    edit_message(&chat, seq);
+    let delete = lifecycle::Change::Delete { target: seq };
+    chat.change("a", "alice", delete, true, QoS::AtLeastOnce, None)
+        .unwrap();
+    assert_eq!(edit_bodies_left(&chat, "a", &[seq + 1]), 0);
+    assert!(!chat.purge_edits().unwrap());
+}
+
+fn edit_message(chat: &Chat, seq: u64) {
+    let body = Bytes::from_static(b"edited");
+    let change = lifecycle::Change::Edit { target: seq, body };
+    chat.change("a", "alice", change, true, QoS::AtLeastOnce, None)
+        .unwrap();
+}

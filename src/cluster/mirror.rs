@@ -180,6 +180,14 @@ impl Store for Mirrored {
         self.inner.purge_reactions(max_keys)
     }
 
+    fn set_edit_purge(&self, room: &str, message: u64, edits: &[u64]) -> Result<(), StoreError> {
+        self.inner.set_edit_purge(room, message, edits)
+    }
+
+    fn edit_purges(&self, max: usize) -> Result<Vec<crate::store::EditPurge>, StoreError> {
+        self.inner.edit_purges(max)
+    }
+
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.inner.set_room_opener(room, account)
     }
@@ -211,6 +219,10 @@ impl Store for Mirrored {
     // Kept by this node only: JetStream does not carry alert counters.
     fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
         self.inner.put_alert_counter(device, counter)
+    }
+
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.inner.remove_alert_counter(device)
     }
 
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {

@@ -127,7 +127,10 @@ impl Sessions {
         if message.payload.is_empty() {
             return None;
         }
-        let record: SessionRecord = match postcard::from_bytes(&message.payload) {
+        // Decoded as the store does, so a record the previous version
+        // wrote (before the owner's `account`) still reads.
+        let record: SessionRecord = match crate::store::decode_session(client_id.as_bytes(), &message.payload)
+        {
             Ok(record) => record,
             Err(error) => {
                 tracing::error!(%client_id, %error, "undecodable session record in the sessions stream; starting a new session");

@@ -18,6 +18,8 @@ impl Default for Config {
             store_stall_timeout_ms: 5000,
             min_free_disk_bytes: 64 * 1024 * 1024,
             disk_reserve_bytes: 16 * 1024 * 1024,
+            // As `store::DEFAULT_CACHE_BYTES` (config sits below store).
+            store_cache_bytes: 64 * 1024 * 1024,
             max_connections: 100_000,
             max_packet_size: 16 * 1024 * 1024,
             max_inflight_messages: 128,

@@ -110,6 +110,9 @@ pub struct Config {
     /// `min_free_disk_bytes`, or a failed write), so that what sled still
     /// writes finds room; made again when space returns. 0: none.
     pub disk_reserve_bytes: u64,
+    /// With sled: bytes of its page cache, at least 1 MiB (sled's own
+    /// default, 1 GiB, lets reads of old history grow the process to it).
+    pub store_cache_bytes: u64,
     /// Most client connections open at once; further ones are refused
     /// (5.0 CONNACK 0x89 Server busy, 3.1.1 return code 3).
     pub max_connections: usize,

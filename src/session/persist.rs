@@ -25,17 +25,28 @@ use crate::store::{
     WillRecord,
 };
 
-fn owner_record(p: &Principal) -> OwnerRecord {
+/// The owner as stored, with the account the session is charged to
+/// (`charged_to`, which stays with the session when its client comes back
+/// from elsewhere; the owner's own account until it is charged).
+fn owner_record(p: &Principal, charged_to: Option<&Arc<str>>) -> OwnerRecord {
     OwnerRecord {
         username: p.username.as_deref().map(str::to_string),
         identity: p.identity.as_deref().map(str::to_string),
         rooms: p.room_grant.as_ref().map(|rooms| rooms.iter().cloned().collect()),
+        account: Some(charged_to.unwrap_or(&p.account).to_string()),
     }
 }
 
 fn owner_from_record(r: OwnerRecord) -> Principal {
     Principal {
-        account: crate::budget::account_of(r.identity.as_deref(), None),
+        // The account it was charged to before the restart: where names
+        // are claims, the address's, so that invented names do not each
+        // become an account of their own. A record from before the field
+        // has only the name.
+        account: match r.account {
+            Some(account) => Arc::from(account),
+            None => crate::budget::account_of(r.identity.as_deref(), None),
+        },
         username: r.username.map(Arc::from),
         identity: r.identity.map(Arc::from),
         room_grant: r.rooms.map(|rooms| Arc::new(rooms.into_iter().collect())),
@@ -251,7 +262,10 @@ fn session_record(st: &SessionState, offline_since: Option<u64>) -> SessionRecor
             .map(|(room, c)| (room.to_string(), c.done))
             .chain([(SAVED_AT.to_string(), crate::store::unix_ms_now())])
             .collect(),
-        owner: st.owner.as_ref().map(owner_record),
+        owner: st
+            .owner
+            .as_ref()
+            .map(|owner| owner_record(owner, st.charged_to.as_ref())),
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead, RoomRecord,
-    SanctionRecord, SessionRecord, Store, StoreError,
+    DedupRecord, EditPurge, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead,
+    RoomRecord, SanctionRecord, SessionRecord, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -25,6 +25,8 @@ struct Inner {
     /// `room_seq_floor`.
     room_seq_floor: u64,
     alert_counters: BTreeMap<String, u64>,
+    /// `set_edit_purge`: (room, message) → its edits still to empty.
+    edit_purges: BTreeMap<(String, u64), Vec<u64>>,
 }
 
 impl Inner {
@@ -316,6 +318,29 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn set_edit_purge(&self, room: &str, message: u64, edits: &[u64]) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let key = (room.to_string(), message);
+        if edits.is_empty() {
+            inner.edit_purges.remove(&key);
+        } else {
+            inner.edit_purges.insert(key, edits.to_vec());
+        }
+        Ok(())
+    }
+
+    fn edit_purges(&self, max: usize) -> Result<Vec<EditPurge>, StoreError> {
+        let inner = self.inner.lock();
+        let entries = inner.edit_purges.iter().take(max);
+        Ok(entries
+            .map(|((room, message), edits)| EditPurge {
+                room: room.clone(),
+                message: *message,
+                edits: edits.clone(),
+            })
+            .collect())
+    }
+
     fn purge_reactions(&self, _max_keys: usize) -> Result<usize, StoreError> {
         // Removed with their message: this store holds no more than fits
         // in memory, and nothing of it outlives the process.
@@ -381,6 +406,11 @@ impl Store for MemoryStore {
             .lock()
             .alert_counters
             .insert(device.to_string(), counter);
+        Ok(())
+    }
+
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.inner.lock().alert_counters.remove(device);
         Ok(())
     }
 

@@ -33,12 +33,18 @@ pub use group_commit::{CommitBarrier, GroupCommit};
 pub use health::{StoreFailure, StoreHealth};
 pub use memory::MemoryStore;
 pub use monitored::Monitored;
+/// Session records are also read from a cluster's sessions stream, which
+/// the previous version may have written.
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use records::decode_session;
 pub use records::{
-    unix_ms_now, DedupRecord, EventKind, EventRecord, MessageRecord, MessageState, OwnerRecord, QueuedRecord,
-    QueuedRef, RoomEntry, RoomRecord, SanctionRecord, SessionRecord, SubscriptionRecord, WillRecord,
+    unix_ms_now, DedupRecord, EditPurge, EventKind, EventRecord, MessageRecord, MessageState, OwnerRecord,
+    QueuedRecord, QueuedRef, RoomEntry, RoomRecord, SanctionRecord, SessionRecord, SubscriptionRecord,
+    WillRecord,
 };
 pub use replication::{SanctionChange, SanctionKind, SanctionReplication};
 pub use reserve::RESERVE_FILE;
+pub use sled_db::{DEFAULT_CACHE_BYTES, MIN_CACHE_BYTES};
 pub use sled_store::SledStore;
 pub use space::WRITE_AMPLIFICATION;
 
@@ -223,6 +229,13 @@ pub trait Store: Send + Sync {
     /// messages: this bounds the work of one call (and the memory it holds)
     /// whatever clients reacted, and the queue survives a restart.
     fn purge_reactions(&self, max_keys: usize) -> Result<usize, StoreError>;
+    /// Queues the edit events of deleted message `message` of `room` whose
+    /// bodies are still to be emptied, replacing what was queued for it
+    /// (none: the entry goes). Written before the message's tombstone, so
+    /// that a crash which keeps the tombstone keeps the queue too.
+    fn set_edit_purge(&self, room: &str, message: u64, edits: &[u64]) -> Result<(), StoreError>;
+    /// Up to `max` queued entries of `set_edit_purge`, in key order.
+    fn edit_purges(&self, max: usize) -> Result<Vec<EditPurge>, StoreError>;
     /// Records the account whose post opened `room`, so that the room is
     /// charged to it again after a restart (`max_rooms_per_user`).
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError>;
@@ -245,6 +258,8 @@ pub trait Store: Send + Sync {
     /// Sets the last accepted counter of a device that signs its alerts
     /// (`chat/signed.rs`). Durable after the next `flush`.
     fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError>;
+    /// Forgets a counter `put_alert_counter` set (one no key uses any more).
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError>;
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Write operations so far (for the storage-writes-per-message figure).

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, Reactions, RoomHead, RoomRecord, SanctionRecord,
-    SessionRecord, Store, StoreError, StoreHealth,
+    DedupRecord, EditPurge, LoadedSession, MessageRecord, QueuedRecord, Reactions, RoomHead, RoomRecord,
+    SanctionRecord, SessionRecord, Store, StoreError, StoreHealth,
 };
 
 /// A store whose outcomes are recorded in a [`StoreHealth`].
@@ -140,6 +140,14 @@ impl Store for Monitored {
         self.watch(self.inner.purge_reactions(max_keys))
     }
 
+    fn set_edit_purge(&self, room: &str, message: u64, edits: &[u64]) -> Result<(), StoreError> {
+        self.watch(self.inner.set_edit_purge(room, message, edits))
+    }
+
+    fn edit_purges(&self, max: usize) -> Result<Vec<EditPurge>, StoreError> {
+        self.inner.edit_purges(max)
+    }
+
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.watch(self.inner.set_room_opener(room, account))
     }
@@ -170,6 +178,10 @@ impl Store for Monitored {
 
     fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
         self.watch(self.inner.put_alert_counter(device, counter))
+    }
+
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.watch(self.inner.remove_alert_counter(device))
     }
 
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {

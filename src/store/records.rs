@@ -121,11 +121,40 @@ pub struct OwnerRecord {
     pub username: Option<String>,
     pub identity: Option<String>,
     pub rooms: Option<Vec<String>>,
+    /// The budget account the session is charged to (`Principal::account`,
+    /// e.g. `anon:{address}` where names are claims), so that a restart
+    /// charges it to the same account and not to the name it claimed.
+    /// Last, so that an owner written before it still decodes (as `None`,
+    /// see `decode_session`).
+    pub account: Option<String>,
+}
+
+/// An owner as the previous version wrote it (format `roomq-store-4`,
+/// before `account`).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct OwnerRecordWithoutAccount {
+    username: Option<String>,
+    identity: Option<String>,
+    rooms: Option<Vec<String>>,
+}
+
+/// A session record whose owner has no `account` yet.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct SessionRecordWithoutAccount {
+    expiry_secs: u32,
+    subscriptions: Vec<SubscriptionRecord>,
+    will: Option<WillRecord>,
+    offline_since_unix_ms: Option<u64>,
+    room_cursors: Vec<(String, u64)>,
+    owner: Option<OwnerRecordWithoutAccount>,
 }
 
 /// A session record as `roomq-store-3` wrote it before sessions had an
 /// owner: read once, its owner is unknown until its client comes back.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct SessionRecordWithoutOwner {
     expiry_secs: u32,
     subscriptions: Vec<SubscriptionRecord>,
@@ -134,9 +163,26 @@ struct SessionRecordWithoutOwner {
     room_cursors: Vec<(String, u64)>,
 }
 
-/// Decodes a session record, also one written before the `owner` field.
-pub(super) fn decode_session(key: &[u8], bytes: &[u8]) -> Result<SessionRecord, super::StoreError> {
+/// Decodes a session record, also one written before the `owner` field or
+/// before its `account` (postcard has no field names: an older record is
+/// one whose bytes end early, tried newest layout first).
+pub(crate) fn decode_session(key: &[u8], bytes: &[u8]) -> Result<SessionRecord, super::StoreError> {
     decode::<SessionRecord>(key, bytes).or_else(|e| {
+        if let Ok(old) = postcard::from_bytes::<SessionRecordWithoutAccount>(bytes) {
+            return Ok(SessionRecord {
+                expiry_secs: old.expiry_secs,
+                subscriptions: old.subscriptions,
+                will: old.will,
+                offline_since_unix_ms: old.offline_since_unix_ms,
+                room_cursors: old.room_cursors,
+                owner: old.owner.map(|o| OwnerRecord {
+                    username: o.username,
+                    identity: o.identity,
+                    rooms: o.rooms,
+                    account: None,
+                }),
+            });
+        }
         let old: SessionRecordWithoutOwner = postcard::from_bytes(bytes).map_err(|_| e)?;
         Ok(SessionRecord {
             expiry_secs: old.expiry_secs,
@@ -304,6 +350,19 @@ pub(super) fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, super:
     })
 }
 
+/// The edit events of a deleted message whose bodies are still to be
+/// emptied (`Store::set_edit_purge`): a message may carry more edits than
+/// one step empties (edited before `room_max_edits_per_message`, or
+/// with the bound lowered since).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditPurge {
+    pub room: String,
+    /// The deleted message's `seq`.
+    pub message: u64,
+    /// The `seq` of its edit events still to empty, in order.
+    pub edits: Vec<u64>,
+}
+
 /// A ban or a mute in a room, kept under a key that names its kind, room
 /// and user (`chat/sanctions.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +411,48 @@ pub fn unix_ms_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes exactly as the previous version encoded them: its owner had
+    /// no `account`, and the version before had no owner.
+    #[test]
+    fn a_session_record_from_before_the_account_still_reads() {
+        let cursors = vec![("lobby".to_string(), 7)];
+        let old = SessionRecordWithoutAccount {
+            expiry_secs: 60,
+            subscriptions: Vec::new(),
+            will: None,
+            offline_since_unix_ms: Some(5),
+            room_cursors: cursors.clone(),
+            owner: Some(OwnerRecordWithoutAccount {
+                username: Some("bob".into()),
+                identity: Some("bob".into()),
+                rooms: None,
+            }),
+        };
+        let read = decode_session(b"s", &encode(&old).unwrap()).unwrap();
+        let owner = read.owner.clone().unwrap();
+        assert_eq!(
+            (owner.identity.as_deref(), owner.account, read.room_cursors),
+            (Some("bob"), None, cursors.clone())
+        );
+        let older = SessionRecordWithoutOwner {
+            expiry_secs: 60,
+            subscriptions: Vec::new(),
+            will: None,
+            offline_since_unix_ms: None,
+            room_cursors: cursors.clone(),
+        };
+        let read = decode_session(b"s", &encode(&older).unwrap()).unwrap();
+        assert_eq!((&read.owner, &read.room_cursors), (&None, &cursors));
+        let new = SessionRecord {
+            owner: Some(OwnerRecord {
+                account: Some("anon:10.0.0.1".into()),
+                ..owner
+            }),
+            ..read
+        };
+        assert_eq!(decode_session(b"s", &encode(&new).unwrap()).unwrap(), new);
+    }
 
     #[test]
     fn a_room_record_from_before_prev_still_reads() {

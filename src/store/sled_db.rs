@@ -42,11 +42,31 @@ use parking_lot::Mutex;
 use super::journal::Journal;
 use super::{StoreError, FORMAT_VERSION};
 
-/// Opens sled, waiting up to 2 s for a lock that a just-closed store (in
-/// this process: sled releases it from a background thread) still holds.
-pub(super) fn open_db(dir: &Path) -> Result<sled::Db, String> {
+/// The page cache of a store opened without a size (`store_cache_bytes`'s
+/// default): enough for the pages of recent room logs and the session
+/// records a busy broker reads again and again (everything else it needs
+/// often is in roomq's own memory: room heads, retained messages, queues),
+/// where sled's own default, 1 GiB, lets a client that reads old history
+/// grow the process by up to that much, against the aim of a few KB per
+/// connection.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// The smallest page cache accepted: sled panics below 256 bytes, and a
+/// cache smaller than a few of its 512 KiB segments reads nearly every
+/// page from disk.
+pub const MIN_CACHE_BYTES: u64 = 1 << 20;
+
+/// Opens sled with a page cache of `cache_bytes`, waiting up to 2 s for a
+/// lock that a just-closed store (in this process: sled releases it from a
+/// background thread) still holds.
+pub(super) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, String> {
+    if cache_bytes < MIN_CACHE_BYTES {
+        return Err(format!(
+            "`store_cache_bytes` is {cache_bytes}: it must be at least {MIN_CACHE_BYTES} (1 MiB)"
+        ));
+    }
     for _ in 0..40 {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
             // sled reports a held lock as ErrorKind::Other with this text.
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -158,22 +178,26 @@ pub(super) struct Trees {
     /// Ranges of reactions whose messages were removed, to remove in
     /// chunks (`sled_reactions.rs`).
     pub(super) reaction_purges: sled::Tree,
+    /// Edit bodies of deleted messages still to empty, a step at a time
+    /// (`Store::set_edit_purge`): room + message seq → `EditPurge`.
+    pub(super) edit_purges: sled::Tree,
     pub(super) dedup: sled::Tree,
     pub(super) sanctions: sled::Tree,
     pub(super) alert_counters: sled::Tree,
     pub(super) meta: sled::Tree,
 }
 
-/// Opens (or creates) the trees in `dir`. Refuses a directory that holds
-/// another format, or data without a format mark, without changing it.
-pub(super) fn open_trees(dir: &Path) -> Result<Trees, StoreError> {
+/// Opens (or creates) the trees in `dir`, with a page cache of
+/// `cache_bytes`. Refuses a directory that holds another format, or data
+/// without a format mark, without changing it.
+pub(super) fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreError> {
     let path = dir.display().to_string();
     let open_err = |reason: String| StoreError::Open {
         path: path.clone(),
         reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-    let db = open_db(dir).map_err(open_err)?;
+    let db = open_db(dir, cache_bytes).map_err(open_err)?;
     let meta = db.open_tree("meta").map_err(|e| open_err(e.to_string()))?;
     let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
     let store = Trees {
@@ -186,6 +210,7 @@ pub(super) fn open_trees(dir: &Path) -> Result<Trees, StoreError> {
         room_openers: tree("room_openers")?,
         reactions: tree("reactions")?,
         reaction_purges: tree("reaction_purges")?,
+        edit_purges: tree("edit_purges")?,
         dedup: tree("dedup")?,
         sanctions: tree("sanctions")?,
         meta: meta.clone(),

@@ -7,7 +7,8 @@
 //! `room_heads` (room → last seq; room + NUL → the last `seq` handed
 //! out without an entry, or reserved with `durability = "buffered"`),
 //! `room_openers` (room → the account whose post opened it), `reactions`
-//! (`sled_reactions.rs`), `dedup` (room, sender, msg-id → seq), and in `meta`
+//! (`sled_reactions.rs`), `edit_purges` (room + seq of a deleted message →
+//! its edit bodies still to empty), `dedup` (room, sender, msg-id → seq), and in `meta`
 //! the `seq` floor of rooms opened after others were forgotten, and
 //! `sanctions` (kind, room, user → a ban or mute). Keys of per-session
 //! trees start with the client id's length (u16, big endian) and bytes, so a
@@ -28,8 +29,8 @@ use super::sled_db::{open_trees, Broken, Trees};
 use super::sled_keys::{reservation_key, u64_of};
 use super::sled_rooms::ROOM_SEQ_FLOOR;
 use super::{
-    DedupRecord, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead, RoomRecord,
-    SanctionRecord, SessionRecord, Store, StoreError,
+    DedupRecord, EditPurge, LoadedSession, MessageRecord, QueuedRecord, QueuedRef, Reactions, RoomHead,
+    RoomRecord, SanctionRecord, SessionRecord, Store, StoreError,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -44,8 +45,9 @@ pub struct SledStore {
     /// Set by the first I/O error of a write: not flushed again until the
     /// store is reopened (`sled_db.rs`).
     broken: Broken,
-    /// The data directory, to reopen it.
+    /// The data directory and the page cache size, to reopen it.
     dir: PathBuf,
+    cache_bytes: u64,
     /// How many times the `Db` was reopened after an I/O error.
     reopens: AtomicU64,
     /// The old journal's memory while a reopen has not opened the new
@@ -72,20 +74,36 @@ fn qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`. Refuses a directory that holds
-    /// another format, or data without a format mark, without changing it.
+    /// Opens (or creates) the store in `dir`, with the default page cache
+    /// (`DEFAULT_CACHE_BYTES`, as `store_cache_bytes`). Refuses a directory
+    /// that holds another format, or data without a format mark, without
+    /// changing it.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let store = open_trees(dir)?;
+        Self::open_with_cache(dir, super::sled_db::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes`
+    /// (`store_cache_bytes`, at least 1 MiB).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let store = open_trees(dir, cache_bytes)?;
         Ok(SledStore {
             open: parking_lot::RwLock::new(Some(store)),
             writes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             broken: Broken::default(),
             dir: dir.to_path_buf(),
+            cache_bytes,
             reopens: AtomicU64::new(0),
             carried: parking_lot::Mutex::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The page cache sled was opened with, as sled itself holds it (its
+    /// running configuration, read through `Db::context`, which sled 0.34
+    /// leaves public but undocumented); `None` while closed.
+    pub fn cache_capacity(&self) -> Option<u64> {
+        self.with(|t| Ok(t.db.context.cache_capacity)).ok()
     }
 
     /// Counts `bytes` written (keys and values).
@@ -364,6 +382,37 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    fn set_edit_purge(&self, room: &str, message: u64, edits: &[u64]) -> Result<(), StoreError> {
+        self.count_write();
+        self.write(|t| {
+            let key = seq_key(room, message);
+            if edits.is_empty() {
+                return t.edit_purges.remove(key).map(drop).map_err(io);
+            }
+            let entry = EditPurge {
+                room: room.to_string(),
+                message,
+                edits: edits.to_vec(),
+            };
+            let value = encode_sized(&entry, room.len() + 9 * edits.len() + 16)?;
+            self.count_bytes(key.len() + value.len());
+            t.edit_purges.insert(key, value).map(drop).map_err(io)
+        })
+    }
+
+    fn edit_purges(&self, max: usize) -> Result<Vec<EditPurge>, StoreError> {
+        self.with(|t| {
+            t.edit_purges
+                .iter()
+                .take(max)
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    decode(&key, &value)
+                })
+                .collect()
+        })
+    }
+
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.count_write();
         self.write(|t| {
@@ -444,6 +493,11 @@ impl Store for SledStore {
         })
     }
 
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.count_write();
+        self.write(|t| t.alert_counters.remove(device.as_bytes()).map(drop).map_err(io))
+    }
+
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.with(|t| {
             t.alert_counters
@@ -518,7 +572,7 @@ impl Store for SledStore {
             self.broken.drop_trees(old);
         }
         // `open_db` waits for the lock the old `Db` releases.
-        let trees = open_trees(&self.dir)?;
+        let trees = open_trees(&self.dir, self.cache_bytes)?;
         if let Some(memory) = carried.take() {
             trees.journal.restore(memory);
         }

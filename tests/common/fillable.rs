@@ -131,6 +131,14 @@ impl Store for FillableStore {
         self.seen(self.inner.purge_reactions(max_keys))
     }
 
+    fn set_edit_purge(&self, room: &str, message: u64, edits: &[u64]) -> Result<(), StoreError> {
+        self.seen(self.inner.set_edit_purge(room, message, edits))
+    }
+
+    fn edit_purges(&self, max: usize) -> Result<Vec<roomq::store::EditPurge>, StoreError> {
+        self.inner.edit_purges(max)
+    }
+
     fn set_room_opener(&self, room: &str, account: &str) -> Result<(), StoreError> {
         self.inner.set_room_opener(room, account)
     }
@@ -158,6 +166,9 @@ impl Store for FillableStore {
     }
     fn put_alert_counter(&self, device: &str, counter: u64) -> Result<(), StoreError> {
         self.inner.put_alert_counter(device, counter)
+    }
+    fn remove_alert_counter(&self, device: &str) -> Result<(), StoreError> {
+        self.inner.remove_alert_counter(device)
     }
     fn load_alert_counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.inner.load_alert_counters()
