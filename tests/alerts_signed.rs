@@ -362,6 +362,7 @@ async fn a_rotated_key_takes_effect_on_reload_and_a_broken_file_keeps_the_old_on
         ack.reason_code
     );
     broker.shutdown().await;
+}
 
 /// Rotating a rule's key starts fresh counters, also for a device whose
 /// counter an earlier version stored per device alone: such a counter

@@ -413,6 +413,12 @@ pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    /// `SignedAlerts::load` with `config`'s rules and limits.
+    fn load_from(config: &Config, store: Option<Arc<dyn Store>>) -> Result<SignedAlerts, String> {
+        SignedAlerts::load(&config.alerts, &ChatLimits::from_config(config), store)
+    }
 
     /// The test vector of `topics.md` (*Signed alerts*).
     #[test]
@@ -487,7 +493,7 @@ mod tests {
         let (old_key, new_key) = ([1u8; 32], [2u8; 32]);
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         store.put_alert_counter("d", u64::MAX).unwrap();
-        let alerts = SignedAlerts::load(&signed_rule(dir.path(), &old_key), Some(store.clone())).unwrap();
+        let alerts = load_from(&signed_rule(dir.path(), &old_key), Some(store.clone())).unwrap();
         assert_eq!(
             alerts.accept(&key_id(&old_key), "d", 9),
             Err(Refusal::Replayed),
@@ -499,10 +505,10 @@ mod tests {
             "a key rotated in starts fresh"
         );
         // A start without signed rules keeps it for the old key.
-        let alerts = SignedAlerts::load(&Config::default(), Some(store.clone())).unwrap();
+        let alerts = load_from(&Config::default(), Some(store.clone())).unwrap();
         assert_eq!(alerts.accept(&key_id(&old_key), "d", 10), Err(Refusal::Replayed));
         // The next start has only the new key: the old counter goes.
-        let alerts = SignedAlerts::load(&signed_rule(dir.path(), &new_key), Some(store.clone())).unwrap();
+        let alerts = load_from(&signed_rule(dir.path(), &new_key), Some(store.clone())).unwrap();
         assert_eq!(alerts.accept(&key_id(&new_key), "d", 1), Err(Refusal::Replayed));
         alerts.accept(&key_id(&new_key), "d", 2).unwrap();
         let names: Vec<String> = store
