@@ -187,6 +187,12 @@ impl BrokerHandle {
         self.shared.registry.get(client_id).map(|s| s.pending_count())
     }
 
+    /// Bytes the session of `client_id` holds queued or in flight (what
+    /// `max_queued_bytes` bounds).
+    pub fn session_pending_bytes(&self, client_id: &str) -> Option<usize> {
+        self.shared.registry.get(client_id).map(|s| s.pending_bytes())
+    }
+
     /// Publishes a message from inside the process, without a socket.
     /// Returns how many sessions it was delivered to.
     pub fn publish(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> usize {

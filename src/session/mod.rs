@@ -485,6 +485,12 @@ impl Session {
         let st = self.state.lock();
         st.queue.len() + st.inflight.len()
     }
+
+    /// Bytes of the messages waiting to be sent and in flight.
+    pub fn pending_bytes(&self) -> usize {
+        let st = self.state.lock();
+        st.queue.bytes() + st.inflight.bytes()
+    }
 }
 
 /// What the router needs of a session (it never sees the rest).

@@ -37,7 +37,7 @@ impl Connection {
             if front.qos != QoS::AtMostOnce && st.window_full(self.agreed.send_window) {
                 break;
             }
-            let Some(mut delivery) = st.queue.pop_front() else {
+            let Some(delivery) = st.queue.pop_front() else {
                 break;
             };
             if delivery.message.is_expired(now) {
@@ -53,18 +53,13 @@ impl Connection {
                 session.room_message_done(&mut st, &delivery);
                 continue;
             }
-            // A room message edited or deleted while it waited goes in
-            // its current state (a tombstone once deleted).
-            if let Some(current) = self.shared.chat.current(&delivery.message) {
-                delivery.message = Arc::new(current);
-            }
             if delivery.qos == QoS::AtMostOnce {
-                self.write_publish(&delivery, None, false, now);
+                self.write_current(&delivery, None, false, now);
                 session.room_message_done(&mut st, &delivery);
                 continue;
             }
             let packet_id = st.allocate_packet_id();
-            if self.write_publish(&delivery, Some(packet_id), false, now) {
+            if self.write_current(&delivery, Some(packet_id), false, now) {
                 let stage = if delivery.qos == QoS::ExactlyOnce {
                     Stage::Pubrec
                 } else {
@@ -121,15 +116,35 @@ impl Connection {
                 continue;
             }
             if let Some(f) = st.inflight.get(index) {
-                if let Some(current) = self.shared.chat.current(&f.delivery.message) {
-                    let current = Arc::new(current);
-                    st.inflight.update(index, |f| f.delivery.message = current);
-                }
-            }
-            if let Some(f) = st.inflight.get(index) {
-                self.write_publish(&f.delivery, Some(packet_id), true, now);
+                self.write_current(&f.delivery, Some(packet_id), true, now);
             }
             index += 1;
+        }
+    }
+
+    /// [`Connection::write_publish`] of `d`'s message in its current state:
+    /// a room message edited or deleted since it was queued goes as it is
+    /// now (a tombstone once deleted). The current state is only encoded,
+    /// never kept: the queue and the in-flight window hold the copy they
+    /// were charged for, so an edit that makes a waiting message larger
+    /// cannot make the session hold more than its bounds (it is read again
+    /// from the log for a resend).
+    fn write_current(
+        &mut self,
+        d: &Delivery,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+        now: Instant,
+    ) -> bool {
+        match self.shared.chat.current(&d.message) {
+            Some(current) => {
+                let current = Delivery {
+                    message: Arc::new(current),
+                    ..d.clone()
+                };
+                self.write_publish(&current, packet_id, dup, now)
+            }
+            None => self.write_publish(d, packet_id, dup, now),
         }
     }
 

@@ -125,7 +125,7 @@ impl<T: Counted> Queue<T> {
 
     /// Appends `item`, charged to the payer without a bound check: for
     /// what the session holds already (a message moving into flight, a
-    /// restored queue, a replayed room backlog bounded per session).
+    /// restored queue).
     pub fn push_back(&mut self, item: T) {
         self.charge_unchecked(item.bytes());
         self.bytes += item.bytes();
@@ -171,12 +171,6 @@ impl<T: Counted> Queue<T> {
         self.release(item.bytes());
         self.bytes = self.bytes.saturating_sub(item.bytes());
         Some(item)
-    }
-
-    pub fn extend(&mut self, items: impl IntoIterator<Item = T>) {
-        for item in items {
-            self.push_back(item);
-        }
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {

@@ -4,7 +4,9 @@
 //! that is offline does not queue it (no store write per member); it keeps a
 //! cursor per room instead, and on reconnect replays what it missed from the
 //! log, in `seq` order, a page at a time as its queue drains (so within the
-//! client's Receive Maximum and `max_queued_messages`).
+//! client's Receive Maximum, `max_queued_messages`, `max_queued_bytes` and
+//! the owner's `max_queued_bytes_per_user`: what does not fit waits in the
+//! log, behind the cursor).
 //!
 //! Per room the session tracks `delivered` (the highest `seq` queued, in
 //! memory) and `done` (every `seq` up to it was acknowledged, or sent at QoS
@@ -28,6 +30,7 @@
 
 use std::sync::Arc;
 
+use super::queue::Counted;
 use super::{Session, SessionState, SessionSubscription};
 use crate::chat::RoomInterest;
 use crate::chat::{room_message, rooms_covered, Chat, Filter};
@@ -133,11 +136,27 @@ impl Session {
     }
 
     /// Whether a replay is running and the queue has room for a step
-    /// (`pending` below `room_for`); one lock, on every turn of the
-    /// connection's loop.
+    /// (`pending` below `room_for`, and at most half of
+    /// `max_queued_bytes`); one lock, on every turn of the connection's
+    /// loop.
     pub(crate) fn wants_replay(&self, room_for: usize) -> bool {
         let st = self.state.lock();
-        st.replaying && st.queue.len() + st.inflight.len() < room_for
+        st.replaying
+            && st.queue.len() + st.inflight.len() < room_for
+            && st.queue.bytes() + st.inflight.bytes() <= self.max_queued_bytes / 2
+    }
+
+    /// Whether a replayed `delivery` may join the queue now, and if so
+    /// charges it to the owner: within the session's `max_queued_messages`
+    /// and `max_queued_bytes` (waiting and in flight together, as a live
+    /// delivery) and the owner's `max_queued_bytes_per_user`. A message
+    /// alone always fits the session's bounds. What does not fit stays in
+    /// the room log for a later step: a replay is never dropped, it waits.
+    fn replay_fits(&self, st: &SessionState, delivery: &Delivery) -> bool {
+        let held = st.queue.len() + st.inflight.len();
+        let held_bytes = st.queue.bytes() + st.inflight.bytes();
+        let over = held >= self.max_queued || held_bytes + delivery.bytes() > self.max_queued_bytes;
+        (held == 0 || !over) && st.queue.reserve(delivery.bytes())
     }
 
     /// One replay step: queues up to a page per room of what the session
@@ -160,7 +179,7 @@ impl Session {
                 }
                 plan
             };
-            let mut queued = 0;
+            let (mut queued, mut full) = (0, false);
             for (room, from) in plan {
                 let page = match chat.log.range(&room, from, u64::MAX, REPLAY_PAGE, false) {
                     Ok(page) => page,
@@ -182,35 +201,46 @@ impl Session {
                     // Trimmed away: resume at the head.
                     last = last.max(head);
                 }
-                let mut deliveries = Vec::new();
                 for (seq, record) in page {
                     if seq <= last {
                         continue;
                     }
-                    last = seq;
                     let message = room_message(&room, seq, record, None);
                     if !self.may_read(&st, &message.topic) {
+                        last = seq;
                         continue;
                     }
                     if let Some((qos, subscription_ids)) = best_match(&st.subscriptions, &message.topic) {
-                        deliveries.push(Delivery {
+                        let delivery = Delivery {
                             qos: message.qos.less_value(qos),
                             message: Arc::new(message),
                             retain: false,
                             subscription_ids,
                             shared: None,
                             store_seq: None,
-                        });
+                        };
+                        if !self.replay_fits(&st, &delivery) {
+                            // The rest waits in the log until the queue
+                            // drains; the cursor stays before it.
+                            full = true;
+                            break;
+                        }
+                        st.queue.push_back_reserved(delivery);
+                        queued += 1;
                     }
+                    last = seq;
                 }
                 if let Some(cursor) = st.room_cursors.get_mut(&room) {
                     cursor.delivered = last;
                 }
-                queued += deliveries.len();
-                st.queue.extend(deliveries);
+                if full {
+                    break;
+                }
             }
-            if queued > 0 {
-                self.wake.notify_one();
+            if queued > 0 || full {
+                if queued > 0 {
+                    self.wake.notify_one();
+                }
                 return true;
             }
         }
