@@ -152,17 +152,32 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        // Listen before starting: a SIGTERM during a long store restore
-        // then waits for the start and shuts down cleanly.
-        let signals = ShutdownSignals::install();
-        let broker = match roomq::Broker::new(config).start().await {
+        // Listen before starting: a SIGTERM or SIGINT during the start
+        // (a long store restore, a cluster waiting for JetStream, which
+        // can take forever) gives the start up. What it wrote is as safe
+        // as after a SIGKILL, which every store write is made to survive.
+        let mut signals = ShutdownSignals::install();
+        let start = roomq::Broker::new(config).start();
+        tokio::pin!(start);
+        let started = loop {
+            tokio::select! {
+                started = &mut start => break started,
+                action = signals.wait() => {
+                    if action == SignalAction::Shutdown {
+                        eprintln!("roomq: stopped by a signal during start-up");
+                        return ExitCode::FAILURE;
+                    }
+                    // SIGHUP: nothing is loaded yet that could be reloaded.
+                }
+            }
+        };
+        let broker = match started {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("roomq: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let mut signals = signals;
         while signals.wait().await == SignalAction::Reload {
             tracing::info!("SIGHUP: reloading certificates, credential files and rooms");
             broker.reload();

@@ -430,3 +430,60 @@ async fn a_sessions_plain_messages_outlive_its_node() {
     assert_eq!(bodies, expected, "the queue as the dead node held it");
     y.shutdown().await;
 }
+
+/// A node whose NATS has no JetStream waits for it without end; a
+/// SIGTERM then stops it (it went on waiting, and `scripts/cluster stop`
+/// left such nodes running: newcomer pass).
+#[tokio::test]
+async fn a_node_waiting_for_jetstream_stops_on_sigterm() {
+    let port = common::nats::free_port();
+    // A nats-server without JetStream: roomq connects, and waits.
+    let mut nats = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server runs (./scripts/test installs the Debian package)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("x.toml");
+    std::fs::write(
+        &config,
+        format!("storage = \"memory\"\nlisten = \"127.0.0.1:0\"\n[cluster]\nnats = [\"nats://127.0.0.1:{port}\"]\nnode = \"x\"\nreplicas = 1\n"),
+    )
+    .unwrap();
+    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_roomq"))
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Well into its start-up (it cannot finish it).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(node.try_wait().unwrap().is_none(), "the node gave up by itself");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Its start would give up by itself after 30 s (docs/cluster.md);
+    // a SIGTERM ends it well before.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let stopped = loop {
+        if let Some(code) = node.try_wait().unwrap() {
+            break Some(code);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = node.kill();
+    let _ = node.wait();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    assert!(
+        stopped.is_some(),
+        "the node did not stop on SIGTERM during start-up"
+    );
+}

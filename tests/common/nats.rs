@@ -24,7 +24,7 @@ pub struct NatsCluster {
 /// A free port below Linux's ephemeral range (32768 and up), so that no
 /// outgoing connection of a parallel test takes it before the server
 /// binds it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let port = rand::random_range(20_000..32_000);
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
