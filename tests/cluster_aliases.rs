@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::chat::{publish_with, send_and_ack, seq_of, user_props};
-use common::cluster::{nodes_reporting_sys, receive, sys_count, three_nodes};
+use common::cluster::{receive, start_nodes, sys_count, three_nodes};
 use common::nats::NatsCluster;
 use common::{opts, Raw};
 use rmqtt_codec::types::{Publish, QoS};
@@ -102,14 +102,20 @@ async fn room_messages_read(addr: std::net::SocketAddr) -> u64 {
 }
 
 /// A node stops following a room that nothing there used for a while
-/// (`LINGER`, `cluster/rooms/mod.rs`). A PUBLISH by alias alone then
+/// (`cluster.room_linger_secs`, 2 s here). A PUBLISH by alias alone then
 /// still makes the node catch up with the room before it is handled: a
 /// read receipt for the room's newest message is taken, not refused as
 /// beyond the room's head (0x99) by the node's stale copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_alone_catches_its_node_up_with_a_room_it_stopped_following() {
     let nats = NatsCluster::start(3);
-    let nodes = nodes_reporting_sys(&nats, &["a", "b", "c"]).await;
+    let nodes = start_nodes(&nats, &["a", "b", "c"], |config| {
+        config.sys_interval_secs = 1;
+        if let Some(cluster) = config.cluster.as_mut() {
+            cluster.room_linger_secs = 2;
+        }
+    })
+    .await;
     let (a, b, c) = (
         nodes[0].local_addr(),
         nodes[1].local_addr(),
@@ -137,13 +143,13 @@ async fn an_alias_alone_catches_its_node_up_with_a_room_it_stopped_following() {
     // following the room. Bob's connection, and his aliases, stay.
     let mut probes = Vec::new();
     let mut read = room_messages_read(b).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         assert!(
             tokio::time::Instant::now() < deadline,
             "node b kept following a room that nothing there used"
         );
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let probe = format!("a-probe-{}", probes.len() + 1);
         let id = 200 + probes.len() as u16;
         let ack = send_and_ack(

@@ -128,6 +128,7 @@ impl Cluster {
             writer.clone(),
             sanctions.clone(),
             node.clone(),
+            Duration::from_secs(cc.room_linger_secs),
         );
         writer.on_room_acknowledged(rooms.acknowledgement_hook());
         let queues = Arc::new(queues::Queues::new(
@@ -226,9 +227,12 @@ impl Cluster {
                 }
             }));
         }
-        let forget = self.rooms.forget_hook();
+        let (forget, linger) = (self.rooms.forget_hook(), self.rooms.linger());
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            // At most a tenth of the linger late, and no more often than
+            // every second.
+            let every = (linger / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 forget();

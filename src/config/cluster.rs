@@ -51,6 +51,11 @@ pub struct ClusterConfig {
     /// stream's per-room limit is their sum; beyond it JetStream removes
     /// the room's oldest records, messages included.
     pub room_stream_extra_records: u64,
+    /// How long a node keeps following a room that none of its sessions
+    /// subscribes to after its last post, read receipt or history request
+    /// there (seconds): within it the next request finds the room ready,
+    /// after it the node stops reading the room's messages.
+    pub room_linger_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +75,7 @@ impl Default for ClusterConfig {
             write_buffer_bytes: 64 * 1024 * 1024,
             forward_buffer_bytes: 64 * 1024 * 1024,
             room_stream_extra_records: 100_000,
+            room_linger_secs: 60,
         }
     }
 }
@@ -111,6 +117,9 @@ impl ClusterConfig {
             return Err(format!(
                 "key `cluster.room_stream_extra_records`: must be at least {MIN_EXTRA_RECORDS} (a node trims a room's log {MIN_EXTRA_RECORDS} entries at a time)"
             ));
+        }
+        if self.room_linger_secs == 0 {
+            return Err("key `cluster.room_linger_secs`: must be at least 1".into());
         }
         if self.ack_timeout_ms == 0 {
             return Err("key `cluster.ack_timeout_ms`: must be at least 1".into());

@@ -24,7 +24,7 @@ pub async fn nodes_reporting_sys(nats: &NatsCluster, names: &[&str]) -> Vec<Brok
 
 /// Starts the nodes `names` on `nats` at once, each config changed by
 /// `configure`.
-async fn start_nodes(
+pub async fn start_nodes(
     nats: &NatsCluster,
     names: &[&str],
     configure: impl Fn(&mut roomq::Config),

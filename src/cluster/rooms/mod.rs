@@ -18,7 +18,7 @@
 //! stored message on core NATS (`{name}.live.{room}`, stream RePublish,
 //! with the message's sequence and its subject's previous sequence), and a
 //! node subscribes to the rooms it follows: those its sessions subscribe
-//! to, and those it posted to or read history of lately (`LINGER`). A
+//! to, and those it posted to or read history of lately (`cluster.room_linger_secs`). A
 //! room message costs nothing on a node without interest in its room. No
 //! JetStream consumer lives per session or per room: a node that starts
 //! following a room reads what it missed with a short-lived consumer
@@ -73,7 +73,6 @@ use crate::store::{RoomRecord, StoreError};
 const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 /// A room this node posted to or read history of, without subscriptions
 /// here, stays followed this long after (a chat client posts again).
-const LINGER: Duration = Duration::from_secs(60);
 /// A followed room that got no message for this long is checked against
 /// the stream once (finds a lost last copy).
 const CHECK_WHEN_QUIET: Duration = Duration::from_secs(5);
@@ -151,6 +150,9 @@ struct Inner {
     resync: watch::Sender<u64>,
     /// Room messages this node read from the cluster.
     received: AtomicU64,
+    /// How long a room without subscriptions here stays followed after
+    /// its last use (`cluster.room_linger_secs`).
+    linger: Duration,
 }
 
 impl Rooms {
@@ -161,6 +163,7 @@ impl Rooms {
         writer: Arc<Writer>,
         sanctions: Arc<Sanctions>,
         node: Arc<str>,
+        linger: Duration,
     ) -> Rooms {
         Rooms {
             inner: Arc::new(Inner {
@@ -174,6 +177,7 @@ impl Rooms {
                 every: Mutex::default(),
                 resync: watch::Sender::new(0),
                 received: AtomicU64::new(0),
+                linger,
             }),
             node,
             boot: crate::store::unix_ms_now(),
@@ -230,6 +234,11 @@ impl Rooms {
                 "the room's trimmed records stay in the stream for now: cluster.write_buffer_bytes full"
             );
         }
+    }
+
+    /// `cluster.room_linger_secs`.
+    pub fn linger(&self) -> Duration {
+        self.inner.linger
     }
 
     /// What to call periodically: stops following rooms that lost their
@@ -322,7 +331,7 @@ impl Rooms {
         }
     }
 
-    /// Follows `room` (for `LINGER` at least) and resolves once this
+    /// Follows `room` (for `cluster.room_linger_secs` at least) and resolves once this
     /// node's copy holds what the stream held when it started following,
     /// or after `bound`.
     pub async fn ready(&self, interest: &RoomInterest, bound: Duration) {
@@ -343,7 +352,7 @@ impl Rooms {
         }
     }
 
-    /// Follows `room` for `LINGER` at least.
+    /// Follows `room` for `cluster.room_linger_secs` at least.
     fn touch(&self, room: &str) -> watch::Receiver<bool> {
         let mut rooms = self.inner.rooms.lock();
         let followed = self.inner.follow_locked(&mut rooms, room);
@@ -354,11 +363,11 @@ impl Rooms {
 
 impl Inner {
     /// Stops following rooms without subscriptions here that were not
-    /// touched for `LINGER`.
+    /// touched for `cluster.room_linger_secs`.
     fn forget_idle(&self) {
         let now = Instant::now();
         let idle = |subscriptions: usize, touched: Instant| {
-            subscriptions == 0 && now.duration_since(touched) >= LINGER
+            subscriptions == 0 && now.duration_since(touched) >= self.linger
         };
         let mut forgotten = Vec::new();
         self.rooms.lock().retain(|room, f| {
