@@ -393,6 +393,44 @@ async fn roles_come_from_a_token_claim_and_from_a_room_reload_at_once() {
     broker.shutdown().await;
 }
 
+/// The `roomq` binary is SIGKILLed right after the moderator's answer:
+/// the ban is on disk before the answer goes (`topics.md`, *Moderation*).
+#[tokio::test]
+async fn a_ban_survives_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roomq.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\nrooms_default = \"closed\"\n[[rooms]]\nname = \"ops\"\nmembers = [\"alice\", \"eve\"]\nmoderators = [\"mod\"]\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let args = [std::ffi::OsStr::new("-c"), file.as_os_str()];
+    let (mut broker, addr) = spawn_roomq(0, &args);
+    let mut eve = user5(addr, "eve-phone", "eve").await;
+    assert_eq!(
+        post(&mut eve, "eve", b"before", 1).await,
+        PublishAckReason::Success
+    );
+    let mut moderator = moderator5(addr, "mod-1", "mod").await;
+    let (ack, answer) = moderate(&mut moderator, "mod-1", &req("ban", "eve"), 1).await;
+    assert_eq!((ack, answer.ok), (PublishAckReason::Success, true));
+    broker.kill().expect("SIGKILL");
+    broker.wait().unwrap();
+
+    let (mut broker, addr) = spawn_roomq(0, &args);
+    let mut eve = user5(addr, "eve-phone", "eve").await;
+    assert_eq!(
+        post(&mut eve, "eve", b"back?", 2).await,
+        PublishAckReason::NotAuthorized,
+        "the ban outlived the SIGKILL"
+    );
+    broker.kill().expect("SIGKILL");
+    broker.wait().unwrap();
+}
+
 #[tokio::test]
 async fn a_ban_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
