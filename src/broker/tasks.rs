@@ -61,35 +61,40 @@ async fn chat_upkeep(shared: Arc<Shared<Registry>>) {
 }
 
 /// Every second: removes the reactions of removed messages, one chunk
-/// (`reaction_purge_chunk` keys) per blocking task, until none is left.
-/// A chunk per task, not the whole queue: other rooms' commits and
-/// flushes go between two chunks.
+/// (`reaction_purge_chunk` keys) per step, until none is left. A failed
+/// step leaves the queue for the next tick (the store's health logs it).
 async fn purge_reactions(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
-    let mut stop = shared.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let chunk = shared.config.reaction_purge_chunk.max(1);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        loop {
-            let worker = store.clone();
-            match tokio::task::spawn_blocking(move || worker.purge_reactions(chunk)).await {
-                Ok(Ok(removed)) if removed >= chunk && !*stop.borrow() => {}
-                // Done, or failed: the store's health logs a failure, the
-                // queue stays for the next tick.
-                _ => break,
-            }
-        }
-    }
+    drain_every_second(
+        shared,
+        move || matches!(store.purge_reactions(chunk), Ok(removed) if removed >= chunk),
+    )
+    .await;
 }
 
 /// Every second: empties the queued edit bodies of deleted messages
 /// (`chat/edit_purges.rs`), one step (`room_max_edits_per_message`
-/// edits) per blocking task, until none is left: a post to the room
-/// waits for one step at most.
+/// edits) at a time, until none is left: a post to the room waits for one
+/// step at most.
 async fn purge_edits(shared: Arc<Shared<Registry>>) {
+    let worker = shared.clone();
+    drain_every_second(shared, move || match worker.chat.purge_edits() {
+        Ok(more) => more,
+        Err(error) => {
+            // The queue stays for the next tick; a failing store is
+            // logged by its health, not here every second.
+            tracing::debug!(%error, "could not empty the edits of a deleted message");
+            false
+        }
+    })
+    .await;
+}
+
+/// Every second, runs `step` again and again until it says nothing is
+/// left (or the broker shuts down): each step in a blocking task of its
+/// own, not the whole queue in one, so that other rooms' commits and
+/// flushes go between two steps.
+async fn drain_every_second(shared: Arc<Shared<Registry>>, step: impl Fn() -> bool + Clone + Send + 'static) {
     let mut stop = shared.shutdown.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -98,15 +103,9 @@ async fn purge_edits(shared: Arc<Shared<Registry>>) {
             _ = tick.tick() => {}
         }
         loop {
-            let worker = shared.clone();
-            match tokio::task::spawn_blocking(move || worker.chat.purge_edits()).await {
-                Ok(Ok(true)) if !*stop.borrow() => {}
-                Ok(Err(error)) => {
-                    // The queue stays for the next tick; a failing store
-                    // is logged by its health, not here every second.
-                    tracing::debug!(%error, "could not empty the edits of a deleted message");
-                    break;
-                }
+            let step = step.clone();
+            match tokio::task::spawn_blocking(step).await {
+                Ok(true) if !*stop.borrow() => {}
                 _ => break,
             }
         }
