@@ -338,22 +338,8 @@ impl Session {
             }
             Err(delivery) => delivery,
         };
-        // A message alone is always taken (it is within max_packet_size);
-        // beyond that what waits and what is in flight (sent, not yet
-        // acknowledged) are bounded together, in count and in bytes: a
-        // reader that never acknowledges holds no more than one that never
-        // reads.
-        let held = st.queue.len() + st.inflight.len();
-        let held_bytes = st.queue.bytes() + st.inflight.bytes();
-        let over_bytes = held > 0 && held_bytes + delivery.bytes() > self.max_queued_bytes;
-        if held >= self.max_queued || over_bytes {
-            self.dropped_full(&mut st, held_bytes);
-            return false;
-        }
-        // The owner's account pays for every session's queue together
-        // (`max_queued_bytes_per_user`); charged before the message is
-        // stored, so a refused one leaves nothing behind.
-        if !st.queue.reserve(delivery.bytes()) {
+        if !self.reserve_queue_room(&st, delivery.bytes()) {
+            let held_bytes = st.queue.bytes() + st.inflight.bytes();
             self.dropped_full(&mut st, held_bytes);
             return false;
         }
@@ -366,6 +352,22 @@ impl Session {
         drop(st);
         self.wake.notify_one();
         true
+    }
+
+    /// Whether `bytes` more may join this session's queue, charging them to
+    /// the owner's account if so (a live delivery and a replayed room
+    /// backlog alike). A message alone is always taken by the session (it
+    /// is within max_packet_size); beyond that what waits and what is in
+    /// flight (sent, not yet acknowledged) are bounded together, in count
+    /// and in bytes: a reader that never acknowledges holds no more than
+    /// one that never reads. The owner's account pays for every session's
+    /// queue together (`max_queued_bytes_per_user`), charged before the
+    /// message is stored, so a refused one leaves nothing behind.
+    pub(crate) fn reserve_queue_room(&self, st: &SessionState, bytes: usize) -> bool {
+        let held = st.queue.len() + st.inflight.len();
+        let held_bytes = st.queue.bytes() + st.inflight.bytes();
+        let over_bytes = held > 0 && held_bytes + bytes > self.max_queued_bytes;
+        held < self.max_queued && !over_bytes && st.queue.reserve(bytes)
     }
 
     /// Puts `delivery` of a last-value topic (`Message::last_value`: a

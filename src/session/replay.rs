@@ -146,19 +146,6 @@ impl Session {
             && st.queue.bytes() + st.inflight.bytes() <= self.max_queued_bytes / 2
     }
 
-    /// Whether a replayed `delivery` may join the queue now, and if so
-    /// charges it to the owner: within the session's `max_queued_messages`
-    /// and `max_queued_bytes` (waiting and in flight together, as a live
-    /// delivery) and the owner's `max_queued_bytes_per_user`. A message
-    /// alone always fits the session's bounds. What does not fit stays in
-    /// the room log for a later step: a replay is never dropped, it waits.
-    fn replay_fits(&self, st: &SessionState, delivery: &Delivery) -> bool {
-        let held = st.queue.len() + st.inflight.len();
-        let held_bytes = st.queue.bytes() + st.inflight.bytes();
-        let over = held >= self.max_queued || held_bytes + delivery.bytes() > self.max_queued_bytes;
-        (held == 0 || !over) && st.queue.reserve(delivery.bytes())
-    }
-
     /// One replay step: queues up to a page per room of what the session
     /// missed. Returns whether the replay goes on (call again once the
     /// queue drains).
@@ -219,9 +206,11 @@ impl Session {
                             shared: None,
                             store_seq: None,
                         };
-                        if !self.replay_fits(&st, &delivery) {
-                            // The rest waits in the log until the queue
-                            // drains; the cursor stays before it.
+                        if !self.reserve_queue_room(&st, delivery.bytes()) {
+                            // Within the session's and the owner's queue
+                            // bounds, as a live delivery; the rest waits in
+                            // the log until the queue drains, the cursor
+                            // before it (never dropped).
                             full = true;
                             break;
                         }
