@@ -145,6 +145,7 @@ impl Io {
 
     /// Encodes `packet` into the write buffer: a spare one of this thread
     /// when the connection holds none.
+    #[inline]
     pub(super) fn encode(&mut self, packet: Packet) -> Result<(), crate::protocol::EncodeError> {
         if self.out.capacity() == 0 {
             self.out = spare_write_buffer();

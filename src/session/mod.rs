@@ -330,15 +330,20 @@ impl Session {
             self.metrics.messages_dropped_offline_qos0.inc();
             return false;
         }
-        let mut delivery = match self.replace_waiting_copy(&mut st, delivery) {
-            Ok(()) => {
-                drop(st);
-                self.wake.notify_one();
-                return true;
+        let mut delivery = if delivery.message.last_value {
+            match self.replace_waiting_copy(&mut st, delivery) {
+                Ok(()) => {
+                    drop(st);
+                    self.wake.notify_one();
+                    return true;
+                }
+                Err(delivery) => delivery,
             }
-            Err(delivery) => delivery,
+        } else {
+            delivery
         };
-        if !self.reserve_queue_room(&st, delivery.bytes()) {
+        let bytes = delivery.bytes();
+        if !self.reserve_queue_room(&st, bytes) {
             let held_bytes = st.queue.bytes() + st.inflight.bytes();
             self.dropped_full(&mut st, held_bytes);
             return false;
@@ -348,7 +353,7 @@ impl Session {
             // keeps a reference to it: `persist.rs`).
             self.record_delivery(&mut st, &mut delivery);
         }
-        st.queue.push_back_reserved(delivery);
+        st.queue.push_back_reserved(delivery, bytes);
         drop(st);
         self.wake.notify_one();
         true
@@ -363,6 +368,7 @@ impl Session {
     /// one that never reads. The owner's account pays for every session's
     /// queue together (`max_queued_bytes_per_user`), charged before the
     /// message is stored, so a refused one leaves nothing behind.
+    #[inline]
     pub(crate) fn reserve_queue_room(&self, st: &SessionState, bytes: usize) -> bool {
         let held = st.queue.len() + st.inflight.len();
         let held_bytes = st.queue.bytes() + st.inflight.bytes();
@@ -422,13 +428,19 @@ impl Session {
     /// (`rooms/{room}/...`) need membership of the room, and the broker's
     /// answers to a user (`users/{user}/history/...`, `.../mod/...`) are
     /// that user's alone.
+    #[inline]
     pub(crate) fn may_read(&self, st: &SessionState, topic: &str) -> bool {
+        // Most topics are answered here, inline, on every delivery.
+        self.membership.is_none()
+            || !crate::chat::may_be_restricted(topic)
+            || self.may_read_restricted(st, topic)
+    }
+
+    /// [`Session::may_read`] for the topics a membership may restrict.
+    fn may_read_restricted(&self, st: &SessionState, topic: &str) -> bool {
         let Some(membership) = &self.membership else {
             return true;
         };
-        if !crate::chat::may_be_restricted(topic) {
-            return true;
-        }
         if let Some(user) = crate::chat::answer_owner(topic) {
             return st.owner.as_ref().and_then(|o| o.identity.as_deref()) == Some(user);
         }

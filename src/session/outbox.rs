@@ -129,6 +129,7 @@ impl Connection {
     /// were charged for, so an edit that makes a waiting message larger
     /// cannot make the session hold more than its bounds (it is read again
     /// from the log for a resend).
+    #[inline]
     fn write_current(
         &mut self,
         d: &Delivery,
@@ -136,6 +137,10 @@ impl Connection {
         dup: bool,
         now: Instant,
     ) -> bool {
+        if d.message.room.is_none() {
+            // Not a room message: nothing to edit or delete.
+            return self.write_publish(d, packet_id, dup, now);
+        }
         match self.shared.chat.current(&d.message) {
             Some(current) => {
                 let current = Delivery {

@@ -70,10 +70,16 @@ impl Session {
 
     /// Stores a QoS 1/2 delivery of a persistent session and remembers
     /// where, before it is queued.
+    #[inline]
     pub(crate) fn record_delivery(&self, st: &mut SessionState, d: &mut Delivery) {
-        if d.qos == QoS::AtMostOnce {
-            return;
+        // Inline: most deliveries (QoS 0, clean sessions) store nothing.
+        if d.qos != QoS::AtMostOnce && self.durable_store(st).is_some() {
+            self.store_delivery(st, d);
         }
+    }
+
+    /// [`Session::record_delivery`] for a delivery a store keeps.
+    fn store_delivery(&self, st: &mut SessionState, d: &mut Delivery) {
         let Some(store) = self.durable_store(st) else {
             return;
         };

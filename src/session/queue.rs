@@ -74,6 +74,7 @@ impl<T> Queue<T> {
         self.payer = Some(payer);
     }
 
+    #[inline]
     fn release(&self, bytes: usize) {
         if let Some(p) = &self.payer {
             p.release(bytes as u64);
@@ -127,21 +128,24 @@ impl<T: Counted> Queue<T> {
     /// what the session holds already (a message moving into flight, a
     /// restored queue).
     pub fn push_back(&mut self, item: T) {
-        self.charge_unchecked(item.bytes());
-        self.bytes += item.bytes();
+        let bytes = item.bytes();
+        self.charge_unchecked(bytes);
+        self.bytes += bytes;
         self.items.push_back(item);
     }
 
     /// Charges `bytes` to the payer's account if it has room for them
     /// (`max_queued_bytes_per_user`); false, charging nothing, if not. The
     /// caller then appends with [`Queue::push_back_reserved`].
+    #[inline]
     pub fn reserve(&self, bytes: usize) -> bool {
         self.payer.as_ref().is_none_or(|p| p.charge(bytes as u64).is_ok())
     }
 
-    /// Appends `item`, whose bytes [`Queue::reserve`] charged.
-    pub fn push_back_reserved(&mut self, item: T) {
-        self.bytes += item.bytes();
+    /// Appends `item`, whose `bytes` [`Queue::reserve`] charged.
+    #[inline]
+    pub fn push_back_reserved(&mut self, item: T, bytes: usize) {
+        self.bytes += bytes;
         self.items.push_back(item);
     }
 
@@ -159,17 +163,20 @@ impl<T: Counted> Queue<T> {
         self.bytes = self.bytes.saturating_sub(before) + after;
     }
 
+    #[inline]
     pub fn pop_front(&mut self) -> Option<T> {
         let item = self.items.pop_front()?;
-        self.release(item.bytes());
-        self.bytes = self.bytes.saturating_sub(item.bytes());
+        let bytes = item.bytes();
+        self.release(bytes);
+        self.bytes = self.bytes.saturating_sub(bytes);
         Some(item)
     }
 
     pub fn remove(&mut self, index: usize) -> Option<T> {
         let item = self.items.remove(index)?;
-        self.release(item.bytes());
-        self.bytes = self.bytes.saturating_sub(item.bytes());
+        let bytes = item.bytes();
+        self.release(bytes);
+        self.bytes = self.bytes.saturating_sub(bytes);
         Some(item)
     }
 

@@ -206,7 +206,8 @@ impl Session {
                             shared: None,
                             store_seq: None,
                         };
-                        if !self.reserve_queue_room(&st, delivery.bytes()) {
+                        let bytes = delivery.bytes();
+                        if !self.reserve_queue_room(&st, bytes) {
                             // Within the session's and the owner's queue
                             // bounds, as a live delivery; the rest waits in
                             // the log until the queue drains, the cursor
@@ -214,7 +215,7 @@ impl Session {
                             full = true;
                             break;
                         }
-                        st.queue.push_back_reserved(delivery);
+                        st.queue.push_back_reserved(delivery, bytes);
                         queued += 1;
                     }
                     last = seq;
