@@ -4,11 +4,9 @@ use roomq::{Broker, Config, QoS, StorageKind};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config {
-        listen: "127.0.0.1:0".parse()?, // port 0: a free port
-        storage: StorageKind::Memory,   // the default, "sled", keeps its state in ./data
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse()?; // port 0: a free port
+    config.store.storage = StorageKind::Memory; // the default, "sled", keeps its state in ./data
     let broker = Broker::new(config).start().await?;
     println!("MQTT clients can connect to {}", broker.local_addr());
 

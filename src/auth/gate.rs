@@ -190,13 +190,16 @@ mod tests {
 
     fn gate() -> Gate {
         let config = Config {
-            rooms_default: RoomsDefault::Open,
             rooms: vec![RoomConfig {
                 name: "ops".into(),
                 members: vec!["alice".into(), "bob".into()],
                 open: false,
                 moderators: vec![],
             }],
+            chat: crate::config::ChatConfig {
+                rooms_default: RoomsDefault::Open,
+                ..Default::default()
+            },
             ..Config::default()
         };
         Gate {
