@@ -1,9 +1,11 @@
 //! Broker configuration and its layers: built-in defaults < TOML file <
 //! `ROOMQ_*` environment variables < command-line flags.
 //!
-//! Every limit the broker enforces is a field here, with its default and
-//! meaning; `docs/configuration.md` lists every field (`tests/budgets.rs`
-//! checks that none is missing).
+//! Every limit the broker enforces is a field of [`Config`], listed with
+//! its meaning in `settings.rs` (grouped by concern: `config.limits`,
+//! `config.chat`…, while the keys stay flat) and with its default in
+//! `defaults.rs`; `docs/configuration.md` lists every field
+//! (`tests/budgets.rs` checks that none is missing).
 
 use std::path::PathBuf;
 
