@@ -157,13 +157,16 @@ async fn no_authenticator_and_no_anonymous_refuses_everyone() {
 #[tokio::test]
 async fn a_session_belongs_to_the_identity_that_made_it() {
     let dir = tempfile::tempdir().unwrap();
-    let durable = || Config {
-        data_dir: dir.path().join("data"),
-        store: StoreConfig {
-            storage: roomq::StorageKind::Sled,
-            ..with_passwords(dir.path()).store
-        },
-        ..with_passwords(dir.path())
+    let durable = || {
+        let base = with_passwords(dir.path());
+        Config {
+            data_dir: dir.path().join("data"),
+            store: StoreConfig {
+                storage: roomq::StorageKind::Sled,
+                ..base.store
+            },
+            ..base
+        }
     };
     let broker = start_with(durable()).await;
     let addr = broker.local_addr();
