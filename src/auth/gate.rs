@@ -186,7 +186,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, RoomConfig, RoomsDefault};
+    use crate::config::{ChatConfig, Config, RoomConfig, RoomsDefault};
 
     fn gate() -> Gate {
         let config = Config {
@@ -196,7 +196,7 @@ mod tests {
                 open: false,
                 moderators: vec![],
             }],
-            chat: crate::config::ChatConfig {
+            chat: ChatConfig {
                 rooms_default: RoomsDefault::Open,
                 ..Default::default()
             },

@@ -207,6 +207,7 @@ pub(super) fn restore(shared: &Arc<Shared<Registry>>, clustered: bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StoreConfig;
     use crate::store::Store;
 
     /// `store_cache_bytes` is the page cache sled runs with (its own
@@ -217,7 +218,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = |bytes| Config {
             data_dir: dir.path().to_path_buf(),
-            store: crate::config::StoreConfig {
+            store: StoreConfig {
                 storage: StorageKind::Sled,
                 store_cache_bytes: bytes,
                 ..Default::default()
