@@ -1,12 +1,16 @@
 // roomq inside a tokio program: a broker in memory on a free port, an
 // in-process subscriber, one message published and received, a clean stop.
+use roomq::config::StoreConfig;
 use roomq::{Broker, Config, QoS, StorageKind};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config {
         listen: "127.0.0.1:0".parse()?, // port 0: a free port
-        storage: StorageKind::Memory,   // the default, "sled", keeps its state in ./data
+        store: StoreConfig {
+            storage: StorageKind::Memory, // the default, "sled", keeps its state in ./data
+            ..Default::default()
+        },
         ..Config::default()
     };
     let broker = Broker::new(config).start().await?;

@@ -44,8 +44,8 @@ impl LocalSubscription {
         let id = NEXT_LOCAL_ID.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session::new(
             format!("$local-{id}").into(),
-            shared.config.max_queued_messages,
-            shared.config.max_queued_bytes,
+            shared.config.limits.max_queued_messages,
+            shared.config.limits.max_queued_bytes,
             true,
             shared.metrics.clone(),
             None,

@@ -182,7 +182,7 @@ fn main() -> ExitCode {
             tracing::info!("SIGHUP: reloading certificates, credential files and rooms");
             broker.reload();
             match roomq::Config::load(flags.config.as_deref(), &overrides) {
-                Ok(fresh) => broker.set_rooms(fresh.rooms_default, &fresh.rooms),
+                Ok(fresh) => broker.set_rooms(fresh.chat.rooms_default, &fresh.rooms),
                 Err(e) => tracing::error!(error = %e, "configuration reload failed; rooms unchanged"),
             }
         }

@@ -11,6 +11,7 @@ use common::chat::{ack_publish5, publish_with, send_and_ack, user5};
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::config::{Limits, StoreConfig};
 use roomq::{Broker, Config};
 
 /// The samples of an exposition: `name{labels}` to value.
@@ -121,8 +122,11 @@ async fn metrics_count_what_clients_did() {
 async fn readyz_says_503_while_the_store_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
-        min_free_disk_bytes: u64::MAX,
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        store: StoreConfig {
+            min_free_disk_bytes: u64::MAX,
+            ..sled_config(dir.path()).store
+        },
         ..sled_config(dir.path())
     };
     let broker = Broker::new(config).start().await.unwrap();
@@ -256,8 +260,11 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_over_the_cap_are_closed_at_once() {
     let config = Config {
-        admin_max_connections: 2,
-        admin_timeout_secs: 600,
+        limits: Limits {
+            admin_max_connections: 2,
+            admin_timeout_secs: 600,
+            ..admin_config().limits
+        },
         ..admin_config()
     };
     let broker = Broker::new(config).start().await.unwrap();
@@ -302,7 +309,10 @@ async fn admin_connections_over_the_cap_are_closed_at_once() {
 async fn a_slow_or_idle_admin_connection_is_closed_after_the_timeout() {
     use tokio::io::AsyncWriteExt;
     let config = Config {
-        admin_timeout_secs: 1,
+        limits: Limits {
+            admin_timeout_secs: 1,
+            ..admin_config().limits
+        },
         ..admin_config()
     };
     let broker = Broker::new(config).start().await.unwrap();

@@ -282,8 +282,8 @@ async fn one_rules_key_adds_a_bounded_number_of_devices() {
     let key_b = dir.path().join("b.key");
     std::fs::write(&key_b, hex(&KEY_B)).unwrap();
     let mut config = signed_rule(test_config(), key_file(dir.path()));
-    config.max_alert_devices = 3;
-    config.max_alert_devices_per_rule = 2;
+    config.chat.max_alert_devices = 3;
+    config.chat.max_alert_devices_per_rule = 2;
     config.alerts.push(AlertRule {
         topic: "alerts/+/fault".into(),
         room: "ops".into(),

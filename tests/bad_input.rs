@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, DisconnectReasonCode as R, Packet};
-use roomq::config::{ListenerConfig, ListenerKind};
+use roomq::config::{Limits, ListenerConfig, ListenerKind, StoreConfig};
 use tokio::io::AsyncWriteExt;
 
 /// A 5.0 CONNECT for client `id`, encoded.
@@ -94,11 +94,17 @@ async fn bad_input_closes_that_connection_and_changes_nothing_stored() {
     tls.cert = Some(pki_dir.path().join("cert.pem"));
     tls.key = Some(pki_dir.path().join("key.pem"));
     let broker = start_with(roomq::Config {
-        storage: roomq::StorageKind::Sled,
         data_dir: dir.path().to_path_buf(),
-        max_packet_size: 4096,
-        connect_timeout_secs: 2,
         listeners: vec![ListenerConfig::tcp("127.0.0.1:0".parse().unwrap()), tls],
+        store: StoreConfig {
+            storage: roomq::StorageKind::Sled,
+            ..test_config().store
+        },
+        limits: Limits {
+            max_packet_size: 4096,
+            connect_timeout_secs: 2,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;

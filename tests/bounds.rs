@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::*;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{self, ConnectAckReason, PublishAckReason, SubscribeAckReason};
-use roomq::config::AuthConfig;
+use roomq::config::{AuthConfig, ChatConfig, Limits};
 use roomq::Config;
 
 fn owned(topic: &str, payload: Vec<u8>, id: u16, user_properties: &[(&str, &str)]) -> Publish {
@@ -95,7 +95,10 @@ async fn chat_sizes_are_bounded_with_the_right_reason_codes() {
     // Within the limits, all is well.
     drop(c);
     let broker = start_with(Config {
-        max_rooms: 2,
+        chat: ChatConfig {
+            max_rooms: 2,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -127,7 +130,10 @@ fn cbor(value: &serde_json::Value) -> Vec<u8> {
 #[tokio::test]
 async fn a_session_queue_is_bounded_in_bytes() {
     let broker = start_with(Config {
-        max_queued_bytes: 1024 * 1024,
+        limits: Limits {
+            max_queued_bytes: 1024 * 1024,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -173,7 +179,10 @@ async fn subscriptions_are_bounded_in_count_and_filter_length_by_default() {
 #[tokio::test]
 async fn retained_messages_are_bounded_and_still_delivered() {
     let broker = start_with(Config {
-        max_retained_messages: 5,
+        limits: Limits {
+            max_retained_messages: 5,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -223,7 +232,10 @@ async fn retained_messages_are_bounded_and_still_delivered() {
 #[tokio::test]
 async fn presence_lasts_only_for_users_that_matter_and_expires() {
     let broker = start_with(Config {
-        presence_retention_secs: 1,
+        chat: ChatConfig {
+            presence_retention_secs: 1,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -292,8 +304,11 @@ async fn login(
 async fn logins_beyond_the_queue_are_refused_before_any_hashing() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
-        max_concurrent_logins: 1,
-        max_pending_logins: 3,
+        limits: Limits {
+            max_concurrent_logins: 1,
+            max_pending_logins: 3,
+            ..test_config().limits
+        },
         ..test_config()
     };
     let broker = with_passwords(dir.path(), config).await;
@@ -341,7 +356,10 @@ async fn a_correct_login_gets_in_while_guesses_at_another_account_wait() {
 async fn the_connect_timeout_covers_the_handshake_and_connect_together() {
     use tokio::io::AsyncWriteExt;
     let broker = start_with(Config {
-        connect_timeout_secs: 3,
+        limits: Limits {
+            connect_timeout_secs: 3,
+            ..ws_config().limits
+        },
         ..ws_config()
     })
     .await;

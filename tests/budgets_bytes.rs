@@ -14,6 +14,7 @@ use common::*;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{DisconnectReasonCode, Packet, PublishAckReason};
 use roomq::chat::payloads::{self, HistoryResponse};
+use roomq::config::{ChatConfig, Limits, PerUserLimits};
 use roomq::Config;
 
 /// A QoS 1 PUBLISH of `payload` with User Properties of `prop_bytes` in
@@ -35,7 +36,10 @@ fn with_big_property(topic: &str, payload: &[u8], prop_bytes: usize, id: u16, re
 #[tokio::test]
 async fn user_properties_count_against_max_retained_bytes() {
     let broker = start_with(Config {
-        max_retained_bytes: 1024 * 1024,
+        limits: Limits {
+            max_retained_bytes: 1024 * 1024,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -56,7 +60,10 @@ async fn user_properties_count_against_max_retained_bytes() {
 #[tokio::test]
 async fn user_properties_count_against_max_queued_bytes() {
     let broker = start_with(Config {
-        max_queued_bytes: 1024 * 1024,
+        limits: Limits {
+            max_queued_bytes: 1024 * 1024,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -80,7 +87,10 @@ async fn user_properties_count_against_max_queued_bytes() {
 #[tokio::test]
 async fn messages_in_flight_count_against_max_queued_bytes() {
     let broker = start_with(Config {
-        max_queued_bytes: 1024 * 1024,
+        limits: Limits {
+            max_queued_bytes: 1024 * 1024,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -110,8 +120,11 @@ async fn messages_in_flight_count_against_max_queued_bytes() {
 #[tokio::test]
 async fn retained_messages_are_bounded_per_identity() {
     let broker = start_with(Config {
-        max_retained_messages_per_user: 2,
-        max_retained_bytes_per_user: 64 * 1024,
+        per_user: PerUserLimits {
+            max_retained_messages_per_user: 2,
+            max_retained_bytes_per_user: 64 * 1024,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -175,7 +188,10 @@ async fn retained_messages_are_bounded_per_identity() {
 #[tokio::test]
 async fn topic_alias_bytes_are_bounded_per_connection() {
     let broker = start_with(Config {
-        max_topic_alias_bytes: 1024,
+        limits: Limits {
+            max_topic_alias_bytes: 1024,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -238,7 +254,10 @@ async fn ask(
 #[tokio::test]
 async fn a_history_answer_is_bounded_in_bytes_and_says_more() {
     let broker = start_with(Config {
-        history_max_bytes: 64 * 1024,
+        chat: ChatConfig {
+            history_max_bytes: 64 * 1024,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -278,7 +297,10 @@ async fn a_history_answer_is_bounded_in_bytes_and_says_more() {
 #[tokio::test]
 async fn history_requests_are_rate_limited_per_identity() {
     let broker = start_with(Config {
-        history_requests_per_minute: 2,
+        per_user: PerUserLimits {
+            history_requests_per_minute: 2,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;

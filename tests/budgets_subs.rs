@@ -12,6 +12,7 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, Packet, SubscribeAckReason};
 use roomq::chat::payloads;
+use roomq::config::{Limits, PerUserLimits};
 use roomq::Config;
 
 fn persistent_as(id: &str, user: &str) -> v5::Connect {
@@ -36,7 +37,10 @@ async fn subscription_bytes_are_bounded_per_identity_across_sessions() {
     // A 1000-byte filter costs about 4 KiB (its copies and overhead): two
     // fit in 10000 bytes, a third does not.
     let broker = start_with(Config {
-        max_subscription_bytes_per_user: 10_000,
+        per_user: PerUserLimits {
+            max_subscription_bytes_per_user: 10_000,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -112,7 +116,10 @@ async fn subscription_bytes_are_bounded_per_identity_across_sessions() {
 async fn subscriptions_restored_after_a_restart_are_charged_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
-        max_subscription_bytes_per_user: 10_000,
+        per_user: PerUserLimits {
+            max_subscription_bytes_per_user: 10_000,
+            ..sled_config(dir.path()).per_user
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config.clone()).await;
@@ -142,7 +149,10 @@ async fn subscriptions_restored_after_a_restart_are_charged_again() {
 #[tokio::test]
 async fn max_sessions_is_a_ceiling_on_new_persistent_sessions() {
     let broker = start_with(Config {
-        max_sessions: 2,
+        limits: Limits {
+            max_sessions: 2,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -217,7 +227,10 @@ async fn queued_bytes_are_bounded_per_identity_across_sessions() {
     // Two sessions of one identity; each could hold every message alone
     // (per-session 16 MiB), together they hold at most 3500 bytes.
     let broker = start_with(Config {
-        max_queued_bytes_per_user: 3500,
+        per_user: PerUserLimits {
+            max_queued_bytes_per_user: 3500,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -269,7 +282,10 @@ async fn queued_bytes_are_bounded_per_identity_across_sessions() {
 #[tokio::test]
 async fn room_cursors_are_bounded_per_identity() {
     let broker = start_with(Config {
-        max_room_cursors_per_user: 2,
+        per_user: PerUserLimits {
+            max_room_cursors_per_user: 2,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -309,7 +325,10 @@ fn clean_as(id: &str, user: &str) -> v5::Connect {
 #[tokio::test]
 async fn clean_sessions_pay_for_their_subscriptions_too() {
     let broker = start_with(Config {
-        max_subscription_bytes_per_user: 10_000,
+        per_user: PerUserLimits {
+            max_subscription_bytes_per_user: 10_000,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -356,7 +375,10 @@ async fn clean_sessions_pay_for_their_subscriptions_too() {
 #[tokio::test]
 async fn clean_sessions_queued_bytes_count_for_the_identity() {
     let broker = start_with(Config {
-        max_queued_bytes_per_user: 3500,
+        per_user: PerUserLimits {
+            max_queued_bytes_per_user: 3500,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;

@@ -136,7 +136,7 @@ async fn a_spoofed_sender_is_refused_and_not_delivered() {
 #[tokio::test]
 async fn closed_rooms_refuse_non_members() {
     let mut config = test_config();
-    config.rooms_default = roomq::config::RoomsDefault::Closed;
+    config.chat.rooms_default = roomq::config::RoomsDefault::Closed;
     config.rooms = vec![roomq::config::RoomConfig {
         name: "ops".into(),
         members: vec!["alice".into()],
@@ -482,7 +482,7 @@ async fn backlog_seq_and_msg_ids_survive_a_restart() {
 #[tokio::test]
 async fn room_retention_trims_the_log_and_a_stale_cursor_resumes_at_the_oldest_kept() {
     let mut config = test_config();
-    config.room_max_messages = 10;
+    config.chat.room_max_messages = 10;
     let broker = start_with(config).await;
     let addr = broker.local_addr();
     member_leaves(addr, "slow", "rooms/short/msg/+").await;
@@ -556,7 +556,7 @@ async fn history_right_after_the_puback_has_the_message() {
 #[tokio::test]
 async fn a_user_over_her_room_rate_is_refused_in_that_room_only() {
     let mut config = test_config();
-    config.room_max_messages_per_minute = 3;
+    config.chat.room_max_messages_per_minute = 3;
     let broker = start_with(config).await;
     let addr = broker.local_addr();
     let post = |room: &str, sender: &str, id: u16| {

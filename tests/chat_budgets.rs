@@ -12,6 +12,7 @@ use common::chat::{publish_with, seq_of};
 use common::*;
 use rmqtt_codec::v5::{self, PublishAckReason, QoS};
 use roomq::chat::payloads;
+use roomq::config::{ChatConfig, Limits, PerUserLimits};
 use roomq::Config;
 
 fn receipt(room: &str, sender: &str, seq: u64, id: u16) -> rmqtt_codec::types::Publish {
@@ -62,7 +63,10 @@ async fn a_receipt_to_a_room_without_a_log_is_refused_and_stores_nothing() {
 #[tokio::test]
 async fn receipts_beyond_the_per_user_bound_are_refused() {
     let broker = start_with(Config {
-        max_receipts_per_user: 2,
+        per_user: PerUserLimits {
+            max_receipts_per_user: 2,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -106,7 +110,10 @@ async fn receipts_beyond_the_per_user_bound_are_refused() {
 #[tokio::test]
 async fn receipts_do_not_use_up_the_clients_retained_budget() {
     let broker = start_with(Config {
-        max_retained_messages: 2,
+        limits: Limits {
+            max_retained_messages: 2,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -136,7 +143,10 @@ async fn receipts_do_not_use_up_the_clients_retained_budget() {
 #[tokio::test]
 async fn rooms_one_user_opens_are_bounded_and_others_still_open_rooms() {
     let broker = start_with(Config {
-        max_rooms_per_user: 2,
+        per_user: PerUserLimits {
+            max_rooms_per_user: 2,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -174,7 +184,10 @@ async fn rooms_one_user_opens_are_bounded_and_others_still_open_rooms() {
 async fn who_opened_a_room_is_remembered_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = || Config {
-        max_rooms_per_user: 1,
+        per_user: PerUserLimits {
+            max_rooms_per_user: 1,
+            ..sled_config(dir.path()).per_user
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config()).await;
@@ -200,9 +213,15 @@ async fn who_opened_a_room_is_remembered_across_a_restart() {
 #[tokio::test]
 async fn an_expired_room_is_forgotten_and_its_slots_are_free_again() {
     let broker = start_with(Config {
-        max_rooms: 2,
-        max_rooms_per_user: 1,
-        room_max_age_secs: 1,
+        per_user: PerUserLimits {
+            max_rooms_per_user: 1,
+            ..test_config().per_user
+        },
+        chat: ChatConfig {
+            max_rooms: 2,
+            room_max_age_secs: 1,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -282,7 +301,10 @@ async fn visit(broker: &roomq::BrokerHandle, watch: &roomq::LocalSubscription, u
 #[tokio::test]
 async fn transient_presence_goes_after_presence_transient_secs_lasting_stays() {
     let broker = start_with(Config {
-        presence_transient_secs: 1,
+        chat: ChatConfig {
+            presence_transient_secs: 1,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -301,7 +323,10 @@ async fn transient_presence_goes_after_presence_transient_secs_lasting_stays() {
 #[tokio::test]
 async fn presence_records_are_bounded_transient_ones_go_first() {
     let broker = start_with(Config {
-        max_presence_records: 2,
+        chat: ChatConfig {
+            max_presence_records: 2,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -329,7 +354,10 @@ async fn presence_records_are_bounded_transient_ones_go_first() {
 #[tokio::test]
 async fn room_post_bytes_are_bounded_per_identity_and_a_repeat_is_free() {
     let broker = start_with(Config {
-        room_post_bytes_per_hour: 100_000,
+        per_user: PerUserLimits {
+            room_post_bytes_per_hour: 100_000,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -378,7 +406,10 @@ async fn room_post_bytes_are_bounded_per_identity_and_a_repeat_is_free() {
 #[tokio::test]
 async fn room_events_are_charged_what_they_store() {
     let broker = start_with(Config {
-        room_post_bytes_per_hour: 20_000,
+        per_user: PerUserLimits {
+            room_post_bytes_per_hour: 20_000,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;

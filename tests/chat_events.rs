@@ -16,6 +16,7 @@ use common::*;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v3;
 use rmqtt_codec::v5::PublishAckReason;
+use roomq::config::ChatConfig;
 use roomq::Config;
 
 #[tokio::test]
@@ -160,7 +161,10 @@ async fn edits_deletes_and_reactions_are_room_events_in_seq_order() {
 #[tokio::test]
 async fn refusals_change_nothing() {
     let config = Config {
-        max_reaction_emoji: 2,
+        chat: ChatConfig {
+            max_reaction_emoji: 2,
+            ..test_config().chat
+        },
         ..test_config()
     };
     let broker = start_with(config).await;
@@ -358,8 +362,11 @@ async fn an_offline_member_gets_the_events_it_missed_in_seq_order() {
 #[tokio::test]
 async fn an_answer_with_events_stays_within_history_max_bytes() {
     let config = Config {
-        history_max_bytes: 4096,
-        room_max_edits_per_message: 200,
+        chat: ChatConfig {
+            history_max_bytes: 4096,
+            room_max_edits_per_message: 200,
+            ..test_config().chat
+        },
         ..test_config()
     };
     let broker = start_with(config).await;

@@ -14,18 +14,21 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, PublishAckReason};
 use roomq::chat::payloads::{self, ModResponse};
-use roomq::config::{RoomConfig, RoomsDefault};
+use roomq::config::{ChatConfig, RoomConfig, RoomsDefault};
 use roomq::Config;
 
 fn moderated() -> Config {
     Config {
-        rooms_default: RoomsDefault::Closed,
         rooms: vec![RoomConfig {
             name: "ops".into(),
             members: vec!["alice".into(), "eve".into(), "carol".into()],
             open: false,
             moderators: vec!["mod".into()],
         }],
+        chat: ChatConfig {
+            rooms_default: RoomsDefault::Closed,
+            ..test_config().chat
+        },
         ..test_config()
     }
 }
@@ -405,7 +408,10 @@ async fn edits_per_message_are_bounded_and_a_delete_empties_them_all() {
 async fn a_delete_of_a_message_edited_beyond_the_bound_empties_every_edit() {
     let dir = tempfile::tempdir().unwrap();
     let config = |edits| Config {
-        room_max_edits_per_message: edits,
+        chat: ChatConfig {
+            room_max_edits_per_message: edits,
+            ..sled_config(dir.path()).chat
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config(30)).await;

@@ -13,6 +13,7 @@ use common::nats::NatsCluster;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::PublishAckReason;
+use roomq::config::ChatConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_replicate_and_a_delete_leaves_the_stream() {
@@ -158,7 +159,10 @@ async fn small_node(
     configure: impl FnOnce(&mut roomq::Config),
 ) -> roomq::BrokerHandle {
     let mut config = roomq::Config {
-        room_max_messages: 4,
+        chat: ChatConfig {
+            room_max_messages: 4,
+            ..nats.node_config(name).chat
+        },
         ..nats.node_config(name)
     };
     configure(&mut config);

@@ -17,6 +17,7 @@ use common::nats::NatsCluster;
 use common::{Got, Raw};
 use parking_lot::Mutex;
 use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::config::{ChatConfig, StoreConfig};
 use roomq::{Broker, Config};
 
 /// How long a poster waits for a PUBACK before it reconnects and re-sends.
@@ -26,8 +27,14 @@ const POSTING_DEADLINE: Duration = Duration::from_secs(180);
 
 fn node_config(nats: &NatsCluster, node: &str) -> Config {
     Config {
-        history_max_limit: 10_000,
-        store_stall_timeout_ms: 1000,
+        store: StoreConfig {
+            store_stall_timeout_ms: 1000,
+            ..nats.node_config(node).store
+        },
+        chat: ChatConfig {
+            history_max_limit: 10_000,
+            ..nats.node_config(node).chat
+        },
         ..nats.node_config(node)
     }
 }

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 async fn node(nats: &NatsCluster, name: &str) -> BrokerHandle {
     let mut config = nats.node_config(name);
-    config.rooms_default = RoomsDefault::Closed;
+    config.chat.rooms_default = RoomsDefault::Closed;
     config.rooms = vec![RoomConfig {
         name: "ops".into(),
         members: vec!["alice".into(), "bob".into(), "mallory".into()],

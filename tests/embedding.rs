@@ -34,8 +34,8 @@ async fn config_layers_and_errors_name_the_key() {
     let file = dir.path().join("roomq.toml");
     std::fs::write(&file, "max_connections = 7\nmax_inflight_messages = 9\n").unwrap();
     let config = roomq::Config::load(Some(&file), &[("max_inflight_messages", "11".into())]).unwrap();
-    assert_eq!(config.max_connections, 7, "file layer");
-    assert_eq!(config.max_inflight_messages, 11, "flags override the file");
+    assert_eq!(config.limits.max_connections, 7, "file layer");
+    assert_eq!(config.limits.max_inflight_messages, 11, "flags override the file");
 
     std::fs::write(&file, "max_connections = \"many\"\n").unwrap();
     let err = roomq::Config::load(Some(&file), &[]).unwrap_err().to_string();

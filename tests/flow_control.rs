@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, DisconnectReasonCode, Packet};
+use roomq::config::Limits;
 use tokio_util::codec::Encoder;
 
 /// 200 PUBLISHes at `qos`, packet ids 1..=200, in one buffer.
@@ -26,7 +27,10 @@ fn burst(qos: QoS) -> Vec<u8> {
 async fn flood_past_receive_maximum(qos: QoS) -> DisconnectReasonCode {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_with(roomq::Config {
-        receive_maximum: 4,
+        limits: Limits {
+            receive_maximum: 4,
+            ..sled_config(dir.path()).limits
+        },
         ..sled_config(dir.path())
     })
     .await;

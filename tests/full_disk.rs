@@ -10,6 +10,7 @@
 
 mod common;
 
+use roomq::config::StoreConfig;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -105,8 +106,11 @@ async fn a_full_disk_refuses_publishes_in_bounded_time_and_the_broker_resumes() 
 async fn below_min_free_disk_bytes_publishes_that_need_the_store_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_with(roomq::Config {
-        min_free_disk_bytes: u64::MAX,
         sys_interval_secs: 60,
+        store: StoreConfig {
+            min_free_disk_bytes: u64::MAX,
+            ..sled_config(dir.path()).store
+        },
         ..sled_config(dir.path())
     })
     .await;
@@ -177,8 +181,11 @@ async fn a_fast_writer_never_takes_the_disk_below_the_margin() {
     };
     let margin = 3 << 20;
     let (broker, store) = start_fillable_with(roomq::Config {
-        min_free_disk_bytes: margin,
-        disk_reserve_bytes: 1 << 20,
+        store: StoreConfig {
+            min_free_disk_bytes: margin,
+            disk_reserve_bytes: 1 << 20,
+            ..fillable_config(&fs.data_dir()).store
+        },
         ..fillable_config(&fs.data_dir())
     })
     .await;
@@ -227,8 +234,11 @@ async fn after_the_disk_was_full_posts_are_stored_again_without_a_restart() {
         return;
     };
     let (broker, store) = start_fillable_with(roomq::Config {
-        min_free_disk_bytes: 1 << 20,
-        disk_reserve_bytes: 1 << 20,
+        store: StoreConfig {
+            min_free_disk_bytes: 1 << 20,
+            disk_reserve_bytes: 1 << 20,
+            ..fillable_config(&fs.data_dir()).store
+        },
         ..fillable_config(&fs.data_dir())
     })
     .await;

@@ -15,6 +15,7 @@ use common::small_fs::*;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{Packet, PublishAckReason};
+use roomq::config::StoreConfig;
 use roomq::store::Store;
 
 /// Post `n` of `size` bytes (`BIG`: the writer's, else the chatter's) with `msg-id` `m-{n}` and packet id `id`.
@@ -76,8 +77,11 @@ async fn after_sled_hit_a_full_disk_the_store_reopens_and_loses_nothing_acknowle
         return;
     };
     let (broker, store) = start_fillable_with(roomq::Config {
-        min_free_disk_bytes: 0,
-        disk_reserve_bytes: 0,
+        store: StoreConfig {
+            min_free_disk_bytes: 0,
+            disk_reserve_bytes: 0,
+            ..fillable_config(&fs.data_dir()).store
+        },
         ..fillable_config(&fs.data_dir())
     })
     .await;

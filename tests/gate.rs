@@ -11,7 +11,7 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3;
 use rmqtt_codec::v5::{self, ConnectAckReason, PublishAckReason};
-use roomq::config::{AlertRule, RoomConfig, RoomsDefault};
+use roomq::config::{AlertRule, ChatConfig, RoomConfig, RoomsDefault};
 use roomq::Config;
 
 /// Rooms `ops` (alice, bob) and `m` (mallory), closed; nothing else open.
@@ -23,8 +23,11 @@ fn closed_rooms() -> Config {
         moderators: vec![],
     };
     Config {
-        rooms_default: RoomsDefault::Closed,
         rooms: vec![room("ops", &["alice", "bob"]), room("m", &["mallory"])],
+        chat: ChatConfig {
+            rooms_default: RoomsDefault::Closed,
+            ..test_config().chat
+        },
         ..test_config()
     }
 }

@@ -12,7 +12,7 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3;
 use rmqtt_codec::v5::{self, ConnectAckReason, Packet, PublishAckReason};
-use roomq::config::{AuthConfig, RoomConfig, RoomsDefault};
+use roomq::config::{AuthConfig, ChatConfig, RoomConfig, RoomsDefault, StoreConfig};
 use roomq::Config;
 
 fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
@@ -27,7 +27,6 @@ fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
 /// mallory, anonymous clients allowed (the loopback default).
 fn with_passwords(dir: &Path) -> Config {
     Config {
-        rooms_default: RoomsDefault::Open,
         rooms: vec![RoomConfig {
             name: "ops".into(),
             members: vec!["alice".into(), "bob".into()],
@@ -45,6 +44,10 @@ fn with_passwords(dir: &Path) -> Config {
                 ],
             )),
             ..Default::default()
+        },
+        chat: ChatConfig {
+            rooms_default: RoomsDefault::Open,
+            ..test_config().chat
         },
         ..test_config()
     }
@@ -154,10 +157,16 @@ async fn no_authenticator_and_no_anonymous_refuses_everyone() {
 #[tokio::test]
 async fn a_session_belongs_to_the_identity_that_made_it() {
     let dir = tempfile::tempdir().unwrap();
-    let durable = || Config {
-        data_dir: dir.path().join("data"),
-        storage: roomq::StorageKind::Sled,
-        ..with_passwords(dir.path())
+    let durable = || {
+        let base = with_passwords(dir.path());
+        Config {
+            data_dir: dir.path().join("data"),
+            store: StoreConfig {
+                storage: roomq::StorageKind::Sled,
+                ..base.store
+            },
+            ..base
+        }
     };
     let broker = start_with(durable()).await;
     let addr = broker.local_addr();

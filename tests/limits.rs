@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{DisconnectReasonCode, SubscribeAckReason};
+use roomq::config::Limits;
 
 /// A subscriber that stops reading fills its socket and then its bounded
 /// queue; the publisher and the other subscribers carry on, and the drops
@@ -12,7 +13,10 @@ use rmqtt_codec::v5::{DisconnectReasonCode, SubscribeAckReason};
 #[tokio::test]
 async fn slow_consumer_does_not_block_others() {
     let broker = start_with(roomq::Config {
-        max_queued_messages: 50,
+        limits: Limits {
+            max_queued_messages: 50,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -49,8 +53,11 @@ async fn slow_consumer_does_not_block_others() {
 #[tokio::test]
 async fn topic_length_and_levels_are_limited() {
     let config = roomq::Config {
-        max_topic_levels: 3,
-        max_topic_length: 20,
+        limits: Limits {
+            max_topic_levels: 3,
+            max_topic_length: 20,
+            ..test_config().limits
+        },
         ..test_config()
     };
     let broker = start_with(config).await;

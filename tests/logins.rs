@@ -11,6 +11,7 @@ use bytes::Bytes;
 use common::*;
 use rmqtt_codec::v5::{self, ConnectAckReason};
 use roomq::auth::{AuthDecision, AuthRequest, Authenticator, Grant};
+use roomq::config::{Limits, PerUserLimits};
 use roomq::{Broker, BrokerHandle, Config};
 use tokio::sync::mpsc;
 
@@ -86,11 +87,14 @@ async fn connack(raw: &mut Raw) -> ConnectAckReason {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_takes_only_its_share_of_the_login_queue() {
     let config = Config {
-        max_concurrent_logins: 1,
-        // Half of the queue is kept for addresses with a recent successful
-        // login: three places for new ones.
-        max_pending_logins: 6,
-        max_pending_logins_per_ip: 2,
+        limits: Limits {
+            max_concurrent_logins: 1,
+            // Half of the queue is kept for addresses with a recent successful
+            // login: three places for new ones.
+            max_pending_logins: 6,
+            max_pending_logins_per_ip: 2,
+            ..test_config().limits
+        },
         ..test_config()
     };
     let (broker, mut entered, release) = stuck_broker(config).await;
@@ -126,11 +130,14 @@ async fn one_address_takes_only_its_share_of_the_login_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_address_keeps_its_place_while_guessers_fill_the_queue() {
     let config = Config {
-        max_concurrent_logins: 1,
-        // Two places for addresses that never logged in, two kept.
-        max_pending_logins: 4,
-        // No share per address: one address may fill the untrusted half.
-        max_pending_logins_per_ip: 0,
+        limits: Limits {
+            max_concurrent_logins: 1,
+            // Two places for addresses that never logged in, two kept.
+            max_pending_logins: 4,
+            // No share per address: one address may fill the untrusted half.
+            max_pending_logins_per_ip: 0,
+            ..test_config().limits
+        },
         ..test_config()
     };
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
@@ -189,8 +196,11 @@ async fn a_returning_address_keeps_its_place_while_guessers_fill_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_login_queue_refuses_at_once_without_back_off() {
     let config = Config {
-        max_concurrent_logins: 1,
-        max_pending_logins: 1,
+        limits: Limits {
+            max_concurrent_logins: 1,
+            max_pending_logins: 1,
+            ..test_config().limits
+        },
         ..test_config()
     };
     let (broker, mut entered, release) = stuck_broker(config).await;
@@ -235,7 +245,10 @@ async fn connect_as(addr: SocketAddr, id: &str, user: &str) -> (Raw, ConnectAckR
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_identity_holds_at_most_max_connections_per_user() {
     let config = Config {
-        max_connections_per_user: 2,
+        per_user: PerUserLimits {
+            max_connections_per_user: 2,
+            ..test_config().per_user
+        },
         ..test_config()
     };
     let broker = roomq::Broker::new(config).start().await.unwrap();

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{DisconnectReasonCode as R, Packet};
+use roomq::config::Limits;
 
 /// A 5.0 PUBLISH QoS 0 with no properties, from raw topic bytes.
 fn publish_bytes(first_byte: u8, topic: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -45,7 +46,10 @@ async fn still_serving(addr: std::net::SocketAddr) {
 #[tokio::test]
 async fn malformed_packets_close_only_that_connection() {
     let broker = start_with(roomq::Config {
-        max_packet_size: 256,
+        limits: Limits {
+            max_packet_size: 256,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;

@@ -13,7 +13,7 @@ use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3;
 use rmqtt_codec::v5::{self, PublishAckReason, SubscribeAckReason};
 use roomq::chat::payloads::{self, ModResponse};
-use roomq::config::{AuthConfig, RoomConfig, RoomsDefault};
+use roomq::config::{AuthConfig, ChatConfig, RoomConfig, RoomsDefault};
 use roomq::Config;
 use serde::Serialize;
 
@@ -28,8 +28,11 @@ fn ops(moderators: &[&str]) -> RoomConfig {
 
 fn config() -> Config {
     Config {
-        rooms_default: RoomsDefault::Closed,
         rooms: vec![ops(&["mod"])],
+        chat: ChatConfig {
+            rooms_default: RoomsDefault::Closed,
+            ..test_config().chat
+        },
         ..test_config()
     }
 }
@@ -435,8 +438,11 @@ async fn a_ban_survives_a_sigkill() {
 async fn a_ban_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = || Config {
-        rooms_default: RoomsDefault::Closed,
         rooms: vec![ops(&["mod"])],
+        chat: ChatConfig {
+            rooms_default: RoomsDefault::Closed,
+            ..sled_config(dir.path()).chat
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config()).await;

@@ -76,7 +76,7 @@ fn nested_settings_come_from_double_underscore_environment_variables() {
         Some(PathBuf::from("/etc/roomq/passwords"))
     );
     assert_eq!(config.auth.allow_anonymous, Some(false));
-    assert_eq!(config.max_connections, 5);
+    assert_eq!(config.limits.max_connections, 5);
     // The guess a newcomer makes is named, with the right spelling.
     let err = roomq::Config::load_from(None, env(&[("ROOMQ_AUTH_PASSWORD_FILE", "x")]), &[])
         .unwrap_err()

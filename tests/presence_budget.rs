@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5;
+use roomq::config::{ChatConfig, PerUserLimits};
 use roomq::Config;
 
 /// Retained topics matching `filter`, sorted.
@@ -58,9 +59,15 @@ async fn visit_lobby(broker: &roomq::BrokerHandle, from: IpAddr, user: &str) {
 #[tokio::test]
 async fn invented_names_pay_from_their_address_and_evict_nobody() {
     let broker = start_with(Config {
-        claimed_names_budget_on_loopback: false,
-        max_presence_records: 10,
-        max_presence_records_per_user: 5,
+        per_user: PerUserLimits {
+            claimed_names_budget_on_loopback: false,
+            max_presence_records_per_user: 5,
+            ..test_config().per_user
+        },
+        chat: ChatConfig {
+            max_presence_records: 10,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -86,9 +93,15 @@ async fn invented_names_pay_from_their_address_and_evict_nobody() {
 #[tokio::test]
 async fn an_expired_record_gives_its_charge_back() {
     let broker = start_with(Config {
-        claimed_names_budget_on_loopback: false,
-        max_presence_records_per_user: 2,
-        presence_retention_secs: 1,
+        per_user: PerUserLimits {
+            claimed_names_budget_on_loopback: false,
+            max_presence_records_per_user: 2,
+            ..test_config().per_user
+        },
+        chat: ChatConfig {
+            presence_retention_secs: 1,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;

@@ -10,6 +10,7 @@ use common::events::*;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::PublishAckReason;
+use roomq::config::{ChatConfig, PerUserLimits};
 
 /// An emoji a page would render as nothing, or with a control character
 /// in it, is refused with 0x99 and changes nothing; emoji sequences that
@@ -73,7 +74,10 @@ async fn invisible_and_control_emoji_are_refused() {
 #[tokio::test]
 async fn toggling_a_reaction_evicts_no_message() {
     let config = roomq::Config {
-        room_max_messages: 5,
+        chat: ChatConfig {
+            room_max_messages: 5,
+            ..test_config().chat
+        },
         ..test_config()
     };
     let broker = start_with(config).await;
@@ -128,8 +132,14 @@ async fn toggling_a_reaction_evicts_no_message() {
 async fn a_reaction_costs_the_same_on_a_crowded_message_and_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = roomq::Config {
-        max_reaction_emoji: 600,
-        room_max_reactions_per_user_per_message: 600,
+        per_user: PerUserLimits {
+            room_max_reactions_per_user_per_message: 600,
+            ..sled_config(dir.path()).per_user
+        },
+        chat: ChatConfig {
+            max_reaction_emoji: 600,
+            ..sled_config(dir.path()).chat
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config.clone()).await;

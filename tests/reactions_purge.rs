@@ -11,6 +11,7 @@ use common::events::*;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::PublishAckReason;
+use roomq::config::{ChatConfig, PerUserLimits};
 use roomq::store::{Reactions, SledStore, Store};
 
 /// Posts that trigger the trim by count (every 64 entries held).
@@ -20,11 +21,17 @@ const POSTS: u16 = 64;
 async fn reactions_of_trimmed_messages_are_purged_and_other_rooms_go_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = roomq::Config {
-        room_max_messages: 4,
-        max_reaction_emoji: 64,
-        // One reactor crowds each message here.
-        room_max_reactions_per_user_per_message: 64,
-        reaction_purge_chunk: 8,
+        per_user: PerUserLimits {
+            // One reactor crowds each message here.
+            room_max_reactions_per_user_per_message: 64,
+            ..sled_config(dir.path()).per_user
+        },
+        chat: ChatConfig {
+            room_max_messages: 4,
+            max_reaction_emoji: 64,
+            reaction_purge_chunk: 8,
+            ..sled_config(dir.path()).chat
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config.clone()).await;

@@ -11,13 +11,17 @@ use common::events::{edit, send};
 use common::*;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{self, Packet, PublishAckReason};
+use roomq::config::Limits;
 use roomq::Config;
 
 const BIG: usize = 200 * 1024;
 
 fn bounded() -> Config {
     Config {
-        max_queued_bytes: 1024 * 1024,
+        limits: Limits {
+            max_queued_bytes: 1024 * 1024,
+            ..test_config().limits
+        },
         ..test_config()
     }
 }

@@ -239,7 +239,7 @@ async fn shutdown_closes_connections_that_have_not_logged_in() {
     config
         .listeners
         .push(roomq::config::ListenerConfig::tcp("127.0.0.1:0".parse().unwrap()));
-    config.connect_timeout_secs = 3600;
+    config.limits.connect_timeout_secs = 3600;
     let broker = start_with(config).await;
     let addrs = broker.local_addrs().to_vec();
     let mut sockets = Vec::new();

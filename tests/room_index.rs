@@ -9,14 +9,18 @@ mod common;
 use common::chat::{publish_with, seq_of, user_props};
 use common::{opts, persistent5, start_with, test_config, Got, Raw, QUIET};
 use rmqtt_codec::v5::{self, Packet, PublishAckReason, QoS};
+use roomq::config::PerUserLimits;
 use roomq::{BrokerHandle, Config};
 
 const ROOMS: usize = 5_000;
 
 fn config() -> Config {
     Config {
-        // One test client opens every room.
-        max_rooms_per_user: 0,
+        per_user: PerUserLimits {
+            // One test client opens every room.
+            max_rooms_per_user: 0,
+            ..test_config().per_user
+        },
         ..test_config()
     }
 }
@@ -156,7 +160,10 @@ async fn a_wildcard_subscription_replays_only_what_came_after_it() {
 async fn a_wildcard_subscriber_misses_nothing_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let sled = || Config {
-        max_rooms_per_user: 0,
+        per_user: PerUserLimits {
+            max_rooms_per_user: 0,
+            ..common::sled_config(dir.path()).per_user
+        },
         ..common::sled_config(dir.path())
     };
     let broker = start_with(sled()).await;

@@ -11,6 +11,7 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::{v3, v5};
 use roomq::chat::payloads;
+use roomq::config::{ChatConfig, PerUserLimits};
 
 const LOBBY: &str = "$rooms/lobby/members";
 
@@ -131,7 +132,10 @@ async fn a_persistent_session_stays_listed_offline_and_across_a_restart() {
 #[tokio::test]
 async fn the_list_is_cut_at_room_members_listed() {
     let broker = start_with(roomq::Config {
-        room_members_listed: 2,
+        chat: ChatConfig {
+            room_members_listed: 2,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -266,7 +270,10 @@ async fn a_plain_client_never_shows_presence_a_room_user_does() {
 #[tokio::test]
 async fn a_flood_of_subscribes_is_published_once_per_interval() {
     let broker = start_with(roomq::Config {
-        room_members_interval_ms: 3_600_000,
+        chat: ChatConfig {
+            room_members_interval_ms: 3_600_000,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -307,9 +314,12 @@ async fn a_flood_of_subscribes_is_published_once_per_interval() {
 #[tokio::test]
 async fn a_flapping_subscriber_costs_readers_a_bounded_number_of_bytes() {
     let broker = start_with(roomq::Config {
-        room_members_interval_ms: 1,
-        // A list of ~30 bytes waits ~30 s before the next one.
-        room_members_bytes_per_sec: 1,
+        chat: ChatConfig {
+            room_members_interval_ms: 1,
+            // A list of ~30 bytes waits ~30 s before the next one.
+            room_members_bytes_per_sec: 1,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -400,8 +410,14 @@ async fn from5(addr: std::net::SocketAddr, from: [u8; 4], mut c: v5::Connect, na
 #[tokio::test]
 async fn one_account_cannot_push_the_others_out_of_the_list() {
     let broker = start_with(roomq::Config {
-        room_members_listed: 6,
-        claimed_names_budget_on_loopback: false,
+        per_user: PerUserLimits {
+            claimed_names_budget_on_loopback: false,
+            ..test_config().per_user
+        },
+        chat: ChatConfig {
+            room_members_listed: 6,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;

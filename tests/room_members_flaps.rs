@@ -12,6 +12,7 @@ use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5;
 use roomq::chat::payloads;
+use roomq::config::{ChatConfig, PerUserLimits};
 
 const LOBBY: &str = "$rooms/lobby/members";
 const FILTER: &str = "rooms/lobby/msg/+";
@@ -47,9 +48,15 @@ async fn leave(who: &mut Raw, n: u16) {
 #[tokio::test]
 async fn a_reader_that_does_not_read_holds_only_the_newest_list() {
     let broker = start_with(roomq::Config {
-        room_members_interval_ms: 1,
-        room_members_bytes_per_sec: 0,
-        room_member_changes_per_minute: 0,
+        per_user: PerUserLimits {
+            room_member_changes_per_minute: 0,
+            ..test_config().per_user
+        },
+        chat: ChatConfig {
+            room_members_interval_ms: 1,
+            room_members_bytes_per_sec: 0,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -104,9 +111,15 @@ async fn a_reader_that_does_not_read_holds_only_the_newest_list() {
 #[tokio::test]
 async fn changes_beyond_the_identity_budget_publish_no_list() {
     let broker = start_with(roomq::Config {
-        room_members_interval_ms: 1,
-        room_members_bytes_per_sec: 0,
-        room_member_changes_per_minute: 3,
+        per_user: PerUserLimits {
+            room_member_changes_per_minute: 3,
+            ..test_config().per_user
+        },
+        chat: ChatConfig {
+            room_members_interval_ms: 1,
+            room_members_bytes_per_sec: 0,
+            ..test_config().chat
+        },
         ..test_config()
     })
     .await;
@@ -153,8 +166,11 @@ async fn changes_beyond_the_identity_budget_publish_no_list() {
 async fn a_list_queued_before_a_restart_is_replaced_too() {
     let dir = tempfile::tempdir().unwrap();
     let config = || roomq::Config {
-        room_members_interval_ms: 1,
-        room_members_bytes_per_sec: 0,
+        chat: ChatConfig {
+            room_members_interval_ms: 1,
+            room_members_bytes_per_sec: 0,
+            ..sled_config(dir.path()).chat
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config()).await;

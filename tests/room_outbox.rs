@@ -17,7 +17,7 @@ use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v3;
 use rmqtt_codec::v5::{self, PublishAckReason};
 use roomq::chat::payloads::{self, ModResponse};
-use roomq::config::{RoomConfig, RoomsDefault};
+use roomq::config::{ChatConfig, Limits, RoomConfig, RoomsDefault};
 use roomq::Config;
 
 /// Posts the three messages of `lobby` the tests change: returns nothing,
@@ -105,7 +105,10 @@ async fn queued_and_in_flight_room_messages_are_sent_as_they_are_now_5() {
 #[tokio::test]
 async fn queued_and_in_flight_room_messages_are_sent_as_they_are_now_311() {
     let broker = start_with(Config {
-        max_inflight_messages: 1,
+        limits: Limits {
+            max_inflight_messages: 1,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -193,8 +196,11 @@ fn ban_config() -> Config {
         moderators,
     };
     Config {
-        rooms_default: RoomsDefault::Closed,
         rooms: vec![room("ops", vec!["mod".into()]), room("side", Vec::new())],
+        chat: ChatConfig {
+            rooms_default: RoomsDefault::Closed,
+            ..test_config().chat
+        },
         ..test_config()
     }
 }

@@ -304,9 +304,9 @@ async fn topic_rules_with_username_patterns_and_no_hash_for_non_admins() {
 #[tokio::test]
 async fn flood_limits_close_or_refuse_with_the_right_codes() {
     let mut config = test_config();
-    config.max_publish_rate = 20;
-    config.max_subscriptions_per_session = 2;
-    config.max_connections_per_ip = 3;
+    config.limits.max_publish_rate = 20;
+    config.limits.max_subscriptions_per_session = 2;
+    config.limits.max_connections_per_ip = 3;
     let broker = start_with(config).await;
     let addr = broker.local_addr();
     let mut subs = Raw::client5(addr, "subs").await;

@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use rmqtt_codec::v5;
+use roomq::config::PerUserLimits;
 
 fn persistent_as(id: &str, user: &str) -> v5::Connect {
     let mut connect = persistent5(id);
@@ -38,7 +39,10 @@ async fn connack_from(
 #[tokio::test]
 async fn an_identity_keeps_at_most_its_share_of_sessions() {
     let broker = start_with(roomq::Config {
-        max_sessions_per_user: 2,
+        per_user: PerUserLimits {
+            max_sessions_per_user: 2,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -91,7 +95,10 @@ async fn an_identity_keeps_at_most_its_share_of_sessions() {
 #[tokio::test]
 async fn a_3_1_1_client_over_the_bound_gets_server_unavailable() {
     let broker = start_with(roomq::Config {
-        max_sessions_per_user: 1,
+        per_user: PerUserLimits {
+            max_sessions_per_user: 1,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -119,10 +126,13 @@ async fn a_3_1_1_client_over_the_bound_gets_server_unavailable() {
 #[tokio::test]
 async fn where_names_are_claims_the_address_pays() {
     let broker = start_with(roomq::Config {
-        max_sessions_per_user: 2,
-        // The test's clients are all on loopback: make them pay as
-        // clients from other machines do.
-        claimed_names_budget_on_loopback: false,
+        per_user: PerUserLimits {
+            max_sessions_per_user: 2,
+            // The test's clients are all on loopback: make them pay as
+            // clients from other machines do.
+            claimed_names_budget_on_loopback: false,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -167,8 +177,11 @@ async fn where_names_are_claims_the_address_pays() {
 #[tokio::test]
 async fn where_names_are_claims_the_address_pays_for_connections() {
     let broker = start_with(roomq::Config {
-        max_connections_per_user: 2,
-        claimed_names_budget_on_loopback: false,
+        per_user: PerUserLimits {
+            max_connections_per_user: 2,
+            claimed_names_budget_on_loopback: false,
+            ..test_config().per_user
+        },
         ..test_config()
     })
     .await;
@@ -219,8 +232,11 @@ async fn where_names_are_claims_the_address_pays_for_connections() {
 async fn where_names_are_claims_the_address_still_pays_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = || roomq::Config {
-        max_sessions_per_user: 2,
-        claimed_names_budget_on_loopback: false,
+        per_user: PerUserLimits {
+            max_sessions_per_user: 2,
+            claimed_names_budget_on_loopback: false,
+            ..sled_config(dir.path()).per_user
+        },
         ..sled_config(dir.path())
     };
     let broker = start_with(config()).await;

@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3;
+use roomq::config::Limits;
 use rumqttc::QoS as RQoS;
 
 #[tokio::test]
@@ -306,7 +307,10 @@ async fn anonymous_refused_when_not_allowed() {
 #[tokio::test]
 async fn max_connections_refuses_with_server_unavailable() {
     let broker = start_with(roomq::Config {
-        max_connections: 1,
+        limits: Limits {
+            max_connections: 1,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;

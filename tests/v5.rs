@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v5::{self, ConnectAckReason, DisconnectReasonCode, Packet};
+use roomq::config::Limits;
 
 #[tokio::test]
 async fn empty_client_id_is_assigned() {
@@ -34,15 +35,18 @@ async fn empty_client_id_is_assigned() {
 #[tokio::test]
 async fn connack_announces_limits() {
     let config = roomq::Config {
-        receive_maximum: 10,
-        topic_alias_maximum: 5,
+        limits: Limits {
+            receive_maximum: 10,
+            topic_alias_maximum: 5,
+            ..test_config().limits
+        },
         ..test_config()
     };
     let broker = start_with(config.clone()).await;
     let (_c, ack) = Raw::connect5(broker.local_addr(), connect5("limits")).await;
     assert_eq!(ack.receive_max.get(), 10);
     assert_eq!(ack.topic_alias_max, 5);
-    assert_eq!(ack.max_packet_size, Some(config.max_packet_size));
+    assert_eq!(ack.max_packet_size, Some(config.limits.max_packet_size));
     assert!(
         ack.retain_available && ack.shared_subscription_available && ack.subscription_identifiers_available
     );
@@ -52,7 +56,10 @@ async fn connack_announces_limits() {
 #[tokio::test]
 async fn server_keep_alive_enforces_max_keepalive() {
     let broker = start_with(roomq::Config {
-        max_keepalive_secs: 30,
+        limits: Limits {
+            max_keepalive_secs: 30,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -88,7 +95,10 @@ async fn keep_alive_timeout_disconnects_with_0x8d() {
 #[tokio::test(start_paused = true)]
 async fn socket_without_connect_is_closed() {
     let broker = start_with(roomq::Config {
-        connect_timeout_secs: 5,
+        limits: Limits {
+            connect_timeout_secs: 5,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;

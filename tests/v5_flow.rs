@@ -6,6 +6,7 @@
 
 mod common;
 
+use roomq::config::Limits;
 use std::num::{NonZeroU16, NonZeroU32};
 
 use common::*;
@@ -235,7 +236,10 @@ async fn expired_message_is_not_delivered_to_returning_session() {
 #[tokio::test]
 async fn inbound_topic_alias() {
     let broker = start_with(roomq::Config {
-        topic_alias_maximum: 2,
+        limits: Limits {
+            topic_alias_maximum: 2,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -317,7 +321,10 @@ async fn client_receive_maximum_limits_inflight() {
 #[tokio::test]
 async fn exceeding_broker_receive_maximum_disconnects_0x93() {
     let broker = start_with(roomq::Config {
-        receive_maximum: 2,
+        limits: Limits {
+            receive_maximum: 2,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -363,7 +370,10 @@ async fn message_over_client_maximum_packet_size_is_not_sent() {
 #[tokio::test]
 async fn inbound_packet_over_maximum_disconnects_0x95() {
     let broker = start_with(roomq::Config {
-        max_packet_size: 1024,
+        limits: Limits {
+            max_packet_size: 1024,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;
@@ -425,7 +435,10 @@ async fn shared_subscription_round_robin_and_handover() {
 #[tokio::test]
 async fn quota_exceeded_when_single_subscriber_queue_is_full() {
     let broker = start_with(roomq::Config {
-        max_queued_messages: 2,
+        limits: Limits {
+            max_queued_messages: 2,
+            ..test_config().limits
+        },
         ..test_config()
     })
     .await;

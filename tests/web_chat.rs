@@ -229,7 +229,7 @@ async fn the_readme_web_chat_configuration_serves_the_page() {
         listener.bind = "127.0.0.1:0".parse().unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    config.storage = roomq::StorageKind::Sled;
+    config.store.storage = roomq::StorageKind::Sled;
     config.data_dir = dir.path().to_path_buf();
     config.sys_interval_secs = 0;
     let broker = start_with(config).await;

@@ -10,6 +10,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use futures_util::SinkExt;
+use roomq::config::Limits;
 use tokio_tungstenite::tungstenite::Message;
 
 fn rss_kib() -> u64 {
@@ -25,8 +26,11 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_that_pings_and_never_reads_holds_bounded_memory() {
     let broker = start_with(roomq::Config {
-        // Long enough that the connect timeout does not end the flood.
-        connect_timeout_secs: 600,
+        limits: Limits {
+            // Long enough that the connect timeout does not end the flood.
+            connect_timeout_secs: 600,
+            ..ws_config().limits
+        },
         ..ws_config()
     })
     .await;

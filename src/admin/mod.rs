@@ -70,8 +70,8 @@ impl Admin {
     /// cannot take the process's file descriptors or memory.
     pub async fn serve(self, shared: Arc<Shared<Registry>>) {
         let mut stop = shared.shutdown.subscribe();
-        let places = Arc::new(Semaphore::new(shared.config.admin_max_connections));
-        let timeout = Duration::from_secs(shared.config.admin_timeout_secs);
+        let places = Arc::new(Semaphore::new(shared.config.limits.admin_max_connections));
+        let timeout = Duration::from_secs(shared.config.limits.admin_timeout_secs);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = stop.changed() => return,

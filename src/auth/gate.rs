@@ -186,17 +186,20 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, RoomConfig, RoomsDefault};
+    use crate::config::{ChatConfig, Config, RoomConfig, RoomsDefault};
 
     fn gate() -> Gate {
         let config = Config {
-            rooms_default: RoomsDefault::Open,
             rooms: vec![RoomConfig {
                 name: "ops".into(),
                 members: vec!["alice".into(), "bob".into()],
                 open: false,
                 moderators: vec![],
             }],
+            chat: ChatConfig {
+                rooms_default: RoomsDefault::Open,
+                ..Default::default()
+            },
             ..Config::default()
         };
         Gate {

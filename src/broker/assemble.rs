@@ -29,14 +29,14 @@ type Opened = (Option<Arc<dyn Store>>, Arc<StoreHealth>);
 /// The store `given` (an embedder's) or the one `storage` names, watched
 /// by its health (free disk space, failed writes).
 pub(super) fn open_store(config: &Config, given: Option<Arc<dyn Store>>) -> Result<Opened, StartError> {
-    let store: Option<Arc<dyn Store>> = match (given, config.storage) {
+    let store: Option<Arc<dyn Store>> = match (given, config.store.storage) {
         (Some(store), _) => Some(store),
         (None, StorageKind::Memory) => None,
         (None, StorageKind::Sled) => Some(Arc::new(sled_store(config)?)),
     };
     let store_health = Arc::new(StoreHealth::default());
-    let (min_free, reserve) = (config.min_free_disk_bytes, config.disk_reserve_bytes);
-    if config.storage == StorageKind::Sled && (min_free > 0 || reserve > 0) {
+    let (min_free, reserve) = (config.store.min_free_disk_bytes, config.store.disk_reserve_bytes);
+    if config.store.storage == StorageKind::Sled && (min_free > 0 || reserve > 0) {
         store_health.watch_disk(config.data_dir.clone(), min_free, reserve);
     }
     let store = store.map(|s| Arc::new(Monitored::new(s, store_health.clone())) as Arc<dyn Store>);
@@ -46,7 +46,7 @@ pub(super) fn open_store(config: &Config, given: Option<Arc<dyn Store>>) -> Resu
 /// The sled store `config` names: in `data_dir`, with a page cache of
 /// `store_cache_bytes`.
 fn sled_store(config: &Config) -> Result<SledStore, crate::store::StoreError> {
-    SledStore::open_with_cache(&config.data_dir, config.store_cache_bytes)
+    SledStore::open_with_cache(&config.data_dir, config.store.store_cache_bytes)
 }
 
 /// The authenticator `given` (an embedder's) or the configured one; warns
@@ -91,10 +91,13 @@ pub(super) fn shared(
     let store = nodes.store(store);
     let commit = group_commit(&config, &store, nodes, &metrics);
     let router = Arc::new(Router::new(
-        config.retain_available,
+        config.limits.retain_available,
         store.clone().filter(|_| !nodes.clustered()),
-        RetainedStore::new(config.max_retained_messages, config.max_retained_bytes)
-            .with_budgets(budgets.clone()),
+        RetainedStore::new(
+            config.limits.max_retained_messages,
+            config.limits.max_retained_bytes,
+        )
+        .with_budgets(budgets.clone()),
     ));
     let chat = open_chat(&config, &router, &store, &commit, nodes, &budgets)?;
     Ok(Shared {
@@ -109,15 +112,15 @@ pub(super) fn shared(
         gate: Gate {
             acl: Arc::new(Acl::new(config.acl.clone())),
             membership: chat.membership.clone(),
-            max_name_length: config.max_chat_name_length,
+            max_name_length: config.chat.max_chat_name_length,
         },
         chat,
         directory: nodes.directory(),
         login_backoff: LoginBackoff::new(Duration::from_millis(config.auth.login_backoff_max_ms)),
         logins: LoginPool::new(
-            config.max_concurrent_logins,
-            config.max_pending_logins,
-            config.max_pending_logins_per_ip,
+            config.limits.max_concurrent_logins,
+            config.limits.max_pending_logins,
+            config.limits.max_pending_logins_per_ip,
         ),
         budgets,
         store,
@@ -133,8 +136,8 @@ fn group_commit(
     nodes: &Nodes,
     metrics: &Arc<Metrics>,
 ) -> Option<Arc<GroupCommit>> {
-    let commit_delay = Duration::from_micros(config.commit_delay_us);
-    let commit = match (store, config.durability, nodes.barrier()) {
+    let commit_delay = Duration::from_micros(config.store.commit_delay_us);
+    let commit = match (store, config.store.durability, nodes.barrier()) {
         // In a cluster an acknowledgement also waits for JetStream's.
         (_, _, Some(barrier)) => Some(GroupCommit::start_with_barrier(
             store.clone().unwrap_or_else(|| Arc::new(MemoryStore::default())),
@@ -204,6 +207,7 @@ pub(super) fn restore(shared: &Arc<Shared<Registry>>, clustered: bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StoreConfig;
     use crate::store::Store;
 
     /// `store_cache_bytes` is the page cache sled runs with (its own
@@ -213,13 +217,16 @@ mod tests {
     fn store_cache_bytes_reaches_sled() {
         let dir = tempfile::tempdir().unwrap();
         let config = |bytes| Config {
-            storage: StorageKind::Sled,
             data_dir: dir.path().to_path_buf(),
-            store_cache_bytes: bytes,
+            store: StoreConfig {
+                storage: StorageKind::Sled,
+                store_cache_bytes: bytes,
+                ..Default::default()
+            },
             ..Config::default()
         };
         assert_eq!(
-            Config::default().store_cache_bytes,
+            Config::default().store.store_cache_bytes,
             crate::store::DEFAULT_CACHE_BYTES
         );
         let store = sled_store(&config(8 << 20)).unwrap();

@@ -119,7 +119,7 @@ impl BrokerHandle {
                 .connections
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             let deadline =
-                tokio::time::Instant::now() + Duration::from_secs(shared.config.connect_timeout_secs);
+                tokio::time::Instant::now() + Duration::from_secs(shared.config.limits.connect_timeout_secs);
             crate::session::serve(Box::new(server), peer, shared.clone(), false, deadline).await;
             shared
                 .connections
@@ -222,7 +222,7 @@ impl BrokerHandle {
         {
             tracing::warn!("some connections did not close within 10 s of shutdown");
         }
-        let bound = Duration::from_millis(self.shared.config.store_stall_timeout_ms.max(1000));
+        let bound = Duration::from_millis(self.shared.config.store.store_stall_timeout_ms.max(1000));
         self.nodes.leave(bound).await;
         if let Some(store) = self.shared.store.clone() {
             // On its own thread and bounded: sled's flush does not return
@@ -238,7 +238,7 @@ impl BrokerHandle {
                     store.close();
                     let _ = done_tx.send(());
                 });
-            let bound = Duration::from_millis(self.shared.config.store_stall_timeout_ms.max(1000));
+            let bound = Duration::from_millis(self.shared.config.store.store_stall_timeout_ms.max(1000));
             if spawned.is_ok() && tokio::time::timeout(bound, done_rx).await.is_err() {
                 tracing::error!(
                     waited_ms = bound.as_millis() as u64,

@@ -36,7 +36,7 @@ pub(super) fn spawn_all(shared: &Arc<Shared<Registry>>, nodes: &Arc<Nodes>, trac
     if shared.config.sys_interval_secs > 0 {
         tracker.spawn(publish_sys(shared.clone(), nodes.clone()));
     }
-    if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.durability) {
+    if let (Some(store), Durability::Buffered) = (&shared.store, shared.config.store.durability) {
         tracker.spawn(flush_periodically(store.clone(), shared.clone()));
     }
     if let Some(store) = &shared.store {
@@ -64,7 +64,7 @@ async fn chat_upkeep(shared: Arc<Shared<Registry>>) {
 /// (`reaction_purge_chunk` keys) per step, until none is left. A failed
 /// step leaves the queue for the next tick (the store's health logs it).
 async fn purge_reactions(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
-    let chunk = shared.config.reaction_purge_chunk.max(1);
+    let chunk = shared.config.chat.reaction_purge_chunk.max(1);
     drain_every_second(
         shared,
         move || matches!(store.purge_reactions(chunk), Ok(removed) if removed >= chunk),
@@ -116,7 +116,7 @@ async fn drain_every_second(shared: Arc<Shared<Registry>>, step: impl Fn() -> bo
 /// (for `run_upkeep`, off the runtime).
 fn purge_all_reactions(shared: &Shared<Registry>) {
     let Some(store) = &shared.store else { return };
-    let chunk = shared.config.reaction_purge_chunk.max(1);
+    let chunk = shared.config.chat.reaction_purge_chunk.max(1);
     while let Ok(removed) = store.purge_reactions(chunk) {
         if removed < chunk {
             break;
@@ -129,9 +129,9 @@ pub(super) fn run_upkeep(shared: &Shared<Registry>) -> usize {
     shared.budgets.forget_idle();
     shared
         .chat
-        .upkeep(Duration::from_millis(shared.config.typing_min_interval_ms));
+        .upkeep(Duration::from_millis(shared.config.chat.typing_min_interval_ms));
     purge_all_reactions(shared);
-    let retention = Duration::from_secs(shared.config.presence_retention_secs);
+    let retention = Duration::from_secs(shared.config.chat.presence_retention_secs);
     if retention.is_zero() {
         return 0;
     }
@@ -148,7 +148,9 @@ pub(super) fn run_upkeep(shared: &Shared<Registry>) -> usize {
 /// With `durability = "buffered"`: flushes every `flush_interval_ms`.
 async fn flush_periodically(store: Arc<dyn Store>, shared: Arc<Shared<Registry>>) {
     let mut stop = shared.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.flush_interval_ms.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        shared.config.store.flush_interval_ms.max(1),
+    ));
     loop {
         tokio::select! {
             _ = stop.changed() => return,

@@ -187,35 +187,44 @@ impl Limits {
     pub fn from_config(config: &crate::config::Config) -> Self {
         let b = config;
         Limits::default()
-            .with_held(Held::Connections, b.max_connections_per_user as u64)
-            .with_held(Held::Sessions, b.max_sessions_per_user as u64)
-            .with_held(Held::Rooms, b.max_rooms_per_user as u64)
-            .with_held(Held::Receipts, b.max_receipts_per_user as u64)
-            .with_held(Held::RetainedMessages, b.max_retained_messages_per_user as u64)
-            .with_held(Held::RetainedBytes, b.max_retained_bytes_per_user as u64)
-            .with_held(Held::SubscriptionBytes, b.max_subscription_bytes_per_user as u64)
-            .with_held(Held::QueuedBytes, b.max_queued_bytes_per_user as u64)
-            .with_held(Held::RoomCursors, b.max_room_cursors_per_user as u64)
-            .with_ceiling(Held::RoomCursors, b.max_room_cursors as u64)
-            .with_held(Held::PresenceRecords, b.max_presence_records_per_user as u64)
+            .with_held(Held::Connections, b.per_user.max_connections_per_user as u64)
+            .with_held(Held::Sessions, b.per_user.max_sessions_per_user as u64)
+            .with_held(Held::Rooms, b.per_user.max_rooms_per_user as u64)
+            .with_held(Held::Receipts, b.per_user.max_receipts_per_user as u64)
+            .with_held(
+                Held::RetainedMessages,
+                b.per_user.max_retained_messages_per_user as u64,
+            )
+            .with_held(Held::RetainedBytes, b.per_user.max_retained_bytes_per_user as u64)
+            .with_held(
+                Held::SubscriptionBytes,
+                b.per_user.max_subscription_bytes_per_user as u64,
+            )
+            .with_held(Held::QueuedBytes, b.per_user.max_queued_bytes_per_user as u64)
+            .with_held(Held::RoomCursors, b.per_user.max_room_cursors_per_user as u64)
+            .with_ceiling(Held::RoomCursors, b.chat.max_room_cursors as u64)
+            .with_held(
+                Held::PresenceRecords,
+                b.per_user.max_presence_records_per_user as u64,
+            )
             .with_rate(
                 Rate::HistoryRequests,
-                b.history_requests_per_minute as u64,
+                b.per_user.history_requests_per_minute as u64,
                 Duration::from_secs(60),
             )
             .with_rate(
                 Rate::RoomPostBytes,
-                b.room_post_bytes_per_hour,
+                b.per_user.room_post_bytes_per_hour,
                 Duration::from_secs(3600),
             )
             .with_rate(
                 Rate::RoomMessages,
-                b.room_max_messages_per_minute as u64,
+                b.chat.room_max_messages_per_minute as u64,
                 Duration::from_secs(60),
             )
             .with_rate(
                 Rate::RoomMemberChanges,
-                b.room_member_changes_per_minute as u64,
+                b.per_user.room_member_changes_per_minute as u64,
                 Duration::from_secs(60),
             )
     }

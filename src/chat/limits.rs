@@ -5,7 +5,8 @@
 use crate::config::Config;
 
 /// The bounds the chat layer applies per request (each field is the
-/// `Config` field of the same name; `docs/configuration.md`).
+/// setting of the same name: `config.chat`'s, `max_packet_size` from
+/// `config.limits`; `docs/configuration.md`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChatLimits {
     pub max_packet_size: u32,
@@ -28,21 +29,21 @@ pub(crate) struct ChatLimits {
 impl ChatLimits {
     pub fn from_config(config: &Config) -> Self {
         ChatLimits {
-            max_packet_size: config.max_packet_size,
-            max_msg_id_length: config.max_msg_id_length,
-            max_chat_name_length: config.max_chat_name_length,
-            max_room_message_bytes: config.max_room_message_bytes,
-            max_rooms: config.max_rooms,
-            max_emoji_bytes: config.max_emoji_bytes,
-            max_bans_per_room: config.max_bans_per_room,
-            typing_min_interval_ms: config.typing_min_interval_ms,
-            typing_max_entries: config.typing_max_entries,
-            room_max_messages: config.room_max_messages,
-            history_default_limit: config.history_default_limit,
-            history_max_limit: config.history_max_limit,
-            history_max_bytes: config.history_max_bytes,
-            max_alert_devices: config.max_alert_devices,
-            max_alert_devices_per_rule: config.max_alert_devices_per_rule,
+            max_packet_size: config.limits.max_packet_size,
+            max_msg_id_length: config.chat.max_msg_id_length,
+            max_chat_name_length: config.chat.max_chat_name_length,
+            max_room_message_bytes: config.chat.max_room_message_bytes,
+            max_rooms: config.chat.max_rooms,
+            max_emoji_bytes: config.chat.max_emoji_bytes,
+            max_bans_per_room: config.chat.max_bans_per_room,
+            typing_min_interval_ms: config.chat.typing_min_interval_ms,
+            typing_max_entries: config.chat.typing_max_entries,
+            room_max_messages: config.chat.room_max_messages,
+            history_default_limit: config.chat.history_default_limit,
+            history_max_limit: config.chat.history_max_limit,
+            history_max_bytes: config.chat.history_max_bytes,
+            max_alert_devices: config.chat.max_alert_devices,
+            max_alert_devices_per_rule: config.chat.max_alert_devices_per_rule,
         }
     }
 }

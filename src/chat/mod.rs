@@ -232,16 +232,16 @@ impl Chat {
         let sanctions = sanctions::Sanctions::load(store.clone())?;
         let mut log = RoomLog::load(
             store.clone(),
-            config.room_max_messages,
-            config.room_max_age_secs,
+            config.chat.room_max_messages,
+            config.chat.room_max_age_secs,
             reserve_ahead,
         )?;
         log.trims_shared_with(replication.clone());
         let dedup = DedupIndex::load(
             store.clone(),
-            config.dedup_window_secs.saturating_mul(1000),
-            config.dedup_max_entries,
-            config.dedup_max_bytes,
+            config.chat.dedup_window_secs.saturating_mul(1000),
+            config.chat.dedup_max_entries,
+            config.chat.dedup_max_bytes,
             |room| log.head(room),
         )?;
         // Rooms opened before the restart stay charged to their openers.
@@ -257,29 +257,29 @@ impl Chat {
             dedup,
             presence: Presence::new(
                 presence,
-                config.max_presence_records,
-                std::time::Duration::from_secs(config.presence_transient_secs),
+                config.chat.max_presence_records,
+                std::time::Duration::from_secs(config.chat.presence_transient_secs),
                 Some(budgets.clone()),
             ),
             members: members::RoomMembers::new(
-                config.room_members_listed,
-                config.room_members_listed_per_account,
-                std::time::Duration::from_millis(config.room_members_interval_ms),
-                config.room_members_bytes_per_sec,
+                config.chat.room_members_listed,
+                config.per_user.room_members_listed_per_account,
+                std::time::Duration::from_millis(config.chat.room_members_interval_ms),
+                config.chat.room_members_bytes_per_sec,
             ),
             replication,
             sanction_replication: std::sync::OnceLock::new(),
             typing: Mutex::default(),
-            receipts: Receipts::new(config.max_receipts, budgets.clone()),
+            receipts: Receipts::new(config.chat.max_receipts, budgets.clone()),
             budgets,
             alerts: config.alerts.clone(),
             signed: signed::SignedAlerts::none(),
             reaction_bounds: reactions::ReactionBounds {
-                emoji: config.max_reaction_emoji,
-                total: config.max_reactions_per_message,
-                per_reactor: config.room_max_reactions_per_user_per_message,
+                emoji: config.chat.max_reaction_emoji,
+                total: config.chat.max_reactions_per_message,
+                per_reactor: config.per_user.room_max_reactions_per_user_per_message,
             },
-            max_edits: config.room_max_edits_per_message,
+            max_edits: config.chat.room_max_edits_per_message,
             counters: ChatCounters::default(),
         })
     }

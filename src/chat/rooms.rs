@@ -53,7 +53,7 @@ impl Membership {
             rooms: RwLock::default(),
             sanctions,
         };
-        membership.replace(config.rooms_default, &config.rooms);
+        membership.replace(config.chat.rooms_default, &config.rooms);
         membership
     }
 

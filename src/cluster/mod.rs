@@ -417,6 +417,7 @@ async fn connect_nats(
 /// ban copies, what piles up before a trim).
 fn room_stream_limit(config: &Config, cc: &ClusterConfig) -> u64 {
     config
+        .chat
         .room_max_messages
         .saturating_add(cc.room_stream_extra_records)
 }
@@ -438,7 +439,7 @@ async fn ensure_streams(
         // (`Rooms::purge_below`), by entries kept; this is the backstop that
         // also counts reactions and ban copies.
         max_messages_per_subject: i64::try_from(room_stream_limit(config, cc)).unwrap_or(i64::MAX),
-        max_age: Duration::from_secs(config.room_max_age_secs),
+        max_age: Duration::from_secs(config.chat.room_max_age_secs),
         // A writer's retry comes within seconds; after that every node's
         // copy of the log knows the msg-id (`chat/dedup.rs`).
         duplicate_window: Duration::from_secs(120),

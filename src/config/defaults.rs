@@ -4,11 +4,20 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::settings::FlatConfig;
 use super::*;
 
+/// The defaults are written once, as the file's keys; the grouped
+/// [`Config`] sorts them.
 impl Default for Config {
     fn default() -> Self {
-        Config {
+        FlatConfig::default().into()
+    }
+}
+
+impl Default for FlatConfig {
+    fn default() -> Self {
+        FlatConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             data_dir: PathBuf::from("./data"),
             storage: StorageKind::Sled,

@@ -270,4 +270,25 @@ mod tests {
         assert!(names_of::<Config>().contains(&"max_connections"));
         assert!(names_of::<AuthConfig>().contains(&"password_file"));
     }
+
+    #[test]
+    fn grouped_fields_keep_their_flat_keys() {
+        // `Config` is read through the flat shape: its names are the keys.
+        assert!(names_of::<Config>().contains(&"max_rooms"));
+        assert!(!names_of::<Config>().contains(&"chat"));
+        let env = vec![
+            ("ROOMQ_MAX_ROOMS".to_string(), "3".to_string()),
+            ("ROOMQ_DURABILITY".to_string(), "buffered".to_string()),
+            ("ROOMQ_MAX_SESSIONS_PER_USER".to_string(), "4".to_string()),
+        ];
+        let config =
+            Config::load_from(None, env, &[("max_connections", "7".into())]).expect("flat keys load");
+        assert_eq!(config.chat.max_rooms, 3);
+        assert_eq!(config.store.durability, Durability::Buffered);
+        assert_eq!(config.per_user.max_sessions_per_user, 4);
+        assert_eq!(config.limits.max_connections, 7);
+        let grouped = vec![("ROOMQ_LIMITS__MAX_CONNECTIONS".to_string(), "7".to_string())];
+        let err = Config::load_from(None, grouped, &[]).expect_err("groups are not keys");
+        assert!(err.to_string().contains("names no setting"), "{err}");
+    }
 }

@@ -144,8 +144,8 @@ pub(crate) async fn accept_loop(
             }
         };
         let (max_open, max_rate) = (
-            shared.config.max_connections_per_ip,
-            shared.config.max_connection_rate_per_ip,
+            shared.config.limits.max_connections_per_ip,
+            shared.config.limits.max_connection_rate_per_ip,
         );
         if !ip_limits.admit(addr.ip(), max_open, max_rate) {
             // Refused before any MQTT: the cheapest answer to a flood.
@@ -159,9 +159,10 @@ pub(crate) async fn accept_loop(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        let over_limit = open > shared.config.max_connections;
+        let over_limit = open > shared.config.limits.max_connections;
         // One deadline for the handshakes and the CONNECT together.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(shared.config.connect_timeout_secs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(shared.config.limits.connect_timeout_secs);
         // Boxed, and made before the task: the TLS and WebSocket handshake
         // state is large, and inline it would stay in every idle
         // connection's task (measured: 15 KB instead of 6 KB per idle
@@ -297,8 +298,8 @@ async fn websocket_accept<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let max_frame = shared.config.max_packet_size as usize + 8;
-    let max_write_buffer = shared.config.ws_max_write_buffer_bytes;
+    let max_frame = shared.config.limits.max_packet_size as usize + 8;
+    let max_write_buffer = shared.config.limits.ws_max_write_buffer_bytes;
     let ws = websocket::accept(stream, &listener.config.path, max_frame, max_write_buffer).await?;
     Ok(Box::new(ws))
 }

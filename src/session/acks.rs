@@ -192,7 +192,7 @@ fn refusal(reason: PublishAckReason) -> PublishAckReason {
 }
 
 fn stall_timeout(shared: &Shared) -> Duration {
-    Duration::from_millis(shared.config.store_stall_timeout_ms.max(1))
+    Duration::from_millis(shared.config.store.store_stall_timeout_ms.max(1))
 }
 
 /// Waits until `ticket` is durable, or until the store has failed for the

@@ -131,7 +131,7 @@ pub(crate) async fn accept(
         };
     let terms = negotiate(shared, &claimed.session, &connect, &grant, &principal, version).await;
     let config = &shared.config;
-    io.codec.set_max_inbound(config.max_packet_size);
+    io.codec.set_max_inbound(config.limits.max_packet_size);
     send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
     shared.metrics.connected(io.listener).inc();
     shared.metrics.connections_opened.inc();
@@ -172,8 +172,8 @@ pub(crate) async fn accept(
         },
         shutdown: shared.shutdown.subscribe(),
         publish_budget: super::rate::PublishBudget::new(
-            config.max_publish_rate,
-            config.max_publish_bytes_rate,
+            config.limits.max_publish_rate,
+            config.limits.max_publish_bytes_rate,
         ),
         delivery_latency: crate::metrics::LocalHistogram::default(),
     })
@@ -192,11 +192,11 @@ fn connack(
     (version == Version::V5).then(|| ConnectAck {
         session_expiry_interval_secs: (terms.expiry != connect.session_expiry_interval_secs)
             .then_some(terms.expiry),
-        receive_max: NonZeroU16::new(config.receive_maximum).unwrap_or(NonZeroU16::MAX),
-        max_packet_size: Some(config.max_packet_size),
+        receive_max: NonZeroU16::new(config.limits.receive_maximum).unwrap_or(NonZeroU16::MAX),
+        max_packet_size: Some(config.limits.max_packet_size),
         assigned_client_id: assigned.map(Into::into),
-        topic_alias_max: config.topic_alias_maximum,
-        retain_available: config.retain_available,
+        topic_alias_max: config.limits.topic_alias_maximum,
+        retain_available: config.limits.retain_available,
         server_keepalive_sec: terms.server_keep_alive,
         ..Default::default()
     })
@@ -421,7 +421,7 @@ struct KeepAliveTerms {
 
 fn keep_alive_terms(config: &crate::config::Config, connect: &Connect, version: Version) -> KeepAliveTerms {
     // Keep-alive: 0 means off unless the broker sets a maximum.
-    let max_keepalive = config.max_keepalive_secs;
+    let max_keepalive = config.limits.max_keepalive_secs;
     let mut keep_alive = connect.keep_alive;
     let mut server_keep_alive = None;
     if max_keepalive > 0 && (keep_alive == 0 || keep_alive > max_keepalive) {
@@ -430,7 +430,7 @@ fn keep_alive_terms(config: &crate::config::Config, connect: &Connect, version: 
             server_keep_alive = Some(max_keepalive);
         }
     }
-    let expiry = match config.max_session_expiry_secs {
+    let expiry = match config.limits.max_session_expiry_secs {
         0 => connect.session_expiry_interval_secs,
         max => connect.session_expiry_interval_secs.min(max),
     };
@@ -486,7 +486,7 @@ async fn negotiate(
     let client_receive_max = connect.receive_max.map(NonZeroU16::get).unwrap_or(u16::MAX);
     Terms {
         keep_alive_window: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-        send_window: usize::from(client_receive_max.min(config.max_inflight_messages)),
+        send_window: usize::from(client_receive_max.min(config.limits.max_inflight_messages)),
         kick,
         auth_deadline: grant.expires_unix.map(|exp| {
             let left = exp.saturating_sub(crate::store::unix_ms_now() / 1000);

@@ -142,7 +142,10 @@ async fn open(
     let mut io = Io::new(
         stream,
         &peer,
-        config.max_packet_size.min(config.max_connect_packet_size),
+        config
+            .limits
+            .max_packet_size
+            .min(config.limits.max_connect_packet_size),
         shared.metrics.clone(),
     );
     // A shutdown does not wait for a client that has not logged in.
@@ -380,7 +383,7 @@ impl Connection {
 
     /// Applies `max_session_expiry_secs`.
     pub fn cap_expiry(&self, requested: u32) -> u32 {
-        match self.shared.config.max_session_expiry_secs {
+        match self.shared.config.limits.max_session_expiry_secs {
             0 => requested,
             max => requested.min(max),
         }

@@ -183,7 +183,7 @@ fn principal_of(
     // them the address pays (and one client claiming another's name does
     // not spend that one's budget), but for the machine's own processes.
     let name_pays =
-        names_verified || (shared.config.claimed_names_budget_on_loopback && is_loopback(peer.ip()));
+        names_verified || (shared.config.per_user.claimed_names_budget_on_loopback && is_loopback(peer.ip()));
     let account = crate::budget::account_of(identity.as_deref().filter(|_| name_pays), Some(peer.ip()));
     Ok(Principal {
         username,

@@ -67,15 +67,15 @@ impl Connection {
     pub(super) fn enter_publish(&mut self, mut publish: Publish) -> Result<(Publish, Classified), Close> {
         self.resolve_topic_alias(&mut publish)?;
         let config = &self.shared.config;
-        if publish.topic.len() > config.max_topic_length
-            || publish.topic.split('/').count() > config.max_topic_levels
+        if publish.topic.len() > config.limits.max_topic_length
+            || publish.topic.split('/').count() > config.limits.max_topic_levels
         {
             return Err(Close::ByServer(
                 DisconnectReasonCode::TopicNameInvalid,
                 "topic over max_topic_length or max_topic_levels".into(),
             ));
         }
-        if publish.retain && !config.retain_available {
+        if publish.retain && !config.limits.retain_available {
             return Err(Close::ByServer(
                 DisconnectReasonCode::RetainNotSupported,
                 "retain is not available".into(),
@@ -135,7 +135,7 @@ impl Connection {
             // message is in flight until its PUBACK, which may wait for the
             // group commit.
             let in_flight = self.session.state.lock().incoming_qos2.len() + self.acks.qos1_waiting();
-            if in_flight >= usize::from(config.receive_maximum) {
+            if in_flight >= usize::from(config.limits.receive_maximum) {
                 return Some(Close::ByServer(
                     DisconnectReasonCode::ReceiveMaximumExceeded,
                     "more unacknowledged QoS 1 and 2 messages than Receive Maximum".into(),
@@ -160,12 +160,13 @@ impl Connection {
                 }));
                 return None;
             }
-            if st.incoming_qos2.len() + self.acks.qos1_waiting() >= usize::from(config.receive_maximum) {
+            if st.incoming_qos2.len() + self.acks.qos1_waiting() >= usize::from(config.limits.receive_maximum)
+            {
                 if !self.agreed.version.is_v5() {
                     // 3.1.1 has no Receive Maximum to announce and no
                     // DISCONNECT to explain it: say it here.
                     tracing::warn!(
-                        limit = config.receive_maximum,
+                        limit = config.limits.receive_maximum,
                         "3.1.1 client closed: more unreleased QoS 2 messages than receive_maximum"
                     );
                 }
@@ -204,7 +205,7 @@ impl Connection {
                 client_id = %self.session.client_id,
                 reason = %format_args!("{:#04x}", u8::from(reason)),
                 bytes,
-                max_room_message_bytes = self.shared.config.max_room_message_bytes,
+                max_room_message_bytes = self.shared.config.chat.max_room_message_bytes,
                 "room post refused; a 3.1.1 client is not told why (logged once per connection; the 5.0 reason code says it)"
             );
         }
@@ -311,7 +312,7 @@ impl Connection {
         match alias {
             Some(alias) => {
                 let alias = alias.get();
-                if alias > self.shared.config.topic_alias_maximum {
+                if alias > self.shared.config.limits.topic_alias_maximum {
                     return Err(Close::ByServer(
                         DisconnectReasonCode::TopicAliasInvalid,
                         format!("topic alias {alias} is over the maximum"),
@@ -350,7 +351,7 @@ impl Connection {
     /// connection with 0x94 Topic Alias invalid, the code 5.0 gives to an
     /// alias the server will not take.
     fn register_alias(&mut self, alias: u16, topic: &ByteString) -> Result<(), Close> {
-        let bound = self.shared.config.max_topic_alias_bytes;
+        let bound = self.shared.config.limits.max_topic_alias_bytes;
         let aliases = self.aliases.get_or_insert_with(Default::default);
         if !aliases.register(alias, topic, bound) {
             return Err(Close::ByServer(

@@ -110,7 +110,7 @@ impl Registry {
                 // The ceiling behind `max_sessions_per_user`. A clean
                 // session lasts as long as its connection, which
                 // `max_connections` bounds: it is not refused here.
-                let max = shared.config.max_sessions;
+                let max = shared.config.limits.max_sessions;
                 if persistent && max > 0 && map.len() >= max {
                     drop(map);
                     tracing::info!(%client_id, max_sessions = max, "new persistent session refused: max_sessions");
@@ -223,9 +223,9 @@ impl Registry {
     fn new_session(&self, shared: &Shared, client_id: &str) -> Arc<Session> {
         let session = Arc::new(Session::new(
             client_id.into(),
-            shared.config.max_queued_messages,
-            shared.config.max_queued_bytes,
-            shared.config.queue_qos0_messages,
+            shared.config.limits.max_queued_messages,
+            shared.config.limits.max_queued_bytes,
+            shared.config.limits.queue_qos0_messages,
             shared.metrics.clone(),
             shared.store.clone(),
             Some(shared.chat.membership.clone()),

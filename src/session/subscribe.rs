@@ -119,7 +119,7 @@ impl Connection {
     /// logged.
     fn subscribe_refusal(&self, parsed: &Filter<'_>) -> Option<SubscribeAckReason> {
         let filter = parsed.text;
-        let max_length = self.shared.config.max_filter_length;
+        let max_length = self.shared.config.limits.max_filter_length;
         if filter.len() > max_length {
             tracing::info!(
                 length = filter.len(),
@@ -128,7 +128,7 @@ impl Connection {
             );
             return Some(SubscribeAckReason::TopicFilterInvalid);
         }
-        let max = self.shared.config.max_subscriptions_per_session;
+        let max = self.shared.config.limits.max_subscriptions_per_session;
         if max > 0 {
             let st = self.session.state.lock();
             if st.subscriptions.len() >= max && !st.subscriptions.contains_key(filter) {
@@ -221,7 +221,7 @@ impl Connection {
     }
 
     fn filter_within_limits(&self, filter: &str) -> bool {
-        filter.len() <= self.shared.config.max_topic_length
-            && filter.split('/').count() <= self.shared.config.max_topic_levels
+        filter.len() <= self.shared.config.limits.max_topic_length
+            && filter.split('/').count() <= self.shared.config.limits.max_topic_levels
     }
 }

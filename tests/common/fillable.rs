@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rmqtt_codec::types::QoS;
+use roomq::config::StoreConfig;
 use roomq::store::{
     DedupRecord, LoadedSession, MessageRecord, QueuedRecord, Reactions, RoomHead, RoomRecord, SessionRecord,
     SledStore, Store, StoreError,
@@ -228,8 +229,11 @@ pub async fn start_fillable(dir: &std::path::Path) -> (roomq::BrokerHandle, Arc<
 /// on (for the store status).
 pub fn fillable_config(dir: &std::path::Path) -> roomq::Config {
     roomq::Config {
-        store_stall_timeout_ms: 300,
         sys_interval_secs: 60,
+        store: StoreConfig {
+            store_stall_timeout_ms: 300,
+            ..sled_config(dir).store
+        },
         ..sled_config(dir)
     }
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use rmqtt_codec::v3;
 use rmqtt_codec::v5;
+use roomq::config::StoreConfig;
 use roomq::{Broker, BrokerHandle, Config};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -35,7 +36,10 @@ pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         sys_interval_secs: 0,
-        storage: roomq::StorageKind::Memory,
+        store: StoreConfig {
+            storage: roomq::StorageKind::Memory,
+            ..Default::default()
+        },
         ..Config::default()
     }
 }
@@ -43,8 +47,11 @@ pub fn test_config() -> Config {
 /// `test_config()` with the sled store in `dir`.
 pub fn sled_config(dir: &std::path::Path) -> Config {
     Config {
-        storage: roomq::StorageKind::Sled,
         data_dir: dir.to_path_buf(),
+        store: StoreConfig {
+            storage: roomq::StorageKind::Sled,
+            ..test_config().store
+        },
         ..test_config()
     }
 }
