@@ -145,12 +145,20 @@ impl Io {
 
     /// Encodes `packet` into the write buffer: a spare one of this thread
     /// when the connection holds none.
-    #[inline]
+    // Always inline: the packet is moved once, into the codec, as when
+    // the codec was called directly (callgrind: 42 instructions per
+    // delivered message for the extra move).
+    #[inline(always)]
     pub(super) fn encode(&mut self, packet: Packet) -> Result<(), crate::protocol::EncodeError> {
         if self.out.capacity() == 0 {
-            self.out = spare_write_buffer();
+            self.take_spare_write_buffer();
         }
         self.codec.encode(packet, &mut self.out)
+    }
+
+    #[cold]
+    fn take_spare_write_buffer(&mut self) {
+        self.out = spare_write_buffer();
     }
 
     /// Writes everything queued.

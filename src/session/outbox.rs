@@ -71,7 +71,7 @@ impl Connection {
                     stage,
                 };
                 session.record_inflight(&st, &inflight);
-                st.inflight.push_back(inflight);
+                st.push_in_flight(inflight);
             } else {
                 // Not sendable to this client (too large): treated as delivered.
                 session.forget_delivery(&delivery);
@@ -129,7 +129,7 @@ impl Connection {
     /// were charged for, so an edit that makes a waiting message larger
     /// cannot make the session hold more than its bounds (it is read again
     /// from the log for a resend).
-    #[inline]
+    #[inline(always)]
     fn write_current(
         &mut self,
         d: &Delivery,
