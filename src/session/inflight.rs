@@ -37,30 +37,53 @@ pub(crate) enum Resend<'a> {
 }
 
 impl SessionState {
-    /// The next packet id not used by a message in flight.
+    /// The next packet id not used by a message in flight; `None` when
+    /// all 65,535 are (the window is never that large: `send_window` is
+    /// at most 65,535 and full before that, so this is only a guard).
     #[inline]
-    pub fn allocate_packet_id(&mut self) -> NonZeroU16 {
-        loop {
-            self.next_packet_id = self.next_packet_id.wrapping_add(1);
-            if let Some(id) = NonZeroU16::new(self.next_packet_id) {
-                if self.packet_id_free(id) {
-                    return id;
-                }
-            }
+    pub fn allocate_packet_id(&mut self) -> Option<NonZeroU16> {
+        let next = next_id(self.next_packet_id);
+        if self.beyond_the_window(next) {
+            self.next_packet_id = next.get();
+            return Some(next);
         }
+        self.first_free_id()
     }
 
-    /// Whether no message in flight has packet id `id`.
-    fn packet_id_free(&self, id: NonZeroU16) -> bool {
+    /// Whether `id` is free because it is past the newest id in flight
+    /// while the window's ids go up in send order (the module's
+    /// invariants), or the window is empty.
+    fn beyond_the_window(&self, id: NonZeroU16) -> bool {
         let (Some(oldest), Some(newest)) = (self.inflight.front(), self.inflight.back()) else {
             return true;
         };
-        if !self.inflight_unordered
+        !self.inflight_unordered
             && ids_from(oldest.packet_id, id) > ids_from(oldest.packet_id, newest.packet_id)
-        {
-            return true;
+    }
+
+    /// The first id after the counter that no message in flight has,
+    /// found with one pass over the window into a bitmap of the 65,536
+    /// ids (8 KiB, for this call only): a window of 65,000 messages held
+    /// while the counter wrapped once made a scan per candidate id take
+    /// seconds of a runtime thread.
+    #[cold]
+    fn first_free_id(&mut self) -> Option<NonZeroU16> {
+        let mut used = vec![0u64; 1 << 10];
+        for f in self.inflight.iter() {
+            let id = usize::from(f.packet_id.get());
+            used[id / 64] |= 1 << (id % 64);
         }
-        !self.inflight.iter().any(|f| f.packet_id == id)
+        let mut id = self.next_packet_id;
+        for _ in 0..u16::MAX {
+            let candidate = next_id(id);
+            id = candidate.get();
+            let index = usize::from(id);
+            if used[index / 64] & (1 << (index % 64)) == 0 {
+                self.next_packet_id = id;
+                return Some(candidate);
+            }
+        }
+        None
     }
 
     /// Puts a message sent with `packet_id` at the end of the window (send
@@ -127,6 +150,11 @@ impl SessionState {
     }
 }
 
+/// The id after `id`: ids wrap from 65535 to 1 (0 is not a packet id).
+fn next_id(id: u16) -> NonZeroU16 {
+    NonZeroU16::new(id.wrapping_add(1)).unwrap_or(NonZeroU16::MIN)
+}
+
 /// How many steps the packet id counter takes from `from` to `to` (ids
 /// wrap from 65535 to 1; the skipped 0 counts as a step, which changes no
 /// comparison).
@@ -156,7 +184,7 @@ mod tests {
     /// Sends one message as `outbox.rs` does: a fresh id, the first stage
     /// of its QoS.
     fn send(st: &mut SessionState, topic: &str, qos: QoS) -> u16 {
-        let packet_id = st.allocate_packet_id();
+        let packet_id = st.allocate_packet_id().expect("a free packet id");
         let stage = if qos == QoS::ExactlyOnce {
             Stage::Pubrec
         } else {
@@ -301,5 +329,24 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// A window holding all but a few of the 65,535 ids, its counter
+    /// wrapped (a client that acknowledges only some of a huge window):
+    /// each freed id is found, in counter order, and no id in use is
+    /// given; with every id in use, none is.
+    #[test]
+    fn a_nearly_full_id_space_gives_only_the_freed_ids() {
+        let mut st = SessionState::default();
+        for _ in 0..u16::MAX {
+            send(&mut st, "t", QoS::AtLeastOnce);
+        }
+        assert_eq!(st.allocate_packet_id(), None);
+        for freed in [40_000, 7, 65_535, 12_345] {
+            assert!(st.acknowledged(id(freed), Stage::Puback).is_some());
+        }
+        let given: Vec<u16> = (0..4).map(|_| send(&mut st, "t", QoS::AtLeastOnce)).collect();
+        assert_eq!(given, [7, 12_345, 40_000, 65_535]);
+        assert_eq!(st.allocate_packet_id(), None);
     }
 }

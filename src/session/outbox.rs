@@ -58,7 +58,12 @@ impl Connection {
                 session.room_message_done(&mut st, &delivery);
                 continue;
             }
-            let packet_id = st.allocate_packet_id();
+            let Some(packet_id) = st.allocate_packet_id() else {
+                // Every id in flight: impossible within a window of at
+                // most 65,535; the message waits, as for a full window.
+                st.queue.push_front(delivery);
+                break;
+            };
             if self.write_current(&delivery, Some(packet_id), false, now) {
                 let stage = if delivery.qos == QoS::ExactlyOnce {
                     Stage::Pubrec

@@ -146,6 +146,15 @@ impl<T: Counted> Queue<T> {
         self.payer.as_ref().is_none_or(|p| p.charge(bytes as u64).is_ok())
     }
 
+    /// Puts `item` back at the front, charged like [`Queue::push_back`]
+    /// (what was just taken from the front and could not be sent).
+    pub fn push_front(&mut self, item: T) {
+        let bytes = item.bytes();
+        self.charge_unchecked(bytes);
+        self.bytes += bytes;
+        self.items.push_front(item);
+    }
+
     /// Appends `item`, whose `bytes` [`Queue::reserve`] charged.
     #[inline]
     pub fn push_back_reserved(&mut self, item: T, bytes: usize) {
