@@ -108,6 +108,10 @@ impl Classified {
 
     /// The chat meaning of `topic` (the one this was made from), if any.
     pub(crate) fn chat(self, topic: &str) -> Option<ChatTopic<'_>> {
+        if self.shape == Shape::Plain {
+            // Most topics: nothing to slice.
+            return None;
+        }
         let (room, sender) = (self.name.of(topic), self.sender.of(topic));
         Some(match self.shape {
             Shape::Plain => return None,

@@ -122,6 +122,10 @@ pub(crate) struct SessionState {
     /// their bytes count with the queue's against `max_queued_bytes`.
     pub inflight: queue::Queue<Inflight>,
     next_packet_id: u16,
+    /// Set when the window's packet ids may not go up in send order
+    /// (`inflight.rs`, `SessionState::push_in_flight`): a new id is then
+    /// checked against every message in flight.
+    inflight_unordered: bool,
     /// Packet ids of incoming QoS 2 messages for which PUBREC was sent and
     /// PUBREL has not arrived ([MQTT-4.3.3-9]). This and the other maps
     /// of the state are B-trees: an empty one is 24 bytes, against 48 for

@@ -71,7 +71,7 @@ impl Connection {
                     stage,
                 };
                 session.record_inflight(&st, &inflight);
-                st.inflight.push_back(inflight);
+                st.push_in_flight(inflight);
             } else {
                 // Not sendable to this client (too large): treated as delivered.
                 session.forget_delivery(&delivery);

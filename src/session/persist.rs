@@ -407,7 +407,7 @@ pub(crate) fn restore_sessions(
                             (_, true) => Stage::Pubcomp,
                             (_, false) => Stage::Pubrec,
                         };
-                        st.inflight.push_back(Inflight {
+                        st.push_in_flight(Inflight {
                             packet_id,
                             delivery,
                             stage,

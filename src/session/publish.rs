@@ -68,7 +68,7 @@ impl Connection {
         self.resolve_topic_alias(&mut publish)?;
         let config = &self.shared.config;
         if publish.topic.len() > config.limits.max_topic_length
-            || publish.topic.split('/').count() > config.limits.max_topic_levels
+            || topic_levels(&publish.topic) > config.limits.max_topic_levels
         {
             return Err(Close::ByServer(
                 DisconnectReasonCode::TopicNameInvalid,
@@ -450,6 +450,12 @@ fn stored_size(publish: &Publish) -> u64 {
     (publish.topic.len() + publish.payload.len() + properties + 64) as u64
 }
 
+/// The levels of `topic` (its `/` separators plus one), counted over its
+/// bytes: a `/` is one byte in UTF-8 and never part of another character.
+fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,5 +539,12 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(stored_size(&publish), 3 + 5 + 64 + 2 + 1 + (1 + 2 + 4));
+    }
+
+    #[test]
+    fn topic_levels_are_counted_as_split_counts_them() {
+        for topic in ["a", "", "/", "a/b/c", "a//b/", "é/ü/€", "rooms/lobby/msg/alice/1"] {
+            assert_eq!(topic_levels(topic), topic.split('/').count(), "{topic}");
+        }
     }
 }

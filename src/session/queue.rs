@@ -114,6 +114,10 @@ impl<T: Counted> Queue<T> {
         self.items.front()
     }
 
+    pub fn back(&self) -> Option<&T> {
+        self.items.back()
+    }
+
     pub fn get(&self, index: usize) -> Option<&T> {
         self.items.get(index)
     }
