@@ -349,3 +349,19 @@ async fn a_slow_or_idle_admin_connection_is_closed_after_the_timeout() {
     assert_eq!(common::http::split(&response).0, 431);
     broker.shutdown().await;
 }
+
+/// A fresh broker's `/metrics`, byte for byte (the version aside): the
+/// families, their order, help text, types and labels are what dashboards
+/// and scrapers were written against, so a change to them is deliberate
+/// (edit `tests/fixtures/metrics_fresh.txt`), never a side effect.
+#[tokio::test]
+async fn a_fresh_exposition_is_pinned() {
+    let broker = Broker::new(admin_config()).start().await.unwrap();
+    let (_, text) = common::http::get(broker.admin_addr().unwrap(), "/metrics").await;
+    let text = text.replace(env!("CARGO_PKG_VERSION"), "VERSION");
+    if let Ok(path) = std::env::var("ROOMQ_WRITE_METRICS_FIXTURE") {
+        std::fs::write(path, &text).unwrap();
+    }
+    assert_eq!(text, include_str!("fixtures/metrics_fresh.txt"));
+    broker.shutdown().await;
+}

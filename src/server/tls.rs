@@ -66,6 +66,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 fn build(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    // ring, not aws-lc-rs (which needs cmake and a C toolchain to build).
+    // rustls 0.23.48 deprecates this function (ring has no post-quantum
+    // key exchange); an embedder whose lock file picks that version would
+    // otherwise see the warning in roomq's code.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])

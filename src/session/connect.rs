@@ -66,6 +66,24 @@ pub(super) enum Refusal {
     Logged(ConnectAckReason),
 }
 
+/// What an accepted CONNECT settled before the CONNACK: who the client
+/// is, what it is charged, and the session it claimed.
+struct Admitted {
+    /// The accepting CONNACK's properties, taken when it is sent.
+    ack: Option<ConnectAck>,
+    client_id: String,
+    grant: Grant,
+    principal: Principal,
+    /// Whether its presence record lasts (a session that outlives the
+    /// connection) rather than being transient.
+    presence_lasting: bool,
+    /// Whether the client already uses rooms (its session resumes them),
+    /// so its presence shows from the start.
+    room_user: bool,
+    claimed: super::registry::Claimed,
+    identity_charge: Option<crate::budget::Charged>,
+}
+
 /// Handles CONNECT in four steps: check it, find out who the client is
 /// (`identify`), claim its session (`claim_session`), agree on the
 /// connection's terms (`negotiate`); then CONNACK. On success returns the
@@ -84,68 +102,119 @@ pub(crate) async fn accept(
     if let Some(max) = connect.max_packet_size {
         io.codec.set_max_outbound(max.get());
     }
-    let outcome = async {
-        check_connect(shared, &connect, version, over_limit)?;
-        let assigned = connect
-            .client_id
-            .is_empty()
-            .then(|| shared.registry.assign_client_id());
-        let ack = connack(shared, &connect, assigned.as_deref(), version);
-        if connect.max_packet_size.is_some() {
-            connack_fits(&mut io, &ack)?;
+    let mut admitted = match admit(&mut io, shared, &mut connect, version, over_limit, cert_name).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            answer_refusal(&mut io, shared, &connect, refusal).await;
+            return None;
         }
-        let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
-        let (grant, principal) = identify(shared, io.peer, &connect, &client_id, cert_name).await?;
-        connect.username = principal.username.as_deref().map(Into::into);
-        let charge = charge_connection(shared, &principal, &client_id)?;
-        // A username alone makes a transient record (`presence_transient_secs`):
-        // names are claims on the no-auth default.
-        let presence_lasting = connect.session_expiry_interval_secs > 0;
-        let room_user = resumes_rooms(shared, &client_id, &connect);
-        let presence = (presence_lasting, room_user);
-        let claimed = claim_session(shared, &client_id, &connect, &principal, presence).await?;
-        Ok((ack, client_id, grant, principal, presence, claimed, charge))
-    }
+    };
+    let terms = negotiate(
+        shared,
+        &admitted.claimed.session,
+        &connect,
+        &admitted.grant,
+        &admitted.principal,
+        version,
+    )
     .await;
-    let (ack, client_id, grant, principal, (presence_lasting, room_user), claimed, identity_charge) =
-        match outcome {
-            Ok(accepted) => accepted,
-            Err(Refusal::Connack(reason, why)) => {
-                // A client that sent no id has none to log yet.
-                let client_id = Some(&*connect.client_id).filter(|id| !id.is_empty());
-                let code = u8::from(reason);
-                tracing::info!(client_id, peer = %io.peer, reason = %format_args!("{code:#04x}"), "connection refused: {why}");
-                refuse(&mut io, reason).await;
-                return None;
-            }
-            Err(Refusal::Logged(reason)) => {
-                refuse(&mut io, reason).await;
-                return None;
-            }
-            Err(Refusal::Close(why)) => {
-                shared.metrics.protocol_errors.inc();
-                tracing::info!(peer = %io.peer, "connection closed: {why}");
-                io.flush_final().await;
-                return None;
-            }
-        };
-    let terms = negotiate(shared, &claimed.session, &connect, &grant, &principal, version).await;
-    let config = &shared.config;
-    io.codec.set_max_inbound(config.limits.max_packet_size);
-    send_connack(&mut io, ConnectAckReason::Success, claimed.present, ack);
+    io.codec.set_max_inbound(shared.config.limits.max_packet_size);
+    let present = admitted.claimed.present;
+    send_connack(&mut io, ConnectAckReason::Success, present, admitted.ack.take());
     shared.metrics.connected(io.listener).inc();
     shared.metrics.connections_opened.inc();
     tracing::info!(
-        %client_id,
-        username = principal.username.as_deref().unwrap_or(""),
+        client_id = %admitted.client_id,
+        username = admitted.principal.username.as_deref().unwrap_or(""),
         peer = %io.peer,
         listener = io.listener.as_str(),
         version = %if version.is_v5() { "5.0" } else { "3.1.1" },
-        session_present = claimed.present,
+        session_present = present,
         "client connected"
     );
+    Some(connection(io, shared, admitted, &connect, version, terms))
+}
 
-    Some(Connection {
+/// The CONNECT's checks, identification, charge and session claim, in
+/// that order; the first refusal ends it.
+async fn admit(
+    io: &mut Io,
+    shared: &Arc<Shared>,
+    connect: &mut Connect,
+    version: Version,
+    over_limit: bool,
+    cert_name: CertName,
+) -> Result<Admitted, Refusal> {
+    check_connect(shared, connect, version, over_limit)?;
+    let assigned = connect
+        .client_id
+        .is_empty()
+        .then(|| shared.registry.assign_client_id());
+    let ack = connack(shared, connect, assigned.as_deref(), version);
+    if connect.max_packet_size.is_some() {
+        connack_fits(io, &ack)?;
+    }
+    let client_id: String = assigned.clone().unwrap_or_else(|| connect.client_id.to_string());
+    let (grant, principal) = identify(shared, io.peer, connect, &client_id, cert_name).await?;
+    connect.username = principal.username.as_deref().map(Into::into);
+    let identity_charge = charge_connection(shared, &principal, &client_id)?;
+    // A username alone makes a transient record (`presence_transient_secs`):
+    // names are claims on the no-auth default.
+    let presence_lasting = connect.session_expiry_interval_secs > 0;
+    let room_user = resumes_rooms(shared, &client_id, connect);
+    let presence = (presence_lasting, room_user);
+    let claimed = claim_session(shared, &client_id, connect, &principal, presence).await?;
+    Ok(Admitted {
+        ack,
+        client_id,
+        grant,
+        principal,
+        presence_lasting,
+        room_user,
+        claimed,
+        identity_charge,
+    })
+}
+
+/// Answers a refused CONNECT as its refusal says: a logged CONNACK, a
+/// CONNACK already logged, or a close without one.
+async fn answer_refusal(io: &mut Io, shared: &Shared, connect: &Connect, refusal: Refusal) {
+    match refusal {
+        Refusal::Connack(reason, why) => {
+            // A client that sent no id has none to log yet.
+            let client_id = Some(&*connect.client_id).filter(|id| !id.is_empty());
+            let code = u8::from(reason);
+            tracing::info!(client_id, peer = %io.peer, reason = %format_args!("{code:#04x}"), "connection refused: {why}");
+            refuse(io, reason).await;
+        }
+        Refusal::Logged(reason) => refuse(io, reason).await,
+        Refusal::Close(why) => {
+            shared.metrics.protocol_errors.inc();
+            tracing::info!(peer = %io.peer, "connection closed: {why}");
+            io.flush_final().await;
+        }
+    }
+}
+
+/// The accepted connection, with the terms agreed at CONNECT.
+fn connection(
+    io: Io,
+    shared: &Arc<Shared>,
+    admitted: Admitted,
+    connect: &Connect,
+    version: Version,
+    terms: Terms,
+) -> Connection {
+    let limits = &shared.config.limits;
+    let Admitted {
+        principal,
+        presence_lasting,
+        room_user,
+        claimed,
+        identity_charge,
+        ..
+    } = admitted;
+    Connection {
         io,
         shared: shared.clone(),
         session: claimed.session,
@@ -172,11 +241,11 @@ pub(crate) async fn accept(
         },
         shutdown: shared.shutdown.subscribe(),
         publish_budget: super::rate::PublishBudget::new(
-            config.limits.max_publish_rate,
-            config.limits.max_publish_bytes_rate,
+            limits.max_publish_rate,
+            limits.max_publish_bytes_rate,
         ),
         delivery_latency: crate::metrics::LocalHistogram::default(),
-    })
+    }
 }
 
 /// The accepting CONNACK's properties (5.0; `None` for 3.x): the limits

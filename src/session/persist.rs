@@ -21,8 +21,8 @@ use crate::message::Message;
 use crate::protocol::{qos_from, QoS};
 use crate::router::Delivery;
 use crate::store::{
-    LoadedSession, OwnerRecord, QueuedRecord, SessionRecord, Store, StoreError, SubscriptionRecord,
-    WillRecord,
+    LoadedSession, OwnerRecord, QueuedRecord, QueuedRef, SessionRecord, Store, StoreError,
+    SubscriptionRecord, WillRecord,
 };
 
 /// The owner as stored, with the account the session is charged to
@@ -319,145 +319,192 @@ pub(crate) fn restore_sessions(
     let now_ms = crate::store::unix_ms_now();
     let count = loaded.len();
     for entry in loaded {
-        let session = shared.registry.restore(shared, &entry.client_id);
-        shared.directory.hold(&entry.client_id);
-        session.stored.store(true, std::sync::atomic::Ordering::Release);
-        let elapsed_secs = entry
-            .record
-            .offline_since_unix_ms
-            .map(|since| (now_ms.saturating_sub(since) / 1000) as u32)
-            .unwrap_or(0);
-        {
-            let mut st = session.state.lock();
-            st.expiry_secs = entry.record.expiry_secs;
-            st.owner = entry.record.owner.clone().map(owner_from_record);
-            // A record without the entry (an older version) started a cursor
-            // for every room at SUBSCRIBE: any room without one is new.
-            st.rescan_rooms_since = Some(
-                entry
-                    .record
-                    .room_cursors
-                    .iter()
-                    .find(|(room, _)| room == SAVED_AT)
-                    .map_or(0, |(_, saved_at)| *saved_at),
-            );
-            st.room_cursors = entry
-                .record
-                .room_cursors
-                .iter()
-                .filter(|(room, _)| room != SAVED_AT)
-                .map(|(room, done)| {
-                    let cursor = super::replay::RoomCursor {
-                        delivered: *done,
-                        done: *done,
-                    };
-                    (Arc::from(room.as_str()), cursor)
-                })
-                .collect();
-            st.next_store_seq = entry.messages.iter().map(|(s, _)| *s).max().unwrap_or(0);
-            st.incoming_qos2 = entry
-                .incoming_qos2
-                .iter()
-                .filter_map(|p| NonZeroU16::new(*p))
-                .collect();
-            for sub in &entry.record.subscriptions {
-                let (options, id) = sub.options();
-                st.subscriptions
-                    .insert(sub.filter.clone(), SessionSubscription { options, id });
-            }
-            for (seq, record) in entry.messages {
-                let Some(message) = body(record.body) else {
-                    // Not expected (a body goes after its last record);
-                    // the record is dropped rather than the session.
-                    tracing::error!(client_id = %entry.client_id, seq, "a queued message's body is missing; dropped");
-                    if let Some(store) = &shared.store {
-                        let _ = store.remove_message(&entry.client_id, seq);
-                    }
-                    continue;
-                };
-                // A room message (a shared group's copy) is stored without
-                // its body: read again from the room log.
-                let message = match shared.chat.queued_reference(&message) {
-                    None => message,
-                    Some(Some(current)) => Arc::new(current),
-                    Some(None) => {
-                        tracing::info!(client_id = %entry.client_id, seq, "a queued room message is no longer in its room log; dropped");
-                        if let Some(store) = &shared.store {
-                            let _ = store.remove_message(&entry.client_id, seq);
-                        }
-                        continue;
-                    }
-                };
-                let delivery = Delivery {
-                    message,
-                    qos: qos_from(record.qos),
-                    retain: record.retain,
-                    subscription_ids: record
-                        .subscription_ids
-                        .into_iter()
-                        .filter_map(NonZeroU32::new)
-                        .collect(),
-                    shared: None,
-                    store_seq: Some(seq),
-                };
-                match record.packet_id.and_then(NonZeroU16::new) {
-                    Some(packet_id) => {
-                        let stage = match (delivery.qos, record.released) {
-                            (QoS::AtLeastOnce, _) => Stage::Puback,
-                            (_, true) => Stage::Pubcomp,
-                            (_, false) => Stage::Pubrec,
-                        };
-                        st.push_in_flight(Inflight {
-                            packet_id,
-                            delivery,
-                            stage,
-                        });
-                    }
-                    None => st.queue.push_back(delivery),
-                }
-            }
-        }
-        super::registry::charge_restored(shared, &session);
-        let (subscriptions, identity, account) = {
-            let st = session.state.lock();
-            let identity = st.owner.as_ref().and_then(|o| o.identity.clone());
-            let account = st.owner.as_ref().map(|o| o.account.clone());
-            (st.subscriptions.clone(), identity, account)
-        };
-        let account = account.unwrap_or_else(|| crate::budget::account_of(None, None));
-        for (text, sub) in subscriptions {
-            let filter = crate::chat::Filter::read(&text);
-            // Its owner is listed in the rooms it names, also offline.
-            shared
-                .chat
-                .subscribed(identity.as_deref(), &account, &filter, None);
-            // Judged by today's rules: they may have changed since.
-            let check_read = session.needs_read_check(&session.state.lock(), filter.plain);
-            shared.router.restore_subscription(
-                &session.subscriber(),
-                &text,
-                filter.shared.as_ref(),
-                sub.options,
-                sub.id,
-                check_read,
-            );
-        }
-        let will = entry.record.will.map(|w| Will {
-            will: Box::new(w.will),
-            delay_secs: w.delay_secs,
-        });
-        let expiry_left = if entry.record.expiry_secs == u32::MAX {
-            u32::MAX
-        } else {
-            entry.record.expiry_secs.saturating_sub(elapsed_secs)
-        };
-        let will_delay_left = will
-            .as_ref()
-            .map(|w| w.delay_secs.saturating_sub(elapsed_secs))
-            .unwrap_or(0);
-        super::lifecycle::go_offline(shared, &session, will, will_delay_left, expiry_left);
+        restore_session(shared, entry, now_ms, body);
     }
     if count > 0 {
         tracing::info!(sessions = count, "restored persistent sessions from the store");
+    }
+}
+
+/// Rebuilds one session: its state and messages, then its charge, its
+/// subscriptions, and its going offline.
+fn restore_session(
+    shared: &Arc<Shared>,
+    entry: LoadedSession,
+    now_ms: u64,
+    body: &mut dyn FnMut(u64) -> Option<Arc<Message>>,
+) {
+    let LoadedSession {
+        client_id,
+        record,
+        messages,
+        incoming_qos2,
+    } = entry;
+    let session = shared.registry.restore(shared, &client_id);
+    shared.directory.hold(&client_id);
+    session.stored.store(true, std::sync::atomic::Ordering::Release);
+    let elapsed_secs = record
+        .offline_since_unix_ms
+        .map(|since| (now_ms.saturating_sub(since) / 1000) as u32)
+        .unwrap_or(0);
+    {
+        let mut st = session.state.lock();
+        restore_state(&mut st, &record, &messages, &incoming_qos2);
+        for (seq, queued) in messages {
+            if let Some(message) = restored_delivery(shared, &client_id, seq, queued.body, body) {
+                queue_restored(&mut st, seq, message, queued);
+            }
+        }
+    }
+    super::registry::charge_restored(shared, &session);
+    restore_subscriptions(shared, &session);
+    let will = record.will.map(|w| Will {
+        will: Box::new(w.will),
+        delay_secs: w.delay_secs,
+    });
+    let expiry_left = if record.expiry_secs == u32::MAX {
+        u32::MAX
+    } else {
+        record.expiry_secs.saturating_sub(elapsed_secs)
+    };
+    let will_delay_left = will
+        .as_ref()
+        .map(|w| w.delay_secs.saturating_sub(elapsed_secs))
+        .unwrap_or(0);
+    super::lifecycle::go_offline(shared, &session, will, will_delay_left, expiry_left);
+}
+
+/// Sets what the record keeps of a session's state: expiry, owner, room
+/// cursors, subscriptions and the packet ids it holds; not its messages.
+fn restore_state(
+    st: &mut SessionState,
+    record: &SessionRecord,
+    messages: &[(u64, QueuedRef)],
+    incoming_qos2: &[u16],
+) {
+    st.expiry_secs = record.expiry_secs;
+    st.owner = record.owner.clone().map(owner_from_record);
+    // A record without the entry (an older version) started a cursor
+    // for every room at SUBSCRIBE: any room without one is new.
+    st.rescan_rooms_since = Some(
+        record
+            .room_cursors
+            .iter()
+            .find(|(room, _)| room == SAVED_AT)
+            .map_or(0, |(_, saved_at)| *saved_at),
+    );
+    st.room_cursors = record
+        .room_cursors
+        .iter()
+        .filter(|(room, _)| room != SAVED_AT)
+        .map(|(room, done)| {
+            let cursor = super::replay::RoomCursor {
+                delivered: *done,
+                done: *done,
+            };
+            (Arc::from(room.as_str()), cursor)
+        })
+        .collect();
+    st.next_store_seq = messages.iter().map(|(s, _)| *s).max().unwrap_or(0);
+    st.incoming_qos2 = incoming_qos2.iter().filter_map(|p| NonZeroU16::new(*p)).collect();
+    for sub in &record.subscriptions {
+        let (options, id) = sub.options();
+        st.subscriptions
+            .insert(sub.filter.clone(), SessionSubscription { options, id });
+    }
+}
+
+/// The message a queued record names, or `None` when it is gone (then its
+/// record is removed from the store, and the session keeps the rest).
+fn restored_delivery(
+    shared: &Shared,
+    client_id: &str,
+    seq: u64,
+    body_id: u64,
+    body: &mut dyn FnMut(u64) -> Option<Arc<Message>>,
+) -> Option<Arc<Message>> {
+    let forget = || {
+        if let Some(store) = &shared.store {
+            let _ = store.remove_message(client_id, seq);
+        }
+    };
+    let Some(message) = body(body_id) else {
+        // Not expected (a body goes after its last record);
+        // the record is dropped rather than the session.
+        tracing::error!(%client_id, seq, "a queued message's body is missing; dropped");
+        forget();
+        return None;
+    };
+    // A room message (a shared group's copy) is stored without
+    // its body: read again from the room log.
+    match shared.chat.queued_reference(&message) {
+        None => Some(message),
+        Some(Some(current)) => Some(Arc::new(current)),
+        Some(None) => {
+            tracing::info!(%client_id, seq, "a queued room message is no longer in its room log; dropped");
+            forget();
+            None
+        }
+    }
+}
+
+/// Puts a restored message back where it was: in flight at the stage it
+/// had reached when it had a packet id, queued otherwise.
+fn queue_restored(st: &mut SessionState, seq: u64, message: Arc<Message>, queued: QueuedRef) {
+    let delivery = Delivery {
+        message,
+        qos: qos_from(queued.qos),
+        retain: queued.retain,
+        subscription_ids: queued
+            .subscription_ids
+            .into_iter()
+            .filter_map(NonZeroU32::new)
+            .collect(),
+        shared: None,
+        store_seq: Some(seq),
+    };
+    match queued.packet_id.and_then(NonZeroU16::new) {
+        Some(packet_id) => {
+            let stage = match (delivery.qos, queued.released) {
+                (QoS::AtLeastOnce, _) => Stage::Puback,
+                (_, true) => Stage::Pubcomp,
+                (_, false) => Stage::Pubrec,
+            };
+            st.push_in_flight(Inflight {
+                packet_id,
+                delivery,
+                stage,
+            });
+        }
+        None => st.queue.push_back(delivery),
+    }
+}
+
+/// Puts a restored session's subscriptions back in the router and its
+/// owner in the rooms they name.
+fn restore_subscriptions(shared: &Arc<Shared>, session: &Arc<Session>) {
+    let (subscriptions, identity, account) = {
+        let st = session.state.lock();
+        let identity = st.owner.as_ref().and_then(|o| o.identity.clone());
+        let account = st.owner.as_ref().map(|o| o.account.clone());
+        (st.subscriptions.clone(), identity, account)
+    };
+    let account = account.unwrap_or_else(|| crate::budget::account_of(None, None));
+    for (text, sub) in subscriptions {
+        let filter = crate::chat::Filter::read(&text);
+        // Its owner is listed in the rooms it names, also offline.
+        shared
+            .chat
+            .subscribed(identity.as_deref(), &account, &filter, None);
+        // Judged by today's rules: they may have changed since.
+        let check_read = session.needs_read_check(&session.state.lock(), filter.plain);
+        shared.router.restore_subscription(
+            &session.subscriber(),
+            &text,
+            filter.shared.as_ref(),
+            sub.options,
+            sub.id,
+            check_read,
+        );
     }
 }

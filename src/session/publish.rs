@@ -2,6 +2,7 @@
 //! hand-off to the router.
 
 use std::num::{NonZeroU16, NonZeroU32};
+use std::ops::ControlFlow;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -86,21 +87,32 @@ impl Connection {
     }
 
     /// The rest of a PUBLISH, after `enter_publish` (`kind` is its topic's
-    /// classification).
+    /// classification): admitted, received at its QoS, then routed.
     pub(super) fn on_entered_publish(&mut self, publish: Publish, kind: Classified) -> Option<Close> {
-        let shared = self.shared.clone();
-        let config = &shared.config;
-        let packet_id = publish.packet_id;
-        let qos = publish.qos;
+        if let ControlFlow::Break(close) = self.admit_publish(&publish, kind) {
+            return close;
+        }
+        if let ControlFlow::Break(close) = self.receive_at_qos(&publish) {
+            return close;
+        }
+        self.route_publish(publish, kind);
+        None
+    }
+
+    /// The checks a PUBLISH passes before anything is kept of it: the rate
+    /// budget, the gate, the history rate and the store. `Break` ends the
+    /// packet there, with the connection closed or not.
+    fn admit_publish(&mut self, publish: &Publish, kind: Classified) -> ControlFlow<Option<Close>> {
+        let (packet_id, qos) = (publish.packet_id, publish.qos);
         if !self.publish_budget.allow(publish.payload.len()) {
             self.shared.metrics.rate_limited.inc();
-            return Some(Close::ByServer(
+            return ControlFlow::Break(Some(Close::ByServer(
                 DisconnectReasonCode::MessageRateTooHigh,
                 "over max_publish_rate or max_publish_bytes_rate".into(),
-            ));
+            )));
         }
         if let Err(reason) = gate_check(
-            &shared,
+            &self.shared,
             &self.principal,
             &self.session.client_id,
             &publish.topic,
@@ -109,7 +121,7 @@ impl Connection {
             // 5.0 learns why; 3.1.1 gets a plain acknowledgement and the
             // message is dropped, as that version allows.
             self.acknowledge(packet_id, qos, reason);
-            return None;
+            return ControlFlow::Break(None);
         }
 
         if crate::chat::only_reads(&publish.topic) && !self.may_ask_history() {
@@ -117,84 +129,110 @@ impl Connection {
             // no 0x96, that code is for DISCONNECT); 3.1.1 gets a plain
             // acknowledgement and no answer, as for a refused publish.
             self.acknowledge(packet_id, qos, PublishAckReason::QuotaExceeded);
-            return None;
+            return ControlFlow::Break(None);
         }
 
-        if self.store_refuses(&publish, kind) {
+        if self.store_refuses(publish, kind) {
             // Not accepted, so nothing is promised: 5.0 learns why, 3.1.1
             // gets no acknowledgement and sends it again after reconnecting.
             self.shared.metrics.publishes_refused_store.inc();
             if self.agreed.version.is_v5() {
                 self.acknowledge(packet_id, qos, PublishAckReason::QuotaExceeded);
             }
-            return None;
+            return ControlFlow::Break(None);
         }
+        ControlFlow::Continue(())
+    }
 
+    /// QoS 1 and 2 receipt: Receive Maximum, the QoS 2 packet id kept
+    /// until PUBREL, and a resend of what is already held acknowledged
+    /// again without being delivered twice.
+    fn receive_at_qos(&mut self, publish: &Publish) -> ControlFlow<Option<Close>> {
+        let (packet_id, qos) = (publish.packet_id, publish.qos);
+        let receive_maximum = usize::from(self.shared.config.limits.receive_maximum);
         if qos == QoS::AtLeastOnce && self.agreed.version.is_v5() {
             // Receive Maximum counts QoS 1 and 2 ([MQTT-3.3.4-9]): a QoS 1
             // message is in flight until its PUBACK, which may wait for the
             // group commit.
             let in_flight = self.session.state.lock().incoming_qos2.len() + self.acks.qos1_waiting();
-            if in_flight >= usize::from(config.limits.receive_maximum) {
-                return Some(Close::ByServer(
+            if in_flight >= receive_maximum {
+                return ControlFlow::Break(Some(Close::ByServer(
                     DisconnectReasonCode::ReceiveMaximumExceeded,
                     "more unacknowledged QoS 1 and 2 messages than Receive Maximum".into(),
-                ));
+                )));
             }
         }
         if qos == QoS::ExactlyOnce {
-            let Some(id) = packet_id else {
-                return Some(Close::ByServer(
-                    DisconnectReasonCode::ProtocolError,
-                    "QoS 2 without packet id".into(),
-                ));
-            };
-            let mut st = self.session.state.lock();
-            if st.incoming_qos2.contains(&id) {
-                // A resend of a QoS 2 message we already have: acknowledge
-                // again, deliver nothing ([MQTT-4.3.3-10]).
-                drop(st);
-                self.send_ack(Packet::PublishReceived(PublishAck {
-                    packet_id: id,
-                    ..Default::default()
-                }));
-                return None;
-            }
-            if st.incoming_qos2.len() + self.acks.qos1_waiting() >= usize::from(config.limits.receive_maximum)
-            {
-                if !self.agreed.version.is_v5() {
-                    // 3.1.1 has no Receive Maximum to announce and no
-                    // DISCONNECT to explain it: say it here.
-                    tracing::warn!(
-                        limit = config.limits.receive_maximum,
-                        "3.1.1 client closed: more unreleased QoS 2 messages than receive_maximum"
-                    );
-                }
-                return Some(Close::ByServer(
-                    DisconnectReasonCode::ReceiveMaximumExceeded,
-                    "more unacknowledged QoS 2 messages than Receive Maximum".into(),
-                ));
-            }
-            st.incoming_qos2.insert(id);
-            self.session.record_incoming_qos2(&st, id, true);
+            return self.receive_qos2(packet_id);
         }
-
         if qos == QoS::AtLeastOnce {
             if let Some(id) = packet_id {
-                if self.is_stored_resend(id.get(), &publish) {
+                if self.is_stored_resend(id.get(), publish) {
                     self.shared.chat.counters.duplicates.inc();
                     self.acknowledge(packet_id, qos, PublishAckReason::Success);
-                    return None;
+                    return ControlFlow::Break(None);
                 }
             }
         }
+        ControlFlow::Continue(())
+    }
 
+    /// A QoS 2 PUBLISH: its packet id is kept (and stored) until PUBREL; a
+    /// resend of one already kept gets its PUBREC again and goes no further.
+    fn receive_qos2(&mut self, packet_id: Option<NonZeroU16>) -> ControlFlow<Option<Close>> {
+        let Some(id) = packet_id else {
+            return ControlFlow::Break(Some(Close::ByServer(
+                DisconnectReasonCode::ProtocolError,
+                "QoS 2 without packet id".into(),
+            )));
+        };
+        let receive_maximum = self.shared.config.limits.receive_maximum;
+        let mut st = self.session.state.lock();
+        if st.incoming_qos2.contains(&id) {
+            // A resend of a QoS 2 message we already have: acknowledge
+            // again, deliver nothing ([MQTT-4.3.3-10]).
+            drop(st);
+            self.send_ack(Packet::PublishReceived(PublishAck {
+                packet_id: id,
+                ..Default::default()
+            }));
+            return ControlFlow::Break(None);
+        }
+        if st.incoming_qos2.len() + self.acks.qos1_waiting() >= usize::from(receive_maximum) {
+            if !self.agreed.version.is_v5() {
+                // 3.1.1 has no Receive Maximum to announce and no
+                // DISCONNECT to explain it: say it here.
+                tracing::warn!(
+                    limit = receive_maximum,
+                    "3.1.1 client closed: more unreleased QoS 2 messages than receive_maximum"
+                );
+            }
+            return ControlFlow::Break(Some(Close::ByServer(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                "more unacknowledged QoS 2 messages than Receive Maximum".into(),
+            )));
+        }
+        st.incoming_qos2.insert(id);
+        self.session.record_incoming_qos2(&st, id, true);
+        ControlFlow::Continue(())
+    }
+
+    /// Hands an admitted, received PUBLISH to the router and the chat
+    /// layer, and acknowledges it with the reason they gave.
+    fn route_publish(&mut self, publish: Publish, kind: Classified) {
+        let (packet_id, qos) = (publish.packet_id, publish.qos);
         let message = self.to_message(publish);
         self.shared.metrics.messages_received[usize::from(qos.value())].inc();
         let room_post = kind.is_under_rooms();
         let bytes = message.payload.len();
         let only_reads = qos == QoS::AtLeastOnce && crate::chat::only_reads(&message.topic);
-        let reason = route_as(&shared, &self.principal, &self.session.client_id, message, kind);
+        let reason = route_as(
+            &self.shared,
+            &self.principal,
+            &self.session.client_id,
+            message,
+            kind,
+        );
         if room_post && u8::from(reason) < 0x80 {
             self.joined_a_room();
         } else if room_post && !self.agreed.version.is_v5() && !self.rooms.told_refused_post {
@@ -214,7 +252,6 @@ impl Connection {
             Some(ack) => self.send_ack(ack),
             None => {}
         }
-        None
     }
 
     /// Whether this publish needs the store (QoS 1/2, retained, or a room

@@ -276,106 +276,78 @@ impl Journal {
         self.bodies.write(pending.new_bodies, &mut new_bodies)?;
         self.bodies.tree().apply_batch(new_bodies).map_err(io)?;
         let mut unreferenced = pending.unreferenced;
-        let mut blocks = sled::Batch::default();
-        let mut acked = sled::Batch::default();
-        let mut updates = sled::Batch::default();
+        let mut batches = RecordBatches::default();
         let mut index = self.index.lock();
-        for (client_id, entries) in pending.new {
-            let (Some((first, _)), Some((last, _))) = (entries.front(), entries.back()) else {
-                continue;
-            };
-            let (first, last) = (*first, *last);
-            let live = entries.len();
-            let bodies = entries.iter().map(|(seq, record)| (*seq, record.body)).collect();
-            let encoded = entries
-                .into_iter()
-                .map(|(seq, record)| Ok((seq, Bytes::from(encode(&record)?))))
-                .collect::<Result<Vec<(u64, Bytes)>, StoreError>>()?;
-            blocks.insert(seq_key(&client_id, first), encode(&encoded)?);
-            index.entry(client_id).or_default().insert(
-                first,
-                Block {
-                    last,
-                    live,
-                    acked: Vec::new(),
-                    has_updates: false,
-                    bodies,
-                },
-            );
-        }
-        for (key, value) in pending.updates {
-            if let (Some(seq), Some(client_id)) = (seq_of(&key), client_of(&key)) {
-                if let Some(block) = index.get_mut(&client_id).and_then(|b| block_of(b, seq)) {
-                    block.has_updates = true;
-                    updates.insert(key, value.to_vec());
-                }
-            }
-        }
+        index_new_blocks(&mut index, pending.new, &mut batches.blocks)?;
+        stage_updates(&mut index, pending.updates, &mut batches.updates);
         for (client_id, seqs) in pending.removed {
             let Some(session) = index.get_mut(&client_id) else {
                 continue;
             };
-            let mut touched = Vec::new();
-            for seq in seqs {
-                let Some((&first, block)) = session.range_mut(..=seq).next_back() else {
-                    continue;
-                };
-                if seq > block.last || block.acked.contains(&seq) {
-                    continue;
-                }
-                block.acked.push(seq);
-                block.live = block.live.saturating_sub(1);
-                if let Some(body) = block.take_body(seq) {
-                    if self.bodies.release(body) == Released::Unreferenced {
-                        unreferenced.push(body);
-                    }
-                }
-                if block.has_updates {
-                    updates.remove(seq_key(&client_id, seq));
-                }
-                touched.push(first);
-            }
-            touched.sort_unstable();
-            touched.dedup();
-            for first in touched {
-                let key = seq_key(&client_id, first);
-                let done = session.get(&first).is_some_and(|b| b.live == 0);
-                if done {
-                    if let Some(block) = session.remove(&first) {
-                        if block.has_updates {
-                            for seq in first..=block.last {
-                                updates.remove(seq_key(&client_id, seq));
-                            }
-                        }
-                    }
-                    blocks.remove(key.clone());
-                    acked.remove(key);
-                } else if let Some(block) = session.get_mut(&first) {
-                    block.acked.sort_unstable();
-                    acked.insert(key, encode(&block.acked)?);
-                }
-            }
+            let touched = self.mark_acked(session, &client_id, seqs, &mut unreferenced, &mut batches.updates);
+            rewrite_touched(session, &client_id, touched, &mut batches)?;
         }
         drop(index);
-        let mut packet_ids = sled::Batch::default();
-        {
-            let ids = self.ids.lock();
-            for client_id in pending.ids_changed {
-                let key = session_prefix(&client_id);
-                match ids.get(&client_id).filter(|t| !t.is_empty()) {
-                    Some(table) => packet_ids.insert(key, encode(table)?),
-                    None => packet_ids.remove(key),
-                }
-            }
-        }
+        let packet_ids = self.packet_id_batch(pending.ids_changed)?;
         self.packet_ids.apply_batch(packet_ids).map_err(io)?;
-        self.blocks.apply_batch(blocks).map_err(io)?;
-        self.acked.apply_batch(acked).map_err(io)?;
-        self.updates.apply_batch(updates).map_err(io)?;
+        self.blocks.apply_batch(batches.blocks).map_err(io)?;
+        self.acked.apply_batch(batches.acked).map_err(io)?;
+        self.updates.apply_batch(batches.updates).map_err(io)?;
         // Bodies last: the records that named them are gone first.
         let mut gone = sled::Batch::default();
         self.bodies.delete_unreferenced(unreferenced, &mut gone);
         self.bodies.tree().apply_batch(gone).map_err(io)
+    }
+
+    /// Marks acknowledged records in their blocks and lets go of their
+    /// bodies (those no other session holds go to `unreferenced`);
+    /// returns the first seqs of the blocks it changed.
+    fn mark_acked(
+        &self,
+        session: &mut BTreeMap<u64, Block>,
+        client_id: &str,
+        seqs: Vec<u64>,
+        unreferenced: &mut Vec<u64>,
+        updates: &mut sled::Batch,
+    ) -> Vec<u64> {
+        let mut touched = Vec::new();
+        for seq in seqs {
+            let Some((&first, block)) = session.range_mut(..=seq).next_back() else {
+                continue;
+            };
+            if seq > block.last || block.acked.contains(&seq) {
+                continue;
+            }
+            block.acked.push(seq);
+            block.live = block.live.saturating_sub(1);
+            if let Some(body) = block.take_body(seq) {
+                if self.bodies.release(body) == Released::Unreferenced {
+                    unreferenced.push(body);
+                }
+            }
+            if block.has_updates {
+                updates.remove(seq_key(client_id, seq));
+            }
+            touched.push(first);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+
+    /// The packet-id tables of the sessions whose ids changed, as a batch
+    /// (an empty table is removed).
+    fn packet_id_batch(&self, changed: std::collections::HashSet<String>) -> Result<sled::Batch, StoreError> {
+        let mut packet_ids = sled::Batch::default();
+        let ids = self.ids.lock();
+        for client_id in changed {
+            let key = session_prefix(&client_id);
+            match ids.get(&client_id).filter(|t| !t.is_empty()) {
+                Some(table) => packet_ids.insert(key, encode(table)?),
+                None => packet_ids.remove(key),
+            }
+        }
+        Ok(packet_ids)
     }
 
     /// A session's unacknowledged records, in seq order, and its index.
@@ -501,4 +473,91 @@ fn block_of(session: &mut BTreeMap<u64, Block>, seq: u64) -> Option<&mut Block> 
         .next_back()
         .map(|(_, b)| b)
         .filter(|b| seq <= b.last)
+}
+
+/// The writes one flush makes to the record trees, applied at its end.
+#[derive(Default)]
+struct RecordBatches {
+    blocks: sled::Batch,
+    acked: sled::Batch,
+    updates: sled::Batch,
+}
+
+/// Indexes each session's new records as one block, and stages the block.
+fn index_new_blocks(
+    index: &mut HashMap<String, BTreeMap<u64, Block>>,
+    new: HashMap<String, VecDeque<(u64, QueuedRef)>>,
+    blocks: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    for (client_id, entries) in new {
+        let (Some((first, _)), Some((last, _))) = (entries.front(), entries.back()) else {
+            continue;
+        };
+        let (first, last) = (*first, *last);
+        let live = entries.len();
+        let bodies = entries.iter().map(|(seq, record)| (*seq, record.body)).collect();
+        let encoded = entries
+            .into_iter()
+            .map(|(seq, record)| Ok((seq, Bytes::from(encode(&record)?))))
+            .collect::<Result<Vec<(u64, Bytes)>, StoreError>>()?;
+        blocks.insert(seq_key(&client_id, first), encode(&encoded)?);
+        index.entry(client_id).or_default().insert(
+            first,
+            Block {
+                last,
+                live,
+                acked: Vec::new(),
+                has_updates: false,
+                bodies,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Stages record updates of blocks still indexed (an update to a record
+/// already gone is dropped), marking their blocks.
+fn stage_updates(
+    index: &mut HashMap<String, BTreeMap<u64, Block>>,
+    pending: HashMap<Vec<u8>, Bytes>,
+    updates: &mut sled::Batch,
+) {
+    for (key, value) in pending {
+        if let (Some(seq), Some(client_id)) = (seq_of(&key), client_of(&key)) {
+            if let Some(block) = index.get_mut(&client_id).and_then(|b| block_of(b, seq)) {
+                block.has_updates = true;
+                updates.insert(key, value.to_vec());
+            }
+        }
+    }
+}
+
+/// Rewrites the blocks `mark_acked` changed: a block with nothing live is
+/// removed with its acknowledgements and updates; another gets its sorted
+/// list of acknowledged seqs.
+fn rewrite_touched(
+    session: &mut BTreeMap<u64, Block>,
+    client_id: &str,
+    touched: Vec<u64>,
+    batches: &mut RecordBatches,
+) -> Result<(), StoreError> {
+    for first in touched {
+        let key = seq_key(client_id, first);
+        let done = session.get(&first).is_some_and(|b| b.live == 0);
+        if done {
+            if let Some(block) = session.remove(&first) {
+                if block.has_updates {
+                    for seq in first..=block.last {
+                        batches.updates.remove(seq_key(client_id, seq));
+                    }
+                }
+            }
+            batches.blocks.remove(key.clone());
+            batches.acked.remove(key);
+        } else if let Some(block) = session.get_mut(&first) {
+            block.acked.sort_unstable();
+            batches.acked.insert(key, encode(&block.acked)?);
+        }
+    }
+    Ok(())
 }
