@@ -32,9 +32,15 @@ fn world() -> &'static World {
             .expect("runtime");
         let config = Config {
             listen: "127.0.0.1:0".parse().expect("address"),
-            storage: StorageKind::Memory,
+            store: roomq::config::StoreConfig {
+                storage: StorageKind::Memory,
+                ..Default::default()
+            },
             sys_interval_secs: 0,
-            max_packet_size: 64 * 1024,
+            limits: roomq::config::Limits {
+                max_packet_size: 64 * 1024,
+                ..Default::default()
+            },
             rooms: vec![roomq::config::RoomConfig {
                 name: "ops".into(),
                 members: vec!["fz".into()],
