@@ -185,46 +185,46 @@ impl Limits {
 
     /// The bounds the configuration sets.
     pub fn from_config(config: &crate::config::Config) -> Self {
-        let b = config;
+        let (per_user, chat) = (&config.per_user, &config.chat);
         Limits::default()
-            .with_held(Held::Connections, b.per_user.max_connections_per_user as u64)
-            .with_held(Held::Sessions, b.per_user.max_sessions_per_user as u64)
-            .with_held(Held::Rooms, b.per_user.max_rooms_per_user as u64)
-            .with_held(Held::Receipts, b.per_user.max_receipts_per_user as u64)
+            .with_held(Held::Connections, per_user.max_connections_per_user as u64)
+            .with_held(Held::Sessions, per_user.max_sessions_per_user as u64)
+            .with_held(Held::Rooms, per_user.max_rooms_per_user as u64)
+            .with_held(Held::Receipts, per_user.max_receipts_per_user as u64)
             .with_held(
                 Held::RetainedMessages,
-                b.per_user.max_retained_messages_per_user as u64,
+                per_user.max_retained_messages_per_user as u64,
             )
-            .with_held(Held::RetainedBytes, b.per_user.max_retained_bytes_per_user as u64)
+            .with_held(Held::RetainedBytes, per_user.max_retained_bytes_per_user as u64)
             .with_held(
                 Held::SubscriptionBytes,
-                b.per_user.max_subscription_bytes_per_user as u64,
+                per_user.max_subscription_bytes_per_user as u64,
             )
-            .with_held(Held::QueuedBytes, b.per_user.max_queued_bytes_per_user as u64)
-            .with_held(Held::RoomCursors, b.per_user.max_room_cursors_per_user as u64)
-            .with_ceiling(Held::RoomCursors, b.chat.max_room_cursors as u64)
+            .with_held(Held::QueuedBytes, per_user.max_queued_bytes_per_user as u64)
+            .with_held(Held::RoomCursors, per_user.max_room_cursors_per_user as u64)
+            .with_ceiling(Held::RoomCursors, chat.max_room_cursors as u64)
             .with_held(
                 Held::PresenceRecords,
-                b.per_user.max_presence_records_per_user as u64,
+                per_user.max_presence_records_per_user as u64,
             )
             .with_rate(
                 Rate::HistoryRequests,
-                b.per_user.history_requests_per_minute as u64,
+                per_user.history_requests_per_minute as u64,
                 Duration::from_secs(60),
             )
             .with_rate(
                 Rate::RoomPostBytes,
-                b.per_user.room_post_bytes_per_hour,
+                per_user.room_post_bytes_per_hour,
                 Duration::from_secs(3600),
             )
             .with_rate(
                 Rate::RoomMessages,
-                b.chat.room_max_messages_per_minute as u64,
+                chat.room_max_messages_per_minute as u64,
                 Duration::from_secs(60),
             )
             .with_rate(
                 Rate::RoomMemberChanges,
-                b.per_user.room_member_changes_per_minute as u64,
+                per_user.room_member_changes_per_minute as u64,
                 Duration::from_secs(60),
             )
     }
