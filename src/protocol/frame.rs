@@ -231,6 +231,29 @@ impl Codec {
     }
 }
 
+impl Codec {
+    /// Appends a PUBLISH for a 3.1.1 or 3.1 peer, written from its parts
+    /// (`publish_v3.rs`); `None` for a 5.0 peer (or before CONNECT), whose
+    /// PUBLISH `encode` writes.
+    #[inline]
+    pub fn encode_publish_v3(
+        &mut self,
+        publish: &super::PublishV3<'_>,
+        dst: &mut BytesMut,
+    ) -> Option<Result<(), EncodeError>> {
+        if !matches!(self.version, Some(Version::V311 | Version::V31)) {
+            return None;
+        }
+        let start = dst.len();
+        let written = super::publish_v3::encode(publish, dst);
+        if self.max_outbound.is_some_and(|max| written > max as usize) {
+            dst.truncate(start);
+            return Some(Err(EncodeError::TooLarge));
+        }
+        Some(Ok(()))
+    }
+}
+
 /// Why a packet could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {

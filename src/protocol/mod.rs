@@ -8,10 +8,12 @@
 
 mod connect;
 mod frame;
+mod publish_v3;
 mod v311;
 pub mod validate;
 
 pub use frame::{Codec, DecodeError, EncodeError};
+pub use publish_v3::PublishV3;
 pub use rmqtt_codec::types::{Publish, QoS};
 
 /// The QoS of a stored level (0, 1, 2); anything above 2 reads as 2.

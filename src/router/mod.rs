@@ -22,7 +22,7 @@ pub use trie::SubEntry;
 use crate::protocol::validate::SharedFilter;
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 use crate::store::Store;
-use trie::{Matched, Trie};
+use trie::{Matches, Trie};
 
 /// Retained-index nodes a SUBSCRIBE may visit on the connection's own
 /// thread (a few microseconds); a filter that needs more is matched on a
@@ -154,7 +154,7 @@ impl Router {
         }
         let mut matched = self.trie.matches(&message.topic);
         if outbound.is_some() {
-            matched.retain(|m| m.shared.is_none());
+            matched.list.retain(|m| m.shared.is_none());
         }
         self.deliver(&message, matched, retain_refused)
     }
@@ -187,8 +187,8 @@ impl Router {
         }
         let mut matched = self.trie.matches(&message.topic);
         match scope {
-            RemoteScope::Plain => matched.retain(|m| m.shared.is_none()),
-            RemoteScope::Shared(key) => matched.retain(|m| m.shared.as_deref() == Some(key)),
+            RemoteScope::Plain => matched.list.retain(|m| m.shared.is_none()),
+            RemoteScope::Shared(key) => matched.list.retain(|m| m.shared.as_deref() == Some(key)),
         }
         self.deliver(&message, matched, false)
     }
@@ -212,20 +212,17 @@ impl Router {
         self.keep_retained(&Arc::new(message));
     }
 
-    fn deliver(
-        &self,
-        message: &Arc<Message>,
-        mut matched: Vec<Matched>,
-        retain_refused: bool,
-    ) -> PublishOutcome {
-        if matched.is_empty() {
+    fn deliver(&self, message: &Arc<Message>, mut matched: Matches, retain_refused: bool) -> PublishOutcome {
+        if matched.list.is_empty() {
             return PublishOutcome {
                 retain_refused,
                 ..PublishOutcome::default()
             };
         }
         // Shared members were checked when picked (`trie::pick_member`).
-        matched.retain(|m| m.shared.is_some() || m.entry.may_carry(&message.topic));
+        matched
+            .list
+            .retain(|m| m.shared.is_some() || m.entry.may_carry(&message.topic));
         let deliveries = merge_overlaps(message, matched);
         let mut outcome = PublishOutcome {
             matched: deliveries.len(),
@@ -428,7 +425,11 @@ impl Router {
 /// copy at the highest granted QoS carrying every Subscription Identifier.
 /// Subscriptions with No Local do not count for the publisher's own session.
 /// Shared-subscription matches stay separate deliveries.
-fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc<dyn Subscriber>, Delivery)> {
+fn merge_overlaps(message: &Arc<Message>, matches: Matches) -> Vec<(Arc<dyn Subscriber>, Delivery)> {
+    let Matches {
+        list: mut matched,
+        plain_filters,
+    } = matches;
     matched.retain(|m| {
         !(m.entry.options.no_local
             && message
@@ -436,12 +437,15 @@ fn merge_overlaps(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(Arc
                 .as_deref()
                 .is_some_and(|p| p == m.entry.subscriber.client_id()))
     });
-    matched.sort_by_key(|m| {
-        (
-            Arc::as_ptr(&m.entry.subscriber) as *const () as usize,
-            m.shared.is_some(),
-        )
-    });
+    if plain_filters > 1 {
+        // Brings a session's subscriptions from several filters together.
+        matched.sort_by_key(|m| {
+            (
+                Arc::as_ptr(&m.entry.subscriber) as *const () as usize,
+                m.shared.is_some(),
+            )
+        });
+    }
     let mut out: Vec<(Arc<dyn Subscriber>, Delivery)> = Vec::with_capacity(matched.len());
     for m in matched {
         let granted = m.entry.options.qos;

@@ -51,6 +51,17 @@ pub struct Matched {
     pub shared: Option<Arc<SharedGroupKey>>,
 }
 
+/// Everything that matched a topic, and how many filters the plain (not
+/// shared) subscriptions among them came from. A session holds one
+/// subscription per filter, so matches from one filter never overlap and
+/// need no merging (the sort that finds overlaps was 2 % of a fan-out's
+/// time, perf, 1 -> 100 at 5 in flight).
+#[derive(Default)]
+pub struct Matches {
+    pub list: Vec<Matched>,
+    pub plain_filters: u32,
+}
+
 struct SharedGroup {
     key: Arc<SharedGroupKey>,
     members: Vec<SubEntry>,
@@ -71,7 +82,7 @@ impl Node {
         self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
     }
 
-    fn collect(&self, topic: &str, levels: &[&str], dollar_topic: bool, out: &mut Vec<Matched>) {
+    fn collect(&self, topic: &str, levels: &[&str], dollar_topic: bool, out: &mut Matches) {
         let Some((level, rest)) = levels.split_first() else {
             self.take_all(topic, out);
             // "a/#" also matches "a" ([MQTT-4.7.1-2]).
@@ -94,14 +105,17 @@ impl Node {
         }
     }
 
-    fn take_all(&self, topic: &str, out: &mut Vec<Matched>) {
-        out.extend(self.subs.iter().map(|e| Matched {
+    fn take_all(&self, topic: &str, out: &mut Matches) {
+        if !self.subs.is_empty() {
+            out.plain_filters += 1;
+        }
+        out.list.extend(self.subs.iter().map(|e| Matched {
             entry: e.clone(),
             shared: None,
         }));
         for group in &self.shared {
             if let Some(entry) = pick_member(group, topic) {
-                out.push(Matched {
+                out.list.push(Matched {
                     entry,
                     shared: Some(group.key.clone()),
                 });
@@ -219,10 +233,10 @@ impl Trie {
 
     /// Every subscription matching `topic`, shared groups resolved to one
     /// member each.
-    pub fn matches(&self, topic: &str) -> Vec<Matched> {
+    pub fn matches(&self, topic: &str) -> Matches {
         let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        let mut out = Vec::new();
+        let mut out = Matches::default();
         self.shard_for_first_level(levels[0])
             .read()
             .collect(topic, &levels, dollar, &mut out);
@@ -302,6 +316,7 @@ mod tests {
     fn reached(trie: &Trie, topic: &str) -> Vec<String> {
         let mut ids: Vec<String> = trie
             .matches(topic)
+            .list
             .iter()
             .map(|m| m.entry.subscriber.client_id().to_string())
             .collect();
@@ -350,7 +365,7 @@ mod tests {
         let mut again = entry(&p);
         again.id = NonZeroU32::new(7);
         assert!(trie.insert("a/+", None, again));
-        let matched = trie.matches("a/b");
+        let matched = trie.matches("a/b").list;
         assert_eq!(matched.len(), 1);
         assert_eq!(matched[0].entry.id, NonZeroU32::new(7));
     }
@@ -364,7 +379,7 @@ mod tests {
         trie.insert("t/+", Some("h"), entry(&Probe::new("c")));
         let mut firsts = Vec::new();
         for _ in 0..4 {
-            let matched = trie.matches("t/1");
+            let matched = trie.matches("t/1").list;
             // One member of each group.
             assert_eq!(matched.len(), 2);
             let g = matched
@@ -394,7 +409,10 @@ mod tests {
         on.set_online(false);
         // No reader online: queued for an offline one that may read.
         assert_eq!(reached(&trie, "t/1"), ["off"]);
-        let others = trie.shared_members(&trie.matches("t/1")[0].shared.clone().unwrap(), &handle(&off));
+        let others = trie.shared_members(
+            &trie.matches("t/1").list[0].shared.clone().unwrap(),
+            &handle(&off),
+        );
         assert_eq!(others.len(), 2);
     }
 

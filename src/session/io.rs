@@ -156,6 +156,19 @@ impl Io {
         self.codec.encode(packet, &mut self.out)
     }
 
+    /// `encode` for a 3.1.1 PUBLISH, from its parts; `None` on a 5.0
+    /// connection (`Codec::encode_publish_v3`).
+    #[inline(always)]
+    pub(super) fn encode_publish_v3(
+        &mut self,
+        publish: &crate::protocol::PublishV3<'_>,
+    ) -> Option<Result<(), crate::protocol::EncodeError>> {
+        if self.out.capacity() == 0 {
+            self.take_spare_write_buffer();
+        }
+        self.codec.encode_publish_v3(publish, &mut self.out)
+    }
+
     #[cold]
     fn take_spare_write_buffer(&mut self) {
         self.out = spare_write_buffer();

@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use super::connection::{Close, Connection};
 use super::inflight::Resend;
 use super::{Inflight, Stage};
-use crate::protocol::{EncodeError, Packet, Publish, PublishAck, PublishAck2, PublishProperties, QoS};
+use crate::protocol::{
+    EncodeError, Packet, Publish, PublishAck, PublishAck2, PublishProperties, PublishV3, QoS,
+};
 use crate::router::Delivery;
 
 impl Connection {
@@ -168,27 +170,22 @@ impl Connection {
         dup: bool,
         now: Instant,
     ) -> bool {
-        let mut topic = d.message.topic.clone();
-        let mut new_alias = None;
-        let properties = if self.agreed.version.is_v5() {
-            let mut p = d.message.properties.clone().unwrap_or_default();
-            p.message_expiry_interval = d.message.remaining_expiry_secs(now).and_then(NonZeroU32::new);
-            p.subscription_ids = d.subscription_ids.clone();
-            self.apply_outbound_alias(&mut topic, &mut p, &mut new_alias);
-            Some(p)
+        let written = if self.agreed.version.is_v5() {
+            self.encode_publish_v5(d, packet_id, dup, now)
         } else {
-            None
+            let publish = PublishV3 {
+                dup,
+                retain: d.retain,
+                qos: d.qos,
+                topic: &d.message.topic,
+                packet_id,
+                payload: &d.message.payload,
+            };
+            self.io
+                .encode_publish_v3(&publish)
+                .unwrap_or(Err(EncodeError::NoVersion))
         };
-        let publish = Publish {
-            dup,
-            retain: d.retain,
-            qos: d.qos,
-            topic,
-            packet_id,
-            payload: d.message.payload.clone(),
-            properties,
-        };
-        match self.io.encode(Packet::Publish(Box::new(publish))) {
+        match written {
             Ok(()) => {
                 let metrics = &self.shared.metrics;
                 metrics.messages_sent[usize::from(d.qos.value())].inc();
@@ -206,9 +203,6 @@ impl Connection {
                 true
             }
             Err(EncodeError::TooLarge) => {
-                if let (Some(topic), Some(aliases)) = (new_alias, &mut self.aliases) {
-                    aliases.outbound.remove(&topic);
-                }
                 self.shared.metrics.messages_dropped_too_large.inc();
                 tracing::debug!(topic = %d.message.topic, "message over the client's Maximum Packet Size, not sent");
                 false
@@ -218,6 +212,40 @@ impl Connection {
                 false
             }
         }
+    }
+
+    /// Encodes a 5.0 PUBLISH: the message's properties with this
+    /// delivery's expiry, subscription identifiers and topic alias.
+    fn encode_publish_v5(
+        &mut self,
+        d: &Delivery,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+        now: Instant,
+    ) -> Result<(), EncodeError> {
+        let mut topic = d.message.topic.clone();
+        let mut new_alias = None;
+        let mut p = d.message.properties.clone().unwrap_or_default();
+        p.message_expiry_interval = d.message.remaining_expiry_secs(now).and_then(NonZeroU32::new);
+        p.subscription_ids = d.subscription_ids.clone();
+        self.apply_outbound_alias(&mut topic, &mut p, &mut new_alias);
+        let publish = Publish {
+            dup,
+            retain: d.retain,
+            qos: d.qos,
+            topic,
+            packet_id,
+            payload: d.message.payload.clone(),
+            properties: Some(p),
+        };
+        let written = self.io.encode(Packet::Publish(Box::new(publish)));
+        if let (Err(EncodeError::TooLarge), Some(topic), Some(aliases)) =
+            (&written, new_alias, &mut self.aliases)
+        {
+            // Not sent: the alias was not set on the client's side.
+            aliases.outbound.remove(&topic);
+        }
+        written
     }
 
     /// Uses a topic alias towards a 5.0 client that allows them: the first
