@@ -248,6 +248,9 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => return Close::Lost(e.to_string()),
             }
+            // Any packet restarts the keep-alive: the clock is read once
+            // for everything this read brought.
+            let mut packets = false;
             loop {
                 // No packet is held across an `.await` of this loop: what
                 // is held there is part of every idle connection's task.
@@ -256,7 +259,10 @@ impl Connection {
                     Ok(None) => break,
                     Err(e) => return e.into(),
                 };
-                deadline = self.agreed.keep_alive_window.map(|w| Instant::now() + w);
+                if !packets {
+                    packets = true;
+                    deadline = self.agreed.keep_alive_window.map(|w| Instant::now() + w);
+                }
                 let close = if self.shared.chat.replicated() {
                     // Boxed: cluster mode only.
                     Box::pin(self.handle_when_rooms_ready(packet)).await
