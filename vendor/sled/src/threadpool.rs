@@ -68,7 +68,9 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // roomq: one waiting thread per task, not all of them (see
+        // ROOMQ-PATCHES.md, 3).
+        self.cv.notify_one();
 
         len
     }
