@@ -371,6 +371,26 @@ mod tests {
     }
 
     #[test]
+    fn matches_count_the_filters_their_plain_subscriptions_came_from() {
+        // The router merges overlaps only when a topic matched plain
+        // subscriptions of more than one filter: one session may then be
+        // there twice.
+        let trie = Trie::default();
+        let (a, b, c) = (Probe::new("a"), Probe::new("b"), Probe::new("c"));
+        for p in [&a, &b, &c] {
+            trie.insert("a/b", None, entry(p));
+        }
+        trie.insert("a/+", None, entry(&a));
+        trie.insert("a/#", Some("g"), entry(&b));
+        let both = trie.matches("a/b");
+        assert_eq!((both.list.len(), both.plain_filters), (5, 2));
+        let one = trie.matches("a/c");
+        assert_eq!((one.list.len(), one.plain_filters), (2, 1));
+        let shared_only = trie.matches("a/c/d");
+        assert_eq!((shared_only.list.len(), shared_only.plain_filters), (1, 0));
+    }
+
+    #[test]
     fn a_shared_group_hands_each_message_to_one_member_in_turn() {
         let trie = Trie::default();
         let (a, b) = (Probe::new("a"), Probe::new("b"));
