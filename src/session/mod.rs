@@ -264,6 +264,10 @@ pub struct Session {
     /// one by one (`may_read_acl`); `None` for the in-process subscriber.
     /// Set once, right after the session is made.
     pub(crate) acl: std::sync::OnceLock<Arc<crate::auth::acl::Acl>>,
+    /// The group commit (`durability = "flush"`), asked for a flush after
+    /// the writes no publisher's commit covers (`persist.rs`). Set once,
+    /// right after the session is made.
+    pub(crate) commit: std::sync::OnceLock<Arc<crate::store::GroupCommit>>,
 }
 
 impl Session {
@@ -291,6 +295,7 @@ impl Session {
             moved_away: AtomicBool::new(false),
             membership,
             acl: std::sync::OnceLock::new(),
+            commit: std::sync::OnceLock::new(),
         }
     }
 

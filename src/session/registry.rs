@@ -233,6 +233,9 @@ impl Registry {
         if !shared.gate.acl.is_empty() {
             let _ = session.acl.set(shared.gate.acl.clone());
         }
+        if let Some(commit) = &shared.commit {
+            let _ = session.commit.set(commit.clone());
+        }
         session
     }
 
