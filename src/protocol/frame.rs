@@ -218,20 +218,9 @@ impl Codec {
             },
             None => return Err(EncodeError::NoVersion),
         }
-        if self
-            .max_outbound
-            .is_some_and(|max| dst.len() - start > max as usize)
-        {
-            // Only a packet over the peer's maximum is withheld
-            // ([MQTT-3.1.2-25]); the caller counts it.
-            dst.truncate(start);
-            return Err(EncodeError::TooLarge);
-        }
-        Ok(())
+        self.withhold_over_maximum(start, dst)
     }
-}
 
-impl Codec {
     /// Appends a PUBLISH for a 3.1.1 or 3.1 peer, written from its parts
     /// (`publish_v3.rs`); `None` for a 5.0 peer (or before CONNECT), whose
     /// PUBLISH `encode` writes.
@@ -245,12 +234,22 @@ impl Codec {
             return None;
         }
         let start = dst.len();
-        let written = super::publish_v3::encode(publish, dst);
-        if self.max_outbound.is_some_and(|max| written > max as usize) {
+        super::publish_v3::encode(publish, dst);
+        Some(self.withhold_over_maximum(start, dst))
+    }
+
+    /// Takes back the packet written to `dst` from `start` when it is over
+    /// the peer's Maximum Packet Size: only such a packet is withheld
+    /// ([MQTT-3.1.2-25]); the caller counts it.
+    fn withhold_over_maximum(&self, start: usize, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        if self
+            .max_outbound
+            .is_some_and(|max| dst.len() - start > max as usize)
+        {
             dst.truncate(start);
-            return Some(Err(EncodeError::TooLarge));
+            return Err(EncodeError::TooLarge);
         }
-        Some(Ok(()))
+        Ok(())
     }
 }
 

@@ -30,7 +30,7 @@ impl PublishV3<'_> {
 }
 
 /// Appends `publish` to `dst`; returns the bytes written (fixed header
-/// included).
+/// included), which the test checks.
 pub(super) fn encode(publish: &PublishV3<'_>, dst: &mut BytesMut) -> usize {
     let remaining = publish.remaining_length();
     let mut first = 0x30 | (publish.qos.value() << 1);

@@ -150,9 +150,7 @@ impl Io {
     // delivered message for the extra move).
     #[inline(always)]
     pub(super) fn encode(&mut self, packet: Packet) -> Result<(), crate::protocol::EncodeError> {
-        if self.out.capacity() == 0 {
-            self.take_spare_write_buffer();
-        }
+        self.hold_write_buffer();
         self.codec.encode(packet, &mut self.out)
     }
 
@@ -163,10 +161,17 @@ impl Io {
         &mut self,
         publish: &crate::protocol::PublishV3<'_>,
     ) -> Option<Result<(), crate::protocol::EncodeError>> {
+        self.hold_write_buffer();
+        self.codec.encode_publish_v3(publish, &mut self.out)
+    }
+
+    /// Takes a spare write buffer of this thread when the connection holds
+    /// none (an idle connection keeps none: `flush`).
+    #[inline(always)]
+    fn hold_write_buffer(&mut self) {
         if self.out.capacity() == 0 {
             self.take_spare_write_buffer();
         }
-        self.codec.encode_publish_v3(publish, &mut self.out)
     }
 
     #[cold]

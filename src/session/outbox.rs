@@ -175,20 +175,19 @@ impl Connection {
         dup: bool,
         now: Instant,
     ) -> bool {
-        let written = if self.agreed.version.is_v5() {
-            self.encode_publish_v5(d, packet_id, dup, now)
-        } else {
-            let publish = PublishV3 {
-                dup,
-                retain: d.retain,
-                qos: d.qos,
-                topic: &d.message.topic,
-                packet_id,
-                payload: &d.message.payload,
-            };
-            self.io
-                .encode_publish_v3(&publish)
-                .unwrap_or(Err(EncodeError::NoVersion))
+        let publish = PublishV3 {
+            dup,
+            retain: d.retain,
+            qos: d.qos,
+            topic: &d.message.topic,
+            packet_id,
+            payload: &d.message.payload,
+        };
+        // The codec knows the connection's version: a 5.0 PUBLISH (with
+        // properties, aliases) is built only where it has no 3.1.1 form.
+        let written = match self.io.encode_publish_v3(&publish) {
+            Some(written) => written,
+            None => self.encode_publish_v5(d, packet_id, dup, now),
         };
         match written {
             Ok(()) => {
