@@ -163,11 +163,13 @@ impl RoomLog {
         max_rooms: usize,
         charge: impl FnOnce() -> bool,
     ) -> Result<(), NotOpened> {
-        if self.rooms.read().contains_key(name) {
+        if let Some(room) = self.rooms.read().get(name) {
+            room.post_pending.store(true, Ordering::Release);
             return Ok(());
         }
         let mut rooms = self.rooms.write();
-        if rooms.contains_key(name) {
+        if let Some(room) = rooms.get(name) {
+            room.post_pending.store(true, Ordering::Release);
             return Ok(());
         }
         if rooms.len() >= max_rooms {
@@ -181,7 +183,9 @@ impl RoomLog {
             // empty and upkeep forgets it, releasing the charge.
             tracing::warn!(room = name, error = %e, "could not store who opened the room");
         }
-        rooms.insert(name.into(), self.fresh(name, Some(opener.clone())));
+        let room = self.fresh(name, Some(opener.clone()));
+        room.post_pending.store(true, Ordering::Release);
+        rooms.insert(name.into(), room);
         Ok(())
     }
 
@@ -200,7 +204,12 @@ impl RoomLog {
         let mut forgotten = Vec::new();
         for room in candidates {
             let _in_order = room.order.lock();
-            // Under `order` no message is appended meanwhile.
+            // Under `order` no message is appended meanwhile. A post that
+            // opened or found the room and is not appended yet keeps it
+            // one more upkeep (a post that failed leaves it for the next).
+            if room.post_pending.swap(false, Ordering::AcqRel) {
+                continue;
+            }
             match self.store.room_range(&room.name, 0, u64::MAX, 1, false) {
                 Ok(page) if page.is_empty() => {}
                 Ok(_) => continue,
@@ -313,6 +322,7 @@ impl RoomLog {
         before_write(seq);
         self.store.append_room(&room.name, seq, record)?;
         room.assigned.store(seq, Ordering::Release);
+        room.post_pending.store(false, Ordering::Release);
         moved(room, seq, record);
         room.last_ts_ms.fetch_max(record.ts_unix_ms, Ordering::AcqRel);
         if let Err(e) = self.trim_by_count(room) {

@@ -50,6 +50,12 @@ pub struct RoomState {
     /// Set (under `order`) when upkeep forgot the room: a post that got
     /// this state just before looks the room up again.
     pub(super) forgotten: AtomicBool,
+    /// Set by each post that found or opened the room, cleared when a
+    /// message is appended: a room found empty while a post is between
+    /// `RoomLog::open` and its append is not forgotten by that upkeep
+    /// (its opener's charge would be released and the post would land in
+    /// a room nobody is charged for).
+    pub(super) post_pending: AtomicBool,
 }
 
 impl RoomState {
@@ -78,6 +84,7 @@ impl RoomState {
             order: Mutex::new(()),
             opener,
             forgotten: AtomicBool::new(false),
+            post_pending: AtomicBool::new(false),
         }
     }
 

@@ -198,3 +198,25 @@ fn edit_message(chat: &Chat, seq: u64) {
     chat.change("a", "alice", change, true, QoS::AtLeastOnce, None)
         .unwrap();
 }
+
+/// Upkeep forgets a room it finds empty, except one a post opened (or
+/// found) and has not appended to yet: forgetting it would release the
+/// opener's `max_rooms_per_user` charge while the post goes on into a
+/// room nobody is charged for. A post that never appends keeps the room
+/// one upkeep only.
+#[test]
+fn a_room_whose_first_post_is_on_its_way_outlives_one_upkeep() {
+    let (chat, _member) = chat();
+    let alice: Arc<str> = "alice".into();
+    let forget = || -> Vec<String> {
+        let forgotten = chat.log.forget_empty(|_| false);
+        forgotten.iter().map(|r| r.name.to_string()).collect()
+    };
+    assert!(chat.log.open("a", &alice, 10, || true).is_ok());
+    assert!(forget().is_empty(), "a is opened, its post not appended yet");
+    assert_eq!(chat.post(post("a", "alice", None)).unwrap(), (1, true));
+    assert!(chat.log.open("b", &alice, 10, || true).is_ok());
+    assert!(forget().is_empty(), "a holds a message, b's post is on its way");
+    assert_eq!(forget(), vec!["b"], "b's post never came");
+    assert_eq!(chat.rooms(), 1);
+}
