@@ -373,3 +373,23 @@ fn sled_store_held_by_another_opener_is_refused_naming_the_path() {
     );
     drop(held);
 }
+
+/// A flush with nothing new writes nothing. Each group commit writes the
+/// session journal's batches first, empty ones included; sled sealed an io
+/// buffer around each empty batch's manifest, one write and one
+/// `sync_file_range` apiece (vendor/sled, ROOMQ-PATCHES.md 4): five of them
+/// per commit under chat load, which the commit then waited for.
+#[test]
+fn sled_store_flushes_with_nothing_new_leave_the_log_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.put_session("c", &SessionRecord::default()).unwrap();
+    store.flush().unwrap();
+    let log = dir.path().join("db");
+    let before = std::fs::metadata(&log).unwrap().len();
+    for _ in 0..5_000 {
+        store.flush().unwrap();
+    }
+    let after = std::fs::metadata(&log).unwrap().len();
+    assert_eq!(after, before, "the log file grew from {before} to {after} bytes");
+}
