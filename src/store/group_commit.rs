@@ -6,9 +6,12 @@
 //! concurrent publishers share one `fsync`-like call instead of making N.
 //!
 //! Under concurrent load the flusher waits `delay` after being woken before
-//! it flushes (PostgreSQL's `commit_delay`): each sled flush wakes all seven
-//! of sled's I/O threads, and on two cores those context switches, not the
-//! disk, were the limit. Measured with 16 publishers (`fanin --persistent`):
+//! it flushes (PostgreSQL's `commit_delay`): fewer flushes, fewer writes and
+//! context switches, which on two cores, not the disk, were the limit when
+//! it was chosen (sled then woke all seven I/O threads per flush and synced
+//! every empty journal batch: `vendor/sled/ROOMQ-PATCHES.md`, 3 to 5; with
+//! those fixed, 250 and 500 µs still cost 5–10 % more CPU under chat load
+//! and gave no lower latency). Measured with 16 publishers (`fanin --persistent`):
 //! no delay 174k msg/s, 1 ms 226k, 2 ms 254k, 5 ms 253k; latency fell too,
 //! because the CPU it frees served the messages sooner. Room messages are
 //! delivered after their commit, so under chat load the delay shows in every
