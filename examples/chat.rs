@@ -26,7 +26,9 @@
 //! (`topics.md`, *End-to-end encryption*): the broker stores and forwards
 //! only ciphertext, and members who share the passphrase (here or in the
 //! browser chat) read them. A room the broker refuses (not a member, banned) and a
-//! refused login end the program with the reason.
+//! refused login end the program with the reason; the end of the input
+//! (Ctrl-D, or the end of a piped file) ends it after what was typed is
+//! sent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -36,6 +38,7 @@ use clap::Parser;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use rumqttc::Outgoing;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -313,6 +316,9 @@ async fn main() -> anyhow::Result<()> {
                 }
                 continue;
             }
+            // Sent by `read_lines` at the end of the input, after its
+            // publishes: the session is kept, the program ends.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
             Ok(_) => continue,
             Err(ConnectionError::ConnectionRefused(code)) => {
                 refused_room(&format!("The broker refused the login: {code:?}."));
@@ -497,6 +503,9 @@ async fn read_lines(client: AsyncClient, user: String, room: String, senders: Se
             .publish_with_properties(topic, QoS::AtLeastOnce, false, body, properties)
             .await;
     }
+    // The end of the input: queued after the publishes above, so they go
+    // out first.
+    let _ = client.disconnect().await;
 }
 
 /// A command line as (topic kind: `edit`, `delete`, `react` or `mod`, CBOR
