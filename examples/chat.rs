@@ -26,9 +26,7 @@
 //! (`topics.md`, *End-to-end encryption*): the broker stores and forwards
 //! only ciphertext, and members who share the passphrase (here or in the
 //! browser chat) read them. A room the broker refuses (not a member, banned) and a
-//! refused login end the program with the reason; the end of the input
-//! (Ctrl-D, or the end of a piped file) ends it after what was typed is
-//! sent.
+//! refused login end the program with the reason; the end of the input (Ctrl-D) ends it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,7 +36,6 @@ use clap::Parser;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-use rumqttc::Outgoing;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -316,9 +313,8 @@ async fn main() -> anyhow::Result<()> {
                 }
                 continue;
             }
-            // Sent by `read_lines` at the end of the input, after its
-            // publishes: the session is kept, the program ends.
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+            // Sent at the end of the input, after what was typed (the session is kept).
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
             Ok(_) => continue,
             Err(ConnectionError::ConnectionRefused(code)) => {
                 refused_room(&format!("The broker refused the login: {code:?}."));
@@ -503,8 +499,7 @@ async fn read_lines(client: AsyncClient, user: String, room: String, senders: Se
             .publish_with_properties(topic, QoS::AtLeastOnce, false, body, properties)
             .await;
     }
-    // The end of the input: queued after the publishes above, so they go
-    // out first.
+    // The end of the input: queued after the publishes, so they go out first.
     let _ = client.disconnect().await;
 }
 
@@ -593,12 +588,8 @@ fn command(line: &str, me: &str, senders: &Senders) -> Result<(&'static str, Vec
 }
 
 fn user_property(properties: &Option<PublishProperties>, key: &str) -> Option<String> {
-    properties
-        .as_ref()?
-        .user_properties
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
+    let all = &properties.as_ref()?.user_properties;
+    all.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
 
 fn unix_ms() -> u128 {

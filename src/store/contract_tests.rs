@@ -377,8 +377,8 @@ fn sled_store_held_by_another_opener_is_refused_naming_the_path() {
 /// A flush with nothing new writes nothing. Each group commit writes the
 /// session journal's batches first, empty ones included; sled sealed an io
 /// buffer around each empty batch's manifest, one write and one
-/// `sync_file_range` apiece (vendor/sled, ROOMQ-PATCHES.md 4): five of them
-/// per commit under chat load, which the commit then waited for.
+/// `sync_file_range` apiece (vendor/sled, ROOMQ-PATCHES.md 4): six of them
+/// per commit under chat load, which the commit's flush then waited for.
 #[test]
 fn sled_store_flushes_with_nothing_new_leave_the_log_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
